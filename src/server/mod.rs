@@ -1,1 +1,185 @@
-//! HTTP/1.1 server.
+//! The HTTP/1.1 server that lb-sync and lb-backend stand on.
+//!
+//! Shape (Apache's event MPM): one **poller** thread owns the listener and every connection that
+//! is idle or still sending its request head; a complete head goes through a **bounded queue** to
+//! a **fixed pool of worker threads**, which serve it with blocking I/O under socket timeouts and
+//! hand the connection back. A slow or idle client costs a small buffer, never a thread.
+//!
+//! ```no_run
+//! use lb_sync::server::{Handler, Request, Response, Server, ServerConfig};
+//!
+//! struct Hello;
+//! impl Handler for Hello {
+//!     fn handle<'r>(&self, _request: Request<'r>) -> Response<'r> {
+//!         Response::text(200, "hello")
+//!     }
+//! }
+//!
+//! let config = ServerConfig { bind: "127.0.0.1:0".parse().unwrap(), ..ServerConfig::default() };
+//! let server = Server::start(config, Hello).unwrap();
+//! println!("listening on {}", server.local_addr());
+//! server.stop(std::time::Duration::from_secs(5));
+//! ```
+
+mod body;
+mod error;
+mod head;
+mod limits;
+mod listener;
+mod poller;
+mod request;
+mod response;
+mod worker;
+
+pub use body::RequestBody;
+pub use error::{reason_phrase, RequestError};
+pub use head::{parse_head, BodyFraming, Header, ParseOutcome, RequestHead, Version};
+pub use limits::Limits;
+pub use request::Request;
+pub use response::{Body, Response};
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use mio::{Poll, Waker};
+
+use poller::{Poller, StopSignal, WAKER};
+use worker::Worker;
+
+/// Serves requests: the application side of the server (lb-sync's proxy, lb-backend's demo).
+///
+/// A handler runs on a worker thread and may block (on a backend, a delay); the pool size bounds
+/// how many run at once.
+pub trait Handler: Send + Sync + 'static {
+    /// Answers one request. The response body may borrow the request (to stream its body back).
+    fn handle<'r>(&self, request: Request<'r>) -> Response<'r>;
+}
+
+/// How to run a server.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Address to listen on. Default `0.0.0.0:8080`.
+    pub bind: SocketAddr,
+    /// Worker threads serving requests. Default: twice the CPU count, at least 4.
+    pub threads: usize,
+    /// Complete requests that may wait for a worker; more get `503` with `Retry-After` at once.
+    /// Default 1024.
+    pub queue_capacity: usize,
+    /// Listen backlog. Default 1024.
+    pub backlog: i32,
+    /// Limits and timeouts of client connections.
+    pub limits: Limits,
+}
+
+impl Default for ServerConfig {
+    fn default() -> ServerConfig {
+        let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+        ServerConfig {
+            bind: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            threads: (cpus * 2).max(4),
+            queue_capacity: 1024,
+            backlog: 1024,
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// A running server; [`Server::stop`] ends it. Dropping it without `stop` stops it too, with a
+/// grace period of zero.
+pub struct Server {
+    local_addr: SocketAddr,
+    stop: Arc<StopSignal>,
+    waker: Arc<Waker>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Server {
+    /// Binds and starts the poller and the worker pool.
+    pub fn start(config: ServerConfig, handler: impl Handler) -> io::Result<Server> {
+        let listener = listener::bind(config.bind, config.backlog)?;
+        let local_addr = listener.local_addr()?;
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let (job_tx, job_rx) = crossbeam_channel::bounded(config.queue_capacity.max(1));
+        let (return_tx, return_rx) = crossbeam_channel::unbounded();
+        let stop = Arc::new(StopSignal {
+            requested: AtomicBool::new(false),
+            grace: Mutex::new(Duration::ZERO),
+        });
+        let stopping = Arc::new(AtomicBool::new(false));
+        let handler: Arc<dyn Handler> = Arc::new(handler);
+
+        let mut threads = Vec::with_capacity(config.threads + 1);
+        for i in 0..config.threads.max(1) {
+            let worker = Worker {
+                jobs: job_rx.clone(),
+                returns: return_tx.clone(),
+                waker: Arc::clone(&waker),
+                handler: Arc::clone(&handler),
+                limits: config.limits.clone(),
+                stopping: Arc::clone(&stopping),
+            };
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("worker-{i}"))
+                    .spawn(move || worker.run())?,
+            );
+        }
+        let poller = Poller::new(
+            poll,
+            listener,
+            job_tx,
+            return_rx,
+            config.limits,
+            Arc::clone(&stop),
+            stopping,
+        )?;
+        threads.push(
+            std::thread::Builder::new()
+                .name("poller".into())
+                .spawn(move || poller.run())?,
+        );
+        Ok(Server {
+            local_addr,
+            stop,
+            waker,
+            threads,
+        })
+    }
+
+    /// The address the server listens on (with the real port when bound to port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Stops accepting, closes idle connections, lets in-flight requests finish for up to
+    /// `grace` (their responses say `Connection: close`), breaks the sockets of any still running
+    /// after it, and joins every thread.
+    pub fn stop(mut self, grace: Duration) {
+        self.request_stop(grace);
+    }
+
+    fn request_stop(&mut self, grace: Duration) {
+        if self.threads.is_empty() {
+            return;
+        }
+        *self.stop.grace.lock().unwrap_or_else(|e| e.into_inner()) = grace;
+        self.stop
+            .requested
+            .store(true, std::sync::atomic::Ordering::Release);
+        let _ = self.waker.wake();
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.request_stop(Duration::ZERO);
+    }
+}

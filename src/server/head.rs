@@ -1,0 +1,419 @@
+//! Parsing and validating a request head (RFC 9112): the request line, the header fields and,
+//! above all, the body framing, which is where request smuggling lives.
+
+use super::error::RequestError;
+use super::limits::Limits;
+
+/// The HTTP version of a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Version {
+    /// HTTP/1.0: close after each response unless the client asks for keep-alive.
+    Http10,
+    /// HTTP/1.1: keep-alive unless the client says `Connection: close`.
+    Http11,
+}
+
+impl Version {
+    /// The version as it appears on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Version::Http10 => "HTTP/1.0",
+            Version::Http11 => "HTTP/1.1",
+        }
+    }
+}
+
+/// One header field; the value is kept as bytes because obs-text (0x80-0xFF) is legal in it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Header {
+    /// The field name as the peer spelt it.
+    pub name: String,
+    /// The field value, without surrounding whitespace.
+    pub value: Vec<u8>,
+}
+
+impl Header {
+    /// A header from a name and a value.
+    ///
+    /// ```
+    /// let h = lb_sync::server::Header::new("Content-Type", "text/plain");
+    /// assert_eq!(h.value_str(), Some("text/plain"));
+    /// ```
+    pub fn new(name: impl Into<String>, value: impl Into<Vec<u8>>) -> Header {
+        Header {
+            name: name.into(),
+            value: value.into(),
+        }
+    }
+
+    /// The value as text, or `None` when it is not UTF-8.
+    pub fn value_str(&self) -> Option<&str> {
+        std::str::from_utf8(&self.value).ok()
+    }
+
+    /// Whether this header is named `name` (case-insensitive).
+    pub fn is(&self, name: &str) -> bool {
+        self.name.eq_ignore_ascii_case(name)
+    }
+}
+
+/// How the request body is delimited.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BodyFraming {
+    /// No body.
+    None,
+    /// Exactly this many bytes.
+    Length(u64),
+    /// Chunked transfer coding, ended by a zero-size chunk.
+    Chunked,
+}
+
+/// A validated request head.
+#[derive(Clone, Debug)]
+pub struct RequestHead {
+    /// The method, e.g. `GET`.
+    pub method: String,
+    /// The request target as sent (origin form `/path?query` in practice).
+    pub target: String,
+    /// HTTP/1.0 or HTTP/1.1.
+    pub version: Version,
+    /// Header fields in the order received.
+    pub headers: Vec<Header>,
+    /// How the body is delimited.
+    pub framing: BodyFraming,
+    /// Whether the client allows the connection to stay open after the response.
+    pub keep_alive: bool,
+    /// Whether the client waits for `100 Continue` before sending the body.
+    pub expects_continue: bool,
+}
+
+impl RequestHead {
+    /// The first header named `name` (case-insensitive) as text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|h| h.is(name))
+            .and_then(Header::value_str)
+    }
+
+    /// Whether this is a `HEAD` request, whose response never has a body.
+    pub fn is_head(&self) -> bool {
+        self.method == "HEAD"
+    }
+}
+
+/// What parsing a buffer gave.
+#[derive(Debug)]
+pub enum ParseOutcome {
+    /// A complete, valid head, and how many bytes of the buffer it used.
+    Complete(RequestHead, usize),
+    /// More bytes are needed.
+    Partial,
+}
+
+/// Parses the head at the start of `buf`, enforcing the limits and RFC 9112 framing rules.
+///
+/// ```
+/// use lb_sync::server::{parse_head, BodyFraming, Limits, ParseOutcome};
+/// let raw = b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc";
+/// match parse_head(raw, &Limits::default()).unwrap() {
+///     ParseOutcome::Complete(head, used) => {
+///         assert_eq!(head.framing, BodyFraming::Length(3));
+///         assert_eq!(&raw[used..], b"abc");
+///     }
+///     ParseOutcome::Partial => unreachable!(),
+/// }
+/// ```
+pub fn parse_head(buf: &[u8], limits: &Limits) -> Result<ParseOutcome, RequestError> {
+    let mut fields = vec![httparse::EMPTY_HEADER; limits.max_headers];
+    let mut request = httparse::Request::new(&mut fields);
+    let used = match request.parse(buf) {
+        Ok(httparse::Status::Complete(used)) => used,
+        Ok(httparse::Status::Partial) => {
+            check_partial_size(buf, limits)?;
+            return Ok(ParseOutcome::Partial);
+        }
+        Err(e) => return Err(map_parse_error(e, buf, limits)),
+    };
+    if used > limits.max_head_bytes {
+        return Err(RequestError::HeadTooLarge);
+    }
+    let line_end = buf.iter().position(|&b| b == b'\n').unwrap_or(used);
+    if line_end > limits.max_request_line_bytes {
+        return Err(RequestError::UriTooLong);
+    }
+    let version = match request.version {
+        Some(0) => Version::Http10,
+        Some(1) => Version::Http11,
+        _ => return Err(RequestError::UnsupportedVersion),
+    };
+    let method = request.method.unwrap_or_default().to_string();
+    let target = request.path.unwrap_or_default().to_string();
+    let headers: Vec<Header> = request
+        .headers
+        .iter()
+        .map(|h| Header {
+            name: h.name.to_string(),
+            value: h.value.to_vec(),
+        })
+        .collect();
+    let head = validate(method, target, version, headers, limits)?;
+    Ok(ParseOutcome::Complete(head, used))
+}
+
+/// An incomplete head that is already over a limit is refused now, not when it completes.
+fn check_partial_size(buf: &[u8], limits: &Limits) -> Result<(), RequestError> {
+    let line_end = buf.iter().position(|&b| b == b'\n');
+    match line_end {
+        None if buf.len() > limits.max_request_line_bytes => Err(RequestError::UriTooLong),
+        Some(end) if end > limits.max_request_line_bytes => Err(RequestError::UriTooLong),
+        _ if buf.len() > limits.max_head_bytes => Err(RequestError::HeadTooLarge),
+        _ => Ok(()),
+    }
+}
+
+fn map_parse_error(error: httparse::Error, buf: &[u8], limits: &Limits) -> RequestError {
+    match error {
+        httparse::Error::TooManyHeaders => RequestError::HeadTooLarge,
+        httparse::Error::Version => RequestError::UnsupportedVersion,
+        // A malformed head that is also over a size limit reports the limit: that is the cause.
+        _ => match check_partial_size(buf, limits) {
+            Err(limit) => limit,
+            Ok(()) => RequestError::BadRequest(match error {
+                httparse::Error::HeaderName => "invalid header name",
+                httparse::Error::HeaderValue => "invalid header value",
+                httparse::Error::Token => "invalid method or request target",
+                _ => "malformed request head",
+            }),
+        },
+    }
+}
+
+fn validate(
+    method: String,
+    target: String,
+    version: Version,
+    headers: Vec<Header>,
+    limits: &Limits,
+) -> Result<RequestHead, RequestError> {
+    let mut host_count = 0;
+    let mut content_length: Option<u64> = None;
+    let mut transfer_codings: Vec<String> = Vec::new();
+    let mut connection_close = false;
+    let mut connection_keep_alive = false;
+    let mut expects_continue = false;
+
+    for header in &headers {
+        let name = header.name.as_str();
+        if name.eq_ignore_ascii_case("host") {
+            host_count += 1;
+        } else if name.eq_ignore_ascii_case("content-length") {
+            if content_length.is_some() {
+                return Err(RequestError::BadRequest("several Content-Length fields"));
+            }
+            content_length = Some(parse_content_length(&header.value)?);
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            for coding in list_elements(&header.value) {
+                transfer_codings.push(coding.to_ascii_lowercase());
+            }
+        } else if name.eq_ignore_ascii_case("connection") {
+            for option in list_elements(&header.value) {
+                connection_close |= option.eq_ignore_ascii_case("close");
+                connection_keep_alive |= option.eq_ignore_ascii_case("keep-alive");
+            }
+        } else if name.eq_ignore_ascii_case("expect") {
+            let value = String::from_utf8_lossy(&header.value);
+            if value.trim().eq_ignore_ascii_case("100-continue") {
+                expects_continue = true;
+            } else {
+                return Err(RequestError::ExpectationFailed);
+            }
+        }
+    }
+
+    if version == Version::Http11 && host_count == 0 {
+        return Err(RequestError::BadRequest("missing Host header"));
+    }
+    if host_count > 1 {
+        return Err(RequestError::BadRequest("several Host fields"));
+    }
+
+    let framing = if transfer_codings.is_empty() {
+        match content_length {
+            Some(0) | None => BodyFraming::None,
+            Some(n) => BodyFraming::Length(n),
+        }
+    } else {
+        if content_length.is_some() {
+            return Err(RequestError::BadRequest(
+                "both Content-Length and Transfer-Encoding",
+            ));
+        }
+        if version == Version::Http10 {
+            // RFC 9112 6.1: a 1.0 message with Transfer-Encoding is faulty framing.
+            return Err(RequestError::BadRequest(
+                "Transfer-Encoding in an HTTP/1.0 request",
+            ));
+        }
+        let (last, others) = transfer_codings.split_last().expect("not empty");
+        if others.iter().any(|c| c == "chunked") {
+            return Err(RequestError::BadRequest("chunked applied more than once"));
+        }
+        if last != "chunked" {
+            return Err(if last.is_empty() || !known_coding(last) {
+                RequestError::UnsupportedTransferCoding
+            } else {
+                // A known coding that is not finished by chunked: the length is unknowable.
+                RequestError::BadRequest("Transfer-Encoding does not end with chunked")
+            });
+        }
+        if !others.is_empty() {
+            // gzip/deflate/compress before chunked: we do not decode them and will not forward
+            // what we cannot frame-check.
+            return Err(RequestError::UnsupportedTransferCoding);
+        }
+        BodyFraming::Chunked
+    };
+    if let BodyFraming::Length(n) = framing {
+        if n > limits.max_body_bytes {
+            return Err(RequestError::BodyTooLarge);
+        }
+    }
+
+    let keep_alive = match version {
+        Version::Http11 => !connection_close,
+        Version::Http10 => connection_keep_alive && !connection_close,
+    };
+    // A 1.0 client does not know 100-continue; only 1.1 waits for it.
+    let expects_continue = expects_continue && version == Version::Http11;
+    Ok(RequestHead {
+        method,
+        target,
+        version,
+        headers,
+        framing,
+        keep_alive,
+        expects_continue,
+    })
+}
+
+fn known_coding(coding: &str) -> bool {
+    matches!(
+        coding,
+        "gzip" | "x-gzip" | "deflate" | "compress" | "x-compress"
+    )
+}
+
+/// Content-Length is 1*DIGIT: no sign, no spaces inside, no comma list, no overflow.
+fn parse_content_length(value: &[u8]) -> Result<u64, RequestError> {
+    let bad = RequestError::BadRequest("invalid Content-Length");
+    if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
+        return Err(bad);
+    }
+    std::str::from_utf8(value)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or(bad)
+}
+
+/// The elements of a comma-separated field value, trimmed, empty ones dropped (RFC 9110 5.6.1).
+fn list_elements(value: &[u8]) -> impl Iterator<Item = &str> {
+    std::str::from_utf8(value)
+        .unwrap_or("\u{fffd}")
+        .split(',')
+        .map(|s| s.trim_matches([' ', '\t']))
+        .filter(|s| !s.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(raw: &str) -> Result<ParseOutcome, RequestError> {
+        parse_head(raw.as_bytes(), &Limits::default())
+    }
+
+    fn framing(raw: &str) -> Result<BodyFraming, RequestError> {
+        match parse(raw)? {
+            ParseOutcome::Complete(head, _) => Ok(head.framing),
+            ParseOutcome::Partial => panic!("partial"),
+        }
+    }
+
+    #[test]
+    fn content_length_and_chunked_framing() {
+        assert_eq!(
+            framing("GET / HTTP/1.1\r\nHost: a\r\n\r\n"),
+            Ok(BodyFraming::None)
+        );
+        assert_eq!(
+            framing("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 12\r\n\r\n"),
+            Ok(BodyFraming::Length(12))
+        );
+        assert_eq!(
+            framing("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: Chunked\r\n\r\n"),
+            Ok(BodyFraming::Chunked)
+        );
+    }
+
+    #[test]
+    fn smuggling_shapes_are_rejected() {
+        let cases = [
+            ("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+            ("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n", 400),
+            ("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3, 3\r\n\r\n", 400),
+            ("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +3\r\n\r\n", 400),
+            ("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0x3\r\n\r\n", 400),
+            ("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 99999999999999999999\r\n\r\n", 400),
+            ("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, identity\r\n\r\n", 501),
+            ("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n", 400),
+            ("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+            ("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: xchunked\r\n\r\n", 501),
+            ("GET / HTTP/1.1\r\nHost: a\r\nX: a\r\n b\r\n\r\n", 400),
+            ("GET / HTTP/1.1\r\nHost: a\r\nBad Name: a\r\n\r\n", 400),
+            ("GET / HTTP/1.1\r\nHost: a\r\nX: a\x01b\r\n\r\n", 400),
+            ("GET / HTTP/1.1\r\n\r\n", 400),
+            ("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+            ("GET / HTTP/2.0\r\nHost: a\r\n\r\n", 505),
+            ("GET / HTTP/1.1\r\nHost: a\r\nExpect: 200-ok\r\n\r\n", 417),
+            ("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+        ];
+        for (raw, status) in cases {
+            match parse(raw) {
+                Err(e) => assert_eq!(e.status(), status, "{raw:?}"),
+                Ok(other) => panic!("accepted {raw:?}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn limits_give_their_status() {
+        let limits = Limits {
+            max_body_bytes: 10,
+            ..Limits::default()
+        };
+        let raw = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 11\r\n\r\n";
+        assert_eq!(parse_head(raw, &limits).unwrap_err().status(), 413);
+        let long = format!("GET /{} HTTP/1.1\r\n", "a".repeat(9000));
+        assert_eq!(parse(&long).unwrap_err().status(), 414);
+        let big = format!("GET / HTTP/1.1\r\nHost: a\r\nX: {}\r\n", "a".repeat(40_000));
+        assert_eq!(parse(&big).unwrap_err().status(), 431);
+        let many: String = (0..101).map(|i| format!("X-{i}: v\r\n")).collect();
+        let raw = format!("GET / HTTP/1.1\r\nHost: a\r\n{many}\r\n");
+        assert_eq!(parse(&raw).unwrap_err().status(), 431);
+    }
+
+    #[test]
+    fn keep_alive_follows_version_and_connection() {
+        let ka = |raw: &str| match parse(raw).unwrap() {
+            ParseOutcome::Complete(h, _) => h.keep_alive,
+            ParseOutcome::Partial => panic!(),
+        };
+        assert!(ka("GET / HTTP/1.1\r\nHost: a\r\n\r\n"));
+        assert!(!ka(
+            "GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+        ));
+        assert!(!ka("GET / HTTP/1.0\r\n\r\n"));
+        assert!(ka("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n"));
+    }
+}

@@ -1,0 +1,57 @@
+//! Every limit and timeout of the front end, with its default, in one place (SPEC section 10).
+
+use std::time::Duration;
+
+/// Limits and timeouts applied to client connections. Defaults follow nginx where it has one.
+///
+/// ```
+/// use lb_sync::server::Limits;
+/// let strict = Limits { max_body_bytes: 1 << 20, ..Limits::default() };
+/// assert_eq!(strict.max_headers, 100);
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Time from the first byte of a request (or from accept) to its complete head. Default 10 s
+    /// (nginx `client_header_timeout` is 60 s; 10 s sheds slowloris clients sooner). On expiry: `408`.
+    pub head_timeout: Duration,
+    /// Idle time allowed between two requests on a keep-alive connection. Default 60 s
+    /// (nginx `keepalive_timeout` 75 s). On expiry the connection is closed quietly.
+    pub keep_alive_timeout: Duration,
+    /// Time without progress while reading a body or writing a response. Default 60 s
+    /// (nginx `client_body_timeout` / `send_timeout`). On expiry: `408` if nothing was sent, else close.
+    pub io_timeout: Duration,
+    /// Longest request line (method, target, version). Default 8 KiB. Over it: `414`.
+    pub max_request_line_bytes: usize,
+    /// Longest head, request line included. Default 32 KiB. Over it: `431`.
+    pub max_head_bytes: usize,
+    /// Most header fields. Default 100. Over it: `431`.
+    pub max_headers: usize,
+    /// Largest request body, counted after chunked decoding. Default 1 GiB, streamed, never
+    /// buffered whole. Over it: `413`.
+    pub max_body_bytes: u64,
+    /// Most open client connections. Default 10 000. New ones over it get `503` and are closed.
+    pub max_connections: usize,
+    /// How long a closing connection's unread input is drained so that our last response is
+    /// not destroyed by a TCP reset (nginx `lingering_timeout`). Default 2 s.
+    pub linger_timeout: Duration,
+    /// Most body bytes drained after a response to keep the connection alive (nginx discards a
+    /// body the same way). Larger unread bodies close the connection. Default 1 MiB.
+    pub max_drain_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            head_timeout: Duration::from_secs(10),
+            keep_alive_timeout: Duration::from_secs(60),
+            io_timeout: Duration::from_secs(60),
+            max_request_line_bytes: 8 * 1024,
+            max_head_bytes: 32 * 1024,
+            max_headers: 100,
+            max_body_bytes: 1 << 30,
+            max_connections: 10_000,
+            linger_timeout: Duration::from_secs(2),
+            max_drain_bytes: 1 << 20,
+        }
+    }
+}

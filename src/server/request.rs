@@ -1,0 +1,74 @@
+//! What a handler receives: the validated head, the peer address and the body reader.
+
+use std::net::SocketAddr;
+
+use super::body::RequestBody;
+use super::head::{Header, RequestHead, Version};
+
+/// One request, as handed to a [`Handler`](super::Handler).
+pub struct Request<'r> {
+    head: RequestHead,
+    peer: SocketAddr,
+    body: RequestBody<'r>,
+}
+
+impl<'r> Request<'r> {
+    pub(crate) fn new(head: RequestHead, peer: SocketAddr, body: RequestBody<'r>) -> Request<'r> {
+        Request { head, peer, body }
+    }
+
+    /// The method, e.g. `GET`.
+    pub fn method(&self) -> &str {
+        &self.head.method
+    }
+
+    /// The request target as sent, e.g. `/path?query`.
+    pub fn target(&self) -> &str {
+        &self.head.target
+    }
+
+    /// The path part of the target (before `?`).
+    pub fn path(&self) -> &str {
+        self.head.target.split('?').next().unwrap_or("")
+    }
+
+    /// The query part of the target (after `?`), if any.
+    pub fn query(&self) -> Option<&str> {
+        self.head.target.split_once('?').map(|(_, q)| q)
+    }
+
+    /// HTTP/1.0 or HTTP/1.1.
+    pub fn version(&self) -> Version {
+        self.head.version
+    }
+
+    /// All header fields in the order received.
+    pub fn headers(&self) -> &[Header] {
+        &self.head.headers
+    }
+
+    /// The first header named `name` (case-insensitive), as text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.head.header(name)
+    }
+
+    /// The validated head.
+    pub fn head(&self) -> &RequestHead {
+        &self.head
+    }
+
+    /// The TCP peer's address.
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
+    /// The body, to read from.
+    pub fn body(&mut self) -> &mut RequestBody<'r> {
+        &mut self.body
+    }
+
+    /// The body, owned (to stream it into a response or a backend request).
+    pub fn into_body(self) -> RequestBody<'r> {
+        self.body
+    }
+}
