@@ -5,7 +5,8 @@ use std::process::ExitCode;
 
 use argh::FromArgs;
 use lb_sync::demo_backend::DemoBackend;
-use lb_sync::server::{Server, ServerConfig};
+use lb_sync::server::{bind, Server, ServerConfig};
+use std::io::Write;
 
 /// A demo backend: answers any path with JSON naming itself (`server_info.id`) and the request.
 /// Query knobs: delay_ms, status, bytes (with chunked=1), echo=1, set_cookies=N, redirect=URL.
@@ -42,25 +43,33 @@ fn main() -> ExitCode {
         simplelog::ColorChoice::Never,
     );
     let _ = rlimit::increase_nofile_limit(u64::MAX);
-    let backend = DemoBackend::new(args.port, &args.host.to_string(), args.id);
-    let id = backend.id().to_string();
     let config = ServerConfig {
         bind: SocketAddr::new(args.host, args.port),
         threads: args.threads,
         ..ServerConfig::default()
     };
-    match Server::start(config, backend) {
+    let listener = match bind(config.bind, config.backlog) {
+        Ok(listener) => listener,
+        Err(e) => {
+            eprintln!("lb-backend: cannot listen on {}: {e}", config.bind);
+            return ExitCode::from(1);
+        }
+    };
+    // With --port 0 the kernel picks the port; the id and the ready line name the real one.
+    let port = listener.local_addr().map_or(args.port, |a| a.port());
+    let backend = DemoBackend::new(port, &args.host.to_string(), args.id);
+    let id = backend.id().to_string();
+    match Server::start_on(listener, config, backend) {
         Ok(server) => {
-            log::info!("{id} listening on {}", server.local_addr());
+            // The ready line on stdout is what scripts and tests wait for.
+            println!("{id} listening on {}", server.local_addr());
+            let _ = std::io::stdout().flush();
             loop {
                 std::thread::park();
             }
         }
         Err(e) => {
-            eprintln!(
-                "lb-backend: cannot listen on {}:{}: {e}",
-                args.host, args.port
-            );
+            eprintln!("lb-backend: cannot start: {e}");
             ExitCode::from(1)
         }
     }

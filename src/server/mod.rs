@@ -35,11 +35,12 @@ pub use body::RequestBody;
 pub use error::{reason_phrase, RequestError};
 pub use head::{parse_head, BodyFraming, Header, ParseOutcome, RequestHead, Version};
 pub use limits::Limits;
+pub use listener::bind;
 pub use request::Request;
 pub use response::{Body, Response};
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -98,9 +99,20 @@ pub struct Server {
 }
 
 impl Server {
-    /// Binds and starts the poller and the worker pool.
+    /// Binds `config.bind` and starts the poller and the worker pool.
     pub fn start(config: ServerConfig, handler: impl Handler) -> io::Result<Server> {
-        let listener = listener::bind(config.bind, config.backlog)?;
+        let listener = bind(config.bind, config.backlog)?;
+        Server::start_on(listener, config, handler)
+    }
+
+    /// Starts on a listener bound with [`bind`] (so its port is known before the handler is
+    /// built); `config.bind` is ignored.
+    pub fn start_on(
+        listener: TcpListener,
+        config: ServerConfig,
+        handler: impl Handler,
+    ) -> io::Result<Server> {
+        listener.set_nonblocking(true)?;
         let local_addr = listener.local_addr()?;
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);

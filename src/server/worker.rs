@@ -83,11 +83,9 @@ impl Worker {
             buffered,
             ..
         } = job;
-        let ctx = ResponseContext {
-            version: head.version,
-            head_request: head.is_head(),
-            keep_alive: head.keep_alive && !self.stopping.load(Ordering::Relaxed),
-        };
+        let version = head.version;
+        let head_request = head.is_head();
+        let client_keeps_alive = head.keep_alive;
         let body = RefCell::new(BodyState::new(
             head.framing,
             buffered,
@@ -119,6 +117,12 @@ impl Worker {
         {
             return Next::Close;
         }
+        // Read now, not before the handler ran: a stop during a slow request still says close.
+        let ctx = ResponseContext {
+            version,
+            head_request,
+            keep_alive: client_keeps_alive && !self.stopping.load(Ordering::Relaxed),
+        };
         let keep_alive = match write_response(&mut &*stream, response, &ctx) {
             Ok(keep_alive) => keep_alive,
             Err(_) => return Next::Close,

@@ -1,0 +1,694 @@
+//! HTTP/1.1 conformance of the front end, over real TCP against the real server: framing,
+//! limits, timeouts, keep-alive, pipelining, bursts, idle connections, streaming, accept errors.
+
+mod common;
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{backend, chunked, proc_status, read_response, wait_until, ChildProcess, Conn};
+use lb_sync::demo_backend::DemoBackend;
+use lb_sync::server::{Handler, Limits, Request, Response, Server, ServerConfig};
+
+fn config(limits: Limits, threads: usize, queue_capacity: usize) -> ServerConfig {
+    ServerConfig {
+        bind: "127.0.0.1:0".parse().unwrap(),
+        threads,
+        queue_capacity,
+        limits,
+        ..ServerConfig::default()
+    }
+}
+
+/// An in-process demo backend with the given limits.
+fn demo(limits: Limits) -> Server {
+    Server::start(
+        config(limits, 4, 1024),
+        DemoBackend::new(0, "127.0.0.1", Some("demo".into())),
+    )
+    .unwrap()
+}
+
+fn path_of(resp: &common::Resp) -> String {
+    resp.json()["request"]["path"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn keep_alive_serves_several_requests_on_one_connection() {
+    let server = demo(Limits::default());
+    let mut conn = Conn::open(server.local_addr());
+    let local = conn.reader.get_ref().local_addr().unwrap();
+    for i in 0..5 {
+        let resp = conn.get(&format!("/k{i}"));
+        assert_eq!(resp.status, 200);
+        assert_eq!(path_of(&resp), format!("/k{i}"));
+        assert_eq!(
+            resp.header("connection"),
+            None,
+            "1.1 keep-alive needs no Connection header"
+        );
+    }
+    assert_eq!(conn.reader.get_ref().local_addr().unwrap(), local);
+    server.stop(Duration::from_secs(1));
+}
+
+#[test]
+fn ten_pipelined_requests_in_one_write_are_answered_in_order() {
+    let server = demo(Limits::default());
+    let mut conn = Conn::open(server.local_addr());
+    let raw: String = (0..10)
+        .map(|i| format!("GET /p{i} HTTP/1.1\r\nHost: t\r\n\r\n"))
+        .collect();
+    conn.send(raw.as_bytes());
+    for i in 0..10 {
+        let resp = conn.response();
+        assert_eq!(resp.status, 200);
+        assert_eq!(path_of(&resp), format!("/p{i}"));
+    }
+    server.stop(Duration::from_secs(1));
+}
+
+#[test]
+fn pipelined_requests_with_bodies_stay_in_order() {
+    let server = demo(Limits::default());
+    let mut conn = Conn::open(server.local_addr());
+    let mut raw = Vec::new();
+    raw.extend_from_slice(b"POST /a HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello");
+    raw.extend_from_slice(
+        b"POST /b HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    );
+    raw.extend_from_slice(b"GET /c HTTP/1.1\r\nHost: t\r\n\r\n");
+    conn.send(&raw);
+    let a = conn.response().json();
+    let b = conn.response().json();
+    let c = conn.response().json();
+    assert_eq!(
+        (a["request"]["path"].as_str(), a["request"]["body"].as_str()),
+        (Some("/a"), Some("hello"))
+    );
+    assert_eq!(
+        (b["request"]["path"].as_str(), b["request"]["body"].as_str()),
+        (Some("/b"), Some("abc"))
+    );
+    assert_eq!(c["request"]["path"], "/c");
+    server.stop(Duration::from_secs(1));
+}
+
+#[test]
+fn thousand_sequential_requests_on_one_connection() {
+    let server = demo(Limits::default());
+    let mut conn = Conn::open(server.local_addr());
+    for i in 0..1000 {
+        let resp = conn.get(&format!("/s{i}"));
+        assert_eq!(resp.status, 200, "request {i}");
+    }
+    server.stop(Duration::from_secs(1));
+}
+
+#[test]
+fn burst_of_256_connections_is_all_answered() {
+    let server = demo(Limits::default());
+    let mut conns: Vec<Conn> = (0..256).map(|_| Conn::open(server.local_addr())).collect();
+    for (i, conn) in conns.iter_mut().enumerate() {
+        conn.send(format!("GET /b{i} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
+    }
+    for (i, conn) in conns.iter_mut().enumerate() {
+        let resp = conn.response();
+        assert_eq!(resp.status, 200);
+        assert_eq!(path_of(&resp), format!("/b{i}"));
+    }
+    server.stop(Duration::from_secs(1));
+}
+
+#[test]
+fn two_thousand_idle_keep_alive_connections_cost_no_threads() {
+    let workers = 4;
+    let child = backend(&["--threads", &workers.to_string()]);
+    let addr = child.addr();
+    let mut idle = Vec::with_capacity(2000);
+    for _ in 0..2000 {
+        let mut conn = Conn::open(addr);
+        assert_eq!(conn.get("/warm").status, 200);
+        idle.push(conn);
+    }
+    // Another client is served while the 2000 sit idle on keep-alive.
+    let mut active = Conn::open(addr);
+    for i in 0..200 {
+        assert_eq!(active.get(&format!("/busy{i}")).status, 200);
+    }
+    let threads = proc_status(child.pid(), "Threads");
+    let rss_kb = proc_status(child.pid(), "VmRSS");
+    eprintln!("2000 idle connections: {threads} threads, RSS {rss_kb} kB");
+    // Workers + the poller + the main thread; nothing per connection.
+    assert!(
+        threads <= workers as u64 + 3,
+        "{threads} threads for {workers} workers"
+    );
+    // And the idle ones are still alive and usable.
+    for conn in idle.iter_mut().step_by(97) {
+        assert_eq!(conn.get("/again").status, 200);
+    }
+}
+
+#[test]
+fn trickling_clients_get_408_while_others_are_served() {
+    let limits = Limits {
+        head_timeout: Duration::from_secs(2),
+        ..Limits::default()
+    };
+    let server = demo(limits);
+    let addr = server.local_addr();
+    let started = Instant::now();
+    let tricklers: Vec<_> = (0..64)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut conn = Conn::open(addr);
+                conn.send(b"GET /slow HTTP/1.1\r\n");
+                // One header line every 500 ms, never the end of the head.
+                for i in 0..20 {
+                    std::thread::sleep(Duration::from_millis(500));
+                    if conn
+                        .reader
+                        .get_mut()
+                        .write_all(format!("X-Line-{i}: v\r\n").as_bytes())
+                        .is_err()
+                    {
+                        break;
+                    }
+                    if i == 6 {
+                        break;
+                    }
+                }
+                let resp = conn.response();
+                (resp.status, conn.is_closed(), started.elapsed())
+            })
+        })
+        .collect();
+    // Meanwhile a normal client is answered as usual.
+    std::thread::sleep(Duration::from_millis(300));
+    let mut normal = Conn::open(addr);
+    for _ in 0..20 {
+        let t = Instant::now();
+        assert_eq!(normal.get("/fast").status, 200);
+        assert!(
+            t.elapsed() < Duration::from_secs(1),
+            "normal request waited {:?}",
+            t.elapsed()
+        );
+    }
+    for trickler in tricklers {
+        let (status, closed, at) = trickler.join().unwrap();
+        assert_eq!(status, 408);
+        assert!(closed, "closed after 408");
+        assert!(
+            at >= Duration::from_millis(1900),
+            "408 came at {at:?}, before the head timeout"
+        );
+    }
+    server.stop(Duration::from_secs(1));
+}
+
+/// Sends `attack` followed by a valid request in one write; exactly one response with `status`
+/// must come back, then the connection must close: the tail is never answered.
+fn assert_rejected(addr: SocketAddr, attack: &[u8], status: u16) {
+    let mut conn = Conn::open(addr);
+    let mut raw = attack.to_vec();
+    raw.extend_from_slice(b"GET /tail HTTP/1.1\r\nHost: t\r\n\r\n");
+    conn.send(&raw);
+    let resp = conn.response();
+    assert_eq!(
+        resp.status,
+        status,
+        "attack {:?}: {}",
+        String::from_utf8_lossy(attack),
+        resp.text()
+    );
+    assert_eq!(resp.header("connection"), Some("close"));
+    let rest = conn.rest();
+    assert!(
+        rest.is_empty(),
+        "tail answered after {:?}: {:?}",
+        String::from_utf8_lossy(attack),
+        String::from_utf8_lossy(&rest)
+    );
+}
+
+#[test]
+fn framing_attacks_are_rejected_and_the_tail_never_answered() {
+    let server = demo(Limits::default());
+    let addr = server.local_addr();
+    let cases: &[(&[u8], u16)] = &[
+        (b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n0\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\nContent-Length: 4\r\n\r\nabcd", 400),
+        (b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\nabcd", 400),
+        (b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 4, 4\r\n\r\nabcd", 400),
+        (b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: four\r\n\r\nabcd", 400),
+        (b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: -4\r\n\r\nabcd", 400),
+        (b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 4 \x0b\r\n\r\nabcd", 400),
+        (b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip\r\n\r\nabcd", 400),
+        (b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked, gzip\r\n\r\n0\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: foo\r\n\r\n0\r\n\r\n", 501),
+        (b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", 501),
+        (b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n;x\r\nabc\r\n0\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcX\r\n0\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n-1\r\nabc\r\n0\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\nfffffffffffffffff\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: t\r\nX-Folded: a\r\n  b\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: t\r\nBad Name: v\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: t\r\nBad\x01Name: v\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: t\r\nX: a\x00b\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: t\r\nX: a\rb\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nX: no host\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+        (b"GET / HTTP/1.1 extra\r\nHost: t\r\n\r\n", 400),
+        (b"GET  / HTTP/1.1\r\nHost: t\r\n\r\n", 400),
+        (b"GET / HTTP/3.0\r\nHost: t\r\n\r\n", 505),
+    ];
+    for (attack, status) in cases {
+        assert_rejected(addr, attack, *status);
+    }
+    server.stop(Duration::from_secs(1));
+}
+
+#[test]
+fn every_limit_gives_its_status() {
+    let limits = Limits {
+        max_body_bytes: 1000,
+        ..Limits::default()
+    };
+    let server = demo(limits);
+    let addr = server.local_addr();
+    let long_target = format!("GET /{} HTTP/1.1\r\nHost: t\r\n\r\n", "a".repeat(9000));
+    assert_rejected(addr, long_target.as_bytes(), 414);
+    let big_head = format!(
+        "GET / HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\n\r\n",
+        "b".repeat(33 * 1024)
+    );
+    assert_rejected(addr, big_head.as_bytes(), 431);
+    let many: String = (0..101).map(|i| format!("X-H{i}: v\r\n")).collect();
+    assert_rejected(
+        addr,
+        format!("GET / HTTP/1.1\r\nHost: t\r\n{many}\r\n").as_bytes(),
+        431,
+    );
+    assert_rejected(
+        addr,
+        b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 1001\r\n\r\n",
+        413,
+    );
+    let too_much = chunked(&[b'z'; 1500], &[700]);
+    let mut raw = b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    raw.extend_from_slice(&too_much);
+    assert_rejected(addr, &raw, 413);
+    // Exactly at the limit is fine.
+    let mut conn = Conn::open(addr);
+    conn.send(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 1000\r\n\r\n");
+    conn.send(&[b'k'; 1000]);
+    assert_eq!(conn.response().json()["request"]["body_bytes"], 1000);
+    server.stop(Duration::from_secs(1));
+}
+
+#[test]
+fn stalled_body_gets_408_after_the_io_timeout() {
+    let limits = Limits {
+        io_timeout: Duration::from_millis(700),
+        ..Limits::default()
+    };
+    let server = demo(limits);
+    let mut conn = Conn::open(server.local_addr());
+    conn.send(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\nabc");
+    let resp = conn.response();
+    assert_eq!(resp.status, 408);
+    assert!(conn.is_closed());
+    server.stop(Duration::from_secs(1));
+}
+
+#[test]
+fn idle_keep_alive_connection_is_closed_quietly() {
+    let limits = Limits {
+        keep_alive_timeout: Duration::from_millis(300),
+        ..Limits::default()
+    };
+    let server = demo(limits);
+    let mut conn = Conn::open(server.local_addr());
+    assert_eq!(conn.get("/").status, 200);
+    let start = Instant::now();
+    assert!(
+        conn.rest().is_empty(),
+        "no 408 on an idle keep-alive connection"
+    );
+    assert!(start.elapsed() >= Duration::from_millis(250));
+    server.stop(Duration::from_secs(1));
+}
+
+#[test]
+fn connections_over_the_limit_get_503_and_close() {
+    let limits = Limits {
+        max_connections: 4,
+        ..Limits::default()
+    };
+    let server = demo(limits);
+    let mut held: Vec<Conn> = (0..4).map(|_| Conn::open(server.local_addr())).collect();
+    for conn in &mut held {
+        assert_eq!(conn.get("/").status, 200);
+    }
+    let mut extra = Conn::open(server.local_addr());
+    let resp = extra.response();
+    assert_eq!(resp.status, 503);
+    assert!(extra.is_closed());
+    drop(held);
+    assert!(wait_until(Duration::from_secs(5), || {
+        let mut conn = Conn::open(server.local_addr());
+        conn.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");
+        read_response(&mut conn.reader, false).is_ok_and(|r| r.status == 200)
+    }));
+    server.stop(Duration::from_secs(1));
+}
+
+#[test]
+fn full_queue_answers_503_with_retry_after_at_once() {
+    let server = Server::start(
+        config(Limits::default(), 1, 1),
+        DemoBackend::new(0, "127.0.0.1", None),
+    )
+    .unwrap();
+    let addr = server.local_addr();
+    // One request occupies the only worker, one waits in the queue of one.
+    let mut busy = Conn::open(addr);
+    busy.send(b"GET /?delay_ms=1500 HTTP/1.1\r\nHost: t\r\n\r\n");
+    std::thread::sleep(Duration::from_millis(200));
+    let mut queued = Conn::open(addr);
+    queued.send(b"GET /?delay_ms=10 HTTP/1.1\r\nHost: t\r\n\r\n");
+    std::thread::sleep(Duration::from_millis(200));
+    let mut refused = Conn::open(addr);
+    let start = Instant::now();
+    let resp = refused.get("/");
+    assert_eq!(resp.status, 503);
+    assert_eq!(resp.header("retry-after"), Some("1"));
+    assert!(
+        start.elapsed() < Duration::from_millis(1000),
+        "503 came only after {:?}",
+        start.elapsed()
+    );
+    assert_eq!(busy.response().status, 200);
+    assert_eq!(queued.response().status, 200);
+    server.stop(Duration::from_secs(1));
+}
+
+#[test]
+fn chunked_bodies_in_and_out_with_odd_sizes_and_extensions() {
+    let server = demo(Limits::default());
+    let data: Vec<u8> = (0..100_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    for sizes in [&[1usize, 7, 31, 4096][..], &[1], &[65_536, 3], &[100_000]] {
+        let mut conn = Conn::open(server.local_addr());
+        conn.send(b"POST /?echo=1 HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n");
+        conn.send(&chunked(&data, sizes));
+        let resp = conn.response();
+        assert_eq!(resp.status, 200);
+        assert_eq!(resp.header("transfer-encoding"), Some("chunked"));
+        assert!(resp.body == data, "echo differs for chunk sizes {sizes:?}");
+        // And counted, on the same connection.
+        conn.send(b"PUT /count HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n");
+        conn.send(&chunked(&data, sizes));
+        assert_eq!(conn.response().json()["request"]["body_bytes"], 100_000);
+    }
+    let mut conn = Conn::open(server.local_addr());
+    let resp = conn.get("/?bytes=70000&chunked=1");
+    assert_eq!((resp.status, resp.body.len()), (200, 70_000));
+    server.stop(Duration::from_secs(1));
+}
+
+#[test]
+fn expect_100_continue_is_answered_before_the_body() {
+    let limits = Limits {
+        max_body_bytes: 100,
+        ..Limits::default()
+    };
+    let server = demo(limits);
+    let mut conn = Conn::open(server.local_addr());
+    conn.send(
+        b"POST /?echo=1 HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
+    );
+    assert_eq!(
+        conn.response().status,
+        100,
+        "interim response before the body is sent"
+    );
+    conn.send(b"hello");
+    let resp = conn.response();
+    assert_eq!((resp.status, resp.body.as_slice()), (200, &b"hello"[..]));
+    // A body over the limit is refused without 100, so the client never sends it.
+    let mut conn = Conn::open(server.local_addr());
+    conn.send(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 500\r\nExpect: 100-continue\r\n\r\n");
+    assert_eq!(conn.response().status, 413);
+    // A counting handler reads the body too: 100 first, then the final answer.
+    let mut conn = Conn::open(server.local_addr());
+    conn.send(b"PUT /c HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n");
+    assert_eq!(conn.response().status, 100);
+    conn.send(b"abc");
+    assert_eq!(conn.response().json()["request"]["body_bytes"], 3);
+    server.stop(Duration::from_secs(1));
+}
+
+#[test]
+fn http_1_0_with_and_without_keep_alive() {
+    let server = demo(Limits::default());
+    let mut conn = Conn::open(server.local_addr());
+    conn.send(b"GET /old HTTP/1.0\r\n\r\n");
+    let resp = conn.response();
+    assert_eq!(
+        (resp.status, resp.header("connection")),
+        (200, Some("close"))
+    );
+    assert!(conn.is_closed());
+
+    let mut conn = Conn::open(server.local_addr());
+    conn.send(b"GET /ka1 HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+    let resp = conn.response();
+    assert_eq!(resp.header("connection"), Some("keep-alive"));
+    conn.send(b"GET /ka2 HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+    assert_eq!(path_of(&conn.response()), "/ka2");
+    // Unknown length on 1.0: close-delimited, never chunked.
+    conn.send(b"GET /?bytes=5000&chunked=1 HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+    let resp = conn.response();
+    assert_eq!(
+        (resp.header("transfer-encoding"), resp.body.len()),
+        (None, 5000)
+    );
+    assert_eq!(resp.header("connection"), Some("close"));
+    server.stop(Duration::from_secs(1));
+}
+
+#[test]
+fn head_has_no_body_and_the_connection_stays_in_sync() {
+    let server = demo(Limits::default());
+    let mut conn = Conn::open(server.local_addr());
+    conn.send(b"HEAD /?bytes=1234 HTTP/1.1\r\nHost: t\r\n\r\n");
+    let resp = conn.head_response();
+    assert_eq!(
+        (resp.status, resp.header("content-length")),
+        (200, Some("1234"))
+    );
+    conn.send(b"HEAD /?bytes=99&chunked=1 HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(conn.head_response().status, 200);
+    assert_eq!(path_of(&conn.get("/after-head")), "/after-head");
+    server.stop(Duration::from_secs(1));
+}
+
+/// A handler whose response body fails half-way, as a backend that dies mid-transfer.
+struct BreaksMidway;
+
+struct Broken {
+    sent: bool,
+}
+
+impl Read for Broken {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if std::mem::replace(&mut self.sent, true) {
+            Err(io::Error::other("source failed"))
+        } else {
+            buf[..4].copy_from_slice(b"part");
+            Ok(4)
+        }
+    }
+}
+
+impl Handler for BreaksMidway {
+    fn handle<'r>(&self, request: Request<'r>) -> Response<'r> {
+        let length = if request.path() == "/sized" {
+            Some(100)
+        } else {
+            None
+        };
+        Response::new(200).with_stream(Broken { sent: false }, length)
+    }
+}
+
+#[test]
+fn a_body_source_failing_midway_is_a_visibly_broken_transfer() {
+    let server = Server::start(config(Limits::default(), 2, 8), BreaksMidway).unwrap();
+    let mut conn = Conn::open(server.local_addr());
+    let err = conn.get_result("/chunked");
+    assert!(err.is_err(), "no final chunk: {err:?}");
+    let mut conn = Conn::open(server.local_addr());
+    let err = conn.get_result("/sized");
+    assert!(err.is_err(), "short of Content-Length: {err:?}");
+    server.stop(Duration::from_secs(1));
+}
+
+trait GetResult {
+    fn get_result(&mut self, path: &str) -> io::Result<common::Resp>;
+}
+
+impl GetResult for Conn {
+    fn get_result(&mut self, path: &str) -> io::Result<common::Resp> {
+        self.send(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
+        read_response(&mut self.reader, false)
+    }
+}
+
+/// Writes `total` bytes of `x` in 1 MiB writes.
+fn write_filler(stream: &mut TcpStream, total: u64) {
+    let block = vec![b'x'; 1 << 20];
+    let mut left = total;
+    while left > 0 {
+        let n = left.min(block.len() as u64) as usize;
+        stream.write_all(&block[..n]).unwrap();
+        left -= n as u64;
+    }
+}
+
+#[test]
+fn one_gib_streams_through_in_constant_memory() {
+    const GIB: u64 = 1 << 30;
+    let child = backend(&["--threads", "2"]);
+    let mut conn = Conn::open(child.addr());
+    assert_eq!(conn.get("/warm").status, 200);
+    let before_kb = proc_status(child.pid(), "VmRSS");
+
+    conn.send(
+        format!("POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: {GIB}\r\n\r\n").as_bytes(),
+    );
+    write_filler(conn.reader.get_mut(), GIB);
+    assert_eq!(conn.response().json()["request"]["body_bytes"], GIB);
+
+    conn.send(b"POST /upload-chunked HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n");
+    let stream = conn.reader.get_mut();
+    let block = vec![b'y'; 1 << 20];
+    for _ in 0..1024 {
+        stream.write_all(b"100000\r\n").unwrap();
+        stream.write_all(&block).unwrap();
+        stream.write_all(b"\r\n").unwrap();
+    }
+    stream.write_all(b"0\r\n\r\n").unwrap();
+    assert_eq!(conn.response().json()["request"]["body_bytes"], GIB);
+
+    conn.send(format!("GET /?bytes={GIB} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
+    let resp = conn.head_response();
+    assert_eq!(
+        resp.header("content-length"),
+        Some(GIB.to_string().as_str())
+    );
+    let mut left = GIB;
+    let mut buf = vec![0u8; 1 << 20];
+    while left > 0 {
+        let n = conn
+            .reader
+            .read(&mut buf[..left.min(1 << 20) as usize])
+            .unwrap();
+        assert!(n > 0, "download ended {left} bytes short");
+        left -= n as u64;
+    }
+    let peak_kb = proc_status(child.pid(), "VmHWM");
+    eprintln!(
+        "1 GiB up (length), up (chunked) and down: RSS before {before_kb} kB, peak {peak_kb} kB"
+    );
+    assert!(
+        peak_kb.saturating_sub(before_kb) < 32 * 1024,
+        "grew {} kB",
+        peak_kb - before_kb
+    );
+    assert_eq!(conn.get("/after").status, 200);
+}
+
+#[test]
+fn accept_errors_are_survived() {
+    // A child with room for very few descriptors: accepts fail with EMFILE under a burst.
+    let mut command = Command::new("sh");
+    command.args([
+        "-c",
+        &format!(
+            "ulimit -n 24 && exec {} --port 0 --threads 2",
+            env!("CARGO_BIN_EXE_lb-backend")
+        ),
+    ]);
+    let child = ChildProcess::start(command);
+    let addr = child.addr();
+    let burst: Vec<TcpStream> = (0..40).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    drop(burst);
+    // Once descriptors are free again the same process still accepts and answers.
+    let answered = wait_until(Duration::from_secs(10), || {
+        let Ok(stream) = TcpStream::connect(addr) else {
+            return false;
+        };
+        stream
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        let mut conn = Conn {
+            reader: std::io::BufReader::new(stream),
+        };
+        conn.send(b"GET /alive HTTP/1.1\r\nHost: t\r\n\r\n");
+        read_response(&mut conn.reader, false).is_ok_and(|r| r.status == 200)
+    });
+    assert!(answered, "the port stopped accepting after EMFILE");
+    assert!(child_alive(&child));
+}
+
+fn child_alive(child: &ChildProcess) -> bool {
+    std::path::Path::new(&format!("/proc/{}", child.pid())).exists()
+}
+
+#[test]
+fn stop_finishes_in_flight_requests_closes_idle_ones_and_joins() {
+    let server = demo(Limits::default());
+    let addr = server.local_addr();
+    let mut idle = Conn::open(addr);
+    assert_eq!(idle.get("/").status, 200);
+    let in_flight = std::thread::spawn(move || {
+        let mut conn = Conn::open(addr);
+        conn.send(b"GET /?delay_ms=600 HTTP/1.1\r\nHost: t\r\n\r\n");
+        conn.response()
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    server.stop(Duration::from_secs(5));
+    let resp = in_flight.join().unwrap();
+    assert_eq!(
+        (resp.status, resp.header("connection")),
+        (200, Some("close"))
+    );
+    assert!(idle.is_closed(), "idle connection closed by stop");
+    assert!(TcpStream::connect(addr).is_err(), "no longer accepting");
+}
+
+#[test]
+fn stop_breaks_requests_that_outlive_the_grace_period() {
+    let server = demo(Limits::default());
+    let addr = server.local_addr();
+    let mut conn = Conn::open(addr);
+    conn.send(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\nonly part");
+    std::thread::sleep(Duration::from_millis(200));
+    let start = Instant::now();
+    server.stop(Duration::from_millis(300));
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "stop waited {:?}",
+        start.elapsed()
+    );
+    let _ = conn.rest();
+}
