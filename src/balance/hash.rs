@@ -30,6 +30,7 @@ pub const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
 /// assert_eq!(fnv1a64(b""), 0xcbf29ce484222325);
 /// assert_eq!(fnv1a64(b"foobar"), 0x85944171f73967e8);
 /// ```
+#[must_use]
 pub fn fnv1a64(bytes: &[u8]) -> u64 {
     bytes.iter().fold(FNV_OFFSET_BASIS, |h, &b| {
         (h ^ u64::from(b)).wrapping_mul(FNV_PRIME)
@@ -44,6 +45,7 @@ pub fn fnv1a64(bytes: &[u8]) -> u64 {
 /// assert_eq!(fmix64(0), 0);
 /// assert_eq!(fmix64(1), 0xb456bcfc34c2cb2c);
 /// ```
+#[must_use]
 pub fn fmix64(mut k: u64) -> u64 {
     k ^= k >> 33;
     k = k.wrapping_mul(0xff51_afd7_ed55_8ccd);
@@ -62,6 +64,7 @@ pub fn fmix64(mut k: u64) -> u64 {
 /// assert_eq!(hash64(b"backend1-0"), 0xc276532faec4b5f3);
 /// assert_eq!(hash64(&[10, 0, 0, 1]), 0x251ce681282fdaa9);
 /// ```
+#[must_use]
 pub fn hash64(bytes: &[u8]) -> u64 {
     fmix64(fnv1a64(bytes))
 }

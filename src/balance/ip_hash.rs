@@ -49,6 +49,13 @@ pub struct IpHash {
     points: Box<[u64]>,
     /// `owners[j]` is the member index owning `points[j]`.
     owners: Box<[u32]>,
+    /// `buckets[b]` is the index of the first point whose top bits (`64 -
+    /// shift` of them) are >= `b`; one extra entry holds the point count. It
+    /// narrows the binary search to a few points: a large ring does not fit
+    /// in cache, and a plain binary search over it costs a cache miss per
+    /// level.
+    buckets: Box<[u32]>,
+    shift: u32,
     members: usize,
 }
 
@@ -58,7 +65,8 @@ impl IpHash {
     ///
     /// # Panics
     ///
-    /// If there are more than `u32::MAX` members.
+    /// If there are more than `u32::MAX` members or ring points.
+    #[must_use]
     pub fn new(members: &[Member]) -> Self {
         assert!(u32::try_from(members.len()).is_ok(), "too many members");
         let count: usize = members
@@ -70,6 +78,7 @@ impl IpHash {
         for (index, member) in members.iter().enumerate() {
             for i in 0..ring_weight(member.weight) * POINTS_PER_WEIGHT {
                 name.clear();
+                // Writing to a String cannot fail.
                 let _ = write!(name, "{}-{}", member.id, i);
                 ring.push((hash64(name.as_bytes()), index as u32));
             }
@@ -81,10 +90,40 @@ impl IpHash {
                 .then_with(|| members[a.1 as usize].id.cmp(&members[b.1 as usize].id))
                 .then(a.1.cmp(&b.1))
         });
+        assert!(u32::try_from(ring.len()).is_ok(), "too many ring points");
+        let points: Box<[u64]> = ring.iter().map(|p| p.0).collect();
+        // About 4 points per bucket, at most 2^20 buckets (4 MiB).
+        let bits = points.len().max(2).ilog2().saturating_sub(2).clamp(1, 20);
+        let shift = 64 - bits;
+        let mut buckets = Vec::with_capacity((1 << bits) + 1);
+        let mut j = 0;
+        for b in 0..1u64 << bits {
+            while j < points.len() && points[j] >> shift < b {
+                j += 1;
+            }
+            buckets.push(j as u32);
+        }
+        buckets.push(points.len() as u32);
         IpHash {
-            points: ring.iter().map(|p| p.0).collect(),
+            points,
             owners: ring.iter().map(|p| p.1).collect(),
+            buckets: buckets.into_boxed_slice(),
+            shift,
             members: members.len(),
+        }
+    }
+
+    /// Index of the first point at or after `key`, wrapping to 0. Points of
+    /// `key`'s bucket share its top bits; those before the bucket are
+    /// smaller, those after it larger.
+    fn first_point(&self, key: u64) -> usize {
+        let b = (key >> self.shift) as usize;
+        let (lo, hi) = (self.buckets[b] as usize, self.buckets[b + 1] as usize);
+        let at = lo + self.points[lo..hi].partition_point(|&p| p < key);
+        if at == self.points.len() {
+            0
+        } else {
+            at
         }
     }
 }
@@ -104,9 +143,7 @@ impl Algorithm for IpHash {
         if self.members == 0 {
             return None;
         }
-        let key = hash64(ctx.hash_key);
-        let start = self.points.partition_point(|&p| p < key);
-        let start = if start == self.points.len() { 0 } else { start };
+        let start = self.first_point(hash64(ctx.hash_key));
         let first = self.owners[start] as usize;
         if usable(first) {
             return Some(first);
@@ -158,6 +195,34 @@ mod tests {
         assert_eq!(count(1), 480);
         assert_eq!(count(2), 16_000);
         assert!(ring.points.windows(2).all(|w| w[0] <= w[1]));
+    }
+
+    #[test]
+    fn bucket_lookup_equals_plain_binary_search() {
+        for n in [1, 3, 50, 700] {
+            let members: Vec<Member> = (0..n)
+                .map(|i| Member::new(format!("m{i}"), 1 + i % 4))
+                .collect();
+            let ring = IpHash::new(&members);
+            let plain = |key: u64| {
+                let at = ring.points.partition_point(|&p| p < key);
+                if at == ring.points.len() {
+                    0
+                } else {
+                    at
+                }
+            };
+            let mut keys = vec![0, 1, u64::MAX, u64::MAX - 1, 1 << 63];
+            keys.extend(
+                ring.points
+                    .iter()
+                    .flat_map(|&p| [p.wrapping_sub(1), p, p.wrapping_add(1)]),
+            );
+            keys.extend((0u32..20_000).map(|i| hash64(&i.to_le_bytes())));
+            for key in keys {
+                assert_eq!(ring.first_point(key), plain(key), "n={n} key={key:#x}");
+            }
+        }
     }
 
     #[test]

@@ -37,6 +37,7 @@ pub struct LeastConnections {
 
 impl LeastConnections {
     /// Least connections over `members` (weight 0 counts as 1).
+    #[must_use]
     pub fn new(members: &[Member]) -> Self {
         LeastConnections {
             weights: members.iter().map(|m| effective_weight(m.weight)).collect(),
@@ -66,8 +67,9 @@ impl Algorithm for LeastConnections {
         let start = self.cursor.next() % n;
         let mut best = start;
         let mut best_load = (ctx.in_flight)(start);
-        for k in 1..n {
-            let i = (start + k) % n;
+        // Scan order start+1, ..., n-1, 0, ..., start-1 (two ranges: no
+        // division per member).
+        for i in (start + 1..n).chain(0..start) {
             let load = (ctx.in_flight)(i);
             // Strictly less: on ties the earlier one in scan order stays.
             if self.compare(i, load, best, best_load) == Ordering::Less {
@@ -79,12 +81,11 @@ impl Algorithm for LeastConnections {
             return Some(best);
         }
         // Failover: the others in order of preference, each offered once.
-        let mut rest: Vec<(usize, usize, usize)> = (0..n)
-            .map(|k| {
-                let i = (start + k) % n;
-                (i, (ctx.in_flight)(i), k)
-            })
-            .filter(|&(i, _, _)| i != best)
+        let mut rest: Vec<(usize, usize, usize)> = (start..n)
+            .chain(0..start)
+            .enumerate()
+            .filter(|&(_, i)| i != best)
+            .map(|(rank, i)| (i, (ctx.in_flight)(i), rank))
             .collect();
         rest.sort_unstable_by(|&(a, load_a, rank_a), &(b, load_b, rank_b)| {
             self.compare(a, load_a, b, load_b).then(rank_a.cmp(&rank_b))

@@ -42,10 +42,10 @@ mod least_connections;
 mod round_robin;
 mod weighted_round_robin;
 
-pub use ip_hash::IpHash;
+pub use ip_hash::{IpHash, MAX_RING_WEIGHT, POINTS_PER_WEIGHT};
 pub use least_connections::LeastConnections;
 pub use round_robin::RoundRobin;
-pub use weighted_round_robin::WeightedRoundRobin;
+pub use weighted_round_robin::{WeightedRoundRobin, MAX_SCHEDULE_LEN};
 
 /// One backend as an algorithm sees it: a stable id (used by ip_hash so
 /// membership changes are consistent) and a weight >= 1 (0 is read as 1).
@@ -67,6 +67,7 @@ pub struct Member {
 
 impl Member {
     /// A member with the given id and weight.
+    #[must_use]
     pub fn new(id: impl Into<String>, weight: u32) -> Self {
         Member {
             id: id.into(),
@@ -98,6 +99,7 @@ const NO_LOAD: &dyn Fn(usize) -> usize = &|_| 0;
 
 impl PickContext<'static> {
     /// A context with an empty hash key and every member idle (0 in flight).
+    #[must_use]
     pub fn idle() -> Self {
         PickContext {
             hash_key: &[],
@@ -109,6 +111,7 @@ impl PickContext<'static> {
 impl<'a> PickContext<'a> {
     /// A context with the given hash key and every member idle: what ip_hash
     /// needs.
+    #[must_use]
     pub fn with_key(hash_key: &'a [u8]) -> Self {
         PickContext {
             hash_key,
@@ -176,6 +179,7 @@ impl AlgorithmKind {
 
     /// The configuration name: `round_robin`, `weighted_round_robin`,
     /// `ip_hash` or `least_connections`.
+    #[must_use]
     pub fn name(self) -> &'static str {
         match self {
             AlgorithmKind::RoundRobin => "round_robin",
@@ -188,6 +192,7 @@ impl AlgorithmKind {
     /// The seed's class name: `RoundRobinBalancer`,
     /// `WeightedRoundRobinBalancer`, `IPHashBalancer` or
     /// `LeastConnectionsBalancer`.
+    #[must_use]
     pub fn display_name(self) -> &'static str {
         match self {
             AlgorithmKind::RoundRobin => "RoundRobinBalancer",
@@ -198,6 +203,7 @@ impl AlgorithmKind {
     }
 
     /// Builds this algorithm over a membership snapshot.
+    #[must_use]
     pub fn build(self, members: &[Member]) -> Box<dyn Algorithm> {
         match self {
             AlgorithmKind::RoundRobin => Box::new(RoundRobin::new(members)),
@@ -233,6 +239,7 @@ pub struct ParseAlgorithmError {
 
 impl ParseAlgorithmError {
     /// The name that was not recognised.
+    #[must_use]
     pub fn name(&self) -> &str {
         &self.name
     }

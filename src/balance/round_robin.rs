@@ -29,6 +29,7 @@ pub struct RoundRobin {
 
 impl RoundRobin {
     /// Round robin over `members` (only their number matters).
+    #[must_use]
     pub fn new(members: &[Member]) -> Self {
         RoundRobin {
             members: members.len(),

@@ -51,6 +51,7 @@ impl WeightedRoundRobin {
     /// # Panics
     ///
     /// If there are more than `u32::MAX` members.
+    #[must_use]
     pub fn new(members: &[Member]) -> Self {
         assert!(u32::try_from(members.len()).is_ok(), "too many members");
         let weights = reduced_weights(members);
@@ -107,8 +108,8 @@ struct WeightClass {
     picks: u64,
 }
 
-/// One period of nginx's smooth weighted round robin over `weights` (all
-/// >= 1). At step `s` (from 1), nginx's current weight of member `i` is
+/// One period of nginx's smooth weighted round robin over `weights` (none
+/// below 1). At step `s` (from 1), nginx's current weight of member `i` is
 /// `s * w_i - total * picks_i`; the pick is the largest, lowest index on ties.
 /// Grouping members by weight turns the per-step scan over all members into
 /// one over the distinct weights.
