@@ -1,1 +1,216 @@
-fn main() {}
+//! `lb-sync`: the load balancer binary (SPEC section 2).
+
+use std::net::{IpAddr, SocketAddr};
+use std::process::ExitCode;
+
+use argh::FromArgs;
+use lb_sync::balance::AlgorithmKind;
+use lb_sync::balancer::LoadBalancer;
+use lb_sync::client_ip::Cidr;
+use lb_sync::config::{seed_backends, BackendConfig, Config};
+use lb_sync::demo_backend::DemoBackend;
+use lb_sync::server::{Server, ServerConfig};
+
+/// An HTTP/1.1 load balancer. Flags override the --config file; with neither, the seed's three
+/// backends on localhost:8001-8003 (weights 1, 2, 1) are used.
+#[derive(FromArgs)]
+struct Args {
+    /// address to listen on (default 0.0.0.0)
+    #[argh(option)]
+    host: Option<IpAddr>,
+    /// port to listen on (default 8080)
+    #[argh(option)]
+    port: Option<u16>,
+    /// round_robin | weighted_round_robin | ip_hash | least_connections (default round_robin)
+    #[argh(option)]
+    algorithm: Option<AlgorithmKind>,
+    /// forwarding worker threads (default 32)
+    #[argh(option)]
+    threads: Option<usize>,
+    /// a backend as [ID=]HOST:PORT[:WEIGHT]; repeatable; replaces the configured ones
+    #[argh(option)]
+    backend: Vec<String>,
+    /// JSON file with any of the settings (keys as in GET /lb/config)
+    #[argh(option)]
+    config: Option<String>,
+    /// seconds between health checks (default 30)
+    #[argh(option)]
+    health_check_interval: Option<u64>,
+    /// seconds a backend may take to answer before 504 (default 30)
+    #[argh(option)]
+    request_timeout: Option<u64>,
+    /// seconds to connect to a backend (default 5)
+    #[argh(option)]
+    connect_timeout: Option<u64>,
+    /// most backends tried for one request (default 3)
+    #[argh(option)]
+    max_tries: Option<usize>,
+    /// one log line per request: true or false (default true)
+    #[argh(option)]
+    access_log: Option<bool>,
+    /// seconds a sticky session lasts (default 3600)
+    #[argh(option)]
+    session_timeout: Option<u64>,
+    /// a CIDR whose X-Forwarded-For is believed; repeatable; replaces the default (loopback)
+    #[argh(option)]
+    trusted_proxy: Vec<String>,
+    /// bearer token required by the management API (then open to non-loopback peers)
+    #[argh(option)]
+    admin_token: Option<String>,
+    /// also start three demo backends on 127.0.0.1:8001-8003 in this process
+    #[argh(switch)]
+    demo: bool,
+    /// debug logging
+    #[argh(switch)]
+    debug: bool,
+}
+
+/// Merges the config file and the flags; `Err` is a usage error (exit 2).
+fn build_config(args: &Args) -> Result<Config, String> {
+    let mut config = match &args.config {
+        Some(path) => Config::from_file(path)?,
+        None => Config::default(),
+    };
+    if let Some(host) = args.host {
+        config.host = host;
+    }
+    if let Some(port) = args.port {
+        config.port = port;
+    }
+    if let Some(algorithm) = args.algorithm {
+        config.algorithm = algorithm;
+    }
+    if let Some(threads) = args.threads {
+        config.threads = threads;
+    }
+    if !args.backend.is_empty() {
+        config.backends = args
+            .backend
+            .iter()
+            .map(|b| BackendConfig::parse(b))
+            .collect::<Result<_, _>>()?;
+    }
+    if args.demo && args.backend.is_empty() && args.config.is_none() {
+        config.backends = seed_backends();
+    }
+    macro_rules! set {
+        ($($field:ident),*) => { $(if let Some(v) = args.$field.clone() { config.$field = v; })* };
+    }
+    set!(
+        health_check_interval,
+        request_timeout,
+        connect_timeout,
+        max_tries,
+        access_log,
+        session_timeout
+    );
+    if !args.trusted_proxy.is_empty() {
+        config.trusted_proxies = args
+            .trusted_proxy
+            .iter()
+            .map(|c| Cidr::parse(c))
+            .collect::<Result<_, _>>()?;
+    }
+    if let Some(token) = &args.admin_token {
+        config.admin_token = Some(token.clone());
+    }
+    config.validate()?;
+    Ok(config)
+}
+
+/// The seed's three demo backends, in this process.
+fn start_demo_backends() -> Result<Vec<Server>, String> {
+    [8001u16, 8002, 8003]
+        .iter()
+        .map(|&port| {
+            let config = ServerConfig {
+                bind: SocketAddr::from(([127, 0, 0, 1], port)),
+                threads: 8,
+                ..ServerConfig::default()
+            };
+            Server::start(config, DemoBackend::new(port, "127.0.0.1", None))
+                .map_err(|e| format!("cannot start demo backend on 127.0.0.1:{port}: {e}"))
+        })
+        .collect()
+}
+
+fn main() -> ExitCode {
+    let argv: Vec<String> = std::env::args().collect();
+    let command = argv.first().map_or("lb-sync", |s| s.as_str());
+    let rest: Vec<&str> = argv.iter().skip(1).map(String::as_str).collect();
+    let args = match Args::from_args(&[command], &rest) {
+        Ok(args) => args,
+        Err(early) => {
+            return match early.status {
+                Ok(()) => {
+                    println!("{}", early.output);
+                    ExitCode::SUCCESS
+                }
+                Err(()) => {
+                    eprintln!("{}", early.output.trim_end());
+                    eprintln!("Run {command} --help for usage.");
+                    ExitCode::from(2)
+                }
+            };
+        }
+    };
+    let config = match build_config(&args) {
+        Ok(config) => config,
+        Err(message) => {
+            eprintln!("lb-sync: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    let level = if args.debug {
+        log::LevelFilter::Debug
+    } else {
+        log::LevelFilter::Info
+    };
+    let _ = simplelog::TermLogger::init(
+        level,
+        simplelog::ConfigBuilder::new()
+            .set_target_level(log::LevelFilter::Error)
+            .build(),
+        simplelog::TerminalMode::Stderr,
+        simplelog::ColorChoice::Never,
+    );
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
+
+    let _demo = if args.demo {
+        match start_demo_backends() {
+            Ok(servers) => servers,
+            Err(message) => {
+                eprintln!("lb-sync: {message}");
+                return ExitCode::from(1);
+            }
+        }
+    } else {
+        Vec::new()
+    };
+    let algorithm = config.algorithm;
+    let balancer = match LoadBalancer::start(config) {
+        Ok(balancer) => balancer,
+        Err(e) => {
+            eprintln!("lb-sync: cannot start: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let backends: Vec<String> = balancer
+        .shared()
+        .table
+        .snapshot()
+        .backends
+        .iter()
+        .map(|b| format!("{}={}:{} (weight {})", b.id, b.host, b.port, b.weight))
+        .collect();
+    // The ready line on stdout is what scripts wait for.
+    println!(
+        "lb-sync {} listening on {} -> {}",
+        algorithm,
+        balancer.local_addr(),
+        backends.join(", ")
+    );
+    loop {
+        std::thread::park();
+    }
+}

@@ -328,6 +328,11 @@ impl<'r> RequestBody<'r> {
     pub fn received(&self) -> u64 {
         self.state.borrow().received()
     }
+
+    /// The client's fault that stopped reading (bad framing, too large, too slow), if any.
+    pub fn error(&self) -> Option<RequestError> {
+        self.state.borrow().error()
+    }
 }
 
 impl Read for RequestBody<'_> {

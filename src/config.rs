@@ -1,0 +1,272 @@
+//! The balancer's configuration: every setting with its default, in one place. Read from a JSON
+//! file (`--config`), overridden by command-line flags.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::balance::AlgorithmKind;
+use crate::client_ip::Cidr;
+use crate::server::Limits;
+
+/// One backend as configured.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendConfig {
+    /// Stable name (`backend1`...); ip_hash hashes it, `/lb/backends/{id}` addresses it.
+    /// Default: `backend<N>` by position, as the seed numbers them.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// Host name or address. `localhost` is resolved once, IPv4 first.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// Relative share of traffic (weighted algorithms). Default 1.
+    #[serde(default = "one")]
+    pub weight: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl BackendConfig {
+    /// A backend from host, port and weight, with the default id.
+    ///
+    /// ```
+    /// let b = lb_sync::config::BackendConfig::new("localhost", 8001, 2);
+    /// assert_eq!((b.port, b.weight, b.id), (8001, 2, None));
+    /// ```
+    pub fn new(host: &str, port: u16, weight: u32) -> BackendConfig {
+        BackendConfig {
+            id: None,
+            host: host.to_string(),
+            port,
+            weight,
+        }
+    }
+
+    /// Parses `[ID=]HOST:PORT[:WEIGHT]`, the form of `--backend`.
+    ///
+    /// ```
+    /// use lb_sync::config::BackendConfig;
+    /// let b = BackendConfig::parse("api=localhost:8001:3").unwrap();
+    /// assert_eq!((b.id.as_deref(), b.host.as_str(), b.port, b.weight), (Some("api"), "localhost", 8001, 3));
+    /// assert!(BackendConfig::parse("localhost").is_err());
+    /// ```
+    pub fn parse(text: &str) -> Result<BackendConfig, String> {
+        let (id, rest) = match text.split_once('=') {
+            Some((id, rest)) if !id.is_empty() => (Some(id.to_string()), rest),
+            Some(_) => return Err(format!("backend '{text}': empty id before '='")),
+            None => (None, text),
+        };
+        // [v6]:port[:weight] or host:port[:weight]
+        let (host, tail) = if let Some(stripped) = rest.strip_prefix('[') {
+            let (host, tail) = stripped
+                .split_once(']')
+                .ok_or(format!("backend '{text}': unclosed '['"))?;
+            (host.to_string(), tail.strip_prefix(':').unwrap_or(tail))
+        } else {
+            let (host, tail) = rest
+                .split_once(':')
+                .ok_or(format!("backend '{text}': expected HOST:PORT[:WEIGHT]"))?;
+            (host.to_string(), tail)
+        };
+        let mut parts = tail.split(':');
+        let port = parts
+            .next()
+            .and_then(|p| p.parse::<u16>().ok())
+            .filter(|&p| p != 0)
+            .ok_or(format!("backend '{text}': port must be 1-65535"))?;
+        let weight = match parts.next() {
+            None => 1,
+            Some(w) => w.parse::<u32>().ok().filter(|&w| w >= 1).ok_or(format!(
+                "backend '{text}': weight must be a whole number >= 1"
+            ))?,
+        };
+        if parts.next().is_some() || host.is_empty() {
+            return Err(format!(
+                "backend '{text}': expected [ID=]HOST:PORT[:WEIGHT]"
+            ));
+        }
+        Ok(BackendConfig {
+            id,
+            host,
+            port,
+            weight,
+        })
+    }
+}
+
+/// Everything the balancer needs to run. Field names are the config-file keys.
+///
+/// ```
+/// let config: lb_sync::config::Config = serde_json::from_str(r#"{"port": 9090, "algorithm": "ip_hash"}"#).unwrap();
+/// assert_eq!(config.port, 9090);
+/// assert_eq!(config.backends.len(), 3, "the seed's three backends by default");
+/// ```
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address to listen on. Default `0.0.0.0` (the seed's).
+    pub host: IpAddr,
+    /// Port to listen on. Default 8080.
+    pub port: u16,
+    /// Selection algorithm. Default `round_robin` (the seed's).
+    pub algorithm: AlgorithmKind,
+    /// Forwarding worker threads: each in-flight request holds one while it waits on its
+    /// backend. Default 32.
+    pub threads: usize,
+    /// The backends. Default: the seed's `localhost:8001` (weight 1), `:8002` (2), `:8003` (1).
+    pub backends: Vec<BackendConfig>,
+    /// Seconds between active health checks of a backend. Default 30 (the seed's).
+    pub health_check_interval: u64,
+    /// Seconds a backend may take to answer (and between body reads), then `504`. Default 30.
+    pub request_timeout: u64,
+    /// Seconds to connect to a backend before trying the next. Default 5.
+    pub connect_timeout: u64,
+    /// Most backends tried for one request (1 = no retry). Default 3.
+    pub max_tries: usize,
+    /// Log one line per request. Default true (the seed's).
+    pub access_log: bool,
+    /// Seconds a sticky session lasts. Default 3600 (the seed's).
+    pub session_timeout: u64,
+    /// Peers whose `X-Forwarded-For` is believed (CIDRs). Default loopback only.
+    pub trusted_proxies: Vec<Cidr>,
+    /// Path prefix of the management API. Default `/lb`.
+    pub admin_prefix: String,
+    /// When set, peers other than loopback may use the management API by sending
+    /// `Authorization: Bearer <token>`; loopback peers must send it too. Default unset.
+    pub admin_token: Option<String>,
+    /// Requests that may wait for a free worker; more get `503` + `Retry-After`. Default 1024.
+    pub queue_capacity: usize,
+    /// Largest request body in bytes (`413` above). Default 1 GiB.
+    pub max_body_bytes: u64,
+    /// Most open client connections. Default 10 000.
+    pub max_connections: usize,
+    /// Seconds for a client to send a complete request head (`408` after). Default 10.
+    pub client_header_timeout: u64,
+    /// Seconds an idle keep-alive client connection is kept. Default 60.
+    pub keep_alive_timeout: u64,
+    /// Seconds without progress reading a client body or writing to a client. Default 60.
+    pub client_io_timeout: u64,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        let limits = Limits::default();
+        Config {
+            host: IpAddr::from([0, 0, 0, 0]),
+            port: 8080,
+            algorithm: AlgorithmKind::RoundRobin,
+            threads: 32,
+            backends: seed_backends(),
+            health_check_interval: 30,
+            request_timeout: 30,
+            connect_timeout: 5,
+            max_tries: 3,
+            access_log: true,
+            session_timeout: 3600,
+            trusted_proxies: vec![
+                Cidr::parse("127.0.0.0/8").unwrap(),
+                Cidr::parse("::1/128").unwrap(),
+            ],
+            admin_prefix: "/lb".to_string(),
+            admin_token: None,
+            queue_capacity: 1024,
+            max_body_bytes: limits.max_body_bytes,
+            max_connections: limits.max_connections,
+            client_header_timeout: limits.head_timeout.as_secs(),
+            keep_alive_timeout: limits.keep_alive_timeout.as_secs(),
+            client_io_timeout: limits.io_timeout.as_secs(),
+        }
+    }
+}
+
+/// The seed's default backends.
+pub fn seed_backends() -> Vec<BackendConfig> {
+    vec![
+        BackendConfig {
+            id: Some("backend1".into()),
+            ..BackendConfig::new("localhost", 8001, 1)
+        },
+        BackendConfig {
+            id: Some("backend2".into()),
+            ..BackendConfig::new("localhost", 8002, 2)
+        },
+        BackendConfig {
+            id: Some("backend3".into()),
+            ..BackendConfig::new("localhost", 8003, 1)
+        },
+    ]
+}
+
+impl Config {
+    /// Reads a JSON config file; unknown keys are errors (a typo must not be ignored).
+    pub fn from_file(path: &str) -> Result<Config, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read config file {path}: {e}"))?;
+        let config: Config =
+            serde_json::from_str(&text).map_err(|e| format!("config file {path}: {e}"))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks values that parse but make no sense.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.threads == 0 {
+            return Err("threads must be at least 1".into());
+        }
+        if self.max_tries == 0 {
+            return Err("max_tries must be at least 1".into());
+        }
+        if self.request_timeout == 0 || self.connect_timeout == 0 {
+            return Err("request_timeout and connect_timeout must be at least 1 second".into());
+        }
+        if !self.admin_prefix.starts_with('/')
+            || self.admin_prefix.len() < 2
+            || self.admin_prefix.ends_with('/')
+        {
+            return Err(format!(
+                "admin_prefix must look like /lb, got '{}'",
+                self.admin_prefix
+            ));
+        }
+        for backend in &self.backends {
+            if backend.weight == 0 {
+                return Err(format!(
+                    "backend {}:{}: weight must be at least 1",
+                    backend.host, backend.port
+                ));
+            }
+        }
+        let mut ids: Vec<String> = self.backend_ids();
+        ids.sort();
+        if let Some(pair) = ids.windows(2).find(|w| w[0] == w[1]) {
+            return Err(format!("backend id '{}' is used twice", pair[0]));
+        }
+        Ok(())
+    }
+
+    /// The id of each backend: configured, or `backend<N>` by position.
+    pub fn backend_ids(&self) -> Vec<String> {
+        self.backends
+            .iter()
+            .enumerate()
+            .map(|(i, b)| b.id.clone().unwrap_or_else(|| format!("backend{}", i + 1)))
+            .collect()
+    }
+
+    /// The front end's limits from this configuration.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            head_timeout: Duration::from_secs(self.client_header_timeout),
+            keep_alive_timeout: Duration::from_secs(self.keep_alive_timeout),
+            io_timeout: Duration::from_secs(self.client_io_timeout),
+            max_body_bytes: self.max_body_bytes,
+            max_connections: self.max_connections,
+            ..Limits::default()
+        }
+    }
+}
