@@ -8,6 +8,7 @@ use serde_json::{json, Value};
 
 use crate::backend::{Backend, TableError};
 use crate::balancer::Shared;
+use crate::breaker::BreakerState;
 use crate::client_ip::canonical;
 use crate::config::BackendConfig;
 use crate::server::{Request, Response};
@@ -18,6 +19,9 @@ const MAX_ADMIN_BODY: u64 = 64 * 1024;
 /// The JSON object describing one backend in `/lb/backends`.
 pub fn backend_json(backend: &Backend) -> Value {
     let (requests, failures) = backend.counts();
+    let (breaker_failures, breaker_successes) = backend.breaker().counts();
+    let last_check =
+        backend.last_check().map(|c| json!({ "ok": c.ok, "detail": c.detail, "at": c.at_unix, "took_ms": c.took_ms }));
     json!({
         "id": backend.id,
         "host": backend.host,
@@ -30,6 +34,13 @@ pub fn backend_json(backend: &Backend) -> Value {
         "active_connections": backend.in_flight(),
         "total_requests": requests,
         "failed_requests": failures,
+        "circuit_breaker": {
+            "state": backend.breaker().state().as_str(),
+            "failure_count": breaker_failures,
+            "success_count": breaker_successes,
+        },
+        "slow_start_share": backend.slow_start().permille() as f64 / 1000.0,
+        "last_check": last_check,
     })
 }
 
@@ -59,10 +70,7 @@ fn authorized(shared: &Shared, request: &Request<'_>) -> bool {
 /// Answers a request whose path is under the admin prefix.
 pub fn handle<'r>(shared: &Shared, mut request: Request<'r>) -> Response<'r> {
     if !authorized(shared, &request) {
-        return error(
-            403,
-            "the management API is only for loopback peers or bearers of the admin token",
-        );
+        return error(403, "the management API is only for loopback peers or bearers of the admin token");
     }
     let prefix = shared.config.admin_prefix.as_str();
     let path = request.path()[prefix.len()..].to_string();
@@ -74,10 +82,7 @@ pub fn handle<'r>(shared: &Shared, mut request: Request<'r>) -> Response<'r> {
         (_, ["stats"]) if get => Response::json(200, &stats(shared)),
         (_, ["backends"]) if get => {
             let snapshot = shared.table.snapshot();
-            Response::json(
-                200,
-                &Value::Array(snapshot.backends.iter().map(|b| backend_json(b)).collect()),
-            )
+            Response::json(200, &Value::Array(snapshot.backends.iter().map(|b| backend_json(b)).collect()))
         }
         (_, ["config"]) if get => config(shared),
         ("POST", ["backends", "add"]) => add_backend(shared, &mut request),
@@ -93,13 +98,10 @@ pub fn handle<'r>(shared: &Shared, mut request: Request<'r>) -> Response<'r> {
             }
             Err(e) => table_error(e),
         },
-        (_, ["health" | "stats" | "backends" | "config"])
-        | (_, ["backends", "add"])
-        | (_, ["backends", _, _]) => error(
-            405,
-            format!("{method} is not allowed on {}", request.path()),
-        )
-        .with_header("Allow", "GET, POST, DELETE"),
+        (_, ["health" | "stats" | "backends" | "config"]) | (_, ["backends", "add"]) | (_, ["backends", _, _]) => {
+            error(405, format!("{method} is not allowed on {}", request.path()))
+                .with_header("Allow", "GET, POST, DELETE")
+        }
         _ => error(404, format!("no management endpoint {}", request.path())),
     }
 }
@@ -108,9 +110,7 @@ fn health(shared: &Shared) -> Response<'static> {
     let snapshot = shared.table.snapshot();
     let usable = snapshot.backends.iter().filter(|b| b.is_usable()).count();
     let status = if usable > 0 { "healthy" } else { "unhealthy" };
-    let timestamp = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64());
+    let timestamp = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
     Response::json(
         if usable > 0 { 200 } else { 503 },
         &json!({
@@ -126,6 +126,7 @@ fn health(shared: &Shared) -> Response<'static> {
 /// The seed's statistics object.
 pub fn stats(shared: &Shared) -> Value {
     let s = shared.stats.snapshot();
+    let tries = shared.stats.tries();
     let snapshot = shared.table.snapshot();
     let healthy = snapshot.backends.iter().filter(|b| b.is_healthy()).count();
     let name = shared.table.algorithm().display_name();
@@ -136,6 +137,13 @@ pub fn stats(shared: &Shared) -> Value {
         "failed_requests": s.failed,
         "success_rate": s.success_rate,
         "average_response_time": s.average_response_time_ms,
+        "circuit_breaker": breaker_summary(&snapshot.backends),
+        "retries": {
+            "tries": tries.tries,
+            "retries": tries.retries,
+            "denied_by_budget": tries.denied_by_budget,
+            "failed_tries": tries.failures.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
+        },
         "backends": {
             "algorithm": name,
             "total_backends": snapshot.backends.len(),
@@ -143,6 +151,22 @@ pub fn stats(shared: &Shared) -> Value {
             "unhealthy_backends": snapshot.backends.len() - healthy,
         },
     })
+}
+
+/// The seed's aggregate breaker: `closed` only when every breaker is closed, `open` when any is
+/// open, else `half_open`; counts summed.
+fn breaker_summary(backends: &[std::sync::Arc<Backend>]) -> Value {
+    let states: Vec<BreakerState> = backends.iter().map(|b| b.breaker().state()).collect();
+    let state = if states.contains(&BreakerState::Open) {
+        BreakerState::Open
+    } else if states.contains(&BreakerState::HalfOpen) {
+        BreakerState::HalfOpen
+    } else {
+        BreakerState::Closed
+    };
+    let (failures, successes) =
+        backends.iter().map(|b| b.breaker().counts()).fold((0, 0), |(f, s), (bf, bs)| (f + bf, s + bs));
+    json!({ "state": state.as_str(), "failure_count": failures, "success_count": successes })
 }
 
 fn config(shared: &Shared) -> Response<'static> {
@@ -178,11 +202,7 @@ fn set_enabled(shared: &Shared, id: &str, enabled: bool) -> Response<'static> {
 
 fn add_backend(shared: &Shared, request: &mut Request<'_>) -> Response<'static> {
     let mut body = Vec::new();
-    if let Err(e) = request
-        .body()
-        .take(MAX_ADMIN_BODY + 1)
-        .read_to_end(&mut body)
-    {
+    if let Err(e) = request.body().take(MAX_ADMIN_BODY + 1).read_to_end(&mut body) {
         return error(400, format!("cannot read body: {e}"));
     }
     if body.len() as u64 > MAX_ADMIN_BODY {
@@ -198,12 +218,7 @@ fn add_backend(shared: &Shared, request: &mut Request<'_>) -> Response<'static> 
     };
     match shared.table.add(&config) {
         Ok(backend) => {
-            log::info!(
-                "backend {} added at {}:{}",
-                backend.id,
-                backend.host,
-                backend.port
-            );
+            log::info!("backend {} added at {}:{}", backend.id, backend.host, backend.port);
             Response::json(201, &backend_json(&backend))
         }
         Err(e) => table_error(e),
@@ -224,17 +239,16 @@ fn parse_backend(value: &Value) -> Result<BackendConfig, String> {
         None => return Err("field 'host' is required".into()),
     };
     let port = match object.get("port") {
-        Some(p) => p
-            .as_u64()
-            .filter(|&p| (1..=65535).contains(&p))
-            .ok_or("field 'port' must be an integer 1-65535")? as u16,
+        Some(p) => {
+            p.as_u64().filter(|&p| (1..=65535).contains(&p)).ok_or("field 'port' must be an integer 1-65535")? as u16
+        }
         None => return Err("field 'port' is required".into()),
     };
     let weight = match object.get("weight") {
-        Some(w) => w
-            .as_u64()
-            .filter(|&w| (1..=1_000_000).contains(&w))
-            .ok_or("field 'weight' must be an integer 1-1000000")? as u32,
+        Some(w) => {
+            w.as_u64().filter(|&w| (1..=1_000_000).contains(&w)).ok_or("field 'weight' must be an integer 1-1000000")?
+                as u32
+        }
         None => 1,
     };
     let id = match object.get("id") {
@@ -242,10 +256,5 @@ fn parse_backend(value: &Value) -> Result<BackendConfig, String> {
         Some(_) => return Err("field 'id' must be a non-empty string without '/'".into()),
         None => None,
     };
-    Ok(BackendConfig {
-        id,
-        host,
-        port,
-        weight,
-    })
+    Ok(BackendConfig { id, host, port, weight })
 }

@@ -5,10 +5,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::backend::BackendTable;
+use crate::backend::{BackendPolicy, BackendTable};
+use crate::breaker::BreakerConfig;
 use crate::config::Config;
 use crate::forward::{ForwardTimeouts, Forwarder};
+use crate::health::{HealthChecker, HealthConfig};
 use crate::proxy::Proxy;
+use crate::retry_budget::RetryBudget;
 use crate::server::{Server, ServerConfig};
 use crate::stats::Stats;
 
@@ -16,12 +19,14 @@ use crate::stats::Stats;
 pub struct Shared {
     /// The configuration the balancer started with.
     pub config: Config,
-    /// The backends and the algorithm over them.
-    pub table: BackendTable,
+    /// The backends and the algorithm over them (shared with the health thread).
+    pub table: Arc<BackendTable>,
     /// The shared ureq agent.
     pub forwarder: Forwarder,
     /// Request counters.
     pub stats: Stats,
+    /// Limits retries to a share of recent requests.
+    pub retry_budget: RetryBudget,
     /// When the balancer started.
     pub started: Instant,
 }
@@ -44,25 +49,32 @@ pub struct Shared {
 /// ```
 pub struct LoadBalancer {
     server: Server,
+    health: Option<HealthChecker>,
     shared: Arc<Shared>,
 }
 
 impl LoadBalancer {
     /// Validates `config`, resolves the backends, binds and starts serving.
     pub fn start(config: Config) -> io::Result<LoadBalancer> {
-        config
-            .validate()
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        let backends: Vec<_> = config
-            .backend_ids()
-            .into_iter()
-            .zip(config.backends.iter().cloned())
-            .collect();
-        let table = BackendTable::new(config.algorithm, &backends)
+        config.validate().map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let backends: Vec<_> = config.backend_ids().into_iter().zip(config.backends.iter().cloned()).collect();
+        let policy = BackendPolicy {
+            breaker: BreakerConfig {
+                consecutive_failures: config.breaker_consecutive_failures,
+                failure_ratio: config.breaker_failure_ratio,
+                cooldown: Duration::from_secs_f64(config.breaker_cooldown),
+                max_cooldown: Duration::from_secs(60).max(Duration::from_secs_f64(config.breaker_cooldown)),
+                half_open_trials: config.breaker_half_open_trials,
+                ..BreakerConfig::default()
+            },
+            slow_start: Duration::from_secs_f64(config.slow_start),
+            panic_mode: config.panic_mode,
+        };
+        let table = BackendTable::new(config.algorithm, &backends, policy)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let timeouts = ForwardTimeouts {
-            connect: Duration::from_secs(config.connect_timeout),
-            request: Duration::from_secs(config.request_timeout),
+            connect: Duration::from_secs_f64(config.connect_timeout),
+            request: Duration::from_secs_f64(config.request_timeout),
         };
         // Every worker may hold an idle connection to every backend (added ones included).
         let pool_size = (config.threads * config.backends.len().max(4)).max(64);
@@ -73,15 +85,30 @@ impl LoadBalancer {
             limits: config.limits(),
             ..ServerConfig::default()
         };
+        let health_config = HealthConfig {
+            path: config.health_check_path.clone(),
+            interval: Duration::from_secs_f64(config.health_check_interval),
+            timeout: Duration::from_secs_f64(config.health_check_timeout),
+            rise: config.health_check_rise,
+            fall: config.health_check_fall,
+            expected: config.expected_health_status().map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?,
+            probers: config.backends.len().clamp(4, 16),
+        };
         let shared = Arc::new(Shared {
             forwarder: Forwarder::new(timeouts, pool_size),
-            table,
+            table: Arc::new(table),
             stats: Stats::default(),
+            retry_budget: RetryBudget::new(config.retry_budget_ratio, config.retry_budget_min, Duration::from_secs(10)),
             started: Instant::now(),
             config,
         });
         let server = Server::start(server_config, Proxy::new(Arc::clone(&shared)))?;
-        Ok(LoadBalancer { server, shared })
+        let health = if health_config.interval.is_zero() {
+            None
+        } else {
+            Some(HealthChecker::start(Arc::clone(&shared.table), health_config)?)
+        };
+        Ok(LoadBalancer { server, health, shared })
     }
 
     /// The address it listens on (the real port when configured with port 0).
@@ -96,6 +123,9 @@ impl LoadBalancer {
 
     /// Stops accepting, lets in-flight requests finish for up to `grace`, joins every thread.
     pub fn stop(self, grace: Duration) {
+        if let Some(health) = self.health {
+            health.stop();
+        }
         self.server.stop(grace);
     }
 }

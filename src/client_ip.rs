@@ -29,19 +29,13 @@ impl Cidr {
             Some((a, p)) => (a, Some(p)),
             None => (text, None),
         };
-        let network: IpAddr = addr
-            .trim()
-            .parse()
-            .map_err(|_| format!("'{text}' is not an address or CIDR block"))?;
+        let network: IpAddr = addr.trim().parse().map_err(|_| format!("'{text}' is not an address or CIDR block"))?;
         let max = if network.is_ipv4() { 32 } else { 128 };
         let prefix = match prefix {
             None => max,
-            Some(p) => p
-                .trim()
-                .parse::<u8>()
-                .ok()
-                .filter(|&p| p <= max)
-                .ok_or(format!("'{text}': prefix must be 0-{max}"))?,
+            Some(p) => {
+                p.trim().parse::<u8>().ok().filter(|&p| p <= max).ok_or(format!("'{text}': prefix must be 0-{max}"))?
+            }
         };
         Ok(Cidr { network, prefix })
     }
@@ -50,12 +44,8 @@ impl Cidr {
     pub fn contains(&self, addr: IpAddr) -> bool {
         let addr = canonical(addr);
         match (self.network, addr) {
-            (IpAddr::V4(net), IpAddr::V4(a)) => {
-                prefix_match(&net.octets(), &a.octets(), self.prefix)
-            }
-            (IpAddr::V6(net), IpAddr::V6(a)) => {
-                prefix_match(&net.octets(), &a.octets(), self.prefix)
-            }
+            (IpAddr::V4(net), IpAddr::V4(a)) => prefix_match(&net.octets(), &a.octets(), self.prefix),
+            (IpAddr::V6(net), IpAddr::V6(a)) => prefix_match(&net.octets(), &a.octets(), self.prefix),
             _ => false,
         }
     }
@@ -146,17 +136,12 @@ mod tests {
         assert!(!v6.contains("2001:db9::1".parse().unwrap()));
         let lo = Cidr::parse("127.0.0.0/8").unwrap();
         assert!(lo.contains("::ffff:127.0.0.1".parse().unwrap()));
-        assert!(Cidr::parse("0.0.0.0/0")
-            .unwrap()
-            .contains("8.8.8.8".parse().unwrap()));
+        assert!(Cidr::parse("0.0.0.0/0").unwrap().contains("8.8.8.8".parse().unwrap()));
     }
 
     #[test]
     fn right_most_untrusted_wins_and_garbage_stops_the_walk() {
-        let trusted = [
-            Cidr::parse("127.0.0.0/8").unwrap(),
-            Cidr::parse("10.0.0.0/8").unwrap(),
-        ];
+        let trusted = [Cidr::parse("127.0.0.0/8").unwrap(), Cidr::parse("10.0.0.0/8").unwrap()];
         let peer: IpAddr = "127.0.0.1".parse().unwrap();
         let ip = |xff| client_ip(peer, Some(xff), &trusted).to_string();
         assert_eq!(ip("1.1.1.1, 2.2.2.2, 10.0.0.5"), "2.2.2.2");

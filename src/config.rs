@@ -39,12 +39,7 @@ impl BackendConfig {
     /// assert_eq!((b.port, b.weight, b.id), (8001, 2, None));
     /// ```
     pub fn new(host: &str, port: u16, weight: u32) -> BackendConfig {
-        BackendConfig {
-            id: None,
-            host: host.to_string(),
-            port,
-            weight,
-        }
+        BackendConfig { id: None, host: host.to_string(), port, weight }
     }
 
     /// Parses `[ID=]HOST:PORT[:WEIGHT]`, the form of `--backend`.
@@ -63,14 +58,10 @@ impl BackendConfig {
         };
         // [v6]:port[:weight] or host:port[:weight]
         let (host, tail) = if let Some(stripped) = rest.strip_prefix('[') {
-            let (host, tail) = stripped
-                .split_once(']')
-                .ok_or(format!("backend '{text}': unclosed '['"))?;
+            let (host, tail) = stripped.split_once(']').ok_or(format!("backend '{text}': unclosed '['"))?;
             (host.to_string(), tail.strip_prefix(':').unwrap_or(tail))
         } else {
-            let (host, tail) = rest
-                .split_once(':')
-                .ok_or(format!("backend '{text}': expected HOST:PORT[:WEIGHT]"))?;
+            let (host, tail) = rest.split_once(':').ok_or(format!("backend '{text}': expected HOST:PORT[:WEIGHT]"))?;
             (host.to_string(), tail)
         };
         let mut parts = tail.split(':');
@@ -81,21 +72,16 @@ impl BackendConfig {
             .ok_or(format!("backend '{text}': port must be 1-65535"))?;
         let weight = match parts.next() {
             None => 1,
-            Some(w) => w.parse::<u32>().ok().filter(|&w| w >= 1).ok_or(format!(
-                "backend '{text}': weight must be a whole number >= 1"
-            ))?,
+            Some(w) => w
+                .parse::<u32>()
+                .ok()
+                .filter(|&w| w >= 1)
+                .ok_or(format!("backend '{text}': weight must be a whole number >= 1"))?,
         };
         if parts.next().is_some() || host.is_empty() {
-            return Err(format!(
-                "backend '{text}': expected [ID=]HOST:PORT[:WEIGHT]"
-            ));
+            return Err(format!("backend '{text}': expected [ID=]HOST:PORT[:WEIGHT]"));
         }
-        Ok(BackendConfig {
-            id,
-            host,
-            port,
-            weight,
-        })
+        Ok(BackendConfig { id, host, port, weight })
     }
 }
 
@@ -120,14 +106,51 @@ pub struct Config {
     pub threads: usize,
     /// The backends. Default: the seed's `localhost:8001` (weight 1), `:8002` (2), `:8003` (1).
     pub backends: Vec<BackendConfig>,
-    /// Seconds between active health checks of a backend. Default 30 (the seed's).
-    pub health_check_interval: u64,
+    /// Seconds between active health checks of a backend (±10 % jitter). Default 30 (the
+    /// seed's). 0 turns active checks off.
+    pub health_check_interval: f64,
+    /// Path of the health check (`GET`). Default `/health` (what lb-backend answers).
+    pub health_check_path: String,
+    /// Seconds a health probe may take (connect and status line). Default 2.
+    pub health_check_timeout: f64,
+    /// Good probes in a row that bring a down backend back. Default 2 (HAProxy's `rise`).
+    pub health_check_rise: u32,
+    /// Failed probes in a row that take an up backend down. Default 3 (HAProxy's `fall`).
+    pub health_check_fall: u32,
+    /// Statuses a probe accepts as healthy, `LOW-HIGH`. Default `200-399` (HAProxy's).
+    pub health_check_status: String,
     /// Seconds a backend may take to answer (and between body reads), then `504`. Default 30.
-    pub request_timeout: u64,
+    pub request_timeout: f64,
     /// Seconds to connect to a backend before trying the next. Default 5.
-    pub connect_timeout: u64,
+    pub connect_timeout: f64,
     /// Most backends tried for one request (1 = no retry). Default 3.
     pub max_tries: usize,
+    /// Retries allowed as a share of recent requests (over 10 s windows). Default 0.2 (Envoy's
+    /// retry budget of 20 %).
+    pub retry_budget_ratio: f64,
+    /// Retries always allowed per window, whatever the ratio. Default 10.
+    pub retry_budget_min: u64,
+    /// Request bodies up to this size are kept so that a retry can send them again; larger
+    /// ones are streamed and retried only if never sent. Default 64 KiB.
+    pub retry_body_max_bytes: u64,
+    /// Consecutive failures (connect errors, timeouts; 5xx with `breaker_on_5xx`) that open a
+    /// backend's circuit breaker. Default 5.
+    pub breaker_consecutive_failures: u32,
+    /// Failure ratio over a 10 s window that opens it, after 20 requests. Default 0.5.
+    pub breaker_failure_ratio: f64,
+    /// Seconds a breaker stays open after its first trip; doubles on each failed trial, up to
+    /// 60 s. Default 5.
+    pub breaker_cooldown: f64,
+    /// Trial requests a half-open breaker lets through; all must succeed to close it. Default 3.
+    pub breaker_half_open_trials: u32,
+    /// Count backend 5xx answers as breaker failures. Default false (a 500 is still an answer).
+    pub breaker_on_5xx: bool,
+    /// Seconds over which a recovered backend's share ramps from 10 % to 100 %. Default 10;
+    /// 0 turns slow start off.
+    pub slow_start: f64,
+    /// When no backend is usable, try every enabled one anyway instead of answering `503`
+    /// (Envoy's panic mode). Default false.
+    pub panic_mode: bool,
     /// Log one line per request. Default true (the seed's).
     pub access_log: bool,
     /// Seconds a sticky session lasts. Default 3600 (the seed's).
@@ -162,16 +185,28 @@ impl Default for Config {
             algorithm: AlgorithmKind::RoundRobin,
             threads: 32,
             backends: seed_backends(),
-            health_check_interval: 30,
-            request_timeout: 30,
-            connect_timeout: 5,
+            health_check_interval: 30.0,
+            health_check_path: "/health".into(),
+            health_check_timeout: 2.0,
+            health_check_rise: 2,
+            health_check_fall: 3,
+            health_check_status: "200-399".into(),
+            request_timeout: 30.0,
+            connect_timeout: 5.0,
             max_tries: 3,
+            retry_budget_ratio: 0.2,
+            retry_budget_min: 10,
+            retry_body_max_bytes: 64 * 1024,
+            breaker_consecutive_failures: 5,
+            breaker_failure_ratio: 0.5,
+            breaker_cooldown: 5.0,
+            breaker_half_open_trials: 3,
+            breaker_on_5xx: false,
+            slow_start: 10.0,
+            panic_mode: false,
             access_log: true,
             session_timeout: 3600,
-            trusted_proxies: vec![
-                Cidr::parse("127.0.0.0/8").unwrap(),
-                Cidr::parse("::1/128").unwrap(),
-            ],
+            trusted_proxies: vec![Cidr::parse("127.0.0.0/8").unwrap(), Cidr::parse("::1/128").unwrap()],
             admin_prefix: "/lb".to_string(),
             admin_token: None,
             queue_capacity: 1024,
@@ -187,28 +222,17 @@ impl Default for Config {
 /// The seed's default backends.
 pub fn seed_backends() -> Vec<BackendConfig> {
     vec![
-        BackendConfig {
-            id: Some("backend1".into()),
-            ..BackendConfig::new("localhost", 8001, 1)
-        },
-        BackendConfig {
-            id: Some("backend2".into()),
-            ..BackendConfig::new("localhost", 8002, 2)
-        },
-        BackendConfig {
-            id: Some("backend3".into()),
-            ..BackendConfig::new("localhost", 8003, 1)
-        },
+        BackendConfig { id: Some("backend1".into()), ..BackendConfig::new("localhost", 8001, 1) },
+        BackendConfig { id: Some("backend2".into()), ..BackendConfig::new("localhost", 8002, 2) },
+        BackendConfig { id: Some("backend3".into()), ..BackendConfig::new("localhost", 8003, 1) },
     ]
 }
 
 impl Config {
     /// Reads a JSON config file; unknown keys are errors (a typo must not be ignored).
     pub fn from_file(path: &str) -> Result<Config, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read config file {path}: {e}"))?;
-        let config: Config =
-            serde_json::from_str(&text).map_err(|e| format!("config file {path}: {e}"))?;
+        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read config file {path}: {e}"))?;
+        let config: Config = serde_json::from_str(&text).map_err(|e| format!("config file {path}: {e}"))?;
         config.validate()?;
         Ok(config)
     }
@@ -221,24 +245,38 @@ impl Config {
         if self.max_tries == 0 {
             return Err("max_tries must be at least 1".into());
         }
-        if self.request_timeout == 0 || self.connect_timeout == 0 {
-            return Err("request_timeout and connect_timeout must be at least 1 second".into());
+        let seconds = [
+            ("request_timeout", self.request_timeout, false),
+            ("connect_timeout", self.connect_timeout, false),
+            ("health_check_timeout", self.health_check_timeout, false),
+            ("health_check_interval", self.health_check_interval, true),
+            ("breaker_cooldown", self.breaker_cooldown, false),
+            ("slow_start", self.slow_start, true),
+        ];
+        for (name, value, zero_ok) in seconds {
+            if !value.is_finite() || value < 0.0 || (value == 0.0 && !zero_ok) || value > 86_400.0 {
+                return Err(format!(
+                    "{name} must be a number of seconds {}0-86400, got {value}",
+                    if zero_ok { "" } else { "above " }
+                ));
+            }
         }
-        if !self.admin_prefix.starts_with('/')
-            || self.admin_prefix.len() < 2
-            || self.admin_prefix.ends_with('/')
-        {
-            return Err(format!(
-                "admin_prefix must look like /lb, got '{}'",
-                self.admin_prefix
-            ));
+        if !(0.0..=1.0).contains(&self.breaker_failure_ratio) || !(0.0..=10.0).contains(&self.retry_budget_ratio) {
+            return Err("breaker_failure_ratio must be 0-1 and retry_budget_ratio 0-10".into());
+        }
+        if self.health_check_rise == 0 || self.health_check_fall == 0 || self.breaker_half_open_trials == 0 {
+            return Err("health_check_rise, health_check_fall and breaker_half_open_trials must be at least 1".into());
+        }
+        if !self.health_check_path.starts_with('/') {
+            return Err(format!("health_check_path must start with '/', got '{}'", self.health_check_path));
+        }
+        self.expected_health_status()?;
+        if !self.admin_prefix.starts_with('/') || self.admin_prefix.len() < 2 || self.admin_prefix.ends_with('/') {
+            return Err(format!("admin_prefix must look like /lb, got '{}'", self.admin_prefix));
         }
         for backend in &self.backends {
             if backend.weight == 0 {
-                return Err(format!(
-                    "backend {}:{}: weight must be at least 1",
-                    backend.host, backend.port
-                ));
+                return Err(format!("backend {}:{}: weight must be at least 1", backend.host, backend.port));
             }
         }
         let mut ids: Vec<String> = self.backend_ids();
@@ -247,6 +285,16 @@ impl Config {
             return Err(format!("backend id '{}' is used twice", pair[0]));
         }
         Ok(())
+    }
+
+    /// The `health_check_status` range.
+    pub fn expected_health_status(&self) -> Result<std::ops::RangeInclusive<u16>, String> {
+        let text = self.health_check_status.trim();
+        let (low, high) = text.split_once('-').unwrap_or((text, text));
+        match (low.trim().parse::<u16>(), high.trim().parse::<u16>()) {
+            (Ok(low), Ok(high)) if (100..=599).contains(&low) && (low..=599).contains(&high) => Ok(low..=high),
+            _ => Err(format!("health_check_status must look like 200-399, got '{text}'")),
+        }
     }
 
     /// The id of each backend: configured, or `backend<N>` by position.

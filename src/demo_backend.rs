@@ -32,11 +32,7 @@ pub struct DemoBackend {
 impl DemoBackend {
     /// A backend on `port`; its id is `backend-<port>` unless `id` is given.
     pub fn new(port: u16, host: &str, id: Option<String>) -> DemoBackend {
-        DemoBackend {
-            id: id.unwrap_or_else(|| format!("backend-{port}")),
-            host: host.to_string(),
-            port,
-        }
+        DemoBackend { id: id.unwrap_or_else(|| format!("backend-{port}")), host: host.to_string(), port }
     }
 
     /// The id reported as `server_info.id`.
@@ -65,15 +61,9 @@ fn parse_knobs(query: Option<&str>) -> Result<Knobs, String> {
     let mut knobs = Knobs::default();
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let number = |what: &str| {
-            value
-                .parse::<u64>()
-                .map_err(|_| format!("{what} must be a number, got '{value}'"))
-        };
+        let number = |what: &str| value.parse::<u64>().map_err(|_| format!("{what} must be a number, got '{value}'"));
         match key {
-            "delay_ms" => {
-                knobs.delay = Some(Duration::from_millis(number("delay_ms")?).min(MAX_DELAY))
-            }
+            "delay_ms" => knobs.delay = Some(Duration::from_millis(number("delay_ms")?).min(MAX_DELAY)),
             "status" => match value.parse::<u16>() {
                 Ok(code @ 200..=599) => knobs.status = Some(code),
                 _ => return Err(format!("status must be 200-599, got '{value}'")),
@@ -104,9 +94,7 @@ impl Read for Filler {
 }
 
 fn unix_time() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
 }
 
 impl Handler for DemoBackend {
@@ -130,19 +118,12 @@ impl Handler for DemoBackend {
             response
         };
         if let Some(location) = knobs.redirect {
-            return with_cookies(
-                Response::text(302, "redirecting").with_header("Location", location),
-            );
+            return with_cookies(Response::text(302, "redirecting").with_header("Location", location));
         }
         if knobs.echo {
-            let content_type = request
-                .header("content-type")
-                .unwrap_or("application/octet-stream")
-                .to_string();
+            let content_type = request.header("content-type").unwrap_or("application/octet-stream").to_string();
             return with_cookies(
-                Response::new(status)
-                    .with_header("Content-Type", content_type)
-                    .with_stream(request.into_body(), None),
+                Response::new(status).with_header("Content-Type", content_type).with_stream(request.into_body(), None),
             );
         }
         if let Some(bytes) = knobs.bytes {
@@ -181,18 +162,9 @@ impl Handler for DemoBackend {
         let headers: BTreeMap<&str, String> = request
             .headers()
             .iter()
-            .map(|h| {
-                (
-                    h.name.as_str(),
-                    String::from_utf8_lossy(&h.value).into_owned(),
-                )
-            })
+            .map(|h| (h.name.as_str(), String::from_utf8_lossy(&h.value).into_owned()))
             .collect();
-        let shown_body = if body_bytes as usize == shown.len() {
-            String::from_utf8(shown).ok()
-        } else {
-            None
-        };
+        let shown_body = if body_bytes as usize == shown.len() { String::from_utf8(shown).ok() } else { None };
         let answer = json!({
             "server_info": self.server_info(),
             "request": {

@@ -27,10 +27,19 @@ pub enum ForwardError {
 impl ForwardError {
     /// Whether the request certainly did not reach the backend.
     pub fn never_sent(&self) -> bool {
-        matches!(
-            self,
-            ForwardError::NotSent(_) | ForwardError::ConnectTimeout
-        )
+        matches!(self, ForwardError::NotSent(_) | ForwardError::ConnectTimeout)
+    }
+
+    /// The reason as counted in the statistics.
+    pub fn reason(&self) -> crate::stats::TryFailure {
+        use crate::stats::TryFailure;
+        match self {
+            ForwardError::NotSent(_) => TryFailure::Refused,
+            ForwardError::ConnectTimeout => TryFailure::ConnectTimeout,
+            ForwardError::NoResponse(_) => TryFailure::NoResponse,
+            ForwardError::Timeout => TryFailure::Timeout,
+            ForwardError::BadResponse(_) => TryFailure::BadResponse,
+        }
     }
 
     /// Whether the failure was a timeout (answered `504` rather than `502`).
@@ -42,9 +51,7 @@ impl ForwardError {
         match error {
             ureq::Error::Timeout(Timeout::Connect) => ForwardError::ConnectTimeout,
             ureq::Error::Timeout(_) => ForwardError::Timeout,
-            ureq::Error::ConnectionFailed | ureq::Error::HostNotFound => {
-                ForwardError::NotSent(error.to_string())
-            }
+            ureq::Error::ConnectionFailed | ureq::Error::HostNotFound => ForwardError::NotSent(error.to_string()),
             ureq::Error::Io(e) => match e.kind() {
                 io::ErrorKind::ConnectionRefused | io::ErrorKind::AddrNotAvailable => {
                     ForwardError::NotSent(e.to_string())
@@ -111,9 +118,7 @@ impl Forwarder {
             .timeout_recv_response(Some(timeouts.request))
             .timeout_recv_body(Some(timeouts.request))
             .build();
-        Forwarder {
-            agent: Agent::new_with_config(config),
-        }
+        Forwarder { agent: Agent::new_with_config(config) }
     }
 
     /// Sends one request to `backend`: `target` is the origin-form path and query, `headers`
@@ -126,9 +131,7 @@ impl Forwarder {
         headers: &[(String, Vec<u8>)],
         body: Option<&mut dyn Read>,
     ) -> Result<http::Response<ureq::Body>, ForwardError> {
-        let mut builder = http::Request::builder()
-            .method(method)
-            .uri(format!("{}{}", backend.base_url, target));
+        let mut builder = http::Request::builder().method(method).uri(format!("{}{}", backend.base_url, target));
         for (name, value) in headers {
             builder = builder.header(name.as_str(), value.as_slice());
         }
@@ -136,9 +139,7 @@ impl Forwarder {
         // Two calls because SendBody's lifetime is invariant: `()` sends no body and no
         // Content-Length, as a GET should.
         let result = match body {
-            Some(reader) => self
-                .agent
-                .run(builder.body(SendBody::from_reader(reader)).map_err(bad)?),
+            Some(reader) => self.agent.run(builder.body(SendBody::from_reader(reader)).map_err(bad)?),
             None => self.agent.run(builder.body(()).map_err(bad)?),
         };
         result.map_err(ForwardError::from_ureq)

@@ -7,11 +7,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::admin;
-use crate::backend::{Backend, InFlight};
+use crate::backend::{Backend, InFlight, PickKind};
 use crate::balancer::Shared;
 use crate::client_ip::{canonical, client_ip, is_trusted};
 use crate::forward::ForwardError;
-use crate::server::{Handler, Request, RequestBody, Response};
+use crate::server::{BodyFraming, Handler, Request, RequestBody, Response};
 
 /// Request headers that describe one connection, not the message (RFC 9110 7.6.1), plus those
 /// this proxy sets itself. `Expect` is answered here, so the backend never waits on it.
@@ -31,15 +31,8 @@ const DROPPED_REQUEST_HEADERS: [&str; 12] = [
 ];
 
 /// Response headers that describe the backend connection; the front end frames its own.
-const DROPPED_RESPONSE_HEADERS: [&str; 7] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
+const DROPPED_RESPONSE_HEADERS: [&str; 7] =
+    ["connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade"];
 
 /// The balancer's request handler.
 pub struct Proxy {
@@ -56,10 +49,7 @@ impl Handler for Proxy {
     fn handle<'r>(&self, request: Request<'r>) -> Response<'r> {
         let prefix = self.shared.config.admin_prefix.as_str();
         let path = request.path();
-        if path
-            .strip_prefix(prefix)
-            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
-        {
+        if path.strip_prefix(prefix).is_some_and(|rest| rest.is_empty() || rest.starts_with('/')) {
             return admin::handle(&self.shared, request);
         }
         forward(&self.shared, request)
@@ -68,10 +58,7 @@ impl Handler for Proxy {
 
 /// Methods that may be sent twice without a different effect (RFC 9110 9.2.2).
 fn is_idempotent(method: &str) -> bool {
-    matches!(
-        method,
-        "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
-    )
+    matches!(method, "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE")
 }
 
 /// The path and query to send upstream: origin form, or the path of an absolute-form target.
@@ -79,21 +66,28 @@ fn origin_form(target: &str) -> Option<&str> {
     if target.starts_with('/') {
         return Some(target);
     }
-    let rest = target
-        .strip_prefix("http://")
-        .or_else(|| target.strip_prefix("https://"))?;
+    let rest = target.strip_prefix("http://").or_else(|| target.strip_prefix("https://"))?;
     Some(rest.find('/').map_or("/", |i| &rest[i..]))
 }
 
-/// The request body, counting what was read, so a retry knows whether it can still be sent.
+/// A streamed request body (after any bytes already read into `prefix`), counting what was
+/// sent, so a retry knows whether it can still be sent.
 struct CountingBody<'r> {
     inner: RequestBody<'r>,
     read: u64,
+    prefix: Vec<u8>,
 }
 
 impl Read for CountingBody<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
+        let n = if (self.read as usize) < self.prefix.len() {
+            let rest = &self.prefix[self.read as usize..];
+            let n = rest.len().min(buf.len());
+            buf[..n].copy_from_slice(&rest[..n]);
+            n
+        } else {
+            self.inner.read(buf)?
+        };
         self.read += n as u64;
         Ok(n)
     }
@@ -113,20 +107,13 @@ impl Read for Streamed {
 }
 
 /// The headers sent upstream: the client's, less hop-by-hop ones, plus the X-Forwarded set.
-fn upstream_headers(
-    request: &Request<'_>,
-    client: IpAddr,
-    peer_trusted: bool,
-) -> Vec<(String, Vec<u8>)> {
+fn upstream_headers(request: &Request<'_>, client: IpAddr, peer_trusted: bool) -> Vec<(String, Vec<u8>)> {
     let named_by_connection: Vec<String> = request
         .headers()
         .iter()
         .filter(|h| h.is("connection"))
         .flat_map(|h| {
-            String::from_utf8_lossy(&h.value)
-                .split(',')
-                .map(|s| s.trim().to_ascii_lowercase())
-                .collect::<Vec<_>>()
+            String::from_utf8_lossy(&h.value).split(',').map(|s| s.trim().to_ascii_lowercase()).collect::<Vec<_>>()
         })
         .collect();
     let mut headers: Vec<(String, Vec<u8>)> = request
@@ -144,15 +131,9 @@ fn upstream_headers(
     };
     headers.push(("X-Forwarded-For".into(), forwarded_for.into_bytes()));
     headers.push(("X-Real-IP".into(), client.to_string().into_bytes()));
-    let proto = request
-        .header("x-forwarded-proto")
-        .filter(|_| peer_trusted)
-        .unwrap_or("http");
+    let proto = request.header("x-forwarded-proto").filter(|_| peer_trusted).unwrap_or("http");
     headers.push(("X-Forwarded-Proto".into(), proto.as_bytes().to_vec()));
-    let host = request
-        .header("x-forwarded-host")
-        .filter(|_| peer_trusted)
-        .or(request.header("host"));
+    let host = request.header("x-forwarded-host").filter(|_| peer_trusted).or(request.header("host"));
     if let Some(host) = host {
         headers.push(("X-Forwarded-Host".into(), host.as_bytes().to_vec()));
     }
@@ -166,16 +147,53 @@ fn hash_key(ip: IpAddr) -> Vec<u8> {
     }
 }
 
+/// The request body as it will be sent: nothing, kept whole in memory (replayable), or a
+/// stream that can be sent once.
+enum UpstreamBody<'r> {
+    None,
+    Kept(Vec<u8>),
+    Streamed(CountingBody<'r>),
+}
+
+impl<'r> UpstreamBody<'r> {
+    /// Keeps bodies whose length is known to be small, or whose chunked form turns out small;
+    /// streams the rest. A client error while reading is left in the body for the server.
+    fn prepare(mut body: RequestBody<'r>, framing: BodyFraming, keep_limit: u64) -> UpstreamBody<'r> {
+        let small = match framing {
+            BodyFraming::None => return UpstreamBody::None,
+            BodyFraming::Length(n) => n <= keep_limit,
+            BodyFraming::Chunked => true,
+        };
+        if !small {
+            return UpstreamBody::Streamed(CountingBody { inner: body, read: 0, prefix: Vec::new() });
+        }
+        let mut kept = Vec::new();
+        match (&mut body).take(keep_limit + 1).read_to_end(&mut kept) {
+            Ok(_) if !body.is_pending() => UpstreamBody::Kept(kept),
+            // Larger than the limit (chunked) or failed: stream, starting with what was read.
+            _ => UpstreamBody::Streamed(CountingBody { inner: body, read: 0, prefix: kept }),
+        }
+    }
+
+    /// Whether a retry could send the body again.
+    fn replayable(&self) -> bool {
+        match self {
+            UpstreamBody::None | UpstreamBody::Kept(_) => true,
+            UpstreamBody::Streamed(body) => body.read == 0 && body.inner.error().is_none(),
+        }
+    }
+
+    fn client_error(&self) -> bool {
+        matches!(self, UpstreamBody::Streamed(body) if body.inner.error().is_some())
+    }
+}
+
 fn forward<'r>(shared: &Shared, request: Request<'r>) -> Response<'r> {
     let started = Instant::now();
     let config = &shared.config;
     let peer = canonical(request.peer().ip());
     let peer_trusted = is_trusted(peer, &config.trusted_proxies);
-    let client = client_ip(
-        peer,
-        request.header("x-forwarded-for"),
-        &config.trusted_proxies,
-    );
+    let client = client_ip(peer, request.header("x-forwarded-for"), &config.trusted_proxies);
     let method = request.method().to_string();
     let Some(target) = origin_form(request.target()).map(str::to_string) else {
         return finish(
@@ -188,60 +206,76 @@ fn forward<'r>(shared: &Shared, request: Request<'r>) -> Response<'r> {
             Response::text(400, "unsupported request target"),
         );
     };
-    let headers = upstream_headers(&request, client, peer_trusted);
-    let has_body = request.head().framing != crate::server::BodyFraming::None;
+    let mut headers = upstream_headers(&request, client, peer_trusted);
+    let framing = request.head().framing;
     let is_head = request.head().is_head();
-    let mut body = CountingBody {
-        inner: request.into_body(),
-        read: 0,
-    };
+    let mut body = UpstreamBody::prepare(request.into_body(), framing, config.retry_body_max_bytes);
+    if let UpstreamBody::Kept(kept) = &body {
+        // A kept chunked body goes upstream with its length; a kept sized body already has it.
+        if framing == BodyFraming::Chunked {
+            headers.push(("Content-Length".into(), kept.len().to_string().into_bytes()));
+        }
+    }
+    shared.retry_budget.record_request();
 
     let key = hash_key(client);
     let membership = shared.table.snapshot();
     let mut tried: Vec<*const Backend> = Vec::with_capacity(config.max_tries);
+    let mut tries = 0;
     let mut last_error: Option<ForwardError> = None;
-    while tried.len() < config.max_tries {
-        let Some(backend) = membership.pick(&key, |b| !tried.contains(&(b as *const Backend)))
-        else {
-            break;
-        };
+    while tries < config.max_tries && !body.client_error() {
+        let Some((backend, kind)) = membership.pick(&key, |b| !tried.contains(&(b as *const Backend))) else { break };
         tried.push(Arc::as_ptr(backend));
+        // A half-open breaker lets only its trial requests through.
+        if kind == PickKind::Usable && !backend.breaker().admit() {
+            continue;
+        }
+        if tries > 0 && !shared.retry_budget.try_retry() {
+            shared.stats.record_budget_denial();
+            backend.breaker().record_neutral();
+            log::warn!("{method} {target}: retry budget spent, not retrying");
+            break;
+        }
+        shared.stats.record_try(tries > 0);
+        tries += 1;
         let in_flight = backend.begin();
-        let result = shared.forwarder.send(
-            backend,
-            &method,
-            &target,
-            &headers,
-            if has_body {
-                Some(&mut body as &mut dyn Read)
-            } else {
-                None
-            },
-        );
+        let result = match &mut body {
+            UpstreamBody::None => shared.forwarder.send(backend, &method, &target, &headers, None),
+            UpstreamBody::Kept(kept) => {
+                let mut replay: &[u8] = kept;
+                shared.forwarder.send(backend, &method, &target, &headers, Some(&mut replay))
+            }
+            UpstreamBody::Streamed(stream) => shared.forwarder.send(backend, &method, &target, &headers, Some(stream)),
+        };
         match result {
             Ok(upstream) => {
+                let status = upstream.status().as_u16();
+                let recovered = if config.breaker_on_5xx && status >= 500 {
+                    backend.breaker().record_failure();
+                    false
+                } else {
+                    backend.breaker().record_success()
+                };
+                if recovered {
+                    log::info!("backend {}: circuit closed again", backend.id);
+                    backend.slow_start().begin();
+                }
                 let response = relay(upstream, in_flight, is_head);
-                return finish(
-                    shared,
-                    &method,
-                    &target,
-                    client,
-                    Some(backend),
-                    started,
-                    response,
-                );
+                return finish(shared, &method, &target, client, Some(backend), started, response);
             }
             Err(error) => {
+                if body.client_error() {
+                    // The client broke its body: not the backend's fault, and nothing to retry.
+                    backend.breaker().record_neutral();
+                    break;
+                }
                 backend.record_failure();
-                log::warn!(
-                    "{method} {target} to {} ({}): {error}",
-                    backend.id,
-                    backend.addr
-                );
-                // Another backend may get the request only if this one certainly did not act on
-                // it, or the method allows repeating, and the body has not been consumed.
-                let replayable = body.read == 0 && body.inner.error().is_none();
-                let retry = replayable && (error.never_sent() || is_idempotent(&method));
+                backend.breaker().record_failure();
+                shared.stats.record_try_failure(error.reason());
+                log::warn!("{method} {target} to {} ({}): {error}", backend.id, backend.addr);
+                // Another backend may get the request only if this one certainly did not act
+                // on it, or the method allows repeating; and the body can still be sent.
+                let retry = body.replayable() && (error.never_sent() || is_idempotent(&method));
                 last_error = Some(error);
                 if !retry {
                     break;
@@ -258,11 +292,7 @@ fn forward<'r>(shared: &Shared, request: Request<'r>) -> Response<'r> {
 }
 
 /// Turns the backend's response into ours, streaming its body.
-fn relay<'r>(
-    upstream: ureq::http::Response<ureq::Body>,
-    in_flight: InFlight,
-    is_head: bool,
-) -> Response<'r> {
+fn relay<'r>(upstream: ureq::http::Response<ureq::Body>, in_flight: InFlight, is_head: bool) -> Response<'r> {
     let (parts, body) = upstream.into_parts();
     let mut response = Response::new(parts.status.as_u16());
     for (name, value) in &parts.headers {
@@ -270,20 +300,11 @@ fn relay<'r>(
             response = response.with_header(name.as_str(), value.as_bytes());
         }
     }
-    let declared = parts
-        .headers
-        .get("content-length")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
+    let declared =
+        parts.headers.get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok());
     let chunked = parts.headers.get("transfer-encoding").is_some();
     let length = if is_head || !chunked { declared } else { None };
-    response.with_stream(
-        Streamed {
-            body: body.into_reader(),
-            _in_flight: in_flight,
-        },
-        length,
-    )
+    response.with_stream(Streamed { body: body.into_reader(), _in_flight: in_flight }, length)
 }
 
 /// Accounts for and logs the request, then hands the response to the server to write.

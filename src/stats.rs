@@ -10,6 +10,60 @@ pub struct Stats {
     successful: AtomicU64,
     failed: AtomicU64,
     latency_micros: AtomicU64,
+    tries: AtomicU64,
+    failed_tries: [AtomicU64; TryFailure::ALL.len()],
+    retries: AtomicU64,
+    retries_denied_by_budget: AtomicU64,
+}
+
+/// Why a try at a backend failed, as counted in `/lb/stats`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TryFailure {
+    /// Connection refused or failed: the request never left.
+    Refused,
+    /// Connecting timed out.
+    ConnectTimeout,
+    /// Reset or closed before an answer.
+    NoResponse,
+    /// No answer within the request timeout.
+    Timeout,
+    /// The answer was not HTTP.
+    BadResponse,
+}
+
+impl TryFailure {
+    /// Every reason, in the order of the counters.
+    pub const ALL: [TryFailure; 5] = [
+        TryFailure::Refused,
+        TryFailure::ConnectTimeout,
+        TryFailure::NoResponse,
+        TryFailure::Timeout,
+        TryFailure::BadResponse,
+    ];
+
+    /// The key used in `/lb/stats`.
+    pub fn name(self) -> &'static str {
+        match self {
+            TryFailure::Refused => "refused",
+            TryFailure::ConnectTimeout => "connect_timeout",
+            TryFailure::NoResponse => "no_response",
+            TryFailure::Timeout => "timeout",
+            TryFailure::BadResponse => "bad_response",
+        }
+    }
+}
+
+/// Counts of tries and retries.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TrySnapshot {
+    /// Requests sent to a backend (first tries and retries).
+    pub tries: u64,
+    /// Tries after the first for the same request.
+    pub retries: u64,
+    /// Retries not made because the budget was spent.
+    pub denied_by_budget: u64,
+    /// Failed tries by reason.
+    pub failures: Vec<(&'static str, u64)>,
 }
 
 /// A consistent-enough reading of [`Stats`].
@@ -36,10 +90,40 @@ impl Stats {
         } else {
             self.failed.fetch_add(1, Ordering::Relaxed);
         }
-        self.latency_micros.fetch_add(
-            elapsed.as_micros().min(u64::MAX as u128) as u64,
-            Ordering::Relaxed,
-        );
+        self.latency_micros.fetch_add(elapsed.as_micros().min(u64::MAX as u128) as u64, Ordering::Relaxed);
+    }
+
+    /// Counts a try; `retry` when it is not the request's first.
+    pub fn record_try(&self, retry: bool) {
+        self.tries.fetch_add(1, Ordering::Relaxed);
+        if retry {
+            self.retries.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts a failed try.
+    pub fn record_try_failure(&self, reason: TryFailure) {
+        let index = TryFailure::ALL.iter().position(|r| *r == reason).unwrap_or(0);
+        self.failed_tries[index].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a retry the budget refused.
+    pub fn record_budget_denial(&self) {
+        self.retries_denied_by_budget.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The try counters.
+    pub fn tries(&self) -> TrySnapshot {
+        TrySnapshot {
+            tries: self.tries.load(Ordering::Relaxed),
+            retries: self.retries.load(Ordering::Relaxed),
+            denied_by_budget: self.retries_denied_by_budget.load(Ordering::Relaxed),
+            failures: TryFailure::ALL
+                .iter()
+                .zip(&self.failed_tries)
+                .map(|(reason, count)| (reason.name(), count.load(Ordering::Relaxed)))
+                .collect(),
+        }
     }
 
     /// The current totals.
@@ -62,16 +146,8 @@ impl Stats {
             total,
             successful,
             failed,
-            success_rate: if total == 0 {
-                1.0
-            } else {
-                round(successful as f64 / total as f64, 4)
-            },
-            average_response_time_ms: if total == 0 {
-                0.0
-            } else {
-                round(micros as f64 / total as f64 / 1000.0, 2)
-            },
+            success_rate: if total == 0 { 1.0 } else { round(successful as f64 / total as f64, 4) },
+            average_response_time_ms: if total == 0 { 0.0 } else { round(micros as f64 / total as f64 / 1000.0, 2) },
         }
     }
 }

@@ -4,23 +4,16 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 
 use lb_sync::balance::{
-    Algorithm, AlgorithmKind, IpHash, LeastConnections, Member, PickContext, RoundRobin,
-    WeightedRoundRobin,
+    Algorithm, AlgorithmKind, IpHash, LeastConnections, Member, PickContext, RoundRobin, WeightedRoundRobin,
 };
 
 fn members(weights: &[u32]) -> Vec<Member> {
-    weights
-        .iter()
-        .enumerate()
-        .map(|(i, &w)| Member::new(format!("backend{}", i + 1), w))
-        .collect()
+    weights.iter().enumerate().map(|(i, &w)| Member::new(format!("backend{}", i + 1), w)).collect()
 }
 
 fn picks(algo: &dyn Algorithm, count: usize) -> Vec<usize> {
     let ctx = PickContext::idle();
-    (0..count)
-        .map(|_| algo.select(&ctx, &mut |_| true).unwrap())
-        .collect()
+    (0..count).map(|_| algo.select(&ctx, &mut |_| true).unwrap()).collect()
 }
 
 fn counts(picks: &[usize], n: usize) -> Vec<usize> {
@@ -32,17 +25,10 @@ fn counts(picks: &[usize], n: usize) -> Vec<usize> {
 }
 
 /// `threads` threads each doing `per_thread` picks at once; total per member.
-fn concurrent_counts(
-    algo: &dyn Algorithm,
-    n: usize,
-    threads: usize,
-    per_thread: usize,
-) -> Vec<usize> {
+fn concurrent_counts(algo: &dyn Algorithm, n: usize, threads: usize, per_thread: usize) -> Vec<usize> {
     let mut total = vec![0; n];
     std::thread::scope(|s| {
-        let handles: Vec<_> = (0..threads)
-            .map(|_| s.spawn(|| counts(&picks(algo, per_thread), n)))
-            .collect();
+        let handles: Vec<_> = (0..threads).map(|_| s.spawn(|| counts(&picks(algo, per_thread), n))).collect();
         for handle in handles {
             for (t, c) in total.iter_mut().zip(handle.join().unwrap()) {
                 *t += c;
@@ -61,15 +47,11 @@ fn ip_key(ip: &str) -> Vec<u8> {
 
 /// 10.x.y.z for i in 0..count: distinct, deterministic client addresses.
 fn client_ips(count: u32) -> Vec<[u8; 4]> {
-    (0..count)
-        .map(|i| [10, (i >> 16) as u8, (i >> 8) as u8, i as u8])
-        .collect()
+    (0..count).map(|i| [10, (i >> 16) as u8, (i >> 8) as u8, i as u8]).collect()
 }
 
 fn pick_id<'m>(algo: &dyn Algorithm, members: &'m [Member], key: &[u8]) -> &'m str {
-    let i = algo
-        .select(&PickContext::with_key(key), &mut |_| true)
-        .unwrap();
+    let i = algo.select(&PickContext::with_key(key), &mut |_| true).unwrap();
     &members[i].id
 }
 
@@ -91,15 +73,11 @@ fn round_robin_ignores_weights() {
 fn round_robin_skipping_an_unusable_member_alternates_the_other_two_evenly() {
     let rr = RoundRobin::new(&members(&[1, 1, 1]));
     let ctx = PickContext::idle();
-    let got: Vec<usize> = (0..8)
-        .map(|_| rr.select(&ctx, &mut |i| i != 1).unwrap())
-        .collect();
+    let got: Vec<usize> = (0..8).map(|_| rr.select(&ctx, &mut |i| i != 1).unwrap()).collect();
     assert_eq!(got, [0, 2, 0, 2, 0, 2, 0, 2]);
 
     let rr = RoundRobin::new(&members(&[1, 1, 1]));
-    let got: Vec<usize> = (0..600)
-        .map(|_| rr.select(&ctx, &mut |i| i != 2).unwrap())
-        .collect();
+    let got: Vec<usize> = (0..600).map(|_| rr.select(&ctx, &mut |i| i != 2).unwrap()).collect();
     assert_eq!(counts(&got, 3), [300, 300, 0]);
 }
 
@@ -157,10 +135,7 @@ fn weighted_1_2_1_never_picks_the_same_backend_3_times_in_a_row() {
 #[test]
 fn weighted_1_2_1_8_threads_give_exact_20000_40000_20000() {
     let wrr = WeightedRoundRobin::new(&members(&[1, 2, 1]));
-    assert_eq!(
-        concurrent_counts(&wrr, 3, 8, 10_000),
-        [20_000, 40_000, 20_000]
-    );
+    assert_eq!(concurrent_counts(&wrr, 3, 8, 10_000), [20_000, 40_000, 20_000]);
 }
 
 #[test]
@@ -173,23 +148,11 @@ fn weighted_5_1_1_matches_nginx_a_a_b_a_c_a_a() {
 
 #[test]
 fn weighted_schedules_equal_nginx_for_assorted_weights() {
-    for weights in [
-        &[1][..],
-        &[3, 3],
-        &[2, 4, 6],
-        &[7, 3, 1, 1],
-        &[10, 1],
-        &[1, 2, 3, 4, 5, 6, 7, 8],
-        &[100, 99, 1],
-    ] {
+    for weights in [&[1][..], &[3, 3], &[2, 4, 6], &[7, 3, 1, 1], &[10, 1], &[1, 2, 3, 4, 5, 6, 7, 8], &[100, 99, 1]] {
         let total: u32 = weights.iter().sum();
         let wrr = WeightedRoundRobin::new(&members(weights));
         let steps = 3 * total as usize;
-        assert_eq!(
-            picks(&wrr, steps),
-            nginx_smooth(weights, steps),
-            "{weights:?}"
-        );
+        assert_eq!(picks(&wrr, steps), nginx_smooth(weights, steps), "{weights:?}");
     }
 }
 
@@ -204,23 +167,17 @@ fn weighted_skipping_a_member_keeps_the_others_ratio() {
     // 1:2:1 with backend1 down: backend2 and backend3 share 2:1.
     let wrr = WeightedRoundRobin::new(&members(&[1, 2, 1]));
     let ctx = PickContext::idle();
-    let got: Vec<usize> = (0..300)
-        .map(|_| wrr.select(&ctx, &mut |i| i != 0).unwrap())
-        .collect();
+    let got: Vec<usize> = (0..300).map(|_| wrr.select(&ctx, &mut |i| i != 0).unwrap()).collect();
     assert_eq!(counts(&got, 3), [0, 200, 100]);
 
     // 1:2:1 with backend2 down: backend1 and backend3 alternate.
     let wrr = WeightedRoundRobin::new(&members(&[1, 2, 1]));
-    let got: Vec<usize> = (0..6)
-        .map(|_| wrr.select(&ctx, &mut |i| i != 1).unwrap())
-        .collect();
+    let got: Vec<usize> = (0..6).map(|_| wrr.select(&ctx, &mut |i| i != 1).unwrap()).collect();
     assert_eq!(got, [0, 2, 0, 2, 0, 2]);
 
     // 5:1:1 with the heavy one down: the two light ones alternate.
     let wrr = WeightedRoundRobin::new(&members(&[5, 1, 1]));
-    let got: Vec<usize> = (0..6)
-        .map(|_| wrr.select(&ctx, &mut |i| i != 0).unwrap())
-        .collect();
+    let got: Vec<usize> = (0..6).map(|_| wrr.select(&ctx, &mut |i| i != 0).unwrap()).collect();
     assert_eq!(counts(&got, 3), [0, 3, 3]);
 }
 
@@ -281,10 +238,7 @@ fn ip_hash_removing_1_of_5_moves_only_its_clients_and_they_return() {
     let ips = client_ips(10_000);
 
     let before: Vec<&str> = ips.iter().map(|ip| pick_id(&full, &all, ip)).collect();
-    let after: Vec<&str> = ips
-        .iter()
-        .map(|ip| pick_id(&reduced, &without, ip))
-        .collect();
+    let after: Vec<&str> = ips.iter().map(|ip| pick_id(&reduced, &without, ip)).collect();
     let mut moved = 0;
     for (b, a) in before.iter().zip(&after) {
         if b != a {
@@ -310,11 +264,8 @@ fn ip_hash_weights_1_2_1_give_backend2_about_half() {
     let members = members(&[1, 2, 1]);
     let ring = IpHash::new(&members);
     let ips = client_ips(10_000);
-    let share = ips
-        .iter()
-        .filter(|ip| pick_id(&ring, &members, &ip[..]) == "backend2")
-        .count() as f64
-        / ips.len() as f64;
+    let share =
+        ips.iter().filter(|ip| pick_id(&ring, &members, &ip[..]) == "backend2").count() as f64 / ips.len() as f64;
     assert!((0.45..=0.55).contains(&share), "backend2 share {share}");
 }
 
@@ -322,11 +273,7 @@ fn ip_hash_weights_1_2_1_give_backend2_about_half() {
 fn ip_hash_unusable_member_clients_go_elsewhere_and_others_stay() {
     let members = members(&[1, 1, 1, 1, 1]);
     let ring = IpHash::new(&members);
-    let without: Vec<Member> = members
-        .iter()
-        .filter(|m| m.id != "backend4")
-        .cloned()
-        .collect();
+    let without: Vec<Member> = members.iter().filter(|m| m.id != "backend4").cloned().collect();
     let reduced = IpHash::new(&without);
     let mut rerouted = 0;
     for ip in client_ips(5_000) {
@@ -353,9 +300,7 @@ fn ip_hash_spreads_the_clients_of_a_refused_member() {
     for ip in client_ips(10_000) {
         let ctx = PickContext::with_key(&ip);
         if ring.select(&ctx, &mut |_| true) == Some(0) {
-            *destinations
-                .entry(ring.select(&ctx, &mut |i| i != 0).unwrap())
-                .or_default() += 1;
+            *destinations.entry(ring.select(&ctx, &mut |i| i != 0).unwrap()).or_default() += 1;
         }
     }
     // Not all dumped on one neighbour: every survivor takes some.
@@ -366,10 +311,7 @@ fn ip_hash_spreads_the_clients_of_a_refused_member() {
 
 fn lc_pick(weights: &[u32], loads: &[usize]) -> usize {
     let lc = LeastConnections::new(&members(weights));
-    let ctx = PickContext {
-        hash_key: &[],
-        in_flight: &|i| loads[i],
-    };
+    let ctx = PickContext { hash_key: &[], in_flight: &|i| loads[i] };
     lc.select(&ctx, &mut |_| true).unwrap()
 }
 
@@ -400,13 +342,8 @@ fn least_connections_ties_spread_round_robin_on_idle_system() {
     assert_eq!(picks(&lc, 6), [0, 1, 2, 0, 1, 2]);
     // Equal ratios count as ties too: 2/2 == 1/1.
     let lc = LeastConnections::new(&members(&[2, 1]));
-    let ctx = PickContext {
-        hash_key: &[],
-        in_flight: &|i| [2, 1][i],
-    };
-    let got: Vec<usize> = (0..4)
-        .map(|_| lc.select(&ctx, &mut |_| true).unwrap())
-        .collect();
+    let ctx = PickContext { hash_key: &[], in_flight: &|i| [2, 1][i] };
+    let got: Vec<usize> = (0..4).map(|_| lc.select(&ctx, &mut |_| true).unwrap()).collect();
     assert_eq!(got, [0, 1, 0, 1]);
 }
 
@@ -414,10 +351,7 @@ fn least_connections_ties_spread_round_robin_on_idle_system() {
 fn least_connections_skips_unusable_members_in_order_of_load() {
     let lc = LeastConnections::new(&members(&[1, 1, 1, 1]));
     let loads = [3, 0, 1, 2];
-    let ctx = PickContext {
-        hash_key: &[],
-        in_flight: &|i| loads[i],
-    };
+    let ctx = PickContext { hash_key: &[], in_flight: &|i| loads[i] };
     assert_eq!(lc.select(&ctx, &mut |i| i != 1), Some(2));
     assert_eq!(lc.select(&ctx, &mut |i| i == 0 || i == 3), Some(3));
     assert_eq!(lc.select(&ctx, &mut |i| i == 0), Some(0));
@@ -434,15 +368,9 @@ fn least_connections_skips_unusable_members_in_order_of_load() {
 #[test]
 fn algorithm_kind_parses_the_four_names() {
     assert_eq!("round_robin".parse(), Ok(AlgorithmKind::RoundRobin));
-    assert_eq!(
-        "weighted_round_robin".parse(),
-        Ok(AlgorithmKind::WeightedRoundRobin)
-    );
+    assert_eq!("weighted_round_robin".parse(), Ok(AlgorithmKind::WeightedRoundRobin));
     assert_eq!("ip_hash".parse(), Ok(AlgorithmKind::IpHash));
-    assert_eq!(
-        "least_connections".parse(),
-        Ok(AlgorithmKind::LeastConnections)
-    );
+    assert_eq!("least_connections".parse(), Ok(AlgorithmKind::LeastConnections));
     for kind in AlgorithmKind::ALL {
         assert_eq!(kind.name().parse(), Ok(kind));
         assert_eq!(kind.to_string(), kind.name());
@@ -465,22 +393,10 @@ fn algorithm_kind_unknown_name_error_lists_valid_names() {
 #[test]
 fn algorithm_kind_names_and_display_names() {
     let table = [
-        (
-            AlgorithmKind::RoundRobin,
-            "round_robin",
-            "RoundRobinBalancer",
-        ),
-        (
-            AlgorithmKind::WeightedRoundRobin,
-            "weighted_round_robin",
-            "WeightedRoundRobinBalancer",
-        ),
+        (AlgorithmKind::RoundRobin, "round_robin", "RoundRobinBalancer"),
+        (AlgorithmKind::WeightedRoundRobin, "weighted_round_robin", "WeightedRoundRobinBalancer"),
         (AlgorithmKind::IpHash, "ip_hash", "IPHashBalancer"),
-        (
-            AlgorithmKind::LeastConnections,
-            "least_connections",
-            "LeastConnectionsBalancer",
-        ),
+        (AlgorithmKind::LeastConnections, "least_connections", "LeastConnectionsBalancer"),
     ];
     for (kind, name, display) in table {
         assert_eq!(kind.name(), name);
@@ -493,10 +409,7 @@ fn algorithm_kind_names_and_display_names() {
 // ------------------------------------------------------------------------ all
 
 fn all_algorithms(members: &[Member]) -> Vec<Box<dyn Algorithm>> {
-    AlgorithmKind::ALL
-        .iter()
-        .map(|k| k.build(members))
-        .collect()
+    AlgorithmKind::ALL.iter().map(|k| k.build(members)).collect()
 }
 
 #[test]
@@ -508,10 +421,7 @@ fn every_member_offered_at_most_once_when_all_refuse() {
             for round in 0..20u32 {
                 let key = round.to_be_bytes();
                 let loads = |i: usize| (i * 7 + round as usize) % 5;
-                let ctx = PickContext {
-                    hash_key: &key,
-                    in_flight: &loads,
-                };
+                let ctx = PickContext { hash_key: &key, in_flight: &loads };
                 let mut offered = vec![0; n];
                 let got = algo.select(&ctx, &mut |i| {
                     offered[i] += 1;

@@ -13,22 +13,12 @@ use lb_sync::demo_backend::DemoBackend;
 use lb_sync::server::{Handler, Limits, Request, Response, Server, ServerConfig};
 
 fn config(limits: Limits, threads: usize, queue_capacity: usize) -> ServerConfig {
-    ServerConfig {
-        bind: "127.0.0.1:0".parse().unwrap(),
-        threads,
-        queue_capacity,
-        limits,
-        ..ServerConfig::default()
-    }
+    ServerConfig { bind: "127.0.0.1:0".parse().unwrap(), threads, queue_capacity, limits, ..ServerConfig::default() }
 }
 
 /// An in-process demo backend with the given limits.
 fn demo(limits: Limits) -> Server {
-    Server::start(
-        config(limits, 4, 1024),
-        DemoBackend::new(0, "127.0.0.1", Some("demo".into())),
-    )
-    .unwrap()
+    Server::start(config(limits, 4, 1024), DemoBackend::new(0, "127.0.0.1", Some("demo".into()))).unwrap()
 }
 
 fn path_of(resp: &common::Resp) -> String {
@@ -44,11 +34,7 @@ fn keep_alive_serves_several_requests_on_one_connection() {
         let resp = conn.get(&format!("/k{i}"));
         assert_eq!(resp.status, 200);
         assert_eq!(path_of(&resp), format!("/k{i}"));
-        assert_eq!(
-            resp.header("connection"),
-            None,
-            "1.1 keep-alive needs no Connection header"
-        );
+        assert_eq!(resp.header("connection"), None, "1.1 keep-alive needs no Connection header");
     }
     assert_eq!(conn.reader.get_ref().local_addr().unwrap(), local);
     server.stop(Duration::from_secs(1));
@@ -58,9 +44,7 @@ fn keep_alive_serves_several_requests_on_one_connection() {
 fn ten_pipelined_requests_in_one_write_are_answered_in_order() {
     let server = demo(Limits::default());
     let mut conn = Conn::open(server.local_addr());
-    let raw: String = (0..10)
-        .map(|i| format!("GET /p{i} HTTP/1.1\r\nHost: t\r\n\r\n"))
-        .collect();
+    let raw: String = (0..10).map(|i| format!("GET /p{i} HTTP/1.1\r\nHost: t\r\n\r\n")).collect();
     conn.send(raw.as_bytes());
     for i in 0..10 {
         let resp = conn.response();
@@ -76,22 +60,14 @@ fn pipelined_requests_with_bodies_stay_in_order() {
     let mut conn = Conn::open(server.local_addr());
     let mut raw = Vec::new();
     raw.extend_from_slice(b"POST /a HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello");
-    raw.extend_from_slice(
-        b"POST /b HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
-    );
+    raw.extend_from_slice(b"POST /b HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n");
     raw.extend_from_slice(b"GET /c HTTP/1.1\r\nHost: t\r\n\r\n");
     conn.send(&raw);
     let a = conn.response().json();
     let b = conn.response().json();
     let c = conn.response().json();
-    assert_eq!(
-        (a["request"]["path"].as_str(), a["request"]["body"].as_str()),
-        (Some("/a"), Some("hello"))
-    );
-    assert_eq!(
-        (b["request"]["path"].as_str(), b["request"]["body"].as_str()),
-        (Some("/b"), Some("abc"))
-    );
+    assert_eq!((a["request"]["path"].as_str(), a["request"]["body"].as_str()), (Some("/a"), Some("hello")));
+    assert_eq!((b["request"]["path"].as_str(), b["request"]["body"].as_str()), (Some("/b"), Some("abc")));
     assert_eq!(c["request"]["path"], "/c");
     server.stop(Duration::from_secs(1));
 }
@@ -142,10 +118,7 @@ fn two_thousand_idle_keep_alive_connections_cost_no_threads() {
     let rss_kb = proc_status(child.pid(), "VmRSS");
     eprintln!("2000 idle connections: {threads} threads, RSS {rss_kb} kB");
     // Workers + the poller + the main thread; nothing per connection.
-    assert!(
-        threads <= workers as u64 + 3,
-        "{threads} threads for {workers} workers"
-    );
+    assert!(threads <= workers as u64 + 3, "{threads} threads for {workers} workers");
     // And the idle ones are still alive and usable.
     for conn in idle.iter_mut().step_by(97) {
         assert_eq!(conn.get("/again").status, 200);
@@ -154,10 +127,7 @@ fn two_thousand_idle_keep_alive_connections_cost_no_threads() {
 
 #[test]
 fn trickling_clients_get_408_while_others_are_served() {
-    let limits = Limits {
-        head_timeout: Duration::from_secs(2),
-        ..Limits::default()
-    };
+    let limits = Limits { head_timeout: Duration::from_secs(2), ..Limits::default() };
     let server = demo(limits);
     let addr = server.local_addr();
     let started = Instant::now();
@@ -169,12 +139,7 @@ fn trickling_clients_get_408_while_others_are_served() {
                 // One header line every 500 ms, never the end of the head.
                 for i in 0..20 {
                     std::thread::sleep(Duration::from_millis(500));
-                    if conn
-                        .reader
-                        .get_mut()
-                        .write_all(format!("X-Line-{i}: v\r\n").as_bytes())
-                        .is_err()
-                    {
+                    if conn.reader.get_mut().write_all(format!("X-Line-{i}: v\r\n").as_bytes()).is_err() {
                         break;
                     }
                     if i == 6 {
@@ -192,20 +157,13 @@ fn trickling_clients_get_408_while_others_are_served() {
     for _ in 0..20 {
         let t = Instant::now();
         assert_eq!(normal.get("/fast").status, 200);
-        assert!(
-            t.elapsed() < Duration::from_secs(1),
-            "normal request waited {:?}",
-            t.elapsed()
-        );
+        assert!(t.elapsed() < Duration::from_secs(1), "normal request waited {:?}", t.elapsed());
     }
     for trickler in tricklers {
         let (status, closed, at) = trickler.join().unwrap();
         assert_eq!(status, 408);
         assert!(closed, "closed after 408");
-        assert!(
-            at >= Duration::from_millis(1900),
-            "408 came at {at:?}, before the head timeout"
-        );
+        assert!(at >= Duration::from_millis(1900), "408 came at {at:?}, before the head timeout");
     }
     server.stop(Duration::from_secs(1));
 }
@@ -218,13 +176,7 @@ fn assert_rejected(addr: SocketAddr, attack: &[u8], status: u16) {
     raw.extend_from_slice(b"GET /tail HTTP/1.1\r\nHost: t\r\n\r\n");
     conn.send(&raw);
     let resp = conn.response();
-    assert_eq!(
-        resp.status,
-        status,
-        "attack {:?}: {}",
-        String::from_utf8_lossy(attack),
-        resp.text()
-    );
+    assert_eq!(resp.status, status, "attack {:?}: {}", String::from_utf8_lossy(attack), resp.text());
     assert_eq!(resp.header("connection"), Some("close"));
     let rest = conn.rest();
     assert!(
@@ -250,7 +202,10 @@ fn framing_attacks_are_rejected_and_the_tail_never_answered() {
         (b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 4 \x0b\r\n\r\nabcd", 400),
         (b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip\r\n\r\nabcd", 400),
         (b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked, gzip\r\n\r\n0\r\n\r\n", 400),
-        (b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
+        (
+            b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            400,
+        ),
         (b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: foo\r\n\r\n0\r\n\r\n", 501),
         (b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", 501),
         (b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n", 400),
@@ -277,30 +232,16 @@ fn framing_attacks_are_rejected_and_the_tail_never_answered() {
 
 #[test]
 fn every_limit_gives_its_status() {
-    let limits = Limits {
-        max_body_bytes: 1000,
-        ..Limits::default()
-    };
+    let limits = Limits { max_body_bytes: 1000, ..Limits::default() };
     let server = demo(limits);
     let addr = server.local_addr();
     let long_target = format!("GET /{} HTTP/1.1\r\nHost: t\r\n\r\n", "a".repeat(9000));
     assert_rejected(addr, long_target.as_bytes(), 414);
-    let big_head = format!(
-        "GET / HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\n\r\n",
-        "b".repeat(33 * 1024)
-    );
+    let big_head = format!("GET / HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\n\r\n", "b".repeat(33 * 1024));
     assert_rejected(addr, big_head.as_bytes(), 431);
     let many: String = (0..101).map(|i| format!("X-H{i}: v\r\n")).collect();
-    assert_rejected(
-        addr,
-        format!("GET / HTTP/1.1\r\nHost: t\r\n{many}\r\n").as_bytes(),
-        431,
-    );
-    assert_rejected(
-        addr,
-        b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 1001\r\n\r\n",
-        413,
-    );
+    assert_rejected(addr, format!("GET / HTTP/1.1\r\nHost: t\r\n{many}\r\n").as_bytes(), 431);
+    assert_rejected(addr, b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 1001\r\n\r\n", 413);
     let too_much = chunked(&[b'z'; 1500], &[700]);
     let mut raw = b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
     raw.extend_from_slice(&too_much);
@@ -315,10 +256,7 @@ fn every_limit_gives_its_status() {
 
 #[test]
 fn stalled_body_gets_408_after_the_io_timeout() {
-    let limits = Limits {
-        io_timeout: Duration::from_millis(700),
-        ..Limits::default()
-    };
+    let limits = Limits { io_timeout: Duration::from_millis(700), ..Limits::default() };
     let server = demo(limits);
     let mut conn = Conn::open(server.local_addr());
     conn.send(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\nabc");
@@ -330,28 +268,19 @@ fn stalled_body_gets_408_after_the_io_timeout() {
 
 #[test]
 fn idle_keep_alive_connection_is_closed_quietly() {
-    let limits = Limits {
-        keep_alive_timeout: Duration::from_millis(300),
-        ..Limits::default()
-    };
+    let limits = Limits { keep_alive_timeout: Duration::from_millis(300), ..Limits::default() };
     let server = demo(limits);
     let mut conn = Conn::open(server.local_addr());
     assert_eq!(conn.get("/").status, 200);
     let start = Instant::now();
-    assert!(
-        conn.rest().is_empty(),
-        "no 408 on an idle keep-alive connection"
-    );
+    assert!(conn.rest().is_empty(), "no 408 on an idle keep-alive connection");
     assert!(start.elapsed() >= Duration::from_millis(250));
     server.stop(Duration::from_secs(1));
 }
 
 #[test]
 fn connections_over_the_limit_get_503_and_close() {
-    let limits = Limits {
-        max_connections: 4,
-        ..Limits::default()
-    };
+    let limits = Limits { max_connections: 4, ..Limits::default() };
     let server = demo(limits);
     let mut held: Vec<Conn> = (0..4).map(|_| Conn::open(server.local_addr())).collect();
     for conn in &mut held {
@@ -372,11 +301,7 @@ fn connections_over_the_limit_get_503_and_close() {
 
 #[test]
 fn full_queue_answers_503_with_retry_after_at_once() {
-    let server = Server::start(
-        config(Limits::default(), 1, 1),
-        DemoBackend::new(0, "127.0.0.1", None),
-    )
-    .unwrap();
+    let server = Server::start(config(Limits::default(), 1, 1), DemoBackend::new(0, "127.0.0.1", None)).unwrap();
     let addr = server.local_addr();
     // One request occupies the only worker, one waits in the queue of one.
     let mut busy = Conn::open(addr);
@@ -390,11 +315,7 @@ fn full_queue_answers_503_with_retry_after_at_once() {
     let resp = refused.get("/");
     assert_eq!(resp.status, 503);
     assert_eq!(resp.header("retry-after"), Some("1"));
-    assert!(
-        start.elapsed() < Duration::from_millis(1000),
-        "503 came only after {:?}",
-        start.elapsed()
-    );
+    assert!(start.elapsed() < Duration::from_millis(1000), "503 came only after {:?}", start.elapsed());
     assert_eq!(busy.response().status, 200);
     assert_eq!(queued.response().status, 200);
     server.stop(Duration::from_secs(1));
@@ -425,20 +346,11 @@ fn chunked_bodies_in_and_out_with_odd_sizes_and_extensions() {
 
 #[test]
 fn expect_100_continue_is_answered_before_the_body() {
-    let limits = Limits {
-        max_body_bytes: 100,
-        ..Limits::default()
-    };
+    let limits = Limits { max_body_bytes: 100, ..Limits::default() };
     let server = demo(limits);
     let mut conn = Conn::open(server.local_addr());
-    conn.send(
-        b"POST /?echo=1 HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
-    );
-    assert_eq!(
-        conn.response().status,
-        100,
-        "interim response before the body is sent"
-    );
+    conn.send(b"POST /?echo=1 HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n");
+    assert_eq!(conn.response().status, 100, "interim response before the body is sent");
     conn.send(b"hello");
     let resp = conn.response();
     assert_eq!((resp.status, resp.body.as_slice()), (200, &b"hello"[..]));
@@ -461,10 +373,7 @@ fn http_1_0_with_and_without_keep_alive() {
     let mut conn = Conn::open(server.local_addr());
     conn.send(b"GET /old HTTP/1.0\r\n\r\n");
     let resp = conn.response();
-    assert_eq!(
-        (resp.status, resp.header("connection")),
-        (200, Some("close"))
-    );
+    assert_eq!((resp.status, resp.header("connection")), (200, Some("close")));
     assert!(conn.is_closed());
 
     let mut conn = Conn::open(server.local_addr());
@@ -476,10 +385,7 @@ fn http_1_0_with_and_without_keep_alive() {
     // Unknown length on 1.0: close-delimited, never chunked.
     conn.send(b"GET /?bytes=5000&chunked=1 HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
     let resp = conn.response();
-    assert_eq!(
-        (resp.header("transfer-encoding"), resp.body.len()),
-        (None, 5000)
-    );
+    assert_eq!((resp.header("transfer-encoding"), resp.body.len()), (None, 5000));
     assert_eq!(resp.header("connection"), Some("close"));
     server.stop(Duration::from_secs(1));
 }
@@ -490,10 +396,7 @@ fn head_has_no_body_and_the_connection_stays_in_sync() {
     let mut conn = Conn::open(server.local_addr());
     conn.send(b"HEAD /?bytes=1234 HTTP/1.1\r\nHost: t\r\n\r\n");
     let resp = conn.head_response();
-    assert_eq!(
-        (resp.status, resp.header("content-length")),
-        (200, Some("1234"))
-    );
+    assert_eq!((resp.status, resp.header("content-length")), (200, Some("1234")));
     conn.send(b"HEAD /?bytes=99&chunked=1 HTTP/1.1\r\nHost: t\r\n\r\n");
     assert_eq!(conn.head_response().status, 200);
     assert_eq!(path_of(&conn.get("/after-head")), "/after-head");
@@ -520,11 +423,7 @@ impl Read for Broken {
 
 impl Handler for BreaksMidway {
     fn handle<'r>(&self, request: Request<'r>) -> Response<'r> {
-        let length = if request.path() == "/sized" {
-            Some(100)
-        } else {
-            None
-        };
+        let length = if request.path() == "/sized" { Some(100) } else { None };
         Response::new(200).with_stream(Broken { sent: false }, length)
     }
 }
@@ -571,9 +470,7 @@ fn one_gib_streams_through_in_constant_memory() {
     assert_eq!(conn.get("/warm").status, 200);
     let before_kb = proc_status(child.pid(), "VmRSS");
 
-    conn.send(
-        format!("POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: {GIB}\r\n\r\n").as_bytes(),
-    );
+    conn.send(format!("POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: {GIB}\r\n\r\n").as_bytes());
     write_filler(conn.reader.get_mut(), GIB);
     assert_eq!(conn.response().json()["request"]["body_bytes"], GIB);
 
@@ -590,29 +487,17 @@ fn one_gib_streams_through_in_constant_memory() {
 
     conn.send(format!("GET /?bytes={GIB} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
     let resp = conn.head_response();
-    assert_eq!(
-        resp.header("content-length"),
-        Some(GIB.to_string().as_str())
-    );
+    assert_eq!(resp.header("content-length"), Some(GIB.to_string().as_str()));
     let mut left = GIB;
     let mut buf = vec![0u8; 1 << 20];
     while left > 0 {
-        let n = conn
-            .reader
-            .read(&mut buf[..left.min(1 << 20) as usize])
-            .unwrap();
+        let n = conn.reader.read(&mut buf[..left.min(1 << 20) as usize]).unwrap();
         assert!(n > 0, "download ended {left} bytes short");
         left -= n as u64;
     }
     let peak_kb = proc_status(child.pid(), "VmHWM");
-    eprintln!(
-        "1 GiB up (length), up (chunked) and down: RSS before {before_kb} kB, peak {peak_kb} kB"
-    );
-    assert!(
-        peak_kb.saturating_sub(before_kb) < 32 * 1024,
-        "grew {} kB",
-        peak_kb - before_kb
-    );
+    eprintln!("1 GiB up (length), up (chunked) and down: RSS before {before_kb} kB, peak {peak_kb} kB");
+    assert!(peak_kb.saturating_sub(before_kb) < 32 * 1024, "grew {} kB", peak_kb - before_kb);
     assert_eq!(conn.get("/after").status, 200);
 }
 
@@ -620,13 +505,7 @@ fn one_gib_streams_through_in_constant_memory() {
 fn accept_errors_are_survived() {
     // A child with room for very few descriptors: accepts fail with EMFILE under a burst.
     let mut command = Command::new("sh");
-    command.args([
-        "-c",
-        &format!(
-            "ulimit -n 24 && exec {} --port 0 --threads 2",
-            env!("CARGO_BIN_EXE_lb-backend")
-        ),
-    ]);
+    command.args(["-c", &format!("ulimit -n 24 && exec {} --port 0 --threads 2", env!("CARGO_BIN_EXE_lb-backend"))]);
     let child = ChildProcess::start(command);
     let addr = child.addr();
     let burst: Vec<TcpStream> = (0..40).map(|_| TcpStream::connect(addr).unwrap()).collect();
@@ -637,12 +516,8 @@ fn accept_errors_are_survived() {
         let Ok(stream) = TcpStream::connect(addr) else {
             return false;
         };
-        stream
-            .set_read_timeout(Some(Duration::from_secs(2)))
-            .unwrap();
-        let mut conn = Conn {
-            reader: std::io::BufReader::new(stream),
-        };
+        stream.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut conn = Conn { reader: std::io::BufReader::new(stream) };
         conn.send(b"GET /alive HTTP/1.1\r\nHost: t\r\n\r\n");
         read_response(&mut conn.reader, false).is_ok_and(|r| r.status == 200)
     });
@@ -668,10 +543,7 @@ fn stop_finishes_in_flight_requests_closes_idle_ones_and_joins() {
     std::thread::sleep(Duration::from_millis(200));
     server.stop(Duration::from_secs(5));
     let resp = in_flight.join().unwrap();
-    assert_eq!(
-        (resp.status, resp.header("connection")),
-        (200, Some("close"))
-    );
+    assert_eq!((resp.status, resp.header("connection")), (200, Some("close")));
     assert!(idle.is_closed(), "idle connection closed by stop");
     assert!(TcpStream::connect(addr).is_err(), "no longer accepting");
 }
@@ -685,10 +557,6 @@ fn stop_breaks_requests_that_outlive_the_grace_period() {
     std::thread::sleep(Duration::from_millis(200));
     let start = Instant::now();
     server.stop(Duration::from_millis(300));
-    assert!(
-        start.elapsed() < Duration::from_secs(5),
-        "stop waited {:?}",
-        start.elapsed()
-    );
+    assert!(start.elapsed() < Duration::from_secs(5), "stop waited {:?}", start.elapsed());
     let _ = conn.rest();
 }

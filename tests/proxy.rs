@@ -20,31 +20,18 @@ use lb_sync::server::{bind, Server, ServerConfig};
 fn demo_backend() -> (Server, u16) {
     let listener = bind("127.0.0.1:0".parse().unwrap(), 128).unwrap();
     let port = listener.local_addr().unwrap().port();
-    let config = ServerConfig {
-        threads: 8,
-        ..ServerConfig::default()
-    };
-    (
-        Server::start_on(listener, config, DemoBackend::new(port, "127.0.0.1", None)).unwrap(),
-        port,
-    )
+    let config = ServerConfig { threads: 8, ..ServerConfig::default() };
+    (Server::start_on(listener, config, DemoBackend::new(port, "127.0.0.1", None)).unwrap(), port)
 }
 
-fn balancer(
-    algorithm: AlgorithmKind,
-    backends: &[(u16, u32)],
-    tweak: impl FnOnce(&mut Config),
-) -> LoadBalancer {
+fn balancer(algorithm: AlgorithmKind, backends: &[(u16, u32)], tweak: impl FnOnce(&mut Config)) -> LoadBalancer {
     let mut config = Config {
         host: "127.0.0.1".parse().unwrap(),
         port: 0,
         algorithm,
         threads: 8,
         access_log: false,
-        backends: backends
-            .iter()
-            .map(|&(port, weight)| BackendConfig::new("127.0.0.1", port, weight))
-            .collect(),
+        backends: backends.iter().map(|&(port, weight)| BackendConfig::new("127.0.0.1", port, weight)).collect(),
         ..Config::default()
     };
     tweak(&mut config);
@@ -52,35 +39,22 @@ fn balancer(
 }
 
 fn served_by(resp: &common::Resp) -> String {
-    resp.json()["server_info"]["id"]
-        .as_str()
-        .unwrap_or("?")
-        .to_string()
+    resp.json()["server_info"]["id"].as_str().unwrap_or("?").to_string()
 }
 
 /// A port nothing listens on: connections to it are refused.
 fn refused_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 #[test]
 fn round_robin_cycles_in_configured_order() {
     let backends: Vec<_> = (0..3).map(|_| demo_backend()).collect();
     let ports: Vec<u16> = backends.iter().map(|b| b.1).collect();
-    let lb = balancer(
-        AlgorithmKind::RoundRobin,
-        &[(ports[0], 1), (ports[1], 1), (ports[2], 1)],
-        |_| {},
-    );
+    let lb = balancer(AlgorithmKind::RoundRobin, &[(ports[0], 1), (ports[1], 1), (ports[2], 1)], |_| {});
     let mut conn = Conn::open(lb.local_addr());
     let seen: Vec<String> = (0..6).map(|_| served_by(&conn.get("/"))).collect();
-    let expected: Vec<String> = (0..6)
-        .map(|i| format!("backend-{}", ports[i % 3]))
-        .collect();
+    let expected: Vec<String> = (0..6).map(|i| format!("backend-{}", ports[i % 3])).collect();
     assert_eq!(seen, expected);
     lb.stop(Duration::from_secs(1));
 }
@@ -89,26 +63,12 @@ fn round_robin_cycles_in_configured_order() {
 fn weighted_1_2_1_gives_5_10_5_over_20_interleaved() {
     let backends: Vec<_> = (0..3).map(|_| demo_backend()).collect();
     let ports: Vec<u16> = backends.iter().map(|b| b.1).collect();
-    let lb = balancer(
-        AlgorithmKind::WeightedRoundRobin,
-        &[(ports[0], 1), (ports[1], 2), (ports[2], 1)],
-        |_| {},
-    );
+    let lb = balancer(AlgorithmKind::WeightedRoundRobin, &[(ports[0], 1), (ports[1], 2), (ports[2], 1)], |_| {});
     let mut conn = Conn::open(lb.local_addr());
     let seen: Vec<String> = (0..20).map(|_| served_by(&conn.get("/"))).collect();
-    let count = |p: u16| {
-        seen.iter()
-            .filter(|s| **s == format!("backend-{p}"))
-            .count()
-    };
-    assert_eq!(
-        (count(ports[0]), count(ports[1]), count(ports[2])),
-        (5, 10, 5)
-    );
-    assert!(
-        seen.windows(3).all(|w| !(w[0] == w[1] && w[1] == w[2])),
-        "a burst: {seen:?}"
-    );
+    let count = |p: u16| seen.iter().filter(|s| **s == format!("backend-{p}")).count();
+    assert_eq!((count(ports[0]), count(ports[1]), count(ports[2])), (5, 10, 5));
+    assert!(seen.windows(3).all(|w| !(w[0] == w[1] && w[1] == w[2])), "a burst: {seen:?}");
     lb.stop(Duration::from_secs(1));
 }
 
@@ -116,29 +76,20 @@ fn weighted_1_2_1_gives_5_10_5_over_20_interleaved() {
 fn ip_hash_follows_the_client_address_from_a_trusted_proxy() {
     let backends: Vec<_> = (0..3).map(|_| demo_backend()).collect();
     let ports: Vec<u16> = backends.iter().map(|b| b.1).collect();
-    let lb = balancer(
-        AlgorithmKind::IpHash,
-        &[(ports[0], 1), (ports[1], 2), (ports[2], 1)],
-        |_| {},
-    );
+    let lb = balancer(AlgorithmKind::IpHash, &[(ports[0], 1), (ports[1], 2), (ports[2], 1)], |_| {});
     let mut conn = Conn::open(lb.local_addr());
     let mut chosen = std::collections::BTreeSet::new();
     for i in 0..30 {
         let ip = format!("192.168.1.{}", 100 + i);
         let mut first = None;
         for _ in 0..3 {
-            conn.send(
-                format!("GET / HTTP/1.1\r\nHost: t\r\nX-Forwarded-For: {ip}\r\n\r\n").as_bytes(),
-            );
+            conn.send(format!("GET / HTTP/1.1\r\nHost: t\r\nX-Forwarded-For: {ip}\r\n\r\n").as_bytes());
             let id = served_by(&conn.response());
             assert_eq!(first.get_or_insert(id.clone()), &id, "{ip} moved");
         }
         chosen.insert(first.unwrap());
     }
-    assert!(
-        chosen.len() >= 2,
-        "30 clients all on one backend: {chosen:?}"
-    );
+    assert!(chosen.len() >= 2, "30 clients all on one backend: {chosen:?}");
     lb.stop(Duration::from_secs(1));
 }
 
@@ -146,16 +97,11 @@ fn ip_hash_follows_the_client_address_from_a_trusted_proxy() {
 fn least_connections_follows_in_flight_counts() {
     let backends: Vec<_> = (0..3).map(|_| demo_backend()).collect();
     let ports: Vec<u16> = backends.iter().map(|b| b.1).collect();
-    let lb = balancer(
-        AlgorithmKind::LeastConnections,
-        &[(ports[0], 1), (ports[1], 1), (ports[2], 1)],
-        |_| {},
-    );
+    let lb = balancer(AlgorithmKind::LeastConnections, &[(ports[0], 1), (ports[1], 1), (ports[2], 1)], |_| {});
     let addr = lb.local_addr();
     // Idle: sequential requests spread over all three.
     let mut conn = Conn::open(addr);
-    let idle: std::collections::BTreeSet<String> =
-        (0..3).map(|_| served_by(&conn.get("/"))).collect();
+    let idle: std::collections::BTreeSet<String> = (0..3).map(|_| served_by(&conn.get("/"))).collect();
     assert_eq!(idle.len(), 3);
     // Two slow requests occupy two backends...
     let slow: Vec<_> = (0..2)
@@ -187,15 +133,8 @@ fn least_connections_follows_in_flight_counts() {
         assert!(!busy.contains(&id), "{id} is busy ({busy:?})");
     }
     let slow_ids: Vec<String> = slow.into_iter().map(|t| t.join().unwrap()).collect();
-    assert_ne!(
-        slow_ids[0], slow_ids[1],
-        "the second slow request went to the idle backend"
-    );
-    assert!(wait_until(Duration::from_secs(2), || table
-        .snapshot()
-        .backends
-        .iter()
-        .all(|b| b.in_flight() == 0)));
+    assert_ne!(slow_ids[0], slow_ids[1], "the second slow request went to the idle backend");
+    assert!(wait_until(Duration::from_secs(2), || table.snapshot().backends.iter().all(|b| b.in_flight() == 0)));
     lb.stop(Duration::from_secs(1));
 }
 
@@ -217,25 +156,11 @@ fn method_path_query_headers_and_body_are_forwarded_and_hop_by_hop_stripped() {
     assert_eq!(request["body"], "hello world");
     let headers = request["headers"].as_object().unwrap();
     let header = |name: &str| {
-        headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str().unwrap().to_string())
+        headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str().unwrap().to_string())
     };
-    assert_eq!(
-        header("host").as_deref(),
-        Some("example.test"),
-        "Host passes through"
-    );
+    assert_eq!(header("host").as_deref(), Some("example.test"), "Host passes through");
     assert_eq!(header("x-custom").as_deref(), Some("kept"));
-    for hop in [
-        "x-hop",
-        "keep-alive",
-        "proxy-connection",
-        "te",
-        "upgrade",
-        "transfer-encoding",
-    ] {
+    for hop in ["x-hop", "keep-alive", "proxy-connection", "te", "upgrade", "transfer-encoding"] {
         assert_eq!(header(hop), None, "{hop} was forwarded");
     }
     assert_ne!(header("connection").as_deref(), Some("keep-alive, X-Hop"));
@@ -250,11 +175,7 @@ fn forwarded_for(addr: SocketAddr, xff: &str) -> (String, String) {
     let json = conn.response().json();
     let headers = json["request"]["headers"].as_object().unwrap().clone();
     let get = |n: &str| {
-        headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(n))
-            .map(|(_, v)| v.as_str().unwrap().to_string())
-            .unwrap()
+        headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(n)).map(|(_, v)| v.as_str().unwrap().to_string()).unwrap()
     };
     (get("x-forwarded-for"), get("x-real-ip"))
 }
@@ -270,10 +191,7 @@ fn x_forwarded_for_is_appended_from_a_trusted_peer_and_ignored_from_an_untrusted
     let untrusted = balancer(AlgorithmKind::RoundRobin, &[(port, 1)], |c| {
         c.trusted_proxies = vec![Cidr::parse("10.0.0.0/8").unwrap()]
     });
-    assert_eq!(
-        forwarded_for(untrusted.local_addr(), "203.0.113.7"),
-        ("127.0.0.1".into(), "127.0.0.1".into())
-    );
+    assert_eq!(forwarded_for(untrusted.local_addr(), "203.0.113.7"), ("127.0.0.1".into(), "127.0.0.1".into()));
     trusted.stop(Duration::from_secs(1));
     untrusted.stop(Duration::from_secs(1));
 }
@@ -286,35 +204,17 @@ fn responses_pass_through_as_they_are() {
     let resp = conn.get("/?set_cookies=3");
     assert_eq!(
         resp.headers_named("set-cookie"),
-        [
-            "cookie0=value0; Path=/",
-            "cookie1=value1; Path=/",
-            "cookie2=value2; Path=/"
-        ]
+        ["cookie0=value0; Path=/", "cookie1=value1; Path=/", "cookie2=value2; Path=/"]
     );
     let resp = conn.get("/?redirect=/elsewhere");
-    assert_eq!(
-        (resp.status, resp.header("location")),
-        (302, Some("/elsewhere")),
-        "redirects are not followed"
-    );
+    assert_eq!((resp.status, resp.header("location")), (302, Some("/elsewhere")), "redirects are not followed");
     assert_eq!(conn.get("/?status=404").status, 404);
     let resp = conn.get("/?status=500");
-    assert_eq!(
-        (resp.status, served_by(&resp)),
-        (500, format!("backend-{port}"))
-    );
+    assert_eq!((resp.status, served_by(&resp)), (500, format!("backend-{port}")));
     conn.send(b"HEAD /?bytes=4321 HTTP/1.1\r\nHost: t\r\n\r\n");
     let resp = conn.head_response();
-    assert_eq!(
-        (resp.status, resp.header("content-length")),
-        (200, Some("4321"))
-    );
-    assert_eq!(
-        conn.get("/after-head").status,
-        200,
-        "HEAD left no body on the connection"
-    );
+    assert_eq!((resp.status, resp.header("content-length")), (200, Some("4321")));
+    assert_eq!(conn.get("/after-head").status, 200, "HEAD left no body on the connection");
     lb.stop(Duration::from_secs(1));
 }
 
@@ -330,10 +230,7 @@ fn chunked_bodies_both_ways() {
     assert_eq!(resp.header("transfer-encoding"), Some("chunked"));
     assert!(resp.body == data, "echo through the proxy differs");
     let resp = conn.get("/?bytes=123457&chunked=1");
-    assert_eq!(
-        (resp.header("transfer-encoding"), resp.body.len()),
-        (Some("chunked"), 123_457)
-    );
+    assert_eq!((resp.header("transfer-encoding"), resp.body.len()), (Some("chunked"), 123_457));
     lb.stop(Duration::from_secs(1));
 }
 
@@ -342,28 +239,10 @@ fn hundred_megabytes_both_ways_with_bounded_memory() {
     const SIZE: u64 = 100 << 20;
     let backend = common::backend(&["--threads", "4"]);
     let mut command = Command::new(env!("CARGO_BIN_EXE_lb-sync"));
-    command.args([
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--threads",
-        "4",
-        "--access-log",
-        "false",
-    ]);
+    command.args(["--host", "127.0.0.1", "--port", "0", "--threads", "4", "--access-log", "false"]);
     command.args(["--backend", &backend.addr().to_string()]);
     let lb = ChildProcess::start(command);
-    let port: u16 = lb
-        .ready_line
-        .split(" -> ")
-        .next()
-        .unwrap()
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let port: u16 = lb.ready_line.split(" -> ").next().unwrap().rsplit(':').next().unwrap().parse().unwrap();
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
     let mut conn = Conn::open(addr);
     assert_eq!(conn.get("/warm").status, 200);
@@ -378,27 +257,17 @@ fn hundred_megabytes_both_ways_with_bounded_memory() {
 
     conn.send(format!("GET /?bytes={SIZE} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
     let resp = conn.head_response();
-    assert_eq!(
-        resp.header("content-length"),
-        Some(SIZE.to_string().as_str())
-    );
+    assert_eq!(resp.header("content-length"), Some(SIZE.to_string().as_str()));
     let mut left = SIZE;
     let mut buf = vec![0u8; 1 << 20];
     while left > 0 {
-        let n = conn
-            .reader
-            .read(&mut buf[..left.min(1 << 20) as usize])
-            .unwrap();
+        let n = conn.reader.read(&mut buf[..left.min(1 << 20) as usize]).unwrap();
         assert!(n > 0);
         left -= n as u64;
     }
     let peak_kb = proc_status(lb.pid(), "VmHWM");
     eprintln!("100 MB up and down through lb-sync: RSS before {before_kb} kB, peak {peak_kb} kB");
-    assert!(
-        peak_kb.saturating_sub(before_kb) < 32 * 1024,
-        "lb-sync grew {} kB",
-        peak_kb - before_kb
-    );
+    assert!(peak_kb.saturating_sub(before_kb) < 32 * 1024, "lb-sync grew {} kB", peak_kb - before_kb);
 }
 
 /// A backend that reads the request head and closes without answering.
@@ -412,9 +281,7 @@ fn closes_without_answer() -> (u16, std::thread::JoinHandle<()>) {
             match listener.accept() {
                 Ok((mut stream, _)) => {
                     stream.set_nonblocking(false).unwrap();
-                    stream
-                        .set_read_timeout(Some(Duration::from_secs(2)))
-                        .unwrap();
+                    stream.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
                     let mut buf = [0u8; 4096];
                     let _ = stream.read(&mut buf);
                     drop(stream);
@@ -433,13 +300,7 @@ fn backend_closing_without_an_answer_gives_502() {
     let mut conn = Conn::open(lb.local_addr());
     assert_eq!(conn.get("/").status, 502);
     let stats = conn.get("/lb/stats").json();
-    assert_eq!(
-        (
-            stats["total_requests"].as_u64(),
-            stats["failed_requests"].as_u64()
-        ),
-        (Some(1), Some(1))
-    );
+    assert_eq!((stats["total_requests"].as_u64(), stats["failed_requests"].as_u64()), (Some(1), Some(1)));
     lb.stop(Duration::from_secs(1));
 }
 
@@ -449,14 +310,10 @@ fn no_usable_backend_gives_503() {
     let lb = balancer(AlgorithmKind::RoundRobin, &[(port, 1)], |_| {});
     let mut conn = Conn::open(lb.local_addr());
     assert_eq!(conn.get("/").status, 200);
-    conn.send(
-        b"POST /lb/backends/backend1/disable HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n",
-    );
+    conn.send(b"POST /lb/backends/backend1/disable HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n");
     assert_eq!(conn.response().status, 200);
     assert_eq!(conn.get("/").status, 503);
-    conn.send(
-        b"POST /lb/backends/backend1/enable HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n",
-    );
+    conn.send(b"POST /lb/backends/backend1/enable HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n");
     assert_eq!(conn.response().status, 200);
     assert_eq!(conn.get("/").status, 200);
     lb.stop(Duration::from_secs(1));
@@ -465,9 +322,7 @@ fn no_usable_backend_gives_503() {
 #[test]
 fn slow_backend_gives_504() {
     let (_backend, port) = demo_backend();
-    let lb = balancer(AlgorithmKind::RoundRobin, &[(port, 1)], |c| {
-        c.request_timeout = 1
-    });
+    let lb = balancer(AlgorithmKind::RoundRobin, &[(port, 1)], |c| c.request_timeout = 1.0);
     let mut conn = Conn::open(lb.local_addr());
     assert_eq!(conn.get("/?delay_ms=2500").status, 504);
     assert_eq!(conn.get("/").status, 200);
@@ -482,20 +337,14 @@ fn refused_backend_is_skipped_without_the_client_noticing() {
     let mut conn = Conn::open(lb.local_addr());
     for _ in 0..20 {
         let resp = conn.get("/");
-        assert_eq!(
-            (resp.status, served_by(&resp)),
-            (200, format!("backend-{port}"))
-        );
+        assert_eq!((resp.status, served_by(&resp)), (200, format!("backend-{port}")));
     }
     // A POST that was never sent (connect refused) may go to another backend too.
     for _ in 0..4 {
         conn.send(b"POST /p HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\n\r\nbody");
         let json = conn.response().json();
         assert_eq!(
-            (
-                json["request"]["body"].as_str(),
-                json["request"]["method"].as_str()
-            ),
+            (json["request"]["body"].as_str(), json["request"]["method"].as_str()),
             (Some("body"), Some("POST"))
         );
     }
@@ -514,11 +363,7 @@ fn post_is_not_retried_after_the_backend_received_it() {
         statuses.push(conn.response().status);
     }
     statuses.sort();
-    assert_eq!(
-        statuses,
-        [200, 200, 502, 502],
-        "POSTs that reached the closing backend are not replayed"
-    );
+    assert_eq!(statuses, [200, 200, 502, 502], "POSTs that reached the closing backend are not replayed");
     // GETs are retried on the other backend.
     let mut conn = Conn::open(lb.local_addr());
     for _ in 0..4 {
@@ -548,37 +393,22 @@ fn admin_paths_are_never_proxied_and_bad_input_is_refused() {
     let backends = conn.get("/lb/backends").json();
     assert_eq!(backends[0]["id"], "backend1");
     assert_eq!(backends[0]["active_connections"], 0);
-    assert_eq!(
-        conn.get("/lb/config").json()["algorithm"],
-        "weighted_round_robin"
-    );
+    assert_eq!(conn.get("/lb/config").json()["algorithm"], "weighted_round_robin");
     assert_eq!(conn.get("/lb/nope").status, 404);
     conn.send(b"POST /lb/backends/add HTTP/1.1\r\nHost: t\r\nContent-Length: 9\r\n\r\nnot json!");
     assert_eq!(conn.response().status, 400);
     let bad_port = br#"{"host":"localhost","port":70000}"#;
     conn.send(
-        format!(
-            "POST /lb/backends/add HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n",
-            bad_port.len()
-        )
-        .as_bytes(),
+        format!("POST /lb/backends/add HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n", bad_port.len()).as_bytes(),
     );
     conn.send(bad_port);
     let resp = conn.response();
     assert_eq!(resp.status, 400);
-    assert!(
-        resp.json()["error"].as_str().unwrap().contains("port"),
-        "error names the field"
-    );
-    conn.send(
-        b"POST /lb/backends/backend9/disable HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n",
-    );
+    assert!(resp.json()["error"].as_str().unwrap().contains("port"), "error names the field");
+    conn.send(b"POST /lb/backends/backend9/disable HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n");
     assert_eq!(conn.response().status, 404);
     let stats = conn.get("/lb/stats").json();
-    assert_eq!(
-        stats["total_requests"], 0,
-        "management requests are not proxied nor counted"
-    );
+    assert_eq!(stats["total_requests"], 0, "management requests are not proxied nor counted");
     lb.stop(Duration::from_secs(1));
 }
 
@@ -590,17 +420,12 @@ fn added_backend_takes_traffic_and_removed_one_stops() {
     let mut conn = Conn::open(lb.local_addr());
     let body = format!(r#"{{"host":"127.0.0.1","port":{port_b},"weight":1}}"#);
     conn.send(
-        format!(
-            "POST /lb/backends/add HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        )
-        .as_bytes(),
+        format!("POST /lb/backends/add HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n{body}", body.len()).as_bytes(),
     );
     let resp = conn.response();
     assert_eq!(resp.status, 201);
     assert_eq!(resp.json()["id"], "backend2");
-    let seen: std::collections::BTreeSet<String> =
-        (0..4).map(|_| served_by(&conn.get("/"))).collect();
+    let seen: std::collections::BTreeSet<String> = (0..4).map(|_| served_by(&conn.get("/"))).collect();
     assert_eq!(seen.len(), 2);
     conn.send(b"DELETE /lb/backends/backend1/remove HTTP/1.1\r\nHost: t\r\n\r\n");
     assert_eq!(conn.response().status, 200);
@@ -613,15 +438,9 @@ fn added_backend_takes_traffic_and_removed_one_stops() {
 #[test]
 fn management_api_refuses_non_loopback_without_token_and_checks_the_token() {
     let (_backend, port) = demo_backend();
-    let lb = balancer(AlgorithmKind::RoundRobin, &[(port, 1)], |c| {
-        c.admin_token = Some("s3cret".into())
-    });
+    let lb = balancer(AlgorithmKind::RoundRobin, &[(port, 1)], |c| c.admin_token = Some("s3cret".into()));
     let mut conn = Conn::open(lb.local_addr());
-    assert_eq!(
-        conn.get("/lb/stats").status,
-        403,
-        "a token, once configured, is required of everyone"
-    );
+    assert_eq!(conn.get("/lb/stats").status, 403, "a token, once configured, is required of everyone");
     conn.send(b"GET /lb/stats HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer s3cret\r\n\r\n");
     assert_eq!(conn.response().status, 200);
     conn.send(b"GET /lb/stats HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer wrong\r\n\r\n");
@@ -631,30 +450,17 @@ fn management_api_refuses_non_loopback_without_token_and_checks_the_token() {
 
 #[test]
 fn cli_errors_are_one_line_and_exit_2() {
-    for args in [
-        &["--algorithm", "fastest"][..],
-        &["--bogus"],
-        &["--backend", "nohostport"],
-        &["--threads", "0"],
-    ] {
-        let out = Command::new(env!("CARGO_BIN_EXE_lb-sync"))
-            .args(args)
-            .output()
-            .unwrap();
+    for args in [&["--algorithm", "fastest"][..], &["--bogus"], &["--backend", "nohostport"], &["--threads", "0"]] {
+        let out = Command::new(env!("CARGO_BIN_EXE_lb-sync")).args(args).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{args:?}");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!stderr.trim().is_empty(), "{args:?} said nothing");
     }
-    let out = Command::new(env!("CARGO_BIN_EXE_lb-sync"))
-        .args(["--algorithm", "fastest"])
-        .output()
-        .unwrap();
-    assert!(String::from_utf8_lossy(&out.stderr)
-        .contains("round_robin, weighted_round_robin, ip_hash, least_connections"));
-    let out = Command::new(env!("CARGO_BIN_EXE_lb-sync"))
-        .args(["--config", "/nonexistent.json"])
-        .output()
-        .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_lb-sync")).args(["--algorithm", "fastest"]).output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("round_robin, weighted_round_robin, ip_hash, least_connections")
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_lb-sync")).args(["--config", "/nonexistent.json"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
 
@@ -662,10 +468,8 @@ fn cli_errors_are_one_line_and_exit_2() {
 fn unreachable_bind_address_exits_1() {
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port().to_string();
-    let out = Command::new(env!("CARGO_BIN_EXE_lb-sync"))
-        .args(["--host", "127.0.0.1", "--port", &port])
-        .output()
-        .unwrap();
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_lb-sync")).args(["--host", "127.0.0.1", "--port", &port]).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot start"));
     let _ = TcpStream::connect(taken.local_addr().unwrap());

@@ -32,9 +32,7 @@ pub const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
 /// ```
 #[must_use]
 pub fn fnv1a64(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(FNV_OFFSET_BASIS, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(FNV_PRIME)
-    })
+    bytes.iter().fold(FNV_OFFSET_BASIS, |h, &b| (h ^ u64::from(b)).wrapping_mul(FNV_PRIME))
 }
 
 /// murmur3's 64-bit finalizer (`fmix64`): a bijection with full avalanche.

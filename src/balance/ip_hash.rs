@@ -69,10 +69,7 @@ impl IpHash {
     #[must_use]
     pub fn new(members: &[Member]) -> Self {
         assert!(u32::try_from(members.len()).is_ok(), "too many members");
-        let count: usize = members
-            .iter()
-            .map(|m| ring_weight(m.weight) as usize * POINTS_PER_WEIGHT as usize)
-            .sum();
+        let count: usize = members.iter().map(|m| ring_weight(m.weight) as usize * POINTS_PER_WEIGHT as usize).sum();
         let mut ring: Vec<(u64, u32)> = Vec::with_capacity(count);
         let mut name = String::new();
         for (index, member) in members.iter().enumerate() {
@@ -86,9 +83,7 @@ impl IpHash {
         // Equal positions (vanishingly rare) are ordered by id, then index,
         // so the ring does not depend on the order of the members.
         ring.sort_unstable_by(|a, b| {
-            a.0.cmp(&b.0)
-                .then_with(|| members[a.1 as usize].id.cmp(&members[b.1 as usize].id))
-                .then(a.1.cmp(&b.1))
+            a.0.cmp(&b.0).then_with(|| members[a.1 as usize].id.cmp(&members[b.1 as usize].id)).then(a.1.cmp(&b.1))
         });
         assert!(u32::try_from(ring.len()).is_ok(), "too many ring points");
         let points: Box<[u64]> = ring.iter().map(|p| p.0).collect();
@@ -135,11 +130,7 @@ fn ring_weight(weight: u32) -> u32 {
 impl Algorithm for IpHash {
     /// Hashes `ctx.hash_key` (an empty key is hashed too: every such pick
     /// goes to the same member).
-    fn select(
-        &self,
-        ctx: &PickContext<'_>,
-        usable: &mut dyn FnMut(usize) -> bool,
-    ) -> Option<usize> {
+    fn select(&self, ctx: &PickContext<'_>, usable: &mut dyn FnMut(usize) -> bool) -> Option<usize> {
         if self.members == 0 {
             return None;
         }
@@ -184,11 +175,7 @@ mod tests {
 
     #[test]
     fn points_per_member_follow_capped_weights() {
-        let members = [
-            Member::new("a", 0),
-            Member::new("b", 3),
-            Member::new("c", 1000),
-        ];
+        let members = [Member::new("a", 0), Member::new("b", 3), Member::new("c", 1000)];
         let ring = IpHash::new(&members);
         let count = |m: u32| ring.owners.iter().filter(|&&o| o == m).count();
         assert_eq!(count(0), 160);
@@ -200,9 +187,7 @@ mod tests {
     #[test]
     fn bucket_lookup_equals_plain_binary_search() {
         for n in [1, 3, 50, 700] {
-            let members: Vec<Member> = (0..n)
-                .map(|i| Member::new(format!("m{i}"), 1 + i % 4))
-                .collect();
+            let members: Vec<Member> = (0..n).map(|i| Member::new(format!("m{i}"), 1 + i % 4)).collect();
             let ring = IpHash::new(&members);
             let plain = |key: u64| {
                 let at = ring.points.partition_point(|&p| p < key);
@@ -213,11 +198,7 @@ mod tests {
                 }
             };
             let mut keys = vec![0, 1, u64::MAX, u64::MAX - 1, 1 << 63];
-            keys.extend(
-                ring.points
-                    .iter()
-                    .flat_map(|&p| [p.wrapping_sub(1), p, p.wrapping_add(1)]),
-            );
+            keys.extend(ring.points.iter().flat_map(|&p| [p.wrapping_sub(1), p, p.wrapping_add(1)]));
             keys.extend((0u32..20_000).map(|i| hash64(&i.to_le_bytes())));
             for key in keys {
                 assert_eq!(ring.first_point(key), plain(key), "n={n} key={key:#x}");
@@ -227,11 +208,7 @@ mod tests {
 
     #[test]
     fn member_order_does_not_change_the_mapping() {
-        let a = [
-            Member::new("x", 1),
-            Member::new("y", 2),
-            Member::new("z", 1),
-        ];
+        let a = [Member::new("x", 1), Member::new("y", 2), Member::new("z", 1)];
         let b = [a[2].clone(), a[0].clone(), a[1].clone()];
         let (ra, rb) = (IpHash::new(&a), IpHash::new(&b));
         for i in 0u32..1000 {

@@ -55,11 +55,7 @@ impl LeastConnections {
 }
 
 impl Algorithm for LeastConnections {
-    fn select(
-        &self,
-        ctx: &PickContext<'_>,
-        usable: &mut dyn FnMut(usize) -> bool,
-    ) -> Option<usize> {
+    fn select(&self, ctx: &PickContext<'_>, usable: &mut dyn FnMut(usize) -> bool) -> Option<usize> {
         let n = self.weights.len();
         if n == 0 {
             return None;

@@ -69,10 +69,7 @@ impl Member {
     /// A member with the given id and weight.
     #[must_use]
     pub fn new(id: impl Into<String>, weight: u32) -> Self {
-        Member {
-            id: id.into(),
-            weight,
-        }
+        Member { id: id.into(), weight }
     }
 }
 
@@ -101,10 +98,7 @@ impl PickContext<'static> {
     /// A context with an empty hash key and every member idle (0 in flight).
     #[must_use]
     pub fn idle() -> Self {
-        PickContext {
-            hash_key: &[],
-            in_flight: NO_LOAD,
-        }
+        PickContext { hash_key: &[], in_flight: NO_LOAD }
     }
 }
 
@@ -113,18 +107,13 @@ impl<'a> PickContext<'a> {
     /// needs.
     #[must_use]
     pub fn with_key(hash_key: &'a [u8]) -> Self {
-        PickContext {
-            hash_key,
-            in_flight: NO_LOAD,
-        }
+        PickContext { hash_key, in_flight: NO_LOAD }
     }
 }
 
 impl fmt::Debug for PickContext<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PickContext")
-            .field("hash_key", &self.hash_key)
-            .finish_non_exhaustive()
+        f.debug_struct("PickContext").field("hash_key", &self.hash_key).finish_non_exhaustive()
     }
 }
 
@@ -137,8 +126,7 @@ pub trait Algorithm: Send + Sync {
     /// the caller skips disabled/unhealthy/open-circuit/already-tried
     /// backends, so failover needs no code in any algorithm. Each member is
     /// offered at most once per call (bounded work).
-    fn select(&self, ctx: &PickContext<'_>, usable: &mut dyn FnMut(usize) -> bool)
-        -> Option<usize>;
+    fn select(&self, ctx: &PickContext<'_>, usable: &mut dyn FnMut(usize) -> bool) -> Option<usize>;
 
     /// The seed's name of the algorithm (`round_robin`, ...).
     fn name(&self) -> &'static str;
@@ -268,9 +256,7 @@ impl FromStr for AlgorithmKind {
         AlgorithmKind::ALL
             .into_iter()
             .find(|kind| kind.name() == s)
-            .ok_or_else(|| ParseAlgorithmError {
-                name: s.to_string(),
-            })
+            .ok_or_else(|| ParseAlgorithmError { name: s.to_string() })
     }
 }
 
@@ -308,24 +294,13 @@ struct Offered {
 
 impl Offered {
     fn new(members: usize) -> Self {
-        let heap = if members > 256 {
-            vec![0; members.div_ceil(64)]
-        } else {
-            Vec::new()
-        };
-        Offered {
-            inline: [0; 4],
-            heap,
-        }
+        let heap = if members > 256 { vec![0; members.div_ceil(64)] } else { Vec::new() };
+        Offered { inline: [0; 4], heap }
     }
 
     /// Records `i`; true when it was not recorded before.
     fn insert(&mut self, i: usize) -> bool {
-        let words = if self.heap.is_empty() {
-            &mut self.inline[..]
-        } else {
-            &mut self.heap[..]
-        };
+        let words = if self.heap.is_empty() { &mut self.inline[..] } else { &mut self.heap[..] };
         let bit = 1u64 << (i % 64);
         let word = &mut words[i / 64];
         let fresh = *word & bit == 0;

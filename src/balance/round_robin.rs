@@ -31,19 +31,12 @@ impl RoundRobin {
     /// Round robin over `members` (only their number matters).
     #[must_use]
     pub fn new(members: &[Member]) -> Self {
-        RoundRobin {
-            members: members.len(),
-            cursor: Cursor::default(),
-        }
+        RoundRobin { members: members.len(), cursor: Cursor::default() }
     }
 }
 
 impl Algorithm for RoundRobin {
-    fn select(
-        &self,
-        _ctx: &PickContext<'_>,
-        usable: &mut dyn FnMut(usize) -> bool,
-    ) -> Option<usize> {
+    fn select(&self, _ctx: &PickContext<'_>, usable: &mut dyn FnMut(usize) -> bool) -> Option<usize> {
         let n = self.members;
         if n == 0 {
             return None;

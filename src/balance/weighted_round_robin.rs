@@ -66,10 +66,7 @@ impl WeightedRoundRobin {
 /// The weights divided by their gcd (same sequence, shorter period), then
 /// scaled down if their sum exceeds [`MAX_SCHEDULE_LEN`].
 fn reduced_weights(members: &[Member]) -> Vec<u64> {
-    let mut weights: Vec<u64> = members
-        .iter()
-        .map(|m| u64::from(effective_weight(m.weight)))
-        .collect();
+    let mut weights: Vec<u64> = members.iter().map(|m| u64::from(effective_weight(m.weight))).collect();
     let g = weights.iter().copied().fold(0, gcd);
     if g > 1 {
         weights.iter_mut().for_each(|w| *w /= g);
@@ -116,21 +113,12 @@ struct WeightClass {
 fn smooth_schedule(weights: &[u64]) -> Vec<u32> {
     let total: u64 = weights.iter().sum();
     let mut classes: Vec<WeightClass> = Vec::new();
-    let mut sorted: Vec<(u64, u32)> = weights
-        .iter()
-        .enumerate()
-        .map(|(i, &w)| (w, i as u32))
-        .collect();
+    let mut sorted: Vec<(u64, u32)> = weights.iter().enumerate().map(|(i, &w)| (w, i as u32)).collect();
     sorted.sort_unstable();
     for (w, i) in sorted {
         match classes.last_mut() {
             Some(class) if class.weight == w => class.members.push(i),
-            _ => classes.push(WeightClass {
-                weight: w,
-                members: vec![i],
-                next: 0,
-                picks: 0,
-            }),
+            _ => classes.push(WeightClass { weight: w, members: vec![i], next: 0, picks: 0 }),
         }
     }
 
@@ -138,14 +126,11 @@ fn smooth_schedule(weights: &[u64]) -> Vec<u32> {
     for step in 1..=total {
         let mut best: Option<(i128, u32, usize)> = None;
         for (c, class) in classes.iter().enumerate() {
-            let current = i128::from(step) * i128::from(class.weight)
-                - i128::from(total) * i128::from(class.picks);
+            let current = i128::from(step) * i128::from(class.weight) - i128::from(total) * i128::from(class.picks);
             let member = class.members[class.next];
             let better = match best {
                 None => true,
-                Some((b_current, b_member, _)) => {
-                    current > b_current || (current == b_current && member < b_member)
-                }
+                Some((b_current, b_member, _)) => current > b_current || (current == b_current && member < b_member),
             };
             if better {
                 best = Some((current, member, c));
@@ -166,11 +151,7 @@ fn smooth_schedule(weights: &[u64]) -> Vec<u32> {
 }
 
 impl Algorithm for WeightedRoundRobin {
-    fn select(
-        &self,
-        _ctx: &PickContext<'_>,
-        usable: &mut dyn FnMut(usize) -> bool,
-    ) -> Option<usize> {
+    fn select(&self, _ctx: &PickContext<'_>, usable: &mut dyn FnMut(usize) -> bool) -> Option<usize> {
         let len = self.schedule.len();
         if len == 0 {
             return None;
@@ -254,11 +235,7 @@ mod tests {
             let max = [2, 5, 20, 100][(xorshift(&mut state) % 4) as usize];
             let weights: Vec<u64> = (0..n).map(|_| 1 + xorshift(&mut state) % max).collect();
             let total: u64 = weights.iter().sum();
-            assert_eq!(
-                smooth_schedule(&weights),
-                nginx(&weights, total as usize),
-                "weights {weights:?}"
-            );
+            assert_eq!(smooth_schedule(&weights), nginx(&weights, total as usize), "weights {weights:?}");
         }
     }
 
@@ -272,11 +249,7 @@ mod tests {
 
     #[test]
     fn huge_weights_are_scaled_to_the_cap() {
-        let members = [
-            Member::new("a", u32::MAX),
-            Member::new("b", u32::MAX - 1),
-            Member::new("c", 1),
-        ];
+        let members = [Member::new("a", u32::MAX), Member::new("b", u32::MAX - 1), Member::new("c", 1)];
         let weights = reduced_weights(&members);
         let total: u64 = weights.iter().sum();
         assert!(total <= MAX_SCHEDULE_LEN as u64 + 3, "{total}");

@@ -31,11 +31,7 @@ struct Args {
 
 fn main() -> ExitCode {
     let args: Args = argh::from_env();
-    let level = if args.debug {
-        log::LevelFilter::Debug
-    } else {
-        log::LevelFilter::Info
-    };
+    let level = if args.debug { log::LevelFilter::Debug } else { log::LevelFilter::Info };
     let _ = simplelog::TermLogger::init(
         level,
         simplelog::Config::default(),
@@ -43,11 +39,8 @@ fn main() -> ExitCode {
         simplelog::ColorChoice::Never,
     );
     let _ = rlimit::increase_nofile_limit(u64::MAX);
-    let config = ServerConfig {
-        bind: SocketAddr::new(args.host, args.port),
-        threads: args.threads,
-        ..ServerConfig::default()
-    };
+    let config =
+        ServerConfig { bind: SocketAddr::new(args.host, args.port), threads: args.threads, ..ServerConfig::default() };
     let listener = match bind(config.bind, config.backlog) {
         Ok(listener) => listener,
         Err(e) => {

@@ -33,15 +33,42 @@ struct Args {
     /// JSON file with any of the settings (keys as in GET /lb/config)
     #[argh(option)]
     config: Option<String>,
-    /// seconds between health checks (default 30)
+    /// seconds between health checks, 0 = off (default 30)
     #[argh(option)]
-    health_check_interval: Option<u64>,
+    health_check_interval: Option<f64>,
+    /// path of the health check (default /health)
+    #[argh(option)]
+    health_check_path: Option<String>,
+    /// seconds a health probe may take (default 2)
+    #[argh(option)]
+    health_check_timeout: Option<f64>,
+    /// good probes in a row that bring a backend back (default 2)
+    #[argh(option)]
+    health_check_rise: Option<u32>,
+    /// failed probes in a row that take a backend down (default 3)
+    #[argh(option)]
+    health_check_fall: Option<u32>,
     /// seconds a backend may take to answer before 504 (default 30)
     #[argh(option)]
-    request_timeout: Option<u64>,
+    request_timeout: Option<f64>,
     /// seconds to connect to a backend (default 5)
     #[argh(option)]
-    connect_timeout: Option<u64>,
+    connect_timeout: Option<f64>,
+    /// consecutive failures that open a backend's circuit breaker (default 5)
+    #[argh(option)]
+    breaker_consecutive_failures: Option<u32>,
+    /// seconds a circuit breaker stays open at first (default 5)
+    #[argh(option)]
+    breaker_cooldown: Option<f64>,
+    /// count backend 5xx answers as breaker failures
+    #[argh(switch)]
+    breaker_on_5xx: bool,
+    /// seconds over which a recovered backend ramps up, 0 = off (default 10)
+    #[argh(option)]
+    slow_start: Option<f64>,
+    /// when no backend is usable, try them all anyway instead of 503
+    #[argh(switch)]
+    panic_mode: bool,
     /// most backends tried for one request (default 3)
     #[argh(option)]
     max_tries: Option<usize>,
@@ -84,11 +111,7 @@ fn build_config(args: &Args) -> Result<Config, String> {
         config.threads = threads;
     }
     if !args.backend.is_empty() {
-        config.backends = args
-            .backend
-            .iter()
-            .map(|b| BackendConfig::parse(b))
-            .collect::<Result<_, _>>()?;
+        config.backends = args.backend.iter().map(|b| BackendConfig::parse(b)).collect::<Result<_, _>>()?;
     }
     if args.demo && args.backend.is_empty() && args.config.is_none() {
         config.backends = seed_backends();
@@ -96,20 +119,13 @@ fn build_config(args: &Args) -> Result<Config, String> {
     macro_rules! set {
         ($($field:ident),*) => { $(if let Some(v) = args.$field.clone() { config.$field = v; })* };
     }
-    set!(
-        health_check_interval,
-        request_timeout,
-        connect_timeout,
-        max_tries,
-        access_log,
-        session_timeout
-    );
+    set!(health_check_interval, health_check_path, health_check_timeout, health_check_rise, health_check_fall);
+    set!(request_timeout, connect_timeout, max_tries, access_log, session_timeout);
+    set!(breaker_consecutive_failures, breaker_cooldown, slow_start);
+    config.breaker_on_5xx |= args.breaker_on_5xx;
+    config.panic_mode |= args.panic_mode;
     if !args.trusted_proxy.is_empty() {
-        config.trusted_proxies = args
-            .trusted_proxy
-            .iter()
-            .map(|c| Cidr::parse(c))
-            .collect::<Result<_, _>>()?;
+        config.trusted_proxies = args.trusted_proxy.iter().map(|c| Cidr::parse(c)).collect::<Result<_, _>>()?;
     }
     if let Some(token) = &args.admin_token {
         config.admin_token = Some(token.clone());
@@ -123,11 +139,8 @@ fn start_demo_backends() -> Result<Vec<Server>, String> {
     [8001u16, 8002, 8003]
         .iter()
         .map(|&port| {
-            let config = ServerConfig {
-                bind: SocketAddr::from(([127, 0, 0, 1], port)),
-                threads: 8,
-                ..ServerConfig::default()
-            };
+            let config =
+                ServerConfig { bind: SocketAddr::from(([127, 0, 0, 1], port)), threads: 8, ..ServerConfig::default() };
             Server::start(config, DemoBackend::new(port, "127.0.0.1", None))
                 .map_err(|e| format!("cannot start demo backend on 127.0.0.1:{port}: {e}"))
         })
@@ -161,16 +174,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let level = if args.debug {
-        log::LevelFilter::Debug
-    } else {
-        log::LevelFilter::Info
-    };
+    let level = if args.debug { log::LevelFilter::Debug } else { log::LevelFilter::Info };
     let _ = simplelog::TermLogger::init(
         level,
-        simplelog::ConfigBuilder::new()
-            .set_target_level(log::LevelFilter::Error)
-            .build(),
+        simplelog::ConfigBuilder::new().set_target_level(log::LevelFilter::Error).build(),
         simplelog::TerminalMode::Stderr,
         simplelog::ColorChoice::Never,
     );
@@ -204,12 +211,7 @@ fn main() -> ExitCode {
         .map(|b| format!("{}={}:{} (weight {})", b.id, b.host, b.port, b.weight))
         .collect();
     // The ready line on stdout is what scripts wait for.
-    println!(
-        "lb-sync {} listening on {} -> {}",
-        algorithm,
-        balancer.local_addr(),
-        backends.join(", ")
-    );
+    println!("lb-sync {} listening on {} -> {}", algorithm, balancer.local_addr(), backends.join(", "));
     loop {
         std::thread::park();
     }

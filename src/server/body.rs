@@ -43,12 +43,7 @@ pub struct BodyState {
 
 impl BodyState {
     /// A body delimited by `framing`; `buffered` holds the bytes already read past the head.
-    pub fn new(
-        framing: BodyFraming,
-        buffered: Vec<u8>,
-        expects_continue: bool,
-        max_body: u64,
-    ) -> BodyState {
+    pub fn new(framing: BodyFraming, buffered: Vec<u8>, expects_continue: bool, max_body: u64) -> BodyState {
         let phase = match framing {
             BodyFraming::None => Phase::Done,
             BodyFraming::Length(n) => Phase::Length { remaining: n },
@@ -177,12 +172,7 @@ impl BodyState {
             match self.fill(stream) {
                 Ok(true) => {}
                 Ok(false) => return Err(self.fail(RequestError::BodyIncomplete)),
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                    ) =>
-                {
+                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
                     return Err(self.fail(RequestError::BodyTimeout))
                 }
                 Err(_) => return Err(self.fail(RequestError::BodyIncomplete)),
@@ -192,10 +182,7 @@ impl BodyState {
     }
 
     fn take_data(&mut self, out: &mut [u8], remaining: u64) -> usize {
-        let n = out
-            .len()
-            .min(self.end - self.start)
-            .min(remaining.min(usize::MAX as u64) as usize);
+        let n = out.len().min(self.end - self.start).min(remaining.min(usize::MAX as u64) as usize);
         out[..n].copy_from_slice(&self.buf[self.start..self.start + n]);
         self.start += n;
         self.received += n as u64;
@@ -217,9 +204,7 @@ impl BodyState {
                 Phase::Length { remaining } => {
                     self.need_bytes(stream, 1)?;
                     let n = self.take_data(out, remaining);
-                    self.phase = Phase::Length {
-                        remaining: remaining - n as u64,
-                    };
+                    self.phase = Phase::Length { remaining: remaining - n as u64 };
                     return Ok(n);
                 }
                 Phase::ChunkSize => self.read_chunk_size(stream)?,
@@ -227,17 +212,13 @@ impl BodyState {
                 Phase::ChunkData { remaining } => {
                     self.need_bytes(stream, 1)?;
                     let n = self.take_data(out, remaining);
-                    self.phase = Phase::ChunkData {
-                        remaining: remaining - n as u64,
-                    };
+                    self.phase = Phase::ChunkData { remaining: remaining - n as u64 };
                     return Ok(n);
                 }
                 Phase::ChunkEnd => {
                     self.need_bytes(stream, 2)?;
                     if self.available()[..2] != *b"\r\n" {
-                        return Err(
-                            self.fail(RequestError::BadRequest("chunk data not followed by CRLF"))
-                        );
+                        return Err(self.fail(RequestError::BadRequest("chunk data not followed by CRLF")));
                     }
                     self.start += 2;
                     self.phase = Phase::ChunkSize;
@@ -260,11 +241,8 @@ impl BodyState {
                     if self.received.saturating_add(size) > self.max_body {
                         return Err(self.fail(RequestError::BodyTooLarge));
                     }
-                    self.phase = if size == 0 {
-                        Phase::Trailers { seen: 0 }
-                    } else {
-                        Phase::ChunkData { remaining: size }
-                    };
+                    self.phase =
+                        if size == 0 { Phase::Trailers { seen: 0 } } else { Phase::ChunkData { remaining: size } };
                     return Ok(());
                 }
                 Ok(httparse::Status::Partial) => {
@@ -283,13 +261,7 @@ impl BodyState {
         loop {
             if let Some(pos) = self.available().windows(2).position(|w| w == b"\r\n") {
                 self.start += pos + 2;
-                self.phase = if pos == 0 {
-                    Phase::Done
-                } else {
-                    Phase::Trailers {
-                        seen: seen + pos + 2,
-                    }
-                };
+                self.phase = if pos == 0 { Phase::Done } else { Phase::Trailers { seen: seen + pos + 2 } };
                 if seen + pos > MAX_TRAILER_BYTES {
                     return Err(self.fail(RequestError::HeadTooLarge));
                 }

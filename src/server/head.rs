@@ -40,10 +40,7 @@ impl Header {
     /// assert_eq!(h.value_str(), Some("text/plain"));
     /// ```
     pub fn new(name: impl Into<String>, value: impl Into<Vec<u8>>) -> Header {
-        Header {
-            name: name.into(),
-            value: value.into(),
-        }
+        Header { name: name.into(), value: value.into() }
     }
 
     /// The value as text, or `None` when it is not UTF-8.
@@ -90,10 +87,7 @@ pub struct RequestHead {
 impl RequestHead {
     /// The first header named `name` (case-insensitive) as text.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|h| h.is(name))
-            .and_then(Header::value_str)
+        self.headers.iter().find(|h| h.is(name)).and_then(Header::value_str)
     }
 
     /// Whether this is a `HEAD` request, whose response never has a body.
@@ -149,14 +143,8 @@ pub fn parse_head(buf: &[u8], limits: &Limits) -> Result<ParseOutcome, RequestEr
     };
     let method = request.method.unwrap_or_default().to_string();
     let target = request.path.unwrap_or_default().to_string();
-    let headers: Vec<Header> = request
-        .headers
-        .iter()
-        .map(|h| Header {
-            name: h.name.to_string(),
-            value: h.value.to_vec(),
-        })
-        .collect();
+    let headers: Vec<Header> =
+        request.headers.iter().map(|h| Header { name: h.name.to_string(), value: h.value.to_vec() }).collect();
     let head = validate(method, target, version, headers, limits)?;
     Ok(ParseOutcome::Complete(head, used))
 }
@@ -245,15 +233,11 @@ fn validate(
         }
     } else {
         if content_length.is_some() {
-            return Err(RequestError::BadRequest(
-                "both Content-Length and Transfer-Encoding",
-            ));
+            return Err(RequestError::BadRequest("both Content-Length and Transfer-Encoding"));
         }
         if version == Version::Http10 {
             // RFC 9112 6.1: a 1.0 message with Transfer-Encoding is faulty framing.
-            return Err(RequestError::BadRequest(
-                "Transfer-Encoding in an HTTP/1.0 request",
-            ));
+            return Err(RequestError::BadRequest("Transfer-Encoding in an HTTP/1.0 request"));
         }
         let (last, others) = transfer_codings.split_last().expect("not empty");
         if others.iter().any(|c| c == "chunked") {
@@ -286,22 +270,11 @@ fn validate(
     };
     // A 1.0 client does not know 100-continue; only 1.1 waits for it.
     let expects_continue = expects_continue && version == Version::Http11;
-    Ok(RequestHead {
-        method,
-        target,
-        version,
-        headers,
-        framing,
-        keep_alive,
-        expects_continue,
-    })
+    Ok(RequestHead { method, target, version, headers, framing, keep_alive, expects_continue })
 }
 
 fn known_coding(coding: &str) -> bool {
-    matches!(
-        coding,
-        "gzip" | "x-gzip" | "deflate" | "compress" | "x-compress"
-    )
+    matches!(coding, "gzip" | "x-gzip" | "deflate" | "compress" | "x-compress")
 }
 
 /// Content-Length is 1*DIGIT: no sign, no spaces inside, no comma list, no overflow.
@@ -310,10 +283,7 @@ fn parse_content_length(value: &[u8]) -> Result<u64, RequestError> {
     if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
         return Err(bad);
     }
-    std::str::from_utf8(value)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .ok_or(bad)
+    std::str::from_utf8(value).ok().and_then(|s| s.parse().ok()).ok_or(bad)
 }
 
 /// The elements of a comma-separated field value, trimmed, empty ones dropped (RFC 9110 5.6.1).
@@ -342,14 +312,8 @@ mod tests {
 
     #[test]
     fn content_length_and_chunked_framing() {
-        assert_eq!(
-            framing("GET / HTTP/1.1\r\nHost: a\r\n\r\n"),
-            Ok(BodyFraming::None)
-        );
-        assert_eq!(
-            framing("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 12\r\n\r\n"),
-            Ok(BodyFraming::Length(12))
-        );
+        assert_eq!(framing("GET / HTTP/1.1\r\nHost: a\r\n\r\n"), Ok(BodyFraming::None));
+        assert_eq!(framing("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 12\r\n\r\n"), Ok(BodyFraming::Length(12)));
         assert_eq!(
             framing("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: Chunked\r\n\r\n"),
             Ok(BodyFraming::Chunked)
@@ -388,10 +352,7 @@ mod tests {
 
     #[test]
     fn limits_give_their_status() {
-        let limits = Limits {
-            max_body_bytes: 10,
-            ..Limits::default()
-        };
+        let limits = Limits { max_body_bytes: 10, ..Limits::default() };
         let raw = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 11\r\n\r\n";
         assert_eq!(parse_head(raw, &limits).unwrap_err().status(), 413);
         let long = format!("GET /{} HTTP/1.1\r\n", "a".repeat(9000));
@@ -410,9 +371,7 @@ mod tests {
             ParseOutcome::Partial => panic!(),
         };
         assert!(ka("GET / HTTP/1.1\r\nHost: a\r\n\r\n"));
-        assert!(!ka(
-            "GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
-        ));
+        assert!(!ka("GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"));
         assert!(!ka("GET / HTTP/1.0\r\n\r\n"));
         assert!(ka("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n"));
     }

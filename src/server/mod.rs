@@ -107,21 +107,14 @@ impl Server {
 
     /// Starts on a listener bound with [`bind`] (so its port is known before the handler is
     /// built); `config.bind` is ignored.
-    pub fn start_on(
-        listener: TcpListener,
-        config: ServerConfig,
-        handler: impl Handler,
-    ) -> io::Result<Server> {
+    pub fn start_on(listener: TcpListener, config: ServerConfig, handler: impl Handler) -> io::Result<Server> {
         listener.set_nonblocking(true)?;
         let local_addr = listener.local_addr()?;
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let (job_tx, job_rx) = crossbeam_channel::bounded(config.queue_capacity.max(1));
         let (return_tx, return_rx) = crossbeam_channel::unbounded();
-        let stop = Arc::new(StopSignal {
-            requested: AtomicBool::new(false),
-            grace: Mutex::new(Duration::ZERO),
-        });
+        let stop = Arc::new(StopSignal { requested: AtomicBool::new(false), grace: Mutex::new(Duration::ZERO) });
         let stopping = Arc::new(AtomicBool::new(false));
         let handler: Arc<dyn Handler> = Arc::new(handler);
 
@@ -135,32 +128,11 @@ impl Server {
                 limits: config.limits.clone(),
                 stopping: Arc::clone(&stopping),
             };
-            threads.push(
-                std::thread::Builder::new()
-                    .name(format!("worker-{i}"))
-                    .spawn(move || worker.run())?,
-            );
+            threads.push(std::thread::Builder::new().name(format!("worker-{i}")).spawn(move || worker.run())?);
         }
-        let poller = Poller::new(
-            poll,
-            listener,
-            job_tx,
-            return_rx,
-            config.limits,
-            Arc::clone(&stop),
-            stopping,
-        )?;
-        threads.push(
-            std::thread::Builder::new()
-                .name("poller".into())
-                .spawn(move || poller.run())?,
-        );
-        Ok(Server {
-            local_addr,
-            stop,
-            waker,
-            threads,
-        })
+        let poller = Poller::new(poll, listener, job_tx, return_rx, config.limits, Arc::clone(&stop), stopping)?;
+        threads.push(std::thread::Builder::new().name("poller".into()).spawn(move || poller.run())?);
+        Ok(Server { local_addr, stop, waker, threads })
     }
 
     /// The address the server listens on (with the real port when bound to port 0).
@@ -180,9 +152,7 @@ impl Server {
             return;
         }
         *self.stop.grace.lock().unwrap_or_else(|e| e.into_inner()) = grace;
-        self.stop
-            .requested
-            .store(true, std::sync::atomic::Ordering::Release);
+        self.stop.requested.store(true, std::sync::atomic::Ordering::Release);
         let _ = self.waker.wake();
         for thread in self.threads.drain(..) {
             let _ = thread.join();

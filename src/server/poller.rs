@@ -84,11 +84,7 @@ impl Poller {
         stop: Arc<StopSignal>,
         stopping: Arc<AtomicBool>,
     ) -> io::Result<Poller> {
-        poll.registry().register(
-            &mut SourceFd(&listener.as_raw_fd()),
-            LISTENER,
-            Interest::READABLE,
-        )?;
+        poll.registry().register(&mut SourceFd(&listener.as_raw_fd()), LISTENER, Interest::READABLE)?;
         Ok(Poller {
             poll,
             listener: Some(listener),
@@ -115,10 +111,7 @@ impl Poller {
             if let Some(at) = self.accept_resume {
                 wake_at = wake_at.min(at);
             }
-            if let Err(e) = self
-                .poll
-                .poll(&mut events, Some(wake_at.saturating_duration_since(now)))
-            {
+            if let Err(e) = self.poll.poll(&mut events, Some(wake_at.saturating_duration_since(now))) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     log::error!("poll failed: {e}");
                 }
@@ -154,18 +147,11 @@ impl Poller {
             match listener.accept() {
                 Ok((stream, peer)) => self.admit(stream, peer),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
-                    ) => {}
+                Err(e) if matches!(e.kind(), io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted) => {}
                 Err(e) => {
                     // EMFILE, ENFILE, ENOBUFS...: the pending connection stays in the backlog;
                     // pause and retry rather than spin or give up.
-                    log::warn!(
-                        "accept failed: {e}; retrying in {} ms",
-                        ACCEPT_BACKOFF.as_millis()
-                    );
+                    log::warn!("accept failed: {e}; retrying in {} ms", ACCEPT_BACKOFF.as_millis());
                     self.accept_resume = Some(Instant::now() + ACCEPT_BACKOFF);
                     return;
                 }
@@ -187,11 +173,9 @@ impl Poller {
         }
         let token = self.next_token;
         self.next_token += 1;
-        if let Err(e) = self.poll.registry().register(
-            &mut SourceFd(&stream.as_raw_fd()),
-            Token(token),
-            Interest::READABLE,
-        ) {
+        if let Err(e) =
+            self.poll.registry().register(&mut SourceFd(&stream.as_raw_fd()), Token(token), Interest::READABLE)
+        {
             log::warn!("cannot register connection from {peer}: {e}");
             return;
         }
@@ -209,16 +193,8 @@ impl Poller {
         );
         self.note_deadline(deadline);
         if over_limit {
-            log::warn!(
-                "{peer}: over {} open connections, refusing",
-                self.limits.max_connections
-            );
-            self.refuse(
-                token,
-                503,
-                "too many open connections",
-                &[("Retry-After", "1")],
-            );
+            log::warn!("{peer}: over {} open connections, refusing", self.limits.max_connections);
+            self.refuse(token, 503, "too many open connections", &[("Retry-After", "1")]);
         } else {
             self.advance(token);
         }
@@ -244,13 +220,8 @@ impl Poller {
                         let leftover = conn.buf.split_off(used);
                         conn.buf = Vec::new();
                         conn.state = State::Busy;
-                        let job = Job {
-                            token,
-                            stream: Arc::clone(&conn.stream),
-                            peer: conn.peer,
-                            head,
-                            buffered: leftover,
-                        };
+                        let job =
+                            Job { token, stream: Arc::clone(&conn.stream), peer: conn.peer, head, buffered: leftover };
                         self.dispatch(job);
                         return;
                     }
@@ -302,12 +273,7 @@ impl Poller {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
                 log::warn!("all workers busy and the queue is full: answering 503");
-                self.refuse(
-                    token,
-                    503,
-                    "server busy, retry later",
-                    &[("Retry-After", "1")],
-                );
+                self.refuse(token, 503, "server busy, retry later", &[("Retry-After", "1")]);
             }
             Err(TrySendError::Disconnected(_)) => self.close(token),
         }
@@ -362,10 +328,7 @@ impl Poller {
 
     fn close(&mut self, token: usize) {
         if let Some(conn) = self.connections.remove(&token) {
-            let _ = self
-                .poll
-                .registry()
-                .deregister(&mut SourceFd(&conn.stream.as_raw_fd()));
+            let _ = self.poll.registry().deregister(&mut SourceFd(&conn.stream.as_raw_fd()));
         }
     }
 
@@ -382,11 +345,7 @@ impl Poller {
                     conn.buf = leftover;
                     conn.state = State::Reading { started };
                     conn.deadline = Instant::now()
-                        + if started {
-                            self.limits.head_timeout
-                        } else {
-                            self.limits.keep_alive_timeout
-                        };
+                        + if started { self.limits.head_timeout } else { self.limits.keep_alive_timeout };
                     let deadline = conn.deadline;
                     self.note_deadline(deadline);
                     // Bytes that arrived while the worker had it raised no new readiness event.
@@ -423,9 +382,7 @@ impl Poller {
                     self.refuse(token, error.status(), error.reason(), &[]);
                 }
                 // nginx closes a connection that never sent a byte without a word, too.
-                State::Reading { started: false } | State::Lingering | State::Busy => {
-                    self.close(token)
-                }
+                State::Reading { started: false } | State::Lingering | State::Busy => self.close(token),
             }
         }
     }
@@ -435,19 +392,12 @@ impl Poller {
         let deadline = *self.stop_deadline.get_or_insert_with(|| {
             self.stopping.store(true, Ordering::Release);
             if let Some(listener) = self.listener.take() {
-                let _ = self
-                    .poll
-                    .registry()
-                    .deregister(&mut SourceFd(&listener.as_raw_fd()));
+                let _ = self.poll.registry().deregister(&mut SourceFd(&listener.as_raw_fd()));
             }
             now + *self.stop.grace.lock().unwrap_or_else(|e| e.into_inner())
         });
-        let idle: Vec<usize> = self
-            .connections
-            .iter()
-            .filter(|(_, c)| c.state != State::Busy)
-            .map(|(&t, _)| t)
-            .collect();
+        let idle: Vec<usize> =
+            self.connections.iter().filter(|(_, c)| c.state != State::Busy).map(|(&t, _)| t).collect();
         for token in idle {
             self.close(token);
         }

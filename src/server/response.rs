@@ -48,37 +48,24 @@ pub struct Response<'r> {
 impl<'r> Response<'r> {
     /// A response with a status and no headers or body.
     pub fn new(status: u16) -> Response<'r> {
-        Response {
-            status,
-            headers: Vec::new(),
-            body: Body::Empty,
-            close: false,
-        }
+        Response { status, headers: Vec::new(), body: Body::Empty, close: false }
     }
 
     /// A `text/plain` response.
     pub fn text(status: u16, text: impl Into<String>) -> Response<'r> {
         let mut body = text.into().into_bytes();
         body.push(b'\n');
-        Response::new(status)
-            .with_header("Content-Type", "text/plain; charset=utf-8")
-            .with_body(body)
+        Response::new(status).with_header("Content-Type", "text/plain; charset=utf-8").with_body(body)
     }
 
     /// An `application/json` response.
     pub fn json(status: u16, value: &serde_json::Value) -> Response<'r> {
         let body = serde_json::to_vec(value).expect("a Value always serializes");
-        Response::new(status)
-            .with_header("Content-Type", "application/json")
-            .with_body(body)
+        Response::new(status).with_header("Content-Type", "application/json").with_body(body)
     }
 
     /// Adds a header field.
-    pub fn with_header(
-        mut self,
-        name: impl Into<String>,
-        value: impl Into<Vec<u8>>,
-    ) -> Response<'r> {
+    pub fn with_header(mut self, name: impl Into<String>, value: impl Into<Vec<u8>>) -> Response<'r> {
         self.headers.push(Header::new(name, value));
         self
     }
@@ -97,10 +84,7 @@ impl<'r> Response<'r> {
 
     /// Sets a streamed body.
     pub fn with_stream(mut self, reader: impl Read + 'r, length: Option<u64>) -> Response<'r> {
-        self.body = Body::Stream {
-            reader: Box::new(reader),
-            length,
-        };
+        self.body = Body::Stream { reader: Box::new(reader), length };
         self
     }
 }
@@ -121,26 +105,15 @@ fn status_has_no_body(status: u16) -> bool {
 ///
 /// An error from the body source or the socket leaves the transfer visibly broken (short of its
 /// Content-Length or without the final chunk): the caller closes the connection.
-pub(crate) fn write_response(
-    out: &mut impl Write,
-    response: Response<'_>,
-    ctx: &ResponseContext,
-) -> io::Result<bool> {
-    let Response {
-        status,
-        headers,
-        body,
-        close,
-    } = response;
+pub(crate) fn write_response(out: &mut impl Write, response: Response<'_>, ctx: &ResponseContext) -> io::Result<bool> {
+    let Response { status, headers, body, close } = response;
     let mut keep_alive = ctx.keep_alive && !close;
     let no_body = status_has_no_body(status);
     let (length, chunked) = match &body {
         _ if no_body => (None, false),
         Body::Empty => (Some(0), false),
         Body::Bytes(bytes) => (Some(bytes.len() as u64), false),
-        Body::Stream {
-            length: Some(n), ..
-        } => (Some(*n), false),
+        Body::Stream { length: Some(n), .. } => (Some(*n), false),
         Body::Stream { length: None, .. } => match ctx.version {
             Version::Http11 => (None, true),
             Version::Http10 => {
@@ -154,15 +127,7 @@ pub(crate) fn write_response(
     write!(head, "HTTP/1.1 {} {}\r\n", status, reason_phrase(status))?;
     let mut has_date = false;
     for header in &headers {
-        if [
-            "content-length",
-            "transfer-encoding",
-            "connection",
-            "keep-alive",
-        ]
-        .iter()
-        .any(|n| header.is(n))
-        {
+        if ["content-length", "transfer-encoding", "connection", "keep-alive"].iter().any(|n| header.is(n)) {
             continue;
         }
         has_date |= header.is("date");
@@ -172,11 +137,7 @@ pub(crate) fn write_response(
         head.extend_from_slice(b"\r\n");
     }
     if !has_date {
-        write!(
-            head,
-            "Date: {}\r\n",
-            httpdate::fmt_http_date(std::time::SystemTime::now())
-        )?;
+        write!(head, "Date: {}\r\n", httpdate::fmt_http_date(std::time::SystemTime::now()))?;
     }
     if let Some(n) = length {
         write!(head, "Content-Length: {n}\r\n")?;
@@ -208,17 +169,11 @@ pub(crate) fn write_response(
                 out.write_all(&bytes)?;
             }
         }
-        Body::Stream {
-            reader,
-            length: Some(n),
-        } => {
+        Body::Stream { reader, length: Some(n) } => {
             out.write_all(&head)?;
             copy_exact(reader, out, n)?;
         }
-        Body::Stream {
-            reader,
-            length: None,
-        } => {
+        Body::Stream { reader, length: None } => {
             out.write_all(&head)?;
             out.flush()?;
             if chunked {
@@ -250,10 +205,7 @@ fn copy_exact(mut reader: Box<dyn Read + '_>, out: &mut impl Write, length: u64)
         let want = buf.len().min(left.min(usize::MAX as u64) as usize);
         let n = read_retrying(&mut reader, &mut buf[..want])?;
         if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "body source ended before its length",
-            ));
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "body source ended before its length"));
         }
         out.write_all(&buf[..n])?;
         left -= n as u64;
@@ -266,10 +218,7 @@ fn copy_exact(mut reader: Box<dyn Read + '_>, out: &mut impl Write, length: u64)
 fn copy_chunked(mut reader: Box<dyn Read + '_>, out: &mut impl Write) -> io::Result<()> {
     let mut buf = vec![0u8; CHUNK_PREFIX + STREAM_CHUNK + 2];
     loop {
-        let n = read_retrying(
-            &mut reader,
-            &mut buf[CHUNK_PREFIX..CHUNK_PREFIX + STREAM_CHUNK],
-        )?;
+        let n = read_retrying(&mut reader, &mut buf[CHUNK_PREFIX..CHUNK_PREFIX + STREAM_CHUNK])?;
         if n == 0 {
             out.write_all(b"0\r\n\r\n")?;
             return Ok(());
@@ -301,11 +250,7 @@ mod tests {
     use super::*;
 
     fn ctx(version: Version, head_request: bool) -> ResponseContext {
-        ResponseContext {
-            version,
-            head_request,
-            keep_alive: true,
-        }
+        ResponseContext { version, head_request, keep_alive: true }
     }
 
     fn written(response: Response<'_>, ctx: &ResponseContext) -> (String, io::Result<bool>) {
@@ -340,16 +285,10 @@ mod tests {
                 }
             }
         }
-        let (text, result) = written(
-            Response::new(200).with_stream(Broken(false), None),
-            &ctx(Version::Http11, false),
-        );
+        let (text, result) = written(Response::new(200).with_stream(Broken(false), None), &ctx(Version::Http11, false));
         assert!(result.is_err());
         assert!(text.ends_with("3\r\nabc\r\n"), "no final chunk: {text:?}");
-        let (_, result) = written(
-            Response::new(200).with_stream(&b"ab"[..], Some(5)),
-            &ctx(Version::Http11, false),
-        );
+        let (_, result) = written(Response::new(200).with_stream(&b"ab"[..], Some(5)), &ctx(Version::Http11, false));
         assert!(result.is_err(), "a short source is an error");
     }
 

@@ -59,13 +59,8 @@ impl Worker {
             let token = job.token;
             let stream = Arc::clone(&job.stream);
             let next = self.serve(&stream, job);
-            if matches!(next, Next::KeepAlive(_) | Next::Linger)
-                && stream.set_nonblocking(true).is_err()
-            {
-                let _ = self.returns.send(Returned {
-                    token,
-                    next: Next::Close,
-                });
+            if matches!(next, Next::KeepAlive(_) | Next::Linger) && stream.set_nonblocking(true).is_err() {
+                let _ = self.returns.send(Returned { token, next: Next::Close });
             } else {
                 let _ = self.returns.send(Returned { token, next });
             }
@@ -77,21 +72,12 @@ impl Worker {
         if stream.set_nonblocking(false).is_err() {
             return Next::Close;
         }
-        let Job {
-            peer,
-            head,
-            buffered,
-            ..
-        } = job;
+        let Job { peer, head, buffered, .. } = job;
         let version = head.version;
         let head_request = head.is_head();
         let client_keeps_alive = head.keep_alive;
-        let body = RefCell::new(BodyState::new(
-            head.framing,
-            buffered,
-            head.expects_continue,
-            self.limits.max_body_bytes,
-        ));
+        let body =
+            RefCell::new(BodyState::new(head.framing, buffered, head.expects_continue, self.limits.max_body_bytes));
         let response = {
             let request = Request::new(head, peer, RequestBody::new(stream, &body));
             catch_unwind(AssertUnwindSafe(|| self.handler.handle(request))).unwrap_or_else(|_| {
@@ -110,11 +96,7 @@ impl Worker {
             None => response,
         };
         let may_read_body = matches!(response.body, Body::Stream { .. });
-        if body
-            .borrow_mut()
-            .before_final_head(stream, may_read_body)
-            .is_err()
-        {
+        if body.borrow_mut().before_final_head(stream, may_read_body).is_err() {
             return Next::Close;
         }
         // Read now, not before the handler ran: a stop during a slow request still says close.

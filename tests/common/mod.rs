@@ -17,18 +17,11 @@ pub struct Resp {
 
 impl Resp {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 
     pub fn headers_named(&self, name: &str) -> Vec<&str> {
-        self.headers
-            .iter()
-            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-            .collect()
+        self.headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str()).collect()
     }
 
     pub fn text(&self) -> String {
@@ -36,8 +29,7 @@ impl Resp {
     }
 
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
     }
 }
 
@@ -49,13 +41,9 @@ pub struct Conn {
 impl Conn {
     pub fn open(addr: SocketAddr) -> Conn {
         let stream = TcpStream::connect(addr).expect("connect");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(20)))
-            .unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
         stream.set_nodelay(true).unwrap();
-        Conn {
-            reader: BufReader::new(stream),
-        }
+        Conn { reader: BufReader::new(stream) }
     }
 
     pub fn send(&mut self, raw: &[u8]) {
@@ -88,10 +76,7 @@ impl Conn {
         match self.reader.read(&mut byte) {
             Ok(0) => true,
             Ok(_) => false,
-            Err(e) => !matches!(
-                e.kind(),
-                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-            ),
+            Err(e) => !matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut),
         }
     }
 }
@@ -100,21 +85,13 @@ impl Conn {
 pub fn read_response(reader: &mut impl BufRead, head_request: bool) -> io::Result<Resp> {
     let mut line = String::new();
     if reader.read_line(&mut line)? == 0 {
-        return Err(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            "closed before a status line",
-        ));
+        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "closed before a status line"));
     }
     let status: u16 = line
         .split(' ')
         .nth(1)
         .and_then(|s| s.parse().ok())
-        .ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("bad status line {line:?}"),
-            )
-        })?;
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("bad status line {line:?}")))?;
     let mut headers = Vec::new();
     loop {
         line.clear();
@@ -126,18 +103,11 @@ pub fn read_response(reader: &mut impl BufRead, head_request: bool) -> io::Resul
         let (name, value) = trimmed.split_once(':').expect("header line");
         headers.push((name.to_string(), value.trim().to_string()));
     }
-    let mut resp = Resp {
-        status,
-        headers,
-        body: Vec::new(),
-    };
+    let mut resp = Resp { status, headers, body: Vec::new() };
     if head_request || (100..200).contains(&status) || status == 204 || status == 304 {
         return Ok(resp);
     }
-    if resp
-        .header("transfer-encoding")
-        .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
-    {
+    if resp.header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
         resp.body = read_chunked(reader)?;
     } else if let Some(len) = resp.header("content-length") {
         let len: usize = len.parse().expect("numeric length");
@@ -156,18 +126,11 @@ pub fn read_chunked(reader: &mut impl BufRead) -> io::Result<Vec<u8>> {
     loop {
         line.clear();
         if reader.read_line(&mut line)? == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "no final chunk",
-            ));
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "no final chunk"));
         }
         let size_text = line.trim_end().split(';').next().unwrap_or("");
-        let size = usize::from_str_radix(size_text, 16).map_err(|_| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("bad chunk line {line:?}"),
-            )
-        })?;
+        let size = usize::from_str_radix(size_text, 16)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, format!("bad chunk line {line:?}")))?;
         if size == 0 {
             loop {
                 line.clear();
@@ -215,14 +178,9 @@ impl ChildProcess {
         let mut child = command.spawn().expect("spawn");
         let stdout = child.stdout.take().expect("stdout");
         let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("ready line");
+        BufReader::new(stdout).read_line(&mut line).expect("ready line");
         assert!(!line.is_empty(), "child exited before its ready line");
-        ChildProcess {
-            child,
-            ready_line: line.trim().to_string(),
-        }
+        ChildProcess { child, ready_line: line.trim().to_string() }
     }
 
     pub fn pid(&self) -> u32 {
@@ -231,11 +189,7 @@ impl ChildProcess {
 
     /// The address from a ready line ending in `listening on ADDR`.
     pub fn addr(&self) -> SocketAddr {
-        self.ready_line
-            .rsplit(' ')
-            .next()
-            .and_then(|a| a.parse().ok())
-            .expect("address in ready line")
+        self.ready_line.rsplit(' ').next().and_then(|a| a.parse().ok()).expect("address in ready line")
     }
 }
 

@@ -1,0 +1,253 @@
+//! Active health checks, from a separate thread (design card): a scheduler decides which
+//! backend is due and hands it to a bounded pool of prober threads, so one blackholed backend
+//! delays nobody else's checks. Verdicts follow HAProxy's rise/fall: `fall` consecutive failed
+//! probes mark a backend down, `rise` consecutive good ones bring it back. The verdict is an
+//! atomic on the backend; no table lock is taken.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::ops::RangeInclusive;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crossbeam_channel::{Receiver, Sender};
+
+use crate::backend::{Backend, BackendTable};
+
+/// Health-check settings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HealthConfig {
+    /// Path probed with `GET`. Default `/health`.
+    pub path: String,
+    /// Time between probes of one backend, with ±10 % jitter so probes do not align. Default 30 s.
+    pub interval: Duration,
+    /// Connect + answer deadline of one probe. Default 2 s.
+    pub timeout: Duration,
+    /// Good probes in a row that mark a down backend up. Default 2.
+    pub rise: u32,
+    /// Failed probes in a row that mark an up backend down. Default 3.
+    pub fall: u32,
+    /// Statuses that count as healthy. Default 200-399.
+    pub expected: RangeInclusive<u16>,
+    /// Prober threads (probes running at once). Default 8.
+    pub probers: usize,
+}
+
+impl Default for HealthConfig {
+    fn default() -> HealthConfig {
+        HealthConfig {
+            path: "/health".into(),
+            interval: Duration::from_secs(30),
+            timeout: Duration::from_secs(2),
+            rise: 2,
+            fall: 3,
+            expected: 200..=399,
+            probers: 8,
+        }
+    }
+}
+
+/// The outcome of the latest probe, shown by `/lb/backends`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckResult {
+    /// Whether the probe passed.
+    pub ok: bool,
+    /// The status, or why there was none.
+    pub detail: String,
+    /// When it finished (seconds since the Unix epoch).
+    pub at_unix: u64,
+    /// How long it took, in milliseconds.
+    pub took_ms: u64,
+}
+
+/// Probes `backend` once: `GET path` with a deadline; Ok(status) when the status is expected.
+///
+/// ```no_run
+/// # use lb_sync::health::probe;
+/// # use std::time::Duration;
+/// let status = probe("127.0.0.1:8001".parse().unwrap(), "localhost:8001", "/health", Duration::from_secs(2), &(200..=399));
+/// ```
+pub fn probe(
+    addr: std::net::SocketAddr,
+    host: &str,
+    path: &str,
+    timeout: Duration,
+    expected: &RangeInclusive<u16>,
+) -> Result<u16, String> {
+    let deadline = Instant::now() + timeout;
+    let left = || deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+    let mut stream = TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect: {e}"))?;
+    stream.set_write_timeout(Some(left())).map_err(|e| e.to_string())?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: lb-sync-health\r\nConnection: close\r\n\r\n")
+        .map_err(|e| format!("send: {e}"))?;
+    let mut head = Vec::with_capacity(128);
+    let mut buf = [0u8; 512];
+    while !head.windows(2).any(|w| w == b"\r\n") {
+        if Instant::now() >= deadline {
+            return Err("timed out".into());
+        }
+        stream.set_read_timeout(Some(left())).map_err(|e| e.to_string())?;
+        match stream.read(&mut buf) {
+            Ok(0) => return Err("closed without a status line".into()),
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                return Err("timed out".into())
+            }
+            Err(e) => return Err(format!("receive: {e}")),
+        }
+        if head.len() > 1024 {
+            break;
+        }
+    }
+    let line = String::from_utf8_lossy(&head);
+    let status = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse::<u16>().ok())
+        .filter(|_| line.starts_with("HTTP/1."))
+        .ok_or_else(|| "not an HTTP response".to_string())?;
+    if expected.contains(&status) {
+        Ok(status)
+    } else {
+        Err(format!("status {status}"))
+    }
+}
+
+/// Applies one probe outcome to a backend's rise/fall counters; logs and returns a state change.
+pub fn apply_probe(backend: &Backend, config: &HealthConfig, result: &Result<u16, String>) -> Option<bool> {
+    let was_healthy = backend.is_healthy();
+    let (ok_run, fail_run) = backend.health_runs().record(result.is_ok());
+    let change = if was_healthy && fail_run >= config.fall {
+        Some(false)
+    } else if !was_healthy && ok_run >= config.rise {
+        Some(true)
+    } else {
+        None
+    };
+    if let Some(healthy) = change {
+        backend.set_healthy(healthy);
+        match (healthy, result) {
+            (false, Err(why)) => log::warn!("backend {} is DOWN after {fail_run} failed checks ({why})", backend.id),
+            _ => {
+                log::info!("backend {} is UP after {ok_run} good checks", backend.id);
+                backend.slow_start().begin();
+            }
+        }
+    }
+    change
+}
+
+/// A running health checker; dropping it (or [`HealthChecker::stop`]) ends its threads.
+pub struct HealthChecker {
+    stop: Option<Sender<()>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl HealthChecker {
+    /// Starts checking every backend of `table` (including ones added later).
+    pub fn start(table: Arc<BackendTable>, config: HealthConfig) -> std::io::Result<HealthChecker> {
+        let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
+        let (job_tx, job_rx) = crossbeam_channel::unbounded::<Arc<Backend>>();
+        let (done_tx, done_rx) = crossbeam_channel::unbounded::<String>();
+        let config = Arc::new(config);
+        let mut threads = Vec::new();
+        for i in 0..config.probers.max(1) {
+            let (jobs, done, config) = (job_rx.clone(), done_tx.clone(), Arc::clone(&config));
+            threads.push(
+                std::thread::Builder::new().name(format!("prober-{i}")).spawn(move || prober(jobs, done, &config))?,
+            );
+        }
+        let scheduler = move || schedule(&table, &config, &stop_rx, &job_tx, &done_rx);
+        threads.push(std::thread::Builder::new().name("health".into()).spawn(scheduler)?);
+        Ok(HealthChecker { stop: Some(stop_tx), threads })
+    }
+
+    /// Stops the scheduler and the probers (a probe in progress finishes first).
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        drop(self.stop.take());
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for HealthChecker {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn prober(jobs: Receiver<Arc<Backend>>, done: Sender<String>, config: &HealthConfig) {
+    for backend in jobs.iter() {
+        let started = Instant::now();
+        let host = format!("{}:{}", backend.host, backend.port);
+        let result = probe(backend.addr, &host, &config.path, config.timeout, &config.expected);
+        backend.set_last_check(CheckResult {
+            ok: result.is_ok(),
+            detail: match &result {
+                Ok(status) => format!("status {status}"),
+                Err(why) => why.clone(),
+            },
+            at_unix: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+            took_ms: started.elapsed().as_millis() as u64,
+        });
+        apply_probe(&backend, config, &result);
+        let _ = done.send(backend.id.clone());
+    }
+}
+
+/// A deterministic jitter in [0.9, 1.1) × interval, different per backend and per round.
+fn jittered(interval: Duration, id: &str, round: u64) -> Duration {
+    let mut x = crate::balance::hash::hash64(format!("{id}/{round}").as_bytes());
+    x %= 2001;
+    interval.mul_f64(0.9 + 0.2 * x as f64 / 2000.0)
+}
+
+fn schedule(
+    table: &BackendTable,
+    config: &HealthConfig,
+    stop: &Receiver<()>,
+    jobs: &Sender<Arc<Backend>>,
+    done: &Receiver<String>,
+) {
+    // id → (next due, round); a backend is in `probing` from hand-off to result.
+    let mut due: HashMap<String, (Instant, u64)> = HashMap::new();
+    let mut probing: Vec<String> = Vec::new();
+    loop {
+        while let Ok(id) = done.try_recv() {
+            probing.retain(|p| *p != id);
+        }
+        let now = Instant::now();
+        let snapshot = table.snapshot();
+        let mut next_wake = now + Duration::from_millis(500);
+        for backend in &snapshot.backends {
+            let (at, round) = *due.entry(backend.id.clone()).or_insert((now, 0));
+            if at <= now && !probing.contains(&backend.id) {
+                probing.push(backend.id.clone());
+                due.insert(backend.id.clone(), (now + jittered(config.interval, &backend.id, round), round + 1));
+                if jobs.send(Arc::clone(backend)).is_err() {
+                    return;
+                }
+            } else if at > now {
+                next_wake = next_wake.min(at);
+            }
+        }
+        due.retain(|id, _| snapshot.backends.iter().any(|b| b.id == *id));
+        // Wake for the next due check, a finished probe, or the stop signal.
+        crossbeam_channel::select! {
+            recv(stop) -> _ => return,
+            recv(done) -> id => {
+                if let Ok(id) = id {
+                    probing.retain(|p| *p != id);
+                }
+            }
+            default(next_wake.saturating_duration_since(Instant::now())) => {}
+        }
+    }
+}
