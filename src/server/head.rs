@@ -239,17 +239,16 @@ fn validate(
             // RFC 9112 6.1: a 1.0 message with Transfer-Encoding is faulty framing.
             return Err(RequestError::BadRequest("Transfer-Encoding in an HTTP/1.0 request"));
         }
+        if transfer_codings.iter().any(|c| c != "chunked" && !known_coding(c)) {
+            return Err(RequestError::UnsupportedTransferCoding);
+        }
         let (last, others) = transfer_codings.split_last().expect("not empty");
+        if last != "chunked" {
+            // Without a final chunked the body's end is unknowable.
+            return Err(RequestError::BadRequest("Transfer-Encoding does not end with chunked"));
+        }
         if others.iter().any(|c| c == "chunked") {
             return Err(RequestError::BadRequest("chunked applied more than once"));
-        }
-        if last != "chunked" {
-            return Err(if last.is_empty() || !known_coding(last) {
-                RequestError::UnsupportedTransferCoding
-            } else {
-                // A known coding that is not finished by chunked: the length is unknowable.
-                RequestError::BadRequest("Transfer-Encoding does not end with chunked")
-            });
         }
         if !others.is_empty() {
             // gzip/deflate/compress before chunked: we do not decode them and will not forward
