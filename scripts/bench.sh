@@ -7,7 +7,9 @@
 #   scripts/bench.sh proxy    # lb-sync vs nginx vs HAProxy in front of the same lb-backends, and direct
 #
 # Environment: DURATION (default 10s), CONNECTIONS (64), WRK_THREADS (2), THREADS (lb workers, 8),
-# BODY_BYTES (1024). Needs wrk and nginx (and haproxy for proxy): apt-get install wrk nginx-light haproxy.
+# BODY_BYTES (1024), NGINX_WORKERS (auto); LB_BACKEND / LB_SYNC (binaries to use), else they come
+# from ${CARGO_TARGET_DIR:-target}/release, built when missing or stale.
+# Needs wrk and nginx (and haproxy, jq for proxy): apt-get install wrk nginx-light haproxy jq.
 set -euo pipefail
 
 mode="${1:-proxy}"
@@ -21,25 +23,45 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 work="$(mktemp -d)"
 pids=()
 cleanup() {
+  trap - EXIT INT TERM
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
   rm -rf "$work"
 }
-trap cleanup EXIT INT TERM
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
-for tool in wrk nginx; do
+for tool in wrk nginx curl python3; do
   command -v "$tool" >/dev/null || { echo "bench.sh: $tool not found (apt-get install wrk nginx-light haproxy)" >&2; exit 1; }
 done
-(cd "$root" && cargo build --release --quiet --bin lb-backend --bin lb-sync)
-bin="$root/target/release"
+# Binaries: $LB_BACKEND and $LB_SYNC when set, else ${CARGO_TARGET_DIR:-target}/release/, built
+# first when missing or older than src/ or Cargo.toml (the rule of scripts/start_backends.sh).
+target_dir="${CARGO_TARGET_DIR:-$root/target}"
+case "$target_dir" in /*) ;; *) target_dir="$PWD/$target_dir" ;; esac
+backend_bin="${LB_BACKEND:-$target_dir/release/lb-backend}"
+sync_bin="${LB_SYNC:-$target_dir/release/lb-sync}"
+stale() { [ ! -x "$1" ] || [ -n "$(find "$root/src" "$root/Cargo.toml" -newer "$1" -print -quit)" ]; }
+if { [ -z "${LB_BACKEND:-}" ] && stale "$backend_bin"; } || { [ -z "${LB_SYNC:-}" ] && stale "$sync_bin"; }; then
+  (cd "$root" && CARGO_TARGET_DIR="$target_dir" cargo build --release --quiet --bin lb-backend --bin lb-sync)
+fi
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() {
+free_port() { free_ports 1; }
+# N distinct free loopback ports (all held open while choosing, so they differ).
+free_ports() {
+  python3 -c 'import socket, sys
+socks = [socket.socket() for _ in range(int(sys.argv[1]))]
+for s in socks: s.bind(("127.0.0.1", 0))
+print(" ".join(str(s.getsockname()[1]) for s in socks))' "$1"
+}
+wait_port() { # PORT [PATH] [LOG to show when nothing answers]
   for _ in $(seq 1 200); do
-    curl -sf -o /dev/null "http://127.0.0.1:$1${2:-/}" && return 0
+    curl -sf --max-time 1 -o /dev/null "http://127.0.0.1:$1${2:-/}" && return 0
     sleep 0.05
   done
-  echo "bench.sh: nothing answers on port $1" >&2; exit 1
+  echo "bench.sh: nothing answers on port $1${3:+; $3:}" >&2
+  if [ -n "${3:-}" ]; then cat "$3" >&2; fi
+  exit 1
 }
 # One wrk run; prints "name  requests/s  p50  p99".
 load() {
@@ -50,9 +72,10 @@ load() {
   p50=$(awk '$1 == "50%" {print $2}' "$work/$name.wrk")
   p99=$(awk '$1 == "99%" {print $2}' "$work/$name.wrk")
   errors=$(awk '/Non-2xx|Socket errors/ {printf "%s ", $0}' "$work/$name.wrk")
-  printf '%-28s %12s req/s   p50 %-9s p99 %-9s %s\n' "$name" "$rps" "$p50" "$p99" "$errors"
+  printf '%-30s %12s req/s   p50 %-9s p99 %-9s %s\n' "$name" "$rps" "$p50" "$p99" "$errors"
   echo "$rps" > "$work/$name.rps"
 }
+header() { printf '%-30s %12s         %-13s %-13s %s\n' "" "throughput" "latency" "" "errors"; }
 ratio() { python3 -c "import sys; print(f'{float(sys.argv[1])/float(sys.argv[2]):.2f}')" "$(cat "$work/$1.rps")" "$(cat "$work/$2.rps")"; }
 nginx_up() { # $1 = config body (http block content)
   mkdir -p "$work/nginx/logs"
@@ -75,19 +98,93 @@ echo "machine: $(nproc) cores; wrk -t$wrk_threads -c$connections -d$duration; bo
 case "$mode" in
   server)
     port=$(free_port)
-    "$bin/lb-backend" --port "$port" --threads "$threads" > /dev/null &
+    "$backend_bin" --port "$port" --threads "$threads" > /dev/null &
     pids+=("$!")
     nginx_port=$(free_port)
     body=$(head -c "$body_bytes" /dev/zero | tr '\0' x)
     nginx_up "server { listen 127.0.0.1:$nginx_port; location / { default_type application/octet-stream; return 200 '$body'; } }"
     wait_port "$port" "/?bytes=$body_bytes"
     wait_port "$nginx_port"
+    header
     load "lb-backend ($threads threads)" "http://127.0.0.1:$port/?bytes=$body_bytes"
     load "nginx (return 200)" "http://127.0.0.1:$nginx_port/?bytes=$body_bytes"
     echo "lb-backend / nginx: $(ratio "lb-backend ($threads threads)" "nginx (return 200)")"
     ;;
   proxy)
-    "$root/scripts/bench_proxy.sh" 2>/dev/null || { echo "proxy mode arrives with the balancer (issue 3)" >&2; exit 1; }
+    for tool in haproxy jq; do
+      command -v "$tool" >/dev/null || { echo "bench.sh: $tool not found (apt-get install haproxy jq)" >&2; exit 1; }
+    done
+    read -r -a ports <<<"$(free_ports 6)"
+    backend_ports=("${ports[@]:0:3}")
+    lb_port=${ports[3]} nginx_port=${ports[4]} haproxy_port=${ports[5]}
+    for port in "${backend_ports[@]}"; do
+      "$backend_bin" --port "$port" --threads 16 > /dev/null &
+      pids+=("$!")
+    done
+    lb_args=() upstream="" haproxy_servers=""
+    for port in "${backend_ports[@]}"; do
+      lb_args+=(--backend "127.0.0.1:$port")
+      upstream+="server 127.0.0.1:$port; "
+      haproxy_servers+="  server b$port 127.0.0.1:$port"$'\n'
+    done
+    "$sync_bin" --algorithm round_robin --host 127.0.0.1 --port "$lb_port" --threads "$threads" --access-log false \
+      "${lb_args[@]}" > "$work/lb-sync.out" 2> "$work/lb-sync.err" &
+    lb_pid=$!
+    pids+=("$lb_pid")
+    nginx_up "upstream backends { $upstream keepalive 64; }
+  server {
+    listen 127.0.0.1:$nginx_port;
+    location / { proxy_pass http://backends; proxy_http_version 1.1; proxy_set_header Connection \"\"; }
+  }"
+    nginx_pid=${pids[-1]}
+    cat > "$work/haproxy.cfg" <<CFG
+global
+  nbthread $(nproc)
+  maxconn 4096
+defaults
+  mode http
+  option http-keep-alive
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+  timeout http-keep-alive 60s
+frontend front
+  bind 127.0.0.1:$haproxy_port
+  default_backend backends
+backend backends
+  balance roundrobin
+  http-reuse always
+$haproxy_servers
+CFG
+    haproxy -f "$work/haproxy.cfg" -db > "$work/haproxy.log" 2>&1 &
+    haproxy_pid=$!
+    pids+=("$haproxy_pid")
+    for port in "${backend_ports[@]}"; do wait_port "$port" "/?bytes=$body_bytes"; done
+    wait_port "$lb_port" /lb/health "$work/lb-sync.err" # a management request: the distribution below counts only wrk's
+    wait_port "$nginx_port" "/?bytes=$body_bytes" "$work/nginx/logs/error.log"
+    wait_port "$haproxy_port" "/?bytes=$body_bytes" "$work/haproxy.log"
+    echo "3 lb-backend (--threads 16) on ${backend_ports[*]}; lb-sync --threads $threads; nginx workers ${NGINX_WORKERS:-auto}; haproxy nbthread $(nproc)"
+    header
+    load "direct (one lb-backend)" "http://127.0.0.1:${backend_ports[0]}/?bytes=$body_bytes"
+    load "lb-sync round_robin" "http://127.0.0.1:$lb_port/?bytes=$body_bytes"
+    # Round robin: equal thirds, +-1 (wrk's requests only: readiness used /lb/health).
+    distribution=$(curl -s --max-time 5 "http://127.0.0.1:$lb_port/lb/backends" |
+      jq -r '[.[].total_requests] as $n
+        | [.[] | "\(.id) (:\(.port)) \(.total_requests)"] | join(", ")
+        + (if ($n | max) - ($n | min) <= 1 then " (even: max - min <= 1)" else " (UNEVEN: max - min = \(($n | max) - ($n | min)))" end)' \
+      2>/dev/null || echo "(unreadable)")
+    load "nginx proxy keepalive 64" "http://127.0.0.1:$nginx_port/?bytes=$body_bytes"
+    load "haproxy http-reuse always" "http://127.0.0.1:$haproxy_port/?bytes=$body_bytes"
+    echo
+    echo "lb-sync / nginx:   $(ratio "lb-sync round_robin" "nginx proxy keepalive 64")"
+    echo "lb-sync / haproxy: $(ratio "lb-sync round_robin" "haproxy http-reuse always")"
+    echo "lb-sync / direct:  $(ratio "lb-sync round_robin" "direct (one lb-backend)")"
+    echo
+    echo "lb-sync requests per backend (/lb/backends total_requests): $distribution"
+    status_files() { for pid in "$@"; do echo "/proc/$pid/status"; done; }
+    rss() { awk '/^VmRSS/ {s += $2} END {printf "%.1f MiB", s / 1024}' $(status_files "$@") 2>/dev/null; }
+    nginx_workers=($(pgrep -P "$nginx_pid" || true))
+    echo "RSS after the runs: lb-sync $(rss "$lb_pid"); nginx $(rss "$nginx_pid" "${nginx_workers[@]}") (master + ${#nginx_workers[@]} workers); haproxy $(rss "$haproxy_pid")"
     ;;
   *) echo "usage: $0 server|proxy" >&2; exit 2 ;;
 esac

@@ -303,7 +303,15 @@ fn relay<'r>(upstream: ureq::http::Response<ureq::Body>, in_flight: InFlight, is
     let declared =
         parts.headers.get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok());
     let chunked = parts.headers.get("transfer-encoding").is_some();
-    let length = if is_head || !chunked { declared } else { None };
+    let status = parts.status.as_u16();
+    if is_head || status == 204 || status == 304 || (100..200).contains(&status) {
+        // No body follows: read its (empty) end now so ureq pools the connection, and keep the
+        // declared length for a HEAD answer.
+        let _ = body.into_reader().read(&mut [0u8; 1]);
+        drop(in_flight);
+        return response.with_stream(io::empty(), declared);
+    }
+    let length = if chunked { None } else { declared };
     response.with_stream(Streamed { body: body.into_reader(), _in_flight: in_flight }, length)
 }
 

@@ -210,6 +210,9 @@ fn copy_exact(mut reader: Box<dyn Read + '_>, out: &mut impl Write, length: u64)
         out.write_all(&buf[..n])?;
         left -= n as u64;
     }
+    // One more read to see the source's end: a pooled client (ureq) returns its connection to
+    // the pool only when a read reports the end of the body.
+    let _ = read_retrying(&mut reader, &mut buf[..1]);
     Ok(())
 }
 
