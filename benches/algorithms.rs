@@ -15,14 +15,7 @@ const SIZES: [usize; 3] = [3, 100, 1000];
 const THREADS: u64 = 8;
 
 fn members(n: usize) -> Vec<Member> {
-    (0..n)
-        .map(|i| {
-            Member::new(
-                format!("10.0.{}.{}:8080", i / 256, i % 256),
-                1 + (i % 5) as u32,
-            )
-        })
-        .collect()
+    (0..n).map(|i| Member::new(format!("10.0.{}.{}:8080", i / 256, i % 256), 1 + (i % 5) as u32)).collect()
 }
 
 /// `picks` picks, each with a different hash key (an incrementing u32 as 4
@@ -32,10 +25,7 @@ fn run(algo: &dyn Algorithm, loads: &[usize], first_key: u32, picks: u64) {
     let mut key = first_key;
     for _ in 0..picks {
         let bytes = key.to_be_bytes();
-        let ctx = PickContext {
-            hash_key: &bytes,
-            in_flight: &in_flight,
-        };
+        let ctx = PickContext { hash_key: &bytes, in_flight: &in_flight };
         black_box(algo.select(&ctx, &mut |i| black_box(i) != usize::MAX));
         key = key.wrapping_add(1);
     }

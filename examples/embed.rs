@@ -18,11 +18,7 @@ fn main() -> std::io::Result<()> {
     for weight in [1, 3] {
         let listener = bind("127.0.0.1:0".parse().unwrap(), 128)?;
         let port = listener.local_addr()?.port();
-        backends.push(Server::start_on(
-            listener,
-            ServerConfig::default(),
-            DemoBackend::new(port, "127.0.0.1", None),
-        )?);
+        backends.push(Server::start_on(listener, ServerConfig::default(), DemoBackend::new(port, "127.0.0.1", None))?);
         configs.push(BackendConfig::new("127.0.0.1", port, weight));
     }
     let balancer = LoadBalancer::start(Config {
@@ -37,24 +33,15 @@ fn main() -> std::io::Result<()> {
 
     for i in 0..8 {
         let mut stream = TcpStream::connect(balancer.local_addr())?;
-        write!(
-            stream,
-            "GET /hello HTTP/1.1\r\nHost: example\r\nConnection: close\r\n\r\n"
-        )?;
+        write!(stream, "GET /hello HTTP/1.1\r\nHost: example\r\nConnection: close\r\n\r\n")?;
         let mut reader = BufReader::new(stream);
         let mut status = String::new();
         reader.read_line(&mut status)?;
         let mut rest = String::new();
         reader.read_to_string(&mut rest)?;
         let body = rest.split("\r\n\r\n").nth(1).unwrap_or("");
-        let id = serde_json::from_str::<serde_json::Value>(body)
-            .ok()
-            .map(|v| v["server_info"]["id"].to_string());
-        println!(
-            "request {i}: {} from {}",
-            status.trim(),
-            id.unwrap_or_default()
-        );
+        let id = serde_json::from_str::<serde_json::Value>(body).ok().map(|v| v["server_info"]["id"].to_string());
+        println!("request {i}: {} from {}", status.trim(), id.unwrap_or_default());
     }
 
     balancer.stop(Duration::from_secs(2));
