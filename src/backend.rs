@@ -63,8 +63,8 @@ pub struct Backend {
     pub weight: u32,
     /// Resolved once when the backend is added (IPv4 first), so no request waits on DNS.
     pub addr: SocketAddr,
-    /// `http://ADDR`, the prefix of every forwarded URL.
-    pub base_url: String,
+    /// `ADDR` as a URL authority (`127.0.0.1:8001`, `[::1]:8001`).
+    pub authority: String,
     enabled: AtomicBool,
     healthy: AtomicBool,
     in_flight: AtomicUsize,
@@ -95,7 +95,7 @@ impl Backend {
             port: config.port,
             weight: config.weight.max(1),
             addr,
-            base_url: format!("http://{addr}"),
+            authority: addr.to_string(),
             enabled: AtomicBool::new(true),
             healthy: AtomicBool::new(true),
             in_flight: AtomicUsize::new(0),

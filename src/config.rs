@@ -261,6 +261,11 @@ impl Config {
                 ));
             }
         }
+        if self.client_header_timeout == 0 || self.keep_alive_timeout == 0 || self.client_io_timeout == 0 {
+            return Err(
+                "client_header_timeout, keep_alive_timeout and client_io_timeout must be at least 1 second".into()
+            );
+        }
         if !(0.0..=1.0).contains(&self.breaker_failure_ratio) || !(0.0..=10.0).contains(&self.retry_budget_ratio) {
             return Err("breaker_failure_ratio must be 0-1 and retry_budget_ratio 0-10".into());
         }

@@ -111,37 +111,79 @@ impl Forwarder {
             // Under the 5 s keep-alive of common backends (Node), so a pooled connection is not
             // reused just as the backend closes it.
             .max_idle_age(Duration::from_secs(4))
-            // timeout_global/per_call/resolve would each spawn a thread per request.
+            // timeout_global/per_call/resolve would each spawn a thread per request. The body
+            // phases get per-read/per-write limits, not ureq's send_body/recv_body: those are
+            // totals and would cut any transfer longer than request_timeout.
             .timeout_connect(Some(timeouts.connect))
             .timeout_send_request(Some(timeouts.request))
-            .timeout_send_body(Some(timeouts.request))
             .timeout_recv_response(Some(timeouts.request))
-            .timeout_recv_body(Some(timeouts.request))
+            .timeout_per_read(Some(timeouts.request))
+            .timeout_per_write(Some(timeouts.request))
             .build();
         Forwarder { agent: Agent::new_with_config(config) }
     }
 
-    /// Sends one request to `backend`: `target` is the origin-form path and query, `headers`
-    /// are already filtered, `body` is streamed (its length, when known, is in `headers`).
+    /// Checks once, before any backend is tried, that the request can be expressed upstream:
+    /// the method, target and every header must be acceptable to ureq's `http` types. A request
+    /// that cannot be is the client's fault (`400`), never a backend failure.
+    pub fn prepare(&self, method: &str, target: &str, headers: &[(String, Vec<u8>)]) -> Result<Prepared, String> {
+        let method = http::Method::from_bytes(method.as_bytes())
+            .map_err(|_| format!("method '{method}' cannot be forwarded"))?;
+        let path =
+            http::uri::PathAndQuery::try_from(target).map_err(|_| "request target cannot be forwarded".to_string())?;
+        let mut map = http::HeaderMap::with_capacity(headers.len());
+        for (name, value) in headers {
+            let name = http::HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| format!("header name '{name}' cannot be forwarded"))?;
+            let value =
+                http::HeaderValue::from_bytes(value).map_err(|_| format!("value of '{name}' cannot be forwarded"))?;
+            // ureq refuses a Host that is not plain visible ASCII.
+            if name == http::header::HOST && !value.as_bytes().iter().all(|b| b.is_ascii_graphic()) {
+                return Err("Host header cannot be forwarded".into());
+            }
+            map.append(name, value);
+        }
+        Ok(Prepared { method, path, headers: map })
+    }
+
+    /// Sends one prepared request to `backend`; `body` is streamed (its length, when known, is in
+    /// the headers).
     pub fn send(
         &self,
         backend: &Backend,
-        method: &str,
-        target: &str,
-        headers: &[(String, Vec<u8>)],
+        prepared: &Prepared,
         body: Option<&mut dyn Read>,
     ) -> Result<http::Response<ureq::Body>, ForwardError> {
-        let mut builder = http::Request::builder().method(method).uri(format!("{}{}", backend.base_url, target));
-        for (name, value) in headers {
-            builder = builder.header(name.as_str(), value.as_slice());
-        }
-        let bad = |e: http::Error| ForwardError::BadResponse(format!("cannot build request: {e}"));
+        let uri = http::Uri::builder()
+            .scheme("http")
+            .authority(backend.authority.as_str())
+            .path_and_query(prepared.path.clone())
+            .build()
+            .map_err(|e| ForwardError::BadResponse(format!("backend address: {e}")))?;
         // Two calls because SendBody's lifetime is invariant: `()` sends no body and no
         // Content-Length, as a GET should.
         let result = match body {
-            Some(reader) => self.agent.run(builder.body(SendBody::from_reader(reader)).map_err(bad)?),
-            None => self.agent.run(builder.body(()).map_err(bad)?),
+            Some(reader) => self.agent.run(prepared.request(uri, SendBody::from_reader(reader))),
+            None => self.agent.run(prepared.request(uri, ())),
         };
         result.map_err(ForwardError::from_ureq)
+    }
+}
+
+/// A request validated for forwarding, sent to as many backends as tries need.
+#[derive(Debug)]
+pub struct Prepared {
+    method: http::Method,
+    path: http::uri::PathAndQuery,
+    headers: http::HeaderMap,
+}
+
+impl Prepared {
+    fn request<B>(&self, uri: http::Uri, body: B) -> http::Request<B> {
+        let mut request = http::Request::new(body);
+        *request.method_mut() = self.method.clone();
+        *request.uri_mut() = uri;
+        *request.headers_mut() = self.headers.clone();
+        request
     }
 }

@@ -108,14 +108,8 @@ impl Read for Streamed {
 
 /// The headers sent upstream: the client's, less hop-by-hop ones, plus the X-Forwarded set.
 fn upstream_headers(request: &Request<'_>, client: IpAddr, peer_trusted: bool) -> Vec<(String, Vec<u8>)> {
-    let named_by_connection: Vec<String> = request
-        .headers()
-        .iter()
-        .filter(|h| h.is("connection"))
-        .flat_map(|h| {
-            String::from_utf8_lossy(&h.value).split(',').map(|s| s.trim().to_ascii_lowercase()).collect::<Vec<_>>()
-        })
-        .collect();
+    let named_by_connection =
+        connection_options(request.headers().iter().filter(|h| h.is("connection")).map(|h| &h.value[..]));
     let mut headers: Vec<(String, Vec<u8>)> = request
         .headers()
         .iter()
@@ -125,7 +119,7 @@ fn upstream_headers(request: &Request<'_>, client: IpAddr, peer_trusted: bool) -
         .collect();
     let peer = canonical(request.peer().ip()).to_string();
     // A trusted proxy's chain is extended; an untrusted client's claims are dropped.
-    let forwarded_for = match request.header("x-forwarded-for").filter(|_| peer_trusted) {
+    let forwarded_for = match forwarded_for(request).filter(|_| peer_trusted) {
         Some(chain) if !chain.trim().is_empty() => format!("{}, {peer}", chain.trim()),
         _ => peer,
     };
@@ -139,6 +133,31 @@ fn upstream_headers(request: &Request<'_>, client: IpAddr, peer_trusted: bool) -
     }
     headers
 }
+
+/// Every `X-Forwarded-For` line, in order, as one list (RFC 9110 5.3): a proxy in front may add
+/// its own line instead of extending the first.
+fn forwarded_for(request: &Request<'_>) -> Option<String> {
+    let lines: Vec<String> = request
+        .headers()
+        .iter()
+        .filter(|h| h.is("x-forwarded-for"))
+        .map(|h| String::from_utf8_lossy(&h.value).trim().to_string())
+        .filter(|v| !v.is_empty())
+        .collect();
+    (!lines.is_empty()).then(|| lines.join(", "))
+}
+
+/// The field names a `Connection` header lists as hop-by-hop, except fields that frame or
+/// route the message, which a peer may not strip that way.
+fn connection_options<'a>(values: impl Iterator<Item = &'a [u8]>) -> Vec<String> {
+    values
+        .flat_map(|v| String::from_utf8_lossy(v).split(',').map(|s| s.trim().to_ascii_lowercase()).collect::<Vec<_>>())
+        .filter(|name| !name.is_empty() && !PROTECTED_HEADERS.contains(&name.as_str()))
+        .collect()
+}
+
+/// Headers a `Connection` option cannot remove.
+const PROTECTED_HEADERS: [&str; 4] = ["host", "content-length", "authorization", "content-type"];
 
 fn hash_key(ip: IpAddr) -> Vec<u8> {
     match ip {
@@ -193,7 +212,7 @@ fn forward<'r>(shared: &Shared, request: Request<'r>) -> Response<'r> {
     let config = &shared.config;
     let peer = canonical(request.peer().ip());
     let peer_trusted = is_trusted(peer, &config.trusted_proxies);
-    let client = client_ip(peer, request.header("x-forwarded-for"), &config.trusted_proxies);
+    let client = client_ip(peer, forwarded_for(&request).as_deref(), &config.trusted_proxies);
     let method = request.method().to_string();
     let Some(target) = origin_form(request.target()).map(str::to_string) else {
         return finish(
@@ -207,8 +226,12 @@ fn forward<'r>(shared: &Shared, request: Request<'r>) -> Response<'r> {
         );
     };
     let mut headers = upstream_headers(&request, client, peer_trusted);
-    let framing = request.head().framing;
     let is_head = request.head().is_head();
+    // A HEAD request's body (allowed, meaningless) is not sent on; the server drains it.
+    let framing = if is_head { BodyFraming::None } else { request.head().framing };
+    if is_head {
+        headers.retain(|(name, _)| !name.eq_ignore_ascii_case("content-length"));
+    }
     let mut body = UpstreamBody::prepare(request.into_body(), framing, config.retry_body_max_bytes);
     if let UpstreamBody::Kept(kept) = &body {
         // A kept chunked body goes upstream with its length; a kept sized body already has it.
@@ -216,6 +239,10 @@ fn forward<'r>(shared: &Shared, request: Request<'r>) -> Response<'r> {
             headers.push(("Content-Length".into(), kept.len().to_string().into_bytes()));
         }
     }
+    let prepared = match shared.forwarder.prepare(&method, &target, &headers) {
+        Ok(prepared) => prepared,
+        Err(why) => return finish(shared, &method, &target, client, None, started, Response::text(400, why)),
+    };
     shared.retry_budget.record_request();
 
     let key = hash_key(client);
@@ -226,13 +253,18 @@ fn forward<'r>(shared: &Shared, request: Request<'r>) -> Response<'r> {
     while tries < config.max_tries && !body.client_error() {
         let Some((backend, kind)) = membership.pick(&key, |b| !tried.contains(&(b as *const Backend))) else { break };
         tried.push(Arc::as_ptr(backend));
-        // A half-open breaker lets only its trial requests through.
-        if kind == PickKind::Usable && !backend.breaker().admit() {
+        // A half-open breaker lets only its trial requests through. Picks that ignored breakers
+        // (the last usable ones, panic mode) took no slot, so they report nothing to the breaker.
+        let admitted = kind == PickKind::Usable;
+        if admitted && !backend.breaker().admit() {
             continue;
         }
+        let breaker = admitted.then(|| backend.breaker());
         if tries > 0 && !shared.retry_budget.try_retry() {
             shared.stats.record_budget_denial();
-            backend.breaker().record_neutral();
+            if let Some(b) = breaker {
+                b.record_neutral();
+            }
             log::warn!("{method} {target}: retry budget spent, not retrying");
             break;
         }
@@ -240,21 +272,23 @@ fn forward<'r>(shared: &Shared, request: Request<'r>) -> Response<'r> {
         tries += 1;
         let in_flight = backend.begin();
         let result = match &mut body {
-            UpstreamBody::None => shared.forwarder.send(backend, &method, &target, &headers, None),
+            UpstreamBody::None => shared.forwarder.send(backend, &prepared, None),
             UpstreamBody::Kept(kept) => {
                 let mut replay: &[u8] = kept;
-                shared.forwarder.send(backend, &method, &target, &headers, Some(&mut replay))
+                shared.forwarder.send(backend, &prepared, Some(&mut replay))
             }
-            UpstreamBody::Streamed(stream) => shared.forwarder.send(backend, &method, &target, &headers, Some(stream)),
+            UpstreamBody::Streamed(stream) => shared.forwarder.send(backend, &prepared, Some(stream)),
         };
         match result {
             Ok(upstream) => {
                 let status = upstream.status().as_u16();
-                let recovered = if config.breaker_on_5xx && status >= 500 {
-                    backend.breaker().record_failure();
-                    false
-                } else {
-                    backend.breaker().record_success()
+                let recovered = match breaker {
+                    Some(b) if config.breaker_on_5xx && status >= 500 => {
+                        b.record_failure();
+                        false
+                    }
+                    Some(b) => b.record_success(),
+                    None => false,
                 };
                 if recovered {
                     log::info!("backend {}: circuit closed again", backend.id);
@@ -266,11 +300,15 @@ fn forward<'r>(shared: &Shared, request: Request<'r>) -> Response<'r> {
             Err(error) => {
                 if body.client_error() {
                     // The client broke its body: not the backend's fault, and nothing to retry.
-                    backend.breaker().record_neutral();
+                    if let Some(b) = breaker {
+                        b.record_neutral();
+                    }
                     break;
                 }
                 backend.record_failure();
-                backend.breaker().record_failure();
+                if let Some(b) = breaker {
+                    b.record_failure();
+                }
                 shared.stats.record_try_failure(error.reason());
                 log::warn!("{method} {target} to {} ({}): {error}", backend.id, backend.addr);
                 // Another backend may get the request only if this one certainly did not act
@@ -295,8 +333,13 @@ fn forward<'r>(shared: &Shared, request: Request<'r>) -> Response<'r> {
 fn relay<'r>(upstream: ureq::http::Response<ureq::Body>, in_flight: InFlight, is_head: bool) -> Response<'r> {
     let (parts, body) = upstream.into_parts();
     let mut response = Response::new(parts.status.as_u16());
+    let named_by_connection = connection_options(parts.headers.get_all("connection").iter().map(|v| v.as_bytes()));
     for (name, value) in &parts.headers {
-        if !DROPPED_RESPONSE_HEADERS.contains(&name.as_str()) && name != "content-length" {
+        let name_str = name.as_str();
+        if !DROPPED_RESPONSE_HEADERS.contains(&name_str)
+            && name_str != "content-length"
+            && !named_by_connection.iter().any(|n| n == name_str)
+        {
             response = response.with_header(name.as_str(), value.as_bytes());
         }
     }

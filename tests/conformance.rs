@@ -223,6 +223,10 @@ fn framing_attacks_are_rejected_and_the_tail_never_answered() {
         (b"GET / HTTP/1.1 extra\r\nHost: t\r\n\r\n", 400),
         (b"GET  / HTTP/1.1\r\nHost: t\r\n\r\n", 400),
         (b"GET / HTTP/3.0\r\nHost: t\r\n\r\n", 505),
+        (b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: \r\nContent-Length: 4\r\n\r\nabcd", 400),
+        (b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n3;a\nb\r\nabc\r\n0\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nX: a\nY: b\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n folded: x\r\n\r\n", 400),
     ];
     for (attack, status) in cases {
         assert_rejected(addr, attack, *status);
@@ -426,6 +430,32 @@ impl Handler for BreaksMidway {
         let length = if request.path() == "/sized" { Some(100) } else { None };
         Response::new(200).with_stream(Broken { sent: false }, length)
     }
+}
+
+#[test]
+fn a_failing_close_delimited_body_ends_in_a_reset_not_a_clean_close() {
+    let server = Server::start(config(Limits::default(), 2, 8), BreaksMidway).unwrap();
+    let mut conn = Conn::open(server.local_addr());
+    conn.send(b"GET /unsized HTTP/1.0\r\n\r\n");
+    let mut raw = Vec::new();
+    let result = conn.reader.read_to_end(&mut raw);
+    assert_eq!(
+        result.map_err(|e| e.kind()),
+        Err(io::ErrorKind::ConnectionReset),
+        "got {:?}",
+        String::from_utf8_lossy(&raw)
+    );
+    server.stop(Duration::from_secs(1));
+}
+
+#[test]
+fn a_declined_100_continue_body_closes_the_connection() {
+    let server = demo(Limits::default());
+    let mut conn = Conn::open(server.local_addr());
+    conn.send(b"POST /?redirect=/elsewhere HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n");
+    let resp = conn.response();
+    assert_eq!((resp.status, resp.header("connection")), (302, Some("close")), "the body was never asked for");
+    server.stop(Duration::from_secs(1));
 }
 
 #[test]

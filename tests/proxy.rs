@@ -474,3 +474,109 @@ fn unreachable_bind_address_exits_1() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot start"));
     let _ = TcpStream::connect(taken.local_addr().unwrap());
 }
+
+/// A backend that answers with a body trickled over `pieces × gap`, and accepts uploads.
+struct Trickle {
+    pieces: usize,
+    gap: Duration,
+}
+
+struct TrickleBody {
+    left: usize,
+    gap: Duration,
+}
+
+impl Read for TrickleBody {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.left == 0 {
+            return Ok(0);
+        }
+        std::thread::sleep(self.gap);
+        self.left -= 1;
+        let n = buf.len().min(1000);
+        buf[..n].fill(b't');
+        Ok(n)
+    }
+}
+
+impl lb_sync::server::Handler for Trickle {
+    fn handle<'r>(&self, mut request: lb_sync::server::Request<'r>) -> lb_sync::server::Response<'r> {
+        let mut sink = Vec::new();
+        let _ = request.body().read_to_end(&mut sink);
+        if request.method() == "POST" {
+            return lb_sync::server::Response::text(200, format!("got {}", sink.len()));
+        }
+        lb_sync::server::Response::new(200).with_stream(TrickleBody { left: self.pieces, gap: self.gap }, None)
+    }
+}
+
+#[test]
+fn transfers_longer_than_the_request_timeout_are_not_cut() {
+    let listener = bind("127.0.0.1:0".parse().unwrap(), 128).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let trickle = Trickle { pieces: 6, gap: Duration::from_millis(300) };
+    let _backend = Server::start_on(listener, ServerConfig { threads: 4, ..ServerConfig::default() }, trickle).unwrap();
+    let lb = balancer(AlgorithmKind::RoundRobin, &[(port, 1)], |c| c.request_timeout = 1.0);
+    let mut conn = Conn::open(lb.local_addr());
+    // Download: 6 pieces 300 ms apart, 1.8 s in all, each gap well within the 1 s timeout.
+    let resp = conn.get("/");
+    assert_eq!((resp.status, resp.body.len()), (200, 6000));
+    // Upload: 200 KB (over the 64 KiB kept for retries, so streamed) sent over 1.5 s.
+    conn.send(b"POST /up HTTP/1.1\r\nHost: t\r\nContent-Length: 200000\r\n\r\n");
+    for _ in 0..5 {
+        std::thread::sleep(Duration::from_millis(300));
+        conn.send(&[b'u'; 40_000]);
+    }
+    let resp = conn.response();
+    assert_eq!((resp.status, resp.text().trim()), (200, "got 200000"));
+    lb.stop(Duration::from_secs(1));
+}
+
+#[test]
+fn a_request_that_cannot_be_forwarded_is_400_and_no_backend_is_blamed() {
+    let (_backend, port) = demo_backend();
+    let lb = balancer(AlgorithmKind::RoundRobin, &[(port, 1)], |_| {});
+    let mut conn = Conn::open(lb.local_addr());
+    for _ in 0..6 {
+        conn.send(b"GET /search?q=\"x\" HTTP/1.1\r\nHost: t\r\n\r\n");
+        assert_eq!(conn.response().status, 400);
+    }
+    let backend = &conn.get("/lb/backends").json()[0];
+    assert_eq!(backend["total_requests"], 0);
+    assert_eq!(backend["circuit_breaker"]["failure_count"], 0);
+    assert_eq!(backend["circuit_breaker"]["state"], "closed");
+    assert_eq!(conn.get("/fine").status, 200);
+    lb.stop(Duration::from_secs(1));
+}
+
+#[test]
+fn every_x_forwarded_for_line_counts() {
+    let (_backend, port) = demo_backend();
+    let lb = balancer(AlgorithmKind::RoundRobin, &[(port, 1)], |_| {});
+    let mut conn = Conn::open(lb.local_addr());
+    // A client's claim in the first line; a trusted proxy's own line after it.
+    conn.send(b"GET / HTTP/1.1\r\nHost: t\r\nX-Forwarded-For: 6.6.6.6\r\nX-Forwarded-For: 203.0.113.5\r\n\r\n");
+    let json = conn.response().json();
+    let headers = json["request"]["headers"].as_object().unwrap().clone();
+    let get =
+        |n: &str| headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(n)).map(|(_, v)| v.as_str().unwrap().to_string());
+    assert_eq!(get("x-real-ip").as_deref(), Some("203.0.113.5"));
+    assert_eq!(get("x-forwarded-for").as_deref(), Some("6.6.6.6, 203.0.113.5, 127.0.0.1"));
+    lb.stop(Duration::from_secs(1));
+}
+
+#[test]
+fn connection_cannot_strip_host_or_content_length() {
+    let (_backend, port) = demo_backend();
+    let lb = balancer(AlgorithmKind::RoundRobin, &[(port, 1)], |_| {});
+    let mut conn = Conn::open(lb.local_addr());
+    conn.send(
+        b"POST / HTTP/1.1\r\nHost: kept.test\r\nConnection: host, content-length\r\nContent-Length: 3\r\n\r\nabc",
+    );
+    let json = conn.response().json();
+    assert_eq!(json["request"]["body"], "abc");
+    let headers = json["request"]["headers"].as_object().unwrap();
+    let host = headers.iter().find(|(k, _)| k.eq_ignore_ascii_case("host")).map(|(_, v)| v.as_str().unwrap());
+    assert_eq!(host, Some("kept.test"));
+    lb.stop(Duration::from_secs(1));
+}

@@ -102,8 +102,17 @@ impl BodyState {
         }
     }
 
-    /// Reads and discards the rest of the body, up to `limit` bytes; true when it ended.
-    pub fn drain(&mut self, stream: &TcpStream, limit: u64) -> bool {
+    /// Whether the final response went out without asking for the body (so the connection
+    /// cannot be reused: the client may or may not send it).
+    pub fn body_declined(&self) -> bool {
+        self.body_declined
+    }
+
+    /// Reads and discards the rest of the body, up to `limit` bytes and until `deadline`; true
+    /// when it ended. The socket's read timeout is shortened to the deadline meanwhile, so a
+    /// client trickling its body cannot hold the worker (nginx's `lingering_time`); the caller
+    /// restores it.
+    pub fn drain(&mut self, stream: &TcpStream, limit: u64, deadline: std::time::Instant) -> bool {
         if self.body_declined {
             // The client was never asked for the body: we cannot know whether it will send it.
             return false;
@@ -111,6 +120,10 @@ impl BodyState {
         let mut sink = [0u8; 8192];
         let mut drained = 0u64;
         while !self.is_complete() && self.error.is_none() && drained <= limit {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
+                break;
+            }
             match self.read_body(stream, &mut sink) {
                 Ok(0) => break,
                 Ok(n) => drained += n as u64,
@@ -237,6 +250,12 @@ impl BodyState {
             }
             match httparse::parse_chunk_size(self.available()) {
                 Ok(httparse::Status::Complete((used, size))) => {
+                    // httparse allows any byte in an extension, a bare LF included: a peer that
+                    // ends lines at LF would see two lines where we see one.
+                    let line = &self.available()[..used - 2];
+                    if line.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+                        return Err(self.fail(RequestError::BadRequest("control byte in a chunk size line")));
+                    }
                     self.start += used;
                     if self.received.saturating_add(size) > self.max_body {
                         return Err(self.fail(RequestError::BodyTooLarge));
@@ -260,6 +279,13 @@ impl BodyState {
     fn read_trailer_line(&mut self, stream: &TcpStream, seen: usize) -> io::Result<()> {
         loop {
             if let Some(pos) = self.available().windows(2).position(|w| w == b"\r\n") {
+                // A trailer line is a header line: no bare LF, no control bytes, a name first.
+                let line = &self.available()[..pos];
+                let bad = line.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f)
+                    || (pos > 0 && matches!(line[0], b' ' | b'\t' | b':'));
+                if bad {
+                    return Err(self.fail(RequestError::BadRequest("malformed trailer")));
+                }
                 self.start += pos + 2;
                 self.phase = if pos == 0 { Phase::Done } else { Phase::Trailers { seen: seen + pos + 2 } };
                 if seen + pos > MAX_TRAILER_BYTES {

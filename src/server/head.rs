@@ -132,8 +132,7 @@ pub fn parse_head(buf: &[u8], limits: &Limits) -> Result<ParseOutcome, RequestEr
     if used > limits.max_head_bytes {
         return Err(RequestError::HeadTooLarge);
     }
-    let line_end = buf.iter().position(|&b| b == b'\n').unwrap_or(used);
-    if line_end > limits.max_request_line_bytes {
+    if request_line_length(buf).unwrap_or(used) > limits.max_request_line_bytes {
         return Err(RequestError::UriTooLong);
     }
     let version = match request.version {
@@ -151,13 +150,20 @@ pub fn parse_head(buf: &[u8], limits: &Limits) -> Result<ParseOutcome, RequestEr
 
 /// An incomplete head that is already over a limit is refused now, not when it completes.
 fn check_partial_size(buf: &[u8], limits: &Limits) -> Result<(), RequestError> {
-    let line_end = buf.iter().position(|&b| b == b'\n');
-    match line_end {
-        None if buf.len() > limits.max_request_line_bytes => Err(RequestError::UriTooLong),
-        Some(end) if end > limits.max_request_line_bytes => Err(RequestError::UriTooLong),
+    let skipped = buf.iter().take_while(|&&b| b == b'\r' || b == b'\n').count();
+    match request_line_length(buf) {
+        None if buf.len() - skipped > limits.max_request_line_bytes => Err(RequestError::UriTooLong),
+        Some(length) if length > limits.max_request_line_bytes => Err(RequestError::UriTooLong),
         _ if buf.len() > limits.max_head_bytes => Err(RequestError::HeadTooLarge),
         _ => Ok(()),
     }
+}
+
+/// The length of the request line, after the empty lines a client may send before it
+/// (RFC 9112 2.2); `None` while its end has not arrived.
+fn request_line_length(buf: &[u8]) -> Option<usize> {
+    let skipped = buf.iter().take_while(|&&b| b == b'\r' || b == b'\n').count();
+    buf[skipped..].iter().position(|&b| b == b'\n')
 }
 
 fn map_parse_error(error: httparse::Error, buf: &[u8], limits: &Limits) -> RequestError {
@@ -187,6 +193,7 @@ fn validate(
     let mut host_count = 0;
     let mut content_length: Option<u64> = None;
     let mut transfer_codings: Vec<String> = Vec::new();
+    let mut saw_transfer_encoding = false;
     let mut connection_close = false;
     let mut connection_keep_alive = false;
     let mut expects_continue = false;
@@ -201,6 +208,7 @@ fn validate(
             }
             content_length = Some(parse_content_length(&header.value)?);
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            saw_transfer_encoding = true;
             for coding in list_elements(&header.value) {
                 transfer_codings.push(coding.to_ascii_lowercase());
             }
@@ -226,6 +234,10 @@ fn validate(
         return Err(RequestError::BadRequest("several Host fields"));
     }
 
+    if saw_transfer_encoding && transfer_codings.is_empty() {
+        // An empty Transfer-Encoding: some peers read it as chunked, some ignore it.
+        return Err(RequestError::BadRequest("empty Transfer-Encoding"));
+    }
     let framing = if transfer_codings.is_empty() {
         match content_length {
             Some(0) | None => BodyFraming::None,
@@ -339,6 +351,8 @@ mod tests {
             ("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
             ("GET / HTTP/2.0\r\nHost: a\r\n\r\n", 505),
             ("GET / HTTP/1.1\r\nHost: a\r\nExpect: 200-ok\r\n\r\n", 417),
+            ("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: \r\nContent-Length: 5\r\n\r\n", 400),
+            ("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: ,\r\n\r\n", 400),
             ("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
         ];
         for (raw, status) in cases {
@@ -356,6 +370,8 @@ mod tests {
         assert_eq!(parse_head(raw, &limits).unwrap_err().status(), 413);
         let long = format!("GET /{} HTTP/1.1\r\n", "a".repeat(9000));
         assert_eq!(parse(&long).unwrap_err().status(), 414);
+        let after_empty_lines = format!("\r\n\r\nGET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "a".repeat(9000));
+        assert_eq!(parse(&after_empty_lines).unwrap_err().status(), 414);
         let big = format!("GET / HTTP/1.1\r\nHost: a\r\nX: {}\r\n", "a".repeat(40_000));
         assert_eq!(parse(&big).unwrap_err().status(), 431);
         let many: String = (0..101).map(|i| format!("X-{i}: v\r\n")).collect();

@@ -28,6 +28,8 @@ const FIRST_CONNECTION: usize = 2;
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// Bytes read from a client socket per read call while reading a head or lingering.
 const READ_CHUNK: usize = 16 * 1024;
+/// Reads of a lingering connection's input per readiness event (64 × 16 KiB = 1 MiB).
+const MAX_LINGER_READS_PER_EVENT: usize = 64;
 /// Longest a poll waits, so that stop requests and deadlines are looked at regularly.
 const MAX_POLL_WAIT: Duration = Duration::from_secs(1);
 /// After the stop deadline, how long in-flight requests whose sockets were shut down get to
@@ -210,11 +212,12 @@ impl Poller {
 
     /// Parses what is buffered and reads until the head is complete or the socket is drained.
     fn advance(&mut self, token: usize) {
+        // Whether the buffer may hold a complete head (or be over a limit): a head ends at an
+        // empty line, so a trickled head is not parsed again on every byte.
+        let mut worth_parsing = true;
         loop {
-            let Some(conn) = self.connections.get_mut(&token) else {
-                return;
-            };
-            if !conn.buf.is_empty() {
+            let Some(conn) = self.connections.get_mut(&token) else { return };
+            if worth_parsing && !conn.buf.is_empty() {
                 match parse_head(&conn.buf, &self.limits) {
                     Ok(ParseOutcome::Complete(head, used)) => {
                         let leftover = conn.buf.split_off(used);
@@ -234,19 +237,17 @@ impl Poller {
                 }
             }
             match (&*conn.stream).read(&mut self.scratch) {
-                Ok(0) => {
-                    self.close(token);
-                    return;
-                }
+                Ok(0) => return self.close(token),
                 Ok(n) => {
+                    worth_parsing =
+                        self.scratch[..n].contains(&b'\n') || conn.buf.len() + n > self.limits.max_request_line_bytes;
+                    conn.buf.extend_from_slice(&self.scratch[..n]);
                     if conn.state == (State::Reading { started: false }) {
                         conn.state = State::Reading { started: true };
                         conn.deadline = Instant::now() + self.limits.head_timeout;
                         let deadline = conn.deadline;
                         self.note_deadline(deadline);
                     }
-                    let conn = self.connections.get_mut(&token).expect("present");
-                    conn.buf.extend_from_slice(&self.scratch[..n]);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     if conn.buf.capacity() > 0 && conn.buf.is_empty() {
@@ -256,10 +257,7 @@ impl Poller {
                     return;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => {
-                    self.close(token);
-                    return;
-                }
+                Err(_) => return self.close(token),
             }
         }
     }
@@ -312,10 +310,13 @@ impl Poller {
     }
 
     fn drain_lingering(&mut self, token: usize) {
-        let Some(conn) = self.connections.get(&token) else {
-            return;
-        };
-        loop {
+        let Some(conn) = self.connections.get(&token) else { return };
+        if Instant::now() >= conn.deadline {
+            return self.close(token);
+        }
+        // Bounded per event so a fast sender cannot hold the poller; more input raises another
+        // event, and the deadline ends the linger in any case.
+        for _ in 0..MAX_LINGER_READS_PER_EVENT {
             match (&*conn.stream).read(&mut self.scratch) {
                 Ok(0) => return self.close(token),
                 Ok(_) => {}

@@ -6,6 +6,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use mio::Waker;
@@ -100,21 +101,32 @@ impl Worker {
             return Next::Close;
         }
         // Read now, not before the handler ran: a stop during a slow request still says close.
+        // A body the client was never asked for may or may not come: say close.
+        let body_declined = body.borrow().body_declined();
         let ctx = ResponseContext {
             version,
             head_request,
-            keep_alive: client_keeps_alive && !self.stopping.load(Ordering::Relaxed),
+            keep_alive: client_keeps_alive && !body_declined && !self.stopping.load(Ordering::Relaxed),
         };
-        let keep_alive = match write_response(&mut &*stream, response, &ctx) {
-            Ok(keep_alive) => keep_alive,
-            Err(_) => return Next::Close,
+        let written = catch_unwind(AssertUnwindSafe(|| write_response(&mut &*stream, response, &ctx)));
+        let keep_alive = match written {
+            Ok(Ok(keep_alive)) => keep_alive,
+            Ok(Err(_)) | Err(_) => {
+                // Reset rather than close: a close-delimited (HTTP/1.0) body cut short must not
+                // look complete to the client.
+                let _ = socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO));
+                return Next::Close;
+            }
         };
         let mut body = body.into_inner();
         if body.error().is_some() || !keep_alive {
             return Next::Linger;
         }
-        if !body.is_complete() && !body.drain(stream, self.limits.max_drain_bytes) {
-            return Next::Linger;
+        if !body.is_complete() {
+            let drained = body.drain(stream, self.limits.max_drain_bytes, Instant::now() + self.limits.linger_timeout);
+            if !drained || stream.set_read_timeout(Some(self.limits.io_timeout)).is_err() {
+                return Next::Linger;
+            }
         }
         Next::KeepAlive(body.into_leftover())
     }
