@@ -35,16 +35,7 @@ trap 'exit 143' TERM
 for tool in wrk nginx curl python3; do
   command -v "$tool" >/dev/null || { echo "bench.sh: $tool not found (apt-get install wrk nginx-light haproxy)" >&2; exit 1; }
 done
-# Binaries: $LB_BACKEND and $LB_SYNC when set, else ${CARGO_TARGET_DIR:-target}/release/, built
-# first when missing or older than src/ or Cargo.toml (the rule of scripts/start_backends.sh).
-target_dir="${CARGO_TARGET_DIR:-$root/target}"
-case "$target_dir" in /*) ;; *) target_dir="$PWD/$target_dir" ;; esac
-backend_bin="${LB_BACKEND:-$target_dir/release/lb-backend}"
-sync_bin="${LB_SYNC:-$target_dir/release/lb-sync}"
-stale() { [ ! -x "$1" ] || [ -n "$(find "$root/src" "$root/Cargo.toml" -newer "$1" -print -quit)" ]; }
-if { [ -z "${LB_BACKEND:-}" ] && stale "$backend_bin"; } || { [ -z "${LB_SYNC:-}" ] && stale "$sync_bin"; }; then
-  (cd "$root" && CARGO_TARGET_DIR="$target_dir" cargo build --release --quiet --bin lb-backend --bin lb-sync)
-fi
+. "$root/scripts/binaries.sh"
 
 free_port() { free_ports 1; }
 # N distinct free loopback ports (all held open while choosing, so they differ).

@@ -19,12 +19,8 @@ while [ $# -gt 0 ]; do
 done
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
-bin="${LB_BACKEND:-${CARGO_TARGET_DIR:-$root/target}/release/lb-backend}"
-if [ -z "${LB_BACKEND:-}" ]; then
-  if [ ! -x "$bin" ] || [ -n "$(find "$root/src" "$root/Cargo.toml" -newer "$bin" -print -quit)" ]; then
-    (cd "$root" && cargo build --release --quiet --bin lb-backend --bin lb-sync)
-  fi
-fi
+. "$root/scripts/binaries.sh"
+bin="$backend_bin"
 
 pids=()
 stop_children() {

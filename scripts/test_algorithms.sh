@@ -48,15 +48,7 @@ for tool in curl jq; do
 done
 
 # ---- binaries (same rule as scripts/start_backends.sh, honouring CARGO_TARGET_DIR) ----
-target_dir="${CARGO_TARGET_DIR:-$root/target}"
-case "$target_dir" in /*) ;; *) target_dir="$PWD/$target_dir" ;; esac
-backend_bin="${LB_BACKEND:-$target_dir/release/lb-backend}"
-sync_bin="${LB_SYNC:-$target_dir/release/lb-sync}"
-stale() { [ ! -x "$1" ] || [ -n "$(find "$root/src" "$root/Cargo.toml" -newer "$1" -print -quit)" ]; }
-if { [ -z "${LB_BACKEND:-}" ] && stale "$backend_bin"; } || { [ -z "${LB_SYNC:-}" ] && stale "$sync_bin"; }; then
-  (cd "$root" && CARGO_TARGET_DIR="$target_dir" cargo build --release --quiet --bin lb-backend --bin lb-sync) ||
-    die "cargo build failed"
-fi
+. "$root/scripts/binaries.sh" || die "cargo build failed"
 [ -x "$backend_bin" ] || die "lb-backend not found at $backend_bin"
 [ -x "$sync_bin" ] || die "lb-sync not found at $sync_bin"
 
