@@ -126,12 +126,17 @@ impl Forwarder {
     /// Checks once, before any backend is tried, that the request can be expressed upstream:
     /// the method, target and every header must be acceptable to ureq's `http` types. A request
     /// that cannot be is the client's fault (`400`), never a backend failure.
-    pub fn prepare(&self, method: &str, target: &str, headers: &[(String, Vec<u8>)]) -> Result<Prepared, String> {
+    pub fn prepare<'h>(
+        &self,
+        method: &str,
+        target: &str,
+        headers: impl IntoIterator<Item = (&'h str, &'h [u8])>,
+    ) -> Result<Prepared, String> {
         let method = http::Method::from_bytes(method.as_bytes())
             .map_err(|_| format!("method '{method}' cannot be forwarded"))?;
         let path =
             http::uri::PathAndQuery::try_from(target).map_err(|_| "request target cannot be forwarded".to_string())?;
-        let mut map = http::HeaderMap::with_capacity(headers.len());
+        let mut map = http::HeaderMap::new();
         for (name, value) in headers {
             let name = http::HeaderName::from_bytes(name.as_bytes())
                 .map_err(|_| format!("header name '{name}' cannot be forwarded"))?;
@@ -179,6 +184,11 @@ pub struct Prepared {
 }
 
 impl Prepared {
+    /// Sets `Content-Length` (a chunked body kept whole goes upstream with its length).
+    pub fn set_content_length(&mut self, length: usize) {
+        self.headers.insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(length));
+    }
+
     fn request<B>(&self, uri: http::Uri, body: B) -> http::Request<B> {
         let mut request = http::Request::new(body);
         *request.method_mut() = self.method.clone();

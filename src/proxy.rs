@@ -1,6 +1,7 @@
 //! The data path, top to bottom: a request arrives → management API or proxy → client IP →
 //! pick a backend → forward → on failure maybe the next one → stream the answer back → account.
 
+use std::borrow::Cow;
 use std::io::{self, Read};
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -107,15 +108,20 @@ impl Read for Streamed {
 }
 
 /// The headers sent upstream: the client's, less hop-by-hop ones, plus the X-Forwarded set.
-fn upstream_headers(request: &Request<'_>, client: IpAddr, peer_trusted: bool) -> Vec<(String, Vec<u8>)> {
+/// The headers sent upstream: the client's, less hop-by-hop ones (and a HEAD request's
+/// Content-Length, whose body is not sent on), plus the X-Forwarded set. Borrowed from the
+/// request where possible: the forwarder copies each once, into its header map.
+fn upstream_headers<'a>(request: &'a Request<'_>, client: IpAddr, peer_trusted: bool) -> Vec<(&'a str, Cow<'a, [u8]>)> {
     let named_by_connection =
         connection_options(request.headers().iter().filter(|h| h.is("connection")).map(|h| &h.value[..]));
-    let mut headers: Vec<(String, Vec<u8>)> = request
+    let is_head = request.head().is_head();
+    let mut headers: Vec<(&str, Cow<[u8]>)> = request
         .headers()
         .iter()
         .filter(|h| !DROPPED_REQUEST_HEADERS.iter().any(|d| h.is(d)))
         .filter(|h| !named_by_connection.iter().any(|n| h.is(n)))
-        .map(|h| (h.name.clone(), h.value.clone()))
+        .filter(|h| !(is_head && h.is("content-length")))
+        .map(|h| (h.name.as_str(), Cow::Borrowed(&h.value[..])))
         .collect();
     let peer = canonical(request.peer().ip()).to_string();
     // A trusted proxy's chain is extended; an untrusted client's claims are dropped.
@@ -123,13 +129,13 @@ fn upstream_headers(request: &Request<'_>, client: IpAddr, peer_trusted: bool) -
         Some(chain) if !chain.trim().is_empty() => format!("{}, {peer}", chain.trim()),
         _ => peer,
     };
-    headers.push(("X-Forwarded-For".into(), forwarded_for.into_bytes()));
-    headers.push(("X-Real-IP".into(), client.to_string().into_bytes()));
+    headers.push(("X-Forwarded-For", Cow::Owned(forwarded_for.into_bytes())));
+    headers.push(("X-Real-IP", Cow::Owned(client.to_string().into_bytes())));
     let proto = request.header("x-forwarded-proto").filter(|_| peer_trusted).unwrap_or("http");
-    headers.push(("X-Forwarded-Proto".into(), proto.as_bytes().to_vec()));
+    headers.push(("X-Forwarded-Proto", Cow::Borrowed(proto.as_bytes())));
     let host = request.header("x-forwarded-host").filter(|_| peer_trusted).or(request.header("host"));
     if let Some(host) = host {
-        headers.push(("X-Forwarded-Host".into(), host.as_bytes().to_vec()));
+        headers.push(("X-Forwarded-Host", Cow::Borrowed(host.as_bytes())));
     }
     headers
 }
@@ -225,24 +231,23 @@ fn forward<'r>(shared: &Shared, request: Request<'r>) -> Response<'r> {
             Response::text(400, "unsupported request target"),
         );
     };
-    let mut headers = upstream_headers(&request, client, peer_trusted);
+    let headers = upstream_headers(&request, client, peer_trusted);
+    let prepared = shared.forwarder.prepare(&method, &target, headers.iter().map(|(n, v)| (*n, &v[..])));
+    drop(headers);
+    let mut prepared = match prepared {
+        Ok(prepared) => prepared,
+        Err(why) => return finish(shared, &method, &target, client, None, started, Response::text(400, why)),
+    };
     let is_head = request.head().is_head();
     // A HEAD request's body (allowed, meaningless) is not sent on; the server drains it.
     let framing = if is_head { BodyFraming::None } else { request.head().framing };
-    if is_head {
-        headers.retain(|(name, _)| !name.eq_ignore_ascii_case("content-length"));
-    }
     let mut body = UpstreamBody::prepare(request.into_body(), framing, config.retry_body_max_bytes);
     if let UpstreamBody::Kept(kept) = &body {
         // A kept chunked body goes upstream with its length; a kept sized body already has it.
         if framing == BodyFraming::Chunked {
-            headers.push(("Content-Length".into(), kept.len().to_string().into_bytes()));
+            prepared.set_content_length(kept.len());
         }
     }
-    let prepared = match shared.forwarder.prepare(&method, &target, &headers) {
-        Ok(prepared) => prepared,
-        Err(why) => return finish(shared, &method, &target, client, None, started, Response::text(400, why)),
-    };
     shared.retry_budget.record_request();
 
     let key = hash_key(client);
