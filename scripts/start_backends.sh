@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Starts one lb-backend per port (SPEC section 1), stays in the foreground, and stops its
+# Starts one lb-backend per port, stays in the foreground, and stops its
 # children on Ctrl-C / SIGTERM. Builds the release binaries first when they are missing or stale.
 #
 #   scripts/start_backends.sh --ports "8001 8002 8003"

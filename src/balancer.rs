@@ -5,31 +5,15 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::backend::{BackendPolicy, BackendTable};
-use crate::breaker::BreakerConfig;
 use crate::config::Config;
-use crate::forward::{ForwardTimeouts, Forwarder};
-use crate::health::{HealthChecker, HealthConfig};
-use crate::proxy::Proxy;
-use crate::retry_budget::RetryBudget;
+use crate::health::BreakerConfig;
+use crate::router::Router;
 use crate::server::{Server, ServerConfig};
+use crate::state::Shared;
 use crate::stats::Stats;
-
-/// State shared by every worker, the management API and (later) the health thread.
-pub struct Shared {
-    /// The configuration the balancer started with.
-    pub config: Config,
-    /// The backends and the algorithm over them (shared with the health thread).
-    pub table: Arc<BackendTable>,
-    /// The shared ureq agent.
-    pub forwarder: Forwarder,
-    /// Request counters.
-    pub stats: Stats,
-    /// Limits retries to a share of recent requests.
-    pub retry_budget: RetryBudget,
-    /// When the balancer started.
-    pub started: Instant,
-}
+use crate::upstream::{
+    BackendPolicy, BackendTable, ForwardTimeouts, Forwarder, HealthChecker, HealthConfig, RetryBudget,
+};
 
 /// A running load balancer.
 ///
@@ -56,7 +40,8 @@ pub struct LoadBalancer {
 impl LoadBalancer {
     /// Validates `config`, resolves the backends, binds and starts serving.
     pub fn start(config: Config) -> io::Result<LoadBalancer> {
-        config.validate().map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let invalid = |e: &dyn std::fmt::Display| io::Error::new(io::ErrorKind::InvalidInput, e.to_string());
+        config.validate().map_err(|e| invalid(&e))?;
         let backends: Vec<_> = config.backend_ids().into_iter().zip(config.backends.iter().cloned()).collect();
         let policy = BackendPolicy {
             breaker: BreakerConfig {
@@ -70,8 +55,7 @@ impl LoadBalancer {
             slow_start: Duration::from_secs_f64(config.slow_start),
             panic_mode: config.panic_mode,
         };
-        let table = BackendTable::new(config.algorithm, &backends, policy)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let table = BackendTable::new(config.algorithm, &backends, policy).map_err(|e| invalid(&e))?;
         let timeouts = ForwardTimeouts {
             connect: Duration::from_secs_f64(config.connect_timeout),
             request: Duration::from_secs_f64(config.request_timeout),
@@ -91,7 +75,7 @@ impl LoadBalancer {
             timeout: Duration::from_secs_f64(config.health_check_timeout),
             rise: config.health_check_rise,
             fall: config.health_check_fall,
-            expected: config.expected_health_status().map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?,
+            expected: config.expected_health_status().map_err(|e| invalid(&e))?,
             probers: config.backends.len().clamp(4, 16),
         };
         let shared = Arc::new(Shared {
@@ -102,7 +86,7 @@ impl LoadBalancer {
             started: Instant::now(),
             config,
         });
-        let server = Server::start(server_config, Proxy::new(Arc::clone(&shared)))?;
+        let server = Server::start(server_config, Router::new(Arc::clone(&shared)))?;
         let health = if health_config.interval.is_zero() {
             None
         } else {

@@ -1,4 +1,4 @@
-//! Which address a request comes from (SPEC section 6): the TCP peer, unless the peer is a
+//! Which address a request comes from: the TCP peer, unless the peer is a
 //! trusted proxy, in which case the right-most untrusted address of `X-Forwarded-For`. A client
 //! that is not trusted cannot choose its hash key or its logged address by sending the header.
 

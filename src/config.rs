@@ -1,6 +1,8 @@
 //! The balancer's configuration: every setting with its default, in one place. Read from a JSON
 //! file (`--config`), overridden by command-line flags.
 
+use std::fmt;
+use std::io;
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -228,22 +230,71 @@ pub fn seed_backends() -> Vec<BackendConfig> {
     ]
 }
 
+/// Why a configuration was refused.
+#[derive(Debug)]
+pub enum ConfigError {
+    /// The file could not be read.
+    Unreadable {
+        /// The file.
+        path: String,
+        /// Why.
+        error: io::Error,
+    },
+    /// The file is not valid JSON, has an unknown key or a value of the wrong type.
+    Malformed {
+        /// The file.
+        path: String,
+        /// What serde said, with line and column.
+        error: serde_json::Error,
+    },
+    /// A value that parses but makes no sense.
+    Invalid {
+        /// The key (or keys) at fault.
+        key: &'static str,
+        /// What is wrong, naming the key and the valid range.
+        why: String,
+    },
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::Unreadable { path, error } => write!(f, "cannot read config file {path}: {error}"),
+            ConfigError::Malformed { path, error } => write!(f, "config file {path}: {error}"),
+            ConfigError::Invalid { why, .. } => f.write_str(why),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn invalid(key: &'static str, why: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { key, why: why.into() }
+}
+
 impl Config {
     /// Reads a JSON config file; unknown keys are errors (a typo must not be ignored).
-    pub fn from_file(path: &str) -> Result<Config, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read config file {path}: {e}"))?;
-        let config: Config = serde_json::from_str(&text).map_err(|e| format!("config file {path}: {e}"))?;
+    pub fn from_file(path: &str) -> Result<Config, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|error| ConfigError::Unreadable { path: path.into(), error })?;
+        let config: Config =
+            serde_json::from_str(&text).map_err(|error| ConfigError::Malformed { path: path.into(), error })?;
         config.validate()?;
         Ok(config)
     }
 
     /// Checks values that parse but make no sense.
-    pub fn validate(&self) -> Result<(), String> {
+    ///
+    /// ```
+    /// let config = lb_sync::config::Config { threads: 0, ..Default::default() };
+    /// assert_eq!(config.validate().unwrap_err().to_string(), "threads must be at least 1");
+    /// ```
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if self.threads == 0 {
-            return Err("threads must be at least 1".into());
+            return Err(invalid("threads", "threads must be at least 1"));
         }
         if self.max_tries == 0 {
-            return Err("max_tries must be at least 1".into());
+            return Err(invalid("max_tries", "max_tries must be at least 1"));
         }
         let seconds = [
             ("request_timeout", self.request_timeout, false),
@@ -255,50 +306,67 @@ impl Config {
         ];
         for (name, value, zero_ok) in seconds {
             if !value.is_finite() || value < 0.0 || (value == 0.0 && !zero_ok) || value > 86_400.0 {
-                return Err(format!(
-                    "{name} must be a number of seconds {}0-86400, got {value}",
-                    if zero_ok { "" } else { "above " }
+                return Err(invalid(
+                    name,
+                    format!(
+                        "{name} must be a number of seconds {}0-86400, got {value}",
+                        if zero_ok { "" } else { "above " }
+                    ),
                 ));
             }
         }
         if self.client_header_timeout == 0 || self.keep_alive_timeout == 0 || self.client_io_timeout == 0 {
-            return Err(
-                "client_header_timeout, keep_alive_timeout and client_io_timeout must be at least 1 second".into()
-            );
+            return Err(invalid(
+                "client_header_timeout",
+                "client_header_timeout, keep_alive_timeout and client_io_timeout must be at least 1 second",
+            ));
         }
         if !(0.0..=1.0).contains(&self.breaker_failure_ratio) || !(0.0..=10.0).contains(&self.retry_budget_ratio) {
-            return Err("breaker_failure_ratio must be 0-1 and retry_budget_ratio 0-10".into());
+            return Err(invalid(
+                "breaker_failure_ratio",
+                "breaker_failure_ratio must be 0-1 and retry_budget_ratio 0-10",
+            ));
         }
         if self.health_check_rise == 0 || self.health_check_fall == 0 || self.breaker_half_open_trials == 0 {
-            return Err("health_check_rise, health_check_fall and breaker_half_open_trials must be at least 1".into());
+            return Err(invalid(
+                "health_check_rise",
+                "health_check_rise, health_check_fall and breaker_half_open_trials must be at least 1",
+            ));
         }
         if !self.health_check_path.starts_with('/') {
-            return Err(format!("health_check_path must start with '/', got '{}'", self.health_check_path));
+            let why = format!("health_check_path must start with '/', got '{}'", self.health_check_path);
+            return Err(invalid("health_check_path", why));
         }
         self.expected_health_status()?;
         if !self.admin_prefix.starts_with('/') || self.admin_prefix.len() < 2 || self.admin_prefix.ends_with('/') {
-            return Err(format!("admin_prefix must look like /lb, got '{}'", self.admin_prefix));
+            return Err(invalid(
+                "admin_prefix",
+                format!("admin_prefix must look like /lb, got '{}'", self.admin_prefix),
+            ));
         }
         for backend in &self.backends {
             if backend.weight == 0 {
-                return Err(format!("backend {}:{}: weight must be at least 1", backend.host, backend.port));
+                let why = format!("backend {}:{}: weight must be at least 1", backend.host, backend.port);
+                return Err(invalid("backends", why));
             }
         }
         let mut ids: Vec<String> = self.backend_ids();
         ids.sort();
         if let Some(pair) = ids.windows(2).find(|w| w[0] == w[1]) {
-            return Err(format!("backend id '{}' is used twice", pair[0]));
+            return Err(invalid("backends", format!("backend id '{}' is used twice", pair[0])));
         }
         Ok(())
     }
 
     /// The `health_check_status` range.
-    pub fn expected_health_status(&self) -> Result<std::ops::RangeInclusive<u16>, String> {
+    pub fn expected_health_status(&self) -> Result<std::ops::RangeInclusive<u16>, ConfigError> {
         let text = self.health_check_status.trim();
         let (low, high) = text.split_once('-').unwrap_or((text, text));
         match (low.trim().parse::<u16>(), high.trim().parse::<u16>()) {
             (Ok(low), Ok(high)) if (100..=599).contains(&low) && (low..=599).contains(&high) => Ok(low..=high),
-            _ => Err(format!("health_check_status must look like 200-399, got '{text}'")),
+            _ => {
+                Err(invalid("health_check_status", format!("health_check_status must look like 200-399, got '{text}'")))
+            }
         }
     }
 

@@ -1,4 +1,4 @@
-//! The demo backend (`lb-backend`, SPEC section 3): answers every path with JSON naming itself
+//! The demo backend (`lb-backend`): answers every path with JSON naming itself
 //! and echoing the request, so scripts and tests can see which backend served them. Query knobs
 //! make it slow, fail, or send large bodies for tests and benchmarks.
 

@@ -1,9 +1,15 @@
 //! lb-sync: an HTTP/1.1 load balancer, as a library.
 //!
-//! The data path reads top to bottom: [`server`] accepts and parses → [`proxy`] picks a backend
-//! from the [`backend`] table with a [`balance`] algorithm → [`forward`] sends it with ureq →
-//! the answer streams back → [`stats`] accounts for it. [`admin`] is the management API,
-//! [`balancer`] puts it together, [`config`] holds every setting.
+//! The data path reads top to bottom: [`server`] accepts and parses → [`router`] sends `/lb/`
+//! to [`admin`] and everything else to [`proxy`] → the proxy picks a backend from the
+//! [`upstream`] table with a [`balance`] algorithm, sends the request with the shared client,
+//! streams the answer back and accounts for it in [`stats`]. [`health`] holds the breaker,
+//! slow start and probe state machines, [`state`] what every part shares, [`balancer`] puts it
+//! together, [`config`] holds every setting.
+//!
+//! Modules depend only downwards, in this order (no import circles): `server`, `balance`,
+//! `client_ip`, `stats`, `health` → `config` → `upstream` → `state` → `proxy`, `admin` →
+//! `router` → `balancer`; `demo_backend` stands on `server` alone.
 //!
 //! Embedding the balancer:
 //!
@@ -27,17 +33,15 @@
 //! assert_eq!(picks, [1, 0, 2, 1]); // nginx's smooth order: b, a, c, b
 //! ```
 pub mod admin;
-pub mod backend;
 pub mod balance;
 pub mod balancer;
-pub mod breaker;
 pub mod client_ip;
 pub mod config;
 pub mod demo_backend;
-pub mod forward;
 pub mod health;
 pub mod proxy;
-pub mod retry_budget;
+pub mod router;
 pub mod server;
-pub mod slow_start;
+pub mod state;
 pub mod stats;
+pub mod upstream;

@@ -11,12 +11,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{wait_until, ChildProcess, Conn};
-use lb_sync::backend::{Backend, BackendPolicy, BackendTable};
 use lb_sync::balance::AlgorithmKind;
 use lb_sync::balancer::LoadBalancer;
 use lb_sync::config::{BackendConfig, Config};
-use lb_sync::health::{apply_probe, HealthChecker, HealthConfig};
+use lb_sync::health::ProbeError;
 use lb_sync::server::{bind, Handler, Request, Response, Server, ServerConfig};
+use lb_sync::upstream::{apply_probe, Backend, BackendPolicy, BackendTable, HealthChecker, HealthConfig};
 
 fn start_backend_process(port: u16) -> ChildProcess {
     let mut command = Command::new(env!("CARGO_BIN_EXE_lb-backend"));
@@ -226,7 +226,7 @@ fn one_failed_probe_between_successes_does_not_flip_state() {
     let backend = Arc::clone(&table.snapshot().backends[0]);
     let config = HealthConfig { rise: 2, fall: 3, ..HealthConfig::default() };
     let ok = Ok(200);
-    let bad = Err("status 503".to_string());
+    let bad = Err(ProbeError::Status(503));
     for result in [&ok, &bad, &ok, &bad, &bad, &ok, &bad, &ok] {
         assert_eq!(apply_probe(&backend, &config, result), None);
         assert!(backend.is_healthy());
@@ -278,7 +278,7 @@ fn slow_start_share_grows_over_the_window() {
     assert!((share(1000) - 0.5).abs() < 0.01, "even split before");
     // Down, then back up through the health rule: the ramp begins.
     let config = HealthConfig { rise: 1, fall: 1, ..HealthConfig::default() };
-    apply_probe(&recovering, &config, &Err("down".into()));
+    apply_probe(&recovering, &config, &Err(ProbeError::TimedOut));
     assert_eq!(share(100), 0.0, "no traffic while down");
     apply_probe(&recovering, &config, &Ok(200));
     let early = share(1000);

@@ -1,4 +1,4 @@
-//! `lb-backend`: the demo backend of SPEC section 3.
+//! `lb-backend`: the demo backend the scripts, tests and benchmarks run behind the balancer.
 
 use std::net::{IpAddr, SocketAddr};
 use std::process::ExitCode;

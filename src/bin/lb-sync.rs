@@ -1,4 +1,4 @@
-//! `lb-sync`: the load balancer binary (SPEC section 2).
+//! `lb-sync`: the load balancer binary: flags and the config file, then `LoadBalancer::start`.
 
 use std::net::{IpAddr, SocketAddr};
 use std::process::ExitCode;
@@ -95,7 +95,7 @@ struct Args {
 /// Merges the config file and the flags; `Err` is a usage error (exit 2).
 fn build_config(args: &Args) -> Result<Config, String> {
     let mut config = match &args.config {
-        Some(path) => Config::from_file(path)?,
+        Some(path) => Config::from_file(path).map_err(|e| e.to_string())?,
         None => Config::default(),
     };
     if let Some(host) = args.host {
@@ -130,7 +130,7 @@ fn build_config(args: &Args) -> Result<Config, String> {
     if let Some(token) = &args.admin_token {
         config.admin_token = Some(token.clone());
     }
-    config.validate()?;
+    config.validate().map_err(|e| e.to_string())?;
     Ok(config)
 }
 

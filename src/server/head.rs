@@ -54,6 +54,21 @@ impl Header {
     }
 }
 
+/// Header fields that describe one connection, not the message (RFC 9110 7.6.1): never
+/// forwarded, and chosen by the server itself on its own responses.
+pub const HOP_BY_HOP: [&str; 7] =
+    ["connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade"];
+
+/// Whether `name` is one of [`HOP_BY_HOP`] (case-insensitive).
+///
+/// ```
+/// assert!(lb_sync::server::is_hop_by_hop("Transfer-Encoding"));
+/// assert!(!lb_sync::server::is_hop_by_hop("Content-Type"));
+/// ```
+pub fn is_hop_by_hop(name: &str) -> bool {
+    HOP_BY_HOP.iter().any(|h| h.eq_ignore_ascii_case(name))
+}
+
 /// How the request body is delimited.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BodyFraming {

@@ -1,4 +1,4 @@
-//! Every limit and timeout of the front end, with its default, in one place (SPEC section 10).
+//! Every limit and timeout of the front end, with its default, in one place.
 
 use std::time::Duration;
 

@@ -33,11 +33,11 @@ mod worker;
 
 pub use body::RequestBody;
 pub use error::{reason_phrase, RequestError};
-pub use head::{parse_head, BodyFraming, Header, ParseOutcome, RequestHead, Version};
+pub use head::{is_hop_by_hop, parse_head, BodyFraming, Header, ParseOutcome, RequestHead, Version, HOP_BY_HOP};
 pub use limits::Limits;
 pub use listener::bind;
 pub use request::Request;
-pub use response::{Body, Response};
+pub use response::{status_has_no_body, Body, Response};
 
 use std::io;
 use std::net::{SocketAddr, TcpListener};

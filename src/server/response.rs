@@ -4,7 +4,7 @@
 use std::io::{self, Read, Write};
 
 use super::error::reason_phrase;
-use super::head::{Header, Version};
+use super::head::{is_hop_by_hop, Header, Version};
 
 /// Bytes read from a streamed body source per write (and per chunk).
 const STREAM_CHUNK: usize = 16 * 1024;
@@ -96,8 +96,13 @@ pub(crate) struct ResponseContext {
     pub keep_alive: bool,
 }
 
-/// Whether a status forbids a body (RFC 9110 6.4.1).
-fn status_has_no_body(status: u16) -> bool {
+/// Whether a status forbids a body (RFC 9110 6.4.1): 1xx, 204, 304.
+///
+/// ```
+/// use lb_sync::server::status_has_no_body;
+/// assert!(status_has_no_body(304) && !status_has_no_body(200));
+/// ```
+pub fn status_has_no_body(status: u16) -> bool {
     (100..200).contains(&status) || status == 204 || status == 304
 }
 
@@ -127,7 +132,8 @@ pub(crate) fn write_response(out: &mut impl Write, response: Response<'_>, ctx: 
     write!(head, "HTTP/1.1 {} {}\r\n", status, reason_phrase(status))?;
     let mut has_date = false;
     for header in &headers {
-        if ["content-length", "transfer-encoding", "connection", "keep-alive"].iter().any(|n| header.is(n)) {
+        // The server frames the message itself.
+        if header.is("content-length") || is_hop_by_hop(&header.name) {
             continue;
         }
         has_date |= header.is("date");

@@ -80,7 +80,7 @@ struct Inner {
 /// One backend's breaker.
 ///
 /// ```
-/// use lb_sync::breaker::{BreakerConfig, BreakerState, CircuitBreaker};
+/// use lb_sync::health::{BreakerConfig, BreakerState, CircuitBreaker};
 /// let breaker = CircuitBreaker::new(BreakerConfig { consecutive_failures: 2, ..BreakerConfig::default() });
 /// breaker.record_failure();
 /// assert_eq!(breaker.state(), BreakerState::Closed);

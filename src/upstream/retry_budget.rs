@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 ///
 /// ```
 /// use std::time::Duration;
-/// use lb_sync::retry_budget::RetryBudget;
+/// use lb_sync::upstream::RetryBudget;
 /// let budget = RetryBudget::new(0.2, 2, Duration::from_secs(10));
 /// for _ in 0..10 { budget.record_request(); }
 /// assert!(budget.try_retry() && budget.try_retry(), "the floor of 2");

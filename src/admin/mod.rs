@@ -1,48 +1,23 @@
-//! The management API under `/lb/` (SPEC section 9): JSON, never proxied, loopback peers only
-//! unless an admin token is configured.
+//! The management API under the admin prefix (`/lb/` by default): JSON, never proxied, loopback
+//! peers only unless an admin token is configured. Routes are here; the JSON they answer with is
+//! in [`json`].
+
+pub mod json;
 
 use std::io::Read;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 
-use crate::backend::{Backend, TableError};
-use crate::balancer::Shared;
-use crate::breaker::BreakerState;
 use crate::client_ip::canonical;
 use crate::config::BackendConfig;
 use crate::server::{Request, Response};
+use crate::state::Shared;
+use crate::upstream::TableError;
+
+pub use json::{backend_json, stats};
 
 /// Largest JSON body the API reads.
 const MAX_ADMIN_BODY: u64 = 64 * 1024;
-
-/// The JSON object describing one backend in `/lb/backends`.
-pub fn backend_json(backend: &Backend) -> Value {
-    let (requests, failures) = backend.counts();
-    let (breaker_failures, breaker_successes) = backend.breaker().counts();
-    let last_check =
-        backend.last_check().map(|c| json!({ "ok": c.ok, "detail": c.detail, "at": c.at_unix, "took_ms": c.took_ms }));
-    json!({
-        "id": backend.id,
-        "host": backend.host,
-        "port": backend.port,
-        "address": backend.addr.to_string(),
-        "weight": backend.weight,
-        "enabled": backend.is_enabled(),
-        "healthy": backend.is_healthy(),
-        "usable": backend.is_usable(),
-        "active_connections": backend.in_flight(),
-        "total_requests": requests,
-        "failed_requests": failures,
-        "circuit_breaker": {
-            "state": backend.breaker().state().as_str(),
-            "failure_count": breaker_failures,
-            "success_count": breaker_successes,
-        },
-        "slow_start_share": backend.slow_start().permille() as f64 / 1000.0,
-        "last_check": last_check,
-    })
-}
 
 fn error(status: u16, message: impl Into<String>) -> Response<'static> {
     Response::json(status, &json!({ "error": message.into() }))
@@ -52,7 +27,7 @@ fn table_error(e: TableError) -> Response<'static> {
     match e {
         TableError::UnknownId(_) => error(404, e.to_string()),
         TableError::DuplicateId(_) => error(409, e.to_string()),
-        TableError::Unresolvable(_) => error(400, e.to_string()),
+        TableError::Unresolvable { .. } => error(400, e.to_string()),
     }
 }
 
@@ -78,13 +53,16 @@ pub fn handle<'r>(shared: &Shared, mut request: Request<'r>) -> Response<'r> {
     let method = request.method().to_string();
     let get = method == "GET" || method == "HEAD";
     match (method.as_str(), segments.as_slice()) {
-        (_, ["health"]) if get => health(shared),
+        (_, ["health"]) if get => {
+            let (status, body) = json::health(shared);
+            Response::json(status, &body)
+        }
         (_, ["stats"]) if get => Response::json(200, &stats(shared)),
         (_, ["backends"]) if get => {
             let snapshot = shared.table.snapshot();
             Response::json(200, &Value::Array(snapshot.backends.iter().map(|b| backend_json(b)).collect()))
         }
-        (_, ["config"]) if get => config(shared),
+        (_, ["config"]) if get => Response::json(200, &json::config(shared)),
         ("POST", ["backends", "add"]) => add_backend(shared, &mut request),
         ("POST", ["backends", id, "disable"]) => set_enabled(shared, id, false),
         ("POST", ["backends", id, "enable"]) => set_enabled(shared, id, true),
@@ -104,86 +82,6 @@ pub fn handle<'r>(shared: &Shared, mut request: Request<'r>) -> Response<'r> {
         }
         _ => error(404, format!("no management endpoint {}", request.path())),
     }
-}
-
-fn health(shared: &Shared) -> Response<'static> {
-    let snapshot = shared.table.snapshot();
-    let usable = snapshot.backends.iter().filter(|b| b.is_usable()).count();
-    let status = if usable > 0 { "healthy" } else { "unhealthy" };
-    let timestamp = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
-    Response::json(
-        if usable > 0 { 200 } else { 503 },
-        &json!({
-            "status": status,
-            "usable_backends": usable,
-            "total_backends": snapshot.backends.len(),
-            "uptime_seconds": shared.started.elapsed().as_secs(),
-            "timestamp": timestamp,
-        }),
-    )
-}
-
-/// The seed's statistics object.
-pub fn stats(shared: &Shared) -> Value {
-    let s = shared.stats.snapshot();
-    let tries = shared.stats.tries();
-    let snapshot = shared.table.snapshot();
-    let healthy = snapshot.backends.iter().filter(|b| b.is_healthy()).count();
-    let name = shared.table.algorithm().display_name();
-    json!({
-        "load_balancer": name,
-        "total_requests": s.total,
-        "successful_requests": s.successful,
-        "failed_requests": s.failed,
-        "success_rate": s.success_rate,
-        "average_response_time": s.average_response_time_ms,
-        "circuit_breaker": breaker_summary(&snapshot.backends),
-        "retries": {
-            "tries": tries.tries,
-            "retries": tries.retries,
-            "denied_by_budget": tries.denied_by_budget,
-            "failed_tries": tries.failures.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
-        },
-        "backends": {
-            "algorithm": name,
-            "total_backends": snapshot.backends.len(),
-            "healthy_backends": healthy,
-            "unhealthy_backends": snapshot.backends.len() - healthy,
-        },
-    })
-}
-
-/// The seed's aggregate breaker: `closed` only when every breaker is closed, `open` when any is
-/// open, else `half_open`; counts summed.
-fn breaker_summary(backends: &[std::sync::Arc<Backend>]) -> Value {
-    let states: Vec<BreakerState> = backends.iter().map(|b| b.breaker().state()).collect();
-    let state = if states.contains(&BreakerState::Open) {
-        BreakerState::Open
-    } else if states.contains(&BreakerState::HalfOpen) {
-        BreakerState::HalfOpen
-    } else {
-        BreakerState::Closed
-    };
-    let (failures, successes) =
-        backends.iter().map(|b| b.breaker().counts()).fold((0, 0), |(f, s), (bf, bs)| (f + bf, s + bs));
-    json!({ "state": state.as_str(), "failure_count": failures, "success_count": successes })
-}
-
-fn config(shared: &Shared) -> Response<'static> {
-    let mut value = serde_json::to_value(&shared.config).unwrap_or(Value::Null);
-    // The running table, not the start-up list: backends may have been added or removed.
-    let snapshot = shared.table.snapshot();
-    value["backends"] = Value::Array(
-        snapshot
-            .backends
-            .iter()
-            .map(|b| json!({ "id": b.id, "host": b.host, "port": b.port, "weight": b.weight }))
-            .collect(),
-    );
-    if value.get("admin_token").is_some_and(|t| !t.is_null()) {
-        value["admin_token"] = json!("(set)");
-    }
-    Response::json(200, &value)
 }
 
 fn set_enabled(shared: &Shared, id: &str, enabled: bool) -> Response<'static> {

@@ -1,12 +1,10 @@
-//! Active health checks, from a separate thread (design card): a scheduler decides which
+//! Active health checks, from threads of their own: a scheduler decides which
 //! backend is due and hands it to a bounded pool of prober threads, so one blackholed backend
 //! delays nobody else's checks. Verdicts follow HAProxy's rise/fall: `fall` consecutive failed
 //! probes mark a backend down, `rise` consecutive good ones bring it back. The verdict is an
 //! atomic on the backend; no table lock is taken.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::ops::RangeInclusive;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -14,7 +12,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, Sender};
 
-use crate::backend::{Backend, BackendTable};
+use crate::health::{probe, CheckResult, ProbeError};
+
+use super::backend::Backend;
+use super::table::BackendTable;
 
 /// Health-check settings.
 #[derive(Clone, Debug, PartialEq)]
@@ -49,76 +50,10 @@ impl Default for HealthConfig {
     }
 }
 
-/// The outcome of the latest probe, shown by `/lb/backends`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CheckResult {
-    /// Whether the probe passed.
-    pub ok: bool,
-    /// The status, or why there was none.
-    pub detail: String,
-    /// When it finished (seconds since the Unix epoch).
-    pub at_unix: u64,
-    /// How long it took, in milliseconds.
-    pub took_ms: u64,
-}
-
-/// Probes `backend` once: `GET path` with a deadline; Ok(status) when the status is expected.
-///
-/// ```no_run
-/// # use lb_sync::health::probe;
-/// # use std::time::Duration;
-/// let status = probe("127.0.0.1:8001".parse().unwrap(), "localhost:8001", "/health", Duration::from_secs(2), &(200..=399));
-/// ```
-pub fn probe(
-    addr: std::net::SocketAddr,
-    host: &str,
-    path: &str,
-    timeout: Duration,
-    expected: &RangeInclusive<u16>,
-) -> Result<u16, String> {
-    let deadline = Instant::now() + timeout;
-    let left = || deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
-    let mut stream = TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect: {e}"))?;
-    stream.set_write_timeout(Some(left())).map_err(|e| e.to_string())?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: lb-sync-health\r\nConnection: close\r\n\r\n")
-        .map_err(|e| format!("send: {e}"))?;
-    let mut head = Vec::with_capacity(128);
-    let mut buf = [0u8; 512];
-    while !head.windows(2).any(|w| w == b"\r\n") {
-        if Instant::now() >= deadline {
-            return Err("timed out".into());
-        }
-        stream.set_read_timeout(Some(left())).map_err(|e| e.to_string())?;
-        match stream.read(&mut buf) {
-            Ok(0) => return Err("closed without a status line".into()),
-            Ok(n) => head.extend_from_slice(&buf[..n]),
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
-                return Err("timed out".into())
-            }
-            Err(e) => return Err(format!("receive: {e}")),
-        }
-        if head.len() > 1024 {
-            break;
-        }
-    }
-    let line = String::from_utf8_lossy(&head);
-    let status = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse::<u16>().ok())
-        .filter(|_| line.starts_with("HTTP/1."))
-        .ok_or_else(|| "not an HTTP response".to_string())?;
-    if expected.contains(&status) {
-        Ok(status)
-    } else {
-        Err(format!("status {status}"))
-    }
-}
-
 /// Applies one probe outcome to a backend's rise/fall counters; logs and returns a state change.
-pub fn apply_probe(backend: &Backend, config: &HealthConfig, result: &Result<u16, String>) -> Option<bool> {
+pub fn apply_probe(backend: &Backend, config: &HealthConfig, result: &Result<u16, ProbeError>) -> Option<bool> {
     let was_healthy = backend.is_healthy();
-    let (ok_run, fail_run) = backend.health_runs().record(result.is_ok());
+    let (ok_run, fail_run) = backend.rise_fall().record(result.is_ok());
     let change = if was_healthy && fail_run >= config.fall {
         Some(false)
     } else if !was_healthy && ok_run >= config.rise {
@@ -192,7 +127,7 @@ fn prober(jobs: Receiver<Arc<Backend>>, done: Sender<String>, config: &HealthCon
             ok: result.is_ok(),
             detail: match &result {
                 Ok(status) => format!("status {status}"),
-                Err(why) => why.clone(),
+                Err(why) => why.to_string(),
             },
             at_unix: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
             took_ms: started.elapsed().as_millis() as u64,

@@ -16,7 +16,7 @@ const START_PERMILLE: u64 = 100;
 ///
 /// ```
 /// use std::time::Duration;
-/// use lb_sync::slow_start::SlowStart;
+/// use lb_sync::health::SlowStart;
 /// let ramp = SlowStart::new(Duration::from_secs(60));
 /// assert!(ramp.admit(), "not ramping: everything is admitted");
 /// ramp.begin();

@@ -7,7 +7,9 @@ use std::time::Duration;
 use ureq::http;
 use ureq::{Agent, SendBody, Timeout};
 
-use crate::backend::Backend;
+use crate::stats::TryFailure;
+
+use super::backend::Backend;
 
 /// Why a try failed, in the terms that decide what happens next.
 #[derive(Debug)]
@@ -31,8 +33,7 @@ impl ForwardError {
     }
 
     /// The reason as counted in the statistics.
-    pub fn reason(&self) -> crate::stats::TryFailure {
-        use crate::stats::TryFailure;
+    pub fn reason(&self) -> TryFailure {
         match self {
             ForwardError::NotSent(_) => TryFailure::Refused,
             ForwardError::ConnectTimeout => TryFailure::ConnectTimeout,
@@ -79,6 +80,32 @@ impl std::fmt::Display for ForwardError {
     }
 }
 
+/// Why a request cannot be expressed upstream: the client's fault, never a backend's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PrepareError {
+    /// The method is not a valid token.
+    Method(String),
+    /// The target is not a valid path and query.
+    Target,
+    /// A header name is not a valid token.
+    HeaderName(String),
+    /// A header's value (named) has bytes a request may not carry.
+    HeaderValue(String),
+}
+
+impl std::fmt::Display for PrepareError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PrepareError::Method(method) => write!(f, "method '{method}' cannot be forwarded"),
+            PrepareError::Target => f.write_str("request target cannot be forwarded"),
+            PrepareError::HeaderName(name) => write!(f, "header name '{name}' cannot be forwarded"),
+            PrepareError::HeaderValue(name) => write!(f, "value of '{name}' cannot be forwarded"),
+        }
+    }
+}
+
+impl std::error::Error for PrepareError {}
+
 /// Timeouts of the backend side.
 #[derive(Clone, Copy, Debug)]
 pub struct ForwardTimeouts {
@@ -89,7 +116,9 @@ pub struct ForwardTimeouts {
     pub request: Duration,
 }
 
-/// The shared ureq agent, configured for proxying (see DEVELOPERS.md for why each setting).
+/// The shared ureq agent, configured for proxying: no proxy from the environment, statuses and
+/// redirects passed through untouched, any method, no headers of its own, a pool large enough
+/// for every worker to keep a connection to every backend.
 pub struct Forwarder {
     agent: Agent,
 }
@@ -131,20 +160,19 @@ impl Forwarder {
         method: &str,
         target: &str,
         headers: impl IntoIterator<Item = (&'h str, &'h [u8])>,
-    ) -> Result<Prepared, String> {
-        let method = http::Method::from_bytes(method.as_bytes())
-            .map_err(|_| format!("method '{method}' cannot be forwarded"))?;
-        let path =
-            http::uri::PathAndQuery::try_from(target).map_err(|_| "request target cannot be forwarded".to_string())?;
+    ) -> Result<Prepared, PrepareError> {
+        let method =
+            http::Method::from_bytes(method.as_bytes()).map_err(|_| PrepareError::Method(method.to_string()))?;
+        let path = http::uri::PathAndQuery::try_from(target).map_err(|_| PrepareError::Target)?;
         let mut map = http::HeaderMap::new();
         for (name, value) in headers {
             let name = http::HeaderName::from_bytes(name.as_bytes())
-                .map_err(|_| format!("header name '{name}' cannot be forwarded"))?;
+                .map_err(|_| PrepareError::HeaderName(name.to_string()))?;
             let value =
-                http::HeaderValue::from_bytes(value).map_err(|_| format!("value of '{name}' cannot be forwarded"))?;
+                http::HeaderValue::from_bytes(value).map_err(|_| PrepareError::HeaderValue(name.to_string()))?;
             // ureq refuses a Host that is not plain visible ASCII.
             if name == http::header::HOST && !value.as_bytes().iter().all(|b| b.is_ascii_graphic()) {
-                return Err("Host header cannot be forwarded".into());
+                return Err(PrepareError::HeaderValue("host".into()));
             }
             map.append(name, value);
         }

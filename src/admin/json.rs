@@ -1,0 +1,119 @@
+//! The JSON the management API answers with: one backend, the statistics object, the
+//! balancer's own health, the running configuration.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde_json::{json, Value};
+
+use crate::health::BreakerState;
+use crate::state::Shared;
+use crate::upstream::Backend;
+
+/// The JSON object describing one backend in `/lb/backends`.
+pub fn backend_json(backend: &Backend) -> Value {
+    let (requests, failures) = backend.counts();
+    let (breaker_failures, breaker_successes) = backend.breaker().counts();
+    let last_check =
+        backend.last_check().map(|c| json!({ "ok": c.ok, "detail": c.detail, "at": c.at_unix, "took_ms": c.took_ms }));
+    json!({
+        "id": backend.id,
+        "host": backend.host,
+        "port": backend.port,
+        "address": backend.addr.to_string(),
+        "weight": backend.weight,
+        "enabled": backend.is_enabled(),
+        "healthy": backend.is_healthy(),
+        "usable": backend.is_usable(),
+        "active_connections": backend.in_flight(),
+        "total_requests": requests,
+        "failed_requests": failures,
+        "circuit_breaker": {
+            "state": backend.breaker().state().as_str(),
+            "failure_count": breaker_failures,
+            "success_count": breaker_successes,
+        },
+        "slow_start_share": backend.slow_start().permille() as f64 / 1000.0,
+        "last_check": last_check,
+    })
+}
+
+/// The seed's statistics object.
+pub fn stats(shared: &Shared) -> Value {
+    let s = shared.stats.snapshot();
+    let tries = shared.stats.tries();
+    let snapshot = shared.table.snapshot();
+    let healthy = snapshot.backends.iter().filter(|b| b.is_healthy()).count();
+    let name = shared.table.algorithm().display_name();
+    json!({
+        "load_balancer": name,
+        "total_requests": s.total,
+        "successful_requests": s.successful,
+        "failed_requests": s.failed,
+        "success_rate": s.success_rate,
+        "average_response_time": s.average_response_time_ms,
+        "circuit_breaker": breaker_summary(&snapshot.backends),
+        "retries": {
+            "tries": tries.tries,
+            "retries": tries.retries,
+            "denied_by_budget": tries.denied_by_budget,
+            "failed_tries": tries.failures.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
+        },
+        "backends": {
+            "algorithm": name,
+            "total_backends": snapshot.backends.len(),
+            "healthy_backends": healthy,
+            "unhealthy_backends": snapshot.backends.len() - healthy,
+        },
+    })
+}
+
+/// The seed's aggregate breaker: `closed` only when every breaker is closed, `open` when any is
+/// open, else `half_open`; counts summed.
+fn breaker_summary(backends: &[Arc<Backend>]) -> Value {
+    let states: Vec<BreakerState> = backends.iter().map(|b| b.breaker().state()).collect();
+    let state = if states.contains(&BreakerState::Open) {
+        BreakerState::Open
+    } else if states.contains(&BreakerState::HalfOpen) {
+        BreakerState::HalfOpen
+    } else {
+        BreakerState::Closed
+    };
+    let (failures, successes) =
+        backends.iter().map(|b| b.breaker().counts()).fold((0, 0), |(f, s), (bf, bs)| (f + bf, s + bs));
+    json!({ "state": state.as_str(), "failure_count": failures, "success_count": successes })
+}
+
+/// The balancer's own health: status 200 with `healthy` while any backend is usable, else 503.
+pub fn health(shared: &Shared) -> (u16, Value) {
+    let snapshot = shared.table.snapshot();
+    let usable = snapshot.backends.iter().filter(|b| b.is_usable()).count();
+    let status = if usable > 0 { "healthy" } else { "unhealthy" };
+    let timestamp = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+    let body = json!({
+        "status": status,
+        "usable_backends": usable,
+        "total_backends": snapshot.backends.len(),
+        "uptime_seconds": shared.started.elapsed().as_secs(),
+        "timestamp": timestamp,
+    });
+    (if usable > 0 { 200 } else { 503 }, body)
+}
+
+/// The running configuration, with the running backend table and the token hidden.
+pub fn config(shared: &Shared) -> Value {
+    let mut value = serde_json::to_value(&shared.config).unwrap_or(Value::Null);
+    // The running table, not the start-up list: backends may have been added or removed.
+    let snapshot = shared.table.snapshot();
+    value["backends"] = Value::Array(
+        snapshot
+            .backends
+            .iter()
+            .map(|b| json!({ "id": b.id, "host": b.host, "port": b.port, "weight": b.weight }))
+            .collect(),
+    );
+    if value.get("admin_token").is_some_and(|t| !t.is_null()) {
+        value["admin_token"] = json!("(set)");
+    }
+    value
+}

@@ -1,0 +1,268 @@
+//! The data path of one proxied request, top to bottom:
+//!
+//! 1. **who**: the client address (the peer, or what a trusted proxy says);
+//! 2. **prepare**: the request as it goes upstream (origin-form target, headers, body kept for
+//!    replay when small);
+//! 3. **try backends**: pick → admit (breaker, retry budget) → send → settle the outcome, and on
+//!    a failure that allows it, the next backend;
+//! 4. **relay**: the backend's answer streamed back;
+//! 5. **account**: statistics and the access log.
+//!
+//! Statuses of our own answers come from [`ProxyError::status`].
+
+mod body;
+mod error;
+mod headers;
+mod relay;
+
+pub use error::ProxyError;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::client_ip::{canonical, client_ip, is_trusted};
+use crate::health::CircuitBreaker;
+use crate::server::{BodyFraming, Request, Response};
+use crate::state::Shared;
+use crate::upstream::{Backend, ForwardError, PickKind, Prepared};
+
+use body::UpstreamBody;
+use headers::{forwarded_for, upstream_headers};
+use relay::relay;
+
+/// Who sent a request.
+struct Origin {
+    /// The address that decides ip_hash and is logged: the peer, or what a trusted proxy says.
+    client: IpAddr,
+    /// Whether the TCP peer is a trusted proxy (its X-Forwarded-* headers are believed).
+    peer_trusted: bool,
+}
+
+/// A request ready to be sent to any backend, as many times as its tries need.
+struct Outbound<'r> {
+    method: String,
+    target: String,
+    prepared: Prepared,
+    body: UpstreamBody<'r>,
+    is_head: bool,
+    hash_key: Vec<u8>,
+}
+
+/// Proxies one request and answers it: the backend's response, or ours when none could give one.
+pub fn forward<'r>(shared: &Shared, request: Request<'r>) -> Response<'r> {
+    let started = Instant::now();
+    let origin = who(shared, &request);
+    let (method, target) = (request.method().to_string(), request.target().to_string());
+    let outcome = prepare(shared, request, &origin).and_then(|mut outbound| try_backends(shared, &mut outbound));
+    let (response, backend) = match outcome {
+        Ok((response, backend)) => (response, Some(backend)),
+        Err(error) => (error.response(), None),
+    };
+    account(shared, &method, &target, &origin, backend.as_deref(), started, response)
+}
+
+/// Step 1: the client's address, believing X-Forwarded-For only from trusted proxies.
+fn who(shared: &Shared, request: &Request<'_>) -> Origin {
+    let trusted = &shared.config.trusted_proxies;
+    let peer = canonical(request.peer().ip());
+    Origin {
+        client: client_ip(peer, forwarded_for(request).as_deref(), trusted),
+        peer_trusted: is_trusted(peer, trusted),
+    }
+}
+
+/// Step 2: the request as it goes upstream; refused here when it cannot be expressed there.
+fn prepare<'r>(shared: &Shared, request: Request<'r>, origin: &Origin) -> Result<Outbound<'r>, ProxyError> {
+    let method = request.method().to_string();
+    let target = origin_form(request.target()).ok_or(ProxyError::UnsupportedTarget)?.to_string();
+    let headers = upstream_headers(&request, origin.client, origin.peer_trusted);
+    let mut prepared = shared
+        .forwarder
+        .prepare(&method, &target, headers.iter().map(|(n, v)| (*n, &v[..])))
+        .map_err(ProxyError::Unforwardable)?;
+    drop(headers);
+    let is_head = request.head().is_head();
+    // A HEAD request's body (allowed, meaningless) is not sent on; the server drains it.
+    let framing = if is_head { BodyFraming::None } else { request.head().framing };
+    let body = UpstreamBody::prepare(request.into_body(), framing, shared.config.retry_body_max_bytes);
+    if let UpstreamBody::Kept(kept) = &body {
+        // A kept chunked body goes upstream with its length; a kept sized body already has it.
+        if framing == BodyFraming::Chunked {
+            prepared.set_content_length(kept.len());
+        }
+    }
+    Ok(Outbound { method, target, prepared, body, is_head, hash_key: hash_key(origin.client) })
+}
+
+/// Step 3: tries backends until one answers, a failure forbids another try, or tries run out.
+fn try_backends<'r>(shared: &Shared, out: &mut Outbound<'r>) -> Result<(Response<'r>, Arc<Backend>), ProxyError> {
+    shared.retry_budget.record_request();
+    let membership = shared.table.snapshot();
+    let mut tried: Vec<*const Backend> = Vec::with_capacity(shared.config.max_tries);
+    let mut tries = 0;
+    let mut last_error = None;
+    while tries < shared.config.max_tries && !out.body.client_error() {
+        let accept = |b: &Backend| !tried.contains(&(b as *const Backend));
+        let Some((backend, kind)) = membership.pick(&out.hash_key, accept) else { break };
+        tried.push(Arc::as_ptr(backend));
+        let breaker = match admit(shared, backend, kind, tries, out) {
+            Admission::Go(breaker) => breaker,
+            Admission::Skip => continue,
+            Admission::Stop => break,
+        };
+        shared.stats.record_try(tries > 0);
+        tries += 1;
+        let in_flight = backend.begin();
+        match send_once(shared, backend, out) {
+            Ok(upstream) => {
+                settle_answer(shared, backend, breaker, upstream.status().as_u16());
+                return Ok((relay(upstream, in_flight, out.is_head), Arc::clone(backend)));
+            }
+            Err(error) => {
+                let retry = settle_failure(shared, backend, breaker, &error, out);
+                last_error = Some(error);
+                if !retry {
+                    break;
+                }
+            }
+        }
+    }
+    Err(match last_error {
+        _ if out.body.client_error() => ProxyError::ClientBody,
+        Some(error) => ProxyError::BackendFailed(error),
+        None => ProxyError::NoBackend,
+    })
+}
+
+/// Whether a picked backend gets the try.
+enum Admission<'a> {
+    /// Send it; the breaker (when the pick went through one) hears of the outcome.
+    Go(Option<&'a CircuitBreaker>),
+    /// The breaker is half-open and its trial slots are taken: pick another.
+    Skip,
+    /// A retry the budget refuses: stop trying.
+    Stop,
+}
+
+/// Asks the backend's breaker (a half-open one lets only its trials through) and, for a
+/// retry, the retry budget. Picks that ignored breakers (the last usable ones, panic mode) took
+/// no trial slot, so they report nothing to the breaker.
+fn admit<'a>(shared: &Shared, backend: &'a Backend, kind: PickKind, tries: usize, out: &Outbound) -> Admission<'a> {
+    let admitted = kind == PickKind::Usable;
+    if admitted && !backend.breaker().admit() {
+        return Admission::Skip;
+    }
+    let breaker = admitted.then(|| backend.breaker());
+    if tries > 0 && !shared.retry_budget.try_retry() {
+        shared.stats.record_budget_denial();
+        if let Some(b) = breaker {
+            b.record_neutral();
+        }
+        log::warn!("{} {}: retry budget spent, not retrying", out.method, out.target);
+        return Admission::Stop;
+    }
+    Admission::Go(breaker)
+}
+
+/// Sends the request once to `backend`.
+fn send_once(
+    shared: &Shared,
+    backend: &Backend,
+    out: &mut Outbound,
+) -> Result<ureq::http::Response<ureq::Body>, ForwardError> {
+    match &mut out.body {
+        UpstreamBody::None => shared.forwarder.send(backend, &out.prepared, None),
+        UpstreamBody::Kept(kept) => {
+            let mut replay: &[u8] = kept;
+            shared.forwarder.send(backend, &out.prepared, Some(&mut replay))
+        }
+        UpstreamBody::Streamed(stream) => shared.forwarder.send(backend, &out.prepared, Some(stream)),
+    }
+}
+
+/// An answer came: the breaker hears a success (or a failure, for a 5xx when so configured);
+/// a breaker that closes again starts the backend's slow start.
+fn settle_answer(shared: &Shared, backend: &Backend, breaker: Option<&CircuitBreaker>, status: u16) {
+    let Some(breaker) = breaker else { return };
+    if shared.config.breaker_on_5xx && status >= 500 {
+        breaker.record_failure();
+    } else if breaker.record_success() {
+        log::info!("backend {}: circuit closed again", backend.id);
+        backend.slow_start().begin();
+    }
+}
+
+/// A try failed: counts it where it belongs; returns whether another backend may get the request.
+fn settle_failure(
+    shared: &Shared,
+    backend: &Backend,
+    breaker: Option<&CircuitBreaker>,
+    error: &ForwardError,
+    out: &Outbound,
+) -> bool {
+    if out.body.client_error() {
+        // The client broke its body: not the backend's fault, and nothing to retry.
+        if let Some(b) = breaker {
+            b.record_neutral();
+        }
+        return false;
+    }
+    backend.record_failure();
+    if let Some(b) = breaker {
+        b.record_failure();
+    }
+    shared.stats.record_try_failure(error.reason());
+    log::warn!("{} {} to {} ({}): {error}", out.method, out.target, backend.id, backend.addr);
+    // Another backend may get the request only if this one certainly did not act on it, or the
+    // method allows repeating; and the body can still be sent.
+    out.body.replayable() && (error.never_sent() || is_idempotent(&out.method))
+}
+
+/// Step 5: counts the answer and writes the access log line, then hands the response to the
+/// front end to write.
+fn account<'r>(
+    shared: &Shared,
+    method: &str,
+    target: &str,
+    origin: &Origin,
+    backend: Option<&Backend>,
+    started: Instant,
+    response: Response<'r>,
+) -> Response<'r> {
+    let elapsed = started.elapsed();
+    shared.stats.record(response.status, elapsed);
+    if shared.config.access_log {
+        log::info!(
+            target: "access",
+            "{} \"{method} {target}\" {} {} {:.1}ms",
+            origin.client,
+            response.status,
+            backend.map_or("-", |b| b.id.as_str()),
+            elapsed.as_secs_f64() * 1000.0
+        );
+    }
+    response
+}
+
+/// Methods that may be sent twice without a different effect (RFC 9110 9.2.2).
+fn is_idempotent(method: &str) -> bool {
+    matches!(method, "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE")
+}
+
+/// The path and query to send upstream: origin form, or the path of an absolute-form target.
+fn origin_form(target: &str) -> Option<&str> {
+    if target.starts_with('/') {
+        return Some(target);
+    }
+    let rest = target.strip_prefix("http://").or_else(|| target.strip_prefix("https://"))?;
+    Some(rest.find('/').map_or("/", |i| &rest[i..]))
+}
+
+/// ip_hash's key: the client address's bytes.
+fn hash_key(ip: IpAddr) -> Vec<u8> {
+    match ip {
+        IpAddr::V4(v4) => v4.octets().to_vec(),
+        IpAddr::V6(v6) => v6.octets().to_vec(),
+    }
+}

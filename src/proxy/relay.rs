@@ -1,0 +1,51 @@
+//! Turning a backend's response into ours: status and end-to-end headers as they came, the body
+//! streamed to the client while the backend's in-flight count is held.
+
+use std::io::{self, Read};
+
+use crate::server::{status_has_no_body, Response};
+use crate::upstream::InFlight;
+
+use super::headers::{connection_options, passes_downstream};
+
+/// A backend's response body on its way to the client; holds the backend's in-flight count
+/// until the last byte is written (least_connections counts whole transfers).
+struct Streamed {
+    body: ureq::BodyReader<'static>,
+    _in_flight: InFlight,
+}
+
+impl Read for Streamed {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.body.read(buf)
+    }
+}
+
+/// Turns the backend's response into ours, streaming its body.
+pub(crate) fn relay<'r>(
+    upstream: ureq::http::Response<ureq::Body>,
+    in_flight: InFlight,
+    is_head: bool,
+) -> Response<'r> {
+    let (parts, body) = upstream.into_parts();
+    let status = parts.status.as_u16();
+    let mut response = Response::new(status);
+    let named_by_connection = connection_options(parts.headers.get_all("connection").iter().map(|v| v.as_bytes()));
+    for (name, value) in &parts.headers {
+        if passes_downstream(name.as_str(), &named_by_connection) {
+            response = response.with_header(name.as_str(), value.as_bytes());
+        }
+    }
+    let declared =
+        parts.headers.get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok());
+    let chunked = parts.headers.get("transfer-encoding").is_some();
+    if is_head || status_has_no_body(status) {
+        // No body follows: read its (empty) end now so ureq pools the connection, and keep the
+        // declared length for a HEAD answer.
+        let _ = body.into_reader().read(&mut [0u8; 1]);
+        drop(in_flight);
+        return response.with_stream(io::empty(), declared);
+    }
+    let length = if chunked { None } else { declared };
+    response.with_stream(Streamed { body: body.into_reader(), _in_flight: in_flight }, length)
+}

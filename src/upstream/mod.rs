@@ -1,0 +1,18 @@
+//! The backends and everything about talking to them: each [`Backend`] with its live state, the
+//! [`BackendTable`] and the selection policy over a [`Membership`] snapshot, the active
+//! [`HealthChecker`] that keeps verdicts current, the shared HTTP [`Forwarder`] that sends one
+//! request to one backend, and the [`RetryBudget`] that bounds how often a request is sent again.
+
+mod backend;
+mod checker;
+mod client;
+mod membership;
+mod retry_budget;
+mod table;
+
+pub use backend::{resolve, Backend, BackendPolicy, InFlight, ResolveError};
+pub use checker::{apply_probe, HealthChecker, HealthConfig};
+pub use client::{ForwardError, ForwardTimeouts, Forwarder, PrepareError, Prepared};
+pub use membership::{Membership, PickKind};
+pub use retry_budget::RetryBudget;
+pub use table::{BackendTable, TableError};
