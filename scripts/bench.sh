@@ -5,6 +5,7 @@
 #
 #   scripts/bench.sh server   # lb-backend vs nginx answering the same 1 KiB body
 #   scripts/bench.sh proxy    # lb-sync vs nginx vs HAProxy in front of the same lb-backends, and direct
+#   scripts/bench.sh cost     # syscalls and context switches per proxied keep-alive GET, lb-sync vs nginx
 #
 # Environment: DURATION (default 10s), CONNECTIONS (64), WRK_THREADS (2), THREADS (lb workers, 8),
 # BODY_BYTES (1024), NGINX_WORKERS (auto); LB_BACKEND / LB_SYNC (binaries to use), else they come
@@ -68,12 +69,13 @@ load() {
 }
 header() { printf '%-30s %12s         %-13s %-13s %s\n' "" "throughput" "latency" "" "errors"; }
 ratio() { python3 -c "import sys; print(f'{float(sys.argv[1])/float(sys.argv[2]):.2f}')" "$(cat "$work/$1.rps")" "$(cat "$work/$2.rps")"; }
-nginx_up() { # $1 = config body (http block content)
-  mkdir -p "$work/nginx/logs"
-  cat > "$work/nginx/nginx.conf" <<CONF
+nginx_up() { # $1 = config body (http block content), $2 = instance name (default nginx)
+  local dir="$work/${2:-nginx}"
+  mkdir -p "$dir/logs"
+  cat > "$dir/nginx.conf" <<CONF
 worker_processes ${NGINX_WORKERS:-auto};
-pid $work/nginx/nginx.pid;
-error_log $work/nginx/logs/error.log warn;
+pid $dir/nginx.pid;
+error_log $dir/logs/error.log warn;
 events { worker_connections 4096; }
 http {
   access_log off;
@@ -81,7 +83,7 @@ http {
   $1
 }
 CONF
-  nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" -g 'daemon off;' &
+  nginx -p "$dir" -c "$dir/nginx.conf" -g 'daemon off;' &
   pids+=("$!")
 }
 
@@ -177,5 +179,62 @@ CFG
     nginx_workers=($(pgrep -P "$nginx_pid" || true))
     echo "RSS after the runs: lb-sync $(rss "$lb_pid"); nginx $(rss "$nginx_pid" "${nginx_workers[@]}") (master + ${#nginx_workers[@]} workers); haproxy $(rss "$haproxy_pid")"
     ;;
-  *) echo "usage: $0 server|proxy" >&2; exit 2 ;;
+  cost)
+    # Per proxied keep-alive GET: syscalls (strace -c -f attached for one wrk run) and context
+    # switches (voluntary + involuntary over every thread, from /proc, in a second run without
+    # strace), for lb-sync and for nginx in front of the same nginx backend.
+    command -v strace >/dev/null || { echo "bench.sh: strace not found (apt-get install strace)" >&2; exit 1; }
+    read -r -a ports <<<"$(free_ports 3)"
+    backend_port=${ports[0]} lb_port=${ports[1]} nginx_port=${ports[2]}
+    nginx_up "server { listen 127.0.0.1:$backend_port; location / { default_type text/plain; return 200 'ok'; } }" backend
+    nginx_up "upstream backends { server 127.0.0.1:$backend_port; keepalive 64; }
+  server {
+    listen 127.0.0.1:$nginx_port;
+    location / { proxy_pass http://backends; proxy_http_version 1.1; proxy_set_header Connection \"\"; }
+  }"
+    nginx_pid=${pids[-1]}
+    "$sync_bin" --algorithm round_robin --host 127.0.0.1 --port "$lb_port" --threads "$threads" --access-log false \
+      --health-check-interval 0 --backend "127.0.0.1:$backend_port" > "$work/lb-sync.out" 2> "$work/lb-sync.err" &
+    lb_pid=$!
+    pids+=("$lb_pid")
+    wait_port "$backend_port"
+    wait_port "$lb_port" / "$work/lb-sync.err"
+    wait_port "$nginx_port" / "$work/nginx/logs/error.log"
+    ctx_sum() { cat /proc/"$1"/task/*/status 2>/dev/null | awk '/ctxt_switches/ {s += $2} END {print s + 0}'; }
+    requests() { awk '/requests in/ {print $1}' "$1"; }
+    cost_of() { # NAME PORT PID...
+      local name="$1" port="$2"; shift 2
+      local before after n
+      before=0; for pid in "$@"; do before=$((before + $(ctx_sum "$pid"))); done
+      wrk -t1 -c8 -d"$duration" "http://127.0.0.1:$port/" > "$work/ctx.wrk"
+      after=0; for pid in "$@"; do after=$((after + $(ctx_sum "$pid"))); done
+      n=$(requests "$work/ctx.wrk")
+      local strace_args=()
+      for pid in "$@"; do strace_args+=(-p "$pid"); done
+      strace -c -f -o "$work/strace.txt" "${strace_args[@]}" 2>/dev/null &
+      local strace_pid=$!
+      sleep 1 # strace attaches to every thread; the run below must start after it
+      wrk -t1 -c8 -d"$duration" "http://127.0.0.1:$port/" > "$work/strace.wrk"
+      kill -INT "$strace_pid"; wait "$strace_pid" 2>/dev/null || true
+      local calls m
+      calls=$(awk '$NF == "total" {print $(NF-2)}' "$work/strace.txt")
+      m=$(requests "$work/strace.wrk")
+      python3 - "$name" "$calls" "$m" "$((after - before))" "$n" "$work/strace.txt" <<'PY'
+import sys
+name, calls, m, ctx, n, path = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), sys.argv[6]
+top = []
+for line in open(path):
+    f = line.split()
+    if len(f) >= 5 and f[0][0].isdigit() and f[-1] != "total":
+        top.append((int(f[3]), f[-1]))
+top.sort(reverse=True)
+detail = ", ".join(f"{c / m:.1f} {s}" for c, s in top[:6])
+print(f"{name:10} {calls / m:6.1f} syscalls/req  {ctx / n:5.2f} ctx switches/req   ({detail})")
+PY
+    }
+    echo "wrk -t1 -c8 against a proxy in front of one nginx backend (return 200 'ok'); lb-sync --threads $threads"
+    cost_of lb-sync "$lb_port" "$lb_pid"
+    cost_of nginx "$nginx_port" $(pgrep -P "$nginx_pid")
+    ;;
+  *) echo "usage: $0 server|proxy|cost" >&2; exit 2 ;;
 esac
