@@ -98,7 +98,7 @@ fn unix_time() -> f64 {
 }
 
 impl Handler for DemoBackend {
-    fn handle<'r>(&self, mut request: Request<'r>) -> Response<'r> {
+    fn handle(&self, mut request: Request) -> Response {
         let knobs = match parse_knobs(request.query()) {
             Ok(knobs) => knobs,
             Err(message) => return Response::json(400, &json!({ "error": message })),
@@ -111,7 +111,7 @@ impl Handler for DemoBackend {
         for i in 0..knobs.set_cookies {
             cookies.push(format!("cookie{i}=value{i}; Path=/"));
         }
-        let with_cookies = |mut response: Response<'r>| {
+        let with_cookies = |mut response: Response| {
             for cookie in &cookies {
                 response = response.with_header("Set-Cookie", cookie.as_str());
             }

@@ -26,7 +26,7 @@ impl Router {
 }
 
 impl Handler for Router {
-    fn handle<'r>(&self, request: Request<'r>) -> Response<'r> {
+    fn handle(&self, request: Request) -> Response {
         if self.is_admin(request.path()) {
             admin::handle(&self.shared, request)
         } else {

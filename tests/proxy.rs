@@ -500,7 +500,7 @@ impl Read for TrickleBody {
 }
 
 impl lb_sync::server::Handler for Trickle {
-    fn handle<'r>(&self, mut request: lb_sync::server::Request<'r>) -> lb_sync::server::Response<'r> {
+    fn handle(&self, mut request: lb_sync::server::Request) -> lb_sync::server::Response {
         let mut sink = Vec::new();
         let _ = request.body().read_to_end(&mut sink);
         if request.method() == "POST" {

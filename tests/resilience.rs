@@ -118,7 +118,7 @@ struct Switchable {
 }
 
 impl Handler for Switchable {
-    fn handle<'r>(&self, request: Request<'r>) -> Response<'r> {
+    fn handle(&self, request: Request) -> Response {
         if request.path() == "/health" {
             return Response::text(200, "ok");
         }

@@ -19,11 +19,11 @@ pub use json::{backend_json, stats};
 /// Largest JSON body the API reads.
 const MAX_ADMIN_BODY: u64 = 64 * 1024;
 
-fn error(status: u16, message: impl Into<String>) -> Response<'static> {
+fn error(status: u16, message: impl Into<String>) -> Response {
     Response::json(status, &json!({ "error": message.into() }))
 }
 
-fn table_error(e: TableError) -> Response<'static> {
+fn table_error(e: TableError) -> Response {
     match e {
         TableError::UnknownId(_) => error(404, e.to_string()),
         TableError::DuplicateId(_) => error(409, e.to_string()),
@@ -32,7 +32,7 @@ fn table_error(e: TableError) -> Response<'static> {
 }
 
 /// Whether the caller may use the API: loopback, or the configured bearer token.
-fn authorized(shared: &Shared, request: &Request<'_>) -> bool {
+fn authorized(shared: &Shared, request: &Request) -> bool {
     match &shared.config.admin_token {
         Some(token) => request
             .header("authorization")
@@ -43,7 +43,7 @@ fn authorized(shared: &Shared, request: &Request<'_>) -> bool {
 }
 
 /// Answers a request whose path is under the admin prefix.
-pub fn handle<'r>(shared: &Shared, mut request: Request<'r>) -> Response<'r> {
+pub fn handle(shared: &Shared, mut request: Request) -> Response {
     if !authorized(shared, &request) {
         return error(403, "the management API is only for loopback peers or bearers of the admin token");
     }
@@ -84,7 +84,7 @@ pub fn handle<'r>(shared: &Shared, mut request: Request<'r>) -> Response<'r> {
     }
 }
 
-fn set_enabled(shared: &Shared, id: &str, enabled: bool) -> Response<'static> {
+fn set_enabled(shared: &Shared, id: &str, enabled: bool) -> Response {
     match shared.table.set_enabled(id, enabled) {
         Ok(backend) => {
             let verb = if enabled { "enabled" } else { "disabled" };
@@ -98,7 +98,7 @@ fn set_enabled(shared: &Shared, id: &str, enabled: bool) -> Response<'static> {
     }
 }
 
-fn add_backend(shared: &Shared, request: &mut Request<'_>) -> Response<'static> {
+fn add_backend(shared: &Shared, request: &mut Request) -> Response {
     let mut body = Vec::new();
     if let Err(e) = request.body().take(MAX_ADMIN_BODY + 1).read_to_end(&mut body) {
         return error(400, format!("cannot read body: {e}"));

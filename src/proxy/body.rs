@@ -1,70 +1,44 @@
-//! The request body as it goes upstream: nothing, kept whole in memory so a retry can send it
-//! again, or streamed once.
+//! The request body as it goes upstream. The front end has buffered it whole before the proxy
+//! runs, so it has a known length (a chunked upload goes upstream with `Content-Length`) and can
+//! be read again for a retry.
 
-use std::io::{self, Read};
+use std::io;
 
-use crate::server::{BodyFraming, RequestBody};
-
-/// A streamed request body (after any bytes already read into `prefix`), counting what was
-/// sent, so a retry knows whether it can still be sent.
-pub(crate) struct CountingBody<'r> {
-    inner: RequestBody<'r>,
-    read: u64,
-    prefix: Vec<u8>,
-}
-
-impl Read for CountingBody<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = if (self.read as usize) < self.prefix.len() {
-            let rest = &self.prefix[self.read as usize..];
-            let n = rest.len().min(buf.len());
-            buf[..n].copy_from_slice(&rest[..n]);
-            n
-        } else {
-            self.inner.read(buf)?
-        };
-        self.read += n as u64;
-        Ok(n)
-    }
-}
+use crate::server::RequestBody;
 
 /// The request body as it will be sent.
-pub(crate) enum UpstreamBody<'r> {
-    None,
-    Kept(Vec<u8>),
-    Streamed(CountingBody<'r>),
+pub(crate) struct UpstreamBody {
+    body: Option<RequestBody>,
+    /// Whether a retry may send it again (bodies up to `retry_body_max_bytes`).
+    replayable: bool,
 }
 
-impl<'r> UpstreamBody<'r> {
-    /// Keeps bodies whose length is known to be small, or whose chunked form turns out small;
-    /// streams the rest. A client error while reading is left in the body for the server.
-    pub fn prepare(mut body: RequestBody<'r>, framing: BodyFraming, keep_limit: u64) -> UpstreamBody<'r> {
-        let small = match framing {
-            BodyFraming::None => return UpstreamBody::None,
-            BodyFraming::Length(n) => n <= keep_limit,
-            BodyFraming::Chunked => true,
-        };
-        if !small {
-            return UpstreamBody::Streamed(CountingBody { inner: body, read: 0, prefix: Vec::new() });
-        }
-        let mut kept = Vec::new();
-        match (&mut body).take(keep_limit + 1).read_to_end(&mut kept) {
-            Ok(_) if !body.is_pending() => UpstreamBody::Kept(kept),
-            // Larger than the limit (chunked) or failed: stream, starting with what was read.
-            _ => UpstreamBody::Streamed(CountingBody { inner: body, read: 0, prefix: kept }),
-        }
+impl UpstreamBody {
+    /// No body for a bodiless request (or a HEAD request, whose body is meaningless).
+    pub fn new(body: RequestBody, send: bool, replay_limit: u64) -> UpstreamBody {
+        let replayable = body.len() <= replay_limit;
+        let body = (send && !body.is_empty()).then_some(body);
+        UpstreamBody { body, replayable }
+    }
+
+    /// The body's length, when there is one to send.
+    pub fn len(&self) -> Option<u64> {
+        self.body.as_ref().map(RequestBody::len)
     }
 
     /// Whether a retry could send the body again.
     pub fn replayable(&self) -> bool {
-        match self {
-            UpstreamBody::None | UpstreamBody::Kept(_) => true,
-            UpstreamBody::Streamed(body) => body.read == 0 && body.inner.error().is_none(),
-        }
+        self.body.is_none() || self.replayable
     }
 
-    /// Whether the client broke its body (framing, limit, timeout) while it was read.
-    pub fn client_error(&self) -> bool {
-        matches!(self, UpstreamBody::Streamed(body) if body.inner.error().is_some())
+    /// The body for one try, read from its start.
+    pub fn for_try(&mut self) -> io::Result<Option<&mut RequestBody>> {
+        match &mut self.body {
+            Some(body) => {
+                body.rewind()?;
+                Ok(Some(body))
+            }
+            None => Ok(None),
+        }
     }
 }

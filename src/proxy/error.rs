@@ -15,8 +15,6 @@ pub enum ProxyError {
     Unforwardable(PrepareError),
     /// No backend is usable (and panic mode is off).
     NoBackend,
-    /// The client broke its body while it was being sent; the front end answers for it.
-    ClientBody,
     /// Every try failed; this is the last failure.
     BackendFailed(ForwardError),
 }
@@ -33,7 +31,7 @@ impl ProxyError {
     /// ```
     pub fn status(&self) -> u16 {
         match self {
-            ProxyError::UnsupportedTarget | ProxyError::Unforwardable(_) | ProxyError::ClientBody => 400,
+            ProxyError::UnsupportedTarget | ProxyError::Unforwardable(_) => 400,
             ProxyError::NoBackend => 503,
             ProxyError::BackendFailed(e) if e.is_timeout() => 504,
             ProxyError::BackendFailed(_) => 502,
@@ -41,7 +39,7 @@ impl ProxyError {
     }
 
     /// The response sent to the client.
-    pub fn response(&self) -> Response<'static> {
+    pub fn response(&self) -> Response {
         let response = Response::text(self.status(), self.to_string());
         match self {
             ProxyError::NoBackend => response.with_header("Retry-After", "1"),
@@ -56,7 +54,6 @@ impl fmt::Display for ProxyError {
             ProxyError::UnsupportedTarget => f.write_str("unsupported request target"),
             ProxyError::Unforwardable(why) => write!(f, "{why}"),
             ProxyError::NoBackend => f.write_str("no backend available"),
-            ProxyError::ClientBody => f.write_str("request body failed"),
             ProxyError::BackendFailed(e) if e.is_timeout() => f.write_str("backend timed out"),
             ProxyError::BackendFailed(_) => f.write_str("backend failed"),
         }

@@ -18,7 +18,7 @@ const PROTECTED_HEADERS: [&str; 4] = ["host", "content-length", "authorization",
 /// Content-Length, whose body is not sent on), plus the X-Forwarded set. Borrowed from the
 /// request where possible: the forwarder copies each once, into its header map.
 pub(crate) fn upstream_headers<'a>(
-    request: &'a Request<'_>,
+    request: &'a Request,
     client: IpAddr,
     peer_trusted: bool,
 ) -> Vec<(&'a str, Cow<'a, [u8]>)> {
@@ -52,7 +52,7 @@ pub(crate) fn upstream_headers<'a>(
 
 /// Every `X-Forwarded-For` line, in order, as one list (RFC 9110 5.3): a proxy in front may add
 /// its own line instead of extending the first.
-pub(crate) fn forwarded_for(request: &Request<'_>) -> Option<String> {
+pub(crate) fn forwarded_for(request: &Request) -> Option<String> {
     let lines: Vec<String> = request
         .headers()
         .iter()

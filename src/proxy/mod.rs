@@ -1,8 +1,8 @@
 //! The data path of one proxied request, top to bottom:
 //!
 //! 1. **who**: the client address (the peer, or what a trusted proxy says);
-//! 2. **prepare**: the request as it goes upstream (origin-form target, headers, body kept for
-//!    replay when small);
+//! 2. **prepare**: the request as it goes upstream (origin-form target, headers, the body the
+//!    front end buffered);
 //! 3. **try backends**: pick → admit (breaker, retry budget) → send → settle the outcome, and on
 //!    a failure that allows it, the next backend;
 //! 4. **relay**: the backend's answer streamed back;
@@ -40,17 +40,17 @@ struct Origin {
 }
 
 /// A request ready to be sent to any backend, as many times as its tries need.
-struct Outbound<'r> {
+struct Outbound {
     method: String,
     target: String,
     prepared: Prepared,
-    body: UpstreamBody<'r>,
+    body: UpstreamBody,
     is_head: bool,
     hash_key: Vec<u8>,
 }
 
 /// Proxies one request and answers it: the backend's response, or ours when none could give one.
-pub fn forward<'r>(shared: &Shared, request: Request<'r>) -> Response<'r> {
+pub fn forward(shared: &Shared, request: Request) -> Response {
     let started = Instant::now();
     let origin = who(shared, &request);
     let (method, target) = (request.method().to_string(), request.target().to_string());
@@ -63,7 +63,7 @@ pub fn forward<'r>(shared: &Shared, request: Request<'r>) -> Response<'r> {
 }
 
 /// Step 1: the client's address, believing X-Forwarded-For only from trusted proxies.
-fn who(shared: &Shared, request: &Request<'_>) -> Origin {
+fn who(shared: &Shared, request: &Request) -> Origin {
     let trusted = &shared.config.trusted_proxies;
     let peer = canonical(request.peer().ip());
     Origin {
@@ -73,7 +73,7 @@ fn who(shared: &Shared, request: &Request<'_>) -> Origin {
 }
 
 /// Step 2: the request as it goes upstream; refused here when it cannot be expressed there.
-fn prepare<'r>(shared: &Shared, request: Request<'r>, origin: &Origin) -> Result<Outbound<'r>, ProxyError> {
+fn prepare(shared: &Shared, request: Request, origin: &Origin) -> Result<Outbound, ProxyError> {
     let method = request.method().to_string();
     let target = origin_form(request.target()).ok_or(ProxyError::UnsupportedTarget)?.to_string();
     let headers = upstream_headers(&request, origin.client, origin.peer_trusted);
@@ -83,26 +83,24 @@ fn prepare<'r>(shared: &Shared, request: Request<'r>, origin: &Origin) -> Result
         .map_err(ProxyError::Unforwardable)?;
     drop(headers);
     let is_head = request.head().is_head();
-    // A HEAD request's body (allowed, meaningless) is not sent on; the server drains it.
-    let framing = if is_head { BodyFraming::None } else { request.head().framing };
-    let body = UpstreamBody::prepare(request.into_body(), framing, shared.config.retry_body_max_bytes);
-    if let UpstreamBody::Kept(kept) = &body {
-        // A kept chunked body goes upstream with its length; a kept sized body already has it.
-        if framing == BodyFraming::Chunked {
-            prepared.set_content_length(kept.len());
-        }
+    // A HEAD request's body (allowed, meaningless) is not sent on.
+    let send_body = !is_head && request.head().framing != BodyFraming::None;
+    let body = UpstreamBody::new(request.into_body(), send_body, shared.config.retry_body_max_bytes);
+    if let Some(length) = body.len() {
+        // Buffered whole: a chunked upload goes upstream with its length.
+        prepared.set_content_length(length);
     }
     Ok(Outbound { method, target, prepared, body, is_head, hash_key: hash_key(origin.client) })
 }
 
 /// Step 3: tries backends until one answers, a failure forbids another try, or tries run out.
-fn try_backends<'r>(shared: &Shared, out: &mut Outbound<'r>) -> Result<(Response<'r>, Arc<Backend>), ProxyError> {
+fn try_backends(shared: &Shared, out: &mut Outbound) -> Result<(Response, Arc<Backend>), ProxyError> {
     shared.retry_budget.record_request();
     let membership = shared.table.snapshot();
     let mut tried: Vec<*const Backend> = Vec::with_capacity(shared.config.max_tries);
     let mut tries = 0;
     let mut last_error = None;
-    while tries < shared.config.max_tries && !out.body.client_error() {
+    while tries < shared.config.max_tries {
         let accept = |b: &Backend| !tried.contains(&(b as *const Backend));
         let Some((backend, kind)) = membership.pick(&out.hash_key, accept) else { break };
         tried.push(Arc::as_ptr(backend));
@@ -129,7 +127,6 @@ fn try_backends<'r>(shared: &Shared, out: &mut Outbound<'r>) -> Result<(Response
         }
     }
     Err(match last_error {
-        _ if out.body.client_error() => ProxyError::ClientBody,
         Some(error) => ProxyError::BackendFailed(error),
         None => ProxyError::NoBackend,
     })
@@ -171,14 +168,8 @@ fn send_once(
     backend: &Backend,
     out: &mut Outbound,
 ) -> Result<ureq::http::Response<ureq::Body>, ForwardError> {
-    match &mut out.body {
-        UpstreamBody::None => shared.forwarder.send(backend, &out.prepared, None),
-        UpstreamBody::Kept(kept) => {
-            let mut replay: &[u8] = kept;
-            shared.forwarder.send(backend, &out.prepared, Some(&mut replay))
-        }
-        UpstreamBody::Streamed(stream) => shared.forwarder.send(backend, &out.prepared, Some(stream)),
-    }
+    let body = out.body.for_try().map_err(|e| ForwardError::NotSent(format!("request body: {e}")))?;
+    shared.forwarder.send(backend, &out.prepared, body.map(|b| b as &mut dyn std::io::Read))
 }
 
 /// An answer came: the breaker hears a success (or a failure, for a 5xx when so configured);
@@ -201,35 +192,29 @@ fn settle_failure(
     error: &ForwardError,
     out: &Outbound,
 ) -> bool {
-    if out.body.client_error() {
-        // The client broke its body: not the backend's fault, and nothing to retry.
-        if let Some(b) = breaker {
-            b.record_neutral();
-        }
-        return false;
-    }
     backend.record_failure();
     if let Some(b) = breaker {
         b.record_failure();
     }
     shared.stats.record_try_failure(error.reason());
     log::warn!("{} {} to {} ({}): {error}", out.method, out.target, backend.id, backend.addr);
-    // Another backend may get the request only if this one certainly did not act on it, or the
-    // method allows repeating; and the body can still be sent.
-    out.body.replayable() && (error.never_sent() || is_idempotent(&out.method))
+    // Another backend may get the request if this one certainly did not act on it (the body,
+    // buffered whole, was not sent either), or if the method allows repeating and the body is
+    // small enough to be sent again.
+    error.never_sent() || (is_idempotent(&out.method) && out.body.replayable())
 }
 
 /// Step 5: counts the answer and writes the access log line, then hands the response to the
 /// front end to write.
-fn account<'r>(
+fn account(
     shared: &Shared,
     method: &str,
     target: &str,
     origin: &Origin,
     backend: Option<&Backend>,
     started: Instant,
-    response: Response<'r>,
-) -> Response<'r> {
+    response: Response,
+) -> Response {
     let elapsed = started.elapsed();
     shared.stats.record(response.status, elapsed);
     if shared.config.access_log {

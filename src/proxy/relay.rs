@@ -22,11 +22,7 @@ impl Read for Streamed {
 }
 
 /// Turns the backend's response into ours, streaming its body.
-pub(crate) fn relay<'r>(
-    upstream: ureq::http::Response<ureq::Body>,
-    in_flight: InFlight,
-    is_head: bool,
-) -> Response<'r> {
+pub(crate) fn relay(upstream: ureq::http::Response<ureq::Body>, in_flight: InFlight, is_head: bool) -> Response {
     let (parts, body) = upstream.into_parts();
     let status = parts.status.as_u16();
     let mut response = Response::new(status);

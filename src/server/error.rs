@@ -28,6 +28,8 @@ pub enum RequestError {
     ExpectationFailed,
     /// The client closed the connection before the body was complete.
     BodyIncomplete,
+    /// The body could not be buffered: temp files are over their cap, or cannot be written.
+    BodyStorageFull,
 }
 
 impl RequestError {
@@ -42,6 +44,7 @@ impl RequestError {
             RequestError::UnsupportedTransferCoding => 501,
             RequestError::UnsupportedVersion => 505,
             RequestError::ExpectationFailed => 417,
+            RequestError::BodyStorageFull => 503,
         }
     }
 
@@ -58,6 +61,7 @@ impl RequestError {
             RequestError::UnsupportedVersion => "HTTP version not supported",
             RequestError::ExpectationFailed => "unsupported expectation",
             RequestError::BodyIncomplete => "request body ended early",
+            RequestError::BodyStorageFull => "no room to buffer the request body, retry later",
         }
     }
 }

@@ -18,7 +18,8 @@ pub struct Limits {
     /// (nginx `keepalive_timeout` 75 s). On expiry the connection is closed quietly.
     pub keep_alive_timeout: Duration,
     /// Time without progress while reading a body or writing a response. Default 60 s
-    /// (nginx `client_body_timeout` / `send_timeout`). On expiry: `408` if nothing was sent, else close.
+    /// (nginx `client_body_timeout` / `send_timeout`). On expiry: `408` while reading a body; a
+    /// reset while writing a response.
     pub io_timeout: Duration,
     /// Longest request line (method, target, version). Default 8 KiB. Over it: `414`.
     pub max_request_line_bytes: usize,
@@ -26,17 +27,14 @@ pub struct Limits {
     pub max_head_bytes: usize,
     /// Most header fields. Default 100. Over it: `431`.
     pub max_headers: usize,
-    /// Largest request body, counted after chunked decoding. Default 1 GiB, streamed, never
-    /// buffered whole. Over it: `413`.
+    /// Largest request body, counted after chunked decoding. Default 1 GiB, buffered by the
+    /// poller (memory, then a temp file: see `BodyBuffering`) before the handler runs. Over it: `413`.
     pub max_body_bytes: u64,
     /// Most open client connections. Default 10 000. New ones over it get `503` and are closed.
     pub max_connections: usize,
     /// How long a closing connection's unread input is drained so that our last response is
     /// not destroyed by a TCP reset (nginx `lingering_timeout`). Default 2 s.
     pub linger_timeout: Duration,
-    /// Most body bytes drained after a response to keep the connection alive (nginx discards a
-    /// body the same way). Larger unread bodies close the connection. Default 1 MiB.
-    pub max_drain_bytes: u64,
 }
 
 impl Default for Limits {
@@ -51,7 +49,6 @@ impl Default for Limits {
             max_body_bytes: 1 << 30,
             max_connections: 10_000,
             linger_timeout: Duration::from_secs(2),
-            max_drain_bytes: 1 << 20,
         }
     }
 }

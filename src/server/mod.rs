@@ -1,16 +1,19 @@
 //! The HTTP/1.1 server that lb-sync and lb-backend stand on.
 //!
-//! Shape (Apache's event MPM): one **poller** thread owns the listener and every connection that
-//! is idle or still sending its request head; a complete head goes through a **bounded queue** to
-//! a **fixed pool of worker threads**, which serve it with blocking I/O under socket timeouts and
-//! hand the connection back. A slow or idle client costs a small buffer, never a thread.
+//! Shape (Apache's event MPM): one **poller** thread owns the listener and all client I/O that
+//! waits on a client: idle keep-alive connections, request heads, request bodies (buffered in
+//! memory, then in a temp file), and the rest of any response the client reads slowly. A
+//! complete request goes through a **bounded queue** to a **fixed pool of worker threads**,
+//! which run the handler (blocking on a backend is fine there) and write the response with
+//! non-blocking writes, handing what the socket does not take back to the poller. A slow or
+//! idle client costs a buffer, never a thread.
 //!
 //! ```no_run
 //! use lb_sync::server::{Handler, Request, Response, Server, ServerConfig};
 //!
 //! struct Hello;
 //! impl Handler for Hello {
-//!     fn handle<'r>(&self, _request: Request<'r>) -> Response<'r> {
+//!     fn handle(&self, _request: Request) -> Response {
 //!         Response::text(200, "hello")
 //!     }
 //! }
@@ -29,35 +32,39 @@ mod listener;
 mod poller;
 mod request;
 mod response;
+mod spool;
 mod worker;
 
-pub use body::RequestBody;
+pub use body::{BodyDecoder, BodySink};
 pub use error::{reason_phrase, RequestError};
 pub use head::{is_hop_by_hop, parse_head, BodyFraming, Header, ParseOutcome, RequestHead, Version, HOP_BY_HOP};
 pub use limits::Limits;
 pub use listener::bind;
 pub use request::Request;
 pub use response::{status_has_no_body, Body, Response};
+pub use spool::{BodyBuffering, RequestBody};
 
 use std::io;
 use std::net::{SocketAddr, TcpListener};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use mio::{Poll, Waker};
 
-use poller::{Poller, StopSignal, WAKER};
+use poller::{Poller, PollerLinks, StopSignal, WAKER};
+use spool::SpoolSettings;
 use worker::Worker;
 
 /// Serves requests: the application side of the server (lb-sync's proxy, lb-backend's demo).
 ///
 /// A handler runs on a worker thread and may block (on a backend, a delay); the pool size bounds
-/// how many run at once.
+/// how many run at once. The request's body is complete when it runs; the response's body may
+/// be a stream, read by workers as the client takes it.
 pub trait Handler: Send + Sync + 'static {
-    /// Answers one request. The response body may borrow the request (to stream its body back).
-    fn handle<'r>(&self, request: Request<'r>) -> Response<'r>;
+    /// Answers one request.
+    fn handle(&self, request: Request) -> Response;
 }
 
 /// How to run a server.
@@ -74,6 +81,8 @@ pub struct ServerConfig {
     pub backlog: i32,
     /// Limits and timeouts of client connections.
     pub limits: Limits,
+    /// How request bodies are buffered before a worker sees them.
+    pub body_buffering: BodyBuffering,
 }
 
 impl Default for ServerConfig {
@@ -85,6 +94,7 @@ impl Default for ServerConfig {
             queue_capacity: 1024,
             backlog: 1024,
             limits: Limits::default(),
+            body_buffering: BodyBuffering::default(),
         }
     }
 }
@@ -112,7 +122,10 @@ impl Server {
         let local_addr = listener.local_addr()?;
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
-        let (job_tx, job_rx) = crossbeam_channel::bounded(config.queue_capacity.max(1));
+        // Unbounded: refills of deliveries must never be refused; the poller bounds serve jobs
+        // itself with `queued` against the queue capacity.
+        let (job_tx, job_rx) = crossbeam_channel::unbounded();
+        let queued = Arc::new(AtomicUsize::new(0));
         let (return_tx, return_rx) = crossbeam_channel::unbounded();
         let stop = Arc::new(StopSignal { requested: AtomicBool::new(false), grace: Mutex::new(Duration::ZERO) });
         let stopping = Arc::new(AtomicBool::new(false));
@@ -122,15 +135,24 @@ impl Server {
         for i in 0..config.threads.max(1) {
             let worker = Worker {
                 jobs: job_rx.clone(),
+                queued: Arc::clone(&queued),
                 returns: return_tx.clone(),
                 waker: Arc::clone(&waker),
                 handler: Arc::clone(&handler),
-                limits: config.limits.clone(),
                 stopping: Arc::clone(&stopping),
             };
             threads.push(std::thread::Builder::new().name(format!("worker-{i}")).spawn(move || worker.run())?);
         }
-        let poller = Poller::new(poll, listener, job_tx, return_rx, config.limits, Arc::clone(&stop), stopping)?;
+        let links = PollerLinks {
+            jobs: job_tx,
+            queued,
+            queue_capacity: config.queue_capacity.max(1),
+            returns: return_rx,
+            stop: Arc::clone(&stop),
+            stopping,
+            spool: Arc::new(SpoolSettings::new(&config.body_buffering)),
+        };
+        let poller = Poller::new(poll, listener, config.limits, links)?;
         threads.push(std::thread::Builder::new().name("poller".into()).spawn(move || poller.run())?);
         Ok(Server { local_addr, stop, waker, threads })
     }

@@ -1,23 +1,27 @@
 //! The poller thread, in the shape of Apache's event MPM: it owns the listener and every client
-//! connection that is not with a worker. It accepts, reads request heads without blocking, parks
-//! idle keep-alive connections (a buffer each, no thread), enforces the head, idle and linger
-//! timeouts, and hands each complete head to the worker pool through a bounded queue.
+//! connection that is not with a worker. It accepts, reads request heads and bodies without
+//! blocking (bodies into a spool), parks idle keep-alive connections (a buffer each, no thread),
+//! finishes writing responses the client reads slowly, enforces every client timeout, and hands
+//! each complete request to the worker pool. Nothing a client does holds a worker.
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, TrySendError};
+use crossbeam_channel::{Receiver, Sender};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 
+use super::body::BodyDecoder;
 use super::error::{reason_phrase, RequestError};
-use super::head::{parse_head, ParseOutcome};
+use super::head::{parse_head, BodyFraming, ParseOutcome, RequestHead};
 use super::limits::Limits;
+use super::response::{Delivery, Progress};
+use super::spool::{RequestBody, SpoolSettings};
 use super::worker::{Job, Next, Returned};
 
 pub(crate) const LISTENER: Token = Token(0);
@@ -26,10 +30,11 @@ const FIRST_CONNECTION: usize = 2;
 /// How long accepting pauses after an accept error such as EMFILE, so that a full fd table does
 /// not spin the poller; the listener is retried after it, so the port never stops accepting.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
-/// Bytes read from a client socket per read call while reading a head or lingering.
-const READ_CHUNK: usize = 16 * 1024;
-/// Reads of a lingering connection's input per readiness event (64 × 16 KiB = 1 MiB).
-const MAX_LINGER_READS_PER_EVENT: usize = 64;
+/// Bytes read from a client socket per read call.
+const READ_CHUNK: usize = 64 * 1024;
+/// Reads of one connection per turn (16 × 64 KiB = 1 MiB), so a fast uploader cannot hold the
+/// poller; a connection with more to read is served again in the next turn.
+const MAX_READS_PER_TURN: usize = 16;
 /// Longest a poll waits, so that stop requests and deadlines are looked at regularly.
 const MAX_POLL_WAIT: Duration = Duration::from_secs(1);
 /// After the stop deadline, how long in-flight requests whose sockets were shut down get to
@@ -40,18 +45,32 @@ const STOP_HARD_WAIT: Duration = Duration::from_secs(5);
 enum State {
     /// Waiting for (more of) a request head; `started` once a byte of it has arrived.
     Reading { started: bool },
-    /// With a worker.
+    /// Reading a request body into its spool (`Connection::pending`).
+    ReadingBody,
+    /// With a worker (serving, or refilling a delivery).
     Busy,
+    /// Writing a response the client reads slowly (`Connection::delivery`).
+    Writing,
     /// Our side is shut down; unread input is drained until EOF or the deadline.
     Lingering,
+}
+
+/// A request whose body is still arriving.
+struct Pending {
+    head: RequestHead,
+    decoder: BodyDecoder,
+    body: RequestBody,
 }
 
 struct Connection {
     stream: Arc<TcpStream>,
     peer: SocketAddr,
+    /// Bytes read and not yet used: a head in progress, or what follows the current request.
     buf: Vec<u8>,
     state: State,
     deadline: Instant,
+    pending: Option<Pending>,
+    delivery: Option<Delivery>,
 }
 
 /// A stop request: set once by the handle, read by the poller.
@@ -68,6 +87,13 @@ pub(crate) struct Poller {
     pub limits: Limits,
     pub stop: Arc<StopSignal>,
     pub stopping: Arc<AtomicBool>,
+    /// Serve jobs waiting for a worker, against `queue_capacity`.
+    queued: Arc<AtomicUsize>,
+    queue_capacity: usize,
+    spool: Arc<SpoolSettings>,
+    /// Connections with input left unread at the end of their turn (edge-triggered readiness
+    /// would not report it again).
+    again: Vec<usize>,
     connections: HashMap<usize, Connection>,
     next_token: usize,
     next_sweep: Instant,
@@ -76,25 +102,32 @@ pub(crate) struct Poller {
     scratch: Vec<u8>,
 }
 
+/// The poller's ends of the channels and the shared flags.
+pub(crate) struct PollerLinks {
+    pub jobs: Sender<Job>,
+    pub queued: Arc<AtomicUsize>,
+    pub queue_capacity: usize,
+    pub returns: Receiver<Returned>,
+    pub stop: Arc<StopSignal>,
+    pub stopping: Arc<AtomicBool>,
+    pub spool: Arc<SpoolSettings>,
+}
+
 impl Poller {
-    pub fn new(
-        poll: Poll,
-        listener: TcpListener,
-        jobs: Sender<Job>,
-        returns: Receiver<Returned>,
-        limits: Limits,
-        stop: Arc<StopSignal>,
-        stopping: Arc<AtomicBool>,
-    ) -> io::Result<Poller> {
+    pub fn new(poll: Poll, listener: TcpListener, limits: Limits, links: PollerLinks) -> io::Result<Poller> {
         poll.registry().register(&mut SourceFd(&listener.as_raw_fd()), LISTENER, Interest::READABLE)?;
         Ok(Poller {
             poll,
             listener: Some(listener),
-            jobs: Some(jobs),
-            returns,
+            jobs: Some(links.jobs),
+            returns: links.returns,
             limits,
-            stop,
-            stopping,
+            stop: links.stop,
+            stopping: links.stopping,
+            queued: links.queued,
+            queue_capacity: links.queue_capacity,
+            spool: links.spool,
+            again: Vec::new(),
             connections: HashMap::new(),
             next_token: FIRST_CONNECTION,
             next_sweep: Instant::now() + MAX_POLL_WAIT,
@@ -113,6 +146,9 @@ impl Poller {
             if let Some(at) = self.accept_resume {
                 wake_at = wake_at.min(at);
             }
+            if !self.again.is_empty() {
+                wake_at = now;
+            }
             if let Err(e) = self.poll.poll(&mut events, Some(wake_at.saturating_duration_since(now))) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     log::error!("poll failed: {e}");
@@ -123,8 +159,11 @@ impl Poller {
                 match event.token() {
                     LISTENER => self.accept(),
                     WAKER => {}
-                    Token(token) => self.on_readable(token),
+                    Token(token) => self.on_ready(token),
                 }
+            }
+            for token in std::mem::take(&mut self.again) {
+                self.on_ready(token);
             }
             self.take_returns();
             let now = Instant::now();
@@ -162,13 +201,9 @@ impl Poller {
     }
 
     fn admit(&mut self, stream: TcpStream, peer: SocketAddr) {
-        let timeout = Some(self.limits.io_timeout);
-        // Nagle would hold back each keep-alive response's last segment for up to 40 ms.
-        let setup = stream
-            .set_nodelay(true)
-            .and_then(|_| stream.set_nonblocking(true))
-            .and_then(|_| stream.set_read_timeout(timeout))
-            .and_then(|_| stream.set_write_timeout(timeout));
+        // Nagle would hold back each keep-alive response's last segment for up to 40 ms. The
+        // socket stays non-blocking for its whole life: workers never wait on it either.
+        let setup = stream.set_nodelay(true).and_then(|_| stream.set_nonblocking(true));
         if let Err(e) = setup {
             log::debug!("dropping connection from {peer}: {e}");
             return;
@@ -191,6 +226,8 @@ impl Poller {
                 buf: Vec::new(),
                 state: State::Reading { started: false },
                 deadline,
+                pending: None,
+                delivery: None,
             },
         );
         self.note_deadline(deadline);
@@ -202,9 +239,11 @@ impl Poller {
         }
     }
 
-    fn on_readable(&mut self, token: usize) {
+    fn on_ready(&mut self, token: usize) {
         match self.connections.get(&token).map(|c| c.state) {
             Some(State::Reading { .. }) => self.advance(token),
+            Some(State::ReadingBody) => self.read_body(token),
+            Some(State::Writing) => self.write_delivery(token),
             Some(State::Lingering) => self.drain_lingering(token),
             Some(State::Busy) | None => {}
         }
@@ -220,13 +259,8 @@ impl Poller {
             if worth_parsing && !conn.buf.is_empty() {
                 match parse_head(&conn.buf, &self.limits) {
                     Ok(ParseOutcome::Complete(head, used)) => {
-                        let leftover = conn.buf.split_off(used);
-                        conn.buf = Vec::new();
-                        conn.state = State::Busy;
-                        let job =
-                            Job { token, stream: Arc::clone(&conn.stream), peer: conn.peer, head, buffered: leftover };
-                        self.dispatch(job);
-                        return;
+                        conn.buf.drain(..used);
+                        return self.begin_body(token, head);
                     }
                     Ok(ParseOutcome::Partial) => {}
                     Err(error) => {
@@ -236,7 +270,7 @@ impl Poller {
                     }
                 }
             }
-            match (&*conn.stream).read(&mut self.scratch) {
+            match (&*conn.stream).read(&mut self.scratch[..16 * 1024]) {
                 Ok(0) => return self.close(token),
                 Ok(n) => {
                     worth_parsing =
@@ -262,19 +296,167 @@ impl Poller {
         }
     }
 
-    fn dispatch(&mut self, job: Job) {
-        let token = job.token;
+    /// A head is complete: with no body the request goes to a worker at once, else its body is
+    /// read into a spool first (from the bytes already read, then from the socket).
+    fn begin_body(&mut self, token: usize, head: RequestHead) {
+        if head.framing == BodyFraming::None {
+            return self.dispatch(token, head, RequestBody::empty());
+        }
+        let Some(conn) = self.connections.get_mut(&token) else { return };
+        let expects_continue = head.expects_continue;
+        let decoder = BodyDecoder::new(head.framing, self.limits.max_body_bytes);
+        conn.pending = Some(Pending { head, decoder, body: RequestBody::spooling(Arc::clone(&self.spool)) });
+        conn.state = State::ReadingBody;
+        conn.deadline = Instant::now() + self.limits.io_timeout;
+        let deadline = conn.deadline;
+        let buffered = std::mem::take(&mut conn.buf);
+        self.note_deadline(deadline);
+        if !self.feed_body(token, &buffered) && expects_continue {
+            // The client waits for our word before it sends the body (RFC 9110 10.1.1).
+            if let Some(conn) = self.connections.get(&token) {
+                let _ = (&*conn.stream).write(b"HTTP/1.1 100 Continue\r\n\r\n");
+            }
+        }
+        if self.connections.get(&token).is_some_and(|c| c.state == State::ReadingBody) {
+            self.read_body(token);
+        }
+    }
+
+    /// Feeds bytes to the body being read; the bytes after its end stay in the connection's
+    /// buffer. True when the request was dispatched or refused (no longer reading its body).
+    fn feed_body(&mut self, token: usize, input: &[u8]) -> bool {
+        let Some(conn) = self.connections.get_mut(&token) else { return true };
+        let Some(pending) = conn.pending.as_mut() else { return true };
+        let body = &mut pending.body;
+        match pending.decoder.feed(input, &mut |data| body.append(data)) {
+            Ok(used) if pending.decoder.is_complete() => {
+                conn.buf.extend_from_slice(&input[used..]);
+                let Pending { head, mut body, .. } = conn.pending.take().expect("pending above");
+                if body.finish().is_err() {
+                    let error = RequestError::BodyStorageFull;
+                    self.refuse(token, error.status(), error.reason(), &[]);
+                    return true;
+                }
+                self.dispatch(token, head, body);
+                true
+            }
+            Ok(_) => false,
+            Err(error) => {
+                log::debug!("{}: {error}", conn.peer);
+                conn.pending = None;
+                let extra: &[(&str, &str)] =
+                    if error == RequestError::BodyStorageFull { &[("Retry-After", "1")] } else { &[] };
+                self.refuse(token, error.status(), error.reason(), extra);
+                true
+            }
+        }
+    }
+
+    /// Reads the body from the socket until it is complete, the socket is drained, or this
+    /// connection's turn is over.
+    fn read_body(&mut self, token: usize) {
+        for _ in 0..MAX_READS_PER_TURN {
+            let Some(conn) = self.connections.get_mut(&token) else { return };
+            if conn.state != State::ReadingBody {
+                return;
+            }
+            match (&*conn.stream).read(&mut self.scratch) {
+                Ok(0) => {
+                    let error = RequestError::BodyIncomplete;
+                    return self.refuse(token, error.status(), error.reason(), &[]);
+                }
+                Ok(n) => {
+                    conn.deadline = Instant::now() + self.limits.io_timeout;
+                    let input = std::mem::take(&mut self.scratch);
+                    let done = self.feed_body(token, &input[..n]);
+                    self.scratch = input;
+                    if done {
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return self.close(token),
+            }
+        }
+        self.again.push(token);
+    }
+
+    /// Hands a complete request to the worker pool, or answers 503 when the queue is full.
+    fn dispatch(&mut self, token: usize, head: RequestHead, body: RequestBody) {
+        let Some(conn) = self.connections.get_mut(&token) else { return };
         let Some(jobs) = &self.jobs else {
             return self.close(token);
         };
-        match jobs.try_send(job) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => {
-                log::warn!("all workers busy and the queue is full: answering 503");
-                self.refuse(token, 503, "server busy, retry later", &[("Retry-After", "1")]);
-            }
-            Err(TrySendError::Disconnected(_)) => self.close(token),
+        if self.queued.load(Ordering::Relaxed) >= self.queue_capacity {
+            log::warn!("all workers busy and the queue is full: answering 503");
+            return self.refuse(token, 503, "server busy, retry later", &[("Retry-After", "1")]);
         }
+        conn.state = State::Busy;
+        self.queued.fetch_add(1, Ordering::Relaxed);
+        let job = Job::Serve { token, stream: Arc::clone(&conn.stream), peer: conn.peer, head, body };
+        if jobs.send(job).is_err() {
+            self.close(token);
+        }
+    }
+
+    /// Writes a delivery the client reads slowly; asks a worker to refill it when drained.
+    fn write_delivery(&mut self, token: usize) {
+        let Some(conn) = self.connections.get_mut(&token) else { return };
+        let Some(mut delivery) = conn.delivery.take() else { return };
+        match delivery.advance(&mut &*conn.stream, false) {
+            Progress::Blocked => {
+                conn.deadline = Instant::now() + self.limits.io_timeout;
+                conn.delivery = Some(delivery);
+                let deadline = conn.deadline;
+                self.note_deadline(deadline);
+            }
+            Progress::NeedsRefill => {
+                conn.state = State::Busy;
+                let job = Job::Refill { token, stream: Arc::clone(&conn.stream), delivery };
+                if self.jobs.as_ref().is_none_or(|jobs| jobs.send(job).is_err()) {
+                    self.close(token);
+                }
+            }
+            Progress::Done { keep_alive } => self.finish_response(token, keep_alive),
+            Progress::Failed => self.reset(token),
+        }
+    }
+
+    /// The response is out: wait for the next request, or linger and close.
+    fn finish_response(&mut self, token: usize, keep_alive: bool) {
+        let stopping = self.stop_deadline.is_some();
+        let Some(conn) = self.connections.get_mut(&token) else { return };
+        if conn.state == State::Writing {
+            let _ = self.poll.registry().reregister(
+                &mut SourceFd(&conn.stream.as_raw_fd()),
+                Token(token),
+                Interest::READABLE,
+            );
+        }
+        if !keep_alive {
+            return self.linger(token);
+        }
+        if stopping {
+            return self.close(token);
+        }
+        let started = !conn.buf.is_empty();
+        conn.state = State::Reading { started };
+        conn.deadline =
+            Instant::now() + if started { self.limits.head_timeout } else { self.limits.keep_alive_timeout };
+        let deadline = conn.deadline;
+        self.note_deadline(deadline);
+        // Bytes that arrived while the request was served raised no new readiness event.
+        self.advance(token);
+    }
+
+    /// Breaks a transfer visibly: a reset, so a close-delimited body cut short cannot look
+    /// complete to the client.
+    fn reset(&mut self, token: usize) {
+        if let Some(conn) = self.connections.get(&token) {
+            let _ = socket2::SockRef::from(&*conn.stream).set_linger(Some(Duration::ZERO));
+        }
+        self.close(token);
     }
 
     /// Answers a small error response without blocking, then lingers and closes: after a refused
@@ -314,9 +496,9 @@ impl Poller {
         if Instant::now() >= conn.deadline {
             return self.close(token);
         }
-        // Bounded per event so a fast sender cannot hold the poller; more input raises another
-        // event, and the deadline ends the linger in any case.
-        for _ in 0..MAX_LINGER_READS_PER_EVENT {
+        // Bounded per turn so a fast sender cannot hold the poller; the deadline ends the
+        // linger in any case.
+        for _ in 0..MAX_READS_PER_TURN {
             match (&*conn.stream).read(&mut self.scratch) {
                 Ok(0) => return self.close(token),
                 Ok(_) => {}
@@ -325,6 +507,7 @@ impl Poller {
                 Err(_) => return self.close(token),
             }
         }
+        self.again.push(token);
     }
 
     fn close(&mut self, token: usize) {
@@ -335,25 +518,34 @@ impl Poller {
 
     fn take_returns(&mut self) {
         while let Ok(Returned { token, next }) = self.returns.try_recv() {
-            let stopping = self.stop_deadline.is_some();
             match next {
-                Next::KeepAlive(_) if stopping => self.close(token),
-                Next::KeepAlive(leftover) => {
-                    let Some(conn) = self.connections.get_mut(&token) else {
-                        continue;
+                Next::KeepAlive => self.finish_response(token, true),
+                Next::Linger => self.finish_response(token, false),
+                Next::Reset => self.reset(token),
+                Next::Deliver(delivery) => {
+                    let Some(conn) = self.connections.get_mut(&token) else { continue };
+                    let registered = if conn.state == State::Writing {
+                        Ok(())
+                    } else {
+                        // Edge-triggered: re-registering for writability reports it if it holds now.
+                        self.poll.registry().reregister(
+                            &mut SourceFd(&conn.stream.as_raw_fd()),
+                            Token(token),
+                            Interest::WRITABLE,
+                        )
                     };
-                    let started = !leftover.is_empty();
-                    conn.buf = leftover;
-                    conn.state = State::Reading { started };
-                    conn.deadline = Instant::now()
-                        + if started { self.limits.head_timeout } else { self.limits.keep_alive_timeout };
+                    if registered.is_err() {
+                        self.reset(token);
+                        continue;
+                    }
+                    conn.state = State::Writing;
+                    conn.delivery = Some(delivery);
+                    conn.deadline = Instant::now() + self.limits.io_timeout;
                     let deadline = conn.deadline;
                     self.note_deadline(deadline);
-                    // Bytes that arrived while the worker had it raised no new readiness event.
-                    self.advance(token);
+                    // A refill may have left the socket writable with no new edge to report it.
+                    self.write_delivery(token);
                 }
-                Next::Linger => self.linger(token),
-                Next::Close => self.close(token),
             }
         }
     }
@@ -382,6 +574,12 @@ impl Poller {
                     let error = RequestError::HeadTimeout;
                     self.refuse(token, error.status(), error.reason(), &[]);
                 }
+                State::ReadingBody => {
+                    let error = RequestError::BodyTimeout;
+                    self.refuse(token, error.status(), error.reason(), &[]);
+                }
+                // A client that stopped reading its response: nothing more can be said to it.
+                State::Writing => self.reset(token),
                 // nginx closes a connection that never sent a byte without a word, too.
                 State::Reading { started: false } | State::Lingering | State::Busy => self.close(token),
             }
@@ -397,8 +595,13 @@ impl Poller {
             }
             now + *self.stop.grace.lock().unwrap_or_else(|e| e.into_inner())
         });
-        let idle: Vec<usize> =
-            self.connections.iter().filter(|(_, c)| c.state != State::Busy).map(|(&t, _)| t).collect();
+        // Requests being read, served or delivered get the grace period; idle ones go now.
+        let idle: Vec<usize> = self
+            .connections
+            .iter()
+            .filter(|(_, c)| matches!(c.state, State::Reading { .. } | State::Lingering))
+            .map(|(&t, _)| t)
+            .collect();
         for token in idle {
             self.close(token);
         }

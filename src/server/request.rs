@@ -1,19 +1,21 @@
-//! What a handler receives: the validated head, the peer address and the body reader.
+//! What a handler receives: the validated head, the peer address and the complete body.
 
 use std::net::SocketAddr;
 
-use super::body::RequestBody;
 use super::head::{Header, RequestHead, Version};
+use super::spool::RequestBody;
 
-/// One request, as handed to a [`Handler`](super::Handler).
-pub struct Request<'r> {
+/// One request, as handed to a [`Handler`](super::Handler): its body has arrived whole (the
+/// poller buffered it), so reading it never waits for the client.
+pub struct Request {
     head: RequestHead,
     peer: SocketAddr,
-    body: RequestBody<'r>,
+    body: RequestBody,
 }
 
-impl<'r> Request<'r> {
-    pub(crate) fn new(head: RequestHead, peer: SocketAddr, body: RequestBody<'r>) -> Request<'r> {
+impl Request {
+    /// A request from its parts (the server builds them; also for tests of handlers).
+    pub fn new(head: RequestHead, peer: SocketAddr, body: RequestBody) -> Request {
         Request { head, peer, body }
     }
 
@@ -63,12 +65,17 @@ impl<'r> Request<'r> {
     }
 
     /// The body, to read from.
-    pub fn body(&mut self) -> &mut RequestBody<'r> {
+    pub fn body(&mut self) -> &mut RequestBody {
         &mut self.body
     }
 
-    /// The body, owned (to stream it into a response or a backend request).
-    pub fn into_body(self) -> RequestBody<'r> {
+    /// The head and the body, owned (to send the body on, or stream it into a response).
+    pub fn into_parts(self) -> (RequestHead, RequestBody) {
+        (self.head, self.body)
+    }
+
+    /// The body, owned.
+    pub fn into_body(self) -> RequestBody {
         self.body
     }
 }

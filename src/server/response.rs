@@ -1,26 +1,33 @@
-//! Responses and how they are written: Content-Length when the length is known, chunked when it
-//! is not (HTTP/1.1), close-delimited for HTTP/1.0; bodies streamed in constant memory.
+//! Responses and how they go out: Content-Length when the length is known, chunked when it is
+//! not (HTTP/1.1), close-delimited for HTTP/1.0; bodies streamed through one bounded buffer.
+//!
+//! A [`Delivery`] is a response on its way: the bytes ready to write and the source of the rest.
+//! A worker starts it (it may block reading the source, a backend); whenever the client's socket
+//! is full the delivery moves to the poller, which writes as the client reads and hands it back
+//! to a worker only to refill the buffer from the source. No thread waits for a slow client.
 
 use std::io::{self, Read, Write};
 
 use super::error::reason_phrase;
 use super::head::{is_hop_by_hop, Header, Version};
 
-/// Bytes read from a streamed body source per write (and per chunk).
-const STREAM_CHUNK: usize = 16 * 1024;
+/// Most bytes read from a body source per refill; also the delivery buffer's size. A slow
+/// reader costs this much memory, not a thread.
+const DELIVERY_BUFFER: usize = 64 * 1024;
 /// Room kept in front of each chunk for its size line (16 hex digits and CRLF fit).
 const CHUNK_PREFIX: usize = 18;
 
 /// A response body.
-pub enum Body<'r> {
+pub enum Body {
     /// No body (`Content-Length: 0`).
     Empty,
     /// A body held in memory.
     Bytes(Vec<u8>),
     /// A body read from a source as it is written, with its length when known.
     Stream {
-        /// Where the bytes come from; an error from it breaks the transfer visibly.
-        reader: Box<dyn Read + 'r>,
+        /// Where the bytes come from; an error from it breaks the transfer visibly. It may move
+        /// between threads while the client reads.
+        reader: Box<dyn Read + Send>,
         /// `Some(n)`: sent with `Content-Length: n`; `None`: chunked (or close-delimited for 1.0).
         length: Option<u64>,
     },
@@ -33,57 +40,58 @@ pub enum Body<'r> {
 /// let r = Response::text(404, "no such thing").with_header("Cache-Control", "no-store");
 /// assert_eq!(r.status, 404);
 /// ```
-pub struct Response<'r> {
+pub struct Response {
     /// The status code.
     pub status: u16,
     /// Header fields, in order; several with one name are all sent. Framing fields
-    /// (`Content-Length`, `Transfer-Encoding`, `Connection`) are chosen by the server and ignored here.
+    /// (`Content-Length`, `Transfer-Encoding`, `Connection` and other hop-by-hop ones) are
+    /// chosen by the server and ignored here.
     pub headers: Vec<Header>,
     /// The body.
-    pub body: Body<'r>,
+    pub body: Body,
     /// Close the connection after this response even if the client would keep it.
     pub close: bool,
 }
 
-impl<'r> Response<'r> {
+impl Response {
     /// A response with a status and no headers or body.
-    pub fn new(status: u16) -> Response<'r> {
+    pub fn new(status: u16) -> Response {
         Response { status, headers: Vec::new(), body: Body::Empty, close: false }
     }
 
     /// A `text/plain` response.
-    pub fn text(status: u16, text: impl Into<String>) -> Response<'r> {
+    pub fn text(status: u16, text: impl Into<String>) -> Response {
         let mut body = text.into().into_bytes();
         body.push(b'\n');
         Response::new(status).with_header("Content-Type", "text/plain; charset=utf-8").with_body(body)
     }
 
     /// An `application/json` response.
-    pub fn json(status: u16, value: &serde_json::Value) -> Response<'r> {
+    pub fn json(status: u16, value: &serde_json::Value) -> Response {
         let body = serde_json::to_vec(value).expect("a Value always serializes");
         Response::new(status).with_header("Content-Type", "application/json").with_body(body)
     }
 
     /// Adds a header field.
-    pub fn with_header(mut self, name: impl Into<String>, value: impl Into<Vec<u8>>) -> Response<'r> {
+    pub fn with_header(mut self, name: impl Into<String>, value: impl Into<Vec<u8>>) -> Response {
         self.headers.push(Header::new(name, value));
         self
     }
 
     /// Sets an in-memory body.
-    pub fn with_body(mut self, body: impl Into<Vec<u8>>) -> Response<'r> {
+    pub fn with_body(mut self, body: impl Into<Vec<u8>>) -> Response {
         self.body = Body::Bytes(body.into());
         self
     }
 
     /// Closes the connection after this response.
-    pub fn with_close(mut self) -> Response<'r> {
+    pub fn with_close(mut self) -> Response {
         self.close = true;
         self
     }
 
     /// Sets a streamed body.
-    pub fn with_stream(mut self, reader: impl Read + 'r, length: Option<u64>) -> Response<'r> {
+    pub fn with_stream(mut self, reader: impl Read + Send + 'static, length: Option<u64>) -> Response {
         self.body = Body::Stream { reader: Box::new(reader), length };
         self
     }
@@ -106,32 +114,201 @@ pub fn status_has_no_body(status: u16) -> bool {
     (100..200).contains(&status) || status == 204 || status == 304
 }
 
-/// Writes `response`; returns whether the connection may be kept open afterwards.
-///
-/// An error from the body source or the socket leaves the transfer visibly broken (short of its
-/// Content-Length or without the final chunk): the caller closes the connection.
-pub(crate) fn write_response(out: &mut impl Write, response: Response<'_>, ctx: &ResponseContext) -> io::Result<bool> {
-    let Response { status, headers, body, close } = response;
-    let mut keep_alive = ctx.keep_alive && !close;
-    let no_body = status_has_no_body(status);
-    let (length, chunked) = match &body {
-        _ if no_body => (None, false),
-        Body::Empty => (Some(0), false),
-        Body::Bytes(bytes) => (Some(bytes.len() as u64), false),
-        Body::Stream { length: Some(n), .. } => (Some(*n), false),
-        Body::Stream { length: None, .. } => match ctx.version {
-            Version::Http11 => (None, true),
-            Version::Http10 => {
-                keep_alive = false;
-                (None, false)
-            }
-        },
-    };
+/// How the rest of the body is framed on the wire.
+enum Framing {
+    /// Nothing more (no body, a HEAD answer, or the body is already in the buffer).
+    Done,
+    /// Exactly this many more bytes from the source.
+    Length(u64),
+    /// Chunks until the source ends, then the last chunk.
+    Chunked,
+    /// Until the source ends, then close (HTTP/1.0 with an unknown length).
+    UntilClose,
+}
 
-    let mut head = Vec::with_capacity(256);
-    write!(head, "HTTP/1.1 {} {}\r\n", status, reason_phrase(status))?;
+/// How far a delivery got.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Progress {
+    /// Everything was written; the connection may be kept when `keep_alive`.
+    Done { keep_alive: bool },
+    /// The socket takes no more now: wait until it is writable.
+    Blocked,
+    /// The buffer is written and the source has more: a worker must refill it.
+    NeedsRefill,
+    /// The socket or the source failed; the transfer is broken and must look broken.
+    Failed,
+}
+
+/// A response on its way to the client.
+pub(crate) struct Delivery {
+    buf: Vec<u8>,
+    written: usize,
+    source: Option<Box<dyn Read + Send>>,
+    framing: Framing,
+    keep_alive: bool,
+}
+
+impl Delivery {
+    /// Serializes the head (and an in-memory body) into the buffer.
+    pub fn new(response: Response, ctx: &ResponseContext) -> Delivery {
+        let Response { status, headers, body, close } = response;
+        let mut keep_alive = ctx.keep_alive && !close;
+        let no_body = status_has_no_body(status);
+        let (length, chunked) = match &body {
+            _ if no_body => (None, false),
+            Body::Empty => (Some(0), false),
+            Body::Bytes(bytes) => (Some(bytes.len() as u64), false),
+            Body::Stream { length: Some(n), .. } => (Some(*n), false),
+            Body::Stream { length: None, .. } => match ctx.version {
+                Version::Http11 => (None, true),
+                Version::Http10 => {
+                    keep_alive = false;
+                    (None, false)
+                }
+            },
+        };
+        let mut buf = Vec::with_capacity(256 + if let Body::Bytes(b) = &body { b.len() } else { 0 });
+        write_head(&mut buf, status, &headers, length, chunked, keep_alive, ctx.version);
+        let mut delivery = Delivery { buf, written: 0, source: None, framing: Framing::Done, keep_alive };
+        if ctx.head_request || no_body {
+            return delivery;
+        }
+        match body {
+            Body::Empty => {}
+            Body::Bytes(bytes) => delivery.buf.extend_from_slice(&bytes),
+            Body::Stream { reader, length } => {
+                delivery.source = Some(reader);
+                delivery.framing = match length {
+                    Some(n) => Framing::Length(n),
+                    None if chunked => Framing::Chunked,
+                    None => Framing::UntilClose,
+                };
+            }
+        }
+        delivery
+    }
+
+    /// Writes what is buffered; with `may_block_on_source` (a worker) refills from the source
+    /// whenever the buffer is written, else (the poller) stops with [`Progress::NeedsRefill`].
+    pub fn advance(&mut self, out: &mut impl Write, may_block_on_source: bool) -> Progress {
+        // The head and the first part of the body leave in one write.
+        if may_block_on_source && self.written == 0 && self.source.is_some() && self.refill().is_err() {
+            return Progress::Failed;
+        }
+        loop {
+            while self.written < self.buf.len() {
+                match out.write(&self.buf[self.written..]) {
+                    Ok(0) => return Progress::Failed,
+                    Ok(n) => self.written += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Progress::Blocked,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(_) => return Progress::Failed,
+                }
+            }
+            self.buf.clear();
+            self.written = 0;
+            if matches!(self.framing, Framing::Done) {
+                self.source = None;
+                return Progress::Done { keep_alive: self.keep_alive };
+            }
+            if !may_block_on_source {
+                return Progress::NeedsRefill;
+            }
+            if self.refill().is_err() {
+                return Progress::Failed;
+            }
+        }
+    }
+
+    /// Reads once from the source and appends it to the buffer, framed. One read, not a full
+    /// buffer: a streamed answer (server-sent events) goes out as it arrives.
+    fn refill(&mut self) -> io::Result<()> {
+        let Some(source) = self.source.as_mut() else { return Ok(()) };
+        match self.framing {
+            Framing::Done => {}
+            Framing::Length(left) => {
+                let want = DELIVERY_BUFFER.min(left.min(usize::MAX as u64) as usize);
+                let n = read_after(source, &mut self.buf, 0, want)?;
+                if n == 0 {
+                    return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "body source ended before its length"));
+                }
+                let left = left - n as u64;
+                if left == 0 {
+                    // One more read to see the source's end: a pooled client (ureq) returns its
+                    // connection to the pool only when a read reports the end of the body.
+                    let _ = source.read(&mut [0u8; 1]);
+                    self.framing = Framing::Done;
+                } else {
+                    self.framing = Framing::Length(left);
+                }
+            }
+            Framing::Chunked => {
+                let start = self.buf.len();
+                let n = read_after(source, &mut self.buf, CHUNK_PREFIX, DELIVERY_BUFFER)?;
+                if n == 0 {
+                    self.buf.truncate(start);
+                    self.buf.extend_from_slice(b"0\r\n\r\n");
+                    self.framing = Framing::Done;
+                } else {
+                    // The size line goes right in front of the data, so each chunk is one write.
+                    let size_line = format!("{n:x}\r\n");
+                    let begin = start + CHUNK_PREFIX - size_line.len();
+                    self.buf[begin..start + CHUNK_PREFIX].copy_from_slice(size_line.as_bytes());
+                    self.buf.extend_from_slice(b"\r\n");
+                    // Close the room left unused in front of the size line.
+                    self.buf.drain(start..begin);
+                }
+            }
+            Framing::UntilClose => {
+                if read_after(source, &mut self.buf, 0, DELIVERY_BUFFER)? == 0 {
+                    self.framing = Framing::Done;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes everything to a writer that never blocks (tests, in-memory targets).
+    #[cfg(test)]
+    fn write_all_to(mut self, out: &mut Vec<u8>) -> Result<bool, ()> {
+        match self.advance(out, true) {
+            Progress::Done { keep_alive } => Ok(keep_alive),
+            _ => Err(()),
+        }
+    }
+}
+
+/// Reads once from `source` into `buf`, after its current end and `gap` bytes of room, up to
+/// `max` bytes; returns how many came. `buf` ends right after them.
+fn read_after(source: &mut Box<dyn Read + Send>, buf: &mut Vec<u8>, gap: usize, max: usize) -> io::Result<usize> {
+    let end = buf.len();
+    let start = end + gap;
+    buf.resize(start + max, 0);
+    let result = loop {
+        match source.read(&mut buf[start..]) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            other => break other,
+        }
+    };
+    match result {
+        Ok(n) => buf.truncate(start + n),
+        Err(_) => buf.truncate(end),
+    }
+    result
+}
+
+fn write_head(
+    head: &mut Vec<u8>,
+    status: u16,
+    headers: &[Header],
+    length: Option<u64>,
+    chunked: bool,
+    keep_alive: bool,
+    version: Version,
+) {
+    let _ = write!(head, "HTTP/1.1 {} {}\r\n", status, reason_phrase(status));
     let mut has_date = false;
-    for header in &headers {
+    for header in headers {
         // The server frames the message itself.
         if header.is("content-length") || is_hop_by_hop(&header.name) {
             continue;
@@ -143,115 +320,20 @@ pub(crate) fn write_response(out: &mut impl Write, response: Response<'_>, ctx: 
         head.extend_from_slice(b"\r\n");
     }
     if !has_date {
-        write!(head, "Date: {}\r\n", httpdate::fmt_http_date(std::time::SystemTime::now()))?;
+        let _ = write!(head, "Date: {}\r\n", httpdate::fmt_http_date(std::time::SystemTime::now()));
     }
     if let Some(n) = length {
-        write!(head, "Content-Length: {n}\r\n")?;
+        let _ = write!(head, "Content-Length: {n}\r\n");
     }
     if chunked {
         head.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
     }
     if !keep_alive {
         head.extend_from_slice(b"Connection: close\r\n");
-    } else if ctx.version == Version::Http10 {
+    } else if version == Version::Http10 {
         head.extend_from_slice(b"Connection: keep-alive\r\n");
     }
     head.extend_from_slice(b"\r\n");
-
-    if ctx.head_request || no_body {
-        out.write_all(&head)?;
-        out.flush()?;
-        return Ok(keep_alive);
-    }
-    match body {
-        Body::Empty => out.write_all(&head)?,
-        Body::Bytes(bytes) => {
-            // One write for small responses: fewer syscalls and packets.
-            if bytes.len() <= STREAM_CHUNK {
-                head.extend_from_slice(&bytes);
-                out.write_all(&head)?;
-            } else {
-                out.write_all(&head)?;
-                out.write_all(&bytes)?;
-            }
-        }
-        Body::Stream { reader, length: Some(n) } => {
-            out.write_all(&head)?;
-            copy_exact(reader, out, n)?;
-        }
-        Body::Stream { reader, length: None } => {
-            out.write_all(&head)?;
-            out.flush()?;
-            if chunked {
-                copy_chunked(reader, out)?;
-            } else {
-                copy_until_end(reader, out)?;
-            }
-        }
-    }
-    out.flush()?;
-    Ok(keep_alive)
-}
-
-fn read_retrying(reader: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
-    loop {
-        match reader.read(buf) {
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            other => return other,
-        }
-    }
-}
-
-/// Copies exactly `length` bytes; a source that ends early is an error (the client sees a
-/// response short of its Content-Length, never a complete-looking one).
-fn copy_exact(mut reader: Box<dyn Read + '_>, out: &mut impl Write, length: u64) -> io::Result<()> {
-    let mut buf = vec![0u8; STREAM_CHUNK];
-    let mut left = length;
-    while left > 0 {
-        let want = buf.len().min(left.min(usize::MAX as u64) as usize);
-        let n = read_retrying(&mut reader, &mut buf[..want])?;
-        if n == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "body source ended before its length"));
-        }
-        out.write_all(&buf[..n])?;
-        left -= n as u64;
-    }
-    // One more read to see the source's end: a pooled client (ureq) returns its connection to
-    // the pool only when a read reports the end of the body.
-    let _ = read_retrying(&mut reader, &mut buf[..1]);
-    Ok(())
-}
-
-/// Copies to the end of the source, each piece as one chunk, flushed at once so a streamed
-/// event is not held back; the final chunk is written only after a clean end.
-fn copy_chunked(mut reader: Box<dyn Read + '_>, out: &mut impl Write) -> io::Result<()> {
-    let mut buf = vec![0u8; CHUNK_PREFIX + STREAM_CHUNK + 2];
-    loop {
-        let n = read_retrying(&mut reader, &mut buf[CHUNK_PREFIX..CHUNK_PREFIX + STREAM_CHUNK])?;
-        if n == 0 {
-            out.write_all(b"0\r\n\r\n")?;
-            return Ok(());
-        }
-        // The size line goes right in front of the data, so each chunk is one write.
-        let size_line = format!("{n:x}\r\n");
-        let begin = CHUNK_PREFIX - size_line.len();
-        buf[begin..CHUNK_PREFIX].copy_from_slice(size_line.as_bytes());
-        buf[CHUNK_PREFIX + n..CHUNK_PREFIX + n + 2].copy_from_slice(b"\r\n");
-        out.write_all(&buf[begin..CHUNK_PREFIX + n + 2])?;
-        out.flush()?;
-    }
-}
-
-fn copy_until_end(mut reader: Box<dyn Read + '_>, out: &mut impl Write) -> io::Result<()> {
-    let mut buf = vec![0u8; STREAM_CHUNK];
-    loop {
-        let n = read_retrying(&mut reader, &mut buf)?;
-        if n == 0 {
-            return Ok(());
-        }
-        out.write_all(&buf[..n])?;
-        out.flush()?;
-    }
 }
 
 #[cfg(test)]
@@ -262,9 +344,9 @@ mod tests {
         ResponseContext { version, head_request, keep_alive: true }
     }
 
-    fn written(response: Response<'_>, ctx: &ResponseContext) -> (String, io::Result<bool>) {
+    fn written(response: Response, ctx: &ResponseContext) -> (String, Result<bool, ()>) {
         let mut out = Vec::new();
-        let result = write_response(&mut out, response, ctx);
+        let result = Delivery::new(response, ctx).write_all_to(&mut out);
         (String::from_utf8_lossy(&out).into_owned(), result)
     }
 
@@ -313,5 +395,38 @@ mod tests {
         assert!(text.ends_with("\r\n\r\n"));
         let (text, _) = written(Response::text(204, "x"), &ctx(Version::Http11, false));
         assert!(!text.contains("Content-Length") && text.ends_with("\r\n\r\n"));
+    }
+
+    #[test]
+    fn a_full_socket_hands_the_rest_over_and_the_poller_asks_for_a_refill() {
+        /// Takes `room` bytes, then would block.
+        struct Narrow {
+            got: Vec<u8>,
+            room: usize,
+        }
+        impl Write for Narrow {
+            fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+                if self.room == 0 {
+                    return Err(io::ErrorKind::WouldBlock.into());
+                }
+                let n = buf.len().min(self.room);
+                self.room -= n;
+                self.got.extend_from_slice(&buf[..n]);
+                Ok(n)
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let body = vec![b'x'; 3 * DELIVERY_BUFFER];
+        let response = Response::new(200).with_stream(io::Cursor::new(body), Some(3 * DELIVERY_BUFFER as u64));
+        let mut delivery = Delivery::new(response, &ctx(Version::Http11, false));
+        let mut out = Narrow { got: Vec::new(), room: 100 };
+        assert_eq!(delivery.advance(&mut out, true), Progress::Blocked, "the worker lets go");
+        out.room = usize::MAX;
+        assert_eq!(delivery.advance(&mut out, false), Progress::NeedsRefill, "the poller never reads the source");
+        assert_eq!(delivery.advance(&mut out, true), Progress::Done { keep_alive: true });
+        let head_end = out.got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        assert_eq!(out.got.len() - head_end, 3 * DELIVERY_BUFFER);
     }
 }

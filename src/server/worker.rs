@@ -1,41 +1,40 @@
-//! A worker thread: takes one complete request head at a time from the poller, serves it with
-//! blocking I/O (socket timeouts bound every read and write), then gives the connection back.
+//! A worker thread: takes a complete request from the poller, runs the handler (which may block
+//! on a backend), and starts writing the response without ever blocking on the client: the
+//! socket stays non-blocking, and when it is full the rest of the response goes back to the
+//! poller. A worker also refills a delivery's buffer from its source when the poller asks.
 
-use std::cell::RefCell;
 use std::net::{SocketAddr, TcpStream};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use mio::Waker;
 
-use super::body::{BodyState, RequestBody};
 use super::head::RequestHead;
-use super::limits::Limits;
 use super::request::Request;
-use super::response::{write_response, Body, Response, ResponseContext};
+use super::response::{Delivery, Progress, Response, ResponseContext};
+use super::spool::RequestBody;
 use super::Handler;
 
-/// A complete request head and its connection, on its way to a worker.
-pub(crate) struct Job {
-    pub token: usize,
-    pub stream: Arc<TcpStream>,
-    pub peer: SocketAddr,
-    pub head: RequestHead,
-    /// Bytes read past the head: the start of the body, or of the next pipelined request.
-    pub buffered: Vec<u8>,
+/// Work for the pool.
+pub(crate) enum Job {
+    /// A complete request to serve.
+    Serve { token: usize, stream: Arc<TcpStream>, peer: SocketAddr, head: RequestHead, body: RequestBody },
+    /// A delivery whose buffer the client has drained: read more from its source, write on.
+    Refill { token: usize, stream: Arc<TcpStream>, delivery: Delivery },
 }
 
-/// What becomes of a connection after its request was served.
+/// What becomes of a connection after a worker is done with it.
 pub(crate) enum Next {
-    /// Wait for the next request; the bytes are what was already read of it.
-    KeepAlive(Vec<u8>),
-    /// Close after draining unread input, so the last response is not lost to a reset.
+    /// The response is out: wait for the next request.
+    KeepAlive,
+    /// The response is out: close after draining unread input, so it is not lost to a reset.
     Linger,
-    /// Close now (the socket already failed).
-    Close,
+    /// The transfer broke: reset the connection so the client cannot take it for complete.
+    Reset,
+    /// The client's socket is full: the poller writes the rest as the client reads.
+    Deliver(Delivery),
 }
 
 /// A connection handed back to the poller.
@@ -46,88 +45,54 @@ pub(crate) struct Returned {
 
 pub(crate) struct Worker {
     pub jobs: Receiver<Job>,
+    /// Serve jobs waiting in the queue (the poller refuses more than the queue capacity).
+    pub queued: Arc<AtomicUsize>,
     pub returns: Sender<Returned>,
     pub waker: Arc<Waker>,
     pub handler: Arc<dyn Handler>,
-    pub limits: Limits,
     pub stopping: Arc<AtomicBool>,
 }
 
 impl Worker {
-    /// Serves jobs until the poller drops the sending side of the queue.
+    /// Works until the poller drops the sending side of the queue.
     pub fn run(self) {
         for job in self.jobs.iter() {
-            let token = job.token;
-            let stream = Arc::clone(&job.stream);
-            let next = self.serve(&stream, job);
-            if matches!(next, Next::KeepAlive(_) | Next::Linger) && stream.set_nonblocking(true).is_err() {
-                let _ = self.returns.send(Returned { token, next: Next::Close });
-            } else {
-                let _ = self.returns.send(Returned { token, next });
-            }
+            let (token, next) = match job {
+                Job::Serve { token, stream, peer, head, body } => {
+                    self.queued.fetch_sub(1, Ordering::Relaxed);
+                    (token, self.serve(&stream, peer, head, body))
+                }
+                Job::Refill { token, stream, delivery } => (token, deliver(&stream, delivery)),
+            };
+            let _ = self.returns.send(Returned { token, next });
             let _ = self.waker.wake();
         }
     }
 
-    fn serve(&self, stream: &TcpStream, job: Job) -> Next {
-        if stream.set_nonblocking(false).is_err() {
-            return Next::Close;
-        }
-        let Job { peer, head, buffered, .. } = job;
-        let version = head.version;
-        let head_request = head.is_head();
-        let client_keeps_alive = head.keep_alive;
-        let body =
-            RefCell::new(BodyState::new(head.framing, buffered, head.expects_continue, self.limits.max_body_bytes));
-        let response = {
-            let request = Request::new(head, peer, RequestBody::new(stream, &body));
-            catch_unwind(AssertUnwindSafe(|| self.handler.handle(request))).unwrap_or_else(|_| {
-                log::error!("handler panicked serving a request from {peer}");
-                Response::text(500, "internal error").with_close()
-            })
-        };
-        // A client that broke its body's framing or limit gets that answer, whatever the
-        // handler made of the truncated body.
-        let body_error = body.borrow().error();
-        let response = match body_error {
-            Some(error) => {
-                drop(response);
-                Response::text(error.status(), error.reason()).with_close()
-            }
-            None => response,
-        };
-        let may_read_body = matches!(response.body, Body::Stream { .. });
-        if body.borrow_mut().before_final_head(stream, may_read_body).is_err() {
-            return Next::Close;
-        }
-        // Read now, not before the handler ran: a stop during a slow request still says close.
-        // A body the client was never asked for may or may not come: say close.
-        let body_declined = body.borrow().body_declined();
+    fn serve(&self, stream: &TcpStream, peer: SocketAddr, head: RequestHead, body: RequestBody) -> Next {
         let ctx = ResponseContext {
-            version,
-            head_request,
-            keep_alive: client_keeps_alive && !body_declined && !self.stopping.load(Ordering::Relaxed),
+            version: head.version,
+            head_request: head.is_head(),
+            // Read after the handler ran: a stop during a slow request still says close.
+            keep_alive: head.keep_alive,
         };
-        let written = catch_unwind(AssertUnwindSafe(|| write_response(&mut &*stream, response, &ctx)));
-        let keep_alive = match written {
-            Ok(Ok(keep_alive)) => keep_alive,
-            Ok(Err(_)) | Err(_) => {
-                // Reset rather than close: a close-delimited (HTTP/1.0) body cut short must not
-                // look complete to the client.
-                let _ = socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO));
-                return Next::Close;
-            }
-        };
-        let mut body = body.into_inner();
-        if body.error().is_some() || !keep_alive {
-            return Next::Linger;
-        }
-        if !body.is_complete() {
-            let drained = body.drain(stream, self.limits.max_drain_bytes, Instant::now() + self.limits.linger_timeout);
-            if !drained || stream.set_read_timeout(Some(self.limits.io_timeout)).is_err() {
-                return Next::Linger;
-            }
-        }
-        Next::KeepAlive(body.into_leftover())
+        let request = Request::new(head, peer, body);
+        let response = catch_unwind(AssertUnwindSafe(|| self.handler.handle(request))).unwrap_or_else(|_| {
+            log::error!("handler panicked serving a request from {peer}");
+            Response::text(500, "internal error").with_close()
+        });
+        let ctx = ResponseContext { keep_alive: ctx.keep_alive && !self.stopping.load(Ordering::Relaxed), ..ctx };
+        deliver(stream, Delivery::new(response, &ctx))
+    }
+}
+
+/// Writes as much of `delivery` as the socket takes, reading its source as needed.
+fn deliver(stream: &TcpStream, mut delivery: Delivery) -> Next {
+    let progress = catch_unwind(AssertUnwindSafe(|| delivery.advance(&mut &*stream, true)));
+    match progress {
+        Ok(Progress::Done { keep_alive: true }) => Next::KeepAlive,
+        Ok(Progress::Done { keep_alive: false }) => Next::Linger,
+        Ok(Progress::Blocked | Progress::NeedsRefill) => Next::Deliver(delivery),
+        Ok(Progress::Failed) | Err(_) => Next::Reset,
     }
 }

@@ -213,7 +213,7 @@ pub struct Prepared {
 
 impl Prepared {
     /// Sets `Content-Length` (a chunked body kept whole goes upstream with its length).
-    pub fn set_content_length(&mut self, length: usize) {
+    pub fn set_content_length(&mut self, length: u64) {
         self.headers.insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(length));
     }
 

@@ -1,0 +1,282 @@
+//! Where the poller keeps a request body while it arrives (nginx's `client_body_buffer_size` and
+//! `client_body_temp_path`): in memory up to a threshold, then in a temp file. The file is
+//! unlinked as soon as it is created, so it disappears when the request ends, however it ends
+//! (an error, a stop, a crash); nothing is ever left to clean up.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use super::error::RequestError;
+
+/// How request bodies are buffered before a worker sees them, and what all buffered bodies
+/// together may use.
+///
+/// ```
+/// let buffering = lb_sync::server::BodyBuffering::default();
+/// assert_eq!(buffering.memory_threshold, 64 * 1024);
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BodyBuffering {
+    /// A body larger than this goes to a temp file. Default 64 KiB (nginx's
+    /// `client_body_buffer_size` is 16 KiB).
+    pub memory_threshold: usize,
+    /// Bytes of bodies held in memory by all connections together; past it, bodies go straight
+    /// to temp files. Default 64 MiB.
+    pub memory_cap: u64,
+    /// Bytes of temp files of all connections together; past it a body is refused with `503`
+    /// and `Retry-After`. Default 16 GiB.
+    pub disk_cap: u64,
+    /// Where temp files are made (nginx's `client_body_temp_path`). Default the system temp
+    /// directory. Files are unlinked as soon as they are made.
+    pub temp_dir: PathBuf,
+}
+
+impl Default for BodyBuffering {
+    fn default() -> BodyBuffering {
+        BodyBuffering {
+            memory_threshold: 64 * 1024,
+            memory_cap: 64 << 20,
+            disk_cap: 16 << 30,
+            temp_dir: std::env::temp_dir(),
+        }
+    }
+}
+
+/// [`BodyBuffering`] and what is in use of it now, shared by every body.
+#[derive(Debug)]
+pub(crate) struct SpoolSettings {
+    memory_threshold: usize,
+    memory_cap: u64,
+    disk_cap: u64,
+    temp_dir: PathBuf,
+    memory_used: AtomicU64,
+    disk_used: AtomicU64,
+    files_made: AtomicU64,
+}
+
+impl SpoolSettings {
+    pub fn new(config: &BodyBuffering) -> SpoolSettings {
+        SpoolSettings {
+            memory_threshold: config.memory_threshold,
+            memory_cap: config.memory_cap,
+            disk_cap: config.disk_cap,
+            temp_dir: config.temp_dir.clone(),
+            memory_used: AtomicU64::new(0),
+            disk_used: AtomicU64::new(0),
+            files_made: AtomicU64::new(0),
+        }
+    }
+
+    /// Bytes of request bodies held in memory right now, and in temp files.
+    #[cfg(test)]
+    pub fn in_use(&self) -> (u64, u64) {
+        (self.memory_used.load(Ordering::Relaxed), self.disk_used.load(Ordering::Relaxed))
+    }
+}
+
+/// A request body, complete, as a handler reads it: from memory or from its temp file.
+///
+/// ```
+/// use std::io::Read;
+/// let mut body = lb_sync::server::RequestBody::from_bytes(b"hello".to_vec());
+/// let mut text = String::new();
+/// body.read_to_string(&mut text).unwrap();
+/// assert_eq!((text.as_str(), body.len()), ("hello", 5));
+/// body.rewind().unwrap();
+/// assert_eq!(body.bytes().count(), 5, "a retry reads it again");
+/// ```
+#[derive(Debug)]
+pub struct RequestBody {
+    memory: Vec<u8>,
+    file: Option<File>,
+    len: u64,
+    read: u64,
+    settings: Option<Arc<SpoolSettings>>,
+    /// Memory counted against the settings' cap (capacity at the time it was counted).
+    counted_memory: u64,
+}
+
+impl RequestBody {
+    /// No body.
+    pub fn empty() -> RequestBody {
+        RequestBody::from_bytes(Vec::new())
+    }
+
+    /// A body held in memory (for handlers and tests that build requests themselves).
+    pub fn from_bytes(bytes: Vec<u8>) -> RequestBody {
+        let len = bytes.len() as u64;
+        RequestBody { memory: bytes, file: None, len, read: 0, settings: None, counted_memory: 0 }
+    }
+
+    pub(crate) fn spooling(settings: Arc<SpoolSettings>) -> RequestBody {
+        RequestBody { memory: Vec::new(), file: None, len: 0, read: 0, settings: Some(settings), counted_memory: 0 }
+    }
+
+    /// The body's length in bytes.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether the body is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Whether the body went to a temp file.
+    pub fn on_disk(&self) -> bool {
+        self.file.is_some()
+    }
+
+    /// Starts reading from the beginning again (a retry sends the same body).
+    pub fn rewind(&mut self) -> io::Result<()> {
+        self.read = 0;
+        if let Some(file) = &mut self.file {
+            file.seek(SeekFrom::Start(0))?;
+        }
+        Ok(())
+    }
+
+    /// Appends decoded bytes while the body arrives: to memory while it stays under the
+    /// threshold (and the shared memory cap), else to the temp file.
+    pub(crate) fn append(&mut self, data: &[u8]) -> Result<(), RequestError> {
+        let Some(settings) = self.settings.clone() else {
+            self.memory.extend_from_slice(data);
+            self.len += data.len() as u64;
+            return Ok(());
+        };
+        if self.file.is_none() {
+            let wanted = self.memory.len() + data.len();
+            if wanted <= settings.memory_threshold && self.reserve_memory(&settings, wanted) {
+                self.memory.extend_from_slice(data);
+                self.len += data.len() as u64;
+                return Ok(());
+            }
+            self.move_to_file(&settings)?;
+        }
+        let added = data.len() as u64;
+        if settings.disk_used.fetch_add(added, Ordering::Relaxed) + added > settings.disk_cap {
+            settings.disk_used.fetch_sub(added, Ordering::Relaxed);
+            return Err(RequestError::BodyStorageFull);
+        }
+        self.len += added;
+        let file = self.file.as_mut().expect("moved to a file above");
+        file.write_all(data).map_err(|e| {
+            log::warn!("cannot write a request body to a temp file: {e}");
+            RequestError::BodyStorageFull
+        })
+    }
+
+    /// Counts memory up to `wanted` bytes against the shared cap; false when over it.
+    fn reserve_memory(&mut self, settings: &SpoolSettings, wanted: usize) -> bool {
+        let wanted = wanted as u64;
+        if wanted <= self.counted_memory {
+            return true;
+        }
+        // Count in steps of 4 KiB so a trickled body does not touch the atomic per byte.
+        let step = (wanted - self.counted_memory).max(4096).min(settings.memory_threshold as u64);
+        let before = settings.memory_used.fetch_add(step, Ordering::Relaxed);
+        if before + step > settings.memory_cap {
+            settings.memory_used.fetch_sub(step, Ordering::Relaxed);
+            return false;
+        }
+        self.counted_memory += step;
+        true
+    }
+
+    fn move_to_file(&mut self, settings: &SpoolSettings) -> Result<(), RequestError> {
+        let n = settings.files_made.fetch_add(1, Ordering::Relaxed);
+        let path = settings.temp_dir.join(format!("lb-sync-body-{}-{n}", std::process::id()));
+        let file = OpenOptions::new().read(true).write(true).create_new(true).open(&path).map_err(|e| {
+            log::warn!("cannot create a temp file for a request body in {}: {e}", settings.temp_dir.display());
+            RequestError::BodyStorageFull
+        })?;
+        // Unlinked at once: the open file lives until the body is dropped, the name is gone now.
+        let _ = std::fs::remove_file(&path);
+        self.file = Some(file);
+        let memory = std::mem::take(&mut self.memory);
+        self.release_memory();
+        self.len = 0;
+        if !memory.is_empty() {
+            self.append(&memory)?;
+        }
+        Ok(())
+    }
+
+    fn release_memory(&mut self) {
+        if let Some(settings) = &self.settings {
+            settings.memory_used.fetch_sub(self.counted_memory, Ordering::Relaxed);
+        }
+        self.counted_memory = 0;
+    }
+
+    /// Called when the body is complete: a file is read from its start.
+    pub(crate) fn finish(&mut self) -> io::Result<()> {
+        self.rewind()
+    }
+}
+
+impl Read for RequestBody {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = match &mut self.file {
+            Some(file) => file.read(buf)?,
+            None => {
+                let rest = &self.memory[(self.read as usize).min(self.memory.len())..];
+                let n = rest.len().min(buf.len());
+                buf[..n].copy_from_slice(&rest[..n]);
+                n
+            }
+        };
+        self.read += n as u64;
+        Ok(n)
+    }
+}
+
+impl Drop for RequestBody {
+    fn drop(&mut self) {
+        self.release_memory();
+        if let (Some(settings), Some(_)) = (&self.settings, &self.file) {
+            settings.disk_used.fetch_sub(self.len, Ordering::Relaxed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_bodies_stay_in_memory_large_ones_go_to_an_unlinked_file() {
+        let dir = std::env::temp_dir().join(format!("lb-sync-spool-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config =
+            BodyBuffering { memory_threshold: 8, memory_cap: 1 << 20, disk_cap: 1 << 20, temp_dir: dir.clone() };
+        let settings = Arc::new(SpoolSettings::new(&config));
+        let mut small = RequestBody::spooling(Arc::clone(&settings));
+        small.append(b"12345678").unwrap();
+        assert!(!small.on_disk());
+        let mut large = RequestBody::spooling(Arc::clone(&settings));
+        large.append(b"12345").unwrap();
+        large.append(b"6789").unwrap();
+        assert!(large.on_disk());
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "no name left in the temp dir");
+        large.finish().unwrap();
+        let mut text = String::new();
+        large.read_to_string(&mut text).unwrap();
+        assert_eq!(text, "123456789");
+        assert_eq!(settings.in_use().1, 9);
+        drop((small, large));
+        assert_eq!(settings.in_use(), (0, 0), "every byte given back");
+        std::fs::remove_dir(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_disk_cap_refuses_a_body() {
+        let config = BodyBuffering { memory_threshold: 0, memory_cap: 0, disk_cap: 4, ..BodyBuffering::default() };
+        let settings = Arc::new(SpoolSettings::new(&config));
+        let mut body = RequestBody::spooling(settings);
+        assert_eq!(body.append(b"12345"), Err(RequestError::BodyStorageFull));
+    }
+}
