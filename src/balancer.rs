@@ -54,6 +54,7 @@ impl LoadBalancer {
             },
             slow_start: Duration::from_secs_f64(config.slow_start),
             panic_mode: config.panic_mode,
+            max_connections: config.backend_connection_cap(),
         };
         let table = BackendTable::new(config.algorithm, &backends, policy).map_err(|e| invalid(&e))?;
         let timeouts = ForwardTimeouts {
@@ -67,6 +68,7 @@ impl LoadBalancer {
             threads: config.threads,
             queue_capacity: config.queue_capacity,
             limits: config.limits(),
+            body_buffering: config.body_buffering(),
             ..ServerConfig::default()
         };
         let health_config = HealthConfig {

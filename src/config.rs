@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::balance::AlgorithmKind;
 use crate::client_ip::Cidr;
-use crate::server::Limits;
+use crate::server::{BodyBuffering, Limits};
 
 /// One backend as configured.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -103,8 +103,10 @@ pub struct Config {
     pub port: u16,
     /// Selection algorithm. Default `round_robin` (the seed's).
     pub algorithm: AlgorithmKind,
-    /// Forwarding worker threads: each in-flight request holds one while it waits on its
-    /// backend. Default 32.
+    /// Forwarding worker threads: each in-flight request holds one while its backend works
+    /// (never while a client sends or reads: the poller does that). A worker costs a small
+    /// stack, so the default is generous: 256 (Apache's event MPM defaults to 400), and 100
+    /// slow backend requests in flight delay nobody else.
     pub threads: usize,
     /// The backends. Default: the seed's `localhost:8001` (weight 1), `:8002` (2), `:8003` (1).
     pub backends: Vec<BackendConfig>,
@@ -132,8 +134,9 @@ pub struct Config {
     pub retry_budget_ratio: f64,
     /// Retries always allowed per window, whatever the ratio. Default 10.
     pub retry_budget_min: u64,
-    /// Request bodies up to this size are kept so that a retry can send them again; larger
-    /// ones are streamed and retried only if never sent. Default 64 KiB.
+    /// An idempotent request whose body is larger than this is not sent again after it reached
+    /// a backend (every body is buffered, so this bounds the upload a retry repeats); a request
+    /// that never left (connection refused) is always retried. Default 64 KiB.
     pub retry_body_max_bytes: u64,
     /// Consecutive failures (connect errors, timeouts; 5xx with `breaker_on_5xx`) that open a
     /// backend's circuit breaker. Default 5.
@@ -166,8 +169,29 @@ pub struct Config {
     pub admin_token: Option<String>,
     /// Requests that may wait for a free worker; more get `503` + `Retry-After`. Default 1024.
     pub queue_capacity: usize,
+    /// Most requests one backend is sent at once (HAProxy's per-server `maxconn`), so a
+    /// blackholed backend cannot take every worker. A request that finds every candidate at its
+    /// cap waits up to `backend_queue_timeout`, then gets `503`. Default: three quarters of
+    /// `threads`.
+    pub backend_max_connections: Option<usize>,
+    /// Seconds a request may wait for a backend connection slot (HAProxy's `timeout queue`).
+    /// Default 5.
+    pub backend_queue_timeout: f64,
     /// Largest request body in bytes (`413` above). Default 1 GiB.
     pub max_body_bytes: u64,
+    /// Request bodies are read whole by the poller before a worker sees them: in memory up to
+    /// this many bytes, larger ones in a temp file (nginx's `client_body_buffer_size`, 16 KiB
+    /// there). Default 64 KiB.
+    pub client_body_buffer_size: usize,
+    /// Bytes of request bodies held in memory by all connections together; past it, bodies go
+    /// straight to temp files. Default 64 MiB.
+    pub client_body_memory_cap: u64,
+    /// Directory of body temp files (nginx's `client_body_temp_path`); each file is unlinked as
+    /// soon as it is made. Default: the system temp directory.
+    pub client_body_temp_path: Option<std::path::PathBuf>,
+    /// Bytes of body temp files of all connections together; past it, a body is refused with
+    /// `503` + `Retry-After`. Default 16 GiB.
+    pub client_body_temp_cap: u64,
     /// Most open client connections. Default 10 000.
     pub max_connections: usize,
     /// Seconds for a client to send a complete request head (`408` after). Default 10.
@@ -181,11 +205,12 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Config {
         let limits = Limits::default();
+        let buffering = BodyBuffering::default();
         Config {
             host: IpAddr::from([0, 0, 0, 0]),
             port: 8080,
             algorithm: AlgorithmKind::RoundRobin,
-            threads: 32,
+            threads: 256,
             backends: seed_backends(),
             health_check_interval: 30.0,
             health_check_path: "/health".into(),
@@ -212,7 +237,13 @@ impl Default for Config {
             admin_prefix: "/lb".to_string(),
             admin_token: None,
             queue_capacity: 1024,
+            backend_max_connections: None,
+            backend_queue_timeout: 5.0,
             max_body_bytes: limits.max_body_bytes,
+            client_body_buffer_size: buffering.memory_threshold,
+            client_body_memory_cap: buffering.memory_cap,
+            client_body_temp_path: None,
+            client_body_temp_cap: buffering.disk_cap,
             max_connections: limits.max_connections,
             client_header_timeout: limits.head_timeout.as_secs(),
             keep_alive_timeout: limits.keep_alive_timeout.as_secs(),
@@ -293,6 +324,12 @@ impl Config {
         if self.threads == 0 {
             return Err(invalid("threads", "threads must be at least 1"));
         }
+        if self.threads > 10_000 {
+            return Err(invalid("threads", format!("threads must be 1-10000, got {}", self.threads)));
+        }
+        if self.backend_max_connections == Some(0) {
+            return Err(invalid("backend_max_connections", "backend_max_connections must be at least 1"));
+        }
         if self.max_tries == 0 {
             return Err(invalid("max_tries", "max_tries must be at least 1"));
         }
@@ -303,6 +340,7 @@ impl Config {
             ("health_check_interval", self.health_check_interval, true),
             ("breaker_cooldown", self.breaker_cooldown, false),
             ("slow_start", self.slow_start, true),
+            ("backend_queue_timeout", self.backend_queue_timeout, true),
         ];
         for (name, value, zero_ok) in seconds {
             if !value.is_finite() || value < 0.0 || (value == 0.0 && !zero_ok) || value > 86_400.0 {
@@ -377,6 +415,28 @@ impl Config {
             .enumerate()
             .map(|(i, b)| b.id.clone().unwrap_or_else(|| format!("backend{}", i + 1)))
             .collect()
+    }
+
+    /// The per-backend connection cap in force (`backend_max_connections`, or three quarters of
+    /// the workers).
+    ///
+    /// ```
+    /// let config = lb_sync::config::Config { threads: 8, ..Default::default() };
+    /// assert_eq!(config.backend_connection_cap(), 6);
+    /// ```
+    pub fn backend_connection_cap(&self) -> usize {
+        self.backend_max_connections.unwrap_or((self.threads * 3 / 4).max(1))
+    }
+
+    /// How request bodies are buffered, from this configuration.
+    pub fn body_buffering(&self) -> BodyBuffering {
+        let default = BodyBuffering::default();
+        BodyBuffering {
+            memory_threshold: self.client_body_buffer_size,
+            memory_cap: self.client_body_memory_cap,
+            disk_cap: self.client_body_temp_cap,
+            temp_dir: self.client_body_temp_path.clone().unwrap_or(default.temp_dir),
+        }
     }
 
     /// The front end's limits from this configuration.

@@ -596,3 +596,24 @@ fn stop_breaks_requests_that_outlive_the_grace_period() {
     assert!(start.elapsed() < Duration::from_secs(5), "stop waited {:?}", start.elapsed());
     let _ = conn.rest();
 }
+
+#[test]
+fn a_response_finished_by_the_poller_leaves_the_connection_ready_for_the_next_request() {
+    // 20 MB does not fit the socket buffers: the worker hands the rest to the poller, workers
+    // refill it as the client reads, and the last refill ends the response.
+    const SIZE: u64 = 20_000_000;
+    let server = demo(Limits::default());
+    let mut conn = Conn::open(server.local_addr());
+    conn.send(format!("GET /?bytes={SIZE} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
+    let resp = conn.head_response();
+    assert_eq!(resp.header("content-length"), Some(SIZE.to_string().as_str()));
+    let mut left = SIZE;
+    let mut buf = vec![0u8; 1 << 16];
+    while left > 0 {
+        let n = conn.reader.read(&mut buf[..left.min(1 << 16) as usize]).unwrap();
+        assert!(n > 0, "body ended {left} bytes short");
+        left -= n as u64;
+    }
+    assert_eq!(conn.get("/after").status, 200, "the same connection serves the next request");
+    server.stop(Duration::from_secs(1));
+}

@@ -26,6 +26,7 @@ pub fn backend_json(backend: &Backend) -> Value {
         "healthy": backend.is_healthy(),
         "usable": backend.is_usable(),
         "active_connections": backend.in_flight(),
+        "awaiting_answer": backend.awaiting_answer(),
         "total_requests": requests,
         "failed_requests": failures,
         "circuit_breaker": {

@@ -24,7 +24,7 @@ struct Args {
     /// round_robin | weighted_round_robin | ip_hash | least_connections (default round_robin)
     #[argh(option)]
     algorithm: Option<AlgorithmKind>,
-    /// forwarding worker threads (default 32)
+    /// forwarding worker threads (default 256)
     #[argh(option)]
     threads: Option<usize>,
     /// a backend as [ID=]HOST:PORT[:WEIGHT]; repeatable; replaces the configured ones

@@ -15,6 +15,8 @@ pub enum ProxyError {
     Unforwardable(PrepareError),
     /// No backend is usable (and panic mode is off).
     NoBackend,
+    /// Every candidate stayed at its connection cap for the whole queue timeout.
+    QueueTimeout,
     /// Every try failed; this is the last failure.
     BackendFailed(ForwardError),
 }
@@ -32,7 +34,7 @@ impl ProxyError {
     pub fn status(&self) -> u16 {
         match self {
             ProxyError::UnsupportedTarget | ProxyError::Unforwardable(_) => 400,
-            ProxyError::NoBackend => 503,
+            ProxyError::NoBackend | ProxyError::QueueTimeout => 503,
             ProxyError::BackendFailed(e) if e.is_timeout() => 504,
             ProxyError::BackendFailed(_) => 502,
         }
@@ -42,7 +44,7 @@ impl ProxyError {
     pub fn response(&self) -> Response {
         let response = Response::text(self.status(), self.to_string());
         match self {
-            ProxyError::NoBackend => response.with_header("Retry-After", "1"),
+            ProxyError::NoBackend | ProxyError::QueueTimeout => response.with_header("Retry-After", "1"),
             _ => response,
         }
     }
@@ -54,6 +56,7 @@ impl fmt::Display for ProxyError {
             ProxyError::UnsupportedTarget => f.write_str("unsupported request target"),
             ProxyError::Unforwardable(why) => write!(f, "{why}"),
             ProxyError::NoBackend => f.write_str("no backend available"),
+            ProxyError::QueueTimeout => f.write_str("every backend is at its connection limit, retry later"),
             ProxyError::BackendFailed(e) if e.is_timeout() => f.write_str("backend timed out"),
             ProxyError::BackendFailed(_) => f.write_str("backend failed"),
         }

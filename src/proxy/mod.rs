@@ -19,7 +19,7 @@ pub use error::ProxyError;
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::client_ip::{canonical, client_ip, is_trusted};
 use crate::health::CircuitBreaker;
@@ -97,12 +97,25 @@ fn prepare(shared: &Shared, request: Request, origin: &Origin) -> Result<Outboun
 fn try_backends(shared: &Shared, out: &mut Outbound) -> Result<(Response, Arc<Backend>), ProxyError> {
     shared.retry_budget.record_request();
     let membership = shared.table.snapshot();
+    let queue_deadline = Instant::now() + Duration::from_secs_f64(shared.config.backend_queue_timeout);
     let mut tried: Vec<*const Backend> = Vec::with_capacity(shared.config.max_tries);
     let mut tries = 0;
     let mut last_error = None;
     while tries < shared.config.max_tries {
-        let accept = |b: &Backend| !tried.contains(&(b as *const Backend));
-        let Some((backend, kind)) = membership.pick(&out.hash_key, accept) else { break };
+        let untried = |b: &Backend| !tried.contains(&(b as *const Backend));
+        let Some((backend, kind)) = membership.pick(&out.hash_key, |b| untried(b) && b.has_room()) else {
+            // Candidates left but all at their connection cap: wait in the queue for a slot.
+            if membership.pick(&out.hash_key, untried).is_none() {
+                break;
+            }
+            if Instant::now() >= queue_deadline {
+                return Err(last_error.map_or(ProxyError::QueueTimeout, ProxyError::BackendFailed));
+            }
+            shared.table.slots().wait(queue_deadline);
+            continue;
+        };
+        // Taken by another request since the pick: pick again.
+        let Some(mut in_flight) = backend.try_begin() else { continue };
         tried.push(Arc::as_ptr(backend));
         let breaker = match admit(shared, backend, kind, tries, out) {
             Admission::Go(breaker) => breaker,
@@ -110,10 +123,11 @@ fn try_backends(shared: &Shared, out: &mut Outbound) -> Result<(Response, Arc<Ba
             Admission::Stop => break,
         };
         shared.stats.record_try(tries > 0);
+        backend.record_request();
         tries += 1;
-        let in_flight = backend.begin();
         match send_once(shared, backend, out) {
             Ok(upstream) => {
+                in_flight.answered();
                 settle_answer(shared, backend, breaker, upstream.status().as_u16());
                 return Ok((relay(upstream, in_flight, out.is_head), Arc::clone(backend)));
             }

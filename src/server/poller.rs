@@ -71,6 +71,8 @@ struct Connection {
     deadline: Instant,
     pending: Option<Pending>,
     delivery: Option<Delivery>,
+    /// Registered for writability (a delivery in progress) rather than readability.
+    watching_writes: bool,
 }
 
 /// A stop request: set once by the handle, read by the poller.
@@ -228,6 +230,7 @@ impl Poller {
                 deadline,
                 pending: None,
                 delivery: None,
+                watching_writes: false,
             },
         );
         self.note_deadline(deadline);
@@ -427,7 +430,7 @@ impl Poller {
     fn finish_response(&mut self, token: usize, keep_alive: bool) {
         let stopping = self.stop_deadline.is_some();
         let Some(conn) = self.connections.get_mut(&token) else { return };
-        if conn.state == State::Writing {
+        if std::mem::replace(&mut conn.watching_writes, false) {
             let _ = self.poll.registry().reregister(
                 &mut SourceFd(&conn.stream.as_raw_fd()),
                 Token(token),
@@ -524,7 +527,7 @@ impl Poller {
                 Next::Reset => self.reset(token),
                 Next::Deliver(delivery) => {
                     let Some(conn) = self.connections.get_mut(&token) else { continue };
-                    let registered = if conn.state == State::Writing {
+                    let registered = if conn.watching_writes {
                         Ok(())
                     } else {
                         // Edge-triggered: re-registering for writability reports it if it holds now.
@@ -538,6 +541,7 @@ impl Poller {
                         self.reset(token);
                         continue;
                     }
+                    conn.watching_writes = true;
                     conn.state = State::Writing;
                     conn.delivery = Some(delivery);
                     conn.deadline = Instant::now() + self.limits.io_timeout;

@@ -6,8 +6,8 @@ use std::fmt;
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use crate::config::BackendConfig;
 use crate::health::{BreakerConfig, CheckResult, CircuitBreaker, RiseFall, SlowStart};
@@ -21,6 +21,40 @@ pub struct BackendPolicy {
     pub slow_start: Duration,
     /// When nothing is usable, try every enabled backend anyway (Envoy's panic mode).
     pub panic_mode: bool,
+    /// Most requests one backend is sent at once (HAProxy's per-server `maxconn`); 0: no cap.
+    /// A request that finds every candidate at its cap waits in the [`SlotQueue`].
+    pub max_connections: usize,
+}
+
+/// Requests waiting for any backend's connection slot (HAProxy's queue), woken when one frees.
+#[derive(Debug, Default)]
+pub struct SlotQueue {
+    waiting: AtomicUsize,
+    lock: Mutex<()>,
+    freed: Condvar,
+}
+
+impl SlotQueue {
+    /// Waits until a slot frees somewhere or `until` passes (at most 50 ms at a time, so a
+    /// wake-up missed between the caller's check and this wait costs little).
+    pub fn wait(&self, until: Instant) {
+        let left = until.saturating_duration_since(Instant::now()).min(Duration::from_millis(50));
+        if left.is_zero() {
+            return;
+        }
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        let guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = self.freed.wait_timeout(guard, left);
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    fn notify(&self) {
+        // Only when someone waits: a request's end costs no lock otherwise.
+        if self.waiting.load(Ordering::SeqCst) > 0 {
+            let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+            self.freed.notify_all();
+        }
+    }
 }
 
 /// Why a backend's host gave no address.
@@ -88,17 +122,27 @@ pub struct Backend {
     enabled: AtomicBool,
     healthy: AtomicBool,
     in_flight: AtomicUsize,
+    /// Requests sent and not answered yet: what holds a worker, so what the cap counts.
+    awaiting_answer: AtomicUsize,
     requests: AtomicU64,
     failures: AtomicU64,
     breaker: CircuitBreaker,
     slow_start: SlowStart,
     rise_fall: RiseFall,
     last_check: Mutex<Option<CheckResult>>,
+    max_connections: usize,
+    slots: Arc<SlotQueue>,
 }
 
 impl Backend {
-    /// A backend from its configuration; fails when the host does not resolve.
-    pub fn new(id: String, config: &BackendConfig, policy: &BackendPolicy) -> Result<Backend, ResolveError> {
+    /// A backend from its configuration; fails when the host does not resolve. Requests that
+    /// find it at its connection cap wait in `slots`, shared by every backend of a table.
+    pub fn new(
+        id: String,
+        config: &BackendConfig,
+        policy: &BackendPolicy,
+        slots: Arc<SlotQueue>,
+    ) -> Result<Backend, ResolveError> {
         let addr = resolve(&config.host, config.port)?;
         Ok(Backend {
             id,
@@ -110,12 +154,15 @@ impl Backend {
             enabled: AtomicBool::new(true),
             healthy: AtomicBool::new(true),
             in_flight: AtomicUsize::new(0),
+            awaiting_answer: AtomicUsize::new(0),
             requests: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             breaker: CircuitBreaker::new(policy.breaker),
             slow_start: SlowStart::new(policy.slow_start),
             rise_fall: RiseFall::default(),
             last_check: Mutex::new(None),
+            max_connections: policy.max_connections,
+            slots,
         })
     }
 
@@ -178,11 +225,29 @@ impl Backend {
         (self.requests.load(Ordering::Relaxed), self.failures.load(Ordering::Relaxed))
     }
 
-    /// Marks a request as started; the guard ends it when dropped (after the body is streamed).
-    pub fn begin(self: &Arc<Self>) -> InFlight {
+    /// Requests sent to it that have no answer yet (each holds a worker).
+    pub fn awaiting_answer(&self) -> usize {
+        self.awaiting_answer.load(Ordering::Relaxed)
+    }
+
+    /// Whether it is below its connection cap.
+    pub fn has_room(&self) -> bool {
+        self.max_connections == 0 || self.awaiting_answer() < self.max_connections
+    }
+
+    /// Takes one of its connection slots, unless it is at its cap. The slot counts against the
+    /// cap until [`InFlight::answered`] (a response head arrived: the worker is free again), and
+    /// in `in_flight` until the guard is dropped (the body delivered).
+    pub fn try_begin(self: &Arc<Self>) -> Option<InFlight> {
+        let cap = if self.max_connections == 0 { usize::MAX } else { self.max_connections };
+        self.awaiting_answer.fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| (n < cap).then_some(n + 1)).ok()?;
         self.in_flight.fetch_add(1, Ordering::Relaxed);
+        Some(InFlight { backend: Arc::clone(self), awaiting: true })
+    }
+
+    /// Counts a request sent to it.
+    pub fn record_request(&self) {
         self.requests.fetch_add(1, Ordering::Relaxed);
-        InFlight { backend: Arc::clone(self) }
     }
 
     /// Counts a failed try.
@@ -196,10 +261,24 @@ impl Backend {
 #[derive(Debug)]
 pub struct InFlight {
     backend: Arc<Backend>,
+    /// Still counted against the connection cap.
+    awaiting: bool,
+}
+
+impl InFlight {
+    /// The backend answered: its slot under the connection cap is free for the next request
+    /// (the body may still take a while to reach a slow client; no worker waits for that).
+    pub fn answered(&mut self) {
+        if std::mem::replace(&mut self.awaiting, false) {
+            self.backend.awaiting_answer.fetch_sub(1, Ordering::AcqRel);
+            self.backend.slots.notify();
+        }
+    }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
+        self.answered();
         self.backend.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }

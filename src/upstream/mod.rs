@@ -10,7 +10,7 @@ mod membership;
 mod retry_budget;
 mod table;
 
-pub use backend::{resolve, Backend, BackendPolicy, InFlight, ResolveError};
+pub use backend::{resolve, Backend, BackendPolicy, InFlight, ResolveError, SlotQueue};
 pub use checker::{apply_probe, HealthChecker, HealthConfig};
 pub use client::{ForwardError, ForwardTimeouts, Forwarder, PrepareError, Prepared};
 pub use membership::{Membership, PickKind};

@@ -15,7 +15,7 @@ use std::sync::{Arc, RwLock};
 use crate::balance::AlgorithmKind;
 use crate::config::BackendConfig;
 
-use super::backend::{Backend, BackendPolicy, ResolveError};
+use super::backend::{Backend, BackendPolicy, ResolveError, SlotQueue};
 use super::membership::Membership;
 
 /// Why a change to the table was refused.
@@ -67,6 +67,7 @@ pub struct BackendTable {
     policy: BackendPolicy,
     current: RwLock<Arc<Membership>>,
     added: AtomicUsize,
+    slots: Arc<SlotQueue>,
 }
 
 impl BackendTable {
@@ -76,17 +77,23 @@ impl BackendTable {
         backends: &[(String, BackendConfig)],
         policy: BackendPolicy,
     ) -> Result<BackendTable, TableError> {
+        let slots = Arc::new(SlotQueue::default());
         let backends = backends
             .iter()
             .map(|(id, config)| {
-                Backend::new(id.clone(), config, &policy)
+                Backend::new(id.clone(), config, &policy, Arc::clone(&slots))
                     .map(Arc::new)
                     .map_err(|error| TableError::Unresolvable { id: id.clone(), error })
             })
             .collect::<Result<Vec<_>, _>>()?;
         let added = AtomicUsize::new(backends.len());
         let membership = Membership::build(kind, backends, policy.panic_mode);
-        Ok(BackendTable { kind, policy, current: RwLock::new(Arc::new(membership)), added })
+        Ok(BackendTable { kind, policy, current: RwLock::new(Arc::new(membership)), added, slots })
+    }
+
+    /// Where requests wait when every candidate backend is at its connection cap.
+    pub fn slots(&self) -> &SlotQueue {
+        &self.slots
     }
 
     /// The algorithm in use.
@@ -124,7 +131,7 @@ impl BackendTable {
             if backends.iter().any(|b| b.id == id) {
                 return Err(TableError::DuplicateId(id));
             }
-            let backend = Backend::new(id.clone(), config, &self.policy)
+            let backend = Backend::new(id.clone(), config, &self.policy, Arc::clone(&self.slots))
                 .map_err(|error| TableError::Unresolvable { id, error })?;
             let backend = Arc::new(backend);
             backends.push(Arc::clone(&backend));

@@ -1,0 +1,235 @@
+//! No slow peer holds a worker: slow body senders, slow readers, slow heads and slow backends
+//! each occupy the balancer while normal clients are served. Real processes on loopback: an
+//! `lb-backend` and an `lb-sync` with a small worker pool (so a held worker would show at once).
+//! Peers per case are 200 here (CI shares 2 cores); `scripts/bench.sh slow` runs 1000.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use common::{backend, proc_status, wait_until, ChildProcess, Conn};
+
+const PEERS: usize = 200;
+
+/// An `lb-sync` child with `settings` (JSON object fields) in a config file of its own.
+struct Balancer {
+    child: ChildProcess,
+    addr: SocketAddr,
+    dir: PathBuf,
+}
+
+impl Balancer {
+    fn start(backends: &[SocketAddr], settings: &str) -> Balancer {
+        let dir = std::env::temp_dir().join(format!("lb-sync-slow-{}-{}", std::process::id(), unique()));
+        std::fs::create_dir_all(dir.join("bodies")).unwrap();
+        let list: Vec<String> = backends
+            .iter()
+            .enumerate()
+            .map(|(i, a)| format!(r#"{{"id": "b{i}", "host": "127.0.0.1", "port": {}}}"#, a.port()))
+            .collect();
+        let config = format!(
+            r#"{{"host": "127.0.0.1", "port": 0, "access_log": false, "health_check_interval": 0,
+                 "client_body_temp_path": "{}", "backends": [{}] {}}}"#,
+            dir.join("bodies").display(),
+            list.join(", "),
+            settings
+        );
+        std::fs::write(dir.join("config.json"), config).unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_lb-sync"));
+        command.arg("--config").arg(dir.join("config.json"));
+        let child = ChildProcess::start(command);
+        let addr = child
+            .ready_line
+            .split("listening on ")
+            .nth(1)
+            .and_then(|rest| rest.split(' ').next())
+            .and_then(|a| a.parse().ok())
+            .expect("address in the ready line");
+        Balancer { child, addr, dir }
+    }
+
+    fn rss_kb(&self) -> u64 {
+        proc_status(self.child.pid(), "VmRSS")
+    }
+
+    fn temp_files(&self) -> usize {
+        std::fs::read_dir(self.dir.join("bodies")).unwrap().count()
+    }
+}
+
+impl Drop for Balancer {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// 20 normal GETs, each on a new connection, each must be answered 200.
+fn normal_gets_are_served(addr: SocketAddr) {
+    for i in 0..20 {
+        let mut conn = Conn::open(addr);
+        conn.reader.get_ref().set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let resp = conn.get(&format!("/normal/{i}"));
+        assert_eq!(resp.status, 200, "normal GET {i} while slow peers are connected");
+    }
+}
+
+fn open(addr: SocketAddr, first: &[u8]) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.write_all(first).unwrap();
+    stream
+}
+
+#[test]
+fn slow_body_senders_hold_no_worker_and_leave_no_temp_file() {
+    let server = backend(&["--threads", "8"]);
+    // Bodies beyond 1 KiB go to temp files, so 200 half-sent 60 KB bodies use the disk path.
+    let lb = Balancer::start(&[server.addr()], r#", "threads": 4, "client_body_buffer_size": 1024"#);
+    let before = lb.rss_kb();
+    let head = b"POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: 60000\r\n\r\n";
+    let mut senders: Vec<TcpStream> = (0..PEERS)
+        .map(|_| {
+            let mut s = open(lb.addr, head);
+            s.write_all(&[b'x'; 30_000]).unwrap();
+            s
+        })
+        .collect();
+    normal_gets_are_served(lb.addr);
+    assert_eq!(lb.temp_files(), 0, "temp files are unlinked as soon as they are made");
+    let grown = lb.rss_kb().saturating_sub(before);
+    eprintln!("{PEERS} slow senders: RSS grew {grown} kB");
+    assert!(grown < 128 * 1024, "RSS grew {grown} kB");
+    // Each completes normally once it sends the rest.
+    for sender in senders.iter_mut().take(5) {
+        sender.write_all(&[b'y'; 30_000]).unwrap();
+    }
+    for sender in senders.iter_mut().take(5) {
+        sender.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut resp = common::read_response(&mut std::io::BufReader::new(&*sender), false).unwrap();
+        assert_eq!(resp.status, 200);
+        assert_eq!(resp.json()["request"]["body_bytes"], 60_000);
+        resp.body.clear();
+    }
+    drop(senders);
+    assert_eq!(lb.temp_files(), 0);
+}
+
+#[test]
+fn slow_readers_of_a_20_mb_response_hold_no_worker() {
+    let server = backend(&["--threads", "8"]);
+    let lb = Balancer::start(&[server.addr()], r#", "threads": 4"#);
+    let before = lb.rss_kb();
+    let readers: Vec<TcpStream> = (0..PEERS)
+        .map(|i| open(lb.addr, format!("GET /big/{i}?bytes=20000000 HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes()))
+        .collect();
+    // Every slow reader got its response started (so each took its backend request and its
+    // worker at some point), and none reads on.
+    for mut reader in readers.iter().take(3) {
+        let mut first = [0u8; 12];
+        reader.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        reader.read_exact(&mut first).unwrap();
+        assert_eq!(&first, b"HTTP/1.1 200");
+    }
+    normal_gets_are_served(lb.addr);
+    let grown = lb.rss_kb().saturating_sub(before);
+    eprintln!("{PEERS} slow readers of 20 MB: RSS grew {grown} kB");
+    assert!(grown < 128 * 1024, "RSS grew {grown} kB");
+    drop(readers);
+}
+
+#[test]
+fn slow_heads_hold_no_worker() {
+    let server = backend(&[]);
+    let lb = Balancer::start(&[server.addr()], r#", "threads": 4"#);
+    let heads: Vec<TcpStream> =
+        (0..PEERS).map(|_| open(lb.addr, b"GET /slow HTTP/1.1\r\nHost: t\r\nX-Slow:")).collect();
+    normal_gets_are_served(lb.addr);
+    drop(heads);
+}
+
+#[test]
+fn a_hundred_slow_backend_requests_delay_no_other_request() {
+    // The default pool (256 workers) is sized for this; the backend has workers for all of them.
+    let server = backend(&["--threads", "160"]);
+    let lb = Balancer::start(&[server.addr()], "");
+    let slow: Vec<Conn> = (0..100)
+        .map(|i| {
+            let mut conn = Conn::open(lb.addr);
+            conn.send(format!("GET /slow/{i}?delay_ms=4000 HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
+            conn
+        })
+        .collect();
+    // All 100 are with the backend before the normal request starts.
+    let lb_addr = lb.addr;
+    assert!(wait_until(Duration::from_secs(5), || {
+        let backends = Conn::open(lb_addr).get("/lb/backends").json();
+        backends[0]["active_connections"] == 100
+    }));
+    let mut conn = Conn::open(lb.addr);
+    assert_eq!(conn.get("/normal").status, 200);
+    // Answered while every slow one is still waiting for its backend.
+    let backends = Conn::open(lb.addr).get("/lb/backends").json();
+    assert_eq!(backends[0]["active_connections"], 100, "the normal GET did not wait for the slow ones");
+    drop(slow);
+}
+
+#[test]
+fn a_blackholed_backend_takes_only_its_connection_cap_then_requests_go_elsewhere() {
+    let good = backend(&["--threads", "8"]);
+    // Accepts connections (the kernel does) and never answers.
+    let blackhole = TcpListener::bind("127.0.0.1:0").unwrap();
+    let lb = Balancer::start(
+        &[blackhole.local_addr().unwrap(), good.addr()],
+        r#", "threads": 8, "backend_max_connections": 3, "request_timeout": 30"#,
+    );
+    // Round robin sends every other request to the blackhole until it holds its cap.
+    let stuck: Vec<Conn> = (0..6)
+        .map(|i| {
+            let mut conn = Conn::open(lb.addr);
+            conn.send(format!("GET /{i} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
+            conn
+        })
+        .collect();
+    let lb_addr = lb.addr;
+    assert!(wait_until(Duration::from_secs(5), || {
+        Conn::open(lb_addr).get("/lb/backends").json()[0]["active_connections"] == 3
+    }));
+    for i in 0..20 {
+        let resp = Conn::open(lb.addr).get(&format!("/after/{i}"));
+        assert_eq!(resp.status, 200, "served by the good backend while the blackhole is full");
+    }
+    assert_eq!(Conn::open(lb.addr).get("/lb/backends").json()[0]["active_connections"], 3, "never over the cap");
+    drop(stuck);
+}
+
+#[test]
+fn a_full_backend_queues_requests_then_answers_503_at_the_queue_timeout() {
+    let blackhole = TcpListener::bind("127.0.0.1:0").unwrap();
+    let lb = Balancer::start(
+        &[blackhole.local_addr().unwrap()],
+        r#", "threads": 8, "backend_max_connections": 2, "backend_queue_timeout": 0.3, "request_timeout": 30"#,
+    );
+    let _stuck: Vec<Conn> = (0..2)
+        .map(|i| {
+            let mut conn = Conn::open(lb.addr);
+            conn.send(format!("GET /{i} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
+            conn
+        })
+        .collect();
+    let lb_addr = lb.addr;
+    assert!(wait_until(Duration::from_secs(5), || {
+        Conn::open(lb_addr).get("/lb/backends").json()[0]["active_connections"] == 2
+    }));
+    let resp = Conn::open(lb.addr).get("/queued");
+    assert_eq!((resp.status, resp.header("retry-after")), (503, Some("1")));
+    assert!(resp.text().contains("connection limit"), "{}", resp.text());
+}
