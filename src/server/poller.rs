@@ -73,6 +73,9 @@ struct Connection {
     delivery: Option<Delivery>,
     /// Registered for writability (a delivery in progress) rather than readability.
     watching_writes: bool,
+    /// Input arrived while a worker had the connection (a pipelined request): the worker must
+    /// wake the poller when it gives the connection back, and the poller must read at once.
+    input_while_busy: Arc<AtomicBool>,
 }
 
 /// A stop request: set once by the handle, read by the poller.
@@ -157,6 +160,9 @@ impl Poller {
                 }
                 continue;
             }
+            // Returns first: a worker gives a keep-alive connection back without waking the
+            // poller, and the client's next request is what wakes it.
+            self.take_returns();
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept(),
@@ -231,6 +237,7 @@ impl Poller {
                 pending: None,
                 delivery: None,
                 watching_writes: false,
+                input_while_busy: Arc::new(AtomicBool::new(false)),
             },
         );
         self.note_deadline(deadline);
@@ -248,7 +255,14 @@ impl Poller {
             Some(State::ReadingBody) => self.read_body(token),
             Some(State::Writing) => self.write_delivery(token),
             Some(State::Lingering) => self.drain_lingering(token),
-            Some(State::Busy) | None => {}
+            Some(State::Busy) => {
+                if let Some(conn) = self.connections.get(&token) {
+                    conn.input_while_busy.store(true, Ordering::SeqCst);
+                    // Pairs with the worker's fence between its return and its look at the flag.
+                    std::sync::atomic::fence(Ordering::SeqCst);
+                }
+            }
+            None => {}
         }
     }
 
@@ -397,7 +411,11 @@ impl Poller {
         }
         conn.state = State::Busy;
         self.queued.fetch_add(1, Ordering::Relaxed);
-        let job = Job::Serve { token, stream: Arc::clone(&conn.stream), peer: conn.peer, head, body };
+        // Bytes of a pipelined request already buffered count as input: the worker must wake
+        // the poller, no readiness event will.
+        conn.input_while_busy.store(!conn.buf.is_empty(), Ordering::SeqCst);
+        let input_while_busy = Arc::clone(&conn.input_while_busy);
+        let job = Job::Serve { token, stream: Arc::clone(&conn.stream), peer: conn.peer, head, body, input_while_busy };
         if jobs.send(job).is_err() {
             self.close(token);
         }
@@ -424,6 +442,19 @@ impl Poller {
             Progress::Done { keep_alive } => self.finish_response(token, keep_alive),
             Progress::Failed => self.reset(token),
         }
+    }
+
+    /// A keep-alive response is out and nothing more has arrived: wait for the next request's
+    /// readiness event without reading now (a read would only say "would block").
+    fn expect_next_request(&mut self, token: usize) {
+        if self.stop_deadline.is_some() || self.connections.get(&token).is_some_and(|c| c.watching_writes) {
+            return self.finish_response(token, true);
+        }
+        let Some(conn) = self.connections.get_mut(&token) else { return };
+        conn.state = State::Reading { started: false };
+        conn.deadline = Instant::now() + self.limits.keep_alive_timeout;
+        let deadline = conn.deadline;
+        self.note_deadline(deadline);
     }
 
     /// The response is out: wait for the next request, or linger and close.
@@ -522,7 +553,15 @@ impl Poller {
     fn take_returns(&mut self) {
         while let Ok(Returned { token, next }) = self.returns.try_recv() {
             match next {
-                Next::KeepAlive => self.finish_response(token, true),
+                Next::KeepAlive => {
+                    let Some(conn) = self.connections.get_mut(&token) else { continue };
+                    if conn.input_while_busy.swap(false, Ordering::SeqCst) || !conn.buf.is_empty() {
+                        self.finish_response(token, true);
+                    } else {
+                        // Nothing arrived meanwhile: the next request's readiness event comes.
+                        self.expect_next_request(token);
+                    }
+                }
                 Next::Linger => self.finish_response(token, false),
                 Next::Reset => self.reset(token),
                 Next::Deliver(delivery) => {

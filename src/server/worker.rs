@@ -19,8 +19,16 @@ use super::Handler;
 
 /// Work for the pool.
 pub(crate) enum Job {
-    /// A complete request to serve.
-    Serve { token: usize, stream: Arc<TcpStream>, peer: SocketAddr, head: RequestHead, body: RequestBody },
+    /// A complete request to serve. `input_while_busy` is set by the poller when more input
+    /// arrives meanwhile.
+    Serve {
+        token: usize,
+        stream: Arc<TcpStream>,
+        peer: SocketAddr,
+        head: RequestHead,
+        body: RequestBody,
+        input_while_busy: Arc<AtomicBool>,
+    },
     /// A delivery whose buffer the client has drained: read more from its source, write on.
     Refill { token: usize, stream: Arc<TcpStream>, delivery: Delivery },
 }
@@ -57,15 +65,23 @@ impl Worker {
     /// Works until the poller drops the sending side of the queue.
     pub fn run(self) {
         for job in self.jobs.iter() {
-            let (token, next) = match job {
-                Job::Serve { token, stream, peer, head, body } => {
+            let (token, next, input_while_busy) = match job {
+                Job::Serve { token, stream, peer, head, body, input_while_busy } => {
                     self.queued.fetch_sub(1, Ordering::Relaxed);
-                    (token, self.serve(&stream, peer, head, body))
+                    (token, self.serve(&stream, peer, head, body), Some(input_while_busy))
                 }
-                Job::Refill { token, stream, delivery } => (token, deliver(&stream, delivery)),
+                Job::Refill { token, stream, delivery } => (token, deliver(&stream, delivery), None),
             };
+            // A kept-alive connection goes back without waking the poller: the client's next
+            // request wakes it (and it takes returns first). Unless input already arrived while
+            // we had it: then no new readiness event will come, so wake it now. The poller sets
+            // the flag before it looks for returns, so one of the two sides sees the other.
+            let quiet = matches!(next, Next::KeepAlive);
             let _ = self.returns.send(Returned { token, next });
-            let _ = self.waker.wake();
+            std::sync::atomic::fence(Ordering::SeqCst);
+            if !quiet || input_while_busy.is_none_or(|flag| flag.load(Ordering::SeqCst)) {
+                let _ = self.waker.wake();
+            }
         }
     }
 

@@ -5,11 +5,13 @@ use std::io::{self, Read};
 use std::time::Duration;
 
 use ureq::http;
+use ureq::unversioned::resolver::DefaultResolver;
 use ureq::{Agent, SendBody, Timeout};
 
 use crate::stats::TryFailure;
 
 use super::backend::Backend;
+use super::transport::BackendConnector;
 
 /// Why a try failed, in the terms that decide what happens next.
 #[derive(Debug)]
@@ -149,7 +151,8 @@ impl Forwarder {
             .timeout_per_read(Some(timeouts.request))
             .timeout_per_write(Some(timeouts.request))
             .build();
-        Forwarder { agent: Agent::new_with_config(config) }
+        let connector = BackendConnector { connect_timeout: timeouts.connect, io_timeout: timeouts.request };
+        Forwarder { agent: Agent::with_parts(config, connector, DefaultResolver::default()) }
     }
 
     /// Checks once, before any backend is tried, that the request can be expressed upstream:

@@ -9,6 +9,7 @@ mod client;
 mod membership;
 mod retry_budget;
 mod table;
+mod transport;
 
 pub use backend::{resolve, Backend, BackendPolicy, InFlight, ResolveError, SlotQueue};
 pub use checker::{apply_probe, HealthChecker, HealthConfig};
