@@ -7,7 +7,7 @@
 #   scripts/bench.sh proxy    # lb-sync vs nginx vs HAProxy in front of the same lb-backends, and direct
 #   scripts/bench.sh cost     # syscalls and context switches per proxied keep-alive GET, lb-sync vs nginx
 #
-# Environment: DURATION (default 10s), CONNECTIONS (64), WRK_THREADS (2), THREADS (lb workers, 8),
+# Environment: DURATION (default 10s), CONNECTIONS (64), WRK_THREADS (2), THREADS (lb workers, 256),
 # BODY_BYTES (1024), NGINX_WORKERS (auto); LB_BACKEND / LB_SYNC (binaries to use), else they come
 # from ${CARGO_TARGET_DIR:-target}/release, built when missing or stale.
 # Needs wrk and nginx (and haproxy, jq for proxy): apt-get install wrk nginx-light haproxy jq.
@@ -17,7 +17,7 @@ mode="${1:-proxy}"
 duration="${DURATION:-10s}"
 connections="${CONNECTIONS:-64}"
 wrk_threads="${WRK_THREADS:-2}"
-threads="${THREADS:-8}"
+threads="${THREADS:-256}"
 body_bytes="${BODY_BYTES:-1024}"
 
 root="$(cd "$(dirname "$0")/.." && pwd)"

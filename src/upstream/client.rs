@@ -137,6 +137,11 @@ impl Forwarder {
             .user_agent("")
             .accept("")
             .accept_encoding("")
+            // Per connection, pooled ones included (ureq's default is 128 KiB each way). The
+            // input buffer must hold a whole response head: a larger head is a bad response
+            // (nginx's proxy_buffer_size is 4-8 KiB).
+            .input_buffer_size(32 * 1024)
+            .output_buffer_size(16 * 1024)
             .max_idle_connections(pool_size)
             .max_idle_connections_per_host(pool_size)
             // Under the 5 s keep-alive of common backends (Node), so a pooled connection is not
