@@ -233,3 +233,31 @@ fn a_full_backend_queues_requests_then_answers_503_at_the_queue_timeout() {
     assert_eq!((resp.status, resp.header("retry-after")), (503, Some("1")));
     assert!(resp.text().contains("connection limit"), "{}", resp.text());
 }
+
+#[test]
+fn a_backend_that_answers_early_and_closes_has_its_answer_relayed() {
+    // A backend that refuses an upload after its head, without reading the body, and closes
+    // (its kernel then resets the connection): the client must get that answer, not a 502.
+    let backend = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = backend.local_addr().unwrap();
+    let refuser = std::thread::spawn(move || {
+        let (mut stream, _) = backend.accept().unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            stream.read_exact(&mut byte).unwrap();
+            head.push(byte[0]);
+        }
+        stream
+            .write_all(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 9\r\nConnection: close\r\n\r\ntoo large")
+            .unwrap();
+    });
+    let lb = Balancer::start(&[addr], r#", "threads": 4"#);
+    let size = 8 << 20;
+    let mut conn = Conn::open(lb.addr);
+    conn.send(format!("POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: {size}\r\n\r\n").as_bytes());
+    conn.send(&vec![b'u'; size]);
+    let resp = conn.response();
+    assert_eq!((resp.status, resp.text().as_str()), (413, "too large"));
+    refuser.join().unwrap();
+}

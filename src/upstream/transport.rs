@@ -34,7 +34,7 @@ impl Connector<()> for BackendConnector {
                     let buffers = LazyBuffers::new(config.input_buffer_size(), config.output_buffer_size());
                     let stream = Arc::new(stream);
                     (details.register_shutdown)(Arc::downgrade(&stream) as Weak<dyn ShutdownHandle>)?;
-                    return Ok(Some(BackendTransport { stream, buffers }));
+                    return Ok(Some(BackendTransport { stream, buffers, discard_output: false }));
                 }
                 Err(e) => last_error = Some(e),
             }
@@ -60,6 +60,18 @@ fn open(addr: &SocketAddr, connect_timeout: Duration, io_timeout: Duration) -> i
 pub(crate) struct BackendTransport {
     stream: Arc<TcpStream>,
     buffers: LazyBuffers,
+    /// The backend answered before reading the whole request and closed (a `413`, a `401`):
+    /// the rest of the request is dropped so that its answer can be read and relayed.
+    discard_output: bool,
+}
+
+impl BackendTransport {
+    /// Whether the backend has sent something we have not read (its early answer).
+    fn has_unread_input(&self) -> bool {
+        let mut byte = [MaybeUninit::<u8>::uninit()];
+        let flags = libc::MSG_PEEK | libc::MSG_DONTWAIT;
+        matches!(socket2::SockRef::from(&*self.stream).recv_with_flags(&mut byte, flags), Ok(n) if n > 0)
+    }
 }
 
 impl Transport for BackendTransport {
@@ -68,8 +80,23 @@ impl Transport for BackendTransport {
     }
 
     fn transmit_output(&mut self, amount: usize, _timeout: NextTimeout) -> Result<(), ureq::Error> {
+        if self.discard_output {
+            return Ok(());
+        }
         let output = &self.buffers.output()[..amount];
-        (&*self.stream).write_all(output).map_err(ureq::Error::Io)
+        match (&*self.stream).write_all(output) {
+            Ok(()) => Ok(()),
+            // The backend closed while we were still sending. If it answered first, that answer
+            // is what the client must get (nginx and HAProxy relay such a 413), not a 502.
+            Err(e)
+                if matches!(e.kind(), io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset)
+                    && self.has_unread_input() =>
+            {
+                self.discard_output = true;
+                Ok(())
+            }
+            Err(e) => Err(ureq::Error::Io(e)),
+        }
     }
 
     fn await_input(&mut self, _timeout: NextTimeout) -> Result<bool, ureq::Error> {
@@ -90,7 +117,7 @@ impl Transport for BackendTransport {
         let mut byte = [MaybeUninit::<u8>::uninit()];
         let flags = libc::MSG_PEEK | libc::MSG_DONTWAIT;
         match socket2::SockRef::from(&*self.stream).recv_with_flags(&mut byte, flags) {
-            Err(e) => e.kind() == io::ErrorKind::WouldBlock,
+            Err(e) => e.kind() == io::ErrorKind::WouldBlock && !self.discard_output,
             Ok(_) => false,
         }
     }
