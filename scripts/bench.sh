@@ -6,6 +6,7 @@
 #   scripts/bench.sh server   # lb-backend vs nginx answering the same 1 KiB body
 #   scripts/bench.sh proxy    # lb-sync vs nginx vs HAProxy in front of the same lb-backends, and direct
 #   scripts/bench.sh cost     # syscalls and context switches per proxied keep-alive GET, lb-sync vs nginx
+#   scripts/bench.sh slow     # 1000 slow senders / readers / heads, 100 slow backend requests: normal GETs meanwhile
 #
 # Environment: DURATION (default 10s), CONNECTIONS (64), WRK_THREADS (2), THREADS (lb workers, 256),
 # BODY_BYTES (1024), NGINX_WORKERS (auto); LB_BACKEND / LB_SYNC (binaries to use), else they come
@@ -236,5 +237,22 @@ PY
     cost_of lb-sync "$lb_port" "$lb_pid"
     cost_of nginx "$nginx_port" $(pgrep -P "$nginx_pid")
     ;;
-  *) echo "usage: $0 server|proxy|cost" >&2; exit 2 ;;
+  slow)
+    ulimit -n 65536 2>/dev/null || true
+    read -r -a ports <<<"$(free_ports 2)"
+    backend_port=${ports[0]} lb_port=${ports[1]}
+    "$backend_bin" --port "$backend_port" --threads 160 > /dev/null &
+    pids+=("$!")
+    mkdir -p "$work/bodies"
+    "$sync_bin" --host 127.0.0.1 --port "$lb_port" --access-log false --health-check-interval 0 \
+      --backend "127.0.0.1:$backend_port" --config <(echo "{\"client_body_temp_path\": \"$work/bodies\"}") \
+      > "$work/lb-sync.out" 2> "$work/lb-sync.err" &
+    lb_pid=$!
+    pids+=("$lb_pid")
+    wait_port "$backend_port"
+    wait_port "$lb_port" / "$work/lb-sync.err"
+    echo "lb-sync (default 256 workers) in front of one lb-backend; ${SLOW_PEERS:-1000} peers per case"
+    python3 "$root/scripts/slow_peers.py" "127.0.0.1:$lb_port" "$lb_pid" "$work/bodies" "${SLOW_PEERS:-1000}"
+    ;;
+  *) echo "usage: $0 server|proxy|cost|slow" >&2; exit 2 ;;
 esac
