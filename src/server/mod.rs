@@ -27,6 +27,7 @@
 mod body;
 mod error;
 mod head;
+mod idle;
 mod limits;
 mod listener;
 mod poller;
@@ -126,6 +127,7 @@ impl Server {
         // itself with `queued` against the queue capacity.
         let (job_tx, job_rx) = crossbeam_channel::unbounded();
         let queued = Arc::new(AtomicUsize::new(0));
+        let idle = Arc::new(idle::IdleWorkers::default());
         let (return_tx, return_rx) = crossbeam_channel::unbounded();
         let stop = Arc::new(StopSignal { requested: AtomicBool::new(false), grace: Mutex::new(Duration::ZERO) });
         let stopping = Arc::new(AtomicBool::new(false));
@@ -135,6 +137,7 @@ impl Server {
         for i in 0..config.threads.max(1) {
             let worker = Worker {
                 jobs: job_rx.clone(),
+                idle: Arc::clone(&idle),
                 queued: Arc::clone(&queued),
                 returns: return_tx.clone(),
                 waker: Arc::clone(&waker),
@@ -145,6 +148,7 @@ impl Server {
         }
         let links = PollerLinks {
             jobs: job_tx,
+            idle,
             queued,
             queue_capacity: config.queue_capacity.max(1),
             returns: return_rx,

@@ -19,6 +19,7 @@ use mio::{Events, Interest, Poll, Token};
 use super::body::BodyDecoder;
 use super::error::{reason_phrase, RequestError};
 use super::head::{parse_head, BodyFraming, ParseOutcome, RequestHead};
+use super::idle::IdleWorkers;
 use super::limits::Limits;
 use super::response::{Delivery, Progress};
 use super::spool::{RequestBody, SpoolSettings};
@@ -88,6 +89,7 @@ pub(crate) struct Poller {
     pub poll: Poll,
     pub listener: Option<TcpListener>,
     pub jobs: Option<Sender<Job>>,
+    idle: Arc<IdleWorkers>,
     pub returns: Receiver<Returned>,
     pub limits: Limits,
     pub stop: Arc<StopSignal>,
@@ -110,6 +112,7 @@ pub(crate) struct Poller {
 /// The poller's ends of the channels and the shared flags.
 pub(crate) struct PollerLinks {
     pub jobs: Sender<Job>,
+    pub idle: Arc<IdleWorkers>,
     pub queued: Arc<AtomicUsize>,
     pub queue_capacity: usize,
     pub returns: Receiver<Returned>,
@@ -125,6 +128,7 @@ impl Poller {
             poll,
             listener: Some(listener),
             jobs: Some(links.jobs),
+            idle: links.idle,
             returns: links.returns,
             limits,
             stop: links.stop,
@@ -183,6 +187,9 @@ impl Poller {
                 self.sweep(now);
             }
             if self.stop.requested.load(Ordering::Acquire) && self.carry_out_stop(now) {
+                // Closing the queue ends the workers once they have finished their jobs.
+                self.jobs = None;
+                self.idle.close();
                 return;
             }
         }
@@ -417,8 +424,9 @@ impl Poller {
         let input_while_busy = Arc::clone(&conn.input_while_busy);
         let job = Job::Serve { token, stream: Arc::clone(&conn.stream), peer: conn.peer, head, body, input_while_busy };
         if jobs.send(job).is_err() {
-            self.close(token);
+            return self.close(token);
         }
+        self.idle.wake_one();
     }
 
     /// Writes a delivery the client reads slowly; asks a worker to refill it when drained.
@@ -437,6 +445,8 @@ impl Poller {
                 let job = Job::Refill { token, stream: Arc::clone(&conn.stream), delivery };
                 if self.jobs.as_ref().is_none_or(|jobs| jobs.send(job).is_err()) {
                     self.close(token);
+                } else {
+                    self.idle.wake_one();
                 }
             }
             Progress::Done { keep_alive } => self.finish_response(token, keep_alive),

@@ -12,6 +12,7 @@ use crossbeam_channel::{Receiver, Sender};
 use mio::Waker;
 
 use super::head::RequestHead;
+use super::idle::IdleWorkers;
 use super::request::Request;
 use super::response::{Delivery, Progress, Response, ResponseContext};
 use super::spool::RequestBody;
@@ -53,6 +54,7 @@ pub(crate) struct Returned {
 
 pub(crate) struct Worker {
     pub jobs: Receiver<Job>,
+    pub idle: Arc<IdleWorkers>,
     /// Serve jobs waiting in the queue (the poller refuses more than the queue capacity).
     pub queued: Arc<AtomicUsize>,
     pub returns: Sender<Returned>,
@@ -64,7 +66,7 @@ pub(crate) struct Worker {
 impl Worker {
     /// Works until the poller drops the sending side of the queue.
     pub fn run(self) {
-        for job in self.jobs.iter() {
+        while let Some(job) = self.idle.next(&self.jobs) {
             let (token, next, input_while_busy) = match job {
                 Job::Serve { token, stream, peer, head, body, input_while_busy } => {
                     self.queued.fetch_sub(1, Ordering::Relaxed);
