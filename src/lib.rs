@@ -9,7 +9,8 @@
 //!
 //! Modules depend only downwards, in this order (no import circles): `server`, `balance`,
 //! `client_ip`, `stats`, `health` → `config` → `upstream` → `state` → `proxy`, `admin` →
-//! `router` → `balancer`; `demo_backend` stands on `server` alone.
+//! `router` → `balancer`; `demo_backend` stands on `server` alone. [`traffic`] (rate limiting,
+//! not yet wired into the data path) stands alone.
 //!
 //! Embedding the balancer:
 //!
@@ -44,4 +45,5 @@ pub mod router;
 pub mod server;
 pub mod state;
 pub mod stats;
+pub mod traffic;
 pub mod upstream;
