@@ -9,8 +9,8 @@
 //!
 //! Modules depend only downwards, in this order (no import circles): `server`, `balance`,
 //! `client_ip`, `stats`, `health` → `config` → `upstream` → `state` → `proxy`, `admin` →
-//! `router` → `balancer`; `demo_backend` stands on `server` alone. [`traffic`] (rate limiting,
-//! not yet wired into the data path) stands alone.
+//! `router` → `balancer`; `demo_backend` stands on `server` alone. [`traffic`] (rate limiting and
+//! sticky sessions, not yet wired into the data path) stands alone.
 //!
 //! Embedding the balancer:
 //!

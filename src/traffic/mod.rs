@@ -1,20 +1,28 @@
 //! Traffic policies that sit in front of backend selection: [`rate_limit`] (may this request go
-//! on at all?).
+//! on at all?) and [`sticky`] (does it belong to a backend already?).
 //!
-//! Pure: it sees client addresses and instants, never the server's request types or the backend
-//! table, so it is tested alone and wired into the data path by the caller (check the limit when
-//! a request head is parsed).
+//! Both are pure: they see client addresses, instants and strings, never the server's request
+//! types or the backend table, so they are tested alone and wired into the data path by the
+//! caller (check the limit when a request head is parsed, resolve the sticky cookie before the
+//! balancing algorithm is asked).
 //!
 //! ```
 //! use std::net::IpAddr;
-//! use std::time::Instant;
-//! use lb_sync::traffic::{RateLimitConfig, RateLimiter};
+//! use std::time::{Duration, Instant};
+//! use lb_sync::traffic::{RateLimitConfig, RateLimiter, StickyCookie, StickyIndex};
 //!
 //! let limiter = RateLimiter::new(&RateLimitConfig { client_rate: 10.0, ..RateLimitConfig::default() }).unwrap();
 //! let client: IpAddr = "192.0.2.1".parse().unwrap();
 //! assert!(limiter.check(client, Instant::now()).allowed);
+//!
+//! let cookie = StickyCookie::new("lb", None, Duration::from_secs(3600));
+//! let index = StickyIndex::new(&cookie, [(0, "backend1", "127.0.0.1:8081")]);
+//! let value = index.token_for(0).unwrap();
+//! assert_eq!(index.resolve(value), Some(0));
 //! ```
 
 pub mod rate_limit;
+pub mod sticky;
 
 pub use rate_limit::{ClientLimiter, Decision, RateLimitConfig, RateLimitSnapshot, RateLimiter, TokenBucket};
+pub use sticky::{StickyCookie, StickyIndex};
