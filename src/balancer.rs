@@ -11,6 +11,7 @@ use crate::router::Router;
 use crate::server::{Server, ServerConfig};
 use crate::state::Shared;
 use crate::stats::Stats;
+use crate::traffic::RateLimiter;
 use crate::upstream::{
     BackendPolicy, BackendTable, ForwardTimeouts, Forwarder, HealthChecker, HealthConfig, RetryBudget,
 };
@@ -80,12 +81,14 @@ impl LoadBalancer {
             expected: config.expected_health_status().map_err(|e| invalid(&e))?,
             probers: config.backends.len().clamp(4, 16),
         };
+        let rate_limiter = RateLimiter::new(&config.rate_limits()).map_err(|e| invalid(&e))?;
         let shared = Arc::new(Shared {
             forwarder: Forwarder::new(timeouts, pool_size),
             table: Arc::new(table),
             stats: Stats::default(),
             retry_budget: RetryBudget::new(config.retry_budget_ratio, config.retry_budget_min, Duration::from_secs(10)),
             started: Instant::now(),
+            rate_limiter,
             config,
         });
         let server = Server::start(server_config, Router::new(Arc::clone(&shared)))?;

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::balance::AlgorithmKind;
 use crate::client_ip::Cidr;
 use crate::server::{BodyBuffering, Limits};
+use crate::traffic::{ClientLimiter, RateLimitConfig};
 
 /// One backend as configured.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -160,6 +161,19 @@ pub struct Config {
     pub access_log: bool,
     /// Seconds a sticky session lasts. Default 3600 (the seed's).
     pub session_timeout: u64,
+    /// Requests per second for all clients together; over it, `429`. Default 0: off.
+    pub rate_limit: f64,
+    /// Requests the global limit admits at once. Default 0: one second's worth,
+    /// `max(1, ceil(rate_limit))`.
+    pub rate_limit_burst: u32,
+    /// Requests per second for each client address (the address ip_hash uses: the peer, or
+    /// what a trusted proxy says). Default 0: off.
+    pub client_rate_limit: f64,
+    /// Requests each client's bucket admits at once. Default 0: `max(1, ceil(client_rate_limit))`.
+    pub client_rate_limit_burst: u32,
+    /// Most client addresses the per-client limit tracks at once; beyond it the least recently
+    /// seen are forgotten. Default 100 000 (about 10 MB when full).
+    pub rate_limit_max_clients: usize,
     /// Peers whose `X-Forwarded-For` is believed (CIDRs). Default loopback only.
     pub trusted_proxies: Vec<Cidr>,
     /// Path prefix of the management API. Default `/lb`.
@@ -233,6 +247,11 @@ impl Default for Config {
             panic_mode: false,
             access_log: true,
             session_timeout: 3600,
+            rate_limit: 0.0,
+            rate_limit_burst: 0,
+            client_rate_limit: 0.0,
+            client_rate_limit_burst: 0,
+            rate_limit_max_clients: ClientLimiter::DEFAULT_MAX_ENTRIES,
             trusted_proxies: vec![Cidr::parse("127.0.0.0/8").unwrap(), Cidr::parse("::1/128").unwrap()],
             admin_prefix: "/lb".to_string(),
             admin_token: None,
@@ -298,6 +317,14 @@ impl fmt::Display for ConfigError {
 }
 
 impl std::error::Error for ConfigError {}
+
+/// The highest rate (requests per second) a limit may have: one request a nanosecond, the
+/// token bucket's resolution.
+const MAX_RATE: f64 = 1e9;
+/// The largest burst: far above any real one, and far from the bucket's arithmetic limits.
+const MAX_BURST: u32 = 100_000_000;
+/// The most clients the per-client limit may track (about 100 bytes each: 1 GB).
+const MAX_TRACKED_CLIENTS: usize = 10_000_000;
 
 fn invalid(key: &'static str, why: impl Into<String>) -> ConfigError {
     ConfigError::Invalid { key, why: why.into() }
@@ -388,12 +415,58 @@ impl Config {
                 return Err(invalid("backends", why));
             }
         }
+        self.validate_traffic()?;
         let mut ids: Vec<String> = self.backend_ids();
         ids.sort();
         if let Some(pair) = ids.windows(2).find(|w| w[0] == w[1]) {
             return Err(invalid("backends", format!("backend id '{}' is used twice", pair[0])));
         }
         Ok(())
+    }
+
+    /// The rate-limit settings.
+    fn validate_traffic(&self) -> Result<(), ConfigError> {
+        let limits = [
+            ("rate_limit", self.rate_limit, "rate_limit_burst", self.rate_limit_burst),
+            ("client_rate_limit", self.client_rate_limit, "client_rate_limit_burst", self.client_rate_limit_burst),
+        ];
+        for (rate_key, rate, burst_key, burst) in limits {
+            if !rate.is_finite() || !(0.0..=MAX_RATE).contains(&rate) {
+                let why = format!("{rate_key} must be a number of requests per second 0-{MAX_RATE}, got {rate}");
+                return Err(invalid(rate_key, why));
+            }
+            if burst > MAX_BURST {
+                return Err(invalid(burst_key, format!("{burst_key} must be 0-{MAX_BURST}, got {burst}")));
+            }
+            if burst > 0 && rate == 0.0 {
+                // A burst without a rate limits nothing: most likely the rate was forgotten.
+                let why = format!("{burst_key} is {burst} but {rate_key} is 0 (off): set {rate_key} too");
+                return Err(invalid(burst_key, why));
+            }
+        }
+        if !(1..=MAX_TRACKED_CLIENTS).contains(&self.rate_limit_max_clients) {
+            let why =
+                format!("rate_limit_max_clients must be 1-{MAX_TRACKED_CLIENTS}, got {}", self.rate_limit_max_clients);
+            return Err(invalid("rate_limit_max_clients", why));
+        }
+        Ok(())
+    }
+
+    /// The rate-limit settings as [`RateLimitConfig`]; both limits off by default.
+    ///
+    /// ```
+    /// let config = lb_sync::config::Config { client_rate_limit: 20.0, ..Default::default() };
+    /// let limits = config.rate_limits();
+    /// assert_eq!((limits.rate, limits.client_rate, limits.effective_client_burst()), (0.0, 20.0, 20));
+    /// ```
+    pub fn rate_limits(&self) -> RateLimitConfig {
+        RateLimitConfig {
+            rate: self.rate_limit,
+            burst: self.rate_limit_burst,
+            client_rate: self.client_rate_limit,
+            client_burst: self.client_rate_limit_burst,
+            max_clients: self.rate_limit_max_clients,
+        }
     }
 
     /// The `health_check_status` range.

@@ -66,6 +66,7 @@ pub fn stats(shared: &Shared) -> Value {
             "healthy_backends": healthy,
             "unhealthy_backends": snapshot.backends.len() - healthy,
         },
+        "rate_limiter": shared.rate_limiter.snapshot(),
     })
 }
 

@@ -78,6 +78,18 @@ struct Args {
     /// seconds a sticky session lasts (default 3600)
     #[argh(option)]
     session_timeout: Option<u64>,
+    /// requests per second for all clients together, then 429; 0 = off (default 0)
+    #[argh(option)]
+    rate_limit: Option<f64>,
+    /// requests the global limit admits at once (default: one second's worth)
+    #[argh(option)]
+    rate_limit_burst: Option<u32>,
+    /// requests per second for each client address, then 429; 0 = off (default 0)
+    #[argh(option)]
+    client_rate_limit: Option<f64>,
+    /// requests each client may send at once (default: one second's worth)
+    #[argh(option)]
+    client_rate_limit_burst: Option<u32>,
     /// a CIDR whose X-Forwarded-For is believed; repeatable; replaces the default (loopback)
     #[argh(option)]
     trusted_proxy: Vec<String>,
@@ -122,6 +134,7 @@ fn build_config(args: &Args) -> Result<Config, String> {
     set!(health_check_interval, health_check_path, health_check_timeout, health_check_rise, health_check_fall);
     set!(request_timeout, connect_timeout, max_tries, access_log, session_timeout);
     set!(breaker_consecutive_failures, breaker_cooldown, slow_start);
+    set!(rate_limit, rate_limit_burst, client_rate_limit, client_rate_limit_burst);
     config.breaker_on_5xx |= args.breaker_on_5xx;
     config.panic_mode |= args.panic_mode;
     if !args.trusted_proxy.is_empty() {

@@ -19,6 +19,13 @@ pub enum ProxyError {
     QueueTimeout,
     /// Every try failed; this is the last failure.
     BackendFailed(ForwardError),
+    /// Over a rate limit: the request was not sent anywhere.
+    RateLimited {
+        /// The burst of the limit that refused it (`X-RateLimit-Limit`).
+        limit: u32,
+        /// Whole seconds until a token is due, at least 1 (`Retry-After`).
+        retry_after_secs: u64,
+    },
 }
 
 impl ProxyError {
@@ -30,6 +37,7 @@ impl ProxyError {
     /// assert_eq!(ProxyError::NoBackend.status(), 503);
     /// assert_eq!(ProxyError::BackendFailed(ForwardError::Timeout).status(), 504);
     /// assert_eq!(ProxyError::BackendFailed(ForwardError::NoResponse("reset".into())).status(), 502);
+    /// assert_eq!(ProxyError::RateLimited { limit: 5, retry_after_secs: 1 }.status(), 429);
     /// ```
     pub fn status(&self) -> u16 {
         match self {
@@ -37,14 +45,28 @@ impl ProxyError {
             ProxyError::NoBackend | ProxyError::QueueTimeout => 503,
             ProxyError::BackendFailed(e) if e.is_timeout() => 504,
             ProxyError::BackendFailed(_) => 502,
+            ProxyError::RateLimited { .. } => 429,
         }
     }
 
     /// The response sent to the client.
+    ///
+    /// ```
+    /// use lb_sync::proxy::ProxyError;
+    /// let response = ProxyError::RateLimited { limit: 5, retry_after_secs: 2 }.response();
+    /// let header = |name: &str| response.headers.iter().find(|h| h.is(name)).map(|h| h.value.clone());
+    /// assert_eq!(header("retry-after"), Some(b"2".to_vec()));
+    /// assert_eq!(header("x-ratelimit-limit"), Some(b"5".to_vec()));
+    /// assert_eq!(header("x-ratelimit-remaining"), Some(b"0".to_vec()));
+    /// ```
     pub fn response(&self) -> Response {
         let response = Response::text(self.status(), self.to_string());
         match self {
             ProxyError::NoBackend | ProxyError::QueueTimeout => response.with_header("Retry-After", "1"),
+            ProxyError::RateLimited { limit, retry_after_secs } => response
+                .with_header("Retry-After", retry_after_secs.to_string())
+                .with_header("X-RateLimit-Limit", limit.to_string())
+                .with_header("X-RateLimit-Remaining", "0"),
             _ => response,
         }
     }
@@ -59,6 +81,7 @@ impl fmt::Display for ProxyError {
             ProxyError::QueueTimeout => f.write_str("every backend is at its connection limit, retry later"),
             ProxyError::BackendFailed(e) if e.is_timeout() => f.write_str("backend timed out"),
             ProxyError::BackendFailed(_) => f.write_str("backend failed"),
+            ProxyError::RateLimited { .. } => f.write_str("too many requests"),
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The data path of one proxied request, top to bottom:
 //!
-//! 1. **who**: the client address (the peer, or what a trusted proxy says);
+//! 1. **who**: the client address (the peer, or what a trusted proxy says), and whether the
+//!    rate limits let it through (`429` if not);
 //! 2. **prepare**: the request as it goes upstream (origin-form target, headers, the body the
 //!    front end buffered);
 //! 3. **try backends**: pick → admit (breaker, retry budget) → send → settle the outcome, and on
@@ -13,6 +14,7 @@
 mod body;
 mod error;
 mod headers;
+mod policy;
 mod relay;
 
 pub use error::ProxyError;
@@ -54,11 +56,15 @@ pub fn forward(shared: &Shared, request: Request) -> Response {
     let started = Instant::now();
     let origin = who(shared, &request);
     let (method, target) = (request.method().to_string(), request.target().to_string());
-    let outcome = prepare(shared, request, &origin).and_then(|mut outbound| try_backends(shared, &mut outbound));
+    let quota = shared.rate_limiter.check(origin.client, started);
+    let outcome = policy::admit(&quota)
+        .and_then(|()| prepare(shared, request, &origin))
+        .and_then(|mut outbound| try_backends(shared, &mut outbound));
     let (response, backend) = match outcome {
         Ok((response, backend)) => (response, Some(backend)),
         Err(error) => (error.response(), None),
     };
+    let response = policy::with_quota(response, &quota);
     account(shared, &method, &target, &origin, backend.as_deref(), started, response)
 }
 
