@@ -89,6 +89,7 @@ impl LoadBalancer {
             retry_budget: RetryBudget::new(config.retry_budget_ratio, config.retry_budget_min, Duration::from_secs(10)),
             started: Instant::now(),
             rate_limiter,
+            sticky: config.sticky_sessions(),
             config,
         });
         let server = Server::start(server_config, Router::new(Arc::clone(&shared)))?;

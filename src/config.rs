@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 use crate::balance::AlgorithmKind;
 use crate::client_ip::Cidr;
 use crate::server::{BodyBuffering, Limits};
-use crate::traffic::{ClientLimiter, RateLimitConfig};
+use crate::traffic::sticky::is_valid_cookie_name;
+use crate::traffic::{ClientLimiter, RateLimitConfig, StickyCookie};
 
 /// One backend as configured.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -159,7 +160,8 @@ pub struct Config {
     pub panic_mode: bool,
     /// Log one line per request. Default true (the seed's).
     pub access_log: bool,
-    /// Seconds a sticky session lasts. Default 3600 (the seed's).
+    /// Seconds a sticky session lasts: the `Max-Age` of the sticky cookie, counted from when it
+    /// was set. Default 3600 (the seed's); 0 makes it a browser-session cookie (no `Max-Age`).
     pub session_timeout: u64,
     /// Requests per second for all clients together; over it, `429`. Default 0: off.
     pub rate_limit: f64,
@@ -174,6 +176,12 @@ pub struct Config {
     /// Most client addresses the per-client limit tracks at once; beyond it the least recently
     /// seen are forgotten. Default 100 000 (about 10 MB when full).
     pub rate_limit_max_clients: usize,
+    /// Name of the sticky-session cookie; set, it turns sticky sessions on for every
+    /// algorithm. Default unset: off.
+    pub sticky_cookie: Option<String>,
+    /// Key of the sticky cookie's HMAC: with it, a client cannot forge a cookie that picks its
+    /// backend. Default unset (a fixed public key: opaque, not unforgeable).
+    pub sticky_secret: Option<String>,
     /// Peers whose `X-Forwarded-For` is believed (CIDRs). Default loopback only.
     pub trusted_proxies: Vec<Cidr>,
     /// Path prefix of the management API. Default `/lb`.
@@ -252,6 +260,8 @@ impl Default for Config {
             client_rate_limit: 0.0,
             client_rate_limit_burst: 0,
             rate_limit_max_clients: ClientLimiter::DEFAULT_MAX_ENTRIES,
+            sticky_cookie: None,
+            sticky_secret: None,
             trusted_proxies: vec![Cidr::parse("127.0.0.0/8").unwrap(), Cidr::parse("::1/128").unwrap()],
             admin_prefix: "/lb".to_string(),
             admin_token: None,
@@ -424,7 +434,7 @@ impl Config {
         Ok(())
     }
 
-    /// The rate-limit settings.
+    /// The rate-limit and sticky-session settings.
     fn validate_traffic(&self) -> Result<(), ConfigError> {
         let limits = [
             ("rate_limit", self.rate_limit, "rate_limit_burst", self.rate_limit_burst),
@@ -449,7 +459,18 @@ impl Config {
                 format!("rate_limit_max_clients must be 1-{MAX_TRACKED_CLIENTS}, got {}", self.rate_limit_max_clients);
             return Err(invalid("rate_limit_max_clients", why));
         }
-        Ok(())
+        if let Some(name) = &self.sticky_cookie {
+            if !is_valid_cookie_name(name) {
+                let why =
+                    format!("sticky_cookie must be a cookie name (letters, digits, !#$%&'*+-.^_`|~), got '{name}'");
+                return Err(invalid("sticky_cookie", why));
+            }
+        }
+        match (&self.sticky_secret, &self.sticky_cookie) {
+            (Some(secret), _) if secret.is_empty() => Err(invalid("sticky_secret", "sticky_secret must not be empty")),
+            (Some(_), None) => Err(invalid("sticky_secret", "sticky_secret is set but sticky_cookie is not")),
+            _ => Ok(()),
+        }
     }
 
     /// The rate-limit settings as [`RateLimitConfig`]; both limits off by default.
@@ -467,6 +488,19 @@ impl Config {
             client_burst: self.client_rate_limit_burst,
             max_clients: self.rate_limit_max_clients,
         }
+    }
+
+    /// The sticky-session cookie, when `sticky_cookie` is set (call [`validate`](Self::validate)
+    /// first: an invalid name panics here).
+    ///
+    /// ```
+    /// let config = lb_sync::config::Config { sticky_cookie: Some("SRV".into()), session_timeout: 60, ..Default::default() };
+    /// assert_eq!(config.sticky_sessions().unwrap().set_cookie("t"), "SRV=t; Max-Age=60; Path=/; HttpOnly");
+    /// assert!(lb_sync::config::Config::default().sticky_sessions().is_none());
+    /// ```
+    pub fn sticky_sessions(&self) -> Option<StickyCookie> {
+        let max_age = Duration::from_secs(self.session_timeout);
+        self.sticky_cookie.as_deref().map(|name| StickyCookie::new(name, self.sticky_secret.as_deref(), max_age))
     }
 
     /// The `health_check_status` range.

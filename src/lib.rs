@@ -3,14 +3,15 @@
 //! The data path reads top to bottom: [`server`] accepts and parses → [`router`] sends `/lb/`
 //! to [`admin`] and everything else to [`proxy`] → the proxy picks a backend from the
 //! [`upstream`] table with a [`balance`] algorithm, sends the request with the shared client,
-//! streams the answer back and accounts for it in [`stats`]. [`health`] holds the breaker,
-//! slow start and probe state machines, [`state`] what every part shares, [`balancer`] puts it
-//! together, [`config`] holds every setting.
+//! streams the answer back and accounts for it in [`stats`]. Before it picks, the [`traffic`]
+//! policies decide whether the request may go on at all (rate limits) and whether it belongs to
+//! a backend already (sticky cookie). [`health`] holds the breaker, slow start and probe state
+//! machines, [`state`] what every part shares, [`balancer`] puts it together, [`config`] holds
+//! every setting.
 //!
 //! Modules depend only downwards, in this order (no import circles): `server`, `balance`,
-//! `client_ip`, `stats`, `health` → `config` → `upstream` → `state` → `proxy`, `admin` →
-//! `router` → `balancer`; `demo_backend` stands on `server` alone. [`traffic`] (rate limiting and
-//! sticky sessions, not yet wired into the data path) stands alone.
+//! `client_ip`, `stats`, `health`, `traffic` → `config` → `upstream` → `state` → `proxy`,
+//! `admin` → `router` → `balancer`; `demo_backend` stands on `server` alone.
 //!
 //! Embedding the balancer:
 //!

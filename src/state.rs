@@ -1,6 +1,7 @@
 //! What every part of a running balancer shares: the configuration, the backend table, the
-//! HTTP client, the counters, the retry budget and the rate limits. One `Arc<Shared>` is held by
-//! the router (and through it every worker), the management API and the balancer handle.
+//! HTTP client, the counters, the retry budget and the traffic policies (rate limits, sticky
+//! cookie). One `Arc<Shared>` is held by the router (and through it every worker), the
+//! management API and the balancer handle.
 //!
 //! Who writes what: the table's membership changes under its write lock (management API);
 //! everything else here is atomics, written by workers and prober threads without a lock.
@@ -9,7 +10,7 @@ use std::time::Instant;
 
 use crate::config::Config;
 use crate::stats::Stats;
-use crate::traffic::RateLimiter;
+use crate::traffic::{RateLimiter, StickyCookie};
 use crate::upstream::{BackendTable, Forwarder, RetryBudget};
 use std::sync::Arc;
 
@@ -29,4 +30,6 @@ pub struct Shared {
     pub started: Instant,
     /// The global and per-client request rate limits (both off by default; it counts either way).
     pub rate_limiter: RateLimiter,
+    /// The sticky-session cookie, when sticky sessions are on.
+    pub sticky: Option<StickyCookie>,
 }

@@ -1,12 +1,14 @@
 //! Traffic control end to end over real sockets: the global and per-client rate limits (429,
 //! Retry-After, X-RateLimit-*, nothing reaches a backend, refill, exact counters, a bounded
-//! client table).
+//! client table) and sticky sessions by cookie (stickiness, failover and re-issue, forged and
+//! stale cookies, two balancers sharing cookies, the backend's own cookies, ip_hash).
 
 mod common;
 
+use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr};
 use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,17 +19,28 @@ use lb_sync::client_ip::Cidr;
 use lb_sync::config::{BackendConfig, Config};
 use lb_sync::demo_backend::DemoBackend;
 use lb_sync::server::{bind, Handler, Request, Response, Server, ServerConfig};
-use lb_sync::traffic::{RateLimitConfig, RateLimiter};
+use lb_sync::traffic::{RateLimitConfig, RateLimiter, StickyCookie};
 
-/// The demo backend, counting every request it is sent.
+const COOKIE: &str = "SRV";
+const SECRET: &str = "test secret";
+
+/// The demo backend, counting every request it is sent but health probes, and failing its
+/// health checks while `sick` is set.
 struct Counting {
     demo: DemoBackend,
     hits: Arc<AtomicUsize>,
+    sick: Arc<AtomicBool>,
 }
 
 impl Handler for Counting {
     fn handle(&self, request: Request) -> Response {
-        self.hits.fetch_add(1, Ordering::Relaxed);
+        if request.path() == "/health" {
+            if self.sick.load(Ordering::Relaxed) {
+                return Response::text(503, "sick");
+            }
+        } else {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+        }
         self.demo.handle(request)
     }
 }
@@ -35,20 +48,22 @@ impl Handler for Counting {
 /// An in-process demo backend on an ephemeral port (its id is `backend-<port>`), with the count
 /// of requests that reached it.
 struct Backend {
-    _server: Server,
+    server: Server,
     port: u16,
     hits: Arc<AtomicUsize>,
+    sick: Arc<AtomicBool>,
 }
 
 impl Backend {
     fn start() -> Backend {
         let listener = bind("127.0.0.1:0".parse().unwrap(), 128).unwrap();
         let port = listener.local_addr().unwrap().port();
-        let hits = Arc::new(AtomicUsize::new(0));
-        let handler = Counting { demo: DemoBackend::new(port, "127.0.0.1", None), hits: Arc::clone(&hits) };
+        let (hits, sick) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicBool::new(false)));
+        let demo = DemoBackend::new(port, "127.0.0.1", None);
+        let handler = Counting { demo, hits: Arc::clone(&hits), sick: Arc::clone(&sick) };
         let server =
             Server::start_on(listener, ServerConfig { threads: 4, ..ServerConfig::default() }, handler).unwrap();
-        Backend { _server: server, port, hits }
+        Backend { server, port, hits, sick }
     }
 
     fn hits(&self) -> usize {
@@ -75,9 +90,22 @@ fn config(algorithm: AlgorithmKind, backends: &[Backend]) -> Config {
     }
 }
 
+fn sticky_config(algorithm: AlgorithmKind, backends: &[Backend]) -> Config {
+    Config { sticky_cookie: Some(COOKIE.into()), sticky_secret: Some(SECRET.into()), ..config(algorithm, backends) }
+}
+
+fn served_by(resp: &Resp) -> String {
+    resp.json()["server_info"]["id"].as_str().unwrap_or("?").to_string()
+}
+
 /// `GET path` with extra header lines (each ending in CRLF).
 fn get(conn: &mut Conn, path: &str, extra_headers: &str) -> Resp {
     conn.send(format!("GET {path} HTTP/1.1\r\nHost: t\r\n{extra_headers}\r\n").as_bytes());
+    conn.response()
+}
+
+fn post(conn: &mut Conn, path: &str) -> Resp {
+    conn.send(format!("POST {path} HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n").as_bytes());
     conn.response()
 }
 
@@ -319,13 +347,335 @@ fn two_hundred_thousand_client_addresses_leave_the_table_at_its_cap_with_bounded
     assert!(after_kb.saturating_sub(full_kb) < 8 * 1024, "a full table grew {} kB", after_kb - full_kb);
 }
 
+/// Our cookie's `Set-Cookie` in a response, if any.
+fn our_set_cookie(resp: &Resp) -> Option<String> {
+    let ours: Vec<&str> = resp.headers_named("set-cookie").into_iter().filter(|v| v.starts_with("SRV=")).collect();
+    assert!(ours.len() <= 1, "our cookie set twice: {ours:?}");
+    ours.first().map(|v| v.to_string())
+}
+
+/// The value in `SRV=VALUE; ...`.
+fn cookie_value(set_cookie: &str) -> String {
+    set_cookie.strip_prefix("SRV=").unwrap().split(';').next().unwrap().to_string()
+}
+
+fn with_cookie(value: &str) -> String {
+    format!("Cookie: theme=dark; {COOKIE}={value}; lang=en\r\n")
+}
+
+/// One request with `cookie` (if any): who answered, and the cookie value set (if any).
+fn sticky_get(conn: &mut Conn, cookie: Option<&str>) -> (String, Option<String>) {
+    let resp = get(conn, "/", &cookie.map(with_cookie).unwrap_or_default());
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let set = our_set_cookie(&resp).map(|c| cookie_value(&c));
+    (served_by(&resp), set)
+}
+
+#[test]
+fn a_session_stays_on_its_backend_and_moves_once_when_that_backend_is_disabled() {
+    let backends = backends(3);
+    let lb = LoadBalancer::start(sticky_config(AlgorithmKind::RoundRobin, &backends)).unwrap();
+    let mut conn = Conn::open(lb.local_addr());
+    let id_of = |served: &str| {
+        let i = backends.iter().position(|b| format!("backend-{}", b.port) == served).unwrap();
+        format!("backend{}", i + 1)
+    };
+
+    let resp = conn.get("/");
+    let set_cookie = our_set_cookie(&resp).expect("a first answer sets the cookie");
+    let home = served_by(&resp);
+    let value = cookie_value(&set_cookie);
+    assert_eq!(set_cookie, format!("SRV={value}; Max-Age=3600; Path=/; HttpOnly"));
+    assert_eq!(value.len(), 32, "128 bits in hex");
+    for port in backends.iter().map(|b| b.port) {
+        assert!(!value.contains(&port.to_string()), "the cookie reveals a port");
+    }
+    assert!(!value.contains("127.0.0.1") && !value.contains("backend"));
+
+    // 100 requests with the cookie: one backend, no cookie sent again; cookieless requests
+    // between them are still balanced.
+    let mut others = BTreeSet::new();
+    for i in 0..100 {
+        assert_eq!(sticky_get(&mut conn, Some(&value)), (home.clone(), None), "request {i}");
+        if i % 10 == 0 {
+            others.insert(sticky_get(&mut conn, None).0);
+        }
+    }
+    assert_eq!(others.len(), 3, "round robin goes on for requests without the cookie: {others:?}");
+
+    // Its backend disabled: balanced again, once, with a new cookie; then it stays there.
+    assert_eq!(post(&mut conn, &format!("/lb/backends/{}/disable", id_of(&home))).status, 200);
+    let (new_home, new_value) = sticky_get(&mut conn, Some(&value));
+    let new_value = new_value.expect("the cookie is issued again");
+    assert_ne!(new_home, home);
+    assert_ne!(new_value, value);
+    for _ in 0..20 {
+        assert_eq!(sticky_get(&mut conn, Some(&new_value)), (new_home.clone(), None));
+    }
+    // The old backend back: the session stays where its cookie now says.
+    assert_eq!(post(&mut conn, &format!("/lb/backends/{}/enable", id_of(&home))).status, 200);
+    for _ in 0..6 {
+        assert_eq!(sticky_get(&mut conn, Some(&new_value)), (new_home.clone(), None));
+    }
+    // And the old cookie leads to the old backend again.
+    assert_eq!(sticky_get(&mut conn, Some(&value)), (home.clone(), None));
+    lb.stop(Duration::from_secs(1));
+}
+
+#[test]
+fn the_token_is_an_hmac_of_id_and_address_and_never_reaches_the_backend() {
+    let backends = backends(1);
+    let lb = LoadBalancer::start(sticky_config(AlgorithmKind::RoundRobin, &backends)).unwrap();
+    let mut conn = Conn::open(lb.local_addr());
+    let (_, value) = sticky_get(&mut conn, None);
+    let expected = StickyCookie::new(COOKIE, Some(SECRET), Duration::from_secs(1))
+        .token("backend1", &format!("127.0.0.1:{}", backends[0].port));
+    assert_eq!(value.as_deref(), Some(expected.as_str()));
+    // The backend sees the client's other cookies, not ours (HAProxy's `indirect`).
+    let resp = get(&mut conn, "/", &with_cookie(&expected));
+    assert_eq!(resp.json()["request"]["headers"]["cookie"], "theme=dark; lang=en");
+    let resp = get(&mut conn, "/", &format!("Cookie: {COOKIE}={expected}\r\n"));
+    assert!(resp.json()["request"]["headers"].get("cookie").is_none(), "a Cookie header of ours alone is dropped");
+    lb.stop(Duration::from_secs(1));
+}
+
+#[test]
+fn forged_and_stale_cookies_are_balanced_as_usual_and_replaced() {
+    let backends = backends(3);
+    let lb = LoadBalancer::start(sticky_config(AlgorithmKind::RoundRobin, &backends)).unwrap();
+    let mut conn = Conn::open(lb.local_addr());
+    let address = |i: usize| format!("127.0.0.1:{}", backends[i].port);
+    let other_secret = StickyCookie::new(COOKIE, Some("a guess"), Duration::from_secs(1));
+    let no_secret = StickyCookie::new(COOKIE, None, Duration::from_secs(1));
+    let ours = StickyCookie::new(COOKIE, Some(SECRET), Duration::from_secs(1));
+    let forged = [
+        "garbage".to_string(),
+        String::new(),
+        "0".repeat(32),
+        other_secret.token("backend2", &address(1)),
+        no_secret.token("backend2", &address(1)),
+        ours.token("backend2", "127.0.0.1:1"), // a backend2 that moved
+    ];
+    let mut seen = BTreeSet::new();
+    for value in &forged {
+        let (served, set) = sticky_get(&mut conn, Some(value));
+        let set = set.unwrap_or_else(|| panic!("{value:?} was honoured"));
+        // The new cookie names the backend that answered.
+        assert_eq!(sticky_get(&mut conn, Some(&set)), (served.clone(), None));
+        seen.insert(served);
+    }
+    assert!(seen.len() >= 2, "forged cookies are balanced as usual (round robin), not sent to one: {seen:?}");
+
+    // A stale cookie: its backend was removed.
+    let (gone, value) = sticky_get(&mut conn, None);
+    let value = value.unwrap();
+    let index = backends.iter().position(|b| format!("backend-{}", b.port) == gone).unwrap();
+    let resp = {
+        conn.send(format!("DELETE /lb/backends/backend{}/remove HTTP/1.1\r\nHost: t\r\n\r\n", index + 1).as_bytes());
+        conn.response()
+    };
+    assert_eq!(resp.status, 200);
+    let (served, set) = sticky_get(&mut conn, Some(&value));
+    assert_ne!(served, gone);
+    let set = set.expect("a new cookie for the removed backend's client");
+    assert_eq!(sticky_get(&mut conn, Some(&set)), (served, None));
+    lb.stop(Duration::from_secs(1));
+}
+
+#[test]
+fn two_balancers_with_the_same_configuration_honour_each_others_cookies() {
+    let backends = backends(3);
+    let first = LoadBalancer::start(sticky_config(AlgorithmKind::RoundRobin, &backends)).unwrap();
+    let second = LoadBalancer::start(sticky_config(AlgorithmKind::RoundRobin, &backends)).unwrap();
+    let other_secret = LoadBalancer::start(Config {
+        sticky_secret: Some("another secret".into()),
+        ..sticky_config(AlgorithmKind::RoundRobin, &backends)
+    })
+    .unwrap();
+    let mut a = Conn::open(first.local_addr());
+    let mut b = Conn::open(second.local_addr());
+    let mut c = Conn::open(other_secret.local_addr());
+    // One cookie per backend from the first balancer (round robin: three requests).
+    let sessions: Vec<(String, String)> = (0..3)
+        .map(|_| {
+            let (served, set) = sticky_get(&mut a, None);
+            (served, set.unwrap())
+        })
+        .collect();
+    assert_eq!(sessions.iter().map(|s| &s.0).collect::<BTreeSet<_>>().len(), 3);
+    for (home, value) in &sessions {
+        for _ in 0..10 {
+            assert_eq!(sticky_get(&mut b, Some(value)), (home.clone(), None), "the second balancer honours it");
+        }
+    }
+    // A balancer with another secret does not know these cookies: it balances and re-issues.
+    let (_, set) = sticky_get(&mut c, Some(&sessions[1].1));
+    assert!(set.is_some_and(|v| v != sessions[1].1));
+    first.stop(Duration::from_secs(1));
+    second.stop(Duration::from_secs(1));
+    other_secret.stop(Duration::from_secs(1));
+}
+
+#[test]
+fn the_backends_own_set_cookie_headers_pass_beside_ours() {
+    let backends = backends(2);
+    let lb = LoadBalancer::start(sticky_config(AlgorithmKind::RoundRobin, &backends)).unwrap();
+    let mut conn = Conn::open(lb.local_addr());
+    let resp = conn.get("/?set_cookies=2");
+    let set_cookies = resp.headers_named("set-cookie");
+    assert_eq!(set_cookies.len(), 3, "{set_cookies:?}");
+    assert_eq!(set_cookies[..2], ["cookie0=value0; Path=/", "cookie1=value1; Path=/"]);
+    let value = cookie_value(set_cookies[2]);
+    let resp = get(&mut conn, "/?set_cookies=2", &with_cookie(&value));
+    assert_eq!(resp.headers_named("set-cookie"), ["cookie0=value0; Path=/", "cookie1=value1; Path=/"]);
+    lb.stop(Duration::from_secs(1));
+}
+
+#[test]
+fn with_ip_hash_a_valid_cookie_wins_and_without_one_ip_hash_picks() {
+    let backends = backends(3);
+    let lb = LoadBalancer::start(sticky_config(AlgorithmKind::IpHash, &backends)).unwrap();
+    let mut conn = Conn::open(lb.local_addr());
+    let from = |conn: &mut Conn, client: &str, cookie: Option<&str>| {
+        let mut headers = format!("X-Forwarded-For: {client}\r\n");
+        headers.push_str(&cookie.map(with_cookie).unwrap_or_default());
+        let resp = get(conn, "/", &headers);
+        (served_by(&resp), our_set_cookie(&resp).map(|c| cookie_value(&c)))
+    };
+    // Without a cookie: ip_hash's pick, and the cookie names it.
+    let (hashed, value) = from(&mut conn, "192.168.1.100", None);
+    let value = value.expect("a cookie for ip_hash's pick");
+    for _ in 0..5 {
+        assert_eq!(from(&mut conn, "192.168.1.100", None).0, hashed, "ip_hash alone is stable");
+    }
+    // Another client address that ip_hash sends elsewhere...
+    let elsewhere = (1..=200)
+        .map(|i| format!("10.1.{}.{}", i / 250, i % 250 + 1))
+        .find(|ip| from(&mut conn, ip, None).0 != hashed)
+        .expect("some address hashes to another backend");
+    // ...still lands on the cookie's backend: the cookie wins, and is not sent again.
+    for _ in 0..5 {
+        assert_eq!(from(&mut conn, &elsewhere, Some(&value)), (hashed.clone(), None));
+    }
+    // A client whose cookie is invalid is hashed, and gets a cookie for where it was hashed.
+    let (served, set) = from(&mut conn, &elsewhere, Some("forged"));
+    assert_ne!(served, hashed);
+    assert_eq!(from(&mut conn, "192.168.1.100", set.as_deref()), (served, None));
+    lb.stop(Duration::from_secs(1));
+}
+
+#[test]
+fn an_unhealthy_or_open_circuited_sticky_backend_is_left_and_the_cookie_reissued() {
+    let backends = backends(2);
+    let lb = LoadBalancer::start(Config {
+        health_check_interval: 0.05,
+        health_check_rise: 1,
+        health_check_fall: 1,
+        breaker_consecutive_failures: 1,
+        breaker_cooldown: 60.0,
+        ..sticky_config(AlgorithmKind::RoundRobin, &backends)
+    })
+    .unwrap();
+    let mut conn = Conn::open(lb.local_addr());
+    let (names, homes): (Vec<String>, Vec<String>) = (0..2)
+        .map(|_| {
+            let (served, set) = sticky_get(&mut conn, None);
+            (served, set.unwrap())
+        })
+        .unzip();
+    let healthy = |conn: &mut Conn, i: usize| conn.get("/lb/backends").json()[i]["healthy"].as_bool().unwrap();
+    // backend1 fails its health checks: its session moves to backend2, with a new cookie.
+    backends[0].sick.store(true, Ordering::Relaxed);
+    assert!(wait_until(Duration::from_secs(5), || !healthy(&mut conn, 0)));
+    let (served, set) = sticky_get(&mut conn, Some(&homes[0]));
+    assert_eq!((served.as_str(), set.as_deref()), (names[1].as_str(), Some(homes[1].as_str())));
+    assert_eq!(sticky_get(&mut conn, Some(&homes[1])), (names[1].clone(), None));
+    // Healthy again: its cookie leads to it again.
+    backends[0].sick.store(false, Ordering::Relaxed);
+    assert!(wait_until(Duration::from_secs(5), || healthy(&mut conn, 0)));
+    assert_eq!(sticky_get(&mut conn, Some(&homes[0])), (names[0].clone(), None));
+
+    // backend2's breaker opens (one failure opens it here), while backend2 still answers: its
+    // session goes to backend1, and backend2 is not even tried.
+    let hits_before = backends[1].hits();
+    lb.shared().table.snapshot().backends[1].breaker().record_failure();
+    assert_eq!(conn.get("/lb/backends").json()[1]["circuit_breaker"]["state"], "open");
+    let (served, set) = sticky_get(&mut conn, Some(&homes[1]));
+    assert_eq!((served.as_str(), set.as_deref()), (names[0].as_str(), Some(homes[0].as_str())));
+    assert_eq!(backends[1].hits(), hits_before, "the open-circuited backend got no request");
+    lb.stop(Duration::from_secs(1));
+}
+
+#[test]
+fn a_session_waits_for_its_backend_at_its_connection_cap_until_the_queue_timeout() {
+    let backends = backends(2);
+    let names: Vec<String> = backends.iter().map(|b| format!("backend-{}", b.port)).collect();
+    for queue_timeout in [5.0, 0.2] {
+        let lb = LoadBalancer::start(Config {
+            backend_max_connections: Some(1),
+            backend_queue_timeout: queue_timeout,
+            ..sticky_config(AlgorithmKind::RoundRobin, &backends)
+        })
+        .unwrap();
+        let addr = lb.local_addr();
+        let mut conn = Conn::open(addr);
+        let (first, value) = sticky_get(&mut conn, None);
+        assert_eq!(first, names[0], "round robin starts with backend1");
+        let value = value.unwrap();
+        // A slow request of the session holds backend1's one connection slot.
+        let slow = {
+            let value = value.clone();
+            std::thread::spawn(move || served_by(&get(&mut Conn::open(addr), "/?delay_ms=800", &with_cookie(&value))))
+        };
+        let busy = |conn: &mut Conn| conn.get("/lb/backends").json()[0]["active_connections"] == 1;
+        assert!(wait_until(Duration::from_secs(5), || busy(&mut conn)));
+        let started = Instant::now();
+        let (served, set) = sticky_get(&mut conn, Some(&value));
+        let waited = started.elapsed();
+        if queue_timeout > 1.0 {
+            // It waits for its own backend rather than leave it.
+            assert_eq!((served.as_str(), set), (names[0].as_str(), None), "waited {waited:?}");
+        } else {
+            // Still full at the queue timeout: balanced elsewhere, and the cookie moves.
+            assert_eq!(served, names[1], "waited {waited:?}");
+            assert!(waited >= Duration::from_millis(200), "waited {waited:?}");
+            assert!(set.is_some_and(|v| v != value));
+        }
+        assert_eq!(slow.join().unwrap(), names[0]);
+        lb.stop(Duration::from_secs(1));
+    }
+}
+
+#[test]
+fn a_failing_sticky_backend_is_retried_elsewhere_and_the_cookie_reissued() {
+    let mut backends = backends(2);
+    let lb = LoadBalancer::start(sticky_config(AlgorithmKind::RoundRobin, &backends)).unwrap();
+    let mut conn = Conn::open(lb.local_addr());
+    let (first, value) = sticky_get(&mut conn, None);
+    let value = value.unwrap();
+    assert_eq!(first, format!("backend-{}", backends[0].port), "round robin starts with backend1");
+    // backend1 goes away: its port refuses connections (and its pooled ones are closed).
+    backends.remove(0).server.stop(Duration::ZERO);
+    let survivor = format!("backend-{}", backends[0].port);
+    let (served, set) = sticky_get(&mut conn, Some(&value));
+    assert_eq!(served, survivor, "the normal retry path answered");
+    let set = set.expect("the cookie names the backend that answered");
+    assert_eq!(sticky_get(&mut conn, Some(&set)), (survivor, None));
+    let stats = conn.get("/lb/stats").json();
+    assert!(stats["retries"]["retries"].as_u64().unwrap() >= 1, "{stats}");
+    lb.stop(Duration::from_secs(1));
+}
+
 #[test]
 fn traffic_settings_are_validated_with_one_line_errors() {
-    let bad: [(&[&str], &str); 4] = [
+    let bad: [(&[&str], &str); 7] = [
         (&["--rate-limit", "-1"], "rate_limit must be a number of requests per second"),
         (&["--client-rate-limit", "NaN"], "client_rate_limit must be"),
         (&["--rate-limit-burst", "5"], "rate_limit_burst is 5 but rate_limit is 0"),
         (&["--client-rate-limit", "1", "--client-rate-limit-burst", "4000000000"], "client_rate_limit_burst must be"),
+        (&["--sticky-cookie", "a;b"], "sticky_cookie must be a cookie name"),
+        (&["--sticky-secret", "s"], "sticky_secret is set but sticky_cookie is not"),
+        (&["--sticky-cookie", "SRV", "--sticky-secret", ""], "sticky_secret must not be empty"),
     ];
     for (args, message) in bad {
         let out = Command::new(env!("CARGO_BIN_EXE_lb-sync")).args(args).output().unwrap();
@@ -338,11 +688,26 @@ fn traffic_settings_are_validated_with_one_line_errors() {
     assert!(config.validate().unwrap_err().to_string().starts_with("rate_limit_max_clients must be 1-"));
     let config: Config = serde_json::from_str(
         r#"{"rate_limit": 100, "rate_limit_burst": 200, "client_rate_limit": 0.5, "client_rate_limit_burst": 3,
-            "rate_limit_max_clients": 5000}"#,
+            "rate_limit_max_clients": 5000, "sticky_cookie": "SERVERID", "sticky_secret": "k"}"#,
     )
     .unwrap();
     config.validate().unwrap();
     let limits = config.rate_limits();
     assert_eq!((limits.rate, limits.burst, limits.client_rate, limits.client_burst), (100.0, 200, 0.5, 3));
     assert_eq!(limits.max_clients, 5000);
+}
+
+#[test]
+fn the_running_configuration_hides_the_sticky_secret() {
+    let backends = backends(1);
+    let lb = LoadBalancer::start(Config { rate_limit: 50.0, ..sticky_config(AlgorithmKind::RoundRobin, &backends) })
+        .unwrap();
+    let mut conn = Conn::open(lb.local_addr());
+    let config = conn.get("/lb/config").json();
+    assert_eq!(config["sticky_cookie"], COOKIE);
+    assert_eq!(config["sticky_secret"], "(set)");
+    assert_eq!(config["rate_limit"], 50.0);
+    assert_eq!(config["rate_limit_max_clients"], 100_000);
+    assert!(!conn.get("/lb/config").text().contains(SECRET));
+    lb.stop(Duration::from_secs(1));
 }

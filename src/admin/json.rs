@@ -102,7 +102,7 @@ pub fn health(shared: &Shared) -> (u16, Value) {
     (if usable > 0 { 200 } else { 503 }, body)
 }
 
-/// The running configuration, with the running backend table and the token hidden.
+/// The running configuration, with the running backend table and the secrets hidden.
 pub fn config(shared: &Shared) -> Value {
     let mut value = serde_json::to_value(&shared.config).unwrap_or(Value::Null);
     // The running table, not the start-up list: backends may have been added or removed.
@@ -114,8 +114,10 @@ pub fn config(shared: &Shared) -> Value {
             .map(|b| json!({ "id": b.id, "host": b.host, "port": b.port, "weight": b.weight }))
             .collect(),
     );
-    if value.get("admin_token").is_some_and(|t| !t.is_null()) {
-        value["admin_token"] = json!("(set)");
+    for secret in ["admin_token", "sticky_secret"] {
+        if value.get(secret).is_some_and(|t| !t.is_null()) {
+            value[secret] = json!("(set)");
+        }
     }
     value
 }

@@ -75,7 +75,7 @@ struct Args {
     /// one log line per request: true or false (default true)
     #[argh(option)]
     access_log: Option<bool>,
-    /// seconds a sticky session lasts (default 3600)
+    /// seconds a sticky session lasts: the sticky cookie's Max-Age (default 3600)
     #[argh(option)]
     session_timeout: Option<u64>,
     /// requests per second for all clients together, then 429; 0 = off (default 0)
@@ -90,6 +90,12 @@ struct Args {
     /// requests each client may send at once (default: one second's worth)
     #[argh(option)]
     client_rate_limit_burst: Option<u32>,
+    /// sticky sessions: the name of the cookie that keeps a client on its backend (default off)
+    #[argh(option)]
+    sticky_cookie: Option<String>,
+    /// key that makes sticky cookies unforgeable (better in the --config file: flags show in ps)
+    #[argh(option)]
+    sticky_secret: Option<String>,
     /// a CIDR whose X-Forwarded-For is believed; repeatable; replaces the default (loopback)
     #[argh(option)]
     trusted_proxy: Vec<String>,
@@ -135,6 +141,12 @@ fn build_config(args: &Args) -> Result<Config, String> {
     set!(request_timeout, connect_timeout, max_tries, access_log, session_timeout);
     set!(breaker_consecutive_failures, breaker_cooldown, slow_start);
     set!(rate_limit, rate_limit_burst, client_rate_limit, client_rate_limit_burst);
+    if let Some(name) = &args.sticky_cookie {
+        config.sticky_cookie = Some(name.clone());
+    }
+    if let Some(secret) = &args.sticky_secret {
+        config.sticky_secret = Some(secret.clone());
+    }
     config.breaker_on_5xx |= args.breaker_on_5xx;
     config.panic_mode |= args.panic_mode;
     if !args.trusted_proxy.is_empty() {

@@ -4,9 +4,9 @@
 //!    rate limits let it through (`429` if not);
 //! 2. **prepare**: the request as it goes upstream (origin-form target, headers, the body the
 //!    front end buffered);
-//! 3. **try backends**: pick → admit (breaker, retry budget) → send → settle the outcome, and on
-//!    a failure that allows it, the next backend;
-//! 4. **relay**: the backend's answer streamed back;
+//! 3. **try backends**: pick (a sticky cookie's backend first) → admit (breaker, retry budget)
+//!    → send → settle the outcome, and on a failure that allows it, the next backend;
+//! 4. **relay**: the backend's answer streamed back (with the sticky cookie when it changed);
 //! 5. **account**: statistics and the access log.
 //!
 //! Statuses of our own answers come from [`ProxyError::status`].
@@ -31,6 +31,7 @@ use crate::upstream::{Backend, ForwardError, PickKind, Prepared};
 
 use body::UpstreamBody;
 use headers::{forwarded_for, upstream_headers};
+use policy::{Session, SessionPick};
 use relay::relay;
 
 /// Who sent a request.
@@ -49,6 +50,8 @@ struct Outbound {
     body: UpstreamBody,
     is_head: bool,
     hash_key: Vec<u8>,
+    /// The sticky cookie's value, when sticky sessions are on and the client sent one.
+    sticky_token: Option<String>,
 }
 
 /// Proxies one request and answers it: the backend's response, or ours when none could give one.
@@ -82,7 +85,8 @@ fn who(shared: &Shared, request: &Request) -> Origin {
 fn prepare(shared: &Shared, request: Request, origin: &Origin) -> Result<Outbound, ProxyError> {
     let method = request.method().to_string();
     let target = origin_form(request.target()).ok_or(ProxyError::UnsupportedTarget)?.to_string();
-    let headers = upstream_headers(&request, origin.client, origin.peer_trusted);
+    let mut headers = upstream_headers(&request, origin.client, origin.peer_trusted);
+    let sticky_token = policy::take_sticky_cookie(shared, &mut headers);
     let mut prepared = shared
         .forwarder
         .prepare(&method, &target, headers.iter().map(|(n, v)| (*n, &v[..])))
@@ -96,7 +100,7 @@ fn prepare(shared: &Shared, request: Request, origin: &Origin) -> Result<Outboun
         // Buffered whole: a chunked upload goes upstream with its length.
         prepared.set_content_length(length);
     }
-    Ok(Outbound { method, target, prepared, body, is_head, hash_key: hash_key(origin.client) })
+    Ok(Outbound { method, target, prepared, body, is_head, hash_key: hash_key(origin.client), sticky_token })
 }
 
 /// Step 3: tries backends until one answers, a failure forbids another try, or tries run out.
@@ -104,13 +108,22 @@ fn try_backends(shared: &Shared, out: &mut Outbound) -> Result<(Response, Arc<Ba
     shared.retry_budget.record_request();
     let membership = shared.table.snapshot();
     let queue_deadline = Instant::now() + Duration::from_secs_f64(shared.config.backend_queue_timeout);
+    let session = Session::new(shared, &membership, out.sticky_token.as_deref());
     let mut tried: Vec<*const Backend> = Vec::with_capacity(shared.config.max_tries);
     let mut tries = 0;
     let mut last_error = None;
     while tries < shared.config.max_tries {
         let untried = |b: &Backend| !tried.contains(&(b as *const Backend));
-        let Some((backend, kind)) = membership.pick(&out.hash_key, |b| untried(b) && b.has_room()) else {
-            // Candidates left but all at their connection cap: wait in the queue for a slot.
+        let session_pick =
+            session.as_ref().map_or(SessionPick::Balance, |s| s.pick(&membership, tried.is_empty(), queue_deadline));
+        let picked = match session_pick {
+            SessionPick::Go(backend) => Some((backend, PickKind::Usable)),
+            SessionPick::Wait => None,
+            SessionPick::Balance => membership.pick(&out.hash_key, |b| untried(b) && b.has_room()),
+        };
+        let Some((backend, kind)) = picked else {
+            // Candidates left (the session's backend among them) but all at their connection
+            // cap: wait in the queue for a slot.
             if membership.pick(&out.hash_key, untried).is_none() {
                 break;
             }
@@ -135,7 +148,11 @@ fn try_backends(shared: &Shared, out: &mut Outbound) -> Result<(Response, Arc<Ba
             Ok(upstream) => {
                 in_flight.answered();
                 settle_answer(shared, backend, breaker, upstream.status().as_u16());
-                return Ok((relay(upstream, in_flight, out.is_head), Arc::clone(backend)));
+                let mut response = relay(upstream, in_flight, out.is_head);
+                if let Some(session) = &session {
+                    response = session.stamp(&membership, backend, response);
+                }
+                return Ok((response, Arc::clone(backend)));
             }
             Err(error) => {
                 let retry = settle_failure(shared, backend, breaker, &error, out);

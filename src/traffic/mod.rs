@@ -2,9 +2,11 @@
 //! on at all?) and [`sticky`] (does it belong to a backend already?).
 //!
 //! Both are pure: they see client addresses, instants and strings, never the server's request
-//! types or the backend table, so they are tested alone and wired into the data path by the
-//! caller (check the limit when a request head is parsed, resolve the sticky cookie before the
-//! balancing algorithm is asked).
+//! types or the backend table, so they are tested alone. The proxy wires them in
+//! (`proxy/policy.rs`): the limit is checked once the client address is known, before the
+//! request is prepared; the cookie is read and taken out of the upstream headers, its backend
+//! gets the first try while it is usable (resolved in the membership's own [`StickyIndex`]),
+//! and the answer gets a `Set-Cookie` when the backend changed.
 //!
 //! ```
 //! use std::net::IpAddr;

@@ -178,6 +178,39 @@ impl StickyCookie {
         None
     }
 
+    /// A `Cookie` header value without this cookie, so that the backend never sees the
+    /// balancer's cookie (HAProxy's `indirect`): `None` when no pair has our name (send the value
+    /// as it is); else the other pairs, trimmed and joined with `"; "`, which is empty when ours
+    /// was the only one (then drop the header).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use lb_sync::traffic::sticky::StickyCookie;
+    ///
+    /// let cookie = StickyCookie::new("lb", None, Duration::from_secs(60));
+    /// assert_eq!(cookie.without_cookie(b"a=1; lb=x ;b=2"), Some(b"a=1; b=2".to_vec()));
+    /// assert_eq!(cookie.without_cookie(b"lb=x"), Some(Vec::new()));
+    /// assert_eq!(cookie.without_cookie(b"a=1; xlb=2"), None);
+    /// ```
+    #[must_use]
+    pub fn without_cookie(&self, cookie_header_value: &[u8]) -> Option<Vec<u8>> {
+        let name = self.name.as_bytes();
+        let is_ours =
+            |pair: &&[u8]| pair.iter().position(|&b| b == b'=').is_some_and(|eq| pair[..eq].trim_ascii() == name);
+        let pairs = || cookie_header_value.split(|&b| b == b';');
+        if !pairs().any(|pair| is_ours(&pair)) {
+            return None;
+        }
+        let mut rest = Vec::with_capacity(cookie_header_value.len());
+        for pair in pairs().filter(|pair| !is_ours(pair)).map(<[u8]>::trim_ascii).filter(|p| !p.is_empty()) {
+            if !rest.is_empty() {
+                rest.extend_from_slice(b"; ");
+            }
+            rest.extend_from_slice(pair);
+        }
+        Some(rest)
+    }
+
     /// The `Set-Cookie` value that gives a client `token`:
     /// `NAME=TOKEN; Max-Age=SECONDS; Path=/; HttpOnly` (`Max-Age` left out when the lifetime is
     /// zero). `HttpOnly`: scripts have no use for it. Not `Secure`: the balancer speaks plain
@@ -413,6 +446,19 @@ mod tests {
         assert_eq!(find(&cookie, &["a=1; lb= ; b=2"]), Some(""));
         assert_eq!(find(&cookie, &["lb=\"\""]), Some(""));
         assert_eq!(cookie.find_cookie([&b"lb=\xff\xfe"[..]].into_iter()), None, "not UTF-8");
+    }
+
+    #[test]
+    fn without_cookie_removes_every_pair_of_ours_and_only_those() {
+        let cookie = StickyCookie::new("lb", None, HOUR);
+        let strip = |v: &str| cookie.without_cookie(v.as_bytes()).map(|r| String::from_utf8(r).unwrap());
+        assert_eq!(strip("a=1; b=2"), None, "nothing of ours: untouched");
+        assert_eq!(strip(""), None);
+        assert_eq!(strip("xlb=1; lbx=2; LB=3; lb"), None, "similar names and a pair without `=` are not ours");
+        assert_eq!(strip("lb=t").as_deref(), Some(""));
+        assert_eq!(strip(" lb = t ; lb=u").as_deref(), Some(""), "every copy goes");
+        assert_eq!(strip("a=1;lb=t;b=\"q\"").as_deref(), Some("a=1; b=\"q\""), "others kept as they were");
+        assert_eq!(strip("a=1; lb=t; ; b=2;").as_deref(), Some("a=1; b=2"), "empty pairs dropped");
     }
 
     #[test]

@@ -1,9 +1,11 @@
 //! The selection policy over one immutable view of the table: which backends an algorithm may
-//! choose from, and what happens when too few are usable (breakers ignored, panic mode).
+//! choose from, what happens when too few are usable (breakers ignored, panic mode), and the
+//! sticky-cookie tokens of this view's backends.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use crate::balance::{Algorithm, AlgorithmKind, Member, PickContext};
+use crate::traffic::{StickyCookie, StickyIndex};
 
 use super::backend::Backend;
 
@@ -15,6 +17,9 @@ pub struct Membership {
     members: Vec<usize>,
     algorithm: Box<dyn Algorithm>,
     panic_mode: bool,
+    /// Sticky-cookie token ↔ index in `backends`, made on first use: once per membership
+    /// change, never per request.
+    sticky: OnceLock<StickyIndex>,
 }
 
 /// How a pick was made.
@@ -34,7 +39,8 @@ impl Membership {
         let members: Vec<usize> = (0..backends.len()).filter(|&i| backends[i].is_enabled()).collect();
         let algorithm_members: Vec<Member> =
             members.iter().map(|&i| Member::new(backends[i].id.clone(), backends[i].weight)).collect();
-        Membership { algorithm: kind.build(&algorithm_members), members, backends, panic_mode }
+        let algorithm = kind.build(&algorithm_members);
+        Membership { algorithm, members, backends, panic_mode, sticky: OnceLock::new() }
     }
 
     fn select(&self, hash_key: &[u8], usable: &mut dyn FnMut(&Backend) -> bool) -> Option<&Arc<Backend>> {
@@ -64,5 +70,32 @@ impl Membership {
             return self.select(hash_key, &mut |b| accept(b)).map(|b| (b, PickKind::Panic));
         }
         None
+    }
+
+    /// The index of `backend` in `backends`, if it is one of them.
+    pub fn position(&self, backend: &Backend) -> Option<usize> {
+        self.backends.iter().position(|b| std::ptr::eq(Arc::as_ptr(b), backend))
+    }
+
+    /// The sticky-cookie tokens of these backends (each from its id and its configured
+    /// `host:port`), computed on the first call and kept with this membership. A change of
+    /// membership swaps in a new one, so the index follows every change and a request never
+    /// rebuilds it. The balancer has one cookie: every call must pass the same.
+    pub fn sticky_index(&self, cookie: &StickyCookie) -> &StickyIndex {
+        self.sticky.get_or_init(|| {
+            let addresses: Vec<String> = self.backends.iter().map(|b| configured_address(&b.host, b.port)).collect();
+            let entries = self.backends.iter().zip(&addresses).enumerate();
+            StickyIndex::new(cookie, entries.map(|(i, (b, address))| (i, b.id.as_str(), address.as_str())))
+        })
+    }
+}
+
+/// `host:port` as configured (`[::1]:8001` for an IPv6 literal): what a token is made of, the
+/// same on every instance with the same configuration whatever the host resolves to there.
+fn configured_address(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
     }
 }
