@@ -9,8 +9,9 @@
 //! evicts still owe tokens: none is dropped for being refilled.
 //!
 //! Sticky: resolving a cookie's token in an index of 3 and 100 backends, finding our cookie in
-//! a typical `Cookie` header, and computing one token (HMAC-SHA256, done once per backend when
-//! an index is built).
+//! a typical `Cookie` header and taking it out of the header sent upstream (both per request
+//! with sticky sessions on), computing one token (HMAC-SHA256) and building the index of 100
+//! backends (once per membership change).
 
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
@@ -101,8 +102,20 @@ fn sticky(c: &mut Criterion) {
     c.bench_function("sticky/find_cookie", |b| {
         b.iter(|| black_box(cookie.find_cookie(std::iter::once(black_box(header.as_bytes())))));
     });
+    c.bench_function("sticky/without_cookie", |b| {
+        b.iter(|| black_box(cookie.without_cookie(black_box(header.as_bytes()))));
+    });
     c.bench_function("sticky/token", |b| {
         b.iter(|| black_box(cookie.token(black_box("backend1"), black_box("10.0.0.1:8080"))));
+    });
+    // Once per membership change (the first request after it builds the index).
+    let backends: Vec<(String, String)> =
+        (0..100).map(|i| (format!("backend{i}"), format!("10.0.{}.{}:8080", i / 256, i % 256))).collect();
+    c.bench_function("sticky/index_build/100", |b| {
+        b.iter(|| {
+            let entries = backends.iter().enumerate().map(|(i, (id, addr))| (i, id.as_str(), addr.as_str()));
+            black_box(StickyIndex::new(&cookie, entries))
+        });
     });
 }
 
