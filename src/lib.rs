@@ -41,6 +41,7 @@ pub mod client_ip;
 pub mod config;
 pub mod demo_backend;
 pub mod health;
+pub mod logging;
 pub mod metrics;
 pub mod proxy;
 pub mod router;
