@@ -73,8 +73,8 @@ fn open_append(path: &Path) -> io::Result<File> {
 /// Counts kept by a [`LogWriter`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LogWriterStats {
-    /// Lines handed to the operating system (or to its buffer: a line written just before a
-    /// crash may still be lost).
+    /// Lines taken into the log thread's buffer, which is written out whenever the queue is
+    /// empty (a line buffered when the disk fails, or the process crashes, may still be lost).
     pub written: u64,
     /// Lines dropped because the channel was full or the writer stopped.
     pub dropped: u64,
@@ -337,9 +337,9 @@ fn write_loop(target: &LogTarget, sink: Box<dyn Write + Send>, receiver: &Receiv
             Ok(message) => Some(message),
             Err(TryRecvError::Empty) if stopping => None,
             Err(TryRecvError::Empty) => {
-                if out.flush().is_err() {
-                    counters.write_errors.fetch_add(1, Ordering::Relaxed);
-                }
+                // A failed flush keeps the bytes buffered for the next try; when the buffer then
+                // cannot take a line, that line is counted in write_errors.
+                let _ = out.flush();
                 receiver.recv().ok()
             }
             Err(TryRecvError::Disconnected) => None,

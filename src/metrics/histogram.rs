@@ -53,7 +53,7 @@ fn bucket_range(index: usize) -> (u64, u64) {
 
 /// Durations recorded by many threads at once, read as a [`HistogramSnapshot`].
 ///
-/// About 10 KiB of atomics. Recording is two relaxed `fetch_add`s plus a load (and rarely a
+/// About 10 KiB of atomics. Recording is two relaxed `fetch_add`s plus two loads (and rarely a
 /// `fetch_max`/`fetch_min`) for the extremes: no lock, no allocation.
 ///
 /// ```
