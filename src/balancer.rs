@@ -7,8 +7,10 @@ use std::time::{Duration, Instant};
 
 use crate::config::Config;
 use crate::health::BreakerConfig;
-use crate::router::Router;
-use crate::server::{Server, ServerConfig};
+use crate::logging::{LogHandle, LogTarget, LogWriter};
+use crate::ops::{refusal_line, AccessLog, Operations, StateFile};
+use crate::router::{AdminRouter, Router};
+use crate::server::{RefusalHook, Server, ServerConfig};
 use crate::state::Shared;
 use crate::stats::Stats;
 use crate::traffic::RateLimiter;
@@ -34,16 +36,35 @@ use crate::upstream::{
 /// ```
 pub struct LoadBalancer {
     server: Server,
+    admin: Option<Server>,
     health: Option<HealthChecker>,
     shared: Arc<Shared>,
+    /// The access log's writer, when this balancer opened it (see [`LoadBalancer::start_with_log`]).
+    access_writer: Option<LogWriter>,
 }
 
 impl LoadBalancer {
-    /// Validates `config`, resolves the backends, binds and starts serving.
+    /// Validates `config`, resolves the backends (or reads them back from the state file),
+    /// opens the access log, binds and starts serving.
     pub fn start(config: Config) -> io::Result<LoadBalancer> {
+        LoadBalancer::start_with_log(config, None)
+    }
+
+    /// [`start`](Self::start), with access-log lines sent to `access_log` instead of a writer
+    /// of its own (so the binary can share one writer between the access log and its process
+    /// log when both go to the same place).
+    pub fn start_with_log(config: Config, access_log: Option<LogHandle>) -> io::Result<LoadBalancer> {
         let invalid = |e: &dyn std::fmt::Display| io::Error::new(io::ErrorKind::InvalidInput, e.to_string());
         config.validate().map_err(|e| invalid(&e))?;
-        let backends: Vec<_> = config.backend_ids().into_iter().zip(config.backends.iter().cloned()).collect();
+        let state_file = config.state_file.as_ref().map(StateFile::new);
+        let saved = match &state_file {
+            Some(file) => file.load().map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?,
+            None => None,
+        };
+        let backends: Vec<_> = match &saved {
+            Some(saved) => saved.backend_configs(),
+            None => config.backend_ids().into_iter().zip(config.backends.iter().cloned()).collect(),
+        };
         let policy = BackendPolicy {
             breaker: BreakerConfig {
                 consecutive_failures: config.breaker_consecutive_failures,
@@ -58,13 +79,31 @@ impl LoadBalancer {
             max_connections: config.backend_connection_cap(),
         };
         let table = BackendTable::new(config.algorithm, &backends, policy).map_err(|e| invalid(&e))?;
+        if let (Some(saved), Some(file)) = (&saved, &state_file) {
+            saved.apply_states(&table);
+            log::info!("{} backend(s) restored from state file {}", saved.backends.len(), file.path().display());
+        }
         let timeouts = ForwardTimeouts {
             connect: Duration::from_secs_f64(config.connect_timeout),
             request: Duration::from_secs_f64(config.request_timeout),
         };
         // Every worker may hold an idle connection to every backend (added ones included).
-        let pool_size = (config.threads * config.backends.len().max(4)).max(64);
-        let server_config = ServerConfig {
+        let pool_size = (config.threads * backends.len().max(4)).max(64);
+        let mut access_writer = None;
+        let access_log = match (config.access_log, access_log) {
+            (false, _) => None,
+            (true, Some(handle)) => Some(handle),
+            (true, None) => {
+                let target = config.access_log_file.clone().map_or(LogTarget::Stderr, LogTarget::File);
+                let writer = LogWriter::start(target)?;
+                let handle = writer.handle();
+                access_writer = Some(writer);
+                Some(handle)
+            }
+        }
+        .map(|handle| AccessLog { handle, format: config.access_log_format });
+        let ops = Operations::new(access_log, state_file);
+        let mut server_config = ServerConfig {
             bind: SocketAddr::new(config.host, config.port),
             threads: config.threads,
             queue_capacity: config.queue_capacity,
@@ -79,7 +118,7 @@ impl LoadBalancer {
             rise: config.health_check_rise,
             fall: config.health_check_fall,
             expected: config.expected_health_status().map_err(|e| invalid(&e))?,
-            probers: config.backends.len().clamp(4, 16),
+            probers: backends.len().clamp(4, 16),
         };
         let rate_limiter = RateLimiter::new(&config.rate_limits()).map_err(|e| invalid(&e))?;
         let shared = Arc::new(Shared {
@@ -91,19 +130,37 @@ impl LoadBalancer {
             rate_limiter,
             sticky: config.sticky_sessions(),
             config,
+            ops,
         });
+        server_config.queue_depth = Arc::clone(&shared.ops.queue_depth);
+        server_config.on_refusal = Some(refusal_hook(Arc::clone(&shared)));
         let server = Server::start(server_config, Router::new(Arc::clone(&shared)))?;
+        let admin =
+            match shared.config.admin_listen {
+                Some(bind) => {
+                    let config = ServerConfig { bind, threads: 4, queue_capacity: 64, ..ServerConfig::default() };
+                    Some(Server::start(config, AdminRouter::new(Arc::clone(&shared))).map_err(|e| {
+                        io::Error::new(e.kind(), format!("cannot listen on the admin address {bind}: {e}"))
+                    })?)
+                }
+                None => None,
+            };
         let health = if health_config.interval.is_zero() {
             None
         } else {
             Some(HealthChecker::start(Arc::clone(&shared.table), health_config)?)
         };
-        Ok(LoadBalancer { server, health, shared })
+        Ok(LoadBalancer { server, admin, health, shared, access_writer })
     }
 
     /// The address it listens on (the real port when configured with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.server.local_addr()
+    }
+
+    /// The admin listener's address, when `admin_listen` is set.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(Server::local_addr)
     }
 
     /// The shared state: the backend table, statistics, configuration.
@@ -116,6 +173,28 @@ impl LoadBalancer {
         if let Some(health) = self.health {
             health.stop();
         }
+        if let Some(admin) = self.admin {
+            admin.stop(grace);
+        }
         self.server.stop(grace);
+        if let Some(writer) = self.access_writer {
+            writer.stop();
+        }
     }
+}
+
+/// What the data port's front end does with a request it refuses on its own (400, 408, 413,
+/// 431, 503...): count it with the other answers, write its access-log line, and warn (at most
+/// once per status per interval).
+fn refusal_hook(shared: Arc<Shared>) -> RefusalHook {
+    RefusalHook::new(move |refusal| {
+        shared.stats.record_local(refusal.status);
+        if let Some(log) = &shared.ops.access_log {
+            log.handle.send(refusal_line(log.format, crate::client_ip::canonical(refusal.peer.ip()), refusal.status));
+        }
+        shared.ops.warnings.warn(
+            &format!("refused:{}", refusal.status),
+            format_args!("refused a request from {} with {}: {}", refusal.peer, refusal.status, refusal.reason),
+        );
+    })
 }

@@ -3,13 +3,15 @@
 
 use std::fmt;
 use std::io;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use crate::balance::AlgorithmKind;
 use crate::client_ip::Cidr;
+use crate::logging::AccessFormat;
 use crate::server::{BodyBuffering, Limits};
 use crate::traffic::sticky::is_valid_cookie_name;
 use crate::traffic::{ClientLimiter, RateLimitConfig, StickyCookie};
@@ -89,6 +91,18 @@ impl BackendConfig {
     }
 }
 
+/// Whether `id` may name a backend: 1-64 characters of `[A-Za-z0-9._~-]` (RFC 3986's
+/// unreserved set), so it goes in a URL path as it is.
+///
+/// ```
+/// use lb_sync::config::is_valid_id;
+/// assert!(is_valid_id("backend-1.eu_west~2"));
+/// assert!(!is_valid_id("a/b") && !is_valid_id("") && !is_valid_id("é") && !is_valid_id("a b"));
+/// ```
+pub fn is_valid_id(id: &str) -> bool {
+    (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._~-".contains(&b))
+}
+
 /// Everything the balancer needs to run. Field names are the config-file keys.
 ///
 /// ```
@@ -160,6 +174,14 @@ pub struct Config {
     pub panic_mode: bool,
     /// Log one line per request. Default true (the seed's).
     pub access_log: bool,
+    /// `combined` (nginx's, plus upstream address, upstream time, request time and request id)
+    /// or `json`. Default `combined`.
+    pub access_log_format: AccessFormat,
+    /// Where access-log lines go. Default: stderr.
+    pub access_log_file: Option<PathBuf>,
+    /// Where the process's other log lines go (startup, health and breaker changes, warnings).
+    /// Default: stderr.
+    pub log_file: Option<PathBuf>,
     /// Seconds a sticky session lasts: the `Max-Age` of the sticky cookie, counted from when it
     /// was set. Default 3600 (the seed's); 0 makes it a browser-session cookie (no `Max-Age`).
     pub session_timeout: u64,
@@ -186,9 +208,17 @@ pub struct Config {
     pub trusted_proxies: Vec<Cidr>,
     /// Path prefix of the management API. Default `/lb`.
     pub admin_prefix: String,
-    /// When set, peers other than loopback may use the management API by sending
-    /// `Authorization: Bearer <token>`; loopback peers must send it too. Default unset.
+    /// When set, every caller of the management API must send `Authorization: Bearer <token>`
+    /// (loopback peers too); then peers other than loopback may use it. Default unset: only
+    /// direct loopback peers, and never a request carrying forwarding headers.
     pub admin_token: Option<String>,
+    /// A separate address for the management API (and dashboard). When set, the data port
+    /// serves none of it: `/lb/...` is proxied like any path. Default unset.
+    pub admin_listen: Option<SocketAddr>,
+    /// A JSON file that keeps every runtime change to the backends (add, remove, enable,
+    /// disable, weight, drain), written atomically on each change and read back at start, where
+    /// it replaces the configured backends. Default unset.
+    pub state_file: Option<PathBuf>,
     /// Requests that may wait for a free worker; more get `503` + `Retry-After`. Default 1024.
     pub queue_capacity: usize,
     /// Most requests one backend is sent at once (HAProxy's per-server `maxconn`), so a
@@ -254,6 +284,9 @@ impl Default for Config {
             slow_start: 10.0,
             panic_mode: false,
             access_log: true,
+            access_log_format: AccessFormat::Combined,
+            access_log_file: None,
+            log_file: None,
             session_timeout: 3600,
             rate_limit: 0.0,
             rate_limit_burst: 0,
@@ -265,6 +298,8 @@ impl Default for Config {
             trusted_proxies: vec![Cidr::parse("127.0.0.0/8").unwrap(), Cidr::parse("::1/128").unwrap()],
             admin_prefix: "/lb".to_string(),
             admin_token: None,
+            admin_listen: None,
+            state_file: None,
             queue_capacity: 1024,
             backend_max_connections: None,
             backend_queue_timeout: 5.0,
@@ -426,6 +461,13 @@ impl Config {
             }
         }
         self.validate_traffic()?;
+        if self.admin_token.as_deref().is_some_and(|t| t.trim().is_empty() || t.trim() != t) {
+            return Err(invalid("admin_token", "admin_token must be non-empty, without surrounding spaces"));
+        }
+        if let Some(id) = self.backend_ids().into_iter().find(|id| !is_valid_id(id)) {
+            let why = format!("backend id '{id}' is not allowed: use 1-64 of A-Z a-z 0-9 . _ ~ -");
+            return Err(invalid("backends", why));
+        }
         let mut ids: Vec<String> = self.backend_ids();
         ids.sort();
         if let Some(pair) = ids.windows(2).find(|w| w[0] == w[1]) {

@@ -43,6 +43,7 @@ pub mod demo_backend;
 pub mod health;
 pub mod logging;
 pub mod metrics;
+pub mod ops;
 pub mod proxy;
 pub mod router;
 pub mod server;

@@ -1,14 +1,62 @@
-//! The one handler the front end calls: a path under the admin prefix goes to the management
-//! API, everything else is proxied. Neither side knows of the other.
+//! The handlers the front ends call. On the data port ([`Router`]) a path under the admin
+//! prefix goes to the management API, everything else is proxied; with `--admin-listen` the
+//! data port proxies every path and the API is served by [`AdminRouter`] on its own listener.
+//! Paths are taken from the target in origin form, so an absolute-form target
+//! (`GET http://host/lb/stats`) is routed by its path like any other.
+//!
+//! Before the API answers, [`admin::auth::check`] decides whether the caller may use it (the
+//! dashboard page is served before that check: it holds no data). Refusals are counted, logged
+//! and written to the access log like every answer.
 
 use std::sync::Arc;
 
-use crate::admin;
-use crate::proxy;
+use crate::admin::{self, auth, Listener};
+use crate::client_ip::canonical;
+use crate::ops::PendingAccess;
+use crate::proxy::{self, origin_form};
 use crate::server::{Handler, Request, Response};
 use crate::state::Shared;
 
-/// Routes each request to the management API or the proxy.
+/// The request's path (origin form, no query) when it is the admin prefix or below it (`/lb`,
+/// `/lb/stats`; not `/lbx`).
+fn admin_path(shared: &Shared, request: &Request) -> Option<String> {
+    let target = origin_form(request.target())?;
+    let path = target.split('?').next().unwrap_or("");
+    let prefix = shared.config.admin_prefix.as_str();
+    path.strip_prefix(prefix).is_some_and(|rest| rest.is_empty() || rest.starts_with('/')).then(|| path.to_string())
+}
+
+/// Checks access, answers, and writes the access-log line when the answer is out.
+fn serve_admin(shared: &Shared, request: Request, path: &str, listener: Listener) -> Response {
+    let access = PendingAccess::new(&request, canonical(request.peer().ip()));
+    let response = if admin::is_dashboard(shared, path) {
+        admin::handle(shared, request, path)
+    } else {
+        match auth::check(shared, &request, listener) {
+            Ok(()) => admin::handle(shared, request, path),
+            Err(refusal) => {
+                if listener == Listener::Data {
+                    shared.stats.record_local(refusal.status);
+                }
+                let peer = request.peer().ip();
+                shared.ops.warnings.warn(
+                    &format!("admin-refused:{peer}"),
+                    format_args!(
+                        "management API: refused {} {} from {peer} with {}",
+                        request.method(),
+                        request.target(),
+                        refusal.status
+                    ),
+                );
+                refusal
+            }
+        }
+    };
+    access.attach(shared.ops.access_log.as_ref(), response, None)
+}
+
+/// The data port's handler: the management API (unless it has a listener of its own) or the
+/// proxy.
 pub struct Router {
     shared: Arc<Shared>,
 }
@@ -17,20 +65,40 @@ impl Router {
     pub(crate) fn new(shared: Arc<Shared>) -> Router {
         Router { shared }
     }
-
-    /// Whether `path` is the admin prefix or below it (`/lb`, `/lb/stats`; not `/lbx`).
-    fn is_admin(&self, path: &str) -> bool {
-        let prefix = self.shared.config.admin_prefix.as_str();
-        path.strip_prefix(prefix).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
-    }
 }
 
 impl Handler for Router {
     fn handle(&self, request: Request) -> Response {
-        if self.is_admin(request.path()) {
-            admin::handle(&self.shared, request)
-        } else {
-            proxy::forward(&self.shared, request)
+        if self.shared.config.admin_listen.is_none() {
+            if let Some(path) = admin_path(&self.shared, &request) {
+                return serve_admin(&self.shared, request, &path, Listener::Data);
+            }
+        }
+        proxy::forward(&self.shared, request)
+    }
+}
+
+/// The handler of the `--admin-listen` listener: the management API and nothing else.
+pub struct AdminRouter {
+    shared: Arc<Shared>,
+}
+
+impl AdminRouter {
+    pub(crate) fn new(shared: Arc<Shared>) -> AdminRouter {
+        AdminRouter { shared }
+    }
+}
+
+impl Handler for AdminRouter {
+    fn handle(&self, request: Request) -> Response {
+        match admin_path(&self.shared, &request) {
+            Some(path) => serve_admin(&self.shared, request, &path, Listener::Admin),
+            None => Response::json(
+                404,
+                &serde_json::json!({
+                    "error": format!("this is the admin listener: it serves {}/... only", self.shared.config.admin_prefix)
+                }),
+            ),
         }
     }
 }

@@ -9,6 +9,7 @@
 use std::time::Instant;
 
 use crate::config::Config;
+use crate::ops::Operations;
 use crate::stats::Stats;
 use crate::traffic::{RateLimiter, StickyCookie};
 use crate::upstream::{BackendTable, Forwarder, RetryBudget};
@@ -32,4 +33,6 @@ pub struct Shared {
     pub rate_limiter: RateLimiter,
     /// The sticky-session cookie, when sticky sessions are on.
     pub sticky: Option<StickyCookie>,
+    /// Latency histogram, queue depth, access log, rate-limited warnings, state file.
+    pub ops: Operations,
 }

@@ -1,15 +1,23 @@
-//! Request counters for `/lb/stats`: atomics written by the workers, read by the API.
+//! Request counters for `/lb/stats` and `/lb/metrics`: atomics written by the workers (and by
+//! the front end's refusal hook), read by the API.
+//!
+//! One source of truth: answers are counted once, by status class; `successful` (below 500),
+//! `failed` (5xx) and `total` are sums of those counters, so `total = successful + failed` holds
+//! in every reading, however many threads count at once.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
-/// Totals over every proxied request (management API requests are not counted).
+/// Status classes counted, in order: 1xx to 5xx.
+pub const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// Totals over every answer on the data port: the proxy's (a backend's, or our own 502, 503,
+/// 504) and the front end's refusals (400, 408, 413, 431, 503...). The management API's own
+/// answers are not counted.
 #[derive(Debug, Default)]
 pub struct Stats {
-    total: AtomicU64,
-    successful: AtomicU64,
-    failed: AtomicU64,
-    latency_micros: AtomicU64,
+    by_class: [AtomicU64; 5],
+    /// Answers the balancer gave itself (no backend's answer relayed), by class.
+    local_by_class: [AtomicU64; 5],
     tries: AtomicU64,
     failed_tries: [AtomicU64; TryFailure::ALL.len()],
     retries: AtomicU64,
@@ -66,10 +74,14 @@ pub struct TrySnapshot {
     pub failures: Vec<(&'static str, u64)>,
 }
 
-/// A consistent-enough reading of [`Stats`].
+/// A reading of [`Stats`].
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct StatsSnapshot {
-    /// Requests answered.
+    /// Answers by status class, 1xx to 5xx.
+    pub by_class: [u64; 5],
+    /// Of those, answers the balancer gave itself, by class.
+    pub local_by_class: [u64; 5],
+    /// Requests answered: the sum of `by_class`.
     pub total: u64,
     /// Answered with a status below 500.
     pub successful: u64,
@@ -77,20 +89,29 @@ pub struct StatsSnapshot {
     pub failed: u64,
     /// `successful / total`, 4 decimals (1.0 before any request).
     pub success_rate: f64,
-    /// Mean time to the response head, in milliseconds, 2 decimals.
-    pub average_response_time_ms: f64,
+}
+
+/// The index of `status`'s class in [`CLASSES`] (out-of-range statuses count as 5xx).
+///
+/// ```
+/// assert_eq!(lb_sync::stats::class_index(204), 1);
+/// assert_eq!(lb_sync::stats::class_index(503), 4);
+/// ```
+pub fn class_index(status: u16) -> usize {
+    usize::from(status / 100).clamp(1, 5) - 1
 }
 
 impl Stats {
-    /// Counts one answered request.
-    pub fn record(&self, status: u16, elapsed: Duration) {
-        self.total.fetch_add(1, Ordering::Relaxed);
-        if status < 500 {
-            self.successful.fetch_add(1, Ordering::Relaxed);
-        } else {
-            self.failed.fetch_add(1, Ordering::Relaxed);
-        }
-        self.latency_micros.fetch_add(elapsed.as_micros().min(u64::MAX as u128) as u64, Ordering::Relaxed);
+    /// Counts one answer relayed from a backend.
+    pub fn record(&self, status: u16) {
+        self.by_class[class_index(status)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one answer the balancer gave itself (a refusal, or 502/503/504).
+    pub fn record_local(&self, status: u16) {
+        let class = class_index(status);
+        self.local_by_class[class].fetch_add(1, Ordering::Relaxed);
+        self.by_class[class].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts a try; `retry` when it is not the request's first.
@@ -126,28 +147,30 @@ impl Stats {
         }
     }
 
-    /// The current totals.
+    /// The current totals, derived from one reading of the class counters.
     ///
     /// ```
     /// let stats = lb_sync::stats::Stats::default();
-    /// stats.record(200, std::time::Duration::from_millis(10));
-    /// stats.record(502, std::time::Duration::from_millis(30));
+    /// stats.record(200);
+    /// stats.record_local(502);
     /// let s = stats.snapshot();
     /// assert_eq!((s.total, s.successful, s.failed, s.success_rate), (2, 1, 1, 0.5));
-    /// assert_eq!(s.average_response_time_ms, 20.0);
+    /// assert_eq!(s.local_by_class, [0, 0, 0, 0, 1]);
     /// ```
     pub fn snapshot(&self) -> StatsSnapshot {
-        let total = self.total.load(Ordering::Relaxed);
-        let successful = self.successful.load(Ordering::Relaxed);
-        let failed = self.failed.load(Ordering::Relaxed);
-        let micros = self.latency_micros.load(Ordering::Relaxed);
-        let round = |x: f64, places: i32| (x * 10f64.powi(places)).round() / 10f64.powi(places);
+        let local_by_class: [u64; 5] = std::array::from_fn(|i| self.local_by_class[i].load(Ordering::Relaxed));
+        let by_class: [u64; 5] = std::array::from_fn(|i| self.by_class[i].load(Ordering::Relaxed));
+        let successful: u64 = by_class[..4].iter().sum();
+        let failed = by_class[4];
+        let total = successful + failed;
+        let round = |x: f64| (x * 10_000.0).round() / 10_000.0;
         StatsSnapshot {
+            by_class,
+            local_by_class,
             total,
             successful,
             failed,
-            success_rate: if total == 0 { 1.0 } else { round(successful as f64 / total as f64, 4) },
-            average_response_time_ms: if total == 0 { 0.0 } else { round(micros as f64 / total as f64 / 1000.0, 2) },
+            success_rate: if total == 0 { 1.0 } else { round(successful as f64 / total as f64) },
         }
     }
 }

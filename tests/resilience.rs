@@ -227,7 +227,9 @@ fn one_failed_probe_between_successes_does_not_flip_state() {
     let config = HealthConfig { rise: 2, fall: 3, ..HealthConfig::default() };
     let ok = Ok(200);
     let bad = Err(ProbeError::Status(503));
-    for result in [&ok, &bad, &ok, &bad, &bad, &ok, &bad, &ok] {
+    assert_eq!(backend.health().as_str(), "unknown", "not probed yet");
+    assert_eq!(apply_probe(&backend, &config, &ok), Some(true), "the first probe decides");
+    for result in [&bad, &ok, &bad, &bad, &ok, &bad, &ok] {
         assert_eq!(apply_probe(&backend, &config, result), None);
         assert!(backend.is_healthy());
     }
@@ -239,6 +241,18 @@ fn one_failed_probe_between_successes_does_not_flip_state() {
     assert_eq!(apply_probe(&backend, &config, &bad), None);
     assert_eq!(apply_probe(&backend, &config, &ok), None, "one good probe is not a rise of 2");
     assert_eq!(apply_probe(&backend, &config, &ok), Some(true));
+}
+
+#[test]
+fn a_backend_not_probed_yet_goes_down_on_its_first_failed_probe() {
+    let table = table(&[9], BackendPolicy::default());
+    let backend = Arc::clone(&table.snapshot().backends[0]);
+    let config = HealthConfig { rise: 2, fall: 3, ..HealthConfig::default() };
+    assert!(backend.is_healthy() && backend.is_usable(), "used until proven otherwise");
+    assert_eq!(apply_probe(&backend, &config, &Err(ProbeError::Status(503))), Some(false));
+    assert_eq!(backend.health().as_str(), "down");
+    assert_eq!(apply_probe(&backend, &config, &Ok(200)), None, "then rise applies");
+    assert_eq!(apply_probe(&backend, &config, &Ok(200)), Some(true));
 }
 
 #[test]

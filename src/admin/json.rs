@@ -7,8 +7,34 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde_json::{json, Value};
 
 use crate::health::BreakerState;
+use crate::metrics::HistogramSnapshot;
 use crate::state::Shared;
+use crate::stats::CLASSES;
 use crate::upstream::Backend;
+
+/// Milliseconds, 3 decimals.
+fn ms(d: std::time::Duration) -> f64 {
+    (d.as_secs_f64() * 1_000_000.0).round() / 1000.0
+}
+
+/// `{count, mean_ms, p50_ms, p90_ms, p99_ms, max_ms}` of a latency histogram (`null`s before
+/// the first request).
+pub fn latency_json(h: &HistogramSnapshot) -> Value {
+    let q = |q: f64| h.percentile(q).map(ms);
+    json!({
+        "count": h.count(),
+        "mean_ms": h.mean().map(ms),
+        "p50_ms": q(0.5),
+        "p90_ms": q(0.9),
+        "p99_ms": q(0.99),
+        "max_ms": h.max().map(ms),
+    })
+}
+
+/// `{"1xx": n, ..., "5xx": n}`.
+fn by_class(counts: &[u64; 5]) -> Value {
+    Value::Object(CLASSES.iter().zip(counts).map(|(class, n)| (class.to_string(), json!(n))).collect())
+}
 
 /// The JSON object describing one backend in `/lb/backends`.
 pub fn backend_json(backend: &Backend) -> Value {
@@ -16,19 +42,25 @@ pub fn backend_json(backend: &Backend) -> Value {
     let (breaker_failures, breaker_successes) = backend.breaker().counts();
     let last_check =
         backend.last_check().map(|c| json!({ "ok": c.ok, "detail": c.detail, "at": c.at_unix, "took_ms": c.took_ms }));
+    let in_flight = backend.in_flight();
     json!({
         "id": backend.id,
         "host": backend.host,
         "port": backend.port,
         "address": backend.addr.to_string(),
-        "weight": backend.weight,
+        "weight": backend.weight(),
         "enabled": backend.is_enabled(),
+        "draining": backend.is_draining(),
+        "drained": backend.is_draining() && in_flight == 0,
+        "health": backend.health().as_str(),
         "healthy": backend.is_healthy(),
         "usable": backend.is_usable(),
-        "active_connections": backend.in_flight(),
+        "active_connections": in_flight,
         "awaiting_answer": backend.awaiting_answer(),
         "total_requests": requests,
         "failed_requests": failures,
+        "responses": by_class(&backend.answers()),
+        "latency": latency_json(&backend.latency().snapshot()),
         "circuit_breaker": {
             "state": backend.breaker().state().as_str(),
             "failure_count": breaker_failures,
@@ -44,16 +76,25 @@ pub fn stats(shared: &Shared) -> Value {
     let s = shared.stats.snapshot();
     let tries = shared.stats.tries();
     let snapshot = shared.table.snapshot();
-    let healthy = snapshot.backends.iter().filter(|b| b.is_healthy()).count();
+    // The one definition of healthy here and in /lb/health: usable (enabled, not down, circuit
+    // not open).
+    let healthy = snapshot.backends.iter().filter(|b| b.is_usable()).count();
     let name = shared.table.algorithm().display_name();
+    let latency = shared.ops.latency.snapshot();
+    let average = latency.mean().map_or(0.0, |d| (d.as_secs_f64() * 100_000.0).round() / 100.0);
     json!({
         "load_balancer": name,
         "total_requests": s.total,
         "successful_requests": s.successful,
         "failed_requests": s.failed,
         "success_rate": s.success_rate,
-        "average_response_time": s.average_response_time_ms,
+        "average_response_time": average,
         "circuit_breaker": breaker_summary(&snapshot.backends),
+        "responses": by_class(&s.by_class),
+        "answered_by_balancer": by_class(&s.local_by_class),
+        "latency": latency_json(&latency),
+        "in_flight": snapshot.backends.iter().map(|b| b.in_flight()).sum::<usize>(),
+        "queue_depth": shared.ops.queue_depth.load(std::sync::atomic::Ordering::Relaxed),
         "retries": {
             "tries": tries.tries,
             "retries": tries.retries,
@@ -86,7 +127,8 @@ fn breaker_summary(backends: &[Arc<Backend>]) -> Value {
     json!({ "state": state.as_str(), "failure_count": failures, "success_count": successes })
 }
 
-/// The balancer's own health: status 200 with `healthy` while any backend is usable, else 503.
+/// The balancer's own health: status 200 with `healthy` while any backend is usable, else 503
+/// (usable as in `/lb/stats`'s `healthy_backends`).
 pub fn health(shared: &Shared) -> (u16, Value) {
     let snapshot = shared.table.snapshot();
     let usable = snapshot.backends.iter().filter(|b| b.is_usable()).count();
@@ -111,7 +153,7 @@ pub fn config(shared: &Shared) -> Value {
         snapshot
             .backends
             .iter()
-            .map(|b| json!({ "id": b.id, "host": b.host, "port": b.port, "weight": b.weight }))
+            .map(|b| json!({ "id": b.id, "host": b.host, "port": b.port, "weight": b.weight() }))
             .collect(),
     );
     for secret in ["admin_token", "sticky_secret"] {

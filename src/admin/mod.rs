@@ -1,23 +1,32 @@
-//! The management API under the admin prefix (`/lb/` by default): JSON, never proxied, loopback
-//! peers only unless an admin token is configured. Routes are here; the JSON they answer with is
-//! in [`json`].
+//! The management API under the admin prefix (`/lb/` by default): JSON, the Prometheus
+//! exposition and the dashboard page. Who may use it is decided in [`auth`]; routes are here;
+//! the JSON it answers with is in [`json`], the metrics in [`metrics`].
+//!
+//! Every change to the backends takes effect on the next pick of every worker (the table swaps
+//! in a new membership) and, with `--state-file`, is written to the state file before the
+//! answer.
 
+pub mod auth;
 pub mod json;
+pub mod metrics;
 
 use std::io::Read;
 
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
-use crate::client_ip::canonical;
 use crate::config::BackendConfig;
 use crate::server::{Request, Response};
 use crate::state::Shared;
-use crate::upstream::TableError;
+use crate::upstream::{Backend, TableError};
 
+pub use auth::Listener;
 pub use json::{backend_json, stats};
 
 /// Largest JSON body the API reads.
 const MAX_ADMIN_BODY: u64 = 64 * 1024;
+
+/// The dashboard: one self-contained page.
+const DASHBOARD: &str = include_str!("dashboard.html");
 
 fn error(status: u16, message: impl Into<String>) -> Response {
     Response::json(status, &json!({ "error": message.into() }))
@@ -26,106 +35,231 @@ fn error(status: u16, message: impl Into<String>) -> Response {
 fn table_error(e: TableError) -> Response {
     match e {
         TableError::UnknownId(_) => error(404, e.to_string()),
-        TableError::DuplicateId(_) => error(409, e.to_string()),
-        TableError::Unresolvable { .. } => error(400, e.to_string()),
+        TableError::DuplicateId(_) | TableError::DuplicateAddress { .. } => error(409, e.to_string()),
+        TableError::Unresolvable { .. } | TableError::InvalidId(_) => error(400, e.to_string()),
     }
 }
 
-/// Whether the caller may use the API: loopback, or the configured bearer token.
-fn authorized(shared: &Shared, request: &Request) -> bool {
-    match &shared.config.admin_token {
-        Some(token) => request
-            .header("authorization")
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .is_some_and(|given| given.trim() == token),
-        None => canonical(request.peer().ip()).is_loopback(),
+/// What a path under the prefix names, and the methods it accepts (its `Allow`).
+enum Resource<'a> {
+    Health,
+    Stats,
+    Metrics,
+    Config,
+    Dashboard,
+    Backends,
+    Backend(&'a str),
+    Add,
+    Action(&'a str, &'a str),
+    Remove(&'a str),
+}
+
+impl<'a> Resource<'a> {
+    fn of(segments: &[&'a str]) -> Option<Resource<'a>> {
+        Some(match *segments {
+            ["health"] => Resource::Health,
+            ["stats"] => Resource::Stats,
+            ["metrics"] => Resource::Metrics,
+            ["config"] => Resource::Config,
+            ["dashboard"] => Resource::Dashboard,
+            ["backends"] => Resource::Backends,
+            ["backends", "add"] => Resource::Add,
+            ["backends", id] => Resource::Backend(id),
+            ["backends", id, action @ ("enable" | "disable" | "drain" | "weight")] => Resource::Action(id, action),
+            ["backends", id, "remove"] => Resource::Remove(id),
+            _ => return None,
+        })
+    }
+
+    fn allow(&self) -> &'static str {
+        match self {
+            Resource::Add | Resource::Action(..) => "POST",
+            Resource::Remove(_) => "DELETE",
+            _ => "GET, HEAD",
+        }
     }
 }
 
-/// Answers a request whose path is under the admin prefix.
-pub fn handle(shared: &Shared, mut request: Request) -> Response {
-    if !authorized(shared, &request) {
-        return error(403, "the management API is only for loopback peers or bearers of the admin token");
-    }
-    let prefix = shared.config.admin_prefix.as_str();
-    let path = request.path()[prefix.len()..].to_string();
-    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+/// Whether `path` (origin form, no query) is the dashboard page, which is served before any
+/// access check: it holds no data, and asks for the token itself when the API wants one.
+pub fn is_dashboard(shared: &Shared, path: &str) -> bool {
+    path.strip_prefix(shared.config.admin_prefix.as_str()).is_some_and(|rest| rest == "/dashboard")
+}
+
+/// Answers a request whose path (origin form, without the query) is under the admin prefix,
+/// once [`auth::check`] let it through (the dashboard page needs no check).
+pub fn handle(shared: &Shared, mut request: Request, path: &str) -> Response {
+    let rest = &path[shared.config.admin_prefix.len().min(path.len())..];
+    let segments: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
+    let Some(resource) = Resource::of(&segments) else {
+        return error(404, format!("no management endpoint {path}"));
+    };
     let method = request.method().to_string();
-    let get = method == "GET" || method == "HEAD";
-    match (method.as_str(), segments.as_slice()) {
-        (_, ["health"]) if get => {
+    let allow = resource.allow();
+    let accepted = allow.split(", ").any(|m| m == method);
+    if method == "OPTIONS" {
+        return Response::new(204).with_header("Allow", format!("{allow}, OPTIONS"));
+    }
+    if !accepted {
+        return error(405, format!("{method} is not allowed on {path}: use {allow}"))
+            .with_header("Allow", format!("{allow}, OPTIONS"));
+    }
+    match resource {
+        Resource::Health => {
             let (status, body) = json::health(shared);
             Response::json(status, &body)
         }
-        (_, ["stats"]) if get => Response::json(200, &stats(shared)),
-        (_, ["backends"]) if get => {
+        Resource::Stats => Response::json(200, &stats(shared)),
+        Resource::Metrics => Response::new(200)
+            .with_header("Content-Type", crate::metrics::prometheus::CONTENT_TYPE)
+            .with_body(metrics::render(shared)),
+        Resource::Config => Response::json(200, &json::config(shared)),
+        Resource::Dashboard => Response::new(200)
+            .with_header("Content-Type", "text/html; charset=utf-8")
+            .with_header("Cache-Control", "no-store")
+            .with_body(DASHBOARD),
+        Resource::Backends => {
             let snapshot = shared.table.snapshot();
             Response::json(200, &Value::Array(snapshot.backends.iter().map(|b| backend_json(b)).collect()))
         }
-        (_, ["config"]) if get => Response::json(200, &json::config(shared)),
-        ("POST", ["backends", "add"]) => add_backend(shared, &mut request),
-        ("POST", ["backends", id, "disable"]) => set_enabled(shared, id, false),
-        ("POST", ["backends", id, "enable"]) => set_enabled(shared, id, true),
-        ("DELETE", ["backends", id, "remove"]) => match shared.table.remove(id) {
+        Resource::Backend(id) => match shared.table.snapshot().backends.iter().find(|b| b.id == id) {
+            Some(backend) => Response::json(200, &backend_json(backend)),
+            None => error(404, format!("no backend with id '{id}'")),
+        },
+        Resource::Add => add_backend(shared, &mut request),
+        Resource::Action(id, "weight") => set_weight(shared, id, &mut request),
+        Resource::Action(id, action) => {
+            let result = match action {
+                "enable" => shared.table.set_enabled(id, true),
+                "disable" => shared.table.set_enabled(id, false),
+                _ => shared.table.drain(id),
+            };
+            match result {
+                Ok(backend) => {
+                    let message = match action {
+                        "drain" => {
+                            format!("backend {} draining: {} request(s) in flight", backend.id, backend.in_flight())
+                        }
+                        _ => format!("backend {} {action}d", backend.id),
+                    };
+                    changed(shared, 200, &message, &backend)
+                }
+                Err(e) => table_error(e),
+            }
+        }
+        Resource::Remove(id) => match shared.table.remove(id) {
             Ok(backend) => {
-                log::info!("backend {} removed", backend.id);
-                Response::json(
-                    200,
-                    &json!({ "message": format!("backend {} removed", backend.id), "backend": backend_json(&backend) }),
-                )
+                let message =
+                    format!("backend {} removed ({} request(s) in flight finish)", backend.id, backend.in_flight());
+                changed(shared, 200, &message, &backend)
             }
             Err(e) => table_error(e),
         },
-        (_, ["health" | "stats" | "backends" | "config"]) | (_, ["backends", "add"]) | (_, ["backends", _, _]) => {
-            error(405, format!("{method} is not allowed on {}", request.path()))
-                .with_header("Allow", "GET, POST, DELETE")
-        }
-        _ => error(404, format!("no management endpoint {}", request.path())),
     }
 }
 
-fn set_enabled(shared: &Shared, id: &str, enabled: bool) -> Response {
-    match shared.table.set_enabled(id, enabled) {
-        Ok(backend) => {
-            let verb = if enabled { "enabled" } else { "disabled" };
-            log::info!("backend {} {verb}", backend.id);
-            Response::json(
-                200,
-                &json!({ "message": format!("backend {} {verb}", backend.id), "backend": backend_json(&backend) }),
-            )
+/// A change was made: log it, write the state file, answer with the backend.
+fn changed(shared: &Shared, status: u16, message: &str, backend: &Backend) -> Response {
+    log::info!("{message}");
+    if let Some(file) = &shared.ops.state_file {
+        if let Err(e) = file.save(&shared.table) {
+            log::error!("cannot write state file {}: {e}", file.path().display());
+            return error(
+                500,
+                format!(
+                    "{message}, but the state file {} could not be written ({e}): the change is live and will be lost on restart",
+                    file.path().display()
+                ),
+            );
         }
-        Err(e) => table_error(e),
+    }
+    let body = if status == 201 {
+        backend_json(backend)
+    } else {
+        json!({ "message": message, "backend": backend_json(backend) })
+    };
+    let response = Response::json(status, &body);
+    if status == 201 {
+        let location = format!("{}/backends/{}", shared.config.admin_prefix, backend.id);
+        response.with_header("Location", location)
+    } else {
+        response
+    }
+}
+
+/// The request's body as a JSON object.
+fn json_body(request: &mut Request) -> Result<Map<String, Value>, Response> {
+    let mut body = Vec::new();
+    if let Err(e) = request.body().take(MAX_ADMIN_BODY + 1).read_to_end(&mut body) {
+        return Err(error(400, format!("cannot read body: {e}")));
+    }
+    if body.len() as u64 > MAX_ADMIN_BODY {
+        return Err(error(413, "body too large"));
+    }
+    match serde_json::from_slice(&body) {
+        Ok(Value::Object(object)) => Ok(object),
+        Ok(_) => Err(error(400, "body must be a JSON object")),
+        Err(e) => Err(error(400, format!("body is not JSON: {e}"))),
     }
 }
 
 fn add_backend(shared: &Shared, request: &mut Request) -> Response {
-    let mut body = Vec::new();
-    if let Err(e) = request.body().take(MAX_ADMIN_BODY + 1).read_to_end(&mut body) {
-        return error(400, format!("cannot read body: {e}"));
-    }
-    if body.len() as u64 > MAX_ADMIN_BODY {
-        return error(413, "body too large");
-    }
-    let value: Value = match serde_json::from_slice(&body) {
-        Ok(value) => value,
-        Err(e) => return error(400, format!("body is not JSON: {e}")),
+    let object = match json_body(request) {
+        Ok(object) => object,
+        Err(response) => return response,
     };
-    let config = match parse_backend(&value) {
+    let config = match parse_backend(&object) {
         Ok(config) => config,
         Err(message) => return error(400, message),
     };
     match shared.table.add(&config) {
         Ok(backend) => {
-            log::info!("backend {} added at {}:{}", backend.id, backend.host, backend.port);
-            Response::json(201, &backend_json(&backend))
+            let message = format!(
+                "backend {} added at {}:{} (weight {})",
+                backend.id,
+                backend.host,
+                backend.port,
+                backend.weight()
+            );
+            changed(shared, 201, &message, &backend)
         }
         Err(e) => table_error(e),
     }
 }
 
+fn set_weight(shared: &Shared, id: &str, request: &mut Request) -> Response {
+    let object = match json_body(request) {
+        Ok(object) => object,
+        Err(response) => return response,
+    };
+    if let Some(key) = object.keys().find(|k| *k != "weight") {
+        return error(400, format!("unknown field '{key}': the body is {{\"weight\": N}}"));
+    }
+    let weight = match object.get("weight").map(parse_weight) {
+        Some(Ok(weight)) => weight,
+        Some(Err(message)) => return error(400, message),
+        None => return error(400, "field 'weight' is required: the body is {\"weight\": N}"),
+    };
+    let before = shared.table.snapshot().backends.iter().find(|b| b.id == id).map(|b| b.weight());
+    match shared.table.set_weight(id, weight) {
+        Ok(backend) => {
+            let message = format!("backend {} weight {} -> {weight}", backend.id, before.unwrap_or(weight));
+            changed(shared, 200, &message, &backend)
+        }
+        Err(e) => table_error(e),
+    }
+}
+
+fn parse_weight(value: &Value) -> Result<u32, String> {
+    value
+        .as_u64()
+        .filter(|&w| (1..=1_000_000).contains(&w))
+        .map(|w| w as u32)
+        .ok_or_else(|| "field 'weight' must be an integer 1-1000000".to_string())
+}
+
 /// Checks the fields of an added backend one by one so the error names the field.
-fn parse_backend(value: &Value) -> Result<BackendConfig, String> {
-    let object = value.as_object().ok_or("body must be a JSON object")?;
+fn parse_backend(object: &Map<String, Value>) -> Result<BackendConfig, String> {
     for key in object.keys() {
         if !["host", "port", "weight", "id"].contains(&key.as_str()) {
             return Err(format!("unknown field '{key}'"));
@@ -143,15 +277,12 @@ fn parse_backend(value: &Value) -> Result<BackendConfig, String> {
         None => return Err("field 'port' is required".into()),
     };
     let weight = match object.get("weight") {
-        Some(w) => {
-            w.as_u64().filter(|&w| (1..=1_000_000).contains(&w)).ok_or("field 'weight' must be an integer 1-1000000")?
-                as u32
-        }
+        Some(w) => parse_weight(w)?,
         None => 1,
     };
     let id = match object.get("id") {
-        Some(Value::String(id)) if !id.is_empty() && !id.contains('/') => Some(id.clone()),
-        Some(_) => return Err("field 'id' must be a non-empty string without '/'".into()),
+        Some(Value::String(id)) if crate::config::is_valid_id(id) => Some(id.clone()),
+        Some(_) => return Err("field 'id' must be 1-64 of the characters A-Z a-z 0-9 . _ ~ -".into()),
         None => None,
     };
     Ok(BackendConfig { id, host, port, weight })

@@ -1,6 +1,7 @@
 //! `lb-sync`: the load balancer binary: flags and the config file, then `LoadBalancer::start`.
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use argh::FromArgs;
@@ -9,6 +10,7 @@ use lb_sync::balancer::LoadBalancer;
 use lb_sync::client_ip::Cidr;
 use lb_sync::config::{seed_backends, BackendConfig, Config};
 use lb_sync::demo_backend::DemoBackend;
+use lb_sync::logging::{AccessFormat, LogTarget, LogWriter, Logger};
 use lb_sync::server::{Server, ServerConfig};
 
 /// An HTTP/1.1 load balancer. Flags override the --config file; with neither, the seed's three
@@ -75,6 +77,17 @@ struct Args {
     /// one log line per request: true or false (default true)
     #[argh(option)]
     access_log: Option<bool>,
+    /// access log format: combined (nginx's, plus upstream address, upstream time, request
+    /// time and request id) or json (default combined)
+    #[argh(option)]
+    access_log_format: Option<AccessFormat>,
+    /// write the access log to this file instead of stderr
+    #[argh(option)]
+    access_log_file: Option<PathBuf>,
+    /// write every other log line (startup, health, breakers, warnings, --debug) to this file
+    /// instead of stderr
+    #[argh(option)]
+    log_file: Option<PathBuf>,
     /// seconds a sticky session lasts: the sticky cookie's Max-Age (default 3600)
     #[argh(option)]
     session_timeout: Option<u64>,
@@ -99,15 +112,26 @@ struct Args {
     /// a CIDR whose X-Forwarded-For is believed; repeatable; replaces the default (loopback)
     #[argh(option)]
     trusted_proxy: Vec<String>,
-    /// bearer token required by the management API (then open to non-loopback peers)
+    /// bearer token required by the management API from every peer, loopback too (then open
+    /// to non-loopback peers)
     #[argh(option)]
     admin_token: Option<String>,
+    /// serve the management API and dashboard on this address only (e.g. 127.0.0.1:9090); the
+    /// data port then proxies /lb/ like any path
+    #[argh(option)]
+    admin_listen: Option<SocketAddr>,
+    /// keep runtime changes to the backends in this JSON file, read back at start
+    #[argh(option)]
+    state_file: Option<PathBuf>,
     /// also start three demo backends on 127.0.0.1:8001-8003 in this process
     #[argh(switch)]
     demo: bool,
-    /// debug logging
+    /// debug logging: why each request went where it went
     #[argh(switch)]
     debug: bool,
+    /// print the version and exit
+    #[argh(switch)]
+    version: bool,
 }
 
 /// Merges the config file and the flags; `Err` is a usage error (exit 2).
@@ -155,6 +179,21 @@ fn build_config(args: &Args) -> Result<Config, String> {
     if let Some(token) = &args.admin_token {
         config.admin_token = Some(token.clone());
     }
+    if let Some(format) = args.access_log_format {
+        config.access_log_format = format;
+    }
+    if args.admin_listen.is_some() {
+        config.admin_listen = args.admin_listen;
+    }
+    for (flag, field) in [
+        (&args.access_log_file, &mut config.access_log_file),
+        (&args.log_file, &mut config.log_file),
+        (&args.state_file, &mut config.state_file),
+    ] {
+        if flag.is_some() {
+            field.clone_from(flag);
+        }
+    }
     config.validate().map_err(|e| e.to_string())?;
     Ok(config)
 }
@@ -192,6 +231,10 @@ fn main() -> ExitCode {
             };
         }
     };
+    if args.version {
+        println!("lb-sync {}", env!("CARGO_PKG_VERSION"));
+        return ExitCode::SUCCESS;
+    }
     let config = match build_config(&args) {
         Ok(config) => config,
         Err(message) => {
@@ -199,13 +242,21 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // The process log goes through a log thread (never blocking a worker), to --log-file or
+    // stderr; other crates (ureq) only say warnings. The access log shares the writer when
+    // both go to the same place, so their lines never interleave mid-line.
     let level = if args.debug { log::LevelFilter::Debug } else { log::LevelFilter::Info };
-    let _ = simplelog::TermLogger::init(
-        level,
-        simplelog::ConfigBuilder::new().set_target_level(log::LevelFilter::Error).build(),
-        simplelog::TerminalMode::Stderr,
-        simplelog::ColorChoice::Never,
-    );
+    let log_target = config.log_file.clone().map_or(LogTarget::Stderr, LogTarget::File);
+    let log_writer = match LogWriter::start(log_target.clone()) {
+        Ok(writer) => writer,
+        Err(e) => {
+            eprintln!("lb-sync: cannot open log file {log_target}: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let _ = Logger::new(log_writer.handle(), level).other_crates(log::LevelFilter::Warn).install();
+    let access_target = config.access_log_file.clone().map_or(LogTarget::Stderr, LogTarget::File);
+    let shared_access_log = (access_target == log_target).then(|| log_writer.handle());
     let _ = rlimit::increase_nofile_limit(u64::MAX);
 
     let _demo = if args.demo {
@@ -220,9 +271,11 @@ fn main() -> ExitCode {
         Vec::new()
     };
     let algorithm = config.algorithm;
-    let balancer = match LoadBalancer::start(config) {
+    let balancer = match LoadBalancer::start_with_log(config, shared_access_log) {
         Ok(balancer) => balancer,
         Err(e) => {
+            log::error!("cannot start: {e}");
+            log_writer.stop();
             eprintln!("lb-sync: cannot start: {e}");
             return ExitCode::from(1);
         }
@@ -233,10 +286,12 @@ fn main() -> ExitCode {
         .snapshot()
         .backends
         .iter()
-        .map(|b| format!("{}={}:{} (weight {})", b.id, b.host, b.port, b.weight))
+        .map(|b| format!("{}={}:{} (weight {})", b.id, b.host, b.port, b.weight()))
         .collect();
+    let admin = balancer.admin_addr().map_or(String::new(), |addr| format!("; management API on {addr}"));
     // The ready line on stdout is what scripts wait for.
-    println!("lb-sync {} listening on {} -> {}", algorithm, balancer.local_addr(), backends.join(", "));
+    println!("lb-sync {} listening on {} -> {}{admin}", algorithm, balancer.local_addr(), backends.join(", "));
+    log::info!("lb-sync {} listening on {} -> {}{admin}", algorithm, balancer.local_addr(), backends.join(", "));
     loop {
         std::thread::park();
     }

@@ -91,6 +91,8 @@ struct Inner {
 #[derive(Debug)]
 pub struct CircuitBreaker {
     config: BreakerConfig,
+    /// Who it guards, named in its log lines (`backend b1: circuit opened ...`).
+    name: String,
     state: AtomicU8,
     consecutive_failures: AtomicU32,
     failures: AtomicU64,
@@ -107,9 +109,15 @@ pub struct CircuitBreaker {
 impl CircuitBreaker {
     /// A closed breaker.
     pub fn new(config: BreakerConfig) -> CircuitBreaker {
+        CircuitBreaker::named(config, "")
+    }
+
+    /// A closed breaker whose log lines name what it guards (`backend b1`).
+    pub fn named(config: BreakerConfig, name: impl Into<String>) -> CircuitBreaker {
         let now = Instant::now();
         CircuitBreaker {
             config,
+            name: name.into(),
             state: AtomicU8::new(CLOSED),
             consecutive_failures: AtomicU32::new(0),
             failures: AtomicU64::new(0),
@@ -175,7 +183,11 @@ impl CircuitBreaker {
         }
         if self.state.load(Ordering::Acquire) == OPEN {
             self.state.store(HALF_OPEN, Ordering::Release);
-            log::info!("circuit half-open: letting {} trial request(s) through", self.config.half_open_trials);
+            log::info!(
+                "{}circuit half-open: letting {} trial request(s) through",
+                self.prefix(),
+                self.config.half_open_trials
+            );
         }
         inner.trials_started += 1;
         true
@@ -249,7 +261,11 @@ impl CircuitBreaker {
             inner.trials_started = 0;
             inner.trials_succeeded = 0;
             self.state.store(OPEN, Ordering::Release);
-            log::warn!("circuit opened for {:?} after {consecutive} consecutive failure(s)", inner.open_for);
+            log::warn!(
+                "{}circuit opened for {:?} after {consecutive} consecutive failure(s)",
+                self.prefix(),
+                inner.open_for
+            );
             return true;
         }
         false
@@ -277,6 +293,26 @@ impl CircuitBreaker {
         failed
             && requests >= self.config.min_requests
             && f64::from(failures) >= self.config.failure_ratio * f64::from(requests)
+    }
+
+    /// `"backend b1: "` for log lines, or nothing for an unnamed breaker.
+    fn prefix(&self) -> String {
+        if self.name.is_empty() {
+            String::new()
+        } else {
+            format!("{}: ", self.name)
+        }
+    }
+
+    /// Counts an outcome without letting it move the breaker: for a request sent while the
+    /// breaker was ignored (the last backends, panic mode), so that every try's outcome is in
+    /// [`counts`](Self::counts).
+    pub fn count_only(&self, failed: bool) {
+        if failed {
+            self.failures.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.successes.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Failures and successes recorded since start.

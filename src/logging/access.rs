@@ -76,7 +76,8 @@ pub struct AccessRecord<'a> {
 /// assert_eq!("json".parse::<AccessFormat>(), Ok(AccessFormat::Json));
 /// assert!("apache".parse::<AccessFormat>().is_err());
 /// ```
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum AccessFormat {
     /// nginx's `combined` with four fields appended, in nginx's `log_format` terms:
     ///
@@ -187,11 +188,16 @@ fn write_combined(record: &AccessRecord<'_>, out: &mut String) {
     let _ = write!(out, "{} - - [", record.client_ip);
     UtcTime::from_system_time(record.time).write_common_log(out);
     out.push_str("] \"");
-    push_escaped(out, record.method);
-    out.push(' ');
-    push_escaped(out, record.target);
-    out.push(' ');
-    push_escaped(out, record.protocol);
+    if record.method.is_empty() && record.protocol.is_empty() {
+        // A request refused before its request line was understood: nginx logs `"-"`.
+        push_escaped_or_dash(out, Some(record.target));
+    } else {
+        push_escaped(out, record.method);
+        out.push(' ');
+        push_escaped(out, record.target);
+        out.push(' ');
+        push_escaped(out, record.protocol);
+    }
     let _ = write!(out, "\" {} {} \"", record.status, record.body_bytes_sent);
     push_escaped_or_dash(out, record.referer);
     out.push_str("\" \"");

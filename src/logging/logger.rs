@@ -29,7 +29,13 @@ use super::writer::LogHandle;
 pub struct Logger {
     handle: LogHandle,
     level: LevelFilter,
+    /// The level for records of other crates (ureq, its TLS and DNS helpers): their internals
+    /// are not this program's story.
+    others: LevelFilter,
 }
+
+/// The prefix of this crate's log targets (module paths of the library and the binaries).
+const OUR_TARGETS: &str = "lb_sync";
 
 impl Logger {
     /// A logger passing records at `level` or more severe to `handle`.
@@ -43,7 +49,27 @@ impl Logger {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn new(handle: LogHandle, level: LevelFilter) -> Logger {
-        Logger { handle, level }
+        Logger { handle, level, others: level }
+    }
+
+    /// Records of other crates (targets not starting with `lb_sync`) pass only at `level` or
+    /// more severe (and never below this logger's own level).
+    ///
+    /// ```
+    /// use log::Log;
+    /// let writer = lb_sync::logging::LogWriter::start(lb_sync::logging::LogTarget::Stderr)?;
+    /// let logger = lb_sync::logging::Logger::new(writer.handle(), log::LevelFilter::Debug)
+    ///     .other_crates(log::LevelFilter::Warn);
+    /// let at = |level, target| log::Metadata::builder().level(level).target(target).build();
+    /// assert!(logger.enabled(&at(log::Level::Debug, "lb_sync::proxy")));
+    /// assert!(!logger.enabled(&at(log::Level::Debug, "ureq::unit")));
+    /// assert!(logger.enabled(&at(log::Level::Warn, "ureq::unit")));
+    /// # writer.stop();
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn other_crates(mut self, level: LevelFilter) -> Logger {
+        self.others = level;
+        self
     }
 
     /// Makes this the process's logger (once per process; the logger lives until exit) and sets
@@ -73,7 +99,8 @@ impl Logger {
 
 impl Log for Logger {
     fn enabled(&self, metadata: &Metadata<'_>) -> bool {
-        metadata.level() <= self.level
+        let level = if metadata.target().starts_with(OUR_TARGETS) { self.level } else { self.level.min(self.others) };
+        metadata.level() <= level
     }
 
     fn log(&self, record: &Record<'_>) {

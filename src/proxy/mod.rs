@@ -7,12 +7,15 @@
 //! 3. **try backends**: pick (a sticky cookie's backend first) → admit (breaker, retry budget)
 //!    → send → settle the outcome, and on a failure that allows it, the next backend;
 //! 4. **relay**: the backend's answer streamed back (with the sticky cookie when it changed);
-//! 5. **account**: statistics and the access log.
+//! 5. **account**: statistics now, the access-log line when the last byte has left.
+//!
+//! With `--debug`, [`explain`] says why each request went where it went.
 //!
 //! Statuses of our own answers come from [`ProxyError::status`].
 
 mod body;
 mod error;
+mod explain;
 mod headers;
 mod policy;
 mod relay;
@@ -25,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use crate::client_ip::{canonical, client_ip, is_trusted};
 use crate::health::CircuitBreaker;
+use crate::ops::PendingAccess;
 use crate::server::{BodyFraming, Request, Response};
 use crate::state::Shared;
 use crate::upstream::{Backend, ForwardError, PickKind, Prepared};
@@ -52,23 +56,24 @@ struct Outbound {
     hash_key: Vec<u8>,
     /// The sticky cookie's value, when sticky sessions are on and the client sent one.
     sticky_token: Option<String>,
+    request_id: String,
 }
 
 /// Proxies one request and answers it: the backend's response, or ours when none could give one.
 pub fn forward(shared: &Shared, request: Request) -> Response {
-    let started = Instant::now();
     let origin = who(shared, &request);
-    let (method, target) = (request.method().to_string(), request.target().to_string());
-    let quota = shared.rate_limiter.check(origin.client, started);
+    let access = PendingAccess::new(&request, origin.client);
+    let quota = shared.rate_limiter.check(origin.client, access.started());
     let outcome = policy::admit(&quota)
-        .and_then(|()| prepare(shared, request, &origin))
+        .and_then(|()| prepare(shared, request, &origin, &access))
         .and_then(|mut outbound| try_backends(shared, &mut outbound));
-    let (response, backend) = match outcome {
-        Ok((response, backend)) => (response, Some(backend)),
+    let (response, upstream) = match outcome {
+        Ok((response, backend, upstream_time)) => (response, Some((backend.addr, upstream_time))),
         Err(error) => (error.response(), None),
     };
     let response = policy::with_quota(response, &quota);
-    account(shared, &method, &target, &origin, backend.as_deref(), started, response)
+    account(shared, access.started(), upstream.is_some(), &response);
+    access.attach(shared.ops.access_log.as_ref(), response, upstream)
 }
 
 /// Step 1: the client's address, believing X-Forwarded-For only from trusted proxies.
@@ -82,11 +87,14 @@ fn who(shared: &Shared, request: &Request) -> Origin {
 }
 
 /// Step 2: the request as it goes upstream; refused here when it cannot be expressed there.
-fn prepare(shared: &Shared, request: Request, origin: &Origin) -> Result<Outbound, ProxyError> {
+fn prepare(shared: &Shared, request: Request, origin: &Origin, access: &PendingAccess) -> Result<Outbound, ProxyError> {
     let method = request.method().to_string();
     let target = origin_form(request.target()).ok_or(ProxyError::UnsupportedTarget)?.to_string();
     let mut headers = upstream_headers(&request, origin.client, origin.peer_trusted);
     let sticky_token = policy::take_sticky_cookie(shared, &mut headers);
+    if !access.id_came_in {
+        headers.push(("X-Request-Id", access.request_id.as_bytes().into()));
+    }
     let mut prepared = shared
         .forwarder
         .prepare(&method, &target, headers.iter().map(|(n, v)| (*n, &v[..])))
@@ -100,11 +108,20 @@ fn prepare(shared: &Shared, request: Request, origin: &Origin) -> Result<Outboun
         // Buffered whole: a chunked upload goes upstream with its length.
         prepared.set_content_length(length);
     }
-    Ok(Outbound { method, target, prepared, body, is_head, hash_key: hash_key(origin.client), sticky_token })
+    Ok(Outbound {
+        method,
+        target,
+        prepared,
+        body,
+        is_head,
+        hash_key: hash_key(origin.client),
+        sticky_token,
+        request_id: access.request_id.clone(),
+    })
 }
 
 /// Step 3: tries backends until one answers, a failure forbids another try, or tries run out.
-fn try_backends(shared: &Shared, out: &mut Outbound) -> Result<(Response, Arc<Backend>), ProxyError> {
+fn try_backends(shared: &Shared, out: &mut Outbound) -> Result<(Response, Arc<Backend>, Duration), ProxyError> {
     shared.retry_budget.record_request();
     let membership = shared.table.snapshot();
     let queue_deadline = Instant::now() + Duration::from_secs_f64(shared.config.backend_queue_timeout);
@@ -125,6 +142,7 @@ fn try_backends(shared: &Shared, out: &mut Outbound) -> Result<(Response, Arc<Ba
             // Candidates left (the session's backend among them) but all at their connection
             // cap: wait in the queue for a slot.
             if membership.pick(&out.hash_key, untried).is_none() {
+                explain::nothing_left(shared, &membership, out, &tried);
                 break;
             }
             if Instant::now() >= queue_deadline {
@@ -135,6 +153,7 @@ fn try_backends(shared: &Shared, out: &mut Outbound) -> Result<(Response, Arc<Ba
         };
         // Taken by another request since the pick: pick again.
         let Some(mut in_flight) = backend.try_begin() else { continue };
+        explain::picked(shared, &membership, out, backend, kind, &tried);
         tried.push(Arc::as_ptr(backend));
         let breaker = match admit(shared, backend, kind, tries, out) {
             Admission::Go(breaker) => breaker,
@@ -144,15 +163,18 @@ fn try_backends(shared: &Shared, out: &mut Outbound) -> Result<(Response, Arc<Ba
         shared.stats.record_try(tries > 0);
         backend.record_request();
         tries += 1;
+        let sent = Instant::now();
         match send_once(shared, backend, out) {
             Ok(upstream) => {
+                let upstream_time = sent.elapsed();
                 in_flight.answered();
-                settle_answer(shared, backend, breaker, upstream.status().as_u16());
+                let status = upstream.status().as_u16();
+                settle_answer(shared, backend, breaker, status, upstream_time);
                 let mut response = relay(upstream, in_flight, out.is_head);
                 if let Some(session) = &session {
                     response = session.stamp(&membership, backend, response);
                 }
-                return Ok((response, Arc::clone(backend)));
+                return Ok((response, Arc::clone(backend), upstream_time));
             }
             Err(error) => {
                 let retry = settle_failure(shared, backend, breaker, &error, out);
@@ -193,7 +215,8 @@ fn admit<'a>(shared: &Shared, backend: &'a Backend, kind: PickKind, tries: usize
         if let Some(b) = breaker {
             b.record_neutral();
         }
-        log::warn!("{} {}: retry budget spent, not retrying", out.method, out.target);
+        shared.ops.warnings.warn("retry-budget", format_args!("retry budget spent: a failed request was not retried"));
+        explain::budget_spent(out);
         return Admission::Stop;
     }
     Admission::Go(breaker)
@@ -209,11 +232,17 @@ fn send_once(
     shared.forwarder.send(backend, &out.prepared, body.map(|b| b as &mut dyn std::io::Read))
 }
 
-/// An answer came: the breaker hears a success (or a failure, for a 5xx when so configured);
-/// a breaker that closes again starts the backend's slow start.
-fn settle_answer(shared: &Shared, backend: &Backend, breaker: Option<&CircuitBreaker>, status: u16) {
-    let Some(breaker) = breaker else { return };
-    if shared.config.breaker_on_5xx && status >= 500 {
+/// An answer came: the backend counts it; the breaker hears a success (or a failure, for a 5xx
+/// when so configured); a breaker that closes again starts the backend's slow start. A pick
+/// that ignored the breaker still has its outcome counted there, so every try is.
+fn settle_answer(shared: &Shared, backend: &Backend, breaker: Option<&CircuitBreaker>, status: u16, took: Duration) {
+    backend.record_answer(status, took);
+    let failed = shared.config.breaker_on_5xx && status >= 500;
+    let Some(breaker) = breaker else {
+        backend.breaker().count_only(failed);
+        return;
+    };
+    if failed {
         breaker.record_failure();
     } else if breaker.record_success() {
         log::info!("backend {}: circuit closed again", backend.id);
@@ -230,41 +259,35 @@ fn settle_failure(
     out: &Outbound,
 ) -> bool {
     backend.record_failure();
-    if let Some(b) = breaker {
-        b.record_failure();
+    match breaker {
+        Some(b) => {
+            b.record_failure();
+        }
+        None => backend.breaker().count_only(true),
     }
-    shared.stats.record_try_failure(error.reason());
-    log::warn!("{} {} to {} ({}): {error}", out.method, out.target, backend.id, backend.addr);
+    let reason = error.reason();
+    shared.stats.record_try_failure(reason);
+    shared.ops.warnings.warn(
+        &format!("try:{}:{}", backend.id, reason.name()),
+        format_args!("backend {} ({}): {error}", backend.id, backend.addr),
+    );
     // Another backend may get the request if this one certainly did not act on it (the body,
     // buffered whole, was not sent either), or if the method allows repeating and the body is
     // small enough to be sent again.
-    error.never_sent() || (is_idempotent(&out.method) && out.body.replayable())
+    let retry = error.never_sent() || (is_idempotent(&out.method) && out.body.replayable());
+    explain::failed(out, backend, error, retry);
+    retry
 }
 
-/// Step 5: counts the answer and writes the access log line, then hands the response to the
-/// front end to write.
-fn account(
-    shared: &Shared,
-    method: &str,
-    target: &str,
-    origin: &Origin,
-    backend: Option<&Backend>,
-    started: Instant,
-    response: Response,
-) -> Response {
-    let elapsed = started.elapsed();
-    shared.stats.record(response.status, elapsed);
-    if shared.config.access_log {
-        log::info!(
-            target: "access",
-            "{} \"{method} {target}\" {} {} {:.1}ms",
-            origin.client,
-            response.status,
-            backend.map_or("-", |b| b.id.as_str()),
-            elapsed.as_secs_f64() * 1000.0
-        );
+/// Step 5: counts the answer (by class; a backend's or our own) and its time to the response
+/// head. The access-log line is written when the response is finished (see [`forward`]).
+fn account(shared: &Shared, started: Instant, from_backend: bool, response: &Response) {
+    shared.ops.latency.record(started.elapsed());
+    if from_backend {
+        shared.stats.record(response.status);
+    } else {
+        shared.stats.record_local(response.status);
     }
-    response
 }
 
 /// Methods that may be sent twice without a different effect (RFC 9110 9.2.2).
@@ -273,7 +296,14 @@ fn is_idempotent(method: &str) -> bool {
 }
 
 /// The path and query to send upstream: origin form, or the path of an absolute-form target.
-fn origin_form(target: &str) -> Option<&str> {
+///
+/// ```
+/// use lb_sync::proxy::origin_form;
+/// assert_eq!(origin_form("http://example.com/lb/stats?x=1"), Some("/lb/stats?x=1"));
+/// assert_eq!(origin_form("http://example.com"), Some("/"));
+/// assert_eq!(origin_form("*"), None);
+/// ```
+pub fn origin_form(target: &str) -> Option<&str> {
     if target.starts_with('/') {
         return Some(target);
     }

@@ -30,6 +30,7 @@ mod head;
 mod idle;
 mod limits;
 mod listener;
+mod observe;
 mod poller;
 mod request;
 mod response;
@@ -41,6 +42,7 @@ pub use error::{reason_phrase, RequestError};
 pub use head::{is_hop_by_hop, parse_head, BodyFraming, Header, ParseOutcome, RequestHead, Version, HOP_BY_HOP};
 pub use limits::Limits;
 pub use listener::bind;
+pub use observe::{Finished, Refusal, RefusalHook};
 pub use request::Request;
 pub use response::{status_has_no_body, Body, Response};
 pub use spool::{BodyBuffering, RequestBody};
@@ -84,6 +86,11 @@ pub struct ServerConfig {
     pub limits: Limits,
     /// How request bodies are buffered before a worker sees them.
     pub body_buffering: BodyBuffering,
+    /// Requests waiting for a worker now; the server counts in it, so a clone kept by the
+    /// caller reads the queue's depth. Default: a fresh counter.
+    pub queue_depth: Arc<AtomicUsize>,
+    /// Told of each request the front end refuses on its own. Default none.
+    pub on_refusal: Option<RefusalHook>,
 }
 
 impl Default for ServerConfig {
@@ -96,6 +103,8 @@ impl Default for ServerConfig {
             backlog: 1024,
             limits: Limits::default(),
             body_buffering: BodyBuffering::default(),
+            queue_depth: Arc::new(AtomicUsize::new(0)),
+            on_refusal: None,
         }
     }
 }
@@ -126,7 +135,7 @@ impl Server {
         // Unbounded: refills of deliveries must never be refused; the poller bounds serve jobs
         // itself with `queued` against the queue capacity.
         let (job_tx, job_rx) = crossbeam_channel::unbounded();
-        let queued = Arc::new(AtomicUsize::new(0));
+        let queued = Arc::clone(&config.queue_depth);
         let idle = Arc::new(idle::IdleWorkers::default());
         let (return_tx, return_rx) = crossbeam_channel::unbounded();
         let stop = Arc::new(StopSignal { requested: AtomicBool::new(false), grace: Mutex::new(Duration::ZERO) });
@@ -155,6 +164,7 @@ impl Server {
             stop: Arc::clone(&stop),
             stopping,
             spool: Arc::new(SpoolSettings::new(&config.body_buffering)),
+            on_refusal: config.on_refusal.clone(),
         };
         let poller = Poller::new(poll, listener, config.limits, links)?;
         threads.push(std::thread::Builder::new().name("poller".into()).spawn(move || poller.run())?);

@@ -21,6 +21,7 @@ use super::error::{reason_phrase, RequestError};
 use super::head::{parse_head, BodyFraming, ParseOutcome, RequestHead};
 use super::idle::IdleWorkers;
 use super::limits::Limits;
+use super::observe::{Refusal, RefusalHook};
 use super::response::{Delivery, Progress};
 use super::spool::{RequestBody, SpoolSettings};
 use super::worker::{Job, Next, Returned};
@@ -98,6 +99,7 @@ pub(crate) struct Poller {
     queued: Arc<AtomicUsize>,
     queue_capacity: usize,
     spool: Arc<SpoolSettings>,
+    on_refusal: Option<RefusalHook>,
     /// Connections with input left unread at the end of their turn (edge-triggered readiness
     /// would not report it again).
     again: Vec<usize>,
@@ -119,6 +121,7 @@ pub(crate) struct PollerLinks {
     pub stop: Arc<StopSignal>,
     pub stopping: Arc<AtomicBool>,
     pub spool: Arc<SpoolSettings>,
+    pub on_refusal: Option<RefusalHook>,
 }
 
 impl Poller {
@@ -136,6 +139,7 @@ impl Poller {
             queued: links.queued,
             queue_capacity: links.queue_capacity,
             spool: links.spool,
+            on_refusal: links.on_refusal,
             again: Vec::new(),
             connections: HashMap::new(),
             next_token: FIRST_CONNECTION,
@@ -249,7 +253,7 @@ impl Poller {
         );
         self.note_deadline(deadline);
         if over_limit {
-            log::warn!("{peer}: over {} open connections, refusing", self.limits.max_connections);
+            log::debug!("{peer}: over {} open connections, refusing", self.limits.max_connections);
             self.refuse(token, 503, "too many open connections", &[("Retry-After", "1")]);
         } else {
             self.advance(token);
@@ -413,7 +417,8 @@ impl Poller {
             return self.close(token);
         };
         if self.queued.load(Ordering::Relaxed) >= self.queue_capacity {
-            log::warn!("all workers busy and the queue is full: answering 503");
+            // Told to the refusal hook; a warning per request here would flood the log.
+            log::debug!("all workers busy and the queue is full: answering 503");
             return self.refuse(token, 503, "server busy, retry later", &[("Retry-After", "1")]);
         }
         conn.state = State::Busy;
@@ -509,6 +514,9 @@ impl Poller {
         let Some(conn) = self.connections.get_mut(&token) else {
             return;
         };
+        if let Some(hook) = &self.on_refusal {
+            hook.call(&Refusal { peer: conn.peer, status, reason });
+        }
         let mut response = format!("HTTP/1.1 {status} {}\r\n", reason_phrase(status));
         for (name, value) in extra {
             response.push_str(&format!("{name}: {value}\r\n"));

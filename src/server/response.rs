@@ -10,6 +10,7 @@ use std::io::{self, Read, Write};
 
 use super::error::reason_phrase;
 use super::head::{is_hop_by_hop, Header, Version};
+use super::observe::{FinishHook, Finished};
 
 /// Most bytes read from a body source per refill; also the delivery buffer's size. A slow
 /// reader costs this much memory, not a thread.
@@ -51,12 +52,14 @@ pub struct Response {
     pub body: Body,
     /// Close the connection after this response even if the client would keep it.
     pub close: bool,
+    /// Called once when the response has been written completely or its delivery ended early.
+    on_finish: Option<FinishHook>,
 }
 
 impl Response {
     /// A response with a status and no headers or body.
     pub fn new(status: u16) -> Response {
-        Response { status, headers: Vec::new(), body: Body::Empty, close: false }
+        Response { status, headers: Vec::new(), body: Body::Empty, close: false, on_finish: None }
     }
 
     /// A `text/plain` response.
@@ -87,6 +90,20 @@ impl Response {
     /// Closes the connection after this response.
     pub fn with_close(mut self) -> Response {
         self.close = true;
+        self
+    }
+
+    /// Calls `f` once the response is out (or its delivery broke off), from whichever thread
+    /// finished it: a worker, or the poller for a client that reads slowly. `f` must not block.
+    /// Setting it again replaces the earlier one.
+    ///
+    /// ```
+    /// use lb_sync::server::Response;
+    /// let r = Response::text(200, "hi").on_finish(|done| println!("{} body bytes", done.body_bytes_sent));
+    /// # drop(r);
+    /// ```
+    pub fn on_finish(mut self, f: impl FnOnce(Finished) + Send + 'static) -> Response {
+        self.on_finish = Some(Box::new(f));
         self
     }
 
@@ -146,12 +163,25 @@ pub(crate) struct Delivery {
     source: Option<Box<dyn Read + Send>>,
     framing: Framing,
     keep_alive: bool,
+    /// Bytes of the head, and bytes written so far (head included), for [`Finished`].
+    head_len: u64,
+    sent: u64,
+    done: bool,
+    on_finish: Option<FinishHook>,
+}
+
+impl Drop for Delivery {
+    fn drop(&mut self) {
+        if let Some(f) = self.on_finish.take() {
+            f(Finished { body_bytes_sent: self.sent.saturating_sub(self.head_len), complete: self.done });
+        }
+    }
 }
 
 impl Delivery {
     /// Serializes the head (and an in-memory body) into the buffer.
     pub fn new(response: Response, ctx: &ResponseContext) -> Delivery {
-        let Response { status, headers, body, close } = response;
+        let Response { status, headers, body, close, on_finish } = response;
         let mut keep_alive = ctx.keep_alive && !close;
         let no_body = status_has_no_body(status);
         let (length, chunked) = match &body {
@@ -169,7 +199,18 @@ impl Delivery {
         };
         let mut buf = Vec::with_capacity(256 + if let Body::Bytes(b) = &body { b.len() } else { 0 });
         write_head(&mut buf, status, &headers, length, chunked, keep_alive, ctx.version);
-        let mut delivery = Delivery { buf, written: 0, source: None, framing: Framing::Done, keep_alive };
+        let head_len = buf.len() as u64;
+        let mut delivery = Delivery {
+            buf,
+            written: 0,
+            source: None,
+            framing: Framing::Done,
+            keep_alive,
+            head_len,
+            sent: 0,
+            done: false,
+            on_finish,
+        };
         if ctx.head_request || no_body {
             return delivery;
         }
@@ -199,7 +240,10 @@ impl Delivery {
             while self.written < self.buf.len() {
                 match out.write(&self.buf[self.written..]) {
                     Ok(0) => return Progress::Failed,
-                    Ok(n) => self.written += n,
+                    Ok(n) => {
+                        self.written += n;
+                        self.sent += n as u64;
+                    }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Progress::Blocked,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(_) => return Progress::Failed,
@@ -209,6 +253,7 @@ impl Delivery {
             self.written = 0;
             if matches!(self.framing, Framing::Done) {
                 self.source = None;
+                self.done = true;
                 return Progress::Done { keep_alive: self.keep_alive };
             }
             if !may_block_on_source {

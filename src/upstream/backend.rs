@@ -5,12 +5,41 @@
 use std::fmt;
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::config::BackendConfig;
 use crate::health::{BreakerConfig, CheckResult, CircuitBreaker, RiseFall, SlowStart};
+use crate::metrics::Histogram;
+use crate::stats::class_index;
+
+/// What the active checks know of a backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HealthState {
+    /// Not probed yet (or checks are off): used, as nginx and HAProxy use a new server, and the
+    /// first probe decides.
+    Unknown,
+    /// The last verdict was good.
+    Up,
+    /// The last verdict was bad: no requests (unless panic mode).
+    Down,
+}
+
+impl HealthState {
+    /// `unknown`, `up` or `down`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HealthState::Unknown => "unknown",
+            HealthState::Up => "up",
+            HealthState::Down => "down",
+        }
+    }
+}
+
+const UNKNOWN: u8 = 0;
+const UP: u8 = 1;
+const DOWN: u8 = 2;
 
 /// How every backend of a table behaves when things go wrong.
 #[derive(Clone, Debug, Default)]
@@ -113,19 +142,22 @@ pub struct Backend {
     pub host: String,
     /// Port.
     pub port: u16,
-    /// Configured weight.
-    pub weight: u32,
     /// Resolved once when the backend is added (IPv4 first), so no request waits on DNS.
     pub addr: SocketAddr,
     /// `addr` as a URL authority (`127.0.0.1:8001`, `[::1]:8001`).
     pub authority: String,
+    weight: AtomicU32,
     enabled: AtomicBool,
-    healthy: AtomicBool,
+    draining: AtomicBool,
+    health: AtomicU8,
     in_flight: AtomicUsize,
     /// Requests sent and not answered yet: what holds a worker, so what the cap counts.
     awaiting_answer: AtomicUsize,
     requests: AtomicU64,
     failures: AtomicU64,
+    answers: [AtomicU64; 5],
+    /// Time from sending a request to its response head, for answered tries.
+    latency: Histogram,
     breaker: CircuitBreaker,
     slow_start: SlowStart,
     rise_fall: RiseFall,
@@ -145,19 +177,22 @@ impl Backend {
     ) -> Result<Backend, ResolveError> {
         let addr = resolve(&config.host, config.port)?;
         Ok(Backend {
-            id,
+            id: id.clone(),
             host: config.host.clone(),
             port: config.port,
-            weight: config.weight.max(1),
+            weight: AtomicU32::new(config.weight.max(1)),
             addr,
             authority: addr.to_string(),
             enabled: AtomicBool::new(true),
-            healthy: AtomicBool::new(true),
+            draining: AtomicBool::new(false),
+            health: AtomicU8::new(UNKNOWN),
             in_flight: AtomicUsize::new(0),
             awaiting_answer: AtomicUsize::new(0),
             requests: AtomicU64::new(0),
             failures: AtomicU64::new(0),
-            breaker: CircuitBreaker::new(policy.breaker),
+            answers: Default::default(),
+            latency: Histogram::new(),
+            breaker: CircuitBreaker::named(policy.breaker, format!("backend {id}")),
             slow_start: SlowStart::new(policy.slow_start),
             rise_fall: RiseFall::default(),
             last_check: Mutex::new(None),
@@ -191,28 +226,78 @@ impl Backend {
         *self.last_check.lock().unwrap_or_else(|e| e.into_inner()) = Some(result);
     }
 
-    /// Whether the management API has it enabled.
+    /// Its weight now (the management API may change it).
+    pub fn weight(&self) -> u32 {
+        self.weight.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_weight(&self, weight: u32) {
+        self.weight.store(weight.max(1), Ordering::Relaxed);
+    }
+
+    /// Whether the management API has it enabled (neither disabled nor draining).
     pub fn is_enabled(&self) -> bool {
         self.enabled.load(Ordering::Relaxed)
     }
 
+    /// Enables it, or disables it; either ends a drain.
     pub(crate) fn set_enabled(&self, enabled: bool) {
         self.enabled.store(enabled, Ordering::Relaxed);
+        self.draining.store(false, Ordering::Relaxed);
     }
 
-    /// Whether health checks consider it up (true until proven otherwise).
+    /// Whether it is being drained: no new requests, those in flight finish.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Starts draining it: it leaves the membership like a disabled backend, and says so.
+    pub(crate) fn set_draining(&self) {
+        self.enabled.store(false, Ordering::Relaxed);
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
+    /// What the active checks know of it.
+    pub fn health(&self) -> HealthState {
+        match self.health.load(Ordering::Relaxed) {
+            UP => HealthState::Up,
+            DOWN => HealthState::Down,
+            _ => HealthState::Unknown,
+        }
+    }
+
+    /// Whether requests may go to it as far as health checks know: not marked down (a backend
+    /// not probed yet counts, until proven otherwise).
     pub fn is_healthy(&self) -> bool {
-        self.healthy.load(Ordering::Relaxed)
+        self.health() != HealthState::Down
     }
 
     /// Records a health verdict.
     pub fn set_healthy(&self, healthy: bool) {
-        self.healthy.store(healthy, Ordering::Relaxed);
+        self.health.store(if healthy { UP } else { DOWN }, Ordering::Relaxed);
     }
 
     /// Whether a request may be sent to it now: enabled, healthy and its breaker not open.
+    /// The one definition of usable: picks, `/lb/health` and `/lb/stats` all use it.
     pub fn is_usable(&self) -> bool {
         self.is_enabled() && self.is_healthy() && self.breaker.allows()
+    }
+
+    /// Why a pick would pass it over now, or `None` when it may be picked (for `--debug`).
+    pub fn unusable_reason(&self) -> Option<&'static str> {
+        if self.is_draining() {
+            Some("draining")
+        } else if !self.is_enabled() {
+            Some("disabled")
+        } else if !self.is_healthy() {
+            Some("down (health checks)")
+        } else if !self.breaker.allows() {
+            Some("circuit open")
+        } else if !self.has_room() {
+            Some("at its connection cap")
+        } else {
+            None
+        }
     }
 
     /// Requests being forwarded to it right now (the seed's `active_connections`).
@@ -253,6 +338,22 @@ impl Backend {
     /// Counts a failed try.
     pub fn record_failure(&self) {
         self.failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts an answered try: its status class and its time to the response head.
+    pub fn record_answer(&self, status: u16, elapsed: Duration) {
+        self.answers[class_index(status)].fetch_add(1, Ordering::Relaxed);
+        self.latency.record(elapsed);
+    }
+
+    /// Answered tries by status class, in the order of [`crate::stats::CLASSES`].
+    pub fn answers(&self) -> [u64; 5] {
+        std::array::from_fn(|i| self.answers[i].load(Ordering::Relaxed))
+    }
+
+    /// Time from request sent to response head of its answered tries.
+    pub fn latency(&self) -> &Histogram {
+        &self.latency
     }
 }
 

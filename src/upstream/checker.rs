@@ -14,7 +14,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 use crate::health::{probe, CheckResult, ProbeError};
 
-use super::backend::Backend;
+use super::backend::{Backend, HealthState};
 use super::table::BackendTable;
 
 /// Health-check settings.
@@ -51,22 +51,36 @@ impl Default for HealthConfig {
 }
 
 /// Applies one probe outcome to a backend's rise/fall counters; logs and returns a state change.
+///
+/// A backend not probed yet ([`HealthState::Unknown`]) takes the first verdict at once, up or
+/// down (HAProxy's default `init-state up`: one failed check is enough to take a new server
+/// down); after that, `rise` good or `fall` failed probes in a row change it.
 pub fn apply_probe(backend: &Backend, config: &HealthConfig, result: &Result<u16, ProbeError>) -> Option<bool> {
-    let was_healthy = backend.is_healthy();
+    let before = backend.health();
     let (ok_run, fail_run) = backend.rise_fall().record(result.is_ok());
-    let change = if was_healthy && fail_run >= config.fall {
-        Some(false)
-    } else if !was_healthy && ok_run >= config.rise {
-        Some(true)
-    } else {
-        None
+    let change = match before {
+        HealthState::Unknown => Some(result.is_ok()),
+        HealthState::Up if fail_run >= config.fall => Some(false),
+        HealthState::Down if ok_run >= config.rise => Some(true),
+        _ => None,
     };
     if let Some(healthy) = change {
         backend.set_healthy(healthy);
+        let first = if before == HealthState::Unknown { " (first check)" } else { "" };
         match (healthy, result) {
-            (false, Err(why)) => log::warn!("backend {} is DOWN after {fail_run} failed checks ({why})", backend.id),
-            _ => {
-                log::info!("backend {} is UP after {ok_run} good checks", backend.id);
+            (false, Err(why)) => {
+                log::warn!(
+                    "backend {} ({}) is DOWN after {fail_run} failed check(s){first}: {why}",
+                    backend.id,
+                    backend.addr
+                )
+            }
+            (false, Ok(_)) => log::warn!("backend {} ({}) is DOWN{first}", backend.id, backend.addr),
+            (true, _) if before == HealthState::Unknown => {
+                log::info!("backend {} ({}) is UP{first}", backend.id, backend.addr)
+            }
+            (true, _) => {
+                log::info!("backend {} ({}) is UP after {ok_run} good check(s)", backend.id, backend.addr);
                 backend.slow_start().begin();
             }
         }

@@ -38,7 +38,7 @@ impl Membership {
     pub(crate) fn build(kind: AlgorithmKind, backends: Vec<Arc<Backend>>, panic_mode: bool) -> Membership {
         let members: Vec<usize> = (0..backends.len()).filter(|&i| backends[i].is_enabled()).collect();
         let algorithm_members: Vec<Member> =
-            members.iter().map(|&i| Member::new(backends[i].id.clone(), backends[i].weight)).collect();
+            members.iter().map(|&i| Member::new(backends[i].id.clone(), backends[i].weight())).collect();
         let algorithm = kind.build(&algorithm_members);
         Membership { algorithm, members, backends, panic_mode, sticky: OnceLock::new() }
     }

@@ -11,7 +11,7 @@ mod retry_budget;
 mod table;
 mod transport;
 
-pub use backend::{resolve, Backend, BackendPolicy, InFlight, ResolveError, SlotQueue};
+pub use backend::{resolve, Backend, BackendPolicy, HealthState, InFlight, ResolveError, SlotQueue};
 pub use checker::{apply_probe, HealthChecker, HealthConfig};
 pub use client::{ForwardError, ForwardTimeouts, Forwarder, PrepareError, Prepared};
 pub use membership::{Membership, PickKind};

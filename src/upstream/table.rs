@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
 use crate::balance::AlgorithmKind;
-use crate::config::BackendConfig;
+use crate::config::{is_valid_id, BackendConfig};
 
 use super::backend::{Backend, BackendPolicy, ResolveError, SlotQueue};
 use super::membership::Membership;
@@ -25,6 +25,15 @@ pub enum TableError {
     UnknownId(String),
     /// A backend with this id exists already.
     DuplicateId(String),
+    /// A backend at this address exists already (the id of that one, and the address).
+    DuplicateAddress {
+        /// The backend already there.
+        existing: String,
+        /// The address both would have.
+        addr: std::net::SocketAddr,
+    },
+    /// An id outside `[A-Za-z0-9._~-]{1,64}`.
+    InvalidId(String),
     /// The backend's address could not be resolved.
     Unresolvable {
         /// The backend's id.
@@ -39,6 +48,13 @@ impl fmt::Display for TableError {
         match self {
             TableError::UnknownId(id) => write!(f, "no backend with id '{id}'"),
             TableError::DuplicateId(id) => write!(f, "a backend with id '{id}' exists already"),
+            TableError::DuplicateAddress { existing, addr } => {
+                write!(f, "backend '{existing}' already has the address {addr}")
+            }
+            TableError::InvalidId(id) => write!(
+                f,
+                "backend id '{id}' is not allowed: use 1-64 of the characters A-Z a-z 0-9 . _ ~ - (it goes in URLs)"
+            ),
             TableError::Unresolvable { id, error } => write!(f, "backend {id}: {error}"),
         }
     }
@@ -78,6 +94,9 @@ impl BackendTable {
         policy: BackendPolicy,
     ) -> Result<BackendTable, TableError> {
         let slots = Arc::new(SlotQueue::default());
+        if let Some((id, _)) = backends.iter().find(|(id, _)| !is_valid_id(id)) {
+            return Err(TableError::InvalidId(id.clone()));
+        }
         let backends = backends
             .iter()
             .map(|(id, config)| {
@@ -116,34 +135,77 @@ impl BackendTable {
     }
 
     /// Adds a backend; its id defaults to `backend<N>` (N counting every backend ever added).
+    /// A backend whose id or address is taken is refused, and a refused add changes nothing:
+    /// no id is used up.
     pub fn add(&self, config: &BackendConfig) -> Result<Arc<Backend>, TableError> {
         self.change(|backends| {
+            let mut number = self.added.load(Ordering::Relaxed);
             let id = match &config.id {
                 Some(id) => id.clone(),
                 None => loop {
-                    let n = self.added.fetch_add(1, Ordering::Relaxed) + 1;
-                    let id = format!("backend{n}");
+                    number += 1;
+                    let id = format!("backend{number}");
                     if !backends.iter().any(|b| b.id == id) {
                         break id;
                     }
                 },
             };
+            if !is_valid_id(&id) {
+                return Err(TableError::InvalidId(id));
+            }
             if backends.iter().any(|b| b.id == id) {
                 return Err(TableError::DuplicateId(id));
             }
             let backend = Backend::new(id.clone(), config, &self.policy, Arc::clone(&self.slots))
                 .map_err(|error| TableError::Unresolvable { id, error })?;
+            if let Some(existing) = backends.iter().find(|b| b.addr == backend.addr) {
+                return Err(TableError::DuplicateAddress { existing: existing.id.clone(), addr: backend.addr });
+            }
             let backend = Arc::new(backend);
             backends.push(Arc::clone(&backend));
+            self.added.store(number, Ordering::Relaxed);
             Ok(backend)
         })
     }
 
-    /// Enables or disables a backend (a disabled one leaves the algorithm's membership).
+    /// How many backends were numbered so far (`backend<N>` ids), for the state file.
+    pub fn numbered(&self) -> usize {
+        self.added.load(Ordering::Relaxed)
+    }
+
+    /// Raises the count of numbered backends (restoring a state file), so ids are never reused.
+    pub fn set_numbered_at_least(&self, n: usize) {
+        self.added.fetch_max(n, Ordering::Relaxed);
+    }
+
+    fn find<'a>(backends: &'a [Arc<Backend>], id: &str) -> Result<&'a Arc<Backend>, TableError> {
+        backends.iter().find(|b| b.id == id).ok_or(TableError::UnknownId(id.to_string()))
+    }
+
+    /// Enables or disables a backend (a disabled one leaves the algorithm's membership); either
+    /// ends a drain.
     pub fn set_enabled(&self, id: &str, enabled: bool) -> Result<Arc<Backend>, TableError> {
         self.change(|backends| {
-            let backend = backends.iter().find(|b| b.id == id).ok_or(TableError::UnknownId(id.to_string()))?;
+            let backend = Self::find(backends, id)?;
             backend.set_enabled(enabled);
+            Ok(Arc::clone(backend))
+        })
+    }
+
+    /// Drains a backend: no new requests (it leaves the membership), those in flight finish.
+    pub fn drain(&self, id: &str) -> Result<Arc<Backend>, TableError> {
+        self.change(|backends| {
+            let backend = Self::find(backends, id)?;
+            backend.set_draining();
+            Ok(Arc::clone(backend))
+        })
+    }
+
+    /// Sets a backend's weight; the algorithm is rebuilt over the new weights.
+    pub fn set_weight(&self, id: &str, weight: u32) -> Result<Arc<Backend>, TableError> {
+        self.change(|backends| {
+            let backend = Self::find(backends, id)?;
+            backend.set_weight(weight);
             Ok(Arc::clone(backend))
         })
     }

@@ -1,0 +1,146 @@
+//! `GET /lb/metrics`: the Prometheus text exposition (format 0.0.4), from the same counters as
+//! `/lb/stats` and `/lb/backends`, so the two never disagree.
+//!
+//! Families (every counter ends in `_total`):
+//!
+//! | family | labels | what |
+//! |---|---|---|
+//! | `lb_requests_total` | `class` | every answer counted in `/lb/stats` `total_requests`, by status class |
+//! | `lb_balancer_responses_total` | `class` | those the balancer gave itself (refusals, 502/503/504) |
+//! | `lb_backend_responses_total` | `backend`, `class` | answers relayed from each backend |
+//! | `lb_request_duration_seconds` | | time to the response head of the proxy's answers (histogram) |
+//! | `lb_backend_response_duration_seconds` | `backend` | a backend's time to its response head (histogram) |
+//! | `lb_in_flight_requests` | | requests being forwarded now |
+//! | `lb_queue_depth` | | requests waiting for a worker |
+//! | `lb_backend_up` | `backend` | 1 unless health checks marked it down |
+//! | `lb_backend_usable` | `backend` | 1 when a pick may choose it (enabled, up, circuit not open) |
+//! | `lb_backend_enabled`, `lb_backend_draining` | `backend` | management state |
+//! | `lb_backend_weight` | `backend` | its weight |
+//! | `lb_backend_in_flight_requests` | `backend` | requests being forwarded to it |
+//! | `lb_backend_circuit_state` | `backend`, `state` | 1 for its breaker's state (closed, open, half_open) |
+//! | `lb_backend_tries_total`, `lb_backend_failed_tries_total` | `backend` | requests sent to it, and those without an answer |
+//! | `lb_tries_total`, `lb_retries_total`, `lb_retries_denied_total` | | tries, retries, retries the budget refused |
+//! | `lb_failed_tries_total` | `reason` | failed tries by reason |
+//! | `lb_rate_limited_total` | | requests refused by the rate limiter (see [`rate_limited_total`]) |
+//! | `lb_uptime_seconds` | | since start |
+
+use std::sync::atomic::Ordering;
+
+use crate::health::BreakerState;
+use crate::metrics::prometheus::{ExpositionError, TextEncoder, LATENCY_BOUNDS_SECONDS};
+use crate::state::Shared;
+use crate::stats::CLASSES;
+use crate::upstream::Backend;
+
+/// One per-backend gauge's reading.
+type BackendGauge = fn(&Backend) -> f64;
+
+/// Requests refused by a rate limiter, for `lb_rate_limited_total`.
+///
+/// The hook for issue 9's `RateLimiter`: this build has none, so nothing is refused and the
+/// count is 0. Wiring the limiter in means returning its rejected count here.
+pub fn rate_limited_total(_shared: &Shared) -> u64 {
+    0
+}
+
+/// The exposition body.
+pub fn render(shared: &Shared) -> String {
+    match encode(shared) {
+        Ok(text) => text,
+        // Names and labels are fixed here and ids are checked when backends are added, so this
+        // is a bug; say so in a form a scraper reports.
+        Err(e) => format!("# lb-sync failed to write its metrics: {e}\n"),
+    }
+}
+
+fn encode(shared: &Shared) -> Result<String, ExpositionError> {
+    let stats = shared.stats.snapshot();
+    let tries = shared.stats.tries();
+    let snapshot = shared.table.snapshot();
+    let backends = &snapshot.backends;
+    let mut e = TextEncoder::new();
+
+    let mut family =
+        e.counter("lb_requests", "Answers on the data port by status class (/lb/stats total_requests).")?;
+    for (class, n) in CLASSES.iter().zip(stats.by_class) {
+        family.sample(&[("class", class)], n as f64)?;
+    }
+    let mut family = e.counter(
+        "lb_balancer_responses",
+        "Answers the balancer gave itself (refusals, 502, 503, 504) by status class.",
+    )?;
+    for (class, n) in CLASSES.iter().zip(stats.local_by_class) {
+        family.sample(&[("class", class)], n as f64)?;
+    }
+    let mut family = e.counter("lb_backend_responses", "Answers relayed from each backend by status class.")?;
+    for b in backends {
+        for (class, n) in CLASSES.iter().zip(b.answers()) {
+            family.sample(&[("backend", &b.id), ("class", class)], n as f64)?;
+        }
+    }
+    e.histogram(
+        "lb_request_duration_seconds",
+        "Time from taking a request to the response head, for the proxy's answers.",
+    )?
+    .histogram(&[], &shared.ops.latency.snapshot(), &LATENCY_BOUNDS_SECONDS)?;
+    let mut family = e.histogram(
+        "lb_backend_response_duration_seconds",
+        "Time from sending a request to a backend to its response head.",
+    )?;
+    for b in backends {
+        family.histogram(&[("backend", &b.id)], &b.latency().snapshot(), &LATENCY_BOUNDS_SECONDS)?;
+    }
+    let in_flight: usize = backends.iter().map(|b| b.in_flight()).sum();
+    e.gauge("lb_in_flight_requests", "Requests being forwarded to a backend now.")?.sample(&[], in_flight as f64)?;
+    e.gauge("lb_queue_depth", "Requests waiting for a worker.")?
+        .sample(&[], shared.ops.queue_depth.load(Ordering::Relaxed) as f64)?;
+
+    let gauges: [(&str, &str, BackendGauge); 6] = [
+        ("lb_backend_up", "1 unless active health checks marked the backend down.", |b| {
+            f64::from(u8::from(b.is_healthy()))
+        }),
+        ("lb_backend_usable", "1 when a pick may choose the backend (enabled, up, circuit not open).", |b| {
+            f64::from(u8::from(b.is_usable()))
+        }),
+        ("lb_backend_enabled", "1 when the backend is enabled (not disabled or draining).", |b| {
+            f64::from(u8::from(b.is_enabled()))
+        }),
+        ("lb_backend_draining", "1 while the backend is being drained.", |b| f64::from(u8::from(b.is_draining()))),
+        ("lb_backend_weight", "The backend's weight.", |b| f64::from(b.weight())),
+        ("lb_backend_in_flight_requests", "Requests being forwarded to the backend now.", |b| b.in_flight() as f64),
+    ];
+    for (name, help, value) in gauges {
+        let mut family = e.gauge(name, help)?;
+        for b in backends {
+            family.sample(&[("backend", &b.id)], value(b))?;
+        }
+    }
+    let mut family = e.gauge("lb_backend_circuit_state", "1 for the state the backend's circuit breaker is in.")?;
+    for b in backends {
+        let state = b.breaker().state();
+        for s in [BreakerState::Closed, BreakerState::Open, BreakerState::HalfOpen] {
+            family.sample(&[("backend", &b.id), ("state", s.as_str())], f64::from(u8::from(state == s)))?;
+        }
+    }
+    let mut sent = e.counter("lb_backend_tries", "Requests sent to each backend (first tries and retries).")?;
+    for b in backends {
+        sent.sample(&[("backend", &b.id)], b.counts().0 as f64)?;
+    }
+    let mut failed = e.counter("lb_backend_failed_tries", "Requests sent to each backend that got no answer.")?;
+    for b in backends {
+        failed.sample(&[("backend", &b.id)], b.counts().1 as f64)?;
+    }
+    e.counter("lb_tries", "Requests sent to backends (first tries and retries).")?.sample(&[], tries.tries as f64)?;
+    e.counter("lb_retries", "Tries after a request's first.")?.sample(&[], tries.retries as f64)?;
+    e.counter("lb_retries_denied", "Retries not made because the retry budget was spent.")?
+        .sample(&[], tries.denied_by_budget as f64)?;
+    let mut family = e.counter("lb_failed_tries", "Tries that got no answer, by reason.")?;
+    for (reason, n) in &tries.failures {
+        family.sample(&[("reason", reason)], *n as f64)?;
+    }
+    e.counter("lb_rate_limited", "Requests refused by the rate limiter.")?
+        .sample(&[], rate_limited_total(shared) as f64)?;
+    e.gauge("lb_uptime_seconds", "Seconds since the balancer started.")?
+        .sample(&[], shared.started.elapsed().as_secs_f64())?;
+    Ok(e.finish())
+}

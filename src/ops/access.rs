@@ -1,0 +1,124 @@
+//! Access-log lines, built where the response is finished: what the request said is taken
+//! before the proxy consumes it ([`PendingAccess`]), what became of it (status, backend, its
+//! time) when the handler answers, and the bytes sent and total time when the last byte left,
+//! through [`Response::on_finish`]. The line is formatted on that thread and queued to the log
+//! thread; nobody waits on the disk.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::logging::{next_request_id, AccessFormat, AccessRecord, LogHandle};
+use crate::server::{Finished, Request, Response, Version};
+
+/// The access log's sending side and format.
+#[derive(Clone, Debug)]
+pub struct AccessLog {
+    /// Where lines go (a [`LogWriter`](crate::logging::LogWriter)'s thread).
+    pub handle: LogHandle,
+    /// The line format.
+    pub format: AccessFormat,
+}
+
+/// Longest `X-Request-Id` taken from a client; longer or odd ones are replaced by ours.
+const MAX_INCOMING_ID: usize = 128;
+
+/// What the access-log line will say of a request, taken before the request is consumed.
+#[derive(Debug)]
+pub struct PendingAccess {
+    client_ip: IpAddr,
+    method: String,
+    target: String,
+    protocol: &'static str,
+    referer: Option<String>,
+    user_agent: Option<String>,
+    /// The request's id: the client's `X-Request-Id` when it sent a sane one, else ours.
+    pub request_id: String,
+    /// Whether the id came with the request (so it is already in the headers sent upstream).
+    pub id_came_in: bool,
+    started: Instant,
+}
+
+impl PendingAccess {
+    /// Takes what the line needs from `request`; `client_ip` is the client as the balancer
+    /// sees it (after a trusted proxy's `X-Forwarded-For`).
+    pub fn new(request: &Request, client_ip: IpAddr) -> PendingAccess {
+        let incoming = request
+            .header("x-request-id")
+            .map(str::trim)
+            .filter(|id| (1..=MAX_INCOMING_ID).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_graphic()));
+        let (request_id, id_came_in) = match incoming {
+            Some(id) => (id.to_string(), true),
+            None => (next_request_id().as_str().to_string(), false),
+        };
+        PendingAccess {
+            client_ip,
+            method: request.method().to_string(),
+            target: request.target().to_string(),
+            protocol: match request.version() {
+                Version::Http10 => "HTTP/1.0",
+                Version::Http11 => "HTTP/1.1",
+            },
+            referer: request.header("referer").map(str::to_string),
+            user_agent: request.header("user-agent").map(str::to_string),
+            request_id,
+            id_came_in,
+            started: Instant::now(),
+        }
+    }
+
+    /// When the request was taken.
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
+    /// Writes the line when `response` is finished, if the access log is on. `upstream` is the
+    /// backend that answered and its time to the response head.
+    pub fn attach(
+        self,
+        log: Option<&AccessLog>,
+        response: Response,
+        upstream: Option<(SocketAddr, Duration)>,
+    ) -> Response {
+        let Some(log) = log else { return response };
+        let (handle, format, status) = (log.handle.clone(), log.format, response.status);
+        response.on_finish(move |finished: Finished| {
+            let record = AccessRecord {
+                client_ip: self.client_ip,
+                time: SystemTime::now(),
+                method: &self.method,
+                target: &self.target,
+                protocol: self.protocol,
+                status,
+                body_bytes_sent: finished.body_bytes_sent,
+                referer: self.referer.as_deref(),
+                user_agent: self.user_agent.as_deref(),
+                upstream_addr: upstream.map(|(addr, _)| addr),
+                upstream_response_time: upstream.map(|(_, time)| time),
+                request_time: self.started.elapsed(),
+                request_id: &self.request_id,
+            };
+            handle.send(format.format(&record));
+        })
+    }
+}
+
+/// The access-log line of a request the front end refused before any handler saw it: the
+/// request line is unknown (`"-"`), as nginx logs a request it could not parse.
+pub fn refusal_line(format: AccessFormat, peer: IpAddr, status: u16) -> String {
+    let id = next_request_id();
+    format.format(&AccessRecord {
+        client_ip: peer,
+        time: SystemTime::now(),
+        method: "",
+        target: "-",
+        protocol: "",
+        status,
+        body_bytes_sent: 0,
+        referer: None,
+        user_agent: None,
+        upstream_addr: None,
+        upstream_response_time: None,
+        request_time: Duration::ZERO,
+        request_id: id.as_str(),
+    })
+}

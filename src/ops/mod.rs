@@ -1,0 +1,48 @@
+//! What operating a running balancer needs beside the data path: the latency histogram, the
+//! queue-depth gauge, the access log, rate-limited warnings and the state file. One
+//! [`Operations`] lives in [`Shared`](crate::state::Shared).
+
+mod access;
+mod state_file;
+
+pub use access::{refusal_line, AccessLog, PendingAccess};
+pub use state_file::{BackendState, SavedBackend, SavedState, StateFile, StateFileError};
+
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::logging::RateLimitedWarn;
+use crate::metrics::Histogram;
+
+/// How often one cause of a warning that can fire per request is written.
+pub const WARN_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Operational state shared by the workers, the front end's refusal hook and the API.
+#[derive(Debug)]
+pub struct Operations {
+    /// Time from the worker taking a request to our response head, for every answer the proxy
+    /// gave (a backend's, or our own 502, 503, 504).
+    pub latency: Histogram,
+    /// Requests waiting for a worker now (the front end counts in it).
+    pub queue_depth: Arc<AtomicUsize>,
+    /// Where access-log lines go, and in which format; `None` when the access log is off.
+    pub access_log: Option<AccessLog>,
+    /// One line per cause per [`WARN_INTERVAL`] for warnings that can fire on every request.
+    pub warnings: RateLimitedWarn,
+    /// Where runtime changes to the backends are kept, if anywhere.
+    pub state_file: Option<StateFile>,
+}
+
+impl Operations {
+    /// Operations with the access log and state file given, fresh counters otherwise.
+    pub fn new(access_log: Option<AccessLog>, state_file: Option<StateFile>) -> Operations {
+        Operations {
+            latency: Histogram::new(),
+            queue_depth: Arc::new(AtomicUsize::new(0)),
+            access_log,
+            warnings: RateLimitedWarn::new(WARN_INTERVAL),
+            state_file,
+        }
+    }
+}
