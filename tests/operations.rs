@@ -108,10 +108,6 @@ fn served(addr: SocketAddr, n: usize) -> Vec<String> {
         .collect()
 }
 
-fn backend<'a>(list: &'a Value, id: &str) -> &'a Value {
-    list.as_array().unwrap().iter().find(|b| b["id"] == id).unwrap_or_else(|| panic!("no {id} in {list}"))
-}
-
 #[test]
 fn the_seeds_management_commands_work_as_written_with_traffic_checked_after_each() {
     let backends: Vec<(Server, u16)> = (0..4).map(|_| demo_backend()).collect();
