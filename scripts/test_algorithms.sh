@@ -13,6 +13,7 @@
 set -uo pipefail
 
 backend_ports=(8001 8002 8003)
+added_port=8004 # the seed's dynamic management example adds localhost:8004
 rr_port=8080 wrr_port=8081 iph_port=8082 lc_port=8083
 sb_ports=(18101 18102 18103) # start_backends.sh check
 
@@ -60,9 +61,9 @@ port_taken() {
     (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
   fi
 }
-for port in "${backend_ports[@]}" $rr_port $wrr_port $iph_port $lc_port "${sb_ports[@]}"; do
+for port in "${backend_ports[@]}" $added_port $rr_port $wrr_port $iph_port $lc_port "${sb_ports[@]}"; do
   if port_taken "$port"; then
-    die "port $port is already in use (ss -ltnp 'sport = :$port' shows by whom); this test needs 8001-8003, 8080-8083 and 18101-18103 free"
+    die "port $port is already in use (ss -ltnp 'sport = :$port' shows by whom); this test needs 8001-8004, 8080-8083 and 18101-18103 free"
   fi
 done
 
@@ -340,6 +341,36 @@ for ip in "${!ip_backend[@]}"; do
   fi
 done
 check "ip_hash after backend-8002 died: only its clients move, all answered (wrong moves)" "" "${moved_wrong% }"
+
+# ==== the seed's dynamic management commands, exactly as written, traffic checked after each ====
+echo "== dynamic management (the seed's curl commands on :8080)"
+"$backend_bin" --port $added_port > "$work/backend-$added_port.log" 2>&1 &
+pids+=("$!")
+wait_http "$!" $added_port /health "$work/backend-$added_port.log"
+has() { [[ " $1 " == *" $2 "* ]]; }
+out=$(curl -X POST -H "Content-Type: application/json" \
+  -d '{"host":"localhost","port":8004,"weight":1}' \
+  http://localhost:8080/lb/backends/add 2>/dev/null)
+check "add: the new backend's id and port" "backend4 8004" "$(jq -r '"\(.id) \(.port)"' <<<"$out" 2>/dev/null)"
+seen=$(ids $rr_port 9)
+check_true "add: backend-8004 takes requests" "$seen" has "$seen" backend-8004
+out=$(curl -X POST http://localhost:8080/lb/backends/backend1/disable 2>/dev/null)
+check "disable: message" "backend backend1 disabled" "$(jq -r .message <<<"$out" 2>/dev/null)"
+seen=$(ids $rr_port 9)
+check_true "disable: backend-8001 gets no request" "$seen" bash -c '[[ " $1 " != *" backend-8001 "* ]]' _ "$seen"
+out=$(curl -X POST http://localhost:8080/lb/backends/backend1/enable 2>/dev/null)
+check "enable: message" "backend backend1 enabled" "$(jq -r .message <<<"$out" 2>/dev/null)"
+seen=$(ids $rr_port 9)
+check_true "enable: backend-8001 takes requests again" "$seen" has "$seen" backend-8001
+out=$(curl -X DELETE http://localhost:8080/lb/backends/backend1/remove 2>/dev/null)
+check_true "remove: message" "$(jq -r .message <<<"$out" 2>/dev/null)" has "$(jq -r .message <<<"$out" 2>/dev/null)" removed
+seen=$(ids $rr_port 9)
+check_true "remove: backend-8001 gets no request" "$seen" bash -c '[[ " $1 " != *" backend-8001 "* ]]' _ "$seen"
+check "remove: /lb/backends ids" "backend2 backend3 backend4" \
+  "$(curl -s http://localhost:8080/lb/backends | jq -r '[.[].id] | join(" ")' 2>/dev/null)"
+stats=$(curl http://localhost:8080/lb/stats 2>/dev/null)
+check "stats: total_requests = successful_requests + failed_requests" "true" \
+  "$(jq '.total_requests == .successful_requests + .failed_requests' <<<"$stats" 2>/dev/null)"
 
 elapsed=$(awk -v a="$started" -v b="$(date +%s.%N)" 'BEGIN {printf "%.1f", b - a}')
 if [ "$failed" -gt 0 ]; then

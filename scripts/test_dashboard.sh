@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# The dashboard in a real browser: two lb-backend processes and one lb-sync on ephemeral loopback
+# ports, then tests/browser/dashboard_test.mjs in headless Chromium (Debian's /usr/bin/chromium,
+# driven by playwright-core): the page lists the backends, a click on Disable changes the backend
+# in the API, and a screenshot is written to target/dashboard.png (or $DASHBOARD_SCREENSHOT).
+#
+#   scripts/test_dashboard.sh
+#
+# Needs node, npm and /usr/bin/chromium (.ci/run installs them). When one is missing the test is
+# skipped, except under CI (CI set), where that is a failure. Ends with "N passed, M failed".
+# Everything started here is stopped on exit, by PID.
+set -uo pipefail
+
+root="$(cd "$(dirname "$0")/.." && pwd)"
+work="$(mktemp -d "${TMPDIR:-/tmp}/test_dashboard.XXXXXX")"
+pids=()
+cleanup() {
+  trap - EXIT INT TERM
+  local pid
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+die() { echo "test_dashboard.sh: $*" >&2; echo "0 passed, 1 failed"; exit 1; }
+
+missing=""
+for tool in node npm; do command -v "$tool" >/dev/null || missing+="$tool "; done
+[ -x /usr/bin/chromium ] || missing+="/usr/bin/chromium "
+if [ -n "$missing" ]; then
+  [ -n "${CI:-}" ] && die "missing: $missing(apt-get install chromium nodejs npm)"
+  echo "SKIP dashboard browser test: missing $missing(apt-get install chromium nodejs npm)"
+  echo "0 passed, 0 failed, 1 skipped"
+  exit 0
+fi
+
+. "$root/scripts/binaries.sh" || die "cargo build failed"
+
+# playwright-core only (no browser download): the lock file pins it.
+if [ ! -d "$root/tests/browser/node_modules/playwright-core" ]; then
+  (cd "$root/tests/browser" && npm ci --no-audit --no-fund --loglevel=error) || die "npm ci in tests/browser failed"
+fi
+
+# first_line FILE PID: waits (bounded) for the first stdout line of a starting process.
+first_line() {
+  for _ in $(seq 1 200); do # 200 x 50 ms
+    [ -s "$1" ] && head -n 1 "$1" | grep -q 'listening on' && { head -n 1 "$1"; return 0; }
+    kill -0 "$2" 2>/dev/null || { cat "$1" "$1.err" >&2; return 1; }
+    sleep 0.05
+  done
+  return 1
+}
+
+backends=()
+for i in 1 2; do
+  "$backend_bin" --port 0 --host 127.0.0.1 > "$work/backend$i.out" 2> "$work/backend$i.out.err" &
+  pids+=("$!")
+  line=$(first_line "$work/backend$i.out" "$!") || die "lb-backend $i did not start"
+  backends+=(--backend "${line##* }")
+done
+"$sync_bin" --host 127.0.0.1 --port 0 --threads 8 --access-log false "${backends[@]}" > "$work/lb.out" 2> "$work/lb.out.err" &
+pids+=("$!")
+line=$(first_line "$work/lb.out" "$!") || die "lb-sync did not start"
+addr=$(sed -E 's/.* listening on ([^ ]+) .*/\1/' <<<"$line")
+echo "lb-sync on $addr: $line"
+
+screenshot="${DASHBOARD_SCREENSHOT:-${CARGO_TARGET_DIR:-$root/target}/dashboard.png}"
+mkdir -p "$(dirname "$screenshot")"
+rm -f "$screenshot"
+if (cd "$root/tests/browser" && timeout 120 node dashboard_test.mjs "http://$addr" "$screenshot") && [ -s "$screenshot" ]; then
+  echo "PASS dashboard: listed the backends, disabled one by a click, screenshot in $screenshot"
+  echo "1 passed, 0 failed"
+else
+  echo "FAIL dashboard (lb-sync's stderr follows)"
+  tail -n 30 "$work/lb.out.err"
+  echo "0 passed, 1 failed"
+  exit 1
+fi
