@@ -779,3 +779,21 @@ fn version_and_help_name_the_new_flags() {
     let out = Command::new(env!("CARGO_BIN_EXE_lb-sync")).args(["--backend", "a/b=127.0.0.1:9"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2), "ids are URL-safe");
 }
+
+#[test]
+fn rate_limited_requests_are_counted_as_the_balancers_answers_and_in_the_metrics() {
+    let (_b, port) = demo_backend();
+    // One request per 1000 s after a burst of 2: the third in a row is refused.
+    let lb = balancer(AlgorithmKind::RoundRobin, &[port], |c| {
+        c.rate_limit = 0.001;
+        c.rate_limit_burst = 2;
+    });
+    let addr = lb.local_addr();
+    let statuses: Vec<u16> = (0..4).map(|_| curl(addr, "GET", "/", &[], None).status).collect();
+    assert_eq!(statuses, [200, 200, 429, 429]);
+    let stats = get_json(addr, "/lb/stats");
+    assert_eq!((stats["total_requests"].as_u64(), stats["answered_by_balancer"]["4xx"].as_u64()), (Some(4), Some(2)));
+    assert_eq!(stats["rate_limiter"]["rejected_requests"], 2);
+    assert!(curl(addr, "GET", "/lb/metrics", &[], None).text().contains("\nlb_rate_limited_total 2\n"));
+    lb.stop(Duration::from_secs(1));
+}

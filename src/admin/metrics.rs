@@ -21,7 +21,7 @@
 //! | `lb_backend_tries_total`, `lb_backend_failed_tries_total` | `backend` | requests sent to it, and those without an answer |
 //! | `lb_tries_total`, `lb_retries_total`, `lb_retries_denied_total` | | tries, retries, retries the budget refused |
 //! | `lb_failed_tries_total` | `reason` | failed tries by reason |
-//! | `lb_rate_limited_total` | | requests refused by the rate limiter (see [`rate_limited_total`]) |
+//! | `lb_rate_limited_total` | | requests the rate limiter refused with `429` |
 //! | `lb_uptime_seconds` | | since start |
 
 use std::sync::atomic::Ordering;
@@ -35,12 +35,10 @@ use crate::upstream::Backend;
 /// One per-backend gauge's reading.
 type BackendGauge = fn(&Backend) -> f64;
 
-/// Requests refused by a rate limiter, for `lb_rate_limited_total`.
-///
-/// The hook for issue 9's `RateLimiter`: this build has none, so nothing is refused and the
-/// count is 0. Wiring the limiter in means returning its rejected count here.
-pub fn rate_limited_total(_shared: &Shared) -> u64 {
-    0
+/// Requests the rate limiter refused with `429`, for `lb_rate_limited_total` (the
+/// `rejected_requests` of `/lb/stats`'s `rate_limiter`).
+pub fn rate_limited_total(shared: &Shared) -> u64 {
+    shared.rate_limiter.snapshot().rejected_requests
 }
 
 /// The exposition body.
@@ -138,7 +136,7 @@ fn encode(shared: &Shared) -> Result<String, ExpositionError> {
     for (reason, n) in &tries.failures {
         family.sample(&[("reason", reason)], *n as f64)?;
     }
-    e.counter("lb_rate_limited", "Requests refused by the rate limiter.")?
+    e.counter("lb_rate_limited", "Requests the rate limiter refused with 429.")?
         .sample(&[], rate_limited_total(shared) as f64)?;
     e.gauge("lb_uptime_seconds", "Seconds since the balancer started.")?
         .sample(&[], shared.started.elapsed().as_secs_f64())?;
