@@ -261,3 +261,39 @@ fn a_backend_that_answers_early_and_closes_has_its_answer_relayed() {
     assert_eq!((resp.status, resp.text().as_str()), (413, "too large"));
     refuser.join().unwrap();
 }
+
+#[test]
+fn a_backend_answer_with_content_length_zero_is_relayed() {
+    // 201 Created, an empty 200, a redirect: an empty body of declared length must not reset.
+    let backend = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = backend.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in backend.incoming() {
+            let Ok(mut stream) = stream else { return };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                let mut got = Vec::new();
+                loop {
+                    let n = stream.read(&mut buf).unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    got.extend_from_slice(&buf[..n]);
+                    while let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                        got.drain(..end + 4);
+                        let answer = b"HTTP/1.1 201 Created\r\nLocation: /x\r\nContent-Length: 0\r\n\r\n";
+                        if stream.write_all(answer).is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let lb = Balancer::start(&[addr], r#", "threads": 4"#);
+    let mut conn = Conn::open(lb.addr);
+    for _ in 0..3 {
+        let resp = conn.get("/create");
+        assert_eq!((resp.status, resp.header("content-length"), resp.header("location")), (201, Some("0"), Some("/x")));
+    }
+}

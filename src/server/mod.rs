@@ -157,6 +157,7 @@ impl Server {
         }
         let links = PollerLinks {
             jobs: job_tx,
+            job_queue: job_rx.clone(),
             idle,
             queued,
             queue_capacity: config.queue_capacity.max(1),

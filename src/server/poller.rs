@@ -32,8 +32,10 @@ const FIRST_CONNECTION: usize = 2;
 /// How long accepting pauses after an accept error such as EMFILE, so that a full fd table does
 /// not spin the poller; the listener is retried after it, so the port never stops accepting.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
-/// Bytes read from a client socket per read call.
+/// Bytes read from a client socket per read call while reading a body or lingering.
 const READ_CHUNK: usize = 64 * 1024;
+/// Bytes read per read call while reading a head.
+const HEAD_READ: usize = 16 * 1024;
 /// Reads of one connection per turn (16 × 64 KiB = 1 MiB), so a fast uploader cannot hold the
 /// poller; a connection with more to read is served again in the next turn.
 const MAX_READS_PER_TURN: usize = 16;
@@ -78,6 +80,9 @@ struct Connection {
     /// Input arrived while a worker had the connection (a pipelined request): the worker must
     /// wake the poller when it gives the connection back, and the poller must read at once.
     input_while_busy: Arc<AtomicBool>,
+    /// The last read filled its buffer, or the peer's FIN was reported: the socket may hold
+    /// more than was read, and no new readiness edge would say so.
+    maybe_more: bool,
 }
 
 /// A stop request: set once by the handle, read by the poller.
@@ -90,6 +95,8 @@ pub(crate) struct Poller {
     pub poll: Poll,
     pub listener: Option<TcpListener>,
     pub jobs: Option<Sender<Job>>,
+    /// The receiving side of the queue, to drop jobs left in it at stop.
+    job_queue: Receiver<Job>,
     idle: Arc<IdleWorkers>,
     pub returns: Receiver<Returned>,
     pub limits: Limits,
@@ -114,6 +121,7 @@ pub(crate) struct Poller {
 /// The poller's ends of the channels and the shared flags.
 pub(crate) struct PollerLinks {
     pub jobs: Sender<Job>,
+    pub job_queue: Receiver<Job>,
     pub idle: Arc<IdleWorkers>,
     pub queued: Arc<AtomicUsize>,
     pub queue_capacity: usize,
@@ -131,6 +139,7 @@ impl Poller {
             poll,
             listener: Some(listener),
             jobs: Some(links.jobs),
+            job_queue: links.job_queue,
             idle: links.idle,
             returns: links.returns,
             limits,
@@ -175,7 +184,15 @@ impl Poller {
                 match event.token() {
                     LISTENER => self.accept(),
                     WAKER => {}
-                    Token(token) => self.on_ready(token),
+                    Token(token) => {
+                        if event.is_read_closed() {
+                            // The FIN may already be queued behind what we read next.
+                            if let Some(conn) = self.connections.get_mut(&token) {
+                                conn.maybe_more = true;
+                            }
+                        }
+                        self.on_ready(token)
+                    }
                 }
             }
             for token in std::mem::take(&mut self.again) {
@@ -191,7 +208,8 @@ impl Poller {
                 self.sweep(now);
             }
             if self.stop.requested.load(Ordering::Acquire) && self.carry_out_stop(now) {
-                // Closing the queue ends the workers once they have finished their jobs.
+                // Close the queue so the workers end once their current jobs are done.
+                self.drop_queued_jobs();
                 self.jobs = None;
                 self.idle.close();
                 return;
@@ -249,6 +267,7 @@ impl Poller {
                 delivery: None,
                 watching_writes: false,
                 input_while_busy: Arc::new(AtomicBool::new(false)),
+                maybe_more: false,
             },
         );
         self.note_deadline(deadline);
@@ -298,9 +317,10 @@ impl Poller {
                     }
                 }
             }
-            match (&*conn.stream).read(&mut self.scratch[..16 * 1024]) {
+            match (&*conn.stream).read(&mut self.scratch[..HEAD_READ]) {
                 Ok(0) => return self.close(token),
                 Ok(n) => {
+                    conn.maybe_more |= n == HEAD_READ;
                     worth_parsing =
                         self.scratch[..n].contains(&b'\n') || conn.buf.len() + n > self.limits.max_request_line_bytes;
                     conn.buf.extend_from_slice(&self.scratch[..n]);
@@ -394,6 +414,7 @@ impl Poller {
                     return self.refuse(token, error.status(), error.reason(), &[]);
                 }
                 Ok(n) => {
+                    conn.maybe_more |= n == self.scratch.len();
                     conn.deadline = Instant::now() + self.limits.io_timeout;
                     let input = std::mem::take(&mut self.scratch);
                     let done = self.feed_body(token, &input[..n]);
@@ -425,7 +446,9 @@ impl Poller {
         self.queued.fetch_add(1, Ordering::Relaxed);
         // Bytes of a pipelined request already buffered count as input: the worker must wake
         // the poller, no readiness event will.
-        conn.input_while_busy.store(!conn.buf.is_empty(), Ordering::SeqCst);
+        // Input the socket may still hold (a read that filled its buffer, a FIN seen) counts too.
+        let more = !conn.buf.is_empty() || std::mem::take(&mut conn.maybe_more);
+        conn.input_while_busy.store(more, Ordering::SeqCst);
         let input_while_busy = Arc::clone(&conn.input_while_busy);
         let job = Job::Serve { token, stream: Arc::clone(&conn.stream), peer: conn.peer, head, body, input_while_busy };
         if jobs.send(job).is_err() {
@@ -466,6 +489,8 @@ impl Poller {
             return self.finish_response(token, true);
         }
         let Some(conn) = self.connections.get_mut(&token) else { return };
+        // An idle keep-alive connection keeps no buffer.
+        conn.buf = Vec::new();
         conn.state = State::Reading { started: false };
         conn.deadline = Instant::now() + self.limits.keep_alive_timeout;
         let deadline = conn.deadline;
@@ -537,6 +562,9 @@ impl Poller {
         let _ = conn.stream.shutdown(Shutdown::Write);
         conn.state = State::Lingering;
         conn.buf = Vec::new();
+        // A body being read is given up: its spool (memory or temp file) is freed now.
+        conn.pending = None;
+        conn.delivery = None;
         conn.deadline = Instant::now() + self.limits.linger_timeout;
         let deadline = conn.deadline;
         self.note_deadline(deadline);
@@ -647,6 +675,20 @@ impl Poller {
         }
     }
 
+    /// Drops the jobs still waiting for a worker and closes their connections.
+    fn drop_queued_jobs(&mut self) {
+        while let Ok(job) = self.job_queue.try_recv() {
+            let token = match job {
+                Job::Serve { token, .. } => {
+                    self.queued.fetch_sub(1, Ordering::Relaxed);
+                    token
+                }
+                Job::Refill { token, .. } => token,
+            };
+            self.close(token);
+        }
+    }
+
     /// Carries out a stop request step by step; true when the poller may exit.
     fn carry_out_stop(&mut self, now: Instant) -> bool {
         let deadline = *self.stop_deadline.get_or_insert_with(|| {
@@ -670,6 +712,9 @@ impl Poller {
             return true;
         }
         if now >= deadline {
+            // Requests still queued are given up on unrun: their handlers would act (a POST to a
+            // backend) for clients whose connections are being closed.
+            self.drop_queued_jobs();
             // In-flight requests past the grace period: break their sockets so the workers'
             // blocking I/O fails now instead of at its timeout.
             for conn in self.connections.values() {

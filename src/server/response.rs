@@ -271,6 +271,12 @@ impl Delivery {
         let Some(source) = self.source.as_mut() else { return Ok(()) };
         match self.framing {
             Framing::Done => {}
+            Framing::Length(0) => {
+                // An empty body: one read to see the source's end (so a pooled client frees
+                // its connection), nothing to write.
+                let _ = source.read(&mut [0u8; 1]);
+                self.framing = Framing::Done;
+            }
             Framing::Length(left) => {
                 let want = DELIVERY_BUFFER.min(left.min(usize::MAX as u64) as usize);
                 let n = read_after(source, &mut self.buf, 0, want)?;

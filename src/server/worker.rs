@@ -81,7 +81,11 @@ impl Worker {
             let quiet = matches!(next, Next::KeepAlive);
             let _ = self.returns.send(Returned { token, next });
             std::sync::atomic::fence(Ordering::SeqCst);
-            if !quiet || input_while_busy.is_none_or(|flag| flag.load(Ordering::SeqCst)) {
+            // While stopping, always wake it: it is waiting for in-flight requests to end.
+            if !quiet
+                || input_while_busy.is_none_or(|flag| flag.load(Ordering::SeqCst))
+                || self.stopping.load(Ordering::Relaxed)
+            {
                 let _ = self.waker.wake();
             }
         }

@@ -41,7 +41,12 @@ impl Connector<()> for BackendConnector {
         }
         Err(match last_error {
             Some(e) if e.kind() == io::ErrorKind::TimedOut => ureq::Error::Timeout(ureq::Timeout::Connect),
-            Some(e) => ureq::Error::Io(e),
+            // Refused, unreachable, network down...: whatever it was, nothing was sent, so any
+            // method may go to another backend.
+            Some(e) => {
+                log::debug!("connect to {:?} failed: {e}", details.addrs.first());
+                ureq::Error::ConnectionFailed
+            }
             None => ureq::Error::ConnectionFailed,
         })
     }
