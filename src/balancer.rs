@@ -1,22 +1,23 @@
-//! The balancer as a library user sees it: build it from a [`Config`], run it, stop it.
+//! The balancer as a library user sees it: build it from a [`Config`], run it, reload it, stop
+//! it.
+
+mod serve;
 
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
 
 use crate::config::Config;
-use crate::health::BreakerConfig;
+use crate::lifecycle::{backend_list, backend_policy, build_shared, health_config, tuning, Control, ReloadReport};
 use crate::logging::{LogHandle, LogTarget, LogWriter};
 use crate::ops::{refusal_line, AccessLog, Operations, StateFile};
 use crate::router::{AdminRouter, Router};
 use crate::server::{RefusalHook, Server, ServerConfig};
-use crate::state::Shared;
-use crate::stats::Stats;
-use crate::traffic::RateLimiter;
-use crate::upstream::{
-    BackendPolicy, BackendTable, ForwardTimeouts, Forwarder, HealthChecker, HealthConfig, RetryBudget,
-};
+use crate::state::{Current, ReloadHook, Shared};
+use crate::upstream::{BackendTable, HealthChecker};
 
 /// A running load balancer.
 ///
@@ -30,15 +31,17 @@ use crate::upstream::{
 ///     algorithm: "weighted_round_robin".parse().unwrap(),
 ///     ..Config::default()
 /// };
-/// let balancer = LoadBalancer::start(config).unwrap();
+/// let balancer = LoadBalancer::start(config.clone()).unwrap();
 /// println!("balancing on {}", balancer.local_addr());
+/// // Weights and algorithm change without a connection dropped:
+/// balancer.reload(Config { algorithm: "least_connections".parse().unwrap(), ..config }).unwrap();
 /// balancer.stop(std::time::Duration::from_secs(5));
 /// ```
 pub struct LoadBalancer {
     server: Server,
     admin: Option<Server>,
-    health: Option<HealthChecker>,
-    shared: Arc<Shared>,
+    current: Arc<Current>,
+    control: Arc<Control>,
     /// The access log's writer, when this balancer opened it (see [`LoadBalancer::start_with_log`]).
     access_writer: Option<LogWriter>,
 }
@@ -63,32 +66,14 @@ impl LoadBalancer {
         };
         let backends: Vec<_> = match &saved {
             Some(saved) => saved.backend_configs(),
-            None => config.backend_ids().into_iter().zip(config.backends.iter().cloned()).collect(),
+            None => backend_list(&config),
         };
-        let policy = BackendPolicy {
-            breaker: BreakerConfig {
-                consecutive_failures: config.breaker_consecutive_failures,
-                failure_ratio: config.breaker_failure_ratio,
-                cooldown: Duration::from_secs_f64(config.breaker_cooldown),
-                max_cooldown: Duration::from_secs(60).max(Duration::from_secs_f64(config.breaker_cooldown)),
-                half_open_trials: config.breaker_half_open_trials,
-                ..BreakerConfig::default()
-            },
-            slow_start: Duration::from_secs_f64(config.slow_start),
-            panic_mode: config.panic_mode,
-            max_connections: config.backend_connection_cap(),
-        };
-        let table = BackendTable::new(config.algorithm, &backends, policy).map_err(|e| invalid(&e))?;
+        let table = BackendTable::new(config.algorithm, &backends, backend_policy(&config)).map_err(|e| invalid(&e))?;
         if let (Some(saved), Some(file)) = (&saved, &state_file) {
             saved.apply_states(&table);
             log::info!("{} backend(s) restored from state file {}", saved.backends.len(), file.path().display());
         }
-        let timeouts = ForwardTimeouts {
-            connect: Duration::from_secs_f64(config.connect_timeout),
-            request: Duration::from_secs_f64(config.request_timeout),
-        };
-        // Every worker may hold an idle connection to every backend (added ones included).
-        let pool_size = (config.threads * backends.len().max(4)).max(64);
+        let table = Arc::new(table);
         let mut access_writer = None;
         let access_log = match (config.access_log, access_log) {
             (false, _) => None,
@@ -102,44 +87,30 @@ impl LoadBalancer {
             }
         }
         .map(|handle| AccessLog { handle, format: config.access_log_format });
-        let ops = Operations::new(access_log, state_file);
+        let ops = Arc::new(Operations::new(access_log, state_file));
+        let mut health_config = health_config(&config).map_err(|e| invalid(&e))?;
+        health_config.probers = backends.len().clamp(4, 16);
+        let tuning = tuning(&config);
         let mut server_config = ServerConfig {
             bind: SocketAddr::new(config.host, config.port),
             threads: config.threads,
-            queue_capacity: config.queue_capacity,
-            limits: config.limits(),
-            body_buffering: config.body_buffering(),
+            queue_capacity: tuning.queue_capacity,
+            limits: tuning.limits,
+            body_buffering: tuning.body_buffering,
             ..ServerConfig::default()
         };
-        let health_config = HealthConfig {
-            path: config.health_check_path.clone(),
-            interval: Duration::from_secs_f64(config.health_check_interval),
-            timeout: Duration::from_secs_f64(config.health_check_timeout),
-            rise: config.health_check_rise,
-            fall: config.health_check_fall,
-            expected: config.expected_health_status().map_err(|e| invalid(&e))?,
-            probers: backends.len().clamp(4, 16),
-        };
-        let rate_limiter = RateLimiter::new(&config.rate_limits()).map_err(|e| invalid(&e))?;
-        let shared = Arc::new(Shared {
-            forwarder: Forwarder::new(timeouts, pool_size),
-            table: Arc::new(table),
-            stats: Stats::default(),
-            retry_budget: RetryBudget::new(config.retry_budget_ratio, config.retry_budget_min, Duration::from_secs(10)),
-            started: Instant::now(),
-            rate_limiter,
-            sticky: config.sticky_sessions(),
-            config,
-            ops,
-        });
-        server_config.queue_depth = Arc::clone(&shared.ops.queue_depth);
-        server_config.on_refusal = Some(refusal_hook(Arc::clone(&shared)));
-        let server = Server::start(server_config, Router::new(Arc::clone(&shared)))?;
+        let reload = Arc::new(ReloadHook::default());
+        let shared = build_shared(config, Arc::clone(&table), None, Arc::clone(&ops), Arc::clone(&reload))
+            .map_err(|e| invalid(&e))?;
+        let current: Arc<Current> = Arc::new(ArcSwap::from_pointee(shared));
+        server_config.queue_depth = Arc::clone(&ops.queue_depth);
+        server_config.on_refusal = Some(refusal_hook(Arc::clone(&current)));
+        let server = Server::start(server_config, Router::new(Arc::clone(&current)))?;
         let admin =
-            match shared.config.admin_listen {
+            match current.load().config.admin_listen {
                 Some(bind) => {
                     let config = ServerConfig { bind, threads: 4, queue_capacity: 64, ..ServerConfig::default() };
-                    Some(Server::start(config, AdminRouter::new(Arc::clone(&shared))).map_err(|e| {
+                    Some(Server::start(config, AdminRouter::new(Arc::clone(&current))).map_err(|e| {
                         io::Error::new(e.kind(), format!("cannot listen on the admin address {bind}: {e}"))
                     })?)
                 }
@@ -148,9 +119,10 @@ impl LoadBalancer {
         let health = if health_config.interval.is_zero() {
             None
         } else {
-            Some(HealthChecker::start(Arc::clone(&shared.table), health_config)?)
+            Some(HealthChecker::start(Arc::clone(&table), health_config)?)
         };
-        Ok(LoadBalancer { server, admin, health, shared, access_writer })
+        let control = Control::new(Arc::clone(&current), table, server.tuner(), health, &reload);
+        Ok(LoadBalancer { server, admin, current, control, access_writer })
     }
 
     /// The address it listens on (the real port when configured with port 0).
@@ -163,20 +135,44 @@ impl LoadBalancer {
         self.admin.as_ref().map(Server::local_addr)
     }
 
-    /// The shared state: the backend table, statistics, configuration.
-    pub fn shared(&self) -> &Arc<Shared> {
-        &self.shared
+    /// The shared state in force: the backend table, statistics, configuration.
+    pub fn shared(&self) -> Arc<Shared> {
+        self.current.load_full()
     }
 
-    /// Stops accepting, lets in-flight requests finish for up to `grace`, joins every thread.
+    /// Reloads, stops the health checks, breaks backend I/O.
+    pub fn control(&self) -> &Arc<Control> {
+        &self.control
+    }
+
+    /// Applies a new configuration without dropping a connection or a request in flight (see
+    /// [`crate::lifecycle`] for what takes effect when). On error nothing changed.
+    pub fn reload(&self, config: Config) -> Result<ReloadReport, String> {
+        self.control.reload(config)
+    }
+
+    /// Stops accepting, closes idle connections, lets in-flight requests finish for up to
+    /// `grace`, then breaks what is left (client sockets and backend connections alike, so no
+    /// worker waits out a request timeout) and joins every thread. Bounded: it returns within
+    /// `grace` plus a few seconds, whatever the backends do.
     pub fn stop(self, grace: Duration) {
-        if let Some(health) = self.health {
-            health.stop();
-        }
-        if let Some(admin) = self.admin {
-            admin.stop(grace);
-        }
+        let control = Arc::clone(&self.control);
+        let (done, finished) = crossbeam_channel::bounded::<()>(0);
+        let watchdog = std::thread::Builder::new().name("stop-deadline".into()).spawn(move || {
+            if finished.recv_timeout(grace) == Err(crossbeam_channel::RecvTimeoutError::Timeout) {
+                control.break_backend_io();
+            }
+        });
+        let admin = self.admin.map(|admin| std::thread::spawn(move || admin.stop(grace)));
         self.server.stop(grace);
+        if let Some(admin) = admin {
+            let _ = admin.join();
+        }
+        drop(done);
+        if let Ok(watchdog) = watchdog {
+            let _ = watchdog.join();
+        }
+        self.control.stop_health();
         if let Some(writer) = self.access_writer {
             writer.stop();
         }
@@ -186,8 +182,9 @@ impl LoadBalancer {
 /// What the data port's front end does with a request it refuses on its own (400, 408, 413,
 /// 431, 503...): count it with the other answers, write its access-log line, and warn (at most
 /// once per status per interval).
-fn refusal_hook(shared: Arc<Shared>) -> RefusalHook {
+fn refusal_hook(current: Arc<Current>) -> RefusalHook {
     RefusalHook::new(move |refusal| {
+        let shared = current.load();
         shared.stats.record_local(refusal.status);
         if let Some(log) = &shared.ops.access_log {
             log.handle.send(refusal_line(log.format, crate::client_ip::canonical(refusal.peer.ip()), refusal.status));

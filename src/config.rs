@@ -16,6 +16,9 @@ use crate::server::{BodyBuffering, Limits};
 use crate::traffic::sticky::is_valid_cookie_name;
 use crate::traffic::{ClientLimiter, RateLimitConfig, StickyCookie};
 
+mod ranges;
+pub use ranges::{Range, Unit, RANGES};
+
 /// One backend as configured.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -252,6 +255,9 @@ pub struct Config {
     pub keep_alive_timeout: u64,
     /// Seconds without progress reading a client body or writing to a client. Default 60.
     pub client_io_timeout: u64,
+    /// Seconds a stop (SIGTERM, SIGINT) lets requests in flight finish before their sockets,
+    /// backend ones included, are broken. Default 30.
+    pub shutdown_timeout: f64,
 }
 
 impl Default for Config {
@@ -312,6 +318,7 @@ impl Default for Config {
             client_header_timeout: limits.head_timeout.as_secs(),
             keep_alive_timeout: limits.keep_alive_timeout.as_secs(),
             client_io_timeout: limits.io_timeout.as_secs(),
+            shutdown_timeout: 30.0,
         }
     }
 }
@@ -390,59 +397,10 @@ impl Config {
     ///
     /// ```
     /// let config = lb_sync::config::Config { threads: 0, ..Default::default() };
-    /// assert_eq!(config.validate().unwrap_err().to_string(), "threads must be at least 1");
+    /// assert_eq!(config.validate().unwrap_err().to_string(), "threads must be 1-10000, got 0");
     /// ```
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.threads == 0 {
-            return Err(invalid("threads", "threads must be at least 1"));
-        }
-        if self.threads > 10_000 {
-            return Err(invalid("threads", format!("threads must be 1-10000, got {}", self.threads)));
-        }
-        if self.backend_max_connections == Some(0) {
-            return Err(invalid("backend_max_connections", "backend_max_connections must be at least 1"));
-        }
-        if self.max_tries == 0 {
-            return Err(invalid("max_tries", "max_tries must be at least 1"));
-        }
-        let seconds = [
-            ("request_timeout", self.request_timeout, false),
-            ("connect_timeout", self.connect_timeout, false),
-            ("health_check_timeout", self.health_check_timeout, false),
-            ("health_check_interval", self.health_check_interval, true),
-            ("breaker_cooldown", self.breaker_cooldown, false),
-            ("slow_start", self.slow_start, true),
-            ("backend_queue_timeout", self.backend_queue_timeout, true),
-        ];
-        for (name, value, zero_ok) in seconds {
-            if !value.is_finite() || value < 0.0 || (value == 0.0 && !zero_ok) || value > 86_400.0 {
-                return Err(invalid(
-                    name,
-                    format!(
-                        "{name} must be a number of seconds {}0-86400, got {value}",
-                        if zero_ok { "" } else { "above " }
-                    ),
-                ));
-            }
-        }
-        if self.client_header_timeout == 0 || self.keep_alive_timeout == 0 || self.client_io_timeout == 0 {
-            return Err(invalid(
-                "client_header_timeout",
-                "client_header_timeout, keep_alive_timeout and client_io_timeout must be at least 1 second",
-            ));
-        }
-        if !(0.0..=1.0).contains(&self.breaker_failure_ratio) || !(0.0..=10.0).contains(&self.retry_budget_ratio) {
-            return Err(invalid(
-                "breaker_failure_ratio",
-                "breaker_failure_ratio must be 0-1 and retry_budget_ratio 0-10",
-            ));
-        }
-        if self.health_check_rise == 0 || self.health_check_fall == 0 || self.breaker_half_open_trials == 0 {
-            return Err(invalid(
-                "health_check_rise",
-                "health_check_rise, health_check_fall and breaker_half_open_trials must be at least 1",
-            ));
-        }
+        ranges::check(self)?;
         if !self.health_check_path.starts_with('/') {
             let why = format!("health_check_path must start with '/', got '{}'", self.health_check_path);
             return Err(invalid("health_check_path", why));
@@ -453,12 +411,6 @@ impl Config {
                 "admin_prefix",
                 format!("admin_prefix must look like /lb, got '{}'", self.admin_prefix),
             ));
-        }
-        for backend in &self.backends {
-            if backend.weight == 0 {
-                let why = format!("backend {}:{}: weight must be at least 1", backend.host, backend.port);
-                return Err(invalid("backends", why));
-            }
         }
         self.validate_traffic()?;
         if self.admin_token.as_deref().is_some_and(|t| t.trim().is_empty() || t.trim() != t) {

@@ -11,7 +11,8 @@
 //!
 //! Modules depend only downwards, in this order (no import circles): `server`, `balance`,
 //! `client_ip`, `stats`, `health`, `traffic` → `config` → `upstream` → `state` → `proxy`,
-//! `admin` → `router` → `balancer`; `demo_backend` stands on `server` alone.
+//! `admin` → `router`, `lifecycle` (reload, signals, `--check-config`) → `balancer`;
+//! `demo_backend` stands on `server` alone.
 //!
 //! Embedding the balancer:
 //!
@@ -41,6 +42,7 @@ pub mod client_ip;
 pub mod config;
 pub mod demo_backend;
 pub mod health;
+pub mod lifecycle;
 pub mod logging;
 pub mod metrics;
 pub mod ops;

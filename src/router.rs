@@ -7,6 +7,9 @@
 //! Before the API answers, [`admin::auth::check`] decides whether the caller may use it (the
 //! dashboard page is served before that check: it holds no data). Refusals are counted, logged
 //! and written to the access log like every answer.
+//!
+//! Each request loads the configuration in force when it arrives ([`Current`]) and keeps it to
+//! its end: a reload swaps it for the next request.
 
 use std::sync::Arc;
 
@@ -15,7 +18,7 @@ use crate::client_ip::canonical;
 use crate::ops::PendingAccess;
 use crate::proxy::{self, origin_form};
 use crate::server::{Handler, Request, Response};
-use crate::state::Shared;
+use crate::state::{Current, Shared};
 
 /// The request's path (origin form, no query) when it is the admin prefix or below it (`/lb`,
 /// `/lb/stats`; not `/lbx`).
@@ -58,45 +61,47 @@ fn serve_admin(shared: &Shared, request: Request, path: &str, listener: Listener
 /// The data port's handler: the management API (unless it has a listener of its own) or the
 /// proxy.
 pub struct Router {
-    shared: Arc<Shared>,
+    current: Arc<Current>,
 }
 
 impl Router {
-    pub(crate) fn new(shared: Arc<Shared>) -> Router {
-        Router { shared }
+    pub(crate) fn new(current: Arc<Current>) -> Router {
+        Router { current }
     }
 }
 
 impl Handler for Router {
     fn handle(&self, request: Request) -> Response {
-        if self.shared.config.admin_listen.is_none() {
-            if let Some(path) = admin_path(&self.shared, &request) {
-                return serve_admin(&self.shared, request, &path, Listener::Data);
+        let shared = self.current.load_full();
+        if shared.config.admin_listen.is_none() {
+            if let Some(path) = admin_path(&shared, &request) {
+                return serve_admin(&shared, request, &path, Listener::Data);
             }
         }
-        proxy::forward(&self.shared, request)
+        proxy::forward(&shared, request)
     }
 }
 
 /// The handler of the `--admin-listen` listener: the management API and nothing else.
 pub struct AdminRouter {
-    shared: Arc<Shared>,
+    current: Arc<Current>,
 }
 
 impl AdminRouter {
-    pub(crate) fn new(shared: Arc<Shared>) -> AdminRouter {
-        AdminRouter { shared }
+    pub(crate) fn new(current: Arc<Current>) -> AdminRouter {
+        AdminRouter { current }
     }
 }
 
 impl Handler for AdminRouter {
     fn handle(&self, request: Request) -> Response {
-        match admin_path(&self.shared, &request) {
-            Some(path) => serve_admin(&self.shared, request, &path, Listener::Admin),
+        let shared = self.current.load_full();
+        match admin_path(&shared, &request) {
+            Some(path) => serve_admin(&shared, request, &path, Listener::Admin),
             None => Response::json(
                 404,
                 &serde_json::json!({
-                    "error": format!("this is the admin listener: it serves {}/... only", self.shared.config.admin_prefix)
+                    "error": format!("this is the admin listener: it serves {}/... only", shared.config.admin_prefix)
                 }),
             ),
         }

@@ -598,7 +598,9 @@ fn an_unhealthy_or_open_circuited_sticky_backend_is_left_and_the_cookie_reissued
     // backend2's breaker opens (one failure opens it here), while backend2 still answers: its
     // session goes to backend1, and backend2 is not even tried.
     let hits_before = backends[1].hits();
-    lb.shared().table.snapshot().backends[1].breaker().record_failure();
+    let snapshot = lb.shared().table.snapshot();
+    let breaker = snapshot.backends[1].breaker();
+    breaker.record_failure(breaker.admit().unwrap());
     assert_eq!(conn.get("/lb/backends").json()[1]["circuit_breaker"]["state"], "open");
     let (served, set) = sticky_get(&mut conn, Some(&homes[1]));
     assert_eq!((served.as_str(), set.as_deref()), (names[0].as_str(), Some(homes[0].as_str())));

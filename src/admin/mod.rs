@@ -46,6 +46,7 @@ enum Resource<'a> {
     Stats,
     Metrics,
     Config,
+    Reload,
     Dashboard,
     Backends,
     Backend(&'a str),
@@ -61,6 +62,7 @@ impl<'a> Resource<'a> {
             ["stats"] => Resource::Stats,
             ["metrics"] => Resource::Metrics,
             ["config"] => Resource::Config,
+            ["config", "reload"] => Resource::Reload,
             ["dashboard"] => Resource::Dashboard,
             ["backends"] => Resource::Backends,
             ["backends", "add"] => Resource::Add,
@@ -73,7 +75,7 @@ impl<'a> Resource<'a> {
 
     fn allow(&self) -> &'static str {
         match self {
-            Resource::Add | Resource::Action(..) => "POST",
+            Resource::Add | Resource::Action(..) | Resource::Reload => "POST",
             Resource::Remove(_) => "DELETE",
             _ => "GET, HEAD",
         }
@@ -114,6 +116,11 @@ pub fn handle(shared: &Shared, mut request: Request, path: &str) -> Response {
             .with_header("Content-Type", crate::metrics::prometheus::CONTENT_TYPE)
             .with_body(metrics::render(shared)),
         Resource::Config => Response::json(200, &json::config(shared)),
+        // The config file and flags read again, as SIGHUP: all or nothing.
+        Resource::Reload => match shared.reload.reload() {
+            Ok(changes) => Response::json(200, &json!({ "message": "configuration reloaded", "changes": changes })),
+            Err(why) => error(400, format!("reload refused, the running configuration stays: {why}")),
+        },
         Resource::Dashboard => Response::new(200)
             .with_header("Content-Type", "text/html; charset=utf-8")
             .with_header("Cache-Control", "no-store")

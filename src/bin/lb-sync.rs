@@ -123,6 +123,13 @@ struct Args {
     /// keep runtime changes to the backends in this JSON file, read back at start
     #[argh(option)]
     state_file: Option<PathBuf>,
+    /// seconds a stop (SIGTERM, SIGINT) lets requests in flight finish (default 30)
+    #[argh(option)]
+    shutdown_timeout: Option<f64>,
+    /// check the configuration (values, backend names resolve) and exit: 0 if good, 1 with the
+    /// reason if not (as nginx -t)
+    #[argh(switch)]
+    check_config: bool,
     /// also start three demo backends on 127.0.0.1:8001-8003 in this process
     #[argh(switch)]
     demo: bool,
@@ -162,7 +169,7 @@ fn build_config(args: &Args) -> Result<Config, String> {
         ($($field:ident),*) => { $(if let Some(v) = args.$field.clone() { config.$field = v; })* };
     }
     set!(health_check_interval, health_check_path, health_check_timeout, health_check_rise, health_check_fall);
-    set!(request_timeout, connect_timeout, max_tries, access_log, session_timeout);
+    set!(request_timeout, connect_timeout, max_tries, access_log, session_timeout, shutdown_timeout);
     set!(breaker_consecutive_failures, breaker_cooldown, slow_start);
     set!(rate_limit, rate_limit_burst, client_rate_limit, client_rate_limit_burst);
     if let Some(name) = &args.sticky_cookie {
@@ -235,11 +242,31 @@ fn main() -> ExitCode {
         println!("lb-sync {}", env!("CARGO_PKG_VERSION"));
         return ExitCode::SUCCESS;
     }
+    if args.check_config {
+        return match build_config(&args).and_then(|config| lb_sync::lifecycle::check_config(&config)) {
+            Ok(summary) => {
+                println!("lb-sync: configuration ok: {summary}");
+                ExitCode::SUCCESS
+            }
+            Err(message) => {
+                eprintln!("lb-sync: {message}");
+                ExitCode::from(1)
+            }
+        };
+    }
     let config = match build_config(&args) {
         Ok(config) => config,
         Err(message) => {
             eprintln!("lb-sync: {message}");
             return ExitCode::from(2);
+        }
+    };
+    // Before anything runs: from here SIGTERM/SIGINT stop gracefully and SIGHUP reloads.
+    let signals = match lb_sync::lifecycle::signals::Listener::new() {
+        Ok(signals) => signals,
+        Err(e) => {
+            eprintln!("lb-sync: cannot register signal handlers: {e}");
+            return ExitCode::from(1);
         }
     };
     // The process log goes through a log thread (never blocking a worker), to --log-file or
@@ -289,10 +316,12 @@ fn main() -> ExitCode {
         .map(|b| format!("{}={}:{} (weight {})", b.id, b.host, b.port, b.weight()))
         .collect();
     let admin = balancer.admin_addr().map_or(String::new(), |addr| format!("; management API on {addr}"));
+    // SIGHUP and POST /lb/config/reload read the config file and the flags again.
+    balancer.control().set_source(Box::new(move || build_config(&args)));
     // The ready line on stdout is what scripts wait for.
     println!("lb-sync {} listening on {} -> {}{admin}", algorithm, balancer.local_addr(), backends.join(", "));
     log::info!("lb-sync {} listening on {} -> {}{admin}", algorithm, balancer.local_addr(), backends.join(", "));
-    loop {
-        std::thread::park();
-    }
+    balancer.serve_until_signalled(signals);
+    log_writer.stop();
+    ExitCode::SUCCESS
 }

@@ -5,9 +5,11 @@
 //! The hot path (`allows` on a closed breaker, `record_success` with no failures pending) reads
 //! and writes atomics only; the mutex is taken on failures and state changes.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
 
 /// Breaker settings. Defaults in [`BreakerConfig::default`].
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -64,9 +66,38 @@ impl BreakerState {
     }
 }
 
-const CLOSED: u8 = 0;
-const OPEN: u8 = 1;
-const HALF_OPEN: u8 = 2;
+const CLOSED: u64 = 0;
+const OPEN: u64 = 1;
+const HALF_OPEN: u64 = 2;
+/// The state is the low two bits of the state word; the generation the rest.
+const STATE_BITS: u32 = 2;
+const STATE_MASK: u64 = (1 << STATE_BITS) - 1;
+
+fn word(generation: u64, state: u64) -> u64 {
+    (generation << STATE_BITS) | state
+}
+
+fn split(word: u64) -> (u64, u64) {
+    (word >> STATE_BITS, word & STATE_MASK)
+}
+
+/// What [`CircuitBreaker::admit`] gave a request: the breaker generation it was admitted in and
+/// whether it is one of a half-open breaker's trials. Its outcome moves the breaker only while
+/// that generation lasts, so a request admitted while the breaker was closed that finishes after
+/// it tripped and turned half-open is not taken for a trial, and a trial of an earlier half-open
+/// spell cannot close (or re-open) the breaker of a later one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ticket {
+    generation: u64,
+    trial: bool,
+}
+
+impl Ticket {
+    /// Whether the request is a trial of a half-open breaker.
+    pub fn is_trial(&self) -> bool {
+        self.trial
+    }
+}
 
 #[derive(Debug)]
 struct Inner {
@@ -82,18 +113,20 @@ struct Inner {
 /// ```
 /// use lb_sync::health::{BreakerConfig, BreakerState, CircuitBreaker};
 /// let breaker = CircuitBreaker::new(BreakerConfig { consecutive_failures: 2, ..BreakerConfig::default() });
-/// breaker.record_failure();
+/// let ticket = breaker.admit().unwrap();
+/// breaker.record_failure(ticket);
 /// assert_eq!(breaker.state(), BreakerState::Closed);
-/// breaker.record_failure();
+/// breaker.record_failure(breaker.admit().unwrap());
 /// assert_eq!(breaker.state(), BreakerState::Open);
-/// assert!(!breaker.allows());
+/// assert!(!breaker.allows() && breaker.admit().is_none());
 /// ```
 #[derive(Debug)]
 pub struct CircuitBreaker {
-    config: BreakerConfig,
+    config: ArcSwap<BreakerConfig>,
     /// Who it guards, named in its log lines (`backend b1: circuit opened ...`).
     name: String,
-    state: AtomicU8,
+    /// Generation and state in one word: every trip and every close starts a new generation.
+    state: AtomicU64,
     consecutive_failures: AtomicU32,
     failures: AtomicU64,
     successes: AtomicU64,
@@ -116,9 +149,9 @@ impl CircuitBreaker {
     pub fn named(config: BreakerConfig, name: impl Into<String>) -> CircuitBreaker {
         let now = Instant::now();
         CircuitBreaker {
-            config,
+            config: ArcSwap::from_pointee(config),
             name: name.into(),
-            state: AtomicU8::new(CLOSED),
+            state: AtomicU64::new(word(0, CLOSED)),
             consecutive_failures: AtomicU32::new(0),
             failures: AtomicU64::new(0),
             successes: AtomicU64::new(0),
@@ -136,13 +169,24 @@ impl CircuitBreaker {
         }
     }
 
+    /// The settings in force.
+    pub fn config(&self) -> BreakerConfig {
+        **self.config.load()
+    }
+
+    /// New settings (a reload): they apply from the next outcome; an open breaker keeps the
+    /// cool-down it was given.
+    pub fn set_config(&self, config: BreakerConfig) {
+        self.config.store(std::sync::Arc::new(config));
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The current state (an open breaker whose cool-down is over reads as half-open).
     pub fn state(&self) -> BreakerState {
-        match self.state.load(Ordering::Acquire) {
+        match split(self.state.load(Ordering::Acquire)).1 {
             CLOSED => BreakerState::Closed,
             HALF_OPEN => BreakerState::HalfOpen,
             _ => {
@@ -158,67 +202,74 @@ impl CircuitBreaker {
 
     /// Whether a pick may choose this backend now, without taking a trial slot.
     pub fn allows(&self) -> bool {
-        match self.state.load(Ordering::Acquire) {
+        match split(self.state.load(Ordering::Acquire)).1 {
             CLOSED => true,
             _ => {
                 let inner = self.lock();
                 let cooled = inner.opened_at.elapsed() >= inner.open_for;
-                cooled && inner.trials_started < self.config.half_open_trials
+                cooled && inner.trials_started < self.config.load().half_open_trials
             }
         }
     }
 
-    /// Takes a slot for a request about to be sent; false when it must not go (open, or all
-    /// trial slots of a half-open breaker taken). Closed breakers always admit.
-    pub fn admit(&self) -> bool {
-        if self.state.load(Ordering::Acquire) == CLOSED {
-            return true;
+    /// Admits a request about to be sent: a ticket to report its outcome with, or `None` when
+    /// it must not go (open, or every trial slot of a half-open breaker taken). A closed
+    /// breaker always admits; a half-open one hands out trial tickets.
+    pub fn admit(&self) -> Option<Ticket> {
+        let (generation, state) = split(self.state.load(Ordering::Acquire));
+        if state == CLOSED {
+            return Some(Ticket { generation, trial: false });
         }
         let mut inner = self.lock();
+        let (generation, state) = split(self.state.load(Ordering::Acquire));
+        if state == CLOSED {
+            return Some(Ticket { generation, trial: false });
+        }
         if inner.opened_at.elapsed() < inner.open_for {
-            return false;
+            return None;
         }
-        if inner.trials_started >= self.config.half_open_trials {
-            return false;
+        let trials = self.config.load().half_open_trials;
+        if inner.trials_started >= trials {
+            return None;
         }
-        if self.state.load(Ordering::Acquire) == OPEN {
-            self.state.store(HALF_OPEN, Ordering::Release);
-            log::info!(
-                "{}circuit half-open: letting {} trial request(s) through",
-                self.prefix(),
-                self.config.half_open_trials
-            );
+        if state == OPEN {
+            self.state.store(word(generation, HALF_OPEN), Ordering::Release);
+            log::info!("{}circuit half-open: letting {trials} trial request(s) through", self.prefix());
         }
         inner.trials_started += 1;
-        true
+        Some(Ticket { generation, trial: true })
     }
 
-    /// Counts a success; closes a half-open breaker once every trial succeeded. Returns true
-    /// when this closed the breaker (a recovery: slow start may begin).
-    pub fn record_success(&self) -> bool {
+    /// Counts a success; closes a half-open breaker once every trial of this spell succeeded.
+    /// Returns true when this closed the breaker (a recovery: slow start may begin).
+    pub fn record_success(&self, ticket: Ticket) -> bool {
         self.successes.fetch_add(1, Ordering::Relaxed);
+        let (generation, state) = split(self.state.load(Ordering::Acquire));
+        if ticket.generation != generation {
+            // Admitted before the last trip or close: it says nothing of the breaker now.
+            return false;
+        }
         if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
             self.consecutive_failures.store(0, Ordering::Relaxed);
         }
-        match self.state.load(Ordering::Acquire) {
-            CLOSED => {
-                self.count_in_window(false);
-                return false;
-            }
-            // A request sent before the trip finishing now is no trial.
-            OPEN => return false,
-            _ => {}
+        if state == CLOSED {
+            self.count_in_window(false);
+            return false;
+        }
+        if state != HALF_OPEN || !ticket.trial {
+            return false;
         }
         let mut inner = self.lock();
-        if self.state.load(Ordering::Acquire) != HALF_OPEN {
+        if self.state.load(Ordering::Acquire) != word(generation, HALF_OPEN) {
             return false;
         }
         inner.trials_succeeded += 1;
-        if inner.trials_succeeded >= self.config.half_open_trials {
-            self.state.store(CLOSED, Ordering::Release);
+        if inner.trials_succeeded >= self.config.load().half_open_trials {
+            self.state.store(word(generation + 1, CLOSED), Ordering::Release);
             inner.trips = 0;
             inner.trials_started = 0;
             inner.trials_succeeded = 0;
+            self.consecutive_failures.store(0, Ordering::Relaxed);
             self.window_requests.store(0, Ordering::Relaxed);
             self.window_failures.store(0, Ordering::Relaxed);
             return true;
@@ -229,51 +280,94 @@ impl CircuitBreaker {
     /// Gives back a trial slot whose request ended neither in success nor in failure of the
     /// backend (the client went away, its body was refused), so the breaker cannot stay
     /// half-open forever with every slot taken.
-    pub fn record_neutral(&self) {
-        if self.state.load(Ordering::Acquire) == HALF_OPEN {
+    pub fn record_neutral(&self, ticket: Ticket) {
+        if ticket.trial && self.state.load(Ordering::Acquire) == word(ticket.generation, HALF_OPEN) {
             let mut inner = self.lock();
-            inner.trials_started = inner.trials_started.saturating_sub(1);
+            if self.state.load(Ordering::Acquire) == word(ticket.generation, HALF_OPEN) {
+                inner.trials_started = inner.trials_started.saturating_sub(1);
+            }
         }
     }
 
     /// Counts a failure; may open the breaker (or re-open a half-open one, for longer). Returns
-    /// true when this call opened it.
-    pub fn record_failure(&self) -> bool {
+    /// true when this call opened it. Only a failure of this generation moves the breaker: of
+    /// a request admitted while it is closed, or of one of its current trials.
+    pub fn record_failure(&self, ticket: Ticket) -> bool {
         self.failures.fetch_add(1, Ordering::Relaxed);
-        let consecutive = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
-        let ratio_trip = self.count_in_window(true);
-        let state = self.state.load(Ordering::Acquire);
+        let current = self.state.load(Ordering::Acquire);
+        let (generation, state) = split(current);
+        if ticket.generation != generation {
+            return false;
+        }
+        let config = self.config.load();
         let trip = match state {
-            CLOSED => consecutive >= self.config.consecutive_failures || ratio_trip,
-            HALF_OPEN => true,
+            CLOSED => {
+                let consecutive = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+                let ratio_trip = self.count_in_window(true);
+                consecutive >= config.consecutive_failures || ratio_trip
+            }
+            HALF_OPEN => ticket.trial,
             _ => false,
         };
-        if trip {
+        if !trip {
+            return false;
+        }
+        let mut inner = self.lock();
+        // Re-check under the lock: another thread may have tripped it already.
+        if self.state.load(Ordering::Acquire) != current {
+            return false;
+        }
+        inner.trips += 1;
+        let factor = 1u32 << (inner.trips - 1).min(16);
+        inner.open_for = config.cooldown.saturating_mul(factor).min(config.max_cooldown);
+        inner.opened_at = Instant::now();
+        inner.trials_started = 0;
+        inner.trials_succeeded = 0;
+        let consecutive = self.consecutive_failures.swap(0, Ordering::Relaxed);
+        self.state.store(word(generation + 1, OPEN), Ordering::Release);
+        log::warn!(
+            "{}circuit opened for {:?} after {consecutive} consecutive failure(s)",
+            self.prefix(),
+            inner.open_for
+        );
+        true
+    }
+
+    /// An active health probe passed: an open breaker's cool-down ends now, so the next pick
+    /// sends its trials instead of waiting out a cool-down that grew while the backend was
+    /// dead (up to `max_cooldown`). A half-open or closed breaker is left as it is: trials
+    /// (real requests) still decide whether it closes.
+    pub fn probe_passed(&self) {
+        if split(self.state.load(Ordering::Acquire)).1 == OPEN {
             let mut inner = self.lock();
-            // Re-check under the lock: another thread may have tripped it already.
-            if self.state.load(Ordering::Acquire) == OPEN {
-                return false;
+            if split(self.state.load(Ordering::Acquire)).1 == OPEN {
+                inner.open_for = inner.open_for.min(inner.opened_at.elapsed());
+                // A trial that fails now re-opens it for the first cool-down, not a doubled one.
+                inner.trips = 0;
             }
-            inner.trips += 1;
-            let factor = 1u32 << (inner.trips - 1).min(16);
-            inner.open_for = self.config.cooldown.saturating_mul(factor).min(self.config.max_cooldown);
-            inner.opened_at = Instant::now();
+        }
+    }
+
+    /// Closes the breaker (a new generation: outcomes of requests admitted before are only
+    /// counted): the health checks brought its backend back up, which is evidence enough.
+    pub fn reset(&self) {
+        let mut inner = self.lock();
+        let (generation, state) = split(self.state.load(Ordering::Acquire));
+        if state != CLOSED {
+            inner.trips = 0;
             inner.trials_started = 0;
             inner.trials_succeeded = 0;
-            self.state.store(OPEN, Ordering::Release);
-            log::warn!(
-                "{}circuit opened for {:?} after {consecutive} consecutive failure(s)",
-                self.prefix(),
-                inner.open_for
-            );
-            return true;
+            self.consecutive_failures.store(0, Ordering::Relaxed);
+            self.window_requests.store(0, Ordering::Relaxed);
+            self.window_failures.store(0, Ordering::Relaxed);
+            self.state.store(word(generation + 1, CLOSED), Ordering::Release);
         }
-        false
     }
 
     /// Adds an outcome to the ratio window; true when the ratio now calls for a trip.
     fn count_in_window(&self, failed: bool) -> bool {
-        let window = self.config.window.as_millis().max(1) as u64;
+        let config = self.config.load();
+        let window = config.window.as_millis().max(1) as u64;
         let index = self.created.elapsed().as_millis() as u64 / window;
         let seen = self.window_index.load(Ordering::Relaxed);
         // The first thread to notice a new window resets it; a few outcomes racing with the
@@ -290,9 +384,7 @@ impl CircuitBreaker {
         } else {
             self.window_failures.load(Ordering::Relaxed)
         };
-        failed
-            && requests >= self.config.min_requests
-            && f64::from(failures) >= self.config.failure_ratio * f64::from(requests)
+        failed && requests >= config.min_requests && f64::from(failures) >= config.failure_ratio * f64::from(requests)
     }
 
     /// `"backend b1: "` for log lines, or nothing for an unnamed breaker.
@@ -334,32 +426,41 @@ mod tests {
         }
     }
 
+    fn fail(b: &CircuitBreaker) -> bool {
+        b.record_failure(b.admit().expect("admitted"))
+    }
+
+    fn succeed(b: &CircuitBreaker) -> bool {
+        b.record_success(b.admit().expect("admitted"))
+    }
+
     #[test]
     fn opens_after_consecutive_failures_and_a_success_resets_the_count() {
         let b = CircuitBreaker::new(quick());
-        b.record_failure();
-        b.record_failure();
-        b.record_success();
-        b.record_failure();
-        b.record_failure();
+        fail(&b);
+        fail(&b);
+        succeed(&b);
+        fail(&b);
+        fail(&b);
         assert_eq!(b.state(), BreakerState::Closed);
-        assert!(b.record_failure());
+        assert!(fail(&b));
         assert_eq!(b.state(), BreakerState::Open);
-        assert!(!b.admit());
+        assert!(b.admit().is_none());
     }
 
     #[test]
     fn half_open_admits_exactly_the_trial_count_and_successes_close_it() {
         let b = CircuitBreaker::new(quick());
         for _ in 0..3 {
-            b.record_failure();
+            fail(&b);
         }
         std::thread::sleep(Duration::from_millis(60));
         assert_eq!(b.state(), BreakerState::HalfOpen);
-        assert!(b.admit() && b.admit());
-        assert!(!b.admit(), "a third trial while two are out");
-        assert!(!b.record_success());
-        assert!(b.record_success(), "the last trial closes it");
+        let (t1, t2) = (b.admit().unwrap(), b.admit().unwrap());
+        assert!(t1.is_trial() && t2.is_trial());
+        assert!(b.admit().is_none(), "a third trial while two are out");
+        assert!(!b.record_success(t1));
+        assert!(b.record_success(t2), "the last trial closes it");
         assert_eq!(b.state(), BreakerState::Closed);
     }
 
@@ -367,11 +468,10 @@ mod tests {
     fn a_failed_trial_reopens_for_twice_as_long() {
         let b = CircuitBreaker::new(quick());
         for _ in 0..3 {
-            b.record_failure();
+            fail(&b);
         }
         std::thread::sleep(Duration::from_millis(60));
-        assert!(b.admit());
-        assert!(b.record_failure());
+        assert!(fail(&b));
         std::thread::sleep(Duration::from_millis(60));
         assert_eq!(b.state(), BreakerState::Open, "100 ms cool-down the second time");
         std::thread::sleep(Duration::from_millis(50));
@@ -382,12 +482,80 @@ mod tests {
     fn failure_ratio_over_the_window_trips() {
         let b = CircuitBreaker::new(BreakerConfig { consecutive_failures: 100, min_requests: 10, ..quick() });
         for i in 0..20 {
+            let Some(ticket) = b.admit() else { break };
             if i % 2 == 0 {
-                b.record_failure();
+                b.record_failure(ticket);
             } else {
-                b.record_success();
+                b.record_success(ticket);
             }
         }
         assert_eq!(b.state(), BreakerState::Open);
+    }
+
+    #[test]
+    fn only_real_trials_count_while_half_open() {
+        let b = CircuitBreaker::new(quick());
+        // Two requests admitted while closed are still out when it trips.
+        let (early_ok, early_bad) = (b.admit().unwrap(), b.admit().unwrap());
+        assert!(!early_ok.is_trial());
+        for _ in 0..3 {
+            fail(&b);
+        }
+        std::thread::sleep(Duration::from_millis(60));
+        let trial = b.admit().unwrap();
+        assert!(trial.is_trial());
+        // They finish now, while it is half-open: neither is a trial.
+        assert!(!b.record_success(early_ok));
+        assert!(!b.record_failure(early_bad), "a failure from before the trip does not re-open it");
+        assert_eq!(b.state(), BreakerState::HalfOpen);
+        assert!(!b.record_success(trial), "one of two trials");
+        let last = b.admit().unwrap();
+        assert!(b.admit().is_none(), "two trial slots, both taken");
+        assert!(b.record_success(last));
+        assert_eq!(b.state(), BreakerState::Closed);
+        assert_eq!(b.counts(), (4, 3), "every outcome is counted, trial or not");
+    }
+
+    #[test]
+    fn a_trial_of_an_earlier_half_open_spell_is_stale() {
+        let b = CircuitBreaker::new(quick());
+        for _ in 0..3 {
+            fail(&b);
+        }
+        std::thread::sleep(Duration::from_millis(60));
+        let (slow, failing) = (b.admit().unwrap(), b.admit().unwrap());
+        assert!(b.record_failure(failing), "a failed trial re-opens it");
+        std::thread::sleep(Duration::from_millis(110));
+        let fresh = b.admit().unwrap();
+        assert!(!b.record_success(slow), "the first spell's trial counts for nothing now");
+        b.record_neutral(slow);
+        let other = b.admit().unwrap();
+        assert!(b.admit().is_none(), "the stale neutral gave back no slot");
+        assert!(!b.record_success(fresh));
+        assert!(b.record_success(other));
+    }
+
+    #[test]
+    fn a_passed_probe_ends_the_cool_down_and_a_reset_closes() {
+        let b = CircuitBreaker::new(BreakerConfig { cooldown: Duration::from_secs(60), ..quick() });
+        let stale = b.admit().unwrap();
+        for _ in 0..3 {
+            fail(&b);
+        }
+        assert!(b.admit().is_none(), "open for a minute");
+        b.probe_passed();
+        assert_eq!(b.state(), BreakerState::HalfOpen, "the next pick may send a trial");
+        assert!(b.admit().unwrap().is_trial());
+        b.reset();
+        assert_eq!(b.state(), BreakerState::Closed);
+        assert!(!b.record_failure(stale), "from before the reset: counted only");
+        assert!(!b.admit().unwrap().is_trial());
+    }
+
+    #[test]
+    fn new_settings_apply_to_the_next_outcome() {
+        let b = CircuitBreaker::new(quick());
+        b.set_config(BreakerConfig { consecutive_failures: 1, ..quick() });
+        assert!(fail(&b));
     }
 }

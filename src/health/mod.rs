@@ -8,7 +8,7 @@ pub mod probe;
 pub mod rise_fall;
 pub mod slow_start;
 
-pub use breaker::{BreakerConfig, BreakerState, CircuitBreaker};
+pub use breaker::{BreakerConfig, BreakerState, CircuitBreaker, Ticket};
 pub use probe::{probe, CheckResult, ProbeError};
 pub use rise_fall::RiseFall;
 pub use slow_start::SlowStart;

@@ -25,7 +25,8 @@ const START_PERMILLE: u64 = 100;
 /// ```
 #[derive(Debug)]
 pub struct SlowStart {
-    window: Duration,
+    /// The window in milliseconds (0: off); a reload may change it.
+    window_ms: AtomicU64,
     epoch: Instant,
     /// Milliseconds after `epoch` at which the ramp began, plus one; 0 when not ramping.
     began: AtomicU64,
@@ -35,12 +36,25 @@ pub struct SlowStart {
 impl SlowStart {
     /// A ramp of length `window`; a zero window turns slow start off.
     pub fn new(window: Duration) -> SlowStart {
-        SlowStart { window, epoch: Instant::now(), began: AtomicU64::new(0), offers: AtomicU64::new(0) }
+        SlowStart {
+            window_ms: AtomicU64::new(window.as_millis() as u64),
+            epoch: Instant::now(),
+            began: AtomicU64::new(0),
+            offers: AtomicU64::new(0),
+        }
+    }
+
+    /// A new window (a reload); a ramp under way continues over it; zero ends it.
+    pub fn set_window(&self, window: Duration) {
+        self.window_ms.store(window.as_millis() as u64, Ordering::Relaxed);
+        if window.is_zero() {
+            self.began.store(0, Ordering::Relaxed);
+        }
     }
 
     /// Starts ramping now (a recovery).
     pub fn begin(&self) {
-        if !self.window.is_zero() {
+        if self.window_ms.load(Ordering::Relaxed) != 0 {
             self.offers.store(0, Ordering::Relaxed);
             self.began.store(self.epoch.elapsed().as_millis() as u64 + 1, Ordering::Relaxed);
         }
@@ -53,7 +67,7 @@ impl SlowStart {
             return 1000;
         }
         let elapsed = (self.epoch.elapsed().as_millis() as u64 + 1).saturating_sub(began);
-        let window = self.window.as_millis().max(1) as u64;
+        let window = self.window_ms.load(Ordering::Relaxed).max(1);
         if elapsed >= window {
             self.began.store(0, Ordering::Relaxed);
             return 1000;

@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::client_ip::{canonical, client_ip, is_trusted};
-use crate::health::CircuitBreaker;
+use crate::health::{CircuitBreaker, Ticket};
 use crate::ops::PendingAccess;
 use crate::server::{BodyFraming, Request, Response};
 use crate::state::Shared;
@@ -126,19 +126,21 @@ fn try_backends(shared: &Shared, out: &mut Outbound) -> Result<(Response, Arc<Ba
     let membership = shared.table.snapshot();
     let queue_deadline = Instant::now() + Duration::from_secs_f64(shared.config.backend_queue_timeout);
     let session = Session::new(shared, &membership, out.sticky_token.as_deref());
-    let mut tried: Vec<*const Backend> = Vec::with_capacity(shared.config.max_tries);
+    let mut tried: Vec<*const Backend> = Vec::with_capacity(shared.config.max_tries.min(membership.backends.len()));
     let mut tries = 0;
     let mut last_error = None;
     while tries < shared.config.max_tries {
         let untried = |b: &Backend| !tried.contains(&(b as *const Backend));
         let session_pick =
             session.as_ref().map_or(SessionPick::Balance, |s| s.pick(&membership, tried.is_empty(), queue_deadline));
+        // The pick and the backend's connection slot in one step (a backend at its cap is
+        // passed over), so that concurrent picks see each other's choices.
         let picked = match session_pick {
-            SessionPick::Go(backend) => Some((backend, PickKind::Usable)),
+            SessionPick::Go(backend) => backend.try_begin().map(|in_flight| (backend, in_flight, PickKind::Usable)),
             SessionPick::Wait => None,
-            SessionPick::Balance => membership.pick(&out.hash_key, |b| untried(b) && b.has_room()),
+            SessionPick::Balance => membership.pick_and_begin(&out.hash_key, untried),
         };
-        let Some((backend, kind)) = picked else {
+        let Some((backend, mut in_flight, kind)) = picked else {
             // Candidates left (the session's backend among them) but all at their connection
             // cap: wait in the queue for a slot.
             if membership.pick(&out.hash_key, untried).is_none() {
@@ -151,8 +153,6 @@ fn try_backends(shared: &Shared, out: &mut Outbound) -> Result<(Response, Arc<Ba
             shared.table.slots().wait(queue_deadline);
             continue;
         };
-        // Taken by another request since the pick: pick again.
-        let Some(mut in_flight) = backend.try_begin() else { continue };
         explain::picked(shared, &membership, out, backend, kind, &tried);
         tried.push(Arc::as_ptr(backend));
         let breaker = match admit(shared, backend, kind, tries, out) {
@@ -191,10 +191,13 @@ fn try_backends(shared: &Shared, out: &mut Outbound) -> Result<(Response, Arc<Ba
     })
 }
 
+/// A breaker that admitted a try, and the ticket it gave: the try's outcome is reported with it.
+type Admitted<'a> = Option<(&'a CircuitBreaker, Ticket)>;
+
 /// Whether a picked backend gets the try.
 enum Admission<'a> {
     /// Send it; the breaker (when the pick went through one) hears of the outcome.
-    Go(Option<&'a CircuitBreaker>),
+    Go(Admitted<'a>),
     /// The breaker is half-open and its trial slots are taken: pick another.
     Skip,
     /// A retry the budget refuses: stop trying.
@@ -205,15 +208,17 @@ enum Admission<'a> {
 /// retry, the retry budget. Picks that ignored breakers (the last usable ones, panic mode) took
 /// no trial slot, so they report nothing to the breaker.
 fn admit<'a>(shared: &Shared, backend: &'a Backend, kind: PickKind, tries: usize, out: &Outbound) -> Admission<'a> {
-    let admitted = kind == PickKind::Usable;
-    if admitted && !backend.breaker().admit() {
-        return Admission::Skip;
-    }
-    let breaker = admitted.then(|| backend.breaker());
+    let breaker = match kind {
+        PickKind::Usable => match backend.breaker().admit() {
+            Some(ticket) => Some((backend.breaker(), ticket)),
+            None => return Admission::Skip,
+        },
+        PickKind::BreakersIgnored | PickKind::Panic => None,
+    };
     if tries > 0 && !shared.retry_budget.try_retry() {
         shared.stats.record_budget_denial();
-        if let Some(b) = breaker {
-            b.record_neutral();
+        if let Some((b, ticket)) = breaker {
+            b.record_neutral(ticket);
         }
         shared.ops.warnings.warn("retry-budget", format_args!("retry budget spent: a failed request was not retried"));
         explain::budget_spent(out);
@@ -235,16 +240,16 @@ fn send_once(
 /// An answer came: the backend counts it; the breaker hears a success (or a failure, for a 5xx
 /// when so configured); a breaker that closes again starts the backend's slow start. A pick
 /// that ignored the breaker still has its outcome counted there, so every try is.
-fn settle_answer(shared: &Shared, backend: &Backend, breaker: Option<&CircuitBreaker>, status: u16, took: Duration) {
+fn settle_answer(shared: &Shared, backend: &Backend, breaker: Admitted<'_>, status: u16, took: Duration) {
     backend.record_answer(status, took);
     let failed = shared.config.breaker_on_5xx && status >= 500;
-    let Some(breaker) = breaker else {
+    let Some((breaker, ticket)) = breaker else {
         backend.breaker().count_only(failed);
         return;
     };
     if failed {
-        breaker.record_failure();
-    } else if breaker.record_success() {
+        breaker.record_failure(ticket);
+    } else if breaker.record_success(ticket) {
         log::info!("backend {}: circuit closed again", backend.id);
         backend.slow_start().begin();
     }
@@ -254,14 +259,14 @@ fn settle_answer(shared: &Shared, backend: &Backend, breaker: Option<&CircuitBre
 fn settle_failure(
     shared: &Shared,
     backend: &Backend,
-    breaker: Option<&CircuitBreaker>,
+    breaker: Admitted<'_>,
     error: &ForwardError,
     out: &Outbound,
 ) -> bool {
     backend.record_failure();
     match breaker {
-        Some(b) => {
-            b.record_failure();
+        Some((b, ticket)) => {
+            b.record_failure(ticket);
         }
         None => backend.breaker().count_only(true),
     }
@@ -273,8 +278,11 @@ fn settle_failure(
     );
     // Another backend may get the request if this one certainly did not act on it (the body,
     // buffered whole, was not sent either), or if the method allows repeating and the body is
-    // small enough to be sent again.
-    let retry = error.never_sent() || (is_idempotent(&out.method) && out.body.replayable());
+    // small enough to be sent again. Never after a response timeout: the backend may still be
+    // working on it, and a slow request sent to every backend in turn would multiply the load
+    // exactly when the fleet is slow (nginx's proxy_next_upstream leaves timeouts out of
+    // non-idempotent retries for the same reason; we leave them out of all).
+    let retry = is_retryable(error, &out.method, out.body.replayable());
     explain::failed(out, backend, error, retry);
     retry
 }
@@ -287,6 +295,16 @@ fn account(shared: &Shared, started: Instant, from_backend: bool, response: &Res
         shared.stats.record(response.status);
     } else {
         shared.stats.record_local(response.status);
+    }
+}
+
+/// Whether a failed try may go to another backend: never sent (any method), or reset or bad
+/// before an answer for an idempotent method with a resendable body; never a response timeout.
+fn is_retryable(error: &ForwardError, method: &str, body_replayable: bool) -> bool {
+    match error {
+        ForwardError::NotSent(_) | ForwardError::ConnectTimeout => true,
+        ForwardError::Timeout => false,
+        ForwardError::NoResponse(_) | ForwardError::BadResponse(_) => is_idempotent(method) && body_replayable,
     }
 }
 

@@ -49,14 +49,14 @@ pub use spool::{BodyBuffering, RequestBody};
 
 use std::io;
 use std::net::{SocketAddr, TcpListener};
-use std::sync::atomic::{AtomicBool, AtomicUsize};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use mio::{Poll, Waker};
 
-use poller::{Poller, PollerLinks, StopSignal, WAKER};
+use poller::{Poller, PollerLinks, StopSignal, STOP_HARD_WAIT, WAKER};
 use spool::SpoolSettings;
 use worker::Worker;
 
@@ -109,6 +109,73 @@ impl Default for ServerConfig {
     }
 }
 
+/// The settings of a running server that may change without a restart (a reload): they apply
+/// from the next request of every connection (limits), the next request queued (the queue
+/// capacity) and the next body byte buffered (body buffering; its temp directory stays).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tuning {
+    /// Limits and timeouts of client connections.
+    pub limits: Limits,
+    /// Complete requests that may wait for a worker.
+    pub queue_capacity: usize,
+    /// How request bodies are buffered.
+    pub body_buffering: BodyBuffering,
+}
+
+/// Changes a running server's [`Tuning`]; cheap to clone, usable from any thread.
+#[derive(Clone)]
+pub struct Tuner {
+    pending: Arc<Mutex<Option<Tuning>>>,
+    spool: Arc<SpoolSettings>,
+    waker: Arc<Waker>,
+}
+
+impl Tuner {
+    /// Hands new settings to the poller (which takes them at its next turn) and the body
+    /// buffering.
+    pub fn apply(&self, tuning: Tuning) {
+        self.spool.apply(&tuning.body_buffering);
+        *self.pending.lock().unwrap_or_else(|e| e.into_inner()) = Some(tuning);
+        let _ = self.waker.wake();
+    }
+}
+
+impl std::fmt::Debug for Tuner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tuner").finish_non_exhaustive()
+    }
+}
+
+/// Threads of a server still running, counted down as each ends (however it ends), so that a
+/// stop can wait for them with a deadline.
+#[derive(Default)]
+struct Running {
+    count: Mutex<usize>,
+    ended: Condvar,
+}
+
+/// Held by each thread of a server; its drop counts the thread out.
+struct RunningGuard(Arc<Running>);
+
+impl RunningGuard {
+    fn enter(running: &Arc<Running>) -> RunningGuard {
+        *running.count.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        RunningGuard(Arc::clone(running))
+    }
+}
+
+impl Drop for RunningGuard {
+    fn drop(&mut self) {
+        let mut count = self.0.count.lock().unwrap_or_else(|e| e.into_inner());
+        *count = count.saturating_sub(1);
+        self.0.ended.notify_all();
+    }
+}
+
+/// How long a stop waits for the threads after the hard deadline (grace + the poller's hard
+/// wait) before it leaves the ones still running behind.
+const JOIN_MARGIN: Duration = Duration::from_secs(2);
+
 /// A running server; [`Server::stop`] ends it. Dropping it without `stop` stops it too, with a
 /// grace period of zero.
 pub struct Server {
@@ -116,6 +183,8 @@ pub struct Server {
     stop: Arc<StopSignal>,
     waker: Arc<Waker>,
     threads: Vec<JoinHandle<()>>,
+    running: Arc<Running>,
+    tuner: Tuner,
 }
 
 impl Server {
@@ -141,6 +210,9 @@ impl Server {
         let stop = Arc::new(StopSignal { requested: AtomicBool::new(false), grace: Mutex::new(Duration::ZERO) });
         let stopping = Arc::new(AtomicBool::new(false));
         let handler: Arc<dyn Handler> = Arc::new(handler);
+        let running = Arc::new(Running::default());
+        let spool = Arc::new(SpoolSettings::new(&config.body_buffering));
+        let pending = Arc::new(Mutex::new(None));
 
         let mut threads = Vec::with_capacity(config.threads + 1);
         for i in 0..config.threads.max(1) {
@@ -153,7 +225,12 @@ impl Server {
                 handler: Arc::clone(&handler),
                 stopping: Arc::clone(&stopping),
             };
-            threads.push(std::thread::Builder::new().name(format!("worker-{i}")).spawn(move || worker.run())?);
+            let guard = RunningGuard::enter(&running);
+            let run = move || {
+                let _guard = guard;
+                worker.run()
+            };
+            threads.push(std::thread::Builder::new().name(format!("worker-{i}")).spawn(run)?);
         }
         let links = PollerLinks {
             jobs: job_tx,
@@ -164,12 +241,24 @@ impl Server {
             returns: return_rx,
             stop: Arc::clone(&stop),
             stopping,
-            spool: Arc::new(SpoolSettings::new(&config.body_buffering)),
+            spool: Arc::clone(&spool),
+            tuning: Arc::clone(&pending),
             on_refusal: config.on_refusal.clone(),
         };
         let poller = Poller::new(poll, listener, config.limits, links)?;
-        threads.push(std::thread::Builder::new().name("poller".into()).spawn(move || poller.run())?);
-        Ok(Server { local_addr, stop, waker, threads })
+        let guard = RunningGuard::enter(&running);
+        let run = move || {
+            let _guard = guard;
+            poller.run()
+        };
+        threads.push(std::thread::Builder::new().name("poller".into()).spawn(run)?);
+        let tuner = Tuner { pending, spool, waker: Arc::clone(&waker) };
+        Ok(Server { local_addr, stop, waker, threads, running, tuner })
+    }
+
+    /// A handle that changes this server's settings while it runs.
+    pub fn tuner(&self) -> Tuner {
+        self.tuner.clone()
     }
 
     /// The address the server listens on (with the real port when bound to port 0).
@@ -178,22 +267,41 @@ impl Server {
     }
 
     /// Stops accepting, closes idle connections, lets in-flight requests finish for up to
-    /// `grace` (their responses say `Connection: close`), breaks the sockets of any still running
-    /// after it, and joins every thread.
-    pub fn stop(mut self, grace: Duration) {
-        self.request_stop(grace);
+    /// `grace` (their responses say `Connection: close`), breaks the client sockets of any still
+    /// running after it, and joins every thread. Bounded: a thread still busy a few seconds
+    /// after the deadline (a handler blocked on something no socket shutdown reaches) is left
+    /// behind with a warning rather than waited for forever. Returns how many were left.
+    pub fn stop(mut self, grace: Duration) -> usize {
+        self.request_stop(grace)
     }
 
-    fn request_stop(&mut self, grace: Duration) {
+    fn request_stop(&mut self, grace: Duration) -> usize {
         if self.threads.is_empty() {
-            return;
+            return 0;
         }
         *self.stop.grace.lock().unwrap_or_else(|e| e.into_inner()) = grace;
-        self.stop.requested.store(true, std::sync::atomic::Ordering::Release);
+        self.stop.requested.store(true, Ordering::Release);
         let _ = self.waker.wake();
-        for thread in self.threads.drain(..) {
-            let _ = thread.join();
+        let give_up = Instant::now() + grace + STOP_HARD_WAIT + JOIN_MARGIN;
+        let mut count = self.running.count.lock().unwrap_or_else(|e| e.into_inner());
+        while *count > 0 {
+            let left = give_up.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            count = self.running.ended.wait_timeout(count, left).unwrap_or_else(|e| e.into_inner()).0;
         }
+        let stuck = *count;
+        drop(count);
+        for thread in self.threads.drain(..) {
+            if thread.is_finished() || stuck == 0 {
+                let _ = thread.join();
+            }
+        }
+        if stuck > 0 {
+            log::warn!("stop: {stuck} thread(s) still busy after the deadline were left behind");
+        }
+        stuck
     }
 }
 

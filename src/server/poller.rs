@@ -25,6 +25,7 @@ use super::observe::{Refusal, RefusalHook};
 use super::response::{Delivery, Progress};
 use super::spool::{RequestBody, SpoolSettings};
 use super::worker::{Job, Next, Returned};
+use super::Tuning;
 
 pub(crate) const LISTENER: Token = Token(0);
 pub(crate) const WAKER: Token = Token(1);
@@ -43,7 +44,7 @@ const MAX_READS_PER_TURN: usize = 16;
 const MAX_POLL_WAIT: Duration = Duration::from_secs(1);
 /// After the stop deadline, how long in-flight requests whose sockets were shut down get to
 /// return before the poller exits anyway.
-const STOP_HARD_WAIT: Duration = Duration::from_secs(5);
+pub(crate) const STOP_HARD_WAIT: Duration = Duration::from_secs(5);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
@@ -107,6 +108,8 @@ pub(crate) struct Poller {
     queue_capacity: usize,
     spool: Arc<SpoolSettings>,
     on_refusal: Option<RefusalHook>,
+    /// New settings from a reload, taken at the start of a turn.
+    tuning: Arc<Mutex<Option<Tuning>>>,
     /// Connections with input left unread at the end of their turn (edge-triggered readiness
     /// would not report it again).
     again: Vec<usize>,
@@ -130,6 +133,7 @@ pub(crate) struct PollerLinks {
     pub stopping: Arc<AtomicBool>,
     pub spool: Arc<SpoolSettings>,
     pub on_refusal: Option<RefusalHook>,
+    pub tuning: Arc<Mutex<Option<Tuning>>>,
 }
 
 impl Poller {
@@ -149,6 +153,7 @@ impl Poller {
             queue_capacity: links.queue_capacity,
             spool: links.spool,
             on_refusal: links.on_refusal,
+            tuning: links.tuning,
             again: Vec::new(),
             connections: HashMap::new(),
             next_token: FIRST_CONNECTION,
@@ -177,6 +182,7 @@ impl Poller {
                 }
                 continue;
             }
+            self.take_tuning();
             // Returns first: a worker gives a keep-alive connection back without waking the
             // poller, and the client's next request is what wakes it.
             self.take_returns();
@@ -214,6 +220,16 @@ impl Poller {
                 self.idle.close();
                 return;
             }
+        }
+    }
+
+    /// Takes new settings from a reload: the limits apply from each connection's next deadline
+    /// and next request head, the queue capacity from the next request dispatched.
+    fn take_tuning(&mut self) {
+        let tuning = self.tuning.try_lock().ok().and_then(|mut pending| pending.take());
+        if let Some(tuning) = tuning {
+            self.limits = tuning.limits;
+            self.queue_capacity = tuning.queue_capacity.max(1);
         }
     }
 
@@ -698,11 +714,13 @@ impl Poller {
             }
             now + *self.stop.grace.lock().unwrap_or_else(|e| e.into_inner())
         });
-        // Requests being read, served or delivered get the grace period; idle ones go now.
+        // Requests being read (a head begun, a body), served or delivered get the grace period,
+        // and so do closing connections (their linger is short and keeps their last response
+        // from a reset); idle ones go now.
         let idle: Vec<usize> = self
             .connections
             .iter()
-            .filter(|(_, c)| matches!(c.state, State::Reading { .. } | State::Lingering))
+            .filter(|(_, c)| c.state == State::Reading { started: false })
             .map(|(&t, _)| t)
             .collect();
         for token in idle {

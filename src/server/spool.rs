@@ -6,7 +6,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use super::error::RequestError;
@@ -48,9 +48,10 @@ impl Default for BodyBuffering {
 /// [`BodyBuffering`] and what is in use of it now, shared by every body.
 #[derive(Debug)]
 pub(crate) struct SpoolSettings {
-    memory_threshold: usize,
-    memory_cap: u64,
-    disk_cap: u64,
+    // The three limits may change while bodies arrive (a reload): each append reads them anew.
+    memory_threshold: AtomicUsize,
+    memory_cap: AtomicU64,
+    disk_cap: AtomicU64,
     temp_dir: PathBuf,
     memory_used: AtomicU64,
     disk_used: AtomicU64,
@@ -60,14 +61,26 @@ pub(crate) struct SpoolSettings {
 impl SpoolSettings {
     pub fn new(config: &BodyBuffering) -> SpoolSettings {
         SpoolSettings {
-            memory_threshold: config.memory_threshold,
-            memory_cap: config.memory_cap,
-            disk_cap: config.disk_cap,
+            memory_threshold: AtomicUsize::new(config.memory_threshold),
+            memory_cap: AtomicU64::new(config.memory_cap),
+            disk_cap: AtomicU64::new(config.disk_cap),
             temp_dir: config.temp_dir.clone(),
             memory_used: AtomicU64::new(0),
             disk_used: AtomicU64::new(0),
             files_made: AtomicU64::new(0),
         }
+    }
+
+    /// New limits (a reload): the next byte of every body is held to them. The temp directory
+    /// stays (it is a restart-only setting).
+    pub fn apply(&self, config: &BodyBuffering) {
+        self.memory_threshold.store(config.memory_threshold, Ordering::Relaxed);
+        self.memory_cap.store(config.memory_cap, Ordering::Relaxed);
+        self.disk_cap.store(config.disk_cap, Ordering::Relaxed);
+    }
+
+    fn memory_threshold(&self) -> usize {
+        self.memory_threshold.load(Ordering::Relaxed)
     }
 
     /// Bytes of request bodies held in memory right now, and in temp files.
@@ -149,7 +162,7 @@ impl RequestBody {
         };
         if self.file.is_none() {
             let wanted = self.memory.len() + data.len();
-            if wanted <= settings.memory_threshold && self.reserve_memory(&settings, wanted) {
+            if wanted <= settings.memory_threshold() && self.reserve_memory(&settings, wanted) {
                 self.memory.extend_from_slice(data);
                 self.len += data.len() as u64;
                 return Ok(());
@@ -157,7 +170,7 @@ impl RequestBody {
             self.move_to_file(&settings)?;
         }
         let added = data.len() as u64;
-        if settings.disk_used.fetch_add(added, Ordering::Relaxed) + added > settings.disk_cap {
+        if settings.disk_used.fetch_add(added, Ordering::Relaxed) + added > settings.disk_cap.load(Ordering::Relaxed) {
             settings.disk_used.fetch_sub(added, Ordering::Relaxed);
             return Err(RequestError::BodyStorageFull);
         }
@@ -176,9 +189,9 @@ impl RequestBody {
             return true;
         }
         // Count in steps of 4 KiB so a trickled body does not touch the atomic per byte.
-        let step = (wanted - self.counted_memory).max(4096).min(settings.memory_threshold as u64);
+        let step = (wanted - self.counted_memory).max(4096).min(settings.memory_threshold() as u64);
         let before = settings.memory_used.fetch_add(step, Ordering::Relaxed);
-        if before + step > settings.memory_cap {
+        if before + step > settings.memory_cap.load(Ordering::Relaxed) {
             settings.memory_used.fetch_sub(step, Ordering::Relaxed);
             return false;
         }

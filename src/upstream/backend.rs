@@ -162,7 +162,7 @@ pub struct Backend {
     slow_start: SlowStart,
     rise_fall: RiseFall,
     last_check: Mutex<Option<CheckResult>>,
-    max_connections: usize,
+    max_connections: AtomicUsize,
     slots: Arc<SlotQueue>,
 }
 
@@ -176,7 +176,19 @@ impl Backend {
         slots: Arc<SlotQueue>,
     ) -> Result<Backend, ResolveError> {
         let addr = resolve(&config.host, config.port)?;
-        Ok(Backend {
+        Ok(Backend::resolved(id, config, addr, policy, slots))
+    }
+
+    /// A backend whose address was resolved already (a table change resolves before it takes
+    /// its writer lock, so no change waits on DNS while holding it).
+    pub fn resolved(
+        id: String,
+        config: &BackendConfig,
+        addr: SocketAddr,
+        policy: &BackendPolicy,
+        slots: Arc<SlotQueue>,
+    ) -> Backend {
+        Backend {
             id: id.clone(),
             host: config.host.clone(),
             port: config.port,
@@ -196,9 +208,17 @@ impl Backend {
             slow_start: SlowStart::new(policy.slow_start),
             rise_fall: RiseFall::default(),
             last_check: Mutex::new(None),
-            max_connections: policy.max_connections,
+            max_connections: AtomicUsize::new(policy.max_connections),
             slots,
-        })
+        }
+    }
+
+    /// Applies new settings (a reload) to this backend in place: its live state (health,
+    /// breaker state, counters) stays.
+    pub fn apply_policy(&self, policy: &BackendPolicy) {
+        self.breaker.set_config(policy.breaker);
+        self.slow_start.set_window(policy.slow_start);
+        self.max_connections.store(policy.max_connections, Ordering::Relaxed);
     }
 
     /// The passive-health circuit breaker.
@@ -226,7 +246,7 @@ impl Backend {
         *self.last_check.lock().unwrap_or_else(|e| e.into_inner()) = Some(result);
     }
 
-    /// Its weight now (the management API may change it).
+    /// Its weight now (the management API or a reload may change it).
     pub fn weight(&self) -> u32 {
         self.weight.load(Ordering::Relaxed)
     }
@@ -317,14 +337,18 @@ impl Backend {
 
     /// Whether it is below its connection cap.
     pub fn has_room(&self) -> bool {
-        self.max_connections == 0 || self.awaiting_answer() < self.max_connections
+        let cap = self.max_connections.load(Ordering::Relaxed);
+        cap == 0 || self.awaiting_answer() < cap
     }
 
     /// Takes one of its connection slots, unless it is at its cap. The slot counts against the
     /// cap until [`InFlight::answered`] (a response head arrived: the worker is free again), and
     /// in `in_flight` until the guard is dropped (the body delivered).
     pub fn try_begin(self: &Arc<Self>) -> Option<InFlight> {
-        let cap = if self.max_connections == 0 { usize::MAX } else { self.max_connections };
+        let cap = match self.max_connections.load(Ordering::Relaxed) {
+            0 => usize::MAX,
+            cap => cap,
+        };
         self.awaiting_answer.fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| (n < cap).then_some(n + 1)).ok()?;
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         Some(InFlight { backend: Arc::clone(self), awaiting: true })

@@ -58,6 +58,10 @@ impl Default for HealthConfig {
 pub fn apply_probe(backend: &Backend, config: &HealthConfig, result: &Result<u16, ProbeError>) -> Option<bool> {
     let before = backend.health();
     let (ok_run, fail_run) = backend.rise_fall().record(result.is_ok());
+    if result.is_ok() {
+        // Its breaker need not wait out a cool-down that grew while it was dead.
+        backend.breaker().probe_passed();
+    }
     let change = match before {
         HealthState::Unknown => Some(result.is_ok()),
         HealthState::Up if fail_run >= config.fall => Some(false),
@@ -81,6 +85,9 @@ pub fn apply_probe(backend: &Backend, config: &HealthConfig, result: &Result<u16
             }
             (true, _) => {
                 log::info!("backend {} ({}) is UP after {ok_run} good check(s)", backend.id, backend.addr);
+                // Back by the checks' word: its traffic resumes now (ramping), not after its
+                // breaker's trials.
+                backend.breaker().reset();
                 backend.slow_start().begin();
             }
         }

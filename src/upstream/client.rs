@@ -109,7 +109,7 @@ impl std::fmt::Display for PrepareError {
 impl std::error::Error for PrepareError {}
 
 /// Timeouts of the backend side.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct ForwardTimeouts {
     /// Connecting to a backend.
     pub connect: Duration,
@@ -123,6 +123,8 @@ pub struct ForwardTimeouts {
 /// for every worker to keep a connection to every backend.
 pub struct Forwarder {
     agent: Agent,
+    timeouts: ForwardTimeouts,
+    pool_size: usize,
 }
 
 impl Forwarder {
@@ -157,7 +159,22 @@ impl Forwarder {
             .timeout_per_write(Some(timeouts.request))
             .build();
         let connector = BackendConnector { connect_timeout: timeouts.connect, io_timeout: timeouts.request };
-        Forwarder { agent: Agent::with_parts(config, connector, DefaultResolver::default()) }
+        let agent = Agent::with_parts(config, connector, DefaultResolver::default());
+        Forwarder { agent, timeouts, pool_size }
+    }
+
+    /// The timeouts and idle pool size it was made with.
+    pub fn settings(&self) -> (ForwardTimeouts, usize) {
+        (self.timeouts, self.pool_size)
+    }
+
+    /// Breaks every backend connection it holds, idle or in use: a worker blocked reading
+    /// from or writing to a backend gets an error at once instead of at its timeout (the end of
+    /// a stop's grace period). Requests sent through it afterwards fail. ureq's
+    /// `Agent::shutdown` reaches our transport's sockets because the connector registers each
+    /// one with it.
+    pub fn shutdown(&self) {
+        self.agent.clone().shutdown();
     }
 
     /// Checks once, before any backend is tried, that the request can be expressed upstream:

@@ -2,12 +2,12 @@
 //! choose from, what happens when too few are usable (breakers ignored, panic mode), and the
 //! sticky-cookie tokens of this view's backends.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::balance::{Algorithm, AlgorithmKind, Member, PickContext};
 use crate::traffic::{StickyCookie, StickyIndex};
 
-use super::backend::Backend;
+use super::backend::{Backend, InFlight};
 
 /// An immutable view of the table: every backend, and the algorithm built over the enabled ones.
 pub struct Membership {
@@ -16,7 +16,12 @@ pub struct Membership {
     /// `members[i]` is the index in `backends` of the algorithm's member `i`.
     members: Vec<usize>,
     algorithm: Box<dyn Algorithm>,
+    kind: AlgorithmKind,
     panic_mode: bool,
+    /// Held by least_connections from its look at the loads to the increment of its choice's
+    /// count, so that picks at the same moment do not all choose the same backend (nginx's
+    /// least_conn runs under its peers' lock too). Other algorithms take no lock.
+    pick_lock: Option<Mutex<()>>,
     /// Sticky-cookie token ↔ index in `backends`, made on first use: once per membership
     /// change, never per request.
     sticky: OnceLock<StickyIndex>,
@@ -40,10 +45,21 @@ impl Membership {
         let algorithm_members: Vec<Member> =
             members.iter().map(|&i| Member::new(backends[i].id.clone(), backends[i].weight())).collect();
         let algorithm = kind.build(&algorithm_members);
-        Membership { algorithm, members, backends, panic_mode, sticky: OnceLock::new() }
+        let pick_lock = (kind == AlgorithmKind::LeastConnections).then(|| Mutex::new(()));
+        Membership { algorithm, members, backends, kind, panic_mode, pick_lock, sticky: OnceLock::new() }
     }
 
-    fn select(&self, hash_key: &[u8], usable: &mut dyn FnMut(&Backend) -> bool) -> Option<&Arc<Backend>> {
+    /// The algorithm this view was built with.
+    pub fn algorithm(&self) -> AlgorithmKind {
+        self.kind
+    }
+
+    /// Whether panic mode is on in this view.
+    pub fn panic_mode(&self) -> bool {
+        self.panic_mode
+    }
+
+    fn select(&self, hash_key: &[u8], usable: &mut dyn FnMut(&Arc<Backend>) -> bool) -> Option<&Arc<Backend>> {
         let in_flight = |i: usize| self.backends[self.members[i]].in_flight();
         let ctx = PickContext { hash_key, in_flight: &in_flight };
         let chosen = self.algorithm.select(&ctx, &mut |i| usable(&self.backends[self.members[i]]))?;
@@ -55,6 +71,14 @@ impl Membership {
     /// leave nothing, they are ignored; when nothing healthy is left and panic mode is on, any
     /// enabled backend is tried.
     pub fn pick(&self, hash_key: &[u8], mut accept: impl FnMut(&Backend) -> bool) -> Option<(&Arc<Backend>, PickKind)> {
+        self.pick_with(hash_key, &mut |b| accept(b))
+    }
+
+    fn pick_with(
+        &self,
+        hash_key: &[u8],
+        accept: &mut dyn FnMut(&Arc<Backend>) -> bool,
+    ) -> Option<(&Arc<Backend>, PickKind)> {
         let ramping_ok = |b: &Backend| b.is_usable() && b.slow_start().admit();
         if let Some(b) = self.select(hash_key, &mut |b| ramping_ok(b) && accept(b)) {
             return Some((b, PickKind::Usable));
@@ -70,6 +94,27 @@ impl Membership {
             return self.select(hash_key, &mut |b| accept(b)).map(|b| (b, PickKind::Panic));
         }
         None
+    }
+
+    /// [`pick`](Self::pick) and [`Backend::try_begin`] as one step: the chosen backend's
+    /// connection slot and in-flight count are taken before any other pick can look at its
+    /// load (least_connections), and a backend at its connection cap is passed over like an
+    /// unusable one. `None` when every acceptable backend is unusable or at its cap.
+    pub fn pick_and_begin(
+        &self,
+        hash_key: &[u8],
+        mut accept: impl FnMut(&Backend) -> bool,
+    ) -> Option<(&Arc<Backend>, InFlight, PickKind)> {
+        let _one_at_a_time = self.pick_lock.as_ref().map(|lock| lock.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut begun = None;
+        let (backend, kind) = self.pick_with(hash_key, &mut |b| {
+            if !accept(b) {
+                return false;
+            }
+            begun = b.try_begin();
+            begun.is_some()
+        })?;
+        Some((backend, begun?, kind))
     }
 
     /// The index of `backend` in `backends`, if it is one of them.

@@ -16,4 +16,4 @@ pub use checker::{apply_probe, HealthChecker, HealthConfig};
 pub use client::{ForwardError, ForwardTimeouts, Forwarder, PrepareError, Prepared};
 pub use membership::{Membership, PickKind};
 pub use retry_budget::RetryBudget;
-pub use table::{BackendTable, TableError};
+pub use table::{BackendTable, Reconciled, TableError};

@@ -1,21 +1,24 @@
-//! The backend table: an `RwLock`ed membership snapshot plus per-backend atomics.
+//! The backend table: a membership snapshot swapped in whole, plus per-backend atomics.
 //!
 //! Who writes what:
-//! - the membership (which backends exist, which are enabled, their weights) and the algorithm
-//!   built over it change only under the write lock, by the management API; each change builds a
-//!   new immutable [`Membership`] and swaps it in, so a pick holds the read lock only long enough
-//!   to clone an `Arc`;
+//! - the membership (which backends exist, which are enabled, their weights, the algorithm) is
+//!   an immutable [`Membership`] behind an atomic pointer (`arc-swap`): a request loads the
+//!   current one without any lock, so it never waits for a change. A change (management API,
+//!   reload) resolves host names first, with no lock held, then builds the new membership and
+//!   swaps it in; changes are one at a time (a writers' mutex that readers never take);
 //! - health (the prober threads) and the counters (the workers) are atomics on each
 //!   [`Backend`], read and written without any lock.
 
 use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use arc_swap::ArcSwap;
 
 use crate::balance::AlgorithmKind;
 use crate::config::{is_valid_id, BackendConfig};
 
-use super::backend::{Backend, BackendPolicy, ResolveError, SlotQueue};
+use super::backend::{resolve, Backend, BackendPolicy, ResolveError, SlotQueue};
 use super::membership::Membership;
 
 /// Why a change to the table was refused.
@@ -79,11 +82,34 @@ impl std::error::Error for TableError {}
 /// assert_eq!((first.as_str(), second.as_str()), ("a", "b"));
 /// ```
 pub struct BackendTable {
-    kind: AlgorithmKind,
-    policy: BackendPolicy,
-    current: RwLock<Arc<Membership>>,
+    current: ArcSwap<Membership>,
+    /// Held by a change from its look at the current membership to its swap; the policy in
+    /// force with it.
+    writer: Mutex<BackendPolicy>,
     added: AtomicUsize,
     slots: Arc<SlotQueue>,
+}
+
+/// What a [`BackendTable::reconcile`] did, by backend id.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Reconciled {
+    /// Backends that were not in the table.
+    pub added: Vec<String>,
+    /// Backends no longer configured (requests in flight to them finish).
+    pub removed: Vec<String>,
+    /// Backends whose address changed: new state (health, breaker, counters).
+    pub replaced: Vec<String>,
+    /// Backends whose weight changed (their live state kept).
+    pub reweighted: Vec<String>,
+    /// Whether the algorithm changed.
+    pub algorithm_changed: bool,
+}
+
+impl Reconciled {
+    /// Whether anything changed.
+    pub fn is_empty(&self) -> bool {
+        *self == Reconciled::default()
+    }
 }
 
 impl BackendTable {
@@ -107,7 +133,7 @@ impl BackendTable {
             .collect::<Result<Vec<_>, _>>()?;
         let added = AtomicUsize::new(backends.len());
         let membership = Membership::build(kind, backends, policy.panic_mode);
-        Ok(BackendTable { kind, policy, current: RwLock::new(Arc::new(membership)), added, slots })
+        Ok(BackendTable { current: ArcSwap::from_pointee(membership), writer: Mutex::new(policy), added, slots })
     }
 
     /// Where requests wait when every candidate backend is at its connection cap.
@@ -117,27 +143,38 @@ impl BackendTable {
 
     /// The algorithm in use.
     pub fn algorithm(&self) -> AlgorithmKind {
-        self.kind
+        self.current.load().algorithm()
     }
 
-    /// The current membership; cheap (an `Arc` clone under the read lock).
+    /// The current membership: an atomic load, never a wait.
     pub fn snapshot(&self) -> Arc<Membership> {
-        Arc::clone(&self.current.read().unwrap_or_else(|e| e.into_inner()))
+        self.current.load_full()
     }
 
-    /// Applies `change` to the backend list under the write lock and swaps in the rebuilt view.
+    fn writer(&self) -> MutexGuard<'_, BackendPolicy> {
+        self.writer.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Applies `change` to a copy of the backend list and swaps in the rebuilt view. Anything
+    /// slow (resolving a host) is done by the caller before; readers never wait for this.
     fn change<T>(&self, change: impl FnOnce(&mut Vec<Arc<Backend>>) -> Result<T, TableError>) -> Result<T, TableError> {
-        let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
+        let policy = self.writer();
+        let current = self.current.load_full();
         let mut backends = current.backends.clone();
         let result = change(&mut backends)?;
-        *current = Arc::new(Membership::build(self.kind, backends, self.policy.panic_mode));
+        self.current.store(Arc::new(Membership::build(current.algorithm(), backends, policy.panic_mode)));
         Ok(result)
     }
 
     /// Adds a backend; its id defaults to `backend<N>` (N counting every backend ever added).
     /// A backend whose id or address is taken is refused, and a refused add changes nothing:
-    /// no id is used up.
+    /// no id is used up. The host is resolved before the change begins.
     pub fn add(&self, config: &BackendConfig) -> Result<Arc<Backend>, TableError> {
+        let addr = resolve(&config.host, config.port).map_err(|error| TableError::Unresolvable {
+            id: config.id.clone().unwrap_or_else(|| format!("{}:{}", config.host, config.port)),
+            error,
+        })?;
+        let policy = self.writer().clone();
         self.change(|backends| {
             let mut number = self.added.load(Ordering::Relaxed);
             let id = match &config.id {
@@ -156,12 +193,10 @@ impl BackendTable {
             if backends.iter().any(|b| b.id == id) {
                 return Err(TableError::DuplicateId(id));
             }
-            let backend = Backend::new(id.clone(), config, &self.policy, Arc::clone(&self.slots))
-                .map_err(|error| TableError::Unresolvable { id, error })?;
-            if let Some(existing) = backends.iter().find(|b| b.addr == backend.addr) {
-                return Err(TableError::DuplicateAddress { existing: existing.id.clone(), addr: backend.addr });
+            if let Some(existing) = backends.iter().find(|b| b.addr == addr) {
+                return Err(TableError::DuplicateAddress { existing: existing.id.clone(), addr });
             }
-            let backend = Arc::new(backend);
+            let backend = Arc::new(Backend::resolved(id, config, addr, &policy, Arc::clone(&self.slots)));
             backends.push(Arc::clone(&backend));
             self.added.store(number, Ordering::Relaxed);
             Ok(backend)
@@ -216,5 +251,74 @@ impl BackendTable {
             let index = backends.iter().position(|b| b.id == id).ok_or(TableError::UnknownId(id.to_string()))?;
             Ok(backends.remove(index))
         })
+    }
+
+    /// Makes the table what a (reloaded) configuration says: these backends, in this order,
+    /// with this algorithm and policy. A backend whose id, host and port are unchanged keeps
+    /// its live state (health, breaker, counters, enabled or not) and takes the new weight
+    /// and policy in place; one whose address changed starts afresh; one no longer listed is
+    /// removed (its requests in flight finish). Every new address is resolved before anything
+    /// changes: one that does not resolve refuses the whole change.
+    pub fn reconcile(
+        &self,
+        kind: AlgorithmKind,
+        wanted: &[(String, BackendConfig)],
+        policy: BackendPolicy,
+    ) -> Result<Reconciled, TableError> {
+        let before = self.snapshot();
+        let find = |backends: &[Arc<Backend>], id: &str, config: &BackendConfig| {
+            backends.iter().find(|b| b.id == id && b.host == config.host && b.port == config.port).cloned()
+        };
+        // Resolve what is new, with no lock held.
+        let mut resolved = Vec::new();
+        for (id, config) in wanted {
+            if find(&before.backends, id, config).is_none() {
+                let addr = resolve(&config.host, config.port)
+                    .map_err(|error| TableError::Unresolvable { id: id.clone(), error })?;
+                resolved.push((id.clone(), addr));
+            }
+        }
+        let mut guard = self.writer();
+        let current = self.current.load_full();
+        let mut report = Reconciled { algorithm_changed: current.algorithm() != kind, ..Reconciled::default() };
+        let mut next = Vec::with_capacity(wanted.len());
+        for (id, config) in wanted {
+            let backend = match find(&current.backends, id, config) {
+                Some(kept) => {
+                    if kept.weight() != config.weight.max(1) {
+                        kept.set_weight(config.weight);
+                        report.reweighted.push(id.clone());
+                    }
+                    kept.apply_policy(&policy);
+                    kept
+                }
+                None => {
+                    let addr = match resolved.iter().find(|(r, _)| r == id) {
+                        Some((_, addr)) => *addr,
+                        // Added by the management API meanwhile under this id: resolve now.
+                        None => resolve(&config.host, config.port)
+                            .map_err(|error| TableError::Unresolvable { id: id.clone(), error })?,
+                    };
+                    let fresh = Backend::resolved(id.clone(), config, addr, &policy, Arc::clone(&self.slots));
+                    if current.backends.iter().any(|b| b.id == *id) {
+                        report.replaced.push(id.clone());
+                    } else {
+                        report.added.push(id.clone());
+                    }
+                    Arc::new(fresh)
+                }
+            };
+            next.push(backend);
+        }
+        report.removed = current
+            .backends
+            .iter()
+            .filter(|b| !wanted.iter().any(|(id, _)| *id == b.id))
+            .map(|b| b.id.clone())
+            .collect();
+        self.added.fetch_max(wanted.len(), Ordering::Relaxed);
+        self.current.store(Arc::new(Membership::build(kind, next, policy.panic_mode)));
+        *guard = policy;
+        Ok(report)
     }
 }

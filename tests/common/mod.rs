@@ -2,6 +2,9 @@
 //! server sent, child processes that are always stopped, and readings from /proc.
 #![allow(dead_code)]
 
+pub mod faults;
+pub mod lb;
+
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};

@@ -1,0 +1,34 @@
+//! `lb-sync --check-config` (as `nginx -t`): everything a start would refuse, without binding a
+//! port or starting a thread.
+
+use crate::config::Config;
+use crate::traffic::RateLimiter;
+use crate::upstream::resolve;
+
+use super::generation::{backend_list, health_config};
+
+/// Checks `config` as a start or a reload would: every value in range, every backend's host
+/// resolves, the health-check statuses and rate limits make sense. `Ok` is a one-line summary.
+///
+/// ```
+/// use lb_sync::config::{BackendConfig, Config};
+/// let config = Config { backends: vec![BackendConfig::new("127.0.0.1", 9001, 1)], ..Config::default() };
+/// assert_eq!(lb_sync::lifecycle::check_config(&config).unwrap(), "1 backend(s), round_robin, 256 threads, port 8080");
+/// let bad = Config { max_connections: 0, ..config };
+/// assert_eq!(lb_sync::lifecycle::check_config(&bad).unwrap_err(), "max_connections must be 1-1000000, got 0");
+/// ```
+pub fn check_config(config: &Config) -> Result<String, String> {
+    config.validate().map_err(|e| e.to_string())?;
+    health_config(config).map_err(|e| e.to_string())?;
+    RateLimiter::new(&config.rate_limits()).map_err(|e| e.to_string())?;
+    for (id, backend) in backend_list(config) {
+        resolve(&backend.host, backend.port).map_err(|e| format!("backend {id}: {e}"))?;
+    }
+    Ok(format!(
+        "{} backend(s), {}, {} threads, port {}",
+        config.backends.len(),
+        config.algorithm,
+        config.threads,
+        config.port
+    ))
+}

@@ -1,0 +1,231 @@
+//! Reloading a running balancer: a new configuration is checked whole, then applied piece by
+//! piece where each piece lives, without a connection closed or a request dropped. Anything
+//! that can fail (validation, name resolution, building the rate limiter) fails before the
+//! first change, so a refused reload leaves the old configuration running untouched.
+
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+
+use crate::config::{BackendConfig, Config};
+use crate::server::Tuner;
+use crate::state::{Current, ReloadHook};
+use crate::upstream::{BackendTable, Forwarder, HealthChecker, HealthConfig, Reconciled};
+
+use super::generation::{backend_list, backend_policy, build_shared, changed_keys, health_config, tuning};
+
+/// Where a reload reads its configuration: the config file and the command line, read again.
+pub type ConfigSource = Box<dyn Fn() -> Result<Config, String> + Send + Sync>;
+
+/// What a reload changed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReloadReport {
+    /// Changes to the backend table.
+    pub backends: Reconciled,
+    /// Other settings now in force with new values.
+    pub settings: Vec<String>,
+    /// Settings that differ in the new configuration but only take effect at a restart.
+    pub restart_only: Vec<String>,
+}
+
+impl fmt::Display for ReloadReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = &self.backends;
+        let mut parts = Vec::new();
+        for (what, ids) in
+            [("added", &b.added), ("removed", &b.removed), ("replaced", &b.replaced), ("reweighted", &b.reweighted)]
+        {
+            if !ids.is_empty() {
+                parts.push(format!("backends {what}: {}", ids.join(", ")));
+            }
+        }
+        if !self.settings.is_empty() {
+            parts.push(format!("settings changed: {}", self.settings.join(", ")));
+        }
+        if !self.restart_only.is_empty() {
+            parts.push(format!("kept until a restart: {}", self.restart_only.join(", ")));
+        }
+        if parts.is_empty() {
+            f.write_str("no change")
+        } else {
+            f.write_str(&parts.join("; "))
+        }
+    }
+}
+
+/// The parts of a running balancer that a reload or a stop reaches.
+pub struct Control {
+    current: Arc<Current>,
+    table: Arc<BackendTable>,
+    tuner: Tuner,
+    health: Mutex<Option<HealthChecker>>,
+    /// Every HTTP client made so far that may still be in use (a reload that changes the
+    /// timeouts makes a new one; requests in flight keep theirs): a stop breaks them all.
+    forwarders: Mutex<Vec<Weak<Forwarder>>>,
+    source: Mutex<Option<Arc<ConfigSource>>>,
+    /// One reload at a time.
+    reloading: Mutex<()>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Control {
+    /// Takes charge of a started balancer's parts, and answers `reload_hook` (what
+    /// `POST /lb/config/reload` calls) with reloads from the configuration source.
+    pub(crate) fn new(
+        current: Arc<Current>,
+        table: Arc<BackendTable>,
+        tuner: Tuner,
+        health: Option<HealthChecker>,
+        reload_hook: &ReloadHook,
+    ) -> Arc<Control> {
+        let forwarders = vec![Arc::downgrade(&current.load().forwarder)];
+        let control = Arc::new(Control {
+            current,
+            table,
+            tuner,
+            health: Mutex::new(health),
+            forwarders: Mutex::new(forwarders),
+            source: Mutex::new(None),
+            reloading: Mutex::new(()),
+        });
+        let weak = Arc::downgrade(&control);
+        reload_hook.set(move || match weak.upgrade() {
+            Some(control) => control.reload_from_source().map(|report| report.to_string()),
+            None => Err("the balancer is stopping".to_string()),
+        });
+        control
+    }
+
+    /// Sets where [`reload_from_source`](Self::reload_from_source) reads the configuration.
+    pub fn set_source(&self, source: ConfigSource) {
+        *lock(&self.source) = Some(Arc::new(source));
+    }
+
+    /// Reads the configuration from its source again and applies it (SIGHUP,
+    /// `POST /lb/config/reload`). On error nothing changed; the reason is logged and returned.
+    pub fn reload_from_source(&self) -> Result<ReloadReport, String> {
+        let source = lock(&self.source).clone();
+        let result = match source {
+            Some(source) => source().and_then(|config| self.apply(config)),
+            None => Err("no configuration source to reload from".to_string()),
+        };
+        match &result {
+            Ok(report) => log::info!("configuration reloaded: {report}"),
+            Err(why) => log::error!("reload refused, the running configuration stays: {why}"),
+        }
+        result
+    }
+
+    /// Applies `config` (see [`crate::lifecycle`] for what takes effect when). On error nothing
+    /// changed.
+    pub fn reload(&self, config: Config) -> Result<ReloadReport, String> {
+        let result = self.apply(config);
+        match &result {
+            Ok(report) => log::info!("configuration reloaded: {report}"),
+            Err(why) => log::error!("reload refused, the running configuration stays: {why}"),
+        }
+        result
+    }
+
+    fn apply(&self, mut config: Config) -> Result<ReloadReport, String> {
+        let _one_at_a_time = lock(&self.reloading);
+        config.validate().map_err(|e| e.to_string())?;
+        let running = self.current.load_full();
+        let old = &running.config;
+        let mut restart_only = Vec::new();
+        macro_rules! keep {
+            ($($key:ident),*) => {$(
+                if config.$key != old.$key {
+                    restart_only.push(stringify!($key).to_string());
+                    config.$key = old.$key.clone();
+                }
+            )*};
+        }
+        keep!(host, port, threads, client_body_temp_path);
+        keep!(admin_listen, access_log, access_log_format, access_log_file, log_file, state_file);
+        // With a state file the management API owns the backend list (nginx Plus forbids
+        // servers in the file with `state`): a reload keeps the table's and applies the rest.
+        let wanted = if old.state_file.is_some() {
+            let running: Vec<_> = self
+                .table
+                .snapshot()
+                .backends
+                .iter()
+                .map(|b| {
+                    let config =
+                        BackendConfig { id: Some(b.id.clone()), ..BackendConfig::new(&b.host, b.port, b.weight()) };
+                    (b.id.clone(), config)
+                })
+                .collect();
+            if running != backend_list(&config) {
+                restart_only.push("backends (the state file keeps them)".to_string());
+            }
+            config.backends = running.iter().map(|(_, b)| b.clone()).collect();
+            running
+        } else {
+            backend_list(&config)
+        };
+        let health = health_config(&config).map_err(|e| e.to_string())?;
+        let settings = changed_keys(old, &config);
+        // Everything that can fail, before the first change.
+        let shared = build_shared(
+            config,
+            Arc::clone(&self.table),
+            Some(&running),
+            Arc::clone(&running.ops),
+            Arc::clone(&running.reload),
+        )?;
+        let backends = self
+            .table
+            .reconcile(shared.config.algorithm, &wanted, backend_policy(&shared.config))
+            .map_err(|e| e.to_string())?;
+        // From here on nothing fails.
+        if !Arc::ptr_eq(&shared.forwarder, &running.forwarder) {
+            let mut forwarders = lock(&self.forwarders);
+            forwarders.retain(|f| f.strong_count() > 0);
+            forwarders.push(Arc::downgrade(&shared.forwarder));
+        }
+        self.tuner.apply(tuning(&shared.config));
+        let old_health = health_config(old).ok();
+        self.current.store(Arc::new(shared));
+        if old_health.as_ref() != Some(&health) {
+            self.restart_health(health);
+        }
+        Ok(ReloadReport { backends, settings, restart_only })
+    }
+
+    fn restart_health(&self, config: HealthConfig) {
+        let mut slot = lock(&self.health);
+        if let Some(old) = slot.take() {
+            old.stop();
+        }
+        if config.interval.is_zero() {
+            // No checks: nothing will ever bring a backend marked down back, so none is.
+            for backend in &self.table.snapshot().backends {
+                backend.set_healthy(true);
+            }
+            return;
+        }
+        match HealthChecker::start(Arc::clone(&self.table), config) {
+            Ok(checker) => *slot = Some(checker),
+            Err(e) => log::error!("cannot restart the health checks: {e}"),
+        }
+    }
+
+    /// Breaks every backend connection of every HTTP client still in use: workers blocked on
+    /// a backend get an error at once (the end of a stop's grace period).
+    pub fn break_backend_io(&self) {
+        for forwarder in lock(&self.forwarders).iter().filter_map(Weak::upgrade) {
+            forwarder.shutdown();
+        }
+    }
+
+    /// Stops the health checks.
+    pub fn stop_health(&self) {
+        if let Some(checker) = lock(&self.health).take() {
+            checker.stop();
+        }
+    }
+}

@@ -1,0 +1,136 @@
+//! One generation of [`Shared`]: everything a request reads, built from one configuration and
+//! reusing from the previous generation what did not change (the counters always, the table
+//! always, the HTTP client and the traffic policies when their settings are the same).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::config::{BackendConfig, Config, ConfigError};
+use crate::health::BreakerConfig;
+use crate::ops::Operations;
+use crate::server::Tuning;
+use crate::state::{ReloadHook, Shared};
+use crate::stats::Stats;
+use crate::traffic::RateLimiter;
+use crate::upstream::{BackendPolicy, BackendTable, ForwardTimeouts, Forwarder, HealthConfig, RetryBudget};
+
+/// Settings a reload cannot change: they need a new listener, a new worker pool or files and
+/// threads opened at start. A reload keeps their running values and says so.
+pub const RESTART_ONLY: &[&str] = &[
+    "host",
+    "port",
+    "threads",
+    "client_body_temp_path",
+    "admin_listen",
+    "access_log",
+    "access_log_format",
+    "access_log_file",
+    "log_file",
+    "state_file",
+];
+
+/// The health checker's settings.
+pub(crate) fn health_config(config: &Config) -> Result<HealthConfig, ConfigError> {
+    Ok(HealthConfig {
+        path: config.health_check_path.clone(),
+        interval: Duration::from_secs_f64(config.health_check_interval),
+        timeout: Duration::from_secs_f64(config.health_check_timeout),
+        rise: config.health_check_rise,
+        fall: config.health_check_fall,
+        expected: config.expected_health_status()?,
+        probers: config.backends.len().clamp(4, 16),
+    })
+}
+
+/// How every backend behaves when things go wrong.
+pub(crate) fn backend_policy(config: &Config) -> BackendPolicy {
+    BackendPolicy {
+        breaker: BreakerConfig {
+            consecutive_failures: config.breaker_consecutive_failures,
+            failure_ratio: config.breaker_failure_ratio,
+            cooldown: Duration::from_secs_f64(config.breaker_cooldown),
+            max_cooldown: Duration::from_secs(60).max(Duration::from_secs_f64(config.breaker_cooldown)),
+            half_open_trials: config.breaker_half_open_trials,
+            ..BreakerConfig::default()
+        },
+        slow_start: Duration::from_secs_f64(config.slow_start),
+        panic_mode: config.panic_mode,
+        max_connections: config.backend_connection_cap(),
+    }
+}
+
+/// The backends as (id, config), in order.
+pub(crate) fn backend_list(config: &Config) -> Vec<(String, BackendConfig)> {
+    config.backend_ids().into_iter().zip(config.backends.iter().cloned()).collect()
+}
+
+/// The front end's reloadable settings.
+pub(crate) fn tuning(config: &Config) -> Tuning {
+    Tuning { limits: config.limits(), queue_capacity: config.queue_capacity, body_buffering: config.body_buffering() }
+}
+
+/// The HTTP client's settings: its timeouts, and an idle pool in which every worker may keep a
+/// connection to every backend (added ones included).
+fn client_settings(config: &Config) -> (ForwardTimeouts, usize) {
+    let timeouts = ForwardTimeouts {
+        connect: Duration::from_secs_f64(config.connect_timeout),
+        request: Duration::from_secs_f64(config.request_timeout),
+    };
+    (timeouts, (config.threads * config.backends.len().max(4)).max(64))
+}
+
+/// Builds the `Shared` of `config` over `table`, reusing from `previous` the counters, the
+/// start time, and the HTTP client, rate limiter and retry budget when their settings did not
+/// change (`ops` and `reload` live as long as the balancer). Fails (changing nothing) when a
+/// setting cannot be built.
+pub(crate) fn build_shared(
+    config: Config,
+    table: Arc<BackendTable>,
+    previous: Option<&Shared>,
+    ops: Arc<Operations>,
+    reload: Arc<ReloadHook>,
+) -> Result<Shared, String> {
+    let (timeouts, pool_size) = client_settings(&config);
+    let forwarder = match previous {
+        Some(p) if p.forwarder.settings().0 == timeouts && p.forwarder.settings().1 >= pool_size => {
+            Arc::clone(&p.forwarder)
+        }
+        _ => Arc::new(Forwarder::new(timeouts, pool_size)),
+    };
+    let limits = config.rate_limits();
+    let rate_limiter = match previous {
+        Some(p) if p.config.rate_limits() == limits => Arc::clone(&p.rate_limiter),
+        _ => Arc::new(RateLimiter::new(&limits).map_err(|e| e.to_string())?),
+    };
+    let budget = (config.retry_budget_ratio, config.retry_budget_min);
+    let retry_budget = match previous {
+        Some(p) if (p.config.retry_budget_ratio, p.config.retry_budget_min) == budget => Arc::clone(&p.retry_budget),
+        _ => Arc::new(RetryBudget::new(budget.0, budget.1, Duration::from_secs(10))),
+    };
+    Ok(Shared {
+        forwarder,
+        table,
+        stats: previous.map_or_else(|| Arc::new(Stats::default()), |p| Arc::clone(&p.stats)),
+        retry_budget,
+        started: previous.map_or_else(Instant::now, |p| p.started),
+        rate_limiter,
+        sticky: config.sticky_sessions(),
+        config,
+        ops,
+        reload,
+    })
+}
+
+/// The keys whose values differ between two configurations (`backends` aside: the table
+/// reports its own changes).
+pub(crate) fn changed_keys(old: &Config, new: &Config) -> Vec<String> {
+    let (Ok(serde_json::Value::Object(old)), Ok(serde_json::Value::Object(new))) =
+        (serde_json::to_value(old), serde_json::to_value(new))
+    else {
+        return Vec::new();
+    };
+    new.iter()
+        .filter(|(key, value)| *key != "backends" && old.get(*key) != Some(value))
+        .map(|(k, _)| k.clone())
+        .collect()
+}

@@ -1,0 +1,27 @@
+//! A running balancer's life after start: reloading its configuration without dropping a
+//! connection or a request ([`Control::reload`]), checking a configuration without running it
+//! ([`check_config`], `lb-sync --check-config`), and the signals that drive both
+//! ([`signals`]: SIGTERM/SIGINT stop gracefully, SIGHUP reloads).
+//!
+//! What a reload applies, and when (nginx applies new settings to new connections; we apply
+//! them to new requests, as no connection is ever restarted):
+//!
+//! | settings | take effect |
+//! |---|---|
+//! | backends, weights, `algorithm`, `panic_mode` | the next pick (the table's snapshot is swapped; a backend whose id, host and port are unchanged keeps its health, breaker and counters) |
+//! | `breaker_*`, `slow_start`, `backend_max_connections` | the next outcome or pick of each backend, in place |
+//! | `request_timeout`, `connect_timeout` | the next request (a new HTTP client; requests in flight keep the old one's) |
+//! | `max_tries`, retries, rate limits, sticky cookie, `trusted_proxies`, admin settings, `access_log`, `backend_queue_timeout`, `shutdown_timeout` | the next request (each request reads one configuration from start to end) |
+//! | client limits and timeouts, `max_connections`, `queue_capacity`, body buffering sizes | each connection's next request or deadline, the next connection accepted, the next body byte |
+//! | `health_check_*` | at once (the checker is restarted; verdicts are kept) |
+//! | `host`, `port`, `threads`, `client_body_temp_path` | at the next restart: a reload keeps the running value and logs that it did |
+
+mod check;
+mod control;
+mod generation;
+pub mod signals;
+
+pub use check::check_config;
+pub use control::{Control, ReloadReport};
+pub use generation::RESTART_ONLY;
+pub(crate) use generation::{backend_list, backend_policy, build_shared, health_config, tuning};

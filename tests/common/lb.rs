@@ -1,0 +1,137 @@
+//! An `lb-sync` child process for the lifecycle, fault and soak tests: a config file of its own,
+//! stderr kept in a file (its log), signals sent with `kill` by PID, and its exit awaited with
+//! a deadline. Killed and reaped when dropped.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use std::io::{BufRead, BufReader};
+
+pub struct Lb {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub dir: PathBuf,
+    pub ready_line: String,
+}
+
+fn unique_dir(tag: &str) -> PathBuf {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("lb-sync-{tag}-{}-{n}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// `"backends": [...]` for these addresses, ids b0, b1...
+pub fn backends_json(backends: &[SocketAddr]) -> String {
+    let list: Vec<String> = backends
+        .iter()
+        .enumerate()
+        .map(|(i, a)| format!(r#"{{"id": "b{i}", "host": "127.0.0.1", "port": {}}}"#, a.port()))
+        .collect();
+    format!(r#""backends": [{}]"#, list.join(", "))
+}
+
+impl Lb {
+    /// Starts lb-sync on an ephemeral loopback port with `settings` (JSON object fields, after
+    /// a comma) and waits for its ready line.
+    pub fn start(backends: &[SocketAddr], settings: &str) -> Lb {
+        Lb::start_with_args(backends, settings, &[])
+    }
+
+    pub fn start_with_args(backends: &[SocketAddr], settings: &str, args: &[&str]) -> Lb {
+        let dir = unique_dir("lb");
+        let extra = if settings.trim().is_empty() { String::new() } else { format!(", {settings}") };
+        let config = format!(
+            r#"{{"host": "127.0.0.1", "port": 0, "access_log": false, "health_check_interval": 0, {}{extra}}}"#,
+            backends_json(backends)
+        );
+        std::fs::write(dir.join("config.json"), config).unwrap();
+        let log = std::fs::File::create(dir.join("stderr.log")).unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_lb-sync"));
+        command.arg("--config").arg(dir.join("config.json")).args(args);
+        command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(log);
+        let mut child = command.spawn().expect("spawn lb-sync");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).expect("ready line");
+        let addr = line
+            .split("listening on ")
+            .nth(1)
+            .and_then(|rest| rest.split(' ').next())
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no address in the ready line {line:?}; log: {}", read(&dir.join("stderr.log"))));
+        Lb { child, addr, dir, ready_line: line.trim().to_string() }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("config.json")
+    }
+
+    /// Rewrites the config file (for a reload).
+    pub fn write_config(&self, backends: &[SocketAddr], settings: &str) {
+        let extra = if settings.trim().is_empty() { String::new() } else { format!(", {settings}") };
+        let config = format!(
+            r#"{{"host": "127.0.0.1", "port": 0, "access_log": false, "health_check_interval": 0, {}{extra}}}"#,
+            backends_json(backends)
+        );
+        std::fs::write(self.config_path(), config).unwrap();
+    }
+
+    /// Sends a signal (`TERM`, `INT`, `HUP`) with kill(1), by PID.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill").arg(format!("-{name}")).arg(self.pid().to_string()).status().unwrap();
+        assert!(status.success(), "kill -{name} {}", self.pid());
+    }
+
+    /// Waits for the process to exit, up to `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let end = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if Instant::now() >= end {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Its log so far.
+    pub fn log(&self) -> String {
+        read(&self.dir.join("stderr.log"))
+    }
+
+    /// Polls the log until it contains `text`.
+    pub fn wait_log(&self, text: &str, limit: Duration) -> bool {
+        super::wait_until(limit, || self.log().contains(text))
+    }
+
+    pub fn rss_kb(&self) -> u64 {
+        super::proc_status(self.pid(), "VmRSS")
+    }
+
+    pub fn threads(&self) -> u64 {
+        super::proc_status(self.pid(), "Threads")
+    }
+}
+
+fn read(path: &PathBuf) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+impl Drop for Lb {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
