@@ -45,6 +45,11 @@ const MAX_POLL_WAIT: Duration = Duration::from_secs(1);
 /// After the stop deadline, how long in-flight requests whose sockets were shut down get to
 /// return before the poller exits anyway.
 pub(crate) const STOP_HARD_WAIT: Duration = Duration::from_secs(5);
+/// While stopping, how long a keep-alive connection may stay idle before it is closed. A client
+/// that got a keep-alive answer just before the stop sends its next request within this (one
+/// that sends at the very moment of a close would have to resend it: RFC 9112 9.3.1); answers
+/// sent while stopping say `Connection: close`, so no request follows them.
+const STOP_IDLE_DRAIN: Duration = Duration::from_millis(250);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
@@ -527,9 +532,6 @@ impl Poller {
         if !keep_alive {
             return self.linger(token);
         }
-        if stopping {
-            return self.close(token);
-        }
         let started = !conn.buf.is_empty();
         conn.state = State::Reading { started };
         conn.deadline =
@@ -538,6 +540,12 @@ impl Poller {
         self.note_deadline(deadline);
         // Bytes that arrived while the request was served raised no new readiness event.
         self.advance(token);
+        // Stopping: a keep-alive response sent before the stop may have brought its next
+        // request already (read above: it is served); if none came, it may still come for a
+        // moment, then the connection is closed.
+        if stopping {
+            self.drain_idle(token);
+        }
     }
 
     /// Breaks a transfer visibly: a reset, so a close-delimited body cut short cannot look
@@ -705,27 +713,47 @@ impl Poller {
         }
     }
 
+    /// While stopping: an idle connection is closed after [`STOP_IDLE_DRAIN`] (by the sweep).
+    fn drain_idle(&mut self, token: usize) {
+        let Some(conn) = self.connections.get_mut(&token) else { return };
+        if conn.state == (State::Reading { started: false }) {
+            conn.deadline = conn.deadline.min(Instant::now() + STOP_IDLE_DRAIN);
+            let deadline = conn.deadline;
+            self.note_deadline(deadline);
+        }
+    }
+
+    /// Connections waiting for a next request that has not begun.
+    fn idle_connections(&self) -> Vec<usize> {
+        self.connections.iter().filter(|(_, c)| c.state == State::Reading { started: false }).map(|(&t, _)| t).collect()
+    }
+
     /// Carries out a stop request step by step; true when the poller may exit.
     fn carry_out_stop(&mut self, now: Instant) -> bool {
-        let deadline = *self.stop_deadline.get_or_insert_with(|| {
-            self.stopping.store(true, Ordering::Release);
-            if let Some(listener) = self.listener.take() {
-                let _ = self.poll.registry().deregister(&mut SourceFd(&listener.as_raw_fd()));
+        let deadline = match self.stop_deadline {
+            Some(deadline) => deadline,
+            None => {
+                self.stopping.store(true, Ordering::Release);
+                // Connections the kernel completed before the stop are taken (their requests
+                // are read and served), then the listener is closed: later ones are refused.
+                self.accept();
+                if let Some(listener) = self.listener.take() {
+                    let _ = self.poll.registry().deregister(&mut SourceFd(&listener.as_raw_fd()));
+                }
+                self.accept_resume = None;
+                let deadline = now + *self.stop.grace.lock().unwrap_or_else(|e| e.into_inner());
+                self.stop_deadline = Some(deadline);
+                // Requests being read (a head begun, a body), served or delivered get the grace
+                // period, and so do closing connections (their linger is short and keeps their
+                // last response from a reset). Idle ones are closed after a short drain; one
+                // whose next request arrived, unread yet, is not idle.
+                for token in self.idle_connections() {
+                    self.advance(token);
+                    self.drain_idle(token);
+                }
+                deadline
             }
-            now + *self.stop.grace.lock().unwrap_or_else(|e| e.into_inner())
-        });
-        // Requests being read (a head begun, a body), served or delivered get the grace period,
-        // and so do closing connections (their linger is short and keeps their last response
-        // from a reset); idle ones go now.
-        let idle: Vec<usize> = self
-            .connections
-            .iter()
-            .filter(|(_, c)| c.state == State::Reading { started: false })
-            .map(|(&t, _)| t)
-            .collect();
-        for token in idle {
-            self.close(token);
-        }
+        };
         if self.connections.is_empty() {
             return true;
         }

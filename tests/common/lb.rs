@@ -25,13 +25,11 @@ fn unique_dir(tag: &str) -> PathBuf {
     dir
 }
 
-/// `"backends": [...]` for these addresses, ids b0, b1...
+/// `"backends": [...]` for these addresses, each with the id `p<port>` (stable across
+/// rewrites of the list).
 pub fn backends_json(backends: &[SocketAddr]) -> String {
-    let list: Vec<String> = backends
-        .iter()
-        .enumerate()
-        .map(|(i, a)| format!(r#"{{"id": "b{i}", "host": "127.0.0.1", "port": {}}}"#, a.port()))
-        .collect();
+    let list: Vec<String> =
+        backends.iter().map(|a| format!(r#"{{"id": "p{0}", "host": "127.0.0.1", "port": {0}}}"#, a.port())).collect();
     format!(r#""backends": [{}]"#, list.join(", "))
 }
 

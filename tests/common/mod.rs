@@ -4,6 +4,7 @@
 
 pub mod faults;
 pub mod lb;
+pub mod load;
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
