@@ -334,3 +334,31 @@ fn the_library_stop_is_bounded_too() {
     assert!(started.elapsed() < Duration::from_secs(3), "stop took {:?}", started.elapsed());
     let _ = client.join();
 }
+
+#[test]
+fn with_a_state_file_a_reload_keeps_the_backends_the_api_manages() {
+    let (_children, addrs) = backends(2);
+    let state = std::env::temp_dir().join(format!("lb-sync-lifecycle-state-{}.json", std::process::id()));
+    let _ = std::fs::remove_file(&state);
+    let settings = format!(r#""state_file": "{}", "algorithm": "round_robin""#, state.display());
+    let lb = Lb::start(&addrs[..1], &settings);
+    // The API adds the second backend; the state file keeps it.
+    let mut conn = Conn::open(lb.addr);
+    let body = format!(r#"{{"id": "added", "host": "127.0.0.1", "port": {}}}"#, addrs[1].port());
+    conn.send(
+        format!("POST /lb/backends/add HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n{body}", body.len()).as_bytes(),
+    );
+    assert_eq!(conn.response().status, 201);
+    // The file still lists one backend, and asks for least connections.
+    lb.write_config(&addrs[..1], &settings.replace("round_robin", "least_connections"));
+    let resp = post(lb.addr, "/lb/config/reload");
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(
+        resp.json()["changes"],
+        "settings changed: algorithm; kept until a restart: backends (the state file keeps them)"
+    );
+    let config = Conn::open(lb.addr).get("/lb/config").json();
+    assert_eq!(config["algorithm"], "least_connections");
+    assert_eq!(config["backends"].as_array().unwrap().len(), 2, "the API's backend stays");
+    let _ = std::fs::remove_file(&state);
+}
