@@ -33,6 +33,21 @@ pub fn backends_json(backends: &[SocketAddr]) -> String {
     format!(r#""backends": [{}]"#, list.join(", "))
 }
 
+/// A config file: loopback, an ephemeral port, no access log, no health checks unless
+/// `settings` (JSON object fields) say otherwise, and these backends.
+pub fn config_json(backends: &[SocketAddr], settings: &str) -> String {
+    let mut fields = vec![r#""host": "127.0.0.1""#.to_string(), r#""port": 0"#.to_string(), backends_json(backends)];
+    for (key, default) in [("access_log", "false"), ("health_check_interval", "0")] {
+        if !settings.contains(&format!("\"{key}\"")) {
+            fields.push(format!(r#""{key}": {default}"#));
+        }
+    }
+    if !settings.trim().is_empty() {
+        fields.push(settings.to_string());
+    }
+    format!("{{{}}}", fields.join(", "))
+}
+
 impl Lb {
     /// Starts lb-sync on an ephemeral loopback port with `settings` (JSON object fields, after
     /// a comma) and waits for its ready line.
@@ -42,12 +57,7 @@ impl Lb {
 
     pub fn start_with_args(backends: &[SocketAddr], settings: &str, args: &[&str]) -> Lb {
         let dir = unique_dir("lb");
-        let extra = if settings.trim().is_empty() { String::new() } else { format!(", {settings}") };
-        let config = format!(
-            r#"{{"host": "127.0.0.1", "port": 0, "access_log": false, "health_check_interval": 0, {}{extra}}}"#,
-            backends_json(backends)
-        );
-        std::fs::write(dir.join("config.json"), config).unwrap();
+        std::fs::write(dir.join("config.json"), config_json(backends, settings)).unwrap();
         let log = std::fs::File::create(dir.join("stderr.log")).unwrap();
         let mut command = Command::new(env!("CARGO_BIN_EXE_lb-sync"));
         command.arg("--config").arg(dir.join("config.json")).args(args);
@@ -75,12 +85,7 @@ impl Lb {
 
     /// Rewrites the config file (for a reload).
     pub fn write_config(&self, backends: &[SocketAddr], settings: &str) {
-        let extra = if settings.trim().is_empty() { String::new() } else { format!(", {settings}") };
-        let config = format!(
-            r#"{{"host": "127.0.0.1", "port": 0, "access_log": false, "health_check_interval": 0, {}{extra}}}"#,
-            backends_json(backends)
-        );
-        std::fs::write(self.config_path(), config).unwrap();
+        std::fs::write(self.config_path(), config_json(backends, settings)).unwrap();
     }
 
     /// Sends a signal (`TERM`, `INT`, `HUP`) with kill(1), by PID.
