@@ -170,7 +170,7 @@ fn try_backends(shared: &Shared, out: &mut Outbound) -> Result<(Response, Arc<Ba
                 in_flight.answered();
                 let status = upstream.status().as_u16();
                 settle_answer(shared, backend, breaker, status, upstream_time);
-                let mut response = relay(upstream, in_flight, out.is_head);
+                let mut response = relay(upstream, in_flight, breaker.map(|(_, ticket)| ticket), out.is_head);
                 if let Some(session) = &session {
                     response = session.stamp(&membership, backend, response);
                 }

@@ -3,6 +3,7 @@
 
 use std::io::{self, Read};
 
+use crate::health::Ticket;
 use crate::server::{status_has_no_body, Response};
 use crate::upstream::InFlight;
 
@@ -12,17 +13,59 @@ use super::headers::{connection_options, passes_downstream};
 /// until the last byte is written (least_connections counts whole transfers).
 struct Streamed {
     body: ureq::BodyReader<'static>,
-    _in_flight: InFlight,
+    in_flight: InFlight,
+    /// The breaker ticket of the try, when the pick went through the breaker.
+    ticket: Option<Ticket>,
+    /// Bytes still owed by a declared `Content-Length`.
+    owed: Option<u64>,
+    failed: bool,
+}
+
+impl Streamed {
+    /// The body broke (a reset, a close before its end): the answer the backend began is no
+    /// answer, and its breaker hears so (once), as it would of a reset before the head.
+    fn broke(&mut self, error: io::Error) -> io::Error {
+        if !std::mem::replace(&mut self.failed, true) {
+            let backend = self.in_flight.backend();
+            backend.record_failure();
+            match self.ticket {
+                Some(ticket) => {
+                    backend.breaker().record_failure(ticket);
+                }
+                None => backend.breaker().count_only(true),
+            }
+            log::warn!("backend {} ({}): response body cut short: {error}", backend.id, backend.addr);
+        }
+        error
+    }
 }
 
 impl Read for Streamed {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.body.read(buf)
+        match self.body.read(buf) {
+            Ok(0) if !buf.is_empty() && self.owed.is_some_and(|owed| owed > 0) => {
+                let owed = self.owed.unwrap_or(0);
+                Err(self.broke(io::Error::new(io::ErrorKind::UnexpectedEof, format!("{owed} byte(s) short"))))
+            }
+            Ok(n) => {
+                if let Some(owed) = &mut self.owed {
+                    *owed = owed.saturating_sub(n as u64);
+                }
+                Ok(n)
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Err(e),
+            Err(e) => Err(self.broke(e)),
+        }
     }
 }
 
 /// Turns the backend's response into ours, streaming its body.
-pub(crate) fn relay(upstream: ureq::http::Response<ureq::Body>, in_flight: InFlight, is_head: bool) -> Response {
+pub(crate) fn relay(
+    upstream: ureq::http::Response<ureq::Body>,
+    in_flight: InFlight,
+    ticket: Option<Ticket>,
+    is_head: bool,
+) -> Response {
     let (parts, body) = upstream.into_parts();
     let status = parts.status.as_u16();
     let mut response = Response::new(status);
@@ -43,5 +86,6 @@ pub(crate) fn relay(upstream: ureq::http::Response<ureq::Body>, in_flight: InFli
         return response.with_stream(io::empty(), declared);
     }
     let length = if chunked { None } else { declared };
-    response.with_stream(Streamed { body: body.into_reader(), _in_flight: in_flight }, length)
+    let streamed = Streamed { body: body.into_reader(), in_flight, ticket, owed: length, failed: false };
+    response.with_stream(streamed, length)
 }

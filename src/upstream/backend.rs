@@ -391,6 +391,11 @@ pub struct InFlight {
 }
 
 impl InFlight {
+    /// The backend the request went to.
+    pub fn backend(&self) -> &Arc<Backend> {
+        &self.backend
+    }
+
     /// The backend answered: its slot under the connection cap is free for the next request
     /// (the body may still take a while to reach a slow client; no worker waits for that).
     pub fn answered(&mut self) {
