@@ -89,6 +89,10 @@ fn who(shared: &Shared, request: &Request) -> Origin {
 /// Step 2: the request as it goes upstream; refused here when it cannot be expressed there.
 fn prepare(shared: &Shared, request: Request, origin: &Origin, access: &PendingAccess) -> Result<Outbound, ProxyError> {
     let method = request.method().to_string();
+    if method == "CONNECT" {
+        // A tunnel to wherever the client names: never (lb-sync is not a forward proxy).
+        return Err(ProxyError::UnsupportedTarget);
+    }
     let target = origin_form(request.target()).ok_or(ProxyError::UnsupportedTarget)?.to_string();
     let mut headers = upstream_headers(&request, origin.client, origin.peer_trusted);
     let sticky_token = policy::take_sticky_cookie(shared, &mut headers);
@@ -314,19 +318,40 @@ fn is_idempotent(method: &str) -> bool {
 }
 
 /// The path and query to send upstream: origin form, or the path of an absolute-form target.
+/// An absolute form is `http` or `https` (any case) with a host (RFC 9110 4.2.1) and no
+/// userinfo (4.2.4: a recipient should treat it as an error): anything else, `*`, CONNECT's
+/// authority form, is refused (`400`), never forwarded.
 ///
 /// ```
 /// use lb_sync::proxy::origin_form;
 /// assert_eq!(origin_form("http://example.com/lb/stats?x=1"), Some("/lb/stats?x=1"));
-/// assert_eq!(origin_form("http://example.com"), Some("/"));
+/// assert_eq!(origin_form("HTTP://example.com"), Some("/"));
 /// assert_eq!(origin_form("*"), None);
+/// assert_eq!(origin_form("http://"), None);
+/// assert_eq!(origin_form("http:///x"), None);
+/// assert_eq!(origin_form("http://user@example.com/"), None);
+/// assert_eq!(origin_form("ftp://example.com/"), None);
+/// assert_eq!(origin_form("example.com:443"), None);
 /// ```
 pub fn origin_form(target: &str) -> Option<&str> {
     if target.starts_with('/') {
         return Some(target);
     }
-    let rest = target.strip_prefix("http://").or_else(|| target.strip_prefix("https://"))?;
-    Some(rest.find('/').map_or("/", |i| &rest[i..]))
+    let (scheme, rest) = target.split_once("://")?;
+    if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
+        return None;
+    }
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = &rest[..end];
+    if authority.is_empty() || authority.starts_with(':') || authority.contains('@') {
+        return None;
+    }
+    match rest.as_bytes().get(end) {
+        None => Some("/"),
+        Some(b'/') => Some(&rest[end..]),
+        // A query or fragment straight after the authority: not a target we rewrite.
+        Some(_) => None,
+    }
 }
 
 /// ip_hash's key: the client address's bytes.

@@ -132,10 +132,8 @@ impl BodyDecoder {
             }
             Phase::ChunkEnd => Err(RequestError::BadRequest("chunk data not followed by CRLF")),
             Phase::Trailers { seen } => {
-                // A trailer line is a header line: no control bytes, a name first.
-                let bad = content.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f)
-                    || (!content.is_empty() && matches!(content[0], b' ' | b'\t' | b':'));
-                if bad {
+                // A trailer line is a header line: a token, a colon, a value without control bytes.
+                if !content.is_empty() && !is_field_line(content) {
                     return Err(RequestError::BadRequest("malformed trailer"));
                 }
                 if seen + content.len() > MAX_TRAILER_BYTES {
@@ -158,6 +156,10 @@ impl BodyDecoder {
         if line[..line.len() - 2].iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
             return Err(RequestError::BadRequest("control byte in a chunk size line"));
         }
+        let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+        if !is_chunk_ext(&line[digits..line.len() - 2]) {
+            return Err(RequestError::BadRequest("invalid chunk extension"));
+        }
         match httparse::parse_chunk_size(line) {
             Ok(httparse::Status::Complete((used, size))) if used == line.len() => {
                 if self.received.saturating_add(size) > self.max_body {
@@ -169,6 +171,71 @@ impl BodyDecoder {
             _ => Err(RequestError::BadRequest("invalid chunk size")),
         }
     }
+}
+
+/// RFC 9110 5.6.2 `tchar`.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// RFC 9112 7.1.1: `*( BWS ";" BWS ext-name [ BWS "=" BWS ext-val ] )`, where a name is a token
+/// and a value a token or a quoted string. httparse skips extensions unchecked; we do not
+/// forward what we have not checked.
+fn is_chunk_ext(mut ext: &[u8]) -> bool {
+    let skip_ws = |s: &mut &[u8]| {
+        while let [b' ' | b'\t', rest @ ..] = *s {
+            *s = rest;
+        }
+    };
+    let token = |s: &mut &[u8]| {
+        let n = s.iter().take_while(|&&b| is_tchar(b)).count();
+        *s = &s[n..];
+        n > 0
+    };
+    loop {
+        skip_ws(&mut ext);
+        match ext {
+            [] => return true,
+            [b';', rest @ ..] => ext = rest,
+            _ => return false,
+        }
+        skip_ws(&mut ext);
+        if !token(&mut ext) {
+            return false;
+        }
+        let mut after = ext;
+        skip_ws(&mut after);
+        if let [b'=', rest @ ..] = after {
+            ext = rest;
+            skip_ws(&mut ext);
+            if let [b'"', rest @ ..] = ext {
+                // quoted-string: qdtext or quoted-pair, up to the closing quote.
+                let mut rest = rest;
+                loop {
+                    match rest {
+                        [b'"', tail @ ..] => {
+                            ext = tail;
+                            break;
+                        }
+                        [b'\\', b, tail @ ..] if *b == b'\t' || (0x20..0x7f).contains(b) || *b >= 0x80 => rest = tail,
+                        [b, tail @ ..] if *b == b'\t' || (*b >= 0x20 && *b != 0x7f && *b != b'\\') => rest = tail,
+                        _ => return false,
+                    }
+                }
+            } else if !token(&mut ext) {
+                return false;
+            }
+        }
+    }
+}
+
+/// A header (or trailer) line: `field-name ":" field-value`, a token before the colon and no
+/// control byte but HTAB after it.
+fn is_field_line(line: &[u8]) -> bool {
+    let Some(colon) = line.iter().position(|&b| b == b':') else { return false };
+    colon > 0
+        && line[..colon].iter().all(|&b| is_tchar(b))
+        && line[colon + 1..].iter().all(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f))
 }
 
 #[cfg(test)]
@@ -193,7 +260,7 @@ mod tests {
 
     #[test]
     fn chunked_split_at_every_byte_decodes_the_same() {
-        let wire = b"3;ext=1\r\nabc\r\n1\r\nd\r\n0\r\nX-T: 1\r\n\r\nNEXT";
+        let wire = b"3;ext=1\r\nabc\r\n1 ; a = \"q\\\"s\" ;b\r\nd\r\n0\r\nX-T: 1\r\n\r\nNEXT";
         let (body, used) = decode_bytewise(BodyFraming::Chunked, wire).unwrap();
         assert_eq!((body.as_slice(), used), (&b"abcd"[..], wire.len() - 4));
     }
@@ -206,6 +273,13 @@ mod tests {
             (b"3\r\nabcX\r\n", "chunk data not followed by CRLF"),
             (b"3;a\x01b\r\nabc\r\n", "control byte in a chunk size line"),
             (b"0\r\n: bad\r\n\r\n", "malformed trailer"),
+            (b"0\r\nNoColon\r\n\r\n", "malformed trailer"),
+            (b"0\r\nabc\r\n\r\n", "malformed trailer"),
+            (b"3;\r\nabc\r\n", "invalid chunk extension"),
+            (b"3;=1\r\nabc\r\n", "invalid chunk extension"),
+            (b"3;a=\r\nabc\r\n", "invalid chunk extension"),
+            (b"3;a=\"x\r\nabc\r\n", "invalid chunk extension"),
+            (b"3 x\r\nabc\r\n", "invalid chunk extension"),
         ] {
             assert_eq!(decode_bytewise(BodyFraming::Chunked, wire), Err(RequestError::BadRequest(why)), "{wire:?}");
         }

@@ -181,10 +181,33 @@ fn request_line_length(buf: &[u8]) -> Option<usize> {
     buf[skipped..].iter().position(|&b| b == b'\n')
 }
 
+/// What a request line httparse refused for its version deserves: `505` for a well-formed
+/// `HTTP/x.y` of a major version above 1 (RFC 9110 15.6.6, as nginx), `400` for anything
+/// malformed (`HTTP/1.x`, `http/1.1`, a missing version...). httparse says "version" for both,
+/// and for any request line whose spaces are not where it expects them.
+fn version_error(buf: &[u8]) -> RequestError {
+    let skipped = buf.iter().take_while(|&&b| b == b'\r' || b == b'\n').count();
+    let line = &buf[skipped..];
+    let line = &line[..line.iter().position(|&b| b == b'\n').unwrap_or(line.len())];
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let parts: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
+    match parts.as_slice() {
+        [_, _, version] => match version {
+            [b'H', b'T', b'T', b'P', b'/', major, b'.', minor]
+                if major.is_ascii_digit() && minor.is_ascii_digit() && *major >= b'2' =>
+            {
+                RequestError::UnsupportedVersion
+            }
+            _ => RequestError::BadRequest("malformed HTTP version"),
+        },
+        _ => RequestError::BadRequest("malformed request line"),
+    }
+}
+
 fn map_parse_error(error: httparse::Error, buf: &[u8], limits: &Limits) -> RequestError {
     match error {
         httparse::Error::TooManyHeaders => RequestError::HeadTooLarge,
-        httparse::Error::Version => RequestError::UnsupportedVersion,
+        httparse::Error::Version => version_error(buf),
         // A malformed head that is also over a size limit reports the limit: that is the cause.
         _ => match check_partial_size(buf, limits) {
             Err(limit) => limit,

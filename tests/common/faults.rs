@@ -32,6 +32,8 @@ pub struct FaultyBackend {
     pub addr: SocketAddr,
     /// Requests (heads) seen.
     pub hits: Arc<AtomicUsize>,
+    /// The request line of each request seen.
+    pub lines: Arc<Mutex<Vec<String>>>,
     fault: Arc<Mutex<Fault>>,
     stop: Arc<AtomicBool>,
     held: Arc<Mutex<Vec<TcpStream>>>,
@@ -47,19 +49,22 @@ impl FaultyBackend {
         let fault = Arc::new(Mutex::new(fault));
         let stop = Arc::new(AtomicBool::new(false));
         let held = Arc::new(Mutex::new(Vec::new()));
+        let lines = Arc::new(Mutex::new(Vec::new()));
         let (h, f, s, k) = (Arc::clone(&hits), Arc::clone(&fault), Arc::clone(&stop), Arc::clone(&held));
+        let l = Arc::clone(&lines);
         let thread = std::thread::spawn(move || {
             while !s.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((stream, _)) => {
                         let (h, f, k, s) = (Arc::clone(&h), Arc::clone(&f), Arc::clone(&k), Arc::clone(&s));
-                        std::thread::spawn(move || serve(stream, &h, &f, &k, &s));
+                        let l = Arc::clone(&l);
+                        std::thread::spawn(move || serve(stream, &h, &l, &f, &k, &s));
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(2)),
                 }
             }
         });
-        FaultyBackend { addr, hits, fault, stop, held, thread: Some(thread) }
+        FaultyBackend { addr, hits, lines, fault, stop, held, thread: Some(thread) }
     }
 
     pub fn set(&self, fault: Fault) {
@@ -83,8 +88,8 @@ impl Drop for FaultyBackend {
     }
 }
 
-/// Reads one request head (and a Content-Length body); false at EOF.
-fn read_request(stream: &mut TcpStream) -> bool {
+/// Reads one request head (and a Content-Length body); its request line, or `None` at EOF.
+fn read_request(stream: &mut TcpStream) -> Option<String> {
     let mut buf = Vec::new();
     let mut byte = [0u8; 1024];
     loop {
@@ -98,14 +103,14 @@ fn read_request(stream: &mut TcpStream) -> bool {
             let mut have = buf.len() - end - 4;
             while have < length {
                 match stream.read(&mut byte) {
-                    Ok(0) | Err(_) => return false,
+                    Ok(0) | Err(_) => return None,
                     Ok(n) => have += n,
                 }
             }
-            return true;
+            return Some(String::from_utf8_lossy(&buf[..end]).lines().next().unwrap_or("").to_string());
         }
         match stream.read(&mut byte) {
-            Ok(0) | Err(_) => return false,
+            Ok(0) | Err(_) => return None,
             Ok(n) => buf.extend_from_slice(&byte[..n]),
         }
     }
@@ -114,6 +119,7 @@ fn read_request(stream: &mut TcpStream) -> bool {
 fn serve(
     mut stream: TcpStream,
     hits: &AtomicUsize,
+    lines: &Mutex<Vec<String>>,
     fault: &Mutex<Fault>,
     held: &Mutex<Vec<TcpStream>>,
     stop: &AtomicBool,
@@ -122,9 +128,8 @@ fn serve(
     let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
     let _ = stream.set_nodelay(true);
     loop {
-        if !read_request(&mut stream) {
-            return;
-        }
+        let Some(line) = read_request(&mut stream) else { return };
+        lines.lock().unwrap().push(line);
         hits.fetch_add(1, Ordering::SeqCst);
         let fault = *fault.lock().unwrap();
         match fault {
