@@ -333,10 +333,10 @@ impl CircuitBreaker {
         true
     }
 
-    /// An active health probe passed: an open breaker's cool-down ends now, so the next pick
-    /// sends its trials instead of waiting out a cool-down that grew while the backend was
-    /// dead (up to `max_cooldown`). A half-open or closed breaker is left as it is: trials
-    /// (real requests) still decide whether it closes.
+    /// An active health probe passed after failed ones (the backend came back): an open
+    /// breaker's cool-down ends now, so the next pick sends its trials instead of waiting out a
+    /// cool-down that grew while the backend was dead (up to `max_cooldown`). A half-open or
+    /// closed breaker is left as it is: trials (real requests) still decide whether it closes.
     pub fn probe_passed(&self) {
         if split(self.state.load(Ordering::Acquire)).1 == OPEN {
             let mut inner = self.lock();

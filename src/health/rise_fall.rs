@@ -19,6 +19,11 @@ pub struct RiseFall {
 }
 
 impl RiseFall {
+    /// Failed probes in a row so far (0 after a good one).
+    pub fn failed_run(&self) -> u32 {
+        self.failed.load(Ordering::Relaxed)
+    }
+
     /// Counts one probe; returns the runs of good and failed probes after it.
     pub fn record(&self, ok: bool) -> (u32, u32) {
         if ok {

@@ -57,9 +57,12 @@ impl Default for HealthConfig {
 /// down); after that, `rise` good or `fall` failed probes in a row change it.
 pub fn apply_probe(backend: &Backend, config: &HealthConfig, result: &Result<u16, ProbeError>) -> Option<bool> {
     let before = backend.health();
+    let failing_before = backend.rise_fall().failed_run() > 0;
     let (ok_run, fail_run) = backend.rise_fall().record(result.is_ok());
-    if result.is_ok() {
-        // Its breaker need not wait out a cool-down that grew while it was dead.
+    if result.is_ok() && failing_before {
+        // Back after failed probes (restarted): its breaker need not wait out a cool-down that
+        // grew while it was dead. (A probe that always passed says nothing of the answers
+        // that opened a breaker, 5xx ones say.)
         backend.breaker().probe_passed();
     }
     let change = match before {
