@@ -740,13 +740,16 @@ impl Poller {
         let deadline = match self.stop_deadline {
             Some(deadline) => deadline,
             None => {
-                self.stopping.store(true, Ordering::Release);
                 // Connections the kernel completed before the stop are taken (their requests
                 // are read and served), then the listener is closed: later ones are refused.
                 self.accept();
                 if let Some(listener) = self.listener.take() {
                     let _ = self.poll.registry().deregister(&mut SourceFd(&listener.as_raw_fd()));
                 }
+                // Only now do answers say `Connection: close`: a client told so reconnects at
+                // once, and must find the listener closed (refused: never sent), not a
+                // handshake the closing listener resets after the client sent its request.
+                self.stopping.store(true, Ordering::Release);
                 self.accept_resume = None;
                 let deadline = now + *self.stop.grace.lock().unwrap_or_else(|e| e.into_inner());
                 self.stop_deadline = Some(deadline);
