@@ -583,3 +583,21 @@ fn connection_cannot_strip_host_or_content_length() {
     assert_eq!(host, Some("kept.test"));
     lb.stop(Duration::from_secs(1));
 }
+
+#[test]
+fn an_absolute_form_target_goes_upstream_in_origin_form_with_the_targets_host() {
+    // RFC 9112 3.2.2: the target's authority wins over the client's Host.
+    let (_b, port) = demo_backend();
+    let lb = balancer(AlgorithmKind::RoundRobin, &[(port, 1)], |_| {});
+    let mut conn = Conn::open(lb.local_addr());
+    conn.send(b"GET http://api.example:8080/p?q=1 HTTP/1.1\r\nHost: old.example\r\n\r\n");
+    let json = conn.response().json();
+    assert_eq!(json["request"]["path"], "/p");
+    assert_eq!(json["request"]["query"], "q=1");
+    assert_eq!(json["request"]["headers"]["host"], "api.example:8080");
+    assert_eq!(json["request"]["headers"]["x-forwarded-host"], "api.example:8080");
+    // An origin-form request keeps its Host.
+    let json = conn.get("/plain").json();
+    assert_eq!(json["request"]["headers"]["host"], "test");
+    lb.stop(Duration::from_secs(1));
+}

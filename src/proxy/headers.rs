@@ -25,14 +25,21 @@ pub(crate) fn upstream_headers<'a>(
     let named_by_connection =
         connection_options(request.headers().iter().filter(|h| h.is("connection")).map(|h| &h.value[..]));
     let is_head = request.head().is_head();
+    // An absolute-form target names the host itself; the client's Host is ignored (RFC 9112
+    // 3.2.2) and the backend gets the target's.
+    let target_host = super::target_authority(request.target());
     let mut headers: Vec<(&str, Cow<[u8]>)> = request
         .headers()
         .iter()
         .filter(|h| !is_hop_by_hop(&h.name) && !SET_BY_PROXY.iter().any(|d| h.is(d)))
         .filter(|h| !named_by_connection.iter().any(|n| h.is(n)))
         .filter(|h| !(is_head && h.is("content-length")))
+        .filter(|h| !(target_host.is_some() && h.is("host")))
         .map(|h| (h.name.as_str(), Cow::Borrowed(&h.value[..])))
         .collect();
+    if let Some(host) = target_host {
+        headers.insert(0, ("Host", Cow::Borrowed(host.as_bytes())));
+    }
     let peer = canonical(request.peer().ip()).to_string();
     // A trusted proxy's chain is extended; an untrusted client's claims are dropped.
     let forwarded_for = match forwarded_for(request).filter(|_| peer_trusted) {
@@ -43,7 +50,7 @@ pub(crate) fn upstream_headers<'a>(
     headers.push(("X-Real-IP", Cow::Owned(client.to_string().into_bytes())));
     let proto = request.header("x-forwarded-proto").filter(|_| peer_trusted).unwrap_or("http");
     headers.push(("X-Forwarded-Proto", Cow::Borrowed(proto.as_bytes())));
-    let host = request.header("x-forwarded-host").filter(|_| peer_trusted).or(request.header("host"));
+    let host = request.header("x-forwarded-host").filter(|_| peer_trusted).or(target_host).or(request.header("host"));
     if let Some(host) = host {
         headers.push(("X-Forwarded-Host", Cow::Borrowed(host.as_bytes())));
     }

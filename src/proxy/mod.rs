@@ -337,6 +337,23 @@ pub fn origin_form(target: &str) -> Option<&str> {
     if target.starts_with('/') {
         return Some(target);
     }
+    absolute_form(target).map(|(_, path)| path)
+}
+
+/// The authority of an absolute-form target, which replaces the client's `Host` upstream
+/// (RFC 9112 3.2.2: a server receiving an absolute-form target ignores `Host`).
+///
+/// ```
+/// use lb_sync::proxy::target_authority;
+/// assert_eq!(target_authority("http://api.example:8080/p?q"), Some("api.example:8080"));
+/// assert_eq!(target_authority("/p"), None);
+/// ```
+pub fn target_authority(target: &str) -> Option<&str> {
+    absolute_form(target).map(|(authority, _)| authority)
+}
+
+/// An absolute-form target split into its authority and its path (with the query).
+fn absolute_form(target: &str) -> Option<(&str, &str)> {
     let (scheme, rest) = target.split_once("://")?;
     if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
         return None;
@@ -347,8 +364,8 @@ pub fn origin_form(target: &str) -> Option<&str> {
         return None;
     }
     match rest.as_bytes().get(end) {
-        None => Some("/"),
-        Some(b'/') => Some(&rest[end..]),
+        None => Some((authority, "/")),
+        Some(b'/') => Some((authority, &rest[end..])),
         // A query or fragment straight after the authority: not a target we rewrite.
         Some(_) => None,
     }
