@@ -83,6 +83,27 @@ fn normal_gets_are_served(addr: SocketAddr) {
     }
 }
 
+/// `n` connections, each with one GET of `path(i)` sent and its answer not read.
+fn requests_in_flight(addr: SocketAddr, n: usize, path: impl Fn(usize) -> String) -> Vec<Conn> {
+    (0..n)
+        .map(|i| {
+            let mut conn = Conn::open(addr);
+            conn.send(format!("GET {} HTTP/1.1\r\nHost: t\r\n\r\n", path(i)).as_bytes());
+            conn
+        })
+        .collect()
+}
+
+/// The first backend's `active_connections` in `/lb/backends`.
+fn active_connections(addr: SocketAddr) -> serde_json::Value {
+    Conn::open(addr).get("/lb/backends").json()[0]["active_connections"].clone()
+}
+
+/// Waits (bounded) until the first backend holds `n` requests.
+fn wait_for_active(addr: SocketAddr, n: u64) -> bool {
+    wait_until(Duration::from_secs(5), || active_connections(addr) == n)
+}
+
 fn open(addr: SocketAddr, first: &[u8]) -> TcpStream {
     let mut stream = TcpStream::connect(addr).unwrap();
     stream.write_all(first).unwrap();
@@ -161,24 +182,13 @@ fn a_hundred_slow_backend_requests_delay_no_other_request() {
     // The default pool (256 workers) is sized for this; the backend has workers for all of them.
     let server = backend(&["--threads", "160"]);
     let lb = Balancer::start(&[server.addr()], "");
-    let slow: Vec<Conn> = (0..100)
-        .map(|i| {
-            let mut conn = Conn::open(lb.addr);
-            conn.send(format!("GET /slow/{i}?delay_ms=4000 HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
-            conn
-        })
-        .collect();
+    let slow = requests_in_flight(lb.addr, 100, |i| format!("/slow/{i}?delay_ms=4000"));
     // All 100 are with the backend before the normal request starts.
-    let lb_addr = lb.addr;
-    assert!(wait_until(Duration::from_secs(5), || {
-        let backends = Conn::open(lb_addr).get("/lb/backends").json();
-        backends[0]["active_connections"] == 100
-    }));
+    assert!(wait_for_active(lb.addr, 100));
     let mut conn = Conn::open(lb.addr);
     assert_eq!(conn.get("/normal").status, 200);
     // Answered while every slow one is still waiting for its backend.
-    let backends = Conn::open(lb.addr).get("/lb/backends").json();
-    assert_eq!(backends[0]["active_connections"], 100, "the normal GET did not wait for the slow ones");
+    assert_eq!(active_connections(lb.addr), 100, "the normal GET did not wait for the slow ones");
     drop(slow);
 }
 
@@ -192,22 +202,13 @@ fn a_blackholed_backend_takes_only_its_connection_cap_then_requests_go_elsewhere
         r#", "threads": 8, "backend_max_connections": 3, "request_timeout": 30"#,
     );
     // Round robin sends every other request to the blackhole until it holds its cap.
-    let stuck: Vec<Conn> = (0..6)
-        .map(|i| {
-            let mut conn = Conn::open(lb.addr);
-            conn.send(format!("GET /{i} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
-            conn
-        })
-        .collect();
-    let lb_addr = lb.addr;
-    assert!(wait_until(Duration::from_secs(5), || {
-        Conn::open(lb_addr).get("/lb/backends").json()[0]["active_connections"] == 3
-    }));
+    let stuck = requests_in_flight(lb.addr, 6, |i| format!("/{i}"));
+    assert!(wait_for_active(lb.addr, 3));
     for i in 0..20 {
         let resp = Conn::open(lb.addr).get(&format!("/after/{i}"));
         assert_eq!(resp.status, 200, "served by the good backend while the blackhole is full");
     }
-    assert_eq!(Conn::open(lb.addr).get("/lb/backends").json()[0]["active_connections"], 3, "never over the cap");
+    assert_eq!(active_connections(lb.addr), 3, "never over the cap");
     drop(stuck);
 }
 
@@ -218,17 +219,8 @@ fn a_full_backend_queues_requests_then_answers_503_at_the_queue_timeout() {
         &[blackhole.local_addr().unwrap()],
         r#", "threads": 8, "backend_max_connections": 2, "backend_queue_timeout": 0.3, "request_timeout": 30"#,
     );
-    let _stuck: Vec<Conn> = (0..2)
-        .map(|i| {
-            let mut conn = Conn::open(lb.addr);
-            conn.send(format!("GET /{i} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
-            conn
-        })
-        .collect();
-    let lb_addr = lb.addr;
-    assert!(wait_until(Duration::from_secs(5), || {
-        Conn::open(lb_addr).get("/lb/backends").json()[0]["active_connections"] == 2
-    }));
+    let _stuck = requests_in_flight(lb.addr, 2, |i| format!("/{i}"));
+    assert!(wait_for_active(lb.addr, 2));
     let resp = Conn::open(lb.addr).get("/queued");
     assert_eq!((resp.status, resp.header("retry-after")), (503, Some("1")));
     assert!(resp.text().contains("connection limit"), "{}", resp.text());
