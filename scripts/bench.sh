@@ -7,6 +7,8 @@
 #   scripts/bench.sh proxy    # lb-sync vs nginx vs HAProxy in front of the same lb-backends, and direct
 #   scripts/bench.sh cost     # syscalls and context switches per proxied keep-alive GET, lb-sync vs nginx
 #   scripts/bench.sh slow     # 1000 slow senders / readers / heads, 100 slow backend requests: normal GETs meanwhile
+#   scripts/bench.sh sweep    # lb-sync vs nginx vs HAProxy at c=10, 64, 256 in front of nginx backends:
+#                             # req/s, p50, p99 and the proxy's CPU microseconds per request
 #
 # Environment: DURATION (default 10s), CONNECTIONS (64), WRK_THREADS (2), THREADS (lb workers, 256),
 # BODY_BYTES (1024), NGINX_WORKERS (auto); LB_BACKEND / LB_SYNC (binaries to use), else they come
@@ -69,6 +71,7 @@ load() {
   echo "$rps" > "$work/$name.rps"
 }
 header() { printf '%-30s %12s         %-13s %-13s %s\n' "" "throughput" "latency" "" "errors"; }
+ratio_of() { python3 -c "import sys; print(f'{float(sys.argv[1])/float(sys.argv[2]):.2f}')" "$(cat "$work/$1.rps")" "$(cat "$work/$2.rps")"; }
 ratio() { python3 -c "import sys; print(f'{float(sys.argv[1])/float(sys.argv[2]):.2f}')" "$(cat "$work/$1.rps")" "$(cat "$work/$2.rps")"; }
 nginx_up() { # $1 = config body (http block content), $2 = instance name (default nginx)
   local dir="$work/${2:-nginx}"
@@ -254,5 +257,85 @@ PY
     echo "lb-sync (default 256 workers) in front of one lb-backend; ${SLOW_PEERS:-1000} peers per case"
     python3 "$root/scripts/slow_peers.py" "127.0.0.1:$lb_port" "$lb_pid" "$work/bodies" "${SLOW_PEERS:-1000}"
     ;;
-  *) echo "usage: $0 server|proxy|cost|slow" >&2; exit 2 ;;
+  sweep)
+    # Issue 8's targets in one run: the three proxies in front of the same nginx backends (so
+    # backend cost is equal), at several concurrencies. CPU is the proxy's user + system time
+    # from /proc/PID/stat (all threads, nginx master and workers together) over the wrk run.
+    command -v haproxy >/dev/null || { echo "bench.sh: haproxy not found (apt-get install haproxy)" >&2; exit 1; }
+    read -r -a ports <<<"$(free_ports 6)"
+    backend_ports=("${ports[@]:0:3}")
+    lb_port=${ports[3]} nginx_port=${ports[4]} haproxy_port=${ports[5]}
+    body=$(head -c "$body_bytes" /dev/zero | tr '\0' x)
+    listens="" upstream="" haproxy_servers="" lb_args=()
+    for port in "${backend_ports[@]}"; do
+      listens+="listen 127.0.0.1:$port; "
+      upstream+="server 127.0.0.1:$port; "
+      haproxy_servers+="  server b$port 127.0.0.1:$port"$'\n'
+      lb_args+=(--backend "127.0.0.1:$port")
+    done
+    NGINX_WORKERS=1 nginx_up "server { $listens location / { default_type text/plain; return 200 '$body'; } }" backends
+    nginx_up "upstream backends { $upstream keepalive 64; }
+  server {
+    listen 127.0.0.1:$nginx_port;
+    location / { proxy_pass http://backends; proxy_http_version 1.1; proxy_set_header Connection \"\"; }
+  }"
+    nginx_pid=${pids[-1]}
+    "$sync_bin" --algorithm round_robin --host 127.0.0.1 --port "$lb_port" --threads "$threads" --access-log false \
+      --health-check-interval 0 "${lb_args[@]}" > "$work/lb-sync.out" 2> "$work/lb-sync.err" &
+    lb_pid=$!
+    pids+=("$lb_pid")
+    cat > "$work/haproxy.cfg" <<CFG
+global
+  nbthread $(nproc)
+  maxconn 4096
+defaults
+  mode http
+  option http-keep-alive
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+  timeout http-keep-alive 60s
+frontend front
+  bind 127.0.0.1:$haproxy_port
+  default_backend backends
+backend backends
+  balance roundrobin
+  http-reuse always
+$haproxy_servers
+CFG
+    haproxy -f "$work/haproxy.cfg" -db > "$work/haproxy.log" 2>&1 &
+    haproxy_pid=$!
+    pids+=("$haproxy_pid")
+    for port in "${backend_ports[@]}"; do wait_port "$port"; done
+    wait_port "$lb_port" / "$work/lb-sync.err"
+    wait_port "$nginx_port" / "$work/nginx/logs/error.log"
+    wait_port "$haproxy_port" / "$work/haproxy.log"
+    ticks() { for pid in "$@"; do awk '{print $14 + $15}' "/proc/$pid/stat"; done | awk '{s += $1} END {print s + 0}'; }
+    nginx_procs=("$nginx_pid" $(pgrep -P "$nginx_pid"))
+    hz=$(getconf CLK_TCK)
+    echo "3 nginx backends (return 200, ${body_bytes} B); lb-sync --threads $threads; nginx workers ${NGINX_WORKERS:-auto}; haproxy nbthread $(nproc)"
+    printf '%-6s %-8s %10s %9s %9s %12s\n' conns proxy "req/s" p50 p99 "CPU us/req"
+    for c in ${SWEEP_CONNECTIONS:-10 64 256}; do
+      for proxy in lb-sync nginx haproxy; do
+        case "$proxy" in
+          lb-sync) port=$lb_port procs=("$lb_pid") ;;
+          nginx) port=$nginx_port procs=("${nginx_procs[@]}") ;;
+          haproxy) port=$haproxy_port procs=("$haproxy_pid") ;;
+        esac
+        before=$(ticks "${procs[@]}")
+        wrk -t"$wrk_threads" -c"$c" -d"$duration" --latency "http://127.0.0.1:$port/" > "$work/$proxy.$c.wrk"
+        after=$(ticks "${procs[@]}")
+        rps=$(awk '/Requests\/sec/ {print $2}' "$work/$proxy.$c.wrk")
+        n=$(awk '/requests in/ {print $1}' "$work/$proxy.$c.wrk")
+        p50=$(awk '$1 == "50%" {print $2}' "$work/$proxy.$c.wrk")
+        p99=$(awk '$1 == "99%" {print $2}' "$work/$proxy.$c.wrk")
+        errors=$(awk '/Non-2xx|Socket errors/ {printf "%s ", $0}' "$work/$proxy.$c.wrk")
+        echo "$rps" > "$work/$proxy.$c.rps"
+        cpu=$(python3 -c "import sys; print(f'{(int(sys.argv[2]) - int(sys.argv[1])) * 1e6 / int(sys.argv[3]) / int(sys.argv[4]):.1f}')" "$before" "$after" "$hz" "$n")
+        printf '%-6s %-8s %10s %9s %9s %12s %s\n' "$c" "$proxy" "$rps" "$p50" "$p99" "$cpu" "$errors"
+      done
+      echo "c=$c lb-sync / nginx: $(ratio_of "lb-sync.$c" "nginx.$c")   lb-sync / haproxy: $(ratio_of "lb-sync.$c" "haproxy.$c")"
+    done
+    ;;
+  *) echo "usage: $0 server|proxy|cost|slow|sweep" >&2; exit 2 ;;
 esac
