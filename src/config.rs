@@ -247,6 +247,16 @@ pub struct Config {
     /// Bytes of body temp files of all connections together; past it, a body is refused with
     /// `503` + `Retry-After`. Default 16 GiB.
     pub client_body_temp_cap: u64,
+    /// Whether request bodies are read whole before a worker sees them (nginx's
+    /// `proxy_request_buffering`). Default true. Off, a body streams to the backend as it
+    /// arrives: for uploads that must not wait (or not touch disk), at the price of a worker
+    /// held at the client's pace (see `request_body_min_rate`) and no retry on another backend.
+    pub request_buffering: bool,
+    /// With `request_buffering` off, the slowest a client may send a body, in bytes per second:
+    /// it gets `client_io_timeout` plus one second per this many bytes received, in all
+    /// (Apache's mod_reqtimeout `MinRate`, default 500 there too). 0: no overall limit.
+    /// Default 500.
+    pub request_body_min_rate: u64,
     /// Most open client connections. Default 10 000.
     pub max_connections: usize,
     /// Seconds for a client to send a complete request head (`408` after). Default 10.
@@ -314,6 +324,8 @@ impl Default for Config {
             client_body_memory_cap: buffering.memory_cap,
             client_body_temp_path: None,
             client_body_temp_cap: buffering.disk_cap,
+            request_buffering: buffering.request_buffering,
+            request_body_min_rate: buffering.min_upload_rate,
             max_connections: limits.max_connections,
             client_header_timeout: limits.head_timeout.as_secs(),
             keep_alive_timeout: limits.keep_alive_timeout.as_secs(),
@@ -537,6 +549,8 @@ impl Config {
             memory_cap: self.client_body_memory_cap,
             disk_cap: self.client_body_temp_cap,
             temp_dir: self.client_body_temp_path.clone().unwrap_or(default.temp_dir),
+            request_buffering: self.request_buffering,
+            min_upload_rate: self.request_body_min_rate,
         }
     }
 

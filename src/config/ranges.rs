@@ -64,6 +64,7 @@ pub const RANGES: &[Range] = &[
     range("client_body_buffer_size", 0.0, GIB, Unit::Bytes),
     range("client_body_memory_cap", 0.0, 64.0 * GIB, Unit::Bytes),
     range("client_body_temp_cap", 0.0, 64.0 * TIB, Unit::Bytes),
+    range("request_body_min_rate", 0.0, GIB, Unit::Bytes),
     range("request_timeout", 0.001, DAY, Unit::Seconds),
     range("connect_timeout", 0.001, DAY, Unit::Seconds),
     range("backend_queue_timeout", 0.0, DAY, Unit::Seconds),
@@ -127,7 +128,7 @@ fn of(key: &str) -> &'static Range {
 pub(super) fn check(config: &Config) -> Result<(), ConfigError> {
     // Integers are compared as f64: every bound is far below 2^53, and a larger value is
     // out of range however it rounds.
-    let counts: [(&str, f64, &dyn std::fmt::Display); 20] = [
+    let counts: [(&str, f64, &dyn std::fmt::Display); 21] = [
         ("threads", config.threads as f64, &config.threads),
         ("queue_capacity", config.queue_capacity as f64, &config.queue_capacity),
         ("max_connections", config.max_connections as f64, &config.max_connections),
@@ -138,6 +139,7 @@ pub(super) fn check(config: &Config) -> Result<(), ConfigError> {
         ("client_body_buffer_size", config.client_body_buffer_size as f64, &config.client_body_buffer_size),
         ("client_body_memory_cap", config.client_body_memory_cap as f64, &config.client_body_memory_cap),
         ("client_body_temp_cap", config.client_body_temp_cap as f64, &config.client_body_temp_cap),
+        ("request_body_min_rate", config.request_body_min_rate as f64, &config.request_body_min_rate),
         ("client_header_timeout", config.client_header_timeout as f64, &config.client_header_timeout),
         ("keep_alive_timeout", config.keep_alive_timeout as f64, &config.keep_alive_timeout),
         ("client_io_timeout", config.client_io_timeout as f64, &config.client_io_timeout),

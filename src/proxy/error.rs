@@ -19,6 +19,10 @@ pub enum ProxyError {
     QueueTimeout,
     /// Every try failed; this is the last failure.
     BackendFailed(ForwardError),
+    /// The client broke off a body that was streaming to the backend (request buffering off):
+    /// it closed, sent bad framing or was slower than the minimum rate (nginx answers `400`
+    /// when a client's body is cut short, too).
+    ClientBodyCutShort,
     /// Over a rate limit: the request was not sent anywhere.
     RateLimited {
         /// The burst of the limit that refused it (`X-RateLimit-Limit`).
@@ -41,7 +45,7 @@ impl ProxyError {
     /// ```
     pub fn status(&self) -> u16 {
         match self {
-            ProxyError::UnsupportedTarget | ProxyError::Unforwardable(_) => 400,
+            ProxyError::UnsupportedTarget | ProxyError::Unforwardable(_) | ProxyError::ClientBodyCutShort => 400,
             ProxyError::NoBackend | ProxyError::QueueTimeout => 503,
             ProxyError::BackendFailed(e) if e.is_timeout() => 504,
             ProxyError::BackendFailed(_) => 502,
@@ -82,6 +86,7 @@ impl fmt::Display for ProxyError {
             ProxyError::BackendFailed(e) if e.is_timeout() => f.write_str("backend timed out"),
             ProxyError::BackendFailed(_) => f.write_str("backend failed"),
             ProxyError::RateLimited { .. } => f.write_str("too many requests"),
+            ProxyError::ClientBodyCutShort => f.write_str("the request body was cut short"),
         }
     }
 }

@@ -107,7 +107,11 @@ fn prepare(shared: &Shared, request: Request, origin: &Origin, access: &PendingA
     let is_head = request.head().is_head();
     // A HEAD request's body (allowed, meaningless) is not sent on.
     let send_body = !is_head && request.head().framing != BodyFraming::None;
-    let body = UpstreamBody::new(request.into_body(), send_body, shared.config.retry_body_max_bytes);
+    let mut request_body = request.into_body();
+    // A streamed body (request buffering off) waits for its client; meanwhile the backend may
+    // answer without reading it (a 413), and that answer is what the client must get.
+    request_body.watch_for_early_answer(crate::upstream::early_answer_arrived);
+    let body = UpstreamBody::new(request_body, send_body, shared.config.retry_body_max_bytes);
     if let Some(length) = body.len() {
         // Buffered whole: a chunked upload goes upstream with its length.
         prepared.set_content_length(length);
@@ -179,6 +183,13 @@ fn try_backends(shared: &Shared, out: &mut Outbound) -> Result<(Response, Arc<Ba
                     response = session.stamp(&membership, backend, response);
                 }
                 return Ok((response, Arc::clone(backend), upstream_time));
+            }
+            Err(_) if out.body.cut_short() => {
+                // The client broke its streamed body off: not the backend's failure.
+                if let Some((b, ticket)) = breaker {
+                    b.record_neutral(ticket);
+                }
+                return Err(ProxyError::ClientBodyCutShort);
             }
             Err(error) => {
                 let retry = settle_failure(shared, backend, breaker, &error, out);

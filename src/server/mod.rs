@@ -35,6 +35,7 @@ mod poller;
 mod request;
 mod response;
 mod spool;
+mod upload;
 mod worker;
 
 pub use body::{BodyDecoder, BodySink};
@@ -46,6 +47,7 @@ pub use observe::{Finished, Refusal, RefusalHook};
 pub use request::Request;
 pub use response::{status_has_no_body, Body, Response};
 pub use spool::{BodyBuffering, RequestBody};
+pub use upload::EarlyAnswerCheck;
 
 use std::io;
 use std::net::{SocketAddr, TcpListener};
@@ -213,6 +215,8 @@ impl Server {
         let running = Arc::new(Running::default());
         let spool = Arc::new(SpoolSettings::new(&config.body_buffering));
         let pending = Arc::new(Mutex::new(None));
+        let (resume_tx, resume_rx) = crossbeam_channel::unbounded();
+        let resume = upload::ResumeLink { tokens: resume_tx, waker: Arc::clone(&waker) };
 
         let mut threads = Vec::with_capacity(config.threads + 1);
         for i in 0..config.threads.max(1) {
@@ -244,6 +248,8 @@ impl Server {
             spool: Arc::clone(&spool),
             tuning: Arc::clone(&pending),
             on_refusal: config.on_refusal.clone(),
+            resume,
+            resumed: resume_rx,
         };
         let poller = Poller::new(poll, listener, config.limits, links)?;
         let guard = RunningGuard::enter(&running);

@@ -24,6 +24,7 @@ use super::limits::Limits;
 use super::observe::{Refusal, RefusalHook};
 use super::response::{Delivery, Progress};
 use super::spool::{RequestBody, SpoolSettings};
+use super::upload::{upload, Offer, ResumeLink, UploadFeed};
 use super::worker::{Job, Next, Returned};
 use super::Tuning;
 
@@ -61,12 +62,28 @@ enum State {
     Reading { started: bool },
     /// Reading a request body into its spool (`Connection::pending`).
     ReadingBody,
+    /// With a worker, and still reading its body, which streams to it (`Connection::upload`;
+    /// request buffering off).
+    Streaming,
     /// With a worker (serving, or refilling a delivery).
     Busy,
     /// Writing a response the client reads slowly (`Connection::delivery`).
     Writing,
     /// Our side is shut down; unread input is drained until EOF or the deadline.
     Lingering,
+}
+
+/// A body that streams to a worker while it arrives (request buffering off).
+struct Upload {
+    feed: UploadFeed,
+    decoder: BodyDecoder,
+    /// When the body began, moved on by the time it waited for the worker (not the client's
+    /// fault): the minimum rate is reckoned from it.
+    started: Instant,
+    /// When the channel filled and reading stopped, if it is full now.
+    stalled_since: Option<Instant>,
+    /// The body is complete and its end is held until the channel takes it.
+    ended: bool,
 }
 
 /// A request whose body is still arriving.
@@ -84,6 +101,10 @@ struct Connection {
     state: State,
     deadline: Instant,
     pending: Option<Pending>,
+    upload: Option<Upload>,
+    /// The connection cannot carry another request (an upload cut short or left unread): close
+    /// it once the current response is out.
+    close_after: bool,
     delivery: Option<Delivery>,
     /// Registered for writability (a delivery in progress) rather than readability.
     watching_writes: bool,
@@ -119,6 +140,10 @@ pub(crate) struct Poller {
     on_refusal: Option<RefusalHook>,
     /// New settings from a reload, taken at the start of a turn.
     tuning: Arc<Mutex<Option<Tuning>>>,
+    /// Given to each upload: where its reader asks for more.
+    resume: ResumeLink,
+    /// Uploads whose reader made room in a full channel.
+    resumed: Receiver<usize>,
     /// Connections with input left unread at the end of their turn (edge-triggered readiness
     /// would not report it again).
     again: Vec<usize>,
@@ -143,6 +168,8 @@ pub(crate) struct PollerLinks {
     pub spool: Arc<SpoolSettings>,
     pub on_refusal: Option<RefusalHook>,
     pub tuning: Arc<Mutex<Option<Tuning>>>,
+    pub resume: ResumeLink,
+    pub resumed: Receiver<usize>,
 }
 
 impl Poller {
@@ -163,6 +190,8 @@ impl Poller {
             spool: links.spool,
             on_refusal: links.on_refusal,
             tuning: links.tuning,
+            resume: links.resume,
+            resumed: links.resumed,
             again: Vec::new(),
             connections: HashMap::new(),
             next_token: FIRST_CONNECTION,
@@ -195,6 +224,7 @@ impl Poller {
             // Returns first: a worker gives a keep-alive connection back without waking the
             // poller, and the client's next request is what wakes it.
             self.take_returns();
+            self.take_resumed();
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept(),
@@ -292,6 +322,8 @@ impl Poller {
                 state: State::Reading { started: false },
                 deadline,
                 pending: None,
+                upload: None,
+                close_after: false,
                 delivery: None,
                 watching_writes: false,
                 input_while_busy: Arc::new(AtomicBool::new(false)),
@@ -311,6 +343,7 @@ impl Poller {
         match self.connections.get(&token).map(|c| c.state) {
             Some(State::Reading { .. }) => self.advance(token),
             Some(State::ReadingBody) => self.read_body(token),
+            Some(State::Streaming) => self.read_upload(token),
             Some(State::Writing) => self.write_delivery(token),
             Some(State::Lingering) => self.drain_lingering(token),
             Some(State::Busy) => {
@@ -394,8 +427,169 @@ impl Poller {
             }
         }
         if self.connections.get(&token).is_some_and(|c| c.state == State::ReadingBody) {
-            self.read_body(token);
+            if self.spool.request_buffering() {
+                self.read_body(token);
+            } else {
+                self.start_upload(token);
+            }
         }
+    }
+
+    /// Request buffering is off and the body is not all here: the request goes to a worker now,
+    /// with what arrived of its body, and the rest streams after it.
+    fn start_upload(&mut self, token: usize) {
+        let Some(conn) = self.connections.get_mut(&token) else { return };
+        let Some(Pending { head, decoder, mut body }) = conn.pending.take() else { return };
+        let mut first = Vec::new();
+        if body.finish().and_then(|_| body.read_to_end(&mut first)).is_err() {
+            let error = RequestError::BodyStorageFull;
+            return self.refuse(token, error.status(), error.reason(), &[]);
+        }
+        drop(body);
+        let declared = match head.framing {
+            BodyFraming::Length(n) => Some(n),
+            _ => None,
+        };
+        let (mut feed, stream) = upload(token, self.resume.clone(), declared);
+        feed.data(first);
+        self.dispatch(token, head, RequestBody::streamed(stream, declared));
+        let Some(conn) = self.connections.get_mut(&token) else { return };
+        if conn.state != State::Busy {
+            return; // refused: the queue is full
+        }
+        conn.state = State::Streaming;
+        conn.upload = Some(Upload { feed, decoder, started: Instant::now(), stalled_since: None, ended: false });
+        self.set_upload_deadline(token);
+        self.read_upload(token);
+    }
+
+    /// Reads a streaming body from the socket and passes it on, until the socket is drained,
+    /// the channel is full, the body is complete, or this connection's turn is over.
+    fn read_upload(&mut self, token: usize) {
+        for _ in 0..MAX_READS_PER_TURN {
+            let Some(conn) = self.connections.get_mut(&token) else { return };
+            let Some(upload) = conn.upload.as_mut() else { return };
+            if upload.stalled_since.is_some() || upload.ended {
+                return; // the worker's next read resumes it
+            }
+            let n = match (&*conn.stream).read(&mut self.scratch) {
+                Ok(0) => return self.cut_upload(token, RequestError::BodyIncomplete),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return self.cut_upload(token, RequestError::BodyIncomplete),
+            };
+            conn.maybe_more |= n == self.scratch.len();
+            let mut data = Vec::with_capacity(n);
+            let used = match upload.decoder.feed(&self.scratch[..n], &mut |bytes| {
+                data.extend_from_slice(bytes);
+                Ok(())
+            }) {
+                Ok(used) => used,
+                Err(error) => return self.cut_upload(token, error),
+            };
+            let mut offer = upload.feed.data(data);
+            if upload.decoder.is_complete() {
+                conn.buf.extend_from_slice(&self.scratch[used..n]);
+                // Said before the end goes: the worker looks at it when it gives the connection
+                // back, which may be as soon as it has the end.
+                let more = !conn.buf.is_empty() || std::mem::take(&mut conn.maybe_more);
+                conn.input_while_busy.store(more, Ordering::SeqCst);
+                upload.ended = true;
+                if offer != Offer::ReaderGone {
+                    offer = upload.feed.end();
+                }
+            }
+            match offer {
+                Offer::Sent if upload.ended => return self.end_upload(token),
+                Offer::Sent => {}
+                Offer::Held => {
+                    upload.stalled_since = Some(Instant::now());
+                    return self.set_upload_deadline(token);
+                }
+                Offer::ReaderGone => return self.drop_upload(token),
+            }
+            self.set_upload_deadline(token);
+        }
+        self.again.push(token);
+    }
+
+    /// The worker made room in a full channel: send what waits, and read on.
+    fn take_resumed(&mut self) {
+        while let Ok(token) = self.resumed.try_recv() {
+            let Some(conn) = self.connections.get_mut(&token) else { continue };
+            let Some(upload) = conn.upload.as_mut() else { continue };
+            match upload.feed.flush() {
+                Offer::Held => continue,
+                Offer::ReaderGone => {
+                    self.drop_upload(token);
+                    continue;
+                }
+                Offer::Sent => {}
+            }
+            if let Some(since) = upload.stalled_since.take() {
+                upload.started += since.elapsed();
+            }
+            if upload.ended {
+                self.end_upload(token);
+            } else {
+                self.set_upload_deadline(token);
+                self.read_upload(token);
+            }
+        }
+    }
+
+    /// A streaming body's deadline: `io_timeout` from now, and no later than the minimum rate
+    /// allows for what has arrived. None while the channel is full (the wait is the backend's).
+    fn set_upload_deadline(&mut self, token: usize) {
+        let Some(conn) = self.connections.get_mut(&token) else { return };
+        let Some(upload) = conn.upload.as_ref() else { return };
+        let now = Instant::now();
+        conn.deadline = if upload.stalled_since.is_some() {
+            now + Duration::from_secs(24 * 3600)
+        } else {
+            let mut deadline = now + self.limits.io_timeout;
+            let rate = self.spool.min_upload_rate();
+            if rate > 0 {
+                let allowed = Duration::from_secs_f64(upload.decoder.received() as f64 / rate as f64);
+                deadline = deadline.min(upload.started + self.limits.io_timeout + allowed);
+            }
+            deadline
+        };
+        let deadline = conn.deadline;
+        self.note_deadline(deadline);
+    }
+
+    /// The streamed body is complete and the worker has its end: the connection is the
+    /// worker's alone until it gives it back.
+    fn end_upload(&mut self, token: usize) {
+        if let Some(conn) = self.connections.get_mut(&token) {
+            conn.upload = None;
+            if conn.state == State::Streaming {
+                conn.state = State::Busy;
+            }
+        }
+    }
+
+    /// The worker no longer reads the body (it answered early, or failed): the rest of it is
+    /// not read as a next request; the connection closes after the response.
+    fn drop_upload(&mut self, token: usize) {
+        if let Some(conn) = self.connections.get_mut(&token) {
+            conn.close_after = true;
+        }
+        self.end_upload(token);
+    }
+
+    /// The client broke its body off (closed, bad framing, too slow): the worker's read fails,
+    /// so the backend never takes it for complete, and the connection closes after the answer.
+    fn cut_upload(&mut self, token: usize, error: RequestError) {
+        if let Some(conn) = self.connections.get(&token) {
+            log::debug!("{}: streamed request body cut short: {error}", conn.peer);
+            if let Some(hook) = &self.on_refusal {
+                hook.call(&Refusal { peer: conn.peer, status: error.status(), reason: error.reason() });
+            }
+        }
+        self.drop_upload(token);
     }
 
     /// Feeds bytes to the body being read; the bytes after its end stay in the connection's
@@ -536,7 +730,7 @@ impl Poller {
                 Interest::READABLE,
             );
         }
-        if !keep_alive {
+        if !keep_alive || conn.close_after {
             return self.linger(token);
         }
         let started = !conn.buf.is_empty();
@@ -595,6 +789,7 @@ impl Poller {
         conn.buf = Vec::new();
         // A body being read is given up: its spool (memory or temp file) is freed now.
         conn.pending = None;
+        conn.upload = None;
         conn.delivery = None;
         conn.deadline = Instant::now() + self.limits.linger_timeout;
         let deadline = conn.deadline;
@@ -629,10 +824,17 @@ impl Poller {
 
     fn take_returns(&mut self) {
         while let Ok(Returned { token, next }) = self.returns.try_recv() {
+            if self.connections.get(&token).is_some_and(|c| c.upload.is_some()) {
+                // Answered before its body was all read (an early answer): the rest is drained
+                // by the close, never parsed as a request.
+                self.drop_upload(token);
+            }
             match next {
                 Next::KeepAlive => {
                     let Some(conn) = self.connections.get_mut(&token) else { continue };
-                    if conn.input_while_busy.swap(false, Ordering::SeqCst) || !conn.buf.is_empty() {
+                    if conn.close_after {
+                        self.finish_response(token, false);
+                    } else if conn.input_while_busy.swap(false, Ordering::SeqCst) || !conn.buf.is_empty() {
                         self.finish_response(token, true);
                     } else {
                         // Nothing arrived meanwhile: the next request's readiness event comes.
@@ -698,6 +900,8 @@ impl Poller {
                     let error = RequestError::BodyTimeout;
                     self.refuse(token, error.status(), error.reason(), &[]);
                 }
+                // The worker has the request: it learns through its read of the body.
+                State::Streaming => self.cut_upload(token, RequestError::BodyTimeout),
                 // A client that stopped reading its response: nothing more can be said to it.
                 State::Writing => self.reset(token),
                 // nginx closes a connection that never sent a byte without a word, too.

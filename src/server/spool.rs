@@ -6,10 +6,11 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use super::error::RequestError;
+use super::upload::{EarlyAnswerCheck, UploadStream};
 
 /// How request bodies are buffered before a worker sees them, and what all buffered bodies
 /// together may use.
@@ -32,6 +33,16 @@ pub struct BodyBuffering {
     /// Where temp files are made (nginx's `client_body_temp_path`). Default the system temp
     /// directory. Files are unlinked as soon as they are made.
     pub temp_dir: PathBuf,
+    /// Whether a body is read whole before the request goes to a worker. Default true (nginx's
+    /// `proxy_request_buffering on`). Off, the request goes to a worker as soon as its head is
+    /// read and the body streams to the backend as it arrives (a worker then waits for the
+    /// client, held to `min_upload_rate`); such a body cannot be resent to another backend.
+    pub request_buffering: bool,
+    /// With request buffering off, the slowest a client may send a body: it gets
+    /// `io_timeout` plus one second per this many bytes received, in all (Apache's
+    /// mod_reqtimeout `MinRate`, whose default is 500). Default 500 bytes/s; 0 turns the
+    /// overall limit off (the per-read `io_timeout` still applies).
+    pub min_upload_rate: u64,
 }
 
 impl Default for BodyBuffering {
@@ -41,6 +52,8 @@ impl Default for BodyBuffering {
             memory_cap: 64 << 20,
             disk_cap: 16 << 30,
             temp_dir: std::env::temp_dir(),
+            request_buffering: true,
+            min_upload_rate: 500,
         }
     }
 }
@@ -52,6 +65,8 @@ pub(crate) struct SpoolSettings {
     memory_threshold: AtomicUsize,
     memory_cap: AtomicU64,
     disk_cap: AtomicU64,
+    request_buffering: AtomicBool,
+    min_upload_rate: AtomicU64,
     temp_dir: PathBuf,
     memory_used: AtomicU64,
     disk_used: AtomicU64,
@@ -64,6 +79,8 @@ impl SpoolSettings {
             memory_threshold: AtomicUsize::new(config.memory_threshold),
             memory_cap: AtomicU64::new(config.memory_cap),
             disk_cap: AtomicU64::new(config.disk_cap),
+            request_buffering: AtomicBool::new(config.request_buffering),
+            min_upload_rate: AtomicU64::new(config.min_upload_rate),
             temp_dir: config.temp_dir.clone(),
             memory_used: AtomicU64::new(0),
             disk_used: AtomicU64::new(0),
@@ -77,6 +94,18 @@ impl SpoolSettings {
         self.memory_threshold.store(config.memory_threshold, Ordering::Relaxed);
         self.memory_cap.store(config.memory_cap, Ordering::Relaxed);
         self.disk_cap.store(config.disk_cap, Ordering::Relaxed);
+        self.request_buffering.store(config.request_buffering, Ordering::Relaxed);
+        self.min_upload_rate.store(config.min_upload_rate, Ordering::Relaxed);
+    }
+
+    /// Whether bodies are read whole before dispatch (else they stream).
+    pub fn request_buffering(&self) -> bool {
+        self.request_buffering.load(Ordering::Relaxed)
+    }
+
+    /// The minimum upload rate of streamed bodies, bytes per second (0: none).
+    pub fn min_upload_rate(&self) -> u64 {
+        self.min_upload_rate.load(Ordering::Relaxed)
     }
 
     fn memory_threshold(&self) -> usize {
@@ -90,7 +119,8 @@ impl SpoolSettings {
     }
 }
 
-/// A request body, complete, as a handler reads it: from memory or from its temp file.
+/// A request body as a handler reads it: complete, from memory or from its temp file; or, with
+/// request buffering off, streamed from the client as it arrives.
 ///
 /// ```
 /// use std::io::Read;
@@ -110,6 +140,8 @@ pub struct RequestBody {
     settings: Option<Arc<SpoolSettings>>,
     /// Memory counted against the settings' cap (capacity at the time it was counted).
     counted_memory: u64,
+    /// A body still arriving (request buffering off); `len` is then its declared length.
+    stream: Option<Box<UploadStream>>,
 }
 
 impl RequestBody {
@@ -121,21 +153,67 @@ impl RequestBody {
     /// A body held in memory (for handlers and tests that build requests themselves).
     pub fn from_bytes(bytes: Vec<u8>) -> RequestBody {
         let len = bytes.len() as u64;
-        RequestBody { memory: bytes, file: None, len, read: 0, settings: None, counted_memory: 0 }
+        RequestBody { memory: bytes, file: None, len, read: 0, settings: None, counted_memory: 0, stream: None }
     }
 
     pub(crate) fn spooling(settings: Arc<SpoolSettings>) -> RequestBody {
-        RequestBody { memory: Vec::new(), file: None, len: 0, read: 0, settings: Some(settings), counted_memory: 0 }
+        RequestBody {
+            memory: Vec::new(),
+            file: None,
+            len: 0,
+            read: 0,
+            settings: Some(settings),
+            counted_memory: 0,
+            stream: None,
+        }
     }
 
-    /// The body's length in bytes.
+    /// A body that streams in as the client sends it; `declared` is its `Content-Length`, if
+    /// it has one (a chunked one has none).
+    pub(crate) fn streamed(stream: UploadStream, declared: Option<u64>) -> RequestBody {
+        let mut body = RequestBody::from_bytes(Vec::new());
+        body.len = declared.unwrap_or(0);
+        body.stream = Some(Box::new(stream));
+        body
+    }
+
+    /// The body's length in bytes (for a streamed body: its declared length, 0 if chunked).
     pub fn len(&self) -> u64 {
         self.len
     }
 
-    /// Whether the body is empty.
+    /// Whether the body is empty (a streamed body never is: its end is not known yet).
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.len == 0 && self.stream.is_none()
+    }
+
+    /// Whether the body streams in as the client sends it (request buffering off): it can be
+    /// read once only, and its length is known only if the client declared one.
+    pub fn is_streamed(&self) -> bool {
+        self.stream.is_some()
+    }
+
+    /// The length to announce upstream: a buffered body's, or a streamed body's declared one
+    /// (none for a chunked stream, which goes on chunked).
+    pub fn known_length(&self) -> Option<u64> {
+        match &self.stream {
+            Some(_) if self.len == 0 => None,
+            _ => Some(self.len),
+        }
+    }
+
+    /// For a streamed body: while waiting for the client, ask `check` whether the backend has
+    /// answered already (then the rest of the body is not waited for). Nothing for a buffered
+    /// body, which never waits.
+    pub fn watch_for_early_answer(&mut self, check: EarlyAnswerCheck) {
+        if let Some(stream) = &mut self.stream {
+            stream.watch_for_early_answer(check);
+        }
+    }
+
+    /// Whether a streamed body was cut short by its client (closed, bad framing, too slow).
+    pub fn cut_short(&self) -> bool {
+        self.stream.as_ref().is_some_and(|s| s.cut_short())
     }
 
     /// Whether the body went to a temp file.
@@ -143,8 +221,12 @@ impl RequestBody {
         self.file.is_some()
     }
 
-    /// Starts reading from the beginning again (a retry sends the same body).
+    /// Starts reading from the beginning again (a retry sends the same body). A streamed body
+    /// cannot, once a byte of it was read.
     pub fn rewind(&mut self) -> io::Result<()> {
+        if self.stream.is_some() && self.read > 0 {
+            return Err(io::Error::new(io::ErrorKind::Unsupported, "a streamed request body cannot be sent twice"));
+        }
         self.read = 0;
         if let Some(file) = &mut self.file {
             file.seek(SeekFrom::Start(0))?;
@@ -233,9 +315,10 @@ impl RequestBody {
 
 impl Read for RequestBody {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = match &mut self.file {
-            Some(file) => file.read(buf)?,
-            None => {
+        let n = match (&mut self.stream, &mut self.file) {
+            (Some(stream), _) => stream.read(buf)?,
+            (None, Some(file)) => file.read(buf)?,
+            (None, None) => {
                 let rest = &self.memory[(self.read as usize).min(self.memory.len())..];
                 let n = rest.len().min(buf.len());
                 buf[..n].copy_from_slice(&rest[..n]);
@@ -264,8 +347,13 @@ mod tests {
     fn small_bodies_stay_in_memory_large_ones_go_to_an_unlinked_file() {
         let dir = std::env::temp_dir().join(format!("lb-sync-spool-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let config =
-            BodyBuffering { memory_threshold: 8, memory_cap: 1 << 20, disk_cap: 1 << 20, temp_dir: dir.clone() };
+        let config = BodyBuffering {
+            memory_threshold: 8,
+            memory_cap: 1 << 20,
+            disk_cap: 1 << 20,
+            temp_dir: dir.clone(),
+            ..BodyBuffering::default()
+        };
         let settings = Arc::new(SpoolSettings::new(&config));
         let mut small = RequestBody::spooling(Arc::clone(&settings));
         small.append(b"12345678").unwrap();

@@ -10,6 +10,7 @@ mod membership;
 mod retry_budget;
 mod table;
 mod transport;
+pub(crate) use transport::early_answer_arrived;
 
 pub use backend::{resolve, Backend, BackendPolicy, HealthState, InFlight, ResolveError, SlotQueue};
 pub use checker::{apply_probe, HealthChecker, HealthConfig};

@@ -3,9 +3,11 @@
 //! so they never change), and a pooled connection's liveness probe is one
 //! `recv(MSG_PEEK | MSG_DONTWAIT)` instead of two `FIONBIO` ioctls around a read.
 
+use std::cell::RefCell;
 use std::io::{self, Read, Write};
 use std::mem::MaybeUninit;
 use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -34,7 +36,8 @@ impl Connector<()> for BackendConnector {
                     let buffers = LazyBuffers::new(config.input_buffer_size(), config.output_buffer_size());
                     let stream = Arc::new(stream);
                     (details.register_shutdown)(Arc::downgrade(&stream) as Weak<dyn ShutdownHandle>)?;
-                    return Ok(Some(BackendTransport { stream, buffers, discard_output: false }));
+                    let discard_output = Arc::new(AtomicBool::new(false));
+                    return Ok(Some(BackendTransport { stream, buffers, discard_output }));
                 }
                 Err(e) => last_error = Some(e),
             }
@@ -65,18 +68,38 @@ fn open(addr: &SocketAddr, connect_timeout: Duration, io_timeout: Duration) -> i
 pub(crate) struct BackendTransport {
     stream: Arc<TcpStream>,
     buffers: LazyBuffers,
-    /// The backend answered before reading the whole request and closed (a `413`, a `401`):
-    /// the rest of the request is dropped so that its answer can be read and relayed.
-    discard_output: bool,
+    /// The backend answered before reading the whole request (a `413`, a `401`): the rest of
+    /// the request is dropped so that its answer can be read and relayed. Shared with
+    /// [`early_answer_arrived`], which a streamed body asks while it waits for its client.
+    discard_output: Arc<AtomicBool>,
 }
 
-impl BackendTransport {
-    /// Whether the backend has sent something we have not read (its early answer).
-    fn has_unread_input(&self) -> bool {
-        let mut byte = [MaybeUninit::<u8>::uninit()];
-        let flags = libc::MSG_PEEK | libc::MSG_DONTWAIT;
-        matches!(socket2::SockRef::from(&*self.stream).recv_with_flags(&mut byte, flags), Ok(n) if n > 0)
-    }
+thread_local! {
+    /// The backend connection this thread last sent on, and its discard flag: a streamed
+    /// request body, read on the same thread between two sends, asks about it.
+    static SENDING_ON: RefCell<(Weak<TcpStream>, Weak<AtomicBool>)> = const { RefCell::new((Weak::new(), Weak::new())) };
+}
+
+/// Whether the backend this thread is sending a request to has answered already (it has
+/// sent something we have not read). If so, the rest of the request is dropped on the way
+/// from now on, so the caller may end the body at once: the backend never sees it completed.
+pub(crate) fn early_answer_arrived() -> bool {
+    SENDING_ON.with(|sending| {
+        let (stream, discard) = &*sending.borrow();
+        let (Some(stream), Some(discard)) = (stream.upgrade(), discard.upgrade()) else { return false };
+        if has_unread_input(&stream) {
+            discard.store(true, Ordering::Relaxed);
+            return true;
+        }
+        false
+    })
+}
+
+/// Whether the backend has sent something we have not read (its early answer).
+fn has_unread_input(stream: &TcpStream) -> bool {
+    let mut byte = [MaybeUninit::<u8>::uninit()];
+    let flags = libc::MSG_PEEK | libc::MSG_DONTWAIT;
+    matches!(socket2::SockRef::from(stream).recv_with_flags(&mut byte, flags), Ok(n) if n > 0)
 }
 
 impl Transport for BackendTransport {
@@ -85,9 +108,15 @@ impl Transport for BackendTransport {
     }
 
     fn transmit_output(&mut self, amount: usize, _timeout: NextTimeout) -> Result<(), ureq::Error> {
-        if self.discard_output {
+        if self.discard_output.load(Ordering::Relaxed) {
             return Ok(());
         }
+        SENDING_ON.with(|sending| {
+            let mut sending = sending.borrow_mut();
+            if !std::ptr::eq(sending.0.as_ptr(), Arc::as_ptr(&self.stream)) {
+                *sending = (Arc::downgrade(&self.stream), Arc::downgrade(&self.discard_output));
+            }
+        });
         let output = &self.buffers.output()[..amount];
         match (&*self.stream).write_all(output) {
             Ok(()) => Ok(()),
@@ -95,9 +124,9 @@ impl Transport for BackendTransport {
             // is what the client must get (nginx and HAProxy relay such a 413), not a 502.
             Err(e)
                 if matches!(e.kind(), io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset)
-                    && self.has_unread_input() =>
+                    && has_unread_input(&self.stream) =>
             {
-                self.discard_output = true;
+                self.discard_output.store(true, Ordering::Relaxed);
                 Ok(())
             }
             Err(e) => Err(ureq::Error::Io(e)),
@@ -122,7 +151,7 @@ impl Transport for BackendTransport {
         let mut byte = [MaybeUninit::<u8>::uninit()];
         let flags = libc::MSG_PEEK | libc::MSG_DONTWAIT;
         match socket2::SockRef::from(&*self.stream).recv_with_flags(&mut byte, flags) {
-            Err(e) => e.kind() == io::ErrorKind::WouldBlock && !self.discard_output,
+            Err(e) => e.kind() == io::ErrorKind::WouldBlock && !self.discard_output.load(Ordering::Relaxed),
             Ok(_) => false,
         }
     }

@@ -1,0 +1,242 @@
+//! Request buffering off (`"request_buffering": false`, nginx's `proxy_request_buffering off`):
+//! a body streams to the backend while the client sends it, a chunked one goes on chunked, a
+//! body the client breaks off never reaches the backend as complete, a client slower than the
+//! minimum rate is cut off with `400`, and a backend's early answer is relayed. Real lb-sync
+//! processes and an in-process backend that reports what it receives as it receives it.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::sync::mpsc::{channel, Receiver};
+use std::time::{Duration, Instant};
+
+use common::lb::Lb;
+use common::{chunked, Conn};
+
+/// What the recording backend saw of one request.
+#[derive(Debug, PartialEq)]
+enum Seen {
+    /// The request head, lower-cased.
+    Head(String),
+    /// Body bytes (as received on the wire) so far.
+    Bytes(usize),
+    /// The body as received, complete by its framing; the backend answered 200.
+    Complete(Vec<u8>),
+    /// The connection ended before the body did.
+    CutShort(usize),
+}
+
+/// A backend for one connection that reports every step on a channel. Complete means
+/// `Content-Length` bytes, or a chunked body's last chunk.
+fn recording_backend() -> (SocketAddr, Receiver<Seen>) {
+    recording_backend_reading_every(Duration::ZERO)
+}
+
+/// The same, pausing before each read of the body (a backend slower than its client).
+fn recording_backend_reading_every(pause: Duration) -> (SocketAddr, Receiver<Seen>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = channel();
+    std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 16 * 1024];
+        let head_end = loop {
+            if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                break end + 4;
+            }
+            let n = stream.read(&mut buf).unwrap_or(0);
+            if n == 0 {
+                let _ = tx.send(Seen::CutShort(0));
+                return;
+            }
+            got.extend_from_slice(&buf[..n]);
+        };
+        let head = String::from_utf8_lossy(&got[..head_end]).to_lowercase();
+        let length =
+            head.lines().find_map(|l| l.strip_prefix("content-length:")).map(|v| v.trim().parse::<usize>().unwrap());
+        let _ = tx.send(Seen::Head(head));
+        let mut body = got.split_off(head_end);
+        let complete = |body: &[u8]| match length {
+            Some(n) => body.len() >= n,
+            None => body.ends_with(b"0\r\n\r\n"),
+        };
+        while !complete(&body) {
+            std::thread::sleep(pause);
+            let n = stream.read(&mut buf).unwrap_or(0);
+            if n == 0 {
+                let _ = tx.send(Seen::CutShort(body.len()));
+                return;
+            }
+            body.extend_from_slice(&buf[..n]);
+            let _ = tx.send(Seen::Bytes(body.len()));
+        }
+        let answer = format!("received {} bytes", body.len());
+        let _ = write!(stream, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{answer}", answer.len());
+        let _ = tx.send(Seen::Complete(body));
+    });
+    (addr, rx)
+}
+
+/// Waits for the backend to report something that `done` accepts; panics after 20 s.
+fn wait_for(seen: &Receiver<Seen>, mut done: impl FnMut(&Seen) -> bool) -> Seen {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let event = seen.recv_timeout(left).expect("the backend reported nothing more");
+        if done(&event) {
+            return event;
+        }
+    }
+}
+
+const STREAMING: &str = r#""request_buffering": false, "threads": 4"#;
+
+fn pattern(size: usize) -> Vec<u8> {
+    (0..size).map(|i| b'a' + (i % 26) as u8).collect()
+}
+
+#[test]
+fn a_body_reaches_the_backend_while_the_client_is_still_sending_it() {
+    let (addr, seen) = recording_backend();
+    let lb = Lb::start(&[addr], STREAMING);
+    let body = pattern(300_000);
+    let mut conn = Conn::open(lb.addr);
+    conn.send(format!("POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n", body.len()).as_bytes());
+    conn.send(&body[..100_000]);
+    // The client holds back the rest until the backend has the first part: with buffering on,
+    // the backend would see nothing until the body was whole, and this would time out.
+    let Seen::Head(head) = wait_for(&seen, |s| matches!(s, Seen::Head(_))) else { unreachable!() };
+    assert!(head.contains("content-length: 300000"), "the declared length goes on: {head}");
+    wait_for(&seen, |s| matches!(s, Seen::Bytes(n) if *n >= 100_000));
+    conn.send(&body[100_000..]);
+    let Seen::Complete(received) = wait_for(&seen, |s| matches!(s, Seen::Complete(_))) else { unreachable!() };
+    assert!(received == body, "the backend got the body exactly");
+    let resp = conn.response();
+    assert_eq!((resp.status, resp.text().as_str()), (200, "received 300000 bytes"));
+}
+
+#[test]
+fn a_backend_slower_than_its_client_paces_the_upload_and_gets_every_byte() {
+    // 4 MB read 16 KiB at a time with a pause before each read: the poller's channel fills
+    // again and again, it stops reading the client and resumes when there is room.
+    let (addr, seen) = recording_backend_reading_every(Duration::from_millis(1));
+    let lb = Lb::start(&[addr], STREAMING);
+    let body = pattern(4 << 20);
+    let mut conn = Conn::open(lb.addr);
+    let rss_before = common::proc_status(lb.pid(), "VmRSS");
+    conn.send(format!("POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n", body.len()).as_bytes());
+    conn.send(&body);
+    let Seen::Complete(received) = wait_for(&seen, |s| matches!(s, Seen::Complete(_))) else { unreachable!() };
+    assert!(received == body, "the backend got the body exactly");
+    assert_eq!(conn.response().status, 200);
+    let growth = common::proc_status(lb.pid(), "VmRSS").saturating_sub(rss_before);
+    eprintln!("RSS growth while streaming 4 MB to a slow backend: {growth} kB");
+    assert!(growth < 3 * 1024, "the upload was buffered, not paced: RSS +{growth} kB");
+}
+
+#[test]
+fn a_chunked_body_streams_on_chunked() {
+    let (addr, seen) = recording_backend();
+    let lb = Lb::start(&[addr], STREAMING);
+    let body = pattern(100_000);
+    let mut conn = Conn::open(lb.addr);
+    conn.send(b"POST /upload HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n");
+    let wire = chunked(&body, &[30_000, 30_000, 40_000]);
+    let first_two = wire.len() - (40_000 + 7 + 5); // the last chunk ("9c40\r\n...\r\n") and "0\r\n\r\n"
+    conn.send(&wire[..first_two]);
+    let Seen::Head(head) = wait_for(&seen, |s| matches!(s, Seen::Head(_))) else { unreachable!() };
+    assert!(head.contains("transfer-encoding: chunked") && !head.contains("content-length"), "{head}");
+    wait_for(&seen, |s| matches!(s, Seen::Bytes(n) if *n >= 60_000));
+    conn.send(&wire[first_two..]);
+    let Seen::Complete(received) = wait_for(&seen, |s| matches!(s, Seen::Complete(_))) else { unreachable!() };
+    let decoded = common::read_chunked(&mut &received[..]).expect("valid chunked framing upstream");
+    assert!(decoded == body, "the backend got the body exactly");
+    assert_eq!(conn.response().status, 200);
+}
+
+#[test]
+fn a_body_the_client_breaks_off_never_reaches_the_backend_as_complete() {
+    let (addr, seen) = recording_backend();
+    let lb = Lb::start(&[addr], STREAMING);
+    let mut conn = Conn::open(lb.addr);
+    conn.send(b"POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: 200000\r\n\r\n");
+    conn.send(&pattern(50_000));
+    wait_for(&seen, |s| matches!(s, Seen::Bytes(n) if *n >= 50_000));
+    conn.reader.get_mut().shutdown(std::net::Shutdown::Write).unwrap();
+    match wait_for(&seen, |s| matches!(s, Seen::CutShort(_) | Seen::Complete(_))) {
+        Seen::CutShort(n) => assert_eq!(n, 50_000),
+        other => panic!("the backend took a truncated body for complete: {other:?}"),
+    }
+    // The client is told (it may still read) and the connection ends.
+    let resp = conn.response();
+    assert_eq!(resp.status, 400);
+    assert!(conn.is_closed());
+    // Not the backend's failure: it stays usable and nothing was counted against it.
+    let stats = Conn::open(lb.addr).get("/lb/backends").json();
+    assert_eq!(stats[0]["failed_requests"], 0, "{stats}");
+}
+
+#[test]
+fn a_client_slower_than_the_minimum_rate_is_cut_off() {
+    // 1 s plus one second per 100 000 bytes: 10 bytes every 100 ms cannot keep up.
+    let (addr, seen) = recording_backend();
+    let lb = Lb::start(
+        &[addr],
+        r#""request_buffering": false, "threads": 4, "client_io_timeout": 1, "request_body_min_rate": 100000"#,
+    );
+    let mut conn = Conn::open(lb.addr);
+    conn.send(b"POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: 100000\r\n\r\n");
+    let started = Instant::now();
+    let mut sent = 0;
+    let mut cut = false;
+    while !cut && Instant::now() < started + Duration::from_secs(10) {
+        if conn.reader.get_mut().write_all(&[b'x'; 10]).is_err() {
+            break;
+        }
+        sent += 10;
+        // 100 ms between writes, watching what the backend sees meanwhile.
+        let next_write = Instant::now() + Duration::from_millis(100);
+        while let Ok(event) = seen.recv_timeout(next_write.saturating_duration_since(Instant::now())) {
+            if let Seen::CutShort(n) = event {
+                assert_eq!(n, sent, "the backend got what was sent, and no end");
+                cut = true;
+                break;
+            }
+        }
+    }
+    let elapsed = started.elapsed();
+    assert!(elapsed < Duration::from_secs(10), "never cut off ({sent} bytes sent)");
+    let resp = conn.response();
+    assert_eq!((resp.status, resp.text().trim()), (400, "the request body was cut short"));
+    assert!(conn.is_closed());
+    eprintln!("cut off after {elapsed:?} and {sent} bytes");
+}
+
+#[test]
+fn an_early_answer_is_relayed_and_the_rest_of_the_body_is_not_read_as_a_request() {
+    let backend = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = backend.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let (mut stream, _) = backend.accept().unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            stream.read_exact(&mut byte).unwrap();
+            head.push(byte[0]);
+        }
+        let _ = stream
+            .write_all(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 9\r\nConnection: close\r\n\r\ntoo large");
+    });
+    let lb = Lb::start(&[addr], STREAMING);
+    let mut conn = Conn::open(lb.addr);
+    conn.send(b"POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: 1000000\r\n\r\n");
+    // The rest of the body looks like a request: it must never be taken for one.
+    let fake = b"GET /smuggled HTTP/1.1\r\nHost: t\r\n\r\n".repeat(1000);
+    let _ = conn.reader.get_mut().write_all(&fake[..fake.len().min(20_000)]);
+    let resp = conn.response();
+    assert_eq!((resp.status, resp.text().as_str()), (413, "too large"));
+    assert!(conn.is_closed(), "the connection ends after an early answer to a body left unread");
+}
