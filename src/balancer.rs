@@ -88,8 +88,6 @@ impl LoadBalancer {
         }
         .map(|handle| AccessLog { handle, format: config.access_log_format });
         let ops = Arc::new(Operations::new(access_log, state_file));
-        let mut health_config = health_config(&config).map_err(|e| invalid(&e))?;
-        health_config.probers = backends.len().clamp(4, 16);
         let tuning = tuning(&config);
         let mut server_config = ServerConfig {
             bind: SocketAddr::new(config.host, config.port),
@@ -102,6 +100,8 @@ impl LoadBalancer {
         let reload = Arc::new(ReloadHook::default());
         let shared = build_shared(config, Arc::clone(&table), None, Arc::clone(&ops), Arc::clone(&reload))
             .map_err(|e| invalid(&e))?;
+        let mut health_config = health_config(&shared.config, shared.forwarder.tls()).map_err(|e| invalid(&e))?;
+        health_config.probers = backends.len().clamp(4, 16);
         let current: Arc<Current> = Arc::new(ArcSwap::from_pointee(shared));
         server_config.queue_depth = Arc::clone(&ops.queue_depth);
         server_config.on_refusal = Some(refusal_hook(Arc::clone(&current)));

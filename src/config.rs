@@ -34,10 +34,49 @@ pub struct BackendConfig {
     /// Relative share of traffic (weighted algorithms). Default 1.
     #[serde(default = "one")]
     pub weight: u32,
+    /// `http` (default) or `https`: requests and health checks go over TLS, the certificate
+    /// verified for `host` (sent as SNI) against the system roots or `upstream_ca`. Left out of
+    /// the JSON when `http`.
+    #[serde(default, skip_serializing_if = "Scheme::is_http")]
+    pub scheme: Scheme,
 }
 
 fn one() -> u32 {
     1
+}
+
+/// How lb-sync talks to a backend: plain HTTP/1.1, or HTTP/1.1 over TLS.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scheme {
+    /// Plain HTTP (the default).
+    #[default]
+    Http,
+    /// HTTPS: TLS with certificate verification.
+    Https,
+}
+
+impl Scheme {
+    /// `http` or `https`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        }
+    }
+
+    /// Whether it is plain HTTP.
+    pub fn is_http(&self) -> bool {
+        *self == Scheme::Http
+    }
+
+    /// The port a URL of this scheme means when it names none.
+    pub fn default_port(self) -> u16 {
+        match self {
+            Scheme::Http => 80,
+            Scheme::Https => 443,
+        }
+    }
 }
 
 impl BackendConfig {
@@ -48,50 +87,110 @@ impl BackendConfig {
     /// assert_eq!((b.port, b.weight, b.id), (8001, 2, None));
     /// ```
     pub fn new(host: &str, port: u16, weight: u32) -> BackendConfig {
-        BackendConfig { id: None, host: host.to_string(), port, weight }
+        BackendConfig { id: None, host: host.to_string(), port, weight, scheme: Scheme::Http }
     }
 
-    /// Parses `[ID=]HOST:PORT[:WEIGHT]`, the form of `--backend`.
+    /// Parses `[ID=][http://|https://]HOST[:PORT][:WEIGHT]`, the form of `--backend`: the port
+    /// may be left out only after a scheme (80, 443), as in a URL; a path may not follow.
     ///
     /// ```
-    /// use lb_sync::config::BackendConfig;
+    /// use lb_sync::config::{BackendConfig, Scheme};
     /// let b = BackendConfig::parse("api=localhost:8001:3").unwrap();
     /// assert_eq!((b.id.as_deref(), b.host.as_str(), b.port, b.weight), (Some("api"), "localhost", 8001, 3));
+    /// let b = BackendConfig::parse("https://api.example.com").unwrap();
+    /// assert_eq!((b.scheme, b.host.as_str(), b.port), (Scheme::Https, "api.example.com", 443));
     /// assert!(BackendConfig::parse("localhost").is_err());
+    /// assert!(BackendConfig::parse("https://example.com/api").is_err());
     /// ```
     pub fn parse(text: &str) -> Result<BackendConfig, String> {
         let (id, rest) = match text.split_once('=') {
-            Some((id, rest)) if !id.is_empty() => (Some(id.to_string()), rest),
-            Some(_) => return Err(format!("backend '{text}': empty id before '='")),
-            None => (None, text),
+            Some((id, rest)) if !id.is_empty() && !id.contains("://") => (Some(id.to_string()), rest),
+            Some(("", _)) => return Err(format!("backend '{text}': empty id before '='")),
+            _ => (None, text),
         };
-        // [v6]:port[:weight] or host:port[:weight]
-        let (host, tail) = if let Some(stripped) = rest.strip_prefix('[') {
-            let (host, tail) = stripped.split_once(']').ok_or(format!("backend '{text}': unclosed '['"))?;
-            (host.to_string(), tail.strip_prefix(':').unwrap_or(tail))
-        } else {
-            let (host, tail) = rest.split_once(':').ok_or(format!("backend '{text}': expected HOST:PORT[:WEIGHT]"))?;
-            (host.to_string(), tail)
+        let (scheme, rest) = match rest.split_once("://") {
+            Some((scheme, rest)) if scheme.eq_ignore_ascii_case("http") => (Some(Scheme::Http), rest),
+            Some((scheme, rest)) if scheme.eq_ignore_ascii_case("https") => (Some(Scheme::Https), rest),
+            Some((scheme, _)) => return Err(format!("backend '{text}': scheme '{scheme}' is not http or https")),
+            None => (None, rest),
         };
-        let mut parts = tail.split(':');
-        let port = parts
-            .next()
-            .and_then(|p| p.parse::<u16>().ok())
-            .filter(|&p| p != 0)
-            .ok_or(format!("backend '{text}': port must be 1-65535"))?;
-        let weight = match parts.next() {
-            None => 1,
-            Some(w) => w
-                .parse::<u32>()
-                .ok()
-                .filter(|&w| w >= 1)
-                .ok_or(format!("backend '{text}': weight must be a whole number >= 1"))?,
-        };
-        if parts.next().is_some() || host.is_empty() {
-            return Err(format!("backend '{text}': expected [ID=]HOST:PORT[:WEIGHT]"));
+        // A URL copied with its trailing slash means the same; any other path is not supported
+        // (requests keep their own path).
+        let rest = if scheme.is_some() { rest.strip_suffix('/').unwrap_or(rest) } else { rest };
+        if rest.contains(['/', '?', '#', '@']) {
+            return Err(format!("backend '{text}': expected [ID=][http[s]://]HOST:PORT[:WEIGHT], without a path"));
         }
-        Ok(BackendConfig { id, host, port, weight })
+        match scheme {
+            Some(scheme) if !has_port(rest) => {
+                let host = rest.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(rest);
+                if host.is_empty() {
+                    return Err(format!("backend '{text}': no host"));
+                }
+                Ok(BackendConfig { id, host: host.to_string(), port: scheme.default_port(), weight: 1, scheme })
+            }
+            _ => Ok(BackendConfig { id, scheme: scheme.unwrap_or_default(), ..parse_host_port(text, rest)? }),
+        }
     }
+
+    /// `host:port`, or `https://host:port` for an HTTPS backend (`[v6]` in brackets): how logs
+    /// and the ready line name it.
+    ///
+    /// ```
+    /// use lb_sync::config::BackendConfig;
+    /// assert_eq!(BackendConfig::new("::1", 8001, 1).address(), "[::1]:8001");
+    /// assert_eq!(BackendConfig::parse("https://localhost:8443").unwrap().address(), "https://localhost:8443");
+    /// ```
+    pub fn address(&self) -> String {
+        display_address(self.scheme, &self.host, self.port)
+    }
+}
+
+/// `host:port` (`[v6]:port`), with `https://` before it for an HTTPS backend.
+pub fn display_address(scheme: Scheme, host: &str, port: u16) -> String {
+    let prefix = if scheme.is_http() { "" } else { "https://" };
+    if host.contains(':') {
+        format!("{prefix}[{host}]:{port}")
+    } else {
+        format!("{prefix}{host}:{port}")
+    }
+}
+
+/// Whether `HOST[:PORT]` (after a scheme) names a port: a colon after the host (after the
+/// brackets of an IPv6 literal).
+fn has_port(rest: &str) -> bool {
+    match rest.strip_prefix('[') {
+        Some(v6) => v6.split_once(']').is_some_and(|(_, tail)| tail.starts_with(':')),
+        None => rest.contains(':'),
+    }
+}
+
+/// `HOST:PORT[:WEIGHT]` (`[v6]:PORT[:WEIGHT]`) as an HTTP backend with no id; `text` is the
+/// whole argument, for errors.
+fn parse_host_port(text: &str, rest: &str) -> Result<BackendConfig, String> {
+    let (host, tail) = if let Some(stripped) = rest.strip_prefix('[') {
+        let (host, tail) = stripped.split_once(']').ok_or(format!("backend '{text}': unclosed '['"))?;
+        (host, tail.strip_prefix(':').unwrap_or(tail))
+    } else {
+        rest.split_once(':').ok_or(format!("backend '{text}': expected HOST:PORT[:WEIGHT]"))?
+    };
+    let mut parts = tail.split(':');
+    let port = parts
+        .next()
+        .and_then(|p| p.parse::<u16>().ok())
+        .filter(|&p| p != 0)
+        .ok_or(format!("backend '{text}': port must be 1-65535"))?;
+    let weight = match parts.next() {
+        None => 1,
+        Some(w) => w
+            .parse::<u32>()
+            .ok()
+            .filter(|&w| w >= 1)
+            .ok_or(format!("backend '{text}': weight must be a whole number >= 1"))?,
+    };
+    if parts.next().is_some() || host.is_empty() {
+        return Err(format!("backend '{text}': expected [ID=][http[s]://]HOST:PORT[:WEIGHT]"));
+    }
+    Ok(BackendConfig::new(host, port, weight))
 }
 
 /// Whether `id` may name a backend: 1-64 characters of `[A-Za-z0-9._~-]` (RFC 3986's
@@ -129,6 +228,10 @@ pub struct Config {
     pub threads: usize,
     /// The backends. Default: the seed's `localhost:8001` (weight 1), `:8002` (2), `:8003` (1).
     pub backends: Vec<BackendConfig>,
+    /// PEM file of the certificate authorities that HTTPS backends' certificates are verified
+    /// against (nginx's `proxy_ssl_trusted_certificate`), read at start and on each reload.
+    /// Default unset: the system roots (Mozilla's, built in).
+    pub upstream_ca: Option<PathBuf>,
     /// Seconds between active health checks of a backend (±10 % jitter). Default 30 (the
     /// seed's). 0 turns active checks off.
     pub health_check_interval: f64,
@@ -280,6 +383,7 @@ impl Default for Config {
             algorithm: AlgorithmKind::RoundRobin,
             threads: 256,
             backends: seed_backends(),
+            upstream_ca: None,
             health_check_interval: 30.0,
             health_check_path: "/health".into(),
             health_check_timeout: 2.0,

@@ -37,16 +37,19 @@ pub enum TryFailure {
     Timeout,
     /// The answer was not HTTP.
     BadResponse,
+    /// The TLS handshake with an HTTPS backend failed (a refused certificate...).
+    Tls,
 }
 
 impl TryFailure {
     /// Every reason, in the order of the counters.
-    pub const ALL: [TryFailure; 5] = [
+    pub const ALL: [TryFailure; 6] = [
         TryFailure::Refused,
         TryFailure::ConnectTimeout,
         TryFailure::NoResponse,
         TryFailure::Timeout,
         TryFailure::BadResponse,
+        TryFailure::Tls,
     ];
 
     /// The key used in `/lb/stats`.
@@ -57,6 +60,7 @@ impl TryFailure {
             TryFailure::NoResponse => "no_response",
             TryFailure::Timeout => "timeout",
             TryFailure::BadResponse => "bad_response",
+            TryFailure::Tls => "tls",
         }
     }
 }

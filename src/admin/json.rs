@@ -47,6 +47,7 @@ pub fn backend_json(backend: &Backend) -> Value {
         "id": backend.id,
         "host": backend.host,
         "port": backend.port,
+        "scheme": backend.scheme.as_str(),
         "address": backend.addr.to_string(),
         "weight": backend.weight(),
         "enabled": backend.is_enabled(),
@@ -150,11 +151,7 @@ pub fn config(shared: &Shared) -> Value {
     // The running table, not the start-up list: backends may have been added or removed.
     let snapshot = shared.table.snapshot();
     value["backends"] = Value::Array(
-        snapshot
-            .backends
-            .iter()
-            .map(|b| json!({ "id": b.id, "host": b.host, "port": b.port, "weight": b.weight() }))
-            .collect(),
+        snapshot.backends.iter().map(|b| serde_json::to_value(b.config()).unwrap_or(Value::Null)).collect(),
     );
     for secret in ["admin_token", "sticky_secret"] {
         if value.get(secret).is_some_and(|t| !t.is_null()) {

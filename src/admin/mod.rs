@@ -14,7 +14,7 @@ use std::io::Read;
 
 use serde_json::{json, Map, Value};
 
-use crate::config::BackendConfig;
+use crate::config::{BackendConfig, Scheme};
 use crate::server::{Request, Response};
 use crate::state::Shared;
 use crate::upstream::{Backend, TableError};
@@ -221,13 +221,8 @@ fn add_backend(shared: &Shared, request: &mut Request) -> Response {
     };
     match shared.table.add(&config) {
         Ok(backend) => {
-            let message = format!(
-                "backend {} added at {}:{} (weight {})",
-                backend.id,
-                backend.host,
-                backend.port,
-                backend.weight()
-            );
+            let message =
+                format!("backend {} added at {} (weight {})", backend.id, backend.address(), backend.weight());
             changed(shared, 201, &message, &backend)
         }
         Err(e) => table_error(e),
@@ -268,7 +263,7 @@ fn parse_weight(value: &Value) -> Result<u32, String> {
 /// Checks the fields of an added backend one by one so the error names the field.
 fn parse_backend(object: &Map<String, Value>) -> Result<BackendConfig, String> {
     for key in object.keys() {
-        if !["host", "port", "weight", "id"].contains(&key.as_str()) {
+        if !["host", "port", "weight", "id", "scheme"].contains(&key.as_str()) {
             return Err(format!("unknown field '{key}'"));
         }
     }
@@ -292,5 +287,10 @@ fn parse_backend(object: &Map<String, Value>) -> Result<BackendConfig, String> {
         Some(_) => return Err("field 'id' must be 1-64 of the characters A-Z a-z 0-9 . _ ~ -".into()),
         None => None,
     };
-    Ok(BackendConfig { id, host, port, weight })
+    let scheme = match object.get("scheme").map(Value::as_str) {
+        None | Some(Some("http")) => Scheme::Http,
+        Some(Some("https")) => Scheme::Https,
+        Some(_) => return Err("field 'scheme' must be \"http\" or \"https\"".into()),
+    };
+    Ok(BackendConfig { id, host, port, weight, scheme })
 }

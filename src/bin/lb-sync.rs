@@ -29,9 +29,14 @@ struct Args {
     /// forwarding worker threads (default 256)
     #[argh(option)]
     threads: Option<usize>,
-    /// a backend as [ID=]HOST:PORT[:WEIGHT]; repeatable; replaces the configured ones
+    /// a backend as [ID=][http[s]://]HOST:PORT[:WEIGHT]; repeatable; replaces the configured
+    /// ones; https:// ones are sent TLS, their certificate verified
     #[argh(option)]
     backend: Vec<String>,
+    /// PEM file of the CAs that https:// backends' certificates are verified against (default:
+    /// the built-in system roots)
+    #[argh(option)]
+    upstream_ca: Option<PathBuf>,
     /// JSON file with any of the settings (keys as in GET /lb/config)
     #[argh(option)]
     config: Option<String>,
@@ -196,6 +201,7 @@ fn build_config(args: &Args) -> Result<Config, String> {
         (&args.access_log_file, &mut config.access_log_file),
         (&args.log_file, &mut config.log_file),
         (&args.state_file, &mut config.state_file),
+        (&args.upstream_ca, &mut config.upstream_ca),
     ] {
         if flag.is_some() {
             field.clone_from(flag);
@@ -313,7 +319,7 @@ fn main() -> ExitCode {
         .snapshot()
         .backends
         .iter()
-        .map(|b| format!("{}={}:{} (weight {})", b.id, b.host, b.port, b.weight()))
+        .map(|b| format!("{}={} (weight {})", b.id, b.address(), b.weight()))
         .collect();
     let admin = balancer.admin_addr().map_or(String::new(), |addr| format!("; management API on {addr}"));
     // SIGHUP and POST /lb/config/reload read the config file and the flags again.

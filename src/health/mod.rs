@@ -9,6 +9,6 @@ pub mod rise_fall;
 pub mod slow_start;
 
 pub use breaker::{BreakerConfig, BreakerState, CircuitBreaker, Ticket};
-pub use probe::{probe, CheckResult, ProbeError};
+pub use probe::{probe, probe_tls, CheckResult, ProbeError};
 pub use rise_fall::RiseFall;
 pub use slow_start::SlowStart;

@@ -1,14 +1,16 @@
 //! `lb-sync --check-config` (as `nginx -t`): everything a start would refuse, without binding a
 //! port or starting a thread.
 
+use std::sync::Arc;
+
 use crate::config::Config;
 use crate::traffic::RateLimiter;
-use crate::upstream::resolve;
+use crate::upstream::{resolve, UpstreamTls};
 
 use super::generation::{backend_list, health_config};
 
 /// Checks `config` as a start or a reload would: every value in range, every backend's host
-/// resolves, the health-check statuses and rate limits make sense. `Ok` is a one-line summary.
+/// resolves, the `upstream_ca` file reads, the health-check statuses and rate limits make sense. `Ok` is a one-line summary.
 ///
 /// ```
 /// use lb_sync::config::{BackendConfig, Config};
@@ -19,7 +21,8 @@ use super::generation::{backend_list, health_config};
 /// ```
 pub fn check_config(config: &Config) -> Result<String, String> {
     config.validate().map_err(|e| e.to_string())?;
-    health_config(config).map_err(|e| e.to_string())?;
+    let tls = UpstreamTls::load(config.upstream_ca.as_deref()).map_err(|e| e.to_string())?;
+    health_config(config, &Arc::new(tls)).map_err(|e| e.to_string())?;
     RateLimiter::new(&config.rate_limits()).map_err(|e| e.to_string())?;
     for (id, backend) in backend_list(config) {
         resolve(&backend.host, backend.port).map_err(|e| format!("backend {id}: {e}"))?;

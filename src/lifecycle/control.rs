@@ -6,7 +6,7 @@
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
-use crate::config::{BackendConfig, Config};
+use crate::config::Config;
 use crate::server::Tuner;
 use crate::state::{Current, ReloadHook};
 use crate::upstream::{BackendTable, Forwarder, HealthChecker, HealthConfig, Reconciled};
@@ -148,17 +148,7 @@ impl Control {
         // With a state file the management API owns the backend list (nginx Plus forbids
         // servers in the file with `state`): a reload keeps the table's and applies the rest.
         let wanted = if old.state_file.is_some() {
-            let running: Vec<_> = self
-                .table
-                .snapshot()
-                .backends
-                .iter()
-                .map(|b| {
-                    let config =
-                        BackendConfig { id: Some(b.id.clone()), ..BackendConfig::new(&b.host, b.port, b.weight()) };
-                    (b.id.clone(), config)
-                })
-                .collect();
+            let running: Vec<_> = self.table.snapshot().backends.iter().map(|b| (b.id.clone(), b.config())).collect();
             if running != backend_list(&config) {
                 restart_only.push("backends (the state file keeps them)".to_string());
             }
@@ -167,7 +157,6 @@ impl Control {
         } else {
             backend_list(&config)
         };
-        let health = health_config(&config).map_err(|e| e.to_string())?;
         let settings = changed_keys(old, &config);
         // Everything that can fail, before the first change.
         let shared = build_shared(
@@ -177,6 +166,7 @@ impl Control {
             Arc::clone(&running.ops),
             Arc::clone(&running.reload),
         )?;
+        let health = health_config(&shared.config, shared.forwarder.tls()).map_err(|e| e.to_string())?;
         let backends = self
             .table
             .reconcile(shared.config.algorithm, &wanted, backend_policy(&shared.config))
@@ -188,7 +178,7 @@ impl Control {
             forwarders.push(Arc::downgrade(&shared.forwarder));
         }
         self.tuner.apply(tuning(&shared.config));
-        let old_health = health_config(old).ok();
+        let old_health = health_config(old, running.forwarder.tls()).ok();
         self.current.store(Arc::new(shared));
         if old_health.as_ref() != Some(&health) {
             self.restart_health(health);

@@ -1,6 +1,7 @@
 //! One generation of [`Shared`]: everything a request reads, built from one configuration and
 //! reusing from the previous generation what did not change (the counters always, the table
-//! always, the HTTP client and the traffic policies when their settings are the same).
+//! always, the HTTP client and the traffic policies when their settings are the same: the
+//! `upstream_ca` file is read again each time, and a changed file makes a new client).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,7 +13,9 @@ use crate::server::Tuning;
 use crate::state::{ReloadHook, Shared};
 use crate::stats::Stats;
 use crate::traffic::RateLimiter;
-use crate::upstream::{BackendPolicy, BackendTable, ForwardTimeouts, Forwarder, HealthConfig, RetryBudget};
+use crate::upstream::{
+    BackendPolicy, BackendTable, ForwardTimeouts, Forwarder, HealthConfig, RetryBudget, UpstreamTls,
+};
 
 /// Settings a reload cannot change: they need a new listener, a new worker pool or files and
 /// threads opened at start. A reload keeps their running values and says so.
@@ -29,8 +32,8 @@ pub const RESTART_ONLY: &[&str] = &[
     "state_file",
 ];
 
-/// The health checker's settings.
-pub(crate) fn health_config(config: &Config) -> Result<HealthConfig, ConfigError> {
+/// The health checker's settings; HTTPS backends are probed with `tls`, the HTTP client's.
+pub(crate) fn health_config(config: &Config, tls: &Arc<UpstreamTls>) -> Result<HealthConfig, ConfigError> {
     Ok(HealthConfig {
         path: config.health_check_path.clone(),
         interval: Duration::from_secs_f64(config.health_check_interval),
@@ -39,6 +42,7 @@ pub(crate) fn health_config(config: &Config) -> Result<HealthConfig, ConfigError
         fall: config.health_check_fall,
         expected: config.expected_health_status()?,
         probers: config.backends.len().clamp(4, 16),
+        tls: Arc::clone(tls),
     })
 }
 
@@ -91,11 +95,16 @@ pub(crate) fn build_shared(
     reload: Arc<ReloadHook>,
 ) -> Result<Shared, String> {
     let (timeouts, pool_size) = client_settings(&config);
+    let tls = UpstreamTls::load(config.upstream_ca.as_deref()).map_err(|e| e.to_string())?;
     let forwarder = match previous {
-        Some(p) if p.forwarder.settings().0 == timeouts && p.forwarder.settings().1 >= pool_size => {
+        Some(p)
+            if p.forwarder.settings().0 == timeouts
+                && p.forwarder.settings().1 >= pool_size
+                && **p.forwarder.tls() == tls =>
+        {
             Arc::clone(&p.forwarder)
         }
-        _ => Arc::new(Forwarder::new(timeouts, pool_size)),
+        _ => Arc::new(Forwarder::new(timeouts, pool_size, Arc::new(tls))),
     };
     let limits = config.rate_limits();
     let rate_limiter = match previous {

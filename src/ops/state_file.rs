@@ -12,7 +12,7 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{is_valid_id, BackendConfig};
+use crate::config::{is_valid_id, BackendConfig, Scheme};
 use crate::upstream::{Backend, BackendTable};
 
 /// The format's version, the first key of the file.
@@ -55,6 +55,9 @@ pub struct SavedBackend {
     pub port: u16,
     /// Weight.
     pub weight: u32,
+    /// `https` for an HTTPS backend; left out for `http` (and absent from older files).
+    #[serde(default, skip_serializing_if = "Scheme::is_http")]
+    pub scheme: Scheme,
     /// Enabled, disabled or draining.
     pub state: BackendState,
 }
@@ -86,6 +89,7 @@ impl SavedState {
                     host: b.host.clone(),
                     port: b.port,
                     weight: b.weight(),
+                    scheme: b.scheme,
                     state: BackendState::of(b),
                 })
                 .collect(),
@@ -99,7 +103,11 @@ impl SavedState {
             .map(|b| {
                 (
                     b.id.clone(),
-                    BackendConfig { id: Some(b.id.clone()), ..BackendConfig::new(&b.host, b.port, b.weight) },
+                    BackendConfig {
+                        id: Some(b.id.clone()),
+                        scheme: b.scheme,
+                        ..BackendConfig::new(&b.host, b.port, b.weight)
+                    },
                 )
             })
             .collect()

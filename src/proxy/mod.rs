@@ -317,7 +317,7 @@ fn account(shared: &Shared, started: Instant, from_backend: bool, response: &Res
 /// before an answer for an idempotent method with a resendable body; never a response timeout.
 fn is_retryable(error: &ForwardError, method: &str, body_replayable: bool) -> bool {
     match error {
-        ForwardError::NotSent(_) | ForwardError::ConnectTimeout => true,
+        ForwardError::NotSent(_) | ForwardError::ConnectTimeout | ForwardError::Tls(_) => true,
         ForwardError::Timeout => false,
         ForwardError::NoResponse(_) | ForwardError::BadResponse(_) => is_idempotent(method) && body_replayable,
     }

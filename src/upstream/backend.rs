@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize,
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::config::BackendConfig;
+use crate::config::{display_address, BackendConfig, Scheme};
 use crate::health::{BreakerConfig, CheckResult, CircuitBreaker, RiseFall, SlowStart};
 use crate::metrics::Histogram;
 use crate::stats::class_index;
@@ -142,9 +142,13 @@ pub struct Backend {
     pub host: String,
     /// Port.
     pub port: u16,
+    /// `http` or `https`.
+    pub scheme: Scheme,
     /// Resolved once when the backend is added (IPv4 first), so no request waits on DNS.
     pub addr: SocketAddr,
-    /// `addr` as a URL authority (`127.0.0.1:8001`, `[::1]:8001`).
+    /// The URL authority requests are sent to: `addr` for HTTP (`127.0.0.1:8001`,
+    /// `[::1]:8001`); for HTTPS the configured `host:port`, the name its certificate must
+    /// have (SNI). Connections go to `addr` either way.
     pub authority: String,
     weight: AtomicU32,
     enabled: AtomicBool,
@@ -193,8 +197,12 @@ impl Backend {
             host: config.host.clone(),
             port: config.port,
             weight: AtomicU32::new(config.weight.max(1)),
+            scheme: config.scheme,
             addr,
-            authority: addr.to_string(),
+            authority: match config.scheme {
+                Scheme::Http => addr.to_string(),
+                Scheme::Https => display_address(Scheme::Http, &config.host, config.port),
+            },
             enabled: AtomicBool::new(true),
             draining: AtomicBool::new(false),
             health: AtomicU8::new(UNKNOWN),
@@ -211,6 +219,29 @@ impl Backend {
             max_connections: AtomicUsize::new(policy.max_connections),
             slots,
         }
+    }
+
+    /// Its configuration now (its id, and its weight as it is now).
+    ///
+    /// ```
+    /// use lb_sync::config::BackendConfig;
+    /// use lb_sync::upstream::{Backend, BackendPolicy};
+    /// let config = BackendConfig::parse("https://127.0.0.1:8443:2").unwrap();
+    /// let backend = Backend::new("api".into(), &config, &BackendPolicy::default(), Default::default()).unwrap();
+    /// assert_eq!(backend.config(), BackendConfig { id: Some("api".into()), ..config });
+    /// assert_eq!(backend.authority, "127.0.0.1:8443");
+    /// ```
+    pub fn config(&self) -> BackendConfig {
+        BackendConfig {
+            id: Some(self.id.clone()),
+            scheme: self.scheme,
+            ..BackendConfig::new(&self.host, self.port, self.weight())
+        }
+    }
+
+    /// `host:port` as configured, `https://host:port` for HTTPS: how logs name it.
+    pub fn address(&self) -> String {
+        display_address(self.scheme, &self.host, self.port)
     }
 
     /// Applies new settings (a reload) to this backend in place: its live state (health,

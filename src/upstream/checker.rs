@@ -12,10 +12,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, Sender};
 
-use crate::health::{probe, CheckResult, ProbeError};
+use crate::config::Scheme;
+use crate::health::{probe, probe_tls, CheckResult, ProbeError};
 
 use super::backend::{Backend, HealthState};
 use super::table::BackendTable;
+use super::tls::UpstreamTls;
 
 /// Health-check settings.
 #[derive(Clone, Debug, PartialEq)]
@@ -34,6 +36,9 @@ pub struct HealthConfig {
     pub expected: RangeInclusive<u16>,
     /// Prober threads (probes running at once). Default 8.
     pub probers: usize,
+    /// What HTTPS backends' certificates are verified against (the HTTP client's). Default:
+    /// the built-in roots.
+    pub tls: Arc<UpstreamTls>,
 }
 
 impl Default for HealthConfig {
@@ -46,6 +51,7 @@ impl Default for HealthConfig {
             fall: 3,
             expected: 200..=399,
             probers: 8,
+            tls: Arc::default(),
         }
     }
 }
@@ -146,7 +152,13 @@ fn prober(jobs: Receiver<Arc<Backend>>, done: Sender<String>, config: &HealthCon
     for backend in jobs.iter() {
         let started = Instant::now();
         let host = format!("{}:{}", backend.host, backend.port);
-        let result = probe(backend.addr, &host, &config.path, config.timeout, &config.expected);
+        let result = match backend.scheme {
+            Scheme::Http => probe(backend.addr, &host, &config.path, config.timeout, &config.expected),
+            Scheme::Https => {
+                let tls = config.tls.client_config();
+                probe_tls(backend.addr, tls, &backend.host, &host, &config.path, config.timeout, &config.expected)
+            }
+        };
         backend.set_last_check(CheckResult {
             ok: result.is_ok(),
             detail: match &result {

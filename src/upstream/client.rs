@@ -2,15 +2,19 @@
 //! a retry. Knows nothing of which backend to choose.
 
 use std::io::{self, Read};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ureq::http;
-use ureq::unversioned::resolver::DefaultResolver;
+use ureq::unversioned::transport::Connector;
 use ureq::{Agent, SendBody, Timeout};
 
+use crate::config::Scheme;
 use crate::stats::TryFailure;
 
 use super::backend::Backend;
+use super::pinned::{pin, PinnedResolver};
+use super::tls::{HandshakeError, TlsConnector, UpstreamTls};
 use super::transport::BackendConnector;
 
 /// Why a try failed, in the terms that decide what happens next.
@@ -26,12 +30,15 @@ pub enum ForwardError {
     Timeout,
     /// The backend answered something that is not HTTP, or the request could not be built.
     BadResponse(String),
+    /// The TLS handshake with an HTTPS backend failed (its certificate was refused, it does
+    /// not speak TLS...): nothing was sent.
+    Tls(String),
 }
 
 impl ForwardError {
     /// Whether the request certainly did not reach the backend.
     pub fn never_sent(&self) -> bool {
-        matches!(self, ForwardError::NotSent(_) | ForwardError::ConnectTimeout)
+        matches!(self, ForwardError::NotSent(_) | ForwardError::ConnectTimeout | ForwardError::Tls(_))
     }
 
     /// The reason as counted in the statistics.
@@ -42,6 +49,7 @@ impl ForwardError {
             ForwardError::NoResponse(_) => TryFailure::NoResponse,
             ForwardError::Timeout => TryFailure::Timeout,
             ForwardError::BadResponse(_) => TryFailure::BadResponse,
+            ForwardError::Tls(_) => TryFailure::Tls,
         }
     }
 
@@ -51,6 +59,14 @@ impl ForwardError {
     }
 
     fn from_ureq(error: ureq::Error) -> ForwardError {
+        if let Some(handshake) = HandshakeError::find(&error) {
+            // A handshake that timed out is part of connecting (nginx's proxy_connect_timeout).
+            return if handshake.timed_out {
+                ForwardError::ConnectTimeout
+            } else {
+                ForwardError::Tls(handshake.why.clone())
+            };
+        }
         match error {
             ureq::Error::Timeout(Timeout::Connect) => ForwardError::ConnectTimeout,
             ureq::Error::Timeout(_) => ForwardError::Timeout,
@@ -78,6 +94,7 @@ impl std::fmt::Display for ForwardError {
             ForwardError::NoResponse(why) => write!(f, "no response: {why}"),
             ForwardError::Timeout => f.write_str("timed out waiting for the backend"),
             ForwardError::BadResponse(why) => write!(f, "bad response: {why}"),
+            ForwardError::Tls(why) => write!(f, "TLS handshake failed: {why}"),
         }
     }
 }
@@ -125,12 +142,13 @@ pub struct Forwarder {
     agent: Agent,
     timeouts: ForwardTimeouts,
     pool_size: usize,
+    tls: Arc<UpstreamTls>,
 }
 
 impl Forwarder {
     /// An agent whose idle pool holds `pool_size` connections (workers × backends at least, or
-    /// connections churn).
-    pub fn new(timeouts: ForwardTimeouts, pool_size: usize) -> Forwarder {
+    /// connections churn); HTTPS backends' certificates are verified against `tls`.
+    pub fn new(timeouts: ForwardTimeouts, pool_size: usize, tls: Arc<UpstreamTls>) -> Forwarder {
         let config = Agent::config_builder()
             .proxy(None)
             .http_status_as_error(false)
@@ -157,15 +175,22 @@ impl Forwarder {
             .timeout_recv_response(Some(timeouts.request))
             .timeout_per_read(Some(timeouts.request))
             .timeout_per_write(Some(timeouts.request))
+            .tls_config(tls.ureq_config())
             .build();
-        let connector = BackendConnector { connect_timeout: timeouts.connect, io_timeout: timeouts.request };
-        let agent = Agent::with_parts(config, connector, DefaultResolver::default());
-        Forwarder { agent, timeouts, pool_size }
+        let connector = BackendConnector { connect_timeout: timeouts.connect, io_timeout: timeouts.request }
+            .chain(TlsConnector::new(timeouts.connect, timeouts.request));
+        let agent = Agent::with_parts(config, connector, PinnedResolver::default());
+        Forwarder { agent, timeouts, pool_size, tls }
     }
 
     /// The timeouts and idle pool size it was made with.
     pub fn settings(&self) -> (ForwardTimeouts, usize) {
         (self.timeouts, self.pool_size)
+    }
+
+    /// What it verifies HTTPS backends' certificates against.
+    pub fn tls(&self) -> &Arc<UpstreamTls> {
+        &self.tls
     }
 
     /// Breaks every backend connection it holds, idle or in use: a worker blocked reading
@@ -212,12 +237,18 @@ impl Forwarder {
         prepared: &Prepared,
         body: Option<&mut dyn Read>,
     ) -> Result<http::Response<ureq::Body>, ForwardError> {
+        let scheme = match backend.scheme {
+            Scheme::Http => http::uri::Scheme::HTTP,
+            Scheme::Https => http::uri::Scheme::HTTPS,
+        };
         let uri = http::Uri::builder()
-            .scheme("http")
+            .scheme(scheme)
             .authority(backend.authority.as_str())
             .path_and_query(prepared.path.clone())
             .build()
             .map_err(|e| ForwardError::BadResponse(format!("backend address: {e}")))?;
+        // The address the backend was resolved to when added, whatever the URL names.
+        let _pinned = pin(backend.addr);
         // Two calls because SendBody's lifetime is invariant: `()` sends no body and no
         // Content-Length, as a GET should.
         let result = match body {

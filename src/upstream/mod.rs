@@ -1,14 +1,16 @@
 //! The backends and everything about talking to them: each [`Backend`] with its live state, the
 //! [`BackendTable`] and the selection policy over a [`Membership`] snapshot, the active
 //! [`HealthChecker`] that keeps verdicts current, the shared HTTP [`Forwarder`] that sends one
-//! request to one backend, and the [`RetryBudget`] that bounds how often a request is sent again.
+//! request to one backend (over TLS to `https://` ones, trusting [`UpstreamTls`]), and the [`RetryBudget`] that bounds how often a request is sent again.
 
 mod backend;
 mod checker;
 mod client;
 mod membership;
+mod pinned;
 mod retry_budget;
 mod table;
+mod tls;
 mod transport;
 pub(crate) use transport::early_answer_arrived;
 
@@ -18,3 +20,4 @@ pub use client::{ForwardError, ForwardTimeouts, Forwarder, PrepareError, Prepare
 pub use membership::{Membership, PickKind};
 pub use retry_budget::RetryBudget;
 pub use table::{BackendTable, Reconciled, TableError};
+pub use tls::{TlsSetupError, UpstreamTls};

@@ -267,7 +267,10 @@ impl BackendTable {
     ) -> Result<Reconciled, TableError> {
         let before = self.snapshot();
         let find = |backends: &[Arc<Backend>], id: &str, config: &BackendConfig| {
-            backends.iter().find(|b| b.id == id && b.host == config.host && b.port == config.port).cloned()
+            let same = |b: &&Arc<Backend>| {
+                b.id == id && b.host == config.host && b.port == config.port && b.scheme == config.scheme
+            };
+            backends.iter().find(same).cloned()
         };
         // Resolve what is new, with no lock held.
         let mut resolved = Vec::new();

@@ -37,7 +37,8 @@ impl Connector<()> for BackendConnector {
                     let stream = Arc::new(stream);
                     (details.register_shutdown)(Arc::downgrade(&stream) as Weak<dyn ShutdownHandle>)?;
                     let discard_output = Arc::new(AtomicBool::new(false));
-                    return Ok(Some(BackendTransport { stream, buffers, discard_output, just_read: false }));
+                    let transport = BackendTransport { stream, buffers, discard_output, just_read: false, tls: false };
+                    return Ok(Some(transport));
                 }
                 Err(e) => last_error = Some(e),
             }
@@ -75,6 +76,22 @@ pub(crate) struct BackendTransport {
     /// The last thing done was reading (the end of an answer): ureq's next liveness probe is
     /// the one it makes when it puts the connection back in its pool.
     just_read: bool,
+    /// TLS runs over it (an HTTPS backend): bytes waiting on the socket may be TLS's own records
+    /// (a TLS 1.3 session ticket comes after the handshake), not an answer, so a streamed body
+    /// does not ask [`early_answer_arrived`] about it.
+    tls: bool,
+}
+
+impl BackendTransport {
+    /// Its socket, for the TLS connector to set the handshake's timeouts.
+    pub(crate) fn socket(&self) -> Arc<TcpStream> {
+        Arc::clone(&self.stream)
+    }
+
+    /// Marks it as carrying TLS.
+    pub(crate) fn carry_tls(&mut self) {
+        self.tls = true;
+    }
 }
 
 thread_local! {
@@ -117,7 +134,9 @@ impl Transport for BackendTransport {
         }
         SENDING_ON.with(|sending| {
             let mut sending = sending.borrow_mut();
-            if !std::ptr::eq(sending.0.as_ptr(), Arc::as_ptr(&self.stream)) {
+            if self.tls {
+                *sending = (Weak::new(), Weak::new());
+            } else if !std::ptr::eq(sending.0.as_ptr(), Arc::as_ptr(&self.stream)) {
                 *sending = (Arc::downgrade(&self.stream), Arc::downgrade(&self.discard_output));
             }
         });
