@@ -6,6 +6,7 @@
 #   scripts/bench.sh server   # lb-backend vs nginx answering the same 1 KiB body
 #   scripts/bench.sh proxy    # lb-sync vs nginx vs HAProxy in front of the same lb-backends, and direct
 #   scripts/bench.sh cost     # syscalls and context switches per proxied keep-alive GET, lb-sync vs nginx
+#   scripts/bench.sh upstream-tls  # an https:// backend vs the same one over plain HTTP, lb-sync and nginx
 #   scripts/bench.sh slow     # 1000 slow senders / readers / heads, 100 slow backend requests: normal GETs meanwhile
 #   scripts/bench.sh sweep    # lb-sync vs nginx vs HAProxy at c=10, 64, 256 in front of nginx backends:
 #                             # req/s, p50, p99 and the proxy's CPU microseconds per request
@@ -337,5 +338,52 @@ CFG
       echo "c=$c lb-sync / nginx: $(ratio_of "lb-sync.$c" "nginx.$c")   lb-sync / haproxy: $(ratio_of "lb-sync.$c" "haproxy.$c")"
     done
     ;;
-  *) echo "usage: $0 server|proxy|cost|slow|sweep" >&2; exit 2 ;;
+  upstream-tls)
+    # The cost of TLS to the backend: one nginx backend answering the same body on an HTTP and
+    # an HTTPS port (a certificate for localhost from a CA made here), lb-sync and an nginx
+    # proxy each in front of both; keep-alive to the backend in every case.
+    command -v openssl >/dev/null || { echo "bench.sh: openssl not found (apt-get install openssl)" >&2; exit 1; }
+    read -r -a ports <<<"$(free_ports 6)"
+    plain_port=${ports[0]} tls_port=${ports[1]} lb_plain=${ports[2]} lb_tls=${ports[3]} nginx_plain=${ports[4]} nginx_tls=${ports[5]}
+    (cd "$work" &&
+      openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout ca.key -out ca.pem -days 1 \
+        -subj "/CN=bench CA" -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign &&
+      openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout server.key -out server.csr -subj /CN=localhost &&
+      printf 'subjectAltName=DNS:localhost\nextendedKeyUsage=serverAuth\n' > server.ext &&
+      openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem -days 1 -extfile server.ext) \
+      > "$work/openssl.log" 2>&1 || { cat "$work/openssl.log" >&2; exit 1; }
+    body=$(head -c "$body_bytes" /dev/zero | tr '\0' x)
+    nginx_up "server { listen 127.0.0.1:$plain_port; listen 127.0.0.1:$tls_port ssl;
+    ssl_certificate $work/server.pem; ssl_certificate_key $work/server.key;
+    location / { default_type application/octet-stream; return 200 '$body'; } }" backend
+    nginx_up "upstream plain { server 127.0.0.1:$plain_port; keepalive 64; }
+  upstream tls { server 127.0.0.1:$tls_port; keepalive 64; }
+  server { listen 127.0.0.1:$nginx_plain;
+    location / { proxy_pass http://plain; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }
+  server { listen 127.0.0.1:$nginx_tls;
+    location / { proxy_pass https://tls; proxy_http_version 1.1; proxy_set_header Connection \"\";
+      proxy_ssl_verify on; proxy_ssl_trusted_certificate $work/ca.pem; proxy_ssl_name localhost;
+      proxy_ssl_server_name on; proxy_ssl_session_reuse on; } }"
+    for pair in "$lb_plain:127.0.0.1:$plain_port" "$lb_tls:https://localhost:$tls_port"; do
+      "$sync_bin" --host 127.0.0.1 --port "${pair%%:*}" --threads "$threads" --access-log false \
+        --health-check-interval 0 --upstream-ca "$work/ca.pem" --backend "${pair#*:}" \
+        > "$work/lb-sync-${pair%%:*}.out" 2> "$work/lb-sync-${pair%%:*}.err" &
+      pids+=("$!")
+    done
+    wait_port "$plain_port"
+    for port in "$lb_plain" "$lb_tls"; do wait_port "$port" /lb/health "$work/lb-sync-$port.err"; done
+    for port in "$nginx_plain" "$nginx_tls"; do wait_port "$port" / "$work/nginx/logs/error.log"; done
+    curl -sf --max-time 5 -o /dev/null "http://127.0.0.1:$lb_tls/" || { echo "bench.sh: lb-sync cannot reach the HTTPS backend" >&2; cat "$work/lb-sync-$lb_tls.err" >&2; exit 1; }
+    echo "one nginx backend (return 200, ${NGINX_WORKERS:-auto} workers) on :$plain_port (http) and :$tls_port (https, ECDSA P-256); lb-sync --threads $threads"
+    header
+    load "lb-sync -> http backend" "http://127.0.0.1:$lb_plain/"
+    load "lb-sync -> https backend" "http://127.0.0.1:$lb_tls/"
+    load "nginx -> http backend" "http://127.0.0.1:$nginx_plain/"
+    load "nginx -> https backend" "http://127.0.0.1:$nginx_tls/"
+    echo
+    echo "https / http, lb-sync: $(ratio "lb-sync -> https backend" "lb-sync -> http backend")"
+    echo "https / http, nginx:   $(ratio "nginx -> https backend" "nginx -> http backend")"
+    echo "lb-sync / nginx, https: $(ratio "lb-sync -> https backend" "nginx -> https backend")"
+    ;;
+  *) echo "usage: $0 server|proxy|cost|slow|sweep|upstream-tls" >&2; exit 2 ;;
 esac
