@@ -6,7 +6,8 @@
 //! complete request goes through a **bounded queue** to a **fixed pool of worker threads**,
 //! which run the handler (blocking on a backend is fine there) and write the response with
 //! non-blocking writes, handing what the socket does not take back to the poller. A slow or
-//! idle client costs a buffer, never a thread.
+//! idle client costs a buffer, never a thread. A connection that switches protocols (`101`)
+//! goes back to the poller too, which relays it as a [`Tunnel`] (see `tunnel.rs`).
 //!
 //! ```no_run
 //! use lb_sync::server::{Handler, Request, Response, Server, ServerConfig};
@@ -35,6 +36,7 @@ mod poller;
 mod request;
 mod response;
 mod spool;
+mod tunnel;
 mod upload;
 mod worker;
 
@@ -47,6 +49,7 @@ pub use observe::{Finished, Refusal, RefusalHook};
 pub use request::Request;
 pub use response::{status_has_no_body, Body, Response};
 pub use spool::{BodyBuffering, RequestBody};
+pub use tunnel::{Handoff, Switch, Tunnel, TunnelClose, TunnelEnd, TUNNEL_BUFFER};
 pub use upload::EarlyAnswerCheck;
 
 use std::io;

@@ -2,7 +2,8 @@
 //! connection that is not with a worker. It accepts, reads request heads and bodies without
 //! blocking (bodies into a spool), parks idle keep-alive connections (a buffer each, no thread),
 //! finishes writing responses the client reads slowly, enforces every client timeout, and hands
-//! each complete request to the worker pool. Nothing a client does holds a worker.
+//! each complete request to the worker pool. Nothing a client does holds a worker. Connections
+//! that switched protocols are relayed here too (`tunnel.rs`).
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
@@ -24,6 +25,7 @@ use super::limits::Limits;
 use super::observe::{Refusal, RefusalHook};
 use super::response::{Delivery, Progress};
 use super::spool::{RequestBody, SpoolSettings};
+use super::tunnel::{Switch, TunnelClose, Tunnels, Turn};
 use super::upload::{upload, Offer, ResumeLink, UploadFeed};
 use super::worker::{Job, Next, Returned};
 use super::Tuning;
@@ -148,6 +150,8 @@ pub(crate) struct Poller {
     /// would not report it again).
     again: Vec<usize>,
     connections: HashMap<usize, Connection>,
+    /// Connections that switched protocols, relayed to their peers.
+    tunnels: Tunnels,
     next_token: usize,
     next_sweep: Instant,
     accept_resume: Option<Instant>,
@@ -194,6 +198,7 @@ impl Poller {
             resumed: links.resumed,
             again: Vec::new(),
             connections: HashMap::new(),
+            tunnels: Tunnels::default(),
             next_token: FIRST_CONNECTION,
             next_sweep: Instant::now() + MAX_POLL_WAIT,
             accept_resume: None,
@@ -311,7 +316,7 @@ impl Poller {
             log::warn!("cannot register connection from {peer}: {e}");
             return;
         }
-        let over_limit = self.connections.len() >= self.limits.max_connections;
+        let over_limit = self.connections.len() + self.tunnels.len() >= self.limits.max_connections;
         let deadline = Instant::now() + self.limits.head_timeout;
         self.connections.insert(
             token,
@@ -340,6 +345,12 @@ impl Poller {
     }
 
     fn on_ready(&mut self, token: usize) {
+        if Tunnels::owns(token) {
+            if let Turn::Again = self.tunnels.ready(self.poll.registry(), token, &mut self.scratch) {
+                self.again.push(token);
+            }
+            return;
+        }
         match self.connections.get(&token).map(|c| c.state) {
             Some(State::Reading { .. }) => self.advance(token),
             Some(State::ReadingBody) => self.read_body(token),
@@ -699,8 +710,43 @@ impl Poller {
                     self.idle.wake_one();
                 }
             }
-            Progress::Done { keep_alive } => self.finish_response(token, keep_alive),
+            Progress::Done { keep_alive } => match delivery.take_switch() {
+                Some(switch) => self.switch(token, switch),
+                None => self.finish_response(token, keep_alive),
+            },
             Progress::Failed => self.reset(token),
+        }
+    }
+
+    /// A `101` head is out: the connection leaves HTTP, for a tunnel this thread relays or for
+    /// the application. What the client sent after its request head goes along.
+    fn switch(&mut self, token: usize, switch: Switch) {
+        let Some(conn) = self.connections.remove(&token) else { return };
+        let _ = self.poll.registry().deregister(&mut SourceFd(&conn.stream.as_raw_fd()));
+        // The worker let go of its handle when it returned the connection.
+        let stream = match Arc::try_unwrap(conn.stream) {
+            Ok(stream) => stream,
+            Err(shared) => match shared.try_clone() {
+                Ok(stream) => stream,
+                Err(e) => return log::warn!("{}: cannot switch protocols: {e}", conn.peer),
+            },
+        };
+        match switch {
+            Switch::Tunnel(tunnel) => {
+                let registry = self.poll.registry();
+                if let Some((deadline, turn)) =
+                    self.tunnels.open(registry, token, stream, conn.buf, tunnel, &mut self.scratch)
+                {
+                    self.note_deadline(deadline);
+                    if let Turn::Again = turn {
+                        self.again.push(Tunnels::token_of(token));
+                    }
+                }
+            }
+            Switch::Handoff(handoff) => match stream.set_nonblocking(false) {
+                Ok(()) => handoff(stream, conn.buf),
+                Err(e) => log::warn!("{}: cannot hand the connection over: {e}", conn.peer),
+            },
         }
     }
 
@@ -843,6 +889,7 @@ impl Poller {
                 }
                 Next::Linger => self.finish_response(token, false),
                 Next::Reset => self.reset(token),
+                Next::Switch(switch) => self.switch(token, switch),
                 Next::Deliver(delivery) => {
                     let Some(conn) = self.connections.get_mut(&token) else { continue };
                     let registered = if conn.watching_writes {
@@ -890,6 +937,9 @@ impl Poller {
             }
         }
         self.next_sweep = next;
+        if let Some(deadline) = self.tunnels.sweep(self.poll.registry(), now) {
+            self.next_sweep = self.next_sweep.min(deadline);
+        }
         for (token, state) in expired {
             match state {
                 State::Reading { started: true } => {
@@ -965,13 +1015,19 @@ impl Poller {
                     self.advance(token);
                     self.drain_idle(token);
                 }
+                // Tunnels too, as idle connections: a tunnel has no end a stop could wait for,
+                // so waiting would only hold the stop for the whole grace period.
+                let drained = now + STOP_IDLE_DRAIN;
+                self.tunnels.close_from(drained);
+                self.note_deadline(drained);
                 deadline
             }
         };
-        if self.connections.is_empty() {
+        if self.connections.is_empty() && self.tunnels.is_empty() {
             return true;
         }
         if now >= deadline {
+            self.tunnels.close_all(self.poll.registry(), TunnelClose::Stopped);
             // Requests still queued are given up on unrun: their handlers would act (a POST to a
             // backend) for clients whose connections are being closed.
             self.drop_queued_jobs();

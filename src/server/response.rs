@@ -11,6 +11,7 @@ use std::io::{self, Read, Write};
 use super::error::reason_phrase;
 use super::head::{is_hop_by_hop, Header, Version};
 use super::observe::{FinishHook, Finished};
+use super::tunnel::{Switch, Tunnel};
 
 /// Most bytes read from a body source per refill; also the delivery buffer's size. A slow
 /// reader costs this much memory, not a thread.
@@ -54,12 +55,38 @@ pub struct Response {
     pub close: bool,
     /// Called once when the response has been written completely or its delivery ended early.
     on_finish: Option<FinishHook>,
+    /// What the connection becomes after a `101` head (boxed: most responses have none).
+    switch: Option<Box<Switch>>,
 }
 
 impl Response {
     /// A response with a status and no headers or body.
     pub fn new(status: u16) -> Response {
-        Response { status, headers: Vec::new(), body: Body::Empty, close: false, on_finish: None }
+        Response { status, headers: Vec::new(), body: Body::Empty, close: false, on_finish: None, switch: None }
+    }
+
+    /// A `101 Switching Protocols` answer: its head says `Upgrade: <upgrade>` and
+    /// `Connection: upgrade` (with the headers added to it), and once it is out the connection
+    /// leaves HTTP: relayed to a [`Tunnel`], or handed to the application.
+    ///
+    /// ```
+    /// use lb_sync::server::{Response, Switch};
+    /// let echo = Response::switching_protocols("websocket", Switch::Handoff(Box::new(|_socket, _early| {})))
+    ///     .with_header("Sec-WebSocket-Accept", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+    /// assert_eq!(echo.status, 101);
+    /// ```
+    pub fn switching_protocols(upgrade: impl Into<Vec<u8>>, switch: Switch) -> Response {
+        let mut response = Response::new(101).with_header("Upgrade", upgrade);
+        response.switch = Some(Box::new(switch));
+        response
+    }
+
+    /// The tunnel this answer switches to, if it is one (to add a close callback).
+    pub fn tunnel_mut(&mut self) -> Option<&mut Tunnel> {
+        match self.switch.as_deref_mut() {
+            Some(Switch::Tunnel(tunnel)) => Some(tunnel),
+            _ => None,
+        }
     }
 
     /// A `text/plain` response.
@@ -168,6 +195,8 @@ pub(crate) struct Delivery {
     sent: u64,
     done: bool,
     on_finish: Option<FinishHook>,
+    /// What the connection becomes once the (101) head is out.
+    switch: Option<Box<Switch>>,
 }
 
 impl Drop for Delivery {
@@ -181,7 +210,9 @@ impl Drop for Delivery {
 impl Delivery {
     /// Serializes the head (and an in-memory body) into the buffer.
     pub fn new(response: Response, ctx: &ResponseContext) -> Delivery {
-        let Response { status, headers, body, close, on_finish } = response;
+        let Response { status, headers, body, close, on_finish, switch } = response;
+        // A 101 without a switch would leave the client speaking a protocol nobody serves.
+        let status = if status == 101 && switch.is_none() { 500 } else { status };
         let mut keep_alive = ctx.keep_alive && !close;
         let no_body = status_has_no_body(status);
         let (length, chunked) = match &body {
@@ -198,7 +229,23 @@ impl Delivery {
             },
         };
         let mut buf = Vec::with_capacity(256 + if let Body::Bytes(b) = &body { b.len() } else { 0 });
-        write_head(&mut buf, status, &headers, length, chunked, keep_alive, ctx.version);
+        // Upgrade is hop-by-hop, so the server writes it only where it belongs: on a 101 (the
+        // protocol switched to) and a 426 (the protocols required, RFC 9110 15.5.22), each with
+        // the `upgrade` connection option.
+        let upgrade = switch.is_some() || (status == 426 && headers.iter().any(|h| h.is("upgrade")));
+        let mut connection = Vec::new();
+        if upgrade {
+            connection.push("upgrade");
+        }
+        if switch.is_none() {
+            if !keep_alive {
+                connection.push("close");
+            } else if ctx.version == Version::Http10 {
+                connection.push("keep-alive");
+            }
+        }
+        let framing = HeadFraming { length, chunked, upgrade, connection: &connection.join(", ") };
+        write_head(&mut buf, status, &headers, &framing);
         let head_len = buf.len() as u64;
         let mut delivery = Delivery {
             buf,
@@ -210,6 +257,7 @@ impl Delivery {
             sent: 0,
             done: false,
             on_finish,
+            switch,
         };
         if ctx.head_request || no_body {
             return delivery;
@@ -227,6 +275,11 @@ impl Delivery {
             }
         }
         delivery
+    }
+
+    /// What the connection becomes now that the response is out, if it switches protocols.
+    pub fn take_switch(&mut self) -> Option<Switch> {
+        self.switch.take().map(|switch| *switch)
     }
 
     /// Writes what is buffered; with `may_block_on_source` (a worker) refills from the source
@@ -348,20 +401,23 @@ fn read_after(source: &mut Box<dyn Read + Send>, buf: &mut Vec<u8>, gap: usize, 
     result
 }
 
-fn write_head(
-    head: &mut Vec<u8>,
-    status: u16,
-    headers: &[Header],
+/// The fields of a head the server chooses itself.
+struct HeadFraming<'a> {
     length: Option<u64>,
     chunked: bool,
-    keep_alive: bool,
-    version: Version,
-) {
+    /// The handler's `Upgrade` header is written.
+    upgrade: bool,
+    /// The `Connection` options, comma-separated (none: no `Connection` header).
+    connection: &'a str,
+}
+
+fn write_head(head: &mut Vec<u8>, status: u16, headers: &[Header], framing: &HeadFraming<'_>) {
     let _ = write!(head, "HTTP/1.1 {} {}\r\n", status, reason_phrase(status));
     let mut has_date = false;
     for header in headers {
         // The server frames the message itself.
-        if header.is("content-length") || is_hop_by_hop(&header.name) {
+        let passes = !is_hop_by_hop(&header.name) || (framing.upgrade && header.is("upgrade"));
+        if header.is("content-length") || !passes {
             continue;
         }
         has_date |= header.is("date");
@@ -373,16 +429,14 @@ fn write_head(
     if !has_date {
         let _ = write!(head, "Date: {}\r\n", httpdate::fmt_http_date(std::time::SystemTime::now()));
     }
-    if let Some(n) = length {
+    if let Some(n) = framing.length {
         let _ = write!(head, "Content-Length: {n}\r\n");
     }
-    if chunked {
+    if framing.chunked {
         head.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
     }
-    if !keep_alive {
-        head.extend_from_slice(b"Connection: close\r\n");
-    } else if version == Version::Http10 {
-        head.extend_from_slice(b"Connection: keep-alive\r\n");
+    if !framing.connection.is_empty() {
+        let _ = write!(head, "Connection: {}\r\n", framing.connection);
     }
     head.extend_from_slice(b"\r\n");
 }

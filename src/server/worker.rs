@@ -16,6 +16,7 @@ use super::idle::IdleWorkers;
 use super::request::Request;
 use super::response::{Delivery, Progress, Response, ResponseContext};
 use super::spool::RequestBody;
+use super::tunnel::Switch;
 use super::Handler;
 
 /// Work for the pool.
@@ -44,6 +45,8 @@ pub(crate) enum Next {
     Reset,
     /// The client's socket is full: the poller writes the rest as the client reads.
     Deliver(Delivery),
+    /// A `101` head is out: the connection switches protocols (the poller relays a tunnel).
+    Switch(Switch),
 }
 
 /// A connection handed back to the poller.
@@ -111,6 +114,11 @@ impl Worker {
 /// Writes as much of `delivery` as the socket takes, reading its source as needed.
 fn deliver(stream: &TcpStream, mut delivery: Delivery) -> Next {
     let progress = catch_unwind(AssertUnwindSafe(|| delivery.advance(&mut &*stream, true)));
+    if matches!(progress, Ok(Progress::Done { .. })) {
+        if let Some(switch) = delivery.take_switch() {
+            return Next::Switch(switch);
+        }
+    }
     match progress {
         Ok(Progress::Done { keep_alive: true }) => Next::KeepAlive,
         Ok(Progress::Done { keep_alive: false }) => Next::Linger,
