@@ -1,9 +1,14 @@
 //! The demo backend (`lb-backend`): answers every path with JSON naming itself
 //! and echoing the request, so scripts and tests can see which backend served them. Query knobs
-//! make it slow, fail, or send large bodies for tests and benchmarks.
+//! make it slow, fail, or send large bodies for tests and benchmarks. `GET /ws` is a WebSocket
+//! echo ([`websocket`]).
+
+pub mod websocket;
 
 use std::collections::BTreeMap;
 use std::io::{self, Read};
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
@@ -27,12 +32,19 @@ pub struct DemoBackend {
     id: String,
     host: String,
     port: u16,
+    /// WebSocket echo sessions open now.
+    sessions: Arc<AtomicUsize>,
 }
 
 impl DemoBackend {
     /// A backend on `port`; its id is `backend-<port>` unless `id` is given.
     pub fn new(port: u16, host: &str, id: Option<String>) -> DemoBackend {
-        DemoBackend { id: id.unwrap_or_else(|| format!("backend-{port}")), host: host.to_string(), port }
+        DemoBackend {
+            id: id.unwrap_or_else(|| format!("backend-{port}")),
+            host: host.to_string(),
+            port,
+            sessions: Arc::new(AtomicUsize::new(0)),
+        }
     }
 
     /// The id reported as `server_info.id`.
@@ -105,6 +117,9 @@ impl Handler for DemoBackend {
         };
         if let Some(delay) = knobs.delay {
             std::thread::sleep(delay);
+        }
+        if request.path() == "/ws" && knobs.status.is_none() {
+            return websocket::answer(&request, &self.sessions).with_header("X-Backend-Id", self.id.as_str());
         }
         let status = knobs.status.unwrap_or(200);
         let mut cookies = Vec::new();
