@@ -371,6 +371,10 @@ pub struct Config {
     /// Seconds a stop (SIGTERM, SIGINT) lets requests in flight finish before their sockets,
     /// backend ones included, are broken. Default 30.
     pub shutdown_timeout: f64,
+    /// Seconds a tunnel (an upgraded connection: a WebSocket) may go without a byte in either
+    /// direction before both sides are closed. Default 3600 (HAProxy's `timeout tunnel`,
+    /// nginx's `proxy_read_timeout`, as usually raised for WebSockets).
+    pub tunnel_idle_timeout: f64,
 }
 
 impl Default for Config {
@@ -435,6 +439,7 @@ impl Default for Config {
             keep_alive_timeout: limits.keep_alive_timeout.as_secs(),
             client_io_timeout: limits.io_timeout.as_secs(),
             shutdown_timeout: 30.0,
+            tunnel_idle_timeout: 3600.0,
         }
     }
 }

@@ -22,6 +22,48 @@ pub struct Stats {
     failed_tries: [AtomicU64; TryFailure::ALL.len()],
     retries: AtomicU64,
     retries_denied_by_budget: AtomicU64,
+    /// Tunnels (WebSocket and other upgraded connections) relayed for clients.
+    pub tunnels: TunnelCounter,
+}
+
+/// Tunnels opened and closed: connections that switched protocols (`101`) and are relayed both
+/// ways. Counted once opened (the backend answered `101`) and once closed, however they end.
+///
+/// ```
+/// let tunnels = lb_sync::stats::TunnelCounter::default();
+/// tunnels.opened();
+/// tunnels.opened();
+/// tunnels.closed();
+/// assert_eq!((tunnels.active(), tunnels.total()), (1, 2));
+/// ```
+#[derive(Debug, Default)]
+pub struct TunnelCounter {
+    opened: AtomicU64,
+    closed: AtomicU64,
+}
+
+impl TunnelCounter {
+    /// Counts a tunnel opened.
+    pub fn opened(&self) {
+        self.opened.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Counts a tunnel closed.
+    pub fn closed(&self) {
+        self.closed.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Tunnels open now.
+    pub fn active(&self) -> u64 {
+        // Closed first: every close follows its open, so the difference never goes below 0.
+        let closed = self.closed.load(Ordering::Acquire);
+        self.opened.load(Ordering::Acquire).saturating_sub(closed)
+    }
+
+    /// Tunnels opened since the start.
+    pub fn total(&self) -> u64 {
+        self.opened.load(Ordering::Acquire)
+    }
 }
 
 /// Why a try at a backend failed, as counted in `/lb/stats`.

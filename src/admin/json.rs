@@ -58,6 +58,7 @@ pub fn backend_json(backend: &Backend) -> Value {
         "usable": backend.is_usable(),
         "active_connections": in_flight,
         "awaiting_answer": backend.awaiting_answer(),
+        "tunnels": { "active": backend.tunnels().active(), "total": backend.tunnels().total() },
         "total_requests": requests,
         "failed_requests": failures,
         "responses": by_class(&backend.answers()),
@@ -96,6 +97,7 @@ pub fn stats(shared: &Shared) -> Value {
         "latency": latency_json(&latency),
         "in_flight": snapshot.backends.iter().map(|b| b.in_flight()).sum::<usize>(),
         "queue_depth": shared.ops.queue_depth.load(std::sync::atomic::Ordering::Relaxed),
+        "tunnels": { "active": shared.stats.tunnels.active(), "total": shared.stats.tunnels.total() },
         "retries": {
             "tries": tries.tries,
             "retries": tries.retries,

@@ -12,6 +12,8 @@
 //! | `lb_backend_response_duration_seconds` | `backend` | a backend's time to its response head (histogram) |
 //! | `lb_in_flight_requests` | | requests being forwarded now |
 //! | `lb_queue_depth` | | requests waiting for a worker |
+//! | `lb_open_tunnels`, `lb_tunnels_total` | | tunnels (WebSockets: upgraded connections) open now, and opened since the start |
+//! | `lb_backend_open_tunnels`, `lb_backend_tunnels_total` | `backend` | the same per backend |
 //! | `lb_backend_up` | `backend` | 1 unless health checks marked it down |
 //! | `lb_backend_usable` | `backend` | 1 when a pick may choose it (enabled, up, circuit not open) |
 //! | `lb_backend_enabled`, `lb_backend_draining` | `backend` | management state |
@@ -92,6 +94,19 @@ fn encode(shared: &Shared) -> Result<String, ExpositionError> {
     e.gauge("lb_in_flight_requests", "Requests being forwarded to a backend now.")?.sample(&[], in_flight as f64)?;
     e.gauge("lb_queue_depth", "Requests waiting for a worker.")?
         .sample(&[], shared.ops.queue_depth.load(Ordering::Relaxed) as f64)?;
+    let tunnels = &shared.stats.tunnels;
+    e.gauge("lb_open_tunnels", "Tunnels (upgraded connections: WebSockets) open now.")?
+        .sample(&[], tunnels.active() as f64)?;
+    e.counter("lb_tunnels", "Tunnels (upgraded connections: WebSockets) opened.")?
+        .sample(&[], tunnels.total() as f64)?;
+    let mut family = e.gauge("lb_backend_open_tunnels", "Tunnels to each backend open now.")?;
+    for b in backends {
+        family.sample(&[("backend", &b.id)], b.tunnels().active() as f64)?;
+    }
+    let mut family = e.counter("lb_backend_tunnels", "Tunnels opened to each backend.")?;
+    for b in backends {
+        family.sample(&[("backend", &b.id)], b.tunnels().total() as f64)?;
+    }
 
     let gauges: [(&str, &str, BackendGauge); 6] = [
         ("lb_backend_up", "1 unless active health checks marked the backend down.", |b| {

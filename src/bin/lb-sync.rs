@@ -131,6 +131,10 @@ struct Args {
     /// seconds a stop (SIGTERM, SIGINT) lets requests in flight finish (default 30)
     #[argh(option)]
     shutdown_timeout: Option<f64>,
+    /// seconds a tunnel (a WebSocket) may go without a byte either way before it is closed
+    /// (default 3600)
+    #[argh(option)]
+    tunnel_idle_timeout: Option<f64>,
     /// check the configuration (values, backend names resolve) and exit: 0 if good, 1 with the
     /// reason if not (as nginx -t)
     #[argh(switch)]
@@ -175,7 +179,7 @@ fn build_config(args: &Args) -> Result<Config, String> {
     }
     set!(health_check_interval, health_check_path, health_check_timeout, health_check_rise, health_check_fall);
     set!(request_timeout, connect_timeout, max_tries, access_log, session_timeout, shutdown_timeout);
-    set!(breaker_consecutive_failures, breaker_cooldown, slow_start);
+    set!(breaker_consecutive_failures, breaker_cooldown, slow_start, tunnel_idle_timeout);
     set!(rate_limit, rate_limit_burst, client_rate_limit, client_rate_limit_burst);
     if let Some(name) = &args.sticky_cookie {
         config.sticky_cookie = Some(name.clone());

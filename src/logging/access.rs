@@ -34,6 +34,7 @@ use super::timestamp::UtcTime;
 ///     upstream_response_time: Some(Duration::from_millis(12)),
 ///     request_time: Duration::from_millis(13),
 ///     request_id: "4f2a9c1e0b7d3a58000000000000002a",
+///     bytes_received: None,
 /// };
 /// assert_eq!(record.status, 200);
 /// ```
@@ -67,6 +68,10 @@ pub struct AccessRecord<'a> {
     /// The request's id (see [`RequestIdGenerator`](super::RequestIdGenerator)), also sent
     /// upstream as `X-Request-Id`.
     pub request_id: &'a str,
+    /// For a tunnel (a `101`, logged when it closes): the bytes the client sent through it,
+    /// while `body_bytes_sent` counts those it was sent and `request_time` its whole life.
+    /// `None` for every other request; written only when set.
+    pub bytes_received: Option<u64>,
 }
 
 /// A line format for [`AccessRecord`]s.
@@ -93,6 +98,9 @@ pub enum AccessFormat {
     /// 203.0.113.7 - - [01/May/2024:12:34:56 +0000] "GET /a?b=1 HTTP/1.1" 200 512 "-" "curl/8.5.0" "127.0.0.1:8001" 0.012 0.013 4f2a9c1e0b7d3a58000000000000002a
     /// ```
     ///
+    /// A tunnel's line (status 101, written when the tunnel closes) has one more field: the
+    /// bytes the client sent through it.
+    ///
     /// Times are UTC (`+0000`); durations are seconds with millisecond resolution; an absent
     /// value is `-`. As nginx's default escaping does, `"`, `\`, control bytes and bytes from
     /// 0x7F up are written `\xHH`, so a field never holds a quote and the line is ASCII.
@@ -101,7 +109,8 @@ pub enum AccessFormat {
     /// One JSON object per line, keys in this order: `time` (RFC 3339 UTC with milliseconds),
     /// `client_ip`, `method`, `target`, `protocol`, `status`, `body_bytes_sent`, `referer`,
     /// `user_agent`, `upstream_addr`, `upstream_response_time`, `request_time` (seconds, to the
-    /// millisecond), `request_id`; absent values are `null`.
+    /// millisecond), `request_id`; absent values are `null`. A tunnel's line (status 101) has
+    /// `bytes_received` last.
     Json,
 }
 
@@ -138,6 +147,7 @@ impl AccessFormat {
     ///     upstream_response_time: None,
     ///     request_time: Duration::from_micros(250),
     ///     request_id: "00ff",
+    ///     bytes_received: None,
     /// };
     /// assert_eq!(
     ///     AccessFormat::Combined.format(&record),
@@ -170,6 +180,7 @@ impl AccessFormat {
     ///     upstream_response_time: None,
     ///     request_time: Duration::from_millis(1500),
     ///     request_id: "ab",
+    ///     bytes_received: None,
     /// };
     /// let mut out = String::new();
     /// AccessFormat::Json.write(&record, &mut out);
@@ -218,6 +229,9 @@ fn write_combined(record: &AccessRecord<'_>, out: &mut String) {
     push_seconds(out, record.request_time);
     out.push(' ');
     push_escaped_or_dash(out, Some(record.request_id));
+    if let Some(received) = record.bytes_received {
+        let _ = write!(out, " {received}");
+    }
 }
 
 /// nginx's default log escaping: `"`, `\`, bytes below 0x20 and from 0x7F up as `\xHH`.
@@ -266,6 +280,8 @@ struct JsonRecord<'a> {
     upstream_response_time: Option<f64>,
     request_time: f64,
     request_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bytes_received: Option<u64>,
 }
 
 fn write_json(record: &AccessRecord<'_>, out: &mut String) {
@@ -285,6 +301,7 @@ fn write_json(record: &AccessRecord<'_>, out: &mut String) {
         upstream_response_time: record.upstream_response_time.map(seconds),
         request_time: seconds(record.request_time),
         request_id: record.request_id,
+        bytes_received: record.bytes_received,
     };
     // serde_json escapes control characters and quotes, so the object stays on one line.
     match serde_json::to_string(&json) {
@@ -315,6 +332,7 @@ mod tests {
             upstream_response_time: Some(Duration::from_micros(12_400)),
             request_time: Duration::from_micros(13_900),
             request_id: "4f2a9c1e0b7d3a58000000000000002a",
+            bytes_received: None,
         }
     }
 

@@ -29,6 +29,7 @@
 //!     upstream_response_time: Some(Duration::from_millis(2)),
 //!     request_time: Duration::from_millis(3),
 //!     request_id: id.as_str(),
+//!     bytes_received: None,
 //! };
 //! handle.send(AccessFormat::Combined.format(&record));
 //! assert_eq!(access_log.stop().written, 1);

@@ -2,13 +2,14 @@
 //! before the proxy consumes it ([`PendingAccess`]), what became of it (status, backend, its
 //! time) when the handler answers, and the bytes sent and total time when the last byte left,
 //! through [`Response::on_finish`]. The line is formatted on that thread and queued to the log
-//! thread; nobody waits on the disk.
+//! thread; nobody waits on the disk. A tunnel's line (a `101`) is written when the tunnel
+//! closes, with the bytes it carried each way and its whole life as the request time.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::logging::{next_request_id, AccessFormat, AccessRecord, LogHandle};
-use crate::server::{Finished, Request, Response, Version};
+use crate::server::{Finished, Request, Response, TunnelEnd, Version};
 
 /// The access log's sending side and format.
 #[derive(Clone, Debug)]
@@ -71,34 +72,54 @@ impl PendingAccess {
         self.started
     }
 
-    /// Writes the line when `response` is finished, if the access log is on. `upstream` is the
-    /// backend that answered and its time to the response head.
+    /// Writes the line when `response` is finished (a tunnel's when the tunnel closes), if the
+    /// access log is on. `upstream` is the backend that answered and its time to the response
+    /// head.
     pub fn attach(
         self,
         log: Option<&AccessLog>,
-        response: Response,
+        mut response: Response,
         upstream: Option<(SocketAddr, Duration)>,
     ) -> Response {
         let Some(log) = log else { return response };
         let (handle, format, status) = (log.handle.clone(), log.format, response.status);
+        if let Some(tunnel) = response.tunnel_mut() {
+            tunnel.on_close(move |end: TunnelEnd| {
+                let record = self.record(status, end.to_client, upstream, Some(end.from_client));
+                handle.send(format.format(&record));
+            });
+            return response;
+        }
         response.on_finish(move |finished: Finished| {
-            let record = AccessRecord {
-                client_ip: self.client_ip,
-                time: SystemTime::now(),
-                method: &self.method,
-                target: &self.target,
-                protocol: self.protocol,
-                status,
-                body_bytes_sent: finished.body_bytes_sent,
-                referer: self.referer.as_deref(),
-                user_agent: self.user_agent.as_deref(),
-                upstream_addr: upstream.map(|(addr, _)| addr),
-                upstream_response_time: upstream.map(|(_, time)| time),
-                request_time: self.started.elapsed(),
-                request_id: &self.request_id,
-            };
+            let record = self.record(status, finished.body_bytes_sent, upstream, None);
             handle.send(format.format(&record));
         })
+    }
+
+    /// The line's record, now.
+    fn record(
+        &self,
+        status: u16,
+        body_bytes_sent: u64,
+        upstream: Option<(SocketAddr, Duration)>,
+        bytes_received: Option<u64>,
+    ) -> AccessRecord<'_> {
+        AccessRecord {
+            client_ip: self.client_ip,
+            time: SystemTime::now(),
+            method: &self.method,
+            target: &self.target,
+            protocol: self.protocol,
+            status,
+            body_bytes_sent,
+            referer: self.referer.as_deref(),
+            user_agent: self.user_agent.as_deref(),
+            upstream_addr: upstream.map(|(addr, _)| addr),
+            upstream_response_time: upstream.map(|(_, time)| time),
+            request_time: self.started.elapsed(),
+            request_id: &self.request_id,
+            bytes_received,
+        }
     }
 }
 
@@ -120,5 +141,6 @@ pub fn refusal_line(format: AccessFormat, peer: IpAddr, status: u16) -> String {
         upstream_response_time: None,
         request_time: Duration::ZERO,
         request_id: id.as_str(),
+        bytes_received: None,
     })
 }

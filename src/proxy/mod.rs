@@ -6,7 +6,8 @@
 //!    front end buffered);
 //! 3. **try backends**: pick (a sticky cookie's backend first) → admit (breaker, retry budget)
 //!    → send → settle the outcome, and on a failure that allows it, the next backend;
-//! 4. **relay**: the backend's answer streamed back (with the sticky cookie when it changed);
+//! 4. **relay**: the backend's answer streamed back (with the sticky cookie when it changed), or
+//!    for an upgrade request (a WebSocket) a `101` and a tunnel the front end relays ([`upgrade`]);
 //! 5. **account**: statistics now, the access-log line when the last byte has left.
 //!
 //! With `--debug`, [`explain`] says why each request went where it went.
@@ -19,6 +20,7 @@ mod explain;
 mod headers;
 mod policy;
 mod relay;
+mod upgrade;
 
 pub use error::ProxyError;
 
@@ -36,7 +38,7 @@ use crate::upstream::{Backend, ForwardError, PickKind, Prepared};
 use body::UpstreamBody;
 use headers::{forwarded_for, upstream_headers};
 use policy::{Session, SessionPick};
-use relay::relay;
+use relay::{relay, Answer};
 
 /// Who sent a request.
 struct Origin {
@@ -57,6 +59,8 @@ struct Outbound {
     /// The sticky cookie's value, when sticky sessions are on and the client sent one.
     sticky_token: Option<String>,
     request_id: String,
+    /// The `Upgrade` value of an upgrade request: sent on a connection of its own.
+    upgrade: Option<Vec<u8>>,
 }
 
 /// Proxies one request and answers it: the backend's response, or ours when none could give one.
@@ -94,7 +98,11 @@ fn prepare(shared: &Shared, request: Request, origin: &Origin, access: &PendingA
         return Err(ProxyError::UnsupportedTarget);
     }
     let target = origin_form(request.target()).ok_or(ProxyError::UnsupportedTarget)?.to_string();
+    let upgrade = upgrade::requested(&request);
     let mut headers = upstream_headers(&request, origin.client, origin.peer_trusted);
+    if let Some(value) = &upgrade {
+        headers.extend(upgrade::upstream_headers(value));
+    }
     let sticky_token = policy::take_sticky_cookie(shared, &mut headers);
     if !access.id_came_in {
         headers.push(("X-Request-Id", access.request_id.as_bytes().into()));
@@ -125,6 +133,7 @@ fn prepare(shared: &Shared, request: Request, origin: &Origin, access: &PendingA
         hash_key: hash_key(origin.client),
         sticky_token,
         request_id: access.request_id.clone(),
+        upgrade,
     })
 }
 
@@ -176,9 +185,10 @@ fn try_backends(shared: &Shared, out: &mut Outbound) -> Result<(Response, Arc<Ba
             Ok(upstream) => {
                 let upstream_time = sent.elapsed();
                 in_flight.answered();
-                let status = upstream.status().as_u16();
+                let status = upstream.status();
                 settle_answer(shared, backend, breaker, status, upstream_time);
-                let mut response = relay(upstream, in_flight, breaker.map(|(_, ticket)| ticket), out.is_head);
+                let ticket = breaker.map(|(_, ticket)| ticket);
+                let mut response = relay(shared, upstream, in_flight, ticket, out.is_head);
                 if let Some(session) = &session {
                     response = session.stamp(&membership, backend, response);
                 }
@@ -242,14 +252,15 @@ fn admit<'a>(shared: &Shared, backend: &'a Backend, kind: PickKind, tries: usize
     Admission::Go(breaker)
 }
 
-/// Sends the request once to `backend`.
-fn send_once(
-    shared: &Shared,
-    backend: &Backend,
-    out: &mut Outbound,
-) -> Result<ureq::http::Response<ureq::Body>, ForwardError> {
+/// Sends the request once to `backend`: through the shared agent, or on a connection of its
+/// own for an upgrade request.
+fn send_once(shared: &Shared, backend: &Backend, out: &mut Outbound) -> Result<Answer, ForwardError> {
     let body = out.body.for_try().map_err(|e| ForwardError::NotSent(format!("request body: {e}")))?;
-    shared.forwarder.send(backend, &out.prepared, body.map(|b| b as &mut dyn std::io::Read))
+    let body = body.map(|b| b as &mut dyn std::io::Read);
+    if out.upgrade.is_some() {
+        return shared.forwarder.send_own(backend, &out.prepared, body).map(Answer::Own);
+    }
+    shared.forwarder.send(backend, &out.prepared, body).map(Answer::Pooled)
 }
 
 /// An answer came: the backend counts it; the breaker hears a success (or a failure, for a 5xx

@@ -1,18 +1,39 @@
 //! Turning a backend's response into ours: status and end-to-end headers as they came, the body
-//! streamed to the client while the backend's in-flight count is held.
+//! streamed to the client while the backend's in-flight count is held. The answer came through
+//! the shared agent, or on a connection of its own (an upgrade request's, whose `101` becomes a
+//! tunnel: `upgrade.rs`).
 
 use std::io::{self, Read};
 
 use crate::health::Ticket;
 use crate::server::{status_has_no_body, Response};
-use crate::upstream::InFlight;
+use crate::state::Shared;
+use crate::upstream::{InFlight, OwnAnswer};
 
 use super::headers::{connection_options, passes_downstream};
+use super::upgrade;
+
+/// A backend's answer, as it came.
+pub(crate) enum Answer {
+    /// Through the shared agent (its connection goes back to the pool).
+    Pooled(ureq::http::Response<ureq::Body>),
+    /// On a connection of its own (an upgrade request's).
+    Own(OwnAnswer),
+}
+
+impl Answer {
+    pub fn status(&self) -> u16 {
+        match self {
+            Answer::Pooled(response) => response.status().as_u16(),
+            Answer::Own(answer) => answer.status,
+        }
+    }
+}
 
 /// A backend's response body on its way to the client; holds the backend's in-flight count
 /// until the last byte is written (least_connections counts whole transfers).
-struct Streamed {
-    body: ureq::BodyReader<'static>,
+struct Streamed<B> {
+    body: B,
     in_flight: InFlight,
     /// The breaker ticket of the try, when the pick went through the breaker.
     ticket: Option<Ticket>,
@@ -21,7 +42,7 @@ struct Streamed {
     failed: bool,
 }
 
-impl Streamed {
+impl<B> Streamed<B> {
     /// The body broke (a reset, a close before its end): the answer the backend began is no
     /// answer, and its breaker hears so (once), as it would of a reset before the head.
     fn broke(&mut self, error: io::Error) -> io::Error {
@@ -40,7 +61,7 @@ impl Streamed {
     }
 }
 
-impl Read for Streamed {
+impl<B: Read> Read for Streamed<B> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self.body.read(buf) {
             Ok(0) if !buf.is_empty() && self.owed.is_some_and(|owed| owed > 0) => {
@@ -59,8 +80,45 @@ impl Read for Streamed {
     }
 }
 
-/// Turns the backend's response into ours, streaming its body.
+/// Turns the backend's answer into ours, streaming its body; a `101` becomes a tunnel.
 pub(crate) fn relay(
+    shared: &Shared,
+    answer: Answer,
+    in_flight: InFlight,
+    ticket: Option<Ticket>,
+    is_head: bool,
+) -> Response {
+    match answer {
+        Answer::Pooled(response) => relay_pooled(response, in_flight, ticket, is_head),
+        Answer::Own(answer) if answer.status == 101 => upgrade::tunnel(shared, answer, in_flight),
+        Answer::Own(answer) => relay_own(answer, in_flight, ticket, is_head),
+    }
+}
+
+/// An answer on a connection of its own that did not switch protocols: relayed as any other,
+/// its body read in the framing it declares.
+fn relay_own(answer: OwnAnswer, in_flight: InFlight, ticket: Option<Ticket>, is_head: bool) -> Response {
+    let status = answer.status;
+    let mut response = Response::new(status);
+    let named_by_connection = connection_options(
+        answer.headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case("connection")).map(|(_, v)| &v[..]),
+    );
+    for (name, value) in &answer.headers {
+        if passes_downstream(&name.to_ascii_lowercase(), &named_by_connection) {
+            response = response.with_header(name.as_str(), value.as_slice());
+        }
+    }
+    let length = answer.length();
+    if is_head || status_has_no_body(status) {
+        drop(in_flight);
+        return response.with_stream(io::empty(), length);
+    }
+    let streamed = Streamed { body: answer.into_body(), in_flight, ticket, owed: length, failed: false };
+    response.with_stream(streamed, length)
+}
+
+/// Turns the shared agent's response into ours, streaming its body.
+fn relay_pooled(
     upstream: ureq::http::Response<ureq::Body>,
     in_flight: InFlight,
     ticket: Option<Ticket>,

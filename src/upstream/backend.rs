@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use crate::config::{display_address, BackendConfig, Scheme};
 use crate::health::{BreakerConfig, CheckResult, CircuitBreaker, RiseFall, SlowStart};
 use crate::metrics::Histogram;
-use crate::stats::class_index;
+use crate::stats::{class_index, TunnelCounter};
 
 /// What the active checks know of a backend.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -168,6 +168,8 @@ pub struct Backend {
     last_check: Mutex<Option<CheckResult>>,
     max_connections: AtomicUsize,
     slots: Arc<SlotQueue>,
+    /// Tunnels to it (WebSockets): each also holds an [`InFlight`] while open.
+    tunnels: TunnelCounter,
 }
 
 impl Backend {
@@ -218,6 +220,7 @@ impl Backend {
             last_check: Mutex::new(None),
             max_connections: AtomicUsize::new(policy.max_connections),
             slots,
+            tunnels: TunnelCounter::default(),
         }
     }
 
@@ -409,6 +412,11 @@ impl Backend {
     /// Time from request sent to response head of its answered tries.
     pub fn latency(&self) -> &Histogram {
         &self.latency
+    }
+
+    /// Tunnels (upgraded connections) to it: open now and in all.
+    pub fn tunnels(&self) -> &TunnelCounter {
+        &self.tunnels
     }
 }
 

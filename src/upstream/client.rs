@@ -262,9 +262,9 @@ impl Forwarder {
 /// A request validated for forwarding, sent to as many backends as tries need.
 #[derive(Debug)]
 pub struct Prepared {
-    method: http::Method,
-    path: http::uri::PathAndQuery,
-    headers: http::HeaderMap,
+    pub(super) method: http::Method,
+    pub(super) path: http::uri::PathAndQuery,
+    pub(super) headers: http::HeaderMap,
 }
 
 impl Prepared {

@@ -1,13 +1,16 @@
 //! The backends and everything about talking to them: each [`Backend`] with its live state, the
 //! [`BackendTable`] and the selection policy over a [`Membership`] snapshot, the active
 //! [`HealthChecker`] that keeps verdicts current, the shared HTTP [`Forwarder`] that sends one
-//! request to one backend (over TLS to `https://` ones, trusting [`UpstreamTls`]), and the [`RetryBudget`] that bounds how often a request is sent again.
+//! request to one backend (over TLS to `https://` ones, trusting [`UpstreamTls`]; an upgrade
+//! request on a connection of its own: `raw.rs`), and the [`RetryBudget`] that bounds how often
+//! a request is sent again.
 
 mod backend;
 mod checker;
 mod client;
 mod membership;
 mod pinned;
+mod raw;
 mod retry_budget;
 mod table;
 mod tls;
@@ -18,6 +21,7 @@ pub use backend::{resolve, Backend, BackendPolicy, HealthState, InFlight, Resolv
 pub use checker::{apply_probe, HealthChecker, HealthConfig};
 pub use client::{ForwardError, ForwardTimeouts, Forwarder, PrepareError, Prepared};
 pub use membership::{Membership, PickKind};
+pub use raw::{OwnAnswer, OwnBody};
 pub use retry_budget::RetryBudget;
 pub use table::{BackendTable, Reconciled, TableError};
 pub use tls::{TlsSetupError, UpstreamTls};

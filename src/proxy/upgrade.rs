@@ -1,0 +1,96 @@
+//! Upgrade requests (`Connection: upgrade` with an `Upgrade` header: a WebSocket handshake).
+//! They take the normal path (rate limits, sticky session, pick, breaker, retries) but are sent
+//! on a backend connection of their own with `Connection: upgrade` and `Upgrade` kept, since
+//! ureq cannot hand a connection over. A `101` answer goes to the client and both connections
+//! become a tunnel that the front end's poller relays: the worker is free at once, and the
+//! backend's in-flight count (what least_connections reads) holds the tunnel until it closes.
+//! Any other answer is relayed as usual (`relay.rs`).
+
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::server::{Request, Response, Switch, Tunnel, TunnelEnd, Version};
+use crate::state::Shared;
+use crate::upstream::{InFlight, OwnAnswer};
+
+use super::headers::{connection_options, passes_downstream};
+
+/// The `Upgrade` value of an upgrade request: HTTP/1.1 (a server ignores `Upgrade` in a 1.0
+/// request, RFC 9110 7.8), `upgrade` among the `Connection` options (case-insensitive), and a
+/// non-empty `Upgrade`.
+pub(super) fn requested(request: &Request) -> Option<Vec<u8>> {
+    if request.version() != Version::Http11 {
+        return None;
+    }
+    let options = connection_options(request.headers().iter().filter(|h| h.is("connection")).map(|h| &h.value[..]));
+    if !options.iter().any(|o| o == "upgrade") {
+        return None;
+    }
+    let values: Vec<&[u8]> = request.headers().iter().filter(|h| h.is("upgrade")).map(|h| &h.value[..]).collect();
+    let value = values.join(&b", "[..]);
+    (!value.iter().all(u8::is_ascii_whitespace)).then_some(value)
+}
+
+/// The hop-by-hop headers an upgrade request keeps upstream (all others are dropped).
+pub(super) fn upstream_headers(upgrade: &[u8]) -> [(&'static str, Cow<'_, [u8]>); 2] {
+    [("Connection", Cow::Borrowed(b"upgrade")), ("Upgrade", Cow::Borrowed(upgrade))]
+}
+
+/// The tunnel's share of the counters: open while it lives, closed (with the backend's
+/// in-flight count released) when it is dropped, however the tunnel ends.
+struct OpenTunnel {
+    shared_stats: Arc<crate::stats::Stats>,
+    in_flight: InFlight,
+}
+
+impl OpenTunnel {
+    fn new(shared: &Shared, in_flight: InFlight) -> OpenTunnel {
+        shared.stats.tunnels.opened();
+        in_flight.backend().tunnels().opened();
+        OpenTunnel { shared_stats: Arc::clone(&shared.stats), in_flight }
+    }
+}
+
+impl Drop for OpenTunnel {
+    fn drop(&mut self) {
+        self.shared_stats.tunnels.closed();
+        self.in_flight.backend().tunnels().closed();
+    }
+}
+
+/// A backend's `101`: the same to the client (its end-to-end headers, its `Upgrade`), then a
+/// tunnel to the backend's connection, with bytes it sent past its head first.
+pub(super) fn tunnel(shared: &Shared, answer: OwnAnswer, in_flight: InFlight) -> Response {
+    let upgrade = answer.header("upgrade").unwrap_or_default().to_vec();
+    let named_by_connection = connection_options(
+        answer.headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case("connection")).map(|(_, v)| &v[..]),
+    );
+    let headers: Vec<(String, Vec<u8>)> = answer
+        .headers
+        .iter()
+        .filter(|(name, _)| passes_downstream(&name.to_ascii_lowercase(), &named_by_connection))
+        .cloned()
+        .collect();
+    let backend = Arc::clone(in_flight.backend());
+    let (connection, early) = answer.into_connection();
+    let idle_timeout = Duration::from_secs_f64(shared.config.tunnel_idle_timeout);
+    let mut tunnel = Tunnel::new(connection, early).with_idle_timeout(idle_timeout);
+    let open = OpenTunnel::new(shared, in_flight);
+    tunnel.on_close(move |end: TunnelEnd| {
+        drop(open);
+        log::debug!(
+            "tunnel to backend {} closed ({}): {} bytes from the client, {} to it, {:.3} s",
+            backend.id,
+            end.reason.as_str(),
+            end.from_client,
+            end.to_client,
+            end.duration.as_secs_f64()
+        );
+    });
+    let mut response = Response::switching_protocols(upgrade, Switch::Tunnel(tunnel));
+    for (name, value) in headers {
+        response = response.with_header(name, value);
+    }
+    response
+}

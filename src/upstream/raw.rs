@@ -1,0 +1,326 @@
+//! A request sent to a backend on a connection of its own, outside the shared ureq agent: the
+//! way of a request that asks to switch protocols (`Connection: upgrade`). Its `101` answer
+//! hands the connection over to a tunnel, which ureq cannot do (it reads 1xx answers itself and
+//! keeps its connections). Any other answer is read here in the framing it declares
+//! (`Content-Length`, chunked, or until the backend closes) and the connection is closed after
+//! it, never pooled.
+
+use std::io::{self, Read, Write};
+use std::net::TcpStream;
+
+use crate::server::{BodyDecoder, BodyFraming};
+
+use super::backend::Backend;
+use super::client::{ForwardError, Forwarder, Prepared};
+
+/// Largest answer head read (as the shared agent's input buffer): a larger one is a bad answer.
+const MAX_HEAD: usize = 32 * 1024;
+/// Most header fields of an answer.
+const MAX_HEADERS: usize = 100;
+/// Bytes read from the backend at a time.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// A backend's answer on a connection of its own: the head, and the connection with what was
+/// read past the head.
+#[derive(Debug)]
+pub struct OwnAnswer {
+    /// The status (never an interim 1xx other than 101: those are skipped).
+    pub status: u16,
+    /// The header fields, in order.
+    pub headers: Vec<(String, Vec<u8>)>,
+    stream: TcpStream,
+    /// Bytes read after the head: the start of the body, or of the new protocol after a 101.
+    rest: Vec<u8>,
+    /// How the body is delimited (`None`: until the backend closes).
+    framing: Option<BodyFraming>,
+    /// The body's length when declared (a HEAD answer's included).
+    length: Option<u64>,
+}
+
+impl OwnAnswer {
+    /// The first header named `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| &v[..])
+    }
+
+    /// The connection and the bytes read past the head (for a tunnel after a 101).
+    pub fn into_connection(self) -> (TcpStream, Vec<u8>) {
+        (self.stream, self.rest)
+    }
+
+    /// The body's length, when its head declares one.
+    pub fn length(&self) -> Option<u64> {
+        self.length
+    }
+
+    /// The body, decoded from the framing its head declares.
+    pub fn into_body(self) -> OwnBody {
+        let decoder = self.framing.map(|f| BodyDecoder::new(f, u64::MAX));
+        OwnBody { stream: self.stream, input: self.rest, at: 0, decoder, decoded: Vec::new(), out: 0 }
+    }
+}
+
+/// How an answer's body is delimited (RFC 9112 6.3), and its declared length: no body for a
+/// HEAD request's answer, a 1xx, 204 or 304; chunked when it is the last coding; until the
+/// close for another last coding or no length; else the length. A malformed length is a bad
+/// answer (the try failed, and another backend may get the request).
+fn framing(
+    status: u16,
+    headers: &[(String, Vec<u8>)],
+    head_request: bool,
+) -> Result<(Option<BodyFraming>, Option<u64>), ForwardError> {
+    let no_body = head_request || (100..200).contains(&status) || status == 204 || status == 304;
+    let codings: Vec<String> = headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("transfer-encoding"))
+        .flat_map(|(_, v)| {
+            String::from_utf8_lossy(v).split(',').map(|c| c.trim().to_ascii_lowercase()).collect::<Vec<_>>()
+        })
+        .filter(|c| !c.is_empty())
+        .collect();
+    let lengths: Vec<&[u8]> =
+        headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case("content-length")).map(|(_, v)| &v[..]).collect();
+    let declared = match lengths.as_slice() {
+        [] => None,
+        [value] => Some(parse_length(value)?),
+        _ => return Err(ForwardError::BadResponse("several Content-Length fields".into())),
+    };
+    let framing = if no_body {
+        Some(BodyFraming::None)
+    } else if !codings.is_empty() {
+        // Chunked last: chunked; any other coding last: the body runs until the close.
+        (codings.last().map(String::as_str) == Some("chunked")).then_some(BodyFraming::Chunked)
+    } else {
+        declared.map(BodyFraming::Length)
+    };
+    let length = if no_body || codings.is_empty() { declared } else { None };
+    Ok((framing, length))
+}
+
+fn parse_length(value: &[u8]) -> Result<u64, ForwardError> {
+    let text = std::str::from_utf8(value).unwrap_or("").trim();
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(ForwardError::BadResponse(format!("invalid Content-Length '{}'", String::from_utf8_lossy(value))));
+    }
+    text.parse().map_err(|_| ForwardError::BadResponse("Content-Length too large".into()))
+}
+
+/// The body of an [`OwnAnswer`], decoded (the chunk framing removed); an end of the connection
+/// before the declared end is an error, so a body cut short never looks complete.
+pub struct OwnBody {
+    stream: TcpStream,
+    /// Raw bytes read with the head, used before the socket.
+    input: Vec<u8>,
+    at: usize,
+    /// `None`: the body runs until the backend closes.
+    decoder: Option<BodyDecoder>,
+    decoded: Vec<u8>,
+    out: usize,
+}
+
+impl OwnBody {
+    /// Raw body bytes: what came with the head first, then the socket.
+    fn raw(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.at < self.input.len() {
+            let n = buf.len().min(self.input.len() - self.at);
+            buf[..n].copy_from_slice(&self.input[self.at..self.at + n]);
+            self.at += n;
+            if self.at == self.input.len() {
+                self.input = Vec::new();
+                self.at = 0;
+            }
+            return Ok(n);
+        }
+        (&self.stream).read(buf)
+    }
+}
+
+impl Read for OwnBody {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.decoder.is_none() {
+            return self.raw(buf);
+        }
+        loop {
+            if self.out < self.decoded.len() {
+                let n = buf.len().min(self.decoded.len() - self.out);
+                buf[..n].copy_from_slice(&self.decoded[self.out..self.out + n]);
+                self.out += n;
+                return Ok(n);
+            }
+            self.decoded.clear();
+            self.out = 0;
+            if self.decoder.as_ref().is_some_and(BodyDecoder::is_complete) {
+                return Ok(0);
+            }
+            let mut chunk = [0u8; READ_CHUNK];
+            let n = self.raw(&mut chunk)?;
+            if n == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the backend closed before the end of the body",
+                ));
+            }
+            let decoded = &mut self.decoded;
+            let decoder = self.decoder.as_mut().expect("checked above");
+            decoder
+                .feed(&chunk[..n], &mut |data| {
+                    decoded.extend_from_slice(data);
+                    Ok(())
+                })
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("bad body framing: {}", e.reason())))?;
+        }
+    }
+}
+
+impl Forwarder {
+    /// Sends a prepared request to `backend` on a new connection (connect timeout, then the
+    /// request timeout on each write and read) and reads the answer's head; interim 1xx answers
+    /// other than `101` are skipped. A `101` must say what it switched to (`Upgrade`), any other
+    /// answer how long its body is.
+    pub fn send_own(
+        &self,
+        backend: &Backend,
+        prepared: &Prepared,
+        body: Option<&mut dyn Read>,
+    ) -> Result<OwnAnswer, ForwardError> {
+        let (timeouts, _) = self.settings();
+        let stream = TcpStream::connect_timeout(&backend.addr, timeouts.connect).map_err(|e| match e.kind() {
+            io::ErrorKind::TimedOut => ForwardError::ConnectTimeout,
+            _ => ForwardError::NotSent(e.to_string()),
+        })?;
+        let setup = stream
+            .set_nodelay(true)
+            .and_then(|()| stream.set_read_timeout(Some(timeouts.request)))
+            .and_then(|()| stream.set_write_timeout(Some(timeouts.request)));
+        setup.map_err(|e| ForwardError::NotSent(e.to_string()))?;
+        let head = request_head(prepared, &backend.authority);
+        (&stream).write_all(&head).map_err(io_error)?;
+        if let Some(body) = body {
+            io::copy(body, &mut &stream).map_err(io_error)?;
+        }
+        read_head(stream, prepared.method == ureq::http::Method::HEAD)
+    }
+}
+
+/// The request line and header fields, as validated by [`Forwarder::prepare`]; `Host` is the
+/// client's (or the absolute-form target's), else the backend's address.
+fn request_head(prepared: &Prepared, authority: &str) -> Vec<u8> {
+    let mut head = Vec::with_capacity(1024);
+    head.extend_from_slice(prepared.method.as_str().as_bytes());
+    head.push(b' ');
+    head.extend_from_slice(prepared.path.as_str().as_bytes());
+    head.extend_from_slice(b" HTTP/1.1\r\n");
+    if !prepared.headers.contains_key(ureq::http::header::HOST) {
+        head.extend_from_slice(format!("Host: {authority}\r\n").as_bytes());
+    }
+    for (name, value) in &prepared.headers {
+        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    head.extend_from_slice(b"\r\n");
+    head
+}
+
+/// What an I/O error with the backend means for the try.
+fn io_error(e: io::Error) -> ForwardError {
+    match e.kind() {
+        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => ForwardError::Timeout,
+        _ => ForwardError::NoResponse(e.to_string()),
+    }
+}
+
+fn read_head(stream: TcpStream, head_request: bool) -> Result<OwnAnswer, ForwardError> {
+    let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
+    let mut chunk = [0u8; READ_CHUNK];
+    loop {
+        // Parse what is there (interim answers may be followed by the final one already).
+        while !buf.is_empty() {
+            let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut response = httparse::Response::new(&mut fields);
+            let used = match response.parse(&buf) {
+                Ok(httparse::Status::Complete(used)) => used,
+                Ok(httparse::Status::Partial) => break,
+                Err(e) => return Err(ForwardError::BadResponse(format!("answer head: {e}"))),
+            };
+            let status = response.code.unwrap_or(0);
+            if (100..200).contains(&status) && status != 101 {
+                buf.drain(..used);
+                continue;
+            }
+            let headers: Vec<(String, Vec<u8>)> =
+                response.headers.iter().map(|h| (h.name.to_string(), h.value.to_vec())).collect();
+            let rest = buf.split_off(used);
+            let (framing, length) = framing(status, &headers, head_request)?;
+            let answer = OwnAnswer { status, headers, stream, rest, framing, length };
+            if status == 101 && answer.header("upgrade").is_none_or(|v| v.is_empty()) {
+                return Err(ForwardError::BadResponse("101 without an Upgrade header".into()));
+            }
+            return Ok(answer);
+        }
+        if buf.len() >= MAX_HEAD {
+            return Err(ForwardError::BadResponse(format!("answer head over {} KiB", MAX_HEAD / 1024)));
+        }
+        let want = READ_CHUNK.min(MAX_HEAD - buf.len());
+        match (&stream).read(&mut chunk[..want]) {
+            Ok(0) => return Err(ForwardError::NoResponse("closed before an answer head".into())),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(io_error(e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    /// An answer as read from a fake backend that sent `raw` and closed.
+    fn answer(raw: &'static [u8]) -> Result<OwnAnswer, ForwardError> {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut socket, _) = listener.accept().unwrap();
+            socket.write_all(raw).unwrap();
+        });
+        let stream = TcpStream::connect(addr).unwrap();
+        server.join().unwrap();
+        read_head(stream, false)
+    }
+
+    fn body(raw: &'static [u8]) -> Result<(Vec<u8>, Option<u64>), String> {
+        let answer = answer(raw).map_err(|e| e.to_string())?;
+        let length = answer.length();
+        let mut body = answer.into_body();
+        let mut out = Vec::new();
+        body.read_to_end(&mut out).map_err(|e| e.to_string())?;
+        Ok((out, length))
+    }
+
+    #[test]
+    fn bodies_are_read_as_framed() {
+        assert_eq!(body(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabcdef").unwrap(), (b"abc".to_vec(), Some(3)));
+        let chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n";
+        assert_eq!(body(chunked).unwrap(), (b"abcde".to_vec(), None));
+        assert_eq!(body(b"HTTP/1.1 200 OK\r\n\r\nuntil close").unwrap(), (b"until close".to_vec(), None));
+        assert_eq!(body(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n").unwrap(), (Vec::new(), Some(0)));
+        // Interim answers are skipped.
+        let interim = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 426 Upgrade Required\r\nContent-Length: 2\r\n\r\nno";
+        assert_eq!(body(interim).unwrap(), (b"no".to_vec(), Some(2)));
+    }
+
+    #[test]
+    fn a_short_or_malformed_answer_is_an_error() {
+        assert!(body(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nab").unwrap_err().contains("closed before"));
+        assert!(body(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nab").is_err());
+        assert!(body(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n").is_err());
+        assert!(body(b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n").is_err());
+        assert!(matches!(answer(b"HTTP/1.1 200 OK\r\n"), Err(ForwardError::NoResponse(_))));
+        assert!(matches!(answer(b"SSH-2.0-OpenSSH\r\n\r\n"), Err(ForwardError::BadResponse(_))));
+        assert!(matches!(answer(b"HTTP/1.1 101 Switching Protocols\r\n\r\n"), Err(ForwardError::BadResponse(_))));
+        let switched = answer(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n\x81\x02hi").unwrap();
+        assert_eq!(switched.into_connection().1, b"\x81\x02hi");
+    }
+}
