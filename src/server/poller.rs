@@ -234,6 +234,10 @@ impl Poller {
                 match event.token() {
                     LISTENER => self.accept(),
                     WAKER => {}
+                    Token(token) if Tunnels::owns(token) => {
+                        self.tunnels.note(token, event);
+                        self.on_ready(token)
+                    }
                     Token(token) => {
                         if event.is_read_closed() {
                             // The FIN may already be queued behind what we read next.

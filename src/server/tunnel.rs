@@ -12,7 +12,11 @@
 //! The relay, per direction: read what the source has and write it to the destination at once;
 //! what the destination does not take waits in the buffer, and the source is not read again
 //! until it has gone (backpressure: TCP's window then slows the sender down). An end of stream
-//! is passed on as a half close (`shutdown(Write)`) once the buffer is out. The tunnel closes
+//! is passed on as a half close (`shutdown(Write)`) once the buffer is out. Readiness is kept
+//! per socket from the poller's (edge-triggered) events, as nginx does: a read shorter than
+//! asked means the socket is drained, so a round trip costs one read a direction, not a second
+//! one that says "would block" (unless the event also said the peer closed: then reads go on
+//! until the end of stream is seen). The tunnel closes
 //! when both directions have ended, when a socket fails (both are closed), after its idle
 //! timeout without a byte either way, or at the end of a stop's grace period.
 //!
@@ -35,6 +39,7 @@ use std::net::{Shutdown, TcpStream};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
+use mio::event::Event;
 use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
 
@@ -174,6 +179,28 @@ impl fmt::Debug for Switch {
     }
 }
 
+/// What the events say a socket can do without blocking.
+struct Ready {
+    readable: bool,
+    writable: bool,
+    /// The peer closed its side (or the socket failed): read on to see it, short reads or not.
+    closed: bool,
+}
+
+impl Ready {
+    /// A fresh socket: try both, and the first would-block says otherwise.
+    fn unknown() -> Ready {
+        Ready { readable: true, writable: true, closed: false }
+    }
+
+    fn note(&mut self, event: &Event) {
+        let failed = event.is_error();
+        self.closed |= event.is_read_closed() || failed;
+        self.readable |= event.is_readable() || self.closed;
+        self.writable |= event.is_writable() || event.is_write_closed() || failed;
+    }
+}
+
 /// One direction of a tunnel.
 #[derive(Default)]
 struct Pipe {
@@ -201,10 +228,19 @@ enum Flow {
 impl Pipe {
     /// Moves bytes from `src` to `dst` until one of them would block, the stream ends, or the
     /// turn's budget is spent. `moved` is set when a byte moved.
-    fn pump(&mut self, src: &TcpStream, dst: &TcpStream, scratch: &mut [u8], moved: &mut bool) -> io::Result<Flow> {
+    fn pump(
+        &mut self,
+        (src, src_ready): (&TcpStream, &mut Ready),
+        (dst, dst_ready): (&TcpStream, &mut Ready),
+        scratch: &mut [u8],
+        moved: &mut bool,
+    ) -> io::Result<Flow> {
         let mut budget = TURN_BUDGET;
         loop {
             while self.written < self.pending.len() {
+                if !dst_ready.writable {
+                    return Ok(Flow::Waiting);
+                }
                 match (&*dst).write(&self.pending[self.written..]) {
                     Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                     Ok(n) => {
@@ -212,7 +248,10 @@ impl Pipe {
                         self.bytes += n as u64;
                         *moved = true;
                     }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Flow::Waiting),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        dst_ready.writable = false;
+                        return Ok(Flow::Waiting);
+                    }
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(e) => return Err(e),
                 }
@@ -230,6 +269,10 @@ impl Pipe {
                 }
                 return Ok(Flow::Waiting);
             }
+            if !src_ready.readable || !dst_ready.writable {
+                // Nothing to read, or nowhere to put it: the source waits in its socket.
+                return Ok(Flow::Waiting);
+            }
             if budget == 0 {
                 return Ok(Flow::More);
             }
@@ -239,22 +282,29 @@ impl Pipe {
                     continue;
                 }
                 Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Flow::Waiting),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    src_ready.readable = false;
+                    return Ok(Flow::Waiting);
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             };
+            if n < TUNNEL_BUFFER && !src_ready.closed {
+                // Drained: whatever arrives later raises a new edge.
+                src_ready.readable = false;
+            }
             *moved = true;
             budget = budget.saturating_sub(n);
             // Straight on from the scratch buffer; only what the destination refuses is kept.
             let mut out = 0;
-            while out < n {
+            while out < n && dst_ready.writable {
                 match (&*dst).write(&scratch[out..n]) {
                     Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                     Ok(k) => {
                         out += k;
                         self.bytes += k as u64;
                     }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => dst_ready.writable = false,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(e) => return Err(e),
                 }
@@ -270,6 +320,8 @@ impl Pipe {
 /// A tunnel being relayed.
 struct Relay {
     client: TcpStream,
+    client_ready: Ready,
+    peer_ready: Ready,
     tunnel: Tunnel,
     /// Client → peer.
     up: Pipe,
@@ -367,6 +419,8 @@ impl Tunnels {
         let to_client = std::mem::take(&mut tunnel.to_client);
         let mut relay = Relay {
             client,
+            client_ready: Ready::unknown(),
+            peer_ready: Ready::unknown(),
             tunnel,
             up: Pipe { pending: from_client, ..Pipe::default() },
             down: Pipe { pending: to_client, ..Pipe::default() },
@@ -387,6 +441,14 @@ impl Tunnels {
         Some((self.close_at.map_or(deadline, |at| at.min(deadline)), turn))
     }
 
+    /// Takes in what an event says of one of a tunnel's sockets (before [`ready`](Self::ready)).
+    pub fn note(&mut self, token: usize, event: &Event) {
+        if let Some(relay) = self.open.get_mut(&((token & !TUNNEL_TOKEN) >> 1)) {
+            let side = if token & 1 == 0 { &mut relay.client_ready } else { &mut relay.peer_ready };
+            side.note(event);
+        }
+    }
+
     /// Serves the tunnel a readiness event (or a previous turn) was for.
     pub fn ready(&mut self, registry: &Registry, token: usize, scratch: &mut [u8]) -> Turn {
         self.pump(registry, (token & !TUNNEL_TOKEN) >> 1, scratch).unwrap_or(Turn::Idle)
@@ -396,8 +458,12 @@ impl Tunnels {
     fn pump(&mut self, registry: &Registry, id: usize, scratch: &mut [u8]) -> Option<Turn> {
         let relay = self.open.get_mut(&id)?;
         let mut moved = false;
-        let up = relay.up.pump(&relay.client, &relay.tunnel.peer, scratch, &mut moved);
-        let down = relay.down.pump(&relay.tunnel.peer, &relay.client, scratch, &mut moved);
+        let client = (&relay.client, &mut relay.client_ready);
+        let peer = (&relay.tunnel.peer, &mut relay.peer_ready);
+        let up = relay.up.pump(client, peer, scratch, &mut moved);
+        let client = (&relay.client, &mut relay.client_ready);
+        let peer = (&relay.tunnel.peer, &mut relay.peer_ready);
+        let down = relay.down.pump(peer, client, scratch, &mut moved);
         if moved {
             relay.last_active = Instant::now();
         }
