@@ -10,8 +10,10 @@
 #   scripts/bench.sh slow     # 1000 slow senders / readers / heads, 100 slow backend requests: normal GETs meanwhile
 #   scripts/bench.sh sweep    # lb-sync vs nginx vs HAProxy at c=10, 64, 256 in front of nginx backends:
 #                             # req/s, p50, p99 and the proxy's CPU microseconds per request
+#   scripts/bench.sh websocket  # WebSocket echo round trips/s through lb-sync vs nginx vs HAProxy vs direct
 #
-# Environment: DURATION (default 10s), CONNECTIONS (64), WRK_THREADS (2), THREADS (lb workers, 256),
+# Environment: DURATION (default 10s; 5s per run for websocket), WS_TUNNELS ("1 8 64"), WS_SIZE
+# (64 bytes per frame), CONNECTIONS (64), WRK_THREADS (2), THREADS (lb workers, 256),
 # BODY_BYTES (1024), NGINX_WORKERS (auto); LB_BACKEND / LB_SYNC (binaries to use), else they come
 # from ${CARGO_TARGET_DIR:-target}/release, built when missing or stale.
 # Needs wrk and nginx (and haproxy, jq for proxy): apt-get install wrk nginx-light haproxy jq.
@@ -183,6 +185,106 @@ CFG
     rss() { awk '/^VmRSS/ {s += $2} END {printf "%.1f MiB", s / 1024}' $(status_files "$@") 2>/dev/null; }
     nginx_workers=($(pgrep -P "$nginx_pid" || true))
     echo "RSS after the runs: lb-sync $(rss "$lb_pid"); nginx $(rss "$nginx_pid" "${nginx_workers[@]}") (master + ${#nginx_workers[@]} workers); haproxy $(rss "$haproxy_pid")"
+    ;;
+  websocket)
+    command -v haproxy >/dev/null || { echo "bench.sh: haproxy not found (apt-get install haproxy)" >&2; exit 1; }
+    ws_seconds="${DURATION:-5s}"
+    ws_seconds="${ws_seconds%s}"
+    ws_size="${WS_SIZE:-64}"
+    ws_bench="$target_dir/release/examples/ws_bench"
+    if [ ! -x "$ws_bench" ] || [ -n "$(find "$root/examples/ws_bench.rs" -newer "$ws_bench" -print -quit)" ]; then
+      (cd "$root" && CARGO_TARGET_DIR="$target_dir" cargo build --release --quiet --example ws_bench)
+    fi
+    read -r -a ports <<<"$(free_ports 4)"
+    backend_port=${ports[0]} lb_port=${ports[1]} nginx_port=${ports[2]} haproxy_port=${ports[3]}
+    "$backend_bin" --port "$backend_port" --threads 16 > /dev/null &
+    pids+=("$!")
+    "$sync_bin" --host 127.0.0.1 --port "$lb_port" --threads "$threads" --access-log false \
+      --health-check-interval 0 --backend "127.0.0.1:$backend_port" > "$work/lb-sync.out" 2> "$work/lb-sync.err" &
+    lb_pid=$!
+    pids+=("$lb_pid")
+    # The usual WebSocket proxying of each (README: WebSockets and other upgrades).
+    nginx_up "upstream ws { server 127.0.0.1:$backend_port; }
+  server {
+    listen 127.0.0.1:$nginx_port;
+    location / {
+      proxy_pass http://ws;
+      proxy_http_version 1.1;
+      proxy_set_header Upgrade \$http_upgrade;
+      proxy_set_header Connection \"upgrade\";
+      proxy_read_timeout 3600s;
+    }
+  }"
+    nginx_pid=${pids[-1]}
+    cat > "$work/haproxy-ws.cfg" <<CFG
+global
+  nbthread $(nproc)
+  maxconn 4096
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+  timeout tunnel 1h
+frontend front
+  bind 127.0.0.1:$haproxy_port
+  default_backend ws
+backend ws
+  server b1 127.0.0.1:$backend_port
+CFG
+    haproxy -f "$work/haproxy-ws.cfg" -db > "$work/haproxy.log" 2>&1 &
+    haproxy_pid=$!
+    pids+=("$haproxy_pid")
+    wait_port "$backend_port" /health
+    wait_port "$lb_port" /lb/health "$work/lb-sync.err"
+    wait_port "$nginx_port" /health "$work/nginx/logs/error.log"
+    wait_port "$haproxy_port" /health "$work/haproxy.log"
+    echo "one lb-backend (/ws echo, a thread per session); lb-sync --threads $threads; nginx workers ${NGINX_WORKERS:-auto}; haproxy nbthread $(nproc)"
+    echo "each tunnel sends a $ws_size-byte binary frame and waits for its echo, for ${ws_seconds} s per run"
+    printf '%-10s %-10s %14s %10s %10s\n' tunnels via "round trips/s" "p50 us" "p99 us"
+    for tunnels in ${WS_TUNNELS:-1 8 64}; do
+      for via in direct:$backend_port lb-sync:$lb_port nginx:$nginx_port haproxy:$haproxy_port; do
+        read -r rate p50 p99 <<<"$("$ws_bench" "127.0.0.1:${via#*:}" "$tunnels" "$ws_seconds" "$ws_size")"
+        printf '%-10s %-10s %14s %10s %10s\n' "$tunnels" "${via%%:*}" "$rate" "$p50" "$p99"
+        echo "$rate" > "$work/ws-$tunnels-${via%%:*}.rps"
+      done
+      echo "  lb-sync / direct: $(ratio "ws-$tunnels-lb-sync" "ws-$tunnels-direct"), lb-sync / nginx: $(ratio "ws-$tunnels-lb-sync" "ws-$tunnels-nginx"), lb-sync / haproxy: $(ratio "ws-$tunnels-lb-sync" "ws-$tunnels-haproxy")"
+    done
+    # Syscalls per round trip (strace -c -f attached to the proxy for one run): a cost that the
+    # machine's load does not move.
+    if command -v strace >/dev/null; then
+      echo
+      echo "syscalls per echo round trip in the proxy (strace -c -f):"
+      for tunnels in 1 8; do
+        for via in lb-sync:$lb_port:$lb_pid nginx:$nginx_port:$(pgrep -P "$nginx_pid" | tr '\n' ,) haproxy:$haproxy_port:$haproxy_pid; do
+          IFS=: read -r name port traced <<<"$via"
+          strace_args=()
+          for pid in ${traced//,/ }; do strace_args+=(-p "$pid"); done
+          strace -c -f -o "$work/ws-strace.txt" "${strace_args[@]}" 2>/dev/null &
+          strace_pid=$!
+          sleep 1 # attached to every thread before the run
+          read -r rate _ <<<"$("$ws_bench" "127.0.0.1:$port" "$tunnels" "$ws_seconds" "$ws_size")"
+          kill -INT "$strace_pid"; wait "$strace_pid" 2>/dev/null || true
+          python3 - "$name" "$tunnels" "$rate" "$ws_seconds" "$work/ws-strace.txt" <<'PY'
+import sys
+name, tunnels, rate, seconds, path = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4]), sys.argv[5]
+trips = max(rate * seconds, 1)
+calls, top = 0, []
+for line in open(path):
+    f = line.split()
+    if len(f) >= 5 and f[0][0].isdigit():
+        if f[-1] == "total":
+            calls = int(f[3])
+        else:
+            top.append((int(f[3]), f[-1]))
+calls = calls or sum(c for c, _ in top)
+top.sort(reverse=True)
+detail = ", ".join(f"{c / trips:.2f} {s}" for c, s in top[:5])
+print(f"  {tunnels:>3} tunnel(s) {name:8} {calls / trips:5.2f} syscalls/round trip  ({detail})")
+PY
+        done
+      done
+    fi
     ;;
   cost)
     # Per proxied keep-alive GET: syscalls (strace -c -f attached for one wrk run) and context
