@@ -4,7 +4,8 @@
 //! body and the connection kept; the idle timeout, a close on either side and a half close each
 //! end a tunnel as they should; a reader that stops reading stops the sender (backpressure);
 //! the counters in `/lb/stats`, `/lb/backends` and `/lb/metrics` are exact; least_connections
-//! counts an open tunnel; SIGTERM closes tunnels after a short drain.
+//! counts an open tunnel; SIGTERM closes tunnels after a short drain. And a real WebSocket
+//! library (Python's `websockets`, which checks the handshake and the framing) echoes too.
 
 mod common;
 
@@ -569,4 +570,44 @@ fn sigterm_closes_tunnels_after_a_short_drain() {
     let took = signalled.elapsed();
     assert!(took < Duration::from_secs(10), "a tunnel held the stop for {took:?} (shutdown_timeout is 30 s)");
     assert!(lb.log().contains("\"GET /ws HTTP/1.1\" 101 "), "its access line is written: {}", lb.log());
+}
+
+/// Python's `websockets` (its asyncio client: Debian 12 has 10.4, pip 15+; both have it).
+const PYTHON_CLIENT: &str = r#"
+import asyncio, sys, websockets
+
+async def main(uri):
+    async with websockets.connect(uri, max_size=None) as ws:
+        await ws.send("hello from python")
+        assert await ws.recv() == "hello from python"
+        data = bytes(range(256)) * 1000
+        await ws.send(data)
+        assert await ws.recv() == data
+        pong = await ws.ping(b"are you there")
+        await asyncio.wait_for(pong, 10)
+    assert ws.close_code == 1000, ws.close_code
+    print("ok")
+
+asyncio.run(main(sys.argv[1]))
+"#;
+
+#[test]
+fn python_websockets_client_echoes_through_lb_sync() {
+    let has_websockets =
+        Command::new("python3").args(["-c", "import websockets"]).status().is_ok_and(|status| status.success());
+    if !has_websockets {
+        assert!(std::env::var_os("CI").is_none(), "python3-websockets is required in CI (.ci/run installs it)");
+        eprintln!("python3 with websockets not found: skipping (apt-get install python3-websockets)");
+        return;
+    }
+    let backend = backend(&[]);
+    let lb = lb_sync(&[backend.addr()], "");
+    let out = Command::new("python3")
+        .args(["-c", PYTHON_CLIENT, &format!("ws://{}/ws", lb.addr)])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && said.trim() == "ok", "python websockets client: {said}");
+    assert!(wait_until(Duration::from_secs(5), || tunnels(lb.addr) == (0, 1)), "{:?}", tunnels(lb.addr));
 }
