@@ -611,3 +611,19 @@ fn python_websockets_client_echoes_through_lb_sync() {
     assert!(out.status.success() && said.trim() == "ok", "python websockets client: {said}");
     assert!(wait_until(Duration::from_secs(5), || tunnels(lb.addr) == (0, 1)), "{:?}", tunnels(lb.addr));
 }
+
+#[test]
+fn an_upgrade_to_an_https_backend_is_refused_clearly_and_not_sent() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let lb = Lb::start_with_args(&[], r#""access_log": true"#, &["--backend", &format!("https://127.0.0.1:{port}")]);
+    let (resp, ws) = Ws::connect(lb.addr, "/ws");
+    assert_eq!((resp.status, ws.is_none()), (501, true), "{resp:?}");
+    assert!(resp.text().contains("https:// backend is not supported yet"), "{}", resp.text());
+    assert!(listener.accept().is_err(), "nothing may reach the backend");
+    let entry = backend_entry(lb.addr, 0);
+    assert_eq!((entry["total_requests"].as_u64(), entry["failed_requests"].as_u64()), (Some(0), Some(0)), "{entry}");
+    assert_eq!(entry["circuit_breaker"]["failure_count"], 0, "not the backend's failure: {entry}");
+    assert_eq!(tunnels(lb.addr), (0, 0));
+}

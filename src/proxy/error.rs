@@ -23,6 +23,9 @@ pub enum ProxyError {
     /// it closed, sent bad framing or was slower than the minimum rate (nginx answers `400`
     /// when a client's body is cut short, too).
     ClientBodyCutShort,
+    /// An upgrade request (a WebSocket) whose backend is an `https://` one: tunnels to HTTPS
+    /// backends are not supported yet. Nothing was sent.
+    UpgradeUnsupported,
     /// Over a rate limit: the request was not sent anywhere.
     RateLimited {
         /// The burst of the limit that refused it (`X-RateLimit-Limit`).
@@ -50,6 +53,7 @@ impl ProxyError {
             ProxyError::BackendFailed(e) if e.is_timeout() => 504,
             ProxyError::BackendFailed(_) => 502,
             ProxyError::RateLimited { .. } => 429,
+            ProxyError::UpgradeUnsupported => 501,
         }
     }
 
@@ -87,6 +91,9 @@ impl fmt::Display for ProxyError {
             ProxyError::BackendFailed(_) => f.write_str("backend failed"),
             ProxyError::RateLimited { .. } => f.write_str("too many requests"),
             ProxyError::ClientBodyCutShort => f.write_str("the request body was cut short"),
+            ProxyError::UpgradeUnsupported => {
+                f.write_str("an upgrade (WebSocket) to an https:// backend is not supported yet")
+            }
         }
     }
 }

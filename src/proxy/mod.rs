@@ -171,6 +171,10 @@ fn try_backends(shared: &Shared, out: &mut Outbound) -> Result<(Response, Arc<Ba
             continue;
         };
         explain::picked(shared, &membership, out, backend, kind, &tried);
+        if out.upgrade.is_some() && !upgrade::can_tunnel_to(backend) {
+            // Not sent, so not the backend's failure: its counters and breaker hear nothing.
+            return Err(ProxyError::UpgradeUnsupported);
+        }
         tried.push(Arc::as_ptr(backend));
         let breaker = match admit(shared, backend, kind, tries, out) {
             Admission::Go(breaker) => breaker,

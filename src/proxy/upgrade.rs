@@ -10,9 +10,10 @@ use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::config::Scheme;
 use crate::server::{Request, Response, Switch, Tunnel, TunnelEnd, Version};
 use crate::state::Shared;
-use crate::upstream::{InFlight, OwnAnswer};
+use crate::upstream::{Backend, InFlight, OwnAnswer};
 
 use super::headers::{connection_options, passes_downstream};
 
@@ -30,6 +31,12 @@ pub(super) fn requested(request: &Request) -> Option<Vec<u8>> {
     let values: Vec<&[u8]> = request.headers().iter().filter(|h| h.is("upgrade")).map(|h| &h.value[..]).collect();
     let value = values.join(&b", "[..]);
     (!value.iter().all(u8::is_ascii_whitespace)).then_some(value)
+}
+
+/// Whether a tunnel can be made to `backend`: not to an `https://` one yet (the poller relays
+/// plain sockets; TLS to the backend inside a tunnel is still to come).
+pub(super) fn can_tunnel_to(backend: &Backend) -> bool {
+    backend.scheme == Scheme::Http
 }
 
 /// The hop-by-hop headers an upgrade request keeps upstream (all others are dropped).
