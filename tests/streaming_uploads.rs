@@ -240,3 +240,138 @@ fn an_early_answer_is_relayed_and_the_rest_of_the_body_is_not_read_as_a_request(
     assert_eq!((resp.status, resp.text().as_str()), (413, "too large"));
     assert!(conn.is_closed(), "the connection ends after an early answer to a body left unread");
 }
+
+// ---- Found in review of the streaming uploads (commits 15aea88, f7a3707). ----
+
+use lb_sync::server::{BodyBuffering, Handler, Limits, Request, Response, Server, ServerConfig};
+
+/// Waits `pause` before reading a body whole; answers the body's length (or, without a body, the
+/// target).
+struct LateReader {
+    pause: Duration,
+}
+
+impl Handler for LateReader {
+    fn handle(&self, mut request: Request) -> Response {
+        if request.target() != "/slow" {
+            return Response::text(200, request.target().to_string());
+        }
+        std::thread::sleep(self.pause);
+        let mut body = Vec::new();
+        match request.body().read_to_end(&mut body) {
+            Ok(_) => Response::text(200, format!("{} bytes", body.len())),
+            Err(e) => Response::text(400, e.to_string()),
+        }
+    }
+}
+
+fn streaming_server(pause: Duration) -> Server {
+    let config = ServerConfig {
+        bind: "127.0.0.1:0".parse().unwrap(),
+        threads: 4,
+        limits: Limits { keep_alive_timeout: Duration::from_secs(5), ..Limits::default() },
+        body_buffering: BodyBuffering { request_buffering: false, ..BodyBuffering::default() },
+        ..ServerConfig::default()
+    };
+    Server::start(config, LateReader { pause }).unwrap()
+}
+
+/// Sends a streamed chunked body in pieces so that the channel is full (four pieces, each taken)
+/// when the last chunk comes: its end waits in the poller for room (the upload has ended but is
+/// still `Streaming`).
+fn send_body_whose_end_waits_for_room(conn: &mut Conn) {
+    let gap = Duration::from_millis(60);
+    conn.send(b"POST /slow HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n");
+    std::thread::sleep(gap);
+    for _ in 0..4 {
+        let mut chunk = b"3E8\r\n".to_vec();
+        chunk.extend_from_slice(&pattern(1000));
+        chunk.extend_from_slice(b"\r\n");
+        conn.send(&chunk);
+        std::thread::sleep(gap);
+    }
+    conn.send(b"0\r\n\r\n");
+    std::thread::sleep(gap);
+}
+
+#[test]
+fn a_request_pipelined_after_a_streamed_body_whose_end_waited_for_room_is_answered() {
+    // The readiness event of the pipelined request arrives while the connection is `Streaming`
+    // with its end held: read_upload returned at once and the edge was lost, the worker gave the
+    // connection back quietly (input_while_busy false), and the poller waited for an event that
+    // had already come: the request was never answered, the connection closed at the
+    // keep-alive timeout.
+    let server = streaming_server(Duration::from_millis(800));
+    let mut conn = Conn::open(server.local_addr());
+    conn.reader.get_ref().set_read_timeout(Some(Duration::from_secs(4))).unwrap();
+    send_body_whose_end_waits_for_room(&mut conn);
+    conn.send(b"GET /next HTTP/1.1\r\nHost: t\r\n\r\n");
+    let first = conn.response();
+    assert_eq!((first.status, first.text().as_str()), (200, "4000 bytes\n"));
+    let second = common::read_response(&mut conn.reader, false)
+        .unwrap_or_else(|e| panic!("the pipelined request was never answered: {e}"));
+    assert_eq!(second.text(), "/next\n");
+    server.stop(Duration::from_secs(1));
+}
+
+#[test]
+fn a_client_that_half_closes_after_a_streamed_body_whose_end_waited_gets_eof_after_its_answer() {
+    // The same lost edge with a FIN: the connection idled until the keep-alive timeout.
+    let server = streaming_server(Duration::from_millis(800));
+    let mut conn = Conn::open(server.local_addr());
+    conn.reader.get_ref().set_read_timeout(Some(Duration::from_secs(4))).unwrap();
+    send_body_whose_end_waits_for_room(&mut conn);
+    conn.reader.get_mut().shutdown(std::net::Shutdown::Write).unwrap();
+    let first = conn.response();
+    assert_eq!((first.status, first.text().as_str()), (200, "4000 bytes\n"));
+    let started = Instant::now();
+    assert!(conn.is_closed(), "EOF after the answer");
+    assert!(started.elapsed() < Duration::from_secs(2), "EOF only after {:?}", started.elapsed());
+    server.stop(Duration::from_secs(1));
+}
+
+#[test]
+fn an_interim_1xx_from_the_backend_is_not_taken_for_an_early_answer() {
+    // A backend may send 1xx (103 Early Hints, 102 Processing) before it reads the body (RFC
+    // 9110 15.2). early_answer_arrived took any unread byte for a final answer: the rest of the
+    // body was dropped, the backend waited for it, lb-sync waited for the final answer, and the
+    // client got 504 after request_timeout (the backend a truncated body).
+    let backend = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = backend.local_addr().unwrap();
+    let (tx, seen) = channel();
+    std::thread::spawn(move || {
+        let (mut stream, _) = backend.accept().unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            stream.read_exact(&mut byte).unwrap();
+            head.push(byte[0]);
+        }
+        let _ = stream.write_all(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n");
+        let mut body = vec![0u8; 200_000];
+        match stream.read_exact(&mut body) {
+            Ok(()) => {
+                let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\ncomplete");
+                let _ = tx.send(Seen::Complete(body));
+            }
+            Err(_) => {
+                let _ = tx.send(Seen::CutShort(0));
+            }
+        }
+    });
+    let lb = Lb::start(&[addr], r#""request_buffering": false, "threads": 4, "request_timeout": 3"#);
+    let body = pattern(200_000);
+    let mut conn = Conn::open(lb.addr);
+    conn.send(b"POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: 200000\r\n\r\n");
+    conn.send(&body[..100_000]);
+    // Longer than the 50 ms between two looks for an early answer.
+    std::thread::sleep(Duration::from_millis(400));
+    conn.send(&body[100_000..]);
+    let resp = conn.response();
+    assert_eq!((resp.status, resp.text().as_str()), (200, "complete"));
+    match seen.recv_timeout(Duration::from_secs(5)) {
+        Ok(Seen::Complete(received)) => assert!(received == body, "the backend got the body exactly"),
+        other => panic!("the backend did not get the whole body: {other:?}"),
+    }
+}
