@@ -484,7 +484,15 @@ impl Poller {
         for _ in 0..MAX_READS_PER_TURN {
             let Some(conn) = self.connections.get_mut(&token) else { return };
             let Some(upload) = conn.upload.as_mut() else { return };
-            if upload.stalled_since.is_some() || upload.ended {
+            if upload.ended {
+                // The body is all read and its end waits for room: what this event brought (a
+                // pipelined request, a FIN) comes after the request, and no new edge will say so.
+                // As for a busy connection: the worker wakes the poller when it gives it back.
+                conn.input_while_busy.store(true, Ordering::SeqCst);
+                std::sync::atomic::fence(Ordering::SeqCst);
+                return;
+            }
+            if upload.stalled_since.is_some() {
                 return; // the worker's next read resumes it
             }
             let n = match (&*conn.stream).read(&mut self.scratch) {
@@ -590,7 +598,11 @@ impl Poller {
     /// not read as a next request; the connection closes after the response.
     fn drop_upload(&mut self, token: usize) {
         if let Some(conn) = self.connections.get_mut(&token) {
-            conn.close_after = true;
+            // A body read whole from the client (only its end still waited for room) leaves the
+            // connection at a request boundary: it may carry the next request.
+            if !conn.upload.as_ref().is_some_and(|u| u.ended) {
+                conn.close_after = true;
+            }
         }
         self.end_upload(token);
     }

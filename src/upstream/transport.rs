@@ -107,7 +107,7 @@ pub(crate) fn early_answer_arrived() -> bool {
     SENDING_ON.with(|sending| {
         let (stream, discard) = &*sending.borrow();
         let (Some(stream), Some(discard)) = (stream.upgrade(), discard.upgrade()) else { return false };
-        if has_unread_input(&stream) {
+        if has_unread_input(&stream) && final_answer_waits(&stream) {
             discard.store(true, Ordering::Relaxed);
             return true;
         }
@@ -120,6 +120,41 @@ fn has_unread_input(stream: &TcpStream) -> bool {
     let mut byte = [MaybeUninit::<u8>::uninit()];
     let flags = libc::MSG_PEEK | libc::MSG_DONTWAIT;
     matches!(socket2::SockRef::from(stream).recv_with_flags(&mut byte, flags), Ok(n) if n > 0)
+}
+
+/// Whether what the backend has sent (known to be there) begins a final answer, rather than
+/// only interim ones (`1xx`: 103 Early Hints, 102 Processing), which a backend may send before it
+/// reads the body and after which it still expects the rest of it (RFC 9110 15.2). Bytes that are
+/// no HTTP response at all count as an answer (the exchange is broken either way).
+fn final_answer_waits(stream: &TcpStream) -> bool {
+    let mut peeked = [0u8; 4096];
+    // Does not block: there is input (and only this thread reads this socket).
+    match stream.peek(&mut peeked) {
+        Ok(n) => begins_final_answer(&peeked[..n]),
+        Err(_) => false,
+    }
+}
+
+/// See [`final_answer_waits`]: complete interim responses are skipped; an incomplete one (or
+/// interim ones beyond what was peeked) says "not yet".
+fn begins_final_answer(mut input: &[u8]) -> bool {
+    const INTERIM: &[u8] = b"HTTP/1.x 1";
+    loop {
+        if input.len() < INTERIM.len() {
+            // Too short to tell, unless it cannot be the start of an interim response.
+            let could_be_interim = input.iter().zip(INTERIM).all(|(b, i)| b == i || (*i == b'x' && b.is_ascii_digit()));
+            return !could_be_interim;
+        }
+        let interim =
+            input.starts_with(b"HTTP/1.") && input[7].is_ascii_digit() && input[8] == b' ' && input[9] == b'1';
+        if !interim {
+            return true;
+        }
+        match input.windows(4).position(|w| w == b"\r\n\r\n") {
+            Some(end) => input = &input[end + 4..],
+            None => return false,
+        }
+    }
 }
 
 impl Transport for BackendTransport {
@@ -186,5 +221,22 @@ impl Transport for BackendTransport {
             Err(e) => e.kind() == io::ErrorKind::WouldBlock && !self.discard_output.load(Ordering::Relaxed),
             Ok(_) => false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::begins_final_answer;
+
+    #[test]
+    fn interim_responses_are_not_an_answer() {
+        assert!(begins_final_answer(b"HTTP/1.1 413 Payload Too Large\r\n"));
+        assert!(begins_final_answer(b"HTTP/1.1 103 Early Hints\r\nLink: <a>\r\n\r\nHTTP/1.1 401 "));
+        assert!(begins_final_answer(b"garbage"));
+        assert!(!begins_final_answer(b""));
+        assert!(!begins_final_answer(b"HTTP/1.1 "));
+        assert!(!begins_final_answer(b"HTTP/1.1 103 Early Hints\r\nLink: <a>\r\n\r\n"));
+        assert!(!begins_final_answer(b"HTTP/1.1 102 Processing\r\n\r\nHTTP/1.1 102 Processing\r\n"));
+        assert!(!begins_final_answer(b"HTTP/1.1 102 Processing\r\n\r\nHTTP/1"));
     }
 }
