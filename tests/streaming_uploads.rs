@@ -407,3 +407,97 @@ fn an_early_answer_to_a_huge_declared_length_comes_at_once() {
     assert_eq!(resp.status, 401);
     assert!(took < Duration::from_secs(2), "the early answer took {took:?}");
 }
+
+/// Reads a request head (byte by byte, so nothing after it is taken), lower-cased.
+fn read_head_of(stream: &mut std::net::TcpStream) -> Option<String> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        stream.read_exact(&mut byte).ok()?;
+        head.push(byte[0]);
+    }
+    Some(String::from_utf8_lossy(&head).to_lowercase())
+}
+
+#[test]
+fn a_streamed_chunked_body_of_an_upgrade_request_goes_upstream_framed() {
+    // Upgrade requests go on a connection of their own (send_own), which writes the body as it
+    // reads it. A streamed chunked body has no length: the head went upstream with neither
+    // Content-Length nor Transfer-Encoding, and the decoded body after it, which the backend
+    // reads as the next request: a request smuggled past lb-sync (its X-Forwarded-For
+    // rewriting, its routing and limits).
+    let backend = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = backend.local_addr().unwrap();
+    let (tx, seen) = channel();
+    std::thread::spawn(move || {
+        let (mut stream, _) = backend.accept().unwrap();
+        stream.set_read_timeout(Some(Duration::from_millis(1500))).unwrap();
+        let head = read_head_of(&mut stream).unwrap_or_default();
+        let mut after = Vec::new();
+        let _ = stream.read_to_end(&mut after);
+        let _ = tx.send((head, String::from_utf8_lossy(&after).into_owned()));
+    });
+    let lb = Lb::start(&[addr], STREAMING);
+    let mut conn = Conn::open(lb.addr);
+    conn.send(
+        b"POST /up HTTP/1.1\r\nHost: t\r\nConnection: upgrade\r\nUpgrade: h2c\r\nTransfer-Encoding: chunked\r\n\r\n",
+    );
+    std::thread::sleep(Duration::from_millis(100));
+    let smuggled = b"GET /admin HTTP/1.1\r\nHost: internal\r\nX-Forwarded-For: 10.0.0.1\r\n\r\n";
+    conn.send(&chunked(smuggled, &[smuggled.len()]));
+    let (head, after) = seen.recv_timeout(Duration::from_secs(10)).expect("the backend saw the request");
+    assert!(
+        head.contains("transfer-encoding: chunked") || head.contains("content-length:"),
+        "the body went upstream unframed; head:\n{head}\nthen:\n{after}"
+    );
+    assert!(!after.starts_with("GET /admin"), "a request smuggled to the backend:\n{after}");
+}
+
+#[test]
+fn a_streamed_body_of_an_upgrade_request_never_gets_zeros_from_another_connection() {
+    // early_answer_arrived asks about the connection this worker thread last sent on through
+    // the shared agent. send_own (upgrade requests) never updates it: a body streamed there,
+    // waiting for its client, asked about a pooled idle connection of an earlier request, and
+    // when that one had unread bytes (a backend's 408 on an idle keep-alive connection), the
+    // rest of the declared length was made up with zeros and written to this backend, which
+    // had not answered at all.
+    let backend = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = backend.local_addr().unwrap();
+    let (tx, seen) = channel();
+    std::thread::spawn(move || {
+        for stream in backend.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                let Some(head) = read_head_of(&mut stream) else { return };
+                if !head.contains("upgrade: h2c") {
+                    // A plain GET: answered and kept alive, then, idle, a 408 the proxy never reads.
+                    let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+                    std::thread::sleep(Duration::from_millis(100));
+                    let _ = stream.write_all(b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\n\r\n");
+                    std::thread::sleep(Duration::from_secs(10));
+                    return;
+                }
+                let mut body = vec![0u8; 1000];
+                let got = stream.read_exact(&mut body).map(|()| body);
+                let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\ndone");
+                let _ = tx.send(got.map_err(|e| e.to_string()));
+            });
+        }
+    });
+    // One worker: the GET and the upgrade request run on the same thread.
+    let lb = Lb::start(&[addr], r#""request_buffering": false, "threads": 1"#);
+    let mut conn = Conn::open(lb.addr);
+    assert_eq!(conn.get("/plain").status, 200);
+    std::thread::sleep(Duration::from_millis(300));
+    let mut up = Conn::open(lb.addr);
+    up.send(b"POST /up HTTP/1.1\r\nHost: t\r\nConnection: upgrade\r\nUpgrade: h2c\r\nContent-Length: 1000\r\n\r\n");
+    up.send(&[b'x'; 500]);
+    std::thread::sleep(Duration::from_millis(300));
+    up.send(&[b'x'; 500]);
+    let body = seen.recv_timeout(Duration::from_secs(10)).expect("the backend got the request").expect("a body");
+    let zeros = body.iter().filter(|&&b| b == 0).count();
+    assert_eq!(zeros, 0, "the backend got {zeros} zero bytes it was never sent by the client");
+    assert_eq!(up.response().status, 200);
+}
