@@ -249,6 +249,7 @@ impl Forwarder {
             .map_err(|e| ForwardError::BadResponse(format!("backend address: {e}")))?;
         // The address the backend was resolved to when added, whatever the URL names.
         let _pinned = pin(backend.addr);
+        super::transport::forget_sending();
         // Two calls because SendBody's lifetime is invariant: `()` sends no body and no
         // Content-Length, as a GET should.
         let result = match body {

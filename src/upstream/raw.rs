@@ -193,10 +193,21 @@ impl Forwarder {
             .and_then(|()| stream.set_read_timeout(Some(timeouts.request)))
             .and_then(|()| stream.set_write_timeout(Some(timeouts.request)));
         setup.map_err(|e| ForwardError::NotSent(e.to_string()))?;
-        let head = request_head(prepared, &backend.authority);
+        // A body of unknown length (streamed chunked, request buffering off) goes on chunked:
+        // unframed, the backend would read it as the next request.
+        let chunked = body.is_some() && !prepared.headers.contains_key(ureq::http::header::CONTENT_LENGTH);
+        let head = request_head(prepared, &backend.authority, chunked);
+        // Nothing here goes through the shared agent's transport: a streamed body must not ask
+        // about the connection this thread last sent on there (it would take that one's bytes
+        // for this backend's early answer and make up the rest of the body with zeros).
+        super::transport::forget_sending();
         (&stream).write_all(&head).map_err(io_error)?;
-        if let Some(body) = body {
-            io::copy(body, &mut &stream).map_err(io_error)?;
+        match body {
+            Some(body) if chunked => copy_chunked(body, &stream).map_err(io_error)?,
+            Some(body) => {
+                io::copy(body, &mut &stream).map_err(io_error)?;
+            }
+            None => {}
         }
         read_head(stream, prepared.method == ureq::http::Method::HEAD)
     }
@@ -204,7 +215,7 @@ impl Forwarder {
 
 /// The request line and header fields, as validated by [`Forwarder::prepare`]; `Host` is the
 /// client's (or the absolute-form target's), else the backend's address.
-fn request_head(prepared: &Prepared, authority: &str) -> Vec<u8> {
+fn request_head(prepared: &Prepared, authority: &str, chunked: bool) -> Vec<u8> {
     let mut head = Vec::with_capacity(1024);
     head.extend_from_slice(prepared.method.as_str().as_bytes());
     head.push(b' ');
@@ -219,8 +230,29 @@ fn request_head(prepared: &Prepared, authority: &str) -> Vec<u8> {
         head.extend_from_slice(value.as_bytes());
         head.extend_from_slice(b"\r\n");
     }
+    if chunked {
+        head.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
+    }
     head.extend_from_slice(b"\r\n");
     head
+}
+
+/// Sends `body` in the chunked coding, a chunk per read, then the last chunk.
+fn copy_chunked(body: &mut dyn Read, mut out: &TcpStream) -> io::Result<()> {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match body.read(&mut buf) {
+            Ok(0) => return out.write_all(b"0\r\n\r\n"),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        let mut chunk = Vec::with_capacity(n + 12);
+        chunk.extend_from_slice(format!("{n:X}\r\n").as_bytes());
+        chunk.extend_from_slice(&buf[..n]);
+        chunk.extend_from_slice(b"\r\n");
+        out.write_all(&chunk)?;
+    }
 }
 
 /// What an I/O error with the backend means for the try.

@@ -100,6 +100,14 @@ thread_local! {
     static SENDING_ON: RefCell<(Weak<TcpStream>, Weak<AtomicBool>)> = const { RefCell::new((Weak::new(), Weak::new())) };
 }
 
+/// Forgets the connection this thread last sent on: called as each exchange begins, so that a
+/// streamed body only ever asks [`early_answer_arrived`] about a connection of its own exchange
+/// (the head is sent before the body is read), never about an idle pooled one of an earlier
+/// request, nor about one of the agent's while it goes elsewhere (an upgrade request).
+pub(crate) fn forget_sending() {
+    SENDING_ON.with(|sending| *sending.borrow_mut() = (Weak::new(), Weak::new()));
+}
+
 /// Whether the backend this thread is sending a request to has answered already (it has
 /// sent something we have not read). If so, the rest of the request is dropped on the way
 /// from now on, so the caller may end the body at once: the backend never sees it completed.
