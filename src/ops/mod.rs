@@ -6,7 +6,9 @@ mod access;
 mod state_file;
 
 pub use access::{refusal_line, AccessLog, PendingAccess};
-pub use state_file::{BackendState, SavedBackend, SavedState, StateFile, StateFileError};
+pub use state_file::{SavedBackend, SavedState, StateFile, StateFileError};
+/// Where the state file's `state` values come from (the registry writes the same ones).
+pub use crate::upstream::BackendState;
 
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;

@@ -13,35 +13,10 @@ use std::sync::Mutex;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{is_valid_id, BackendConfig, Scheme};
-use crate::upstream::{Backend, BackendTable};
+use crate::upstream::{BackendState, BackendTable};
 
 /// The format's version, the first key of the file.
 const VERSION: u32 = 1;
-
-/// What the management API left a backend in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum BackendState {
-    /// Taking requests.
-    Enabled,
-    /// Disabled.
-    Disabled,
-    /// Being drained (no new requests).
-    Draining,
-}
-
-impl BackendState {
-    /// The state of a live backend.
-    pub fn of(backend: &Backend) -> BackendState {
-        if backend.is_draining() {
-            BackendState::Draining
-        } else if backend.is_enabled() {
-            BackendState::Enabled
-        } else {
-            BackendState::Disabled
-        }
-    }
-}
 
 /// One backend in the file.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

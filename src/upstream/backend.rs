@@ -37,6 +37,41 @@ impl HealthState {
     }
 }
 
+/// What the management API left a backend in: the intent the state file keeps and the registry
+/// shares (health is each instance's own).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendState {
+    /// Taking requests.
+    Enabled,
+    /// Disabled.
+    Disabled,
+    /// Being drained (no new requests).
+    Draining,
+}
+
+impl BackendState {
+    /// The state of a live backend.
+    pub fn of(backend: &Backend) -> BackendState {
+        if backend.is_draining() {
+            BackendState::Draining
+        } else if backend.is_enabled() {
+            BackendState::Enabled
+        } else {
+            BackendState::Disabled
+        }
+    }
+
+    /// `enabled`, `disabled` or `draining`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendState::Enabled => "enabled",
+            BackendState::Disabled => "disabled",
+            BackendState::Draining => "draining",
+        }
+    }
+}
+
 const UNKNOWN: u8 = 0;
 const UP: u8 = 1;
 const DOWN: u8 = 2;
@@ -245,6 +280,15 @@ impl Backend {
     /// `host:port` as configured, `https://host:port` for HTTPS: how logs name it.
     pub fn address(&self) -> String {
         display_address(self.scheme, &self.host, self.port)
+    }
+
+    /// Puts it in `state` (enabled, disabled or draining).
+    pub(crate) fn set_state(&self, state: BackendState) {
+        match state {
+            BackendState::Enabled => self.set_enabled(true),
+            BackendState::Disabled => self.set_enabled(false),
+            BackendState::Draining => self.set_draining(),
+        }
     }
 
     /// Applies new settings (a reload) to this backend in place: its live state (health,

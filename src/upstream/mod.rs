@@ -17,11 +17,11 @@ mod tls;
 mod transport;
 pub(crate) use transport::early_answer_arrived;
 
-pub use backend::{resolve, Backend, BackendPolicy, HealthState, InFlight, ResolveError, SlotQueue};
+pub use backend::{resolve, Backend, BackendPolicy, BackendState, HealthState, InFlight, ResolveError, SlotQueue};
 pub use checker::{apply_probe, HealthChecker, HealthConfig};
 pub use client::{ForwardError, ForwardTimeouts, Forwarder, PrepareError, Prepared};
 pub use membership::{Membership, PickKind};
 pub use raw::{OwnAnswer, OwnBody};
 pub use retry_budget::RetryBudget;
-pub use table::{BackendTable, Reconciled, TableError};
+pub use table::{BackendTable, Put, Reconciled, TableError, Wanted};
 pub use tls::{TlsSetupError, UpstreamTls};

@@ -10,6 +10,7 @@
 //!   [`Backend`], read and written without any lock.
 
 use std::fmt;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -18,7 +19,7 @@ use arc_swap::ArcSwap;
 use crate::balance::AlgorithmKind;
 use crate::config::{is_valid_id, BackendConfig};
 
-use super::backend::{resolve, Backend, BackendPolicy, ResolveError, SlotQueue};
+use super::backend::{resolve, Backend, BackendPolicy, BackendState, ResolveError, SlotQueue};
 use super::membership::Membership;
 
 /// Why a change to the table was refused.
@@ -33,7 +34,7 @@ pub enum TableError {
         /// The backend already there.
         existing: String,
         /// The address both would have.
-        addr: std::net::SocketAddr,
+        addr: SocketAddr,
     },
     /// An id outside `[A-Za-z0-9._~-]{1,64}`.
     InvalidId(String),
@@ -90,6 +91,37 @@ pub struct BackendTable {
     slots: Arc<SlotQueue>,
 }
 
+/// One entry of a [`BackendTable::apply`] batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Wanted {
+    /// Backend `id` as `config` (its id aside) and `state` say.
+    Put {
+        /// Its id.
+        id: String,
+        /// Host, port, weight.
+        config: BackendConfig,
+        /// Enabled, disabled or draining.
+        state: BackendState,
+    },
+    /// No backend `id` (its requests in flight finish).
+    Remove(String),
+}
+
+/// What a [`BackendTable::put`] (or one entry of a [`BackendTable::apply`]) did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Put {
+    /// The backend was not there: added.
+    Added,
+    /// Same address: weight and state set in place.
+    Updated,
+    /// A new host or port: a fresh backend in its place.
+    Replaced,
+    /// Removed (a [`Wanted::Remove`]).
+    Removed,
+    /// It was already so.
+    Unchanged,
+}
+
 /// What a [`BackendTable::reconcile`] did, by backend id.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Reconciled {
@@ -110,6 +142,13 @@ impl Reconciled {
     pub fn is_empty(&self) -> bool {
         *self == Reconciled::default()
     }
+}
+
+/// Whether `backend` is where `config` says (host, port and anything else of its address; the
+/// weight aside), so that a change of it keeps its live state.
+fn same_address(backend: &Backend, config: &BackendConfig) -> bool {
+    let now = backend.config();
+    BackendConfig { id: None, weight: 0, ..now } == BackendConfig { id: None, weight: 0, ..config.clone() }
 }
 
 impl BackendTable {
@@ -158,11 +197,22 @@ impl BackendTable {
     /// Applies `change` to a copy of the backend list and swaps in the rebuilt view. Anything
     /// slow (resolving a host) is done by the caller before; readers never wait for this.
     fn change<T>(&self, change: impl FnOnce(&mut Vec<Arc<Backend>>) -> Result<T, TableError>) -> Result<T, TableError> {
+        self.change_if(|backends| change(backends).map(|result| (result, true)))
+    }
+
+    /// [`change`](Self::change) for a change that may turn out to be none (`false`): then the
+    /// membership is not rebuilt, so the algorithms keep their state (cursors, schedules).
+    fn change_if<T>(
+        &self,
+        change: impl FnOnce(&mut Vec<Arc<Backend>>) -> Result<(T, bool), TableError>,
+    ) -> Result<T, TableError> {
         let policy = self.writer();
         let current = self.current.load_full();
         let mut backends = current.backends.clone();
-        let result = change(&mut backends)?;
-        self.current.store(Arc::new(Membership::build(current.algorithm(), backends, policy.panic_mode)));
+        let (result, changed) = change(&mut backends)?;
+        if changed {
+            self.current.store(Arc::new(Membership::build(current.algorithm(), backends, policy.panic_mode)));
+        }
         Ok(result)
     }
 
@@ -253,6 +303,156 @@ impl BackendTable {
         })
     }
 
+    /// Makes backend `id` what `config` and `state` say: see [`apply`](Self::apply).
+    pub fn put(&self, id: &str, config: &BackendConfig, state: BackendState) -> Result<Put, TableError> {
+        let wanted = Wanted::Put { id: id.to_string(), config: config.clone(), state };
+        self.apply(std::slice::from_ref(&wanted)).pop().unwrap_or(Ok(Put::Unchanged))
+    }
+
+    /// Makes the table what `batch` says, in one swap, each entry's outcome in order (what the
+    /// registry applies: one watch message, or a whole read). A put adds a backend that is
+    /// absent (at the end), sets weight and state in place when its address is unchanged (its
+    /// health, breaker and counters kept), and puts a fresh backend in its place when its host
+    /// or port changed. Addresses are checked against the table as the whole batch leaves it,
+    /// so two backends that swap addresses in one batch are fine; a put that would share an
+    /// address is refused (the earlier one in the batch wins) and its backend stays as it was.
+    /// Hosts are resolved, where they must be, before the change begins. A batch that changes
+    /// nothing rebuilds nothing.
+    pub fn apply(&self, batch: &[Wanted]) -> Vec<Result<Put, TableError>> {
+        // Resolve every address that is new, with no lock held.
+        let before = self.snapshot();
+        let mut resolved: Vec<Option<Result<SocketAddr, ResolveError>>> = batch
+            .iter()
+            .map(|wanted| match wanted {
+                Wanted::Put { id, config, .. }
+                    if !before.backends.iter().any(|b| b.id == *id && same_address(b, config)) =>
+                {
+                    Some(resolve(&config.host, config.port))
+                }
+                _ => None,
+            })
+            .collect();
+        let policy = self.writer().clone();
+        let outcome = self.change_if(move |backends| {
+            let mut results = Vec::with_capacity(batch.len());
+            let mut fresh: Vec<(usize, Arc<Backend>)> = Vec::new();
+            let mut changed = false;
+            for (i, wanted) in batch.iter().enumerate() {
+                results.push(match wanted {
+                    Wanted::Remove(id) => match backends.iter().position(|b| b.id == *id) {
+                        Some(index) => {
+                            backends.remove(index);
+                            changed = true;
+                            Ok(Put::Removed)
+                        }
+                        None => Err(TableError::UnknownId(id.clone())),
+                    },
+                    Wanted::Put { id, .. } if !is_valid_id(id) => Err(TableError::InvalidId(id.clone())),
+                    Wanted::Put { id, config, state } => {
+                        let weight = config.weight.max(1);
+                        match backends.iter().find(|b| b.id == *id && same_address(b, config)) {
+                            Some(b) if b.weight() == weight && BackendState::of(b) == *state => Ok(Put::Unchanged),
+                            Some(b) => {
+                                b.set_weight(weight);
+                                b.set_state(*state);
+                                changed = true;
+                                Ok(Put::Updated)
+                            }
+                            // Resolved above, unless it moved since: then now.
+                            None => match resolved[i].take().unwrap_or_else(|| resolve(&config.host, config.port)) {
+                                Err(error) => Err(TableError::Unresolvable { id: id.clone(), error }),
+                                Ok(addr) => {
+                                    let config = BackendConfig { id: Some(id.clone()), weight, ..config.clone() };
+                                    let backend =
+                                        Backend::resolved(id.clone(), &config, addr, &policy, Arc::clone(&self.slots));
+                                    backend.set_state(*state);
+                                    fresh.push((i, Arc::new(backend)));
+                                    Ok(Put::Added)
+                                }
+                            },
+                        }
+                    }
+                });
+            }
+            // Addresses as the batch leaves the table: a fresh backend on an address that another
+            // keeps is refused (the later one of two), and the backend it would replace stays.
+            let mut accepted = vec![true; fresh.len()];
+            loop {
+                let final_addr = |id: &str| {
+                    let placed = fresh.iter().zip(&accepted).find(|((_, f), ok)| **ok && f.id == id);
+                    placed.map(|((_, f), _)| f.addr).or_else(|| backends.iter().find(|b| b.id == id).map(|b| b.addr))
+                };
+                let ids: Vec<&str> = backends
+                    .iter()
+                    .map(|b| b.id.as_str())
+                    .chain(fresh.iter().zip(&accepted).filter(|(_, ok)| **ok).map(|((_, f), _)| f.id.as_str()))
+                    .collect();
+                let conflict = fresh.iter().enumerate().rev().filter(|(k, _)| accepted[*k]).find_map(|(k, (i, f))| {
+                    let other = ids.iter().find(|other| **other != f.id && final_addr(other) == Some(f.addr))?;
+                    Some((k, *i, other.to_string(), f.addr))
+                });
+                let Some((k, i, existing, addr)) = conflict else { break };
+                accepted[k] = false;
+                results[i] = Err(TableError::DuplicateAddress { existing, addr });
+            }
+            for ((i, backend), ok) in fresh.into_iter().zip(accepted) {
+                if !ok {
+                    continue;
+                }
+                results[i] = Ok(match backends.iter().position(|b| b.id == backend.id) {
+                    Some(index) => {
+                        backends[index] = backend;
+                        Put::Replaced
+                    }
+                    None => {
+                        backends.push(backend);
+                        Put::Added
+                    }
+                });
+                changed = true;
+            }
+            Ok((results, changed))
+        });
+        outcome.unwrap_or_else(|e| vec![Err(e)])
+    }
+
+    /// Points backend `id` at `to`, a new address of its host (DNS re-resolution), if it is
+    /// still at `from`: a fresh backend (a new server: health, breaker and counters start
+    /// afresh) with its weight and state kept. `Ok(None)` when it is gone or was moved
+    /// meanwhile; refused when another backend has that address.
+    pub fn readdress(&self, id: &str, from: SocketAddr, to: SocketAddr) -> Result<Option<Arc<Backend>>, TableError> {
+        let policy = self.writer().clone();
+        self.change_if(|backends| {
+            let Some(index) = backends.iter().position(|b| b.id == id && b.addr == from) else {
+                return Ok((None, false));
+            };
+            if let Some(other) = backends.iter().find(|b| b.id != id && b.addr == to) {
+                return Err(TableError::DuplicateAddress { existing: other.id.clone(), addr: to });
+            }
+            let old = &backends[index];
+            let fresh = Backend::resolved(id.to_string(), &old.config(), to, &policy, Arc::clone(&self.slots));
+            fresh.set_state(BackendState::of(old));
+            let fresh = Arc::new(fresh);
+            backends[index] = Arc::clone(&fresh);
+            Ok((Some(fresh), true))
+        })
+    }
+
+    /// Applies a reload's algorithm and policy to the backends the table has, keeping them all
+    /// (when something else owns the list: the state file, the registry). One swap under the
+    /// writers' lock, so a backend added meanwhile is kept too.
+    pub fn reapply(&self, kind: AlgorithmKind, policy: BackendPolicy) -> Reconciled {
+        let mut guard = self.writer();
+        let current = self.current.load_full();
+        for backend in &current.backends {
+            backend.apply_policy(&policy);
+        }
+        let report = Reconciled { algorithm_changed: current.algorithm() != kind, ..Reconciled::default() };
+        self.current.store(Arc::new(Membership::build(kind, current.backends.clone(), policy.panic_mode)));
+        *guard = policy;
+        report
+    }
+
     /// Makes the table what a (reloaded) configuration says: these backends, in this order,
     /// with this algorithm and policy. A backend whose id, host and port are unchanged keeps
     /// its live state (health, breaker, counters, enabled or not) and takes the new weight
@@ -323,5 +523,109 @@ impl BackendTable {
         self.current.store(Arc::new(Membership::build(kind, next, policy.panic_mode)));
         *guard = policy;
         Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(id: &str, port: u16, weight: u32, state: BackendState) -> Wanted {
+        Wanted::Put { id: id.into(), config: BackendConfig::new("127.0.0.1", port, weight), state }
+    }
+
+    fn table() -> BackendTable {
+        let backends = [
+            ("a".into(), BackendConfig::new("127.0.0.1", 9001, 1)),
+            ("b".into(), BackendConfig::new("127.0.0.1", 9002, 1)),
+        ];
+        BackendTable::new(AlgorithmKind::RoundRobin, &backends, BackendPolicy::default()).unwrap()
+    }
+
+    fn ports(table: &BackendTable) -> Vec<(String, u16)> {
+        table.snapshot().backends.iter().map(|b| (b.id.clone(), b.addr.port())).collect()
+    }
+
+    #[test]
+    fn a_batch_applies_in_one_swap_and_keeps_live_state_where_the_address_stays() {
+        let table = table();
+        let a = Arc::clone(&table.snapshot().backends[0]);
+        a.record_request();
+        let results = table.apply(&[
+            put("a", 9001, 3, BackendState::Draining),
+            Wanted::Remove("b".into()),
+            put("c", 9003, 1, BackendState::Disabled),
+        ]);
+        assert_eq!(
+            results.into_iter().map(Result::unwrap).collect::<Vec<_>>(),
+            [Put::Updated, Put::Removed, Put::Added]
+        );
+        assert_eq!(ports(&table), [("a".to_string(), 9001), ("c".to_string(), 9003)]);
+        let now = table.snapshot();
+        assert!(Arc::ptr_eq(&now.backends[0], &a), "same address: the same backend, counters and all");
+        assert_eq!(
+            (a.weight(), BackendState::of(&a), BackendState::of(&now.backends[1])),
+            (3, BackendState::Draining, BackendState::Disabled)
+        );
+        // Nothing to do: nothing rebuilt.
+        assert_eq!(
+            table.put("a", &BackendConfig::new("127.0.0.1", 9001, 3), BackendState::Draining).unwrap(),
+            Put::Unchanged
+        );
+        assert!(Arc::ptr_eq(&now, &table.snapshot()));
+        // A new port: a fresh backend in its place.
+        assert_eq!(
+            table.put("a", &BackendConfig::new("127.0.0.1", 9005, 3), BackendState::Enabled).unwrap(),
+            Put::Replaced
+        );
+        let moved = Arc::clone(&table.snapshot().backends[0]);
+        assert_eq!((moved.addr.port(), moved.counts().0, moved.weight()), (9005, 0, 3));
+    }
+
+    #[test]
+    fn addresses_are_checked_as_the_batch_leaves_the_table() {
+        let table = table();
+        // a and b swap addresses in one batch: fine.
+        let results =
+            table.apply(&[put("a", 9002, 1, BackendState::Enabled), put("b", 9001, 1, BackendState::Enabled)]);
+        assert!(results.iter().all(|r| matches!(r, Ok(Put::Replaced))), "{results:?}");
+        assert_eq!(ports(&table), [("a".to_string(), 9002), ("b".to_string(), 9001)]);
+        // Two new ones on one address: the later is refused; one onto a kept address too.
+        let results = table.apply(&[
+            put("c", 9003, 1, BackendState::Enabled),
+            put("d", 9003, 1, BackendState::Enabled),
+            put("e", 9001, 1, BackendState::Enabled),
+        ]);
+        assert!(matches!(results[0], Ok(Put::Added)));
+        assert_eq!(results[1].as_ref().unwrap_err().to_string(), "backend 'c' already has the address 127.0.0.1:9003");
+        assert_eq!(results[2].as_ref().unwrap_err().to_string(), "backend 'b' already has the address 127.0.0.1:9001");
+        assert_eq!(ports(&table).len(), 3);
+        // A refused move leaves the backend where it was.
+        let results = table.apply(&[put("a", 9003, 1, BackendState::Enabled)]);
+        assert!(results[0].is_err());
+        assert_eq!(ports(&table)[0], ("a".to_string(), 9002));
+        assert!(matches!(table.apply(&[Wanted::Remove("zz".into())])[0], Err(TableError::UnknownId(_))));
+        assert!(matches!(table.apply(&[put("a/b", 9009, 1, BackendState::Enabled)])[0], Err(TableError::InvalidId(_))));
+    }
+
+    #[test]
+    fn a_reapply_keeps_every_backend_and_takes_the_new_algorithm() {
+        let table = table();
+        table.set_enabled("b", false).unwrap();
+        let report = table.reapply(AlgorithmKind::IpHash, BackendPolicy::default());
+        assert!(report.algorithm_changed && report.added.is_empty() && report.removed.is_empty());
+        assert_eq!((table.algorithm(), ports(&table).len()), (AlgorithmKind::IpHash, 2));
+        assert!(!table.snapshot().backends[1].is_enabled(), "state kept");
+    }
+
+    #[test]
+    fn a_readdress_moves_only_a_backend_still_at_the_old_address() {
+        let table = table();
+        table.set_weight("a", 4).unwrap();
+        let (from, to) = ("127.0.0.1:9001".parse().unwrap(), "127.0.0.1:9011".parse().unwrap());
+        let moved = table.readdress("a", from, to).unwrap().unwrap();
+        assert_eq!((moved.addr, moved.weight(), moved.host.as_str()), (to, 4, "127.0.0.1"));
+        assert!(table.readdress("a", from, to).unwrap().is_none(), "moved already");
+        assert!(table.readdress("b", "127.0.0.1:9002".parse().unwrap(), to).is_err(), "a's address");
     }
 }
