@@ -17,7 +17,7 @@ use crate::ops::{refusal_line, AccessLog, Operations, StateFile};
 use crate::router::{AdminRouter, Router};
 use crate::server::{RefusalHook, Server, ServerConfig};
 use crate::state::{Current, ReloadHook, Shared};
-use crate::upstream::{BackendTable, HealthChecker};
+use crate::upstream::{BackendTable, DnsRefresher, DnsStatus, HealthChecker, Resolver};
 
 /// A running load balancer.
 ///
@@ -74,6 +74,12 @@ impl LoadBalancer {
             log::info!("{} backend(s) restored from state file {}", saved.backends.len(), file.path().display());
         }
         let table = Arc::new(table);
+        let dns = Arc::new(DnsStatus::default());
+        let refresher = DnsRefresher::start(
+            Arc::clone(&table),
+            Duration::from_secs_f64(config.dns_refresh_interval),
+            Arc::clone(&dns),
+        )?;
         let mut access_writer = None;
         let access_log = match (config.access_log, access_log) {
             (false, _) => None,
@@ -87,7 +93,7 @@ impl LoadBalancer {
             }
         }
         .map(|handle| AccessLog { handle, format: config.access_log_format });
-        let ops = Arc::new(Operations::new(access_log, state_file));
+        let ops = Arc::new(Operations { dns, ..Operations::new(access_log, state_file) });
         let tuning = tuning(&config);
         let mut server_config = ServerConfig {
             bind: SocketAddr::new(config.host, config.port),
@@ -121,7 +127,7 @@ impl LoadBalancer {
         } else {
             Some(HealthChecker::start(Arc::clone(&table), health_config)?)
         };
-        let control = Control::new(Arc::clone(&current), table, server.tuner(), health, &reload);
+        let control = Control::new(Arc::clone(&current), table, server.tuner(), health, refresher, &reload);
         Ok(LoadBalancer { server, admin, current, control, access_writer })
     }
 
@@ -143,6 +149,12 @@ impl LoadBalancer {
     /// Reloads, stops the health checks, breaks backend I/O.
     pub fn control(&self) -> &Arc<Control> {
         &self.control
+    }
+
+    /// Looks backend host names up with `resolver` from the next DNS refresh on (the system
+    /// resolver by default): for service discovery of an embedder's own, and for tests.
+    pub fn set_resolver(&self, resolver: Arc<Resolver>) {
+        self.control.set_resolver(resolver);
     }
 
     /// Applies a new configuration without dropping a connection or a request in flight (see
@@ -173,6 +185,7 @@ impl LoadBalancer {
             let _ = watchdog.join();
         }
         self.control.stop_health();
+        self.control.stop_dns();
         if let Some(writer) = self.access_writer {
             writer.stop();
         }

@@ -325,6 +325,10 @@ pub struct Config {
     /// disable, weight, drain), written atomically on each change and read back at start, where
     /// it replaces the configured backends. Default unset.
     pub state_file: Option<PathBuf>,
+    /// Seconds between re-resolutions of backend host names (HAProxy's `resolvers`); a changed
+    /// address is applied like any change of the table, a failed lookup keeps the last one.
+    /// Default 30; 0 resolves once, when a backend is added.
+    pub dns_refresh_interval: f64,
     /// Requests that may wait for a free worker; more get `503` + `Retry-After`. Default 1024.
     pub queue_capacity: usize,
     /// Most requests one backend is sent at once (HAProxy's per-server `maxconn`), so a
@@ -424,6 +428,7 @@ impl Default for Config {
             admin_token: None,
             admin_listen: None,
             state_file: None,
+            dns_refresh_interval: 30.0,
             queue_capacity: 1024,
             backend_max_connections: None,
             backend_queue_timeout: 5.0,

@@ -111,6 +111,20 @@ pub fn stats(shared: &Shared) -> Value {
             "unhealthy_backends": snapshot.backends.len() - healthy,
         },
         "rate_limiter": shared.rate_limiter.snapshot(),
+        "dns": dns(shared),
+    })
+}
+
+/// What the re-resolutions of backend host names did: lookups, failures (the backend kept its
+/// address), addresses changed, and the backends whose last lookup failed, with why.
+fn dns(shared: &Shared) -> Value {
+    let dns = &shared.ops.dns;
+    json!({
+        "refresh_interval": shared.config.dns_refresh_interval,
+        "lookups": dns.lookups(),
+        "failed_lookups": dns.failures(),
+        "address_changes": dns.changes(),
+        "failing": dns.failing(),
     })
 }
 

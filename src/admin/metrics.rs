@@ -25,6 +25,7 @@
 //! | `lb_failed_tries_total` | `reason` | failed tries by reason |
 //! | `lb_rate_limited_total` | | requests the rate limiter refused with `429` |
 //! | `lb_uptime_seconds` | | since start |
+//! | `lb_dns_lookups_total`, `lb_dns_lookup_failures_total`, `lb_dns_address_changes_total` | | re-resolutions of backend host names, failed ones (the address kept), changed addresses applied |
 
 use std::sync::atomic::Ordering;
 
@@ -155,5 +156,11 @@ fn encode(shared: &Shared) -> Result<String, ExpositionError> {
         .sample(&[], rate_limited_total(shared) as f64)?;
     e.gauge("lb_uptime_seconds", "Seconds since the balancer started.")?
         .sample(&[], shared.started.elapsed().as_secs_f64())?;
+    let dns = &shared.ops.dns;
+    e.counter("lb_dns_lookups", "Re-resolutions of backend host names.")?.sample(&[], dns.lookups() as f64)?;
+    e.counter("lb_dns_lookup_failures", "Re-resolutions that failed (the backend kept its address).")?
+        .sample(&[], dns.failures() as f64)?;
+    e.counter("lb_dns_address_changes", "Backend addresses changed by a re-resolution.")?
+        .sample(&[], dns.changes() as f64)?;
     Ok(e.finish())
 }

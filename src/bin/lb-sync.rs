@@ -128,6 +128,9 @@ struct Args {
     /// keep runtime changes to the backends in this JSON file, read back at start
     #[argh(option)]
     state_file: Option<PathBuf>,
+    /// seconds between re-resolutions of backend host names, 0 = resolve once (default 30)
+    #[argh(option)]
+    dns_refresh_interval: Option<f64>,
     /// seconds a stop (SIGTERM, SIGINT) lets requests in flight finish (default 30)
     #[argh(option)]
     shutdown_timeout: Option<f64>,
@@ -180,7 +183,7 @@ fn build_config(args: &Args) -> Result<Config, String> {
     set!(health_check_interval, health_check_path, health_check_timeout, health_check_rise, health_check_fall);
     set!(request_timeout, connect_timeout, max_tries, access_log, session_timeout, shutdown_timeout);
     set!(breaker_consecutive_failures, breaker_cooldown, slow_start, tunnel_idle_timeout);
-    set!(rate_limit, rate_limit_burst, client_rate_limit, client_rate_limit_burst);
+    set!(rate_limit, rate_limit_burst, client_rate_limit, client_rate_limit_burst, dns_refresh_interval);
     if let Some(name) = &args.sticky_cookie {
         config.sticky_cookie = Some(name.clone());
     }

@@ -5,11 +5,12 @@
 
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
 
 use crate::config::Config;
 use crate::server::Tuner;
 use crate::state::{Current, ReloadHook};
-use crate::upstream::{BackendTable, Forwarder, HealthChecker, HealthConfig, Reconciled};
+use crate::upstream::{BackendTable, DnsRefresher, Forwarder, HealthChecker, HealthConfig, Reconciled, Resolver};
 
 use super::generation::{backend_list, backend_policy, build_shared, changed_keys, health_config, tuning};
 
@@ -58,6 +59,7 @@ pub struct Control {
     table: Arc<BackendTable>,
     tuner: Tuner,
     health: Mutex<Option<HealthChecker>>,
+    dns: Mutex<Option<DnsRefresher>>,
     /// Every HTTP client made so far that may still be in use (a reload that changes the
     /// timeouts makes a new one; requests in flight keep theirs): a stop breaks them all.
     forwarders: Mutex<Vec<Weak<Forwarder>>>,
@@ -78,6 +80,7 @@ impl Control {
         table: Arc<BackendTable>,
         tuner: Tuner,
         health: Option<HealthChecker>,
+        dns: DnsRefresher,
         reload_hook: &ReloadHook,
     ) -> Arc<Control> {
         let forwarders = vec![Arc::downgrade(&current.load().forwarder)];
@@ -86,6 +89,7 @@ impl Control {
             table,
             tuner,
             health: Mutex::new(health),
+            dns: Mutex::new(Some(dns)),
             forwarders: Mutex::new(forwarders),
             source: Mutex::new(None),
             reloading: Mutex::new(()),
@@ -179,6 +183,11 @@ impl Control {
         }
         self.tuner.apply(tuning(&shared.config));
         let old_health = health_config(old, running.forwarder.tls()).ok();
+        if shared.config.dns_refresh_interval != old.dns_refresh_interval {
+            if let Some(dns) = lock(&self.dns).as_ref() {
+                dns.set_interval(Duration::from_secs_f64(shared.config.dns_refresh_interval));
+            }
+        }
         self.current.store(Arc::new(shared));
         if old_health.as_ref() != Some(&health) {
             self.restart_health(health);
@@ -209,6 +218,20 @@ impl Control {
     pub fn break_backend_io(&self) {
         for forwarder in lock(&self.forwarders).iter().filter_map(Weak::upgrade) {
             forwarder.shutdown();
+        }
+    }
+
+    /// Looks backend host names up with `resolver` from the next DNS refresh on.
+    pub fn set_resolver(&self, resolver: Arc<Resolver>) {
+        if let Some(dns) = lock(&self.dns).as_ref() {
+            dns.set_resolver(resolver);
+        }
+    }
+
+    /// Stops the DNS refresh.
+    pub fn stop_dns(&self) {
+        if let Some(dns) = lock(&self.dns).take() {
+            dns.stop();
         }
     }
 

@@ -1,14 +1,14 @@
 //! What operating a running balancer needs beside the data path: the latency histogram, the
-//! queue-depth gauge, the access log, rate-limited warnings and the state file. One
-//! [`Operations`] lives in [`Shared`](crate::state::Shared).
+//! queue-depth gauge, the access log, rate-limited warnings, the state file and the DNS
+//! refresh's report. One [`Operations`] lives in [`Shared`](crate::state::Shared).
 
 mod access;
 mod state_file;
 
-pub use access::{refusal_line, AccessLog, PendingAccess};
-pub use state_file::{SavedBackend, SavedState, StateFile, StateFileError};
 /// Where the state file's `state` values come from (the registry writes the same ones).
 pub use crate::upstream::BackendState;
+pub use access::{refusal_line, AccessLog, PendingAccess};
+pub use state_file::{SavedBackend, SavedState, StateFile, StateFileError};
 
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use crate::logging::RateLimitedWarn;
 use crate::metrics::Histogram;
+use crate::upstream::DnsStatus;
 
 /// How often one cause of a warning that can fire per request is written.
 pub const WARN_INTERVAL: Duration = Duration::from_secs(10);
@@ -34,6 +35,8 @@ pub struct Operations {
     pub warnings: RateLimitedWarn,
     /// Where runtime changes to the backends are kept, if anywhere.
     pub state_file: Option<StateFile>,
+    /// What the re-resolutions of backend host names did.
+    pub dns: Arc<DnsStatus>,
 }
 
 impl Operations {
@@ -45,6 +48,7 @@ impl Operations {
             access_log,
             warnings: RateLimitedWarn::new(WARN_INTERVAL),
             state_file,
+            dns: Arc::default(),
         }
     }
 }

@@ -2,12 +2,14 @@
 //! [`BackendTable`] and the selection policy over a [`Membership`] snapshot, the active
 //! [`HealthChecker`] that keeps verdicts current, the shared HTTP [`Forwarder`] that sends one
 //! request to one backend (over TLS to `https://` ones, trusting [`UpstreamTls`]; an upgrade
-//! request on a connection of its own: `raw.rs`), and the [`RetryBudget`] that bounds how often
-//! a request is sent again.
+//! request on a connection of its own: `raw.rs`), the [`RetryBudget`] that bounds how often a
+//! request is sent again, and the [`DnsRefresher`] that keeps backends' addresses current with
+//! their host names.
 
 mod backend;
 mod checker;
 mod client;
+mod dns;
 mod membership;
 mod pinned;
 mod raw;
@@ -20,6 +22,7 @@ pub(crate) use transport::early_answer_arrived;
 pub use backend::{resolve, Backend, BackendPolicy, BackendState, HealthState, InFlight, ResolveError, SlotQueue};
 pub use checker::{apply_probe, HealthChecker, HealthConfig};
 pub use client::{ForwardError, ForwardTimeouts, Forwarder, PrepareError, Prepared};
+pub use dns::{system_lookup, DnsRefresher, DnsStatus, Lookup, Resolver};
 pub use membership::{Membership, PickKind};
 pub use raw::{OwnAnswer, OwnBody};
 pub use retry_budget::RetryBudget;
