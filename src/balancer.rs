@@ -14,6 +14,7 @@ use crate::config::Config;
 use crate::lifecycle::{backend_list, backend_policy, build_shared, health_config, tuning, Control, ReloadReport};
 use crate::logging::{LogHandle, LogTarget, LogWriter};
 use crate::ops::{refusal_line, AccessLog, Operations, StateFile};
+use crate::registry::Registry;
 use crate::router::{AdminRouter, Router};
 use crate::server::{RefusalHook, Server, ServerConfig};
 use crate::state::{Current, ReloadHook, Shared};
@@ -74,6 +75,14 @@ impl LoadBalancer {
             log::info!("{} backend(s) restored from state file {}", saved.backends.len(), file.path().display());
         }
         let table = Arc::new(table);
+        // With a registry the table becomes what etcd says (seeded with the configured
+        // backends when empty) before the listener opens.
+        let registry = match &config.registry {
+            Some(url) => Some(Registry::start(url, Arc::clone(&table), backend_list(&config))?),
+            None => None,
+        };
+        // A start that fails from here on stops following the registry.
+        let mut stop_registry = StopOnDrop(registry.clone());
         let dns = Arc::new(DnsStatus::default());
         let refresher = DnsRefresher::start(
             Arc::clone(&table),
@@ -93,7 +102,7 @@ impl LoadBalancer {
             }
         }
         .map(|handle| AccessLog { handle, format: config.access_log_format });
-        let ops = Arc::new(Operations { dns, ..Operations::new(access_log, state_file) });
+        let ops = Arc::new(Operations { registry, dns, ..Operations::new(access_log, state_file) });
         let tuning = tuning(&config);
         let mut server_config = ServerConfig {
             bind: SocketAddr::new(config.host, config.port),
@@ -128,6 +137,7 @@ impl LoadBalancer {
             Some(HealthChecker::start(Arc::clone(&table), health_config)?)
         };
         let control = Control::new(Arc::clone(&current), table, server.tuner(), health, refresher, &reload);
+        stop_registry.0 = None;
         Ok(LoadBalancer { server, admin, current, control, access_writer })
     }
 
@@ -186,8 +196,22 @@ impl LoadBalancer {
         }
         self.control.stop_health();
         self.control.stop_dns();
+        if let Some(registry) = &self.current.load().ops.registry {
+            registry.stop();
+        }
         if let Some(writer) = self.access_writer {
             writer.stop();
+        }
+    }
+}
+
+/// Stops a registry's watcher when dropped (a start that failed half way).
+struct StopOnDrop(Option<Arc<Registry>>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        if let Some(registry) = &self.0 {
+            registry.stop();
         }
     }
 }

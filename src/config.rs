@@ -17,7 +17,9 @@ use crate::traffic::sticky::is_valid_cookie_name;
 use crate::traffic::{ClientLimiter, RateLimitConfig, StickyCookie};
 
 mod ranges;
+mod registry_url;
 pub use ranges::{Range, Unit, RANGES};
+pub use registry_url::RegistryUrl;
 
 /// One backend as configured.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -325,6 +327,11 @@ pub struct Config {
     /// disable, weight, drain), written atomically on each change and read back at start, where
     /// it replaces the configured backends. Default unset.
     pub state_file: Option<PathBuf>,
+    /// Where several instances share their backends: `etcd://HOST:PORT/PREFIX`. Backends,
+    /// weights, enabled and draining live there (loaded at start, followed through etcd's
+    /// watch); management API changes are written there first. Default unset: this instance's
+    /// table is its own.
+    pub registry: Option<RegistryUrl>,
     /// Seconds between re-resolutions of backend host names (HAProxy's `resolvers`); a changed
     /// address is applied like any change of the table, a failed lookup keeps the last one.
     /// Default 30; 0 resolves once, when a backend is added.
@@ -428,6 +435,7 @@ impl Default for Config {
             admin_token: None,
             admin_listen: None,
             state_file: None,
+            registry: None,
             dns_refresh_interval: 30.0,
             queue_capacity: 1024,
             backend_max_connections: None,
@@ -539,6 +547,10 @@ impl Config {
             ));
         }
         self.validate_traffic()?;
+        if self.registry.is_some() && self.state_file.is_some() {
+            let why = "state_file and registry cannot both be set: the registry keeps the runtime changes";
+            return Err(invalid("state_file", why));
+        }
         if self.admin_token.as_deref().is_some_and(|t| t.trim().is_empty() || t.trim() != t) {
             return Err(invalid("admin_token", "admin_token must be non-empty, without surrounding spaces"));
         }

@@ -7,11 +7,12 @@
 //! policies decide whether the request may go on at all (rate limits) and whether it belongs to
 //! a backend already (sticky cookie). [`health`] holds the breaker, slow start and probe state
 //! machines, [`state`] what every part shares, [`balancer`] puts it together, [`config`] holds
-//! every setting.
+//! every setting, and [`registry`] shares the backends of several instances through etcd.
 //!
 //! Modules depend only downwards, in this order (no import circles): `server`, `balance`,
-//! `client_ip`, `stats`, `health`, `traffic` → `config` → `upstream` → `state` → `proxy`,
-//! `admin` → `router`, `lifecycle` (reload, signals, `--check-config`) → `balancer`;
+//! `client_ip`, `stats`, `health`, `traffic` → `config` → `upstream` → `registry` → `ops` →
+//! `state` → `proxy`, `admin` → `router`, `lifecycle` (reload, signals, `--check-config`) →
+//! `balancer`;
 //! `demo_backend` stands on `server` alone.
 //!
 //! Embedding the balancer:
@@ -47,6 +48,7 @@ pub mod logging;
 pub mod metrics;
 pub mod ops;
 pub mod proxy;
+pub mod registry;
 pub mod router;
 pub mod server;
 pub mod state;

@@ -84,7 +84,7 @@ pub fn stats(shared: &Shared) -> Value {
     let name = shared.table.algorithm().display_name();
     let latency = shared.ops.latency.snapshot();
     let average = latency.mean().map_or(0.0, |d| (d.as_secs_f64() * 100_000.0).round() / 100.0);
-    json!({
+    let mut stats = json!({
         "load_balancer": name,
         "total_requests": s.total,
         "successful_requests": s.successful,
@@ -112,7 +112,11 @@ pub fn stats(shared: &Shared) -> Value {
         },
         "rate_limiter": shared.rate_limiter.snapshot(),
         "dns": dns(shared),
-    })
+    });
+    if let Some(registry) = &shared.ops.registry {
+        stats["registry"] = json!(registry.status());
+    }
+    stats
 }
 
 /// What the re-resolutions of backend host names did: lookups, failures (the backend kept its
@@ -145,19 +149,23 @@ fn breaker_summary(backends: &[Arc<Backend>]) -> Value {
 }
 
 /// The balancer's own health: status 200 with `healthy` while any backend is usable, else 503
-/// (usable as in `/lb/stats`'s `healthy_backends`).
+/// (usable as in `/lb/stats`'s `healthy_backends`); with a registry, its status too.
 pub fn health(shared: &Shared) -> (u16, Value) {
     let snapshot = shared.table.snapshot();
     let usable = snapshot.backends.iter().filter(|b| b.is_usable()).count();
     let status = if usable > 0 { "healthy" } else { "unhealthy" };
     let timestamp = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
-    let body = json!({
+    let mut body = json!({
         "status": status,
         "usable_backends": usable,
         "total_backends": snapshot.backends.len(),
         "uptime_seconds": shared.started.elapsed().as_secs(),
         "timestamp": timestamp,
     });
+    // Reported, not a reason for 503: the instance serves on with the last known table.
+    if let Some(registry) = &shared.ops.registry {
+        body["registry"] = json!(registry.status());
+    }
     (if usable > 0 { 200 } else { 503 }, body)
 }
 

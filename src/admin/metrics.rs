@@ -26,6 +26,10 @@
 //! | `lb_rate_limited_total` | | requests the rate limiter refused with `429` |
 //! | `lb_uptime_seconds` | | since start |
 //! | `lb_dns_lookups_total`, `lb_dns_lookup_failures_total`, `lb_dns_address_changes_total` | | re-resolutions of backend host names, failed ones (the address kept), changed addresses applied |
+//! | `lb_registry_connected` | | with a registry: 1 while its watch is up, 0 while serving with the last known table |
+//! | `lb_registry_revision` | | with a registry: the etcd revision the table reflects |
+//! | `lb_registry_rejected_values` | | with a registry: keys whose values are refused |
+//! | `lb_registry_reconnects_total`, `lb_registry_write_conflicts_total` | | with a registry: reconnections after a loss; writes retried after losing a race |
 
 use std::sync::atomic::Ordering;
 
@@ -162,5 +166,21 @@ fn encode(shared: &Shared) -> Result<String, ExpositionError> {
         .sample(&[], dns.failures() as f64)?;
     e.counter("lb_dns_address_changes", "Backend addresses changed by a re-resolution.")?
         .sample(&[], dns.changes() as f64)?;
+    if let Some(registry) = &shared.ops.registry {
+        let status = registry.status();
+        e.gauge(
+            "lb_registry_connected",
+            "1 while the registry's watch is up, 0 while serving with the last known table.",
+        )?
+        .sample(&[], f64::from(u8::from(status.connected())))?;
+        e.gauge("lb_registry_revision", "The registry revision the backend table reflects.")?
+            .sample(&[], status.revision as f64)?;
+        e.gauge("lb_registry_rejected_values", "Registry keys whose values are refused.")?
+            .sample(&[], status.rejected.len() as f64)?;
+        e.counter("lb_registry_reconnects", "Reconnections to the registry after losing it.")?
+            .sample(&[], status.reconnects as f64)?;
+        e.counter("lb_registry_write_conflicts", "Registry writes retried after another writer came first.")?
+            .sample(&[], status.write_conflicts as f64)?;
+    }
     Ok(e.finish())
 }

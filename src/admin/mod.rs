@@ -4,17 +4,20 @@
 //!
 //! Every change to the backends takes effect on the next pick of every worker (the table swaps
 //! in a new membership) and, with `--state-file`, is written to the state file before the
-//! answer.
+//! answer. With a registry a change is written to etcd instead, and answered once the watch has
+//! brought it back and it is applied here ([`crate::registry`]).
 
 pub mod auth;
 pub mod json;
 pub mod metrics;
 
 use std::io::Read;
+use std::sync::Arc;
 
 use serde_json::{json, Map, Value};
 
 use crate::config::{BackendConfig, Scheme};
+use crate::registry::{Change, RegistryError};
 use crate::server::{Request, Response};
 use crate::state::Shared;
 use crate::upstream::{Backend, TableError};
@@ -38,6 +41,39 @@ fn table_error(e: TableError) -> Response {
         TableError::DuplicateId(_) | TableError::DuplicateAddress { .. } => error(409, e.to_string()),
         TableError::Unresolvable { .. } | TableError::InvalidId(_) => error(400, e.to_string()),
     }
+}
+
+fn registry_error(e: RegistryError) -> Response {
+    match e {
+        RegistryError::Refused(e) => table_error(e),
+        RegistryError::Corrupt { .. } => error(409, e.to_string()),
+        RegistryError::Unavailable(_) | RegistryError::Contended(_) => {
+            error(503, e.to_string()).with_header("Retry-After", "1")
+        }
+        RegistryError::RemovedNotHere { .. } => Response::json(200, &json!({ "message": e.to_string() })),
+        // Made in the registry; not (yet) here.
+        RegistryError::NotApplied { revision, .. } => {
+            Response::json(202, &json!({ "message": e.to_string(), "revision": revision }))
+        }
+    }
+}
+
+/// Makes a change: in the registry when there is one (it takes effect here, as everywhere,
+/// through the watch), else in the table.
+fn write(shared: &Shared, change: Change) -> Result<Arc<Backend>, Response> {
+    if let Some(registry) = &shared.ops.registry {
+        return registry.submit(change).map_err(registry_error);
+    }
+    let table = &shared.table;
+    match change {
+        Change::Add(config) => table.add(&config),
+        Change::Enable(id) => table.set_enabled(&id, true),
+        Change::Disable(id) => table.set_enabled(&id, false),
+        Change::Drain(id) => table.drain(&id),
+        Change::Weight(id, weight) => table.set_weight(&id, weight),
+        Change::Remove(id) => table.remove(&id),
+    }
+    .map_err(table_error)
 }
 
 /// What a path under the prefix names, and the methods it accepts (its `Allow`).
@@ -137,9 +173,9 @@ pub fn handle(shared: &Shared, mut request: Request, path: &str) -> Response {
         Resource::Action(id, "weight") => set_weight(shared, id, &mut request),
         Resource::Action(id, action) => {
             let result = match action {
-                "enable" => shared.table.set_enabled(id, true),
-                "disable" => shared.table.set_enabled(id, false),
-                _ => shared.table.drain(id),
+                "enable" => write(shared, Change::Enable(id.to_string())),
+                "disable" => write(shared, Change::Disable(id.to_string())),
+                _ => write(shared, Change::Drain(id.to_string())),
             };
             match result {
                 Ok(backend) => {
@@ -151,16 +187,16 @@ pub fn handle(shared: &Shared, mut request: Request, path: &str) -> Response {
                     };
                     changed(shared, 200, &message, &backend)
                 }
-                Err(e) => table_error(e),
+                Err(response) => response,
             }
         }
-        Resource::Remove(id) => match shared.table.remove(id) {
+        Resource::Remove(id) => match write(shared, Change::Remove(id.to_string())) {
             Ok(backend) => {
                 let message =
                     format!("backend {} removed ({} request(s) in flight finish)", backend.id, backend.in_flight());
                 changed(shared, 200, &message, &backend)
             }
-            Err(e) => table_error(e),
+            Err(response) => response,
         },
     }
 }
@@ -219,13 +255,13 @@ fn add_backend(shared: &Shared, request: &mut Request) -> Response {
         Ok(config) => config,
         Err(message) => return error(400, message),
     };
-    match shared.table.add(&config) {
+    match write(shared, Change::Add(config)) {
         Ok(backend) => {
             let message =
                 format!("backend {} added at {} (weight {})", backend.id, backend.address(), backend.weight());
             changed(shared, 201, &message, &backend)
         }
-        Err(e) => table_error(e),
+        Err(response) => response,
     }
 }
 
@@ -243,12 +279,12 @@ fn set_weight(shared: &Shared, id: &str, request: &mut Request) -> Response {
         None => return error(400, "field 'weight' is required: the body is {\"weight\": N}"),
     };
     let before = shared.table.snapshot().backends.iter().find(|b| b.id == id).map(|b| b.weight());
-    match shared.table.set_weight(id, weight) {
+    match write(shared, Change::Weight(id.to_string(), weight)) {
         Ok(backend) => {
             let message = format!("backend {} weight {} -> {weight}", backend.id, before.unwrap_or(weight));
             changed(shared, 200, &message, &backend)
         }
-        Err(e) => table_error(e),
+        Err(response) => response,
     }
 }
 

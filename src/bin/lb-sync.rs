@@ -8,7 +8,7 @@ use argh::FromArgs;
 use lb_sync::balance::AlgorithmKind;
 use lb_sync::balancer::LoadBalancer;
 use lb_sync::client_ip::Cidr;
-use lb_sync::config::{seed_backends, BackendConfig, Config};
+use lb_sync::config::{seed_backends, BackendConfig, Config, RegistryUrl};
 use lb_sync::demo_backend::DemoBackend;
 use lb_sync::logging::{AccessFormat, LogTarget, LogWriter, Logger};
 use lb_sync::server::{Server, ServerConfig};
@@ -128,6 +128,10 @@ struct Args {
     /// keep runtime changes to the backends in this JSON file, read back at start
     #[argh(option)]
     state_file: Option<PathBuf>,
+    /// share the backends with other instances through etcd: etcd://HOST:PORT/PREFIX (default
+    /// unset: this instance's table is its own)
+    #[argh(option)]
+    registry: Option<RegistryUrl>,
     /// seconds between re-resolutions of backend host names, 0 = resolve once (default 30)
     #[argh(option)]
     dns_refresh_interval: Option<f64>,
@@ -184,6 +188,9 @@ fn build_config(args: &Args) -> Result<Config, String> {
     set!(request_timeout, connect_timeout, max_tries, access_log, session_timeout, shutdown_timeout);
     set!(breaker_consecutive_failures, breaker_cooldown, slow_start, tunnel_idle_timeout);
     set!(rate_limit, rate_limit_burst, client_rate_limit, client_rate_limit_burst, dns_refresh_interval);
+    if args.registry.is_some() {
+        config.registry.clone_from(&args.registry);
+    }
     if let Some(name) = &args.sticky_cookie {
         config.sticky_cookie = Some(name.clone());
     }

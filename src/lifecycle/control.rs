@@ -148,18 +148,24 @@ impl Control {
             )*};
         }
         keep!(host, port, threads, client_body_temp_path);
-        keep!(admin_listen, access_log, access_log_format, access_log_file, log_file, state_file);
+        keep!(admin_listen, access_log, access_log_format, access_log_file, log_file, state_file, registry);
         // With a state file the management API owns the backend list (nginx Plus forbids
-        // servers in the file with `state`): a reload keeps the table's and applies the rest.
-        let wanted = if old.state_file.is_some() {
+        // servers in the file with `state`), with a registry the registry does: a reload keeps
+        // the table's and applies the rest.
+        let keeper = match (&old.state_file, &old.registry) {
+            (Some(_), _) => Some("the state file"),
+            (None, Some(_)) => Some("the registry"),
+            (None, None) => None,
+        };
+        let wanted = if let Some(keeper) = keeper {
             let running: Vec<_> = self.table.snapshot().backends.iter().map(|b| (b.id.clone(), b.config())).collect();
             if running != backend_list(&config) {
-                restart_only.push("backends (the state file keeps them)".to_string());
+                restart_only.push(format!("backends ({keeper} keeps them)"));
             }
             config.backends = running.iter().map(|(_, b)| b.clone()).collect();
-            running
+            None
         } else {
-            backend_list(&config)
+            Some(backend_list(&config))
         };
         let settings = changed_keys(old, &config);
         // Everything that can fail, before the first change.
@@ -171,10 +177,12 @@ impl Control {
             Arc::clone(&running.reload),
         )?;
         let health = health_config(&shared.config, shared.forwarder.tls()).map_err(|e| e.to_string())?;
-        let backends = self
-            .table
-            .reconcile(shared.config.algorithm, &wanted, backend_policy(&shared.config))
-            .map_err(|e| e.to_string())?;
+        let (algorithm, policy) = (shared.config.algorithm, backend_policy(&shared.config));
+        let backends = match wanted {
+            Some(wanted) => self.table.reconcile(algorithm, &wanted, policy).map_err(|e| e.to_string())?,
+            // The backends stay as they are, whatever changes them meanwhile (the watch).
+            None => self.table.reapply(algorithm, policy),
+        };
         // From here on nothing fails.
         if !Arc::ptr_eq(&shared.forwarder, &running.forwarder) {
             let mut forwarders = lock(&self.forwarders);

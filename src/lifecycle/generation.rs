@@ -30,6 +30,7 @@ pub const RESTART_ONLY: &[&str] = &[
     "access_log_file",
     "log_file",
     "state_file",
+    "registry",
 ];
 
 /// The health checker's settings; HTTPS backends are probed with `tls`, the HTTP client's.

@@ -14,9 +14,11 @@
 //! | `max_tries`, retries, rate limits, sticky cookie, `trusted_proxies`, `admin_prefix`, `admin_token`, `backend_queue_timeout`, `shutdown_timeout`, `tunnel_idle_timeout` | the next request (each request reads one configuration from start to end; an open tunnel keeps its idle timeout) |
 //! | client limits and timeouts, `max_connections`, `queue_capacity`, body buffering sizes | each connection's next request or deadline, the next connection accepted, the next body byte |
 //! | `health_check_*` | at once (the checker is restarted; verdicts are kept) |
-//! | `host`, `port`, `threads`, `client_body_temp_path`, `admin_listen`, `access_log*`, `log_file`, `state_file` | at the next restart: a reload keeps the running value and logs that it did |
+//! | `dns_refresh_interval` | at once (the next refresh is counted from the reload) |
+//! | `host`, `port`, `threads`, `client_body_temp_path`, `admin_listen`, `access_log*`, `log_file`, `state_file`, `registry` | at the next restart: a reload keeps the running value and logs that it did |
 //!
-//! With a `state_file` the management API owns the backend list: a reload keeps it.
+//! With a `state_file` the management API owns the backend list, with a `registry` the registry
+//! does: a reload keeps it.
 
 mod check;
 mod control;

@@ -1,6 +1,6 @@
 //! What operating a running balancer needs beside the data path: the latency histogram, the
-//! queue-depth gauge, the access log, rate-limited warnings, the state file and the DNS
-//! refresh's report. One [`Operations`] lives in [`Shared`](crate::state::Shared).
+//! queue-depth gauge, the access log, rate-limited warnings, the state file, the registry and
+//! the DNS refresh's report. One [`Operations`] lives in [`Shared`](crate::state::Shared).
 
 mod access;
 mod state_file;
@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use crate::logging::RateLimitedWarn;
 use crate::metrics::Histogram;
+use crate::registry::Registry;
 use crate::upstream::DnsStatus;
 
 /// How often one cause of a warning that can fire per request is written.
@@ -35,6 +36,9 @@ pub struct Operations {
     pub warnings: RateLimitedWarn,
     /// Where runtime changes to the backends are kept, if anywhere.
     pub state_file: Option<StateFile>,
+    /// The registry shared with other instances, when `registry` is set: management API
+    /// changes go there.
+    pub registry: Option<Arc<Registry>>,
     /// What the re-resolutions of backend host names did.
     pub dns: Arc<DnsStatus>,
 }
@@ -48,6 +52,7 @@ impl Operations {
             access_log,
             warnings: RateLimitedWarn::new(WARN_INTERVAL),
             state_file,
+            registry: None,
             dns: Arc::default(),
         }
     }

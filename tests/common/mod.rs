@@ -2,6 +2,7 @@
 //! server sent, child processes that are always stopped, and readings from /proc.
 #![allow(dead_code)]
 
+pub mod etcd;
 pub mod faults;
 pub mod lb;
 pub mod load;

@@ -1,0 +1,169 @@
+//! What the instances share, as etcd keys and values, under the registry's prefix:
+//!
+//! | key | value |
+//! |---|---|
+//! | `PREFIX/backends/ID` | one backend's intent: `{"host": "10.0.0.5", "port": 8001, "weight": 2, "state": "enabled"}` (`state`: `enabled`, `disabled` or `draining`; default `enabled`; `weight` default 1) |
+//! | `PREFIX/numbered` | how many `backend<N>` ids were handed out (decimal), so no id is ever reused; its presence also says the prefix was seeded |
+//!
+//! Health is not here: each instance probes from where it stands.
+
+use serde_json::{Map, Value};
+
+use crate::config::{is_valid_id, BackendConfig};
+use crate::upstream::BackendState;
+
+/// The keys under one prefix.
+#[derive(Clone, Debug)]
+pub struct Layout {
+    prefix: String,
+}
+
+impl Layout {
+    /// The keys under `prefix` (`/lb-sync/prod`).
+    pub fn new(prefix: &str) -> Layout {
+        Layout { prefix: prefix.trim_end_matches('/').to_string() }
+    }
+
+    /// The first key of the backends' range: `PREFIX/backends/`.
+    pub fn backends(&self) -> Vec<u8> {
+        format!("{}/backends/", self.prefix).into_bytes()
+    }
+
+    /// The end (excluded) of the backends' range.
+    pub fn backends_end(&self) -> Vec<u8> {
+        super::etcd::prefix_end(&self.backends())
+    }
+
+    /// The key of backend `id`.
+    pub fn backend(&self, id: &str) -> Vec<u8> {
+        format!("{}/backends/{id}", self.prefix).into_bytes()
+    }
+
+    /// The key counting the `backend<N>` ids handed out.
+    pub fn numbered(&self) -> Vec<u8> {
+        format!("{}/numbered", self.prefix).into_bytes()
+    }
+
+    /// The backend id of a key of the backends' range, or why it names none.
+    pub fn id_of(&self, key: &[u8]) -> Result<String, String> {
+        let id = key.strip_prefix(self.backends().as_slice()).ok_or("not a backend key")?;
+        match std::str::from_utf8(id) {
+            Ok(id) if is_valid_id(id) => Ok(id.to_string()),
+            _ => Err("the key's last part is not a backend id (1-64 of A-Z a-z 0-9 . _ ~ -)".to_string()),
+        }
+    }
+}
+
+/// A key as text for messages (lossy: keys written by hand may be anything).
+pub fn show(key: &[u8]) -> String {
+    String::from_utf8_lossy(key).into_owned()
+}
+
+/// One backend's shared intent: where it is, its weight, and what the management API left it in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Intent {
+    /// Its configuration (`id` set).
+    pub config: BackendConfig,
+    /// Enabled, disabled or draining.
+    pub state: BackendState,
+}
+
+impl Intent {
+    /// The intent stored for `id`, or why the value is refused (named so an operator can fix
+    /// it: not JSON, an unknown field, a port or weight out of range...).
+    ///
+    /// ```
+    /// use lb_sync::registry::Intent;
+    /// let intent = Intent::parse("api", br#"{"host": "10.0.0.5", "port": 8001, "state": "draining"}"#).unwrap();
+    /// assert_eq!((intent.config.port, intent.config.weight, intent.state.as_str()), (8001, 1, "draining"));
+    /// assert_eq!(Intent::parse("api", br#"{"host": "10.0.0.5", "port": 0}"#).unwrap_err(), "port must be 1-65535");
+    /// ```
+    pub fn parse(id: &str, value: &[u8]) -> Result<Intent, String> {
+        let mut object: Map<String, Value> = match serde_json::from_slice(value) {
+            Ok(Value::Object(object)) => object,
+            Ok(_) => return Err("the value is not a JSON object".into()),
+            Err(e) => return Err(format!("the value is not JSON: {e}")),
+        };
+        let state = match object.remove("state") {
+            None => BackendState::Enabled,
+            Some(state) => serde_json::from_value(state)
+                .map_err(|_| "state must be \"enabled\", \"disabled\" or \"draining\"".to_string())?,
+        };
+        match object.remove("id") {
+            None => {}
+            Some(Value::String(named)) if named == id => {}
+            Some(other) => return Err(format!("id {other} differs from the key's '{id}'")),
+        }
+        let mut config: BackendConfig = serde_json::from_value(Value::Object(object)).map_err(|e| e.to_string())?;
+        if config.host.trim().is_empty() || config.host.trim() != config.host {
+            return Err("host must be a non-empty name or address, without spaces".into());
+        }
+        if config.port == 0 {
+            return Err("port must be 1-65535".into());
+        }
+        if !(1..=1_000_000).contains(&config.weight) {
+            return Err(format!("weight must be 1-1000000, got {}", config.weight));
+        }
+        config.id = Some(id.to_string());
+        Ok(Intent { config, state })
+    }
+
+    /// The value to store (the id is the key's).
+    ///
+    /// ```
+    /// use lb_sync::config::BackendConfig;
+    /// use lb_sync::registry::Intent;
+    /// use lb_sync::upstream::BackendState;
+    /// let intent = Intent { config: BackendConfig::new("10.0.0.5", 8001, 2), state: BackendState::Enabled };
+    /// assert_eq!(intent.value(), br#"{"host":"10.0.0.5","port":8001,"weight":2,"state":"enabled"}"#);
+    /// ```
+    pub fn value(&self) -> Vec<u8> {
+        let mut object = match serde_json::to_value(&self.config) {
+            Ok(Value::Object(object)) => object,
+            _ => Map::new(),
+        };
+        object.remove("id");
+        object.insert("state".into(), Value::from(self.state.as_str()));
+        Value::Object(object).to_string().into_bytes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_name_backends_and_nothing_else() {
+        let layout = Layout::new("/lb/prod/");
+        assert_eq!(layout.backend("b1"), b"/lb/prod/backends/b1");
+        assert_eq!(layout.backends_end(), b"/lb/prod/backends0");
+        assert_eq!(layout.id_of(b"/lb/prod/backends/b1").unwrap(), "b1");
+        assert!(layout.id_of(b"/lb/prod/backends/a/b").is_err());
+        assert!(layout.id_of(b"/lb/prod/backends/").is_err());
+        assert!(layout.id_of(b"/lb/prod/numbered").is_err());
+    }
+
+    #[test]
+    fn a_value_round_trips_and_every_corruption_is_named() {
+        let intent = Intent {
+            config: BackendConfig { id: Some("b1".into()), ..BackendConfig::new("web.internal", 8080, 3) },
+            state: BackendState::Draining,
+        };
+        assert_eq!(Intent::parse("b1", &intent.value()).unwrap(), intent);
+        for (value, why) in [
+            (&b"{not json"[..], "not JSON"),
+            (b"[1, 2]", "not a JSON object"),
+            (br#"{"port": 1}"#, "missing field `host`"),
+            (br#"{"host": "h"}"#, "missing field `port`"),
+            (br#"{"host": "h", "port": 70000}"#, "70000"),
+            (br#"{"host": "h", "port": 1, "weight": 0}"#, "weight must be 1-1000000, got 0"),
+            (br#"{"host": "", "port": 1}"#, "host must be"),
+            (br#"{"host": "h", "port": 1, "state": "up"}"#, "state must be"),
+            (br#"{"host": "h", "port": 1, "colour": "red"}"#, "unknown field `colour`"),
+            (br#"{"host": "h", "port": 1, "id": "b2"}"#, "differs from the key's 'b1'"),
+        ] {
+            let error = Intent::parse("b1", value).unwrap_err();
+            assert!(error.contains(why), "{}: {error}", String::from_utf8_lossy(value));
+        }
+    }
+}

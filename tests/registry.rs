@@ -1,0 +1,284 @@
+//! One lb-sync with a registry (`--registry etcd://...`) and a real etcd: seeding, the
+//! management API's answers (the same as without a registry, the change made in etcd),
+//! corrupt values refused and reported by key without disturbing the rest, a registry that is
+//! not there yet at start, a reload that leaves the registry's backends alone, and the metrics
+//! under `promtool`. The behaviour of several instances together is in `cluster.rs`.
+
+mod common;
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::etcd::Etcd;
+use common::lb::Lb;
+use common::{backend, wait_until, ChildProcess, Conn, Resp};
+use serde_json::Value;
+
+const PREFIX: &str = "/lb-sync/one";
+const DEADLINE: Duration = Duration::from_secs(15);
+
+fn request(addr: SocketAddr, method: &str, path: &str, body: &str) -> Resp {
+    let mut conn = Conn::open(addr);
+    let head = format!("{method} {path} HTTP/1.1\r\nHost: test\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+    conn.send(head.as_bytes());
+    conn.response()
+}
+
+fn health(addr: SocketAddr) -> Value {
+    request(addr, "GET", "/lb/health", "").json()
+}
+
+fn backends(addr: SocketAddr) -> Vec<Value> {
+    request(addr, "GET", "/lb/backends", "").json().as_array().unwrap().clone()
+}
+
+fn find(addr: SocketAddr, id: &str) -> Option<Value> {
+    backends(addr).into_iter().find(|b| b["id"] == id)
+}
+
+fn stored(etcd: &Etcd, id: &str) -> Option<Value> {
+    etcd.get(&format!("{PREFIX}/backends/{id}")).map(|v| serde_json::from_str(&v).unwrap())
+}
+
+fn with_registry(etcd: &Etcd, backends: &[SocketAddr], extra: &str) -> Lb {
+    Lb::start(backends, &format!(r#""registry": "{}"{extra}"#, etcd.url(PREFIX)))
+}
+
+fn unused_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[test]
+fn an_empty_prefix_is_seeded_once_then_read_as_it_is() {
+    let etcd = Etcd::start();
+    let b: Vec<ChildProcess> = (0..3).map(|_| backend(&[])).collect();
+    let first = with_registry(&etcd, &[b[0].addr(), b[1].addr()], "");
+    // As a set: an instance that loads the table orders it by creation (the seeded backends,
+    // written together, by id).
+    let ids = |lb: &Lb| {
+        let mut ids: Vec<String> = backends(lb.addr).iter().map(|b| b["id"].as_str().unwrap().to_string()).collect();
+        ids.sort();
+        ids
+    };
+    let mut seeded = vec![format!("p{}", b[0].addr().port()), format!("p{}", b[1].addr().port())];
+    seeded.sort();
+    assert_eq!(ids(&first), seeded);
+    assert_eq!(etcd.list(&format!("{PREFIX}/backends/")).len(), 2);
+    assert_eq!(etcd.get(&format!("{PREFIX}/numbered")).as_deref(), Some("2"));
+    assert_eq!(stored(&etcd, &seeded[0]).unwrap()["state"], "enabled");
+    // A second instance configured otherwise takes the registry's table, and writes nothing.
+    let second = with_registry(&etcd, &[b[2].addr()], "");
+    assert_eq!(ids(&second), seeded);
+    assert!(second.ready_line.contains(&seeded[0]), "the ready line shows the registry's table: {}", second.ready_line);
+    // Emptied through the API, the prefix stays empty for an instance that starts later.
+    for id in &seeded {
+        assert_eq!(request(first.addr, "DELETE", &format!("/lb/backends/{id}/remove"), "").status, 200);
+    }
+    assert!(etcd.list(&format!("{PREFIX}/backends/")).is_empty());
+    let third = with_registry(&etcd, &[b[2].addr()], "");
+    assert!(ids(&third).is_empty(), "not seeded again: {:?}", ids(&third));
+    assert!(wait_until(DEADLINE, || ids(&second).is_empty()), "{:?}", ids(&second));
+}
+
+#[test]
+fn the_management_api_answers_as_without_a_registry_and_writes_to_etcd() {
+    let etcd = Etcd::start();
+    let b: Vec<ChildProcess> = (0..3).map(|_| backend(&[])).collect();
+    let lb = with_registry(&etcd, &[b[0].addr(), b[1].addr()], "");
+    let first = format!("p{}", b[0].addr().port());
+
+    let body = format!(r#"{{"host": "127.0.0.1", "port": {}, "weight": 3}}"#, b[2].addr().port());
+    let added = request(lb.addr, "POST", "/lb/backends/add", &body);
+    assert_eq!(added.status, 201, "{}", added.text());
+    assert_eq!(added.header("location"), Some("/lb/backends/backend3"), "the next backend<N> after the 2 seeded");
+    assert_eq!(added.json()["weight"], 3);
+    let value = stored(&etcd, "backend3").unwrap();
+    assert_eq!(
+        value,
+        serde_json::json!({"host": "127.0.0.1", "port": b[2].addr().port(), "weight": 3, "state": "enabled"})
+    );
+
+    let duplicate = request(lb.addr, "POST", "/lb/backends/add", &body);
+    assert_eq!(
+        (duplicate.status, duplicate.json()["error"].as_str().unwrap()),
+        (409, &*format!("backend 'backend3' already has the address 127.0.0.1:{}", b[2].addr().port()))
+    );
+    let same_id = format!(r#"{{"id": "{first}", "host": "127.0.0.1", "port": {}}}"#, unused_port());
+    assert_eq!(request(lb.addr, "POST", "/lb/backends/add", &same_id).status, 409);
+    assert_eq!(request(lb.addr, "POST", "/lb/backends/add", r#"{"host": "127.0.0.1"}"#).status, 400);
+    let unresolvable = r#"{"host": "no-such-host.invalid", "port": 80}"#;
+    assert_eq!(request(lb.addr, "POST", "/lb/backends/add", unresolvable).status, 400);
+    for (method, path) in [
+        ("POST", "/lb/backends/nope/enable"),
+        ("POST", "/lb/backends/nope/drain"),
+        ("DELETE", "/lb/backends/nope/remove"),
+    ] {
+        let resp = request(lb.addr, method, path, "");
+        assert_eq!((resp.status, resp.text()), (404, r#"{"error":"no backend with id 'nope'"}"#.to_string()), "{path}");
+    }
+    assert_eq!(request(lb.addr, "POST", "/lb/backends/nope/weight", r#"{"weight": 2}"#).status, 404);
+
+    let weighted = request(lb.addr, "POST", &format!("/lb/backends/{first}/weight"), r#"{"weight": 4}"#);
+    assert_eq!(weighted.status, 200, "{}", weighted.text());
+    assert_eq!(weighted.json()["backend"]["weight"], 4, "answered once applied here");
+    assert_eq!(stored(&etcd, &first).unwrap()["weight"], 4);
+    let drained = request(lb.addr, "POST", &format!("/lb/backends/{first}/drain"), "");
+    assert_eq!(drained.json()["backend"]["draining"], true);
+    assert_eq!(stored(&etcd, &first).unwrap()["state"], "draining");
+    assert_eq!(
+        request(lb.addr, "POST", &format!("/lb/backends/{first}/enable"), "").json()["backend"]["enabled"],
+        true
+    );
+    assert_eq!(stored(&etcd, &first).unwrap()["state"], "enabled");
+
+    let removed = request(lb.addr, "DELETE", "/lb/backends/backend3/remove", "");
+    assert_eq!(removed.status, 200, "{}", removed.text());
+    assert!(find(lb.addr, "backend3").is_none() && stored(&etcd, "backend3").is_none());
+    // Ids are never reused, whoever hands them out next.
+    let again = request(lb.addr, "POST", "/lb/backends/add", &body);
+    assert_eq!(again.json()["id"], "backend4");
+}
+
+#[test]
+fn a_corrupt_value_is_refused_and_reported_without_disturbing_the_rest() {
+    let etcd = Etcd::start();
+    let b: Vec<ChildProcess> = (0..3).map(|_| backend(&[])).collect();
+    let lb = with_registry(&etcd, &[b[0].addr(), b[1].addr()], "");
+    let kept = format!("p{}", b[1].addr().port());
+    let good = format!(r#"{{"host": "127.0.0.1", "port": {}}}"#, b[2].addr().port());
+    let key = |id: &str| format!("{PREFIX}/backends/{id}");
+    etcd.put(&key("garbled"), "{not json");
+    etcd.put(&key(&kept), r#"{"host": "127.0.0.1", "port": 0, "weight": 5}"#);
+    etcd.put(&key("a b"), &good);
+    etcd.put(&key("good"), &good);
+    let addr = lb.addr;
+    assert!(wait_until(DEADLINE, || find(addr, "good").is_some()), "the good one is applied: {}", lb.log());
+    let rejected = health(addr)["registry"]["rejected"].clone();
+    assert!(rejected[key("garbled")].as_str().unwrap().contains("not JSON"), "{rejected}");
+    assert_eq!(rejected[key(&kept)], "port must be 1-65535", "{rejected}");
+    assert!(rejected[key("a b")].as_str().unwrap().contains("not a backend id"), "{rejected}");
+    assert_eq!(rejected.as_object().unwrap().len(), 3, "{rejected}");
+    // The backend whose value went bad keeps its last good state; the rest route as before.
+    let kept_now = find(addr, &kept).unwrap();
+    assert_eq!(
+        (kept_now["port"].as_u64(), kept_now["weight"].as_u64()),
+        (Some(u64::from(b[1].addr().port())), Some(1))
+    );
+    let mut conn = Conn::open(addr);
+    let mut served: Vec<String> =
+        (0..9).map(|_| conn.get("/").json()["server_info"]["id"].as_str().unwrap().to_string()).collect();
+    served.sort();
+    served.dedup();
+    assert_eq!(served.len(), 3, "all three backends serve: {served:?}");
+    let stats = request(addr, "GET", "/lb/stats", "").json();
+    assert_eq!(stats["registry"]["rejected"], rejected);
+    let metrics = request(addr, "GET", "/lb/metrics", "").text();
+    assert!(metrics.contains("\nlb_registry_rejected_values 3\n"), "{metrics}");
+    // The log names the key and why.
+    assert!(lb.wait_log(&format!("{} refused: port must be 1-65535", key(&kept)), DEADLINE), "{}", lb.log());
+    // A corrupt backend cannot be changed through the API, but it can be removed.
+    let change = request(addr, "POST", &format!("/lb/backends/{kept}/weight"), r#"{"weight": 2}"#);
+    assert_eq!(change.status, 409, "{}", change.text());
+    // Fixed in etcd, or deleted: no longer reported.
+    etcd.put(&key(&kept), &format!(r#"{{"host": "127.0.0.1", "port": {}, "weight": 5}}"#, b[1].addr().port()));
+    assert!(wait_until(DEADLINE, || find(addr, &kept).is_some_and(|b| b["weight"] == 5)));
+    assert_eq!(request(addr, "DELETE", "/lb/backends/garbled/remove", "").status, 200);
+    let left = health(addr)["registry"]["rejected"].clone();
+    assert_eq!(left.as_object().unwrap().keys().collect::<Vec<_>>(), [&key("a b")], "{left}");
+}
+
+#[test]
+fn a_registry_not_there_at_start_is_reported_and_joined_when_it_comes() {
+    let mut etcd = Etcd::start();
+    let home = etcd.restart_elsewhere();
+    let url = format!("etcd://{home}{PREFIX}");
+    let b = backend(&[]);
+    let lb = Lb::start(&[b.addr()], &format!(r#""registry": "{url}""#));
+    let addr = lb.addr;
+    let status = health(addr)["registry"].clone();
+    assert_eq!(status["status"], "disconnected", "{status}");
+    assert!(status["last_error"].as_str().unwrap().contains("cannot reach etcd"), "{status}");
+    assert_eq!(request(addr, "GET", "/", "").status, 200, "serves its configured backends meanwhile");
+    etcd.restart_at(home);
+    assert!(wait_until(DEADLINE, || health(addr)["registry"]["status"] == "connected"), "{}", lb.log());
+    assert_eq!(etcd.list(&format!("{PREFIX}/backends/")).len(), 1, "seeded once it could");
+}
+
+#[test]
+fn a_reload_leaves_the_registrys_backends_alone() {
+    let etcd = Etcd::start();
+    let b: Vec<ChildProcess> = (0..3).map(|_| backend(&[])).collect();
+    let lb = with_registry(&etcd, &[b[0].addr(), b[1].addr()], "");
+    let body = format!(r#"{{"id": "added", "host": "127.0.0.1", "port": {}}}"#, b[2].addr().port());
+    assert_eq!(request(lb.addr, "POST", "/lb/backends/add", &body).status, 201);
+    lb.write_config(
+        &[b[0].addr()],
+        &format!(r#""registry": "{}", "algorithm": "least_connections""#, etcd.url(PREFIX)),
+    );
+    let reloaded = request(lb.addr, "POST", "/lb/config/reload", "");
+    assert_eq!(reloaded.status, 200, "{}", reloaded.text());
+    let changes = reloaded.json()["changes"].as_str().unwrap().to_string();
+    assert!(changes.contains("backends (the registry keeps them)") && changes.contains("algorithm"), "{changes}");
+    assert_eq!(backends(lb.addr).len(), 3, "the registry's three backends stay");
+    assert_eq!(request(lb.addr, "GET", "/lb/stats", "").json()["load_balancer"], "LeastConnectionsBalancer");
+}
+
+#[test]
+fn state_file_and_registry_together_are_refused() {
+    let output = Command::new(env!("CARGO_BIN_EXE_lb-sync"))
+        .args([
+            "--port",
+            "0",
+            "--backend",
+            "127.0.0.1:9",
+            "--registry",
+            "etcd://127.0.0.1:2379/x",
+            "--state-file",
+            "/tmp/x",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8_lossy(&output.stderr).trim_end(),
+        "lb-sync: state_file and registry cannot both be set: the registry keeps the runtime changes"
+    );
+}
+
+#[test]
+fn metrics_with_a_registry_pass_promtool_check_metrics() {
+    let etcd = Etcd::start();
+    let b = backend(&[]);
+    let lb = with_registry(&etcd, &[b.addr()], "");
+    assert_eq!(request(lb.addr, "GET", "/", "").status, 200);
+    let text = request(lb.addr, "GET", "/lb/metrics", "").text();
+    for family in [
+        "\nlb_registry_connected 1\n",
+        "\nlb_registry_rejected_values 0\n",
+        "\nlb_registry_reconnects_total 0\n",
+        "\nlb_registry_write_conflicts_total 0\n",
+        "\nlb_dns_lookups_total ",
+        "\nlb_dns_lookup_failures_total 0\n",
+    ] {
+        assert!(text.contains(family), "no {family:?} in\n{text}");
+    }
+    assert!(text.contains("\nlb_registry_revision "), "{text}");
+    let promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn();
+    let Ok(mut promtool) = promtool else {
+        assert!(std::env::var_os("CI").is_none(), "promtool is required in CI (apt-get install prometheus)");
+        eprintln!("promtool not found: skipping its check (apt-get install prometheus)");
+        return;
+    };
+    promtool.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = promtool.wait_with_output().unwrap();
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && said.trim().is_empty(), "promtool check metrics: {said}\n{text}");
+}
