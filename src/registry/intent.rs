@@ -150,6 +150,10 @@ mod tests {
             state: BackendState::Draining,
         };
         assert_eq!(Intent::parse("b1", &intent.value()).unwrap(), intent);
+        let https = Intent::parse("b1", br#"{"host": "api.internal", "port": 8443, "scheme": "https"}"#).unwrap();
+        assert_eq!(https.config.scheme, crate::config::Scheme::Https);
+        assert!(String::from_utf8(https.value()).unwrap().contains(r#""scheme":"https""#));
+        assert!(!String::from_utf8(intent.value()).unwrap().contains("scheme"), "http is left out");
         for (value, why) in [
             (&b"{not json"[..], "not JSON"),
             (b"[1, 2]", "not a JSON object"),
