@@ -118,11 +118,11 @@ impl Intent {
     /// assert_eq!(intent.value(), br#"{"host":"10.0.0.5","port":8001,"weight":2,"state":"enabled"}"#);
     /// ```
     pub fn value(&self) -> Vec<u8> {
-        let mut object = match serde_json::to_value(&self.config) {
-            Ok(Value::Object(object)) => object,
+        // Filtered rather than removed: a removal would reorder the fields.
+        let mut object: Map<String, Value> = match serde_json::to_value(&self.config) {
+            Ok(Value::Object(object)) => object.into_iter().filter(|(key, _)| key != "id").collect(),
             _ => Map::new(),
         };
-        object.remove("id");
         object.insert("state".into(), Value::from(self.state.as_str()));
         Value::Object(object).to_string().into_bytes()
     }
