@@ -11,12 +11,14 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 
 use crate::config::Config;
-use crate::lifecycle::{backend_list, backend_policy, build_shared, health_config, tuning, Control, ReloadReport};
+use crate::lifecycle::{
+    backend_list, backend_policy, build_shared, health_config, tls_certificates, tuning, Control, ReloadReport,
+};
 use crate::logging::{LogHandle, LogTarget, LogWriter};
 use crate::ops::{refusal_line, AccessLog, Operations, StateFile};
 use crate::registry::Registry;
 use crate::router::{AdminRouter, Router};
-use crate::server::{RefusalHook, Server, ServerConfig};
+use crate::server::{RefusalHook, Server, ServerConfig, TlsAcceptor, TlsListener};
 use crate::state::{Current, ReloadHook, Shared};
 use crate::upstream::{BackendTable, DnsRefresher, DnsStatus, HealthChecker, Resolver};
 
@@ -104,12 +106,20 @@ impl LoadBalancer {
         .map(|handle| AccessLog { handle, format: config.access_log_format });
         let ops = Arc::new(Operations { registry, dns, ..Operations::new(access_log, state_file) });
         let tuning = tuning(&config);
+        let tls = match (config.tls_port, tls_certificates(&config).map_err(|e| invalid(&e))?) {
+            (Some(port), Some(certificates)) => {
+                log::info!("TLS certificates: {}", certificates.describe());
+                Some(TlsListener { bind: SocketAddr::new(config.host, port), acceptor: TlsAcceptor::new(certificates) })
+            }
+            _ => None,
+        };
         let mut server_config = ServerConfig {
             bind: SocketAddr::new(config.host, config.port),
             threads: config.threads,
             queue_capacity: tuning.queue_capacity,
             limits: tuning.limits,
             body_buffering: tuning.body_buffering,
+            tls,
             ..ServerConfig::default()
         };
         let reload = Arc::new(ReloadHook::default());
@@ -144,6 +154,11 @@ impl LoadBalancer {
     /// The address it listens on (the real port when configured with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.server.local_addr()
+    }
+
+    /// The HTTPS listener's address, when `tls_port` is set.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.server.tls_addr()
     }
 
     /// The admin listener's address, when `admin_listen` is set.

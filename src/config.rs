@@ -195,6 +195,18 @@ fn parse_host_port(text: &str, rest: &str) -> Result<BackendConfig, String> {
     Ok(BackendConfig::new(host, port, weight))
 }
 
+/// A certificate served on the HTTPS listener to clients whose SNI names one of its DNS names
+/// (a `tls_sni_certificates` entry).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsCertificateFiles {
+    /// The PEM certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// Its PEM private key. Default: the `cert` file itself (a combined PEM).
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+}
+
 /// Whether `id` may name a backend: 1-64 characters of `[A-Za-z0-9._~-]` (RFC 3986's
 /// unreserved set), so it goes in a URL path as it is.
 ///
@@ -386,6 +398,23 @@ pub struct Config {
     /// direction before both sides are closed. Default 3600 (HAProxy's `timeout tunnel`,
     /// nginx's `proxy_read_timeout`, as usually raised for WebSockets).
     pub tunnel_idle_timeout: f64,
+    /// Port of an HTTPS listener beside the HTTP one (on `host`), served by the same workers:
+    /// TLS 1.2 and 1.3 with rustls, ALPN `http/1.1`, `X-Forwarded-Proto: https` upstream.
+    /// Default unset: no TLS.
+    pub tls_port: Option<u16>,
+    /// The HTTPS listener's PEM certificate chain, leaf first; read again on every reload (a
+    /// renewed certificate under the same name is served from the next handshake). Required
+    /// with `tls_port`.
+    pub tls_cert: Option<PathBuf>,
+    /// `tls_cert`'s PEM private key: PKCS#8, PKCS#1 (RSA) or SEC1 (EC). Default: the `tls_cert`
+    /// file itself (a combined PEM, as HAProxy's `crt`).
+    pub tls_key: Option<PathBuf>,
+    /// More certificates, each served to clients whose SNI names one of its DNS names (exact
+    /// names before wildcards); `tls_cert` is served to the others. Default none.
+    pub tls_sni_certificates: Vec<TlsCertificateFiles>,
+    /// Seconds from accept to a complete TLS handshake; then `client_header_timeout` runs.
+    /// Default 10.
+    pub tls_handshake_timeout: u64,
 }
 
 impl Default for Config {
@@ -453,6 +482,11 @@ impl Default for Config {
             client_io_timeout: limits.io_timeout.as_secs(),
             shutdown_timeout: 30.0,
             tunnel_idle_timeout: 3600.0,
+            tls_port: None,
+            tls_cert: None,
+            tls_key: None,
+            tls_sni_certificates: Vec::new(),
+            tls_handshake_timeout: limits.handshake_timeout.as_secs(),
         }
     }
 }
@@ -551,6 +585,7 @@ impl Config {
             let why = "state_file and registry cannot both be set: the registry keeps the runtime changes";
             return Err(invalid("state_file", why));
         }
+        self.validate_tls()?;
         if self.admin_token.as_deref().is_some_and(|t| t.trim().is_empty() || t.trim() != t) {
             return Err(invalid("admin_token", "admin_token must be non-empty, without surrounding spaces"));
         }
@@ -564,6 +599,38 @@ impl Config {
             return Err(invalid("backends", format!("backend id '{}' is used twice", pair[0])));
         }
         Ok(())
+    }
+
+    /// The TLS listener's settings: a port and a certificate go together.
+    fn validate_tls(&self) -> Result<(), ConfigError> {
+        let files_set = self.tls_cert.is_some() || self.tls_key.is_some() || !self.tls_sni_certificates.is_empty();
+        match self.tls_port {
+            Some(_) if self.tls_cert.is_none() => {
+                Err(invalid("tls_cert", "tls_port is set but tls_cert is not: the HTTPS listener needs a certificate"))
+            }
+            Some(port) if port != 0 && port == self.port => {
+                Err(invalid("tls_port", format!("tls_port must differ from port, both are {port}")))
+            }
+            None if files_set => {
+                Err(invalid("tls_port", "tls_cert, tls_key or tls_sni_certificates set without tls_port"))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The HTTPS listener's (certificate, key) files, the default first; empty without
+    /// `tls_port`. A missing key file is the certificate's own.
+    ///
+    /// ```
+    /// let config = lb_sync::config::Config { tls_port: Some(8443), tls_cert: Some("site.pem".into()), ..Default::default() };
+    /// assert_eq!(config.tls_files(), [("site.pem".into(), "site.pem".into())]);
+    /// ```
+    pub fn tls_files(&self) -> Vec<(PathBuf, PathBuf)> {
+        let (Some(_), Some(cert)) = (self.tls_port, &self.tls_cert) else { return Vec::new() };
+        let pair = |cert: &PathBuf, key: &Option<PathBuf>| (cert.clone(), key.clone().unwrap_or_else(|| cert.clone()));
+        std::iter::once(pair(cert, &self.tls_key))
+            .chain(self.tls_sni_certificates.iter().map(|c| pair(&c.cert, &c.key)))
+            .collect()
     }
 
     /// The rate-limit and sticky-session settings.
@@ -684,6 +751,7 @@ impl Config {
     pub fn limits(&self) -> Limits {
         Limits {
             head_timeout: Duration::from_secs(self.client_header_timeout),
+            handshake_timeout: Duration::from_secs(self.tls_handshake_timeout),
             keep_alive_timeout: Duration::from_secs(self.keep_alive_timeout),
             io_timeout: Duration::from_secs(self.client_io_timeout),
             max_body_bytes: self.max_body_bytes,

@@ -142,6 +142,18 @@ struct Args {
     /// (default 3600)
     #[argh(option)]
     tunnel_idle_timeout: Option<f64>,
+    /// port of an HTTPS listener beside the HTTP one (default none)
+    #[argh(option)]
+    tls_port: Option<u16>,
+    /// PEM certificate chain of the HTTPS listener, leaf first (read again on SIGHUP)
+    #[argh(option)]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert: PKCS#8, PKCS#1 or SEC1 (default: the --tls-cert file)
+    #[argh(option)]
+    tls_key: Option<PathBuf>,
+    /// seconds from accept to a complete TLS handshake (default 10)
+    #[argh(option)]
+    tls_handshake_timeout: Option<u64>,
     /// check the configuration (values, backend names resolve) and exit: 0 if good, 1 with the
     /// reason if not (as nginx -t)
     #[argh(switch)]
@@ -188,6 +200,7 @@ fn build_config(args: &Args) -> Result<Config, String> {
     set!(request_timeout, connect_timeout, max_tries, access_log, session_timeout, shutdown_timeout);
     set!(breaker_consecutive_failures, breaker_cooldown, slow_start, tunnel_idle_timeout);
     set!(rate_limit, rate_limit_burst, client_rate_limit, client_rate_limit_burst, dns_refresh_interval);
+    set!(tls_handshake_timeout);
     if args.registry.is_some() {
         config.registry.clone_from(&args.registry);
     }
@@ -211,11 +224,16 @@ fn build_config(args: &Args) -> Result<Config, String> {
     if args.admin_listen.is_some() {
         config.admin_listen = args.admin_listen;
     }
+    if args.tls_port.is_some() {
+        config.tls_port = args.tls_port;
+    }
     for (flag, field) in [
         (&args.access_log_file, &mut config.access_log_file),
         (&args.log_file, &mut config.log_file),
         (&args.state_file, &mut config.state_file),
         (&args.upstream_ca, &mut config.upstream_ca),
+        (&args.tls_cert, &mut config.tls_cert),
+        (&args.tls_key, &mut config.tls_key),
     ] {
         if flag.is_some() {
             field.clone_from(flag);
@@ -335,12 +353,16 @@ fn main() -> ExitCode {
         .iter()
         .map(|b| format!("{}={} (weight {})", b.id, b.address(), b.weight()))
         .collect();
-    let admin = balancer.admin_addr().map_or(String::new(), |addr| format!("; management API on {addr}"));
+    // The other listeners, after the data port's address that scripts read first.
+    let mut others = balancer.admin_addr().map_or(String::new(), |addr| format!("; management API on {addr}"));
+    if let Some(addr) = balancer.tls_addr() {
+        others.push_str(&format!("; https on {addr}"));
+    }
     // SIGHUP and POST /lb/config/reload read the config file and the flags again.
     balancer.control().set_source(Box::new(move || build_config(&args)));
     // The ready line on stdout is what scripts wait for.
-    println!("lb-sync {} listening on {} -> {}{admin}", algorithm, balancer.local_addr(), backends.join(", "));
-    log::info!("lb-sync {} listening on {} -> {}{admin}", algorithm, balancer.local_addr(), backends.join(", "));
+    println!("lb-sync {} listening on {} -> {}{others}", algorithm, balancer.local_addr(), backends.join(", "));
+    log::info!("lb-sync {} listening on {} -> {}{others}", algorithm, balancer.local_addr(), backends.join(", "));
     balancer.serve_until_signalled(signals);
     log_writer.stop();
     ExitCode::SUCCESS

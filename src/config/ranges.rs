@@ -71,6 +71,7 @@ pub const RANGES: &[Range] = &[
     range("client_header_timeout", 1.0, DAY, Unit::Seconds),
     range("keep_alive_timeout", 1.0, DAY, Unit::Seconds),
     range("client_io_timeout", 1.0, DAY, Unit::Seconds),
+    range("tls_handshake_timeout", 1.0, DAY, Unit::Seconds),
     range("shutdown_timeout", 0.0, DAY, Unit::Seconds),
     range("tunnel_idle_timeout", 0.001, DAY, Unit::Seconds),
     or_off("health_check_interval", 0.01, DAY, Unit::Seconds),
@@ -130,7 +131,7 @@ fn of(key: &str) -> &'static Range {
 pub(super) fn check(config: &Config) -> Result<(), ConfigError> {
     // Integers are compared as f64: every bound is far below 2^53, and a larger value is
     // out of range however it rounds.
-    let counts: [(&str, f64, &dyn std::fmt::Display); 21] = [
+    let counts: [(&str, f64, &dyn std::fmt::Display); 22] = [
         ("threads", config.threads as f64, &config.threads),
         ("queue_capacity", config.queue_capacity as f64, &config.queue_capacity),
         ("max_connections", config.max_connections as f64, &config.max_connections),
@@ -145,6 +146,7 @@ pub(super) fn check(config: &Config) -> Result<(), ConfigError> {
         ("client_header_timeout", config.client_header_timeout as f64, &config.client_header_timeout),
         ("keep_alive_timeout", config.keep_alive_timeout as f64, &config.keep_alive_timeout),
         ("client_io_timeout", config.client_io_timeout as f64, &config.client_io_timeout),
+        ("tls_handshake_timeout", config.tls_handshake_timeout as f64, &config.tls_handshake_timeout),
         ("health_check_rise", f64::from(config.health_check_rise), &config.health_check_rise),
         ("health_check_fall", f64::from(config.health_check_fall), &config.health_check_fall),
         (

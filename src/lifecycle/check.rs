@@ -7,10 +7,11 @@ use crate::config::Config;
 use crate::traffic::RateLimiter;
 use crate::upstream::{resolve, UpstreamTls};
 
-use super::generation::{backend_list, health_config};
+use super::generation::{backend_list, health_config, tls_certificates};
 
 /// Checks `config` as a start or a reload would: every value in range, every backend's host
-/// resolves, the `upstream_ca` file reads, the health-check statuses and rate limits make sense. `Ok` is a one-line summary.
+/// resolves, the `upstream_ca` file reads, the health-check statuses and rate limits make sense,
+/// the TLS certificates load (readable, key matching, valid now). `Ok` is a one-line summary.
 ///
 /// ```
 /// use lb_sync::config::{BackendConfig, Config};
@@ -27,6 +28,7 @@ pub fn check_config(config: &Config) -> Result<String, String> {
     for (id, backend) in backend_list(config) {
         resolve(&backend.host, backend.port).map_err(|e| format!("backend {id}: {e}"))?;
     }
+    tls_certificates(config)?;
     Ok(format!(
         "{} backend(s), {}, {} threads, port {}",
         config.backends.len(),

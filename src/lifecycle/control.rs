@@ -12,7 +12,9 @@ use crate::server::Tuner;
 use crate::state::{Current, ReloadHook};
 use crate::upstream::{BackendTable, DnsRefresher, Forwarder, HealthChecker, HealthConfig, Reconciled, Resolver};
 
-use super::generation::{backend_list, backend_policy, build_shared, changed_keys, health_config, tuning};
+use super::generation::{
+    backend_list, backend_policy, build_shared, changed_keys, health_config, tls_certificates, tuning,
+};
 
 /// Where a reload reads its configuration: the config file and the command line, read again.
 pub type ConfigSource = Box<dyn Fn() -> Result<Config, String> + Send + Sync>;
@@ -148,7 +150,14 @@ impl Control {
             )*};
         }
         keep!(host, port, threads, client_body_temp_path);
-        keep!(admin_listen, access_log, access_log_format, access_log_file, log_file, state_file, registry);
+        keep!(admin_listen, access_log, access_log_format, access_log_file, log_file, state_file, registry, tls_port);
+        if config.tls_port.is_some() && config.tls_cert.is_none() {
+            // TLS turned off in the file: the listener stays until a restart, with its files.
+            restart_only.push("tls_cert".to_string());
+            config.tls_cert.clone_from(&old.tls_cert);
+            config.tls_key.clone_from(&old.tls_key);
+            config.tls_sni_certificates.clone_from(&old.tls_sni_certificates);
+        }
         // With a state file the management API owns the backend list (nginx Plus forbids
         // servers in the file with `state`), with a registry the registry does: a reload keeps
         // the table's and applies the rest.
@@ -168,6 +177,8 @@ impl Control {
             Some(backend_list(&config))
         };
         let settings = changed_keys(old, &config);
+        // Read again whatever their names: a renewed certificate keeps its file name.
+        let certificates = tls_certificates(&config)?;
         // Everything that can fail, before the first change.
         let shared = build_shared(
             config,
@@ -190,6 +201,10 @@ impl Control {
             forwarders.push(Arc::downgrade(&shared.forwarder));
         }
         self.tuner.apply(tuning(&shared.config));
+        if let Some(certificates) = certificates {
+            log::info!("TLS certificates for new connections: {}", certificates.describe());
+            self.tuner.replace_certificates(certificates);
+        }
         let old_health = health_config(old, running.forwarder.tls()).ok();
         if shared.config.dns_refresh_interval != old.dns_refresh_interval {
             if let Some(dns) = lock(&self.dns).as_ref() {

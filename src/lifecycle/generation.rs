@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use crate::config::{BackendConfig, Config, ConfigError};
 use crate::health::BreakerConfig;
 use crate::ops::Operations;
-use crate::server::Tuning;
+use crate::server::{Certificates, Tuning};
 use crate::state::{ReloadHook, Shared};
 use crate::stats::Stats;
 use crate::traffic::RateLimiter;
@@ -31,6 +31,7 @@ pub const RESTART_ONLY: &[&str] = &[
     "log_file",
     "state_file",
     "registry",
+    "tls_port",
 ];
 
 /// The health checker's settings; HTTPS backends are probed with `tls`, the HTTP client's.
@@ -72,6 +73,16 @@ pub(crate) fn backend_list(config: &Config) -> Vec<(String, BackendConfig)> {
 /// The front end's reloadable settings.
 pub(crate) fn tuning(config: &Config) -> Tuning {
     Tuning { limits: config.limits(), queue_capacity: config.queue_capacity, body_buffering: config.body_buffering() }
+}
+
+/// The HTTPS listener's certificates, read from their files now (`None` without `tls_port`):
+/// at start, by `--check-config`, and on every reload, so a renewed file is picked up.
+pub(crate) fn tls_certificates(config: &Config) -> Result<Option<Certificates>, String> {
+    let files = config.tls_files();
+    if files.is_empty() {
+        return Ok(None);
+    }
+    Certificates::load(&files).map(Some)
 }
 
 /// The HTTP client's settings: its timeouts, and an idle pool in which every worker may keep a

@@ -15,7 +15,8 @@
 //! | client limits and timeouts, `max_connections`, `queue_capacity`, body buffering sizes | each connection's next request or deadline, the next connection accepted, the next body byte |
 //! | `health_check_*` | at once (the checker is restarted; verdicts are kept) |
 //! | `dns_refresh_interval` | at once (the next refresh is counted from the reload) |
-//! | `host`, `port`, `threads`, `client_body_temp_path`, `admin_listen`, `access_log*`, `log_file`, `state_file`, `registry` | at the next restart: a reload keeps the running value and logs that it did |
+//! | `tls_cert`, `tls_key`, `tls_sni_certificates` (the files are read again on every reload, so a renewed certificate is picked up; one that fails to load refuses the reload), `tls_handshake_timeout` | the next TLS handshake (connections already up keep theirs) |
+//! | `host`, `port`, `threads`, `client_body_temp_path`, `admin_listen`, `access_log*`, `log_file`, `state_file`, `registry`, `tls_port` | at the next restart: a reload keeps the running value and logs that it did |
 //!
 //! With a `state_file` the management API owns the backend list, with a `registry` the registry
 //! does: a reload keeps it.
@@ -28,4 +29,4 @@ pub mod signals;
 pub use check::check_config;
 pub use control::{Control, ReloadReport};
 pub use generation::RESTART_ONLY;
-pub(crate) use generation::{backend_list, backend_policy, build_shared, health_config, tuning};
+pub(crate) use generation::{backend_list, backend_policy, build_shared, health_config, tls_certificates, tuning};

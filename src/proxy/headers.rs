@@ -48,7 +48,9 @@ pub(crate) fn upstream_headers<'a>(
     };
     headers.push(("X-Forwarded-For", Cow::Owned(forwarded_for.into_bytes())));
     headers.push(("X-Real-IP", Cow::Owned(client.to_string().into_bytes())));
-    let proto = request.header("x-forwarded-proto").filter(|_| peer_trusted).unwrap_or("http");
+    // A trusted proxy in front says which scheme its client used; else ours does.
+    let scheme = if request.is_tls() { "https" } else { "http" };
+    let proto = request.header("x-forwarded-proto").filter(|_| peer_trusted).unwrap_or(scheme);
     headers.push(("X-Forwarded-Proto", Cow::Borrowed(proto.as_bytes())));
     let host = request.header("x-forwarded-host").filter(|_| peer_trusted).or(target_host).or(request.header("host"));
     if let Some(host) = host {

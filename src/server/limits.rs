@@ -14,6 +14,11 @@ pub struct Limits {
     /// Time from the first byte of a request (or from accept) to its complete head. Default 10 s
     /// (nginx `client_header_timeout` is 60 s; 10 s sheds slowloris clients sooner). On expiry: `408`.
     pub head_timeout: Duration,
+    /// Time from accept to a complete TLS handshake on an HTTPS listener; then `head_timeout`
+    /// runs for the request head. Default 10 s (nginx counts the handshake in its
+    /// `client_header_timeout`, HAProxy has `timeout client-hs`). On expiry the connection is
+    /// closed (no HTTP answer can be sent before a handshake); no worker is ever involved.
+    pub handshake_timeout: Duration,
     /// Idle time allowed between two requests on a keep-alive connection. Default 60 s
     /// (nginx `keepalive_timeout` 75 s). On expiry the connection is closed quietly.
     pub keep_alive_timeout: Duration,
@@ -41,6 +46,7 @@ impl Default for Limits {
     fn default() -> Limits {
         Limits {
             head_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(10),
             keep_alive_timeout: Duration::from_secs(60),
             io_timeout: Duration::from_secs(60),
             max_request_line_bytes: 8 * 1024,

@@ -1,5 +1,6 @@
-//! The poller thread, in the shape of Apache's event MPM: it owns the listener and every client
-//! connection that is not with a worker. It accepts, reads request heads and bodies without
+//! The poller thread, in the shape of Apache's event MPM: it owns the listeners (plain and
+//! HTTPS) and every client connection that is not with a worker. It accepts, runs TLS
+//! handshakes (each within the handshake timeout), reads request heads and bodies without
 //! blocking (bodies into a spool), parks idle keep-alive connections (a buffer each, no thread),
 //! finishes writing responses the client reads slowly, enforces every client timeout, and hands
 //! each complete request to the worker pool. Nothing a client does holds a worker. Connections
@@ -25,6 +26,8 @@ use super::limits::Limits;
 use super::observe::{Refusal, RefusalHook};
 use super::response::{Delivery, Progress};
 use super::spool::{RequestBody, SpoolSettings};
+use super::stream::ClientStream;
+use super::tls::TlsAcceptor;
 use super::tunnel::{Switch, TunnelClose, Tunnels, Turn};
 use super::upload::{upload, Offer, ResumeLink, UploadFeed};
 use super::worker::{Job, Next, Returned};
@@ -32,7 +35,8 @@ use super::Tuning;
 
 pub(crate) const LISTENER: Token = Token(0);
 pub(crate) const WAKER: Token = Token(1);
-const FIRST_CONNECTION: usize = 2;
+pub(crate) const TLS_LISTENER: Token = Token(2);
+const FIRST_CONNECTION: usize = 3;
 /// How long accepting pauses after an accept error such as EMFILE, so that a full fd table does
 /// not spin the poller; the listener is retried after it, so the port never stops accepting.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -96,7 +100,7 @@ struct Pending {
 }
 
 struct Connection {
-    stream: Arc<TcpStream>,
+    stream: Arc<ClientStream>,
     peer: SocketAddr,
     /// Bytes read and not yet used: a head in progress, or what follows the current request.
     buf: Vec<u8>,
@@ -116,6 +120,8 @@ struct Connection {
     /// The last read filled its buffer, or the peer's FIN was reported: the socket may hold
     /// more than was read, and no new readiness edge would say so.
     maybe_more: bool,
+    /// A TLS handshake is under way: its deadline is the handshake timeout.
+    handshaking: bool,
 }
 
 /// A stop request: set once by the handle, read by the poller.
@@ -127,6 +133,8 @@ pub(crate) struct StopSignal {
 pub(crate) struct Poller {
     pub poll: Poll,
     pub listener: Option<TcpListener>,
+    /// The HTTPS listener and what its connections start from.
+    tls_listener: Option<(TcpListener, TlsAcceptor)>,
     pub jobs: Option<Sender<Job>>,
     /// The receiving side of the queue, to drop jobs left in it at stop.
     job_queue: Receiver<Job>,
@@ -177,11 +185,22 @@ pub(crate) struct PollerLinks {
 }
 
 impl Poller {
-    pub fn new(poll: Poll, listener: TcpListener, limits: Limits, links: PollerLinks) -> io::Result<Poller> {
+    pub fn new(
+        poll: Poll,
+        listener: TcpListener,
+        tls_listener: Option<(TcpListener, TlsAcceptor)>,
+        limits: Limits,
+        links: PollerLinks,
+    ) -> io::Result<Poller> {
         poll.registry().register(&mut SourceFd(&listener.as_raw_fd()), LISTENER, Interest::READABLE)?;
+        if let Some((tls, _)) = &tls_listener {
+            tls.set_nonblocking(true)?;
+            poll.registry().register(&mut SourceFd(&tls.as_raw_fd()), TLS_LISTENER, Interest::READABLE)?;
+        }
         Ok(Poller {
             poll,
             listener: Some(listener),
+            tls_listener,
             jobs: Some(links.jobs),
             job_queue: links.job_queue,
             idle: links.idle,
@@ -232,7 +251,8 @@ impl Poller {
             self.take_resumed();
             for event in events.iter() {
                 match event.token() {
-                    LISTENER => self.accept(),
+                    LISTENER => self.accept(false),
+                    TLS_LISTENER => self.accept(true),
                     WAKER => {}
                     Token(token) if Tunnels::owns(token) => {
                         self.tunnels.note(token, event);
@@ -256,7 +276,8 @@ impl Poller {
             let now = Instant::now();
             if self.accept_resume.is_some_and(|at| now >= at) {
                 self.accept_resume = None;
-                self.accept();
+                self.accept(false);
+                self.accept(true);
             }
             if now >= self.next_sweep {
                 self.sweep(now);
@@ -281,13 +302,15 @@ impl Poller {
         }
     }
 
-    fn accept(&mut self) {
+    /// Accepts from the plain listener, or the HTTPS one (`tls`).
+    fn accept(&mut self, tls: bool) {
         for _ in 0..MAX_ACCEPTS_PER_TURN {
-            let Some(listener) = &self.listener else {
+            let listener = if tls { self.tls_listener.as_ref().map(|(l, _)| l) } else { self.listener.as_ref() };
+            let Some(listener) = listener else {
                 return;
             };
             match listener.accept() {
-                Ok((stream, peer)) => self.admit(stream, peer),
+                Ok((stream, peer)) => self.admit(stream, peer, tls),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if matches!(e.kind(), io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted) => {}
                 Err(e) => {
@@ -304,7 +327,7 @@ impl Poller {
         self.accept_resume = Some(Instant::now());
     }
 
-    fn admit(&mut self, stream: TcpStream, peer: SocketAddr) {
+    fn admit(&mut self, stream: TcpStream, peer: SocketAddr, tls: bool) {
         // Nagle would hold back each keep-alive response's last segment for up to 40 ms. The
         // socket stays non-blocking for its whole life: workers never wait on it either.
         let setup = stream.set_nodelay(true).and_then(|_| stream.set_nonblocking(true));
@@ -312,6 +335,16 @@ impl Poller {
             log::debug!("dropping connection from {peer}: {e}");
             return;
         }
+        let stream = match self.tls_listener.as_ref().filter(|_| tls) {
+            Some((_, acceptor)) => match acceptor.session() {
+                Ok(session) => ClientStream::tls(stream, session),
+                Err(e) => {
+                    log::warn!("dropping TLS connection from {peer}: {e}");
+                    return;
+                }
+            },
+            None => ClientStream::Plain(stream),
+        };
         let token = self.next_token;
         self.next_token += 1;
         if let Err(e) =
@@ -321,7 +354,7 @@ impl Poller {
             return;
         }
         let over_limit = self.connections.len() + self.tunnels.len() >= self.limits.max_connections;
-        let deadline = Instant::now() + self.limits.head_timeout;
+        let deadline = Instant::now() + if tls { self.limits.handshake_timeout } else { self.limits.head_timeout };
         self.connections.insert(
             token,
             Connection {
@@ -337,6 +370,7 @@ impl Poller {
                 watching_writes: false,
                 input_while_busy: Arc::new(AtomicBool::new(false)),
                 maybe_more: false,
+                handshaking: tls,
             },
         );
         self.note_deadline(deadline);
@@ -393,7 +427,16 @@ impl Poller {
                     }
                 }
             }
-            match (&*conn.stream).read(&mut self.scratch[..HEAD_READ]) {
+            let read = (&*conn.stream).read(&mut self.scratch[..HEAD_READ]);
+            if conn.handshaking && !conn.stream.is_handshaking() {
+                // Handshake done: the request head has its own timeout from now.
+                conn.handshaking = false;
+                conn.deadline = Instant::now() + self.limits.head_timeout;
+                let deadline = conn.deadline;
+                self.note_deadline(deadline);
+            }
+            let Some(conn) = self.connections.get_mut(&token) else { return };
+            match read {
                 Ok(0) => return self.close(token),
                 Ok(n) => {
                     conn.maybe_more |= n == HEAD_READ;
@@ -759,9 +802,13 @@ impl Poller {
                     }
                 }
             }
-            Switch::Handoff(handoff) => match stream.set_nonblocking(false) {
-                Ok(()) => handoff(stream, conn.buf),
-                Err(e) => log::warn!("{}: cannot hand the connection over: {e}", conn.peer),
+            Switch::Handoff(handoff) => match stream {
+                ClientStream::Plain(stream) => match stream.set_nonblocking(false) {
+                    Ok(()) => handoff(stream, conn.buf),
+                    Err(e) => log::warn!("{}: cannot hand the connection over: {e}", conn.peer),
+                },
+                // A handoff takes a bare socket; the TLS session cannot go with it.
+                ClientStream::Tls { .. } => log::warn!("{}: a TLS connection cannot be handed over", conn.peer),
             },
         }
     }
@@ -1012,8 +1059,12 @@ impl Poller {
             None => {
                 // Connections the kernel completed before the stop are taken (their requests
                 // are read and served), then the listener is closed: later ones are refused.
-                self.accept();
+                self.accept(false);
+                self.accept(true);
                 if let Some(listener) = self.listener.take() {
+                    let _ = self.poll.registry().deregister(&mut SourceFd(&listener.as_raw_fd()));
+                }
+                if let Some((listener, _)) = self.tls_listener.take() {
                     let _ = self.poll.registry().deregister(&mut SourceFd(&listener.as_raw_fd()));
                 }
                 // Only now do answers say `Connection: close`: a client told so reconnects at

@@ -11,12 +11,33 @@ pub struct Request {
     head: RequestHead,
     peer: SocketAddr,
     body: RequestBody,
+    tls: bool,
 }
 
 impl Request {
     /// A request from its parts (the server builds them; also for tests of handlers).
     pub fn new(head: RequestHead, peer: SocketAddr, body: RequestBody) -> Request {
-        Request { head, peer, body }
+        Request { head, peer, body, tls: false }
+    }
+
+    /// Marks the request as received over TLS (or not).
+    ///
+    /// ```
+    /// use lb_sync::server::{parse_head, Limits, ParseOutcome, Request, RequestBody};
+    /// let Ok(ParseOutcome::Complete(head, _)) = parse_head(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", &Limits::default()) else {
+    ///     panic!("a complete head")
+    /// };
+    /// let request = Request::new(head, "127.0.0.1:5000".parse().unwrap(), RequestBody::empty()).with_tls(true);
+    /// assert!(request.is_tls());
+    /// ```
+    pub fn with_tls(mut self, tls: bool) -> Request {
+        self.tls = tls;
+        self
+    }
+
+    /// Whether the request came over TLS (the HTTPS listener): its scheme is `https`.
+    pub fn is_tls(&self) -> bool {
+        self.tls
     }
 
     /// The method, e.g. `GET`.

@@ -305,6 +305,12 @@ impl Delivery {
             self.buf.clear();
             self.written = 0;
             if matches!(self.framing, Framing::Done) {
+                // A TLS stream may still hold records of what it took: done once they are out.
+                match out.flush() {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Progress::Blocked,
+                    Err(_) => return Progress::Failed,
+                }
                 self.source = None;
                 self.done = true;
                 return Progress::Done { keep_alive: self.keep_alive };

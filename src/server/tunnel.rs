@@ -43,6 +43,8 @@ use mio::event::Event;
 use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
 
+use super::stream::ClientStream;
+
 /// Most bytes read from one side of a tunnel at a time, so also the most a direction buffers
 /// while its destination is full.
 pub const TUNNEL_BUFFER: usize = 16 * 1024;
@@ -201,6 +203,24 @@ impl Ready {
     }
 }
 
+/// What a tunnel needs of the socket it writes to besides `Write`: passing an end of stream on.
+trait HalfClose {
+    fn shutdown_write(&self) -> io::Result<()>;
+}
+
+impl HalfClose for TcpStream {
+    fn shutdown_write(&self) -> io::Result<()> {
+        self.shutdown(Shutdown::Write)
+    }
+}
+
+/// A client over TLS says `close_notify` first (see [`ClientStream::shutdown`]).
+impl HalfClose for ClientStream {
+    fn shutdown_write(&self) -> io::Result<()> {
+        self.shutdown(Shutdown::Write)
+    }
+}
+
 /// One direction of a tunnel.
 #[derive(Default)]
 struct Pipe {
@@ -228,15 +248,30 @@ enum Flow {
 impl Pipe {
     /// Moves bytes from `src` to `dst` until one of them would block, the stream ends, or the
     /// turn's budget is spent. `moved` is set when a byte moved.
-    fn pump(
+    fn pump<S, D: HalfClose>(
         &mut self,
-        (src, src_ready): (&TcpStream, &mut Ready),
-        (dst, dst_ready): (&TcpStream, &mut Ready),
+        (src, src_ready): (&S, &mut Ready),
+        (dst, dst_ready): (&D, &mut Ready),
         scratch: &mut [u8],
         moved: &mut bool,
-    ) -> io::Result<Flow> {
+    ) -> io::Result<Flow>
+    where
+        for<'a> &'a S: Read,
+        for<'a> &'a D: Write,
+    {
         let mut budget = TURN_BUDGET;
         loop {
+            // A TLS client may hold records of what it took (a plain socket never does): they
+            // go first, and the end of stream only after them.
+            let mut flushed = false;
+            if dst_ready.writable {
+                match (&*dst).flush() {
+                    Ok(()) => flushed = true,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => dst_ready.writable = false,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e),
+                }
+            }
             while self.written < self.pending.len() {
                 if !dst_ready.writable {
                     return Ok(Flow::Waiting);
@@ -262,10 +297,10 @@ impl Pipe {
                 self.written = 0;
             }
             if self.eof {
-                if !self.shut {
+                if !self.shut && flushed {
                     self.shut = true;
                     // A peer that is gone already fails here; the other direction finds out too.
-                    let _ = dst.shutdown(Shutdown::Write);
+                    let _ = dst.shutdown_write();
                 }
                 return Ok(Flow::Waiting);
             }
@@ -319,7 +354,8 @@ impl Pipe {
 
 /// A tunnel being relayed.
 struct Relay {
-    client: TcpStream,
+    /// The client, plain or TLS (a WebSocket over `wss://` is relayed in plaintext here).
+    client: ClientStream,
     client_ready: Ready,
     peer_ready: Ready,
     tunnel: Tunnel,
@@ -405,7 +441,7 @@ impl Tunnels {
         &mut self,
         registry: &Registry,
         id: usize,
-        client: TcpStream,
+        client: ClientStream,
         from_client: Vec<u8>,
         mut tunnel: Tunnel,
         scratch: &mut [u8],

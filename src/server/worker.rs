@@ -3,7 +3,7 @@
 //! socket stays non-blocking, and when it is full the rest of the response goes back to the
 //! poller. A worker also refills a delivery's buffer from its source when the poller asks.
 
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -16,6 +16,7 @@ use super::idle::IdleWorkers;
 use super::request::Request;
 use super::response::{Delivery, Progress, Response, ResponseContext};
 use super::spool::RequestBody;
+use super::stream::ClientStream;
 use super::tunnel::Switch;
 use super::Handler;
 
@@ -25,14 +26,14 @@ pub(crate) enum Job {
     /// arrives meanwhile.
     Serve {
         token: usize,
-        stream: Arc<TcpStream>,
+        stream: Arc<ClientStream>,
         peer: SocketAddr,
         head: RequestHead,
         body: RequestBody,
         input_while_busy: Arc<AtomicBool>,
     },
     /// A delivery whose buffer the client has drained: read more from its source, write on.
-    Refill { token: usize, stream: Arc<TcpStream>, delivery: Delivery },
+    Refill { token: usize, stream: Arc<ClientStream>, delivery: Delivery },
 }
 
 /// What becomes of a connection after a worker is done with it.
@@ -94,14 +95,14 @@ impl Worker {
         }
     }
 
-    fn serve(&self, stream: &TcpStream, peer: SocketAddr, head: RequestHead, body: RequestBody) -> Next {
+    fn serve(&self, stream: &ClientStream, peer: SocketAddr, head: RequestHead, body: RequestBody) -> Next {
         let ctx = ResponseContext {
             version: head.version,
             head_request: head.is_head(),
             // Read after the handler ran: a stop during a slow request still says close.
             keep_alive: head.keep_alive,
         };
-        let request = Request::new(head, peer, body);
+        let request = Request::new(head, peer, body).with_tls(stream.is_tls());
         let response = catch_unwind(AssertUnwindSafe(|| self.handler.handle(request))).unwrap_or_else(|_| {
             log::error!("handler panicked serving a request from {peer}");
             Response::text(500, "internal error").with_close()
@@ -112,7 +113,7 @@ impl Worker {
 }
 
 /// Writes as much of `delivery` as the socket takes, reading its source as needed.
-fn deliver(stream: &TcpStream, mut delivery: Delivery) -> Next {
+fn deliver(stream: &ClientStream, mut delivery: Delivery) -> Next {
     let progress = catch_unwind(AssertUnwindSafe(|| delivery.advance(&mut &*stream, true)));
     if matches!(progress, Ok(Progress::Done { .. })) {
         if let Some(switch) = delivery.take_switch() {

@@ -1,0 +1,189 @@
+//! A client connection's byte stream: the TCP socket itself, or the plaintext of a TLS session
+//! over it. Both are non-blocking for their whole life: a read or write that would wait says
+//! `WouldBlock`, and the poller waits for readiness instead. The poller reads (which drives a
+//! TLS handshake and decrypts records); a worker writes a response (encrypting it into records
+//! and sending what the socket takes). Both use one connection at once only while a request
+//! body streams to a worker (`request_buffering` off: the poller reads the rest of the body as
+//! the worker answers); the session's lock is held for one read or write, never across a wait.
+//!
+//! TLS adds one rule to writing: records the socket did not take stay in the session, so a
+//! response is complete only once [`Write::flush`] succeeds (a plain socket's flush is a no-op;
+//! `Delivery` flushes before it says done, and a flush that would block hands the connection
+//! to the poller like any blocked write).
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::sync::{Mutex, MutexGuard};
+
+use rustls::ServerConnection;
+
+/// A client connection, plain or TLS.
+pub(crate) enum ClientStream {
+    Plain(TcpStream),
+    /// The session is boxed: it is a kilobyte, which a plain connection should not carry.
+    Tls {
+        tcp: TcpStream,
+        session: Box<Mutex<ServerConnection>>,
+    },
+}
+
+impl ClientStream {
+    /// A TLS connection: `session` starts its handshake with the first read.
+    pub fn tls(tcp: TcpStream, session: ServerConnection) -> ClientStream {
+        ClientStream::Tls { tcp, session: Box::new(Mutex::new(session)) }
+    }
+
+    /// Whether requests on it came over TLS (`X-Forwarded-Proto: https`).
+    pub fn is_tls(&self) -> bool {
+        matches!(self, ClientStream::Tls { .. })
+    }
+
+    /// Whether a TLS handshake is still under way (false on a plain connection).
+    pub fn is_handshaking(&self) -> bool {
+        match self {
+            ClientStream::Plain(_) => false,
+            ClientStream::Tls { session, .. } => lock(session).is_handshaking(),
+        }
+    }
+
+    /// A second handle on a plain connection; a TLS session cannot be shared that way.
+    pub fn try_clone(&self) -> io::Result<ClientStream> {
+        match self {
+            ClientStream::Plain(tcp) => tcp.try_clone().map(ClientStream::Plain),
+            ClientStream::Tls { .. } => Err(io::Error::other("a TLS session is still in use elsewhere")),
+        }
+    }
+
+    /// The socket under it.
+    pub fn tcp(&self) -> &TcpStream {
+        match self {
+            ClientStream::Plain(tcp) | ClientStream::Tls { tcp, .. } => tcp,
+        }
+    }
+
+    /// Shuts the socket down. Closing our sending side after a complete response first says
+    /// `close_notify` (best effort), so a TLS client can tell a clean end from a cut; breaking
+    /// a connection (`Both`) does not, for the same reason.
+    pub fn shutdown(&self, how: Shutdown) -> io::Result<()> {
+        if let (ClientStream::Tls { tcp, session }, Shutdown::Write) = (self, how) {
+            let mut session = lock(session);
+            session.send_close_notify();
+            let _ = send_records(&mut session, tcp);
+        }
+        self.tcp().shutdown(how)
+    }
+}
+
+fn lock(session: &Mutex<ServerConnection>) -> MutexGuard<'_, ServerConnection> {
+    session.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Writes the session's pending records until none is left or the socket is full.
+fn send_records(session: &mut ServerConnection, mut tcp: &TcpStream) -> io::Result<()> {
+    while session.wants_write() {
+        match session.write_tls(&mut tcp) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Reads records into the session and decrypts them; `Ok(false)` at the socket's end.
+fn receive_records(session: &mut ServerConnection, mut tcp: &TcpStream) -> io::Result<bool> {
+    let open = loop {
+        match session.read_tls(&mut tcp) {
+            Ok(n) => break n > 0,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    };
+    if let Err(error) = session.process_new_packets() {
+        // rustls has queued an alert saying why: send it, then give up on the connection.
+        let _ = send_records(session, tcp);
+        log::debug!("TLS with {}: {error}", tcp.peer_addr().map_or("?".to_string(), |a| a.to_string()));
+        return Err(io::Error::new(io::ErrorKind::InvalidData, error));
+    }
+    // Handshake messages, session tickets, key updates: out at once where the socket takes
+    // them; what it does not stays queued and goes before the next response.
+    match send_records(session, tcp) {
+        Err(e) if e.kind() != io::ErrorKind::WouldBlock => return Err(e),
+        _ => {}
+    }
+    Ok(open)
+}
+
+impl Read for &ClientStream {
+    /// Plaintext: as much as `buf` holds, or everything until the socket would block. So a read
+    /// that returns less than `buf.len()` leaves nothing buffered in the session that a new
+    /// readiness event would not announce (the poller's edge-triggered waits rely on it).
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let (tcp, session) = match self {
+            ClientStream::Plain(tcp) => return (&*tcp).read(buf),
+            ClientStream::Tls { tcp, session } => (tcp, session),
+        };
+        let mut session = lock(session);
+        let mut got = 0;
+        loop {
+            match session.reader().read(&mut buf[got..]) {
+                // The client's close_notify (or an empty `buf`).
+                Ok(0) => return Ok(got),
+                Ok(n) => {
+                    got += n;
+                    if got == buf.len() {
+                        return Ok(got);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                // A TCP end without close_notify: a truncation, reported once nothing is left.
+                Err(e) => return if got > 0 { Ok(got) } else { Err(e) },
+            }
+            match receive_records(&mut session, tcp) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && got > 0 => return Ok(got),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+impl Write for &ClientStream {
+    /// Encrypts and sends. Records left from an earlier write go first; while any are left no
+    /// new plaintext is taken (`WouldBlock`), so a session holds at most one write's records.
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let (tcp, session) = match self {
+            ClientStream::Plain(tcp) => return (&*tcp).write(buf),
+            ClientStream::Tls { tcp, session } => (tcp, session),
+        };
+        let mut session = lock(session);
+        send_records(&mut session, tcp)?;
+        let n = session.writer().write(buf)?;
+        match send_records(&mut session, tcp) {
+            Err(e) if e.kind() != io::ErrorKind::WouldBlock => Err(e),
+            _ => Ok(n),
+        }
+    }
+
+    /// Sends the records still held: `WouldBlock` while the socket is full.
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            ClientStream::Plain(_) => Ok(()),
+            ClientStream::Tls { tcp, session } => send_records(&mut lock(session), tcp),
+        }
+    }
+}
+
+impl AsRawFd for ClientStream {
+    fn as_raw_fd(&self) -> RawFd {
+        self.tcp().as_raw_fd()
+    }
+}
+
+impl AsFd for ClientStream {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.tcp().as_fd()
+    }
+}
