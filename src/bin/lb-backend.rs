@@ -1,11 +1,12 @@
 //! `lb-backend`: the demo backend the scripts, tests and benchmarks run behind the balancer.
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use argh::FromArgs;
 use lb_sync::demo_backend::DemoBackend;
-use lb_sync::server::{bind, Server, ServerConfig};
+use lb_sync::server::{bind, Certificates, Server, ServerConfig, TlsAcceptor, TlsListener};
 use std::io::Write;
 
 /// A demo backend: answers any path with JSON naming itself (`server_info.id`) and the request.
@@ -27,6 +28,15 @@ struct Args {
     /// log every request
     #[argh(switch)]
     debug: bool,
+    /// also serve HTTPS on this port (with --tls-cert), same host
+    #[argh(option)]
+    tls_port: Option<u16>,
+    /// PEM certificate chain for --tls-port
+    #[argh(option)]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert (default: the --tls-cert file)
+    #[argh(option)]
+    tls_key: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -39,8 +49,32 @@ fn main() -> ExitCode {
         simplelog::ColorChoice::Never,
     );
     let _ = rlimit::increase_nofile_limit(u64::MAX);
-    let config =
-        ServerConfig { bind: SocketAddr::new(args.host, args.port), threads: args.threads, ..ServerConfig::default() };
+    let tls = match (args.tls_port, &args.tls_cert) {
+        (None, None) => None,
+        (Some(port), Some(cert)) => {
+            let key = args.tls_key.clone().unwrap_or_else(|| cert.clone());
+            match Certificates::load(&[(cert.clone(), key)]) {
+                Ok(certificates) => Some(TlsListener {
+                    bind: SocketAddr::new(args.host, port),
+                    acceptor: TlsAcceptor::new(certificates),
+                }),
+                Err(e) => {
+                    eprintln!("lb-backend: {e}");
+                    return ExitCode::from(1);
+                }
+            }
+        }
+        _ => {
+            eprintln!("lb-backend: --tls-port and --tls-cert go together");
+            return ExitCode::from(2);
+        }
+    };
+    let config = ServerConfig {
+        bind: SocketAddr::new(args.host, args.port),
+        threads: args.threads,
+        tls,
+        ..ServerConfig::default()
+    };
     let listener = match bind(config.bind, config.backlog) {
         Ok(listener) => listener,
         Err(e) => {
@@ -54,8 +88,10 @@ fn main() -> ExitCode {
     let id = backend.id().to_string();
     match Server::start_on(listener, config, backend) {
         Ok(server) => {
-            // The ready line on stdout is what scripts and tests wait for.
-            println!("{id} listening on {}", server.local_addr());
+            // The ready line on stdout is what scripts and tests wait for; it ends with the plain
+            // address.
+            let tls = server.tls_addr().map_or(String::new(), |addr| format!(" (https on {addr})"));
+            println!("{id}{tls} listening on {}", server.local_addr());
             let _ = std::io::stdout().flush();
             loop {
                 std::thread::park();

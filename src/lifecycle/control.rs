@@ -202,8 +202,9 @@ impl Control {
         }
         self.tuner.apply(tuning(&shared.config));
         if let Some(certificates) = certificates {
-            log::info!("TLS certificates for new connections: {}", certificates.describe());
+            let described = certificates.describe();
             self.tuner.replace_certificates(certificates);
+            log::info!("TLS certificates for new connections: {described}");
         }
         let old_health = health_config(old, running.forwarder.tls()).ok();
         if shared.config.dns_refresh_interval != old.dns_refresh_interval {

@@ -876,6 +876,11 @@ impl Poller {
         if let Some(hook) = &self.on_refusal {
             hook.call(&Refusal { peer: conn.peer, status, reason });
         }
+        if conn.stream.is_handshaking() {
+            // No HTTP answer can be sent before a TLS handshake, and one is not worth its CPU
+            // for a connection refused (over the connection limit): closed at once.
+            return self.close(token);
+        }
         let mut response = format!("HTTP/1.1 {status} {}\r\n", reason_phrase(status));
         for (name, value) in extra {
             response.push_str(&format!("{name}: {value}\r\n"));

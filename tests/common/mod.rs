@@ -6,6 +6,7 @@ pub mod etcd;
 pub mod faults;
 pub mod lb;
 pub mod load;
+pub mod tls;
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -38,17 +39,86 @@ impl Resp {
     }
 }
 
+/// A client's socket: plain TCP, or a rustls session over it (see [`tls`]).
+pub enum Socket {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl Socket {
+    pub fn tcp(&self) -> &TcpStream {
+        match self {
+            Socket::Plain(tcp) => tcp,
+            Socket::Tls(tls) => tls.get_ref(),
+        }
+    }
+
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.tcp().local_addr()
+    }
+
+    pub fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        self.tcp().set_read_timeout(timeout)
+    }
+
+    /// Shuts the TCP socket down (over TLS too: no close_notify, a bare end of stream).
+    pub fn shutdown(&self, how: std::net::Shutdown) -> io::Result<()> {
+        self.tcp().shutdown(how)
+    }
+}
+
+impl Read for Socket {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Socket::Plain(tcp) => tcp.read(buf),
+            Socket::Tls(tls) => tls.read(buf),
+        }
+    }
+}
+
+impl Write for Socket {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Socket::Plain(tcp) => tcp.write(buf),
+            Socket::Tls(tls) => tls.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Socket::Plain(tcp) => tcp.flush(),
+            Socket::Tls(tls) => tls.flush(),
+        }
+    }
+}
+
 /// A client connection with a read timeout, so a server bug fails the test instead of hanging it.
 pub struct Conn {
-    pub reader: BufReader<TcpStream>,
+    pub reader: BufReader<Socket>,
 }
 
 impl Conn {
     pub fn open(addr: SocketAddr) -> Conn {
-        let stream = TcpStream::connect(addr).expect("connect");
-        stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-        stream.set_nodelay(true).unwrap();
-        Conn { reader: BufReader::new(stream) }
+        Conn::over(connect(addr), None)
+    }
+
+    /// A TLS connection, its handshake done, verified against `client`'s roots for `localhost`.
+    pub fn open_tls(addr: SocketAddr, client: &std::sync::Arc<rustls::ClientConfig>) -> Conn {
+        Conn::over(connect(addr), Some(client))
+    }
+
+    /// A connection over `stream` (TLS when `client` is given).
+    pub fn over(stream: TcpStream, client: Option<&std::sync::Arc<rustls::ClientConfig>>) -> Conn {
+        Conn::try_over(stream, client).expect("TLS handshake")
+    }
+
+    /// [`over`](Self::over), with a failed handshake as an error.
+    pub fn try_over(stream: TcpStream, client: Option<&std::sync::Arc<rustls::ClientConfig>>) -> io::Result<Conn> {
+        let socket = match client {
+            None => Socket::Plain(stream),
+            Some(client) => Socket::Tls(Box::new(tls::handshake(stream, client, "localhost")?)),
+        };
+        Ok(Conn { reader: BufReader::new(socket) })
     }
 
     pub fn send(&mut self, raw: &[u8]) {
@@ -84,6 +154,14 @@ impl Conn {
             Err(e) => !matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut),
         }
     }
+}
+
+/// A TCP connection with a read timeout and Nagle off.
+fn connect(addr: SocketAddr) -> TcpStream {
+    let stream = TcpStream::connect(addr).expect("connect");
+    stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    stream.set_nodelay(true).unwrap();
+    stream
 }
 
 /// Reads one response; 1xx interim responses are returned like any other.
@@ -192,6 +270,12 @@ impl ChildProcess {
         self.child.id()
     }
 
+    /// The HTTPS address from a ready line saying `https on ADDR` (`(https on ADDR)` for
+    /// lb-backend, `; https on ADDR` for lb-sync).
+    pub fn tls_addr(&self) -> SocketAddr {
+        tls_addr_in(&self.ready_line)
+    }
+
     /// The address from a ready line ending in `listening on ADDR`.
     pub fn addr(&self) -> SocketAddr {
         self.ready_line.rsplit(' ').next().and_then(|a| a.parse().ok()).expect("address in ready line")
@@ -203,6 +287,15 @@ impl Drop for ChildProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The address after `https on ` in a ready line.
+pub fn tls_addr_in(line: &str) -> SocketAddr {
+    line.split("https on ")
+        .nth(1)
+        .and_then(|rest| rest.split([' ', ')', ';']).next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no https address in the ready line {line:?}"))
 }
 
 /// An `lb-backend` child on an ephemeral loopback port.
