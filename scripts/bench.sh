@@ -11,12 +11,14 @@
 #   scripts/bench.sh sweep    # lb-sync vs nginx vs HAProxy at c=10, 64, 256 in front of nginx backends:
 #                             # req/s, p50, p99 and the proxy's CPU microseconds per request
 #   scripts/bench.sh websocket  # WebSocket echo round trips/s through lb-sync vs nginx vs HAProxy vs direct
+#   scripts/bench.sh tls      # HTTPS: lb-sync vs nginx vs HAProxy, same certificate (ECDSA P-256), same lb-backends;
+#                             # keep-alive, then a new TLS handshake for every request (Connection: close)
 #
 # Environment: DURATION (default 10s; 5s per run for websocket), WS_TUNNELS ("1 8 64"), WS_SIZE
 # (64 bytes per frame), CONNECTIONS (64), WRK_THREADS (2), THREADS (lb workers, 256),
 # BODY_BYTES (1024), NGINX_WORKERS (auto); LB_BACKEND / LB_SYNC (binaries to use), else they come
 # from ${CARGO_TARGET_DIR:-target}/release, built when missing or stale.
-# Needs wrk and nginx (and haproxy, jq for proxy): apt-get install wrk nginx-light haproxy jq.
+# Needs wrk and nginx (and haproxy, jq for proxy; haproxy, openssl for tls and upstream-tls): apt-get install wrk nginx-light haproxy jq openssl.
 set -euo pipefail
 
 mode="${1:-proxy}"
@@ -61,10 +63,11 @@ wait_port() { # PORT [PATH] [LOG to show when nothing answers]
   if [ -n "${3:-}" ]; then cat "$3" >&2; fi
   exit 1
 }
-# One wrk run; prints "name  requests/s  p50  p99".
+# One wrk run (more wrk options after the URL); prints "name  requests/s  p50  p99".
 load() {
   local name="$1" url="$2"
-  wrk -t"$wrk_threads" -c"$connections" -d"$duration" --latency "$url" > "$work/$name.wrk"
+  shift 2
+  wrk -t"$wrk_threads" -c"$connections" -d"$duration" --latency "$@" "$url" > "$work/$name.wrk"
   local rps p50 p99 errors
   rps=$(awk '/Requests\/sec/ {print $2}' "$work/$name.wrk")
   p50=$(awk '$1 == "50%" {print $2}' "$work/$name.wrk")
@@ -487,5 +490,97 @@ CFG
     echo "https / http, nginx:   $(ratio "nginx -> https backend" "nginx -> http backend")"
     echo "lb-sync / nginx, https: $(ratio "lb-sync -> https backend" "nginx -> https backend")"
     ;;
-  *) echo "usage: $0 server|proxy|cost|slow|sweep|upstream-tls" >&2; exit 2 ;;
+  tls)
+    for tool in haproxy openssl; do
+      command -v "$tool" >/dev/null || { echo "bench.sh: $tool not found (apt-get install haproxy openssl)" >&2; exit 1; }
+    done
+    # One certificate for all three: a CA of our own and an ECDSA P-256 leaf for localhost (the
+    # key type most sites serve now; an RSA-2048 handshake costs the server about 10x more).
+    pki="$work/pki"
+    mkdir -p "$pki"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$pki/ca.key" -out "$pki/ca.pem" \
+      -days 2 -subj "/CN=bench CA" 2>/dev/null
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$pki/site.key" -out "$pki/site.csr" \
+      -subj "/CN=localhost" 2>/dev/null
+    printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n' > "$pki/site.ext"
+    openssl x509 -req -in "$pki/site.csr" -CA "$pki/ca.pem" -CAkey "$pki/ca.key" -CAcreateserial -days 2 \
+      -extfile "$pki/site.ext" -out "$pki/site.pem" 2>/dev/null
+    cat "$pki/site.pem" "$pki/site.key" > "$pki/site.combined.pem" # HAProxy's crt: chain and key in one file
+    read -r -a ports <<<"$(free_ports 7)"
+    backend_ports=("${ports[@]:0:3}")
+    lb_port=${ports[3]} lb_tls_port=${ports[4]} nginx_port=${ports[5]} haproxy_port=${ports[6]}
+    for port in "${backend_ports[@]}"; do
+      "$backend_bin" --port "$port" --threads 16 > /dev/null &
+      pids+=("$!")
+    done
+    lb_args=() upstream="" haproxy_servers=""
+    for port in "${backend_ports[@]}"; do
+      lb_args+=(--backend "127.0.0.1:$port")
+      upstream+="server 127.0.0.1:$port; "
+      haproxy_servers+="  server b$port 127.0.0.1:$port"$'\n'
+    done
+    "$sync_bin" --algorithm round_robin --host 127.0.0.1 --port "$lb_port" --threads "$threads" --access-log false \
+      --health-check-interval 0 --tls-port "$lb_tls_port" --tls-cert "$pki/site.pem" --tls-key "$pki/site.key" \
+      "${lb_args[@]}" > "$work/lb-sync.out" 2> "$work/lb-sync.err" &
+    pids+=("$!")
+    # nginx's defaults otherwise (its session cache off, tickets on): as a fresh install serves.
+    nginx_up "upstream backends { $upstream keepalive 64; }
+  server {
+    listen 127.0.0.1:$nginx_port ssl;
+    ssl_certificate $pki/site.pem;
+    ssl_certificate_key $pki/site.key;
+    location / { proxy_pass http://backends; proxy_http_version 1.1; proxy_set_header Connection \"\"; }
+  }"
+    cat > "$work/haproxy.cfg" <<CFG
+global
+  nbthread $(nproc)
+  maxconn 4096
+defaults
+  mode http
+  option http-keep-alive
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+  timeout http-keep-alive 60s
+frontend front
+  bind 127.0.0.1:$haproxy_port ssl crt $pki/site.combined.pem alpn http/1.1
+  default_backend backends
+backend backends
+  balance roundrobin
+  http-reuse always
+$haproxy_servers
+CFG
+    haproxy -f "$work/haproxy.cfg" -db > "$work/haproxy.log" 2>&1 &
+    pids+=("$!")
+    wait_tls_port() { # PORT LOG
+      for _ in $(seq 1 200); do
+        curl -sf --max-time 1 --cacert "$pki/ca.pem" -o /dev/null "https://localhost:$1/?bytes=$body_bytes" && return 0
+        sleep 0.05
+      done
+      echo "bench.sh: nothing answers https on port $1; $2:" >&2
+      cat "$2" >&2
+      exit 1
+    }
+    for port in "${backend_ports[@]}"; do wait_port "$port" "/?bytes=$body_bytes"; done
+    wait_tls_port "$lb_tls_port" "$work/lb-sync.err"
+    wait_tls_port "$nginx_port" "$work/nginx/logs/error.log"
+    wait_tls_port "$haproxy_port" "$work/haproxy.log"
+    echo "3 lb-backend (--threads 16); lb-sync --threads $threads; nginx workers ${NGINX_WORKERS:-auto}; haproxy nbthread $(nproc); ECDSA P-256, TLS 1.3"
+    header
+    url="/?bytes=$body_bytes"
+    load "lb-sync https keep-alive" "https://127.0.0.1:$lb_tls_port$url"
+    load "nginx https keep-alive" "https://127.0.0.1:$nginx_port$url"
+    load "haproxy https keep-alive" "https://127.0.0.1:$haproxy_port$url"
+    load "lb-sync http keep-alive" "http://127.0.0.1:$lb_port$url"
+    # A connection per request: wrk reconnects after each Connection: close answer, resuming its
+    # TLS session (no certificate signature: full handshakes cost lb-sync's poller about 0.2 ms
+    # each with this ECDSA certificate, see README "TLS").
+    load "lb-sync https conn per req" "https://127.0.0.1:$lb_tls_port$url" -H "Connection: close"
+    load "nginx https conn per req" "https://127.0.0.1:$nginx_port$url" -H "Connection: close"
+    load "haproxy https conn per req" "https://127.0.0.1:$haproxy_port$url" -H "Connection: close"
+    echo
+    echo "keep-alive:     lb-sync / nginx $(ratio "lb-sync https keep-alive" "nginx https keep-alive"), lb-sync / haproxy $(ratio "lb-sync https keep-alive" "haproxy https keep-alive"), lb-sync https / http $(ratio "lb-sync https keep-alive" "lb-sync http keep-alive")"
+    echo "conn per req:   lb-sync / nginx $(ratio "lb-sync https conn per req" "nginx https conn per req"), lb-sync / haproxy $(ratio "lb-sync https conn per req" "haproxy https conn per req")"
+    ;;
+  *) echo "usage: $0 server|proxy|cost|slow|sweep|upstream-tls|websocket|tls" >&2; exit 2 ;;
 esac
