@@ -536,3 +536,33 @@ fn a_tls_client_that_stops_reading_is_cut_after_the_io_timeout_without_a_worker(
     assert!(got.len() < 50_000_000, "all of it arrived");
     server.stop(Duration::from_secs(1));
 }
+
+#[test]
+fn request_bodies_stream_over_tls_with_request_buffering_off() {
+    // The poller reads the rest of the body (decrypting it) while a worker already sends it to
+    // the backend: both use the connection's TLS session at once.
+    let pki = Pki::new();
+    let leaf = pki.leaf("site", &["localhost"], KeyKind::EcPkcs8, 30);
+    let b1 = backend(&["--id", "stream-b1"]);
+    let (_lb, tls) = lb_with_tls(&[b1.addr()], &leaf, r#""request_buffering": false, "threads": 4"#, &[]);
+    let mut conn = Conn::open_tls(tls, &pki.client());
+    for (round, size) in [4usize << 20, 300_000, 1].into_iter().enumerate() {
+        conn.send(format!("POST /up{round} HTTP/1.1\r\nHost: t\r\nContent-Length: {size}\r\n\r\n").as_bytes());
+        let block = vec![b'u'; 64 * 1024];
+        let mut left = size;
+        while left > 0 {
+            let n = left.min(block.len());
+            conn.send(&block[..n]);
+            left -= n;
+        }
+        let answer = conn.response().json();
+        assert_eq!(answer["request"]["body_bytes"], size as u64, "round {round}");
+        assert_eq!(answer["request"]["headers"]["x-forwarded-proto"], "https");
+    }
+    // A chunked one, whose bytes the backend shows.
+    conn.send(b"POST /chunked HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n");
+    conn.send(&common::chunked(b"streamed over tls", &[5, 3]));
+    let answer = conn.response().json();
+    assert_eq!(answer["request"]["body"], "streamed over tls");
+    assert_eq!(answer["server_info"]["id"], "stream-b1");
+}
