@@ -566,3 +566,116 @@ fn request_bodies_stream_over_tls_with_request_buffering_off() {
     assert_eq!(answer["request"]["body"], "streamed over tls");
     assert_eq!(answer["server_info"]["id"], "stream-b1");
 }
+
+/// A masked client frame (RFC 6455 5.2): FIN, `opcode`, `payload`.
+fn ws_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [0x5a, 0x13, 0xc7, 0x02];
+    let mut frame = vec![0x80 | opcode];
+    match payload.len() {
+        n @ 0..=125 => frame.push(0x80 | n as u8),
+        n @ 126..=0xFFFF => {
+            frame.push(0x80 | 126);
+            frame.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            frame.push(0x80 | 127);
+            frame.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    frame
+}
+
+/// One unmasked server frame: (opcode, payload).
+fn ws_read(reader: &mut impl Read) -> (u8, Vec<u8>) {
+    let mut head = [0u8; 2];
+    reader.read_exact(&mut head).expect("a frame head");
+    let length = match head[1] & 0x7f {
+        126 => {
+            let mut n = [0u8; 2];
+            reader.read_exact(&mut n).unwrap();
+            u64::from(u16::from_be_bytes(n))
+        }
+        127 => {
+            let mut n = [0u8; 8];
+            reader.read_exact(&mut n).unwrap();
+            u64::from_be_bytes(n)
+        }
+        n => u64::from(n),
+    };
+    let mut payload = vec![0u8; length as usize];
+    reader.read_exact(&mut payload).expect("a frame payload");
+    (head[0] & 0x0f, payload)
+}
+
+#[test]
+fn a_websocket_over_tls_is_relayed_to_the_backend_in_plaintext() {
+    // wss:// to lb-sync's HTTPS port, ws:// to lb-backend's /ws echo: the tunnel reads and
+    // writes the client through its TLS session.
+    let pki = Pki::new();
+    let leaf = pki.leaf("site", &["localhost"], KeyKind::EcPkcs8, 30);
+    let b1 = backend(&[]);
+    let (lb, tls) = lb_with_tls(&[b1.addr()], &leaf, "", &[]);
+    let mut conn = Conn::open_tls(tls, &pki.client());
+    conn.send(
+        b"GET /ws HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    );
+    let resp = conn.head_response();
+    assert_eq!(resp.status, 101, "{resp:?}");
+    assert_eq!(resp.header("sec-websocket-accept"), Some("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="));
+    conn.send(&ws_frame(0x1, b"hello over wss"));
+    assert_eq!(ws_read(&mut conn.reader), (0x1, b"hello over wss".to_vec()));
+    // Larger than every buffer on the way, both ways.
+    let big: Vec<u8> = (0..400_000u32).map(|i| (i % 253) as u8).collect();
+    conn.send(&ws_frame(0x2, &big));
+    let (opcode, echoed) = ws_read(&mut conn.reader);
+    assert!(opcode == 0x2 && echoed == big, "the large frame came back whole");
+    conn.send(&ws_frame(0x8, &1000u16.to_be_bytes()));
+    assert_eq!(ws_read(&mut conn.reader), (0x8, 1000u16.to_be_bytes().to_vec()));
+    // The backend closes after its close frame: passed on as close_notify, a clean end.
+    let mut rest = Vec::new();
+    assert_eq!(conn.reader.read_to_end(&mut rest).map_err(|e| e.kind()), Ok(0), "a clean TLS end: {rest:?}");
+    drop(conn);
+    let tunnels = || {
+        let stats = Conn::open(lb.addr).get("/lb/stats").json();
+        (stats["tunnels"]["active"].as_u64(), stats["tunnels"]["total"].as_u64())
+    };
+    assert!(common::wait_until(Duration::from_secs(5), || tunnels() == (Some(0), Some(1))), "{:?}", tunnels());
+
+    // And a WebSocket library over TLS, where one is installed (CI installs it).
+    let has_websockets =
+        Command::new("python3").args(["-c", "import websockets"]).status().is_ok_and(|status| status.success());
+    if !has_websockets {
+        assert!(std::env::var_os("CI").is_none(), "python3-websockets is required in CI (.ci/run installs it)");
+        eprintln!("python3 with websockets not found: the wss:// library check is skipped");
+        return;
+    }
+    let script = r#"
+import asyncio, ssl, sys, websockets
+
+async def main(uri, ca):
+    ctx = ssl.create_default_context(cafile=ca)
+    async with websockets.connect(uri, ssl=ctx, max_size=None) as ws:
+        await ws.send("hello from python over tls")
+        assert await ws.recv() == "hello from python over tls"
+        data = bytes(range(256)) * 1000
+        await ws.send(data)
+        assert await ws.recv() == data
+        pong = await ws.ping(b"are you there")
+        await asyncio.wait_for(pong, 10)
+    assert ws.close_code == 1000, ws.close_code
+    print("ok")
+
+asyncio.run(main(sys.argv[1], sys.argv[2]))
+"#;
+    let out = Command::new("python3")
+        .args(["-c", script, &format!("wss://localhost:{}/ws", tls.port()), pki.ca.to_str().unwrap()])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && said.trim() == "ok", "python websockets over wss: {said}");
+    assert!(common::wait_until(Duration::from_secs(5), || tunnels() == (Some(0), Some(2))), "{:?}", tunnels());
+}

@@ -188,21 +188,28 @@ impl AsFd for ClientStream {
     }
 }
 
+/// A TLS connection over loopback for unit tests: the server side as a [`ClientStream`]
+/// (non-blocking, its send buffer as small as asked) and a rustls client (blocking, a small
+/// receive buffer, a read timeout), handshake done. The certificate is made with the openssl
+/// command line, as the integration tests make theirs.
 #[cfg(test)]
-mod tests {
+pub(crate) mod testing {
     use super::*;
-    use crate::server::response::{Delivery, Progress, Response, ResponseContext};
     use crate::server::tls::{Certificate, Certificates, TlsAcceptor};
-    use crate::server::Version;
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, ServerName};
     use std::net::TcpListener;
     use std::sync::Arc;
     use std::time::Duration;
 
-    /// A self-signed certificate for `localhost` (made with the openssl command line, as the
-    /// integration tests do) and a client trusting it.
-    fn certificate(dir: &std::path::Path) -> (TlsAcceptor, Arc<rustls::ClientConfig>) {
+    pub type Client = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
+
+    /// A self-signed certificate for `localhost` and a client that trusts it.
+    fn certificate() -> (TlsAcceptor, Arc<rustls::ClientConfig>) {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("lb-sync-stream-test-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
         let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
         let status = std::process::Command::new("openssl")
             .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2"])
@@ -218,6 +225,7 @@ mod tests {
         let loaded = Certificate::load(&cert, &key).unwrap();
         let mut roots = rustls::RootCertStore::empty();
         roots.add(CertificateDer::from_pem_file(&cert).unwrap()).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
         let client = rustls::ClientConfig::builder_with_provider(super::super::tls::provider())
             .with_safe_default_protocol_versions()
             .unwrap()
@@ -226,27 +234,57 @@ mod tests {
         (TlsAcceptor::new(Certificates::new(vec![loaded]).unwrap()), Arc::new(client))
     }
 
-    #[test]
-    fn a_tls_response_is_done_only_once_its_last_records_are_sent() {
-        let dir = std::env::temp_dir().join(format!("lb-sync-stream-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let (acceptor, client_config) = certificate(&dir);
-        let _ = std::fs::remove_dir_all(&dir);
+    /// The two ends, after the handshake and one byte from the client (so the server has read).
+    pub fn tls_pair(server_send_buffer: usize, client_receive_buffer: usize) -> (ClientStream, Client) {
+        let (acceptor, client_config) = certificate();
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
-        const BODY: usize = 100_000;
-        // The client: handshake, then read the whole response slowly, with a deadline.
-        let client = std::thread::spawn(move || -> std::io::Result<usize> {
-            let tcp = TcpStream::connect(addr)?;
-            socket2::SockRef::from(&tcp).set_recv_buffer_size(4096)?;
-            tcp.set_read_timeout(Some(Duration::from_secs(3)))?;
+        let client = std::thread::spawn(move || {
+            let tcp = TcpStream::connect(addr).unwrap();
+            socket2::SockRef::from(&tcp).set_recv_buffer_size(client_receive_buffer).unwrap();
+            tcp.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
             let name = ServerName::try_from("localhost").unwrap();
             let mut tls = rustls::StreamOwned::new(rustls::ClientConnection::new(client_config, name).unwrap(), tcp);
-            tls.write_all(b"hello")?;
+            tls.write_all(b"!").unwrap();
+            tls
+        });
+        let (tcp, _) = listener.accept().unwrap();
+        socket2::SockRef::from(&tcp).set_send_buffer_size(server_send_buffer).unwrap();
+        tcp.set_nonblocking(true).unwrap();
+        let stream = ClientStream::tls(tcp, acceptor.session().unwrap());
+        let mut first = [0u8; 1];
+        loop {
+            match (&stream).read(&mut first) {
+                Ok(1) => break,
+                Ok(_) => panic!("the client went away"),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(1)),
+                Err(e) => panic!("server read: {e}"),
+            }
+        }
+        (stream, client.join().unwrap())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::tls_pair;
+    use super::*;
+    use crate::server::response::{Delivery, Progress, Response, ResponseContext};
+    use crate::server::Version;
+    use std::time::Duration;
+
+    #[test]
+    fn a_tls_response_is_done_only_once_its_last_records_are_sent() {
+        const BODY: usize = 100_000;
+        // The smallest send buffer: nearly every write of 64 KiB of records leaves some queued
+        // in the session.
+        let (stream, mut client) = tls_pair(4096, 4096);
+        // The client reads the whole response slowly, with a deadline.
+        let reader = std::thread::spawn(move || -> io::Result<usize> {
             let mut got = Vec::new();
             let mut buf = [0u8; 4096];
             while !got.windows(4).any(|w| w == b"\r\n\r\n") || got.len() < BODY {
-                let n = tls.read(&mut buf)?;
+                let n = client.read(&mut buf)?;
                 if n == 0 {
                     break;
                 }
@@ -256,21 +294,6 @@ mod tests {
             let head_end = got.windows(4).position(|w| w == b"\r\n\r\n").map_or(0, |p| p + 4);
             Ok(got.len() - head_end)
         });
-        let (tcp, _) = listener.accept().unwrap();
-        // The smallest send buffer: nearly every write of 64 KiB of records leaves some queued
-        // in the session.
-        socket2::SockRef::from(&tcp).set_send_buffer_size(4096).unwrap();
-        tcp.set_nonblocking(true).unwrap();
-        let stream = ClientStream::tls(tcp, acceptor.session().unwrap());
-        let mut first = [0u8; 5];
-        let mut got = 0;
-        while got < 5 {
-            match (&stream).read(&mut first[got..]) {
-                Ok(n) => got += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(1)),
-                Err(e) => panic!("server read: {e}"),
-            }
-        }
         let ctx = ResponseContext { version: Version::Http11, head_request: false, keep_alive: true };
         let mut delivery = Delivery::new(Response::new(200).with_body(vec![b'x'; BODY]), &ctx);
         loop {
@@ -281,6 +304,6 @@ mod tests {
             }
         }
         // Nothing more is written after Done: the client must have had everything by now.
-        assert_eq!(client.join().unwrap().unwrap(), BODY);
+        assert_eq!(reader.join().unwrap().unwrap(), BODY);
     }
 }

@@ -16,7 +16,9 @@
 //! per socket from the poller's (edge-triggered) events, as nginx does: a read shorter than
 //! asked means the socket is drained, so a round trip costs one read a direction, not a second
 //! one that says "would block" (unless the event also said the peer closed: then reads go on
-//! until the end of stream is seen). The tunnel closes
+//! until the end of stream is seen). A client on the HTTPS listener (`wss://`) is relayed in
+//! plaintext: its side reads and writes through the TLS session, whose queued records go out
+//! before an end of stream is passed on. The tunnel closes
 //! when both directions have ended, when a socket fails (both are closed), after its idle
 //! timeout without a byte either way, or at the end of a stop's grace period.
 //!
@@ -312,7 +314,13 @@ impl Pipe {
                 return Ok(Flow::More);
             }
             let n = match (&*src).read(&mut scratch[..TUNNEL_BUFFER]) {
+                // UnexpectedEof: a TLS client that closed without close_notify. Passed on as the
+                // end of stream its TCP FIN is (the tunnel's protocol frames its own messages).
                 Ok(0) => {
+                    self.eof = true;
+                    continue;
+                }
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
                     self.eof = true;
                     continue;
                 }
@@ -551,5 +559,62 @@ impl Tunnels {
         for id in ids {
             self.close(registry, id, reason);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::server::stream::testing::tls_pair;
+    use std::net::TcpListener;
+
+    #[test]
+    fn a_tls_client_gets_every_byte_before_the_end_of_stream() {
+        // The peer sends 100 kB and closes; the client reads slowly through a small window, so
+        // the TLS session holds records the socket has not taken yet when the peer's end comes:
+        // they must reach the client before its close_notify.
+        const SIZE: usize = 100_000;
+        let data: Vec<u8> = (0..SIZE).map(|i| (i % 241) as u8).collect();
+        let (client_side, mut client) = tls_pair(4096, 4096);
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let sent = data.clone();
+        let writer = std::thread::spawn(move || {
+            let mut peer = TcpStream::connect(addr).unwrap();
+            peer.write_all(&sent).unwrap();
+        });
+        let (peer_side, _) = listener.accept().unwrap();
+        peer_side.set_nonblocking(true).unwrap();
+        let reader = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            let mut buf = [0u8; 4096];
+            let end = loop {
+                match client.read(&mut buf) {
+                    Ok(0) => break Ok(()),
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                    Err(e) => break Err(e.kind()),
+                }
+                std::thread::sleep(Duration::from_micros(200));
+            };
+            (got, end)
+        });
+        let mut down = Pipe::default();
+        let (mut peer_ready, mut client_ready) = (Ready::unknown(), Ready::unknown());
+        let mut scratch = vec![0u8; TUNNEL_BUFFER];
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !down.shut {
+            assert!(Instant::now() < deadline, "the end of stream was never passed on");
+            let mut moved = false;
+            down.pump((&peer_side, &mut peer_ready), (&client_side, &mut client_ready), &mut scratch, &mut moved)
+                .unwrap();
+            // No poller here: as if every readiness event had come.
+            std::thread::sleep(Duration::from_millis(1));
+            peer_ready.readable = true;
+            client_ready.writable = true;
+        }
+        writer.join().unwrap();
+        let (got, end) = reader.join().unwrap();
+        assert_eq!(end, Ok(()), "a clean end (close_notify) after {} of {SIZE} bytes", got.len());
+        assert!(got == data, "{} of {SIZE} bytes, or not the same ones", got.len());
     }
 }
