@@ -578,9 +578,10 @@ CFG
     load "lb-sync https conn per req" "https://127.0.0.1:$lb_tls_port$url" -H "Connection: close"
     load "nginx https conn per req" "https://127.0.0.1:$nginx_port$url" -H "Connection: close"
     load "haproxy https conn per req" "https://127.0.0.1:$haproxy_port$url" -H "Connection: close"
+    load "lb-sync http conn per req" "http://127.0.0.1:$lb_port$url" -H "Connection: close"
     echo
     echo "keep-alive:     lb-sync / nginx $(ratio "lb-sync https keep-alive" "nginx https keep-alive"), lb-sync / haproxy $(ratio "lb-sync https keep-alive" "haproxy https keep-alive"), lb-sync https / http $(ratio "lb-sync https keep-alive" "lb-sync http keep-alive")"
-    echo "conn per req:   lb-sync / nginx $(ratio "lb-sync https conn per req" "nginx https conn per req"), lb-sync / haproxy $(ratio "lb-sync https conn per req" "haproxy https conn per req")"
+    echo "conn per req:   lb-sync / nginx $(ratio "lb-sync https conn per req" "nginx https conn per req"), lb-sync / haproxy $(ratio "lb-sync https conn per req" "haproxy https conn per req"), lb-sync https / http $(ratio "lb-sync https conn per req" "lb-sync http conn per req")"
     ;;
   *) echo "usage: $0 server|proxy|cost|slow|sweep|upstream-tls|websocket|tls" >&2; exit 2 ;;
 esac
