@@ -296,7 +296,8 @@ fn closes_without_answer() -> (u16, std::thread::JoinHandle<()>) {
 #[test]
 fn backend_closing_without_an_answer_gives_502() {
     let (port, _thread) = closes_without_answer();
-    let lb = balancer(AlgorithmKind::RoundRobin, &[(port, 1)], |_| {});
+    // No health checks: a probe that failed first would make it 503 (no usable backend).
+    let lb = balancer(AlgorithmKind::RoundRobin, &[(port, 1)], |c| c.health_check_interval = 0.0);
     let mut conn = Conn::open(lb.local_addr());
     assert_eq!(conn.get("/").status, 502);
     let stats = conn.get("/lb/stats").json();
