@@ -118,6 +118,9 @@ wait_http() {
   exit 1
 }
 children_of() { ps -o pid= --ppid "$1" 2>/dev/null | tr -d ' '; }
+# Only the lb-backend children: the supervisor may have a short-lived helper child (a subshell,
+# a sleep) at the moment it is looked at.
+backend_children_of() { ps -o pid=,comm= --ppid "$1" 2>/dev/null | awk '$2 == "lb-backend" {print $1}'; }
 
 started=$(date +%s.%N)
 
@@ -127,8 +130,8 @@ LB_BACKEND="$backend_bin" "$root/scripts/start_backends.sh" --ports "${sb_ports[
 sb_pid=$!
 pids+=("$sb_pid")
 for port in "${sb_ports[@]}"; do wait_http "$sb_pid" "$port" /health "$work/start_backends.log"; done
-sb_children=($(children_of "$sb_pid"))
-pids+=("${sb_children[@]}") # so that they are stopped even if the script misbehaves
+pids+=($(children_of "$sb_pid")) # so that they are stopped even if the script misbehaves
+sb_children=($(backend_children_of "$sb_pid"))
 health_ids=""
 for port in "${sb_ports[@]}"; do
   health_ids+="$(curl -s --max-time 5 "http://127.0.0.1:$port/health" | jq -r .status 2>/dev/null) "

@@ -174,9 +174,21 @@ fn a_body_the_client_breaks_off_never_reaches_the_backend_as_complete() {
     let resp = conn.response();
     assert_eq!(resp.status, 400);
     assert!(conn.is_closed());
-    // Not the backend's failure: it stays usable and nothing was counted against it.
-    let stats = Conn::open(lb.addr).get("/lb/backends").json();
-    assert_eq!(stats[0]["failed_requests"], 0, "{stats}");
+    // Not the backend's failure: counted as a client abort (HAProxy's cli_abrt), once, and
+    // the request once with the 400 the client got.
+    let backends = Conn::open(lb.addr).get("/lb/backends").json();
+    let b = &backends[0];
+    assert_eq!(
+        (&b["total_requests"], &b["failed_requests"], &b["client_aborts"], &b["circuit_breaker"]["failure_count"]),
+        (&serde_json::json!(1), &serde_json::json!(0), &serde_json::json!(1), &serde_json::json!(0)),
+        "{b}"
+    );
+    let stats = Conn::open(lb.addr).get("/lb/stats").json();
+    assert_eq!(
+        (&stats["total_requests"], &stats["answered_by_balancer"]["4xx"]),
+        (&serde_json::json!(1), &serde_json::json!(1)),
+        "{stats}"
+    );
 }
 
 #[test]

@@ -61,6 +61,7 @@ pub fn backend_json(backend: &Backend) -> Value {
         "tunnels": { "active": backend.tunnels().active(), "total": backend.tunnels().total() },
         "total_requests": requests,
         "failed_requests": failures,
+        "client_aborts": backend.client_aborts(),
         "responses": by_class(&backend.answers()),
         "latency": latency_json(&backend.latency().snapshot()),
         "circuit_breaker": {

@@ -21,6 +21,7 @@
 //! | `lb_backend_in_flight_requests` | `backend` | requests being forwarded to it |
 //! | `lb_backend_circuit_state` | `backend`, `state` | 1 for its breaker's state (closed, open, half_open) |
 //! | `lb_backend_tries_total`, `lb_backend_failed_tries_total` | `backend` | requests sent to it, and those without an answer |
+//! | `lb_backend_client_aborts_total` | `backend` | requests to it whose client broke off a streamed body (neither answered nor failed) |
 //! | `lb_tries_total`, `lb_retries_total`, `lb_retries_denied_total` | | tries, retries, retries the budget refused |
 //! | `lb_failed_tries_total` | `reason` | failed tries by reason |
 //! | `lb_rate_limited_total` | | requests the rate limiter refused with `429` |
@@ -147,6 +148,11 @@ fn encode(shared: &Shared) -> Result<String, ExpositionError> {
     let mut failed = e.counter("lb_backend_failed_tries", "Requests sent to each backend that got no answer.")?;
     for b in backends {
         failed.sample(&[("backend", &b.id)], b.counts().1 as f64)?;
+    }
+    let mut aborted =
+        e.counter("lb_backend_client_aborts", "Requests to each backend whose client broke off its streamed body.")?;
+    for b in backends {
+        aborted.sample(&[("backend", &b.id)], b.client_aborts() as f64)?;
     }
     e.counter("lb_tries", "Requests sent to backends (first tries and retries).")?.sample(&[], tries.tries as f64)?;
     e.counter("lb_retries", "Tries after a request's first.")?.sample(&[], tries.retries as f64)?;

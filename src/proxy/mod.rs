@@ -199,7 +199,10 @@ fn try_backends(shared: &Shared, out: &mut Outbound) -> Result<(Response, Arc<Ba
                 return Ok((response, Arc::clone(backend), upstream_time));
             }
             Err(_) if out.body.cut_short() => {
-                // The client broke its streamed body off: not the backend's failure.
+                // The client broke its streamed body off: counted apart (HAProxy's `cli_abrt`),
+                // so a backend's requests stay its failures, answers and client aborts; not the
+                // backend's failure: no breaker failure, no warning.
+                backend.record_client_abort();
                 if let Some((b, ticket)) = breaker {
                     b.record_neutral(ticket);
                 }

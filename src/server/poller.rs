@@ -654,10 +654,8 @@ impl Poller {
     /// so the backend never takes it for complete, and the connection closes after the answer.
     fn cut_upload(&mut self, token: usize, error: RequestError) {
         if let Some(conn) = self.connections.get(&token) {
+            // Not a refusal of ours: the worker that has the request answers (400) and counts it.
             log::debug!("{}: streamed request body cut short: {error}", conn.peer);
-            if let Some(hook) = &self.on_refusal {
-                hook.call(&Refusal { peer: conn.peer, status: error.status(), reason: error.reason() });
-            }
         }
         self.drop_upload(token);
     }

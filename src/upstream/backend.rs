@@ -194,6 +194,8 @@ pub struct Backend {
     awaiting_answer: AtomicUsize,
     requests: AtomicU64,
     failures: AtomicU64,
+    /// Tries its client broke off (a streamed body cut short): neither answered nor failed.
+    client_aborts: AtomicU64,
     answers: [AtomicU64; 5],
     /// Time from sending a request to its response head, for answered tries.
     latency: Histogram,
@@ -247,6 +249,7 @@ impl Backend {
             awaiting_answer: AtomicUsize::new(0),
             requests: AtomicU64::new(0),
             failures: AtomicU64::new(0),
+            client_aborts: AtomicU64::new(0),
             answers: Default::default(),
             latency: Histogram::new(),
             breaker: CircuitBreaker::named(policy.breaker, format!("backend {id}")),
@@ -440,6 +443,16 @@ impl Backend {
     /// Counts a failed try.
     pub fn record_failure(&self) {
         self.failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a try its client broke off (a streamed request body cut short).
+    pub fn record_client_abort(&self) {
+        self.client_aborts.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Tries its clients broke off: with failures and answers, they add up to its requests.
+    pub fn client_aborts(&self) -> u64 {
+        self.client_aborts.load(Ordering::Relaxed)
     }
 
     /// Counts an answered try: its status class and its time to the response head.
