@@ -97,6 +97,33 @@ CONF
   pids+=("$!")
 }
 
+# HAProxy in front of "$haproxy_servers" (server lines), round robin with connection reuse,
+# bound as $1 (an address, plus options such as "ssl crt FILE"); sets haproxy_pid.
+haproxy_up() {
+  cat > "$work/haproxy.cfg" <<CFG
+global
+  nbthread $(nproc)
+  maxconn 4096
+defaults
+  mode http
+  option http-keep-alive
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+  timeout http-keep-alive 60s
+frontend front
+  bind $1
+  default_backend backends
+backend backends
+  balance roundrobin
+  http-reuse always
+$haproxy_servers
+CFG
+  haproxy -f "$work/haproxy.cfg" -db > "$work/haproxy.log" 2>&1 &
+  haproxy_pid=$!
+  pids+=("$haproxy_pid")
+}
+
 echo "machine: $(nproc) cores; wrk -t$wrk_threads -c$connections -d$duration; body $body_bytes bytes"
 case "$mode" in
   server)
@@ -140,28 +167,7 @@ case "$mode" in
     location / { proxy_pass http://backends; proxy_http_version 1.1; proxy_set_header Connection \"\"; }
   }"
     nginx_pid=${pids[-1]}
-    cat > "$work/haproxy.cfg" <<CFG
-global
-  nbthread $(nproc)
-  maxconn 4096
-defaults
-  mode http
-  option http-keep-alive
-  timeout connect 5s
-  timeout client 60s
-  timeout server 60s
-  timeout http-keep-alive 60s
-frontend front
-  bind 127.0.0.1:$haproxy_port
-  default_backend backends
-backend backends
-  balance roundrobin
-  http-reuse always
-$haproxy_servers
-CFG
-    haproxy -f "$work/haproxy.cfg" -db > "$work/haproxy.log" 2>&1 &
-    haproxy_pid=$!
-    pids+=("$haproxy_pid")
+    haproxy_up "127.0.0.1:$haproxy_port"
     for port in "${backend_ports[@]}"; do wait_port "$port" "/?bytes=$body_bytes"; done
     wait_port "$lb_port" /lb/health "$work/lb-sync.err" # a management request: the distribution below counts only wrk's
     wait_port "$nginx_port" "/?bytes=$body_bytes" "$work/nginx/logs/error.log"
@@ -390,28 +396,7 @@ PY
       --health-check-interval 0 "${lb_args[@]}" > "$work/lb-sync.out" 2> "$work/lb-sync.err" &
     lb_pid=$!
     pids+=("$lb_pid")
-    cat > "$work/haproxy.cfg" <<CFG
-global
-  nbthread $(nproc)
-  maxconn 4096
-defaults
-  mode http
-  option http-keep-alive
-  timeout connect 5s
-  timeout client 60s
-  timeout server 60s
-  timeout http-keep-alive 60s
-frontend front
-  bind 127.0.0.1:$haproxy_port
-  default_backend backends
-backend backends
-  balance roundrobin
-  http-reuse always
-$haproxy_servers
-CFG
-    haproxy -f "$work/haproxy.cfg" -db > "$work/haproxy.log" 2>&1 &
-    haproxy_pid=$!
-    pids+=("$haproxy_pid")
+    haproxy_up "127.0.0.1:$haproxy_port"
     for port in "${backend_ports[@]}"; do wait_port "$port"; done
     wait_port "$lb_port" / "$work/lb-sync.err"
     wait_port "$nginx_port" / "$work/nginx/logs/error.log"
@@ -531,27 +516,7 @@ CFG
     ssl_certificate_key $pki/site.key;
     location / { proxy_pass http://backends; proxy_http_version 1.1; proxy_set_header Connection \"\"; }
   }"
-    cat > "$work/haproxy.cfg" <<CFG
-global
-  nbthread $(nproc)
-  maxconn 4096
-defaults
-  mode http
-  option http-keep-alive
-  timeout connect 5s
-  timeout client 60s
-  timeout server 60s
-  timeout http-keep-alive 60s
-frontend front
-  bind 127.0.0.1:$haproxy_port ssl crt $pki/site.combined.pem alpn http/1.1
-  default_backend backends
-backend backends
-  balance roundrobin
-  http-reuse always
-$haproxy_servers
-CFG
-    haproxy -f "$work/haproxy.cfg" -db > "$work/haproxy.log" 2>&1 &
-    pids+=("$!")
+    haproxy_up "127.0.0.1:$haproxy_port ssl crt $pki/site.combined.pem alpn http/1.1"
     wait_tls_port() { # PORT LOG
       for _ in $(seq 1 200); do
         curl -sf --max-time 1 --cacert "$pki/ca.pem" -o /dev/null "https://localhost:$1/?bytes=$body_bytes" && return 0
