@@ -86,20 +86,7 @@ impl Ws {
 
     fn send(&mut self, fin: bool, opcode: u8, payload: &[u8]) {
         let mask = self.next_mask();
-        let mut frame = vec![if fin { 0x80 } else { 0 } | opcode];
-        match payload.len() {
-            n @ 0..=125 => frame.push(0x80 | n as u8),
-            n @ 126..=0xFFFF => {
-                frame.push(0x80 | 126);
-                frame.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-            n => {
-                frame.push(0x80 | 127);
-                frame.extend_from_slice(&(n as u64).to_be_bytes());
-            }
-        }
-        frame.extend_from_slice(&mask);
-        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        let frame = common::ws::client_frame(fin, opcode, mask, payload);
         self.reader.get_mut().write_all(&frame).expect("send a frame");
     }
 

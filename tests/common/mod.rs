@@ -7,6 +7,7 @@ pub mod faults;
 pub mod lb;
 pub mod load;
 pub mod tls;
+pub mod ws;
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
