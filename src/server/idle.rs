@@ -4,51 +4,79 @@
 //! there is no job, instead of spinning and yielding as a blocking channel receive does.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::thread::Thread;
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, TryRecvError};
 
+/// An idle worker as the stack holds it.
+struct Sleeper {
+    thread: Thread,
+    /// Set by the waker that took it off the stack: it need not look for itself there (a scan
+    /// of the whole stack under the lock, which the poller and every worker contend for).
+    woken: AtomicBool,
+}
+
+thread_local! {
+    static ME: Arc<Sleeper> =
+        Arc::new(Sleeper { thread: std::thread::current(), woken: AtomicBool::new(false) });
+}
+
 /// The idle workers, most recently idle last.
 #[derive(Default)]
 pub(crate) struct IdleWorkers {
-    stack: Mutex<Vec<Thread>>,
+    stack: Mutex<Vec<Arc<Sleeper>>>,
     closed: AtomicBool,
 }
 
 impl IdleWorkers {
     /// Wakes the most recently idle worker, if any (the poller, after queueing a job).
     pub fn wake_one(&self) {
-        let thread = self.stack.lock().unwrap_or_else(|e| e.into_inner()).pop();
-        if let Some(thread) = thread {
-            thread.unpark();
+        let sleeper = {
+            let mut stack = self.stack.lock().unwrap_or_else(|e| e.into_inner());
+            let sleeper = stack.pop();
+            // Under the lock: a worker that looks for itself on the stack and finds nothing
+            // must find its flag set.
+            if let Some(sleeper) = &sleeper {
+                sleeper.woken.store(true, Ordering::Relaxed);
+            }
+            sleeper
+        };
+        if let Some(sleeper) = sleeper {
+            sleeper.thread.unpark();
         }
     }
 
     /// Wakes every worker so they see the queue closed (at stop).
     pub fn close(&self) {
         self.closed.store(true, Ordering::SeqCst);
-        for thread in self.stack.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
-            thread.unpark();
+        let mut stack = self.stack.lock().unwrap_or_else(|e| e.into_inner());
+        for sleeper in stack.drain(..) {
+            sleeper.woken.store(true, Ordering::Relaxed);
+            sleeper.thread.unpark();
         }
     }
 
     /// The next job for this worker; `None` once the queue is closed and empty.
     pub fn next<T>(&self, jobs: &Receiver<T>) -> Option<T> {
+        let me = ME.with(Arc::clone);
         loop {
             match jobs.try_recv() {
                 Ok(job) => return Some(job),
                 Err(TryRecvError::Disconnected) => return None,
                 Err(TryRecvError::Empty) => {}
             }
-            let me = std::thread::current();
-            self.stack.lock().unwrap_or_else(|e| e.into_inner()).push(me.clone());
+            self.stack.lock().unwrap_or_else(|e| e.into_inner()).push(Arc::clone(&me));
             // A job queued between the look above and the push would wake nobody: look again.
             // An unpark that comes before the park makes the park return at once.
             match jobs.try_recv() {
                 Ok(job) => {
-                    self.remove(&me);
+                    if !self.leave(&me) {
+                        // A waker took us off the stack for a job meanwhile, and we took one
+                        // already: pass its wake-up on, or that job would wait for a worker.
+                        self.wake_one();
+                    }
                     return Some(job);
                 }
                 Err(TryRecvError::Disconnected) => return None,
@@ -59,14 +87,27 @@ impl IdleWorkers {
             }
             // Bounded, so a lost wake-up (there should be none) costs a second at most.
             std::thread::park_timeout(Duration::from_secs(1));
-            self.remove(&me);
+            self.leave(&me);
         }
     }
 
-    fn remove(&self, me: &Thread) {
+    /// Takes this worker off the stack unless a waker did; true when it was still there.
+    fn leave(&self, me: &Arc<Sleeper>) -> bool {
+        if me.woken.swap(false, Ordering::Acquire) {
+            return false;
+        }
         let mut stack = self.stack.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(i) = stack.iter().rposition(|t| t.id() == me.id()) {
-            stack.remove(i);
+        match stack.iter().rposition(|s| Arc::ptr_eq(s, me)) {
+            Some(i) => {
+                stack.remove(i);
+                true
+            }
+            // Popped between the swap above and the lock: the waker set the flag under the
+            // lock, so it is set now; clear it.
+            None => {
+                me.woken.store(false, Ordering::Relaxed);
+                false
+            }
         }
     }
 }
