@@ -569,7 +569,22 @@ fn request_bodies_stream_over_tls_with_request_buffering_off() {
 
 /// A masked client frame (RFC 6455 5.2): FIN, `opcode`, `payload`.
 fn ws_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
-    common::ws::client_frame(true, opcode, [0x5a, 0x13, 0xc7, 0x02], payload)
+    let mask = [0x5a, 0x13, 0xc7, 0x02];
+    let mut frame = vec![0x80 | opcode];
+    match payload.len() {
+        n @ 0..=125 => frame.push(0x80 | n as u8),
+        n @ 126..=0xFFFF => {
+            frame.push(0x80 | 126);
+            frame.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            frame.push(0x80 | 127);
+            frame.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    frame
 }
 
 /// One unmasked server frame: (opcode, payload).
@@ -663,4 +678,82 @@ asyncio.run(main(sys.argv[1], sys.argv[2]))
     let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success() && said.trim() == "ok", "python websockets over wss: {said}");
     assert!(common::wait_until(Duration::from_secs(5), || tunnels() == (Some(0), Some(2))), "{:?}", tunnels());
+}
+
+/// A TLS handshake under way when a stop begins is drained like an idle connection
+/// (250 ms), also when the client finishes it within that time and then stays silent (a
+/// browser's preconnect): the handshake's end gave it `head_timeout` (10 s) before, and the stop
+/// waited for it until its grace period was over.
+#[test]
+fn a_handshake_finished_during_a_stop_does_not_hold_the_stop() {
+    stop_with_a_handshake(true);
+}
+
+/// The control: the same client, its Finished never sent, is closed after the 250 ms drain.
+#[test]
+fn an_unfinished_handshake_is_drained_at_a_stop() {
+    stop_with_a_handshake(false);
+}
+
+fn stop_with_a_handshake(finish: bool) {
+    let pki = Pki::new();
+    let leaf = pki.leaf("site", &["localhost"], KeyKind::EcPkcs8, 30);
+    let server = tls_server(Certificates::load(&[(leaf.cert.clone(), leaf.key.clone())]).unwrap());
+    let addr = server.tls_addr().unwrap();
+    let mut tcp = TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut client = rustls::ClientConnection::new(pki.client(), name).unwrap();
+    // ClientHello out, the server's whole flight in: the client's Finished is queued, not sent.
+    while client.wants_write() {
+        client.write_tls(&mut tcp).unwrap();
+    }
+    while client.is_handshaking() && !client.wants_write() {
+        client.read_tls(&mut tcp).unwrap();
+        client.process_new_packets().unwrap();
+    }
+    let started = Instant::now();
+    let stopper = std::thread::spawn(move || server.stop(Duration::from_secs(5)));
+    std::thread::sleep(Duration::from_millis(100));
+    while finish && client.wants_write() {
+        client.write_tls(&mut tcp).unwrap();
+    }
+    stopper.join().unwrap();
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(2), "the stop took {took:?} for a silent client");
+}
+
+/// A request and the client's close_notify in one flight, its TCP left open (a client
+/// that half-closes TLS after its request and reads to the end): the poller reads both at once
+/// and serves the request; the connection must then close at once, not wait for a readiness
+/// event that never comes (the close_notify is inside rustls already) until keep_alive_timeout.
+#[test]
+fn a_request_with_close_notify_is_closed_after_its_answer() {
+    let pki = Pki::new();
+    let leaf = pki.leaf("site", &["localhost"], KeyKind::EcPkcs8, 30);
+    let server = tls_server(Certificates::load(&[(leaf.cert.clone(), leaf.key.clone())]).unwrap());
+    let addr = server.tls_addr().unwrap();
+    let tcp = TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut tls = handshake(tcp, &pki.client(), "localhost").unwrap();
+    tls.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+    tls.conn.send_close_notify();
+    tls.flush().unwrap();
+    let started = Instant::now();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let end = loop {
+        match tls.read(&mut buf) {
+            Ok(0) => break Ok(()),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) => break Err(e.kind()),
+        }
+    };
+    assert!(got.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&got));
+    assert!(
+        end != Err(std::io::ErrorKind::WouldBlock) && end != Err(std::io::ErrorKind::TimedOut),
+        "no end of the connection {:?} after the answer: {end:?}",
+        started.elapsed()
+    );
+    server.stop(Duration::from_secs(1));
 }

@@ -96,6 +96,11 @@ pub fn answer(request: &Request, sessions: &Arc<AtomicUsize>) -> Response {
     if request.method() != "GET" {
         return Response::text(405, "a WebSocket handshake is a GET").with_header("Allow", "GET");
     }
+    if request.is_tls() {
+        // The echo runs on a socket of its own, which a TLS session cannot be handed to: refuse
+        // before saying 101, rather than accept and drop the client.
+        return Response::text(501, "the WebSocket echo is served on lb-backend's plain HTTP port only");
+    }
     if request.header("sec-websocket-version").map(str::trim) != Some("13") {
         return Response::text(426, "only WebSocket version 13 is spoken here")
             .with_header("Upgrade", "websocket")

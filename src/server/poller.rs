@@ -434,12 +434,16 @@ impl Poller {
                 conn.deadline = Instant::now() + self.limits.head_timeout;
                 let deadline = conn.deadline;
                 self.note_deadline(deadline);
+                if self.stop_deadline.is_some() {
+                    // Stopping: an idle connection gets the short drain, however new.
+                    self.drain_idle(token);
+                }
             }
             let Some(conn) = self.connections.get_mut(&token) else { return };
             match read {
                 Ok(0) => return self.close(token),
                 Ok(n) => {
-                    conn.maybe_more |= n == HEAD_READ;
+                    conn.maybe_more |= n == HEAD_READ || conn.stream.end_pending();
                     worth_parsing =
                         self.scratch[..n].contains(&b'\n') || conn.buf.len() + n > self.limits.max_request_line_bytes;
                     conn.buf.extend_from_slice(&self.scratch[..n]);
@@ -545,7 +549,7 @@ impl Poller {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => return self.cut_upload(token, RequestError::BodyIncomplete),
             };
-            conn.maybe_more |= n == self.scratch.len();
+            conn.maybe_more |= n == self.scratch.len() || conn.stream.end_pending();
             let mut data = Vec::with_capacity(n);
             let used = match upload.decoder.feed(&self.scratch[..n], &mut |bytes| {
                 data.extend_from_slice(bytes);
@@ -704,7 +708,7 @@ impl Poller {
                     return self.refuse(token, error.status(), error.reason(), &[]);
                 }
                 Ok(n) => {
-                    conn.maybe_more |= n == self.scratch.len();
+                    conn.maybe_more |= n == self.scratch.len() || conn.stream.end_pending();
                     conn.deadline = Instant::now() + self.limits.io_timeout;
                     let input = std::mem::take(&mut self.scratch);
                     let done = self.feed_body(token, &input[..n]);

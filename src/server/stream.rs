@@ -14,6 +14,7 @@
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use rustls::ServerConnection;
@@ -25,18 +26,32 @@ pub(crate) enum ClientStream {
     Tls {
         tcp: TcpStream,
         session: Box<Mutex<ServerConnection>>,
+        /// The client's close_notify came with the last bytes a read returned: the end is
+        /// already taken off the socket, and no readiness event will announce it.
+        end_pending: AtomicBool,
     },
 }
 
 impl ClientStream {
     /// A TLS connection: `session` starts its handshake with the first read.
     pub fn tls(tcp: TcpStream, session: ServerConnection) -> ClientStream {
-        ClientStream::Tls { tcp, session: Box::new(Mutex::new(session)) }
+        ClientStream::Tls { tcp, session: Box::new(Mutex::new(session)), end_pending: AtomicBool::new(false) }
     }
 
     /// Whether requests on it came over TLS (`X-Forwarded-Proto: https`).
     pub fn is_tls(&self) -> bool {
         matches!(self, ClientStream::Tls { .. })
+    }
+
+    /// Whether a read that returned less than asked has left the stream's end unread: a TLS
+    /// client's close_notify that arrived with its last bytes. The next read returns it at once;
+    /// a caller waiting for readiness would wait for nothing (edge-triggered readiness already
+    /// reported those bytes). Never on a plain socket, whose FIN stays in the socket.
+    pub fn end_pending(&self) -> bool {
+        match self {
+            ClientStream::Plain(_) => false,
+            ClientStream::Tls { end_pending, .. } => end_pending.load(Ordering::Relaxed),
+        }
     }
 
     /// Whether a TLS handshake is still under way (false on a plain connection).
@@ -66,7 +81,7 @@ impl ClientStream {
     /// `close_notify` (best effort), so a TLS client can tell a clean end from a cut; breaking
     /// a connection (`Both`) does not, for the same reason.
     pub fn shutdown(&self, how: Shutdown) -> io::Result<()> {
-        if let (ClientStream::Tls { tcp, session }, Shutdown::Write) = (self, how) {
+        if let (ClientStream::Tls { tcp, session, .. }, Shutdown::Write) = (self, how) {
             let mut session = lock(session);
             session.send_close_notify();
             let _ = send_records(&mut session, tcp);
@@ -121,16 +136,21 @@ impl Read for &ClientStream {
     /// that returns less than `buf.len()` leaves nothing buffered in the session that a new
     /// readiness event would not announce (the poller's edge-triggered waits rely on it).
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let (tcp, session) = match self {
+        let (tcp, session, end_pending) = match self {
             ClientStream::Plain(tcp) => return (&*tcp).read(buf),
-            ClientStream::Tls { tcp, session } => (tcp, session),
+            ClientStream::Tls { tcp, session, end_pending } => (tcp, session, end_pending),
         };
         let mut session = lock(session);
         let mut got = 0;
         loop {
             match session.reader().read(&mut buf[got..]) {
                 // The client's close_notify (or an empty `buf`).
-                Ok(0) => return Ok(got),
+                Ok(0) => {
+                    if got > 0 && got < buf.len() {
+                        end_pending.store(true, Ordering::Relaxed);
+                    }
+                    return Ok(got);
+                }
                 Ok(n) => {
                     got += n;
                     if got == buf.len() {
@@ -156,7 +176,7 @@ impl Write for &ClientStream {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let (tcp, session) = match self {
             ClientStream::Plain(tcp) => return (&*tcp).write(buf),
-            ClientStream::Tls { tcp, session } => (tcp, session),
+            ClientStream::Tls { tcp, session, .. } => (tcp, session),
         };
         let mut session = lock(session);
         send_records(&mut session, tcp)?;
@@ -171,7 +191,7 @@ impl Write for &ClientStream {
     fn flush(&mut self) -> io::Result<()> {
         match self {
             ClientStream::Plain(_) => Ok(()),
-            ClientStream::Tls { tcp, session } => send_records(&mut lock(session), tcp),
+            ClientStream::Tls { tcp, session, .. } => send_records(&mut lock(session), tcp),
         }
     }
 }

@@ -223,6 +223,24 @@ impl HalfClose for ClientStream {
     }
 }
 
+/// What a tunnel needs of the socket it reads from besides `Read`: whether a short read left
+/// the end of stream unread (see [`ClientStream::end_pending`]).
+trait EndPending {
+    fn end_pending(&self) -> bool;
+}
+
+impl EndPending for TcpStream {
+    fn end_pending(&self) -> bool {
+        false
+    }
+}
+
+impl EndPending for ClientStream {
+    fn end_pending(&self) -> bool {
+        ClientStream::end_pending(self)
+    }
+}
+
 /// One direction of a tunnel.
 #[derive(Default)]
 struct Pipe {
@@ -250,7 +268,7 @@ enum Flow {
 impl Pipe {
     /// Moves bytes from `src` to `dst` until one of them would block, the stream ends, or the
     /// turn's budget is spent. `moved` is set when a byte moved.
-    fn pump<S, D: HalfClose>(
+    fn pump<S: EndPending, D: HalfClose>(
         &mut self,
         (src, src_ready): (&S, &mut Ready),
         (dst, dst_ready): (&D, &mut Ready),
@@ -332,7 +350,7 @@ impl Pipe {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             };
-            if n < TUNNEL_BUFFER && !src_ready.closed {
+            if n < TUNNEL_BUFFER && !src_ready.closed && !src.end_pending() {
                 // Drained: whatever arrives later raises a new edge.
                 src_ready.readable = false;
             }
@@ -567,6 +585,54 @@ mod tests {
     use super::*;
     use crate::server::stream::testing::tls_pair;
     use std::net::TcpListener;
+
+    /// A TLS client's last bytes and its close_notify, read together, with its TCP still
+    /// open (Go's tls.Conn.CloseWrite, an OpenSSL SSL_shutdown that waits for ours): the short read
+    /// would mark the client drained while rustls already holds the close_notify, and no readiness
+    /// edge comes again: the end of stream must still reach the peer.
+    #[test]
+    fn a_close_notify_read_with_the_last_bytes_is_passed_on() {
+        let (client_side, mut client) = tls_pair(1 << 20, 1 << 20);
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut far_peer = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (peer_side, _) = listener.accept().unwrap();
+        peer_side.set_nonblocking(true).unwrap();
+        client.write_all(b"last message").unwrap();
+        client.conn.send_close_notify();
+        client.flush().unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        // As the poller does: register (edge-triggered), then pump once, then follow events.
+        let mut poll = mio::Poll::new().unwrap();
+        let both = Interest::READABLE | Interest::WRITABLE;
+        poll.registry().register(&mut SourceFd(&client_side.as_raw_fd()), Token(0), both).unwrap();
+        poll.registry().register(&mut SourceFd(&peer_side.as_raw_fd()), Token(1), both).unwrap();
+        let (mut client_ready, mut peer_ready) = (Ready::unknown(), Ready::unknown());
+        let mut up = Pipe::default();
+        let mut scratch = vec![0u8; TUNNEL_BUFFER];
+        let mut events = mio::Events::with_capacity(16);
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            let mut moved = false;
+            up.pump((&client_side, &mut client_ready), (&peer_side, &mut peer_ready), &mut scratch, &mut moved)
+                .unwrap();
+            if up.shut || Instant::now() > deadline {
+                break;
+            }
+            poll.poll(&mut events, Some(Duration::from_millis(100))).unwrap();
+            for event in events.iter() {
+                if event.token() == Token(0) {
+                    client_ready.note(event)
+                } else {
+                    peer_ready.note(event)
+                }
+            }
+        }
+        far_peer.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        let mut got = Vec::new();
+        let end = far_peer.read_to_end(&mut got);
+        assert_eq!(got, b"last message");
+        assert!(up.eof && up.shut && end.is_ok(), "the client's close_notify was never passed on: {end:?}");
+    }
 
     #[test]
     fn a_tls_client_gets_every_byte_before_the_end_of_stream() {
