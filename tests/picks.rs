@@ -102,20 +102,29 @@ fn reconcile_keeps_unchanged_backends_and_their_state() {
 fn readers_load_snapshots_while_changes_are_swapped_in() {
     let table = table(AlgorithmKind::WeightedRoundRobin, &[9001, 9002]);
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Every reader is picking before the first change: the changes must meet readers.
+    let started = Arc::new(std::sync::Barrier::new(5));
     let readers: Vec<_> = (0..4)
         .map(|_| {
-            let (table, stop) = (Arc::clone(&table), Arc::clone(&stop));
+            let (table, stop, started) = (Arc::clone(&table), Arc::clone(&stop), Arc::clone(&started));
             std::thread::spawn(move || {
                 let mut picks = 0u64;
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                loop {
                     let snapshot = table.snapshot();
                     assert!(snapshot.pick(&[], |_| true).is_some());
                     picks += 1;
+                    if picks == 1 {
+                        started.wait();
+                    }
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        break;
+                    }
                 }
                 picks
             })
         })
         .collect();
+    started.wait();
     for i in 0..200u16 {
         let added = table.add(&BackendConfig::new("127.0.0.1", 10_000 + i, 3)).unwrap();
         table.set_enabled(&added.id, i % 2 == 0).unwrap();
