@@ -569,44 +569,13 @@ fn request_bodies_stream_over_tls_with_request_buffering_off() {
 
 /// A masked client frame (RFC 6455 5.2): FIN, `opcode`, `payload`.
 fn ws_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
-    let mask = [0x5a, 0x13, 0xc7, 0x02];
-    let mut frame = vec![0x80 | opcode];
-    match payload.len() {
-        n @ 0..=125 => frame.push(0x80 | n as u8),
-        n @ 126..=0xFFFF => {
-            frame.push(0x80 | 126);
-            frame.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            frame.push(0x80 | 127);
-            frame.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    frame.extend_from_slice(&mask);
-    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    frame
+    common::ws::client_frame(true, opcode, [0x5a, 0x13, 0xc7, 0x02], payload)
 }
 
 /// One unmasked server frame: (opcode, payload).
 fn ws_read(reader: &mut impl Read) -> (u8, Vec<u8>) {
-    let mut head = [0u8; 2];
-    reader.read_exact(&mut head).expect("a frame head");
-    let length = match head[1] & 0x7f {
-        126 => {
-            let mut n = [0u8; 2];
-            reader.read_exact(&mut n).unwrap();
-            u64::from(u16::from_be_bytes(n))
-        }
-        127 => {
-            let mut n = [0u8; 8];
-            reader.read_exact(&mut n).unwrap();
-            u64::from_be_bytes(n)
-        }
-        n => u64::from(n),
-    };
-    let mut payload = vec![0u8; length as usize];
-    reader.read_exact(&mut payload).expect("a frame payload");
-    (head[0] & 0x0f, payload)
+    let (_, opcode, payload) = common::ws::read_server_frame(reader).expect("a frame");
+    (opcode, payload)
 }
 
 #[test]

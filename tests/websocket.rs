@@ -95,25 +95,8 @@ impl Ws {
     }
 
     fn try_recv(&mut self) -> std::io::Result<Frame> {
-        let mut head = [0u8; 2];
-        self.reader.read_exact(&mut head)?;
-        assert_eq!(head[1] & 0x80, 0, "a server must not mask its frames");
-        let length = match head[1] & 0x7F {
-            126 => {
-                let mut n = [0u8; 2];
-                self.reader.read_exact(&mut n)?;
-                u64::from(u16::from_be_bytes(n))
-            }
-            127 => {
-                let mut n = [0u8; 8];
-                self.reader.read_exact(&mut n)?;
-                u64::from_be_bytes(n)
-            }
-            n => u64::from(n),
-        };
-        let mut payload = vec![0u8; length as usize];
-        self.reader.read_exact(&mut payload)?;
-        Ok(Frame { fin: head[0] & 0x80 != 0, opcode: head[0] & 0x0F, payload })
+        let (fin, opcode, payload) = common::ws::read_server_frame(&mut self.reader)?;
+        Ok(Frame { fin, opcode, payload })
     }
 
     fn echo(&mut self, opcode: u8, payload: &[u8]) {
