@@ -97,6 +97,17 @@ CONF
   pids+=("$!")
 }
 
+# The same backends for the three proxies: lb_args (lb-sync flags), upstream (nginx server
+# lines) and haproxy_servers (HAProxy server lines) for these loopback ports.
+backend_lists() {
+  lb_args=() upstream="" haproxy_servers=""
+  for port in "$@"; do
+    lb_args+=(--backend "127.0.0.1:$port")
+    upstream+="server 127.0.0.1:$port; "
+    haproxy_servers+="  server b$port 127.0.0.1:$port"$'\n'
+  done
+}
+
 # HAProxy in front of "$haproxy_servers" (server lines), round robin with connection reuse,
 # bound as $1 (an address, plus options such as "ssl crt FILE"); sets haproxy_pid.
 haproxy_up() {
@@ -151,12 +162,7 @@ case "$mode" in
       "$backend_bin" --port "$port" --threads 16 > /dev/null &
       pids+=("$!")
     done
-    lb_args=() upstream="" haproxy_servers=""
-    for port in "${backend_ports[@]}"; do
-      lb_args+=(--backend "127.0.0.1:$port")
-      upstream+="server 127.0.0.1:$port; "
-      haproxy_servers+="  server b$port 127.0.0.1:$port"$'\n'
-    done
+    backend_lists "${backend_ports[@]}"
     "$sync_bin" --algorithm round_robin --host 127.0.0.1 --port "$lb_port" --threads "$threads" --access-log false \
       "${lb_args[@]}" > "$work/lb-sync.out" 2> "$work/lb-sync.err" &
     lb_pid=$!
@@ -378,13 +384,9 @@ PY
     backend_ports=("${ports[@]:0:3}")
     lb_port=${ports[3]} nginx_port=${ports[4]} haproxy_port=${ports[5]}
     body=$(head -c "$body_bytes" /dev/zero | tr '\0' x)
-    listens="" upstream="" haproxy_servers="" lb_args=()
-    for port in "${backend_ports[@]}"; do
-      listens+="listen 127.0.0.1:$port; "
-      upstream+="server 127.0.0.1:$port; "
-      haproxy_servers+="  server b$port 127.0.0.1:$port"$'\n'
-      lb_args+=(--backend "127.0.0.1:$port")
-    done
+    backend_lists "${backend_ports[@]}"
+    listens=""
+    for port in "${backend_ports[@]}"; do listens+="listen 127.0.0.1:$port; "; done
     NGINX_WORKERS=1 nginx_up "server { $listens location / { default_type text/plain; return 200 '$body'; } }" backends
     nginx_up "upstream backends { $upstream keepalive 64; }
   server {
@@ -498,12 +500,7 @@ PY
       "$backend_bin" --port "$port" --threads 16 > /dev/null &
       pids+=("$!")
     done
-    lb_args=() upstream="" haproxy_servers=""
-    for port in "${backend_ports[@]}"; do
-      lb_args+=(--backend "127.0.0.1:$port")
-      upstream+="server 127.0.0.1:$port; "
-      haproxy_servers+="  server b$port 127.0.0.1:$port"$'\n'
-    done
+    backend_lists "${backend_ports[@]}"
     "$sync_bin" --algorithm round_robin --host 127.0.0.1 --port "$lb_port" --threads "$threads" --access-log false \
       --health-check-interval 0 --tls-port "$lb_tls_port" --tls-cert "$pki/site.pem" --tls-key "$pki/site.key" \
       "${lb_args[@]}" > "$work/lb-sync.out" 2> "$work/lb-sync.err" &

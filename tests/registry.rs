@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -266,19 +265,5 @@ fn metrics_with_a_registry_pass_promtool_check_metrics() {
         assert!(text.contains(family), "no {family:?} in\n{text}");
     }
     assert!(text.contains("\nlb_registry_revision "), "{text}");
-    let promtool = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn();
-    let Ok(mut promtool) = promtool else {
-        assert!(std::env::var_os("CI").is_none(), "promtool is required in CI (apt-get install prometheus)");
-        eprintln!("promtool not found: skipping its check (apt-get install prometheus)");
-        return;
-    };
-    promtool.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
-    let out = promtool.wait_with_output().unwrap();
-    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success() && said.trim().is_empty(), "promtool check metrics: {said}\n{text}");
+    common::promtool_check(&text);
 }

@@ -254,7 +254,7 @@ fn two_hundred_tunnels_hold_no_worker_while_requests_are_served() {
     assert_eq!(metric(lb.addr, &format!("lb_backend_open_tunnels{{backend=\"{id}\"}}")), 200.0);
     assert_eq!(metric(lb.addr, &format!("lb_backend_tunnels_total{{backend=\"{id}\"}}")), 200.0);
     assert_eq!(metric(lb.addr, "lb_in_flight_requests"), 200.0);
-    promtool_check(&get(lb.addr, "/lb/metrics").text());
+    common::promtool_check(&get(lb.addr, "/lb/metrics").text());
     // The 101s are counted as answers (1xx), each once.
     assert_eq!(stats(lb.addr)["responses"]["1xx"], 200);
     // Half of them closed by the client, half by a close frame: all counted closed.
@@ -267,24 +267,6 @@ fn two_hundred_tunnels_hold_no_worker_while_requests_are_served() {
     assert!(wait_until(Duration::from_secs(10), || tunnels(lb.addr) == (0, 200)), "{:?}", tunnels(lb.addr));
     assert!(wait_until(Duration::from_secs(5), || backend_entry(lb.addr, 0)["active_connections"] == 0));
     assert_eq!(metric(lb.addr, "lb_open_tunnels"), 0.0);
-}
-
-fn promtool_check(text: &str) {
-    let Ok(mut promtool) = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-    else {
-        assert!(std::env::var_os("CI").is_none(), "promtool is required in CI (apt-get install prometheus)");
-        eprintln!("promtool not found: skipping its check");
-        return;
-    };
-    promtool.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
-    let out = promtool.wait_with_output().unwrap();
-    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success() && said.trim().is_empty(), "promtool check metrics: {said}\n{text}");
 }
 
 #[test]
