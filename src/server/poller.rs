@@ -14,14 +14,15 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::Receiver;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 
 use super::body::BodyDecoder;
 use super::error::{reason_phrase, RequestError};
 use super::head::{parse_head, BodyFraming, ParseOutcome, RequestHead};
-use super::idle::IdleWorkers;
+use super::cpu_idle::CpuIdle;
+use super::job_queue::{JobQueue, StallWatch};
 use super::limits::Limits;
 use super::observe::{Refusal, RefusalHook};
 use super::response::{Delivery, Progress};
@@ -51,6 +52,8 @@ const HEAD_READ: usize = 16 * 1024;
 /// Reads of one connection per turn (16 × 64 KiB = 1 MiB), so a fast uploader cannot hold the
 /// poller; a connection with more to read is served again in the next turn.
 const MAX_READS_PER_TURN: usize = 16;
+/// How often the CPUs' idle time is sampled for the worker pool.
+const CPU_SAMPLE_EVERY: Duration = Duration::from_millis(100);
 /// Longest a poll waits, so that stop requests and deadlines are looked at regularly.
 const MAX_POLL_WAIT: Duration = Duration::from_secs(1);
 /// After the stop deadline, how long in-flight requests whose sockets were shut down get to
@@ -135,10 +138,15 @@ pub(crate) struct Poller {
     pub listener: Option<TcpListener>,
     /// The HTTPS listener and what its connections start from.
     tls_listener: Option<(TcpListener, TlsAcceptor)>,
-    pub jobs: Option<Sender<Job>>,
-    /// The receiving side of the queue, to drop jobs left in it at stop.
-    job_queue: Receiver<Job>,
-    idle: Arc<IdleWorkers>,
+    /// Where complete requests go to the workers.
+    queue: Arc<JobQueue>,
+    /// Set once the queue is closed (a stop): nothing more is dispatched.
+    queue_closed: bool,
+    /// Whether jobs wait with none taken (the queue's safety net).
+    stall: StallWatch,
+    /// The CPUs' idle time, which decides whether more workers may wake.
+    cpu: CpuIdle,
+    next_cpu_sample: Instant,
     pub returns: Receiver<Returned>,
     pub limits: Limits,
     pub stop: Arc<StopSignal>,
@@ -169,9 +177,7 @@ pub(crate) struct Poller {
 
 /// The poller's ends of the channels and the shared flags.
 pub(crate) struct PollerLinks {
-    pub jobs: Sender<Job>,
-    pub job_queue: Receiver<Job>,
-    pub idle: Arc<IdleWorkers>,
+    pub queue: Arc<JobQueue>,
     pub queued: Arc<AtomicUsize>,
     pub queue_capacity: usize,
     pub returns: Receiver<Returned>,
@@ -201,9 +207,11 @@ impl Poller {
             poll,
             listener: Some(listener),
             tls_listener,
-            jobs: Some(links.jobs),
-            job_queue: links.job_queue,
-            idle: links.idle,
+            queue: links.queue,
+            queue_closed: false,
+            stall: StallWatch::default(),
+            cpu: CpuIdle::new(),
+            next_cpu_sample: Instant::now(),
             returns: links.returns,
             limits,
             stop: links.stop,
@@ -233,6 +241,13 @@ impl Poller {
             let now = Instant::now();
             let mut wake_at = self.next_sweep.min(now + MAX_POLL_WAIT);
             if let Some(at) = self.accept_resume {
+                wake_at = wake_at.min(at);
+            }
+            if now >= self.next_cpu_sample {
+                self.queue.sample_cpu(&mut self.cpu);
+                self.next_cpu_sample = now + CPU_SAMPLE_EVERY;
+            }
+            if let Some(at) = self.queue.nudge_if_stalled(&mut self.stall, now) {
                 wake_at = wake_at.min(at);
             }
             if !self.again.is_empty() {
@@ -285,8 +300,8 @@ impl Poller {
             if self.stop.requested.load(Ordering::Acquire) && self.carry_out_stop(now) {
                 // Close the queue so the workers end once their current jobs are done.
                 self.drop_queued_jobs();
-                self.jobs = None;
-                self.idle.close();
+                self.queue_closed = true;
+                self.queue.close();
                 return;
             }
         }
@@ -728,9 +743,9 @@ impl Poller {
     /// Hands a complete request to the worker pool, or answers 503 when the queue is full.
     fn dispatch(&mut self, token: usize, head: RequestHead, body: RequestBody) {
         let Some(conn) = self.connections.get_mut(&token) else { return };
-        let Some(jobs) = &self.jobs else {
+        if self.queue_closed {
             return self.close(token);
-        };
+        }
         if self.queued.load(Ordering::Relaxed) >= self.queue_capacity {
             // Told to the refusal hook; a warning per request here would flood the log.
             log::debug!("all workers busy and the queue is full: answering 503");
@@ -745,10 +760,7 @@ impl Poller {
         conn.input_while_busy.store(more, Ordering::SeqCst);
         let input_while_busy = Arc::clone(&conn.input_while_busy);
         let job = Job::Serve { token, stream: Arc::clone(&conn.stream), peer: conn.peer, head, body, input_while_busy };
-        if jobs.send(job).is_err() {
-            return self.close(token);
-        }
-        self.idle.wake_one();
+        self.queue.submit(job);
     }
 
     /// Writes a delivery the client reads slowly; asks a worker to refill it when drained.
@@ -764,12 +776,10 @@ impl Poller {
             }
             Progress::NeedsRefill => {
                 conn.state = State::Busy;
-                let job = Job::Refill { token, stream: Arc::clone(&conn.stream), delivery };
-                if self.jobs.as_ref().is_none_or(|jobs| jobs.send(job).is_err()) {
-                    self.close(token);
-                } else {
-                    self.idle.wake_one();
+                if self.queue_closed {
+                    return self.close(token);
                 }
+                self.queue.submit(Job::Refill { token, stream: Arc::clone(&conn.stream), delivery });
             }
             Progress::Done { keep_alive } => match delivery.take_switch() {
                 Some(switch) => self.switch(token, switch),
@@ -1032,7 +1042,7 @@ impl Poller {
 
     /// Drops the jobs still waiting for a worker and closes their connections.
     fn drop_queued_jobs(&mut self) {
-        while let Ok(job) = self.job_queue.try_recv() {
+        while let Some(job) = self.queue.try_take() {
             let token = match job {
                 Job::Serve { token, .. } => {
                     self.queued.fetch_sub(1, Ordering::Relaxed);

@@ -2,10 +2,12 @@
 //! a retry. Knows nothing of which backend to choose.
 
 use std::io::{self, Read};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
 
 use ureq::http;
+use ureq::http::uri::Authority;
 use ureq::unversioned::transport::Connector;
 use ureq::{Agent, SendBody, Timeout};
 
@@ -13,7 +15,9 @@ use crate::config::Scheme;
 use crate::stats::TryFailure;
 
 use super::backend::Backend;
-use super::pinned::{pin, PinnedResolver};
+use super::link::{BackendLink, OpenSockets};
+use super::pinned::PinnedResolver;
+use super::pool::{IdleConnections, IdleLimits, PooledConnector};
 use super::tls::{HandshakeError, TlsConnector, UpstreamTls};
 use super::transport::BackendConnector;
 
@@ -135,20 +139,30 @@ pub struct ForwardTimeouts {
     pub request: Duration,
 }
 
-/// The shared ureq agent, configured for proxying: no proxy from the environment, statuses and
-/// redirects passed through untouched, any method, no headers of its own, a pool large enough
-/// for every worker to keep a connection to every backend.
+/// Sends requests to backends: one ureq agent per backend, configured for proxying (no proxy
+/// from the environment, statuses and redirects passed through untouched, any method, no
+/// headers of its own), each over its backend's own idle connections (`pool.rs`; ureq's pool is
+/// off). A backend's client is made on its first request and kept in the backend
+/// ([`BackendLink`]); a reload with new client settings makes a new forwarder, whose first
+/// request to each backend replaces it.
 pub struct Forwarder {
-    agent: Agent,
+    /// Tells its links from an earlier forwarder's.
+    id: u64,
+    config: ureq::config::Config,
     timeouts: ForwardTimeouts,
-    pool_size: usize,
+    idle_limits: IdleLimits,
     tls: Arc<UpstreamTls>,
+    /// Every link it made, for a stop and for closing expired idle connections.
+    links: Arc<Mutex<Vec<Weak<BackendLink>>>>,
+    closed: AtomicBool,
 }
 
 impl Forwarder {
-    /// An agent whose idle pool holds `pool_size` connections (workers × backends at least, or
-    /// connections churn); HTTPS backends' certificates are verified against `tls`.
-    pub fn new(timeouts: ForwardTimeouts, pool_size: usize, tls: Arc<UpstreamTls>) -> Forwarder {
+    /// A forwarder whose backends each keep idle connections within `idle_limits`; HTTPS
+    /// backends' certificates are verified against `tls`. A thread closes idle connections
+    /// that outlive the idle timeout while no request comes to take or return one.
+    pub fn new(timeouts: ForwardTimeouts, idle_limits: IdleLimits, tls: Arc<UpstreamTls>) -> Forwarder {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         let config = Agent::config_builder()
             .proxy(None)
             .http_status_as_error(false)
@@ -157,16 +171,15 @@ impl Forwarder {
             .user_agent("")
             .accept("")
             .accept_encoding("")
-            // Per connection, pooled ones included (ureq's default is 128 KiB each way). The
-            // input buffer must hold a whole response head: a larger head is a bad response
-            // (nginx's proxy_buffer_size is 4-8 KiB).
+            // Per connection (ureq's default is 128 KiB each way). The input buffer must hold a
+            // whole response head: a larger head is a bad response (nginx's proxy_buffer_size
+            // is 4-8 KiB).
             .input_buffer_size(32 * 1024)
             .output_buffer_size(16 * 1024)
-            .max_idle_connections(pool_size)
-            .max_idle_connections_per_host(pool_size)
-            // Under the 5 s keep-alive of common backends (Node), so a pooled connection is not
-            // reused just as the backend closes it.
-            .max_idle_age(Duration::from_secs(4))
+            // ureq's own pool is off: it passes over every idle connection on each return,
+            // under one lock for all backends. Idle connections are kept per backend by us.
+            .max_idle_connections(0)
+            .max_idle_connections_per_host(0)
             // timeout_global/per_call/resolve would each spawn a thread per request. The body
             // phases get per-read/per-write limits, not ureq's send_body/recv_body: those are
             // totals and would cut any transfer longer than request_timeout.
@@ -177,15 +190,22 @@ impl Forwarder {
             .timeout_per_write(Some(timeouts.request))
             .tls_config(tls.ureq_config())
             .build();
-        let connector = BackendConnector { connect_timeout: timeouts.connect, io_timeout: timeouts.request }
-            .chain(TlsConnector::new(timeouts.connect, timeouts.request));
-        let agent = Agent::with_parts(config, connector, PinnedResolver::default());
-        Forwarder { agent, timeouts, pool_size, tls }
+        let links = Arc::new(Mutex::new(Vec::new()));
+        close_expired_idle(Arc::downgrade(&links), idle_limits.timeout);
+        Forwarder {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            config,
+            timeouts,
+            idle_limits,
+            tls,
+            links,
+            closed: AtomicBool::new(false),
+        }
     }
 
-    /// The timeouts and idle pool size it was made with.
-    pub fn settings(&self) -> (ForwardTimeouts, usize) {
-        (self.timeouts, self.pool_size)
+    /// The timeouts and idle-connection limits it was made with.
+    pub fn settings(&self) -> (ForwardTimeouts, IdleLimits) {
+        (self.timeouts, self.idle_limits)
     }
 
     /// What it verifies HTTPS backends' certificates against.
@@ -195,11 +215,55 @@ impl Forwarder {
 
     /// Breaks every backend connection it holds, idle or in use: a worker blocked reading
     /// from or writing to a backend gets an error at once instead of at its timeout (the end of
-    /// a stop's grace period). Requests sent through it afterwards fail. ureq's
-    /// `Agent::shutdown` reaches our transport's sockets because the connector registers each
-    /// one with it.
+    /// a stop's grace period). Requests sent through it afterwards fail.
     pub fn shutdown(&self) {
-        self.agent.clone().shutdown();
+        self.closed.store(true, Ordering::SeqCst);
+        let links: Vec<_> = lock(&self.links).iter().filter_map(Weak::upgrade).collect();
+        for link in links {
+            link.shutdown();
+        }
+    }
+
+    /// The backend's client as this forwarder makes it: the one the backend keeps, or a new one
+    /// (its first request, or the first since a reload changed the client settings).
+    fn link(&self, backend: &Backend) -> Result<Arc<BackendLink>, ForwardError> {
+        let current = backend.link().load_full();
+        if let Some(link) = current.as_ref().filter(|l| l.forwarder == self.id) {
+            return Ok(Arc::clone(link));
+        }
+        let link = Arc::new(self.make_link(backend)?);
+        // Two first requests at once: one link wins, the other request uses its own once.
+        let previous = backend.link().compare_and_swap(&current, Some(Arc::clone(&link)));
+        if !ptr_eq(&previous, &current) {
+            if let Some(winner) = previous.as_ref().filter(|l| l.forwarder == self.id) {
+                return Ok(Arc::clone(winner));
+            }
+        }
+        let mut links = lock(&self.links);
+        links.retain(|l| l.strong_count() > 0);
+        links.push(Arc::downgrade(&link));
+        drop(links);
+        // A stop that ran before the link was listed did not reach it.
+        if self.closed.load(Ordering::SeqCst) {
+            link.shutdown();
+        }
+        Ok(link)
+    }
+
+    fn make_link(&self, backend: &Backend) -> Result<BackendLink, ForwardError> {
+        let authority = Authority::try_from(backend.authority.as_str())
+            .map_err(|e| ForwardError::BadResponse(format!("backend address: {e}")))?;
+        let idle = Arc::new(IdleConnections::new(self.idle_limits, Arc::clone(backend.connection_counts())));
+        let sockets = Arc::new(OpenSockets::default());
+        let tcp = BackendConnector {
+            connect_timeout: self.timeouts.connect,
+            io_timeout: self.timeouts.request,
+            sockets: Arc::clone(&sockets),
+        };
+        let connector =
+            PooledConnector { inner: tcp.chain(TlsConnector::new(self.timeouts.connect, self.timeouts.request)), idle: Arc::clone(&idle) };
+        let agent = Agent::with_parts(self.config.clone(), connector, PinnedResolver(backend.addr));
+        Ok(BackendLink { forwarder: self.id, agent, authority, idle, sockets })
     }
 
     /// Checks once, before any backend is tried, that the request can be expressed upstream:
@@ -237,26 +301,56 @@ impl Forwarder {
         prepared: &Prepared,
         body: Option<&mut dyn Read>,
     ) -> Result<http::Response<ureq::Body>, ForwardError> {
+        let link = self.link(backend)?;
         let scheme = match backend.scheme {
             Scheme::Http => http::uri::Scheme::HTTP,
             Scheme::Https => http::uri::Scheme::HTTPS,
         };
-        let uri = http::Uri::builder()
-            .scheme(scheme)
-            .authority(backend.authority.as_str())
-            .path_and_query(prepared.path.clone())
-            .build()
-            .map_err(|e| ForwardError::BadResponse(format!("backend address: {e}")))?;
-        // The address the backend was resolved to when added, whatever the URL names.
-        let _pinned = pin(backend.addr);
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(scheme);
+        parts.authority = Some(link.authority.clone());
+        parts.path_and_query = Some(prepared.path.clone());
+        let uri = http::Uri::from_parts(parts).map_err(|e| ForwardError::BadResponse(format!("backend address: {e}")))?;
         super::transport::forget_sending();
         // Two calls because SendBody's lifetime is invariant: `()` sends no body and no
         // Content-Length, as a GET should.
         let result = match body {
-            Some(reader) => self.agent.run(prepared.request(uri, SendBody::from_reader(reader))),
-            None => self.agent.run(prepared.request(uri, ())),
+            Some(reader) => link.agent.run(prepared.request(uri, SendBody::from_reader(reader))),
+            None => link.agent.run(prepared.request(uri, ())),
         };
         result.map_err(ForwardError::from_ureq)
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn ptr_eq(a: &Option<Arc<BackendLink>>, b: &Option<Arc<BackendLink>>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        (None, None) => true,
+        _ => false,
+    }
+}
+
+/// Closes idle connections older than `timeout` about every half timeout (at most every
+/// second), for backends that no request reaches any more (a request's take or return closes
+/// the expired ones of its backend). Ends once the forwarder is gone.
+fn close_expired_idle(links: Weak<Mutex<Vec<Weak<BackendLink>>>>, timeout: Duration) {
+    let every = (timeout / 2).clamp(Duration::from_millis(100), Duration::from_secs(1));
+    let run = move || loop {
+        std::thread::sleep(every);
+        let Some(links) = links.upgrade() else { return };
+        let live: Vec<_> = lock(&links).iter().filter_map(Weak::upgrade).collect();
+        drop(links);
+        let now = Instant::now();
+        for link in live {
+            link.idle.close_expired(now);
+        }
+    };
+    if let Err(e) = std::thread::Builder::new().name("upstream-idle".into()).spawn(run) {
+        log::warn!("cannot start the thread that closes expired idle backend connections: {e}");
     }
 }
 
