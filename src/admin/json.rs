@@ -62,6 +62,11 @@ pub fn backend_json(backend: &Backend) -> Value {
         "total_requests": requests,
         "failed_requests": failures,
         "client_aborts": backend.client_aborts(),
+        "upstream_connections": {
+            "idle": backend.idle_connections(),
+            "opened": backend.connection_counts().opened(),
+            "reused": backend.connection_counts().reused(),
+        },
         "responses": by_class(&backend.answers()),
         "latency": latency_json(&backend.latency().snapshot()),
         "circuit_breaker": {

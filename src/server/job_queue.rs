@@ -134,11 +134,16 @@ impl JobQueue {
     /// Wakes every worker so that they see the queue closed (at stop); they end once their
     /// current jobs are done and the queue is empty.
     pub fn close(&self) {
-        self.closed.store(true, Ordering::SeqCst);
-        let sleepers = std::mem::take(&mut *self.lock());
+        let sleepers = {
+            let mut sleepers = self.lock();
+            self.closed.store(true, Ordering::SeqCst);
+            for sleeper in sleepers.iter() {
+                self.count_woken();
+                sleeper.woken.store(true, Ordering::Release);
+            }
+            std::mem::take(&mut *sleepers)
+        };
         for sleeper in sleepers {
-            self.count_woken();
-            sleeper.woken.store(true, Ordering::Release);
             sleeper.thread.unpark();
         }
     }
@@ -162,7 +167,20 @@ impl JobQueue {
                     return None;
                 }
             }
-            self.lock().push(Arc::clone(&me));
+            {
+                let mut sleepers = self.lock();
+                // Under the lock close() drains the stack with: a worker pushed after it would
+                // sleep forever.
+                if self.closed.load(Ordering::SeqCst) {
+                    drop(sleepers);
+                    if retiring {
+                        self.awake.fetch_add(1, Ordering::SeqCst);
+                    }
+                    self.looking.fetch_sub(1, Ordering::SeqCst);
+                    return self.try_recv();
+                }
+                sleepers.push(Arc::clone(&me));
+            }
             if !retiring {
                 self.awake.fetch_sub(1, Ordering::SeqCst);
             }
@@ -172,7 +190,7 @@ impl JobQueue {
             // still counted as looking): look once more. An unpark that comes before the park
             // makes the park return at once.
             fence(Ordering::SeqCst);
-            if let Some(job) = self.try_recv().filter(|_| !retiring) {
+            if let Some(job) = if retiring { None } else { self.try_recv() } {
                 if self.leave(&me) {
                     self.count_woken();
                 }

@@ -384,10 +384,7 @@ mod tests {
         // Asked, then used again (a later read): not kept unless asked again.
         let mut reused = lent(3);
         assert!(reused.is_open());
-        let _ = reused.await_input(NextTimeout {
-            after: ureq::unversioned::transport::time::Duration::from_secs(1),
-            reason: ureq::Timeout::RecvBody,
-        });
+        let _ = reused.await_input(NextTimeout::default());
         drop(reused);
         assert_eq!(home.len(), 1);
     }
