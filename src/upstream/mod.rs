@@ -1,6 +1,6 @@
 //! The backends and everything about talking to them: each [`Backend`] with its live state, the
 //! [`BackendTable`] and the selection policy over a [`Membership`] snapshot, the active
-//! [`HealthChecker`] that keeps verdicts current, the shared HTTP [`Forwarder`] that sends one
+//! [`HealthChecker`] that keeps verdicts current (sooner when traffic asks, [`ProbeRequests`]), the shared HTTP [`Forwarder`] that sends one
 //! request to one backend (over TLS to `https://` ones, trusting [`UpstreamTls`]; an upgrade
 //! request on a connection of its own: `raw.rs`), the [`RetryBudget`] that bounds how often a
 //! request is sent again, and the [`DnsRefresher`] that keeps backends' addresses current with
@@ -12,6 +12,7 @@ mod client;
 mod dns;
 mod membership;
 mod pinned;
+mod probe_requests;
 mod raw;
 mod retry_budget;
 mod table;
@@ -24,6 +25,7 @@ pub use checker::{apply_probe, HealthChecker, HealthConfig};
 pub use client::{ForwardError, ForwardTimeouts, Forwarder, PrepareError, Prepared};
 pub use dns::{system_lookup, DnsRefresher, DnsStatus, Lookup, Resolver};
 pub use membership::{Membership, PickKind};
+pub use probe_requests::ProbeRequests;
 pub use raw::{OwnAnswer, OwnBody};
 pub use retry_budget::RetryBudget;
 pub use table::{BackendTable, Put, Reconciled, TableError, Wanted};
