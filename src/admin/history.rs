@@ -3,7 +3,7 @@
 //!
 //! ```json
 //! {"interval_seconds": 1, "window_seconds": 900, "start": 1764930000, "end": 1764930002,
-//!  "memory_bytes": 95232,
+//!  "memory_bytes": 94752,
 //!  "time": [1764930000, 1764930001, 1764930002],
 //!  "total": {"requests": [12, 0, 7], "status_5xx": [0, 0, 1], "failures": [0, 0, 2],
 //!            "p50_ms": [0.412, null, 0.398], "p99_ms": [1.204, null, 0.951]},
