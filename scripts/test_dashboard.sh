@@ -2,9 +2,11 @@
 # The dashboard in a real browser: two lb-backend processes and one lb-sync on ephemeral loopback
 # ports, then tests/browser/dashboard_test.mjs in headless Chromium (Debian's /usr/bin/chromium,
 # driven by playwright-core): the page lists the backends, a click on Disable changes the backend
-# in the API, and a screenshot is written to target/dashboard.png (or $DASHBOARD_SCREENSHOT).
+# in the API; under load the second backend is killed and the history charts show its dip and
+# its failed tries; a screenshot is written to target/dashboard.png (or $DASHBOARD_SCREENSHOT).
 #
 #   scripts/test_dashboard.sh
+#   DASHBOARD_SCREENSHOT=docs/dashboard.png scripts/test_dashboard.sh   # the README's picture
 #
 # Needs node, npm and /usr/bin/chromium (.ci/run installs them). When one is missing the test is
 # skipped, except under CI (CI set), where that is a failure. Ends with "N passed, M failed".
@@ -59,6 +61,8 @@ for i in 1 2; do
   pids+=("$!")
   line=$(first_line "$work/backend$i.out" "$!") || die "lb-backend $i did not start"
   backends+=(--backend "${line##* }")
+  # The test kills the second one (it is ours: started here, by PID).
+  victim=("$!" "${line##* }")
 done
 "$sync_bin" --host 127.0.0.1 --port 0 --threads 8 --access-log false "${backends[@]}" > "$work/lb.out" 2> "$work/lb.out.err" &
 pids+=("$!")
@@ -66,11 +70,11 @@ line=$(first_line "$work/lb.out" "$!") || die "lb-sync did not start"
 addr=$(sed -E 's/.* listening on ([^ ]+) .*/\1/' <<<"$line")
 echo "lb-sync on $addr: $line"
 
-screenshot="${DASHBOARD_SCREENSHOT:-${CARGO_TARGET_DIR:-$root/target}/dashboard.png}"
+screenshot="$(realpath -m "${DASHBOARD_SCREENSHOT:-${CARGO_TARGET_DIR:-$root/target}/dashboard.png}")"
 mkdir -p "$(dirname "$screenshot")"
 rm -f "$screenshot"
-if (cd "$root/tests/browser" && timeout 120 node dashboard_test.mjs "http://$addr" "$screenshot") && [ -s "$screenshot" ]; then
-  echo "PASS dashboard: listed the backends, disabled one by a click, screenshot in $screenshot"
+if (cd "$root/tests/browser" && timeout 120 node dashboard_test.mjs "http://$addr" "$screenshot" "${victim[@]}") && [ -s "$screenshot" ]; then
+  echo "PASS dashboard: listed the backends, disabled one by a click, a killed backend's dip on the history charts, screenshot in $screenshot"
   echo "1 passed, 0 failed"
 else
   echo "FAIL dashboard (lb-sync's stderr follows)"

@@ -15,6 +15,7 @@ use crate::lifecycle::{
     backend_list, backend_policy, build_shared, health_config, tls_certificates, tuning, Control, ReloadReport,
 };
 use crate::logging::{LogHandle, LogTarget, LogWriter};
+use crate::ops::history::Sampler;
 use crate::ops::{refusal_line, AccessLog, Operations, StateFile};
 use crate::registry::Registry;
 use crate::router::{AdminRouter, Router};
@@ -47,6 +48,8 @@ pub struct LoadBalancer {
     control: Arc<Control>,
     /// The access log's writer, when this balancer opened it (see [`LoadBalancer::start_with_log`]).
     access_writer: Option<LogWriter>,
+    /// Fills `/lb/history` once a second from the counters the requests keep.
+    history: Sampler,
 }
 
 impl LoadBalancer {
@@ -128,6 +131,7 @@ impl LoadBalancer {
         let mut health_config = health_config(&shared.config, shared.forwarder.tls()).map_err(|e| invalid(&e))?;
         health_config.probers = backends.len().clamp(4, 16);
         let current: Arc<Current> = Arc::new(ArcSwap::from_pointee(shared));
+        let history = history_sampler(Arc::clone(&current))?;
         server_config.queue_depth = Arc::clone(&ops.queue_depth);
         server_config.on_refusal = Some(refusal_hook(Arc::clone(&current)));
         let server = Server::start(server_config, Router::new(Arc::clone(&current)))?;
@@ -148,7 +152,7 @@ impl LoadBalancer {
         };
         let control = Control::new(Arc::clone(&current), table, server.tuner(), health, refresher, &reload);
         stop_registry.0 = None;
-        Ok(LoadBalancer { server, admin, current, control, access_writer })
+        Ok(LoadBalancer { server, admin, current, control, access_writer, history })
     }
 
     /// The address it listens on (the real port when configured with port 0).
@@ -211,6 +215,7 @@ impl LoadBalancer {
         }
         self.control.stop_health();
         self.control.stop_dns();
+        self.history.stop();
         if let Some(registry) = &self.current.load().ops.registry {
             registry.stop();
         }
@@ -229,6 +234,14 @@ impl Drop for StopOnDrop {
             registry.stop();
         }
     }
+}
+
+/// The history's sampler: each second, what the counters of the configuration in force say.
+fn history_sampler(current: Arc<Current>) -> io::Result<Sampler> {
+    Sampler::start(move |second| {
+        let shared = current.load();
+        shared.ops.history.sample(second, &shared.stats, &shared.ops.latency, &shared.table.snapshot().backends);
+    })
 }
 
 /// What the data port's front end does with a request it refuses on its own (400, 408, 413,

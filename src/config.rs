@@ -249,6 +249,12 @@ pub struct Config {
     /// Seconds between active health checks of a backend (±10 % jitter). Default 30 (the
     /// seed's). 0 turns active checks off.
     pub health_check_interval: f64,
+    /// Seconds between health checks of a backend not known to be up: not probed yet, down, a
+    /// failed probe since its last verdict, its breaker open or half-open, or traffic could not
+    /// connect to it since its last probe (then the next probe is at most this long after the
+    /// previous one, so at once after a quiet spell). Default 1 (HAProxy's `fastinter` and
+    /// `downinter` in one); never slower than `health_check_interval`.
+    pub health_check_fast_interval: f64,
     /// Path of the health check (`GET`). Default `/health` (what lb-backend answers).
     pub health_check_path: String,
     /// Seconds a health probe may take (connect and status line). Default 2.
@@ -438,6 +444,7 @@ impl Default for Config {
             backends: seed_backends(),
             upstream_ca: None,
             health_check_interval: 30.0,
+            health_check_fast_interval: 1.0,
             health_check_path: "/health".into(),
             health_check_timeout: 2.0,
             health_check_rise: 2,

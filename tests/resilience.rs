@@ -14,7 +14,7 @@ use common::{wait_until, ChildProcess, Conn};
 use lb_sync::balance::AlgorithmKind;
 use lb_sync::balancer::LoadBalancer;
 use lb_sync::config::{BackendConfig, Config};
-use lb_sync::health::ProbeError;
+use lb_sync::health::{BreakerConfig, BreakerState, ProbeError, TripCause};
 use lb_sync::server::{bind, Handler, Request, Response, Server, ServerConfig};
 use lb_sync::upstream::{apply_probe, Backend, BackendPolicy, BackendTable, HealthChecker, HealthConfig};
 
@@ -278,6 +278,57 @@ fn probes_run_concurrently_so_five_blackholes_cost_one_timeout() {
     assert!(failed.iter().all(|d| d.contains("timed out")), "{failed:?}");
     eprintln!("20 probes, 5 blackholed, timeout {timeout:?}: all results after {took:?}");
     assert!(took < timeout * 3, "probes waited for each other: {took:?}");
+}
+
+/// A backend that answers everything with 200 and counts the health probes it gets.
+struct CountsProbes(Arc<AtomicUsize>);
+
+impl Handler for CountsProbes {
+    fn handle(&self, request: Request) -> Response {
+        if request.path() == "/health" {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+        Response::text(200, "ok")
+    }
+}
+
+#[test]
+fn traffic_asks_for_a_probe_and_a_breaker_open_means_fast_probes() {
+    let listener = bind("127.0.0.1:0".parse().unwrap(), 128).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let probes = Arc::new(AtomicUsize::new(0));
+    let _server = Server::start_on(listener, ServerConfig::default(), CountsProbes(Arc::clone(&probes))).unwrap();
+    let breaker =
+        BreakerConfig { consecutive_failures: 1, cooldown: Duration::from_secs(60), ..BreakerConfig::default() };
+    let table = table(&[port], BackendPolicy { breaker, ..BackendPolicy::default() });
+    let backend = Arc::clone(&table.snapshot().backends[0]);
+    // Up after the first probe, the next one is a minute away (fast interval 1 s).
+    let config = HealthConfig { interval: Duration::from_secs(60), ..HealthConfig::default() };
+    let checker = HealthChecker::start(Arc::clone(&table), config).unwrap();
+    assert!(wait_until(Duration::from_secs(5), || backend.health().as_str() == "up"));
+    assert_eq!(probes.load(Ordering::SeqCst), 1);
+
+    // A connect failure seen by traffic asks for a probe: it comes within the fast interval,
+    // not a minute later. Once asked, more asks change nothing until it has begun.
+    table.probe_requests().ask(&backend);
+    table.probe_requests().ask(&backend);
+    assert!(wait_until(Duration::from_secs(5), || probes.load(Ordering::SeqCst) == 2), "no probe came");
+    assert!(wait_until(Duration::from_secs(1), || !backend.probe_wanted()));
+
+    // Its breaker opened by what a probe cannot disprove (a 5xx, a response timeout): it is
+    // probed every fast interval, and the passing probes leave the cool-down alone.
+    assert!(backend.breaker().record_failure(backend.breaker().admit().unwrap()));
+    let before = probes.load(Ordering::SeqCst);
+    assert!(wait_until(Duration::from_secs(5), || probes.load(Ordering::SeqCst) >= before + 2), "not probed fast");
+    assert_eq!(backend.breaker().state(), BreakerState::Open);
+    assert_eq!(backend.breaker().last_cause(), Some(TripCause::ConsecutiveFailures(1)));
+
+    // Traffic could not connect, and the probe that asks for passes: a restart. The cool-down
+    // ends; the breaker's trials decide.
+    table.probe_requests().ask(&backend);
+    assert!(wait_until(Duration::from_secs(5), || backend.breaker().state() == BreakerState::HalfOpen));
+    assert_eq!(backend.health().as_str(), "up");
+    checker.stop();
 }
 
 #[test]

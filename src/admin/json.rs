@@ -73,6 +73,7 @@ pub fn backend_json(backend: &Backend) -> Value {
             "state": backend.breaker().state().as_str(),
             "failure_count": breaker_failures,
             "success_count": breaker_successes,
+            "last_opened_by": backend.breaker().last_cause().map(|c| c.describe(&backend.breaker().config())),
         },
         "slow_start_share": backend.slow_start().permille() as f64 / 1000.0,
         "last_check": last_check,

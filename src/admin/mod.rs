@@ -1,6 +1,7 @@
 //! The management API under the admin prefix (`/lb/` by default): JSON, the Prometheus
 //! exposition and the dashboard page. Who may use it is decided in [`auth`]; routes are here;
-//! the JSON it answers with is in [`json`], the metrics in [`metrics`].
+//! the JSON it answers with is in [`json`], the metrics in [`metrics`], the last 15 minutes in
+//! [`history`].
 //!
 //! Every change to the backends takes effect on the next pick of every worker (the table swaps
 //! in a new membership) and, with `--state-file`, is written to the state file before the
@@ -8,6 +9,7 @@
 //! brought it back and it is applied here ([`crate::registry`]).
 
 pub mod auth;
+pub mod history;
 pub mod json;
 pub mod metrics;
 
@@ -28,8 +30,12 @@ pub use json::{backend_json, stats};
 /// Largest JSON body the API reads.
 const MAX_ADMIN_BODY: u64 = 64 * 1024;
 
-/// The dashboard: one self-contained page.
+/// The dashboard: one page, and the chart library it draws the history with.
 const DASHBOARD: &str = include_str!("dashboard.html");
+
+/// uPlot (MIT), vendored: see `vendor/uplot/VERSION` for its version and where it came from.
+const UPLOT_JS: &str = include_str!("vendor/uplot/uPlot.iife.min.js");
+const UPLOT_CSS: &str = include_str!("vendor/uplot/uPlot.min.css");
 
 fn error(status: u16, message: impl Into<String>) -> Response {
     Response::json(status, &json!({ "error": message.into() }))
@@ -83,7 +89,9 @@ enum Resource<'a> {
     Metrics,
     Config,
     Reload,
+    History,
     Dashboard,
+    DashboardAsset(&'static str, &'static str),
     Backends,
     Backend(&'a str),
     Add,
@@ -99,7 +107,10 @@ impl<'a> Resource<'a> {
             ["metrics"] => Resource::Metrics,
             ["config"] => Resource::Config,
             ["config", "reload"] => Resource::Reload,
+            ["history"] => Resource::History,
             ["dashboard"] => Resource::Dashboard,
+            ["dashboard", "uplot.js"] => Resource::DashboardAsset(UPLOT_JS, "text/javascript; charset=utf-8"),
+            ["dashboard", "uplot.css"] => Resource::DashboardAsset(UPLOT_CSS, "text/css; charset=utf-8"),
             ["backends"] => Resource::Backends,
             ["backends", "add"] => Resource::Add,
             ["backends", id] => Resource::Backend(id),
@@ -118,10 +129,12 @@ impl<'a> Resource<'a> {
     }
 }
 
-/// Whether `path` (origin form, no query) is the dashboard page, which is served before any
-/// access check: it holds no data, and asks for the token itself when the API wants one.
+/// Whether `path` (origin form, no query) is the dashboard page or its chart library, which
+/// are served before any access check: they hold no data, and the page asks for the token
+/// itself when the API wants one.
 pub fn is_dashboard(shared: &Shared, path: &str) -> bool {
-    path.strip_prefix(shared.config.admin_prefix.as_str()).is_some_and(|rest| rest == "/dashboard")
+    path.strip_prefix(shared.config.admin_prefix.as_str())
+        .is_some_and(|rest| matches!(rest, "/dashboard" | "/dashboard/uplot.js" | "/dashboard/uplot.css"))
 }
 
 /// Answers a request whose path (origin form, without the query) is under the admin prefix,
@@ -157,10 +170,22 @@ pub fn handle(shared: &Shared, mut request: Request, path: &str) -> Response {
             Ok(changes) => Response::json(200, &json!({ "message": "configuration reloaded", "changes": changes })),
             Err(why) => error(400, format!("reload refused, the running configuration stays: {why}")),
         },
+        Resource::History => {
+            let query = crate::proxy::origin_form(request.target()).and_then(|t| t.split_once('?')).map(|(_, q)| q);
+            match history::seconds_asked(query) {
+                Ok(seconds) => Response::json(200, &history::history_json(&shared.ops.history, seconds)),
+                Err(message) => error(400, message),
+            }
+        }
         Resource::Dashboard => Response::new(200)
             .with_header("Content-Type", "text/html; charset=utf-8")
             .with_header("Cache-Control", "no-store")
             .with_body(DASHBOARD),
+        // The same bytes until lb-sync is upgraded: an hour in the browser's cache.
+        Resource::DashboardAsset(body, content_type) => Response::new(200)
+            .with_header("Content-Type", content_type)
+            .with_header("Cache-Control", "max-age=3600")
+            .with_body(body),
         Resource::Backends => {
             let snapshot = shared.table.snapshot();
             Response::json(200, &Value::Array(snapshot.backends.iter().map(|b| backend_json(b)).collect()))

@@ -43,6 +43,10 @@ struct Args {
     /// seconds between health checks, 0 = off (default 30)
     #[argh(option)]
     health_check_interval: Option<f64>,
+    /// seconds between health checks of a backend not known to be up (not checked yet, down,
+    /// failing, circuit open, or traffic could not connect to it) (default 1)
+    #[argh(option)]
+    health_check_fast_interval: Option<f64>,
     /// path of the health check (default /health)
     #[argh(option)]
     health_check_path: Option<String>,
@@ -196,7 +200,8 @@ fn build_config(args: &Args) -> Result<Config, String> {
     macro_rules! set {
         ($($field:ident),*) => { $(if let Some(v) = args.$field.clone() { config.$field = v; })* };
     }
-    set!(health_check_interval, health_check_path, health_check_timeout, health_check_rise, health_check_fall);
+    set!(health_check_interval, health_check_fast_interval, health_check_path, health_check_timeout);
+    set!(health_check_rise, health_check_fall);
     set!(request_timeout, connect_timeout, max_tries, access_log, session_timeout, shutdown_timeout);
     set!(breaker_consecutive_failures, breaker_cooldown, slow_start, tunnel_idle_timeout);
     set!(rate_limit, rate_limit_burst, client_rate_limit, client_rate_limit_burst, dns_refresh_interval);

@@ -99,6 +99,47 @@ impl Ticket {
     }
 }
 
+/// What opened a breaker, as its log line and `/lb/backends` say it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TripCause {
+    /// This many failures in a row while closed.
+    ConsecutiveFailures(u32),
+    /// Failures over requests in the current ratio window reached the failure ratio.
+    FailureRatio {
+        /// Failed requests in the window.
+        failures: u32,
+        /// Requests in the window.
+        requests: u32,
+    },
+    /// A trial request of the half-open breaker failed.
+    FailedTrial,
+}
+
+impl TripCause {
+    /// The cause in words, with the setting it crossed.
+    ///
+    /// ```
+    /// use lb_sync::health::{BreakerConfig, TripCause};
+    /// let config = BreakerConfig::default();
+    /// assert_eq!(TripCause::ConsecutiveFailures(5).describe(&config), "5 consecutive failures");
+    /// assert_eq!(
+    ///     TripCause::FailureRatio { failures: 11, requests: 20 }.describe(&config),
+    ///     "11 of 20 requests failed in a 10s window (failure ratio 0.5)"
+    /// );
+    /// ```
+    pub fn describe(&self, config: &BreakerConfig) -> String {
+        match self {
+            TripCause::ConsecutiveFailures(1) => "1 failure".into(),
+            TripCause::ConsecutiveFailures(n) => format!("{n} consecutive failures"),
+            TripCause::FailureRatio { failures, requests } => format!(
+                "{failures} of {requests} requests failed in a {:?} window (failure ratio {})",
+                config.window, config.failure_ratio
+            ),
+            TripCause::FailedTrial => "a half-open trial request failed".into(),
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Inner {
     opened_at: Instant,
@@ -106,6 +147,7 @@ struct Inner {
     trips: u32,
     trials_started: u32,
     trials_succeeded: u32,
+    last_cause: Option<TripCause>,
 }
 
 /// One backend's breaker.
@@ -161,6 +203,7 @@ impl CircuitBreaker {
                 trips: 0,
                 trials_started: 0,
                 trials_succeeded: 0,
+                last_cause: None,
             }),
             created: now,
             window_index: AtomicU64::new(0),
@@ -300,18 +343,22 @@ impl CircuitBreaker {
             return false;
         }
         let config = self.config.load();
-        let trip = match state {
+        let cause = match state {
             CLOSED => {
                 let consecutive = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
-                let ratio_trip = self.count_in_window(true);
-                consecutive >= config.consecutive_failures || ratio_trip
+                let ratio = self.count_in_window(true);
+                if consecutive >= config.consecutive_failures {
+                    Some(TripCause::ConsecutiveFailures(consecutive))
+                } else {
+                    ratio.map(|(failures, requests)| TripCause::FailureRatio { failures, requests })
+                }
             }
-            HALF_OPEN => ticket.trial,
-            _ => false,
+            HALF_OPEN if ticket.trial => Some(TripCause::FailedTrial),
+            _ => None,
         };
-        if !trip {
+        let Some(cause) = cause else {
             return false;
-        }
+        };
         let mut inner = self.lock();
         // Re-check under the lock: another thread may have tripped it already.
         if self.state.load(Ordering::Acquire) != current {
@@ -323,14 +370,16 @@ impl CircuitBreaker {
         inner.opened_at = Instant::now();
         inner.trials_started = 0;
         inner.trials_succeeded = 0;
-        let consecutive = self.consecutive_failures.swap(0, Ordering::Relaxed);
+        inner.last_cause = Some(cause);
+        self.consecutive_failures.store(0, Ordering::Relaxed);
         self.state.store(word(generation + 1, OPEN), Ordering::Release);
-        log::warn!(
-            "{}circuit opened for {:?} after {consecutive} consecutive failure(s)",
-            self.prefix(),
-            inner.open_for
-        );
+        log::warn!("{}circuit opened for {:?}: {}", self.prefix(), inner.open_for, cause.describe(&config));
         true
+    }
+
+    /// What opened the breaker the last time it opened (`None` if it never did).
+    pub fn last_cause(&self) -> Option<TripCause> {
+        self.lock().last_cause
     }
 
     /// An active health probe passed after failed ones (the backend came back): an open
@@ -341,7 +390,15 @@ impl CircuitBreaker {
         if split(self.state.load(Ordering::Acquire)).1 == OPEN {
             let mut inner = self.lock();
             if split(self.state.load(Ordering::Acquire)).1 == OPEN {
-                inner.open_for = inner.open_for.min(inner.opened_at.elapsed());
+                let elapsed = inner.opened_at.elapsed();
+                if elapsed < inner.open_for {
+                    log::info!(
+                        "{}circuit cool-down ended after {elapsed:.1?} of {:?}: a health probe passed",
+                        self.prefix(),
+                        inner.open_for
+                    );
+                }
+                inner.open_for = inner.open_for.min(elapsed);
                 // A trial that fails now re-opens it for the first cool-down, not a doubled one.
                 inner.trips = 0;
             }
@@ -364,8 +421,9 @@ impl CircuitBreaker {
         }
     }
 
-    /// Adds an outcome to the ratio window; true when the ratio now calls for a trip.
-    fn count_in_window(&self, failed: bool) -> bool {
+    /// Adds an outcome to the ratio window; the window's failures and requests when the ratio
+    /// now calls for a trip.
+    fn count_in_window(&self, failed: bool) -> Option<(u32, u32)> {
         let config = self.config.load();
         let window = config.window.as_millis().max(1) as u64;
         let index = self.created.elapsed().as_millis() as u64 / window;
@@ -384,7 +442,10 @@ impl CircuitBreaker {
         } else {
             self.window_failures.load(Ordering::Relaxed)
         };
-        failed && requests >= config.min_requests && f64::from(failures) >= config.failure_ratio * f64::from(requests)
+        let trip = failed
+            && requests >= config.min_requests
+            && f64::from(failures) >= config.failure_ratio * f64::from(requests);
+        trip.then_some((failures, requests))
     }
 
     /// `"backend b1: "` for log lines, or nothing for an unnamed breaker.
@@ -490,6 +551,22 @@ mod tests {
             }
         }
         assert_eq!(b.state(), BreakerState::Open);
+        assert_eq!(b.last_cause(), Some(TripCause::FailureRatio { failures: 6, requests: 11 }));
+    }
+
+    #[test]
+    fn each_trip_says_what_opened_it() {
+        let b = CircuitBreaker::new(quick());
+        assert_eq!(b.last_cause(), None);
+        for _ in 0..3 {
+            fail(&b);
+        }
+        assert_eq!(b.last_cause(), Some(TripCause::ConsecutiveFailures(3)));
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(fail(&b), "a failed trial re-opens it");
+        assert_eq!(b.last_cause(), Some(TripCause::FailedTrial));
+        assert_eq!(TripCause::FailedTrial.describe(&quick()), "a half-open trial request failed");
+        assert_eq!(TripCause::ConsecutiveFailures(3).describe(&quick()), "3 consecutive failures");
     }
 
     #[test]

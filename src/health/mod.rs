@@ -8,7 +8,7 @@ pub mod probe;
 pub mod rise_fall;
 pub mod slow_start;
 
-pub use breaker::{BreakerConfig, BreakerState, CircuitBreaker, Ticket};
+pub use breaker::{BreakerConfig, BreakerState, CircuitBreaker, Ticket, TripCause};
 pub use probe::{probe, probe_tls, CheckResult, ProbeError};
 pub use rise_fall::RiseFall;
 pub use slow_start::SlowStart;

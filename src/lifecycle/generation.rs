@@ -39,6 +39,7 @@ pub(crate) fn health_config(config: &Config, tls: &Arc<UpstreamTls>) -> Result<H
     Ok(HealthConfig {
         path: config.health_check_path.clone(),
         interval: Duration::from_secs_f64(config.health_check_interval),
+        fast_interval: Duration::from_secs_f64(config.health_check_fast_interval),
         timeout: Duration::from_secs_f64(config.health_check_timeout),
         rise: config.health_check_rise,
         fall: config.health_check_fall,

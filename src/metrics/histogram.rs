@@ -318,6 +318,41 @@ impl HistogramSnapshot {
         self.min_nanos = self.min_nanos.min(other.min_nanos);
         self.max_nanos = self.max_nanos.max(other.max_nanos);
     }
+
+    /// The durations recorded between `earlier` and this snapshot of the same histogram (the
+    /// history's one second). Counts and the sum are exact; the extremes of that stretch are
+    /// not kept by the histogram, so they are the middles of its lowest and highest buckets
+    /// (within [`MAX_RELATIVE_ERROR`]), as its percentiles are.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let histogram = lb_sync::metrics::Histogram::new();
+    /// histogram.record(Duration::from_secs(2));
+    /// let before = histogram.snapshot();
+    /// histogram.record(Duration::from_nanos(10));
+    /// histogram.record(Duration::from_nanos(20));
+    /// let second = histogram.snapshot().since(&before);
+    /// assert_eq!((second.count(), second.sum()), (2, Duration::from_nanos(30)));
+    /// assert_eq!(second.max(), Some(Duration::from_nanos(20)));
+    /// ```
+    pub fn since(&self, earlier: &HistogramSnapshot) -> HistogramSnapshot {
+        let buckets: Vec<u64> =
+            self.buckets.iter().zip(&earlier.buckets).map(|(now, then)| now.saturating_sub(*then)).collect();
+        let count = buckets.iter().sum();
+        let middle = |index: usize| {
+            let (lowest, width) = bucket_range(index);
+            lowest + (width - 1) / 2
+        };
+        let lowest = buckets.iter().position(|&n| n > 0);
+        let highest = buckets.iter().rposition(|&n| n > 0);
+        HistogramSnapshot {
+            count,
+            sum_nanos: self.sum_nanos.wrapping_sub(earlier.sum_nanos),
+            min_nanos: lowest.map_or(u64::MAX, middle),
+            max_nanos: highest.map_or(0, middle),
+            buckets,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -462,6 +497,28 @@ mod tests {
             (0..8u64).flat_map(|t| (0..PER_THREAD).map(move |i| 1 + (i * 7919 + t) % 10_000_000)).sum();
         assert_eq!(s.sum(), Duration::from_nanos(expected_sum));
         assert_eq!(s.cumulative(&[f64::INFINITY]), vec![8 * PER_THREAD]);
+    }
+
+    #[test]
+    fn since_holds_only_what_came_after() {
+        let histogram = Histogram::new();
+        for ms in 1..=100 {
+            histogram.record(Duration::from_millis(ms));
+        }
+        let before = histogram.snapshot();
+        for _ in 0..99 {
+            histogram.record(Duration::from_micros(500));
+        }
+        histogram.record(Duration::from_secs(3));
+        let stretch = histogram.snapshot().since(&before);
+        assert_eq!(stretch.count(), 100);
+        assert_eq!(stretch.sum(), Duration::from_micros(99 * 500) + Duration::from_secs(3));
+        assert!(within_bucket_error(stretch.percentile(0.5).unwrap(), Duration::from_micros(500)));
+        assert!(within_bucket_error(stretch.percentile(0.99).unwrap(), Duration::from_micros(500)));
+        assert!(within_bucket_error(stretch.percentile(1.0).unwrap(), Duration::from_secs(3)));
+        assert!(within_bucket_error(stretch.min().unwrap(), Duration::from_micros(500)));
+        let nothing = histogram.snapshot().since(&histogram.snapshot());
+        assert_eq!((nothing.count(), nothing.percentile(0.5), nothing.max()), (0, None, None));
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! What operating a running balancer needs beside the data path: the latency histogram, the
-//! queue-depth gauge, the access log, rate-limited warnings, the state file, the registry and
-//! the DNS refresh's report. One [`Operations`] lives in [`Shared`](crate::state::Shared).
+//! queue-depth gauge, the access log, rate-limited warnings, the state file, the registry,
+//! the DNS refresh's report and the last 15 minutes' history. One [`Operations`] lives in
+//! [`Shared`](crate::state::Shared).
 
 mod access;
+pub mod history;
 mod state_file;
 
 /// Where the state file's `state` values come from (the registry writes the same ones).
@@ -18,6 +20,7 @@ use crate::logging::RateLimitedWarn;
 use crate::metrics::Histogram;
 use crate::registry::Registry;
 use crate::upstream::DnsStatus;
+use history::History;
 
 /// How often one cause of a warning that can fire per request is written.
 pub const WARN_INTERVAL: Duration = Duration::from_secs(10);
@@ -41,6 +44,8 @@ pub struct Operations {
     pub registry: Option<Arc<Registry>>,
     /// What the re-resolutions of backend host names did.
     pub dns: Arc<DnsStatus>,
+    /// The last 15 minutes, second by second, filled by the balancer's history sampler.
+    pub history: History,
 }
 
 impl Operations {
@@ -54,6 +59,7 @@ impl Operations {
             state_file,
             registry: None,
             dns: Arc::default(),
+            history: History::new(),
         }
     }
 }

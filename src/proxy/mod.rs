@@ -303,6 +303,10 @@ fn settle_failure(
         }
         None => backend.breaker().count_only(true),
     }
+    if matches!(error, ForwardError::NotSent(_) | ForwardError::ConnectTimeout) {
+        // It may have died: its health checks look now, not at their next interval.
+        shared.table.probe_requests().ask(backend);
+    }
     let reason = error.reason();
     shared.stats.record_try_failure(reason);
     shared.ops.warnings.warn(

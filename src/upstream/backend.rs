@@ -210,6 +210,8 @@ pub struct Backend {
     breaker: CircuitBreaker,
     slow_start: SlowStart,
     rise_fall: RiseFall,
+    /// Traffic saw a connect failure since the last probe began: probe it soon.
+    probe_wanted: AtomicBool,
     last_check: Mutex<Option<CheckResult>>,
     max_connections: AtomicUsize,
     slots: Arc<SlotQueue>,
@@ -267,6 +269,7 @@ impl Backend {
             breaker: CircuitBreaker::named(policy.breaker, format!("backend {id}")),
             slow_start: SlowStart::new(policy.slow_start),
             rise_fall: RiseFall::default(),
+            probe_wanted: AtomicBool::new(false),
             last_check: Mutex::new(None),
             max_connections: AtomicUsize::new(policy.max_connections),
             slots,
@@ -344,6 +347,23 @@ impl Backend {
     /// Rise/fall counters of the active checks.
     pub fn rise_fall(&self) -> &RiseFall {
         &self.rise_fall
+    }
+
+    /// Marks it as wanting a probe (traffic could not connect to it); true when it did not
+    /// want one already, so only the first of a burst of failures wakes the health checks.
+    /// A failure that finds the mark set costs one atomic load.
+    pub fn want_probe(&self) -> bool {
+        !self.probe_wanted.load(Ordering::Relaxed) && !self.probe_wanted.swap(true, Ordering::AcqRel)
+    }
+
+    /// Whether traffic asked for a probe that has not begun yet.
+    pub fn probe_wanted(&self) -> bool {
+        self.probe_wanted.load(Ordering::Relaxed)
+    }
+
+    /// Takes the request for a probe (a probe begins now): whether there was one.
+    pub fn take_probe_wanted(&self) -> bool {
+        self.probe_wanted.swap(false, Ordering::AcqRel)
     }
 
     /// The latest health probe's outcome, if any probe ran.

@@ -3,6 +3,13 @@
 //! delays nobody else's checks. Verdicts follow HAProxy's rise/fall: `fall` consecutive failed
 //! probes mark a backend down, `rise` consecutive good ones bring it back. The verdict is an
 //! atomic on the backend; no table lock is taken.
+//!
+//! How often (HAProxy's `inter`, `fastinter`, `downinter`): a backend known to be up is probed
+//! every `interval`; one that is not (not probed yet, down, a failed probe pending, its breaker
+//! not closed, or traffic could not connect to it since its last probe) every `fast_interval`,
+//! so a backend that starts late or restarts is back within about `rise` × `fast_interval`.
+//! The next probe is due that long after the previous one *finished*, so a backend that takes
+//! its whole timeout to fail is not probed back to back.
 
 use std::collections::HashMap;
 use std::ops::RangeInclusive;
@@ -13,7 +20,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::config::Scheme;
-use crate::health::{probe, probe_tls, CheckResult, ProbeError};
+use crate::health::{probe, probe_tls, BreakerState, CheckResult, ProbeError};
 
 use super::backend::{Backend, HealthState};
 use super::table::BackendTable;
@@ -24,8 +31,12 @@ use super::tls::UpstreamTls;
 pub struct HealthConfig {
     /// Path probed with `GET`. Default `/health`.
     pub path: String,
-    /// Time between probes of one backend, with ±10 % jitter so probes do not align. Default 30 s.
+    /// Time between probes of a backend known to be up, with ±10 % jitter so probes do not
+    /// align. Default 30 s.
     pub interval: Duration,
+    /// Time between probes of a backend not known to be up (never slower than `interval`), with
+    /// the same jitter. Default 1 s.
+    pub fast_interval: Duration,
     /// Connect + answer deadline of one probe. Default 2 s.
     pub timeout: Duration,
     /// Good probes in a row that mark a down backend up. Default 2.
@@ -46,6 +57,7 @@ impl Default for HealthConfig {
         HealthConfig {
             path: "/health".into(),
             interval: Duration::from_secs(30),
+            fast_interval: Duration::from_secs(1),
             timeout: Duration::from_secs(2),
             rise: 2,
             fall: 3,
@@ -54,6 +66,40 @@ impl Default for HealthConfig {
             tls: Arc::default(),
         }
     }
+}
+
+impl HealthConfig {
+    /// The time from one probe of `backend` to the next: `interval` when it is known to be up,
+    /// else `fast_interval` (or `interval` if that is shorter).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use lb_sync::config::BackendConfig;
+    /// use lb_sync::upstream::{Backend, BackendPolicy, HealthConfig};
+    /// let backend = Backend::new("b1".into(), &BackendConfig::new("127.0.0.1", 9, 1), &BackendPolicy::default(), Default::default()).unwrap();
+    /// let config = HealthConfig::default();
+    /// assert_eq!(config.interval_for(&backend), Duration::from_secs(1), "not probed yet");
+    /// backend.set_healthy(true);
+    /// assert_eq!(config.interval_for(&backend), Duration::from_secs(30), "up");
+    /// backend.want_probe();
+    /// assert_eq!(config.interval_for(&backend), Duration::from_secs(1), "traffic could not connect");
+    /// ```
+    pub fn interval_for(&self, backend: &Backend) -> Duration {
+        if known_up(backend) {
+            self.interval
+        } else {
+            self.fast_interval.min(self.interval)
+        }
+    }
+}
+
+/// Up by its last verdict, with no failed probe since, its breaker closed and no connect
+/// failure seen by traffic since its last probe began.
+fn known_up(backend: &Backend) -> bool {
+    backend.health() == HealthState::Up
+        && backend.rise_fall().failed_run() == 0
+        && !backend.probe_wanted()
+        && backend.breaker().state() == BreakerState::Closed
 }
 
 /// Applies one probe outcome to a backend's rise/fall counters; logs and returns a state change.
@@ -110,11 +156,19 @@ pub struct HealthChecker {
     threads: Vec<JoinHandle<()>>,
 }
 
+/// One probe to run: the backend, and whether traffic asked for it.
+struct Job {
+    backend: Arc<Backend>,
+    asked: bool,
+}
+
 impl HealthChecker {
-    /// Starts checking every backend of `table` (including ones added later).
+    /// Starts checking every backend of `table` (including ones added later), and probing at
+    /// once (within `fast_interval` of its previous probe) a backend traffic could not
+    /// connect to ([`BackendTable::probe_requests`]).
     pub fn start(table: Arc<BackendTable>, config: HealthConfig) -> std::io::Result<HealthChecker> {
         let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
-        let (job_tx, job_rx) = crossbeam_channel::unbounded::<Arc<Backend>>();
+        let (job_tx, job_rx) = crossbeam_channel::unbounded::<Job>();
         let (done_tx, done_rx) = crossbeam_channel::unbounded::<String>();
         let config = Arc::new(config);
         let mut threads = Vec::new();
@@ -148,8 +202,8 @@ impl Drop for HealthChecker {
     }
 }
 
-fn prober(jobs: Receiver<Arc<Backend>>, done: Sender<String>, config: &HealthConfig) {
-    for backend in jobs.iter() {
+fn prober(jobs: Receiver<Job>, done: Sender<String>, config: &HealthConfig) {
+    for Job { backend, asked } in jobs.iter() {
         let started = Instant::now();
         let host = format!("{}:{}", backend.host, backend.port);
         let result = match backend.scheme {
@@ -168,6 +222,11 @@ fn prober(jobs: Receiver<Arc<Backend>>, done: Sender<String>, config: &HealthCon
             at_unix: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
             took_ms: started.elapsed().as_millis() as u64,
         });
+        if asked && result.is_ok() {
+            // Traffic could not connect, and now a probe can: a restart (or a blip). A breaker
+            // those connect failures opened need not wait out its cool-down; its trials decide.
+            backend.breaker().probe_passed();
+        }
         apply_probe(&backend, config, &result);
         let _ = done.send(backend.id.clone());
     }
@@ -180,44 +239,69 @@ fn jittered(interval: Duration, id: &str, round: u64) -> Duration {
     interval.mul_f64(0.9 + 0.2 * x as f64 / 2000.0)
 }
 
+/// Where one backend stands in the schedule.
+#[derive(Default)]
+struct Slot {
+    /// When its last probe finished (`None`: never probed, due now).
+    last_done: Option<Instant>,
+    /// Probes begun, for the jitter.
+    round: u64,
+    /// A probe of it is running.
+    probing: bool,
+}
+
 fn schedule(
     table: &BackendTable,
     config: &HealthConfig,
     stop: &Receiver<()>,
-    jobs: &Sender<Arc<Backend>>,
+    jobs: &Sender<Job>,
     done: &Receiver<String>,
 ) {
-    // id → (next due, round); a backend is in `probing` from hand-off to result.
-    let mut due: HashMap<String, (Instant, u64)> = HashMap::new();
-    let mut probing: Vec<String> = Vec::new();
+    let asked = table.probe_requests().wakeups();
+    let mut slots: HashMap<String, Slot> = HashMap::new();
+    let finished = |slots: &mut HashMap<String, Slot>, id: String| {
+        if let Some(slot) = slots.get_mut(&id) {
+            slot.probing = false;
+            slot.last_done = Some(Instant::now());
+        }
+    };
     loop {
         while let Ok(id) = done.try_recv() {
-            probing.retain(|p| *p != id);
+            finished(&mut slots, id);
         }
         let now = Instant::now();
         let snapshot = table.snapshot();
+        // The state of a backend (a breaker that opened, traffic asking) can make it due
+        // sooner without a wake-up: looked at again at least this often.
         let mut next_wake = now + Duration::from_millis(500);
         for backend in &snapshot.backends {
-            let (at, round) = *due.entry(backend.id.clone()).or_insert((now, 0));
-            if at <= now && !probing.contains(&backend.id) {
-                probing.push(backend.id.clone());
-                due.insert(backend.id.clone(), (now + jittered(config.interval, &backend.id, round), round + 1));
-                if jobs.send(Arc::clone(backend)).is_err() {
+            let slot = slots.entry(backend.id.clone()).or_default();
+            if slot.probing {
+                continue;
+            }
+            let due =
+                slot.last_done.map_or(now, |at| at + jittered(config.interval_for(backend), &backend.id, slot.round));
+            if due <= now {
+                slot.probing = true;
+                slot.round += 1;
+                let job = Job { backend: Arc::clone(backend), asked: backend.take_probe_wanted() };
+                if jobs.send(job).is_err() {
                     return;
                 }
-            } else if at > now {
-                next_wake = next_wake.min(at);
+            } else {
+                next_wake = next_wake.min(due);
             }
         }
-        due.retain(|id, _| snapshot.backends.iter().any(|b| b.id == *id));
-        // Wake for the next due check, a finished probe, or the stop signal.
+        slots.retain(|id, _| snapshot.backends.iter().any(|b| b.id == *id));
+        // Wake for the next due check, a finished probe, traffic asking, or the stop signal.
         crossbeam_channel::select! {
             recv(stop) -> _ => return,
             recv(done) -> id => {
                 if let Ok(id) = id {
-                    probing.retain(|p| *p != id);
+                    finished(&mut slots, id);
                 }
             }
+            recv(asked) -> _ => {}
             default(next_wake.saturating_duration_since(Instant::now())) => {}
         }
     }

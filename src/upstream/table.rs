@@ -21,6 +21,7 @@ use crate::config::{is_valid_id, BackendConfig};
 
 use super::backend::{resolve, Backend, BackendPolicy, BackendState, ResolveError, SlotQueue};
 use super::membership::Membership;
+use super::probe_requests::ProbeRequests;
 
 /// Why a change to the table was refused.
 #[derive(Debug)]
@@ -89,6 +90,7 @@ pub struct BackendTable {
     writer: Mutex<BackendPolicy>,
     added: AtomicUsize,
     slots: Arc<SlotQueue>,
+    probe_requests: ProbeRequests,
 }
 
 /// One entry of a [`BackendTable::apply`] batch.
@@ -172,12 +174,23 @@ impl BackendTable {
             .collect::<Result<Vec<_>, _>>()?;
         let added = AtomicUsize::new(backends.len());
         let membership = Membership::build(kind, backends, policy.panic_mode);
-        Ok(BackendTable { current: ArcSwap::from_pointee(membership), writer: Mutex::new(policy), added, slots })
+        Ok(BackendTable {
+            current: ArcSwap::from_pointee(membership),
+            writer: Mutex::new(policy),
+            added,
+            slots,
+            probe_requests: ProbeRequests::default(),
+        })
     }
 
     /// Where requests wait when every candidate backend is at its connection cap.
     pub fn slots(&self) -> &SlotQueue {
         &self.slots
+    }
+
+    /// Where traffic asks the health checks for a probe of a backend it could not connect to.
+    pub fn probe_requests(&self) -> &ProbeRequests {
+        &self.probe_requests
     }
 
     /// The algorithm in use.

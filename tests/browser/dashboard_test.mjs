@@ -1,18 +1,23 @@
 // Drives the admin dashboard in headless Chromium against a running balancer:
 //
 //   cd tests/browser && npm install        # playwright-core only; the browser is Debian's chromium
-//   node dashboard_test.mjs http://127.0.0.1:8080 /tmp/dashboard.png
+//   node dashboard_test.mjs http://127.0.0.1:8080 /tmp/dashboard.png KILL_PID KILL_ADDRESS
 //
 // Opens ${base}/lb/dashboard, waits for the backend rows, clicks Disable on the first backend,
-// waits until GET ${base}/lb/backends shows it disabled and the page shows it too, writes a
-// screenshot, then enables the backend again (through the page) so the balancer is left as found.
+// waits until GET ${base}/lb/backends shows it disabled and the page shows it too, then enables
+// it again (through the page). Then the history charts: under load from this script (4 loops of
+// GET /, bounded in time), it waits until the requests chart shows every backend serving, kills
+// the backend at KILL_ADDRESS (process KILL_PID, which the caller started) with SIGKILL, and
+// waits until the charts' own data (the uPlot instances') show its dip to 0 requests/s while the
+// balancer still served, and its failed tries; it checks the charts drew those lines (pixels of
+// their colours on the canvas), and writes a screenshot of the page.
 // With LB_ADMIN_TOKEN set, the token is put where the page keeps it and sent on API calls.
 // Exits non-zero on any failure, including an error thrown inside the page.
 import { chromium } from "playwright-core";
 
-const [base, screenshotPath] = process.argv.slice(2);
-if (!base || !screenshotPath) {
-  console.error("usage: node dashboard_test.mjs BASE_URL SCREENSHOT.png");
+const [base, screenshotPath, killPid, killAddress] = process.argv.slice(2);
+if (!base || !screenshotPath || !/^[0-9]+$/.test(killPid || "") || !killAddress) {
+  console.error("usage: node dashboard_test.mjs BASE_URL SCREENSHOT.png KILL_PID KILL_ADDRESS");
   process.exit(2);
 }
 const apiBase = base.replace(/\/$/, "") + "/lb";
@@ -37,6 +42,105 @@ async function waitFor(what, read, done) {
     await new Promise((resolve) => setTimeout(resolve, 200));
   }
   throw new Error("timed out waiting for " + what + "; last: " + JSON.stringify(last));
+}
+
+/** Requests in a loop from 4 clients until `stop()` (or 60 s, or 100,000 requests). */
+function startLoad() {
+  let running = true, sent = 0, failed = 0;
+  const deadline = Date.now() + 60000;
+  const loop = async () => {
+    while (running && Date.now() < deadline && sent < 100000) {
+      sent++;
+      try {
+        const response = await fetch(base.replace(/\/$/, "") + "/");
+        await response.arrayBuffer();
+        if (!response.ok) failed++;
+      } catch (_) {
+        failed++;
+      }
+    }
+  };
+  const loops = Promise.all([loop(), loop(), loop(), loop()]);
+  return { stop: async () => { running = false; await loops; return { sent, failed }; } };
+}
+
+/** What the page's charts hold now: for each chart, its series' labels and data (from uPlot). */
+function chartData(page) {
+  return page.evaluate(() => {
+    const charts = (window.lbHistory && window.lbHistory.charts) || {};
+    const out = {};
+    for (const [name, u] of Object.entries(charts)) {
+      out[name] = { labels: u.series.map((s) => s.label), data: u.data.map((column) => Array.from(column)) };
+    }
+    return out;
+  });
+}
+
+/** How many pixels of `colour` (#rrggbb, give or take anti-aliasing) the chart's canvas has. */
+function pixelsOf(page, chart, colour) {
+  return page.evaluate(([chart, colour]) => {
+    const u = window.lbHistory.charts[chart];
+    const { width, height } = u.ctx.canvas;
+    if (!width || !height) return 0;
+    const want = [1, 3, 5].map((i) => parseInt(colour.slice(i, i + 2), 16));
+    const pixels = u.ctx.getImageData(0, 0, width, height).data;
+    let n = 0;
+    for (let i = 0; i < pixels.length; i += 4) {
+      if (pixels[i + 3] > 200 && want.every((c, k) => Math.abs(pixels[i + k] - c) <= 40)) n++;
+    }
+    return n;
+  }, [chart, colour]);
+}
+
+/** The series of `label` in chart `name` of `charts` (from chartData), or undefined. */
+function series(charts, name, label) {
+  const chart = charts[name];
+  const index = chart ? chart.labels.indexOf(label) : -1;
+  return index > 0 ? { time: chart.data[0], values: chart.data[index], index } : undefined;
+}
+
+/** Under load, kills the backend at killAddress and finds its dip and failures on the charts. */
+async function historyShowsAKill(page) {
+  const victim = (await backends()).find((b) => b.address === killAddress);
+  if (!victim) throw new Error(`no backend at ${killAddress} in /lb/backends`);
+  const load = startLoad();
+  try {
+    // Both backends serving, on the chart, for two seconds at least.
+    await waitFor("every backend serving on the requests chart", () => chartData(page), (charts) => {
+      const all = series(charts, "requests", "all");
+      const ids = Object.values(charts).length ? charts.requests.labels.slice(2) : [];
+      return all && ids.length >= 2 && ids.every((id) => series(charts, "requests", id).values.filter((v) => v > 0).length >= 2);
+    });
+    process.kill(Number(killPid), "SIGKILL");
+    const killedAt = Math.floor(Date.now() / 1000);
+    console.log(`killed ${victim.id} (${killAddress}, pid ${killPid}) at ${killedAt}`);
+    // Its dip: a second after the kill where it got no try while the balancer answered, and
+    // its failed tries around the kill; both in the charts' data.
+    const charts = await waitFor(`${victim.id}'s dip and failures on the charts`, () => chartData(page), (charts) => {
+      const all = series(charts, "requests", "all"), mine = series(charts, "requests", victim.id);
+      const errors = series(charts, "errors", victim.id);
+      if (!all || !mine || !errors) return false;
+      const dip = mine.time.some((t, i) => t > killedAt && mine.values[i] === 0 && all.values[i] > 0);
+      const failed = errors.time.some((t, i) => t >= killedAt - 1 && errors.values[i] > 0);
+      return dip && failed;
+    });
+    const mine = series(charts, "requests", victim.id);
+    const before = mine.values.filter((v, i) => mine.time[i] < killedAt && v > 0).length;
+    if (before < 2) throw new Error(`${victim.id} served in ${before} second(s) before the kill on the chart`);
+    // The charts drew it: the victim's colour on the requests and errors canvases.
+    const colour = await page.evaluate(([id]) => {
+      const u = window.lbHistory.charts.requests, i = u.series.findIndex((s) => s.label === id);
+      return typeof u.series[i].stroke === "function" ? u.series[i].stroke(u, i) : u.series[i].stroke;
+    }, [victim.id]);
+    for (const chart of ["requests", "errors"]) {
+      const n = await pixelsOf(page, chart, colour);
+      if (n < 20) throw new Error(`the ${chart} chart drew ${n} pixel(s) of ${victim.id}'s colour ${colour}`);
+    }
+    const { sent, failed } = await load.stop();
+    console.log(`the charts show ${victim.id}'s dip and failures (${sent} requests sent, ${failed} failed)`);
+  } finally {
+    await load.stop();
+  }
 }
 
 const browser = await chromium.launch({
@@ -77,15 +181,18 @@ try {
   await row.locator('button[data-action="disable"]').click();
   await waitFor(`${id} disabled in /lb/backends`, backends, (list) => list.some((b) => b.id === id && b.enabled === false));
   await page.locator(`#backends tr[data-backend-id=${JSON.stringify(id)}][data-enabled="false"]`).waitFor({ timeout: TIMEOUT_MS });
-  // Let the "disabled" notice fade out so the screenshot shows the table alone.
-  await page.locator("#notice.shown").waitFor({ state: "detached", timeout: TIMEOUT_MS });
-  await page.waitForTimeout(400);
-  await page.screenshot({ path: screenshotPath, fullPage: true });
-  console.log(`disabled ${id} from the dashboard; screenshot in ${screenshotPath}`);
+  console.log(`disabled ${id} from the dashboard`);
 
   await row.locator('button[data-action="enable"]').click();
   await waitFor(`${id} enabled again`, backends, (list) => list.some((b) => b.id === id && b.enabled === true));
   await page.locator(`#backends tr[data-backend-id=${JSON.stringify(id)}][data-enabled="true"]`).waitFor({ timeout: TIMEOUT_MS });
+
+  await historyShowsAKill(page);
+  // Let any notice fade out so the screenshot shows the page alone.
+  await page.locator("#notice.shown").waitFor({ state: "detached", timeout: TIMEOUT_MS });
+  await page.waitForTimeout(400);
+  await page.screenshot({ path: screenshotPath, fullPage: true });
+  console.log(`screenshot in ${screenshotPath}`);
 
   if (pageErrors.length) throw new Error("errors in the page:\n" + pageErrors.join("\n"));
   console.log("dashboard test passed");

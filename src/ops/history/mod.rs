@@ -1,0 +1,597 @@
+//! The last 15 minutes, one second at a time, for `GET /lb/history` and the dashboard's
+//! charts: requests, 5xx answers, failed tries and p50/p99 latency, for the whole balancer and
+//! for each backend.
+//!
+//! The data path writes nothing here. Requests already count themselves in atomics
+//! ([`Stats`], each [`Backend`]'s counters, the latency [`Histogram`]s); once a second the
+//! [`Sampler`] thread reads those totals and [`History::sample`] stores the difference from
+//! the previous reading as that second's [`Second`]. Percentiles of a second come from the
+//! difference of two histogram snapshots, so they are those of that second's requests alone.
+//!
+//! Memory is fixed per series: [`WINDOW_SECONDS`] slots of [`SLOT_BYTES`] bytes, plus the
+//! previous reading (a histogram's 1216 counters), about [`SERIES_BYTES`] in all (31 KiB).
+//! There is one series for the whole and one per backend in the table; a backend removed from
+//! the table keeps its series until its last second leaves the window (so the chart still
+//! shows what it did), and at most [`MAX_RETIRED_BACKENDS`] such series are kept (the ones
+//! removed longest ago go first), so churn in the table cannot grow it without bound:
+//! at most `SERIES_BYTES × (1 + backends + MAX_RETIRED_BACKENDS)`.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//! use lb_sync::metrics::Histogram;
+//! use lb_sync::ops::history::History;
+//! use lb_sync::stats::Stats;
+//!
+//! let (history, stats, latency) = (History::new(), Stats::default(), Histogram::new());
+//! history.sample(1_000, &stats, &latency, &[]); // the first reading: the baseline
+//! stats.record(200);
+//! stats.record(503);
+//! latency.record(Duration::from_millis(4));
+//! latency.record(Duration::from_millis(8));
+//! history.sample(1_001, &stats, &latency, &[]); // second 1000 is complete
+//! let window = history.window(900);
+//! assert_eq!((window.start, window.total.len()), (1_000, 1));
+//! let second = window.total[0].unwrap();
+//! assert_eq!((second.requests, second.status_5xx), (2, 1));
+//! assert!(second.p99().unwrap() > Duration::from_millis(7));
+//! ```
+
+mod ring;
+mod sampler;
+
+pub use ring::SecondRing;
+pub use sampler::Sampler;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use crate::metrics::histogram::BUCKETS;
+use crate::metrics::{Histogram, HistogramSnapshot};
+use crate::stats::Stats;
+use crate::upstream::Backend;
+
+/// Seconds kept: 15 minutes.
+pub const WINDOW_SECONDS: usize = 900;
+
+/// Series of backends no longer in the table kept at most (each until its last second leaves
+/// the window).
+pub const MAX_RETIRED_BACKENDS: usize = 64;
+
+/// Bytes of one second of one series.
+pub const SLOT_BYTES: usize = std::mem::size_of::<Option<Second>>();
+
+/// Bytes of one series: its slots and its previous reading (rounded up for the small rest).
+pub const SERIES_BYTES: usize = WINDOW_SECONDS * SLOT_BYTES + BUCKETS * 8 + 256;
+
+/// `p50_us`/`p99_us` of a second without answers.
+const NO_LATENCY: u32 = u32::MAX;
+
+/// One second of one series.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Second {
+    /// The whole: answers given on the data port (as `total_requests` counts them). A backend:
+    /// tries sent to it.
+    pub requests: u32,
+    /// Of those, answered with a 5xx (the whole: ours too, 502/503/504).
+    pub status_5xx: u32,
+    /// Tries that got no answer (refused, reset, timed out...): per backend, and in all.
+    pub failures: u32,
+    p50_us: u32,
+    p99_us: u32,
+}
+
+impl Second {
+    fn micros(d: Option<Duration>) -> u32 {
+        d.map_or(NO_LATENCY, |d| u32::try_from(d.as_micros()).unwrap_or(NO_LATENCY - 1).min(NO_LATENCY - 1))
+    }
+
+    fn duration(micros: u32) -> Option<Duration> {
+        (micros != NO_LATENCY).then(|| Duration::from_micros(u64::from(micros)))
+    }
+
+    /// What happened between two readings.
+    fn between(earlier: &Reading, now: &Reading) -> Second {
+        let count = |now: u64, then: u64| u32::try_from(now.saturating_sub(then)).unwrap_or(u32::MAX);
+        let latency = now.latency.since(&earlier.latency);
+        Second {
+            requests: count(now.requests, earlier.requests),
+            status_5xx: count(now.status_5xx, earlier.status_5xx),
+            failures: count(now.failures, earlier.failures),
+            p50_us: Second::micros(latency.percentile(0.5)),
+            p99_us: Second::micros(latency.percentile(0.99)),
+        }
+    }
+
+    /// The median latency of the second's answers (to the response head), to the
+    /// microsecond; `None` without answers.
+    pub fn p50(&self) -> Option<Duration> {
+        Second::duration(self.p50_us)
+    }
+
+    /// The 99th percentile, as [`p50`](Self::p50).
+    pub fn p99(&self) -> Option<Duration> {
+        Second::duration(self.p99_us)
+    }
+}
+
+/// The running totals of one series at one moment.
+#[derive(Clone, Debug, Default)]
+struct Reading {
+    requests: u64,
+    status_5xx: u64,
+    failures: u64,
+    latency: HistogramSnapshot,
+}
+
+impl Reading {
+    fn of_balancer(stats: &Stats, latency: &Histogram) -> Reading {
+        let s = stats.snapshot();
+        Reading {
+            requests: s.total,
+            status_5xx: s.failed,
+            failures: stats.tries().failures.iter().map(|(_, n)| n).sum(),
+            latency: latency.snapshot(),
+        }
+    }
+
+    fn of_backend(backend: &Backend) -> Reading {
+        let (requests, failures) = backend.counts();
+        Reading { requests, status_5xx: backend.answers()[4], failures, latency: backend.latency().snapshot() }
+    }
+
+    /// This reading plus what `other` counted since `other_earlier`: a backend's series that
+    /// moved to a fresh [`Backend`] (same id) adds the old one's last stretch.
+    fn plus_since(&self, other: &Reading, other_earlier: &Reading) -> Reading {
+        let mut latency = self.latency.clone();
+        latency.merge(&other.latency.since(&other_earlier.latency));
+        Reading {
+            requests: self.requests + other.requests.saturating_sub(other_earlier.requests),
+            status_5xx: self.status_5xx + other.status_5xx.saturating_sub(other_earlier.status_5xx),
+            failures: self.failures + other.failures.saturating_sub(other_earlier.failures),
+            latency,
+        }
+    }
+}
+
+/// One series: its seconds and the reading the next second is counted from.
+#[derive(Debug)]
+struct Series {
+    seconds: SecondRing<Second>,
+    last: Reading,
+}
+
+impl Series {
+    fn new(last: Reading) -> Series {
+        Series { seconds: SecondRing::new(WINDOW_SECONDS), last }
+    }
+
+    /// Stores what happened between the last reading and `now` as `second`.
+    fn record(&mut self, second: u64, now: Reading) {
+        self.seconds.put(second, Second::between(&self.last, &now));
+        self.last = now;
+    }
+}
+
+/// A backend's series and whom it reads.
+#[derive(Debug)]
+struct BackendSeries {
+    series: Series,
+    /// The backend it reads. Once removed from the table, it is held until a sample after its
+    /// last request in flight finished (so that request's answer is counted), then let go.
+    source: Option<Arc<Backend>>,
+    /// The removed backend had nothing in flight at the last sample: the next one is its last.
+    idle: bool,
+    /// Its index in the table at the last sample; `None` once it left the table.
+    position: Option<usize>,
+    /// The last second it was in the table.
+    seen: u64,
+    /// The second it left the table (retired series are dropped oldest first).
+    left_at: u64,
+    /// The newest second with a value: once out of the window, a retired series goes.
+    last_value: u64,
+}
+
+impl BackendSeries {
+    fn new(last: Reading) -> BackendSeries {
+        BackendSeries {
+            series: Series::new(last),
+            source: None,
+            idle: false,
+            position: None,
+            seen: 0,
+            left_at: 0,
+            last_value: 0,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    total: Option<Series>,
+    backends: BTreeMap<String, BackendSeries>,
+    /// The whole second in which the last reading was taken: the next sample counts the
+    /// seconds from it on.
+    boundary: Option<u64>,
+    /// The first second counted.
+    first: u64,
+}
+
+/// The last [`WINDOW_SECONDS`] seconds of the balancer and of each backend, filled by
+/// [`sample`](Self::sample) once a second and read by [`window`](Self::window).
+#[derive(Debug, Default)]
+pub struct History {
+    inner: Mutex<Inner>,
+}
+
+/// A stretch of seconds read from the history: `total[i]` (and each backend's `seconds[i]`) is
+/// second `start + i` (unix time); `None` where nothing was sampled that second.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Window {
+    /// The first second.
+    pub start: u64,
+    /// The whole balancer.
+    pub total: Vec<Option<Second>>,
+    /// Every backend with a value in the stretch: those in the table, in its order, then those
+    /// removed, by id.
+    pub backends: Vec<BackendWindow>,
+}
+
+/// One backend's seconds in a [`Window`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct BackendWindow {
+    /// Its id.
+    pub id: String,
+    /// Whether it is in the table now.
+    pub in_table: bool,
+    /// Its seconds, aligned with [`Window::total`].
+    pub seconds: Vec<Option<Second>>,
+}
+
+impl History {
+    /// An empty history.
+    pub fn new() -> History {
+        History::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Reads the totals now, just after the whole second `boundary` (unix time) began, and
+    /// stores what happened since the previous reading as second `boundary - 1`. The first
+    /// call only takes the baseline. A call whose boundary is not after the previous one's (the
+    /// clock stepped back) stores nothing: its counts go to the next second stored. When
+    /// seconds were skipped (the sampler was held up), the counts since land in the last of
+    /// them and the others stay empty, so the seconds always add up to the totals.
+    pub fn sample(&self, boundary: u64, stats: &Stats, latency: &Histogram, backends: &[Arc<Backend>]) {
+        let mut inner = self.lock();
+        let inner = &mut *inner;
+        let now = Reading::of_balancer(stats, latency);
+        let Some(previous) = inner.boundary else {
+            // The baseline: what was counted before the history started is not history.
+            inner.total = Some(Series::new(now));
+            for (position, backend) in backends.iter().enumerate() {
+                let mut entry = BackendSeries::new(Reading::of_backend(backend));
+                entry.source = Some(Arc::clone(backend));
+                entry.position = Some(position);
+                inner.backends.insert(backend.id.clone(), entry);
+            }
+            inner.boundary = Some(boundary);
+            inner.first = boundary;
+            return;
+        };
+        if boundary <= previous {
+            return;
+        }
+        inner.boundary = Some(boundary);
+        let second = boundary - 1;
+        if let Some(total) = &mut inner.total {
+            total.record(second, now);
+        }
+        for (position, backend) in backends.iter().enumerate() {
+            // Not seen before: a backend made since the last sample, its counters from 0.
+            let entry =
+                inner.backends.entry(backend.id.clone()).or_insert_with(|| BackendSeries::new(Reading::default()));
+            let now = Reading::of_backend(backend);
+            if entry.source.as_ref().is_some_and(|s| Arc::ptr_eq(s, backend)) {
+                entry.series.record(second, now);
+            } else {
+                // A fresh backend under this id (re-added, or moved by a DNS change): counted
+                // from 0, plus what the one it replaces did since the last reading.
+                let this_second = match entry.source.take() {
+                    Some(old) => now.plus_since(&Reading::of_backend(&old), &entry.series.last),
+                    None => now.clone(),
+                };
+                entry.series.seconds.put(second, Second::between(&Reading::default(), &this_second));
+                entry.series.last = now;
+                entry.source = Some(Arc::clone(backend));
+                entry.idle = false;
+            }
+            entry.position = Some(position);
+            entry.seen = second;
+            entry.last_value = second;
+        }
+        for entry in inner.backends.values_mut().filter(|e| e.seen != second) {
+            if entry.position.take().is_some() {
+                entry.left_at = second;
+            }
+            // Requests still in flight to a removed backend finish and are counted: it is read
+            // until a sample after the one that found nothing in flight.
+            if let Some(backend) = &entry.source {
+                let idle = backend.in_flight() == 0;
+                entry.series.record(second, Reading::of_backend(backend));
+                entry.last_value = second;
+                if entry.idle {
+                    entry.source = None;
+                }
+                entry.idle = idle;
+            }
+        }
+        // Removed backends go once their last second left the window, and beyond the cap the
+        // ones removed longest ago go first.
+        inner.backends.retain(|_, e| e.position.is_some() || e.last_value + WINDOW_SECONDS as u64 > second);
+        let retired = inner.backends.values().filter(|e| e.position.is_none()).count();
+        if retired > MAX_RETIRED_BACKENDS {
+            let mut by_age: Vec<(u64, String)> = inner
+                .backends
+                .iter()
+                .filter(|(_, e)| e.position.is_none())
+                .map(|(id, e)| (e.left_at, id.clone()))
+                .collect();
+            by_age.sort();
+            for (_, id) in by_age.into_iter().take(retired - MAX_RETIRED_BACKENDS) {
+                inner.backends.remove(&id);
+            }
+        }
+    }
+
+    /// The last `seconds` complete seconds (at most [`WINDOW_SECONDS`], and none from before
+    /// the first sample).
+    pub fn window(&self, seconds: usize) -> Window {
+        let inner = self.lock();
+        let Some(boundary) = inner.boundary else {
+            return Window { start: 0, total: Vec::new(), backends: Vec::new() };
+        };
+        let count = (seconds.min(WINDOW_SECONDS) as u64).min(boundary - inner.first);
+        let start = boundary - count;
+        let read = |ring: &SecondRing<Second>| (start..boundary).map(|s| ring.get(s)).collect::<Vec<_>>();
+        let total = inner.total.as_ref().map_or_else(|| vec![None; count as usize], |t| read(&t.seconds));
+        let mut backends: Vec<(Option<usize>, BackendWindow)> = inner
+            .backends
+            .iter()
+            .map(|(id, e)| {
+                (
+                    e.position,
+                    BackendWindow { id: id.clone(), in_table: e.position.is_some(), seconds: read(&e.series.seconds) },
+                )
+            })
+            .filter(|(position, b)| position.is_some() || b.seconds.iter().any(Option::is_some))
+            .collect();
+        // In the table's order, then the removed ones (a BTreeMap gives them by id).
+        backends.sort_by_key(|(position, _)| position.unwrap_or(usize::MAX));
+        Window { start, total, backends: backends.into_iter().map(|(_, b)| b).collect() }
+    }
+
+    /// Series kept now (the whole, plus one per backend, removed ones included).
+    pub fn series(&self) -> usize {
+        let inner = self.lock();
+        usize::from(inner.total.is_some()) + inner.backends.len()
+    }
+
+    /// The memory the history holds now: [`SERIES_BYTES`] per series.
+    pub fn memory_bytes(&self) -> usize {
+        self.series() * SERIES_BYTES
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::BackendConfig;
+    use crate::upstream::BackendPolicy;
+
+    fn backend(id: &str, port: u16) -> Arc<Backend> {
+        let config = BackendConfig::new("127.0.0.1", port, 1);
+        Arc::new(Backend::new(id.into(), &config, &BackendPolicy::default(), Default::default()).unwrap())
+    }
+
+    /// `n` answered tries of `status` taking `ms` each, counted as the proxy counts them.
+    fn answer(stats: &Stats, latency: &Histogram, backend: &Backend, n: u32, status: u16, ms: u64) {
+        for _ in 0..n {
+            backend.record_request();
+            backend.record_answer(status, Duration::from_millis(ms));
+            stats.record(status);
+            latency.record(Duration::from_millis(ms));
+        }
+    }
+
+    struct Balancer {
+        history: History,
+        stats: Stats,
+        latency: Histogram,
+    }
+
+    impl Balancer {
+        fn new() -> Balancer {
+            Balancer { history: History::new(), stats: Stats::default(), latency: Histogram::new() }
+        }
+
+        fn sample(&self, boundary: u64, backends: &[Arc<Backend>]) {
+            self.history.sample(boundary, &self.stats, &self.latency, backends);
+        }
+
+        fn answer(&self, backend: &Backend, n: u32, status: u16, ms: u64) {
+            answer(&self.stats, &self.latency, backend, n, status, ms);
+        }
+    }
+
+    fn requests(seconds: &[Option<Second>]) -> Vec<Option<u32>> {
+        seconds.iter().map(|s| s.map(|s| s.requests)).collect()
+    }
+
+    fn backend_window<'a>(window: &'a Window, id: &str) -> Option<&'a BackendWindow> {
+        window.backends.iter().find(|b| b.id == id)
+    }
+
+    #[test]
+    fn each_second_holds_what_was_counted_in_it() {
+        let lb = Balancer::new();
+        let (a, b) = (backend("a", 8001), backend("b", 8002));
+        let table = [Arc::clone(&a), Arc::clone(&b)];
+        lb.answer(&a, 50, 200, 1); // before the history started: not history
+        lb.sample(100, &table);
+        lb.answer(&a, 3, 200, 2);
+        lb.answer(&b, 2, 502, 40);
+        b.record_request();
+        b.record_failure();
+        lb.stats.record_try_failure(crate::stats::TryFailure::Refused);
+        lb.sample(101, &table);
+        lb.sample(102, &table);
+        lb.answer(&a, 98, 200, 1);
+        lb.answer(&a, 2, 200, 900);
+        lb.sample(103, &table);
+
+        let window = lb.history.window(WINDOW_SECONDS);
+        assert_eq!(window.start, 100);
+        assert_eq!(requests(&window.total), [Some(5), Some(0), Some(100)]);
+        let first = window.total[0].unwrap();
+        assert_eq!((first.status_5xx, first.failures), (2, 1));
+        assert_eq!((window.total[1].unwrap().p50(), window.total[1].unwrap().p99()), (None, None));
+        let busy = window.total[2].unwrap();
+        let near = |d: Option<Duration>, ms: u64| {
+            (d.unwrap().as_secs_f64() * 1e3 - ms as f64).abs() <= ms as f64 / 64.0 + 0.001
+        };
+        assert!(near(busy.p50(), 1) && near(busy.p99(), 900), "{busy:?}");
+
+        let ids: Vec<_> = window.backends.iter().map(|b| b.id.as_str()).collect();
+        assert_eq!(ids, ["a", "b"], "in the table's order");
+        assert_eq!(requests(&backend_window(&window, "a").unwrap().seconds), [Some(3), Some(0), Some(100)]);
+        let b_first = backend_window(&window, "b").unwrap().seconds[0].unwrap();
+        assert_eq!((b_first.requests, b_first.status_5xx, b_first.failures), (3, 2, 1));
+        assert!(near(b_first.p50(), 40));
+
+        let last_two = lb.history.window(2);
+        assert_eq!((last_two.start, requests(&last_two.total)), (101, vec![Some(0), Some(100)]));
+    }
+
+    #[test]
+    fn the_ring_wraps_and_memory_stays_the_same() {
+        let lb = Balancer::new();
+        let a = backend("a", 8001);
+        let table = [Arc::clone(&a)];
+        lb.sample(0, &table);
+        let memory = lb.history.memory_bytes();
+        for second in 1..=3 * WINDOW_SECONDS as u64 {
+            lb.answer(&a, (second % 7) as u32, 200, 1);
+            lb.sample(second, &table);
+        }
+        let window = lb.history.window(WINDOW_SECONDS);
+        let end = 3 * WINDOW_SECONDS as u64;
+        assert_eq!((window.start, window.total.len()), (end - WINDOW_SECONDS as u64, WINDOW_SECONDS));
+        let expected: Vec<_> = (window.start..end).map(|s| Some(((s + 1) % 7) as u32)).collect();
+        assert_eq!(requests(&window.total), expected);
+        assert_eq!(requests(&window.backends[0].seconds), expected);
+        assert_eq!(lb.history.memory_bytes(), memory, "bounded: two series, whatever the time");
+        assert_eq!(memory, 2 * SERIES_BYTES);
+        // The documented size: 24 bytes a second, 900 of them, plus the previous reading.
+        assert_eq!(SLOT_BYTES, 24);
+        assert_eq!(SERIES_BYTES, 900 * 24 + 1216 * 8 + 256);
+    }
+
+    #[test]
+    fn a_stalled_sampler_puts_the_counts_in_the_last_second_and_a_clock_step_back_nothing() {
+        let lb = Balancer::new();
+        let a = backend("a", 8001);
+        let table = [Arc::clone(&a)];
+        lb.sample(10, &table);
+        lb.answer(&a, 4, 200, 1);
+        lb.sample(13, &table); // woke three seconds late
+        lb.answer(&a, 2, 200, 1);
+        lb.sample(12, &table); // the clock went back: nothing stored, nothing lost
+        lb.sample(13, &table);
+        lb.sample(14, &table);
+        let window = lb.history.window(WINDOW_SECONDS);
+        assert_eq!(window.start, 10);
+        assert_eq!(requests(&window.total), [None, None, Some(4), Some(2)]);
+    }
+
+    #[test]
+    fn a_removed_backend_keeps_its_seconds_until_they_age_out() {
+        let lb = Balancer::new();
+        let (a, b) = (backend("a", 8001), backend("b", 8002));
+        lb.sample(0, &[Arc::clone(&a), Arc::clone(&b)]);
+        lb.answer(&b, 5, 200, 1);
+        let in_flight = b.try_begin().unwrap();
+        lb.sample(1, &[Arc::clone(&a), Arc::clone(&b)]);
+        // Removed with a request in flight: its answer after removal still counts.
+        let table = [Arc::clone(&a)];
+        lb.answer(&b, 1, 200, 1);
+        drop(in_flight);
+        drop(b);
+        lb.sample(2, &table);
+        let window = lb.history.window(WINDOW_SECONDS);
+        let removed = backend_window(&window, "b").unwrap();
+        assert!(!removed.in_table);
+        assert_eq!(requests(&removed.seconds), [Some(5), Some(1)]);
+        // Read once more after it had nothing in flight (second 2), then let go.
+        lb.sample(3, &table);
+        for boundary in 4..=WINDOW_SECONDS as u64 + 2 {
+            lb.sample(boundary, &table);
+        }
+        // The window is seconds 2..=901: its last value (0 at second 2) is still in it.
+        let window = lb.history.window(WINDOW_SECONDS);
+        assert_eq!(requests(&backend_window(&window, "b").unwrap().seconds)[..2], [Some(0), None]);
+        assert_eq!(lb.history.series(), 3);
+        lb.sample(WINDOW_SECONDS as u64 + 3, &table);
+        assert!(backend_window(&lb.history.window(WINDOW_SECONDS), "b").is_none(), "its last second left");
+        assert_eq!(lb.history.series(), 2, "its memory is freed");
+    }
+
+    #[test]
+    fn churn_in_the_table_never_keeps_more_than_the_cap_of_removed_backends() {
+        let lb = Balancer::new();
+        let a = backend("a", 8001);
+        lb.sample(0, &[Arc::clone(&a)]);
+        for i in 0..1000u64 {
+            let passing = backend(&format!("passing-{i}"), 9000 + (i % 1000) as u16);
+            lb.answer(&passing, 1, 200, 1);
+            lb.sample(1 + 2 * i, &[Arc::clone(&a), Arc::clone(&passing)]);
+            lb.sample(2 + 2 * i, &[Arc::clone(&a)]);
+        }
+        assert_eq!(lb.history.series(), 1 + 1 + MAX_RETIRED_BACKENDS);
+        let window = lb.history.window(WINDOW_SECONDS);
+        let retired: Vec<_> = window.backends.iter().filter(|b| !b.in_table).map(|b| b.id.as_str()).collect();
+        assert_eq!(retired.len(), MAX_RETIRED_BACKENDS);
+        assert!(retired.contains(&"passing-999") && !retired.contains(&"passing-935"), "the newest are kept");
+        assert!(lb.history.memory_bytes() <= SERIES_BYTES * (1 + 1 + MAX_RETIRED_BACKENDS));
+    }
+
+    #[test]
+    fn a_fresh_backend_under_the_same_id_is_counted_from_zero() {
+        let lb = Balancer::new();
+        let old = backend("a", 8001);
+        lb.sample(0, &[Arc::clone(&old)]);
+        lb.answer(&old, 7, 200, 1);
+        lb.sample(1, &[Arc::clone(&old)]);
+        lb.answer(&old, 2, 200, 1); // before the swap, not seen yet
+        let new = backend("a", 8002); // a DNS change: same id, a fresh backend
+        lb.answer(&new, 3, 200, 1);
+        lb.sample(2, &[Arc::clone(&new)]);
+        lb.answer(&new, 1, 200, 1);
+        lb.sample(3, &[Arc::clone(&new)]);
+        let window = lb.history.window(WINDOW_SECONDS);
+        assert_eq!(window.backends.len(), 1);
+        assert_eq!(requests(&window.backends[0].seconds), [Some(7), Some(5), Some(1)]);
+    }
+
+    #[test]
+    fn an_empty_history_reads_empty() {
+        let lb = Balancer::new();
+        assert_eq!(lb.history.window(10).total.len(), 0);
+        lb.sample(5, &[]);
+        let window = lb.history.window(10);
+        assert_eq!((window.start, window.total.len(), window.backends.len()), (5, 0, 0));
+    }
+}

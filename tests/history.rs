@@ -1,0 +1,370 @@
+//! `GET /lb/history` (issue 19): requests sent in known seconds are found in those seconds,
+//! exactly, for the whole balancer and for each backend, with their 5xx, failed tries and
+//! latency; `?seconds=N` and its errors; access as for the rest of the API; the dashboard's
+//! chart library served with the page. Real `lb-backend` processes on loopback; every wait is
+//! a poll within a bound.
+//!
+//! A burst of requests is sent from 0.2 s into a whole second; when it is answered before
+//! 0.8 s into the same second (clear of the sampler's boundaries) its second is known and the
+//! test expects its count there exactly. A burst that slipped past, or during which the
+//! process stalled or the wall clock was set (a [`Watch`] notices either: the sampler could
+//! then have read late, or in another second), is only counted in the sums, and the round is
+//! tried again in a later second.
+
+mod common;
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use common::{backend, wait_until, ChildProcess, Conn};
+use lb_sync::balancer::LoadBalancer;
+use lb_sync::config::{BackendConfig, Config};
+use lb_sync::ops::history::SERIES_BYTES;
+use serde_json::Value;
+
+const LIMIT: Duration = Duration::from_secs(10);
+
+fn balancer(backends: &[SocketAddr], tweak: impl FnOnce(&mut Config)) -> LoadBalancer {
+    let mut config = Config {
+        host: "127.0.0.1".parse().unwrap(),
+        port: 0,
+        threads: 8,
+        access_log: false,
+        // No probes: a backend that refuses stays in use, so its failures are the traffic's.
+        health_check_interval: 0.0,
+        backends: backends
+            .iter()
+            .enumerate()
+            .map(|(i, a)| BackendConfig {
+                id: Some(format!("b{}", i + 1)),
+                ..BackendConfig::new("127.0.0.1", a.port(), 1)
+            })
+            .collect(),
+        ..Config::default()
+    };
+    tweak(&mut config);
+    LoadBalancer::start(config).unwrap()
+}
+
+fn refused_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+fn history(lb: SocketAddr, query: &str) -> Value {
+    let response = Conn::open(lb).get(&format!("/lb/history{query}"));
+    assert_eq!(response.status, 200, "{}", response.text());
+    response.json()
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs_f64()
+}
+
+/// Notices when this process stalls (a thread that asks to wake every 10 ms wakes 150 ms late)
+/// or the wall clock is set (it moves 20 ms more or less than the monotonic clock between two
+/// wake-ups), and the wall-clock seconds where that happened.
+struct Watch {
+    disturbed: Arc<Mutex<Vec<u64>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Watch {
+    fn start() -> Watch {
+        let (disturbed, stop) = (Arc::new(Mutex::new(Vec::new())), Arc::new(AtomicBool::new(false)));
+        let thread = std::thread::spawn({
+            let (disturbed, stop) = (Arc::clone(&disturbed), Arc::clone(&stop));
+            move || {
+                let (mut wall, mut steady) = (unix_now(), Instant::now());
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(10));
+                    let (now_wall, now_steady) = (unix_now(), Instant::now());
+                    let gap = now_steady.duration_since(steady).as_secs_f64();
+                    if gap > 0.15 || (now_wall - wall - gap).abs() > 0.02 {
+                        let mut seconds = disturbed.lock().unwrap();
+                        seconds.extend(wall.floor() as u64..=now_wall.max(wall).floor() as u64);
+                    }
+                    (wall, steady) = (now_wall, now_steady);
+                }
+            }
+        });
+        Watch { disturbed, stop, thread: Some(thread) }
+    }
+
+    /// Whether anything happened from `from` to `to` (wall-clock seconds).
+    fn calm(&self, from: u64, to: u64) -> bool {
+        !self.disturbed.lock().unwrap().iter().any(|s| (from..=to).contains(s))
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Waits for 0.2 s into the next whole second.
+fn into_next_second() {
+    let now = unix_now();
+    std::thread::sleep(Duration::from_secs_f64(now.floor() + 1.2 - now));
+}
+
+/// What one burst did: its requests, and the second they were all answered in when that is
+/// certain (sent and answered between 0.2 s and 0.8 s into one second).
+struct Burst {
+    requests: u64,
+    second: Option<u64>,
+    /// Seconds it may have been counted in, when not certain.
+    span: (u64, u64),
+}
+
+/// `n` GETs of `path` on one keep-alive connection, each answered `status`.
+fn burst(lb: SocketAddr, path: &str, n: u64, status: u16) -> Burst {
+    let mut conn = Conn::open(lb);
+    let start = unix_now();
+    for _ in 0..n {
+        let response = conn.get(path);
+        assert_eq!(response.status, status, "{path}: {}", response.text());
+    }
+    let end = unix_now();
+    let second = start.floor();
+    let certain = end.floor() == second && start - second >= 0.2 && end - second < 0.8;
+    // The sampler reads just after a boundary: a count may fall in the second before.
+    let span = (start.floor() as u64 - 1, end.floor() as u64 + 1);
+    Burst { requests: n, second: certain.then_some(second as u64), span }
+}
+
+/// Waits until the history's last complete second is at least `second`.
+fn history_through(lb: SocketAddr, second: u64) -> Value {
+    let mut last = Value::Null;
+    let reached = wait_until(LIMIT, || {
+        last = history(lb, "");
+        last["end"].as_u64().is_some_and(|end| end >= second)
+    });
+    assert!(reached, "the history did not reach second {second}: {last}");
+    last
+}
+
+/// The value of `column` at `second` in `series` (an object of columns aligned with `time`).
+fn at(h: &Value, series: &Value, column: &str, second: u64) -> Value {
+    let start = h["start"].as_u64().unwrap();
+    series[column][(second - start) as usize].clone()
+}
+
+fn backend_series<'a>(h: &'a Value, id: &str) -> &'a Value {
+    h["backends"].as_array().unwrap().iter().find(|b| b["id"] == id).unwrap_or_else(|| panic!("no {id} in {h}"))
+}
+
+fn column_sum(series: &Value, column: &str) -> u64 {
+    series[column].as_array().unwrap().iter().filter_map(Value::as_u64).sum()
+}
+
+/// Bursts of `sizes` one second apart (the second between stays quiet), tried again in later
+/// seconds until at least two were certain (at most 10 rounds).
+fn bursts(lb: SocketAddr, path: &str, sizes: &[u64], status: u16) -> Vec<Burst> {
+    let watch = Watch::start();
+    let mut sent = Vec::new();
+    for _ in 0..10 {
+        for &n in sizes {
+            into_next_second();
+            sent.push(burst(lb, path, n, status));
+            into_next_second(); // a quiet second
+        }
+        // The sampler read at the burst second's start and end: both in a calm stretch.
+        wait_until(LIMIT, || unix_now() >= sent.last().unwrap().span.1 as f64 + 0.5);
+        for b in &mut sent {
+            if b.second.is_some_and(|s| !watch.calm(s - 1, s + 1)) {
+                b.second = None;
+            }
+        }
+        if sent.iter().filter(|b| b.second.is_some()).count() >= 2 {
+            return sent;
+        }
+    }
+    panic!("no two bursts of {sizes:?} requests were answered within a second in 10 rounds");
+}
+
+/// The bursts' requests are in the history: exactly in their second when it is certain, every
+/// other second without requests, and all of them in the sum; per backend, round robin's halves.
+fn assert_bursts_in_history(lb: SocketAddr, sent: &[Burst], ids: &[&str]) -> Value {
+    let last = sent.iter().map(|b| b.span.1).max().unwrap();
+    let h = history_through(lb, last + 1);
+    let total = &h["total"];
+    let start = h["start"].as_u64().unwrap();
+    let end = h["end"].as_u64().unwrap();
+    assert_eq!(h["time"].as_array().unwrap().len() as u64, end - start + 1);
+    for b in sent {
+        if let Some(second) = b.second {
+            assert_eq!(at(&h, total, "requests", second), b.requests, "second {second}: {h}");
+            for id in ids {
+                let mine = at(&h, backend_series(&h, id), "requests", second);
+                assert_eq!(mine, b.requests / ids.len() as u64, "{id} in second {second}: {h}");
+            }
+        }
+    }
+    for second in start..=end {
+        let in_a_burst = sent.iter().any(|b| match b.second {
+            Some(s) => s == second,
+            None => (b.span.0..=b.span.1).contains(&second),
+        });
+        if !in_a_burst {
+            assert_eq!(at(&h, total, "requests", second), 0, "second {second} had no request: {h}");
+            assert_eq!(at(&h, total, "p50_ms", second), Value::Null, "no latency without answers");
+        }
+    }
+    let sent_in_all: u64 = sent.iter().map(|b| b.requests).sum();
+    assert_eq!(column_sum(total, "requests"), sent_in_all, "every request, once: {h}");
+    for id in ids {
+        assert_eq!(column_sum(backend_series(&h, id), "requests"), sent_in_all / ids.len() as u64, "{id}: {h}");
+    }
+    h
+}
+
+#[test]
+fn requests_are_found_in_the_seconds_they_were_answered_in() {
+    let backends: Vec<ChildProcess> = (0..2).map(|_| backend(&[])).collect();
+    let addrs: Vec<SocketAddr> = backends.iter().map(ChildProcess::addr).collect();
+    let lb = balancer(&addrs, |_| {});
+    let addr = lb.local_addr();
+    let sent = bursts(addr, "/", &[8, 12], 200);
+    let h = assert_bursts_in_history(addr, &sent, &["b1", "b2"]);
+    let second = sent.iter().find_map(|b| b.second).unwrap();
+    assert_eq!(at(&h, &h["total"], "status_5xx", second), 0);
+    assert_eq!(at(&h, &h["total"], "failures", second), 0);
+    assert!(at(&h, &h["total"], "p50_ms", second).as_f64().is_some_and(|ms| ms > 0.0), "{h}");
+    // The whole and two backends: a fixed size each, whatever the traffic.
+    assert_eq!(h["memory_bytes"], (3 * SERIES_BYTES) as u64);
+    assert_eq!((h["interval_seconds"].as_u64(), h["window_seconds"].as_u64()), (Some(1), Some(900)));
+    let stats = Conn::open(addr).get("/lb/stats").json();
+    assert_eq!(stats["total_requests"], column_sum(&h["total"], "requests"), "the history adds up to the counters");
+    lb.stop(LIMIT);
+}
+
+#[test]
+fn a_second_of_5xx_holds_them_and_its_latency() {
+    let backends: Vec<ChildProcess> = (0..2).map(|_| backend(&[])).collect();
+    let addrs: Vec<SocketAddr> = backends.iter().map(ChildProcess::addr).collect();
+    let lb = balancer(&addrs, |_| {});
+    let addr = lb.local_addr();
+    // 503s taking 30 ms or more each: a 5xx answer is relayed, not retried.
+    let sent = bursts(addr, "/?status=503&delay_ms=30", &[4, 6], 503);
+    let h = assert_bursts_in_history(addr, &sent, &["b1", "b2"]);
+    for second in sent.iter().filter_map(|b| b.second) {
+        let n = at(&h, &h["total"], "requests", second);
+        assert_eq!(at(&h, &h["total"], "status_5xx", second), n, "{h}");
+        for id in ["b1", "b2"] {
+            let b = backend_series(&h, id);
+            assert_eq!(at(&h, b, "status_5xx", second), at(&h, b, "requests", second), "{id}: {h}");
+            assert_eq!(at(&h, b, "failures", second), 0, "an answer is not a failed try");
+            assert!(at(&h, b, "p50_ms", second).as_f64().is_some_and(|ms| ms >= 30.0), "{id}: {h}");
+        }
+        let p50 = at(&h, &h["total"], "p50_ms", second).as_f64().unwrap();
+        let p99 = at(&h, &h["total"], "p99_ms", second).as_f64().unwrap();
+        assert!(p50 >= 30.0 && p99 >= p50, "{h}");
+    }
+    lb.stop(LIMIT);
+}
+
+#[test]
+fn failed_tries_are_in_the_refusing_backends_second_and_in_all() {
+    let live = backend(&[]);
+    let refused = refused_addr();
+    let lb = balancer(&[live.addr(), refused], |c| {
+        c.max_tries = 3;
+        // Kept closed, so a round tried again still sends tries there.
+        c.breaker_consecutive_failures = 1_000_000;
+    });
+    let addr = lb.local_addr();
+    let watch = Watch::start();
+    let mut certain = Vec::new();
+    for _ in 0..10 {
+        into_next_second();
+        // Four GETs: the refusing backend's tries fail and go to the live one.
+        let b = burst(addr, "/", 4, 200);
+        into_next_second();
+        wait_until(LIMIT, || unix_now() >= b.span.1 as f64 + 0.5);
+        if let Some(second) = b.second.filter(|&s| watch.calm(s - 1, s + 1)) {
+            certain.push(second);
+            break;
+        }
+    }
+    let second = *certain.first().expect("a burst answered within one second in 10 rounds");
+    let h = history_through(addr, second + 1);
+    let (total, good, bad) = (&h["total"], backend_series(&h, "b1"), backend_series(&h, "b2"));
+    let failures = at(&h, bad, "failures", second).as_u64().unwrap();
+    assert!(failures > 0, "{h}");
+    assert_eq!(at(&h, bad, "requests", second), failures, "every try at it failed: {h}");
+    assert_eq!(at(&h, bad, "p50_ms", second), Value::Null, "no answer, no latency");
+    assert_eq!(at(&h, total, "failures", second), failures);
+    assert_eq!(at(&h, total, "requests", second), 4, "the clients' requests, each answered once");
+    assert_eq!(at(&h, good, "requests", second), 4);
+    assert_eq!(at(&h, total, "status_5xx", second), 0, "retried: nobody saw a 5xx");
+    lb.stop(LIMIT);
+}
+
+#[test]
+fn seconds_asks_for_the_last_n_and_bad_queries_are_refused() {
+    let b = backend(&[]);
+    let started = unix_now().floor() as u64;
+    let lb = balancer(&[b.addr()], |_| {});
+    let addr = lb.local_addr();
+    let h = history(addr, "");
+    let times = h["time"].as_array().unwrap();
+    assert!(times.iter().all(|t| t.as_u64().unwrap() >= started), "a fresh balancer has no past: {h}");
+    let reached =
+        wait_until(LIMIT, || history(addr, "").get("time").and_then(Value::as_array).is_some_and(|t| t.len() >= 3));
+    assert!(reached, "three seconds of history");
+    let h = history(addr, "?seconds=2");
+    let time: Vec<u64> = h["time"].as_array().unwrap().iter().map(|t| t.as_u64().unwrap()).collect();
+    assert_eq!(time.len(), 2, "{h}");
+    assert_eq!((h["start"].as_u64(), h["end"].as_u64()), (Some(time[0]), Some(time[1])));
+    assert_eq!(time[1], time[0] + 1);
+    for column in ["requests", "status_5xx", "failures", "p50_ms", "p99_ms"] {
+        assert_eq!(h["total"][column].as_array().unwrap().len(), 2, "{column}: {h}");
+        assert_eq!(h["backends"][0][column].as_array().unwrap().len(), 2, "{column}: {h}");
+    }
+    assert_eq!((h["backends"][0]["id"].as_str(), h["backends"][0]["in_table"].as_bool()), (Some("b1"), Some(true)));
+    for (query, says) in [
+        ("?seconds=0", "seconds must be an integer 1-900"),
+        ("?seconds=901", "seconds must be an integer 1-900"),
+        ("?seconds=ten", "seconds must be an integer 1-900"),
+        ("?since=5", "unknown parameter 'since=5'"),
+    ] {
+        let response = Conn::open(addr).get(&format!("/lb/history{query}"));
+        assert_eq!(response.status, 400, "{query}");
+        assert!(response.json()["error"].as_str().unwrap().contains(says), "{query}: {}", response.text());
+    }
+    let mut conn = Conn::open(addr);
+    conn.send(b"POST /lb/history HTTP/1.1\r\nHost: test\r\nContent-Length: 0\r\n\r\n");
+    let response = conn.response();
+    assert_eq!((response.status, response.header("allow")), (405, Some("GET, HEAD, OPTIONS")));
+    lb.stop(LIMIT);
+}
+
+#[test]
+fn history_needs_the_token_and_the_chart_library_does_not() {
+    let b = backend(&[]);
+    let lb = balancer(&[b.addr()], |c| c.admin_token = Some("s3cret".into()));
+    let addr = lb.local_addr();
+    assert_eq!(Conn::open(addr).get("/lb/history").status, 401);
+    let mut conn = Conn::open(addr);
+    conn.send(b"GET /lb/history?seconds=1 HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer s3cret\r\n\r\n");
+    assert_eq!(conn.response().status, 200);
+    // The page and its chart library hold no data: served before the access check.
+    let js = Conn::open(addr).get("/lb/dashboard/uplot.js");
+    assert_eq!((js.status, js.header("content-type")), (200, Some("text/javascript; charset=utf-8")));
+    assert_eq!(js.body, include_bytes!("../src/admin/vendor/uplot/uPlot.iife.min.js"));
+    let css = Conn::open(addr).get("/lb/dashboard/uplot.css");
+    assert_eq!((css.status, css.header("content-type")), (200, Some("text/css; charset=utf-8")));
+    assert_eq!(css.body, include_bytes!("../src/admin/vendor/uplot/uPlot.min.css"));
+    let page = Conn::open(addr).get("/lb/dashboard");
+    assert_eq!(page.status, 200);
+    assert!(page.text().contains("/dashboard/uplot.js") && page.text().contains("id=\"chart-requests\""));
+    assert_eq!(Conn::open(addr).get("/lb/dashboard/other.js").status, 401, "nothing else is let through");
+    lb.stop(LIMIT);
+}
