@@ -117,8 +117,7 @@ fn serve(stream: TcpStream, number: usize, seen: &(Mutex<Seen>, Condvar), hold: 
             let mut state = seen.0.lock().unwrap();
             state.waiting += 1;
             seen.1.notify_all();
-            let (state, _) =
-                seen.1.wait_timeout_while(state, Duration::from_secs(10), |s| s.waiting < target).unwrap();
+            let (state, _) = seen.1.wait_timeout_while(state, Duration::from_secs(10), |s| s.waiting < target).unwrap();
             drop(state);
         }
         let body = number.to_string();
@@ -174,7 +173,10 @@ fn one_client_after_another_reuses_one_connection() {
     let used: BTreeSet<usize> = (0..20).map(|_| connection_of(&mut conn)).collect();
     assert_eq!(used, BTreeSet::from([1]));
     let stats = backend_json(&lb)["upstream_connections"].clone();
-    assert_eq!((stats["opened"].as_u64(), stats["reused"].as_u64(), stats["idle"].as_u64()), (Some(1), Some(19), Some(1)));
+    assert_eq!(
+        (stats["opened"].as_u64(), stats["reused"].as_u64(), stats["idle"].as_u64()),
+        (Some(1), Some(19), Some(1))
+    );
     lb.stop(Duration::from_secs(1));
 }
 
@@ -223,7 +225,11 @@ fn idle_connections_past_upstream_keepalive_are_closed_least_recently_used_first
     let backend = CountingBackend::start();
     let lb = balancer(backend.addr, |c| c.upstream_keepalive = Some(2));
     burst(&lb, &backend, 6);
-    assert!(wait_until(Duration::from_secs(5), || backend.closed_by_peer().len() == 4), "{:?}", backend.closed_by_peer());
+    assert!(
+        wait_until(Duration::from_secs(5), || backend.closed_by_peer().len() == 4),
+        "{:?}",
+        backend.closed_by_peer()
+    );
     assert_eq!(backend_json(&lb)["upstream_connections"]["idle"], 2);
     // The two kept are the two most recently returned; requests now use only those.
     let mut conn = Conn::open(lb.local_addr());

@@ -115,7 +115,8 @@ fn encode(shared: &Shared) -> Result<String, ExpositionError> {
     for b in backends {
         family.sample(&[("backend", &b.id)], b.tunnels().total() as f64)?;
     }
-    let mut family = e.gauge("lb_backend_idle_connections", "Connections to each backend kept idle for later requests.")?;
+    let mut family =
+        e.gauge("lb_backend_idle_connections", "Connections to each backend kept idle for later requests.")?;
     for b in backends {
         family.sample(&[("backend", &b.id)], b.idle_connections() as f64)?;
     }

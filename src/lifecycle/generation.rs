@@ -14,7 +14,7 @@ use crate::state::{ReloadHook, Shared};
 use crate::stats::Stats;
 use crate::traffic::RateLimiter;
 use crate::upstream::{
-    BackendPolicy, BackendTable, ForwardTimeouts, IdleLimits, Forwarder, HealthConfig, RetryBudget, UpstreamTls,
+    BackendPolicy, BackendTable, ForwardTimeouts, Forwarder, HealthConfig, IdleLimits, RetryBudget, UpstreamTls,
 };
 
 /// Settings a reload cannot change: they need a new listener, a new worker pool or files and
@@ -114,9 +114,7 @@ pub(crate) fn build_shared(
     let (timeouts, idle_limits) = client_settings(&config);
     let tls = UpstreamTls::load(config.upstream_ca.as_deref()).map_err(|e| e.to_string())?;
     let forwarder = match previous {
-        Some(p)
-            if p.forwarder.settings() == (timeouts, idle_limits) && **p.forwarder.tls() == tls =>
-        {
+        Some(p) if p.forwarder.settings() == (timeouts, idle_limits) && **p.forwarder.tls() == tls => {
             Arc::clone(&p.forwarder)
         }
         _ => Arc::new(Forwarder::new(timeouts, idle_limits, Arc::new(tls))),

@@ -31,6 +31,7 @@
 //! a worker when jobs wait and none was taken for [`STALL`] ([`JobQueue::nudge_if_stalled`]).
 
 use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
 use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::Thread;
@@ -39,7 +40,26 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 
 use super::cpu_idle::CpuIdle;
-use super::worker::Job;
+use super::head::RequestHead;
+use super::response::Delivery;
+use super::spool::RequestBody;
+use super::stream::ClientStream;
+
+/// Work for the pool.
+pub(crate) enum Job {
+    /// A complete request to serve. `input_while_busy` is set by the poller when more input
+    /// arrives meanwhile.
+    Serve {
+        token: usize,
+        stream: Arc<ClientStream>,
+        peer: SocketAddr,
+        head: RequestHead,
+        body: RequestBody,
+        input_while_busy: Arc<AtomicBool>,
+    },
+    /// A delivery whose buffer the client has drained: read more from its source, write on.
+    Refill { token: usize, stream: Arc<ClientStream>, delivery: Delivery },
+}
 
 /// How long jobs may wait with none taken before the poller wakes a worker regardless.
 pub(crate) const STALL: Duration = Duration::from_millis(2);
@@ -247,7 +267,15 @@ impl JobQueue {
         } else {
             limit
         };
-        if std::env::var("LB_EXP_LOG").is_ok() { eprintln!("idle={idle:.2} held={held_back} limit={limit}->{next} awake={} running={} looking={} waiting={}", self.awake.load(Ordering::Relaxed), self.running.load(Ordering::Relaxed), self.looking.load(Ordering::Relaxed), self.receiver.len()); }
+        if std::env::var("LB_EXP_LOG").is_ok() {
+            eprintln!(
+                "idle={idle:.2} held={held_back} limit={limit}->{next} awake={} running={} looking={} waiting={}",
+                self.awake.load(Ordering::Relaxed),
+                self.running.load(Ordering::Relaxed),
+                self.looking.load(Ordering::Relaxed),
+                self.receiver.len()
+            );
+        }
         self.limit.store(next, Ordering::Relaxed);
     }
 

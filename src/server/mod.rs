@@ -55,8 +55,8 @@ mod worker;
 
 pub use body::{BodyDecoder, BodySink};
 pub use error::{reason_phrase, RequestError};
-pub use job_queue::while_blocked;
 pub use head::{is_hop_by_hop, parse_head, BodyFraming, Header, ParseOutcome, RequestHead, Version, HOP_BY_HOP};
+pub use job_queue::while_blocked;
 pub use limits::Limits;
 pub use listener::bind;
 pub use observe::{Finished, Refusal, RefusalHook};

@@ -12,29 +12,13 @@ use crossbeam_channel::Sender;
 use mio::Waker;
 
 use super::head::RequestHead;
-use super::job_queue::JobQueue;
+use super::job_queue::{Job, JobQueue};
 use super::request::Request;
 use super::response::{Delivery, Progress, Response, ResponseContext};
 use super::spool::RequestBody;
 use super::stream::ClientStream;
 use super::tunnel::Switch;
 use super::Handler;
-
-/// Work for the pool.
-pub(crate) enum Job {
-    /// A complete request to serve. `input_while_busy` is set by the poller when more input
-    /// arrives meanwhile.
-    Serve {
-        token: usize,
-        stream: Arc<ClientStream>,
-        peer: SocketAddr,
-        head: RequestHead,
-        body: RequestBody,
-        input_while_busy: Arc<AtomicBool>,
-    },
-    /// A delivery whose buffer the client has drained: read more from its source, write on.
-    Refill { token: usize, stream: Arc<ClientStream>, delivery: Delivery },
-}
 
 /// What becomes of a connection after a worker is done with it.
 pub(crate) enum Next {

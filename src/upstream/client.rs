@@ -260,8 +260,10 @@ impl Forwarder {
             io_timeout: self.timeouts.request,
             sockets: Arc::clone(&sockets),
         };
-        let connector =
-            PooledConnector { inner: tcp.chain(TlsConnector::new(self.timeouts.connect, self.timeouts.request)), idle: Arc::clone(&idle) };
+        let connector = PooledConnector {
+            inner: tcp.chain(TlsConnector::new(self.timeouts.connect, self.timeouts.request)),
+            idle: Arc::clone(&idle),
+        };
         let agent = Agent::with_parts(self.config.clone(), connector, PinnedResolver(backend.addr));
         Ok(BackendLink { forwarder: self.id, agent, authority, idle, sockets })
     }
@@ -310,7 +312,8 @@ impl Forwarder {
         parts.scheme = Some(scheme);
         parts.authority = Some(link.authority.clone());
         parts.path_and_query = Some(prepared.path.clone());
-        let uri = http::Uri::from_parts(parts).map_err(|e| ForwardError::BadResponse(format!("backend address: {e}")))?;
+        let uri =
+            http::Uri::from_parts(parts).map_err(|e| ForwardError::BadResponse(format!("backend address: {e}")))?;
         super::transport::forget_sending();
         // Two calls because SendBody's lifetime is invariant: `()` sends no body and no
         // Content-Length, as a GET should.

@@ -184,10 +184,13 @@ impl Forwarder {
         body: Option<&mut dyn Read>,
     ) -> Result<OwnAnswer, ForwardError> {
         let (timeouts, _) = self.settings();
-        let stream = while_blocked(|| TcpStream::connect_timeout(&backend.addr, timeouts.connect)).map_err(|e| match e.kind() {
-            io::ErrorKind::TimedOut => ForwardError::ConnectTimeout,
-            _ => ForwardError::NotSent(e.to_string()),
-        })?;
+        let stream =
+            while_blocked(|| TcpStream::connect_timeout(&backend.addr, timeouts.connect)).map_err(|e| {
+                match e.kind() {
+                    io::ErrorKind::TimedOut => ForwardError::ConnectTimeout,
+                    _ => ForwardError::NotSent(e.to_string()),
+                }
+            })?;
         let setup = stream
             .set_nodelay(true)
             .and_then(|()| stream.set_read_timeout(Some(timeouts.request)))
