@@ -267,15 +267,6 @@ impl JobQueue {
         } else {
             limit
         };
-        if std::env::var("LB_EXP_LOG").is_ok() {
-            eprintln!(
-                "idle={idle:.2} held={held_back} limit={limit}->{next} awake={} running={} looking={} waiting={}",
-                self.awake.load(Ordering::Relaxed),
-                self.running.load(Ordering::Relaxed),
-                self.looking.load(Ordering::Relaxed),
-                self.receiver.len()
-            );
-        }
         self.limit.store(next, Ordering::Relaxed);
     }
 
