@@ -33,7 +33,7 @@ for tool in node npm; do command -v "$tool" >/dev/null || missing+="$tool "; don
 [ -x /usr/bin/chromium ] || missing+="/usr/bin/chromium "
 if [ -n "$missing" ]; then
   [ -n "${CI:-}" ] && die "missing: $missing(apt-get install chromium nodejs npm)"
-  echo "SKIP dashboard browser test: missing $missing(apt-get install chromium nodejs npm)"
+  echo "skipped: the dashboard browser test: missing $missing(apt-get install chromium nodejs npm)"
   echo "0 passed, 0 failed, 1 skipped"
   exit 0
 fi

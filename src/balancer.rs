@@ -19,7 +19,7 @@ use crate::ops::history::Sampler;
 use crate::ops::{refusal_line, AccessLog, Operations, StateFile};
 use crate::registry::Registry;
 use crate::router::{AdminRouter, Router};
-use crate::server::{RefusalHook, Server, ServerConfig, TlsAcceptor, TlsListener};
+use crate::server::{bind_for, RefusalHook, Server, ServerConfig, TlsAcceptor, TlsListener};
 use crate::state::{Current, ReloadHook, Shared};
 use crate::upstream::{BackendTable, DnsRefresher, DnsStatus, HealthChecker, Resolver};
 
@@ -50,7 +50,12 @@ pub struct LoadBalancer {
     access_writer: Option<LogWriter>,
     /// Fills `/lb/history` once a second from the counters the requests keep.
     history: Sampler,
+    /// What a stop is doing now, for the binary's stop deadline to name what held it.
+    stop_phase: StopPhase,
 }
+
+/// What a [`LoadBalancer::stop`] is doing now (shared, so that another thread can tell).
+pub type StopPhase = Arc<std::sync::Mutex<&'static str>>;
 
 impl LoadBalancer {
     /// Validates `config`, resolves the backends (or reads them back from the state file),
@@ -135,16 +140,14 @@ impl LoadBalancer {
         server_config.queue_depth = Arc::clone(&ops.queue_depth);
         server_config.on_refusal = Some(refusal_hook(Arc::clone(&current)));
         let server = Server::start(server_config, Router::new(Arc::clone(&current)))?;
-        let admin =
-            match current.load().config.admin_listen {
-                Some(bind) => {
-                    let config = ServerConfig { bind, threads: 4, queue_capacity: 64, ..ServerConfig::default() };
-                    Some(Server::start(config, AdminRouter::new(Arc::clone(&current))).map_err(|e| {
-                        io::Error::new(e.kind(), format!("cannot listen on the admin address {bind}: {e}"))
-                    })?)
-                }
-                None => None,
-            };
+        let admin = match current.load().config.admin_listen {
+            Some(bind) => {
+                let config = ServerConfig { bind, threads: 4, queue_capacity: 64, ..ServerConfig::default() };
+                let listener = bind_for(Some("the management API (admin_listen)"), bind, config.backlog)?;
+                Some(Server::start_on(listener, config, AdminRouter::new(Arc::clone(&current)))?)
+            }
+            None => None,
+        };
         let health = if health_config.interval.is_zero() {
             None
         } else {
@@ -152,7 +155,7 @@ impl LoadBalancer {
         };
         let control = Control::new(Arc::clone(&current), table, server.tuner(), health, refresher, &reload);
         stop_registry.0 = None;
-        Ok(LoadBalancer { server, admin, current, control, access_writer, history })
+        Ok(LoadBalancer { server, admin, current, control, access_writer, history, stop_phase: StopPhase::default() })
     }
 
     /// The address it listens on (the real port when configured with port 0).
@@ -197,6 +200,8 @@ impl LoadBalancer {
     /// worker waits out a request timeout) and joins every thread. Bounded: it returns within
     /// `grace` plus a few seconds, whatever the backends do.
     pub fn stop(self, grace: Duration) {
+        let phase = |now: &'static str| *self.stop_phase.lock().unwrap_or_else(|e| e.into_inner()) = now;
+        phase("finishing the requests in flight");
         let control = Arc::clone(&self.control);
         let (done, finished) = crossbeam_channel::bounded::<()>(0);
         let watchdog = std::thread::Builder::new().name("stop-deadline".into()).spawn(move || {
@@ -213,14 +218,58 @@ impl LoadBalancer {
         if let Ok(watchdog) = watchdog {
             let _ = watchdog.join();
         }
+        phase("stopping the health checks");
         self.control.stop_health();
+        phase("stopping the DNS refresh");
         self.control.stop_dns();
+        phase("stopping the history sampler");
         self.history.stop();
         if let Some(registry) = &self.current.load().ops.registry {
+            phase("leaving the registry");
             registry.stop();
         }
         if let Some(writer) = self.access_writer {
+            phase("writing the rest of the access log");
             writer.stop();
+        }
+        phase("stopped");
+    }
+
+    /// What [`stop`](Self::stop) is doing now, readable from another thread while it runs.
+    pub fn stop_phase(&self) -> StopPhase {
+        Arc::clone(&self.stop_phase)
+    }
+
+    /// Opens the log files again by their paths (after logrotate renamed them): the access
+    /// log's, and `also`'s (the process log's, for the binary), each once however many of them
+    /// share a writer. Lines queued before go to the old files, later ones to the new. Returns
+    /// what was reopened (`access log /var/log/lb/access.log`), or each failure; a log that
+    /// could not be reopened goes on to its old file. Logs on stderr have nothing to reopen.
+    pub fn reopen_logs(&self, also: Option<&LogHandle>) -> Result<Vec<String>, Vec<String>> {
+        let shared = self.current.load();
+        let access = shared.ops.access_log.as_ref().map(|log| ("access log", &log.handle));
+        let mut logs: Vec<(String, &LogHandle)> = Vec::new();
+        for (what, handle) in access.into_iter().chain(also.map(|handle| ("log", handle))) {
+            match logs.iter_mut().find(|(_, seen)| seen.same_writer(handle)) {
+                Some((named, _)) => *named = format!("{named} and {what}"),
+                None => logs.push((what.to_string(), handle)),
+            }
+        }
+        let (mut reopened, mut failed) = (Vec::new(), Vec::new());
+        for (what, handle) in logs {
+            if let LogTarget::File(path) = handle.target() {
+                match handle.reopen_within(Duration::from_secs(1)) {
+                    Ok(()) => reopened.push(format!("{what} {}", path.display())),
+                    Err(e) => {
+                        failed.push(format!("{what} {}: {e} (its lines still go to the old file)", path.display()))
+                    }
+                }
+            }
+        }
+        if failed.is_empty() {
+            Ok(reopened)
+        } else {
+            Err(failed)
         }
     }
 }

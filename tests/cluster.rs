@@ -108,6 +108,9 @@ fn served_by(conn: &mut Conn, headers: &str) -> String {
 
 #[test]
 fn an_add_on_one_instance_is_routed_by_the_others_within_a_second() {
+    if !common::tools::require(&[&common::tools::ETCD]) {
+        return;
+    }
     let cluster = Cluster::start(2, "");
     let late = backend(&[]);
     let late_id = format!("backend-{}", late.addr().port());
@@ -133,6 +136,9 @@ fn an_add_on_one_instance_is_routed_by_the_others_within_a_second() {
 
 #[test]
 fn a_disable_on_one_instance_stops_traffic_on_the_others() {
+    if !common::tools::require(&[&common::tools::ETCD]) {
+        return;
+    }
     let cluster = Cluster::start(3, "");
     let target = cluster.served_id(1);
     let mut conns: Vec<Conn> = (0..2).map(|i| Conn::open(cluster.addr(i))).collect();
@@ -156,6 +162,9 @@ fn a_disable_on_one_instance_stops_traffic_on_the_others() {
 
 #[test]
 fn the_same_500_client_ips_map_to_the_same_backends_on_all_three() {
+    if !common::tools::require(&[&common::tools::ETCD]) {
+        return;
+    }
     let cluster = Cluster::start(3, r#""algorithm": "ip_hash""#);
     // A fourth backend, weight 2, added on B: the ring is built from the shared membership.
     let fourth = backend(&[]);
@@ -185,6 +194,9 @@ fn the_same_500_client_ips_map_to_the_same_backends_on_all_three() {
 
 #[test]
 fn a_sticky_cookie_from_a_is_honoured_by_b() {
+    if !common::tools::require(&[&common::tools::ETCD]) {
+        return;
+    }
     let cluster =
         Cluster::start(3, r#""sticky_cookie": "SRV", "sticky_secret": "shared by the instances of the cluster""#);
     let mut a = Conn::open(cluster.addr(0));
@@ -209,6 +221,9 @@ fn a_sticky_cookie_from_a_is_honoured_by_b() {
 
 #[test]
 fn with_etcd_stopped_all_three_keep_serving_and_report_it_then_pick_up_a_change_made_meanwhile() {
+    if !common::tools::require(&[&common::tools::ETCD]) {
+        return;
+    }
     let mut cluster = Cluster::start(3, "");
     let late = backend(&[]);
     let late_id = format!("backend-{}", late.addr().port());
@@ -265,6 +280,9 @@ fn with_etcd_stopped_all_three_keep_serving_and_report_it_then_pick_up_a_change_
 
 #[test]
 fn two_instances_writing_at_once_both_land() {
+    if !common::tools::require(&[&common::tools::ETCD]) {
+        return;
+    }
     let cluster = Arc::new(Cluster::start(2, ""));
     const ROUNDS: usize = 5;
     let barrier = Arc::new(Barrier::new(2));

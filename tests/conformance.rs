@@ -725,7 +725,9 @@ macro_rules! over_tcp_and_tls {
         mod over_tls {
             $(#[test]
             fn $test() {
-                super::$test(super::Transport::Tls)
+                if crate::common::tools::require(&[&crate::common::tools::OPENSSL]) {
+                    super::$test(super::Transport::Tls)
+                }
             })*
         }
     };

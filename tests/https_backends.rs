@@ -258,6 +258,9 @@ fn backend_json(lb: &Lb, id: &str) -> serde_json::Value {
 
 #[test]
 fn requests_reach_an_https_backend_verified_with_the_upstream_ca() {
+    if !common::tools::require(&[&common::tools::OPENSSL]) {
+        return;
+    }
     let pki = Pki::new();
     let secure = TestBackend::https("secure", pki.server_config(false));
     let lb = start(&[format!("s=https://localhost:{}", secure.port())], "", Some(&pki));
@@ -281,6 +284,9 @@ fn requests_reach_an_https_backend_verified_with_the_upstream_ca() {
 
 #[test]
 fn a_tls_1_2_only_backend_is_reached_too() {
+    if !common::tools::require(&[&common::tools::OPENSSL]) {
+        return;
+    }
     let pki = Pki::new();
     let old = TestBackend::https("old", pki.server_config(true));
     let lb = start(&[format!("https://localhost:{}", old.port())], "", Some(&pki));
@@ -293,6 +299,9 @@ fn a_body_streamed_to_an_https_backend_arrives_whole() {
     // With request_buffering off the body goes up as the client sends it, and between its
     // parts lb-sync looks for an early answer. Over TLS, bytes waiting on the socket may be
     // the backend's session tickets (TLS 1.3 sends them after the handshake): not an answer.
+    if !common::tools::require(&[&common::tools::OPENSSL]) {
+        return;
+    }
     let pki = Pki::new();
     let secure = TestBackend::https("secure", pki.server_config(false));
     let lb = start(&[format!("https://localhost:{}", secure.port())], r#""request_buffering": false"#, Some(&pki));
@@ -308,6 +317,9 @@ fn a_body_streamed_to_an_https_backend_arrives_whole() {
 
 #[test]
 fn round_robin_over_an_http_and_an_https_backend_is_exact() {
+    if !common::tools::require(&[&common::tools::OPENSSL]) {
+        return;
+    }
     let pki = Pki::new();
     let secure = TestBackend::https("secure", pki.server_config(false));
     let plain = TestBackend::http("plain");
@@ -323,6 +335,9 @@ fn round_robin_over_an_http_and_an_https_backend_is_exact() {
 
 #[test]
 fn without_the_ca_the_certificate_is_refused_with_502_and_counted_as_a_failed_try() {
+    if !common::tools::require(&[&common::tools::OPENSSL]) {
+        return;
+    }
     let pki = Pki::new();
     let secure = TestBackend::https("secure", pki.server_config(false));
     // The built-in roots do not know the test CA.
@@ -343,6 +358,9 @@ fn without_the_ca_the_certificate_is_refused_with_502_and_counted_as_a_failed_tr
 
 #[test]
 fn a_refused_certificate_sends_the_request_to_the_next_backend_as_a_refused_connection_does() {
+    if !common::tools::require(&[&common::tools::OPENSSL]) {
+        return;
+    }
     let pki = Pki::new();
     let secure = TestBackend::https("secure", pki.server_config(false));
     let plain = TestBackend::http("plain");
@@ -364,6 +382,9 @@ fn a_refused_certificate_sends_the_request_to_the_next_backend_as_a_refused_conn
 
 #[test]
 fn a_certificate_for_another_name_is_refused() {
+    if !common::tools::require(&[&common::tools::OPENSSL]) {
+        return;
+    }
     let pki = Pki::new();
     let secure = TestBackend::https("secure", pki.server_config(false));
     // The certificate names localhost only; the backend is named by its address.
@@ -408,6 +429,9 @@ fn a_handshake_that_never_ends_times_out_at_the_connect_timeout_and_goes_to_the_
 
 #[test]
 fn a_pooled_tls_connection_the_backend_closed_is_not_reused() {
+    if !common::tools::require(&[&common::tools::OPENSSL]) {
+        return;
+    }
     let pki = Pki::new();
     let secure = TestBackend::start("secure", Some(pki.server_config(false)), Duration::from_millis(200));
     let lb = start(&[format!("https://localhost:{}", secure.port())], r#""max_tries": 1"#, Some(&pki));
@@ -423,6 +447,9 @@ fn a_pooled_tls_connection_the_backend_closed_is_not_reused() {
 
 #[test]
 fn health_checks_over_tls_mark_an_https_backend_up_and_down() {
+    if !common::tools::require(&[&common::tools::OPENSSL]) {
+        return;
+    }
     let pki = Pki::new();
     let secure = TestBackend::https("secure", pki.server_config(false));
     let settings = r#""health_check_interval": 0.05, "health_check_rise": 1, "health_check_fall": 1"#;
@@ -441,6 +468,9 @@ fn health_checks_over_tls_mark_an_https_backend_up_and_down() {
 
 #[test]
 fn a_health_check_refuses_an_unverified_certificate() {
+    if !common::tools::require(&[&common::tools::OPENSSL]) {
+        return;
+    }
     let pki = Pki::new();
     let secure = TestBackend::https("secure", pki.server_config(false));
     let settings = r#""health_check_interval": 0.05, "health_check_rise": 1, "health_check_fall": 1"#;
@@ -454,6 +484,9 @@ fn a_health_check_refuses_an_unverified_certificate() {
 
 #[test]
 fn a_reload_that_sets_upstream_ca_is_used_by_requests_and_health_checks() {
+    if !common::tools::require(&[&common::tools::OPENSSL]) {
+        return;
+    }
     let pki = Pki::new();
     let secure = TestBackend::https("secure", pki.server_config(false));
     let settings = r#""health_check_interval": 0.05, "health_check_rise": 1, "health_check_fall": 1"#;
@@ -479,6 +512,9 @@ fn a_reload_that_sets_upstream_ca_is_used_by_requests_and_health_checks() {
 
 #[test]
 fn an_https_backend_added_through_the_management_api_is_kept_in_the_state_file() {
+    if !common::tools::require(&[&common::tools::OPENSSL]) {
+        return;
+    }
     let pki = Pki::new();
     let secure = TestBackend::https("secure", pki.server_config(false));
     let plain = TestBackend::http("plain");

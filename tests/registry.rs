@@ -51,6 +51,9 @@ fn unused_port() -> u16 {
 
 #[test]
 fn an_empty_prefix_is_seeded_once_then_read_as_it_is() {
+    if !common::tools::require(&[&common::tools::ETCD]) {
+        return;
+    }
     let etcd = Etcd::start();
     let b: Vec<ChildProcess> = (0..3).map(|_| backend(&[])).collect();
     let first = with_registry(&etcd, &[b[0].addr(), b[1].addr()], "");
@@ -83,6 +86,9 @@ fn an_empty_prefix_is_seeded_once_then_read_as_it_is() {
 
 #[test]
 fn the_management_api_answers_as_without_a_registry_and_writes_to_etcd() {
+    if !common::tools::require(&[&common::tools::ETCD]) {
+        return;
+    }
     let etcd = Etcd::start();
     let b: Vec<ChildProcess> = (0..3).map(|_| backend(&[])).collect();
     let lb = with_registry(&etcd, &[b[0].addr(), b[1].addr()], "");
@@ -142,6 +148,9 @@ fn the_management_api_answers_as_without_a_registry_and_writes_to_etcd() {
 
 #[test]
 fn a_corrupt_value_is_refused_and_reported_without_disturbing_the_rest() {
+    if !common::tools::require(&[&common::tools::ETCD]) {
+        return;
+    }
     let etcd = Etcd::start();
     let b: Vec<ChildProcess> = (0..3).map(|_| backend(&[])).collect();
     let lb = with_registry(&etcd, &[b[0].addr(), b[1].addr()], "");
@@ -190,6 +199,9 @@ fn a_corrupt_value_is_refused_and_reported_without_disturbing_the_rest() {
 
 #[test]
 fn a_registry_not_there_at_start_is_reported_and_joined_when_it_comes() {
+    if !common::tools::require(&[&common::tools::ETCD]) {
+        return;
+    }
     let mut etcd = Etcd::start();
     let home = etcd.restart_elsewhere();
     let url = format!("etcd://{home}{PREFIX}");
@@ -207,6 +219,9 @@ fn a_registry_not_there_at_start_is_reported_and_joined_when_it_comes() {
 
 #[test]
 fn a_reload_leaves_the_registrys_backends_alone() {
+    if !common::tools::require(&[&common::tools::ETCD]) {
+        return;
+    }
     let etcd = Etcd::start();
     let b: Vec<ChildProcess> = (0..3).map(|_| backend(&[])).collect();
     let lb = with_registry(&etcd, &[b[0].addr(), b[1].addr()], "");
@@ -249,6 +264,9 @@ fn state_file_and_registry_together_are_refused() {
 
 #[test]
 fn metrics_with_a_registry_pass_promtool_check_metrics() {
+    if !common::tools::require(&[&common::tools::ETCD]) {
+        return;
+    }
     let etcd = Etcd::start();
     let b = backend(&[]);
     let lb = with_registry(&etcd, &[b.addr()], "");

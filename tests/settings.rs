@@ -1,6 +1,7 @@
 //! Every setting's valid range, at start (flags and config file), with `--check-config`, and in
 //! the README: out of range is one clear line and exit 2 (1 for `--check-config`), never a
-//! panic, never a balancer that starts and refuses everything.
+//! panic, never a balancer that starts and refuses everything. And `examples/lb-sync.json`
+//! passes `--check-config`, with every key explained in the README.
 
 mod common;
 
@@ -124,4 +125,33 @@ fn the_readme_lists_every_range() {
         .filter(|line| !readme.contains(line.as_str()))
         .collect();
     assert!(missing.is_empty(), "README.md lacks these lines of its valid-range table:\n{}", missing.join("\n"));
+}
+
+#[test]
+fn the_example_configuration_file_passes_check_config_and_the_readme_explains_every_key() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/lb-sync.json");
+    let output = lb_sync(&["--config", example, "--check-config"]);
+    let said = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert_eq!(output.status.code(), Some(0), "{said}");
+    assert_eq!(
+        said.trim_end(),
+        "lb-sync: configuration ok: 3 backend(s), weighted_round_robin, 256 threads, port 8080"
+    );
+    // JSON has no comments: the README's table says what each key is for, and names no other.
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(example).unwrap()).unwrap();
+    let mut in_file: Vec<String> = json.as_object().unwrap().keys().cloned().collect();
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let section = readme.split("### An example configuration file").nth(1).expect("the README's example section");
+    let mut in_table: Vec<String> = section
+        .lines()
+        .skip_while(|l| !l.starts_with("| key"))
+        .skip(2)
+        .take_while(|l| l.starts_with('|'))
+        .flat_map(|l| {
+            l.split('|').nth(1).unwrap().split(',').map(|k| k.trim().trim_matches('`').to_string()).collect::<Vec<_>>()
+        })
+        .collect();
+    in_file.sort();
+    in_table.sort();
+    assert_eq!(in_table, in_file, "the README's example table and examples/lb-sync.json");
 }

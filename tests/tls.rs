@@ -69,6 +69,9 @@ fn curl(pki: &Pki, url: &str, extra: &[&str]) -> String {
 
 #[test]
 fn curl_gets_the_backend_answer_and_the_backend_sees_https() {
+    if !common::tools::require(&[&common::tools::OPENSSL, &common::tools::CURL]) {
+        return;
+    }
     let pki = Pki::new();
     let leaf = pki.leaf("site", &["localhost"], KeyKind::RsaPkcs8, 30);
     let b1 = backend(&["--id", "tls-b1"]);
@@ -124,6 +127,9 @@ fn curl_gets_the_backend_answer_and_the_backend_sees_https() {
 
 #[test]
 fn python_ssl_client_over_tls_1_2_and_1_3() {
+    if !common::tools::require(&[&common::tools::OPENSSL, &common::tools::PYTHON3]) {
+        return;
+    }
     let pki = Pki::new();
     let leaf = pki.leaf("site", &["localhost"], KeyKind::EcSec1, 30);
     let b1 = backend(&["--id", "py-b1"]);
@@ -179,6 +185,9 @@ fn tls_server(certificates: Certificates) -> Server {
 
 #[test]
 fn every_key_format_is_served_to_a_rustls_client_over_tls_1_2_and_1_3() {
+    if !common::tools::require(&[&common::tools::OPENSSL]) {
+        return;
+    }
     let pki = Pki::new();
     for (tag, kind) in
         [("ec8", KeyKind::EcPkcs8), ("sec1", KeyKind::EcSec1), ("rsa8", KeyKind::RsaPkcs8), ("rsa1", KeyKind::RsaPkcs1)]
@@ -208,6 +217,9 @@ fn every_key_format_is_served_to_a_rustls_client_over_tls_1_2_and_1_3() {
 
 #[test]
 fn alpn_offers_http_1_1_and_refuses_h2_only_clients() {
+    if !common::tools::require(&[&common::tools::OPENSSL]) {
+        return;
+    }
     let pki = Pki::new();
     let leaf = pki.leaf("site", &["localhost"], KeyKind::EcPkcs8, 30);
     let server = tls_server(Certificates::load(&[(leaf.cert.clone(), leaf.key.clone())]).unwrap());
@@ -227,6 +239,9 @@ fn alpn_offers_http_1_1_and_refuses_h2_only_clients() {
 
 #[test]
 fn sni_picks_a_certificate_by_its_names_exact_before_wildcard() {
+    if !common::tools::require(&[&common::tools::OPENSSL]) {
+        return;
+    }
     let pki = Pki::new();
     let default = pki.leaf("default", &["localhost"], KeyKind::EcPkcs8, 30);
     let wildcard = pki.leaf("wildcard", &["*.example.test"], KeyKind::EcPkcs8, 30);
@@ -283,6 +298,9 @@ fn refused(args: &[&str]) -> (Option<i32>, String) {
 
 #[test]
 fn a_bad_certificate_at_start_is_one_clear_line_naming_the_file() {
+    if !common::tools::require(&[&common::tools::OPENSSL]) {
+        return;
+    }
     let pki = Pki::new();
     let good = pki.leaf("good", &["localhost"], KeyKind::EcPkcs8, 30);
     let other = pki.leaf("other", &["localhost"], KeyKind::RsaPkcs1, 30);
@@ -360,6 +378,9 @@ fn a_bad_certificate_at_start_is_one_clear_line_naming_the_file() {
 
 #[test]
 fn handshake_timeout_closes_silent_tls_clients_while_requests_are_served() {
+    if !common::tools::require(&[&common::tools::OPENSSL]) {
+        return;
+    }
     let pki = Pki::new();
     let leaf = pki.leaf("site", &["localhost"], KeyKind::EcPkcs8, 30);
     let b1 = backend(&[]);
@@ -409,6 +430,9 @@ fn handshake_timeout_closes_silent_tls_clients_while_requests_are_served() {
 
 #[test]
 fn sighup_serves_a_renewed_certificate_to_new_connections_and_keeps_it_when_the_next_is_bad() {
+    if !common::tools::require(&[&common::tools::OPENSSL]) {
+        return;
+    }
     let pki = Pki::new();
     let first = pki.leaf("first", &["localhost"], KeyKind::EcPkcs8, 30);
     let renewed = pki.leaf("renewed", &["localhost"], KeyKind::RsaPkcs8, 30);
@@ -467,6 +491,9 @@ fn a_slow_reader_gets_a_large_response_whole_over_tls() {
     // and the connection serve the next request. (That a response is done only once its last
     // records are sent is checked with a tiny send buffer in `server::stream`'s unit test.)
     const SIZE: usize = 6_000_000;
+    if !common::tools::require(&[&common::tools::OPENSSL]) {
+        return;
+    }
     let pki = Pki::new();
     let leaf = pki.leaf("site", &["localhost"], KeyKind::EcPkcs8, 30);
     let server = tls_server(Certificates::load(&[(leaf.cert.clone(), leaf.key.clone())]).unwrap());
@@ -503,6 +530,9 @@ fn a_tls_client_that_stops_reading_is_cut_after_the_io_timeout_without_a_worker(
     // A client asks for 50 MB over TLS and never reads: the worker hands the delivery to the
     // poller at once, and the poller resets it after client_io_timeout. Meanwhile the one
     // worker serves others.
+    if !common::tools::require(&[&common::tools::OPENSSL]) {
+        return;
+    }
     let pki = Pki::new();
     let leaf = pki.leaf("site", &["localhost"], KeyKind::EcPkcs8, 30);
     let tls = TlsListener {
@@ -541,6 +571,9 @@ fn a_tls_client_that_stops_reading_is_cut_after_the_io_timeout_without_a_worker(
 fn request_bodies_stream_over_tls_with_request_buffering_off() {
     // The poller reads the rest of the body (decrypting it) while a worker already sends it to
     // the backend: both use the connection's TLS session at once.
+    if !common::tools::require(&[&common::tools::OPENSSL]) {
+        return;
+    }
     let pki = Pki::new();
     let leaf = pki.leaf("site", &["localhost"], KeyKind::EcPkcs8, 30);
     let b1 = backend(&["--id", "stream-b1"]);
@@ -582,6 +615,9 @@ fn ws_read(reader: &mut impl Read) -> (u8, Vec<u8>) {
 fn a_websocket_over_tls_is_relayed_to_the_backend_in_plaintext() {
     // wss:// to lb-sync's HTTPS port, ws:// to lb-backend's /ws echo: the tunnel reads and
     // writes the client through its TLS session.
+    if !common::tools::require(&[&common::tools::OPENSSL]) {
+        return;
+    }
     let pki = Pki::new();
     let leaf = pki.leaf("site", &["localhost"], KeyKind::EcPkcs8, 30);
     let b1 = backend(&[]);
@@ -614,11 +650,7 @@ fn a_websocket_over_tls_is_relayed_to_the_backend_in_plaintext() {
     assert!(common::wait_until(Duration::from_secs(5), || tunnels() == (Some(0), Some(1))), "{:?}", tunnels());
 
     // And a WebSocket library over TLS, where one is installed (CI installs it).
-    let has_websockets =
-        Command::new("python3").args(["-c", "import websockets"]).status().is_ok_and(|status| status.success());
-    if !has_websockets {
-        assert!(std::env::var_os("CI").is_none(), "python3-websockets is required in CI (.ci/run installs it)");
-        eprintln!("python3 with websockets not found: the wss:// library check is skipped");
+    if !common::tools::require(&[&common::tools::PYTHON_WEBSOCKETS]) {
         return;
     }
     let script = r#"
@@ -665,6 +697,9 @@ fn an_unfinished_handshake_is_drained_at_a_stop() {
 }
 
 fn stop_with_a_handshake(finish: bool) {
+    if !common::tools::require(&[&common::tools::OPENSSL]) {
+        return;
+    }
     let pki = Pki::new();
     let leaf = pki.leaf("site", &["localhost"], KeyKind::EcPkcs8, 30);
     let server = tls_server(Certificates::load(&[(leaf.cert.clone(), leaf.key.clone())]).unwrap());
@@ -698,6 +733,9 @@ fn stop_with_a_handshake(finish: bool) {
 /// event that never comes (the close_notify is inside rustls already) until keep_alive_timeout.
 #[test]
 fn a_request_with_close_notify_is_closed_after_its_answer() {
+    if !common::tools::require(&[&common::tools::OPENSSL]) {
+        return;
+    }
     let pki = Pki::new();
     let leaf = pki.leaf("site", &["localhost"], KeyKind::EcPkcs8, 30);
     let server = tls_server(Certificates::load(&[(leaf.cert.clone(), leaf.key.clone())]).unwrap());

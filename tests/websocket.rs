@@ -545,11 +545,7 @@ asyncio.run(main(sys.argv[1]))
 
 #[test]
 fn python_websockets_client_echoes_through_lb_sync() {
-    let has_websockets =
-        Command::new("python3").args(["-c", "import websockets"]).status().is_ok_and(|status| status.success());
-    if !has_websockets {
-        assert!(std::env::var_os("CI").is_none(), "python3-websockets is required in CI (.ci/run installs it)");
-        eprintln!("python3 with websockets not found: skipping (apt-get install python3-websockets)");
+    if !common::tools::require(&[&common::tools::PYTHON_WEBSOCKETS]) {
         return;
     }
     let backend = backend(&[]);

@@ -176,7 +176,9 @@ pub fn health(shared: &Shared) -> (u16, Value) {
     (if usable > 0 { 200 } else { 503 }, body)
 }
 
-/// The running configuration, with the running backend table and the secrets hidden.
+/// The running configuration, with the running backend table, the secrets hidden, and the
+/// values in force of settings worked out from others (with where each came from, under
+/// `derived`).
 pub fn config(shared: &Shared) -> Value {
     let mut value = serde_json::to_value(&shared.config).unwrap_or(Value::Null);
     // The running table, not the start-up list: backends may have been added or removed.
@@ -189,5 +191,38 @@ pub fn config(shared: &Shared) -> Value {
             value[secret] = json!("(set)");
         }
     }
+    let derived = derived_settings(&shared.config);
+    for (key, (in_force, _)) in &derived {
+        value[*key] = in_force.clone();
+    }
+    value["derived"] = derived.into_iter().map(|(key, (_, why))| (key.to_string(), json!(why))).collect();
     value
+}
+
+/// The settings left unset (or 0 for "one second's worth") whose value in force is worked out
+/// from others: key → (the value in force, where it came from). `/lb/config` shows the value in
+/// force under the key, and where it came from under `derived`.
+fn derived_settings(config: &crate::config::Config) -> Vec<(&'static str, (Value, String))> {
+    let mut derived = Vec::new();
+    if config.backend_max_connections.is_none() {
+        let why = format!("unset: 3/4 of threads ({})", config.threads);
+        derived.push(("backend_max_connections", (json!(config.backend_connection_cap()), why)));
+    }
+    let limits = config.rate_limits();
+    if config.rate_limit > 0.0 && config.rate_limit_burst == 0 {
+        let why = format!("0: one second of rate_limit ({})", config.rate_limit);
+        derived.push(("rate_limit_burst", (json!(limits.effective_burst()), why)));
+    }
+    if config.client_rate_limit > 0.0 && config.client_rate_limit_burst == 0 {
+        let why = format!("0: one second of client_rate_limit ({})", config.client_rate_limit);
+        derived.push(("client_rate_limit_burst", (json!(limits.effective_client_burst()), why)));
+    }
+    if config.client_body_temp_path.is_none() {
+        let dir = config.body_buffering().temp_dir;
+        derived.push(("client_body_temp_path", (json!(dir), "unset: the system's temp dir".to_string())));
+    }
+    if let (Some(cert), None) = (&config.tls_cert, &config.tls_key) {
+        derived.push(("tls_key", (json!(cert), "unset: the tls_cert file".to_string())));
+    }
+    derived
 }

@@ -78,7 +78,7 @@ fn main() -> ExitCode {
     let listener = match bind(config.bind, config.backlog) {
         Ok(listener) => listener,
         Err(e) => {
-            eprintln!("lb-backend: cannot listen on {}: {e}", config.bind);
+            eprintln!("lb-backend: {e}");
             return ExitCode::from(1);
         }
     };

@@ -256,15 +256,25 @@ fn start_demo_backends() -> Result<Vec<Server>, String> {
             let config =
                 ServerConfig { bind: SocketAddr::from(([127, 0, 0, 1], port)), threads: 8, ..ServerConfig::default() };
             Server::start(config, DemoBackend::new(port, "127.0.0.1", None))
-                .map_err(|e| format!("cannot start demo backend on 127.0.0.1:{port}: {e}"))
+                .map_err(|e| format!("cannot start the demo backend: {e}"))
         })
         .collect()
 }
 
 fn main() -> ExitCode {
+    // First of all: from here no signal ends the process by its default action (SIGTERM, SIGINT
+    // and SIGQUIT exit until the balancer has started, then stop it gracefully).
+    let signals = match lb_sync::lifecycle::signals::Listener::new() {
+        Ok(signals) => signals,
+        Err(e) => {
+            eprintln!("lb-sync: cannot register signal handlers: {e}");
+            return ExitCode::from(1);
+        }
+    };
     let argv: Vec<String> = std::env::args().collect();
     let command = argv.first().map_or("lb-sync", |s| s.as_str());
-    let rest: Vec<&str> = argv.iter().skip(1).map(String::as_str).collect();
+    // `-h` as `--help`, as every other tool takes it (argh knows only the long form).
+    let rest: Vec<&str> = argv.iter().skip(1).map(|arg| if arg == "-h" { "--help" } else { arg.as_str() }).collect();
     let args = match Args::from_args(&[command], &rest) {
         Ok(args) => args,
         Err(early) => {
@@ -304,14 +314,6 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    // Before anything runs: from here SIGTERM/SIGINT stop gracefully and SIGHUP reloads.
-    let signals = match lb_sync::lifecycle::signals::Listener::new() {
-        Ok(signals) => signals,
-        Err(e) => {
-            eprintln!("lb-sync: cannot register signal handlers: {e}");
-            return ExitCode::from(1);
-        }
-    };
     // The process log goes through a log thread (never blocking a worker), to --log-file or
     // stderr; other crates (ureq) only say warnings. The access log shares the writer when
     // both go to the same place, so their lines never interleave mid-line.
@@ -325,6 +327,7 @@ fn main() -> ExitCode {
         }
     };
     let _ = Logger::new(log_writer.handle(), level).other_crates(log::LevelFilter::Warn).install();
+    signals.log_to(log_writer.handle());
     let access_target = config.access_log_file.clone().map_or(LogTarget::Stderr, LogTarget::File);
     let shared_access_log = (access_target == log_target).then(|| log_writer.handle());
     let _ = rlimit::increase_nofile_limit(u64::MAX);
@@ -344,12 +347,17 @@ fn main() -> ExitCode {
     let balancer = match LoadBalancer::start_with_log(config, shared_access_log) {
         Ok(balancer) => balancer,
         Err(e) => {
-            log::error!("cannot start: {e}");
+            // Once where the operator looks: on stderr, and in the log file when there is one.
+            if log_target != LogTarget::Stderr {
+                log::error!("cannot start: {e}");
+            }
             log_writer.stop();
             eprintln!("lb-sync: cannot start: {e}");
             return ExitCode::from(1);
         }
     };
+    // Started: from here a stop is graceful.
+    signals.started();
     let backends: Vec<String> = balancer
         .shared()
         .table
@@ -368,7 +376,6 @@ fn main() -> ExitCode {
     // The ready line on stdout is what scripts wait for.
     println!("lb-sync {} listening on {} -> {}{others}", algorithm, balancer.local_addr(), backends.join(", "));
     log::info!("lb-sync {} listening on {} -> {}{others}", algorithm, balancer.local_addr(), backends.join(", "));
-    balancer.serve_until_signalled(signals);
-    log_writer.stop();
+    balancer.serve_until_signalled(signals, Some(log_writer));
     ExitCode::SUCCESS
 }

@@ -5,12 +5,12 @@ use std::sync::Arc;
 
 use crate::config::Config;
 use crate::traffic::RateLimiter;
-use crate::upstream::{resolve, UpstreamTls};
+use crate::upstream::{distinct_addresses, resolve, UpstreamTls};
 
 use super::generation::{backend_list, health_config, tls_certificates};
 
 /// Checks `config` as a start or a reload would: every value in range, every backend's host
-/// resolves, the `upstream_ca` file reads, the health-check statuses and rate limits make sense,
+/// resolves (no two to one address), the `upstream_ca` file reads, the health-check statuses and rate limits make sense,
 /// the TLS certificates load (readable, key matching, valid now). `Ok` is a one-line summary.
 ///
 /// ```
@@ -25,9 +25,12 @@ pub fn check_config(config: &Config) -> Result<String, String> {
     let tls = UpstreamTls::load(config.upstream_ca.as_deref()).map_err(|e| e.to_string())?;
     health_config(config, &Arc::new(tls)).map_err(|e| e.to_string())?;
     RateLimiter::new(&config.rate_limits()).map_err(|e| e.to_string())?;
+    let mut addresses = Vec::new();
     for (id, backend) in backend_list(config) {
-        resolve(&backend.host, backend.port).map_err(|e| format!("backend {id}: {e}"))?;
+        let addr = resolve(&backend.host, backend.port).map_err(|e| format!("backend {id}: {e}"))?;
+        addresses.push((id, addr));
     }
+    distinct_addresses(&addresses).map_err(|e| e.to_string())?;
     tls_certificates(config)?;
     Ok(format!(
         "{} backend(s), {}, {} threads, port {}",

@@ -1,7 +1,8 @@
 //! A running balancer's life after start: reloading its configuration without dropping a
 //! connection or a request ([`Control::reload`]), checking a configuration without running it
 //! ([`check_config`], `lb-sync --check-config`), and the signals that drive both
-//! ([`signals`]: SIGTERM/SIGINT stop gracefully, SIGHUP reloads).
+//! ([`signals`]: SIGTERM/SIGINT/SIGQUIT stop gracefully, SIGHUP reloads and reopens the logs,
+//! SIGUSR1 reopens them, the other default-fatal ones are logged and ignored).
 //!
 //! What a reload applies, and when (nginx applies new settings to new connections; we apply
 //! them to new requests, as no connection is ever restarted):

@@ -109,6 +109,8 @@ impl Log for Logger {
         }
     }
 
+    /// Bounded ([`WAIT_LIMIT`](super::WAIT_LIMIT)): a blocked log write must not hold whoever
+    /// flushes.
     fn flush(&self) {
         self.handle.flush();
     }

@@ -47,4 +47,4 @@ pub use access::{AccessFormat, AccessRecord};
 pub use logger::Logger;
 pub use rate_limit::{RateLimitedWarn, MAX_CAUSES};
 pub use request_id::{next_request_id, RequestId, RequestIdGenerator};
-pub use writer::{LogHandle, LogTarget, LogWriter, LogWriterStats, DEFAULT_CAPACITY};
+pub use writer::{LogHandle, LogTarget, LogWriter, LogWriterStats, DEFAULT_CAPACITY, WAIT_LIMIT};

@@ -10,8 +10,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, Receiver, Sender, TryRecvError, TrySendError};
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TryRecvError, TrySendError};
 
 /// Lines that may wait for the log thread before more are dropped: at ~200 bytes a line, about
 /// 3 MiB, several seconds of a busy balancer's access log while a disk stalls.
@@ -19,6 +20,11 @@ pub const DEFAULT_CAPACITY: usize = 16 * 1024;
 
 /// What the log thread buffers before it writes even with lines still queued.
 const BUFFER_BYTES: usize = 64 * 1024;
+
+/// How long [`LogWriter::stop`], [`LogWriter::reopen`] and [`LogHandle::flush`] wait for the
+/// log thread: a write that blocks (a stalled disk, a stderr pipe nobody reads, a terminal
+/// paused with Ctrl-S) must not hold a stop or a reload forever.
+pub const WAIT_LIMIT: Duration = Duration::from_secs(5);
 
 /// Where a [`LogWriter`] writes.
 ///
@@ -123,6 +129,7 @@ enum Message {
 pub struct LogHandle {
     sender: Sender<Message>,
     counters: Arc<Counters>,
+    target: Arc<LogTarget>,
 }
 
 impl LogHandle {
@@ -145,9 +152,9 @@ impl LogHandle {
         }
     }
 
-    /// Waits until every line queued before the call is written and flushed. Blocks: for
-    /// shutdown, tests and `log::Log::flush`, not for the request path. `false` when the writer
-    /// has stopped.
+    /// Waits until every line queued before the call is written and flushed, up to
+    /// [`WAIT_LIMIT`]. Blocks: for shutdown, tests and `log::Log::flush`, not for the request
+    /// path. `false` when the writer has stopped or did not get there in time.
     ///
     /// ```
     /// let writer = lb_sync::logging::LogWriter::start(lb_sync::logging::LogTarget::Stderr)?;
@@ -156,8 +163,74 @@ impl LogHandle {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn flush(&self) -> bool {
+        self.flush_within(WAIT_LIMIT)
+    }
+
+    /// [`flush`](Self::flush), waiting at most `limit`.
+    ///
+    /// ```
+    /// let writer = lb_sync::logging::LogWriter::start(lb_sync::logging::LogTarget::Stderr)?;
+    /// assert!(writer.handle().flush_within(std::time::Duration::from_secs(1)));
+    /// writer.stop();
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn flush_within(&self, limit: Duration) -> bool {
+        let end = Instant::now() + limit;
         let (done, wait) = bounded(1);
-        self.sender.send(Message::Flush(done)).is_ok() && wait.recv().is_ok()
+        self.sender.send_deadline(Message::Flush(done), end).is_ok() && wait.recv_deadline(end).is_ok()
+    }
+
+    /// Flushes, then has the log thread open its file again by its path (after logrotate renamed
+    /// it, new lines go to a new file; every line queued before goes to the old one). Nothing
+    /// happens for stderr. Waits at most `limit` for the log thread; on an error the thread
+    /// goes on writing to the file it had.
+    ///
+    /// ```
+    /// let writer = lb_sync::logging::LogWriter::start(lb_sync::logging::LogTarget::Stderr)?;
+    /// writer.handle().reopen_within(std::time::Duration::from_secs(1))?;
+    /// writer.stop();
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn reopen_within(&self, limit: Duration) -> io::Result<()> {
+        let end = Instant::now() + limit;
+        let (done, wait) = bounded(1);
+        let stopped = || io::Error::other("the log writer has stopped");
+        let busy = || io::Error::new(io::ErrorKind::TimedOut, "the log writer is busy (a write is blocked)");
+        self.sender.send_deadline(Message::Reopen(done), end).map_err(|e| match e {
+            crossbeam_channel::SendTimeoutError::Timeout(_) => busy(),
+            crossbeam_channel::SendTimeoutError::Disconnected(_) => stopped(),
+        })?;
+        match wait.recv_deadline(end) {
+            Ok(result) => result,
+            Err(RecvTimeoutError::Timeout) => Err(busy()),
+            Err(RecvTimeoutError::Disconnected) => Err(stopped()),
+        }
+    }
+
+    /// Where this handle's lines go.
+    ///
+    /// ```
+    /// use lb_sync::logging::{LogTarget, LogWriter};
+    /// let writer = LogWriter::start(LogTarget::Stderr)?;
+    /// assert_eq!(writer.handle().target(), &LogTarget::Stderr);
+    /// writer.stop();
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn target(&self) -> &LogTarget {
+        &self.target
+    }
+
+    /// Whether both handles send to the same writer.
+    ///
+    /// ```
+    /// use lb_sync::logging::{LogTarget, LogWriter};
+    /// let (one, other) = (LogWriter::start(LogTarget::Stderr)?, LogWriter::start(LogTarget::Stderr)?);
+    /// assert!(one.handle().same_writer(&one.handle()));
+    /// assert!(!one.handle().same_writer(&other.handle()));
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn same_writer(&self, other: &LogHandle) -> bool {
+        self.sender.same_channel(&other.sender)
     }
 
     /// The counts so far.
@@ -192,6 +265,8 @@ impl LogHandle {
 pub struct LogWriter {
     handle: LogHandle,
     thread: Option<JoinHandle<()>>,
+    /// Disconnected when the log thread ends, so a stop can wait for it with a deadline.
+    ended: Receiver<()>,
 }
 
 impl LogWriter {
@@ -224,10 +299,14 @@ impl LogWriter {
         let (sender, receiver) = bounded(capacity.max(1));
         let counters = Arc::new(Counters::default());
         let thread_counters = Arc::clone(&counters);
-        let thread = std::thread::Builder::new()
-            .name("lb-log".into())
-            .spawn(move || write_loop(&target, sink, &receiver, &thread_counters))?;
-        Ok(LogWriter { handle: LogHandle { sender, counters }, thread: Some(thread) })
+        let target = Arc::new(target);
+        let thread_target = Arc::clone(&target);
+        let (ending, ended) = bounded::<()>(0);
+        let thread = std::thread::Builder::new().name("lb-log".into()).spawn(move || {
+            let _ending = ending;
+            write_loop(&thread_target, sink, &receiver, &thread_counters)
+        })?;
+        Ok(LogWriter { handle: LogHandle { sender, counters, target }, thread: Some(thread), ended })
     }
 
     /// A sending handle; clone it into each thread that logs.
@@ -244,7 +323,8 @@ impl LogWriter {
     }
 
     /// Flushes, then opens the file again by its path: after `logrotate` renamed it, new lines
-    /// go to a new file. Nothing happens for stderr. Blocks until done.
+    /// go to a new file. Nothing happens for stderr. Waits up to [`WAIT_LIMIT`] (see
+    /// [`LogHandle::reopen_within`]).
     ///
     /// ```
     /// let writer = lb_sync::logging::LogWriter::start(lb_sync::logging::LogTarget::Stderr)?;
@@ -253,14 +333,13 @@ impl LogWriter {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn reopen(&self) -> io::Result<()> {
-        let (done, wait) = bounded(1);
-        let stopped = || io::Error::other("the log writer has stopped");
-        self.handle.sender.send(Message::Reopen(done)).map_err(|_| stopped())?;
-        wait.recv().map_err(|_| stopped())?
+        self.handle.reopen_within(WAIT_LIMIT)
     }
 
     /// Writes and flushes every line queued so far, stops the thread and returns the counts.
-    /// Lines sent afterwards through a handle are dropped and counted.
+    /// Lines sent afterwards through a handle are dropped and counted. Waits at most
+    /// [`WAIT_LIMIT`]: a log thread blocked on a write is left behind (the process's exit ends
+    /// it), with what it still held unwritten.
     ///
     /// ```
     /// let writer = lb_sync::logging::LogWriter::start(lb_sync::logging::LogTarget::Stderr)?;
@@ -270,24 +349,38 @@ impl LogWriter {
     /// assert_eq!(handle.stats().dropped, 1);
     /// # Ok::<(), std::io::Error>(())
     /// ```
-    pub fn stop(mut self) -> LogWriterStats {
-        self.stop_thread();
+    pub fn stop(self) -> LogWriterStats {
+        self.stop_within(WAIT_LIMIT)
+    }
+
+    /// [`stop`](Self::stop), waiting at most `limit` for the log thread.
+    ///
+    /// ```
+    /// let writer = lb_sync::logging::LogWriter::start(lb_sync::logging::LogTarget::Stderr)?;
+    /// writer.handle().send("last words".into());
+    /// assert_eq!(writer.stop_within(std::time::Duration::from_secs(1)).written, 1);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn stop_within(mut self, limit: Duration) -> LogWriterStats {
+        self.stop_thread(limit);
         self.handle.stats()
     }
 
-    fn stop_thread(&mut self) {
+    fn stop_thread(&mut self, limit: Duration) {
         if let Some(thread) = self.thread.take() {
-            // A blocking send: the caller is shutting down, not serving a request, and the log
-            // thread is draining the channel.
-            let _ = self.handle.sender.send(Message::Stop);
-            let _ = thread.join();
+            // Waits for room behind the lines queued, then for the thread to write them.
+            let end = Instant::now() + limit;
+            let _ = self.handle.sender.send_deadline(Message::Stop, end);
+            if self.ended.recv_deadline(end) == Err(RecvTimeoutError::Disconnected) {
+                let _ = thread.join();
+            }
         }
     }
 }
 
 impl Drop for LogWriter {
     fn drop(&mut self) {
-        self.stop_thread();
+        self.stop_thread(WAIT_LIMIT);
     }
 }
 
@@ -448,6 +541,39 @@ mod tests {
         let stats = writer.stop();
         assert_eq!(stats, LogWriterStats { written: 2, dropped: 9, write_errors: 0 });
         assert_eq!(String::from_utf8(written.lock().unwrap().clone()).unwrap(), "first\nline 0\n");
+    }
+
+    #[test]
+    fn a_blocked_write_holds_neither_a_stop_nor_a_reopen_nor_a_flush_past_its_limit() {
+        let (entered, entered_wait) = bounded(1);
+        let (release_send, release) = bounded(1);
+        let written = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = GatedSink { entered, release, gate_passed: false, written: Arc::clone(&written) };
+        let writer = LogWriter::spawn(LogTarget::Stderr, Box::new(sink), 16).unwrap();
+        let handle = writer.handle();
+        assert!(handle.send("stuck".into()));
+        entered_wait.recv().unwrap();
+        let limit = Duration::from_millis(200);
+        assert!(!handle.flush_within(limit), "a flush cannot finish while the write is blocked");
+        let busy = handle.reopen_within(limit).unwrap_err();
+        assert_eq!(busy.kind(), io::ErrorKind::TimedOut, "{busy}");
+        let started = Instant::now();
+        writer.stop_within(limit);
+        assert!(started.elapsed() < Duration::from_secs(2), "the stop waited {:?}", started.elapsed());
+        // Let the thread left behind finish.
+        release_send.send(()).unwrap();
+        assert!(wait_for(|| written.lock().unwrap().starts_with(b"stuck\n")));
+    }
+
+    fn wait_for(check: impl Fn() -> bool) -> bool {
+        let end = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < end {
+            if check() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        false
     }
 
     #[test]

@@ -58,7 +58,7 @@ pub use error::{reason_phrase, RequestError};
 pub use head::{is_hop_by_hop, parse_head, BodyFraming, Header, ParseOutcome, RequestHead, Version, HOP_BY_HOP};
 pub use job_queue::while_blocked;
 pub use limits::Limits;
-pub use listener::bind;
+pub use listener::{bind, bind_for, listen_error};
 pub use observe::{Finished, Refusal, RefusalHook};
 pub use request::Request;
 pub use response::{status_has_no_body, Body, Response};
@@ -222,7 +222,7 @@ impl Drop for RunningGuard {
 
 /// Binds the HTTPS listener, saying which one failed.
 fn bind_tls(addr: SocketAddr, backlog: i32) -> io::Result<TcpListener> {
-    bind(addr, backlog).map_err(|e| io::Error::new(e.kind(), format!("cannot listen for TLS on {addr}: {e}")))
+    bind_for(Some("TLS"), addr, backlog)
 }
 
 /// How long a stop waits for the threads after the hard deadline (grace + the poller's hard

@@ -33,5 +33,5 @@ pub use pool::{ConnectionCounts, IdleLimits};
 pub use probe_requests::ProbeRequests;
 pub use raw::{OwnAnswer, OwnBody};
 pub use retry_budget::RetryBudget;
-pub use table::{BackendTable, Put, Reconciled, TableError, Wanted};
+pub use table::{distinct_addresses, BackendTable, Put, Reconciled, TableError, Wanted};
 pub use tls::{TlsSetupError, UpstreamTls};

@@ -37,6 +37,16 @@ pub enum TableError {
         /// The address both would have.
         addr: SocketAddr,
     },
+    /// Two configured backends have the same address once resolved (`127.0.0.1:8001` and
+    /// `localhost:8001`): the later one's id, the earlier one's, and the address.
+    SameAddress {
+        /// The later backend.
+        id: String,
+        /// The earlier one, already at this address.
+        existing: String,
+        /// The address both would have.
+        addr: SocketAddr,
+    },
     /// An id outside `[A-Za-z0-9._~-]{1,64}`.
     InvalidId(String),
     /// The backend's address could not be resolved.
@@ -56,6 +66,10 @@ impl fmt::Display for TableError {
             TableError::DuplicateAddress { existing, addr } => {
                 write!(f, "backend '{existing}' already has the address {addr}")
             }
+            // The management API's wording (its 409), said of the later backend.
+            TableError::SameAddress { id, existing, addr } => {
+                write!(f, "backend {id}: backend '{existing}' already has the address {addr}")
+            }
             TableError::InvalidId(id) => write!(
                 f,
                 "backend id '{id}' is not allowed: use 1-64 of the characters A-Z a-z 0-9 . _ ~ - (it goes in URLs)"
@@ -66,6 +80,30 @@ impl fmt::Display for TableError {
 }
 
 impl std::error::Error for TableError {}
+
+/// Refuses a list of backends (id, resolved address) where two share an address, as the
+/// management API refuses adding the second: the same backend twice would get twice its share
+/// and be counted as two.
+///
+/// ```
+/// use lb_sync::upstream::distinct_addresses;
+/// let addr = "127.0.0.1:8001".parse().unwrap();
+/// let one = [("a".to_string(), addr), ("b".to_string(), "127.0.0.1:8002".parse().unwrap())];
+/// assert!(distinct_addresses(&one).is_ok());
+/// let twice = [("a".to_string(), addr), ("b".to_string(), addr)];
+/// assert_eq!(
+///     distinct_addresses(&twice).unwrap_err().to_string(),
+///     "backend b: backend 'a' already has the address 127.0.0.1:8001"
+/// );
+/// ```
+pub fn distinct_addresses(backends: &[(String, SocketAddr)]) -> Result<(), TableError> {
+    for (i, (id, addr)) in backends.iter().enumerate() {
+        if let Some((existing, _)) = backends[..i].iter().find(|(_, earlier)| earlier == addr) {
+            return Err(TableError::SameAddress { id: id.clone(), existing: existing.clone(), addr: *addr });
+        }
+    }
+    Ok(())
+}
 
 /// The backend table shared by the workers, the health checker and the management API.
 ///
@@ -172,6 +210,7 @@ impl BackendTable {
                     .map_err(|error| TableError::Unresolvable { id: id.clone(), error })
             })
             .collect::<Result<Vec<_>, _>>()?;
+        distinct_addresses(&backends.iter().map(|b| (b.id.clone(), b.addr)).collect::<Vec<_>>())?;
         let added = AtomicUsize::new(backends.len());
         let membership = Membership::build(kind, backends, policy.panic_mode);
         Ok(BackendTable {
@@ -497,8 +536,22 @@ impl BackendTable {
         let mut guard = self.writer();
         let current = self.current.load_full();
         let mut report = Reconciled { algorithm_changed: current.algorithm() != kind, ..Reconciled::default() };
-        let mut next = Vec::with_capacity(wanted.len());
+        // Two at one address refuse the change before anything changes.
+        let mut addresses = Vec::with_capacity(wanted.len());
         for (id, config) in wanted {
+            let addr = match find(&current.backends, id, config) {
+                Some(kept) => kept.addr,
+                None => match resolved.iter().find(|(r, _)| r == id) {
+                    Some((_, addr)) => *addr,
+                    None => resolve(&config.host, config.port)
+                        .map_err(|error| TableError::Unresolvable { id: id.clone(), error })?,
+                },
+            };
+            addresses.push((id.clone(), addr));
+        }
+        distinct_addresses(&addresses)?;
+        let mut next = Vec::with_capacity(wanted.len());
+        for ((id, config), &(_, addr)) in wanted.iter().zip(&addresses) {
             let backend = match find(&current.backends, id, config) {
                 Some(kept) => {
                     if kept.weight() != config.weight.max(1) {
@@ -509,12 +562,6 @@ impl BackendTable {
                     kept
                 }
                 None => {
-                    let addr = match resolved.iter().find(|(r, _)| r == id) {
-                        Some((_, addr)) => *addr,
-                        // Added by the management API meanwhile under this id: resolve now.
-                        None => resolve(&config.host, config.port)
-                            .map_err(|error| TableError::Unresolvable { id: id.clone(), error })?,
-                    };
                     let fresh = Backend::resolved(id.clone(), config, addr, &policy, Arc::clone(&self.slots));
                     if current.backends.iter().any(|b| b.id == *id) {
                         report.replaced.push(id.clone());

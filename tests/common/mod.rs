@@ -7,6 +7,7 @@ pub mod faults;
 pub mod lb;
 pub mod load;
 pub mod tls;
+pub mod tools;
 pub mod ws;
 
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -328,19 +329,18 @@ pub fn wait_until(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
 }
 
 /// Checks Prometheus text with `promtool check metrics`: it must pass and say nothing. Without
-/// promtool the check is skipped, except under CI (which installs Debian's `prometheus`).
+/// promtool the check is skipped (see [`tools::require`]), except under CI.
 pub fn promtool_check(text: &str) {
-    let Ok(mut promtool) = Command::new("promtool")
+    if !tools::require(&[&tools::PROMTOOL]) {
+        return;
+    }
+    let mut promtool = Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-    else {
-        assert!(std::env::var_os("CI").is_none(), "promtool is required in CI (apt-get install prometheus)");
-        eprintln!("promtool not found: skipping its check (apt-get install prometheus)");
-        return;
-    };
+        .expect("promtool runs");
     promtool.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
     let out = promtool.wait_with_output().unwrap();
     let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));

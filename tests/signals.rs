@@ -1,0 +1,407 @@
+//! The signals an operator (or logrotate) sends a running `lb-sync`, as an nginx user expects
+//! them: USR1 reopens the log files (nothing lost across `mv` + USR1 under load), HUP reloads and
+//! reopens, USR2 and the other signals nobody should send are logged and ignored, and SIGTERM
+//! stops it at any moment after start, within `shutdown_timeout` + 1 s.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::lb::Lb;
+use common::{backend, wait_until, ChildProcess, Conn};
+
+fn backends(n: usize) -> (Vec<ChildProcess>, Vec<SocketAddr>) {
+    let children: Vec<ChildProcess> = (0..n).map(|_| backend(&["--threads", "32"])).collect();
+    let addrs = children.iter().map(|c| c.addr()).collect();
+    (children, addrs)
+}
+
+fn kill(pid: u32, signal: &str) {
+    let status = Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status().unwrap();
+    assert!(status.success(), "kill -{signal} {pid}");
+}
+
+fn lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path).unwrap_or_default().lines().map(str::to_string).collect()
+}
+
+/// Keep-alive GETs from `clients` threads, each bounded to `per_client` requests; every answer is
+/// counted, with the path of each request unique (`/c<client>-<n>`) so the access log can be
+/// matched line by line.
+struct Traffic {
+    sent: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<Vec<String>>>,
+}
+
+impl Traffic {
+    fn start(addr: SocketAddr, clients: usize, per_client: usize) -> Traffic {
+        let sent = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = (0..clients)
+            .map(|c| {
+                let (sent, stop) = (Arc::clone(&sent), Arc::clone(&stop));
+                std::thread::spawn(move || {
+                    let mut conn = Conn::open(addr);
+                    let mut paths = Vec::new();
+                    for n in 0..per_client {
+                        if stop.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        let path = format!("/c{c}-{n}");
+                        let resp = conn.get(&path);
+                        assert_eq!(resp.status, 200, "{path}: {}", resp.text());
+                        sent.fetch_add(1, Ordering::Relaxed);
+                        paths.push(path);
+                    }
+                    paths
+                })
+            })
+            .collect();
+        Traffic { sent, stop, threads }
+    }
+
+    fn answered(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
+    }
+
+    /// Stops the clients (each finishes its request); the paths of every answered request.
+    fn stop(self) -> Vec<String> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.threads.into_iter().flat_map(|t| t.join().unwrap()).collect()
+    }
+}
+
+/// The request path of a combined access-log line (`"GET /c1-2 HTTP/1.1"`).
+fn logged_path(line: &str) -> Option<&str> {
+    line.split_once("\"GET ")?.1.split(' ').next()
+}
+
+#[test]
+fn mv_and_usr1_under_load_lose_no_access_log_line_and_move_both_logs_to_new_files() {
+    let (_children, addrs) = backends(2);
+    let dir = std::env::temp_dir().join(format!("lb-sync-rotate-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (access, log) = (dir.join("access.log"), dir.join("lb-sync.log"));
+    let settings =
+        format!(r#""access_log": true, "access_log_file": "{}", "log_file": "{}""#, access.display(), log.display());
+    let lb = Lb::start(&addrs, &settings);
+    let traffic = Traffic::start(lb.addr, 16, 1500);
+    assert!(wait_until(Duration::from_secs(10), || traffic.answered() >= 1000), "load never got going");
+    // logrotate's way: rename, then tell the process (postrotate kill -USR1).
+    std::fs::rename(&access, dir.join("access.log.1")).unwrap();
+    std::fs::rename(&log, dir.join("lb-sync.log.1")).unwrap();
+    let before = traffic.answered();
+    lb.signal("USR1");
+    assert!(wait_until(Duration::from_secs(5), || access.exists() && log.exists()), "no new files after USR1");
+    assert!(wait_until(Duration::from_secs(10), || traffic.answered() >= before + 1000), "traffic stalled after USR1");
+    let paths = traffic.stop();
+    // Every answered request has its line, in the old file or the new one, exactly once.
+    assert!(wait_until(Duration::from_secs(5), || {
+        lines(&dir.join("access.log.1")).len() + lines(&access).len() >= paths.len()
+    }));
+    let (old, new) = (lines(&dir.join("access.log.1")), lines(&access));
+    eprintln!(
+        "mv + USR1 under 16 keep-alive clients: {} requests, {} lines in the old file, {} in the new",
+        paths.len(),
+        old.len(),
+        new.len()
+    );
+    assert!(!old.is_empty() && !new.is_empty(), "both files got lines: {} and {}", old.len(), new.len());
+    let mut logged: Vec<&str> = old.iter().chain(&new).filter_map(|l| logged_path(l)).collect();
+    logged.sort_unstable();
+    let mut expected: Vec<&str> = paths.iter().map(String::as_str).collect();
+    expected.sort_unstable();
+    assert_eq!(logged.len(), old.len() + new.len(), "every line is a whole request line");
+    assert!(logged == expected, "{} requests answered, {} logged", expected.len(), logged.len());
+    // The process log moved too: its USR1 line is in the new file, the start in the old.
+    assert!(lines(&dir.join("lb-sync.log.1")).iter().any(|l| l.contains("listening on")));
+    let reopened = lines(&log);
+    assert!(reopened.iter().any(|l| l.contains("SIGUSR1: log files reopened")), "{reopened:?}");
+    drop(lb);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn hup_reloads_and_reopens_the_log_files() {
+    let (_children, addrs) = backends(1);
+    let dir = std::env::temp_dir().join(format!("lb-sync-hup-reopen-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let access = dir.join("access.log");
+    let settings = format!(r#""access_log": true, "access_log_file": "{}""#, access.display());
+    let lb = Lb::start(&addrs, &settings);
+    assert_eq!(Conn::open(lb.addr).get("/before").status, 200);
+    std::fs::rename(&access, dir.join("access.log.1")).unwrap();
+    lb.signal("HUP");
+    assert!(lb.wait_log("configuration reloaded", Duration::from_secs(5)), "{}", lb.log());
+    assert!(wait_until(Duration::from_secs(5), || access.exists()), "HUP did not reopen the access log");
+    assert_eq!(Conn::open(lb.addr).get("/after").status, 200);
+    assert!(wait_until(Duration::from_secs(5), || lines(&access).iter().any(|l| l.contains("/after"))));
+    let old = lines(&dir.join("access.log.1"));
+    assert!(old.iter().any(|l| l.contains("/before")) && !old.iter().any(|l| l.contains("/after")), "{old:?}");
+    drop(lb);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn usr2_and_other_signals_nobody_should_send_are_logged_and_ignored() {
+    let (_children, addrs) = backends(1);
+    let mut lb = Lb::start(&addrs, "");
+    // Each of these ends a process by default (PIPE is ignored by Rust's runtime already).
+    let ignored = ["USR2", "ALRM", "VTALRM", "PROF", "IO", "PWR", "XCPU", "XFSZ", "PIPE"];
+    for (i, signal) in ignored.iter().enumerate() {
+        lb.signal(signal);
+        if *signal != "PIPE" {
+            let line = format!("SIG{signal} ignored");
+            assert!(
+                wait_until(Duration::from_secs(5), || lb.log().matches(" ignored").count() > i),
+                "no log line for SIG{signal}: {}",
+                lb.log()
+            );
+            assert!(lb.log().contains(&line), "{}", lb.log());
+        }
+        assert!(lb.child.try_wait().unwrap().is_none(), "SIG{signal} ended it: {}", lb.log());
+        assert_eq!(Conn::open(lb.addr).get("/").status, 200, "after SIG{signal}");
+    }
+    assert!(lb.log().contains("SIGUSR2 ignored (no binary upgrade here"), "{}", lb.log());
+    // And it still stops as asked.
+    lb.signal("TERM");
+    assert_eq!(lb.wait_exit(Duration::from_secs(10)).expect("exited").code(), Some(0), "{}", lb.log());
+}
+
+#[test]
+fn sigterm_stops_it_even_when_nobody_reads_its_stderr() {
+    // Its log (and access log) on a pipe nobody reads: once the pipe is full the log thread
+    // blocks on write(2). Requests go on (a worker never waits for the log), and a stop must not
+    // wait for that write either.
+    let (_children, addrs) = backends(1);
+    let dir = std::env::temp_dir().join(format!("lb-sync-stuck-stderr-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let settings = format!(r#""access_log": true, "shutdown_timeout": {SHUTDOWN_TIMEOUT}"#);
+    std::fs::write(dir.join("config.json"), common::lb::config_json(&addrs, &settings)).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lb-sync"))
+        .arg("--config")
+        .arg(dir.join("config.json"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn lb-sync");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let addr: SocketAddr = line.split("listening on ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+    // 3000 access-log lines, several times what a pipe holds (64 KiB).
+    let mut conn = Conn::open(addr);
+    for _ in 0..3000 {
+        assert_eq!(conn.get("/").status, 200);
+    }
+    drop(conn);
+    kill(child.id(), "TERM");
+    let signalled = Instant::now();
+    let limit = Duration::from_secs_f64(SHUTDOWN_TIMEOUT + 1.0);
+    let exited = wait_until(limit + Duration::from_secs(10), || child.try_wait().unwrap().is_some());
+    let took = signalled.elapsed();
+    if !exited {
+        let _ = child.kill();
+    }
+    let status = child.wait().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(exited && took <= limit, "exited: {exited}, {took:?} after SIGTERM (limit {limit:?})");
+    assert_eq!(status.code(), Some(0), "{status}");
+}
+
+#[test]
+fn sigquit_stops_gracefully_as_nginx_quit_does() {
+    let (_children, addrs) = backends(1);
+    let mut lb = Lb::start(&addrs, "");
+    assert_eq!(Conn::open(lb.addr).get("/").status, 200);
+    lb.signal("QUIT");
+    assert_eq!(lb.wait_exit(Duration::from_secs(10)).expect("exited").code(), Some(0), "{}", lb.log());
+    assert!(lb.log().contains("SIGQUIT: stopping"), "{}", lb.log());
+}
+
+/// A small xorshift generator: the moments are random, and the seed is printed so a failure
+/// can be replayed (`LB_SIGNAL_SEED=N`).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+/// What runs around one of the starts.
+#[derive(Clone, Copy, Debug)]
+enum Scene {
+    BackendsUp,
+    BackendsDown,
+    TrafficUp,
+    TrafficDown,
+}
+
+/// How one start ended.
+struct Outcome {
+    scene: Scene,
+    delay: Duration,
+    ready: bool,
+    status: Option<ExitStatus>,
+    took: Duration,
+    log: String,
+}
+
+const SHUTDOWN_TIMEOUT: f64 = 1.0;
+
+/// Starts lb-sync (not waiting for it), sends SIGTERM `delay` after the spawn, and times its exit.
+fn start_and_terminate(up: &[SocketAddr], down: &[SocketAddr], scene: Scene, delay: Duration, dir: &Path) -> Outcome {
+    let backends = match scene {
+        Scene::BackendsUp | Scene::TrafficUp => up,
+        Scene::BackendsDown | Scene::TrafficDown => down,
+    };
+    let settings = format!(
+        r#""threads": 16, "shutdown_timeout": {SHUTDOWN_TIMEOUT}, "health_check_interval": 0.5, "access_log": true, "access_log_file": "{}""#,
+        dir.join("access.log").display()
+    );
+    std::fs::write(dir.join("config.json"), common::lb::config_json(backends, &settings)).unwrap();
+    let log_path = dir.join("stderr.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lb-sync"))
+        .arg("--config")
+        .arg(dir.join("config.json"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .expect("spawn lb-sync");
+    let spawned = Instant::now();
+    let stdout = child.stdout.take().unwrap();
+    let (ready_tx, ready_rx) = crossbeam_channel::bounded::<SocketAddr>(1);
+    let reader = std::thread::spawn(move || {
+        let mut line = String::new();
+        let mut stdout = BufReader::new(stdout);
+        let _ = stdout.read_line(&mut line);
+        let addr = line.split("listening on ").nth(1).and_then(|r| r.split(' ').next()?.parse().ok());
+        if let Some(addr) = addr {
+            let _ = ready_tx.send(addr);
+        }
+        let _ = stdout.read_to_end(&mut Vec::new());
+        addr.is_some()
+    });
+    let traffic = matches!(scene, Scene::TrafficUp | Scene::TrafficDown).then(|| {
+        let ready = ready_rx.clone();
+        std::thread::spawn(move || {
+            let Ok(addr) = ready.recv_timeout(Duration::from_secs(10)) else { return 0 };
+            client_loop(addr, 2000)
+        })
+    });
+    std::thread::sleep(delay.saturating_sub(spawned.elapsed()));
+    kill(child.id(), "TERM");
+    let signalled = Instant::now();
+    let limit = Duration::from_secs_f64(SHUTDOWN_TIMEOUT + 1.0);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if signalled.elapsed() > limit + Duration::from_secs(10) {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let took = signalled.elapsed();
+    let ready = reader.join().unwrap();
+    if let Some(traffic) = traffic {
+        let _ = traffic.join();
+    }
+    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    Outcome { scene, delay, ready, status, took, log }
+}
+
+/// Keep-alive GETs until the listener is gone (or `most` requests): the answers do not matter
+/// here, only that requests are in flight when the signal comes.
+fn client_loop(addr: SocketAddr, most: usize) -> usize {
+    let mut done = 0;
+    while done < most {
+        let Ok(stream) = TcpStream::connect(addr) else { return done };
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut reader = BufReader::new(stream);
+        loop {
+            if reader.get_mut().write_all(b"GET /?delay_ms=20 HTTP/1.1\r\nHost: t\r\n\r\n").is_err() {
+                break;
+            }
+            match common::read_response(&mut reader, false) {
+                Ok(resp) => {
+                    done += 1;
+                    if done >= most || resp.header("connection") == Some("close") {
+                        break;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+    }
+    done
+}
+
+#[test]
+fn sigterm_at_any_moment_in_the_first_3_s_stops_within_shutdown_timeout_plus_1_s() {
+    let (_children, up) = backends(2);
+    // Two ports nothing listens on: bound, then closed.
+    let down: Vec<SocketAddr> = (0..2)
+        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect::<Vec<_>>()
+        .iter()
+        .map(|l| l.local_addr().unwrap())
+        .collect();
+    let seed = std::env::var("LB_SIGNAL_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1
+    });
+    eprintln!("SIGTERM at random moments: seed {seed} (LB_SIGNAL_SEED={seed} replays it)");
+    let mut rng = Rng(seed);
+    let scenes = [Scene::BackendsUp, Scene::BackendsDown, Scene::TrafficUp, Scene::TrafficDown];
+    // One in five in the first 40 ms, while it is still starting.
+    let plan: Vec<(Scene, Duration)> = (0..50)
+        .map(|i| (scenes[i % 4], Duration::from_millis(rng.next() % if i % 5 == 0 { 41 } else { 3001 })))
+        .collect();
+    // Five batches of ten at once keep the whole under half a minute.
+    let root = std::env::temp_dir().join(format!("lb-sync-sigterm-{}", std::process::id()));
+    let mut outcomes = Vec::new();
+    for (b, batch) in plan.chunks(10).enumerate() {
+        let runs: Vec<_> = batch
+            .iter()
+            .enumerate()
+            .map(|(i, &(scene, delay))| {
+                let (up, down) = (up.clone(), down.clone());
+                let dir = root.join(format!("{b}-{i}"));
+                std::fs::create_dir_all(&dir).unwrap();
+                std::thread::spawn(move || start_and_terminate(&up, &down, scene, delay, &dir))
+            })
+            .collect();
+        outcomes.extend(runs.into_iter().map(|r| r.join().unwrap()));
+    }
+    let _ = std::fs::remove_dir_all(&root);
+    let limit = Duration::from_secs_f64(SHUTDOWN_TIMEOUT + 1.0);
+    let slowest = outcomes.iter().map(|o| o.took).max().unwrap();
+    let before_ready = outcomes.iter().filter(|o| !o.ready).count();
+    eprintln!("50 starts, SIGTERM 0-3 s after each: slowest exit {slowest:?}; {before_ready} stopped before ready");
+    for o in &outcomes {
+        let what = format!("{:?}, SIGTERM {:?} after the spawn", o.scene, o.delay);
+        let status = o.status.unwrap_or_else(|| panic!("{what}: still running 10 s past the limit; log:\n{}", o.log));
+        assert!(o.took <= limit, "{what}: exited {:?} after SIGTERM (limit {limit:?}); log:\n{}", o.took, o.log);
+        // Before it is ready a stop exits at once, 143 (or, in the first instant of the process,
+        // before the handlers are in place, by the signal itself); once ready it stops
+        // gracefully, with status 0.
+        let early = !o.ready && (status.code() == Some(143) || status.signal() == Some(15));
+        assert!(status.code() == Some(0) || early, "{what}: {status}; log:\n{}", o.log);
+        assert!(!o.log.contains("exiting now"), "{what}: the stop had to be cut short; log:\n{}", o.log);
+    }
+}
