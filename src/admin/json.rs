@@ -208,6 +208,10 @@ fn derived_settings(config: &crate::config::Config) -> Vec<(&'static str, (Value
         let why = format!("unset: 3/4 of threads ({})", config.threads);
         derived.push(("backend_max_connections", (json!(config.backend_connection_cap()), why)));
     }
+    if config.upstream_keepalive.is_none() {
+        let why = format!("unset: one per worker (threads, {})", config.threads);
+        derived.push(("upstream_keepalive", (json!(config.upstream_keepalive_in_force()), why)));
+    }
     let limits = config.rate_limits();
     if config.rate_limit > 0.0 && config.rate_limit_burst == 0 {
         let why = format!("0: one second of rate_limit ({})", config.rate_limit);
