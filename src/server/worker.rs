@@ -42,6 +42,8 @@ pub(crate) struct Returned {
 
 pub(crate) struct Worker {
     pub queue: Arc<JobQueue>,
+    /// Its number in the pool.
+    pub index: usize,
     /// Serve jobs waiting in the queue (the poller refuses more than the queue capacity).
     pub queued: Arc<AtomicUsize>,
     pub returns: Sender<Returned>,
@@ -53,7 +55,7 @@ pub(crate) struct Worker {
 impl Worker {
     /// Works until the poller closes the queue.
     pub fn run(self) {
-        self.queue.enlist();
+        self.queue.enlist(self.index);
         while let Some(job) = self.queue.next() {
             let (token, next, input_while_busy) = match job {
                 Job::Serve { token, stream, peer, head, body, input_while_busy } => {
