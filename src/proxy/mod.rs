@@ -66,7 +66,7 @@ struct Outbound {
 /// Proxies one request and answers it: the backend's response, or ours when none could give one.
 pub fn forward(shared: &Shared, request: Request) -> Response {
     let origin = who(shared, &request);
-    let access = PendingAccess::new(&request, origin.client);
+    let access = PendingAccess::new(&request, origin.client, shared.ops.access_log.is_some());
     let quota = shared.rate_limiter.check(origin.client, access.started());
     let outcome = policy::admit(&quota)
         .and_then(|()| prepare(shared, request, &origin, &access))
