@@ -3,37 +3,32 @@
 //! (Jetty's "eat what you kill", Go's scheduler).
 //!
 //! Counted without a lock:
-//! - `awake`: workers not parked;
-//! - `running`: awake workers that are not blocked on a backend, or blocked for less than
-//!   [`SOON`] (a backend that answers that fast frees its worker before another could have been
-//!   woken for the next job);
+//! - `running`: workers awake and not blocked on a backend (serving with the CPU, or looking
+//!   for the next job);
 //! - `looking`: awake workers without a job, which take the next one before they park.
 //!
-//! A worker that finishes a job takes the next queued one itself before it parks. A sleeping
-//! worker is woken only while more jobs wait than workers look for one, fewer workers run than
-//! there are cores, and fewer are awake than the hot set's limit: only then will no awake
-//! worker take the job soon. A worker blocked on a backend for longer than `SOON`
-//! ([`while_blocked`]; the poller looks while jobs wait) stops counting as running, and one
-//! blocked on something long by nature at once ([`while_blocked_long`]: a backend's connection
-//! slot, a client's streamed body), so a slow backend never holds jobs back: each request that
-//! waits on one lets another worker wake if work waits.
+//! - `awake`: workers not parked.
 //!
-//! The hot set's limit starts at four workers per core and follows the machine's CPUs
-//! ([`CpuIdle`], sampled by the poller every 100 ms): while workers were held back by it and
-//! the CPUs were idle a quarter of the time, it grows by half (the load waits on backends on
-//! other machines: as many wake as it needs, up to `threads`); while the CPUs were busy it
-//! shrinks back, and an awake worker beyond it parks when it finishes its job. With backends
-//! (or the load) on this machine, more requests in flight would only lengthen their queues and
-//! cost each request a wake-up and a colder cache: the pool stays at the few workers that keep
-//! the cores busy, and each takes job after job without parking.
+//! A worker that finishes a job takes the next queued one itself before it parks. A sleeping
+//! worker is woken only while more jobs wait than workers look for one **and** fewer workers
+//! run than there are cores: then no awake worker will take the job soon. A worker about to
+//! block on a backend ([`while_blocked`]) stops counting as running, so a slow backend never
+//! holds jobs back: each request that blocks lets another worker wake if work waits.
+//!
+//! Past four workers per core, one more is woken only while the machine's CPUs have idle time
+//! ([`CpuIdle`], sampled by the poller), and while they have none an awake worker beyond that
+//! parks when it finishes its job even if jobs wait. With backends on other machines, workers
+//! blocked on them leave the CPUs idle, and as many wake as the load needs, up to `threads`.
+//! With backends (or the load) on this machine, more requests in flight would only lengthen
+//! their queues and cost each request a wake-up and a colder cache: the pool stays at the few
+//! workers that keep the cores busy, and each takes job after job without parking.
 //!
 //! Sleeping workers wait on a stack, the one that went idle last woken first (as Apache's event
 //! MPM keeps them): its stack and caches are still warm, and the others stay asleep.
 //!
 //! Blocking the counts do not see (a lock, a slow disk), or workers all blocked on backends
 //! while the CPUs are busy with something else, cannot strand a job for long: the poller wakes
-//! a worker for each waiting job when none was taken for [`STALL`]
-//! ([`JobQueue::nudge_if_stalled`]).
+//! a worker when jobs wait and none was taken for [`STALL`] ([`JobQueue::nudge_if_stalled`]).
 
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
@@ -80,11 +75,10 @@ struct Sleeper {
 thread_local! {
     static ME: Arc<Sleeper> =
         Arc::new(Sleeper { thread: std::thread::current(), woken: AtomicBool::new(false) });
-    /// The queue of the pool this thread works for, and this worker's slot in it (none on
-    /// other threads).
-    static WORKS_FOR: RefCell<Option<(Arc<JobQueue>, usize)>> = const { RefCell::new(None) };
+    /// The queue of the pool this thread works for (none on other threads).
+    static WORKS_FOR: RefCell<Option<Arc<JobQueue>>> = const { RefCell::new(None) };
     /// Nested [`while_blocked`] calls count once.
-    static IN_WAIT: Cell<bool> = const { Cell::new(false) };
+    static BLOCKED: Cell<bool> = const { Cell::new(false) };
 }
 
 /// The jobs waiting for a worker, and the workers.
@@ -110,31 +104,6 @@ pub(crate) struct JobQueue {
     workers: usize,
     /// A worker would have been woken but for the limit, since the last sample.
     held_back: AtomicBool,
-    /// Each worker's blocking, as [`while_blocked`] reports it.
-    slots: Vec<Slot>,
-    /// What the slots' times count from.
-    epoch: Instant,
-}
-
-/// A worker, running: not blocked.
-const RUNNING: u8 = 0;
-/// Blocked on a backend for less than [`SOON`] so far: it will likely be free soon, and still
-/// counts as running.
-const BLOCKED_SOON: u8 = 1;
-/// Blocked for longer (or on something that is long by nature): not counted as running.
-const BLOCKED: u8 = 2;
-
-/// How long a worker blocked on a backend still counts as running: a backend that answers
-/// within it (most do, on a LAN) frees the worker before another could have been woken and
-/// taken the job, so waking one would only cost a switch.
-pub(crate) const SOON: Duration = Duration::from_micros(100);
-
-/// One worker's blocking.
-#[derive(Default)]
-struct Slot {
-    state: std::sync::atomic::AtomicU8,
-    /// When it began, in nanoseconds from the queue's epoch.
-    since: AtomicU64,
 }
 
 impl JobQueue {
@@ -159,15 +128,12 @@ impl JobQueue {
             floor: (4 * cores).min(workers.max(1)),
             workers: workers.max(1),
             held_back: AtomicBool::new(false),
-            slots: (0..workers.max(1)).map(|_| Slot::default()).collect(),
-            epoch: Instant::now(),
         }
     }
 
-    /// Makes the calling thread worker number `index` (for [`while_blocked`]).
-    pub fn enlist(self: &Arc<Self>, index: usize) {
-        let index = index.min(self.slots.len() - 1);
-        WORKS_FOR.with(|w| *w.borrow_mut() = Some((Arc::clone(self), index)));
+    /// Makes the calling thread one of the workers (for [`while_blocked`]).
+    pub fn enlist(self: &Arc<Self>) {
+        WORKS_FOR.with(|w| *w.borrow_mut() = Some(Arc::clone(self)));
     }
 
     /// Queues a job, and wakes a worker if no awake one will take it soon.
@@ -415,48 +381,15 @@ impl JobQueue {
         self.sleepers.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn enter_blocked(&self, index: usize, long: bool) {
-        let slot = &self.slots[index];
-        if long {
-            slot.state.store(BLOCKED, Ordering::SeqCst);
-            self.stop_counting_as_running();
-        } else {
-            slot.since.store(self.epoch.elapsed().as_nanos() as u64, Ordering::Relaxed);
-            slot.state.store(BLOCKED_SOON, Ordering::SeqCst);
-        }
-    }
-
-    fn leave_blocked(&self, index: usize) {
-        if self.slots[index].state.swap(RUNNING, Ordering::SeqCst) == BLOCKED {
-            self.running.fetch_add(1, Ordering::SeqCst);
-        }
-    }
-
-    fn stop_counting_as_running(&self) {
+    fn enter_blocked(&self) {
         self.running.fetch_sub(1, Ordering::SeqCst);
         // Paired with submit's fence: it sees us blocked, or we see its job.
         fence(Ordering::SeqCst);
         self.wake_if_needed();
     }
 
-    /// The poller, while jobs wait: workers blocked on a backend for longer than [`SOON`] stop
-    /// counting as running, so that another may wake for the waiting jobs. Returns when to look
-    /// again, if jobs wait.
-    pub fn count_long_blocks(&self, now: Instant) -> Option<Instant> {
-        if self.receiver.is_empty() {
-            return None;
-        }
-        let now_ns = now.saturating_duration_since(self.epoch).as_nanos() as u64;
-        let soon = SOON.as_nanos() as u64;
-        for slot in &self.slots {
-            if slot.state.load(Ordering::Relaxed) == BLOCKED_SOON
-                && now_ns.saturating_sub(slot.since.load(Ordering::Relaxed)) >= soon
-                && slot.state.compare_exchange(BLOCKED_SOON, BLOCKED, Ordering::SeqCst, Ordering::SeqCst).is_ok()
-            {
-                self.stop_counting_as_running();
-            }
-        }
-        Some(now + SOON)
+    fn leave_blocked(&self) {
+        self.running.fetch_add(1, Ordering::SeqCst);
     }
 }
 
@@ -467,41 +400,31 @@ pub(crate) struct StallWatch {
     since: Option<Instant>,
 }
 
-/// Runs `wait`, something that blocks on a backend (a read, a write, a connect): once it has
-/// lasted [`SOON`], the calling worker no longer counts as running, and a job waiting may wake
-/// another worker. On a thread that is no worker, just runs it.
+/// Runs `wait`, something that blocks on a backend (a read, a write, a connect) or on a slot,
+/// with the calling worker not counted as running meanwhile: a job queued now may wake another
+/// worker. On a thread that is no worker, just runs it.
 ///
 /// ```ignore
 /// let n = while_blocked(|| socket.read(&mut buf))?;
 /// ```
 pub fn while_blocked<R>(wait: impl FnOnce() -> R) -> R {
-    blocked(false, wait)
-}
-
-/// As [`while_blocked`], for a wait that is long by nature (a backend slot, a client's body):
-/// the worker stops counting as running at once.
-pub fn while_blocked_long<R>(wait: impl FnOnce() -> R) -> R {
-    blocked(true, wait)
-}
-
-fn blocked<R>(long: bool, wait: impl FnOnce() -> R) -> R {
     struct Unblock;
     impl Drop for Unblock {
         fn drop(&mut self) {
-            IN_WAIT.with(|b| b.set(false));
+            BLOCKED.with(|b| b.set(false));
             WORKS_FOR.with(|w| {
-                if let Some((queue, index)) = &*w.borrow() {
-                    queue.leave_blocked(*index);
+                if let Some(queue) = &*w.borrow() {
+                    queue.leave_blocked();
                 }
             });
         }
     }
-    if IN_WAIT.with(Cell::get) {
+    if BLOCKED.with(Cell::get) {
         return wait();
     }
     let worker = WORKS_FOR.with(|w| match &*w.borrow() {
-        Some((queue, index)) => {
-            queue.enter_blocked(*index, long);
+        Some(queue) => {
+            queue.enter_blocked();
             true
         }
         None => false,
@@ -509,7 +432,7 @@ fn blocked<R>(long: bool, wait: impl FnOnce() -> R) -> R {
     if !worker {
         return wait();
     }
-    IN_WAIT.with(|b| b.set(true));
+    BLOCKED.with(|b| b.set(true));
     let _unblock = Unblock;
     wait()
 }

@@ -56,7 +56,7 @@ mod worker;
 pub use body::{BodyDecoder, BodySink};
 pub use error::{reason_phrase, RequestError};
 pub use head::{is_hop_by_hop, parse_head, BodyFraming, Header, ParseOutcome, RequestHead, Version, HOP_BY_HOP};
-pub use job_queue::{while_blocked, while_blocked_long};
+pub use job_queue::while_blocked;
 pub use limits::Limits;
 pub use listener::{bind, bind_for, listen_error};
 pub use observe::{Finished, Refusal, RefusalHook};
@@ -278,7 +278,6 @@ impl Server {
         for i in 0..workers {
             let worker = Worker {
                 queue: Arc::clone(&queue),
-                index: i,
                 queued: Arc::clone(&queued),
                 returns: return_tx.clone(),
                 waker: Arc::clone(&waker),

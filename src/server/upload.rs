@@ -166,7 +166,7 @@ impl UploadStream {
             AnsweredEarly,
         }
         // The worker waits for the client here (request buffering off): not running.
-        let piece = super::while_blocked_long(|| loop {
+        let piece = super::while_blocked(|| loop {
             match self.early_answer {
                 None => break self.pieces.recv().map_err(|_| Waited::Broken),
                 Some(check) => match self.pieces.recv_timeout(ANSWER_CHECK_INTERVAL) {

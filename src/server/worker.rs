@@ -42,8 +42,6 @@ pub(crate) struct Returned {
 
 pub(crate) struct Worker {
     pub queue: Arc<JobQueue>,
-    /// Its number in the pool.
-    pub index: usize,
     /// Serve jobs waiting in the queue (the poller refuses more than the queue capacity).
     pub queued: Arc<AtomicUsize>,
     pub returns: Sender<Returned>,
@@ -55,7 +53,7 @@ pub(crate) struct Worker {
 impl Worker {
     /// Works until the poller closes the queue.
     pub fn run(self) {
-        self.queue.enlist(self.index);
+        self.queue.enlist();
         while let Some(job) = self.queue.next() {
             let (token, next, input_while_busy) = match job {
                 Job::Serve { token, stream, peer, head, body, input_while_busy } => {

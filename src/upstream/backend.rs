@@ -113,7 +113,7 @@ impl SlotQueue {
         }
         self.waiting.fetch_add(1, Ordering::SeqCst);
         // A worker waiting here runs nothing: another may wake for the jobs queued meanwhile.
-        crate::server::while_blocked_long(|| {
+        crate::server::while_blocked(|| {
             let guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
             let _ = self.freed.wait_timeout(guard, left);
         });

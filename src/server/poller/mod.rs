@@ -256,9 +256,6 @@ impl Poller {
                 self.queue.sample_cpu(&mut self.cpu);
                 self.next_cpu_sample = now + CPU_SAMPLE_EVERY;
             }
-            if let Some(at) = self.queue.count_long_blocks(now) {
-                wake_at = wake_at.min(at);
-            }
             if let Some(at) = self.queue.nudge_if_stalled(&mut self.stall, now) {
                 wake_at = wake_at.min(at);
             }
