@@ -3,32 +3,34 @@
 //! (Jetty's "eat what you kill", Go's scheduler).
 //!
 //! Counted without a lock:
-//! - `running`: workers awake and not blocked on a backend (serving with the CPU, or looking
-//!   for the next job);
+//! - `awake`: workers not parked;
+//! - `running`: awake workers not blocked on a backend (serving with the CPU, or looking for
+//!   the next job);
 //! - `looking`: awake workers without a job, which take the next one before they park.
 //!
-//! - `awake`: workers not parked.
-//!
 //! A worker that finishes a job takes the next queued one itself before it parks. A sleeping
-//! worker is woken only while more jobs wait than workers look for one **and** fewer workers
-//! run than there are cores: then no awake worker will take the job soon. A worker about to
-//! block on a backend ([`while_blocked`]) stops counting as running, so a slow backend never
-//! holds jobs back: each request that blocks lets another worker wake if work waits.
+//! worker is woken only while more jobs wait than workers look for one, fewer workers run than
+//! there are cores, and fewer are awake than the hot set's limit: only then will no awake
+//! worker take the job soon. A worker about to block on a backend ([`while_blocked`]) stops
+//! counting as running, so a slow backend never holds jobs back: each request that blocks lets
+//! another worker wake if work waits.
 //!
-//! Past four workers per core, one more is woken only while the machine's CPUs have idle time
-//! ([`CpuIdle`], sampled by the poller), and while they have none an awake worker beyond that
-//! parks when it finishes its job even if jobs wait. With backends on other machines, workers
-//! blocked on them leave the CPUs idle, and as many wake as the load needs, up to `threads`.
-//! With backends (or the load) on this machine, more requests in flight would only lengthen
-//! their queues and cost each request a wake-up and a colder cache: the pool stays at the few
-//! workers that keep the cores busy, and each takes job after job without parking.
+//! The hot set's limit starts at four workers per core and follows the machine's CPUs
+//! ([`CpuIdle`], sampled by the poller every 100 ms): while workers were held back by it and
+//! the CPUs were idle a quarter of the time, it grows by half (the load waits on backends on
+//! other machines: as many wake as it needs, up to `threads`); while the CPUs were busy it
+//! shrinks back, and an awake worker beyond it parks when it finishes its job. With backends
+//! (or the load) on this machine, more requests in flight would only lengthen their queues and
+//! cost each request a wake-up and a colder cache: the pool stays at the few workers that keep
+//! the cores busy, and each takes job after job without parking.
 //!
 //! Sleeping workers wait on a stack, the one that went idle last woken first (as Apache's event
 //! MPM keeps them): its stack and caches are still warm, and the others stay asleep.
 //!
 //! Blocking the counts do not see (a lock, a slow disk), or workers all blocked on backends
 //! while the CPUs are busy with something else, cannot strand a job for long: the poller wakes
-//! a worker when jobs wait and none was taken for [`STALL`] ([`JobQueue::nudge_if_stalled`]).
+//! a worker for each waiting job when none was taken for [`STALL`]
+//! ([`JobQueue::nudge_if_stalled`]).
 
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
