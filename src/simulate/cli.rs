@@ -28,6 +28,9 @@ pub struct SimulateArgs {
     /// seed's backend1=1, backend2=2, backend3=1)
     #[argh(option)]
     pub backend: Vec<String>,
+    /// instead of listing them: N backends b1..bN of weight 1
+    #[argh(option)]
+    pub backends: Option<usize>,
     /// the lb-sync config file to take the backends, backend_max_connections,
     /// backend_queue_timeout, panic_mode and peak_ewma_window from
     #[argh(option)]
@@ -81,6 +84,9 @@ pub struct SimulateArgs {
     /// print JSON instead of tables
     #[argh(switch)]
     pub json: bool,
+    /// print only the first line and the comparison of the algorithms
+    #[argh(switch)]
+    pub summary: bool,
     /// also draw each backend's share over time and the latency distribution per algorithm
     /// into this SVG file
     #[argh(option)]
@@ -98,10 +104,16 @@ impl SimulateArgs {
             Some(path) => Config::from_file(path).map_err(|e| error(e.to_string()))?,
             None => Config::default(),
         };
-        let listed: Vec<(String, u32)> = if self.backend.is_empty() {
-            config.backend_ids().into_iter().zip(config.backends.iter().map(|b| b.weight)).collect()
-        } else {
-            self.backend.iter().map(|b| parse_backend(b)).collect::<Result<_, _>>()?
+        let listed: Vec<(String, u32)> = match self.backends {
+            Some(_) if !self.backend.is_empty() => return Err(error("--backends and --backend go separately")),
+            Some(n) if !(1..=super::scenario::MAX_BACKENDS).contains(&n) => {
+                return Err(error(format!("--backends must be 1-{}, got {n}", super::scenario::MAX_BACKENDS)))
+            }
+            Some(n) => (1..=n).map(|i| (format!("b{i}"), 1)).collect(),
+            None if self.backend.is_empty() => {
+                config.backend_ids().into_iter().zip(config.backends.iter().map(|b| b.weight)).collect()
+            }
+            None => self.backend.iter().map(|b| parse_backend(b)).collect::<Result<_, _>>()?,
         };
         let mut ids: Vec<String> = listed.iter().map(|(id, _)| id.clone()).collect();
         ids.sort();
@@ -194,6 +206,8 @@ pub fn main(command: &str, args: &[&str]) -> ExitCode {
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report.json(&scenario)).unwrap_or_default());
+    } else if args.summary {
+        print!("{}", report.summary(&scenario));
     } else {
         print!("{}", report.text(&scenario));
     }

@@ -201,6 +201,20 @@ impl Report {
         }
         if self.algorithms.len() > 1 {
             out.push('\n');
+            out.push_str(&self.comparison());
+        }
+        out
+    }
+
+    /// The first line and the comparison table only (`--summary`).
+    #[must_use]
+    pub fn summary(&self, scenario: &Scenario) -> String {
+        format!("{}\n\n{}", describe(scenario), self.comparison())
+    }
+
+    /// One line per algorithm.
+    fn comparison(&self) -> String {
+        {
             let mut rows = vec![vec![
                 "algorithm".to_string(),
                 "max dev".into(),
@@ -219,9 +233,8 @@ impl Report {
                     format!("{:.1}", a.reads_per_pick),
                 ]);
             }
-            out.push_str(&columns(&rows, ""));
+            columns(&rows, "")
         }
-        out
     }
 
     /// The same as JSON (times in nanoseconds, shares 0-1).
