@@ -1,7 +1,7 @@
 //! Cost of one pick for each selection algorithm: 3, 100 and 1000 members
 //! (weights 1 + i % 5), on 1 thread and on 8 contending threads. peak_ewma
-//! reads a response-time estimate per member (10-100 ms, measured at the
-//! clock's start; a pick reads them 1 s later, so each read decays).
+//! reads a response-time estimate per member (10-100 ms, each measured at a
+//! different time of the clock's first second; a pick reads them at 1 s).
 //!
 //! The 8-thread numbers are wall time divided by the total picks of all
 //! threads (so, the inverse of aggregate throughput); on a machine with
@@ -26,8 +26,10 @@ struct Cells(Vec<ResponseTime>);
 impl Cells {
     fn new(n: usize) -> Self {
         let cells: Vec<ResponseTime> = (0..n).map(|_| ResponseTime::new(Duration::from_secs(10))).collect();
+        // Answers at different times, as in the proxy: comparing two costs decays one by the
+        // other's age (an exp per pick).
         for (i, cell) in cells.iter().enumerate() {
-            cell.observe(Duration::from_millis(10 + (i as u64 * 37) % 90), 0);
+            cell.observe(Duration::from_millis(10 + (i as u64 * 37) % 90), (i as u64 * 7_919) % 1_000_000_000);
         }
         Cells(cells)
     }

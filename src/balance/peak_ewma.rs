@@ -67,8 +67,9 @@ pub struct ResponseTime {
     estimate: AtomicU64,
     /// When `estimate` was last written, in nanoseconds of the caller's clock.
     stamp: AtomicU64,
-    /// The decay window τ in nanoseconds (>= 1).
-    window: AtomicU64,
+    /// 1/τ, τ the decay window in nanoseconds (>= 1), as `f64` bits: a pick multiplies by it
+    /// rather than divide.
+    inverse_window: AtomicU64,
 }
 
 impl ResponseTime {
@@ -78,25 +79,37 @@ impl ResponseTime {
         ResponseTime {
             estimate: AtomicU64::new(UNMEASURED),
             stamp: AtomicU64::new(0),
-            window: AtomicU64::new(window_nanos(window)),
+            inverse_window: AtomicU64::new(inverse(window)),
         }
     }
 
     /// A new window (a reload); the estimate is kept.
     pub fn set_window(&self, window: Duration) {
-        self.window.store(window_nanos(window), AtomicOrdering::Relaxed);
+        self.inverse_window.store(inverse(window), AtomicOrdering::Relaxed);
     }
 
     /// The decay window.
     #[must_use]
     pub fn window(&self) -> Duration {
-        Duration::from_nanos(self.window.load(AtomicOrdering::Relaxed))
+        Duration::from_nanos((1.0 / f64::from_bits(self.inverse_window.load(AtomicOrdering::Relaxed))).round() as u64)
     }
 
     /// `exp(-Δ/τ)` for the time since the last write.
     fn decay(&self, now: u64) -> f64 {
+        exp_neg(self.windows_since(now))
+    }
+
+    /// Δ/τ: windows passed since the last write.
+    fn windows_since(&self, now: u64) -> f64 {
         let elapsed = now.saturating_sub(self.stamp.load(AtomicOrdering::Acquire));
-        exp_neg(elapsed as f64 / self.window.load(AtomicOrdering::Relaxed) as f64)
+        elapsed as f64 * f64::from_bits(self.inverse_window.load(AtomicOrdering::Relaxed))
+    }
+
+    /// The estimate as last written and Δ/τ since: the estimate now is `e × exp(-Δ/τ)`. Two
+    /// members are compared with one `exp` of the difference of their Δ/τ, not one each.
+    fn undecayed(&self, now: u64) -> Option<(f64, f64)> {
+        let bits = self.estimate.load(AtomicOrdering::Acquire);
+        (bits != UNMEASURED).then(|| (f64::from_bits(bits), self.windows_since(now)))
     }
 
     /// Takes in one answer that took `took`, at `now` (nanoseconds).
@@ -149,32 +162,38 @@ impl ResponseTime {
     }
 }
 
-/// `e^-x` for `x >= 0`, to about 2 parts in a million: `2^-(x log2 e)`, the integer part of the
-/// exponent put into the float's exponent bits and the fraction by a polynomial. A pick reads
-/// two decays; libm's `exp`, exact to the last bit, costs several times this, and a comparison of
-/// costs needs nothing like that precision.
+/// `e^-x` for `x >= 0`, to about one part in ten million: for a small `x` (two answers close
+/// in time, the usual case) its series to `x³`, else `2^-(x log2 e)` with the nearest integer
+/// of the exponent put into the float's exponent bits and the rest, within ±½, by a polynomial.
+/// A pick decays one cost by the other's age; libm's `exp`, exact to the last bit, costs several
+/// times this, and a comparison of costs needs nothing like that precision.
 fn exp_neg(x: f64) -> f64 {
     if x.is_nan() || x <= 0.0 {
         return 1.0;
+    }
+    if x < 1.0 / 1024.0 {
+        // The next term, x⁴/24, is below 1e-13.
+        return 1.0 - x * (1.0 - x * (0.5 - x / 6.0));
     }
     if x >= 700.0 {
         return 0.0;
     }
     let y = x * std::f64::consts::LOG2_E;
-    let n = y.floor();
-    let f = y - n;
-    // 2^-f = e^(-f ln 2) for f in [0, 1): its Taylor series to the 7th power (the next term is
-    // below 2e-6).
+    // y > 0: adding ½ and truncating rounds to nearest in one instruction (f64::round and
+    // floor are libm calls on x86-64's baseline).
+    let n = (y + 0.5) as u64;
+    let f = y - n as f64;
+    // 2^-f = e^t with t = -f ln 2, |t| <= 0.35: its series to t⁶ (the next term is below 1.3e-7
+    // of the value).
     let t = -f * std::f64::consts::LN_2;
-    let p = 1.0
-        + t * (1.0
-            + t * (0.5 + t * (1.0 / 6.0 + t * (1.0 / 24.0 + t * (1.0 / 120.0 + t * (1.0 / 720.0 + t / 5040.0))))));
-    // 2^-n: n < 1010 here, so the exponent stays normal.
-    p * f64::from_bits((1023 - n as u64) << 52)
+    let p = 1.0 + t * (1.0 + t * (0.5 + t * (1.0 / 6.0 + t * (1.0 / 24.0 + t * (1.0 / 120.0 + t / 720.0)))));
+    // 2^-n: n <= 1010 here, so the exponent stays normal.
+    p * f64::from_bits((1023 - n) << 52)
 }
 
-fn window_nanos(window: Duration) -> u64 {
-    (window.as_nanos() as u64).max(1)
+/// `1/τ` (τ in nanoseconds, at least 1) as `f64` bits.
+fn inverse(window: Duration) -> u64 {
+    (1.0 / (window.as_nanos() as u64).max(1) as f64).to_bits()
 }
 
 /// Each member's response-time cell, as peak_ewma reads them.
@@ -216,6 +235,8 @@ pub trait ResponseTimes {
 #[derive(Debug)]
 pub struct PeakEwma {
     weights: Box<[u32]>,
+    /// 1 / weight, so that a cost is multiplied, not divided.
+    inverse_weights: Box<[f64]>,
     draw: Draw,
     stream: Stream,
 }
@@ -232,26 +253,40 @@ impl PeakEwma {
     pub fn with_seed(members: &[Member], seed: u64) -> Self {
         PeakEwma {
             weights: members.iter().map(|m| effective_weight(m.weight)).collect(),
+            inverse_weights: members.iter().map(|m| 1.0 / f64::from(effective_weight(m.weight))).collect(),
             draw: Draw::new(members),
             stream: Stream::new(seed),
         }
     }
 
-    /// Member `i`'s cost at `now`. An unmeasured member is started at the median of the
-    /// measured ones (the one O(n) step, once per new or recovered member).
-    fn cost(&self, ctx: &PickContext<'_>, cells: &dyn ResponseTimes, now: u64, i: usize) -> f64 {
+    /// Member `i`'s cost at `now` as (cost before decay, Δ/τ): the cost is `c × exp(-Δ/τ)`. An
+    /// unmeasured member is started at the median of the measured ones (the one O(n) step,
+    /// once per new or recovered member).
+    fn cost(&self, ctx: &PickContext<'_>, cells: &dyn ResponseTimes, now: u64, i: usize) -> (f64, f64) {
         let cell = cells.of(i);
-        let estimate = match cell.estimate(now) {
-            Some(e) => e,
+        let (estimate, windows) = match cell.undecayed(now) {
+            Some(parts) => parts,
             None => {
                 let median = median_estimate(cells, self.weights.len(), now);
                 cell.seed(median, now);
-                cell.estimate(now).unwrap_or(median)
+                cell.undecayed(now).unwrap_or((median, 0.0))
             }
         };
-        // A floor of 1 ns: with nothing measured anywhere (or everything decayed to nothing)
-        // the costs are the in-flight counts, as p2c's.
-        estimate.max(1.0) * ((ctx.in_flight)(i) as f64 + 1.0) / f64::from(self.weights[i])
+        // A floor of 1 ns: with nothing measured anywhere the costs are the in-flight counts,
+        // as p2c's.
+        (estimate.max(1.0) * ((ctx.in_flight)(i) as f64 + 1.0) * self.inverse_weights[i], windows)
+    }
+
+    /// Compares the costs of members `a` and `b`: `ca e^-xa` against `cb e^-xb`, as `ca e^-(xa-xb)`
+    /// against `cb` (or the other way round), so one `exp` per comparison.
+    fn compare(&self, ctx: &PickContext<'_>, cells: &dyn ResponseTimes, now: u64, a: usize, b: usize) -> Ordering {
+        let ((ca, xa), (cb, xb)) = (self.cost(ctx, cells, now, a), self.cost(ctx, cells, now, b));
+        let d = xa - xb;
+        if d >= 0.0 {
+            (ca * exp_neg(d)).total_cmp(&cb)
+        } else {
+            ca.total_cmp(&(cb * exp_neg(-d)))
+        }
     }
 }
 
@@ -272,9 +307,7 @@ impl Algorithm for PeakEwma {
         match ctx.response_times {
             Some(cells) => {
                 let now = cells.now();
-                let compare = |a: usize, b: usize| -> Ordering {
-                    self.cost(ctx, cells, now, a).total_cmp(&self.cost(ctx, cells, now, b))
-                };
+                let compare = |a: usize, b: usize| -> Ordering { self.compare(ctx, cells, now, a, b) };
                 two_choices(&self.draw, &self.stream, n, &compare, usable)
             }
             None => {
@@ -318,8 +351,8 @@ mod tests {
         let mut x = 0.0;
         while x < 60.0 {
             let (fast, exact) = (exp_neg(x), (-x).exp());
-            assert!((fast - exact).abs() <= exact * 3e-6, "{x}: {fast} vs {exact}");
-            x += 0.0137;
+            assert!((fast - exact).abs() <= exact * 2e-7, "{x}: {fast} vs {exact}");
+            x += if x < 0.01 { 0.000_137 } else { 0.0137 };
         }
         assert_eq!(exp_neg(0.0), 1.0);
         assert_eq!(exp_neg(-1.0), 1.0);
