@@ -35,7 +35,7 @@
 //! let report = run(&scenario, false);
 //! let wrr = &report.algorithms[0];
 //! assert_eq!(wrr.backends.iter().map(|b| b.requests).collect::<Vec<_>>(), [500, 1000, 500]);
-//! assert_eq!(wrr.longest_run, 1);
+//! assert_eq!(wrr.longest_run, 2); // b2, b1, b3, b2 | b2, ...
 //! ```
 
 mod cli;
