@@ -14,8 +14,10 @@
 #   scripts/bench.sh websocket  # WebSocket echo round trips/s through lb-sync vs nginx vs HAProxy vs direct
 #   scripts/bench.sh tls      # HTTPS: lb-sync vs nginx vs HAProxy, same certificate (ECDSA P-256), same lb-backends;
 #                             # keep-alive, then a new TLS handshake for every request (Connection: close)
+#   scripts/bench.sh algorithms  # one lb-backend 10x slower than the other two, at ~80 % of their capacity, open loop:
+#                             # p50/p99 through lb-sync with round_robin, least_connections, p2c and peak_ewma
 #
-# Environment: DURATION (default 10s; 5s per run for websocket), ROUNDS (sweep: runs per cell, 1),
+# Environment: DURATION (default 10s; 5s per run for websocket; 20s per algorithm for algorithms), ROUNDS (sweep: runs per cell, 1),
 # SWEEP_CONNECTIONS ("10 64 256"), SWEEP_LAYOUTS ("separate shared"), BURST (5s), PINGORA (0: leave
 # Pingora out of the sweep), WS_TUNNELS ("1 8 64"), WS_SIZE
 # (64 bytes per frame), CONNECTIONS (64), WRK_THREADS (2), THREADS (lb workers, 256),
@@ -648,5 +650,51 @@ PY
     echo "keep-alive:     lb-sync / nginx $(ratio "lb-sync https keep-alive" "nginx https keep-alive"), lb-sync / haproxy $(ratio "lb-sync https keep-alive" "haproxy https keep-alive"), lb-sync https / http $(ratio "lb-sync https keep-alive" "lb-sync http keep-alive")"
     echo "conn per req:   lb-sync / nginx $(ratio "lb-sync https conn per req" "nginx https conn per req"), lb-sync / haproxy $(ratio "lb-sync https conn per req" "haproxy https conn per req"), lb-sync https / http $(ratio "lb-sync https conn per req" "lb-sync http conn per req")"
     ;;
-  *) echo "usage: $0 server|proxy|cost|slow|sweep|upstream-tls|websocket|tls" >&2; exit 2 ;;
+  algorithms)
+    # Issue 20's real run, beside `lb-sync simulate` (README "Choosing an algorithm"): three
+    # lb-backends with 4 workers each, two answering in FAST_MS and one in 10x that, so together
+    # they serve 4/fast + 4/fast + 4/(10 fast) requests a second; an open-loop generator (the
+    # open_loop example: Poisson arrivals, latency counted from each request's due time) sends
+    # LOAD (0.8) of that through a fresh lb-sync per algorithm. One run each, not a test.
+    fast_ms="${FAST_MS:-10}"
+    slow_ms=$((fast_ms * 10))
+    load_share="${LOAD:-0.8}"
+    seconds="${DURATION:-20s}"
+    seconds="${seconds%s}"
+    open_loop="$target_dir/release/examples/open_loop"
+    if [ ! -x "$open_loop" ] || [ -n "$(find "$root/examples/open_loop.rs" -newer "$open_loop" -print -quit)" ]; then
+      (cd "$root" && CARGO_TARGET_DIR="$target_dir" cargo build --release --quiet --example open_loop)
+    fi
+    read -r -a ports <<<"$(free_ports 3)"
+    for i in 0 1 2; do
+      delay=$fast_ms
+      [ "$i" = 2 ] && delay=$slow_ms
+      "$backend_bin" --port "${ports[$i]}" --id "b$((i + 1))" --threads 4 --delay-ms "$delay" > /dev/null &
+      pids+=("$!")
+    done
+    for port in "${ports[@]}"; do wait_port "$port" /health; done
+    read -r rate requests <<<"$(python3 -c "import sys
+fast, slow, load, seconds = float(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
+capacity = 4 * 1000 / fast * 2 + 4 * 1000 / slow
+rate = load * capacity
+print(f'{rate:.1f} {int(rate * seconds)}')" "$fast_ms" "$slow_ms" "$load_share" "$seconds")"
+    echo "3 lb-backends (--threads 4): b1, b2 --delay-ms $fast_ms, b3 --delay-ms $slow_ms; open loop at $rate req/s ($load_share of their capacity), $requests requests (${seconds} s) per algorithm"
+    printf '%-18s %8s %8s %7s %10s %10s   %s\n' algorithm sent ok errors "p50 ms" "p99 ms" "requests b1 / b2 / b3 (lb-sync's /lb/backends)"
+    for algorithm in round_robin least_connections p2c peak_ewma; do
+      lb_port=$(free_port)
+      "$sync_bin" --algorithm "$algorithm" --host 127.0.0.1 --port "$lb_port" --access-log false --health-check-interval 0 \
+        --backend "b1=127.0.0.1:${ports[0]}" --backend "b2=127.0.0.1:${ports[1]}" --backend "b3=127.0.0.1:${ports[2]}" \
+        > "$work/lb-sync-$algorithm.out" 2> "$work/lb-sync-$algorithm.err" &
+      lb_pid=$!
+      pids+=("$lb_pid")
+      wait_port "$lb_port" /lb/health "$work/lb-sync-$algorithm.err"
+      read -r sent ok errors p50 p99 <<<"$("$open_loop" "http://127.0.0.1:$lb_port/" "$rate" "$requests")"
+      split=$(curl -s --max-time 5 "http://127.0.0.1:$lb_port/lb/backends" | jq -r '[.[].total_requests] | map(tostring) | join(" / ")' 2>/dev/null || echo "(unreadable)")
+      printf '%-18s %8s %8s %7s %10s %10s   %s\n' "$algorithm" "$sent" "$ok" "$errors" "$p50" "$p99" "$split"
+      echo "$p99" > "$work/$algorithm.p99"
+      kill "$lb_pid"; wait "$lb_pid" 2>/dev/null || true
+    done
+    echo "peak_ewma p99 / round_robin p99: $(python3 -c "import sys; print(f'{float(sys.argv[1])/float(sys.argv[2]):.3f}')" "$(cat "$work/peak_ewma.p99")" "$(cat "$work/round_robin.p99")")"
+    ;;
+  *) echo "usage: $0 server|proxy|cost|slow|sweep|upstream-tls|websocket|tls|algorithms" >&2; exit 2 ;;
 esac

@@ -298,6 +298,10 @@ pub struct Config {
     /// When no backend is usable, try every enabled one anyway instead of answering `503`
     /// (Envoy's panic mode). Default false.
     pub panic_mode: bool,
+    /// Seconds over which a backend's response-time estimate decays (peak_ewma): about how far
+    /// back its answers count, and how soon a backend avoided for being slow is tried again.
+    /// Default 10 (Finagle's and Linkerd's).
+    pub peak_ewma_window: f64,
     /// Log one line per request. Default true (the seed's).
     pub access_log: bool,
     /// `combined` (nginx's, plus upstream address, upstream time, request time and request id)
@@ -463,6 +467,7 @@ impl Default for Config {
             breaker_on_5xx: false,
             slow_start: 10.0,
             panic_mode: false,
+            peak_ewma_window: crate::balance::peak_ewma::DEFAULT_WINDOW.as_secs_f64(),
             access_log: true,
             access_log_format: AccessFormat::Combined,
             access_log_file: None,

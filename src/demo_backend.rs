@@ -32,6 +32,8 @@ pub struct DemoBackend {
     id: String,
     host: String,
     port: u16,
+    /// Added to every request's time (`lb-backend --delay-ms`): a slow backend for benchmarks.
+    delay: Duration,
     /// WebSocket echo sessions open now.
     sessions: Arc<AtomicUsize>,
 }
@@ -43,8 +45,29 @@ impl DemoBackend {
             id: id.unwrap_or_else(|| format!("backend-{port}")),
             host: host.to_string(),
             port,
+            delay: Duration::ZERO,
             sessions: Arc::new(AtomicUsize::new(0)),
         }
+    }
+
+    /// The same backend, slowed by `delay` on every request (health checks included, as a
+    /// slow server's are); a `?delay_ms=` knob adds to it. At most 120 s.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use lb_sync::demo_backend::DemoBackend;
+    /// let slow = DemoBackend::new(8003, "127.0.0.1", None).with_delay(Duration::from_millis(50));
+    /// assert_eq!(slow.delay(), Duration::from_millis(50));
+    /// ```
+    #[must_use]
+    pub fn with_delay(mut self, delay: Duration) -> DemoBackend {
+        self.delay = delay.min(MAX_DELAY);
+        self
+    }
+
+    /// The delay every request gets.
+    pub fn delay(&self) -> Duration {
+        self.delay
     }
 
     /// The id reported as `server_info.id`.
@@ -115,7 +138,8 @@ impl Handler for DemoBackend {
             Ok(knobs) => knobs,
             Err(message) => return Response::json(400, &json!({ "error": message })),
         };
-        if let Some(delay) = knobs.delay {
+        let delay = self.delay + knobs.delay.unwrap_or(Duration::ZERO);
+        if !delay.is_zero() {
             std::thread::sleep(delay);
         }
         if request.path() == "/ws" && knobs.status.is_none() {

@@ -13,7 +13,8 @@
 //! `client_ip`, `stats`, `health`, `traffic` → `config` → `upstream` → `registry` → `ops` →
 //! `state` → `proxy`, `admin` → `router`, `lifecycle` (reload, signals, `--check-config`) →
 //! `balancer`;
-//! `demo_backend` stands on `server` alone.
+//! `demo_backend` stands on `server` alone; [`simulate`] (`lb-sync simulate`) on `balance` and
+//! `config`.
 //!
 //! Embedding the balancer:
 //!
@@ -51,6 +52,7 @@ pub mod proxy;
 pub mod registry;
 pub mod router;
 pub mod server;
+pub mod simulate;
 pub mod state;
 pub mod stats;
 pub mod traffic;

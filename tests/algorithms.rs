@@ -3,8 +3,12 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 
+use std::time::Duration;
+
+use lb_sync::balance::failover::{self, PickKind, Standing};
 use lb_sync::balance::{
-    Algorithm, AlgorithmKind, IpHash, LeastConnections, Member, PickContext, RoundRobin, WeightedRoundRobin,
+    Algorithm, AlgorithmKind, IpHash, LeastConnections, Member, P2c, PeakEwma, PickContext, ResponseTime,
+    ResponseTimes, RoundRobin, WeightedRoundRobin,
 };
 
 fn members(weights: &[u32]) -> Vec<Member> {
@@ -311,7 +315,7 @@ fn ip_hash_spreads_the_clients_of_a_refused_member() {
 
 fn lc_pick(weights: &[u32], loads: &[usize]) -> usize {
     let lc = LeastConnections::new(&members(weights));
-    let ctx = PickContext { hash_key: &[], in_flight: &|i| loads[i] };
+    let ctx = PickContext { hash_key: &[], in_flight: &|i| loads[i], response_times: None };
     lc.select(&ctx, &mut |_| true).unwrap()
 }
 
@@ -342,7 +346,7 @@ fn least_connections_ties_spread_round_robin_on_idle_system() {
     assert_eq!(picks(&lc, 6), [0, 1, 2, 0, 1, 2]);
     // Equal ratios count as ties too: 2/2 == 1/1.
     let lc = LeastConnections::new(&members(&[2, 1]));
-    let ctx = PickContext { hash_key: &[], in_flight: &|i| [2, 1][i] };
+    let ctx = PickContext { hash_key: &[], in_flight: &|i| [2, 1][i], response_times: None };
     let got: Vec<usize> = (0..4).map(|_| lc.select(&ctx, &mut |_| true).unwrap()).collect();
     assert_eq!(got, [0, 1, 0, 1]);
 }
@@ -351,7 +355,7 @@ fn least_connections_ties_spread_round_robin_on_idle_system() {
 fn least_connections_skips_unusable_members_in_order_of_load() {
     let lc = LeastConnections::new(&members(&[1, 1, 1, 1]));
     let loads = [3, 0, 1, 2];
-    let ctx = PickContext { hash_key: &[], in_flight: &|i| loads[i] };
+    let ctx = PickContext { hash_key: &[], in_flight: &|i| loads[i], response_times: None };
     assert_eq!(lc.select(&ctx, &mut |i| i != 1), Some(2));
     assert_eq!(lc.select(&ctx, &mut |i| i == 0 || i == 3), Some(3));
     assert_eq!(lc.select(&ctx, &mut |i| i == 0), Some(0));
@@ -366,11 +370,13 @@ fn least_connections_skips_unusable_members_in_order_of_load() {
 // -------------------------------------------------------------- AlgorithmKind
 
 #[test]
-fn algorithm_kind_parses_the_four_names() {
+fn algorithm_kind_parses_the_six_names() {
     assert_eq!("round_robin".parse(), Ok(AlgorithmKind::RoundRobin));
     assert_eq!("weighted_round_robin".parse(), Ok(AlgorithmKind::WeightedRoundRobin));
     assert_eq!("ip_hash".parse(), Ok(AlgorithmKind::IpHash));
     assert_eq!("least_connections".parse(), Ok(AlgorithmKind::LeastConnections));
+    assert_eq!("p2c".parse(), Ok(AlgorithmKind::P2c));
+    assert_eq!("peak_ewma".parse(), Ok(AlgorithmKind::PeakEwma));
     for kind in AlgorithmKind::ALL {
         assert_eq!(kind.name().parse(), Ok(kind));
         assert_eq!(kind.to_string(), kind.name());
@@ -384,7 +390,7 @@ fn algorithm_kind_unknown_name_error_lists_valid_names() {
     assert_eq!(
         err.to_string(),
         "unknown algorithm 'random' (expected one of: round_robin, weighted_round_robin, \
-         ip_hash, least_connections)"
+         ip_hash, least_connections, p2c, peak_ewma)"
     );
     assert!("RoundRobin".parse::<AlgorithmKind>().is_err());
     assert!("".parse::<AlgorithmKind>().is_err());
@@ -397,13 +403,15 @@ fn algorithm_kind_names_and_display_names() {
         (AlgorithmKind::WeightedRoundRobin, "weighted_round_robin", "WeightedRoundRobinBalancer"),
         (AlgorithmKind::IpHash, "ip_hash", "IPHashBalancer"),
         (AlgorithmKind::LeastConnections, "least_connections", "LeastConnectionsBalancer"),
+        (AlgorithmKind::P2c, "p2c", "P2CBalancer"),
+        (AlgorithmKind::PeakEwma, "peak_ewma", "PeakEWMABalancer"),
     ];
     for (kind, name, display) in table {
         assert_eq!(kind.name(), name);
         assert_eq!(kind.display_name(), display);
         assert_eq!(kind.build(&members(&[1, 2])).name(), name);
     }
-    assert_eq!(AlgorithmKind::ALL.len(), 4);
+    assert_eq!(AlgorithmKind::ALL.len(), 6);
 }
 
 // ------------------------------------------------------------------------ all
@@ -421,7 +429,7 @@ fn every_member_offered_at_most_once_when_all_refuse() {
             for round in 0..20u32 {
                 let key = round.to_be_bytes();
                 let loads = |i: usize| (i * 7 + round as usize) % 5;
-                let ctx = PickContext { hash_key: &key, in_flight: &loads };
+                let ctx = PickContext { hash_key: &key, in_flight: &loads, response_times: None };
                 let mut offered = vec![0; n];
                 let got = algo.select(&ctx, &mut |i| {
                     offered[i] += 1;
@@ -505,4 +513,172 @@ fn algorithms_are_shareable_across_threads() {
     assert_send_sync::<WeightedRoundRobin>();
     assert_send_sync::<IpHash>();
     assert_send_sync::<LeastConnections>();
+    assert_send_sync::<P2c>();
+    assert_send_sync::<PeakEwma>();
+    assert_send_sync::<ResponseTime>();
+}
+
+// ------------------------------------------------------------------------ p2c
+
+#[test]
+fn p2c_same_seed_same_picks() {
+    let members = members(&[1, 2, 3, 1, 1]);
+    let loads = |i: usize| i % 3;
+    let ctx = PickContext { in_flight: &loads, ..PickContext::idle() };
+    let run = |seed| {
+        let algo = AlgorithmKind::P2c.build_seeded(&members, seed);
+        (0..200).map(|_| algo.select(&ctx, &mut |_| true).unwrap()).collect::<Vec<_>>()
+    };
+    assert_eq!(run(42), run(42));
+    assert_ne!(run(42), run(43));
+}
+
+#[test]
+fn p2c_never_picks_the_most_loaded_of_many() {
+    // The busiest member loses every duel it is drawn into.
+    let members = members(&[1; 50]);
+    let algo = P2c::with_seed(&members, 11);
+    let loads = |i: usize| if i == 17 { 1000 } else { i % 4 };
+    let ctx = PickContext { in_flight: &loads, ..PickContext::idle() };
+    assert!((0..5000).all(|_| algo.select(&ctx, &mut |_| true) != Some(17)));
+}
+
+#[test]
+fn p2c_reads_two_loads_per_pick_whatever_the_size() {
+    for n in [3, 100, 1000] {
+        let members = members(&vec![1; n]);
+        let algo = P2c::with_seed(&members, 1);
+        let reads = std::cell::Cell::new(0usize);
+        let loads = |i: usize| {
+            reads.set(reads.get() + 1);
+            i % 7
+        };
+        let ctx = PickContext { in_flight: &loads, ..PickContext::idle() };
+        for _ in 0..100 {
+            algo.select(&ctx, &mut |_| true);
+        }
+        assert_eq!(reads.get(), 200, "n = {n}");
+    }
+}
+
+// ------------------------------------------------------------------ peak_ewma
+
+struct Cells(Vec<ResponseTime>, u64);
+
+impl ResponseTimes for Cells {
+    fn of(&self, i: usize) -> &ResponseTime {
+        &self.0[i]
+    }
+    fn now(&self) -> u64 {
+        self.1
+    }
+}
+
+fn cells(millis: &[u64]) -> Cells {
+    let cells = Cells((0..millis.len()).map(|_| ResponseTime::new(Duration::from_secs(10))).collect(), 0);
+    for (cell, &ms) in cells.0.iter().zip(millis) {
+        cell.observe(Duration::from_millis(ms), 0);
+    }
+    cells
+}
+
+#[test]
+fn peak_ewma_prefers_the_fast_member_until_its_queue_costs_more() {
+    let algo = PeakEwma::with_seed(&members(&[1, 1]), 3);
+    let cells = cells(&[10, 100]);
+    // 10 ms × (k + 1) against 100 ms × 1: the fast one until it has 10 in flight.
+    for (fast_load, expected) in [(0, 0), (5, 0), (8, 0), (10, 1), (20, 1)] {
+        let loads = |i: usize| if i == 0 { fast_load } else { 0 };
+        let ctx = PickContext { in_flight: &loads, response_times: Some(&cells), ..PickContext::idle() };
+        assert_eq!(algo.select(&ctx, &mut |_| true), Some(expected), "fast member with {fast_load} in flight");
+    }
+}
+
+#[test]
+fn peak_ewma_divides_the_cost_by_the_weight() {
+    let algo = PeakEwma::with_seed(&members(&[1, 4]), 3);
+    // 30 ms for member 1 but weight 4: 7.5 < 10.
+    let cells = cells(&[10, 30]);
+    let ctx = PickContext { response_times: Some(&cells), ..PickContext::idle() };
+    assert!((0..20).all(|_| algo.select(&ctx, &mut |_| true) == Some(1)));
+}
+
+#[test]
+fn peak_ewma_without_response_times_is_p2c() {
+    let members = members(&[1, 2, 1, 3]);
+    let (peak, p2c) = (PeakEwma::with_seed(&members, 8), P2c::with_seed(&members, 8));
+    let loads = |i: usize| (i * 5) % 3;
+    let ctx = PickContext { in_flight: &loads, ..PickContext::idle() };
+    for _ in 0..500 {
+        assert_eq!(peak.select(&ctx, &mut |_| true), p2c.select(&ctx, &mut |_| true));
+    }
+}
+
+// ------------------------------------------------------------------- failover
+
+/// Members' standing for [`failover::pick`], with the slow-start offers it was asked.
+struct Fleet {
+    enabled: Vec<bool>,
+    healthy: Vec<bool>,
+    breaker: Vec<bool>,
+    ramp: Vec<bool>,
+    ramp_asked: std::cell::RefCell<Vec<usize>>,
+}
+
+impl Fleet {
+    fn all_good(n: usize) -> Fleet {
+        Fleet {
+            enabled: vec![true; n],
+            healthy: vec![true; n],
+            breaker: vec![true; n],
+            ramp: vec![true; n],
+            ramp_asked: Default::default(),
+        }
+    }
+}
+
+impl Standing for Fleet {
+    fn enabled(&self, i: usize) -> bool {
+        self.enabled[i]
+    }
+    fn healthy(&self, i: usize) -> bool {
+        self.healthy[i]
+    }
+    fn breaker_allows(&self, i: usize) -> bool {
+        self.breaker[i]
+    }
+    fn ramp_admits(&self, i: usize) -> bool {
+        self.ramp_asked.borrow_mut().push(i);
+        self.ramp[i]
+    }
+}
+
+#[test]
+fn failover_skips_down_members_and_ignores_breakers_only_when_nothing_else_is_left() {
+    let members = members(&[1, 1, 1]);
+    let rr = AlgorithmKind::RoundRobin.build(&members);
+    let ctx = PickContext::idle();
+    let mut fleet = Fleet::all_good(3);
+    fleet.healthy[0] = false;
+    fleet.breaker[1] = false;
+    // Member 2 is the only usable one.
+    for _ in 0..3 {
+        assert_eq!(failover::pick(rr.as_ref(), &ctx, false, &fleet, &mut |_| true), Some((2, PickKind::Usable)));
+    }
+    // Member 2 refused by the caller (already tried): an open breaker is ignored, a down member is not.
+    assert_eq!(failover::pick(rr.as_ref(), &ctx, false, &fleet, &mut |i| i != 2), Some((1, PickKind::BreakersIgnored)));
+    // Panic mode: even the down one.
+    assert_eq!(failover::pick(rr.as_ref(), &ctx, true, &fleet, &mut |i| i == 0), Some((0, PickKind::Panic)));
+    assert_eq!(failover::pick(rr.as_ref(), &ctx, false, &fleet, &mut |i| i == 0), None);
+}
+
+#[test]
+fn failover_takes_a_ramping_member_when_slow_start_declines_every_offer() {
+    let members = members(&[1, 1]);
+    let rr = AlgorithmKind::RoundRobin.build(&members);
+    let mut fleet = Fleet::all_good(2);
+    fleet.ramp = vec![false, false];
+    let got = failover::pick(rr.as_ref(), &PickContext::idle(), false, &fleet, &mut |_| true);
+    assert_eq!(got.map(|p| p.1), Some(PickKind::Usable));
+    assert_eq!(fleet.ramp_asked.borrow().len(), 2, "each member's ramp asked once");
 }

@@ -76,6 +76,11 @@ pub fn backend_json(backend: &Backend) -> Value {
             "last_opened_by": backend.breaker().last_cause().map(|c| c.describe(&backend.breaker().config())),
         },
         "slow_start_share": backend.slow_start().permille() as f64 / 1000.0,
+        // What peak_ewma picks by: null until the backend's first answer (or after a recovery).
+        "response_time_ms": backend
+            .response_time()
+            .estimate(crate::balance::peak_ewma::now())
+            .map(|ns| (ns / 10_000.0).round() / 100.0),
         "last_check": last_check,
     })
 }

@@ -23,7 +23,7 @@ use super::{effective_weight, Algorithm, Cursor, Member, PickContext};
 /// let members = [Member::new("a", 1), Member::new("b", 2)];
 /// let lc = LeastConnections::new(&members);
 /// let loads = [2, 3];
-/// let ctx = PickContext { hash_key: &[], in_flight: &|i| loads[i] };
+/// let ctx = PickContext { hash_key: &[], in_flight: &|i| loads[i], response_times: None };
 /// // 3 / 2 < 2 / 1: member 1 is less loaded for its weight.
 /// assert_eq!(lc.select(&ctx, &mut |_| true), Some(1));
 /// // Member 1 refused: member 0 is next in preference.

@@ -7,7 +7,7 @@
 //! accepted. Disabled, unhealthy, open-circuit and already-tried backends are
 //! therefore skipped (failover) without any code in the algorithms.
 //!
-//! Four algorithms, one file each, all usable on their own:
+//! Six algorithms, one file each, all usable on their own:
 //!
 //! | kind | type | order of preference |
 //! |---|---|---|
@@ -15,6 +15,12 @@
 //! | `weighted_round_robin` | [`WeightedRoundRobin`] | nginx's smooth weighted round robin |
 //! | `ip_hash` | [`IpHash`] | consistent hashing of the client IP (ketama ring) |
 //! | `least_connections` | [`LeastConnections`] | fewest in-flight requests ÷ weight |
+//! | `p2c` | [`P2c`] | the less loaded of two random members (power of two choices) |
+//! | `peak_ewma` | [`PeakEwma`] | the cheaper of two random members: response time × (in flight + 1) ÷ weight |
+//!
+//! [`failover::pick`] walks an algorithm's preference with what the caller knows of each
+//! member (enabled, healthy, breaker, slow start): the proxy and `lb-sync simulate` both pick
+//! through it.
 //!
 //! A weight of 0 is treated as 1 by every algorithm: a member that should get
 //! no traffic is one the caller's `usable` refuses, not one with weight 0.
@@ -36,14 +42,20 @@ use std::fmt;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+pub mod failover;
 pub mod hash;
 mod ip_hash;
 mod least_connections;
+mod p2c;
+pub mod peak_ewma;
+pub mod random;
 mod round_robin;
 mod weighted_round_robin;
 
 pub use ip_hash::{IpHash, MAX_RING_WEIGHT, POINTS_PER_WEIGHT};
 pub use least_connections::LeastConnections;
+pub use p2c::P2c;
+pub use peak_ewma::{PeakEwma, ResponseTime, ResponseTimes};
 pub use round_robin::RoundRobin;
 pub use weighted_round_robin::{WeightedRoundRobin, MAX_SCHEDULE_LEN};
 
@@ -80,15 +92,19 @@ impl Member {
 ///
 /// let loads = [3usize, 1, 2];
 /// let ip = [192u8, 0, 2, 7];
-/// let ctx = PickContext { hash_key: &ip, in_flight: &|i| loads[i] };
+/// let ctx = PickContext { hash_key: &ip, in_flight: &|i| loads[i], response_times: None };
 /// assert_eq!((ctx.in_flight)(1), 1);
 /// ```
 pub struct PickContext<'a> {
     /// Bytes hashed by ip_hash (the client IP: 4 bytes for IPv4, 16 for
     /// IPv6). Empty for others.
     pub hash_key: &'a [u8],
-    /// In-flight requests of member `i` (read by least_connections).
+    /// In-flight requests of member `i` (read by least_connections, p2c
+    /// and peak_ewma).
     pub in_flight: &'a dyn Fn(usize) -> usize,
+    /// Each member's response-time estimate (read by peak_ewma, which also
+    /// starts an unmeasured one at the median). `None`: nothing measured.
+    pub response_times: Option<&'a dyn ResponseTimes>,
 }
 
 /// `in_flight` of a context that has no load information.
@@ -98,7 +114,7 @@ impl PickContext<'static> {
     /// A context with an empty hash key and every member idle (0 in flight).
     #[must_use]
     pub fn idle() -> Self {
-        PickContext { hash_key: &[], in_flight: NO_LOAD }
+        PickContext { hash_key: &[], in_flight: NO_LOAD, response_times: None }
     }
 }
 
@@ -107,7 +123,7 @@ impl<'a> PickContext<'a> {
     /// needs.
     #[must_use]
     pub fn with_key(hash_key: &'a [u8]) -> Self {
-        PickContext { hash_key, in_flight: NO_LOAD }
+        PickContext { hash_key, in_flight: NO_LOAD, response_times: None }
     }
 }
 
@@ -132,7 +148,7 @@ pub trait Algorithm: Send + Sync {
     fn name(&self) -> &'static str;
 }
 
-/// The four algorithms, by name (as written in configuration: snake_case).
+/// The six algorithms, by name (as written in configuration: snake_case).
 ///
 /// ```
 /// use lb_sync::balance::{AlgorithmKind, Member, PickContext};
@@ -154,19 +170,25 @@ pub enum AlgorithmKind {
     IpHash,
     /// [`LeastConnections`].
     LeastConnections,
+    /// [`P2c`].
+    P2c,
+    /// [`PeakEwma`].
+    PeakEwma,
 }
 
 impl AlgorithmKind {
     /// Every kind, in documentation order.
-    pub const ALL: [AlgorithmKind; 4] = [
+    pub const ALL: [AlgorithmKind; 6] = [
         AlgorithmKind::RoundRobin,
         AlgorithmKind::WeightedRoundRobin,
         AlgorithmKind::IpHash,
         AlgorithmKind::LeastConnections,
+        AlgorithmKind::P2c,
+        AlgorithmKind::PeakEwma,
     ];
 
     /// The configuration name: `round_robin`, `weighted_round_robin`,
-    /// `ip_hash` or `least_connections`.
+    /// `ip_hash`, `least_connections`, `p2c` or `peak_ewma`.
     #[must_use]
     pub fn name(self) -> &'static str {
         match self {
@@ -174,12 +196,15 @@ impl AlgorithmKind {
             AlgorithmKind::WeightedRoundRobin => "weighted_round_robin",
             AlgorithmKind::IpHash => "ip_hash",
             AlgorithmKind::LeastConnections => "least_connections",
+            AlgorithmKind::P2c => "p2c",
+            AlgorithmKind::PeakEwma => "peak_ewma",
         }
     }
 
-    /// The seed's class name: `RoundRobinBalancer`,
-    /// `WeightedRoundRobinBalancer`, `IPHashBalancer` or
-    /// `LeastConnectionsBalancer`.
+    /// The seed's class name (`RoundRobinBalancer`,
+    /// `WeightedRoundRobinBalancer`, `IPHashBalancer`,
+    /// `LeastConnectionsBalancer`), and in the same style `P2CBalancer` and
+    /// `PeakEWMABalancer`.
     #[must_use]
     pub fn display_name(self) -> &'static str {
         match self {
@@ -187,17 +212,29 @@ impl AlgorithmKind {
             AlgorithmKind::WeightedRoundRobin => "WeightedRoundRobinBalancer",
             AlgorithmKind::IpHash => "IPHashBalancer",
             AlgorithmKind::LeastConnections => "LeastConnectionsBalancer",
+            AlgorithmKind::P2c => "P2CBalancer",
+            AlgorithmKind::PeakEwma => "PeakEWMABalancer",
         }
     }
 
-    /// Builds this algorithm over a membership snapshot.
+    /// Builds this algorithm over a membership snapshot (the random ones
+    /// seeded from the process's random keys).
     #[must_use]
     pub fn build(self, members: &[Member]) -> Box<dyn Algorithm> {
+        self.build_seeded(members, random::process_seed())
+    }
+
+    /// Builds this algorithm with a fixed seed for its random draws (p2c and
+    /// peak_ewma; the others draw nothing): the same seed, the same picks.
+    #[must_use]
+    pub fn build_seeded(self, members: &[Member], seed: u64) -> Box<dyn Algorithm> {
         match self {
             AlgorithmKind::RoundRobin => Box::new(RoundRobin::new(members)),
             AlgorithmKind::WeightedRoundRobin => Box::new(WeightedRoundRobin::new(members)),
             AlgorithmKind::IpHash => Box::new(IpHash::new(members)),
             AlgorithmKind::LeastConnections => Box::new(LeastConnections::new(members)),
+            AlgorithmKind::P2c => Box::new(P2c::with_seed(members, seed)),
+            AlgorithmKind::PeakEwma => Box::new(PeakEwma::with_seed(members, seed)),
         }
     }
 }
@@ -217,7 +254,7 @@ impl fmt::Display for AlgorithmKind {
 /// assert_eq!(
 ///     err.to_string(),
 ///     "unknown algorithm 'random' (expected one of: round_robin, \
-///      weighted_round_robin, ip_hash, least_connections)"
+///      weighted_round_robin, ip_hash, least_connections, p2c, peak_ewma)"
 /// );
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -3,6 +3,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use argh::FromArgs;
 use lb_sync::demo_backend::DemoBackend;
@@ -10,7 +11,8 @@ use lb_sync::server::{bind, Certificates, Server, ServerConfig, TlsAcceptor, Tls
 use std::io::Write;
 
 /// A demo backend: answers any path with JSON naming itself (`server_info.id`) and the request.
-/// Query knobs: delay_ms, status, bytes (with chunked=1), echo=1, set_cookies=N, redirect=URL.
+/// Query knobs: delay_ms, status, bytes (with chunked=1), echo=1, set_cookies=N, redirect=URL;
+/// --delay-ms slows every request.
 #[derive(FromArgs)]
 struct Args {
     /// port to listen on
@@ -25,6 +27,10 @@ struct Args {
     /// worker threads (default 16: delays should not queue behind each other)
     #[argh(option, default = "16")]
     threads: usize,
+    /// milliseconds added to every request (a slow backend; the delay_ms query knob adds to
+    /// it), at most 120000 (default 0)
+    #[argh(option, default = "0")]
+    delay_ms: u64,
     /// log every request
     #[argh(switch)]
     debug: bool,
@@ -41,6 +47,10 @@ struct Args {
 
 fn main() -> ExitCode {
     let args: Args = argh::from_env();
+    if args.delay_ms > 120_000 {
+        eprintln!("lb-backend: --delay-ms must be 0-120000, got {}", args.delay_ms);
+        return ExitCode::from(2);
+    }
     let level = if args.debug { log::LevelFilter::Debug } else { log::LevelFilter::Info };
     let _ = simplelog::TermLogger::init(
         level,
@@ -84,7 +94,8 @@ fn main() -> ExitCode {
     };
     // With --port 0 the kernel picks the port; the id and the ready line name the real one.
     let port = listener.local_addr().map_or(args.port, |a| a.port());
-    let backend = DemoBackend::new(port, &args.host.to_string(), args.id);
+    let backend =
+        DemoBackend::new(port, &args.host.to_string(), args.id).with_delay(Duration::from_millis(args.delay_ms));
     let id = backend.id().to_string();
     match Server::start_on(listener, config, backend) {
         Ok(server) => {

@@ -14,7 +14,8 @@ use lb_sync::logging::{AccessFormat, LogTarget, LogWriter, Logger};
 use lb_sync::server::{Server, ServerConfig};
 
 /// An HTTP/1.1 load balancer. Flags override the --config file; with neither, the seed's three
-/// backends on localhost:8001-8003 (weights 1, 2, 1) are used.
+/// backends on localhost:8001-8003 (weights 1, 2, 1) are used. `lb-sync simulate --help`: the
+/// algorithms on a simulated workload.
 #[derive(FromArgs)]
 struct Args {
     /// address to listen on (default 0.0.0.0)
@@ -23,7 +24,8 @@ struct Args {
     /// port to listen on (default 8080)
     #[argh(option)]
     port: Option<u16>,
-    /// round_robin | weighted_round_robin | ip_hash | least_connections (default round_robin)
+    /// round_robin | weighted_round_robin | ip_hash | least_connections | p2c | peak_ewma
+    /// (default round_robin)
     #[argh(option)]
     algorithm: Option<AlgorithmKind>,
     /// forwarding worker threads (default 256)
@@ -77,6 +79,9 @@ struct Args {
     /// seconds over which a recovered backend ramps up, 0 = off (default 10)
     #[argh(option)]
     slow_start: Option<f64>,
+    /// seconds over which a backend's response-time estimate decays, for peak_ewma (default 10)
+    #[argh(option)]
+    peak_ewma_window: Option<f64>,
     /// when no backend is usable, try them all anyway instead of 503
     #[argh(switch)]
     panic_mode: bool,
@@ -205,7 +210,7 @@ fn build_config(args: &Args) -> Result<Config, String> {
     set!(request_timeout, connect_timeout, max_tries, access_log, session_timeout, shutdown_timeout);
     set!(breaker_consecutive_failures, breaker_cooldown, slow_start, tunnel_idle_timeout);
     set!(rate_limit, rate_limit_burst, client_rate_limit, client_rate_limit_burst, dns_refresh_interval);
-    set!(tls_handshake_timeout);
+    set!(tls_handshake_timeout, peak_ewma_window);
     if args.registry.is_some() {
         config.registry.clone_from(&args.registry);
     }
@@ -275,6 +280,9 @@ fn main() -> ExitCode {
     let command = argv.first().map_or("lb-sync", |s| s.as_str());
     // `-h` as `--help`, as every other tool takes it (argh knows only the long form).
     let rest: Vec<&str> = argv.iter().skip(1).map(|arg| if arg == "-h" { "--help" } else { arg.as_str() }).collect();
+    if rest.first() == Some(&"simulate") {
+        return lb_sync::simulate::main(command, &rest[1..]);
+    }
     let args = match Args::from_args(&[command], &rest) {
         Ok(args) => args,
         Err(early) => {

@@ -87,6 +87,7 @@ pub const RANGES: &[Range] = &[
     range("breaker_cooldown", 0.001, DAY, Unit::Seconds),
     range("breaker_half_open_trials", 1.0, 1000.0, Unit::Count),
     range("slow_start", 0.0, DAY, Unit::Seconds),
+    range("peak_ewma_window", 0.001, 3600.0, Unit::Seconds),
     range("session_timeout", 0.0, 34_560_000.0, Unit::Seconds),
     range("weight", 1.0, 1_000_000.0, Unit::Count),
 ];
@@ -184,6 +185,7 @@ pub(super) fn check(config: &Config) -> Result<(), ConfigError> {
         ("health_check_timeout", config.health_check_timeout),
         ("breaker_cooldown", config.breaker_cooldown),
         ("slow_start", config.slow_start),
+        ("peak_ewma_window", config.peak_ewma_window),
     ];
     for (key, value) in seconds {
         of(key).check(value, &value)?;

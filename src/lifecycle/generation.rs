@@ -63,6 +63,7 @@ pub(crate) fn backend_policy(config: &Config) -> BackendPolicy {
         slow_start: Duration::from_secs_f64(config.slow_start),
         panic_mode: config.panic_mode,
         max_connections: config.backend_connection_cap(),
+        peak_ewma_window: Duration::from_secs_f64(config.peak_ewma_window),
     }
 }
 

@@ -285,6 +285,8 @@ fn settle_answer(shared: &Shared, backend: &Backend, breaker: Admitted<'_>, stat
     } else if breaker.record_success(ticket) {
         log::info!("backend {}: circuit closed again", backend.id);
         backend.slow_start().begin();
+        // Its estimate decayed while the circuit was open: start it at the median again.
+        backend.response_time().forget();
     }
 }
 

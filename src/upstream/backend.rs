@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 
+use crate::balance::{peak_ewma, ResponseTime};
 use crate::config::{display_address, BackendConfig, Scheme};
 use crate::health::{BreakerConfig, CheckResult, CircuitBreaker, RiseFall, SlowStart};
 use crate::metrics::Histogram;
@@ -82,7 +83,7 @@ const UP: u8 = 1;
 const DOWN: u8 = 2;
 
 /// How every backend of a table behaves when things go wrong.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct BackendPolicy {
     /// Circuit-breaker settings.
     pub breaker: BreakerConfig,
@@ -93,6 +94,20 @@ pub struct BackendPolicy {
     /// Most requests one backend is sent at once (HAProxy's per-server `maxconn`); 0: no cap.
     /// A request that finds every candidate at its cap waits in the [`SlotQueue`].
     pub max_connections: usize,
+    /// The window over which a backend's response-time estimate decays (peak_ewma).
+    pub peak_ewma_window: Duration,
+}
+
+impl Default for BackendPolicy {
+    fn default() -> BackendPolicy {
+        BackendPolicy {
+            breaker: BreakerConfig::default(),
+            slow_start: Duration::ZERO,
+            panic_mode: false,
+            max_connections: 0,
+            peak_ewma_window: peak_ewma::DEFAULT_WINDOW,
+        }
+    }
 }
 
 /// Requests waiting for any backend's connection slot (HAProxy's queue), woken when one frees.
@@ -207,6 +222,8 @@ pub struct Backend {
     answers: [AtomicU64; 5],
     /// Time from sending a request to its response head, for answered tries.
     latency: Histogram,
+    /// The same times as a peak-sensitive moving average: what peak_ewma picks by.
+    response_time: ResponseTime,
     breaker: CircuitBreaker,
     slow_start: SlowStart,
     rise_fall: RiseFall,
@@ -266,6 +283,7 @@ impl Backend {
             client_aborts: AtomicU64::new(0),
             answers: Default::default(),
             latency: Histogram::new(),
+            response_time: ResponseTime::new(policy.peak_ewma_window),
             breaker: CircuitBreaker::named(policy.breaker, format!("backend {id}")),
             slow_start: SlowStart::new(policy.slow_start),
             rise_fall: RiseFall::default(),
@@ -332,6 +350,7 @@ impl Backend {
         self.breaker.set_config(policy.breaker);
         self.slow_start.set_window(policy.slow_start);
         self.max_connections.store(policy.max_connections, Ordering::Relaxed);
+        self.response_time.set_window(policy.peak_ewma_window);
     }
 
     /// The passive-health circuit breaker.
@@ -422,9 +441,14 @@ impl Backend {
         self.health() != HealthState::Down
     }
 
-    /// Records a health verdict.
+    /// Records a health verdict. A backend that comes back up forgets its response-time
+    /// estimate (it decayed toward zero while the backend was down): peak_ewma starts it at the
+    /// table's median again.
     pub fn set_healthy(&self, healthy: bool) {
-        self.health.store(if healthy { UP } else { DOWN }, Ordering::Relaxed);
+        let before = self.health.swap(if healthy { UP } else { DOWN }, Ordering::Relaxed);
+        if healthy && before == DOWN {
+            self.response_time.forget();
+        }
     }
 
     /// Whether a request may be sent to it now: enabled, healthy and its breaker not open.
@@ -504,10 +528,12 @@ impl Backend {
         self.client_aborts.load(Ordering::Relaxed)
     }
 
-    /// Counts an answered try: its status class and its time to the response head.
+    /// Counts an answered try: its status class and its time to the response head (in the
+    /// histogram and in the response-time estimate peak_ewma reads).
     pub fn record_answer(&self, status: u16, elapsed: Duration) {
         self.answers[class_index(status)].fetch_add(1, Ordering::Relaxed);
         self.latency.record(elapsed);
+        self.response_time.observe(elapsed, peak_ewma::now());
     }
 
     /// Answered tries by status class, in the order of [`crate::stats::CLASSES`].
@@ -518,6 +544,11 @@ impl Backend {
     /// Time from request sent to response head of its answered tries.
     pub fn latency(&self) -> &Histogram {
         &self.latency
+    }
+
+    /// Its response-time estimate (peak-sensitive, decaying), on [`peak_ewma::now`]'s clock.
+    pub fn response_time(&self) -> &ResponseTime {
+        &self.response_time
     }
 
     /// Tunnels (upgraded connections) to it: open now and in all.

@@ -4,10 +4,14 @@
 
 use std::sync::{Arc, Mutex, OnceLock};
 
-use crate::balance::{Algorithm, AlgorithmKind, Member, PickContext};
+use crate::balance::failover::{self, Standing};
+use crate::balance::peak_ewma;
+use crate::balance::{Algorithm, AlgorithmKind, Member, PickContext, ResponseTime, ResponseTimes};
 use crate::traffic::{StickyCookie, StickyIndex};
 
 use super::backend::{Backend, InFlight};
+
+pub use crate::balance::failover::PickKind;
 
 /// An immutable view of the table: every backend, and the algorithm built over the enabled ones.
 pub struct Membership {
@@ -27,16 +31,42 @@ pub struct Membership {
     sticky: OnceLock<StickyIndex>,
 }
 
-/// How a pick was made.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PickKind {
-    /// A usable backend: its breaker must still admit the request.
-    Usable,
-    /// Only open breakers stood in the way: they are ignored rather than refuse everyone
-    /// (nginx never marks its last server failed).
-    BreakersIgnored,
-    /// Nothing was usable and panic mode is on: any enabled backend.
-    Panic,
+/// The algorithm's members as the failover walk sees them: the backends behind the indices,
+/// their standing and their response times (read by peak_ewma, on the proxy's clock).
+struct Members<'a> {
+    membership: &'a Membership,
+    /// The clock, read once per pick and only for peak_ewma.
+    now: u64,
+}
+
+impl Members<'_> {
+    fn backend(&self, i: usize) -> &Arc<Backend> {
+        &self.membership.backends[self.membership.members[i]]
+    }
+}
+
+impl Standing for Members<'_> {
+    fn enabled(&self, i: usize) -> bool {
+        self.backend(i).is_enabled()
+    }
+    fn healthy(&self, i: usize) -> bool {
+        self.backend(i).is_healthy()
+    }
+    fn breaker_allows(&self, i: usize) -> bool {
+        self.backend(i).breaker().allows()
+    }
+    fn ramp_admits(&self, i: usize) -> bool {
+        self.backend(i).slow_start().admit()
+    }
+}
+
+impl ResponseTimes for Members<'_> {
+    fn of(&self, i: usize) -> &ResponseTime {
+        self.backend(i).response_time()
+    }
+    fn now(&self) -> u64 {
+        self.now
+    }
 }
 
 impl Membership {
@@ -59,13 +89,6 @@ impl Membership {
         self.panic_mode
     }
 
-    fn select(&self, hash_key: &[u8], usable: &mut dyn FnMut(&Arc<Backend>) -> bool) -> Option<&Arc<Backend>> {
-        let in_flight = |i: usize| self.backends[self.members[i]].in_flight();
-        let ctx = PickContext { hash_key, in_flight: &in_flight };
-        let chosen = self.algorithm.select(&ctx, &mut |i| usable(&self.backends[self.members[i]]))?;
-        Some(&self.backends[self.members[chosen]])
-    }
-
     /// The algorithm's choice among the backends that are usable and accepted by `accept`
     /// (retries pass one that refuses the backends already tried). When only open breakers
     /// leave nothing, they are ignored; when nothing healthy is left and panic mode is on, any
@@ -74,26 +97,21 @@ impl Membership {
         self.pick_with(hash_key, &mut |b| accept(b))
     }
 
+    /// The one pick path ([`failover::pick`]) over these backends.
     fn pick_with(
         &self,
         hash_key: &[u8],
         accept: &mut dyn FnMut(&Arc<Backend>) -> bool,
     ) -> Option<(&Arc<Backend>, PickKind)> {
-        let ramping_ok = |b: &Backend| b.is_usable() && b.slow_start().admit();
-        if let Some(b) = self.select(hash_key, &mut |b| ramping_ok(b) && accept(b)) {
-            return Some((b, PickKind::Usable));
-        }
-        if let Some(b) = self.select(hash_key, &mut |b| b.is_usable() && accept(b)) {
-            // Slow start declined every offer; a ramping backend still beats none.
-            return Some((b, PickKind::Usable));
-        }
-        if let Some(b) = self.select(hash_key, &mut |b| b.is_enabled() && b.is_healthy() && accept(b)) {
-            return Some((b, PickKind::BreakersIgnored));
-        }
-        if self.panic_mode {
-            return self.select(hash_key, &mut |b| accept(b)).map(|b| (b, PickKind::Panic));
-        }
-        None
+        let now = if self.kind == AlgorithmKind::PeakEwma { peak_ewma::now() } else { 0 };
+        let members = Members { membership: self, now };
+        let in_flight = |i: usize| members.backend(i).in_flight();
+        let response_times = (self.kind == AlgorithmKind::PeakEwma).then_some(&members as &dyn ResponseTimes);
+        let ctx = PickContext { hash_key, in_flight: &in_flight, response_times };
+        let (i, kind) = failover::pick(self.algorithm.as_ref(), &ctx, self.panic_mode, &members, &mut |i| {
+            accept(members.backend(i))
+        })?;
+        Some((&self.backends[self.members[i]], kind))
     }
 
     /// [`pick`](Self::pick) and [`Backend::try_begin`] as one step: the chosen backend's

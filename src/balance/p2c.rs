@@ -1,0 +1,157 @@
+//! Power of two choices: two random candidates, the less loaded one wins.
+
+use std::cmp::Ordering;
+
+use super::random::{Draw, Stream};
+use super::{effective_weight, Algorithm, Member, PickContext};
+
+/// Power of two choices (Mitzenmacher's "two random choices"; Envoy's `LEAST_REQUEST`,
+/// HAProxy's `random(2)`, nginx's `random two least_conn`, Traefik's `p2c`): each pick draws
+/// two different members, in proportion to their weights, and takes the one with fewer
+/// in-flight requests per unit of weight (compared exactly, by cross-multiplication); on a tie
+/// the first drawn wins, so an idle system's shares follow the weights.
+///
+/// A pick reads two loads, whatever the number of members: O(1), where least_connections reads
+/// them all. It needs no lock either: concurrent picks draw different pairs, so they do not
+/// all pile onto the one least-loaded member (the herd that least_connections avoids with a
+/// lock), and the choice of the less loaded of two random members keeps the worst load within
+/// `log log n` of the mean (the "power of two choices").
+///
+/// When the winner is refused, the other members are offered in order of load ratio, each
+/// once (the loser of the duel first among equals); only that failover path allocates.
+///
+/// ```
+/// use lb_sync::balance::{Algorithm, Member, P2c, PickContext};
+///
+/// let members = [Member::new("a", 1), Member::new("b", 1)];
+/// let p2c = P2c::with_seed(&members, 1);
+/// let loads = [5, 0];
+/// let ctx = PickContext { in_flight: &|i| loads[i], ..PickContext::idle() };
+/// // With two members every pair is {a, b}: the idle one wins every time.
+/// assert!((0..10).all(|_| p2c.select(&ctx, &mut |_| true) == Some(1)));
+/// // Member 1 refused: member 0 is the only one left.
+/// assert_eq!(p2c.select(&ctx, &mut |i| i != 1), Some(0));
+/// ```
+#[derive(Debug)]
+pub struct P2c {
+    weights: Box<[u32]>,
+    draw: Draw,
+    stream: Stream,
+}
+
+impl P2c {
+    /// Power of two choices over `members`, seeded from the process's random keys.
+    #[must_use]
+    pub fn new(members: &[Member]) -> Self {
+        P2c::with_seed(members, super::random::process_seed())
+    }
+
+    /// The same with a fixed seed: the same seed draws the same pairs (the simulator's runs
+    /// are reproducible).
+    #[must_use]
+    pub fn with_seed(members: &[Member], seed: u64) -> Self {
+        P2c {
+            weights: members.iter().map(|m| effective_weight(m.weight)).collect(),
+            draw: Draw::new(members),
+            stream: Stream::new(seed),
+        }
+    }
+
+    /// Compares the load ratios `load_a / weight_a` and `load_b / weight_b` exactly.
+    fn compare(&self, ctx: &PickContext<'_>, a: usize, b: usize) -> Ordering {
+        let lhs = (ctx.in_flight)(a) as u128 * u128::from(self.weights[b]);
+        let rhs = (ctx.in_flight)(b) as u128 * u128::from(self.weights[a]);
+        lhs.cmp(&rhs)
+    }
+}
+
+impl Algorithm for P2c {
+    fn select(&self, ctx: &PickContext<'_>, usable: &mut dyn FnMut(usize) -> bool) -> Option<usize> {
+        two_choices(&self.draw, &self.stream, self.weights.len(), &|a, b| self.compare(ctx, a, b), usable)
+    }
+
+    fn name(&self) -> &'static str {
+        "p2c"
+    }
+}
+
+/// The pick of both power-of-two-choices algorithms: draws a pair, offers the one `compare`
+/// ranks first (`Less` = better; the first drawn on a tie); when it is refused, offers the
+/// others in `compare`'s order, each once (the pair's loser first among equals).
+pub(crate) fn two_choices(
+    draw: &Draw,
+    stream: &Stream,
+    n: usize,
+    compare: &dyn Fn(usize, usize) -> Ordering,
+    usable: &mut dyn FnMut(usize) -> bool,
+) -> Option<usize> {
+    match n {
+        0 => return None,
+        1 => return usable(0).then_some(0),
+        _ => {}
+    }
+    let (first, second) = draw.pair(stream, n);
+    let (winner, loser) = if compare(second, first) == Ordering::Less { (second, first) } else { (first, second) };
+    if usable(winner) {
+        return Some(winner);
+    }
+    // Failover: the others by rank, ties in scan order starting at the loser (so on equal
+    // loads the loser is next, then the members after it).
+    let mut rest: Vec<(usize, usize)> =
+        (loser..n).chain(0..loser).filter(|&i| i != winner).enumerate().map(|(rank, i)| (i, rank)).collect();
+    rest.sort_by(|&(a, rank_a), &(b, rank_b)| compare(a, b).then(rank_a.cmp(&rank_b)));
+    rest.into_iter().map(|(i, _)| i).find(|&i| usable(i))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn members(weights: &[u32]) -> Vec<Member> {
+        weights.iter().enumerate().map(|(i, &w)| Member::new(format!("m{i}"), w)).collect()
+    }
+
+    #[test]
+    fn idle_shares_follow_the_weights() {
+        let weights = [1, 2, 1];
+        let p2c = P2c::with_seed(&members(&weights), 3);
+        let ctx = PickContext::idle();
+        let mut counts = [0u32; 3];
+        for _ in 0..40_000 {
+            counts[p2c.select(&ctx, &mut |_| true).unwrap()] += 1;
+        }
+        for (i, &w) in weights.iter().enumerate() {
+            let expected = 10_000 * w;
+            assert!(counts[i].abs_diff(expected) < expected / 20, "{counts:?}");
+        }
+    }
+
+    #[test]
+    fn the_less_loaded_of_the_pair_wins() {
+        let p2c = P2c::with_seed(&members(&[1; 10]), 5);
+        // Member 0 is far busier than the others: it can only win a duel it is not in... never.
+        let loads = |i: usize| if i == 0 { 100 } else { 1 };
+        let ctx = PickContext { in_flight: &loads, ..PickContext::idle() };
+        assert!((0..1000).all(|_| p2c.select(&ctx, &mut |_| true) != Some(0)));
+    }
+
+    #[test]
+    fn a_refused_winner_falls_back_in_order_of_load() {
+        let p2c = P2c::with_seed(&members(&[1; 5]), 9);
+        let loads = [4usize, 3, 2, 1, 0];
+        let ctx = PickContext { in_flight: &|i| loads[i], ..PickContext::idle() };
+        for _ in 0..50 {
+            let mut offered = Vec::new();
+            let got = p2c.select(&ctx, &mut |i| {
+                offered.push(i);
+                false
+            });
+            assert_eq!(got, None);
+            let mut sorted = offered.clone();
+            sorted.sort_unstable();
+            assert_eq!(sorted, [0, 1, 2, 3, 4], "each member offered once");
+            // After the winner, strictly in order of load.
+            assert!(offered[1..].windows(2).all(|w| loads[w[0]] < loads[w[1]]), "{offered:?}");
+        }
+    }
+}

@@ -1,0 +1,228 @@
+//! Random candidates for the power-of-two-choices algorithms (`p2c`, `peak_ewma`): a shared,
+//! seedable sequence of random numbers and O(1) draws of a pair of members, in proportion to
+//! their weights.
+//!
+//! The numbers are SplitMix64 over a shared atomic counter: one relaxed `fetch_add` per pick
+//! (as round robin's cursor) and a few multiplications, no lock, no thread-local state. A
+//! given seed gives the same pairs in the same order, which is what makes `lb-sync simulate`
+//! reproducible; the proxy seeds each algorithm from the process's random keys.
+//!
+//! ```
+//! use lb_sync::balance::random::splitmix64;
+//!
+//! // SplitMix64's published first output for seed 0.
+//! assert_eq!(splitmix64(0), 0xe220a8397b1dcdaf);
+//! ```
+
+use std::hash::{BuildHasher, Hasher};
+
+use super::{effective_weight, Cursor, Member};
+
+/// SplitMix64's increment (the golden ratio in 64 bits).
+const GOLDEN: u64 = 0x9e37_79b9_7f4a_7c15;
+
+/// SplitMix64's output for state `x + GOLDEN`: the finalizer of its `x`-th step.
+///
+/// ```
+/// use lb_sync::balance::random::splitmix64;
+/// assert_ne!(splitmix64(1), splitmix64(2));
+/// ```
+#[must_use]
+pub fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(GOLDEN);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// A seed that differs between processes (std's randomly keyed hasher), for algorithms the
+/// proxy builds: instances of a cluster do not draw the same pairs in lockstep.
+#[must_use]
+pub fn process_seed() -> u64 {
+    std::collections::hash_map::RandomState::new().build_hasher().finish()
+}
+
+/// `x` scaled into `0..n`: the high half of `x × n` (Lemire's multiply-shift; unbiased enough
+/// for n far below 2^32, with no division).
+fn below(x: u32, n: usize) -> usize {
+    ((u64::from(x) * n as u64) >> 32) as usize
+}
+
+/// A shared stream of random 64-bit numbers: SplitMix64 over an atomic counter.
+#[derive(Debug)]
+pub(crate) struct Stream {
+    seed: u64,
+    cursor: Cursor,
+}
+
+impl Stream {
+    pub(crate) fn new(seed: u64) -> Self {
+        Stream { seed, cursor: Cursor::default() }
+    }
+
+    /// The next number of the stream.
+    pub(crate) fn next(&self) -> u64 {
+        let step = self.cursor.next() as u64;
+        splitmix64(self.seed.wrapping_add(step.wrapping_mul(GOLDEN)))
+    }
+}
+
+/// Draws of a member in proportion to its weight in O(1): Vose's alias table, or plain
+/// uniform draws when every weight is the same.
+#[derive(Debug)]
+pub(crate) struct Draw {
+    /// `threshold[i]`: below it (of 2^32), a draw landing on column `i` keeps `i`.
+    threshold: Box<[u32]>,
+    /// `alias[i]`: the member a draw on column `i` takes at or above the threshold.
+    alias: Box<[u32]>,
+    uniform: bool,
+}
+
+impl Draw {
+    /// The table of `members`' weights (0 counts as 1).
+    ///
+    /// # Panics
+    ///
+    /// If there are more than `u32::MAX` members.
+    pub(crate) fn new(members: &[Member]) -> Self {
+        assert!(u32::try_from(members.len()).is_ok(), "too many members");
+        let n = members.len();
+        let weights: Vec<u64> = members.iter().map(|m| u64::from(effective_weight(m.weight))).collect();
+        let uniform = weights.windows(2).all(|w| w[0] == w[1]);
+        if uniform {
+            return Draw { threshold: Box::new([]), alias: Box::new([]), uniform };
+        }
+        // Vose: scale each weight to n × w / total (exactly, in units of 1/total), split the
+        // columns into small (< 1) and large, and top each small column up from a large one.
+        let total: u64 = weights.iter().sum();
+        let mut scaled: Vec<u128> = weights.iter().map(|&w| u128::from(w) * n as u128).collect();
+        let one = u128::from(total);
+        let (mut small, mut large): (Vec<usize>, Vec<usize>) = (0..n).partition(|&i| scaled[i] < one);
+        let mut threshold = vec![u32::MAX; n];
+        let mut alias: Vec<u32> = (0..n as u32).collect();
+        while let (Some(&s), Some(&l)) = (small.last(), large.last()) {
+            small.pop();
+            // A share of 2^32: scaled[s] / total of the column stays with s.
+            threshold[s] = ((scaled[s] << 32) / one).min(u128::from(u32::MAX)) as u32;
+            alias[s] = l as u32;
+            scaled[l] -= one - scaled[s];
+            if scaled[l] < one {
+                large.pop();
+                small.push(l);
+            }
+        }
+        // Whatever is left is (up to rounding) exactly one column's worth: it keeps itself.
+        Draw { threshold: threshold.into_boxed_slice(), alias: alias.into_boxed_slice(), uniform }
+    }
+
+    /// The member a random `x` lands on (`n` members, n >= 1).
+    pub(crate) fn one(&self, x: u64, n: usize) -> usize {
+        let column = below(x as u32, n);
+        if self.uniform || ((x >> 32) as u32) < self.threshold[column] {
+            column
+        } else {
+            self.alias[column] as usize
+        }
+    }
+
+    /// Two different members (n >= 2), drawn in proportion to their weights, from the stream.
+    /// The first is drawn freely; the second is drawn again when it equals the first, and
+    /// after a second clash is taken uniformly among the others (bounded work, and a heavy
+    /// member is still compared with someone).
+    pub(crate) fn pair(&self, stream: &Stream, n: usize) -> (usize, usize) {
+        let x = stream.next();
+        if self.uniform {
+            // Both from one number: the low half picks the first, the high half the second
+            // among the n - 1 others.
+            let a = below(x as u32, n);
+            let mut b = below((x >> 32) as u32, n - 1);
+            if b >= a {
+                b += 1;
+            }
+            return (a, b);
+        }
+        let a = self.one(x, n);
+        let y = splitmix64(x);
+        let mut b = self.one(y, n);
+        if b == a {
+            b = self.one(splitmix64(y), n);
+        }
+        if b == a {
+            b = below((y >> 16) as u32, n - 1);
+            if b >= a {
+                b += 1;
+            }
+        }
+        (a, b)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn members(weights: &[u32]) -> Vec<Member> {
+        weights.iter().enumerate().map(|(i, &w)| Member::new(format!("m{i}"), w)).collect()
+    }
+
+    #[test]
+    fn splitmix_matches_the_reference_sequence() {
+        // The reference generator's outputs for seed 0: state advances by GOLDEN each call.
+        let stream = Stream::new(0);
+        assert_eq!(stream.next(), 0xe220a8397b1dcdaf);
+        assert_eq!(stream.next(), 0x6e789e6aa1b965f4);
+        assert_eq!(stream.next(), 0x06c45d188009454f);
+    }
+
+    #[test]
+    fn alias_draws_follow_the_weights() {
+        for weights in [&[1, 2, 1][..], &[5, 1, 1], &[1, 7, 2, 9, 4], &[3, 3, 3, 4]] {
+            let draw = Draw::new(&members(weights));
+            let n = weights.len();
+            let total: u32 = weights.iter().sum();
+            let draws = 400_000u64;
+            let mut counts = vec![0u64; n];
+            for i in 0..draws {
+                counts[draw.one(splitmix64(i), n)] += 1;
+            }
+            for (i, &w) in weights.iter().enumerate() {
+                let expected = draws as f64 * f64::from(w) / f64::from(total);
+                let off = (counts[i] as f64 - expected).abs() / expected;
+                assert!(off < 0.02, "{weights:?}: member {i} got {} for {expected}", counts[i]);
+            }
+        }
+    }
+
+    #[test]
+    fn pairs_are_two_different_members() {
+        for weights in [&[1, 1][..], &[1, 1, 1], &[100, 1], &[1, 2, 1], &[1000, 1, 1]] {
+            let draw = Draw::new(&members(weights));
+            let stream = Stream::new(7);
+            for _ in 0..10_000 {
+                let (a, b) = draw.pair(&stream, weights.len());
+                assert_ne!(a, b, "{weights:?}");
+                assert!(a < weights.len() && b < weights.len());
+            }
+        }
+    }
+
+    #[test]
+    fn uniform_pairs_cover_every_ordered_pair_evenly() {
+        let draw = Draw::new(&members(&[1, 1, 1]));
+        let stream = Stream::new(1);
+        let mut counts = [[0u32; 3]; 3];
+        for _ in 0..60_000 {
+            let (a, b) = draw.pair(&stream, 3);
+            counts[a][b] += 1;
+        }
+        for (a, row) in counts.iter().enumerate() {
+            for (b, &c) in row.iter().enumerate() {
+                if a == b {
+                    assert_eq!(c, 0);
+                } else {
+                    assert!((9_000..11_000).contains(&c), "{a},{b}: {c}");
+                }
+            }
+        }
+    }
+}
