@@ -39,7 +39,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, TryRecvError};
+use crossbeam_channel::{Receiver, Sender};
 
 use super::cpu_idle::CpuIdle;
 use super::head::RequestHead;
@@ -303,10 +303,7 @@ impl JobQueue {
     }
 
     fn try_recv(&self) -> Option<Job> {
-        match self.receiver.try_recv() {
-            Ok(job) => Some(job),
-            Err(TryRecvError::Empty | TryRecvError::Disconnected) => None,
-        }
+        self.receiver.try_recv().ok()
     }
 
     /// A job was taken: if more wait, perhaps another worker should come.

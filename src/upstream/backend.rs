@@ -518,7 +518,8 @@ impl Backend {
         self.failures.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Counts a try its client broke off (a streamed request body cut short).
+    /// Counts a try that ended on the request's side: its client broke off a streamed body (or,
+    /// rarely, its body could not be read back from its temp file). Not the backend's failure.
     pub fn record_client_abort(&self) {
         self.client_aborts.fetch_add(1, Ordering::Relaxed);
     }

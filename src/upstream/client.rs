@@ -114,6 +114,15 @@ pub enum PrepareError {
     HeaderName(String),
     /// A header's value (named) has bytes a request may not carry.
     HeaderValue(String),
+    /// A line of the head (the request line or one header field) is longer than the upstream
+    /// write buffer holds. The buffer is sized for every head the front end accepts, so only a
+    /// front end with a larger head limit than the forwarder was made for gets this (`431`).
+    LineTooLong {
+        /// The line's length upstream, CRLF included.
+        length: usize,
+        /// The longest line the forwarder can send.
+        limit: usize,
+    },
 }
 
 impl std::fmt::Display for PrepareError {
@@ -123,11 +132,31 @@ impl std::fmt::Display for PrepareError {
             PrepareError::Target => f.write_str("request target cannot be forwarded"),
             PrepareError::HeaderName(name) => write!(f, "header name '{name}' cannot be forwarded"),
             PrepareError::HeaderValue(name) => write!(f, "value of '{name}' cannot be forwarded"),
+            PrepareError::LineTooLong { length, limit } => {
+                write!(f, "a request head line of {length} bytes cannot be forwarded (at most {limit})")
+            }
         }
     }
 }
 
 impl std::error::Error for PrepareError {}
+
+/// What the proxy may add to one line of a client's head on its way up: `X-Forwarded-For`
+/// extended by `, ` and the peer's address (at most 39 characters), and the blank line that ends
+/// the head, which ureq writes into the buffer with the last header. Other lines the proxy sets
+/// (`X-Real-IP`, `X-Request-Id`, `Content-Length`...) are short, or copy a value of the client's
+/// head (`X-Forwarded-Host`); merging several `X-Forwarded-For` lines into one never makes it
+/// longer than they were (each had its name and CRLF, the merge adds `, `). Rounded up.
+const PROXY_LINE_GROWTH: usize = 1024;
+
+/// The upstream write buffer: ureq writes a request head into it a line at a time (as many
+/// lines as fit, sent, then the next ones), and a line that does not fit an empty buffer is an
+/// error (`OutputOverflow`). So the buffer holds the longest line the front end can accept (its
+/// whole head limit, `max_head_bytes`) plus what the proxy adds to a line: every head the front
+/// end accepts can be sent. Request bodies go through it too, in pieces of its size.
+fn upstream_line_limit() -> usize {
+    crate::server::Limits::default().max_head_bytes + PROXY_LINE_GROWTH
+}
 
 /// Timeouts of the backend side.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -152,6 +181,8 @@ pub struct Forwarder {
     timeouts: ForwardTimeouts,
     idle_limits: IdleLimits,
     tls: Arc<UpstreamTls>,
+    /// The longest line of a request head it can send (its write buffer's size).
+    max_line: usize,
     /// Every link it made, for a stop and for closing expired idle connections.
     links: Arc<Mutex<Vec<Weak<BackendLink>>>>,
     closed: AtomicBool,
@@ -163,6 +194,7 @@ impl Forwarder {
     /// that outlive the idle timeout while no request comes to take or return one.
     pub fn new(timeouts: ForwardTimeouts, idle_limits: IdleLimits, tls: Arc<UpstreamTls>) -> Forwarder {
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+        let max_line = upstream_line_limit();
         let config = Agent::config_builder()
             .proxy(None)
             .http_status_as_error(false)
@@ -171,11 +203,13 @@ impl Forwarder {
             .user_agent("")
             .accept("")
             .accept_encoding("")
-            // Per connection (ureq's default is 128 KiB each way). The input buffer must hold a
-            // whole response head: a larger head is a bad response (nginx's proxy_buffer_size
-            // is 4-8 KiB).
+            // Per connection, allocated on its first request and kept while it is pooled
+            // (ureq's default is 128 KiB each way). The input buffer must hold a whole response
+            // head: a larger head is a bad response (nginx's proxy_buffer_size is 4-8 KiB). The
+            // output buffer must hold the longest line of any request head the front end
+            // accepts (see upstream_line_limit): 33 KiB, 65 KiB a connection in all.
             .input_buffer_size(32 * 1024)
-            .output_buffer_size(16 * 1024)
+            .output_buffer_size(max_line)
             // ureq's own pool is off: it passes over every idle connection on each return,
             // under one lock for all backends. Idle connections are kept per backend by us.
             .max_idle_connections(0)
@@ -198,6 +232,7 @@ impl Forwarder {
             timeouts,
             idle_limits,
             tls,
+            max_line,
             links,
             closed: AtomicBool::new(false),
         }
@@ -269,8 +304,27 @@ impl Forwarder {
     }
 
     /// Checks once, before any backend is tried, that the request can be expressed upstream:
-    /// the method, target and every header must be acceptable to ureq's `http` types. A request
-    /// that cannot be is the client's fault (`400`), never a backend failure.
+    /// the method, target and every header must be acceptable to ureq's `http` types and to
+    /// ureq's own checks of a request (it refuses a `Host` or `Authorization` value that is not
+    /// visible ASCII), and every line must fit the write buffer. A request that fails is the
+    /// client's fault (`400`, `431` for a line too long), never a backend failure: ureq would
+    /// report it as a failed try of each backend in turn.
+    ///
+    /// ```
+    /// use lb_sync::upstream::{ForwardTimeouts, Forwarder, IdleLimits, PrepareError, UpstreamTls};
+    /// use std::{sync::Arc, time::Duration};
+    /// let timeouts = ForwardTimeouts { connect: Duration::from_secs(1), request: Duration::from_secs(1) };
+    /// let idle = IdleLimits { max: 1, timeout: Duration::from_secs(1) };
+    /// let forwarder = Forwarder::new(timeouts, idle, Arc::new(UpstreamTls::load(None).unwrap()));
+    /// let cookie = vec![b'a'; 32 * 1024];
+    /// assert!(forwarder.prepare("GET", "/", [("Cookie", &cookie[..])]).is_ok());
+    /// let too_long = vec![b'a'; 40 * 1024];
+    /// let refused = forwarder.prepare("GET", "/", [("Cookie", &too_long[..])]).unwrap_err();
+    /// assert!(matches!(refused, PrepareError::LineTooLong { length: 40972, .. }));
+    /// let token = "Bearer \u{e9}t\u{e9}".as_bytes();
+    /// let refused = forwarder.prepare("GET", "/", [("Authorization", token)]).unwrap_err();
+    /// assert_eq!(refused, PrepareError::HeaderValue("authorization".into()));
+    /// ```
     pub fn prepare<'h>(
         &self,
         method: &str,
@@ -280,17 +334,27 @@ impl Forwarder {
         let method =
             http::Method::from_bytes(method.as_bytes()).map_err(|_| PrepareError::Method(method.to_string()))?;
         let path = http::uri::PathAndQuery::try_from(target).map_err(|_| PrepareError::Target)?;
+        // "METHOD TARGET HTTP/1.1\r\n"
+        let mut longest = method.as_str().len() + path.as_str().len() + 12;
         let mut map = http::HeaderMap::new();
         for (name, value) in headers {
             let name = http::HeaderName::from_bytes(name.as_bytes())
                 .map_err(|_| PrepareError::HeaderName(name.to_string()))?;
             let value =
                 http::HeaderValue::from_bytes(value).map_err(|_| PrepareError::HeaderValue(name.to_string()))?;
-            // ureq refuses a Host that is not plain visible ASCII.
-            if name == http::header::HOST && !value.as_bytes().iter().all(|b| b.is_ascii_graphic()) {
-                return Err(PrepareError::HeaderValue("host".into()));
+            // ureq refuses these unless they are visible ASCII (tabs allowed in Authorization).
+            let visible = |b: &u8| b.is_ascii_graphic() || *b == b' ' || *b == b'\t';
+            let refused = (name == http::header::HOST && !value.as_bytes().iter().all(u8::is_ascii_graphic))
+                || (name == http::header::AUTHORIZATION && !value.as_bytes().iter().all(visible));
+            if refused {
+                return Err(PrepareError::HeaderValue(name.as_str().into()));
             }
+            // "Name: value\r\n", and the blank line after the last one.
+            longest = longest.max(name.as_str().len() + value.len() + 6);
             map.append(name, value);
+        }
+        if longest > self.max_line {
+            return Err(PrepareError::LineTooLong { length: longest, limit: self.max_line });
         }
         Ok(Prepared { method, path, headers: map })
     }

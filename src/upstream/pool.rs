@@ -252,9 +252,11 @@ mod tests {
     use super::*;
     use ureq::unversioned::transport::LazyBuffers;
 
-    /// A connection that knows its number and whether it still counts as open.
+    /// A connection that knows its number (read back through its `Debug` output) and whether
+    /// it still counts as open.
     #[derive(Debug)]
     struct Fake {
+        #[allow(dead_code)]
         id: usize,
         open: Arc<AtomicBool>,
         buffers: LazyBuffers,
