@@ -8,15 +8,18 @@
 #   scripts/bench.sh cost     # syscalls and context switches per proxied keep-alive GET, lb-sync vs nginx
 #   scripts/bench.sh upstream-tls  # an https:// backend vs the same one over plain HTTP, lb-sync and nginx
 #   scripts/bench.sh slow     # 1000 slow senders / readers / heads, 100 slow backend requests: normal GETs meanwhile
-#   scripts/bench.sh sweep    # lb-sync vs nginx vs HAProxy at c=10, 64, 256 in front of nginx backends:
-#                             # req/s, p50, p99 and the proxy's CPU microseconds per request
+#   scripts/bench.sh sweep    # lb-sync vs nginx vs HAProxy (vs Pingora) at c=10, 64, 256 and c=10 after
+#                             # a c=256 burst, in front of three nginx backends and of one shared one:
+#                             # req/s, p50, p99, the proxy's CPU us and context switches per request
 #   scripts/bench.sh websocket  # WebSocket echo round trips/s through lb-sync vs nginx vs HAProxy vs direct
 #   scripts/bench.sh tls      # HTTPS: lb-sync vs nginx vs HAProxy, same certificate (ECDSA P-256), same lb-backends;
 #                             # keep-alive, then a new TLS handshake for every request (Connection: close)
 #   scripts/bench.sh algorithms  # one lb-backend 10x slower than the other two, at ~80 % of their capacity, open loop:
 #                             # p50/p99 through lb-sync with round_robin, least_connections, p2c and peak_ewma
 #
-# Environment: DURATION (default 10s; 5s per run for websocket; 20s per algorithm for algorithms), WS_TUNNELS ("1 8 64"), WS_SIZE
+# Environment: DURATION (default 10s; 5s per run for websocket; 20s per algorithm for algorithms), ROUNDS (sweep: runs per cell, 1),
+# SWEEP_CONNECTIONS ("10 64 256"), SWEEP_LAYOUTS ("separate shared"), BURST (5s), PINGORA (0: leave
+# Pingora out of the sweep), WS_TUNNELS ("1 8 64"), WS_SIZE
 # (64 bytes per frame), CONNECTIONS (64), WRK_THREADS (2), THREADS (lb workers, 256),
 # BODY_BYTES (1024), NGINX_WORKERS (auto); LB_BACKEND / LB_SYNC (binaries to use), else they come
 # from ${CARGO_TARGET_DIR:-target}/release, built when missing or stale.
@@ -378,59 +381,159 @@ PY
     python3 "$root/scripts/slow_peers.py" "127.0.0.1:$lb_port" "$lb_pid" "$work/bodies" "${SLOW_PEERS:-1000}"
     ;;
   sweep)
-    # Issue 8's targets in one run: the three proxies in front of the same nginx backends (so
-    # backend cost is equal), at several concurrencies. CPU is the proxy's user + system time
-    # from /proc/PID/stat (all threads, nginx master and workers together) over the wrk run.
+    # Issue 18's targets in one run: lb-sync (its defaults), nginx and HAProxy (and Pingora's
+    # load balancer, the Rust anchor, when scripts/build_pingora.sh can build it) in front of the
+    # same nginx backends, at several concurrencies, then at c=10 right after a c=256 burst.
+    # Twice: three backend processes (one nginx worker each), and the three ports served by one
+    # shared single-worker nginx. Per cell: req/s, p50, p99, the proxy's CPU microseconds per
+    # request (user + system time of all its processes from /proc/PID/stat over the run) and
+    # voluntary context switches per request (summed over every thread, /proc/PID/task/*/status).
+    # ROUNDS runs each cell that many times, interleaving the proxies; the tables show medians.
     command -v haproxy >/dev/null || { echo "bench.sh: haproxy not found (apt-get install haproxy)" >&2; exit 1; }
-    read -r -a ports <<<"$(free_ports 6)"
-    backend_ports=("${ports[@]:0:3}")
-    lb_port=${ports[3]} nginx_port=${ports[4]} haproxy_port=${ports[5]}
+    rounds="${ROUNDS:-1}"
+    levels="${SWEEP_CONNECTIONS:-10 64 256}"
+    burst="${BURST:-5s}"
+    pingora_bin=""
+    if [ "${PINGORA:-1}" != 0 ] && [ -x "$root/scripts/build_pingora.sh" ]; then
+      pingora_bin=$("$root/scripts/build_pingora.sh" 2> "$work/pingora-build.log") || {
+        echo "(Pingora left out: its build failed; see scripts/build_pingora.sh)"; pingora_bin=""; }
+    fi
     body=$(head -c "$body_bytes" /dev/zero | tr '\0' x)
-    backend_lists "${backend_ports[@]}"
-    listens=""
-    for port in "${backend_ports[@]}"; do listens+="listen 127.0.0.1:$port; "; done
-    NGINX_WORKERS=1 nginx_up "server { $listens location / { default_type text/plain; return 200 '$body'; } }" backends
-    nginx_up "upstream backends { $upstream keepalive 64; }
-  server {
-    listen 127.0.0.1:$nginx_port;
-    location / { proxy_pass http://backends; proxy_http_version 1.1; proxy_set_header Connection \"\"; }
-  }"
-    nginx_pid=${pids[-1]}
-    "$sync_bin" --algorithm round_robin --host 127.0.0.1 --port "$lb_port" --threads "$threads" --access-log false \
-      --health-check-interval 0 "${lb_args[@]}" > "$work/lb-sync.out" 2> "$work/lb-sync.err" &
-    lb_pid=$!
-    pids+=("$lb_pid")
-    haproxy_up "127.0.0.1:$haproxy_port"
-    for port in "${backend_ports[@]}"; do wait_port "$port"; done
-    wait_port "$lb_port" / "$work/lb-sync.err"
-    wait_port "$nginx_port" / "$work/nginx/logs/error.log"
-    wait_port "$haproxy_port" / "$work/haproxy.log"
     ticks() { for pid in "$@"; do awk '{print $14 + $15}' "/proc/$pid/stat"; done | awk '{s += $1} END {print s + 0}'; }
-    nginx_procs=("$nginx_pid" $(pgrep -P "$nginx_pid"))
+    switches() { for pid in "$@"; do cat /proc/"$pid"/task/*/status 2>/dev/null; done | awk '/^voluntary_ctxt_switches/ {s += $2} END {print s + 0}'; }
     hz=$(getconf CLK_TCK)
-    echo "3 nginx backends (return 200, ${body_bytes} B); lb-sync --threads $threads; nginx workers ${NGINX_WORKERS:-auto}; haproxy nbthread $(nproc)"
-    printf '%-6s %-8s %10s %9s %9s %12s\n' conns proxy "req/s" p50 p99 "CPU us/req"
-    for c in ${SWEEP_CONNECTIONS:-10 64 256}; do
-      for proxy in lb-sync nginx haproxy; do
-        case "$proxy" in
-          lb-sync) port=$lb_port procs=("$lb_pid") ;;
-          nginx) port=$nginx_port procs=("${nginx_procs[@]}") ;;
-          haproxy) port=$haproxy_port procs=("$haproxy_pid") ;;
-        esac
-        before=$(ticks "${procs[@]}")
-        wrk -t"$wrk_threads" -c"$c" -d"$duration" --latency "http://127.0.0.1:$port/" > "$work/$proxy.$c.wrk"
-        after=$(ticks "${procs[@]}")
-        rps=$(awk '/Requests\/sec/ {print $2}' "$work/$proxy.$c.wrk")
-        n=$(awk '/requests in/ {print $1}' "$work/$proxy.$c.wrk")
-        p50=$(awk '$1 == "50%" {print $2}' "$work/$proxy.$c.wrk")
-        p99=$(awk '$1 == "99%" {print $2}' "$work/$proxy.$c.wrk")
-        errors=$(awk '/Non-2xx|Socket errors/ {printf "%s ", $0}' "$work/$proxy.$c.wrk")
-        echo "$rps" > "$work/$proxy.$c.rps"
-        cpu=$(python3 -c "import sys; print(f'{(int(sys.argv[2]) - int(sys.argv[1])) * 1e6 / int(sys.argv[3]) / int(sys.argv[4]):.1f}')" "$before" "$after" "$hz" "$n")
-        printf '%-6s %-8s %10s %9s %9s %12s %s\n' "$c" "$proxy" "$rps" "$p50" "$p99" "$cpu" "$errors"
+    results="$work/sweep.tsv"
+    : > "$results"
+    # measure LAYOUT ROW PROXY CONNS PIDS...: one wrk run, one line of $results.
+    measure() {
+      local layout="$1" row="$2" proxy="$3" c="$4"; shift 4
+      local port="${proxy_port[$proxy]}" out="$work/$layout.$proxy.$row.wrk"
+      local t0 s0 t1 s1
+      t0=$(ticks "$@"); s0=$(switches "$@")
+      wrk -t"$wrk_threads" -c"$c" -d"$duration" --latency "http://127.0.0.1:$port/" > "$out"
+      t1=$(ticks "$@"); s1=$(switches "$@")
+      python3 - "$layout" "$row" "$proxy" "$out" "$((t1 - t0))" "$hz" "$((s1 - s0))" >> "$results" <<'PY'
+import re, sys
+layout, row, proxy, path, ticks, hz, switches = sys.argv[1:]
+text = open(path).read()
+def ms(v):
+    n, unit = re.match(r"([0-9.]+)(us|ms|s)", v).groups()
+    return float(n) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+n = int(re.search(r"(\d+) requests in", text).group(1))
+rps = float(re.search(r"Requests/sec:\s+([0-9.]+)", text).group(1))
+p50 = ms(re.search(r"^\s+50%\s+(\S+)", text, re.M).group(1))
+p99 = ms(re.search(r"^\s+99%\s+(\S+)", text, re.M).group(1))
+errors = " ".join(l.strip() for l in text.splitlines() if "Non-2xx" in l or "Socket errors" in l)
+cpu = int(ticks) * 1e6 / int(hz) / max(n, 1)
+print(f"{layout}\t{row}\t{proxy}\t{rps:.0f}\t{p50:.3f}\t{p99:.3f}\t{cpu:.1f}\t{int(switches) / max(n, 1):.2f}\t{errors}")
+PY
+    }
+    declare -A proxy_port proxy_pids
+    # run_layout separate|shared: starts backends and proxies, measures every row, stops them.
+    run_layout() {
+      local layout="$1" first=${#pids[@]}
+      read -r -a ports <<<"$(free_ports 7)"
+      backend_ports=("${ports[@]:0:3}")
+      proxy_port[lb-sync]=${ports[3]} proxy_port[nginx]=${ports[4]} proxy_port[haproxy]=${ports[5]} proxy_port[pingora]=${ports[6]}
+      backend_lists "${backend_ports[@]}"
+      if [ "$layout" = shared ]; then
+        local listens=""
+        for port in "${backend_ports[@]}"; do listens+="listen 127.0.0.1:$port; "; done
+        NGINX_WORKERS=1 nginx_up "server { $listens location / { default_type text/plain; return 200 '$body'; } }" "backends-$layout"
+      else
+        for port in "${backend_ports[@]}"; do
+          NGINX_WORKERS=1 nginx_up "server { listen 127.0.0.1:$port; location / { default_type text/plain; return 200 '$body'; } }" "backend-$port"
+        done
+      fi
+      nginx_up "upstream backends { $upstream keepalive 64; }
+  server {
+    listen 127.0.0.1:${proxy_port[nginx]};
+    location / { proxy_pass http://backends; proxy_http_version 1.1; proxy_set_header Connection \"\"; }
+  }" "nginx-$layout"
+      local nginx_pid=${pids[-1]}
+      local lb_threads=()
+      [ -n "${THREADS:-}" ] && lb_threads=(--threads "$THREADS")
+      "$sync_bin" --algorithm round_robin --host 127.0.0.1 --port "${proxy_port[lb-sync]}" "${lb_threads[@]}" \
+        --access-log false --health-check-interval 0 "${lb_args[@]}" > "$work/lb-sync.out" 2> "$work/lb-sync.err" &
+      pids+=("$!")
+      proxy_pids[lb-sync]=$!
+      haproxy_up "127.0.0.1:${proxy_port[haproxy]}"
+      proxy_pids[haproxy]=$haproxy_pid
+      local proxies=(lb-sync nginx haproxy)
+      if [ -n "$pingora_bin" ]; then
+        local pingora_args=()
+        for port in "${backend_ports[@]}"; do pingora_args+=(--backend "127.0.0.1:$port"); done
+        "$pingora_bin" --listen "127.0.0.1:${proxy_port[pingora]}" --threads "$(nproc)" "${pingora_args[@]}" \
+          > "$work/pingora.log" 2>&1 &
+        pids+=("$!")
+        proxy_pids[pingora]=$!
+        proxies+=(pingora)
+      fi
+      for port in "${backend_ports[@]}"; do wait_port "$port"; done
+      wait_port "${proxy_port[lb-sync]}" / "$work/lb-sync.err"
+      wait_port "${proxy_port[nginx]}" / "$work/nginx-$layout/logs/error.log"
+      wait_port "${proxy_port[haproxy]}" / "$work/haproxy.log"
+      [ -n "$pingora_bin" ] && wait_port "${proxy_port[pingora]}" / "$work/pingora.log"
+      proxy_pids[nginx]="$nginx_pid $(pgrep -P "$nginx_pid" | tr '\n' ' ')"
+      for c in $levels; do
+        for round in $(seq 1 "$rounds"); do
+          for proxy in "${proxies[@]}"; do
+            # shellcheck disable=SC2086
+            measure "$layout" "c=$c" "$proxy" "$c" ${proxy_pids[$proxy]}
+          done
+        done
       done
-      echo "c=$c lb-sync / nginx: $(ratio_of "lb-sync.$c" "nginx.$c")   lb-sync / haproxy: $(ratio_of "lb-sync.$c" "haproxy.$c")"
+      # c=10 right after a c=256 burst: what a spike leaves behind (pooled connections, awake
+      # workers) and how soon the cost per request is back to c=10's.
+      for round in $(seq 1 "$rounds"); do
+        for proxy in "${proxies[@]}"; do
+          wrk -t"$wrk_threads" -c256 -d"$burst" "http://127.0.0.1:${proxy_port[$proxy]}/" > /dev/null
+          # shellcheck disable=SC2086
+          measure "$layout" "c=10 after c=256" "$proxy" 10 ${proxy_pids[$proxy]}
+        done
+      done
+      for pid in "${pids[@]:$first}"; do kill "$pid" 2>/dev/null || true; done
+      for pid in "${pids[@]:$first}"; do wait "$pid" 2>/dev/null || true; done
+      pids=("${pids[@]:0:$first}")
+    }
+    echo "lb-sync ${THREADS:+--threads $THREADS }(defaults otherwise); nginx proxy: one worker per core, keepalive 64; haproxy nbthread $(nproc), http-reuse always${pingora_bin:+; Pingora LB, $(nproc) threads}"
+    echo "backends: nginx answering $body_bytes bytes; rounds per cell: $rounds (medians shown)"
+    for layout in ${SWEEP_LAYOUTS:-separate shared}; do
+      run_layout "$layout"
     done
+    python3 - "$results" <<'PY'
+import statistics, sys
+rows = {}
+order = []
+for line in open(sys.argv[1]):
+    layout, row, proxy, rps, p50, p99, cpu, vcs, *errors = line.rstrip("\n").split("\t")
+    key = (layout, row)
+    if key not in rows:
+        rows[key] = {}
+        order.append(key)
+    rows[key].setdefault(proxy, []).append((float(rps), float(p50), float(p99), float(cpu), float(vcs), errors[0] if errors else ""))
+med = lambda xs: statistics.median(xs)
+titles = {"separate": "three backends (a single-worker nginx each)", "shared": "one shared single-worker nginx serving the three ports"}
+for layout in dict.fromkeys(k[0] for k in order):
+    print(f"\n## {titles.get(layout, layout)}")
+    print(f"| load | proxy | req/s | p50 ms | p99 ms | CPU us/req | vol. switches/req | x nginx req/s |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    for key in [k for k in order if k[0] == layout]:
+        cells = rows[key]
+        nginx_rps = med([r[0] for r in cells["nginx"]]) if "nginx" in cells else None
+        for proxy, runs in cells.items():
+            rps, p50, p99, cpu, vcs = (med([r[i] for r in runs]) for i in range(5))
+            ratio = f"{rps / nginx_rps:.2f}" if nginx_rps else ""
+            errors = "; ".join(sorted({r[5] for r in runs if r[5]}))
+            print(f"| {key[1]} | {proxy} | {rps:.0f} | {p50:.2f} | {p99:.2f} | {cpu:.1f} | {vcs:.2f} | {ratio} |{' ' + errors if errors else ''}")
+    lb = {k[1]: rows[k].get("lb-sync") for k in order if k[0] == layout}
+    cpu = {r: med([x[3] for x in v]) for r, v in lb.items() if v}
+    rps = {r: med([x[0] for x in v]) for r, v in lb.items() if v}
+    if "c=10" in cpu and "c=256" in cpu:
+        print(f"\nlb-sync CPU us/req at c=256 / at c=10: {cpu['c=256'] / cpu['c=10']:.2f}")
+    if "c=10" in rps and "c=10 after c=256" in rps:
+        print(f"lb-sync req/s at c=10 after a c=256 burst / fresh: {rps['c=10 after c=256'] / rps['c=10']:.2f}")
+PY
     ;;
   upstream-tls)
     # The cost of TLS to the backend: one nginx backend answering the same body on an HTTP and

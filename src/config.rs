@@ -368,6 +368,15 @@ pub struct Config {
     /// Seconds a request may wait for a backend connection slot (HAProxy's `timeout queue`).
     /// Default 5.
     pub backend_queue_timeout: f64,
+    /// Idle connections kept open to each backend for later requests (nginx's upstream
+    /// `keepalive`); beyond it the least recently used is closed, and 0 closes each connection
+    /// after its answer. Default: `threads` (every worker can keep one to each backend; the
+    /// most recently used is taken first, so the surplus of a burst ages out).
+    pub upstream_keepalive: Option<usize>,
+    /// Seconds an idle backend connection is kept (nginx's upstream `keepalive_timeout`).
+    /// Default 4: under the 5 s keep-alive of common backends (Node's), so a connection is
+    /// not reused just as its backend closes it.
+    pub upstream_keepalive_timeout: f64,
     /// Largest request body in bytes (`413` above). Default 1 GiB.
     pub max_body_bytes: u64,
     /// Request bodies are read whole by the poller before a worker sees them: in memory up to
@@ -481,6 +490,8 @@ impl Default for Config {
             queue_capacity: 1024,
             backend_max_connections: None,
             backend_queue_timeout: 5.0,
+            upstream_keepalive: None,
+            upstream_keepalive_timeout: 4.0,
             max_body_bytes: limits.max_body_bytes,
             client_body_buffer_size: buffering.memory_threshold,
             client_body_memory_cap: buffering.memory_cap,
@@ -744,6 +755,16 @@ impl Config {
     /// ```
     pub fn backend_connection_cap(&self) -> usize {
         self.backend_max_connections.unwrap_or((self.threads * 3 / 4).max(1))
+    }
+
+    /// Idle connections kept to each backend (`upstream_keepalive`, or one per worker).
+    ///
+    /// ```
+    /// let config = lb_sync::config::Config { threads: 8, ..Default::default() };
+    /// assert_eq!(config.upstream_keepalive_in_force(), 8);
+    /// ```
+    pub fn upstream_keepalive_in_force(&self) -> usize {
+        self.upstream_keepalive.unwrap_or(self.threads)
     }
 
     /// How request bodies are buffered, from this configuration.

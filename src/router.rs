@@ -31,7 +31,7 @@ fn admin_path(shared: &Shared, request: &Request) -> Option<String> {
 
 /// Checks access, answers, and writes the access-log line when the answer is out.
 fn serve_admin(shared: &Shared, request: Request, path: &str, listener: Listener) -> Response {
-    let access = PendingAccess::new(&request, canonical(request.peer().ip()));
+    let access = PendingAccess::new(&request, canonical(request.peer().ip()), shared.ops.access_log.is_some());
     let response = if admin::is_dashboard(shared, path) {
         admin::handle(shared, request, path)
     } else {

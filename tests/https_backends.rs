@@ -95,7 +95,7 @@ impl Drop for Pki {
 }
 
 /// A keep-alive HTTP/1.1 backend, over TLS or plain, in this process: answers `NAME PATH` (and
-/// ` BODY` when the request has one) with `200`, and `/health` with the status in `health`. It closes a connection idle for
+/// ` x-big=LENGTH` when the request has an `X-Big` header, ` BODY` when it has a body) with `200`, and `/health` with the status in `health`. It closes a connection idle for
 /// `idle_close` (with a TLS close_notify), as servers' keep-alive timeouts do.
 struct TestBackend {
     addr: SocketAddr,
@@ -205,6 +205,7 @@ fn serve(stream: &mut (impl Read + Write), name: &str, hits: &AtomicUsize, healt
         }
         let path = line.split(' ').nth(1).unwrap_or("/").to_string();
         let mut length = 0usize;
+        let mut big = String::new();
         loop {
             let mut header = String::new();
             if reader.read_line(&mut header).unwrap_or(0) == 0 {
@@ -217,6 +218,9 @@ fn serve(stream: &mut (impl Read + Write), name: &str, hits: &AtomicUsize, healt
                 if name.eq_ignore_ascii_case("content-length") {
                     length = value.trim().parse().unwrap_or(0);
                 }
+                if name.eq_ignore_ascii_case("x-big") {
+                    big = format!(" x-big={}", value.trim().len());
+                }
             }
         }
         let mut body = vec![0; length];
@@ -228,7 +232,7 @@ fn serve(stream: &mut (impl Read + Write), name: &str, hits: &AtomicUsize, healt
         } else {
             hits.fetch_add(1, Ordering::SeqCst);
             let sent = if body.is_empty() { String::new() } else { format!(" {}", String::from_utf8_lossy(&body)) };
-            (200, format!("{name} {path}{sent}"))
+            (200, format!("{name} {path}{big}{sent}"))
         };
         let response = format!("HTTP/1.1 {status} X\r\nContent-Length: {}\r\n\r\n{text}", text.len());
         let stream = reader.get_mut();
@@ -313,6 +317,23 @@ fn a_body_streamed_to_an_https_backend_arrives_whole() {
         let resp = conn.response();
         assert_eq!((resp.status, resp.text()), (200, "secure /stream first-half".to_string()), "round {round}");
     }
+}
+
+#[test]
+fn heads_up_to_the_front_ends_limit_reach_an_https_backend_whole() {
+    // ureq's TLS layer writes the head into a buffer of its own, sized as the plain one.
+    let pki = Pki::new();
+    let secure = TestBackend::https("secure", pki.server_config(false));
+    let lb = start(&[format!("big=https://localhost:{}", secure.port())], "", Some(&pki));
+    let mut conn = Conn::open(lb.addr);
+    for size in [17 * 1024, 32 * 1024] {
+        let start = "GET /big HTTP/1.1\r\nHost: t\r\nX-Big: ";
+        let value = "b".repeat(size - start.len() - 4);
+        conn.send(format!("{start}{value}\r\n\r\n").as_bytes());
+        let resp = conn.response();
+        assert_eq!((resp.status, resp.text()), (200, format!("secure /big x-big={}", value.len())), "{size} bytes");
+    }
+    assert_eq!(backend_json(&lb, "big")["failed_requests"], 0);
 }
 
 #[test]

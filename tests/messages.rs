@@ -149,6 +149,8 @@ fn lb_config_shows_the_caps_in_force_and_where_they_came_from() {
     assert_eq!(config["client_body_temp_path"], std::env::temp_dir().to_str().unwrap());
     let derived = &config["derived"];
     assert_eq!(derived["backend_max_connections"], "unset: 3/4 of threads (8)");
+    assert_eq!(config["upstream_keepalive"], 8);
+    assert_eq!(derived["upstream_keepalive"], "unset: one per worker (threads, 8)");
     assert_eq!(derived["rate_limit_burst"], "0: one second of rate_limit (2.5)");
     assert_eq!(derived["client_body_temp_path"], "unset: the system's temp dir");
     assert!(derived.get("client_rate_limit_burst").is_none(), "{derived}");

@@ -62,6 +62,11 @@ pub fn backend_json(backend: &Backend) -> Value {
         "total_requests": requests,
         "failed_requests": failures,
         "client_aborts": backend.client_aborts(),
+        "upstream_connections": {
+            "idle": backend.idle_connections(),
+            "opened": backend.connection_counts().opened(),
+            "reused": backend.connection_counts().reused(),
+        },
         "responses": by_class(&backend.answers()),
         "latency": latency_json(&backend.latency().snapshot()),
         "circuit_breaker": {
@@ -207,6 +212,10 @@ fn derived_settings(config: &crate::config::Config) -> Vec<(&'static str, (Value
     if config.backend_max_connections.is_none() {
         let why = format!("unset: 3/4 of threads ({})", config.threads);
         derived.push(("backend_max_connections", (json!(config.backend_connection_cap()), why)));
+    }
+    if config.upstream_keepalive.is_none() {
+        let why = format!("unset: one per worker (threads, {})", config.threads);
+        derived.push(("upstream_keepalive", (json!(config.upstream_keepalive_in_force()), why)));
     }
     let limits = config.rate_limits();
     if config.rate_limit > 0.0 && config.rate_limit_burst == 0 {

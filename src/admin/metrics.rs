@@ -14,6 +14,8 @@
 //! | `lb_queue_depth` | | requests waiting for a worker |
 //! | `lb_open_tunnels`, `lb_tunnels_total` | | tunnels (WebSockets: upgraded connections) open now, and opened since the start |
 //! | `lb_backend_open_tunnels`, `lb_backend_tunnels_total` | `backend` | the same per backend |
+//! | `lb_backend_idle_connections` | `backend` | connections to it kept idle for the next requests |
+//! | `lb_backend_connections_opened_total`, `lb_backend_connections_reused_total` | `backend` | connections opened to it, and requests sent on an idle one taken again |
 //! | `lb_backend_up` | `backend` | 1 unless health checks marked it down |
 //! | `lb_backend_usable` | `backend` | 1 when a pick may choose it (enabled, up, circuit not open) |
 //! | `lb_backend_enabled`, `lb_backend_draining` | `backend` | management state |
@@ -112,6 +114,20 @@ fn encode(shared: &Shared) -> Result<String, ExpositionError> {
     let mut family = e.counter("lb_backend_tunnels", "Tunnels opened to each backend.")?;
     for b in backends {
         family.sample(&[("backend", &b.id)], b.tunnels().total() as f64)?;
+    }
+    let mut family =
+        e.gauge("lb_backend_idle_connections", "Connections to each backend kept idle for later requests.")?;
+    for b in backends {
+        family.sample(&[("backend", &b.id)], b.idle_connections() as f64)?;
+    }
+    let mut family = e.counter("lb_backend_connections_opened", "Connections opened to each backend.")?;
+    for b in backends {
+        family.sample(&[("backend", &b.id)], b.connection_counts().opened() as f64)?;
+    }
+    let mut family =
+        e.counter("lb_backend_connections_reused", "Requests sent to each backend on an idle connection taken again.")?;
+    for b in backends {
+        family.sample(&[("backend", &b.id)], b.connection_counts().reused() as f64)?;
     }
 
     let gauges: [(&str, &str, BackendGauge); 6] = [

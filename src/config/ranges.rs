@@ -56,6 +56,7 @@ pub const RANGES: &[Range] = &[
     range("queue_capacity", 1.0, 1_000_000.0, Unit::Count),
     range("max_connections", 1.0, 1_000_000.0, Unit::Count),
     range("backend_max_connections", 1.0, 1_000_000.0, Unit::Count),
+    range("upstream_keepalive", 0.0, 1_000_000.0, Unit::Count),
     range("max_tries", 1.0, 100.0, Unit::Count),
     range("retry_budget_min", 0.0, 1_000_000.0, Unit::Count),
     range("retry_budget_ratio", 0.0, 10.0, Unit::Ratio),
@@ -68,6 +69,7 @@ pub const RANGES: &[Range] = &[
     range("request_timeout", 0.001, DAY, Unit::Seconds),
     range("connect_timeout", 0.001, DAY, Unit::Seconds),
     range("backend_queue_timeout", 0.0, DAY, Unit::Seconds),
+    range("upstream_keepalive_timeout", 0.001, DAY, Unit::Seconds),
     range("client_header_timeout", 1.0, DAY, Unit::Seconds),
     range("keep_alive_timeout", 1.0, DAY, Unit::Seconds),
     range("client_io_timeout", 1.0, DAY, Unit::Seconds),
@@ -167,10 +169,14 @@ pub(super) fn check(config: &Config) -> Result<(), ConfigError> {
     if let Some(cap) = config.backend_max_connections {
         of("backend_max_connections").check(cap as f64, &cap)?;
     }
+    if let Some(kept) = config.upstream_keepalive {
+        of("upstream_keepalive").check(kept as f64, &kept)?;
+    }
     let seconds = [
         ("request_timeout", config.request_timeout),
         ("connect_timeout", config.connect_timeout),
         ("backend_queue_timeout", config.backend_queue_timeout),
+        ("upstream_keepalive_timeout", config.upstream_keepalive_timeout),
         ("shutdown_timeout", config.shutdown_timeout),
         ("tunnel_idle_timeout", config.tunnel_idle_timeout),
         ("health_check_interval", config.health_check_interval),

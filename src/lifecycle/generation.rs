@@ -14,7 +14,7 @@ use crate::state::{ReloadHook, Shared};
 use crate::stats::Stats;
 use crate::traffic::RateLimiter;
 use crate::upstream::{
-    BackendPolicy, BackendTable, ForwardTimeouts, Forwarder, HealthConfig, RetryBudget, UpstreamTls,
+    BackendPolicy, BackendTable, ForwardTimeouts, Forwarder, HealthConfig, IdleLimits, RetryBudget, UpstreamTls,
 };
 
 /// Settings a reload cannot change: they need a new listener, a new worker pool or files and
@@ -87,14 +87,18 @@ pub(crate) fn tls_certificates(config: &Config) -> Result<Option<Certificates>, 
     Certificates::load(&files).map(Some)
 }
 
-/// The HTTP client's settings: its timeouts, and an idle pool in which every worker may keep a
-/// connection to every backend (added ones included).
-fn client_settings(config: &Config) -> (ForwardTimeouts, usize) {
+/// The HTTP client's settings: its timeouts, and how many idle connections each backend keeps
+/// for how long.
+fn client_settings(config: &Config) -> (ForwardTimeouts, IdleLimits) {
     let timeouts = ForwardTimeouts {
         connect: Duration::from_secs_f64(config.connect_timeout),
         request: Duration::from_secs_f64(config.request_timeout),
     };
-    (timeouts, (config.threads * config.backends.len().max(4)).max(64))
+    let idle = IdleLimits {
+        max: config.upstream_keepalive_in_force(),
+        timeout: Duration::from_secs_f64(config.upstream_keepalive_timeout),
+    };
+    (timeouts, idle)
 }
 
 /// Builds the `Shared` of `config` over `table`, reusing from `previous` the counters, the
@@ -108,17 +112,13 @@ pub(crate) fn build_shared(
     ops: Arc<Operations>,
     reload: Arc<ReloadHook>,
 ) -> Result<Shared, String> {
-    let (timeouts, pool_size) = client_settings(&config);
+    let (timeouts, idle_limits) = client_settings(&config);
     let tls = UpstreamTls::load(config.upstream_ca.as_deref()).map_err(|e| e.to_string())?;
     let forwarder = match previous {
-        Some(p)
-            if p.forwarder.settings().0 == timeouts
-                && p.forwarder.settings().1 >= pool_size
-                && **p.forwarder.tls() == tls =>
-        {
+        Some(p) if p.forwarder.settings() == (timeouts, idle_limits) && **p.forwarder.tls() == tls => {
             Arc::clone(&p.forwarder)
         }
-        _ => Arc::new(Forwarder::new(timeouts, pool_size, Arc::new(tls))),
+        _ => Arc::new(Forwarder::new(timeouts, idle_limits, Arc::new(tls))),
     };
     let limits = config.rate_limits();
     let rate_limiter = match previous {

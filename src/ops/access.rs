@@ -40,9 +40,10 @@ pub struct PendingAccess {
 }
 
 impl PendingAccess {
-    /// Takes what the line needs from `request`; `client_ip` is the client as the balancer
-    /// sees it (after a trusted proxy's `X-Forwarded-For`).
-    pub fn new(request: &Request, client_ip: IpAddr) -> PendingAccess {
+    /// Takes what the line needs from `request` (when `logged`: with the access log off only the
+    /// id and the start are kept, and nothing is copied); `client_ip` is the client as the
+    /// balancer sees it (after a trusted proxy's `X-Forwarded-For`).
+    pub fn new(request: &Request, client_ip: IpAddr, logged: bool) -> PendingAccess {
         let incoming = request
             .header("x-request-id")
             .map(str::trim)
@@ -51,16 +52,17 @@ impl PendingAccess {
             Some(id) => (id.to_string(), true),
             None => (next_request_id().as_str().to_string(), false),
         };
+        let copy = |text: &str| if logged { text.to_string() } else { String::new() };
         PendingAccess {
             client_ip,
-            method: request.method().to_string(),
-            target: request.target().to_string(),
+            method: copy(request.method()),
+            target: copy(request.target()),
             protocol: match request.version() {
                 Version::Http10 => "HTTP/1.0",
                 Version::Http11 => "HTTP/1.1",
             },
-            referer: request.header("referer").map(str::to_string),
-            user_agent: request.header("user-agent").map(str::to_string),
+            referer: request.header("referer").filter(|_| logged).map(str::to_string),
+            user_agent: request.header("user-agent").filter(|_| logged).map(str::to_string),
             request_id,
             id_came_in,
             started: Instant::now(),

@@ -23,6 +23,9 @@ pub enum ProxyError {
     /// it closed, sent bad framing or was slower than the minimum rate (nginx answers `400`
     /// when a client's body is cut short, too).
     ClientBodyCutShort,
+    /// The request body, kept in a temp file, could not be read back (a disk error): our
+    /// failure, not the backend's (nginx answers `500` then).
+    BodyUnreadable,
     /// An upgrade request (a WebSocket) whose backend is an `https://` one: tunnels to HTTPS
     /// backends are not supported yet. Nothing was sent.
     UpgradeUnsupported,
@@ -40,20 +43,26 @@ impl ProxyError {
     ///
     /// ```
     /// use lb_sync::proxy::ProxyError;
-    /// use lb_sync::upstream::ForwardError;
+    /// use lb_sync::upstream::{ForwardError, PrepareError};
     /// assert_eq!(ProxyError::NoBackend.status(), 503);
     /// assert_eq!(ProxyError::BackendFailed(ForwardError::Timeout).status(), 504);
     /// assert_eq!(ProxyError::BackendFailed(ForwardError::NoResponse("reset".into())).status(), 502);
     /// assert_eq!(ProxyError::RateLimited { limit: 5, retry_after_secs: 1 }.status(), 429);
+    /// let line = PrepareError::LineTooLong { length: 40_000, limit: 33_792 };
+    /// assert_eq!(ProxyError::Unforwardable(line).status(), 431);
     /// ```
     pub fn status(&self) -> u16 {
         match self {
+            // As the front end answers a head over its limit (nginx answers 400 for a header
+            // line over large_client_header_buffers; 431 says which part was too large).
+            ProxyError::Unforwardable(PrepareError::LineTooLong { .. }) => 431,
             ProxyError::UnsupportedTarget | ProxyError::Unforwardable(_) | ProxyError::ClientBodyCutShort => 400,
             ProxyError::NoBackend | ProxyError::QueueTimeout => 503,
             ProxyError::BackendFailed(e) if e.is_timeout() => 504,
             ProxyError::BackendFailed(_) => 502,
             ProxyError::RateLimited { .. } => 429,
             ProxyError::UpgradeUnsupported => 501,
+            ProxyError::BodyUnreadable => 500,
         }
     }
 
@@ -91,6 +100,7 @@ impl fmt::Display for ProxyError {
             ProxyError::BackendFailed(_) => f.write_str("backend failed"),
             ProxyError::RateLimited { .. } => f.write_str("too many requests"),
             ProxyError::ClientBodyCutShort => f.write_str("the request body was cut short"),
+            ProxyError::BodyUnreadable => f.write_str("the request body could not be read back"),
             ProxyError::UpgradeUnsupported => {
                 f.write_str("an upgrade (WebSocket) to an https:// backend is not supported yet")
             }

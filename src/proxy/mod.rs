@@ -31,11 +31,11 @@ use std::time::{Duration, Instant};
 use crate::client_ip::{canonical, client_ip, is_trusted};
 use crate::health::{CircuitBreaker, Ticket};
 use crate::ops::PendingAccess;
-use crate::server::{BodyFraming, Request, Response};
+use crate::server::{BodyFraming, Request, RequestBody, Response};
 use crate::state::Shared;
 use crate::upstream::{Backend, ForwardError, PickKind, Prepared};
 
-use body::UpstreamBody;
+use body::{TryBody, UpstreamBody};
 use headers::{forwarded_for, upstream_headers};
 use policy::{Session, SessionPick};
 use relay::{relay, Answer};
@@ -66,7 +66,7 @@ struct Outbound {
 /// Proxies one request and answers it: the backend's response, or ours when none could give one.
 pub fn forward(shared: &Shared, request: Request) -> Response {
     let origin = who(shared, &request);
-    let access = PendingAccess::new(&request, origin.client);
+    let access = PendingAccess::new(&request, origin.client, shared.ops.access_log.is_some());
     let quota = shared.rate_limiter.check(origin.client, access.started());
     let outcome = policy::admit(&quota)
         .and_then(|()| prepare(shared, request, &origin, &access))
@@ -181,11 +181,22 @@ fn try_backends(shared: &Shared, out: &mut Outbound) -> Result<(Response, Arc<Ba
             Admission::Skip => continue,
             Admission::Stop => break,
         };
+        // Before the try counts: a body that cannot be read from its start is not the backend's
+        // failure (it was never sent).
+        let body = match out.body.for_try() {
+            Ok(body) => body,
+            Err(e) => {
+                release(breaker);
+                let unreadable = body_unreadable(shared, &e.to_string());
+                // After a failed try, the client hears of that failure.
+                return Err(last_error.map_or(unreadable, ProxyError::BackendFailed));
+            }
+        };
         shared.stats.record_try(tries > 0);
         backend.record_request();
         tries += 1;
         let sent = Instant::now();
-        match send_once(shared, backend, out) {
+        match send_once(shared, backend, &out.prepared, out.upgrade.is_some(), body) {
             Ok(upstream) => {
                 let upstream_time = sent.elapsed();
                 in_flight.answered();
@@ -198,15 +209,24 @@ fn try_backends(shared: &Shared, out: &mut Outbound) -> Result<(Response, Arc<Ba
                 }
                 return Ok((response, Arc::clone(backend), upstream_time));
             }
+            // Reading the request body failed, whatever ureq made of it (an I/O error, as for a
+            // reset): the try failed on the request's side. Neither case is the backend's
+            // failure: no failure count, no breaker failure, no probe, no retry.
             Err(_) if out.body.cut_short() => {
                 // The client broke its streamed body off: counted apart (HAProxy's `cli_abrt`),
-                // so a backend's requests stay its failures, answers and client aborts; not the
-                // backend's failure: no breaker failure, no warning.
+                // so a backend's requests stay its failures, answers and client aborts; no
+                // warning.
                 backend.record_client_abort();
-                if let Some((b, ticket)) = breaker {
-                    b.record_neutral(ticket);
-                }
+                release(breaker);
                 return Err(ProxyError::ClientBodyCutShort);
+            }
+            Err(_) if out.body.read_error().is_some() => {
+                // Our temp file failed while it was being sent (a disk error): counted with the
+                // client aborts, as a try that ended on the request's side, so that the
+                // backend's requests still add up (`/lb/backends`); the log says what it was.
+                backend.record_client_abort();
+                release(breaker);
+                return Err(body_unreadable(shared, out.body.read_error().unwrap_or_default()));
             }
             Err(error) => {
                 let retry = settle_failure(shared, backend, breaker, &error, out);
@@ -225,6 +245,20 @@ fn try_backends(shared: &Shared, out: &mut Outbound) -> Result<(Response, Arc<Ba
 
 /// A breaker that admitted a try, and the ticket it gave: the try's outcome is reported with it.
 type Admitted<'a> = Option<(&'a CircuitBreaker, Ticket)>;
+
+/// Gives back an admitted try's ticket as neither success nor failure: it ended on the request's
+/// side (a half-open breaker's trial slot is free again).
+fn release(breaker: Admitted<'_>) {
+    if let Some((b, ticket)) = breaker {
+        b.record_neutral(ticket);
+    }
+}
+
+/// A kept request body could not be read (a disk error): logged, answered `500`.
+fn body_unreadable(shared: &Shared, why: &str) -> ProxyError {
+    shared.ops.warnings.warn("request-body-unreadable", format_args!("cannot read a request body back: {why}"));
+    ProxyError::BodyUnreadable
+}
 
 /// Whether a picked backend gets the try.
 enum Admission<'a> {
@@ -249,9 +283,7 @@ fn admit<'a>(shared: &Shared, backend: &'a Backend, kind: PickKind, tries: usize
     };
     if tries > 0 && !shared.retry_budget.try_retry() {
         shared.stats.record_budget_denial();
-        if let Some((b, ticket)) = breaker {
-            b.record_neutral(ticket);
-        }
+        release(breaker);
         shared.ops.warnings.warn("retry-budget", format_args!("retry budget spent: a failed request was not retried"));
         explain::budget_spent(out);
         return Admission::Stop;
@@ -261,13 +293,18 @@ fn admit<'a>(shared: &Shared, backend: &'a Backend, kind: PickKind, tries: usize
 
 /// Sends the request once to `backend`: through the shared agent, or on a connection of its
 /// own for an upgrade request.
-fn send_once(shared: &Shared, backend: &Backend, out: &mut Outbound) -> Result<Answer, ForwardError> {
-    let body = out.body.for_try().map_err(|e| ForwardError::NotSent(format!("request body: {e}")))?;
-    let body = body.map(|b| b as &mut dyn std::io::Read);
-    if out.upgrade.is_some() {
-        return shared.forwarder.send_own(backend, &out.prepared, body).map(Answer::Own);
+fn send_once(
+    shared: &Shared,
+    backend: &Backend,
+    prepared: &Prepared,
+    upgrade: bool,
+    mut body: Option<TryBody<'_, RequestBody>>,
+) -> Result<Answer, ForwardError> {
+    let body = body.as_mut().map(|b| b as &mut dyn std::io::Read);
+    if upgrade {
+        return shared.forwarder.send_own(backend, prepared, body).map(Answer::Own);
     }
-    shared.forwarder.send(backend, &out.prepared, body).map(Answer::Pooled)
+    shared.forwarder.send(backend, prepared, body).map(Answer::Pooled)
 }
 
 /// An answer came: the backend counts it; the breaker hears a success (or a failure, for a 5xx

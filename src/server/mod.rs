@@ -5,7 +5,9 @@
 //! memory, then in a temp file), and the rest of any response the client reads slowly. A
 //! complete request goes through a **bounded queue** to a **fixed pool of worker threads**,
 //! which run the handler (blocking on a backend is fine there) and write the response with
-//! non-blocking writes, handing what the socket does not take back to the poller. A slow or
+//! non-blocking writes, handing what the socket does not take back to the poller. Only as many
+//! workers stay awake as keep the cores busy; one blocked on a backend ([`while_blocked`]) lets
+//! another wake (`job_queue.rs`). A slow or
 //! idle client costs a buffer, never a thread. A connection that switches protocols (`101`)
 //! goes back to the poller too, which relays it as a [`Tunnel`] (see `tunnel.rs`).
 //!
@@ -34,9 +36,10 @@
 //! ```
 
 mod body;
+mod cpu_idle;
 mod error;
 mod head;
-mod idle;
+mod job_queue;
 mod limits;
 mod listener;
 mod observe;
@@ -53,6 +56,7 @@ mod worker;
 pub use body::{BodyDecoder, BodySink};
 pub use error::{reason_phrase, RequestError};
 pub use head::{is_hop_by_hop, parse_head, BodyFraming, Header, ParseOutcome, RequestHead, Version, HOP_BY_HOP};
+pub use job_queue::while_blocked;
 pub use limits::Limits;
 pub use listener::{bind, bind_for, listen_error};
 pub use observe::{Finished, Refusal, RefusalHook};
@@ -256,11 +260,10 @@ impl Server {
         let tls_addr = tls_listener.as_ref().map(|(l, _)| l.local_addr()).transpose()?;
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
-        // Unbounded: refills of deliveries must never be refused; the poller bounds serve jobs
-        // itself with `queued` against the queue capacity.
-        let (job_tx, job_rx) = crossbeam_channel::unbounded();
         let queued = Arc::clone(&config.queue_depth);
-        let idle = Arc::new(idle::IdleWorkers::default());
+        let workers = config.threads.max(1);
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let queue = Arc::new(job_queue::JobQueue::new(workers, cores));
         let (return_tx, return_rx) = crossbeam_channel::unbounded();
         let stop = Arc::new(StopSignal { requested: AtomicBool::new(false), grace: Mutex::new(Duration::ZERO) });
         let stopping = Arc::new(AtomicBool::new(false));
@@ -272,10 +275,9 @@ impl Server {
         let resume = upload::ResumeLink { tokens: resume_tx, waker: Arc::clone(&waker) };
 
         let mut threads = Vec::with_capacity(config.threads + 1);
-        for i in 0..config.threads.max(1) {
+        for i in 0..workers {
             let worker = Worker {
-                jobs: job_rx.clone(),
-                idle: Arc::clone(&idle),
+                queue: Arc::clone(&queue),
                 queued: Arc::clone(&queued),
                 returns: return_tx.clone(),
                 waker: Arc::clone(&waker),
@@ -290,9 +292,7 @@ impl Server {
             threads.push(std::thread::Builder::new().name(format!("worker-{i}")).spawn(run)?);
         }
         let links = PollerLinks {
-            jobs: job_tx,
-            job_queue: job_rx.clone(),
-            idle,
+            queue,
             queued,
             queue_capacity: config.queue_capacity.max(1),
             returns: return_rx,

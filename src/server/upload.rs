@@ -160,20 +160,27 @@ impl UploadStream {
     }
 
     fn next_piece(&mut self) -> io::Result<bool> {
-        let piece = loop {
+        /// Why no piece came.
+        enum Waited {
+            Broken,
+            AnsweredEarly,
+        }
+        // The worker waits for the client here (request buffering off): not running.
+        let piece = super::while_blocked(|| loop {
             match self.early_answer {
-                None => break self.pieces.recv().map_err(|_| ()),
+                None => break self.pieces.recv().map_err(|_| Waited::Broken),
                 Some(check) => match self.pieces.recv_timeout(ANSWER_CHECK_INTERVAL) {
                     Ok(piece) => break Ok(piece),
-                    Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break Err(()),
-                    Err(crossbeam_channel::RecvTimeoutError::Timeout) if check() => {
-                        self.answered_early = true;
-                        return Ok(false);
-                    }
+                    Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break Err(Waited::Broken),
+                    Err(crossbeam_channel::RecvTimeoutError::Timeout) if check() => break Err(Waited::AnsweredEarly),
                     Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
                 },
             }
-        };
+        });
+        if let Err(Waited::AnsweredEarly) = piece {
+            self.answered_early = true;
+            return Ok(false);
+        }
         if self.stalled.swap(false, Ordering::SeqCst) {
             // The poller stopped reading because the channel was full; there is room now.
             if self.resume.tokens.send(self.token).is_ok() {

@@ -8,33 +8,17 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::Sender;
 use mio::Waker;
 
 use super::head::RequestHead;
-use super::idle::IdleWorkers;
+use super::job_queue::{Job, JobQueue};
 use super::request::Request;
 use super::response::{Delivery, Progress, Response, ResponseContext};
 use super::spool::RequestBody;
 use super::stream::ClientStream;
 use super::tunnel::Switch;
 use super::Handler;
-
-/// Work for the pool.
-pub(crate) enum Job {
-    /// A complete request to serve. `input_while_busy` is set by the poller when more input
-    /// arrives meanwhile.
-    Serve {
-        token: usize,
-        stream: Arc<ClientStream>,
-        peer: SocketAddr,
-        head: RequestHead,
-        body: RequestBody,
-        input_while_busy: Arc<AtomicBool>,
-    },
-    /// A delivery whose buffer the client has drained: read more from its source, write on.
-    Refill { token: usize, stream: Arc<ClientStream>, delivery: Delivery },
-}
 
 /// What becomes of a connection after a worker is done with it.
 pub(crate) enum Next {
@@ -57,8 +41,7 @@ pub(crate) struct Returned {
 }
 
 pub(crate) struct Worker {
-    pub jobs: Receiver<Job>,
-    pub idle: Arc<IdleWorkers>,
+    pub queue: Arc<JobQueue>,
     /// Serve jobs waiting in the queue (the poller refuses more than the queue capacity).
     pub queued: Arc<AtomicUsize>,
     pub returns: Sender<Returned>,
@@ -68,9 +51,10 @@ pub(crate) struct Worker {
 }
 
 impl Worker {
-    /// Works until the poller drops the sending side of the queue.
+    /// Works until the poller closes the queue.
     pub fn run(self) {
-        while let Some(job) = self.idle.next(&self.jobs) {
+        self.queue.enlist();
+        while let Some(job) = self.queue.next() {
             let (token, next, input_while_busy) = match job {
                 Job::Serve { token, stream, peer, head, body, input_while_busy } => {
                     self.queued.fetch_sub(1, Ordering::Relaxed);

@@ -9,11 +9,16 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize,
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwapOption;
+
 use crate::balance::{peak_ewma, ResponseTime};
 use crate::config::{display_address, BackendConfig, Scheme};
 use crate::health::{BreakerConfig, CheckResult, CircuitBreaker, RiseFall, SlowStart};
 use crate::metrics::Histogram;
 use crate::stats::{class_index, TunnelCounter};
+
+use super::link::BackendLink;
+use super::pool::ConnectionCounts;
 
 /// What the active checks know of a backend.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -122,8 +127,11 @@ impl SlotQueue {
             return;
         }
         self.waiting.fetch_add(1, Ordering::SeqCst);
-        let guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
-        let _ = self.freed.wait_timeout(guard, left);
+        // A worker waiting here runs nothing: another may wake for the jobs queued meanwhile.
+        crate::server::while_blocked(|| {
+            let guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+            let _ = self.freed.wait_timeout(guard, left);
+        });
         self.waiting.fetch_sub(1, Ordering::SeqCst);
     }
 
@@ -226,6 +234,10 @@ pub struct Backend {
     slots: Arc<SlotQueue>,
     /// Tunnels to it (WebSockets): each also holds an [`InFlight`] while open.
     tunnels: TunnelCounter,
+    /// Its HTTP client and idle connections, made by the forwarder on the first request.
+    link: ArcSwapOption<BackendLink>,
+    /// Connections opened to it and reused, whichever client made them.
+    connection_counts: Arc<ConnectionCounts>,
 }
 
 impl Backend {
@@ -280,7 +292,24 @@ impl Backend {
             max_connections: AtomicUsize::new(policy.max_connections),
             slots,
             tunnels: TunnelCounter::default(),
+            link: ArcSwapOption::empty(),
+            connection_counts: Arc::default(),
         }
+    }
+
+    /// Its HTTP client, once a request was sent to it.
+    pub(crate) fn link(&self) -> &ArcSwapOption<BackendLink> {
+        &self.link
+    }
+
+    /// Connections opened to it, and reused.
+    pub fn connection_counts(&self) -> &Arc<ConnectionCounts> {
+        &self.connection_counts
+    }
+
+    /// Connections to it kept idle for the next request now.
+    pub fn idle_connections(&self) -> usize {
+        self.link.load().as_ref().map_or(0, |link| link.idle.len())
     }
 
     /// Its configuration now (its id, and its weight as it is now).
@@ -489,7 +518,8 @@ impl Backend {
         self.failures.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Counts a try its client broke off (a streamed request body cut short).
+    /// Counts a try that ended on the request's side: its client broke off a streamed body (or,
+    /// rarely, its body could not be read back from its temp file). Not the backend's failure.
     pub fn record_client_abort(&self) {
         self.client_aborts.fetch_add(1, Ordering::Relaxed);
     }

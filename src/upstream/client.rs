@@ -2,10 +2,12 @@
 //! a retry. Knows nothing of which backend to choose.
 
 use std::io::{self, Read};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
 
 use ureq::http;
+use ureq::http::uri::Authority;
 use ureq::unversioned::transport::Connector;
 use ureq::{Agent, SendBody, Timeout};
 
@@ -13,7 +15,9 @@ use crate::config::Scheme;
 use crate::stats::TryFailure;
 
 use super::backend::Backend;
-use super::pinned::{pin, PinnedResolver};
+use super::link::{BackendLink, OpenSockets};
+use super::pinned::PinnedResolver;
+use super::pool::{IdleConnections, IdleLimits, PooledConnector};
 use super::tls::{HandshakeError, TlsConnector, UpstreamTls};
 use super::transport::BackendConnector;
 
@@ -110,6 +114,15 @@ pub enum PrepareError {
     HeaderName(String),
     /// A header's value (named) has bytes a request may not carry.
     HeaderValue(String),
+    /// A line of the head (the request line or one header field) is longer than the upstream
+    /// write buffer holds. The buffer is sized for every head the front end accepts, so only a
+    /// front end with a larger head limit than the forwarder was made for gets this (`431`).
+    LineTooLong {
+        /// The line's length upstream, CRLF included.
+        length: usize,
+        /// The longest line the forwarder can send.
+        limit: usize,
+    },
 }
 
 impl std::fmt::Display for PrepareError {
@@ -119,11 +132,31 @@ impl std::fmt::Display for PrepareError {
             PrepareError::Target => f.write_str("request target cannot be forwarded"),
             PrepareError::HeaderName(name) => write!(f, "header name '{name}' cannot be forwarded"),
             PrepareError::HeaderValue(name) => write!(f, "value of '{name}' cannot be forwarded"),
+            PrepareError::LineTooLong { length, limit } => {
+                write!(f, "a request head line of {length} bytes cannot be forwarded (at most {limit})")
+            }
         }
     }
 }
 
 impl std::error::Error for PrepareError {}
+
+/// What the proxy may add to one line of a client's head on its way up: `X-Forwarded-For`
+/// extended by `, ` and the peer's address (at most 39 characters), and the blank line that ends
+/// the head, which ureq writes into the buffer with the last header. Other lines the proxy sets
+/// (`X-Real-IP`, `X-Request-Id`, `Content-Length`...) are short, or copy a value of the client's
+/// head (`X-Forwarded-Host`); merging several `X-Forwarded-For` lines into one never makes it
+/// longer than they were (each had its name and CRLF, the merge adds `, `). Rounded up.
+const PROXY_LINE_GROWTH: usize = 1024;
+
+/// The upstream write buffer: ureq writes a request head into it a line at a time (as many
+/// lines as fit, sent, then the next ones), and a line that does not fit an empty buffer is an
+/// error (`OutputOverflow`). So the buffer holds the longest line the front end can accept (its
+/// whole head limit, `max_head_bytes`) plus what the proxy adds to a line: every head the front
+/// end accepts can be sent. Request bodies go through it too, in pieces of its size.
+fn upstream_line_limit() -> usize {
+    crate::server::Limits::default().max_head_bytes + PROXY_LINE_GROWTH
+}
 
 /// Timeouts of the backend side.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -135,20 +168,33 @@ pub struct ForwardTimeouts {
     pub request: Duration,
 }
 
-/// The shared ureq agent, configured for proxying: no proxy from the environment, statuses and
-/// redirects passed through untouched, any method, no headers of its own, a pool large enough
-/// for every worker to keep a connection to every backend.
+/// Sends requests to backends: one ureq agent per backend, configured for proxying (no proxy
+/// from the environment, statuses and redirects passed through untouched, any method, no
+/// headers of its own), each over its backend's own idle connections (`pool.rs`; ureq's pool is
+/// off). A backend's client is made on its first request and kept in the backend
+/// ([`BackendLink`]); a reload with new client settings makes a new forwarder, whose first
+/// request to each backend replaces it.
 pub struct Forwarder {
-    agent: Agent,
+    /// Tells its links from an earlier forwarder's.
+    id: u64,
+    config: ureq::config::Config,
     timeouts: ForwardTimeouts,
-    pool_size: usize,
+    idle_limits: IdleLimits,
     tls: Arc<UpstreamTls>,
+    /// The longest line of a request head it can send (its write buffer's size).
+    max_line: usize,
+    /// Every link it made, for a stop and for closing expired idle connections.
+    links: Arc<Mutex<Vec<Weak<BackendLink>>>>,
+    closed: AtomicBool,
 }
 
 impl Forwarder {
-    /// An agent whose idle pool holds `pool_size` connections (workers × backends at least, or
-    /// connections churn); HTTPS backends' certificates are verified against `tls`.
-    pub fn new(timeouts: ForwardTimeouts, pool_size: usize, tls: Arc<UpstreamTls>) -> Forwarder {
+    /// A forwarder whose backends each keep idle connections within `idle_limits`; HTTPS
+    /// backends' certificates are verified against `tls`. A thread closes idle connections
+    /// that outlive the idle timeout while no request comes to take or return one.
+    pub fn new(timeouts: ForwardTimeouts, idle_limits: IdleLimits, tls: Arc<UpstreamTls>) -> Forwarder {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+        let max_line = upstream_line_limit();
         let config = Agent::config_builder()
             .proxy(None)
             .http_status_as_error(false)
@@ -157,16 +203,17 @@ impl Forwarder {
             .user_agent("")
             .accept("")
             .accept_encoding("")
-            // Per connection, pooled ones included (ureq's default is 128 KiB each way). The
-            // input buffer must hold a whole response head: a larger head is a bad response
-            // (nginx's proxy_buffer_size is 4-8 KiB).
+            // Per connection, allocated on its first request and kept while it is pooled
+            // (ureq's default is 128 KiB each way). The input buffer must hold a whole response
+            // head: a larger head is a bad response (nginx's proxy_buffer_size is 4-8 KiB). The
+            // output buffer must hold the longest line of any request head the front end
+            // accepts (see upstream_line_limit): 33 KiB, 65 KiB a connection in all.
             .input_buffer_size(32 * 1024)
-            .output_buffer_size(16 * 1024)
-            .max_idle_connections(pool_size)
-            .max_idle_connections_per_host(pool_size)
-            // Under the 5 s keep-alive of common backends (Node), so a pooled connection is not
-            // reused just as the backend closes it.
-            .max_idle_age(Duration::from_secs(4))
+            .output_buffer_size(max_line)
+            // ureq's own pool is off: it passes over every idle connection on each return,
+            // under one lock for all backends. Idle connections are kept per backend by us.
+            .max_idle_connections(0)
+            .max_idle_connections_per_host(0)
             // timeout_global/per_call/resolve would each spawn a thread per request. The body
             // phases get per-read/per-write limits, not ureq's send_body/recv_body: those are
             // totals and would cut any transfer longer than request_timeout.
@@ -177,15 +224,23 @@ impl Forwarder {
             .timeout_per_write(Some(timeouts.request))
             .tls_config(tls.ureq_config())
             .build();
-        let connector = BackendConnector { connect_timeout: timeouts.connect, io_timeout: timeouts.request }
-            .chain(TlsConnector::new(timeouts.connect, timeouts.request));
-        let agent = Agent::with_parts(config, connector, PinnedResolver::default());
-        Forwarder { agent, timeouts, pool_size, tls }
+        let links = Arc::new(Mutex::new(Vec::new()));
+        close_expired_idle(Arc::downgrade(&links), idle_limits.timeout);
+        Forwarder {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            config,
+            timeouts,
+            idle_limits,
+            tls,
+            max_line,
+            links,
+            closed: AtomicBool::new(false),
+        }
     }
 
-    /// The timeouts and idle pool size it was made with.
-    pub fn settings(&self) -> (ForwardTimeouts, usize) {
-        (self.timeouts, self.pool_size)
+    /// The timeouts and idle-connection limits it was made with.
+    pub fn settings(&self) -> (ForwardTimeouts, IdleLimits) {
+        (self.timeouts, self.idle_limits)
     }
 
     /// What it verifies HTTPS backends' certificates against.
@@ -195,16 +250,81 @@ impl Forwarder {
 
     /// Breaks every backend connection it holds, idle or in use: a worker blocked reading
     /// from or writing to a backend gets an error at once instead of at its timeout (the end of
-    /// a stop's grace period). Requests sent through it afterwards fail. ureq's
-    /// `Agent::shutdown` reaches our transport's sockets because the connector registers each
-    /// one with it.
+    /// a stop's grace period). Requests sent through it afterwards fail.
     pub fn shutdown(&self) {
-        self.agent.clone().shutdown();
+        self.closed.store(true, Ordering::SeqCst);
+        let links: Vec<_> = lock(&self.links).iter().filter_map(Weak::upgrade).collect();
+        for link in links {
+            link.shutdown();
+        }
+    }
+
+    /// The backend's client as this forwarder makes it: the one the backend keeps, or a new one
+    /// (its first request, or the first since a reload changed the client settings).
+    fn link(&self, backend: &Backend) -> Result<Arc<BackendLink>, ForwardError> {
+        let current = backend.link().load_full();
+        if let Some(link) = current.as_ref().filter(|l| l.forwarder == self.id) {
+            return Ok(Arc::clone(link));
+        }
+        let link = Arc::new(self.make_link(backend)?);
+        // Two first requests at once: one link wins, the other request uses its own once.
+        let previous = backend.link().compare_and_swap(&current, Some(Arc::clone(&link)));
+        if !ptr_eq(&previous, &current) {
+            if let Some(winner) = previous.as_ref().filter(|l| l.forwarder == self.id) {
+                return Ok(Arc::clone(winner));
+            }
+        }
+        let mut links = lock(&self.links);
+        links.retain(|l| l.strong_count() > 0);
+        links.push(Arc::downgrade(&link));
+        drop(links);
+        // A stop that ran before the link was listed did not reach it.
+        if self.closed.load(Ordering::SeqCst) {
+            link.shutdown();
+        }
+        Ok(link)
+    }
+
+    fn make_link(&self, backend: &Backend) -> Result<BackendLink, ForwardError> {
+        let authority = Authority::try_from(backend.authority.as_str())
+            .map_err(|e| ForwardError::BadResponse(format!("backend address: {e}")))?;
+        let idle = Arc::new(IdleConnections::new(self.idle_limits, Arc::clone(backend.connection_counts())));
+        let sockets = Arc::new(OpenSockets::default());
+        let tcp = BackendConnector {
+            connect_timeout: self.timeouts.connect,
+            io_timeout: self.timeouts.request,
+            sockets: Arc::clone(&sockets),
+        };
+        let connector = PooledConnector {
+            inner: tcp.chain(TlsConnector::new(self.timeouts.connect, self.timeouts.request)),
+            idle: Arc::clone(&idle),
+        };
+        let agent = Agent::with_parts(self.config.clone(), connector, PinnedResolver(backend.addr));
+        Ok(BackendLink { forwarder: self.id, agent, authority, idle, sockets })
     }
 
     /// Checks once, before any backend is tried, that the request can be expressed upstream:
-    /// the method, target and every header must be acceptable to ureq's `http` types. A request
-    /// that cannot be is the client's fault (`400`), never a backend failure.
+    /// the method, target and every header must be acceptable to ureq's `http` types and to
+    /// ureq's own checks of a request (it refuses a `Host` or `Authorization` value that is not
+    /// visible ASCII), and every line must fit the write buffer. A request that fails is the
+    /// client's fault (`400`, `431` for a line too long), never a backend failure: ureq would
+    /// report it as a failed try of each backend in turn.
+    ///
+    /// ```
+    /// use lb_sync::upstream::{ForwardTimeouts, Forwarder, IdleLimits, PrepareError, UpstreamTls};
+    /// use std::{sync::Arc, time::Duration};
+    /// let timeouts = ForwardTimeouts { connect: Duration::from_secs(1), request: Duration::from_secs(1) };
+    /// let idle = IdleLimits { max: 1, timeout: Duration::from_secs(1) };
+    /// let forwarder = Forwarder::new(timeouts, idle, Arc::new(UpstreamTls::load(None).unwrap()));
+    /// let cookie = vec![b'a'; 32 * 1024];
+    /// assert!(forwarder.prepare("GET", "/", [("Cookie", &cookie[..])]).is_ok());
+    /// let too_long = vec![b'a'; 40 * 1024];
+    /// let refused = forwarder.prepare("GET", "/", [("Cookie", &too_long[..])]).unwrap_err();
+    /// assert!(matches!(refused, PrepareError::LineTooLong { length: 40972, .. }));
+    /// let token = "Bearer \u{e9}t\u{e9}".as_bytes();
+    /// let refused = forwarder.prepare("GET", "/", [("Authorization", token)]).unwrap_err();
+    /// assert_eq!(refused, PrepareError::HeaderValue("authorization".into()));
+    /// ```
     pub fn prepare<'h>(
         &self,
         method: &str,
@@ -214,17 +334,27 @@ impl Forwarder {
         let method =
             http::Method::from_bytes(method.as_bytes()).map_err(|_| PrepareError::Method(method.to_string()))?;
         let path = http::uri::PathAndQuery::try_from(target).map_err(|_| PrepareError::Target)?;
+        // "METHOD TARGET HTTP/1.1\r\n"
+        let mut longest = method.as_str().len() + path.as_str().len() + 12;
         let mut map = http::HeaderMap::new();
         for (name, value) in headers {
             let name = http::HeaderName::from_bytes(name.as_bytes())
                 .map_err(|_| PrepareError::HeaderName(name.to_string()))?;
             let value =
                 http::HeaderValue::from_bytes(value).map_err(|_| PrepareError::HeaderValue(name.to_string()))?;
-            // ureq refuses a Host that is not plain visible ASCII.
-            if name == http::header::HOST && !value.as_bytes().iter().all(|b| b.is_ascii_graphic()) {
-                return Err(PrepareError::HeaderValue("host".into()));
+            // ureq refuses these unless they are visible ASCII (tabs allowed in Authorization).
+            let visible = |b: &u8| b.is_ascii_graphic() || *b == b' ' || *b == b'\t';
+            let refused = (name == http::header::HOST && !value.as_bytes().iter().all(u8::is_ascii_graphic))
+                || (name == http::header::AUTHORIZATION && !value.as_bytes().iter().all(visible));
+            if refused {
+                return Err(PrepareError::HeaderValue(name.as_str().into()));
             }
+            // "Name: value\r\n", and the blank line after the last one.
+            longest = longest.max(name.as_str().len() + value.len() + 6);
             map.append(name, value);
+        }
+        if longest > self.max_line {
+            return Err(PrepareError::LineTooLong { length: longest, limit: self.max_line });
         }
         Ok(Prepared { method, path, headers: map })
     }
@@ -237,26 +367,57 @@ impl Forwarder {
         prepared: &Prepared,
         body: Option<&mut dyn Read>,
     ) -> Result<http::Response<ureq::Body>, ForwardError> {
+        let link = self.link(backend)?;
         let scheme = match backend.scheme {
             Scheme::Http => http::uri::Scheme::HTTP,
             Scheme::Https => http::uri::Scheme::HTTPS,
         };
-        let uri = http::Uri::builder()
-            .scheme(scheme)
-            .authority(backend.authority.as_str())
-            .path_and_query(prepared.path.clone())
-            .build()
-            .map_err(|e| ForwardError::BadResponse(format!("backend address: {e}")))?;
-        // The address the backend was resolved to when added, whatever the URL names.
-        let _pinned = pin(backend.addr);
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(scheme);
+        parts.authority = Some(link.authority.clone());
+        parts.path_and_query = Some(prepared.path.clone());
+        let uri =
+            http::Uri::from_parts(parts).map_err(|e| ForwardError::BadResponse(format!("backend address: {e}")))?;
         super::transport::forget_sending();
         // Two calls because SendBody's lifetime is invariant: `()` sends no body and no
         // Content-Length, as a GET should.
         let result = match body {
-            Some(reader) => self.agent.run(prepared.request(uri, SendBody::from_reader(reader))),
-            None => self.agent.run(prepared.request(uri, ())),
+            Some(reader) => link.agent.run(prepared.request(uri, SendBody::from_reader(reader))),
+            None => link.agent.run(prepared.request(uri, ())),
         };
         result.map_err(ForwardError::from_ureq)
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn ptr_eq(a: &Option<Arc<BackendLink>>, b: &Option<Arc<BackendLink>>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        (None, None) => true,
+        _ => false,
+    }
+}
+
+/// Closes idle connections older than `timeout` about every half timeout (at most every
+/// second), for backends that no request reaches any more (a request's take or return closes
+/// the expired ones of its backend). Ends once the forwarder is gone.
+fn close_expired_idle(links: Weak<Mutex<Vec<Weak<BackendLink>>>>, timeout: Duration) {
+    let every = (timeout / 2).clamp(Duration::from_millis(100), Duration::from_secs(1));
+    let run = move || loop {
+        std::thread::sleep(every);
+        let Some(links) = links.upgrade() else { return };
+        let live: Vec<_> = lock(&links).iter().filter_map(Weak::upgrade).collect();
+        drop(links);
+        let now = Instant::now();
+        for link in live {
+            link.idle.close_expired(now);
+        }
+    };
+    if let Err(e) = std::thread::Builder::new().name("upstream-idle".into()).spawn(run) {
+        log::warn!("cannot start the thread that closes expired idle backend connections: {e}");
     }
 }
 

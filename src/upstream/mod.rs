@@ -1,7 +1,9 @@
 //! The backends and everything about talking to them: each [`Backend`] with its live state, the
 //! [`BackendTable`] and the selection policy over a [`Membership`] snapshot, the active
-//! [`HealthChecker`] that keeps verdicts current (sooner when traffic asks, [`ProbeRequests`]), the shared HTTP [`Forwarder`] that sends one
-//! request to one backend (over TLS to `https://` ones, trusting [`UpstreamTls`]; an upgrade
+//! [`HealthChecker`] that keeps verdicts current (sooner when traffic asks, [`ProbeRequests`]),
+//! the HTTP [`Forwarder`] that sends one request to one backend (each backend with a client and
+//! idle connections of its own: `link.rs`, `pool.rs`; over TLS to `https://` ones, trusting
+//! [`UpstreamTls`]; an upgrade
 //! request on a connection of its own: `raw.rs`), the [`RetryBudget`] that bounds how often a
 //! request is sent again, and the [`DnsRefresher`] that keeps backends' addresses current with
 //! their host names.
@@ -10,8 +12,10 @@ mod backend;
 mod checker;
 mod client;
 mod dns;
+mod link;
 mod membership;
 mod pinned;
+mod pool;
 mod probe_requests;
 mod raw;
 mod retry_budget;
@@ -25,6 +29,7 @@ pub use checker::{apply_probe, HealthChecker, HealthConfig};
 pub use client::{ForwardError, ForwardTimeouts, Forwarder, PrepareError, Prepared};
 pub use dns::{system_lookup, DnsRefresher, DnsStatus, Lookup, Resolver};
 pub use membership::{Membership, PickKind};
+pub use pool::{ConnectionCounts, IdleLimits};
 pub use probe_requests::ProbeRequests;
 pub use raw::{OwnAnswer, OwnBody};
 pub use retry_budget::RetryBudget;

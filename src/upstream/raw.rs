@@ -8,7 +8,7 @@
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
 
-use crate::server::{BodyDecoder, BodyFraming};
+use crate::server::{while_blocked, BodyDecoder, BodyFraming};
 
 use super::backend::Backend;
 use super::client::{ForwardError, Forwarder, Prepared};
@@ -131,7 +131,7 @@ impl OwnBody {
             }
             return Ok(n);
         }
-        (&self.stream).read(buf)
+        while_blocked(|| (&self.stream).read(buf))
     }
 }
 
@@ -184,10 +184,13 @@ impl Forwarder {
         body: Option<&mut dyn Read>,
     ) -> Result<OwnAnswer, ForwardError> {
         let (timeouts, _) = self.settings();
-        let stream = TcpStream::connect_timeout(&backend.addr, timeouts.connect).map_err(|e| match e.kind() {
-            io::ErrorKind::TimedOut => ForwardError::ConnectTimeout,
-            _ => ForwardError::NotSent(e.to_string()),
-        })?;
+        let stream =
+            while_blocked(|| TcpStream::connect_timeout(&backend.addr, timeouts.connect)).map_err(|e| {
+                match e.kind() {
+                    io::ErrorKind::TimedOut => ForwardError::ConnectTimeout,
+                    _ => ForwardError::NotSent(e.to_string()),
+                }
+            })?;
         let setup = stream
             .set_nodelay(true)
             .and_then(|()| stream.set_read_timeout(Some(timeouts.request)))
@@ -201,11 +204,11 @@ impl Forwarder {
         // about the connection this thread last sent on there (it would take that one's bytes
         // for this backend's early answer and make up the rest of the body with zeros).
         super::transport::forget_sending();
-        (&stream).write_all(&head).map_err(io_error)?;
+        while_blocked(|| (&stream).write_all(&head)).map_err(io_error)?;
         match body {
-            Some(body) if chunked => copy_chunked(body, &stream).map_err(io_error)?,
+            Some(body) if chunked => while_blocked(|| copy_chunked(body, &stream)).map_err(io_error)?,
             Some(body) => {
-                io::copy(body, &mut &stream).map_err(io_error)?;
+                while_blocked(|| io::copy(body, &mut &stream)).map_err(io_error)?;
             }
             None => {}
         }
@@ -295,7 +298,7 @@ fn read_head(stream: TcpStream, head_request: bool) -> Result<OwnAnswer, Forward
             return Err(ForwardError::BadResponse(format!("answer head over {} KiB", MAX_HEAD / 1024)));
         }
         let want = READ_CHUNK.min(MAX_HEAD - buf.len());
-        match (&stream).read(&mut chunk[..want]) {
+        match while_blocked(|| (&stream).read(&mut chunk[..want])) {
             Ok(0) => return Err(ForwardError::NoResponse("closed before an answer head".into())),
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

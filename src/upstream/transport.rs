@@ -11,9 +11,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use ureq::unversioned::transport::{
-    Buffers, ConnectionDetails, Connector, LazyBuffers, NextTimeout, ShutdownHandle, Transport,
-};
+use ureq::unversioned::transport::{Buffers, ConnectionDetails, Connector, LazyBuffers, NextTimeout, Transport};
+
+use super::link::OpenSockets;
+use crate::server::while_blocked;
 
 /// Opens backend connections: connect within the connect timeout, `TCP_NODELAY`, and the
 /// per-operation timeout on every read and write.
@@ -22,6 +23,8 @@ pub(crate) struct BackendConnector {
     pub connect_timeout: Duration,
     /// Longest wait for one read or one write (`request_timeout`).
     pub io_timeout: Duration,
+    /// Where each new socket is noted, so that a stop can break it.
+    pub sockets: Arc<OpenSockets>,
 }
 
 impl Connector<()> for BackendConnector {
@@ -35,7 +38,7 @@ impl Connector<()> for BackendConnector {
                     let config = details.config;
                     let buffers = LazyBuffers::new(config.input_buffer_size(), config.output_buffer_size());
                     let stream = Arc::new(stream);
-                    (details.register_shutdown)(Arc::downgrade(&stream) as Weak<dyn ShutdownHandle>)?;
+                    self.sockets.register(&stream).map_err(ureq::Error::Io)?;
                     let discard_output = Arc::new(AtomicBool::new(false));
                     let transport = BackendTransport { stream, buffers, discard_output, just_read: false, tls: false };
                     return Ok(Some(transport));
@@ -57,7 +60,7 @@ impl Connector<()> for BackendConnector {
 }
 
 fn open(addr: &SocketAddr, connect_timeout: Duration, io_timeout: Duration) -> io::Result<TcpStream> {
-    let stream = TcpStream::connect_timeout(addr, connect_timeout)?;
+    let stream = while_blocked(|| TcpStream::connect_timeout(addr, connect_timeout))?;
     stream.set_nodelay(true)?;
     stream.set_read_timeout(Some(io_timeout))?;
     stream.set_write_timeout(Some(io_timeout))?;
@@ -184,7 +187,8 @@ impl Transport for BackendTransport {
             }
         });
         let output = &self.buffers.output()[..amount];
-        match (&*self.stream).write_all(output) {
+        let stream = &*self.stream;
+        match while_blocked(|| (&*stream).write_all(output)) {
             Ok(()) => Ok(()),
             // The backend closed while we were still sending. If it answered first, that answer
             // is what the client must get (nginx and HAProxy relay such a 413), not a 502.
@@ -201,12 +205,14 @@ impl Transport for BackendTransport {
 
     fn await_input(&mut self, _timeout: NextTimeout) -> Result<bool, ureq::Error> {
         let input = self.buffers.input_append_buf();
-        let n = loop {
-            match (&*self.stream).read(input) {
+        let stream = &*self.stream;
+        let n = while_blocked(|| loop {
+            match (&*stream).read(input) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                other => break other.map_err(ureq::Error::Io)?,
+                other => break other,
             }
-        };
+        })
+        .map_err(ureq::Error::Io)?;
         self.buffers.input_appended(n);
         self.just_read = true;
         Ok(n > 0)

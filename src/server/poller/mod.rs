@@ -1,0 +1,436 @@
+//! The poller thread, in the shape of Apache's event MPM: it owns the listeners (plain and
+//! HTTPS) and every client connection that is not with a worker. It accepts, runs TLS
+//! handshakes (each within the handshake timeout), reads request heads and bodies without
+//! blocking (bodies into a spool), parks idle keep-alive connections (a buffer each, no thread),
+//! finishes writing responses the client reads slowly, enforces every client timeout, and hands
+//! each complete request to the worker pool. Nothing a client does holds a worker. Connections
+//! that switched protocols are relayed here too (`tunnel.rs`).
+//!
+//! Here: the connections' state, the loop and accepting. By concern: `read.rs` (heads, bodies
+//! read whole, dispatch to the workers), `streaming.rs` (bodies streamed to a worker),
+//! `write.rs` (what the workers give back, writing to slow clients, closing), `stop.rs`
+//! (timeouts and stopping).
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Receiver;
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+
+use super::body::BodyDecoder;
+use super::cpu_idle::CpuIdle;
+use super::head::RequestHead;
+use super::job_queue::{JobQueue, StallWatch};
+use super::limits::Limits;
+use super::observe::RefusalHook;
+use super::response::Delivery;
+use super::spool::{RequestBody, SpoolSettings};
+use super::stream::ClientStream;
+use super::tls::TlsAcceptor;
+use super::tunnel::{Tunnels, Turn};
+use super::upload::{ResumeLink, UploadFeed};
+use super::worker::Returned;
+use super::Tuning;
+
+mod read;
+mod stop;
+mod streaming;
+mod write;
+
+pub(crate) const LISTENER: Token = Token(0);
+pub(crate) const WAKER: Token = Token(1);
+pub(crate) const TLS_LISTENER: Token = Token(2);
+const FIRST_CONNECTION: usize = 3;
+/// How long accepting pauses after an accept error such as EMFILE, so that a full fd table does
+/// not spin the poller; the listener is retried after it, so the port never stops accepting.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// Connections accepted per turn. Under a flood of new connections an accept loop that ran
+/// until the backlog is empty would starve every open connection: refused ones would not be
+/// closed when their clients go (they piled up to the fd limit, 20 000, in the overload test).
+const MAX_ACCEPTS_PER_TURN: usize = 64;
+/// Bytes read from a client socket per read call while reading a body or lingering.
+const READ_CHUNK: usize = 64 * 1024;
+/// Bytes read per read call while reading a head.
+const HEAD_READ: usize = 16 * 1024;
+/// Reads of one connection per turn (16 × 64 KiB = 1 MiB), so a fast uploader cannot hold the
+/// poller; a connection with more to read is served again in the next turn.
+const MAX_READS_PER_TURN: usize = 16;
+/// How often the CPUs' idle time is sampled for the worker pool.
+const CPU_SAMPLE_EVERY: Duration = Duration::from_millis(100);
+/// Longest a poll waits, so that stop requests and deadlines are looked at regularly.
+const MAX_POLL_WAIT: Duration = Duration::from_secs(1);
+/// After the stop deadline, how long in-flight requests whose sockets were shut down get to
+/// return before the poller exits anyway.
+pub(crate) const STOP_HARD_WAIT: Duration = Duration::from_secs(5);
+/// While stopping, how long a keep-alive connection may stay idle before it is closed. A client
+/// that got a keep-alive answer just before the stop sends its next request within this (one
+/// that sends at the very moment of a close would have to resend it: RFC 9112 9.3.1); answers
+/// sent while stopping say `Connection: close`, so no request follows them.
+const STOP_IDLE_DRAIN: Duration = Duration::from_millis(250);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    /// Waiting for (more of) a request head; `started` once a byte of it has arrived.
+    Reading { started: bool },
+    /// Reading a request body into its spool (`Connection::pending`).
+    ReadingBody,
+    /// With a worker, and still reading its body, which streams to it (`Connection::upload`;
+    /// request buffering off).
+    Streaming,
+    /// With a worker (serving, or refilling a delivery).
+    Busy,
+    /// Writing a response the client reads slowly (`Connection::delivery`).
+    Writing,
+    /// Our side is shut down; unread input is drained until EOF or the deadline.
+    Lingering,
+}
+
+/// A body that streams to a worker while it arrives (request buffering off).
+struct Upload {
+    feed: UploadFeed,
+    decoder: BodyDecoder,
+    /// When the body began, moved on by the time it waited for the worker (not the client's
+    /// fault): the minimum rate is reckoned from it.
+    started: Instant,
+    /// When the channel filled and reading stopped, if it is full now.
+    stalled_since: Option<Instant>,
+    /// The body is complete and its end is held until the channel takes it.
+    ended: bool,
+}
+
+/// A request whose body is still arriving.
+struct Pending {
+    head: RequestHead,
+    decoder: BodyDecoder,
+    body: RequestBody,
+}
+
+struct Connection {
+    stream: Arc<ClientStream>,
+    peer: SocketAddr,
+    /// Bytes read and not yet used: a head in progress, or what follows the current request.
+    buf: Vec<u8>,
+    state: State,
+    deadline: Instant,
+    pending: Option<Pending>,
+    upload: Option<Upload>,
+    /// The connection cannot carry another request (an upload cut short or left unread): close
+    /// it once the current response is out.
+    close_after: bool,
+    delivery: Option<Delivery>,
+    /// Registered for writability (a delivery in progress) rather than readability.
+    watching_writes: bool,
+    /// Input arrived while a worker had the connection (a pipelined request): the worker must
+    /// wake the poller when it gives the connection back, and the poller must read at once.
+    input_while_busy: Arc<AtomicBool>,
+    /// The last read filled its buffer, or the peer's FIN was reported: the socket may hold
+    /// more than was read, and no new readiness edge would say so.
+    maybe_more: bool,
+    /// A TLS handshake is under way: its deadline is the handshake timeout.
+    handshaking: bool,
+}
+
+/// A stop request: set once by the handle, read by the poller.
+pub(crate) struct StopSignal {
+    pub requested: AtomicBool,
+    pub grace: Mutex<Duration>,
+}
+
+pub(crate) struct Poller {
+    pub poll: Poll,
+    pub listener: Option<TcpListener>,
+    /// The HTTPS listener and what its connections start from.
+    tls_listener: Option<(TcpListener, TlsAcceptor)>,
+    /// Where complete requests go to the workers.
+    queue: Arc<JobQueue>,
+    /// Set once the queue is closed (a stop): nothing more is dispatched.
+    queue_closed: bool,
+    /// Whether jobs wait with none taken (the queue's safety net).
+    stall: StallWatch,
+    /// The CPUs' idle time, which decides whether more workers may wake.
+    cpu: CpuIdle,
+    next_cpu_sample: Instant,
+    pub returns: Receiver<Returned>,
+    pub limits: Limits,
+    pub stop: Arc<StopSignal>,
+    pub stopping: Arc<AtomicBool>,
+    /// Serve jobs waiting for a worker, against `queue_capacity`.
+    queued: Arc<AtomicUsize>,
+    queue_capacity: usize,
+    spool: Arc<SpoolSettings>,
+    on_refusal: Option<RefusalHook>,
+    /// New settings from a reload, taken at the start of a turn.
+    tuning: Arc<Mutex<Option<Tuning>>>,
+    /// Given to each upload: where its reader asks for more.
+    resume: ResumeLink,
+    /// Uploads whose reader made room in a full channel.
+    resumed: Receiver<usize>,
+    /// Connections with input left unread at the end of their turn (edge-triggered readiness
+    /// would not report it again).
+    again: Vec<usize>,
+    connections: HashMap<usize, Connection>,
+    /// Connections that switched protocols, relayed to their peers.
+    tunnels: Tunnels,
+    next_token: usize,
+    next_sweep: Instant,
+    accept_resume: Option<Instant>,
+    stop_deadline: Option<Instant>,
+    scratch: Vec<u8>,
+}
+
+/// The poller's ends of the channels and the shared flags.
+pub(crate) struct PollerLinks {
+    pub queue: Arc<JobQueue>,
+    pub queued: Arc<AtomicUsize>,
+    pub queue_capacity: usize,
+    pub returns: Receiver<Returned>,
+    pub stop: Arc<StopSignal>,
+    pub stopping: Arc<AtomicBool>,
+    pub spool: Arc<SpoolSettings>,
+    pub on_refusal: Option<RefusalHook>,
+    pub tuning: Arc<Mutex<Option<Tuning>>>,
+    pub resume: ResumeLink,
+    pub resumed: Receiver<usize>,
+}
+
+impl Poller {
+    pub fn new(
+        poll: Poll,
+        listener: TcpListener,
+        tls_listener: Option<(TcpListener, TlsAcceptor)>,
+        limits: Limits,
+        links: PollerLinks,
+    ) -> io::Result<Poller> {
+        poll.registry().register(&mut SourceFd(&listener.as_raw_fd()), LISTENER, Interest::READABLE)?;
+        if let Some((tls, _)) = &tls_listener {
+            tls.set_nonblocking(true)?;
+            poll.registry().register(&mut SourceFd(&tls.as_raw_fd()), TLS_LISTENER, Interest::READABLE)?;
+        }
+        Ok(Poller {
+            poll,
+            listener: Some(listener),
+            tls_listener,
+            queue: links.queue,
+            queue_closed: false,
+            stall: StallWatch::default(),
+            cpu: CpuIdle::new(),
+            next_cpu_sample: Instant::now(),
+            returns: links.returns,
+            limits,
+            stop: links.stop,
+            stopping: links.stopping,
+            queued: links.queued,
+            queue_capacity: links.queue_capacity,
+            spool: links.spool,
+            on_refusal: links.on_refusal,
+            tuning: links.tuning,
+            resume: links.resume,
+            resumed: links.resumed,
+            again: Vec::new(),
+            connections: HashMap::new(),
+            tunnels: Tunnels::default(),
+            next_token: FIRST_CONNECTION,
+            next_sweep: Instant::now() + MAX_POLL_WAIT,
+            accept_resume: None,
+            stop_deadline: None,
+            scratch: vec![0; READ_CHUNK],
+        })
+    }
+
+    /// Runs until a stop request has been carried out.
+    pub fn run(mut self) {
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let now = Instant::now();
+            let mut wake_at = self.next_sweep.min(now + MAX_POLL_WAIT);
+            if let Some(at) = self.accept_resume {
+                wake_at = wake_at.min(at);
+            }
+            if now >= self.next_cpu_sample {
+                self.queue.sample_cpu(&mut self.cpu);
+                self.next_cpu_sample = now + CPU_SAMPLE_EVERY;
+            }
+            if let Some(at) = self.queue.nudge_if_stalled(&mut self.stall, now) {
+                wake_at = wake_at.min(at);
+            }
+            if !self.again.is_empty() {
+                wake_at = now;
+            }
+            if let Err(e) = self.poll.poll(&mut events, Some(wake_at.saturating_duration_since(now))) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    log::error!("poll failed: {e}");
+                }
+                continue;
+            }
+            self.take_tuning();
+            // Returns first: a worker gives a keep-alive connection back without waking the
+            // poller, and the client's next request is what wakes it.
+            self.take_returns();
+            self.take_resumed();
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.accept(false),
+                    TLS_LISTENER => self.accept(true),
+                    WAKER => {}
+                    Token(token) if Tunnels::owns(token) => {
+                        self.tunnels.note(token, event);
+                        self.on_ready(token)
+                    }
+                    Token(token) => {
+                        if event.is_read_closed() {
+                            // The FIN may already be queued behind what we read next.
+                            if let Some(conn) = self.connections.get_mut(&token) {
+                                conn.maybe_more = true;
+                            }
+                        }
+                        self.on_ready(token)
+                    }
+                }
+            }
+            for token in std::mem::take(&mut self.again) {
+                self.on_ready(token);
+            }
+            self.take_returns();
+            let now = Instant::now();
+            if self.accept_resume.is_some_and(|at| now >= at) {
+                self.accept_resume = None;
+                self.accept(false);
+                self.accept(true);
+            }
+            if now >= self.next_sweep {
+                self.sweep(now);
+            }
+            if self.stop.requested.load(Ordering::Acquire) && self.carry_out_stop(now) {
+                // Close the queue so the workers end once their current jobs are done.
+                self.drop_queued_jobs();
+                self.queue_closed = true;
+                self.queue.close();
+                return;
+            }
+        }
+    }
+
+    /// Takes new settings from a reload: the limits apply from each connection's next deadline
+    /// and next request head, the queue capacity from the next request dispatched.
+    fn take_tuning(&mut self) {
+        let tuning = self.tuning.try_lock().ok().and_then(|mut pending| pending.take());
+        if let Some(tuning) = tuning {
+            self.limits = tuning.limits;
+            self.queue_capacity = tuning.queue_capacity.max(1);
+        }
+    }
+
+    /// Accepts from the plain listener, or the HTTPS one (`tls`).
+    fn accept(&mut self, tls: bool) {
+        for _ in 0..MAX_ACCEPTS_PER_TURN {
+            let listener = if tls { self.tls_listener.as_ref().map(|(l, _)| l) } else { self.listener.as_ref() };
+            let Some(listener) = listener else {
+                return;
+            };
+            match listener.accept() {
+                Ok((stream, peer)) => self.admit(stream, peer, tls),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if matches!(e.kind(), io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted) => {}
+                Err(e) => {
+                    // EMFILE, ENFILE, ENOBUFS...: the pending connection stays in the backlog;
+                    // pause and retry rather than spin or give up.
+                    log::warn!("accept failed: {e}; retrying in {} ms", ACCEPT_BACKOFF.as_millis());
+                    self.accept_resume = Some(Instant::now() + ACCEPT_BACKOFF);
+                    return;
+                }
+            }
+        }
+        // More may be waiting (edge-triggered: no new event will say so): take them in the next
+        // turn, after the events of the connections already open.
+        self.accept_resume = Some(Instant::now());
+    }
+
+    fn admit(&mut self, stream: TcpStream, peer: SocketAddr, tls: bool) {
+        // Nagle would hold back each keep-alive response's last segment for up to 40 ms. The
+        // socket stays non-blocking for its whole life: workers never wait on it either.
+        let setup = stream.set_nodelay(true).and_then(|_| stream.set_nonblocking(true));
+        if let Err(e) = setup {
+            log::debug!("dropping connection from {peer}: {e}");
+            return;
+        }
+        let stream = match self.tls_listener.as_ref().filter(|_| tls) {
+            Some((_, acceptor)) => match acceptor.session() {
+                Ok(session) => ClientStream::tls(stream, session),
+                Err(e) => {
+                    log::warn!("dropping TLS connection from {peer}: {e}");
+                    return;
+                }
+            },
+            None => ClientStream::Plain(stream),
+        };
+        let token = self.next_token;
+        self.next_token += 1;
+        if let Err(e) =
+            self.poll.registry().register(&mut SourceFd(&stream.as_raw_fd()), Token(token), Interest::READABLE)
+        {
+            log::warn!("cannot register connection from {peer}: {e}");
+            return;
+        }
+        let over_limit = self.connections.len() + self.tunnels.len() >= self.limits.max_connections;
+        let deadline = Instant::now() + if tls { self.limits.handshake_timeout } else { self.limits.head_timeout };
+        self.connections.insert(
+            token,
+            Connection {
+                stream: Arc::new(stream),
+                peer,
+                buf: Vec::new(),
+                state: State::Reading { started: false },
+                deadline,
+                pending: None,
+                upload: None,
+                close_after: false,
+                delivery: None,
+                watching_writes: false,
+                input_while_busy: Arc::new(AtomicBool::new(false)),
+                maybe_more: false,
+                handshaking: tls,
+            },
+        );
+        self.note_deadline(deadline);
+        if over_limit {
+            log::debug!("{peer}: over {} open connections, refusing", self.limits.max_connections);
+            self.refuse(token, 503, "too many open connections", &[("Retry-After", "1")]);
+        } else {
+            self.advance(token);
+        }
+    }
+
+    fn on_ready(&mut self, token: usize) {
+        if Tunnels::owns(token) {
+            if let Turn::Again = self.tunnels.ready(self.poll.registry(), token, &mut self.scratch) {
+                self.again.push(token);
+            }
+            return;
+        }
+        match self.connections.get(&token).map(|c| c.state) {
+            Some(State::Reading { .. }) => self.advance(token),
+            Some(State::ReadingBody) => self.read_body(token),
+            Some(State::Streaming) => self.read_upload(token),
+            Some(State::Writing) => self.write_delivery(token),
+            Some(State::Lingering) => self.drain_lingering(token),
+            Some(State::Busy) => {
+                if let Some(conn) = self.connections.get(&token) {
+                    conn.input_while_busy.store(true, Ordering::SeqCst);
+                    // Pairs with the worker's fence between its return and its look at the flag.
+                    std::sync::atomic::fence(Ordering::SeqCst);
+                }
+            }
+            None => {}
+        }
+    }
+
+    fn note_deadline(&mut self, deadline: Instant) {
+        self.next_sweep = self.next_sweep.min(deadline);
+    }
+}

@@ -1,0 +1,79 @@
+//! One backend's HTTP client: a ureq agent of its own (ureq's pool off), the backend's
+//! [`IdleConnections`], and every socket opened to it, so that a stop can break them all. Made
+//! by the [`Forwarder`](super::Forwarder) when it first sends to the backend and kept in the
+//! backend; nothing in it is shared with another backend, so no lock on the request path is
+//! either.
+
+use std::net::{Shutdown, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+
+use ureq::http::uri::Authority;
+use ureq::Agent;
+
+use super::pool::IdleConnections;
+
+/// A backend's client, as one forwarder made it.
+pub(crate) struct BackendLink {
+    /// The forwarder that made it (a reload with new client settings makes a new one).
+    pub forwarder: u64,
+    pub agent: Agent,
+    /// Where requests go: parsed once, not for every request.
+    pub authority: Authority,
+    pub idle: Arc<IdleConnections>,
+    pub sockets: Arc<OpenSockets>,
+}
+
+impl BackendLink {
+    /// Closes the idle connections, breaks the ones in use (a worker blocked on one gets an
+    /// error at once) and refuses new ones.
+    pub fn shutdown(&self) {
+        self.idle.close();
+        self.sockets.shutdown();
+        self.agent.clone().shutdown();
+    }
+}
+
+/// The sockets of a backend's connections, idle or in use, until they are closed: weak, so a
+/// dropped connection closes as usual. Written only when a connection is opened.
+#[derive(Debug, Default)]
+pub(crate) struct OpenSockets {
+    sockets: Mutex<Vec<Weak<TcpStream>>>,
+    closed: AtomicBool,
+}
+
+impl OpenSockets {
+    /// Notes a new connection's socket; refused after [`OpenSockets::shutdown`].
+    pub fn register(&self, socket: &Arc<TcpStream>) -> std::io::Result<()> {
+        let mut sockets = self.sockets.lock().unwrap_or_else(|e| e.into_inner());
+        // Under the lock shutdown takes: a connection made while it runs cannot escape it.
+        if self.closed.load(Ordering::Relaxed) {
+            return Err(std::io::Error::new(std::io::ErrorKind::NotConnected, "the balancer is stopping"));
+        }
+        // Closed ones are forgotten when the list has doubled since the last pass: amortized
+        // O(1) per connection opened, and the list stays within twice the open ones.
+        if sockets.len() >= 16 && sockets.len().is_power_of_two() {
+            sockets.retain(|s| s.strong_count() > 0);
+        }
+        sockets.push(Arc::downgrade(socket));
+        Ok(())
+    }
+
+    /// Shuts every open socket down (reads and writes blocked on them return at once).
+    pub fn shutdown(&self) {
+        let sockets = {
+            let mut sockets = self.sockets.lock().unwrap_or_else(|e| e.into_inner());
+            self.closed.store(true, Ordering::Relaxed);
+            std::mem::take(&mut *sockets)
+        };
+        for socket in sockets.iter().filter_map(Weak::upgrade) {
+            let _ = socket.shutdown(Shutdown::Both);
+        }
+    }
+}
+
+impl std::fmt::Debug for BackendLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackendLink").field("forwarder", &self.forwarder).field("idle", &self.idle).finish()
+    }
+}
