@@ -285,7 +285,12 @@ impl JobQueue {
             Some(since) if watch.taken == taken => {
                 if now.saturating_duration_since(since) >= STALL {
                     // Every awake worker is stuck: wake one per waiting job, and let them stay.
-                    for _ in 0..self.receiver.len() {
+                    // The limit goes up first: a woken worker's first look is `retire`, and
+                    // with the limit raised only after the wake it could park again unseen.
+                    let waiting = self.receiver.len();
+                    let wanted = (self.awake.load(Ordering::SeqCst) + waiting).min(self.workers);
+                    self.limit.fetch_max(wanted, Ordering::SeqCst);
+                    for _ in 0..waiting {
                         if !self.wake_one() {
                             break;
                         }
