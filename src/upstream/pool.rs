@@ -119,6 +119,11 @@ impl IdleConnections {
         }
         let surplus = {
             let mut idle = self.lock();
+            // Again under the lock close() drains with: one put after it would stay forever.
+            if self.closed.load(Ordering::Relaxed) {
+                drop(idle);
+                return;
+            }
             idle.push_back(Idle { transport, since: now });
             let mut surplus = self.expire(&mut idle, now);
             while idle.len() > self.limits.max {
@@ -144,8 +149,11 @@ impl IdleConnections {
 
     /// Closes every idle connection, and keeps none from now on.
     pub(crate) fn close(&self) {
-        self.closed.store(true, Ordering::Relaxed);
-        let all = std::mem::take(&mut *self.lock());
+        let all = {
+            let mut idle = self.lock();
+            self.closed.store(true, Ordering::Relaxed);
+            std::mem::take(&mut *idle)
+        };
         self.count.store(0, Ordering::Relaxed);
         drop(all);
     }
