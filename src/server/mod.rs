@@ -241,6 +241,18 @@ pub struct Server {
     tuner: Tuner,
 }
 
+/// Closes the job queue when dropped armed: a start that fails after some workers were spawned
+/// (a later spawn, the poller) must not leave them parked forever, holding the handler.
+struct CloseQueueOnError(Option<Arc<job_queue::JobQueue>>);
+
+impl Drop for CloseQueueOnError {
+    fn drop(&mut self) {
+        if let Some(queue) = self.0.take() {
+            queue.close();
+        }
+    }
+}
+
 impl Server {
     /// Binds `config.bind` and starts the poller and the worker pool.
     pub fn start(config: ServerConfig, handler: impl Handler) -> io::Result<Server> {
@@ -264,6 +276,7 @@ impl Server {
         let workers = config.threads.max(1);
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let queue = Arc::new(job_queue::JobQueue::new(workers, cores));
+        let mut close_on_error = CloseQueueOnError(Some(Arc::clone(&queue)));
         let (return_tx, return_rx) = crossbeam_channel::unbounded();
         let stop = Arc::new(StopSignal { requested: AtomicBool::new(false), grace: Mutex::new(Duration::ZERO) });
         let stopping = Arc::new(AtomicBool::new(false));
@@ -312,6 +325,7 @@ impl Server {
         };
         threads.push(std::thread::Builder::new().name("poller".into()).spawn(run)?);
         let tuner = Tuner { pending, spool, waker: Arc::clone(&waker), tls: config.tls.map(|t| t.acceptor) };
+        close_on_error.0 = None;
         Ok(Server { local_addr, tls_addr, stop, waker, threads, running, tuner })
     }
 
