@@ -362,3 +362,47 @@ fn with_a_state_file_a_reload_keeps_the_backends_the_api_manages() {
     assert_eq!(config["backends"].as_array().unwrap().len(), 2, "the API's backend stays");
     let _ = std::fs::remove_file(&state);
 }
+
+#[test]
+fn a_stop_breaks_a_body_still_read_from_a_connection_that_a_reload_left_behind() {
+    // A reload with new client settings makes a new forwarder, and the backend's first request
+    // after it replaces the backend's client; a worker still reading an answer's body from a
+    // connection of the old one must be reached by a stop all the same.
+    let stalling = FaultyBackend::start(Fault::StallMidBody);
+    let mut lb = Lb::start(&[stalling.addr], r#""request_timeout": 600, "shutdown_timeout": 1"#);
+    let mut stalled = TcpStream::connect(lb.addr).unwrap();
+    std::io::Write::write_all(&mut stalled, b"GET /stalled HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    // The head and the first 100 bytes of 1000 reach the client; the rest never comes.
+    stalled.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got.windows(4).any(|w| w == b"\r\n\r\n")
+        || got.len() < got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4 + 100
+    {
+        let n = std::io::Read::read(&mut stalled, &mut buf).expect("the head and the first bytes");
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(got.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&got));
+
+    stalling.set(Fault::Fine);
+    lb.write_config(&[stalling.addr], r#""request_timeout": 599, "shutdown_timeout": 1"#);
+    lb.signal("HUP");
+    assert!(lb.wait_log("configuration reloaded", Duration::from_secs(5)), "{}", lb.log());
+    // The new forwarder's first request to the backend gives it a client of its own.
+    assert_eq!(Conn::open(lb.addr).get("/after").status, 200);
+
+    let signalled = Instant::now();
+    lb.signal("TERM");
+    let status = lb.wait_exit(Duration::from_secs(15)).expect("exited");
+    let took = signalled.elapsed();
+    assert_eq!(status.code(), Some(0), "{}", lb.log());
+    assert!(took < Duration::from_secs(4), "the old connection's read held the stop: {took:?}\n{}", lb.log());
+    // Not cut off by the stop's own bound (shutdown_timeout + 0.75 s, "exiting now"): the
+    // worker's read was broken and it finished.
+    assert!(!lb.log().contains("still finishing") && !lb.log().contains("left behind"), "{}", lb.log());
+    // The client sees the answer cut short (closed or reset), never completed.
+    let mut rest = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut stalled, &mut rest);
+    assert!(got.len() + rest.len() < got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4 + 1000);
+}

@@ -4,7 +4,7 @@
 //! first change, so a refused reload leaves the old configuration running untouched.
 
 use std::fmt;
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use crate::config::Config;
@@ -64,7 +64,10 @@ pub struct Control {
     dns: Mutex<Option<DnsRefresher>>,
     /// Every HTTP client made so far that may still be in use (a reload that changes the
     /// timeouts makes a new one; requests in flight keep theirs): a stop breaks them all.
-    forwarders: Mutex<Vec<Weak<Forwarder>>>,
+    /// The forwarders whose connections a stop must break: the current one and any that a
+    /// reload replaced while they are still in use (held, not weak: an old one would be
+    /// dropped while a worker still reads a body from one of its connections).
+    forwarders: Mutex<Vec<Arc<Forwarder>>>,
     source: Mutex<Option<Arc<ConfigSource>>>,
     /// One reload at a time.
     reloading: Mutex<()>,
@@ -85,7 +88,7 @@ impl Control {
         dns: DnsRefresher,
         reload_hook: &ReloadHook,
     ) -> Arc<Control> {
-        let forwarders = vec![Arc::downgrade(&current.load().forwarder)];
+        let forwarders = vec![Arc::clone(&current.load().forwarder)];
         let control = Arc::new(Control {
             current,
             table,
@@ -197,8 +200,8 @@ impl Control {
         // From here on nothing fails.
         if !Arc::ptr_eq(&shared.forwarder, &running.forwarder) {
             let mut forwarders = lock(&self.forwarders);
-            forwarders.retain(|f| f.strong_count() > 0);
-            forwarders.push(Arc::downgrade(&shared.forwarder));
+            forwarders.retain(|f| Arc::ptr_eq(f, &running.forwarder) || f.in_use());
+            forwarders.push(Arc::clone(&shared.forwarder));
         }
         self.tuner.apply(tuning(&shared.config));
         if let Some(certificates) = certificates {
@@ -240,7 +243,8 @@ impl Control {
     /// Breaks every backend connection of every HTTP client still in use: workers blocked on
     /// a backend get an error at once (the end of a stop's grace period).
     pub fn break_backend_io(&self) {
-        for forwarder in lock(&self.forwarders).iter().filter_map(Weak::upgrade) {
+        let forwarders: Vec<_> = lock(&self.forwarders).clone();
+        for forwarder in forwarders {
             forwarder.shutdown();
         }
     }

@@ -185,6 +185,10 @@ pub struct Forwarder {
     max_line: usize,
     /// Every link it made, for a stop and for closing expired idle connections.
     links: Arc<Mutex<Vec<Weak<BackendLink>>>>,
+    /// The socket registries of its links, kept while a connection is open or the link lives:
+    /// a link replaced after a reload is dropped while a worker may still read an answer's
+    /// body from one of its connections, and a stop must still break that read.
+    sockets: Mutex<Vec<Arc<OpenSockets>>>,
     closed: AtomicBool,
 }
 
@@ -234,6 +238,7 @@ impl Forwarder {
             tls,
             max_line,
             links,
+            sockets: Mutex::new(Vec::new()),
             closed: AtomicBool::new(false),
         }
     }
@@ -257,6 +262,17 @@ impl Forwarder {
         for link in links {
             link.shutdown();
         }
+        let registries: Vec<_> = lock(&self.sockets).clone();
+        for sockets in registries {
+            sockets.shutdown();
+        }
+    }
+
+    /// Whether anything it made is still in use: a link some backend keeps, or a connection
+    /// still open. A forwarder replaced by a reload is kept (for a stop, and for closing its
+    /// links' expired idle connections) until it is not.
+    pub fn in_use(&self) -> bool {
+        lock(&self.links).iter().any(|l| l.strong_count() > 0) || lock(&self.sockets).iter().any(|s| s.any_open())
     }
 
     /// The backend's client as this forwarder makes it: the one the backend keeps, or a new one
@@ -278,6 +294,11 @@ impl Forwarder {
         links.retain(|l| l.strong_count() > 0);
         links.push(Arc::downgrade(&link));
         drop(links);
+        let mut registries = lock(&self.sockets);
+        // Held elsewhere (by a link) or with a connection open: still needed.
+        registries.retain(|s| Arc::strong_count(s) > 1 || s.any_open());
+        registries.push(Arc::clone(&link.sockets));
+        drop(registries);
         // A stop that ran before the link was listed did not reach it.
         if self.closed.load(Ordering::SeqCst) {
             link.shutdown();

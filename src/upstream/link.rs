@@ -59,6 +59,11 @@ impl OpenSockets {
         Ok(())
     }
 
+    /// Whether a connection it noted is still open.
+    pub fn any_open(&self) -> bool {
+        self.sockets.lock().unwrap_or_else(|e| e.into_inner()).iter().any(|s| s.strong_count() > 0)
+    }
+
     /// Shuts every open socket down (reads and writes blocked on them return at once).
     pub fn shutdown(&self) {
         let sockets = {

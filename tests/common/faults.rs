@@ -16,6 +16,9 @@ pub enum Fault {
     Silent,
     /// Answers `200` with `Content-Length: 1000`, sends 100 bytes, closes.
     CloseMidBody,
+    /// Answers `200` with `Content-Length: 1000`, sends 100 bytes, then holds the connection
+    /// open without sending more until the test ends.
+    StallMidBody,
     /// Answers bytes that are not HTTP, closes.
     Garbage,
     /// Reads the request, then resets the connection before any answer.
@@ -133,7 +136,11 @@ fn serve(
         hits.fetch_add(1, Ordering::SeqCst);
         let fault = *fault.lock().unwrap();
         match fault {
-            Fault::Silent => {
+            Fault::Silent | Fault::StallMidBody => {
+                if fault == Fault::StallMidBody {
+                    let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n");
+                    let _ = stream.write_all(&[b'x'; 100]);
+                }
                 if let Ok(clone) = stream.try_clone() {
                     held.lock().unwrap().push(clone);
                 }
