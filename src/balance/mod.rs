@@ -217,11 +217,15 @@ impl AlgorithmKind {
         }
     }
 
-    /// Builds this algorithm over a membership snapshot (the random ones
-    /// seeded from the process's random keys).
+    /// Builds this algorithm over a membership snapshot (p2c and peak_ewma
+    /// draw from each calling thread's own random stream).
     #[must_use]
     pub fn build(self, members: &[Member]) -> Box<dyn Algorithm> {
-        self.build_seeded(members, random::process_seed())
+        match self {
+            AlgorithmKind::P2c => Box::new(P2c::new(members)),
+            AlgorithmKind::PeakEwma => Box::new(PeakEwma::new(members)),
+            _ => self.build_seeded(members, 0),
+        }
     }
 
     /// Builds this algorithm with a fixed seed for its random draws (p2c and

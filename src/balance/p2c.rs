@@ -40,10 +40,11 @@ pub struct P2c {
 }
 
 impl P2c {
-    /// Power of two choices over `members`, seeded from the process's random keys.
+    /// Power of two choices over `members`, drawing from each calling thread's own random stream (seeded from
+    /// the process's random keys): what the proxy uses.
     #[must_use]
     pub fn new(members: &[Member]) -> Self {
-        P2c::with_seed(members, super::random::process_seed())
+        P2c { stream: Stream::per_thread(), ..P2c::with_seed(members, 0) }
     }
 
     /// The same with a fixed seed: the same seed draws the same pairs (the simulator's runs

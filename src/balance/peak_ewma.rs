@@ -242,10 +242,11 @@ pub struct PeakEwma {
 }
 
 impl PeakEwma {
-    /// Peak EWMA over `members`, seeded from the process's random keys.
+    /// Peak EWMA over `members`, drawing from each calling thread's own random stream (seeded from
+    /// the process's random keys): what the proxy uses.
     #[must_use]
     pub fn new(members: &[Member]) -> Self {
-        PeakEwma::with_seed(members, super::random::process_seed())
+        PeakEwma { stream: Stream::per_thread(), ..PeakEwma::with_seed(members, 0) }
     }
 
     /// The same with a fixed seed: the same seed draws the same pairs.
