@@ -83,7 +83,7 @@ pub(crate) fn two_choices(
     draw: &Draw,
     stream: &Stream,
     n: usize,
-    compare: &dyn Fn(usize, usize) -> Ordering,
+    compare: &impl Fn(usize, usize) -> Ordering,
     usable: &mut dyn FnMut(usize) -> bool,
 ) -> Option<usize> {
     match n {
