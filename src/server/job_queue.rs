@@ -148,7 +148,8 @@ impl JobQueue {
         self.wake_if_needed();
     }
 
-    /// A job still queued, taken by the poller (to drop it at stop).
+    /// The next queued job, if any, without waiting (a worker's look; the poller's at stop,
+    /// to drop what is still queued).
     pub fn try_take(&self) -> Option<Job> {
         self.receiver.try_recv().ok()
     }
@@ -179,7 +180,7 @@ impl JobQueue {
             // take them).
             let retiring = self.retire();
             if !retiring {
-                if let Some(job) = self.try_recv() {
+                if let Some(job) = self.try_take() {
                     self.looking.fetch_sub(1, Ordering::SeqCst);
                     self.took();
                     return Some(job);
@@ -199,7 +200,7 @@ impl JobQueue {
                         self.awake.fetch_add(1, Ordering::SeqCst);
                     }
                     self.looking.fetch_sub(1, Ordering::SeqCst);
-                    return self.try_recv();
+                    return self.try_take();
                 }
                 sleepers.push(Arc::clone(&me));
             }
@@ -212,7 +213,7 @@ impl JobQueue {
             // still counted as looking): look once more. An unpark that comes before the park
             // makes the park return at once.
             fence(Ordering::SeqCst);
-            if let Some(job) = if retiring { None } else { self.try_recv() } {
+            if let Some(job) = if retiring { None } else { self.try_take() } {
                 if self.leave(&me) {
                     self.count_woken();
                 }
@@ -295,7 +296,6 @@ impl JobQueue {
                             break;
                         }
                     }
-                    self.limit.fetch_max(self.awake.load(Ordering::SeqCst), Ordering::Relaxed);
                     watch.since = Some(now);
                 }
             }
@@ -305,10 +305,6 @@ impl JobQueue {
             }
         }
         watch.since.map(|since| since + STALL)
-    }
-
-    fn try_recv(&self) -> Option<Job> {
-        self.receiver.try_recv().ok()
     }
 
     /// A job was taken: if more wait, perhaps another worker should come.

@@ -149,8 +149,6 @@ pub(crate) struct Poller {
     tls_listener: Option<(TcpListener, TlsAcceptor)>,
     /// Where complete requests go to the workers.
     queue: Arc<JobQueue>,
-    /// Set once the queue is closed (a stop): nothing more is dispatched.
-    queue_closed: bool,
     /// Whether jobs wait with none taken (the queue's safety net).
     stall: StallWatch,
     /// The CPUs' idle time, which decides whether more workers may wake.
@@ -217,7 +215,6 @@ impl Poller {
             listener: Some(listener),
             tls_listener,
             queue: links.queue,
-            queue_closed: false,
             stall: StallWatch::default(),
             cpu: CpuIdle::new(),
             next_cpu_sample: Instant::now(),
@@ -309,7 +306,6 @@ impl Poller {
             if self.stop.requested.load(Ordering::Acquire) && self.carry_out_stop(now) {
                 // Close the queue so the workers end once their current jobs are done.
                 self.drop_queued_jobs();
-                self.queue_closed = true;
                 self.queue.close();
                 return;
             }

@@ -170,9 +170,6 @@ impl Poller {
     /// Hands a complete request to the worker pool, or answers 503 when the queue is full.
     pub(super) fn dispatch(&mut self, token: usize, head: RequestHead, body: RequestBody) {
         let Some(conn) = self.connections.get_mut(&token) else { return };
-        if self.queue_closed {
-            return self.close(token);
-        }
         if self.queued.load(Ordering::Relaxed) >= self.queue_capacity {
             // Told to the refusal hook; a warning per request here would flood the log.
             log::debug!("all workers busy and the queue is full: answering 503");

@@ -87,9 +87,6 @@ impl Poller {
             }
             Progress::NeedsRefill => {
                 conn.state = State::Busy;
-                if self.queue_closed {
-                    return self.close(token);
-                }
                 self.queue.submit(Job::Refill { token, stream: Arc::clone(&conn.stream), delivery });
             }
             Progress::Done { keep_alive } => match delivery.take_switch() {
