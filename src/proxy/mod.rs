@@ -291,7 +291,7 @@ fn admit<'a>(shared: &Shared, backend: &'a Backend, kind: PickKind, tries: usize
     Admission::Go(breaker)
 }
 
-/// Sends the request once to `backend`: through the shared agent, or on a connection of its
+/// Sends the request once to `backend`: through the backend's ureq agent, or on a connection of its
 /// own for an upgrade request.
 fn send_once(
     shared: &Shared,

@@ -1,7 +1,7 @@
 //! Turning a backend's response into ours: status and end-to-end headers as they came, the body
 //! streamed to the client while the backend's in-flight count is held. The answer came through
-//! the shared agent, or on a connection of its own (an upgrade request's, whose `101` becomes a
-//! tunnel: `upgrade.rs`).
+//! the backend's ureq agent, or on a connection of its own (an upgrade request's, whose `101`
+//! becomes a tunnel: `upgrade.rs`).
 
 use std::io::{self, Read};
 
@@ -15,7 +15,7 @@ use super::upgrade;
 
 /// A backend's answer, as it came.
 pub(crate) enum Answer {
-    /// Through the shared agent (its connection goes back to the pool).
+    /// Through the backend's ureq agent (its connection goes back to the pool).
     Pooled(ureq::http::Response<ureq::Body>),
     /// On a connection of its own (an upgrade request's).
     Own(OwnAnswer),
@@ -117,7 +117,7 @@ fn relay_own(answer: OwnAnswer, in_flight: InFlight, ticket: Option<Ticket>, is_
     response.with_stream(streamed, length)
 }
 
-/// Turns the shared agent's response into ours, streaming its body.
+/// Turns a ureq agent's response into ours, streaming its body.
 fn relay_pooled(
     upstream: ureq::http::Response<ureq::Body>,
     in_flight: InFlight,

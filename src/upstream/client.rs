@@ -1,5 +1,5 @@
-//! Sending one request to one backend with the shared ureq agent, and what a failure means for
-//! a retry. Knows nothing of which backend to choose.
+//! Sending one request to one backend with that backend's ureq agent (its `BackendLink`), and
+//! what a failure means for a retry. Knows nothing of which backend to choose.
 
 use std::io::{self, Read};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -184,12 +184,22 @@ pub struct Forwarder {
     /// The longest line of a request head it can send (its write buffer's size).
     max_line: usize,
     /// Every link it made, for a stop and for closing expired idle connections.
-    links: Arc<Mutex<Vec<Weak<BackendLink>>>>,
-    /// The socket registries of its links, kept while a connection is open or the link lives:
-    /// a link replaced after a reload is dropped while a worker may still read an answer's
-    /// body from one of its connections, and a stop must still break that read.
-    sockets: Mutex<Vec<Arc<OpenSockets>>>,
+    links: Arc<Mutex<Vec<MadeLink>>>,
     closed: AtomicBool,
+}
+
+/// A link a forwarder made, and its socket registry, kept while a connection is open even
+/// after the link is gone: a link replaced after a reload is dropped while a worker may still
+/// read an answer's body from one of its connections, and a stop must still break that read.
+struct MadeLink {
+    link: Weak<BackendLink>,
+    sockets: Arc<OpenSockets>,
+}
+
+impl MadeLink {
+    fn in_use(&self) -> bool {
+        self.link.strong_count() > 0 || self.sockets.any_open()
+    }
 }
 
 impl Forwarder {
@@ -238,7 +248,6 @@ impl Forwarder {
             tls,
             max_line,
             links,
-            sockets: Mutex::new(Vec::new()),
             closed: AtomicBool::new(false),
         }
     }
@@ -258,13 +267,13 @@ impl Forwarder {
     /// a stop's grace period). Requests sent through it afterwards fail.
     pub fn shutdown(&self) {
         self.closed.store(true, Ordering::SeqCst);
-        let links: Vec<_> = lock(&self.links).iter().filter_map(Weak::upgrade).collect();
-        for link in links {
-            link.shutdown();
-        }
-        let registries: Vec<_> = lock(&self.sockets).clone();
-        for sockets in registries {
-            sockets.shutdown();
+        let made: Vec<_> = lock(&self.links).iter().map(|m| (m.link.upgrade(), Arc::clone(&m.sockets))).collect();
+        for (link, sockets) in made {
+            match link {
+                Some(link) => link.shutdown(),
+                // Gone, but a connection of it may still be open.
+                None => sockets.shutdown(),
+            }
         }
     }
 
@@ -272,7 +281,7 @@ impl Forwarder {
     /// still open. A forwarder replaced by a reload is kept (for a stop, and for closing its
     /// links' expired idle connections) until it is not.
     pub fn in_use(&self) -> bool {
-        lock(&self.links).iter().any(|l| l.strong_count() > 0) || lock(&self.sockets).iter().any(|s| s.any_open())
+        lock(&self.links).iter().any(MadeLink::in_use)
     }
 
     /// The backend's client as this forwarder makes it: the one the backend keeps, or a new one
@@ -283,22 +292,21 @@ impl Forwarder {
             return Ok(Arc::clone(link));
         }
         let link = Arc::new(self.make_link(backend)?);
-        // Two first requests at once: one link wins, the other request uses its own once.
-        let previous = backend.link().compare_and_swap(&current, Some(Arc::clone(&link)));
-        if !ptr_eq(&previous, &current) {
-            if let Some(winner) = previous.as_ref().filter(|l| l.forwarder == self.id) {
-                return Ok(Arc::clone(winner));
+        // A newer forwarder's link stays: a request begun before a reload uses its own once
+        // rather than swap an older client back in (ids only grow).
+        if current.as_ref().is_none_or(|l| l.forwarder < self.id) {
+            // Two first requests at once: one link wins, the other request uses its own once.
+            let previous = backend.link().compare_and_swap(&current, Some(Arc::clone(&link)));
+            if !ptr_eq(&previous, &current) {
+                if let Some(winner) = previous.as_ref().filter(|l| l.forwarder == self.id) {
+                    return Ok(Arc::clone(winner));
+                }
             }
         }
         let mut links = lock(&self.links);
-        links.retain(|l| l.strong_count() > 0);
-        links.push(Arc::downgrade(&link));
+        links.retain(MadeLink::in_use);
+        links.push(MadeLink { link: Arc::downgrade(&link), sockets: Arc::clone(&link.sockets) });
         drop(links);
-        let mut registries = lock(&self.sockets);
-        // Held elsewhere (by a link) or with a connection open: still needed.
-        registries.retain(|s| Arc::strong_count(s) > 1 || s.any_open());
-        registries.push(Arc::clone(&link.sockets));
-        drop(registries);
         // A stop that ran before the link was listed did not reach it.
         if self.closed.load(Ordering::SeqCst) {
             link.shutdown();
@@ -425,12 +433,12 @@ fn ptr_eq(a: &Option<Arc<BackendLink>>, b: &Option<Arc<BackendLink>>) -> bool {
 /// Closes idle connections older than `timeout` about every half timeout (at most every
 /// second), for backends that no request reaches any more (a request's take or return closes
 /// the expired ones of its backend). Ends once the forwarder is gone.
-fn close_expired_idle(links: Weak<Mutex<Vec<Weak<BackendLink>>>>, timeout: Duration) {
+fn close_expired_idle(links: Weak<Mutex<Vec<MadeLink>>>, timeout: Duration) {
     let every = (timeout / 2).clamp(Duration::from_millis(100), Duration::from_secs(1));
     let run = move || loop {
         std::thread::sleep(every);
         let Some(links) = links.upgrade() else { return };
-        let live: Vec<_> = lock(&links).iter().filter_map(Weak::upgrade).collect();
+        let live: Vec<_> = lock(&links).iter().filter_map(|m| m.link.upgrade()).collect();
         drop(links);
         let now = Instant::now();
         for link in live {

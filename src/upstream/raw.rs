@@ -1,4 +1,4 @@
-//! A request sent to a backend on a connection of its own, outside the shared ureq agent: the
+//! A request sent to a backend on a connection of its own, outside the backend's ureq agent: the
 //! way of a request that asks to switch protocols (`Connection: upgrade`). Its `101` answer
 //! hands the connection over to a tunnel, which ureq cannot do (it reads 1xx answers itself and
 //! keeps its connections). Any other answer is read here in the framing it declares
@@ -13,7 +13,7 @@ use crate::server::{while_blocked, BodyDecoder, BodyFraming};
 use super::backend::Backend;
 use super::client::{ForwardError, Forwarder, Prepared};
 
-/// Largest answer head read (as the shared agent's input buffer): a larger one is a bad answer.
+/// Largest answer head read (as the agents' input buffer): a larger one is a bad answer.
 const MAX_HEAD: usize = 32 * 1024;
 /// Most header fields of an answer.
 const MAX_HEADERS: usize = 100;
@@ -200,7 +200,7 @@ impl Forwarder {
         // unframed, the backend would read it as the next request.
         let chunked = body.is_some() && !prepared.headers.contains_key(ureq::http::header::CONTENT_LENGTH);
         let head = request_head(prepared, &backend.authority, chunked);
-        // Nothing here goes through the shared agent's transport: a streamed body must not ask
+        // Nothing here goes through an agent's transport: a streamed body must not ask
         // about the connection this thread last sent on there (it would take that one's bytes
         // for this backend's early answer and make up the rest of the body with zeros).
         super::transport::forget_sending();

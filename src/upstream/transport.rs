@@ -1,4 +1,4 @@
-//! The TCP transport under the shared ureq agent, ours rather than ureq's for what a proxy pays
+//! The TCP transport under each backend's ureq agent, ours rather than ureq's for what a proxy pays
 //! on every request: socket timeouts are set once per connection (they are per-operation limits,
 //! so they never change), and a pooled connection's liveness probe is one
 //! `recv(MSG_PEEK | MSG_DONTWAIT)` instead of two `FIONBIO` ioctls around a read.
