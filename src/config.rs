@@ -18,6 +18,7 @@ use crate::traffic::{ClientLimiter, RateLimitConfig, StickyCookie};
 
 mod ranges;
 mod registry_url;
+pub(crate) use ranges::of as range_of;
 pub use ranges::{Range, Unit, RANGES};
 pub use registry_url::RegistryUrl;
 

@@ -172,13 +172,10 @@ pub fn handle(shared: &Shared, mut request: Request, path: &str) -> Response {
             Ok(changes) => Response::json(200, &json!({ "message": "configuration reloaded", "changes": changes })),
             Err(why) => error(400, format!("reload refused, the running configuration stays: {why}")),
         },
-        Resource::History => {
-            let query = crate::proxy::origin_form(request.target()).and_then(|t| t.split_once('?')).map(|(_, q)| q);
-            match history::seconds_asked(query) {
-                Ok(seconds) => Response::json(200, &history::history_json(&shared.ops.history, seconds)),
-                Err(message) => error(400, message),
-            }
-        }
+        Resource::History => match history::seconds_asked(request.query()) {
+            Ok(seconds) => Response::json(200, &history::history_json(&shared.ops.history, seconds)),
+            Err(message) => error(400, message),
+        },
         Resource::Dashboard => Response::new(200)
             .with_header("Content-Type", "text/html; charset=utf-8")
             .with_header("Cache-Control", "no-store")

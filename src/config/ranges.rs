@@ -127,7 +127,7 @@ impl Range {
 }
 
 /// The range of `key` (a key of [`RANGES`]).
-fn of(key: &str) -> &'static Range {
+pub(crate) fn of(key: &str) -> &'static Range {
     RANGES.iter().find(|r| r.key == key).unwrap_or_else(|| panic!("no range for {key}"))
 }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use argh::FromArgs;
 
-use crate::config::Config;
+use crate::config::{range_of, Config};
 
 use super::scenario::{
     parse_algorithms, parse_backend, parse_event, parse_service, BackendSpec, Distribution, Scenario, ScenarioError,
@@ -142,12 +142,14 @@ impl SimulateArgs {
             })
             .collect();
         let window = self.peak_ewma_window.unwrap_or(config.peak_ewma_window);
-        if !(0.001..=3600.0).contains(&window) {
-            return Err(error(format!("--peak-ewma-window must be 0.001-3600 s, got {window}")));
+        let range = range_of("peak_ewma_window");
+        if !range.contains(window) {
+            return Err(error(format!("--peak-ewma-window must be {}, got {window}", range.describe())));
         }
         let max_connections = self.max_connections.unwrap_or_else(|| config.backend_connection_cap());
-        if max_connections == 0 || max_connections > 1_000_000 {
-            return Err(error(format!("--max-connections must be 1-1000000, got {max_connections}")));
+        let range = range_of("max_connections");
+        if !range.contains(max_connections as f64) {
+            return Err(error(format!("--max-connections must be {}, got {max_connections}", range.describe())));
         }
         let scenario = Scenario {
             algorithms: parse_algorithms(&self.algorithm)?,

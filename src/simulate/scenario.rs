@@ -5,7 +5,7 @@ use std::fmt;
 use std::time::Duration;
 
 use crate::balance::AlgorithmKind;
-use crate::config::RANGES;
+use crate::config::{is_valid_id, range_of};
 
 /// An algorithm a simulation runs: one of lb-sync's, or the seed's weighted round robin, kept
 /// for comparison (the seed guide shows no code for it; this is the usual implementation of
@@ -302,13 +302,10 @@ impl Scenario {
         if self.backends.is_empty() || self.backends.len() > MAX_BACKENDS {
             return Err(error(format!("1-{MAX_BACKENDS} backends are needed, got {}", self.backends.len())));
         }
-        let weight = RANGES.iter().find(|r| r.key == "weight").map_or((1.0, 1e6), |r| (r.min, r.max));
+        let weight = range_of("weight");
         for b in &self.backends {
-            if !(weight.0..=weight.1).contains(&f64::from(b.weight)) {
-                return Err(error(format!(
-                    "backend {}: weight must be {}-{}, got {}",
-                    b.id, weight.0, weight.1, b.weight
-                )));
+            if !weight.contains(f64::from(b.weight)) {
+                return Err(error(format!("backend {}: weight must be {}, got {}", b.id, weight.describe(), b.weight)));
             }
             if b.service.is_zero() {
                 return Err(error(format!("backend {}: service time must be above 0", b.id)));
@@ -343,7 +340,7 @@ impl Scenario {
 /// ```
 pub fn parse_backend(text: &str) -> Result<(String, u32), ScenarioError> {
     let (id, weight) = text.split_once('=').unwrap_or((text, "1"));
-    if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || "._~-".contains(c)) || id.len() > 64 {
+    if !is_valid_id(id) {
         return Err(error(format!("backend '{text}': the id must be 1-64 of A-Z a-z 0-9 . _ ~ -")));
     }
     let weight: u32 = weight.parse().map_err(|_| {
