@@ -211,10 +211,7 @@ case "$mode" in
     ws_seconds="${DURATION:-5s}"
     ws_seconds="${ws_seconds%s}"
     ws_size="${WS_SIZE:-64}"
-    ws_bench="$target_dir/release/examples/ws_bench"
-    if [ ! -x "$ws_bench" ] || [ -n "$(find "$root/examples/ws_bench.rs" -newer "$ws_bench" -print -quit)" ]; then
-      (cd "$root" && CARGO_TARGET_DIR="$target_dir" cargo build --release --quiet --example ws_bench)
-    fi
+    ws_bench="$(example_bin ws_bench)"
     read -r -a ports <<<"$(free_ports 4)"
     backend_port=${ports[0]} lb_port=${ports[1]} nginx_port=${ports[2]} haproxy_port=${ports[3]}
     "$backend_bin" --port "$backend_port" --threads 16 > /dev/null &
@@ -661,10 +658,7 @@ PY
     load_share="${LOAD:-0.8}"
     seconds="${DURATION:-20s}"
     seconds="${seconds%s}"
-    open_loop="$target_dir/release/examples/open_loop"
-    if [ ! -x "$open_loop" ] || [ -n "$(find "$root/examples/open_loop.rs" -newer "$open_loop" -print -quit)" ]; then
-      (cd "$root" && CARGO_TARGET_DIR="$target_dir" cargo build --release --quiet --example open_loop)
-    fi
+    open_loop="$(example_bin open_loop)"
     read -r -a ports <<<"$(free_ports 3)"
     for i in 0 1 2; do
       delay=$fast_ms
