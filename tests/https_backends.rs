@@ -321,6 +321,9 @@ fn a_body_streamed_to_an_https_backend_arrives_whole() {
 
 #[test]
 fn heads_up_to_the_front_ends_limit_reach_an_https_backend_whole() {
+    if !common::tools::require(&[&common::tools::OPENSSL]) {
+        return;
+    }
     // ureq's TLS layer writes the head into a buffer of its own, sized as the plain one.
     let pki = Pki::new();
     let secure = TestBackend::https("secure", pki.server_config(false));

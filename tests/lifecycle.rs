@@ -389,6 +389,8 @@ fn a_stop_breaks_a_body_still_read_from_a_connection_that_a_reload_left_behind()
     lb.write_config(&[stalling.addr], r#""request_timeout": 599, "shutdown_timeout": 1"#);
     lb.signal("HUP");
     assert!(lb.wait_log("configuration reloaded", Duration::from_secs(5)), "{}", lb.log());
+    // A client setting changed, so the reload made a new forwarder.
+    assert!(lb.log().contains("settings changed: request_timeout"), "{}", lb.log());
     // The new forwarder's first request to the backend gives it a client of its own.
     assert_eq!(Conn::open(lb.addr).get("/after").status, 200);
 

@@ -221,7 +221,10 @@ fn after_a_burst_one_connection_stays_in_use_and_the_surplus_ages_out() {
 }
 
 #[test]
-fn idle_connections_past_upstream_keepalive_are_closed_least_recently_used_first() {
+fn idle_connections_past_upstream_keepalive_are_closed_and_the_rest_reused() {
+    // Which ones go (the least recently used) is the unit test
+    // pool::tests::beyond_the_limit_the_least_recently_used_is_closed: here the returns of one
+    // burst come back at about the same moment.
     let backend = CountingBackend::start();
     let lb = balancer(backend.addr, |c| c.upstream_keepalive = Some(2));
     burst(&lb, &backend, 6);
@@ -231,7 +234,7 @@ fn idle_connections_past_upstream_keepalive_are_closed_least_recently_used_first
         backend.closed_by_peer()
     );
     assert_eq!(backend_json(&lb)["upstream_connections"]["idle"], 2);
-    // The two kept are the two most recently returned; requests now use only those.
+    // Requests now use only the two kept.
     let mut conn = Conn::open(lb.local_addr());
     for _ in 0..5 {
         assert!(!backend.closed_by_peer().contains(&connection_of(&mut conn)));
