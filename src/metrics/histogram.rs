@@ -190,7 +190,8 @@ impl HistogramSnapshot {
         Duration::from_nanos(self.sum_nanos)
     }
 
-    /// The longest duration recorded, exactly; `None` before the first.
+    /// The longest duration recorded, exactly (in a [`since`](Self::since) difference: the
+    /// middle of the highest bucket that changed); `None` before the first.
     ///
     /// ```
     /// assert_eq!(lb_sync::metrics::HistogramSnapshot::default().max(), None);
@@ -199,7 +200,8 @@ impl HistogramSnapshot {
         (self.count > 0).then(|| Duration::from_nanos(self.max_nanos))
     }
 
-    /// The shortest duration recorded, exactly; `None` before the first.
+    /// The shortest duration recorded, exactly (in a [`since`](Self::since) difference: the
+    /// middle of the lowest bucket that changed); `None` before the first.
     ///
     /// ```
     /// assert_eq!(lb_sync::metrics::HistogramSnapshot::default().min(), None);

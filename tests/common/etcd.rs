@@ -1,7 +1,8 @@
 //! A real etcd for the registry tests: its own data directory and two free loopback ports
 //! (client and peer), waited for until it answers, killed by PID and its directory removed when
-//! dropped. etcd must be installed (Debian's `etcd-server`; `.ci/run` installs it): a missing
-//! etcd fails the test rather than skip it, so that CI never passes without running these.
+//! dropped. etcd comes from Debian's `etcd-server` (`.ci/run` installs it); the tests that use it
+//! call `tools::require` first: without etcd they skip outside CI and fail under it (`CI` set),
+//! so that CI never passes without running these.
 //!
 //! Direct reads and writes go through etcd's v3 JSON gateway with ureq, as lb-sync's do, but
 //! with a base64 of the tests' own.
