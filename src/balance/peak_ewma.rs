@@ -102,6 +102,9 @@ impl ResponseTime {
     /// Δ/τ: windows passed since the last write.
     fn windows_since(&self, now: u64) -> f64 {
         let elapsed = now.saturating_sub(self.stamp.load(AtomicOrdering::Acquire));
+        // Through i64: x86-64 converts a signed integer in one instruction, an unsigned one in
+        // five (a pick converts two). 2^63 ns is 292 years.
+        let elapsed = i64::try_from(elapsed).unwrap_or(i64::MAX);
         elapsed as f64 * f64::from_bits(self.inverse_window.load(AtomicOrdering::Relaxed))
     }
 
@@ -173,7 +176,8 @@ fn exp_neg(x: f64) -> f64 {
     }
     if x < 1.0 / 1024.0 {
         // The next term, x⁴/24, is below 1e-13.
-        return 1.0 - x * (1.0 - x * (0.5 - x / 6.0));
+        // × 1/6, not ÷ 6: a division is the slowest step of a pick.
+        return 1.0 - x * (1.0 - x * (0.5 - x * (1.0 / 6.0)));
     }
     if x >= 700.0 {
         return 0.0;
@@ -263,31 +267,42 @@ impl PeakEwma {
     /// Member `i`'s cost at `now` as (cost before decay, Δ/τ): the cost is `c × exp(-Δ/τ)`. An
     /// unmeasured member is started at the median of the measured ones (the one O(n) step,
     /// once per new or recovered member).
+    #[inline(always)]
     fn cost(&self, ctx: &PickContext<'_>, cells: &dyn ResponseTimes, now: u64, i: usize) -> (f64, f64) {
-        let cell = cells.of(i);
-        let (estimate, windows) = match cell.undecayed(now) {
+        let (estimate, windows) = match cells.of(i).undecayed(now) {
             Some(parts) => parts,
-            None => {
-                let median = median_estimate(cells, self.weights.len(), now);
-                cell.seed(median, now);
-                cell.undecayed(now).unwrap_or((median, 0.0))
-            }
+            None => self.start_at_median(cells, now, i),
         };
+        // u32 converts to f64 in one instruction; more in flight than that is not a thing.
+        let in_flight = u32::try_from((ctx.in_flight)(i)).unwrap_or(u32::MAX);
         // A floor of 1 ns: with nothing measured anywhere the costs are the in-flight counts,
         // as p2c's.
-        (estimate.max(1.0) * ((ctx.in_flight)(i) as f64 + 1.0) * self.inverse_weights[i], windows)
+        (estimate.max(1.0) * (f64::from(in_flight) + 1.0) * self.inverse_weights[i], windows)
+    }
+
+    /// Seeds member `i`'s unmeasured cell at the median and returns its (estimate, Δ/τ). Out of
+    /// line: it runs once per new or recovered member, and inlined its O(n) scan would make
+    /// every pick's frame larger.
+    #[cold]
+    #[inline(never)]
+    fn start_at_median(&self, cells: &dyn ResponseTimes, now: u64, i: usize) -> (f64, f64) {
+        let cell = cells.of(i);
+        let median = median_estimate(cells, self.weights.len(), now);
+        cell.seed(median, now);
+        cell.undecayed(now).unwrap_or((median, 0.0))
     }
 
     /// Compares the costs of members `a` and `b`: `ca e^-xa` against `cb e^-xb`, as `ca e^-(xa-xb)`
-    /// against `cb` (or the other way round), so one `exp` per comparison.
+    /// against `cb` (or `ca` against `cb e^-(xb-xa)`), so one `exp` per comparison. Which side
+    /// is decayed is a select, not a branch: it is a coin toss on every pick.
     fn compare(&self, ctx: &PickContext<'_>, cells: &dyn ResponseTimes, now: u64, a: usize, b: usize) -> Ordering {
         let ((ca, xa), (cb, xb)) = (self.cost(ctx, cells, now, a), self.cost(ctx, cells, now, b));
         let d = xa - xb;
-        if d >= 0.0 {
-            (ca * exp_neg(d)).total_cmp(&cb)
-        } else {
-            ca.total_cmp(&(cb * exp_neg(-d)))
-        }
+        let decay = exp_neg(d.abs());
+        let a_older = d >= 0.0;
+        let lhs = ca * if a_older { decay } else { 1.0 };
+        let rhs = cb * if a_older { 1.0 } else { decay };
+        lhs.total_cmp(&rhs)
     }
 }
 

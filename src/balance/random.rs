@@ -67,8 +67,10 @@ enum Source {
 
 thread_local! {
     /// The calling thread's SplitMix64 state for [`Stream::per_thread`], seeded from the
-    /// process's random keys (a new key for each thread).
-    static THREAD_STATE: std::cell::Cell<u64> = std::cell::Cell::new(process_seed());
+    /// process's random keys (a new key for each thread) on its first use; 0 until then. A
+    /// constant initializer makes each access a plain load, where a lazy one checks its state
+    /// first.
+    static THREAD_STATE: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
 impl Stream {
@@ -90,7 +92,12 @@ impl Stream {
                 splitmix64(seed.wrapping_add(step.wrapping_mul(GOLDEN)))
             }
             Source::PerThread => THREAD_STATE.with(|state| {
-                let x = state.get().wrapping_add(GOLDEN);
+                let mut x = state.get();
+                if x == 0 {
+                    // First use on this thread (a seed of 0 only means one more seeding).
+                    x = process_seed();
+                }
+                let x = x.wrapping_add(GOLDEN);
                 state.set(x);
                 splitmix64(x)
             }),
@@ -102,11 +109,18 @@ impl Stream {
 /// uniform draws when every weight is the same.
 #[derive(Debug)]
 pub(crate) struct Draw {
-    /// `threshold[i]`: below it (of 2^32), a draw landing on column `i` keeps `i`.
-    threshold: Box<[u32]>,
-    /// `alias[i]`: the member a draw on column `i` takes at or above the threshold.
-    alias: Box<[u32]>,
+    /// Column `i` of the table; empty when the draws are uniform.
+    columns: Box<[Column]>,
     uniform: bool,
+}
+
+/// One column of the alias table: both halves side by side, so a draw reads one place.
+#[derive(Debug, Clone, Copy)]
+struct Column {
+    /// Below it (of 2^32), a draw landing on this column keeps it.
+    threshold: u32,
+    /// The member a draw on this column takes at or above the threshold.
+    alias: u32,
 }
 
 impl Draw {
@@ -121,7 +135,7 @@ impl Draw {
         let weights: Vec<u64> = members.iter().map(|m| u64::from(effective_weight(m.weight))).collect();
         let uniform = weights.windows(2).all(|w| w[0] == w[1]);
         if uniform {
-            return Draw { threshold: Box::new([]), alias: Box::new([]), uniform };
+            return Draw { columns: Box::new([]), uniform };
         }
         // Vose: scale each weight to n × w / total (exactly, in units of 1/total), split the
         // columns into small (< 1) and large, and top each small column up from a large one.
@@ -129,13 +143,12 @@ impl Draw {
         let mut scaled: Vec<u128> = weights.iter().map(|&w| u128::from(w) * n as u128).collect();
         let one = u128::from(total);
         let (mut small, mut large): (Vec<usize>, Vec<usize>) = (0..n).partition(|&i| scaled[i] < one);
-        let mut threshold = vec![u32::MAX; n];
-        let mut alias: Vec<u32> = (0..n as u32).collect();
+        let mut columns: Vec<Column> = (0..n as u32).map(|i| Column { threshold: u32::MAX, alias: i }).collect();
         while let (Some(&s), Some(&l)) = (small.last(), large.last()) {
             small.pop();
             // A share of 2^32: scaled[s] / total of the column stays with s.
-            threshold[s] = ((scaled[s] << 32) / one).min(u128::from(u32::MAX)) as u32;
-            alias[s] = l as u32;
+            columns[s] =
+                Column { threshold: ((scaled[s] << 32) / one).min(u128::from(u32::MAX)) as u32, alias: l as u32 };
             scaled[l] -= one - scaled[s];
             if scaled[l] < one {
                 large.pop();
@@ -143,17 +156,20 @@ impl Draw {
             }
         }
         // Whatever is left is (up to rounding) exactly one column's worth: it keeps itself.
-        Draw { threshold: threshold.into_boxed_slice(), alias: alias.into_boxed_slice(), uniform }
+        Draw { columns: columns.into_boxed_slice(), uniform }
     }
 
     /// The member a random `x` lands on (`n` members, n >= 1).
     pub(crate) fn one(&self, x: u64, n: usize) -> usize {
         let column = below(x as u32, n);
-        if self.uniform || ((x >> 32) as u32) < self.threshold[column] {
-            column
-        } else {
-            self.alias[column] as usize
+        if self.uniform {
+            return column;
         }
+        let Column { threshold, alias } = self.columns[column];
+        // Keep or alias by a mask, not a branch: the side a draw lands on is a coin toss that a
+        // branch predictor would miss about as often as not.
+        let keep = usize::from(((x >> 32) as u32) < threshold).wrapping_neg();
+        (column & keep) | (alias as usize & !keep)
     }
 
     /// Two different members (n >= 2), drawn in proportion to their weights, from the stream.
