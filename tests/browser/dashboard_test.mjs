@@ -9,8 +9,9 @@
 // GET /, bounded in time), it waits until the requests chart shows every backend serving, kills
 // the backend at KILL_ADDRESS (process KILL_PID, which the caller started) with SIGKILL, and
 // waits until the charts' own data (the uPlot instances') show its dip to 0 requests/s while the
-// balancer still served, and its failed tries; it checks the charts drew those lines (pixels of
-// their colours on the canvas), and writes a screenshot of the page.
+// balancer still served, and its failed tries; it checks the charts drew its line through those
+// points (its colour on the canvas where each point sits: above 0 before the kill, at 0 in the
+// dip, above 0 on the errors chart), and writes a screenshot of the page.
 // With LB_ADMIN_TOKEN set, the token is put where the page keeps it and sent on API calls.
 // Exits non-zero on any failure, including an error thrown inside the page.
 import { chromium } from "playwright-core";
@@ -76,20 +77,40 @@ function chartData(page) {
   });
 }
 
-/** How many pixels of `colour` (#rrggbb, give or take anti-aliasing) the chart's canvas has. */
-function pixelsOf(page, chart, colour) {
-  return page.evaluate(([chart, colour]) => {
+/**
+ * Where chart `chart` drew series `label`: for each of its data points, whether a pixel of the
+ * series' colour lies within 2 px of the point's place on the canvas (by the chart's own x and y
+ * scales, the ones its axes show), and how many pixels that place is above the chart's 0. Data and
+ * canvas are read in one go: the page redraws every 2 s. `last`: whether the series is drawn last
+ * (then no other line covers it).
+ */
+function drawnPoints(page, chart, label) {
+  return page.evaluate(([chart, label]) => {
     const u = window.lbHistory.charts[chart];
-    const { width, height } = u.ctx.canvas;
-    if (!width || !height) return 0;
+    const index = u.series.findIndex((s) => s.label === label);
+    const s = u.series[index];
+    const colour = typeof s.stroke === "function" ? s.stroke(u, index) : s.stroke;
     const want = [1, 3, 5].map((i) => parseInt(colour.slice(i, i + 2), 16));
+    const { width, height } = u.ctx.canvas;
     const pixels = u.ctx.getImageData(0, 0, width, height).data;
-    let n = 0;
-    for (let i = 0; i < pixels.length; i += 4) {
-      if (pixels[i + 3] > 200 && want.every((c, k) => Math.abs(pixels[i + k] - c) <= 40)) n++;
-    }
-    return n;
-  }, [chart, colour]);
+    // Opaque and of the colour, give or take anti-aliasing.
+    const ofColour = (x, y) => {
+      if (x < 0 || y < 0 || x >= width || y >= height) return false;
+      const p = (y * width + x) * 4;
+      return pixels[p + 3] > 200 && want.every((c, k) => Math.abs(pixels[p + k] - c) <= 40);
+    };
+    const zero = u.valToPos(0, "y", true);
+    const points = [];
+    u.data[0].forEach((time, i) => {
+      const value = u.data[index][i];
+      if (value === null || value === undefined) return;
+      const x = Math.round(u.valToPos(time, "x", true)), y = Math.round(u.valToPos(value, "y", true));
+      let drawn = false;
+      for (let dy = -2; dy <= 2; dy++) for (let dx = -2; dx <= 2; dx++) drawn = drawn || ofColour(x + dx, y + dy);
+      points.push({ time, value, drawn, above: Math.round(zero - y) });
+    });
+    return { colour, last: index === u.series.length - 1, points };
+  }, [chart, label]);
 }
 
 /** The series of `label` in chart `name` of `charts` (from chartData), or undefined. */
@@ -127,14 +148,26 @@ async function historyShowsAKill(page) {
     const mine = series(charts, "requests", victim.id);
     const before = mine.values.filter((v, i) => mine.time[i] < killedAt && v > 0).length;
     if (before < 2) throw new Error(`${victim.id} served in ${before} second(s) before the kill on the chart`);
-    // The charts drew it: the victim's colour on the requests and errors canvases.
-    const colour = await page.evaluate(([id]) => {
-      const u = window.lbHistory.charts.requests, i = u.series.findIndex((s) => s.label === id);
-      return typeof u.series[i].stroke === "function" ? u.series[i].stroke(u, i) : u.series[i].stroke;
-    }, [victim.id]);
-    for (const chart of ["requests", "errors"]) {
-      const n = await pixelsOf(page, chart, colour);
-      if (n < 20) throw new Error(`the ${chart} chart drew ${n} pixel(s) of ${victim.id}'s colour ${colour}`);
+    // The charts drew what their data say, where they say it. The victim's line at 0 is drawn
+    // in its colour in any case, so a count of its pixels proves nothing: each of its points
+    // well above 0 (6 px: more than the 2 px looked around) before the kill must have its colour
+    // there, where a flat line has none; each second of its dip must have it at 0; and each
+    // second of its failures on the errors chart, above 0.
+    const requests = await drawnPoints(page, "requests", victim.id);
+    const errors = await drawnPoints(page, "errors", victim.id);
+    if (!requests.last || !errors.last) throw new Error(`${victim.id} is not the last series drawn: another line may cover it`);
+    const checks = [
+      ["requests", "served before the kill", requests.points.filter((p) => p.time < killedAt && p.value > 0 && p.above >= 6)],
+      ["requests", "was at 0 after it", requests.points.filter((p) => p.time > killedAt && p.value === 0)],
+      ["errors", "failed", errors.points.filter((p) => p.value > 0 && p.above >= 6)],
+    ];
+    for (const [chart, what, points] of checks) {
+      const missed = points.filter((p) => !p.drawn);
+      if (points.length === 0 || missed.length > 0) {
+        throw new Error(`the ${chart} chart: ${missed.length} of ${points.length} point(s) where ${victim.id} ${what} ` +
+          `not drawn in its colour ${requests.colour}: ${JSON.stringify(missed)}`);
+      }
+      console.log(`the ${chart} chart drew all ${points.length} point(s) where ${victim.id} ${what}`);
     }
     const { sent, failed } = await load.stop();
     console.log(`the charts show ${victim.id}'s dip and failures (${sent} requests sent, ${failed} failed)`);
