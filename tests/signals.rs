@@ -186,7 +186,7 @@ fn sigterm_stops_it_even_when_nobody_reads_its_stderr() {
     std::fs::create_dir_all(&dir).unwrap();
     let settings = format!(r#""access_log": true, "shutdown_timeout": {SHUTDOWN_TIMEOUT}"#);
     std::fs::write(dir.join("config.json"), common::lb::config_json(&addrs, &settings)).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_lb-sync"))
+    let child = Command::new(env!("CARGO_BIN_EXE_lb-sync"))
         .arg("--config")
         .arg(dir.join("config.json"))
         .stdin(Stdio::null())
@@ -194,26 +194,25 @@ fn sigterm_stops_it_even_when_nobody_reads_its_stderr() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn lb-sync");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let addr: SocketAddr = line.split("listening on ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+    // Killed and reaped if an assertion fails first (its stderr pipe, unread, goes with it).
+    let mut lb = ChildProcess { child, ready_line: String::new() };
+    BufReader::new(lb.child.stdout.take().unwrap()).read_line(&mut lb.ready_line).unwrap();
+    let addr: SocketAddr =
+        lb.ready_line.split("listening on ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
     // 3000 access-log lines, several times what a pipe holds (64 KiB).
     let mut conn = Conn::open(addr);
     for _ in 0..3000 {
         assert_eq!(conn.get("/").status, 200);
     }
     drop(conn);
-    kill(child.id(), "TERM");
+    kill(lb.pid(), "TERM");
     let signalled = Instant::now();
     let limit = Duration::from_secs_f64(SHUTDOWN_TIMEOUT + 1.0);
-    let exited = wait_until(limit + Duration::from_secs(10), || child.try_wait().unwrap().is_some());
+    let exited = wait_until(limit + Duration::from_secs(10), || lb.child.try_wait().unwrap().is_some());
     let took = signalled.elapsed();
-    if !exited {
-        let _ = child.kill();
-    }
-    let status = child.wait().unwrap();
     let _ = std::fs::remove_dir_all(&dir);
     assert!(exited && took <= limit, "exited: {exited}, {took:?} after SIGTERM (limit {limit:?})");
+    let status = lb.child.wait().unwrap();
     assert_eq!(status.code(), Some(0), "{status}");
 }
 
@@ -273,7 +272,7 @@ fn start_and_terminate(up: &[SocketAddr], down: &[SocketAddr], scene: Scene, del
     );
     std::fs::write(dir.join("config.json"), common::lb::config_json(backends, &settings)).unwrap();
     let log_path = dir.join("stderr.log");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_lb-sync"))
+    let child = Command::new(env!("CARGO_BIN_EXE_lb-sync"))
         .arg("--config")
         .arg(dir.join("config.json"))
         .stdin(Stdio::null())
@@ -282,7 +281,9 @@ fn start_and_terminate(up: &[SocketAddr], down: &[SocketAddr], scene: Scene, del
         .spawn()
         .expect("spawn lb-sync");
     let spawned = Instant::now();
-    let stdout = child.stdout.take().unwrap();
+    // Killed and reaped if this thread panics before it exits; its ready line is read below.
+    let mut lb = ChildProcess { child, ready_line: String::new() };
+    let stdout = lb.child.stdout.take().unwrap();
     let (ready_tx, ready_rx) = crossbeam_channel::bounded::<SocketAddr>(1);
     let reader = std::thread::spawn(move || {
         let mut line = String::new();
@@ -303,16 +304,16 @@ fn start_and_terminate(up: &[SocketAddr], down: &[SocketAddr], scene: Scene, del
         })
     });
     std::thread::sleep(delay.saturating_sub(spawned.elapsed()));
-    kill(child.id(), "TERM");
+    kill(lb.pid(), "TERM");
     let signalled = Instant::now();
     let limit = Duration::from_secs_f64(SHUTDOWN_TIMEOUT + 1.0);
     let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
+        if let Some(status) = lb.child.try_wait().unwrap() {
             break Some(status);
         }
         if signalled.elapsed() > limit + Duration::from_secs(10) {
-            let _ = child.kill();
-            let _ = child.wait();
+            let _ = lb.child.kill();
+            let _ = lb.child.wait();
             break None;
         }
         std::thread::sleep(Duration::from_millis(5));
