@@ -1,7 +1,8 @@
 //! The signals an operator (or logrotate) sends a running `lb-sync`, as an nginx user expects
 //! them: USR1 reopens the log files (nothing lost across `mv` + USR1 under load), HUP reloads and
-//! reopens, USR2 and the other signals nobody should send are logged and ignored, and SIGTERM
-//! stops it at any moment after start, within `shutdown_timeout` + 1 s.
+//! reopens, USR2 and the other signals nobody should send are logged and ignored, SIGTERM
+//! stops it at any moment after start, within `shutdown_timeout` + 1 s, and a second one while
+//! it stops exits at once (status 1).
 
 mod common;
 
@@ -14,6 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::faults::{Fault, FaultyBackend};
 use common::lb::Lb;
 use common::{backend, wait_until, ChildProcess, Conn};
 
@@ -214,6 +216,36 @@ fn sigterm_stops_it_even_when_nobody_reads_its_stderr() {
     assert!(exited && took <= limit, "exited: {exited}, {took:?} after SIGTERM (limit {limit:?})");
     let status = lb.child.wait().unwrap();
     assert_eq!(status.code(), Some(0), "{status}");
+}
+
+#[test]
+fn a_second_sigterm_while_stopping_exits_at_once_with_status_1() {
+    // A request held by a backend that never answers: the graceful stop would wait for it up to
+    // shutdown_timeout (60 s), far past the 10 s this test waits for the exit.
+    let silent = FaultyBackend::start(Fault::Silent);
+    let mut lb = Lb::start(&[silent.addr], r#""request_timeout": 600, "shutdown_timeout": 60"#);
+    let addr = lb.addr;
+    let held = std::thread::spawn(move || {
+        let mut conn = Conn::open(addr);
+        conn.send(b"GET /held HTTP/1.1\r\nHost: t\r\n\r\n");
+        conn.rest()
+    });
+    assert!(wait_until(Duration::from_secs(5), || silent.hits() == 1), "the request never reached the backend");
+    lb.signal("TERM");
+    // Stopping, and held by the request: it says so, and its listener refuses new connections.
+    assert!(lb.wait_log("SIGTERM: stopping", Duration::from_secs(5)), "{}", lb.log());
+    assert!(lb.log().contains("1 request(s) to backends in flight get up to 60.0 s"), "{}", lb.log());
+    assert!(wait_until(Duration::from_secs(5), || TcpStream::connect(addr).is_err()), "still accepting");
+    assert!(lb.child.try_wait().unwrap().is_none(), "exited with a request in flight: {}", lb.log());
+    let signalled = Instant::now();
+    lb.signal("TERM");
+    let status = lb.wait_exit(Duration::from_secs(10));
+    eprintln!("second SIGTERM while stopping: exited {status:?} after {:?}", signalled.elapsed());
+    let status = status.unwrap_or_else(|| panic!("still running 10 s after a second SIGTERM: {}", lb.log()));
+    assert_eq!(status.code(), Some(1), "{status}: {}", lb.log());
+    assert!(lb.log().contains("SIGTERM while stopping: exiting now"), "{}", lb.log());
+    // The held request was cut off with the process, unanswered.
+    assert_eq!(String::from_utf8_lossy(&held.join().unwrap()), "");
 }
 
 #[test]
