@@ -89,10 +89,16 @@ impl Poller {
                 conn.state = State::Busy;
                 self.queue.submit(Job::Refill { token, stream: Arc::clone(&conn.stream), delivery });
             }
-            Progress::Done { keep_alive } => match delivery.take_switch() {
-                Some(switch) => self.switch(token, switch),
-                None => self.finish_response(token, keep_alive),
-            },
+            Progress::Done { keep_alive } => {
+                let switch = delivery.take_switch();
+                // Its access-log line is queued now, before the connection's next request is
+                // read, as when a worker ends a delivery: the log follows each connection's order.
+                drop(delivery);
+                match switch {
+                    Some(switch) => self.switch(token, switch),
+                    None => self.finish_response(token, keep_alive),
+                }
+            }
             Progress::Failed => self.reset(token),
         }
     }
