@@ -40,7 +40,14 @@ fn lines(path: &Path) -> Vec<String> {
 struct Traffic {
     sent: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
-    threads: Vec<std::thread::JoinHandle<Vec<String>>>,
+    threads: Vec<std::thread::JoinHandle<Vec<Answered>>>,
+}
+
+/// One request a client had answered: its path, when it was sent and when its answer had come.
+struct Answered {
+    path: String,
+    sent: Instant,
+    answered: Instant,
 }
 
 impl Traffic {
@@ -52,18 +59,19 @@ impl Traffic {
                 let (sent, stop) = (Arc::clone(&sent), Arc::clone(&stop));
                 std::thread::spawn(move || {
                     let mut conn = Conn::open(addr);
-                    let mut paths = Vec::new();
+                    let mut answered = Vec::new();
                     for n in 0..per_client {
                         if stop.load(Ordering::Relaxed) {
                             break;
                         }
                         let path = format!("/c{c}-{n}");
+                        let at = Instant::now();
                         let resp = conn.get(&path);
                         assert_eq!(resp.status, 200, "{path}: {}", resp.text());
+                        answered.push(Answered { path, sent: at, answered: Instant::now() });
                         sent.fetch_add(1, Ordering::Relaxed);
-                        paths.push(path);
                     }
-                    paths
+                    answered
                 })
             })
             .collect();
@@ -74,10 +82,10 @@ impl Traffic {
         self.sent.load(Ordering::Relaxed)
     }
 
-    /// Stops the clients (each finishes its request); the paths of every answered request.
-    fn stop(self) -> Vec<String> {
+    /// Stops the clients (each finishes its request); each client's answered requests, in order.
+    fn stop(self) -> Vec<Vec<Answered>> {
         self.stop.store(true, Ordering::Relaxed);
-        self.threads.into_iter().flat_map(|t| t.join().unwrap()).collect()
+        self.threads.into_iter().map(|t| t.join().unwrap()).collect()
     }
 }
 
@@ -101,10 +109,16 @@ fn mv_and_usr1_under_load_lose_no_access_log_line_and_move_both_logs_to_new_file
     std::fs::rename(&access, dir.join("access.log.1")).unwrap();
     std::fs::rename(&log, dir.join("lb-sync.log.1")).unwrap();
     let before = traffic.answered();
+    let signalled = Instant::now();
     lb.signal("USR1");
-    assert!(wait_until(Duration::from_secs(5), || access.exists() && log.exists()), "no new files after USR1");
+    // Acknowledged: this line is logged once both files were reopened, and goes to the new file.
+    let reopened = || lines(&log).iter().any(|l| l.contains("SIGUSR1: log files reopened"));
+    assert!(wait_until(Duration::from_secs(5), reopened), "USR1 not acknowledged: {:?}", lines(&log));
+    let acknowledged = Instant::now();
+    assert!(access.exists(), "no new access log after USR1");
     assert!(wait_until(Duration::from_secs(10), || traffic.answered() >= before + 1000), "traffic stalled after USR1");
-    let paths = traffic.stop();
+    let clients = traffic.stop();
+    let paths: Vec<&str> = clients.iter().flatten().map(|a| a.path.as_str()).collect();
     // Every answered request has its line, in the old file or the new one, exactly once.
     assert!(wait_until(Duration::from_secs(5), || {
         lines(&dir.join("access.log.1")).len() + lines(&access).len() >= paths.len()
@@ -119,14 +133,37 @@ fn mv_and_usr1_under_load_lose_no_access_log_line_and_move_both_logs_to_new_file
     assert!(!old.is_empty() && !new.is_empty(), "both files got lines: {} and {}", old.len(), new.len());
     let mut logged: Vec<&str> = old.iter().chain(&new).filter_map(|l| logged_path(l)).collect();
     logged.sort_unstable();
-    let mut expected: Vec<&str> = paths.iter().map(String::as_str).collect();
+    let mut expected = paths.clone();
     expected.sort_unstable();
     assert_eq!(logged.len(), old.len() + new.len(), "every line is a whole request line");
     assert!(logged == expected, "{} requests answered, {} logged", expected.len(), logged.len());
-    // The process log moved too: its USR1 line is in the new file, the start in the old.
-    assert!(lines(&dir.join("lb-sync.log.1")).iter().any(|l| l.contains("listening on")));
-    let reopened = lines(&log);
-    assert!(reopened.iter().any(|l| l.contains("SIGUSR1: log files reopened")), "{reopened:?}");
+    // And the split is at the signal. A line is queued when its response has left, before its
+    // connection's next request is read: so a request followed on its connection by one answered
+    // before the signal was sent has its line in the old file. A request sent after the reopen
+    // was acknowledged has its line in the new one. Only those in between may be in either.
+    let old_paths: std::collections::HashSet<&str> = old.iter().filter_map(|l| logged_path(l)).collect();
+    let new_paths: std::collections::HashSet<&str> = new.iter().filter_map(|l| logged_path(l)).collect();
+    let in_old: Vec<&str> = clients
+        .iter()
+        .flat_map(|c| c.windows(2).filter(|w| w[1].answered < signalled).map(|w| w[0].path.as_str()))
+        .collect();
+    let in_new: Vec<&str> =
+        clients.iter().flatten().filter(|a| a.sent > acknowledged).map(|a| a.path.as_str()).collect();
+    eprintln!(
+        "{} requests answered before USR1 (less each client's last), {} sent after its acknowledgement",
+        in_old.len(),
+        in_new.len()
+    );
+    assert!(!in_old.is_empty() && !in_new.is_empty(), "{} before, {} after", in_old.len(), in_new.len());
+    let misplaced: Vec<&&str> = in_old.iter().filter(|p| !old_paths.contains(**p)).collect();
+    assert!(misplaced.is_empty(), "answered before USR1, not in the old file: {misplaced:?}");
+    let misplaced: Vec<&&str> = in_new.iter().filter(|p| !new_paths.contains(**p)).collect();
+    assert!(misplaced.is_empty(), "sent after USR1 was acknowledged, not in the new file: {misplaced:?}");
+    // The process log moved too: its start is in the old file, its USR1 line (waited for above)
+    // only in the new.
+    let old_log = lines(&dir.join("lb-sync.log.1"));
+    assert!(old_log.iter().any(|l| l.contains("listening on")), "{old_log:?}");
+    assert!(!old_log.iter().any(|l| l.contains("SIGUSR1")), "{old_log:?}");
     drop(lb);
     let _ = std::fs::remove_dir_all(&dir);
 }
