@@ -230,7 +230,9 @@ impl Control {
         if config.interval.is_zero() {
             // No checks: nothing will ever bring a backend marked down back, so none is.
             for backend in &self.table.snapshot().backends {
-                backend.set_healthy(true);
+                if backend.set_healthy(true) {
+                    backend.response_time().forget();
+                }
             }
             return;
         }
