@@ -242,6 +242,33 @@ fn a_circuit_that_closes_again_ramps_its_backend_from_a_fresh_estimate() {
 }
 
 #[test]
+fn checks_turned_off_bring_a_down_backend_back_ramping_from_a_fresh_estimate() {
+    let (_a, port, _mode, _hits) = switchable();
+    // One check at the start, then none for an hour.
+    let settings = |c: &mut Config| {
+        c.health_check_interval = 3600.0;
+        c.health_check_fast_interval = 3600.0;
+        c.slow_start = 60.0;
+    };
+    let lb = LoadBalancer::start(config(AlgorithmKind::RoundRobin, &[port], settings)).unwrap();
+    let a = backend_named(&lb, port);
+    assert!(wait_until(Duration::from_secs(5), || a.health().as_str() == "up"), "the first check");
+    assert_eq!(Conn::open(lb.local_addr()).get("/").status, 200);
+    assert!(a.response_time().estimate(now()).is_some(), "measured");
+    a.set_healthy(false);
+    let off = config(AlgorithmKind::RoundRobin, &[port], |c| {
+        settings(c);
+        c.health_check_interval = 0.0;
+    });
+    lb.reload(off).unwrap();
+    assert!(Arc::ptr_eq(&backend_named(&lb, port), &a), "kept by the reload");
+    assert_eq!(a.health().as_str(), "up");
+    assert!((100..200).contains(&a.slow_start().permille()), "ramping: {}", a.slow_start().permille());
+    assert_eq!(a.response_time().estimate(now()), None);
+    lb.stop(Duration::from_secs(1));
+}
+
+#[test]
 fn a_lone_backend_is_never_ejected_by_its_breaker_alone() {
     let (_a, port, mode, hits) = switchable();
     let lb = LoadBalancer::start(config(AlgorithmKind::RoundRobin, &[port], |c| {

@@ -228,10 +228,11 @@ impl Control {
             old.stop();
         }
         if config.interval.is_zero() {
-            // No checks: nothing will ever bring a backend marked down back, so none is.
+            // No checks: nothing will ever bring a backend marked down back, so none is; it
+            // comes back as any recovered backend does.
             for backend in &self.table.snapshot().backends {
                 if backend.set_healthy(true) {
-                    backend.response_time().forget();
+                    backend.recovered();
                 }
             }
             return;
