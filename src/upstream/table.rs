@@ -512,16 +512,10 @@ impl BackendTable {
         policy: BackendPolicy,
     ) -> Result<Reconciled, TableError> {
         let before = self.snapshot();
-        let find = |backends: &[Arc<Backend>], id: &str, config: &BackendConfig| {
-            let same = |b: &&Arc<Backend>| {
-                b.id == id && b.host == config.host && b.port == config.port && b.scheme == config.scheme
-            };
-            backends.iter().find(same).cloned()
-        };
         // Resolve what is new, with no lock held.
         let mut resolved = Vec::new();
         for (id, config) in wanted {
-            if find(&before.backends, id, config).is_none() {
+            if !before.backends.iter().any(|b| b.id == *id && is_server(b, config)) {
                 let addr = resolve(&config.host, config.port)
                     .map_err(|error| TableError::Unresolvable { id: id.clone(), error })?;
                 resolved.push((id.clone(), addr));
@@ -530,10 +524,13 @@ impl BackendTable {
         let mut guard = self.writer();
         let current = self.current.load_full();
         let mut report = Reconciled { algorithm_changed: current.algorithm() != kind, ..Reconciled::default() };
-        // Two at one address refuse the change before anything changes.
+        // Each wanted backend's namesake in the table, looked up once: kept when it is the same
+        // server, else replaced. Two at one address refuse the change before anything changes.
+        let mut namesakes = Vec::with_capacity(wanted.len());
         let mut addresses = Vec::with_capacity(wanted.len());
         for (id, config) in wanted {
-            let addr = match find(&current.backends, id, config) {
+            let namesake = current.backends.iter().find(|b| b.id == *id);
+            let addr = match namesake.filter(|b| is_server(b, config)) {
                 Some(kept) => kept.addr,
                 None => match resolved.iter().find(|(r, _)| r == id) {
                     Some((_, addr)) => *addr,
@@ -541,23 +538,24 @@ impl BackendTable {
                         .map_err(|error| TableError::Unresolvable { id: id.clone(), error })?,
                 },
             };
+            namesakes.push(namesake);
             addresses.push((id.clone(), addr));
         }
         distinct_addresses(&addresses)?;
         let mut next = Vec::with_capacity(wanted.len());
-        for ((id, config), &(_, addr)) in wanted.iter().zip(&addresses) {
-            let backend = match find(&current.backends, id, config) {
-                Some(kept) => {
+        for (((id, config), &(_, addr)), namesake) in wanted.iter().zip(&addresses).zip(namesakes) {
+            let backend = match namesake {
+                Some(kept) if is_server(kept, config) => {
                     if kept.weight() != config.weight.max(1) {
                         kept.set_weight(config.weight);
                         report.reweighted.push(id.clone());
                     }
                     kept.apply_policy(&policy);
-                    kept
+                    Arc::clone(kept)
                 }
-                None => {
+                _ => {
                     let fresh = Backend::resolved(id.clone(), config, addr, &policy, Arc::clone(&self.slots));
-                    if current.backends.iter().any(|b| b.id == *id) {
+                    if namesake.is_some() {
                         report.replaced.push(id.clone());
                     } else {
                         report.added.push(id.clone());
@@ -578,6 +576,12 @@ impl BackendTable {
         *guard = policy;
         Ok(report)
     }
+}
+
+/// Whether `backend` is the server `config` describes (same host, port and scheme): a reload
+/// keeps it, live state and all; under the same id, another server starts afresh.
+fn is_server(backend: &Backend, config: &BackendConfig) -> bool {
+    backend.host == config.host && backend.port == config.port && backend.scheme == config.scheme
 }
 
 #[cfg(test)]
