@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{wait_until, ChildProcess, Conn};
+use lb_sync::balance::peak_ewma::now;
 use lb_sync::balance::AlgorithmKind;
 use lb_sync::balancer::LoadBalancer;
 use lb_sync::config::{BackendConfig, Config};
@@ -195,6 +196,76 @@ fn breaker_trips_on_500s_half_opens_for_exactly_the_trial_count_and_closes_on_su
     assert_eq!(a.breaker().state().as_str(), "closed", "two good trials close it");
     assert_eq!(conn.get("/lb/stats").json()["circuit_breaker"]["state"], "closed");
     lb.stop(Duration::from_secs(2));
+}
+
+#[test]
+fn a_circuit_that_closes_again_ramps_its_backend_from_a_fresh_estimate() {
+    let (_a, port_a, mode_a, hits_a) = switchable();
+    let (_b, port_b, _mode_b, _hits_b) = switchable();
+    let lb = LoadBalancer::start(config(AlgorithmKind::RoundRobin, &[port_a, port_b], |c| {
+        c.breaker_on_5xx = true;
+        c.breaker_consecutive_failures = 1;
+        c.breaker_half_open_trials = 1;
+        c.breaker_cooldown = 1.0;
+        c.slow_start = 60.0;
+        // No checks: only the breaker can notice the recovery.
+        c.health_check_interval = 0.0;
+    }))
+    .unwrap();
+    let a = backend_named(&lb, port_a);
+    let mut conn = Conn::open(lb.local_addr());
+    for _ in 0..2 {
+        assert_eq!(conn.get("/").status, 200);
+    }
+    assert!(a.response_time().estimate(now()).is_some(), "measured");
+    mode_a.store(1, Ordering::SeqCst);
+    let mut statuses = Vec::new();
+    for _ in 0..2 {
+        statuses.push(conn.get("/").status);
+    }
+    assert_eq!(a.breaker().state(), BreakerState::Open, "{statuses:?}");
+    mode_a.store(0, Ordering::SeqCst);
+    assert!(wait_until(Duration::from_secs(5), || a.breaker().state() == BreakerState::HalfOpen));
+    // Round robin offers A within two picks; its one good trial closes the circuit.
+    let before = hits_a.load(Ordering::SeqCst);
+    for _ in 0..2 {
+        assert_eq!(conn.get("/").status, 200);
+        if hits_a.load(Ordering::SeqCst) > before {
+            break;
+        }
+    }
+    assert_eq!(hits_a.load(Ordering::SeqCst), before + 1, "one trial");
+    assert_eq!(a.breaker().state(), BreakerState::Closed);
+    assert!((100..200).contains(&a.slow_start().permille()), "ramping: {}", a.slow_start().permille());
+    assert_eq!(a.response_time().estimate(now()), None, "the trial's answer and all before are forgotten");
+    lb.stop(Duration::from_secs(1));
+}
+
+#[test]
+fn checks_turned_off_bring_a_down_backend_back_ramping_from_a_fresh_estimate() {
+    let (_a, port, _mode, _hits) = switchable();
+    // One check at the start, then none for an hour.
+    let settings = |c: &mut Config| {
+        c.health_check_interval = 3600.0;
+        c.health_check_fast_interval = 3600.0;
+        c.slow_start = 60.0;
+    };
+    let lb = LoadBalancer::start(config(AlgorithmKind::RoundRobin, &[port], settings)).unwrap();
+    let a = backend_named(&lb, port);
+    assert!(wait_until(Duration::from_secs(5), || a.health().as_str() == "up"), "the first check");
+    assert_eq!(Conn::open(lb.local_addr()).get("/").status, 200);
+    assert!(a.response_time().estimate(now()).is_some(), "measured");
+    a.set_healthy(false);
+    let off = config(AlgorithmKind::RoundRobin, &[port], |c| {
+        settings(c);
+        c.health_check_interval = 0.0;
+    });
+    lb.reload(off).unwrap();
+    assert!(Arc::ptr_eq(&backend_named(&lb, port), &a), "kept by the reload");
+    assert_eq!(a.health().as_str(), "up");
+    assert!((100..200).contains(&a.slow_start().permille()), "ramping: {}", a.slow_start().permille());
+    assert_eq!(a.response_time().estimate(now()), None);
+    lb.stop(Duration::from_secs(1));
 }
 
 #[test]

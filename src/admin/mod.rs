@@ -44,9 +44,7 @@ fn error(status: u16, message: impl Into<String>) -> Response {
 fn table_error(e: TableError) -> Response {
     match e {
         TableError::UnknownId(_) => error(404, e.to_string()),
-        TableError::DuplicateId(_) | TableError::DuplicateAddress { .. } | TableError::SameAddress { .. } => {
-            error(409, e.to_string())
-        }
+        TableError::DuplicateId(_) | TableError::DuplicateAddress { .. } => error(409, e.to_string()),
         TableError::Unresolvable { .. } | TableError::InvalidId(_) => error(400, e.to_string()),
     }
 }

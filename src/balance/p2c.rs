@@ -58,50 +58,55 @@ impl P2c {
         }
     }
 
+    /// How many members it picks from.
+    pub(super) fn members(&self) -> usize {
+        self.weights.len()
+    }
+
     /// Compares the load ratios `load_a / weight_a` and `load_b / weight_b` exactly.
     fn compare(&self, ctx: &PickContext<'_>, a: usize, b: usize) -> Ordering {
         let lhs = (ctx.in_flight)(a) as u128 * u128::from(self.weights[b]);
         let rhs = (ctx.in_flight)(b) as u128 * u128::from(self.weights[a]);
         lhs.cmp(&rhs)
     }
+
+    /// The pick of both power-of-two-choices algorithms, by any order (peak_ewma brings its
+    /// own): draws a pair, offers the one `compare` ranks first (`Less` = better; the first
+    /// drawn on a tie); when it is refused, offers the others in `compare`'s order, each once
+    /// (the pair's loser first among equals).
+    pub(super) fn choose(
+        &self,
+        compare: &impl Fn(usize, usize) -> Ordering,
+        usable: &mut dyn FnMut(usize) -> bool,
+    ) -> Option<usize> {
+        let n = self.weights.len();
+        match n {
+            0 => return None,
+            1 => return usable(0).then_some(0),
+            _ => {}
+        }
+        let (first, second) = self.draw.pair(&self.stream, n);
+        let (winner, loser) = if compare(second, first) == Ordering::Less { (second, first) } else { (first, second) };
+        if usable(winner) {
+            return Some(winner);
+        }
+        // Failover: the others by rank, ties in scan order starting at the loser (so on equal
+        // loads the loser is next, then the members after it).
+        let mut rest: Vec<(usize, usize)> =
+            (loser..n).chain(0..loser).filter(|&i| i != winner).enumerate().map(|(rank, i)| (i, rank)).collect();
+        rest.sort_by(|&(a, rank_a), &(b, rank_b)| compare(a, b).then(rank_a.cmp(&rank_b)));
+        rest.into_iter().map(|(i, _)| i).find(|&i| usable(i))
+    }
 }
 
 impl Algorithm for P2c {
     fn select(&self, ctx: &PickContext<'_>, usable: &mut dyn FnMut(usize) -> bool) -> Option<usize> {
-        two_choices(&self.draw, &self.stream, self.weights.len(), &|a, b| self.compare(ctx, a, b), usable)
+        self.choose(&|a, b| self.compare(ctx, a, b), usable)
     }
 
     fn name(&self) -> &'static str {
         "p2c"
     }
-}
-
-/// The pick of both power-of-two-choices algorithms: draws a pair, offers the one `compare`
-/// ranks first (`Less` = better; the first drawn on a tie); when it is refused, offers the
-/// others in `compare`'s order, each once (the pair's loser first among equals).
-pub(crate) fn two_choices(
-    draw: &Draw,
-    stream: &Stream,
-    n: usize,
-    compare: &impl Fn(usize, usize) -> Ordering,
-    usable: &mut dyn FnMut(usize) -> bool,
-) -> Option<usize> {
-    match n {
-        0 => return None,
-        1 => return usable(0).then_some(0),
-        _ => {}
-    }
-    let (first, second) = draw.pair(stream, n);
-    let (winner, loser) = if compare(second, first) == Ordering::Less { (second, first) } else { (first, second) };
-    if usable(winner) {
-        return Some(winner);
-    }
-    // Failover: the others by rank, ties in scan order starting at the loser (so on equal
-    // loads the loser is next, then the members after it).
-    let mut rest: Vec<(usize, usize)> =
-        (loser..n).chain(0..loser).filter(|&i| i != winner).enumerate().map(|(rank, i)| (i, rank)).collect();
-    rest.sort_by(|&(a, rank_a), &(b, rank_b)| compare(a, b).then(rank_a.cmp(&rank_b)));
-    rest.into_iter().map(|(i, _)| i).find(|&i| usable(i))
 }
 
 #[cfg(test)]

@@ -6,9 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use super::p2c::two_choices;
-use super::random::{Draw, Stream};
-use super::{effective_weight, Algorithm, Member, PickContext};
+use super::{effective_weight, Algorithm, Member, P2c, PickContext};
 
 /// The default decay window: Finagle's and Linkerd's 10 s.
 pub const DEFAULT_WINDOW: Duration = Duration::from_secs(10);
@@ -238,11 +236,10 @@ pub trait ResponseTimes {
 /// ```
 #[derive(Debug)]
 pub struct PeakEwma {
-    weights: Box<[u32]>,
+    /// The pairs it draws, and its order when no response times are known.
+    p2c: P2c,
     /// 1 / weight, so that a cost is multiplied, not divided.
     inverse_weights: Box<[f64]>,
-    draw: Draw,
-    stream: Stream,
 }
 
 impl PeakEwma {
@@ -250,18 +247,13 @@ impl PeakEwma {
     /// the process's random keys): what the proxy uses.
     #[must_use]
     pub fn new(members: &[Member]) -> Self {
-        PeakEwma { stream: Stream::per_thread(), ..PeakEwma::with_seed(members, 0) }
+        PeakEwma { p2c: P2c::new(members), inverse_weights: inverse_weights(members) }
     }
 
-    /// The same with a fixed seed: the same seed draws the same pairs.
+    /// The same with a fixed seed: the same seed draws the same pairs (as [`P2c`]'s).
     #[must_use]
     pub fn with_seed(members: &[Member], seed: u64) -> Self {
-        PeakEwma {
-            weights: members.iter().map(|m| effective_weight(m.weight)).collect(),
-            inverse_weights: members.iter().map(|m| 1.0 / f64::from(effective_weight(m.weight))).collect(),
-            draw: Draw::new(members),
-            stream: Stream::new(seed),
-        }
+        PeakEwma { p2c: P2c::with_seed(members, seed), inverse_weights: inverse_weights(members) }
     }
 
     /// Member `i`'s cost at `now` as (cost before decay, Δ/τ): the cost is `c × exp(-Δ/τ)`. An
@@ -287,7 +279,7 @@ impl PeakEwma {
     #[inline(never)]
     fn start_at_median(&self, cells: &dyn ResponseTimes, now: u64, i: usize) -> (f64, f64) {
         let cell = cells.of(i);
-        let median = median_estimate(cells, self.weights.len(), now);
+        let median = median_estimate(cells, self.p2c.members(), now);
         cell.seed(median, now);
         cell.undecayed(now).unwrap_or((median, 0.0))
     }
@@ -306,6 +298,11 @@ impl PeakEwma {
     }
 }
 
+/// 1 / weight of each member.
+fn inverse_weights(members: &[Member]) -> Box<[f64]> {
+    members.iter().map(|m| 1.0 / f64::from(effective_weight(m.weight))).collect()
+}
+
 /// The median estimate of the measured members at `now`; 0 when none is measured.
 fn median_estimate(cells: &dyn ResponseTimes, n: usize, now: u64) -> f64 {
     let mut measured: Vec<f64> = (0..n).filter_map(|i| cells.of(i).estimate(now)).collect();
@@ -319,21 +316,13 @@ fn median_estimate(cells: &dyn ResponseTimes, n: usize, now: u64) -> f64 {
 
 impl Algorithm for PeakEwma {
     fn select(&self, ctx: &PickContext<'_>, usable: &mut dyn FnMut(usize) -> bool) -> Option<usize> {
-        let n = self.weights.len();
         match ctx.response_times {
             Some(cells) => {
                 let now = cells.now();
                 let compare = |a: usize, b: usize| -> Ordering { self.compare(ctx, cells, now, a, b) };
-                two_choices(&self.draw, &self.stream, n, &compare, usable)
+                self.p2c.choose(&compare, usable)
             }
-            None => {
-                let compare = |a: usize, b: usize| -> Ordering {
-                    let lhs = (ctx.in_flight)(a) as u128 * u128::from(self.weights[b]);
-                    let rhs = (ctx.in_flight)(b) as u128 * u128::from(self.weights[a]);
-                    lhs.cmp(&rhs)
-                };
-                two_choices(&self.draw, &self.stream, n, &compare, usable)
-            }
+            None => self.p2c.select(ctx, usable),
         }
     }
 

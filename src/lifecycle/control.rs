@@ -228,9 +228,12 @@ impl Control {
             old.stop();
         }
         if config.interval.is_zero() {
-            // No checks: nothing will ever bring a backend marked down back, so none is.
+            // No checks: nothing will ever bring a backend marked down back, so none is; it
+            // comes back as any recovered backend does.
             for backend in &self.table.snapshot().backends {
-                backend.set_healthy(true);
+                if backend.set_healthy(true) {
+                    backend.recovered();
+                }
             }
             return;
         }

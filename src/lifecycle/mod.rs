@@ -14,7 +14,7 @@
 //! | `request_timeout`, `connect_timeout`, `upstream_keepalive*` | the next request (a new HTTP client per backend; requests in flight keep the old one's) |
 //! | `max_tries`, retries, rate limits, sticky cookie, `trusted_proxies`, `admin_prefix`, `admin_token`, `backend_queue_timeout`, `shutdown_timeout`, `tunnel_idle_timeout` | the next request (each request reads one configuration from start to end; an open tunnel keeps its idle timeout) |
 //! | client limits and timeouts, `max_connections`, `queue_capacity`, body buffering sizes | each connection's next request or deadline, the next connection accepted, the next body byte |
-//! | `health_check_*` | at once (the checker is restarted; verdicts are kept) |
+//! | `health_check_*` | at once (the checker is restarted; verdicts are kept; turned off, a backend marked down comes back as a recovery) |
 //! | `dns_refresh_interval` | at once (the next refresh is counted from the reload) |
 //! | `tls_cert`, `tls_key`, `tls_sni_certificates` (the files are read again on every reload, so a renewed certificate is picked up; one that fails to load refuses the reload), `tls_handshake_timeout` | the next TLS handshake (connections already up keep theirs) |
 //! | `host`, `port`, `threads`, `client_body_temp_path`, `admin_listen`, `access_log*`, `log_file`, `state_file`, `registry`, `tls_port` | at the next restart: a reload keeps the running value and logs that it did |

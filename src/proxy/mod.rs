@@ -308,8 +308,8 @@ fn send_once(
 }
 
 /// An answer came: the backend counts it; the breaker hears a success (or a failure, for a 5xx
-/// when so configured); a breaker that closes again starts the backend's slow start. A pick
-/// that ignored the breaker still has its outcome counted there, so every try is.
+/// when so configured); a breaker that closes again is a recovery ([`Backend::recovered`]). A
+/// pick that ignored the breaker still has its outcome counted there, so every try is.
 fn settle_answer(shared: &Shared, backend: &Backend, breaker: Admitted<'_>, status: u16, took: Duration) {
     backend.record_answer(status, took);
     let failed = shared.config.breaker_on_5xx && status >= 500;
@@ -321,9 +321,7 @@ fn settle_answer(shared: &Shared, backend: &Backend, breaker: Admitted<'_>, stat
         breaker.record_failure(ticket);
     } else if breaker.record_success(ticket) {
         log::info!("backend {}: circuit closed again", backend.id);
-        backend.slow_start().begin();
-        // Its estimate decayed while the circuit was open: start it at the median again.
-        backend.response_time().forget();
+        backend.recovered();
     }
 }
 

@@ -211,6 +211,7 @@ impl Registry {
                 if let Some(intent) = intent {
                     if self.address_of(other, &intent.config) == Some(addr) {
                         return Err(RegistryError::Refused(TableError::DuplicateAddress {
+                            id: None,
                             existing: other.clone(),
                             addr,
                         }));

@@ -441,14 +441,21 @@ impl Backend {
         self.health() != HealthState::Down
     }
 
-    /// Records a health verdict. A backend that comes back up forgets its response-time
-    /// estimate (it decayed toward zero while the backend was down): peak_ewma starts it at the
-    /// table's median again.
-    pub fn set_healthy(&self, healthy: bool) {
+    /// Records a health verdict; returns whether it brought the backend back from down (the
+    /// caller then calls [`Backend::recovered`]).
+    pub fn set_healthy(&self, healthy: bool) -> bool {
         let before = self.health.swap(if healthy { UP } else { DOWN }, Ordering::Relaxed);
-        if healthy && before == DOWN {
-            self.response_time.forget();
-        }
+        healthy && before == DOWN
+    }
+
+    /// It gets traffic again after a spell without: its health checks brought it back up, its
+    /// circuit closed again, or the checks were turned off while it was down. Whichever way
+    /// that was noticed, it ramps up over its slow start (HAProxy's `slowstart`, nginx's
+    /// `slow_start`), and its response-time estimate, which decayed toward zero while no answer
+    /// came, starts over at the table's median (else peak_ewma would send it nearly everything).
+    pub fn recovered(&self) {
+        self.slow_start.begin();
+        self.response_time.forget();
     }
 
     /// Whether a request may be sent to it now: enabled, healthy and its breaker not open.

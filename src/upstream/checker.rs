@@ -143,7 +143,7 @@ pub fn apply_probe(backend: &Backend, config: &HealthConfig, result: &Result<u16
                 // Back by the checks' word: its traffic resumes now (ramping), not after its
                 // breaker's trials.
                 backend.breaker().reset();
-                backend.slow_start().begin();
+                backend.recovered();
             }
         }
     }
@@ -304,5 +304,44 @@ fn schedule(
             recv(asked) -> _ => {}
             default(next_wake.saturating_duration_since(Instant::now())) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::balance::peak_ewma;
+    use crate::config::BackendConfig;
+    use crate::upstream::BackendPolicy;
+
+    fn ramping_backend() -> Backend {
+        let policy = BackendPolicy { slow_start: Duration::from_secs(60), ..BackendPolicy::default() };
+        let backend = Backend::new("b".into(), &BackendConfig::new("127.0.0.1", 9, 1), &policy, Default::default());
+        let backend = backend.unwrap();
+        backend.record_answer(200, Duration::from_millis(5));
+        backend
+    }
+
+    #[test]
+    fn up_again_after_failed_checks_ramps_from_a_fresh_estimate() {
+        let backend = ramping_backend();
+        let config = HealthConfig { rise: 2, fall: 1, ..HealthConfig::default() };
+        assert_eq!(apply_probe(&backend, &config, &Ok(200)), Some(true));
+        assert_eq!(apply_probe(&backend, &config, &Err(ProbeError::TimedOut)), Some(false));
+        assert!(backend.response_time().estimate(peak_ewma::now()).is_some(), "kept while down");
+        assert_eq!(backend.slow_start().permille(), 1000, "not ramping while down");
+        assert_eq!(apply_probe(&backend, &config, &Ok(200)), None, "one of rise 2");
+        assert_eq!(apply_probe(&backend, &config, &Ok(200)), Some(true));
+        // 10 % at the start of a 60 s ramp: 100 ‰, a few more on a slow machine.
+        assert!((100..200).contains(&backend.slow_start().permille()), "{}", backend.slow_start().permille());
+        assert_eq!(backend.response_time().estimate(peak_ewma::now()), None, "forgotten");
+    }
+
+    #[test]
+    fn up_at_the_first_check_is_no_recovery() {
+        let backend = ramping_backend();
+        assert_eq!(apply_probe(&backend, &HealthConfig::default(), &Ok(200)), Some(true));
+        assert_eq!(backend.slow_start().permille(), 1000);
+        assert!(backend.response_time().estimate(peak_ewma::now()).is_some());
     }
 }

@@ -30,19 +30,13 @@ pub enum TableError {
     UnknownId(String),
     /// A backend with this id exists already.
     DuplicateId(String),
-    /// A backend at this address exists already (the id of that one, and the address).
+    /// A backend would have the address another has already, once resolved (`127.0.0.1:8001`
+    /// and `localhost:8001`): the same server twice would get twice its share.
     DuplicateAddress {
-        /// The backend already there.
-        existing: String,
-        /// The address both would have.
-        addr: SocketAddr,
-    },
-    /// Two configured backends have the same address once resolved (`127.0.0.1:8001` and
-    /// `localhost:8001`): the later one's id, the earlier one's, and the address.
-    SameAddress {
-        /// The later backend.
-        id: String,
-        /// The earlier one, already at this address.
+        /// The refused backend, when a list of them was refused (a configuration: the message
+        /// names which entry); `None` for a change to one backend, whose request names it.
+        id: Option<String>,
+        /// The backend already at this address (in a list, the earlier one).
         existing: String,
         /// The address both would have.
         addr: SocketAddr,
@@ -63,12 +57,12 @@ impl fmt::Display for TableError {
         match self {
             TableError::UnknownId(id) => write!(f, "no backend with id '{id}'"),
             TableError::DuplicateId(id) => write!(f, "a backend with id '{id}' exists already"),
-            TableError::DuplicateAddress { existing, addr } => {
+            TableError::DuplicateAddress { id, existing, addr } => {
+                // The management API's wording (its 409), said of an entry when it is one of a list.
+                if let Some(id) = id {
+                    write!(f, "backend {id}: ")?;
+                }
                 write!(f, "backend '{existing}' already has the address {addr}")
-            }
-            // The management API's wording (its 409), said of the later backend.
-            TableError::SameAddress { id, existing, addr } => {
-                write!(f, "backend {id}: backend '{existing}' already has the address {addr}")
             }
             TableError::InvalidId(id) => write!(
                 f,
@@ -99,7 +93,7 @@ impl std::error::Error for TableError {}
 pub fn distinct_addresses(backends: &[(String, SocketAddr)]) -> Result<(), TableError> {
     for (i, (id, addr)) in backends.iter().enumerate() {
         if let Some((existing, _)) = backends[..i].iter().find(|(_, earlier)| earlier == addr) {
-            return Err(TableError::SameAddress { id: id.clone(), existing: existing.clone(), addr: *addr });
+            return Err(TableError::DuplicateAddress { id: Some(id.clone()), existing: existing.clone(), addr: *addr });
         }
     }
     Ok(())
@@ -296,7 +290,7 @@ impl BackendTable {
                 return Err(TableError::DuplicateId(id));
             }
             if let Some(existing) = backends.iter().find(|b| b.addr == addr) {
-                return Err(TableError::DuplicateAddress { existing: existing.id.clone(), addr });
+                return Err(TableError::DuplicateAddress { id: None, existing: existing.id.clone(), addr });
             }
             let backend = Arc::new(Backend::resolved(id, config, addr, &policy, Arc::clone(&self.slots)));
             backends.push(Arc::clone(&backend));
@@ -445,7 +439,7 @@ impl BackendTable {
                 });
                 let Some((k, i, existing, addr)) = conflict else { break };
                 accepted[k] = false;
-                results[i] = Err(TableError::DuplicateAddress { existing, addr });
+                results[i] = Err(TableError::DuplicateAddress { id: None, existing, addr });
             }
             for ((i, backend), ok) in fresh.into_iter().zip(accepted) {
                 if !ok {
@@ -479,7 +473,7 @@ impl BackendTable {
                 return Ok((None, false));
             };
             if let Some(other) = backends.iter().find(|b| b.id != id && b.addr == to) {
-                return Err(TableError::DuplicateAddress { existing: other.id.clone(), addr: to });
+                return Err(TableError::DuplicateAddress { id: None, existing: other.id.clone(), addr: to });
             }
             let old = &backends[index];
             let fresh = Backend::resolved(id.to_string(), &old.config(), to, &policy, Arc::clone(&self.slots));
@@ -518,16 +512,10 @@ impl BackendTable {
         policy: BackendPolicy,
     ) -> Result<Reconciled, TableError> {
         let before = self.snapshot();
-        let find = |backends: &[Arc<Backend>], id: &str, config: &BackendConfig| {
-            let same = |b: &&Arc<Backend>| {
-                b.id == id && b.host == config.host && b.port == config.port && b.scheme == config.scheme
-            };
-            backends.iter().find(same).cloned()
-        };
         // Resolve what is new, with no lock held.
         let mut resolved = Vec::new();
         for (id, config) in wanted {
-            if find(&before.backends, id, config).is_none() {
+            if !before.backends.iter().any(|b| b.id == *id && is_server(b, config)) {
                 let addr = resolve(&config.host, config.port)
                     .map_err(|error| TableError::Unresolvable { id: id.clone(), error })?;
                 resolved.push((id.clone(), addr));
@@ -536,10 +524,13 @@ impl BackendTable {
         let mut guard = self.writer();
         let current = self.current.load_full();
         let mut report = Reconciled { algorithm_changed: current.algorithm() != kind, ..Reconciled::default() };
-        // Two at one address refuse the change before anything changes.
+        // Each wanted backend's namesake in the table, looked up once: kept when it is the same
+        // server, else replaced. Two at one address refuse the change before anything changes.
+        let mut namesakes = Vec::with_capacity(wanted.len());
         let mut addresses = Vec::with_capacity(wanted.len());
         for (id, config) in wanted {
-            let addr = match find(&current.backends, id, config) {
+            let namesake = current.backends.iter().find(|b| b.id == *id);
+            let addr = match namesake.filter(|b| is_server(b, config)) {
                 Some(kept) => kept.addr,
                 None => match resolved.iter().find(|(r, _)| r == id) {
                     Some((_, addr)) => *addr,
@@ -547,23 +538,24 @@ impl BackendTable {
                         .map_err(|error| TableError::Unresolvable { id: id.clone(), error })?,
                 },
             };
+            namesakes.push(namesake);
             addresses.push((id.clone(), addr));
         }
         distinct_addresses(&addresses)?;
         let mut next = Vec::with_capacity(wanted.len());
-        for ((id, config), &(_, addr)) in wanted.iter().zip(&addresses) {
-            let backend = match find(&current.backends, id, config) {
-                Some(kept) => {
+        for (((id, config), &(_, addr)), namesake) in wanted.iter().zip(&addresses).zip(namesakes) {
+            let backend = match namesake {
+                Some(kept) if is_server(kept, config) => {
                     if kept.weight() != config.weight.max(1) {
                         kept.set_weight(config.weight);
                         report.reweighted.push(id.clone());
                     }
                     kept.apply_policy(&policy);
-                    kept
+                    Arc::clone(kept)
                 }
-                None => {
+                _ => {
                     let fresh = Backend::resolved(id.clone(), config, addr, &policy, Arc::clone(&self.slots));
-                    if current.backends.iter().any(|b| b.id == *id) {
+                    if namesake.is_some() {
                         report.replaced.push(id.clone());
                     } else {
                         report.added.push(id.clone());
@@ -584,6 +576,12 @@ impl BackendTable {
         *guard = policy;
         Ok(report)
     }
+}
+
+/// Whether `backend` is the server `config` describes (same host, port and scheme): a reload
+/// keeps it, live state and all; under the same id, another server starts afresh.
+fn is_server(backend: &Backend, config: &BackendConfig) -> bool {
+    backend.host == config.host && backend.port == config.port && backend.scheme == config.scheme
 }
 
 #[cfg(test)]
