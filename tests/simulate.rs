@@ -314,6 +314,27 @@ fn invalid_input_is_one_line_on_stderr_and_exit_status_2() {
     }
 }
 
+/// The bounds that `Scenario::validate` checks for the command line (and for a scenario
+/// built in code) read the same as when the command line checked them itself.
+#[test]
+fn bounds_checked_by_validate_keep_their_command_line_words() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["--peak-ewma-window", "0"], "--peak-ewma-window must be 0.001-3600 s, got 0"),
+        (&["--peak-ewma-window", "5000"], "--peak-ewma-window must be 0.001-3600 s, got 5000"),
+        (&["--peak-ewma-window", "-1"], "--peak-ewma-window must be 0.001-3600 s, got -1"),
+        (&["--peak-ewma-window", "NaN"], "--peak-ewma-window must be 0.001-3600 s, got NaN"),
+        (&["--max-connections", "0"], "--max-connections must be 1-1000000, got 0"),
+        (&["--max-connections", "1000001"], "--max-connections must be 1-1000000, got 1000001"),
+        (&["--backend", "a/b=3"], "backend 'a/b': the id must be 1-64 of A-Z a-z 0-9 . _ ~ -"),
+    ];
+    for (args, message) in cases {
+        let out = simulate(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+        assert_eq!(String::from_utf8_lossy(&out.stderr), format!("lb-sync simulate: {message}\n"), "{args:?}");
+    }
+}
+
 #[test]
 fn a_config_file_gives_the_backends_and_its_weight_range_is_checked() {
     let dir = std::env::temp_dir().join(format!("lb-sync-simulate-config-{}", std::process::id()));
