@@ -1,8 +1,8 @@
 //! `GET /lb/history` (issue 19): requests sent in known seconds are found in those seconds,
 //! exactly, for the whole balancer and for each backend, with their 5xx, failed tries and
-//! latency; `?seconds=N`, `?since=T` and their errors; access as for the rest of the API; the dashboard's
-//! chart library served with the page. Real `lb-backend` processes on loopback; every wait is
-//! a poll within a bound.
+//! latency; `?seconds=N`, `?since=T` and their errors; access as for the rest of the API; the
+//! dashboard's chart library served with the page. Real `lb-backend` processes on loopback;
+//! every wait is a poll within a bound.
 //!
 //! A burst of requests is sent from 0.2 s into a whole second; when it is answered before
 //! 0.8 s into the same second (clear of the sampler's boundaries) its second is known and the
