@@ -1,8 +1,8 @@
 //! `GET /lb/history` (issue 19): requests sent in known seconds are found in those seconds,
 //! exactly, for the whole balancer and for each backend, with their 5xx, failed tries and
-//! latency; `?seconds=N` and its errors; access as for the rest of the API; the dashboard's
-//! chart library served with the page. Real `lb-backend` processes on loopback; every wait is
-//! a poll within a bound.
+//! latency; `?seconds=N`, `?since=T` and their errors; access as for the rest of the API; the
+//! dashboard's chart library served with the page. Real `lb-backend` processes on loopback;
+//! every wait is a poll within a bound.
 //!
 //! A burst of requests is sent from 0.2 s into a whole second; when it is answered before
 //! 0.8 s into the same second (clear of the sampler's boundaries) its second is known and the
@@ -333,7 +333,7 @@ fn seconds_asks_for_the_last_n_and_bad_queries_are_refused() {
         ("?seconds=0", "seconds must be an integer 1-900"),
         ("?seconds=901", "seconds must be an integer 1-900"),
         ("?seconds=ten", "seconds must be an integer 1-900"),
-        ("?since=5", "unknown parameter 'since=5'"),
+        ("?until=5", "unknown parameter 'until=5'"),
     ] {
         let response = Conn::open(addr).get(&format!("/lb/history{query}"));
         assert_eq!(response.status, 400, "{query}");
@@ -343,6 +343,106 @@ fn seconds_asks_for_the_last_n_and_bad_queries_are_refused() {
     conn.send(b"POST /lb/history HTTP/1.1\r\nHost: test\r\nContent-Length: 0\r\n\r\n");
     let response = conn.response();
     assert_eq!((response.status, response.header("allow")), (405, Some("GET, HEAD, OPTIONS")));
+    lb.stop(LIMIT);
+}
+
+/// `f(end)` with the history's last second `end`, read again after: tried again (within the
+/// bound) until no second was completed meanwhile, so what `f` read is exact for that `end`.
+fn at_a_still_end<T>(lb: SocketAddr, mut f: impl FnMut(u64) -> T) -> (Value, T) {
+    let mut found = None;
+    let still = wait_until(LIMIT, || {
+        let whole = history(lb, "");
+        let Some(end) = whole["end"].as_u64() else { return false };
+        let got = f(end);
+        found = Some((whole, got));
+        history(lb, "")["end"].as_u64() == Some(end)
+    });
+    assert!(still, "the history's end moved on every try");
+    found.unwrap()
+}
+
+/// The columns of `series` from index `from` on.
+fn tail(series: &Value, from: usize) -> Value {
+    let mut out = series.clone();
+    for column in ["requests", "status_5xx", "failures", "p50_ms", "p99_ms"] {
+        out[column] = Value::Array(series[column].as_array().unwrap()[from..].to_vec());
+    }
+    out
+}
+
+#[test]
+fn since_gives_only_the_newer_seconds_and_every_backend_of_the_window() {
+    let backends: Vec<ChildProcess> = (0..2).map(|_| backend(&[])).collect();
+    let addrs: Vec<SocketAddr> = backends.iter().map(ChildProcess::addr).collect();
+    let lb = balancer(&addrs, |_| {});
+    let addr = lb.local_addr();
+    let reached =
+        wait_until(LIMIT, || history(addr, "").get("time").and_then(Value::as_array).is_some_and(|t| t.len() >= 4));
+    assert!(reached, "four seconds of history");
+    for _ in 0..6 {
+        assert_eq!(Conn::open(addr).get("/").status, 200);
+    }
+    // b2 leaves the table: it stays in the window, and so in every answer, with `since` too.
+    let mut conn = Conn::open(addr);
+    conn.send(b"DELETE /lb/backends/b2/remove HTTP/1.1\r\nHost: test\r\n\r\n");
+    assert_eq!(conn.response().status, 200);
+    // Read until a sample found nothing in flight, then let go: its last seconds are empty.
+    let released = wait_until(LIMIT, || {
+        let h = history(addr, "");
+        let b2 = backend_series(&h, "b2")["requests"].as_array().unwrap().clone();
+        b2.len() >= 2 && b2[b2.len() - 2..].iter().all(Value::is_null)
+    });
+    assert!(released, "b2's last two seconds empty after its removal");
+
+    // The last two seconds: exactly those of the whole answer, for the whole and each backend.
+    let (whole, newer) = at_a_still_end(addr, |end| history(addr, &format!("?since={}", end - 2)));
+    let end = whole["end"].as_u64().unwrap();
+    let n = whole["time"].as_array().unwrap().len();
+    assert_eq!(newer["time"], serde_json::json!([end - 1, end]), "{newer}");
+    assert_eq!((newer["start"].as_u64(), newer["end"].as_u64()), (Some(end - 1), Some(end)));
+    assert_eq!(newer["total"], tail(&whole["total"], n - 2), "{newer}");
+    let ids = |h: &Value| -> Vec<(String, bool)> {
+        h["backends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| (b["id"].as_str().unwrap().into(), b["in_table"] == true))
+            .collect()
+    };
+    assert_eq!(ids(&newer), [("b1".to_string(), true), ("b2".to_string(), false)], "{newer}");
+    assert_eq!(ids(&whole), ids(&newer));
+    for (mine, all) in newer["backends"].as_array().unwrap().iter().zip(whole["backends"].as_array().unwrap()) {
+        assert_eq!(*mine, tail(all, n - 2));
+    }
+    assert_eq!(newer["backends"][1]["requests"], serde_json::json!([null, null]), "b2 has nothing newer: {newer}");
+
+    // Nothing newer: no second, the backends still listed with empty columns.
+    let (_, none) = at_a_still_end(addr, |end| history(addr, &format!("?since={end}")));
+    assert_eq!(
+        (none["time"].as_array().map(Vec::len), none["start"].is_null(), none["end"].is_null()),
+        (Some(0), true, true)
+    );
+    assert_eq!(ids(&none), [("b1".to_string(), true), ("b2".to_string(), false)], "{none}");
+    assert_eq!(none["backends"][1]["requests"], serde_json::json!([]));
+    assert_eq!(history(addr, &format!("?since={}", u64::MAX))["time"], serde_json::json!([]));
+
+    // Before the window: the whole window; with seconds=N, the newer of the last N.
+    let (whole, all) = at_a_still_end(addr, |_| history(addr, "?since=0"));
+    assert_eq!(all, whole);
+    let (whole, one) = at_a_still_end(addr, |end| history(addr, &format!("?seconds=1&since={}", end - 3)));
+    assert_eq!(one["time"], serde_json::json!([whole["end"]]), "{one}");
+
+    for query in ["?since=", "?since=soon", "?since=-1", "?since=1.5", "?since=18446744073709551616"] {
+        let response = Conn::open(addr).get(&format!("/lb/history{query}"));
+        assert_eq!(response.status, 400, "{query}");
+        let value = query.trim_start_matches("?since=");
+        assert_eq!(
+            response.json()["error"],
+            format!("since must be a unix time in whole seconds, not '{value}'"),
+            "{query}: {}",
+            response.text()
+        );
+    }
     lb.stop(LIMIT);
 }
 

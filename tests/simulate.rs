@@ -85,6 +85,36 @@ fn the_seeds_weighted_round_robin_sends_a_backend_its_share_in_a_row() {
     assert_eq!((seed.longest_run, seed.longest_run_backend.as_str()), (10, "a"));
 }
 
+/// The seed's list at its largest, 10 000 backends of the largest weight, would be 10^8
+/// entries (800 MB): it is walked without being built, so the run fits in 400 MB of address
+/// space (`ulimit -v`) and gives the list's picks, 10 000 in a row to each backend in turn.
+#[test]
+fn the_seeds_largest_list_runs_in_bounded_memory() {
+    let dir = std::env::temp_dir().join(format!("lb-sync-simulate-seed-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("big.json");
+    let backends: Vec<String> = (1..=10_000)
+        .map(|i| format!(r#"{{"id": "b{i}", "host": "127.0.0.1", "port": {i}, "weight": 1000000}}"#))
+        .collect();
+    std::fs::write(&config, format!(r#"{{"backends": [{}]}}"#, backends.join(","))).unwrap();
+    let out = Command::new("sh")
+        .args(["-c", r#"ulimit -v 400000 && exec "$0" "$@""#, env!("CARGO_BIN_EXE_lb-sync"), "simulate"])
+        .args(["--config", config.to_str().unwrap(), "--algorithm", "seed_weighted_round_robin"])
+        .args(["--requests", "20000", "--json"])
+        .output()
+        .expect("sh runs");
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let seed = &json["algorithms"][0];
+    let counts: Vec<u64> =
+        seed["backends"].as_array().unwrap().iter().map(|b| b["requests"].as_u64().unwrap()).collect();
+    assert_eq!(counts.len(), 10_000);
+    assert_eq!((counts[0], counts[1]), (10_000, 10_000));
+    assert_eq!(counts[2..].iter().sum::<u64>(), 0);
+    assert_eq!(seed["longest_run"], 10_000);
+}
+
 #[test]
 fn round_robin_ignores_weights_and_the_deviation_says_so() {
     let s = scenario("round_robin", vec![backend("b1", 1, 10), backend("b2", 3, 10)], 10_000);
@@ -311,6 +341,27 @@ fn invalid_input_is_one_line_on_stderr_and_exit_status_2() {
         // The program's path as invoked is in argh's messages: compare without it.
         let stderr = stderr.replace(env!("CARGO_BIN_EXE_lb-sync"), "lb-sync");
         assert_eq!(stderr, format!("lb-sync simulate: {message}\n"), "{args:?}");
+    }
+}
+
+/// The bounds that `Scenario::validate` checks for the command line (and for a scenario
+/// built in code) read the same as when the command line checked them itself.
+#[test]
+fn bounds_checked_by_validate_keep_their_command_line_words() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["--peak-ewma-window", "0"], "--peak-ewma-window must be 0.001-3600 s, got 0"),
+        (&["--peak-ewma-window", "5000"], "--peak-ewma-window must be 0.001-3600 s, got 5000"),
+        (&["--peak-ewma-window", "-1"], "--peak-ewma-window must be 0.001-3600 s, got -1"),
+        (&["--peak-ewma-window", "NaN"], "--peak-ewma-window must be 0.001-3600 s, got NaN"),
+        (&["--max-connections", "0"], "--max-connections must be 1-1000000, got 0"),
+        (&["--max-connections", "1000001"], "--max-connections must be 1-1000000, got 1000001"),
+        (&["--backend", "a/b=3"], "backend 'a/b': the id must be 1-64 of A-Z a-z 0-9 . _ ~ -"),
+    ];
+    for (args, message) in cases {
+        let out = simulate(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+        assert_eq!(String::from_utf8_lossy(&out.stderr), format!("lb-sync simulate: {message}\n"), "{args:?}");
     }
 }
 

@@ -9,35 +9,58 @@
 //!            "p50_ms": [0.412, null, 0.398], "p99_ms": [1.204, null, 0.951]},
 //!  "backends": [{"id": "backend1", "in_table": true, "requests": [6, 0, 4], ...}]}
 //! ```
+//!
+//! With `?since=T`, only the seconds after `T` (the dashboard holds the rest and appends them).
 
 use serde_json::{json, Map, Value};
 
 use crate::ops::history::{History, Second, Window, WINDOW_SECONDS};
 
-/// Reads `?seconds=N` (1-900; every second kept when absent).
+/// What `GET /lb/history` was asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Asked {
+    /// `seconds=N`: the last N seconds (1-900; every second kept when absent).
+    pub seconds: usize,
+    /// `since=T`: of those, only the seconds after T (unix time), for a client that holds the
+    /// rest.
+    pub since: Option<u64>,
+}
+
+/// Reads `?seconds=N` and `?since=T`, each optional.
 ///
 /// ```
-/// use lb_sync::admin::history::seconds_asked;
-/// assert_eq!(seconds_asked(None), Ok(900));
-/// assert_eq!(seconds_asked(Some("seconds=60")), Ok(60));
-/// assert!(seconds_asked(Some("seconds=0")).is_err());
-/// assert!(seconds_asked(Some("since=5")).is_err());
+/// use lb_sync::admin::history::{asked, Asked};
+/// assert_eq!(asked(None), Ok(Asked { seconds: 900, since: None }));
+/// assert_eq!(asked(Some("seconds=60")), Ok(Asked { seconds: 60, since: None }));
+/// assert_eq!(asked(Some("since=1764930000&seconds=60")), Ok(Asked { seconds: 60, since: Some(1764930000) }));
+/// assert!(asked(Some("seconds=0")).is_err());
+/// assert_eq!(asked(Some("since=-5")).unwrap_err(), "since must be a unix time in whole seconds, not '-5'");
+/// assert!(asked(Some("until=5")).is_err());
 /// ```
-pub fn seconds_asked(query: Option<&str>) -> Result<usize, String> {
-    let mut seconds = WINDOW_SECONDS;
+pub fn asked(query: Option<&str>) -> Result<Asked, String> {
+    let mut asked = Asked { seconds: WINDOW_SECONDS, since: None };
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         match pair.split_once('=') {
             Some(("seconds", value)) => {
-                seconds = value
+                asked.seconds = value
                     .parse::<usize>()
                     .ok()
                     .filter(|n| (1..=WINDOW_SECONDS).contains(n))
                     .ok_or_else(|| format!("seconds must be an integer 1-{WINDOW_SECONDS}, not '{value}'"))?;
             }
-            _ => return Err(format!("unknown parameter '{pair}': the only one is seconds=N (1-{WINDOW_SECONDS})")),
+            Some(("since", value)) => {
+                let since = value.parse::<u64>();
+                asked.since =
+                    Some(since.map_err(|_| format!("since must be a unix time in whole seconds, not '{value}'"))?);
+            }
+            _ => {
+                return Err(format!(
+                "unknown parameter '{pair}': the only ones are seconds=N (1-{WINDOW_SECONDS}) and since=UNIX_SECONDS"
+            ))
+            }
         }
     }
-    Ok(seconds)
+    Ok(asked)
 }
 
 /// Milliseconds, 3 decimals (to the microsecond the history keeps).
@@ -86,7 +109,7 @@ pub fn window_json(window: &Window, memory_bytes: usize) -> Value {
     })
 }
 
-/// `GET /lb/history[?seconds=N]`'s body.
-pub fn history_json(history: &History, seconds: usize) -> Value {
-    window_json(&history.window(seconds), history.memory_bytes())
+/// `GET /lb/history[?seconds=N][&since=T]`'s body.
+pub fn history_json(history: &History, asked: Asked) -> Value {
+    window_json(&history.window_since(asked.seconds, asked.since), history.memory_bytes())
 }

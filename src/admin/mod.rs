@@ -170,8 +170,8 @@ pub fn handle(shared: &Shared, mut request: Request, path: &str) -> Response {
             Ok(changes) => Response::json(200, &json!({ "message": "configuration reloaded", "changes": changes })),
             Err(why) => error(400, format!("reload refused, the running configuration stays: {why}")),
         },
-        Resource::History => match history::seconds_asked(request.query()) {
-            Ok(seconds) => Response::json(200, &history::history_json(&shared.ops.history, seconds)),
+        Resource::History => match history::asked(request.query()) {
+            Ok(asked) => Response::json(200, &history::history_json(&shared.ops.history, asked)),
             Err(message) => error(400, message),
         },
         Resource::Dashboard => Response::new(200)

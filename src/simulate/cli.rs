@@ -6,10 +6,11 @@ use std::time::Duration;
 
 use argh::FromArgs;
 
-use crate::config::{range_of, Config};
+use crate::config::Config;
 
 use super::scenario::{
-    parse_algorithms, parse_backend, parse_event, parse_service, BackendSpec, Distribution, Scenario, ScenarioError,
+    parse_algorithms, parse_backend, parse_event, parse_service, peak_ewma_window_refused, BackendSpec, Distribution,
+    Scenario, ScenarioError,
 };
 
 /// Runs lb-sync's selection algorithms on a workload in simulated time (no sockets), through
@@ -98,7 +99,9 @@ fn error(message: impl Into<String>) -> ScenarioError {
 }
 
 impl SimulateArgs {
-    /// The scenario these flags describe, checked.
+    /// The scenario these flags describe, checked by [`Scenario::validate`] (the only checks
+    /// here are the ones that must come before a scenario can be built: `--backends` before
+    /// it makes the list, names that must match a backend).
     pub fn scenario(&self) -> Result<Scenario, ScenarioError> {
         let config = match &self.config {
             Some(path) => Config::from_file(path).map_err(|e| error(e.to_string()))?,
@@ -115,11 +118,6 @@ impl SimulateArgs {
             }
             None => self.backend.iter().map(|b| parse_backend(b)).collect::<Result<_, _>>()?,
         };
-        let mut ids: Vec<String> = listed.iter().map(|(id, _)| id.clone()).collect();
-        ids.sort();
-        if let Some(pair) = ids.windows(2).find(|w| w[0] == w[1]) {
-            return Err(error(format!("backend id '{}' is used twice", pair[0])));
-        }
         let ids: Vec<String> = listed.iter().map(|(id, _)| id.clone()).collect();
         let (default_service, services) = parse_service(&self.service)?;
         let default_service = default_service.unwrap_or(Duration::from_millis(10));
@@ -142,15 +140,9 @@ impl SimulateArgs {
             })
             .collect();
         let window = self.peak_ewma_window.unwrap_or(config.peak_ewma_window);
-        let range = range_of("peak_ewma_window");
-        if !range.contains(window) {
-            return Err(error(format!("--peak-ewma-window must be {}, got {window}", range.describe())));
-        }
-        let max_connections = self.max_connections.unwrap_or_else(|| config.backend_connection_cap());
-        let range = range_of("max_connections");
-        if !range.contains(max_connections as f64) {
-            return Err(error(format!("--max-connections must be {}, got {max_connections}", range.describe())));
-        }
+        // Only what cannot be a Duration at all (negative, NaN) is refused here, in the same
+        // words; the range is `Scenario::validate`'s.
+        let window = Duration::try_from_secs_f64(window).map_err(|_| peak_ewma_window_refused(window))?;
         let scenario = Scenario {
             algorithms: parse_algorithms(&self.algorithm)?,
             backends,
@@ -163,10 +155,10 @@ impl SimulateArgs {
             distribution: Distribution::parse(&self.distribution)?,
             events,
             seed: self.seed,
-            max_connections,
+            max_connections: self.max_connections.unwrap_or_else(|| config.backend_connection_cap()),
             queue_timeout: Duration::from_secs_f64(config.backend_queue_timeout),
             panic_mode: self.panic_mode || config.panic_mode,
-            peak_ewma_window: Duration::from_secs_f64(window),
+            peak_ewma_window: window,
         };
         scenario.validate()?;
         Ok(scenario)

@@ -27,11 +27,12 @@
 //!     distribution: Distribution::Exponential,
 //!     events: vec![],
 //!     seed: 1,
-//!     max_connections: 0,
+//!     max_connections: 192,
 //!     queue_timeout: Duration::from_secs(5),
 //!     panic_mode: false,
 //!     peak_ewma_window: Duration::from_secs(10),
 //! };
+//! scenario.validate().unwrap();
 //! let report = run(&scenario, false);
 //! let wrr = &report.algorithms[0];
 //! assert_eq!(wrr.backends.iter().map(|b| b.requests).collect::<Vec<_>>(), [500, 1000, 500]);
@@ -54,7 +55,7 @@ pub use scenario::{
 pub use seed_wrr::SeedWeightedRoundRobin;
 pub use svg::draw;
 
-/// Runs every algorithm of `scenario` on the same workload (on as many threads as there are
+/// Runs every algorithm of `scenario` (one that [`Scenario::validate`] accepted) on the same workload (on as many threads as there are
 /// cores: each run is single-threaded and deterministic, so the report does not depend on
 /// how they were spread); `series` keeps what `--svg` draws.
 #[must_use]

@@ -460,7 +460,7 @@ impl<'s> Model<'s> {
             response_times: peak.then_some(&view as &dyn ResponseTimes),
         };
         let cap = self.scenario.max_connections;
-        let mut accept = |i: usize| !capped || cap == 0 || view.node(i).in_flight < cap;
+        let mut accept = |i: usize| !capped || view.node(i).in_flight < cap;
         failover::pick(self.algorithm.as_ref(), &ctx, self.scenario.panic_mode, &view, &mut accept)
             .map(|(i, _)| self.members[i])
     }

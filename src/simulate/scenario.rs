@@ -273,8 +273,49 @@ pub const MAX_REQUESTS: u64 = 100_000_000;
 /// Most backends.
 pub const MAX_BACKENDS: usize = 10_000;
 
+/// The longest duration a scenario takes anywhere (service times, event times, the queue
+/// timeout): as [`parse_duration`] and the config's timeouts allow.
+const DAY: Duration = Duration::from_secs(86_400);
+
+/// The refusal of a `--peak-ewma-window` of `shown` seconds: the command line words it the same
+/// for a value that is not a duration at all (negative, NaN) as [`Scenario::validate`] does for
+/// one out of range.
+pub(crate) fn peak_ewma_window_refused(shown: impl fmt::Display) -> ScenarioError {
+    error(format!("--peak-ewma-window must be {}, got {shown}", range_of("peak_ewma_window").describe()))
+}
+
 impl Scenario {
-    /// Checks the numbers that the parsers do not.
+    /// Checks every bound, in one place: the command line builds a scenario and calls this,
+    /// and so should a library user who builds one in code (what [`crate::simulate::run`]
+    /// does with an unchecked one is undefined: it may panic or allocate without bound).
+    /// The ranges that lb-sync's config also has (weights, `peak_ewma_window`,
+    /// `backend_max_connections`, `backend_queue_timeout`) are taken from
+    /// [`crate::config::RANGES`]; ids follow [`is_valid_id`].
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use lb_sync::simulate::{parse_algorithms, BackendSpec, Distribution, Scenario};
+    /// let mut scenario = Scenario {
+    ///     algorithms: parse_algorithms("p2c").unwrap(),
+    ///     backends: vec![BackendSpec { id: "b1".into(), weight: 1, service: Duration::from_millis(10), present: true }],
+    ///     requests: 1000,
+    ///     clients: 100,
+    ///     zipf: 0.0,
+    ///     concurrency: 8,
+    ///     load: None,
+    ///     workers: 4,
+    ///     distribution: Distribution::Exponential,
+    ///     events: vec![],
+    ///     seed: 1,
+    ///     max_connections: 192,
+    ///     queue_timeout: Duration::from_secs(5),
+    ///     panic_mode: false,
+    ///     peak_ewma_window: Duration::from_secs(10),
+    /// };
+    /// assert!(scenario.validate().is_ok());
+    /// scenario.max_connections = 0;
+    /// assert_eq!(scenario.validate().unwrap_err().to_string(), "--max-connections must be 1-1000000, got 0");
+    /// ```
     pub fn validate(&self) -> Result<(), ScenarioError> {
         if self.algorithms.is_empty() {
             return Err(error("no algorithm to simulate"));
@@ -299,31 +340,82 @@ impl Scenario {
                 return Err(error(format!("--load must be above 0 and at most 10 (a share of capacity), got {load}")));
             }
         }
+        let window = self.peak_ewma_window.as_secs_f64();
+        if !range_of("peak_ewma_window").contains(window) {
+            return Err(peak_ewma_window_refused(window));
+        }
+        let cap = range_of("backend_max_connections");
+        if !cap.contains(self.max_connections as f64) {
+            return Err(error(format!("--max-connections must be {}, got {}", cap.describe(), self.max_connections)));
+        }
+        let queue = range_of("backend_queue_timeout");
+        if !queue.contains(self.queue_timeout.as_secs_f64()) {
+            return Err(error(format!(
+                "backend_queue_timeout must be {}, got {}",
+                queue.describe(),
+                self.queue_timeout.as_secs_f64()
+            )));
+        }
+        self.validate_backends()?;
+        self.validate_events()
+    }
+
+    fn validate_backends(&self) -> Result<(), ScenarioError> {
         if self.backends.is_empty() || self.backends.len() > MAX_BACKENDS {
             return Err(error(format!("1-{MAX_BACKENDS} backends are needed, got {}", self.backends.len())));
         }
         let weight = range_of("weight");
         for b in &self.backends {
+            if !is_valid_id(&b.id) {
+                return Err(error(format!("backend '{}': the id must be 1-64 of A-Z a-z 0-9 . _ ~ -", b.id)));
+            }
             if !weight.contains(f64::from(b.weight)) {
                 return Err(error(format!("backend {}: weight must be {}, got {}", b.id, weight.describe(), b.weight)));
             }
             if b.service.is_zero() {
                 return Err(error(format!("backend {}: service time must be above 0", b.id)));
             }
+            if b.service > DAY {
+                return Err(error(format!("backend {}: service time must be at most 86400 s", b.id)));
+            }
         }
+        let mut ids: Vec<&str> = self.backends.iter().map(|b| b.id.as_str()).collect();
+        ids.sort_unstable();
+        if let Some(pair) = ids.windows(2).find(|w| w[0] == w[1]) {
+            return Err(error(format!("backend id '{}' is used twice", pair[0])));
+        }
+        Ok(())
+    }
+
+    fn validate_events(&self) -> Result<(), ScenarioError> {
         for e in &self.events {
-            if let At::Request(n) = e.at {
-                if n >= self.requests {
+            match e.at {
+                At::Request(n) if n >= self.requests => {
                     return Err(error(format!(
                         "event '{}' is at request {n}, past the last one ({})",
                         e.text,
                         self.requests - 1
                     )));
                 }
+                At::Time(t) if t > DAY => {
+                    return Err(error(format!("event '{}' is past a day", e.text)));
+                }
+                _ => {}
+            }
+            if e.action.backend() >= self.backends.len() {
+                return Err(error(format!(
+                    "event '{}' names backend {}, past the last one ({})",
+                    e.text,
+                    e.action.backend(),
+                    self.backends.len() - 1
+                )));
             }
             if let Action::Slow(_, d) = e.action {
                 if d.is_zero() {
                     return Err(error(format!("event '{}': service time must be above 0", e.text)));
+                }
+                if d > DAY {
+                    return Err(error(format!("event '{}': service time must be at most 86400 s", e.text)));
                 }
             }
         }
@@ -339,10 +431,8 @@ impl Scenario {
 /// assert!(lb_sync::simulate::parse_backend("b1=heavy").is_err());
 /// ```
 pub fn parse_backend(text: &str) -> Result<(String, u32), ScenarioError> {
+    // The id is checked with the other bounds, by `Scenario::validate`.
     let (id, weight) = text.split_once('=').unwrap_or((text, "1"));
-    if !is_valid_id(id) {
-        return Err(error(format!("backend '{text}': the id must be 1-64 of A-Z a-z 0-9 . _ ~ -")));
-    }
     let weight: u32 = weight.parse().map_err(|_| {
         error(format!("backend '{text}': weight '{weight}' is not a whole number (expected ID=WEIGHT)"))
     })?;
@@ -425,4 +515,96 @@ pub fn parse_event(text: &str, ids: &[String]) -> Result<Event, ScenarioError> {
         _ => return Err(shape()),
     };
     Ok(Event { at, action, text: text.to_string() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backend(id: &str, weight: u32) -> BackendSpec {
+        BackendSpec { id: id.into(), weight, service: Duration::from_millis(10), present: true }
+    }
+
+    /// A scenario that passes, for each case to spoil one value of.
+    fn good() -> Scenario {
+        Scenario {
+            algorithms: parse_algorithms("all").unwrap(),
+            backends: vec![backend("b1", 1), backend("b2", 2)],
+            requests: 1000,
+            clients: 100,
+            zipf: 0.0,
+            concurrency: 8,
+            load: None,
+            workers: 4,
+            distribution: Distribution::Exponential,
+            events: vec![],
+            seed: 1,
+            max_connections: 192,
+            queue_timeout: Duration::from_secs(5),
+            panic_mode: false,
+            peak_ewma_window: Duration::from_secs(10),
+        }
+    }
+
+    fn event(at: At, action: Action) -> Event {
+        Event { at, action, text: "e".into() }
+    }
+
+    #[test]
+    fn a_scenario_built_in_code_is_refused_for_each_value_out_of_bounds() {
+        assert_eq!(good().validate(), Ok(()));
+        type Spoil = fn(&mut Scenario);
+        let cases: &[(Spoil, &str)] = &[
+            (|s| s.algorithms.clear(), "no algorithm to simulate"),
+            (|s| s.requests = 0, "--requests must be 1-100000000, got 0"),
+            (|s| s.requests = MAX_REQUESTS + 1, "--requests must be 1-100000000, got 100000001"),
+            (|s| s.clients = 0, "--clients must be 1-1000000, got 0"),
+            (|s| s.zipf = f64::NAN, "--zipf must be 0 (uniform) to 5, got NaN"),
+            (|s| s.concurrency = 0, "--concurrency must be 1-100000, got 0"),
+            (|s| s.workers = 100_001, "--workers must be 1-100000, got 100001"),
+            (|s| s.load = Some(0.0), "--load must be above 0 and at most 10 (a share of capacity), got 0"),
+            (|s| s.peak_ewma_window = Duration::ZERO, "--peak-ewma-window must be 0.001-3600 s, got 0"),
+            (|s| s.peak_ewma_window = Duration::from_secs(3601), "--peak-ewma-window must be 0.001-3600 s, got 3601"),
+            (|s| s.max_connections = 0, "--max-connections must be 1-1000000, got 0"),
+            (|s| s.max_connections = 1_000_001, "--max-connections must be 1-1000000, got 1000001"),
+            (|s| s.queue_timeout = DAY + Duration::from_secs(1), "backend_queue_timeout must be 0-86400 s, got 86401"),
+            (|s| s.backends.clear(), "1-10000 backends are needed, got 0"),
+            (|s| s.backends = vec![backend("b", 1); MAX_BACKENDS + 1], "1-10000 backends are needed, got 10001"),
+            (|s| s.backends[0].id = "a/b".into(), "backend 'a/b': the id must be 1-64 of A-Z a-z 0-9 . _ ~ -"),
+            (|s| s.backends[0].id = String::new(), "backend '': the id must be 1-64 of A-Z a-z 0-9 . _ ~ -"),
+            (|s| s.backends[0].id = "x".repeat(65), "backend 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx': the id must be 1-64 of A-Z a-z 0-9 . _ ~ -"),
+            (|s| s.backends[1].id = "b1".into(), "backend id 'b1' is used twice"),
+            (|s| s.backends[0].weight = 0, "backend b1: weight must be 1-1000000, got 0"),
+            (|s| s.backends[1].weight = 1_000_001, "backend b2: weight must be 1-1000000, got 1000001"),
+            (|s| s.backends[0].service = Duration::ZERO, "backend b1: service time must be above 0"),
+            (|s| s.backends[0].service = DAY + Duration::from_nanos(1), "backend b1: service time must be at most 86400 s"),
+            (|s| s.events = vec![event(At::Request(1000), Action::Down(0))], "event 'e' is at request 1000, past the last one (999)"),
+            (|s| s.events = vec![event(At::Time(DAY * 2), Action::Down(0))], "event 'e' is past a day"),
+            (|s| s.events = vec![event(At::Request(1), Action::Remove(2))], "event 'e' names backend 2, past the last one (1)"),
+            (|s| s.events = vec![event(At::Request(1), Action::Slow(0, Duration::ZERO))], "event 'e': service time must be above 0"),
+            (|s| s.events = vec![event(At::Request(1), Action::Slow(0, DAY * 2))], "event 'e': service time must be at most 86400 s"),
+        ];
+        for (spoil, message) in cases {
+            let mut s = good();
+            spoil(&mut s);
+            assert_eq!(s.validate(), Err(ScenarioError(message.to_string())), "{message}");
+        }
+    }
+
+    #[test]
+    fn the_bounds_themselves_are_accepted() {
+        let mut s = good();
+        s.backends[0].weight = 1_000_000;
+        s.backends[0].id = "x".repeat(64);
+        s.peak_ewma_window = Duration::from_millis(1);
+        s.max_connections = 1_000_000;
+        s.queue_timeout = DAY;
+        s.backends[1].service = DAY;
+        s.events = vec![event(At::Request(999), Action::Slow(1, DAY)), event(At::Time(DAY), Action::Up(1))];
+        assert_eq!(s.validate(), Ok(()));
+        s.peak_ewma_window = Duration::from_secs(3600);
+        s.max_connections = 1;
+        s.queue_timeout = Duration::ZERO;
+        assert_eq!(s.validate(), Ok(()));
+    }
 }

@@ -350,24 +350,49 @@ impl History {
     /// The last `seconds` complete seconds (at most [`WINDOW_SECONDS`], and none from before
     /// the first sample).
     pub fn window(&self, seconds: usize) -> Window {
+        self.window_since(seconds, None)
+    }
+
+    /// As [`window`](Self::window), but with `since`, only the seconds after it: a client that
+    /// holds the rest reads only what is new. The backends are still those of the whole
+    /// stretch (a removed one with no value in the new seconds is listed, its columns all
+    /// empty), so a client can drop the ones not listed and be left with what a whole window
+    /// would show.
+    ///
+    /// ```
+    /// use lb_sync::metrics::Histogram;
+    /// use lb_sync::ops::history::History;
+    /// use lb_sync::stats::Stats;
+    ///
+    /// let (history, stats, latency) = (History::new(), Stats::default(), Histogram::new());
+    /// for boundary in 1_000..=1_005 {
+    ///     history.sample(boundary, &stats, &latency, &[]); // seconds 1000-1004 complete
+    /// }
+    /// let newer = history.window_since(900, Some(1_002));
+    /// assert_eq!((newer.start, newer.total.len()), (1_003, 2));
+    /// assert_eq!(history.window_since(900, Some(1_004)).total.len(), 0);
+    /// assert_eq!(history.window_since(900, Some(0)), history.window(900));
+    /// ```
+    pub fn window_since(&self, seconds: usize, since: Option<u64>) -> Window {
         let inner = self.lock();
         let Some(boundary) = inner.boundary else {
             return Window { start: 0, total: Vec::new(), backends: Vec::new() };
         };
         let count = (seconds.min(WINDOW_SECONDS) as u64).min(boundary - inner.first);
-        let start = boundary - count;
+        let stretch = boundary - count..boundary;
+        let start = since.map_or(stretch.start, |t| t.saturating_add(1).clamp(stretch.start, boundary));
         let read = |ring: &SecondRing<Second>| (start..boundary).map(|s| ring.get(s)).collect::<Vec<_>>();
-        let total = inner.total.as_ref().map_or_else(|| vec![None; count as usize], |t| read(&t.seconds));
+        let total = inner.total.as_ref().map_or_else(|| vec![None; (boundary - start) as usize], |t| read(&t.seconds));
         let mut backends: Vec<(Option<usize>, BackendWindow)> = inner
             .backends
             .iter()
+            .filter(|(_, e)| e.position.is_some() || stretch.clone().any(|s| e.series.seconds.get(s).is_some()))
             .map(|(id, e)| {
                 (
                     e.position,
                     BackendWindow { id: id.clone(), in_table: e.position.is_some(), seconds: read(&e.series.seconds) },
                 )
             })
-            .filter(|(position, b)| position.is_some() || b.seconds.iter().any(Option::is_some))
             .collect();
         // In the table's order, then the removed ones (a BTreeMap gives them by id).
         backends.sort_by_key(|(position, _)| position.unwrap_or(usize::MAX));
