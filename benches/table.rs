@@ -1,0 +1,44 @@
+//! Cost of a reload's step that matches the configured backends to the table's
+//! (`BackendTable::reconcile`, also what a registry update and a DNS refresh run), with a
+//! list that changes nothing, at 100, 1,000 and 10,000 backends: each backend is looked up
+//! by id once and the addresses are checked for duplicates once, so the cost grows with the
+//! list, not with its square (a scan per backend made a reload of 20,000 backends take 9 s).
+
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use lb_sync::balance::AlgorithmKind;
+use lb_sync::config::BackendConfig;
+use lb_sync::upstream::{BackendPolicy, BackendTable};
+
+/// `n` backends at distinct loopback addresses (IP literals: nothing to resolve).
+fn backends(n: usize) -> Vec<(String, BackendConfig)> {
+    (0..n)
+        .map(|i| {
+            let host = format!("127.0.{}.{}", i / 250, i % 250 + 1);
+            (format!("b{i}"), BackendConfig::new(&host, 8000 + (i % 1000) as u16, 1))
+        })
+        .collect()
+}
+
+fn bench(c: &mut Criterion) {
+    let mut group = c.benchmark_group("reconcile_unchanged");
+    for n in [100, 1_000, 10_000] {
+        let wanted = backends(n);
+        let table = BackendTable::new(AlgorithmKind::RoundRobin, &wanted, BackendPolicy::default()).unwrap();
+        group.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
+            b.iter(|| table.reconcile(AlgorithmKind::RoundRobin, &wanted, BackendPolicy::default()).unwrap());
+        });
+    }
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2));
+    targets = bench
+}
+criterion_main!(benches);
