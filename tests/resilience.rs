@@ -385,6 +385,10 @@ fn traffic_asks_for_a_probe_and_a_breaker_open_means_fast_probes() {
     table.probe_requests().ask(&backend);
     assert!(wait_until(Duration::from_secs(5), || probes.load(Ordering::SeqCst) == 2), "no probe came");
     assert!(wait_until(Duration::from_secs(1), || !backend.probe_wanted()));
+    // The backend counted the probe before answering it: wait until its answer is taken in
+    // (an asked probe that passes ends an open breaker's cool-down, which the next step must
+    // not see).
+    assert!(wait_until(Duration::from_secs(1), || backend.rise_fall().ok_run() == 2));
 
     // Its breaker opened by what a probe cannot disprove (a 5xx, a response timeout): it is
     // probed every fast interval, and the passing probes leave the cool-down alone.

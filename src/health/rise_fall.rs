@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 /// assert_eq!(runs.record(false), (0, 1));
 /// assert_eq!(runs.record(false), (0, 2));
 /// assert_eq!(runs.record(true), (1, 0), "a good probe ends the failed run");
+/// assert_eq!((runs.ok_run(), runs.failed_run()), (1, 0));
 /// ```
 #[derive(Debug, Default)]
 pub struct RiseFall {
@@ -22,6 +23,11 @@ impl RiseFall {
     /// Failed probes in a row so far (0 after a good one).
     pub fn failed_run(&self) -> u32 {
         self.failed.load(Ordering::Relaxed)
+    }
+
+    /// Good probes in a row so far (0 after a failed one).
+    pub fn ok_run(&self) -> u32 {
+        self.ok.load(Ordering::Relaxed)
     }
 
     /// Counts one probe; returns the runs of good and failed probes after it.
