@@ -35,16 +35,8 @@ body_bytes="${BODY_BYTES:-1024}"
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
 work="$(mktemp -d)"
-pids=()
-cleanup() {
-  trap - EXIT INT TERM
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+. "$root/scripts/processes.sh"
+stop_on_exit
 
 for tool in wrk nginx curl python3; do
   command -v "$tool" >/dev/null || { echo "bench.sh: $tool not found (apt-get install wrk nginx-light haproxy)" >&2; exit 1; }
@@ -489,8 +481,7 @@ PY
           measure "$layout" "c=10 after c=256" "$proxy" 10 ${proxy_pids[$proxy]}
         done
       done
-      for pid in "${pids[@]:$first}"; do kill "$pid" 2>/dev/null || true; done
-      for pid in "${pids[@]:$first}"; do wait "$pid" 2>/dev/null || true; done
+      stop_pids "${pids[@]:$first}"
       pids=("${pids[@]:0:$first}")
     }
     echo "lb-sync ${THREADS:+--threads $THREADS }(defaults otherwise); nginx proxy: one worker per core, keepalive 64; haproxy nbthread $(nproc), http-reuse always${pingora_bin:+; Pingora LB, $(nproc) threads}"

@@ -43,15 +43,12 @@ if ! command -v "$etcd_bin" >/dev/null; then
 fi
 root="$(cd "$(dirname "$0")/.." && pwd)"
 . "$root/scripts/binaries.sh"
+. "$root/scripts/processes.sh"
 
 declare -A name_of=()   # pid -> what it is, for everything still running
 work="$(mktemp -d "${TMPDIR:-/tmp}/lb-sync-cluster.XXXXXX")"
 stop_all() {
-  local pids=("${!name_of[@]}")
-  if [ ${#pids[@]} -gt 0 ]; then
-    kill "${pids[@]}" 2>/dev/null || true
-    wait "${pids[@]}" 2>/dev/null || true
-  fi
+  stop_pids "${!name_of[@]}"
   name_of=()
   rm -rf "$work"
 }

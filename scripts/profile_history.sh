@@ -19,17 +19,9 @@ duration="${DURATION:-15}"
 connections="${CONNECTIONS:-64}"
 frequency="${FREQUENCY:-4999}"
 work="$(mktemp -d "${TMPDIR:-/tmp}/profile_history.XXXXXX")"
-pids=()
-cleanup() {
-  trap - EXIT INT TERM
-  local pid
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  [ -n "${KEEP:-}" ] && cp "$work/perf.data" "$KEEP"; rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+. "$root/scripts/processes.sh"
+stop_on_exit
+before_work_removed() { [ -z "${KEEP:-}" ] || cp "$work/perf.data" "$KEEP"; }
 
 for tool in perf wrk curl; do command -v "$tool" >/dev/null || { echo "profile_history.sh: $tool not found" >&2; exit 1; }; done
 . "$root/scripts/binaries.sh"

@@ -23,16 +23,13 @@ done
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
 . "$root/scripts/binaries.sh"
+. "$root/scripts/processes.sh"
 bin="$backend_bin"
 say() { echo "start_backends.sh: $*" >&2; }
 
 declare -A port_of=()   # pid -> port, for the backends still running
 stop_children() {
-  local pids=("${!port_of[@]}")
-  if [ ${#pids[@]} -gt 0 ]; then
-    kill "${pids[@]}" 2>/dev/null || true
-    wait "${pids[@]}" 2>/dev/null || true
-  fi
+  stop_pids "${!port_of[@]}"
   port_of=()
 }
 trap 'stop_children; exit 0' INT TERM

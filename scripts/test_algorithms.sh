@@ -19,30 +19,13 @@ sb_ports=(18101 18102 18103) # start_backends.sh check
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
 work="$(mktemp -d "${TMPDIR:-/tmp}/test_algorithms.XXXXXX")"
-pids=() # everything started here, stopped by PID on exit
+# Everything started here goes in pids, stopped by PID on exit; a bounded wait of 5 s, as some
+# are not our children (start_backends.sh's) and cannot be `wait`ed.
+stop_grace_tenths=50
+. "$root/scripts/processes.sh"
+stop_on_exit
 
 die() { echo "test_algorithms.sh: $*" >&2; exit 1; }
-
-cleanup() {
-  local pid
-  trap - EXIT INT TERM
-  if [ ${#pids[@]} -gt 0 ]; then
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    # Bounded wait (processes that are not our children, e.g. start_backends.sh's, cannot be `wait`ed).
-    for _ in $(seq 1 50); do
-      local alive=0
-      for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
-      [ $alive = 0 ] && break
-      sleep 0.1
-    done
-    for pid in "${pids[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
-    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  fi
-  rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
 
 for tool in curl jq; do
   command -v "$tool" >/dev/null || die "$tool not found (apt-get install curl jq)"

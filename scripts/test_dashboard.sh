@@ -15,17 +15,8 @@ set -uo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
 work="$(mktemp -d "${TMPDIR:-/tmp}/test_dashboard.XXXXXX")"
-pids=()
-cleanup() {
-  trap - EXIT INT TERM
-  local pid
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+. "$root/scripts/processes.sh"
+stop_on_exit
 die() { echo "test_dashboard.sh: $*" >&2; echo "0 passed, 1 failed"; exit 1; }
 
 missing=""

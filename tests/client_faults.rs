@@ -10,12 +10,12 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{wait_until, Conn, Resp};
+use common::inproc::demo_backend_with;
+use common::{api, served_by, wait_until, Conn};
 use lb_sync::balance::AlgorithmKind;
 use lb_sync::balancer::LoadBalancer;
 use lb_sync::config::{BackendConfig, Config};
-use lb_sync::demo_backend::DemoBackend;
-use lb_sync::server::{bind, Limits, Server, ServerConfig};
+use lb_sync::server::{Limits, Server};
 use serde_json::{json, Value};
 
 /// The front end's head limit (request line and blank line included).
@@ -24,24 +24,13 @@ const HEAD_LIMIT: usize = 32 * 1024;
 /// An in-process demo backend whose heads may be up to `max_head_bytes` long (the balancer adds
 /// its X-Forwarded set to a head at the front end's limit); its id is `backend-<port>`.
 fn demo_backend(max_head_bytes: usize) -> (Server, u16) {
-    let listener = bind("127.0.0.1:0".parse().unwrap(), 128).unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let limits = Limits { max_head_bytes, ..Limits::default() };
-    let config = ServerConfig { threads: 8, limits, ..ServerConfig::default() };
-    (Server::start_on(listener, config, DemoBackend::new(port, "127.0.0.1", None)).unwrap(), port)
+    demo_backend_with(Limits { max_head_bytes, ..Limits::default() }, Duration::ZERO)
 }
 
 /// A balancer over these backends, round robin, default settings but for `tweak`.
 fn balancer(ports: &[u16], tweak: impl FnOnce(&mut Config)) -> LoadBalancer {
-    let mut config = Config {
-        host: "127.0.0.1".parse().unwrap(),
-        port: 0,
-        algorithm: AlgorithmKind::RoundRobin,
-        threads: 8,
-        access_log: false,
-        backends: ports.iter().map(|&port| BackendConfig::new("127.0.0.1", port, 1)).collect(),
-        ..Config::default()
-    };
+    let backends = ports.iter().map(|&port| BackendConfig::new("127.0.0.1", port, 1)).collect();
+    let mut config = Config { algorithm: AlgorithmKind::RoundRobin, threads: 8, ..common::inproc::config(backends) };
     tweak(&mut config);
     LoadBalancer::start(config).unwrap()
 }
@@ -55,13 +44,9 @@ fn head_of(size: usize) -> (Vec<u8>, String) {
     (format!("{start}{value}{end}").into_bytes(), value)
 }
 
-fn backends_json(lb: SocketAddr) -> Vec<Value> {
-    Conn::open(lb).get("/lb/backends").json().as_array().cloned().expect("a list of backends")
-}
-
 /// Each backend's counters that a failure would move, by id.
 fn failure_counters(lb: SocketAddr) -> Vec<Value> {
-    backends_json(lb)
+    api::backends(lb)
         .iter()
         .map(|b| {
             json!({
@@ -85,13 +70,9 @@ fn assert_no_backend_failed(lb: SocketAddr) {
     let counters = failure_counters(lb);
     let expected: Vec<Value> = counters.iter().map(|c| untouched(&c["id"])).collect();
     assert_eq!(counters, expected);
-    let stats = Conn::open(lb).get("/lb/stats").json();
+    let stats = api::stats(lb);
     let failed_tries = stats["retries"]["failed_tries"].as_object().expect("failed_tries").clone();
     assert!(failed_tries.values().all(|v| v == 0), "no try failed: {failed_tries:?}");
-}
-
-fn served_by(resp: &Resp) -> String {
-    resp.json()["server_info"]["id"].as_str().unwrap_or("?").to_string()
 }
 
 #[test]
@@ -163,7 +144,7 @@ fn a_head_over_the_front_ends_limit_gets_its_431_and_no_backend_hears_of_it() {
     let mut conn = Conn::open(lb.local_addr());
     conn.send(&head);
     assert_eq!(conn.response().status, 431);
-    let backends = backends_json(lb.local_addr());
+    let backends = api::backends(lb.local_addr());
     assert_eq!(backends[0]["total_requests"], 0);
     assert_no_backend_failed(lb.local_addr());
     lb.stop(Duration::from_secs(1));
@@ -183,7 +164,7 @@ fn a_hundred_17_kib_heads_leave_every_breaker_closed_and_health_200() {
         assert_eq!(resp.json()["request"]["headers"]["x-big"].as_str().map(str::len), Some(value.len()));
     }
     assert_no_backend_failed(lb.local_addr());
-    let requests: Vec<Value> = backends_json(lb.local_addr()).iter().map(|b| b["total_requests"].clone()).collect();
+    let requests: Vec<Value> = api::backends(lb.local_addr()).iter().map(|b| b["total_requests"].clone()).collect();
     assert_eq!(requests, [json!(34), json!(33), json!(33)]);
     let health = Conn::open(lb.local_addr()).get("/lb/health");
     assert_eq!((health.status, &health.json()["usable_backends"]), (200, &json!(3)), "{}", health.text());
@@ -203,7 +184,7 @@ fn an_authorization_value_the_client_library_cannot_send_is_refused_before_any_b
         let resp = conn.response();
         assert_eq!((resp.status, resp.text().trim()), (400, "value of 'authorization' cannot be forwarded"));
     }
-    let requests: Vec<Value> = backends_json(lb.local_addr()).iter().map(|b| b["total_requests"].clone()).collect();
+    let requests: Vec<Value> = api::backends(lb.local_addr()).iter().map(|b| b["total_requests"].clone()).collect();
     assert_eq!(requests, [json!(0), json!(0), json!(0)]);
     assert_no_backend_failed(lb.local_addr());
     conn.send(b"GET / HTTP/1.1\r\nHost: test\r\nAuthorization: Basic dTpw\r\n\r\n");
@@ -224,7 +205,7 @@ fn go_away_mid_body(lb: SocketAddr, chunked: bool, reset: bool) {
         conn.send(b"POST /upload HTTP/1.1\r\nHost: test\r\nContent-Length: 100000\r\n\r\n");
         conn.send("a".repeat(5000).as_bytes());
     }
-    let at_backend = wait_until(Duration::from_secs(10), || backends_json(lb)[0]["awaiting_answer"] == 1);
+    let at_backend = wait_until(Duration::from_secs(10), || api::backends(lb)[0]["awaiting_answer"] == 1);
     assert!(at_backend, "the request never reached the backend");
     let socket = conn.reader.get_ref().tcp();
     if reset {
@@ -241,10 +222,10 @@ fn a_client_that_goes_away_mid_body_is_not_a_backend_failure() {
     for (n, (chunked, reset)) in cases.into_iter().enumerate() {
         go_away_mid_body(lb.local_addr(), chunked, reset);
         let counted =
-            wait_until(Duration::from_secs(10), || backends_json(lb.local_addr())[0]["client_aborts"] == n + 1);
-        assert!(counted, "chunked {chunked}, reset {reset}: {:?}", backends_json(lb.local_addr()));
+            wait_until(Duration::from_secs(10), || api::backends(lb.local_addr())[0]["client_aborts"] == n + 1);
+        assert!(counted, "chunked {chunked}, reset {reset}: {:?}", api::backends(lb.local_addr()));
     }
-    let b = &backends_json(lb.local_addr())[0];
+    let b = &api::backends(lb.local_addr())[0];
     assert_eq!((&b["total_requests"], &b["client_aborts"]), (&json!(4), &json!(4)), "{b}");
     assert_no_backend_failed(lb.local_addr());
     // And the backend still gets the next upload.
@@ -264,8 +245,8 @@ fn a_client_that_goes_away_before_or_during_its_answer_is_not_a_backend_failure(
         let mut conn = Conn::open(lb.local_addr());
         conn.send(b"POST /slow?delay_ms=2000 HTTP/1.1\r\nHost: test\r\nContent-Length: 5\r\n\r\nhello");
         let sent =
-            wait_until(Duration::from_secs(10), || backends_json(lb.local_addr())[0]["total_requests"] == 2 * i + 1);
-        assert!(sent, "reset {reset}: {:?}", backends_json(lb.local_addr()));
+            wait_until(Duration::from_secs(10), || api::backends(lb.local_addr())[0]["total_requests"] == 2 * i + 1);
+        assert!(sent, "reset {reset}: {:?}", api::backends(lb.local_addr()));
         if reset {
             socket2::SockRef::from(conn.reader.get_ref().tcp()).set_linger(Some(Duration::ZERO)).unwrap();
         }
@@ -281,9 +262,9 @@ fn a_client_that_goes_away_before_or_during_its_answer_is_not_a_backend_failure(
         drop(conn);
     }
     // Each answer was counted as one (its head came), and nothing else.
-    let answered = wait_until(Duration::from_secs(10), || backends_json(lb.local_addr())[0]["responses"]["2xx"] == 4);
-    let ended = wait_until(Duration::from_secs(10), || backends_json(lb.local_addr())[0]["active_connections"] == 0);
-    assert!(answered && ended, "{:?}", backends_json(lb.local_addr()));
+    let answered = wait_until(Duration::from_secs(10), || api::backends(lb.local_addr())[0]["responses"]["2xx"] == 4);
+    let ended = wait_until(Duration::from_secs(10), || api::backends(lb.local_addr())[0]["active_connections"] == 0);
+    assert!(answered && ended, "{:?}", api::backends(lb.local_addr()));
     assert_no_backend_failed(lb.local_addr());
     lb.stop(Duration::from_secs(1));
 }

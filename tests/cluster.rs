@@ -10,13 +10,14 @@
 
 mod common;
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
+use common::api::{self, request};
 use common::etcd::Etcd;
 use common::lb::Lb;
-use common::{backend, wait_until, ChildProcess, Conn, Resp};
+use common::{backend, unused_port, wait_until, ChildProcess, Conn};
 use serde_json::Value;
 
 const PREFIX: &str = "/lb-sync/test";
@@ -64,38 +65,12 @@ impl Cluster {
     }
 }
 
-/// A port nothing listens on (an address to add that is never routed to).
-fn unused_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn request(addr: SocketAddr, method: &str, path: &str, headers: &str, body: &str) -> Resp {
-    let mut conn = Conn::open(addr);
-    conn.send(
-        format!("{method} {path} HTTP/1.1\r\nHost: test\r\n{headers}Content-Length: {}\r\n\r\n{body}", body.len())
-            .as_bytes(),
-    );
-    conn.response()
-}
-
-fn admin(addr: SocketAddr, method: &str, path: &str, body: &str) -> Resp {
-    request(addr, method, path, "", body)
-}
-
 fn registry(addr: SocketAddr) -> Value {
-    admin(addr, "GET", "/lb/health", "").json()["registry"].clone()
-}
-
-fn backends(addr: SocketAddr) -> Vec<Value> {
-    admin(addr, "GET", "/lb/backends", "").json().as_array().unwrap().clone()
+    request(addr, "GET", "/lb/health", "").json()["registry"].clone()
 }
 
 fn ids(addr: SocketAddr) -> Vec<String> {
-    backends(addr).iter().map(|b| b["id"].as_str().unwrap().to_string()).collect()
-}
-
-fn backend_json(addr: SocketAddr, id: &str) -> Option<Value> {
-    backends(addr).into_iter().find(|b| b["id"] == id)
+    api::backends(addr).iter().map(|b| b["id"].as_str().unwrap().to_string()).collect()
 }
 
 /// Which backend answered a `GET /` on `conn`.
@@ -115,7 +90,7 @@ fn an_add_on_one_instance_is_routed_by_the_others_within_a_second() {
     let late = backend(&[]);
     let late_id = format!("backend-{}", late.addr().port());
     let body = format!(r#"{{"id": "late", "host": "127.0.0.1", "port": {}}}"#, late.addr().port());
-    let added = admin(cluster.addr(0), "POST", "/lb/backends/add", &body);
+    let added = request(cluster.addr(0), "POST", "/lb/backends/add", &body);
     let written = Instant::now();
     assert_eq!(added.status, 201, "{}", added.text());
     assert_eq!(added.header("location"), Some("/lb/backends/late"));
@@ -130,7 +105,7 @@ fn an_add_on_one_instance_is_routed_by_the_others_within_a_second() {
         eprintln!("an add on A was routed by {name} {} ms after A answered", written.elapsed().as_millis());
     }
     // And the duplicate is refused everywhere, as without a registry.
-    let again = admin(cluster.addr(1), "POST", "/lb/backends/add", &body);
+    let again = request(cluster.addr(1), "POST", "/lb/backends/add", &body);
     assert_eq!(again.status, 409, "{}", again.text());
 }
 
@@ -146,12 +121,12 @@ fn a_disable_on_one_instance_stops_traffic_on_the_others() {
         let before: Vec<String> = (0..6).map(|_| served_by(conn, "")).collect();
         assert!(before.contains(&target), "the second backend takes traffic before: {before:?}");
     }
-    let disabled = admin(cluster.addr(2), "POST", &format!("/lb/backends/{}/disable", cluster.id(1)), "");
+    let disabled = request(cluster.addr(2), "POST", &format!("/lb/backends/{}/disable", cluster.id(1)), "");
     let written = Instant::now();
     assert_eq!(disabled.status, 200, "{}", disabled.text());
     assert_eq!(disabled.json()["backend"]["enabled"], false, "C answers once it applied it");
     for (i, conn) in conns.iter_mut().enumerate() {
-        let off = wait_until(DEADLINE, || backend_json(cluster.addr(i), &cluster.id(1)).unwrap()["enabled"] == false);
+        let off = wait_until(DEADLINE, || api::backend(cluster.addr(i), &cluster.id(1)).unwrap()["enabled"] == false);
         assert!(off, "instance {i} never saw the disable: {}", cluster.lbs[i].log());
         eprintln!("a disable on C reached instance {i} within {} ms", written.elapsed().as_millis());
         let after: Vec<String> = (0..30).map(|_| served_by(conn, "")).collect();
@@ -169,7 +144,7 @@ fn the_same_500_client_ips_map_to_the_same_backends_on_all_three() {
     // A fourth backend, weight 2, added on B: the ring is built from the shared membership.
     let fourth = backend(&[]);
     let body = format!(r#"{{"host": "127.0.0.1", "port": {}, "weight": 2}}"#, fourth.addr().port());
-    let added = admin(cluster.addr(1), "POST", "/lb/backends/add", &body);
+    let added = request(cluster.addr(1), "POST", "/lb/backends/add", &body);
     assert_eq!(added.status, 201, "{}", added.text());
     for i in 0..3 {
         assert!(wait_until(DEADLINE, || ids(cluster.addr(i)).len() == 4), "instance {i}: {:?}", ids(cluster.addr(i)));
@@ -234,15 +209,15 @@ fn with_etcd_stopped_all_three_keep_serving_and_report_it_then_pick_up_a_change_
         assert!(reported, "instance {i} never reported etcd gone: {}", cluster.lbs[i].log());
         let status = registry(addr);
         assert!(status["last_error"].as_str().is_some_and(|e| !e.is_empty()), "{status}");
-        let stats = admin(addr, "GET", "/lb/stats", "").json();
+        let stats = request(addr, "GET", "/lb/stats", "").json();
         assert_eq!(stats["registry"]["status"], "disconnected");
-        let metrics = admin(addr, "GET", "/lb/metrics", "").text();
+        let metrics = request(addr, "GET", "/lb/metrics", "").text();
         assert!(metrics.contains("\nlb_registry_connected 0\n"), "{metrics}");
         let mut conn = Conn::open(addr);
         let served: Vec<String> = (0..6).map(|_| served_by(&mut conn, "")).collect();
         assert!((0..3).all(|b| served.contains(&cluster.served_id(b))), "instance {i} serves on: {served:?}");
         // A change cannot be made without etcd: refused, nothing changed.
-        let refused = admin(addr, "POST", &format!("/lb/backends/{}/disable", cluster.id(0)), "");
+        let refused = request(addr, "POST", &format!("/lb/backends/{}/disable", cluster.id(0)), "");
         assert_eq!(refused.status, 503, "{}", refused.text());
         assert!(refused.text().contains("nothing was changed"), "{}", refused.text());
     }
@@ -266,7 +241,7 @@ fn with_etcd_stopped_all_three_keep_serving_and_report_it_then_pick_up_a_change_
         let mut conn = Conn::open(addr);
         let picked_up = wait_until(DEADLINE, || {
             registry(addr)["status"] == "connected"
-                && backend_json(addr, &cluster.id(0)).is_some_and(|b| b["enabled"] == false)
+                && api::backend(addr, &cluster.id(0)).is_some_and(|b| b["enabled"] == false)
                 && served_by(&mut conn, "") == late_id
         });
         assert!(picked_up, "instance {i} never picked up the change: {}", cluster.lbs[i].log());
@@ -294,7 +269,7 @@ fn two_instances_writing_at_once_both_land() {
                     .map(|_| {
                         let body = format!(r#"{{"host": "127.0.0.1", "port": {}}}"#, unused_port());
                         barrier.wait();
-                        let added = admin(cluster.addr(w), "POST", "/lb/backends/add", &body);
+                        let added = request(cluster.addr(w), "POST", "/lb/backends/add", &body);
                         assert_eq!(added.status, 201, "{}", added.text());
                         added.json()["id"].as_str().unwrap().to_string()
                     })
@@ -322,7 +297,7 @@ fn two_instances_writing_at_once_both_land() {
                 let (cluster, barrier) = (Arc::clone(&cluster), Arc::clone(&barrier));
                 std::thread::spawn(move || {
                     barrier.wait();
-                    admin(cluster.addr(w), method, &path, &body)
+                    request(cluster.addr(w), method, &path, &body)
                 })
             })
             .collect();
@@ -333,11 +308,11 @@ fn two_instances_writing_at_once_both_land() {
         for i in 0..3 {
             let addr = cluster.addr(i);
             let both = wait_until(DEADLINE, || {
-                backend_json(addr, &first).is_some_and(|b| b["weight"] == weight && b["enabled"] == false)
+                api::backend(addr, &first).is_some_and(|b| b["weight"] == weight && b["enabled"] == false)
             });
-            assert!(both, "instance {i}, round {round}: {:?}", backend_json(addr, &first));
+            assert!(both, "instance {i}, round {round}: {:?}", api::backend(addr, &first));
         }
-        let enabled = admin(cluster.addr(2), "POST", &format!("/lb/backends/{first}/enable"), "");
+        let enabled = request(cluster.addr(2), "POST", &format!("/lb/backends/{first}/enable"), "");
         assert_eq!(enabled.status, 200, "{}", enabled.text());
     }
     let expected = 2 + 2 * ROUNDS;

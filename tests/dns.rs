@@ -29,15 +29,7 @@ struct Records {
 }
 
 fn start(backends: Vec<BackendConfig>, records: &Arc<Records>) -> LoadBalancer {
-    let config = Config {
-        host: [127, 0, 0, 1].into(),
-        port: 0,
-        backends,
-        access_log: false,
-        health_check_interval: 0.0,
-        dns_refresh_interval: 0.05,
-        ..Config::default()
-    };
+    let config = Config { health_check_interval: 0.0, dns_refresh_interval: 0.05, ..common::inproc::config(backends) };
     let lb = LoadBalancer::start(config).unwrap();
     let records = Arc::clone(records);
     lb.set_resolver(Arc::new(move |host: &str, _port: u16| -> Lookup {

@@ -9,11 +9,7 @@ use std::time::{Duration, Instant};
 use common::faults::{Fault, FaultyBackend};
 use common::lb::Lb;
 use common::load::Load;
-use common::Conn;
-
-fn stats(lb: &Lb) -> serde_json::Value {
-    Conn::open(lb.addr).get("/lb/stats").json()
-}
+use common::{api, Conn};
 
 #[test]
 fn a_response_timeout_is_not_retried_on_the_next_backend() {
@@ -28,7 +24,7 @@ fn a_response_timeout_is_not_retried_on_the_next_backend() {
     assert_eq!(resp.status, 504, "{}", resp.text());
     assert!(took >= Duration::from_millis(450) && took < Duration::from_secs(3), "answered after {took:?}");
     assert_eq!((silent.hits(), fine.hits()), (1, 0), "the timed-out GET went to no other backend");
-    let retries = stats(&lb)["retries"].clone();
+    let retries = api::stats(lb.addr)["retries"].clone();
     assert_eq!((retries["tries"].as_u64(), retries["retries"].as_u64()), (Some(1), Some(0)));
     assert_eq!(retries["failed_tries"]["timeout"], 1);
     // The next request goes to the other backend (round robin), as usual.
@@ -94,7 +90,7 @@ fn a_silent_backend_gets_504_at_the_timeout_and_other_clients_are_served_meanwhi
     }
     statuses.sort_unstable();
     assert_eq!(statuses, [200, 200, 200, 200, 200, 504, 504, 504, 504, 504]);
-    assert_eq!(stats(&lb)["retries"]["failed_tries"]["timeout"], 5);
+    assert_eq!(api::stats(lb.addr)["retries"]["failed_tries"]["timeout"], 5);
 }
 
 #[test]
@@ -131,7 +127,7 @@ fn a_backend_that_answers_garbage_gets_502_and_a_get_goes_to_the_next() {
     let lb = Lb::start(&[garbage.addr], "");
     let resp = Conn::open(lb.addr).get("/");
     assert_eq!((resp.status, resp.text().as_str()), (502, "backend failed\n"));
-    assert_eq!(stats(&lb)["retries"]["failed_tries"]["bad_response"], 1);
+    assert_eq!(api::stats(lb.addr)["retries"]["failed_tries"]["bad_response"], 1);
     drop(lb);
     let fine = FaultyBackend::start(Fault::Fine);
     let lb = Lb::start(&[garbage.addr, fine.addr], "");

@@ -30,11 +30,7 @@ struct Pki {
 
 impl Pki {
     fn new() -> Pki {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("lb-sync-pki-{}-{n}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let pki = Pki { dir };
+        let pki = Pki { dir: common::unique_dir("pki") };
         let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
         pki.openssl(&["req", "-x509"], &ec, &["-keyout", "ca.key", "-out", "ca.pem", "-days", "2"]);
         pki.openssl(&["req"], &ec, &["-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost"]);

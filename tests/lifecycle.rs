@@ -11,13 +11,10 @@ use std::time::{Duration, Instant};
 use common::faults::{Fault, FaultyBackend};
 use common::lb::Lb;
 use common::load::Load;
-use common::{backend, wait_until, ChildProcess, Conn};
+use common::{backends, wait_until, Conn};
 
-fn backends(n: usize) -> (Vec<ChildProcess>, Vec<SocketAddr>) {
-    let children: Vec<ChildProcess> = (0..n).map(|_| backend(&["--threads", "64"])).collect();
-    let addrs = children.iter().map(|c| c.addr()).collect();
-    (children, addrs)
-}
+/// The arguments of every lb-backend these tests start.
+const BACKEND_ARGS: &[&str] = &["--threads", "64"];
 
 fn post(addr: SocketAddr, path: &str) -> common::Resp {
     let mut conn = Conn::open(addr);
@@ -39,7 +36,7 @@ fn spread(addr: SocketAddr, n: usize) -> std::collections::BTreeMap<String, usiz
 
 #[test]
 fn sigterm_finishes_requests_in_flight_refuses_new_ones_and_exits_0() {
-    let (_children, addrs) = backends(1);
+    let (_children, addrs) = backends(1, BACKEND_ARGS);
     let mut lb = Lb::start(&addrs, r#""shutdown_timeout": 10"#);
     let addr = lb.addr;
     let in_flight: Vec<_> = (0..3)
@@ -76,7 +73,7 @@ fn sigterm_finishes_requests_in_flight_refuses_new_ones_and_exits_0() {
 
 #[test]
 fn sigint_stops_like_sigterm() {
-    let (_children, addrs) = backends(1);
+    let (_children, addrs) = backends(1, BACKEND_ARGS);
     let mut lb = Lb::start(&addrs, "");
     assert_eq!(Conn::open(lb.addr).get("/").status, 200);
     lb.signal("INT");
@@ -86,7 +83,7 @@ fn sigint_stops_like_sigterm() {
 
 #[test]
 fn sigterm_under_load_loses_no_request() {
-    let (_children, addrs) = backends(2);
+    let (_children, addrs) = backends(2, BACKEND_ARGS);
     let mut lb = Lb::start(&addrs, r#""shutdown_timeout": 10"#);
     // Every request spends 100 ms at a backend: at any moment nearly every client has one in
     // flight when the signal comes.
@@ -107,7 +104,7 @@ fn sigterm_under_fast_keep_alive_load_loses_no_request() {
     // An idle one is closed; a request that was already on its way over it is read and served
     // first, so only one sent after the close can meet the closed connection, and a client
     // resends that (RFC 9112 9.3.1). Every request sent is answered.
-    let (_children, addrs) = backends(2);
+    let (_children, addrs) = backends(2, BACKEND_ARGS);
     for round in 0..3 {
         let mut lb = Lb::start(&addrs, r#""shutdown_timeout": 10"#);
         let load = Load::start(lb.addr, 32, "/", &[200]);
@@ -123,7 +120,7 @@ fn sigterm_under_fast_keep_alive_load_loses_no_request() {
 
 #[test]
 fn sighup_under_load_applies_weights_backends_and_algorithm_and_loses_no_request() {
-    let (_children, addrs) = backends(3);
+    let (_children, addrs) = backends(3, BACKEND_ARGS);
     let lb = Lb::start(&addrs[..2], r#""algorithm": "round_robin""#);
     let load = Load::start(lb.addr, 16, "/?delay_ms=5", &[200]);
     assert!(wait_until(Duration::from_secs(10), || load.ok() >= 200));
@@ -167,7 +164,7 @@ fn sighup_under_load_applies_weights_backends_and_algorithm_and_loses_no_request
 
 #[test]
 fn a_reload_changes_weights_and_removes_a_backend_for_the_next_pick() {
-    let (_children, addrs) = backends(2);
+    let (_children, addrs) = backends(2, BACKEND_ARGS);
     let lb = Lb::start(&addrs, r#""algorithm": "weighted_round_robin""#);
     let ids = |hits: &std::collections::BTreeMap<String, usize>| hits.values().copied().collect::<Vec<_>>();
     assert_eq!(ids(&spread(lb.addr, 20)), [10, 10]);
@@ -195,7 +192,7 @@ fn a_reload_changes_weights_and_removes_a_backend_for_the_next_pick() {
 
 #[test]
 fn an_invalid_reload_is_refused_with_its_reason_and_the_old_configuration_keeps_running() {
-    let (_children, addrs) = backends(2);
+    let (_children, addrs) = backends(2, BACKEND_ARGS);
     let lb = Lb::start(&addrs, r#""max_tries": 2"#);
     let original = std::fs::read_to_string(lb.config_path()).unwrap();
     let cases = [
@@ -233,7 +230,7 @@ fn an_invalid_reload_is_refused_with_its_reason_and_the_old_configuration_keeps_
 
 #[test]
 fn restart_only_settings_are_kept_and_named() {
-    let (_children, addrs) = backends(1);
+    let (_children, addrs) = backends(1, BACKEND_ARGS);
     let lb = Lb::start(&addrs, r#""threads": 8"#);
     let text = std::fs::read_to_string(lb.config_path()).unwrap();
     let changed =
@@ -337,7 +334,7 @@ fn the_library_stop_is_bounded_too() {
 
 #[test]
 fn with_a_state_file_a_reload_keeps_the_backends_the_api_manages() {
-    let (_children, addrs) = backends(2);
+    let (_children, addrs) = backends(2, BACKEND_ARGS);
     let state = std::env::temp_dir().join(format!("lb-sync-lifecycle-state-{}.json", std::process::id()));
     let _ = std::fs::remove_file(&state);
     let settings = format!(r#""state_file": "{}", "algorithm": "round_robin""#, state.display());

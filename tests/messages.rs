@@ -6,20 +6,9 @@
 mod common;
 
 use std::net::{SocketAddr, TcpListener};
-use std::process::{Command, Output, Stdio};
 
-use common::lb::Lb;
-use common::{backend, Conn};
-
-fn lb_sync(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_lb-sync"))
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .output()
-        .expect("run lb-sync")
-}
+use common::lb::{lb_sync, Lb};
+use common::{backend, temp_file, Conn};
 
 /// Runs lb-sync expecting it to refuse to start: stderr must be exactly one line.
 fn one_line_refusal(args: &[&str], status: i32) -> String {
@@ -29,14 +18,6 @@ fn one_line_refusal(args: &[&str], status: i32) -> String {
     assert_eq!(stderr.lines().count(), 1, "{args:?}: printed once, got {stderr:?}");
     assert!(output.stdout.is_empty(), "{args:?}: no ready line");
     stderr.trim_end().to_string()
-}
-
-fn temp_file(name: &str, text: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("lb-sync-messages-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(name);
-    std::fs::write(&path, text).unwrap();
-    path
 }
 
 #[test]

@@ -13,52 +13,33 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{wait_until, Conn, Resp};
+use common::inproc::demo_backend;
+use common::lb::{lb_sync, listening_addr};
+use common::{unused_port, wait_until, Conn, Resp};
 use lb_sync::balance::AlgorithmKind;
 use lb_sync::balancer::LoadBalancer;
 use lb_sync::config::{BackendConfig, Config};
-use lb_sync::demo_backend::DemoBackend;
-use lb_sync::server::{bind, Server, ServerConfig};
+use lb_sync::server::Server;
 use serde_json::Value;
 
 const LIMIT: Duration = Duration::from_secs(10);
 
-/// An in-process demo backend on an ephemeral port; its id is `backend-<port>`.
-fn demo_backend() -> (Server, u16) {
-    let listener = bind("127.0.0.1:0".parse().unwrap(), 128).unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let config = ServerConfig { threads: 8, ..ServerConfig::default() };
-    (Server::start_on(listener, config, DemoBackend::new(port, "127.0.0.1", None)).unwrap(), port)
-}
-
 fn config(algorithm: AlgorithmKind, ports: &[u16], tweak: impl FnOnce(&mut Config)) -> Config {
-    let mut config = Config {
-        host: "127.0.0.1".parse().unwrap(),
-        port: 0,
-        algorithm,
-        threads: 16,
-        access_log: false,
-        backends: ports
-            .iter()
-            .enumerate()
-            .map(|(i, &port)| BackendConfig {
-                id: Some(format!("backend{}", i + 1)),
-                ..BackendConfig::new("127.0.0.1", port, 1)
-            })
-            .collect(),
-        ..Config::default()
-    };
+    let backends = ports
+        .iter()
+        .enumerate()
+        .map(|(i, &port)| BackendConfig {
+            id: Some(format!("backend{}", i + 1)),
+            ..BackendConfig::new("127.0.0.1", port, 1)
+        })
+        .collect();
+    let mut config = Config { algorithm, threads: 16, ..common::inproc::config(backends) };
     tweak(&mut config);
     config
 }
 
 fn balancer(algorithm: AlgorithmKind, ports: &[u16], tweak: impl FnOnce(&mut Config)) -> LoadBalancer {
     LoadBalancer::start(config(algorithm, ports, tweak)).unwrap()
-}
-
-/// A port nothing listens on: connections to it are refused.
-fn refused_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 fn temp_path(name: &str) -> PathBuf {
@@ -269,7 +250,7 @@ fn a_backend_added_at_run_time_is_unknown_until_its_first_probe_which_runs_at_on
     let health = resp.json()["health"].as_str().unwrap().to_string();
     assert!(health == "unknown" || health == "up", "{health}");
     assert!(wait_until(LIMIT, || get_json(addr, "/lb/backends/backend2")["health"] == "up"));
-    let dead = refused_port();
+    let dead = unused_port();
     assert_eq!(post_json(addr, "/lb/backends/add", &format!(r#"{{"host":"127.0.0.1","port":{dead}}}"#)).status, 201);
     assert!(wait_until(LIMIT, || get_json(addr, "/lb/backends/backend3")["health"] == "down"), "one failed probe");
     assert_eq!(get_json(addr, "/lb/health")["usable_backends"], 2);
@@ -348,7 +329,7 @@ fn admin_listen_serves_the_api_while_the_data_port_proxies_lb_paths() {
 
 #[test]
 fn restart_with_a_state_file_keeps_every_change() {
-    let ports: Vec<u16> = (0..3).map(|_| refused_port()).collect();
+    let ports: Vec<u16> = (0..3).map(|_| unused_port()).collect();
     let (_b, live) = demo_backend();
     let state = temp_path("state.json");
     let make = || {
@@ -385,7 +366,7 @@ fn restart_with_a_state_file_keeps_every_change() {
     let lb = LoadBalancer::start(make()).unwrap();
     let addr = lb.local_addr();
     assert_eq!(summary(&get_json(addr, "/lb/backends")), before, "every change survived the restart");
-    let next = post_json(addr, "/lb/backends/add", &format!(r#"{{"host":"127.0.0.1","port":{}}}"#, refused_port()));
+    let next = post_json(addr, "/lb/backends/add", &format!(r#"{{"host":"127.0.0.1","port":{}}}"#, unused_port()));
     assert_eq!(next.json()["id"], "backend5", "ids are never reused: backend4 was removed");
     lb.stop(Duration::from_secs(1));
 
@@ -426,7 +407,7 @@ fn counters_agree_with_each_other_and_with_the_clients_under_concurrent_load_wit
     let (_good, good) = demo_backend();
     let (_other, other) = demo_backend();
     let closing = closes_without_answer();
-    let refused = refused_port();
+    let refused = unused_port();
     let lb = balancer(AlgorithmKind::RoundRobin, &[good, other, closing, refused], |c| {
         c.health_check_interval = 0.0; // keep the failing backends in the rotation
         c.retry_budget_min = 1_000_000;
@@ -556,7 +537,7 @@ fn counters_agree_with_each_other_and_with_the_clients_under_concurrent_load_wit
 #[test]
 fn metrics_pass_promtool_check_metrics() {
     let (_b, port) = demo_backend();
-    let lb = balancer(AlgorithmKind::RoundRobin, &[port, refused_port()], |c| c.health_check_interval = 0.0);
+    let lb = balancer(AlgorithmKind::RoundRobin, &[port, unused_port()], |c| c.health_check_interval = 0.0);
     let addr = lb.local_addr();
     for path in ["/", "/?status=503", "/?status=302", "/?delay_ms=20"] {
         curl(addr, "GET", path, &[], None);
@@ -601,12 +582,7 @@ impl LbProcess {
             .unwrap();
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        let addr = line
-            .split("listening on ")
-            .nth(1)
-            .and_then(|rest| rest.split(' ').next())
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("no address in the ready line {line:?}"));
+        let addr = listening_addr(&line).unwrap_or_else(|| panic!("no address in the ready line {line:?}"));
         LbProcess { child, addr }
     }
 }
@@ -719,7 +695,7 @@ fn the_access_log_line_of_a_known_request_is_nginx_combined_and_the_process_log_
 fn debug_explains_skipped_backends_and_retries() {
     let (_b, port) = demo_backend();
     let app = temp_path("debug.log");
-    let dead = format!("dead=127.0.0.1:{}", refused_port());
+    let dead = format!("dead=127.0.0.1:{}", unused_port());
     let live = format!("live=127.0.0.1:{port}");
     let lb = LbProcess::start(&[
         "--backend",
@@ -749,19 +725,19 @@ fn debug_explains_skipped_backends_and_retries() {
 
 #[test]
 fn version_and_help_name_the_new_flags() {
-    let out = Command::new(env!("CARGO_BIN_EXE_lb-sync")).arg("--version").output().unwrap();
+    let out = lb_sync(&["--version"]);
     assert!(out.status.success());
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("lb-sync {}", env!("CARGO_PKG_VERSION")));
-    let out = Command::new(env!("CARGO_BIN_EXE_lb-sync")).arg("--help").output().unwrap();
+    let out = lb_sync(&["--help"]);
     let help = String::from_utf8_lossy(&out.stdout);
     for flag in
         ["--admin-listen", "--state-file", "--access-log-format", "--access-log-file", "--log-file", "--version"]
     {
         assert!(help.contains(flag), "{flag} in --help");
     }
-    let out = Command::new(env!("CARGO_BIN_EXE_lb-sync")).args(["--access-log-format", "apache"]).output().unwrap();
+    let out = lb_sync(&["--access-log-format", "apache"]);
     assert_eq!(out.status.code(), Some(2));
-    let out = Command::new(env!("CARGO_BIN_EXE_lb-sync")).args(["--backend", "a/b=127.0.0.1:9"]).output().unwrap();
+    let out = lb_sync(&["--backend", "a/b=127.0.0.1:9"]);
     assert_eq!(out.status.code(), Some(2), "ids are URL-safe");
 }
 

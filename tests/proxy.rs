@@ -8,43 +8,20 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{proc_status, wait_until, ChildProcess, Conn};
+use common::inproc::{demo_backend, demo_backend_with};
+use common::lb::lb_sync;
+use common::{proc_status, served_by, unused_port, wait_until, ChildProcess, Conn};
 use lb_sync::balance::AlgorithmKind;
 use lb_sync::balancer::LoadBalancer;
 use lb_sync::client_ip::Cidr;
 use lb_sync::config::{BackendConfig, Config};
-use lb_sync::demo_backend::DemoBackend;
-use lb_sync::server::{bind, Server, ServerConfig};
-
-/// An in-process demo backend on an ephemeral port; its id is `backend-<port>`.
-fn demo_backend() -> (Server, u16) {
-    let listener = bind("127.0.0.1:0".parse().unwrap(), 128).unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let config = ServerConfig { threads: 8, ..ServerConfig::default() };
-    (Server::start_on(listener, config, DemoBackend::new(port, "127.0.0.1", None)).unwrap(), port)
-}
+use lb_sync::server::{bind, Limits, Server, ServerConfig};
 
 fn balancer(algorithm: AlgorithmKind, backends: &[(u16, u32)], tweak: impl FnOnce(&mut Config)) -> LoadBalancer {
-    let mut config = Config {
-        host: "127.0.0.1".parse().unwrap(),
-        port: 0,
-        algorithm,
-        threads: 8,
-        access_log: false,
-        backends: backends.iter().map(|&(port, weight)| BackendConfig::new("127.0.0.1", port, weight)).collect(),
-        ..Config::default()
-    };
+    let backends = backends.iter().map(|&(port, weight)| BackendConfig::new("127.0.0.1", port, weight)).collect();
+    let mut config = Config { algorithm, threads: 8, ..common::inproc::config(backends) };
     tweak(&mut config);
     LoadBalancer::start(config).unwrap()
-}
-
-fn served_by(resp: &common::Resp) -> String {
-    resp.json()["server_info"]["id"].as_str().unwrap_or("?").to_string()
-}
-
-/// A port nothing listens on: connections to it are refused.
-fn refused_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 #[test]
@@ -333,7 +310,7 @@ fn slow_backend_gives_504() {
 #[test]
 fn refused_backend_is_skipped_without_the_client_noticing() {
     let (_backend, port) = demo_backend();
-    let dead = refused_port();
+    let dead = unused_port();
     let lb = balancer(AlgorithmKind::RoundRobin, &[(dead, 1), (port, 1)], |_| {});
     let mut conn = Conn::open(lb.local_addr());
     for _ in 0..20 {
@@ -455,16 +432,16 @@ fn management_api_refuses_non_loopback_without_token_and_checks_the_token() {
 #[test]
 fn cli_errors_are_one_line_and_exit_2() {
     for args in [&["--algorithm", "fastest"][..], &["--bogus"], &["--backend", "nohostport"], &["--threads", "0"]] {
-        let out = Command::new(env!("CARGO_BIN_EXE_lb-sync")).args(args).output().unwrap();
+        let out = lb_sync(args);
         assert_eq!(out.status.code(), Some(2), "{args:?}");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!stderr.trim().is_empty(), "{args:?} said nothing");
     }
-    let out = Command::new(env!("CARGO_BIN_EXE_lb-sync")).args(["--algorithm", "fastest"]).output().unwrap();
+    let out = lb_sync(&["--algorithm", "fastest"]);
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("round_robin, weighted_round_robin, ip_hash, least_connections")
     );
-    let out = Command::new(env!("CARGO_BIN_EXE_lb-sync")).args(["--config", "/nonexistent.json"]).output().unwrap();
+    let out = lb_sync(&["--config", "/nonexistent.json"]);
     assert_eq!(out.status.code(), Some(2));
 }
 
@@ -472,8 +449,7 @@ fn cli_errors_are_one_line_and_exit_2() {
 fn unreachable_bind_address_exits_1() {
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port().to_string();
-    let out =
-        Command::new(env!("CARGO_BIN_EXE_lb-sync")).args(["--host", "127.0.0.1", "--port", &port]).output().unwrap();
+    let out = lb_sync(&["--host", "127.0.0.1", "--port", &port]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot start"));
     let _ = TcpStream::connect(taken.local_addr().unwrap());
@@ -603,19 +579,10 @@ fn an_absolute_form_target_goes_upstream_in_origin_form_with_the_targets_host() 
     lb.stop(Duration::from_secs(1));
 }
 
-/// An in-process demo backend whose every answer takes `delay`.
-fn slow_demo_backend(delay: Duration) -> (Server, u16) {
-    let listener = bind("127.0.0.1:0".parse().unwrap(), 128).unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let config = ServerConfig { threads: 8, ..ServerConfig::default() };
-    let backend = DemoBackend::new(port, "127.0.0.1", None).with_delay(delay);
-    (Server::start_on(listener, config, backend).unwrap(), port)
-}
-
 #[test]
 fn peak_ewma_keeps_away_from_a_slow_backend_once_it_answered_slowly() {
     let fast: Vec<_> = (0..2).map(|_| demo_backend()).collect();
-    let slow = slow_demo_backend(Duration::from_millis(200));
+    let slow = demo_backend_with(Limits::default(), Duration::from_millis(200));
     let lb = balancer(AlgorithmKind::PeakEwma, &[(fast[0].1, 1), (fast[1].1, 1), (slow.1, 1)], |c| {
         c.health_check_interval = 0.0;
     });

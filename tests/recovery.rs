@@ -7,31 +7,18 @@
 
 mod common;
 
-use std::net::{SocketAddr, TcpListener};
-use std::process::Command;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::lb::Lb;
 use common::load::Load;
-use common::{wait_until, ChildProcess, Conn};
+use common::{backend_on, free_ports, wait_until, ChildProcess, Conn};
 
 /// The defaults, spelled out: the test helper turns health checks off unless told.
 const DEFAULTS: &str = r#""health_check_interval": 30"#;
 
 /// The target for each recovery.
 const TARGET: Duration = Duration::from_secs(5);
-
-/// `n` loopback ports free a moment ago.
-fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<TcpListener> = (0..n).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();
-    listeners.iter().map(|l| l.local_addr().unwrap().port()).collect()
-}
-
-fn backend_on(port: u16) -> ChildProcess {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_lb-backend"));
-    command.args(["--port", &port.to_string()]);
-    ChildProcess::start(command)
-}
 
 fn loopback(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
@@ -64,7 +51,7 @@ fn started_a_second_before_its_backends_it_serves_within_seconds_of_their_start(
         std::thread::sleep(Duration::from_millis(10));
     }
     let started = Instant::now();
-    let backends: Vec<ChildProcess> = ports.iter().map(|&p| backend_on(p)).collect();
+    let backends: Vec<ChildProcess> = ports.iter().map(|&p| backend_on(p, &[])).collect();
     let listening = started.elapsed();
 
     let first = wait_until(TARGET, || get() == 200).then(|| started.elapsed());
@@ -109,7 +96,7 @@ fn a_backend_killed_under_load_costs_no_get_and_gets_traffic_again_soon_after_it
 
     let before = answered(&lb, victim);
     let restarted = Instant::now();
-    let again = backend_on(victim);
+    let again = backend_on(victim, &[]);
     let back = wait_until(TARGET, || answered(&lb, victim) > before).then(|| restarted.elapsed());
     // A little more load on the restarted backend (slow start ramps it) before the count.
     let served_then = load.ok();

@@ -6,35 +6,21 @@
 
 mod common;
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use common::api::{self, request};
 use common::etcd::Etcd;
 use common::lb::Lb;
-use common::{backend, wait_until, ChildProcess, Conn, Resp};
+use common::{backend, unused_port, wait_until, ChildProcess, Conn};
 use serde_json::Value;
 
 const PREFIX: &str = "/lb-sync/one";
 const DEADLINE: Duration = Duration::from_secs(15);
 
-fn request(addr: SocketAddr, method: &str, path: &str, body: &str) -> Resp {
-    let mut conn = Conn::open(addr);
-    let head = format!("{method} {path} HTTP/1.1\r\nHost: test\r\nContent-Length: {}\r\n\r\n{body}", body.len());
-    conn.send(head.as_bytes());
-    conn.response()
-}
-
 fn health(addr: SocketAddr) -> Value {
     request(addr, "GET", "/lb/health", "").json()
-}
-
-fn backends(addr: SocketAddr) -> Vec<Value> {
-    request(addr, "GET", "/lb/backends", "").json().as_array().unwrap().clone()
-}
-
-fn find(addr: SocketAddr, id: &str) -> Option<Value> {
-    backends(addr).into_iter().find(|b| b["id"] == id)
 }
 
 fn stored(etcd: &Etcd, id: &str) -> Option<Value> {
@@ -43,10 +29,6 @@ fn stored(etcd: &Etcd, id: &str) -> Option<Value> {
 
 fn with_registry(etcd: &Etcd, backends: &[SocketAddr], extra: &str) -> Lb {
     Lb::start(backends, &format!(r#""registry": "{}"{extra}"#, etcd.url(PREFIX)))
-}
-
-fn unused_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 #[test]
@@ -60,7 +42,8 @@ fn an_empty_prefix_is_seeded_once_then_read_as_it_is() {
     // As a set: an instance that loads the table orders it by creation (the seeded backends,
     // written together, by id).
     let ids = |lb: &Lb| {
-        let mut ids: Vec<String> = backends(lb.addr).iter().map(|b| b["id"].as_str().unwrap().to_string()).collect();
+        let mut ids: Vec<String> =
+            api::backends(lb.addr).iter().map(|b| b["id"].as_str().unwrap().to_string()).collect();
         ids.sort();
         ids
     };
@@ -140,7 +123,7 @@ fn the_management_api_answers_as_without_a_registry_and_writes_to_etcd() {
 
     let removed = request(lb.addr, "DELETE", "/lb/backends/backend3/remove", "");
     assert_eq!(removed.status, 200, "{}", removed.text());
-    assert!(find(lb.addr, "backend3").is_none() && stored(&etcd, "backend3").is_none());
+    assert!(api::backend(lb.addr, "backend3").is_none() && stored(&etcd, "backend3").is_none());
     // Ids are never reused, whoever hands them out next.
     let again = request(lb.addr, "POST", "/lb/backends/add", &body);
     assert_eq!(again.json()["id"], "backend4");
@@ -162,14 +145,14 @@ fn a_corrupt_value_is_refused_and_reported_without_disturbing_the_rest() {
     etcd.put(&key("a b"), &good);
     etcd.put(&key("good"), &good);
     let addr = lb.addr;
-    assert!(wait_until(DEADLINE, || find(addr, "good").is_some()), "the good one is applied: {}", lb.log());
+    assert!(wait_until(DEADLINE, || api::backend(addr, "good").is_some()), "the good one is applied: {}", lb.log());
     let rejected = health(addr)["registry"]["rejected"].clone();
     assert!(rejected[key("garbled")].as_str().unwrap().contains("not JSON"), "{rejected}");
     assert_eq!(rejected[key(&kept)], "port must be 1-65535", "{rejected}");
     assert!(rejected[key("a b")].as_str().unwrap().contains("not a backend id"), "{rejected}");
     assert_eq!(rejected.as_object().unwrap().len(), 3, "{rejected}");
     // The backend whose value went bad keeps its last good state; the rest route as before.
-    let kept_now = find(addr, &kept).unwrap();
+    let kept_now = api::backend(addr, &kept).unwrap();
     assert_eq!(
         (kept_now["port"].as_u64(), kept_now["weight"].as_u64()),
         (Some(u64::from(b[1].addr().port())), Some(1))
@@ -191,7 +174,7 @@ fn a_corrupt_value_is_refused_and_reported_without_disturbing_the_rest() {
     assert_eq!(change.status, 409, "{}", change.text());
     // Fixed in etcd, or deleted: no longer reported.
     etcd.put(&key(&kept), &format!(r#"{{"host": "127.0.0.1", "port": {}, "weight": 5}}"#, b[1].addr().port()));
-    assert!(wait_until(DEADLINE, || find(addr, &kept).is_some_and(|b| b["weight"] == 5)));
+    assert!(wait_until(DEADLINE, || api::backend(addr, &kept).is_some_and(|b| b["weight"] == 5)));
     assert_eq!(request(addr, "DELETE", "/lb/backends/garbled/remove", "").status, 200);
     let left = health(addr)["registry"]["rejected"].clone();
     assert_eq!(left.as_object().unwrap().keys().collect::<Vec<_>>(), [&key("a b")], "{left}");
@@ -235,7 +218,7 @@ fn a_reload_leaves_the_registrys_backends_alone() {
     assert_eq!(reloaded.status, 200, "{}", reloaded.text());
     let changes = reloaded.json()["changes"].as_str().unwrap().to_string();
     assert!(changes.contains("backends (the registry keeps them)") && changes.contains("algorithm"), "{changes}");
-    assert_eq!(backends(lb.addr).len(), 3, "the registry's three backends stay");
+    assert_eq!(api::backends(lb.addr).len(), 3, "the registry's three backends stay");
     assert_eq!(request(lb.addr, "GET", "/lb/stats", "").json()["load_balancer"], "LeastConnectionsBalancer");
 }
 

@@ -5,24 +5,9 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
-
+use common::lb::lb_sync;
+use common::temp_file;
 use lb_sync::config::RANGES;
-
-fn lb_sync(args: &[&str]) -> Output {
-    let output =
-        Command::new(env!("CARGO_BIN_EXE_lb-sync")).args(args).stdin(Stdio::null()).output().expect("run lb-sync");
-    output
-}
-
-fn config_file(name: &str, json: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("lb-sync-settings-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(name);
-    std::fs::write(&path, json).unwrap();
-    path
-}
 
 /// Runs lb-sync expecting a refusal: the exit status, and stderr as one line.
 fn refused(args: &[&str], status: i32) -> String {
@@ -79,18 +64,18 @@ fn out_of_range_config_file_values_are_one_line_and_exit_2() {
         ),
     ];
     for (i, (json, message)) in cases.iter().enumerate() {
-        let path = config_file(&format!("range-{i}.json"), json);
+        let path = temp_file(&format!("range-{i}.json"), json);
         assert_eq!(refused(&["--port", "0", "--config", path.to_str().unwrap()], 2), *message, "{json}");
     }
     // A value of the wrong type is one line too, with where it is.
-    let path = config_file("negative.json", r#"{"threads": -1}"#);
+    let path = temp_file("negative.json", r#"{"threads": -1}"#);
     let line = refused(&["--config", path.to_str().unwrap()], 2);
     assert!(line.contains("invalid value: integer `-1`, expected usize at line 1"), "{line}");
 }
 
 #[test]
 fn check_config_says_ok_and_exits_0_or_gives_the_reason_and_exits_1() {
-    let good = config_file(
+    let good = temp_file(
         "good.json",
         r#"{"port": 0, "algorithm": "least_connections", "backends": [{"host": "localhost", "port": 9001}, {"host": "127.0.0.1", "port": 9002, "weight": 3}]}"#,
     );
@@ -101,15 +86,15 @@ fn check_config_says_ok_and_exits_0_or_gives_the_reason_and_exits_1() {
         "lb-sync: configuration ok: 2 backend(s), least_connections, 256 threads, port 0\n"
     );
 
-    let bad = config_file("bad.json", r#"{"max_connections": 0}"#);
+    let bad = temp_file("bad.json", r#"{"max_connections": 0}"#);
     assert_eq!(
         refused(&["--config", bad.to_str().unwrap(), "--check-config"], 1),
         "lb-sync: max_connections must be 1-1000000, got 0"
     );
-    let unknown_key = config_file("typo.json", r#"{"max_conections": 10}"#);
+    let unknown_key = temp_file("typo.json", r#"{"max_conections": 10}"#);
     let line = refused(&["--config", unknown_key.to_str().unwrap(), "--check-config"], 1);
     assert!(line.contains("unknown field `max_conections`"), "{line}");
-    let unresolvable = config_file("dns.json", r#"{"backends": [{"host": "no-such-host.invalid", "port": 80}]}"#);
+    let unresolvable = temp_file("dns.json", r#"{"backends": [{"host": "no-such-host.invalid", "port": 80}]}"#);
     let line = refused(&["--config", unresolvable.to_str().unwrap(), "--check-config"], 1);
     assert!(line.starts_with("lb-sync: backend backend1: cannot resolve no-such-host.invalid"), "{line}");
     let missing = refused(&["--config", "/nonexistent/lb.json", "--check-config"], 1);

@@ -7,7 +7,7 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{Command, ExitStatus, Stdio};
@@ -16,19 +16,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::faults::{Fault, FaultyBackend};
-use common::lb::Lb;
-use common::{backend, wait_until, ChildProcess, Conn};
+use common::lb::{listening_addr, Lb};
+use common::{backends, free_ports, kill, wait_until, ChildProcess, Conn};
 
-fn backends(n: usize) -> (Vec<ChildProcess>, Vec<SocketAddr>) {
-    let children: Vec<ChildProcess> = (0..n).map(|_| backend(&["--threads", "32"])).collect();
-    let addrs = children.iter().map(|c| c.addr()).collect();
-    (children, addrs)
-}
-
-fn kill(pid: u32, signal: &str) {
-    let status = Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status().unwrap();
-    assert!(status.success(), "kill -{signal} {pid}");
-}
+/// The arguments of every lb-backend these tests start.
+const BACKEND_ARGS: &[&str] = &["--threads", "32"];
 
 fn lines(path: &Path) -> Vec<String> {
     std::fs::read_to_string(path).unwrap_or_default().lines().map(str::to_string).collect()
@@ -96,7 +88,7 @@ fn logged_path(line: &str) -> Option<&str> {
 
 #[test]
 fn mv_and_usr1_under_load_lose_no_access_log_line_and_move_both_logs_to_new_files() {
-    let (_children, addrs) = backends(2);
+    let (_children, addrs) = backends(2, BACKEND_ARGS);
     let dir = std::env::temp_dir().join(format!("lb-sync-rotate-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let (access, log) = (dir.join("access.log"), dir.join("lb-sync.log"));
@@ -170,7 +162,7 @@ fn mv_and_usr1_under_load_lose_no_access_log_line_and_move_both_logs_to_new_file
 
 #[test]
 fn hup_reloads_and_reopens_the_log_files() {
-    let (_children, addrs) = backends(1);
+    let (_children, addrs) = backends(1, BACKEND_ARGS);
     let dir = std::env::temp_dir().join(format!("lb-sync-hup-reopen-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let access = dir.join("access.log");
@@ -191,7 +183,7 @@ fn hup_reloads_and_reopens_the_log_files() {
 
 #[test]
 fn usr2_and_other_signals_nobody_should_send_are_logged_and_ignored() {
-    let (_children, addrs) = backends(1);
+    let (_children, addrs) = backends(1, BACKEND_ARGS);
     let mut lb = Lb::start(&addrs, "");
     // Each of these ends a process by default (PIPE is ignored by Rust's runtime already).
     let ignored = ["USR2", "ALRM", "VTALRM", "PROF", "IO", "PWR", "XCPU", "XFSZ", "PIPE"];
@@ -220,7 +212,7 @@ fn sigterm_stops_it_even_when_nobody_reads_its_stderr() {
     // Its log (and access log) on a pipe nobody reads: once the pipe is full the log thread
     // blocks on write(2). Requests go on (a worker never waits for the log), and a stop must not
     // wait for that write either.
-    let (_children, addrs) = backends(1);
+    let (_children, addrs) = backends(1, BACKEND_ARGS);
     let dir = std::env::temp_dir().join(format!("lb-sync-stuck-stderr-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let settings = format!(r#""access_log": true, "shutdown_timeout": {SHUTDOWN_TIMEOUT}"#);
@@ -236,8 +228,7 @@ fn sigterm_stops_it_even_when_nobody_reads_its_stderr() {
     // Killed and reaped if an assertion fails first (its stderr pipe, unread, goes with it).
     let mut lb = ChildProcess { child, ready_line: String::new() };
     BufReader::new(lb.child.stdout.take().unwrap()).read_line(&mut lb.ready_line).unwrap();
-    let addr: SocketAddr =
-        lb.ready_line.split("listening on ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+    let addr = listening_addr(&lb.ready_line).unwrap();
     // 3000 access-log lines, several times what a pipe holds (64 KiB).
     let mut conn = Conn::open(addr);
     for _ in 0..3000 {
@@ -287,7 +278,7 @@ fn a_second_sigterm_while_stopping_exits_at_once_with_status_1() {
 
 #[test]
 fn sigquit_stops_gracefully_as_nginx_quit_does() {
-    let (_children, addrs) = backends(1);
+    let (_children, addrs) = backends(1, BACKEND_ARGS);
     let mut lb = Lb::start(&addrs, "");
     assert_eq!(Conn::open(lb.addr).get("/").status, 200);
     lb.signal("QUIT");
@@ -358,7 +349,7 @@ fn start_and_terminate(up: &[SocketAddr], down: &[SocketAddr], scene: Scene, del
         let mut line = String::new();
         let mut stdout = BufReader::new(stdout);
         let _ = stdout.read_line(&mut line);
-        let addr = line.split("listening on ").nth(1).and_then(|r| r.split(' ').next()?.parse().ok());
+        let addr = listening_addr(&line);
         if let Some(addr) = addr {
             let _ = ready_tx.send(addr);
         }
@@ -424,14 +415,10 @@ fn client_loop(addr: SocketAddr, most: usize) -> usize {
 
 #[test]
 fn sigterm_at_any_moment_in_the_first_3_s_stops_within_shutdown_timeout_plus_1_s() {
-    let (_children, up) = backends(2);
+    let (_children, up) = backends(2, BACKEND_ARGS);
     // Two ports nothing listens on: bound, then closed.
-    let down: Vec<SocketAddr> = (0..2)
-        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect::<Vec<_>>()
-        .iter()
-        .map(|l| l.local_addr().unwrap())
-        .collect();
+    let down: Vec<SocketAddr> =
+        free_ports(2).into_iter().map(|port| SocketAddr::from(([127, 0, 0, 1], port))).collect();
     let seed = std::env::var("LB_SIGNAL_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1
     });

@@ -11,7 +11,9 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{backend, proc_status, wait_until, ChildProcess, Conn};
+use common::faults::answers_413_after_the_head;
+use common::lb::listening_addr;
+use common::{backend, proc_status, unique_dir, wait_until, ChildProcess, Conn};
 
 const PEERS: usize = 200;
 
@@ -24,7 +26,7 @@ struct Balancer {
 
 impl Balancer {
     fn start(backends: &[SocketAddr], settings: &str) -> Balancer {
-        let dir = std::env::temp_dir().join(format!("lb-sync-slow-{}-{}", std::process::id(), unique()));
+        let dir = unique_dir("slow");
         std::fs::create_dir_all(dir.join("bodies")).unwrap();
         let list: Vec<String> = backends
             .iter()
@@ -42,13 +44,7 @@ impl Balancer {
         let mut command = Command::new(env!("CARGO_BIN_EXE_lb-sync"));
         command.arg("--config").arg(dir.join("config.json"));
         let child = ChildProcess::start(command);
-        let addr = child
-            .ready_line
-            .split("listening on ")
-            .nth(1)
-            .and_then(|rest| rest.split(' ').next())
-            .and_then(|a| a.parse().ok())
-            .expect("address in the ready line");
+        let addr = listening_addr(&child.ready_line).expect("address in the ready line");
         Balancer { child, addr, dir }
     }
 
@@ -65,12 +61,6 @@ impl Drop for Balancer {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-fn unique() -> u64 {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
 /// 20 normal GETs, each on a new connection, each must be answered 200.
@@ -237,20 +227,7 @@ fn a_full_backend_queues_requests_then_answers_503_at_the_queue_timeout() {
 fn a_backend_that_answers_early_and_closes_has_its_answer_relayed() {
     // A backend that refuses an upload after its head, without reading the body, and closes
     // (its kernel then resets the connection): the client must get that answer, not a 502.
-    let backend = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = backend.local_addr().unwrap();
-    let refuser = std::thread::spawn(move || {
-        let (mut stream, _) = backend.accept().unwrap();
-        let mut head = Vec::new();
-        let mut byte = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") {
-            stream.read_exact(&mut byte).unwrap();
-            head.push(byte[0]);
-        }
-        stream
-            .write_all(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 9\r\nConnection: close\r\n\r\ntoo large")
-            .unwrap();
-    });
+    let (addr, refuser) = answers_413_after_the_head();
     let lb = Balancer::start(&[addr], r#", "threads": 4"#);
     let size = 8 << 20;
     let mut conn = Conn::open(lb.addr);
@@ -258,7 +235,7 @@ fn a_backend_that_answers_early_and_closes_has_its_answer_relayed() {
     conn.send(&vec![b'u'; size]);
     let resp = conn.response();
     assert_eq!((resp.status, resp.text().as_str()), (413, "too large"));
-    refuser.join().unwrap();
+    refuser.join().unwrap().unwrap();
 }
 
 #[test]

@@ -6,21 +6,14 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::lb::Lb;
 use common::load::Load;
-use common::{backend, wait_until, ChildProcess, Conn};
+use common::{backend, backend_on, wait_until, ChildProcess, Conn};
 
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-fn start_on(port: u16) -> ChildProcess {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_lb-backend"));
-    command.args(["--port", &port.to_string(), "--threads", "32"]);
-    ChildProcess::start(command)
 }
 
 fn median(values: &mut [u64]) -> u64 {
@@ -53,7 +46,7 @@ fn soak_with_backends_killed_and_restarted_loses_nothing_and_stays_flat() {
         let now = Instant::now();
         if let Some((i, at)) = restart {
             if now >= at {
-                backends[i] = Some(start_on(addrs[i].port()));
+                backends[i] = Some(backend_on(addrs[i].port(), &["--threads", "32"]));
                 restart = None;
             }
         } else if now >= next_kill {
@@ -67,7 +60,7 @@ fn soak_with_backends_killed_and_restarted_loses_nothing_and_stays_flat() {
         std::thread::sleep(Duration::from_millis(250));
     }
     if let Some((i, _)) = restart {
-        backends[i] = Some(start_on(addrs[i].port()));
+        backends[i] = Some(backend_on(addrs[i].port(), &["--threads", "32"]));
     }
     let report = load.stop();
     let stats = Conn::open(lb.addr).get("/lb/stats").json();

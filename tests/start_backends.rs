@@ -12,13 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::lb::Lb;
 use common::load::Load;
-use common::{wait_until, Conn};
-
-/// `n` loopback ports free a moment ago.
-fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<TcpListener> = (0..n).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();
-    listeners.iter().map(|l| l.local_addr().unwrap().port()).collect()
-}
+use common::{free_ports, kill, wait_until, Conn};
 
 /// One run of the script, its stderr in a file; stopped with SIGTERM (by PID) when dropped.
 struct Script {
@@ -89,10 +83,6 @@ impl Drop for Script {
     }
 }
 
-fn kill(pid: u32) {
-    assert!(Command::new("kill").args(["-KILL", &pid.to_string()]).status().unwrap().success());
-}
-
 fn answers(port: u16) -> bool {
     std::net::TcpStream::connect(("127.0.0.1", port)).is_ok_and(|s| {
         drop(s);
@@ -108,7 +98,7 @@ fn a_dead_backend_is_logged_the_others_keep_running_and_the_script_restarts_it()
     assert!(script.wait_log("3 backend(s) running"), "{}", script.log());
     assert!(ports.iter().all(|&p| answers(p)));
     let victim = script.backend_pid(ports[1]);
-    kill(victim);
+    kill(victim, "KILL");
     let logged = format!("backend on port {} (pid {victim}) exited with status 137; 2 other(s) keep running", ports[1]);
     assert!(script.wait_log(&logged), "{}", script.log());
     assert!(script.running(), "the script stopped with one backend");
@@ -120,7 +110,7 @@ fn a_dead_backend_is_logged_the_others_keep_running_and_the_script_restarts_it()
     assert!(ports.iter().all(|&p| answers(p)));
     assert!(script.running() && again.running());
     // SIGTERM stops a script and its backends, with status 0.
-    assert!(Command::new("kill").args(["-TERM", &script.child.id().to_string()]).status().unwrap().success());
+    kill(script.child.id(), "TERM");
     assert_eq!(script.wait_exit(Duration::from_secs(10)), Some(0));
     assert!(wait_until(Duration::from_secs(5), || !answers(ports[0]) && !answers(ports[2])));
     assert!(answers(ports[1]), "the other script's backend runs on");
@@ -147,7 +137,7 @@ fn kill_and_restart(settings: &str, dead_for: Duration) -> (common::load::Report
     let lb = Lb::start(&addrs, settings);
     let load = Load::start(lb.addr, 8, "/", &[200]);
     assert!(wait_until(Duration::from_secs(10), || load.ok() >= 300));
-    kill(script.backend_pid(ports[1]));
+    kill(script.backend_pid(ports[1]), "KILL");
     std::thread::sleep(dead_for);
     let requests =
         |lb: &Lb| Conn::open(lb.addr).get(&format!("/lb/backends/p{}", ports[1])).json()["total_requests"].as_u64();

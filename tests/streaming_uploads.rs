@@ -11,6 +11,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::sync::mpsc::{channel, Receiver};
 use std::time::{Duration, Instant};
 
+use common::faults::answers_413_after_the_head;
 use common::lb::Lb;
 use common::{chunked, Conn};
 
@@ -229,19 +230,7 @@ fn a_client_slower_than_the_minimum_rate_is_cut_off() {
 
 #[test]
 fn an_early_answer_is_relayed_and_the_rest_of_the_body_is_not_read_as_a_request() {
-    let backend = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = backend.local_addr().unwrap();
-    std::thread::spawn(move || {
-        let (mut stream, _) = backend.accept().unwrap();
-        let mut head = Vec::new();
-        let mut byte = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") {
-            stream.read_exact(&mut byte).unwrap();
-            head.push(byte[0]);
-        }
-        let _ = stream
-            .write_all(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 9\r\nConnection: close\r\n\r\ntoo large");
-    });
+    let (addr, _) = answers_413_after_the_head();
     let lb = Lb::start(&[addr], STREAMING);
     let mut conn = Conn::open(lb.addr);
     conn.send(b"POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: 1000000\r\n\r\n");

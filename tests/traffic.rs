@@ -7,12 +7,12 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{wait_until, Conn, Resp};
+use common::lb::lb_sync;
+use common::{served_by, wait_until, Conn, Resp};
 use lb_sync::balance::AlgorithmKind;
 use lb_sync::balancer::LoadBalancer;
 use lb_sync::client_ip::Cidr;
@@ -78,24 +78,12 @@ fn backends(n: usize) -> Vec<Backend> {
 /// The configuration of a balancer in front of `backends` (ids `backend1`, `backend2`... in
 /// order), no health checks (they would count as hits), no access log.
 fn config(algorithm: AlgorithmKind, backends: &[Backend]) -> Config {
-    Config {
-        host: "127.0.0.1".parse().unwrap(),
-        port: 0,
-        algorithm,
-        threads: 4,
-        access_log: false,
-        health_check_interval: 0.0,
-        backends: backends.iter().map(|b| BackendConfig::new("127.0.0.1", b.port, 1)).collect(),
-        ..Config::default()
-    }
+    let backends = backends.iter().map(|b| BackendConfig::new("127.0.0.1", b.port, 1)).collect();
+    Config { algorithm, threads: 4, health_check_interval: 0.0, ..common::inproc::config(backends) }
 }
 
 fn sticky_config(algorithm: AlgorithmKind, backends: &[Backend]) -> Config {
     Config { sticky_cookie: Some(COOKIE.into()), sticky_secret: Some(SECRET.into()), ..config(algorithm, backends) }
-}
-
-fn served_by(resp: &Resp) -> String {
-    resp.json()["server_info"]["id"].as_str().unwrap_or("?").to_string()
 }
 
 /// `GET path` with extra header lines (each ending in CRLF).
@@ -680,7 +668,7 @@ fn traffic_settings_are_validated_with_one_line_errors() {
         (&["--sticky-cookie", "SRV", "--sticky-secret", ""], "sticky_secret must not be empty"),
     ];
     for (args, message) in bad {
-        let out = Command::new(env!("CARGO_BIN_EXE_lb-sync")).args(args).output().unwrap();
+        let out = lb_sync(args);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
         assert_eq!(stderr.trim().lines().count(), 1, "{args:?}: {stderr}");

@@ -129,15 +129,8 @@ fn serve(stream: TcpStream, number: usize, seen: &(Mutex<Seen>, Condvar), hold: 
 }
 
 fn balancer(backend: SocketAddr, settings: impl FnOnce(&mut Config)) -> LoadBalancer {
-    let mut config = Config {
-        host: "127.0.0.1".parse().unwrap(),
-        port: 0,
-        threads: 16,
-        access_log: false,
-        health_check_interval: 0.0,
-        backends: vec![BackendConfig::new("127.0.0.1", backend.port(), 1)],
-        ..Config::default()
-    };
+    let backends = vec![BackendConfig::new("127.0.0.1", backend.port(), 1)];
+    let mut config = Config { threads: 16, health_check_interval: 0.0, ..common::inproc::config(backends) };
     settings(&mut config);
     LoadBalancer::start(config).unwrap()
 }

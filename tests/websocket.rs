@@ -17,7 +17,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use common::lb::Lb;
-use common::{backend, read_response, wait_until, ChildProcess, Conn, Resp};
+use common::{api, backend, read_response, wait_until, ChildProcess, Conn, Resp};
 
 /// RFC 6455 1.3's example key and the accept value it must get.
 const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
@@ -122,12 +122,8 @@ fn get(addr: SocketAddr, path: &str) -> Resp {
     Conn::open(addr).get(path)
 }
 
-fn stats(lb: SocketAddr) -> serde_json::Value {
-    get(lb, "/lb/stats").json()
-}
-
 fn tunnels(lb: SocketAddr) -> (u64, u64) {
-    let stats = stats(lb);
+    let stats = api::stats(lb);
     (stats["tunnels"]["active"].as_u64().unwrap(), stats["tunnels"]["total"].as_u64().unwrap())
 }
 
@@ -256,7 +252,7 @@ fn two_hundred_tunnels_hold_no_worker_while_requests_are_served() {
     assert_eq!(metric(lb.addr, "lb_in_flight_requests"), 200.0);
     common::promtool_check(&get(lb.addr, "/lb/metrics").text());
     // The 101s are counted as answers (1xx), each once.
-    assert_eq!(stats(lb.addr)["responses"]["1xx"], 200);
+    assert_eq!(api::stats(lb.addr)["responses"]["1xx"], 200);
     // Half of them closed by the client, half by a close frame: all counted closed.
     for (i, mut ws) in open.drain(..).enumerate() {
         if i % 2 == 0 {

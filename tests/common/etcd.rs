@@ -7,10 +7,9 @@
 //! Direct reads and writes go through etcd's v3 JSON gateway with ureq, as lb-sync's do, but
 //! with a base64 of the tests' own.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -18,10 +17,6 @@ use serde_json::{json, Value};
 /// The etcd binary: `$ETCD`, else `etcd` on the `PATH`.
 fn binary() -> String {
     std::env::var("ETCD").unwrap_or_else(|_| "etcd".to_string())
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 pub struct Etcd {
@@ -35,13 +30,9 @@ pub struct Etcd {
 impl Etcd {
     /// Starts a one-member etcd on loopback and waits until it answers.
     pub fn start() -> Etcd {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("lb-sync-etcd-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let client = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let peer = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let dir = super::unique_dir("etcd");
+        let client = SocketAddr::from(([127, 0, 0, 1], super::unused_port()));
+        let peer = SocketAddr::from(([127, 0, 0, 1], super::unused_port()));
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(5)))
@@ -110,7 +101,7 @@ impl Etcd {
     /// for whoever uses the old one.
     pub fn restart_elsewhere(&mut self) -> SocketAddr {
         let old = self.client;
-        self.client = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        self.client = SocketAddr::from(([127, 0, 0, 1], super::unused_port()));
         self.restart();
         old
     }

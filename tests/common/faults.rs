@@ -182,3 +182,23 @@ fn serve(
         }
     }
 }
+
+/// A backend for one connection that answers `413` (`too large`, `Connection: close`) as soon as
+/// it has read the request head, and closes without reading the body: an early answer. Its
+/// thread's result is that of writing the answer.
+pub fn answers_413_after_the_head() -> (SocketAddr, std::thread::JoinHandle<std::io::Result<()>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let thread = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        // A byte at a time, so that not one byte of the body is read.
+        while !head.ends_with(b"\r\n\r\n") {
+            stream.read_exact(&mut byte).unwrap();
+            head.push(byte[0]);
+        }
+        stream.write_all(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 9\r\nConnection: close\r\n\r\ntoo large")
+    });
+    (addr, thread)
+}

@@ -1,11 +1,11 @@
 //! An `lb-sync` child process for the lifecycle, fault and soak tests: a config file of its own,
 //! stderr kept in a file (its log), signals sent with `kill` by PID, and its exit awaited with
-//! a deadline. Killed and reaped when dropped.
+//! a deadline. Killed and reaped when dropped. Also lb-sync runs that end at once
+//! ([`lb_sync`]) and the address in a ready line ([`listening_addr`]).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use std::io::{BufRead, BufReader};
@@ -17,12 +17,21 @@ pub struct Lb {
     pub ready_line: String,
 }
 
-fn unique_dir(tag: &str) -> PathBuf {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    let dir = std::env::temp_dir().join(format!("lb-sync-{tag}-{}-{n}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// Runs lb-sync with `args` to its end (stdin empty), its stdout and stderr captured: for the
+/// runs that exit at once (a refusal, `--check-config`, `--help`).
+pub fn lb_sync(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_lb-sync"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .expect("run lb-sync")
+}
+
+/// The address in lb-sync's ready line (`... listening on ADDR ...`).
+pub fn listening_addr(ready_line: &str) -> Option<SocketAddr> {
+    ready_line.split("listening on ").nth(1).and_then(|rest| rest.split(' ').next()).and_then(|a| a.parse().ok())
 }
 
 /// `"backends": [...]` for these addresses, each with the id `p<port>` (stable across
@@ -56,7 +65,7 @@ impl Lb {
     }
 
     pub fn start_with_args(backends: &[SocketAddr], settings: &str, args: &[&str]) -> Lb {
-        let dir = unique_dir("lb");
+        let dir = super::unique_dir("lb");
         std::fs::write(dir.join("config.json"), config_json(backends, settings)).unwrap();
         let log = std::fs::File::create(dir.join("stderr.log")).unwrap();
         let mut command = Command::new(env!("CARGO_BIN_EXE_lb-sync"));
@@ -66,11 +75,7 @@ impl Lb {
         let stdout = child.stdout.take().expect("stdout");
         let mut line = String::new();
         BufReader::new(stdout).read_line(&mut line).expect("ready line");
-        let addr = line
-            .split("listening on ")
-            .nth(1)
-            .and_then(|rest| rest.split(' ').next())
-            .and_then(|a| a.parse().ok())
+        let addr = listening_addr(&line)
             .unwrap_or_else(|| panic!("no address in the ready line {line:?}; log: {}", read(&dir.join("stderr.log"))));
         Lb { child, addr, dir, ready_line: line.trim().to_string() }
     }
@@ -90,8 +95,7 @@ impl Lb {
 
     /// Sends a signal (`TERM`, `INT`, `HUP`) with kill(1), by PID.
     pub fn signal(&self, name: &str) {
-        let status = Command::new("kill").arg(format!("-{name}")).arg(self.pid().to_string()).status().unwrap();
-        assert!(status.success(), "kill -{name} {}", self.pid());
+        super::kill(self.pid(), name);
     }
 
     /// Waits for the process to exit, up to `limit`.

@@ -1,9 +1,12 @@
 //! Helpers shared by the integration tests: a raw HTTP/1.1 client that reads exactly what the
-//! server sent, child processes that are always stopped, and readings from /proc.
+//! server sent, child processes that are always stopped, free ports, temp files, signals by PID,
+//! and readings from /proc.
 #![allow(dead_code)]
 
+pub mod api;
 pub mod etcd;
 pub mod faults;
+pub mod inproc;
 pub mod lb;
 pub mod load;
 pub mod tls;
@@ -11,8 +14,10 @@ pub mod tools;
 pub mod ws;
 
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// A response as read off the wire.
@@ -39,6 +44,11 @@ impl Resp {
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
     }
+}
+
+/// The id of the demo backend that answered (its `server_info.id`), `?` when the answer has none.
+pub fn served_by(resp: &Resp) -> String {
+    resp.json()["server_info"]["id"].as_str().unwrap_or("?").to_string()
 }
 
 /// A client's socket: plain TCP, or a rustls session over it (see [`tls`]).
@@ -302,9 +312,61 @@ pub fn tls_addr_in(line: &str) -> SocketAddr {
 
 /// An `lb-backend` child on an ephemeral loopback port.
 pub fn backend(extra: &[&str]) -> ChildProcess {
+    backend_on(0, extra)
+}
+
+/// An `lb-backend` child on `port` (one chosen beforehand, to restart it there).
+pub fn backend_on(port: u16, extra: &[&str]) -> ChildProcess {
     let mut command = Command::new(env!("CARGO_BIN_EXE_lb-backend"));
-    command.args(["--port", "0"]).args(extra);
+    command.args(["--port", &port.to_string()]).args(extra);
     ChildProcess::start(command)
+}
+
+/// `n` [`backend`]s with the same `extra` arguments, and their addresses in the same order.
+pub fn backends(n: usize, extra: &[&str]) -> (Vec<ChildProcess>, Vec<SocketAddr>) {
+    let children: Vec<ChildProcess> = (0..n).map(|_| backend(extra)).collect();
+    let addrs = children.iter().map(|c| c.addr()).collect();
+    (children, addrs)
+}
+
+/// A loopback port nothing listens on (free a moment ago): connections to it are refused until
+/// something binds it.
+pub fn unused_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// `n` distinct loopback ports free a moment ago (all held while choosing, so they differ).
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<TcpListener> = (0..n).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+    listeners.iter().map(|l| l.local_addr().unwrap().port()).collect()
+}
+
+/// Sends `signal` (`TERM`, `KILL`, `HUP`...) to `pid` with kill(1): by PID, never by name.
+pub fn kill(pid: u32, signal: &str) {
+    let status = Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status().unwrap();
+    assert!(status.success(), "kill -{signal} {pid}");
+}
+
+/// A new, empty directory `lb-sync-<tag>-<pid>-<n>` under the system temp directory: `n` counts
+/// the calls in this test binary, so no two of its tests share one (a stale one is emptied).
+pub fn unique_dir(tag: &str) -> PathBuf {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("lb-sync-{tag}-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Writes `text` to the file `name` in this test binary's directory `lb-sync-<binary>-<pid>`
+/// under the system temp directory (one directory for all its tests: a name is a test's own);
+/// returns its path.
+pub fn temp_file(name: &str, text: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("lb-sync-{}-{}", env!("CARGO_CRATE_NAME"), std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
 }
 
 /// A field of /proc/PID/status in its unit (kB for memory), e.g. `VmRSS`, `VmHWM`, `Threads`.

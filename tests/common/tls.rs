@@ -5,7 +5,6 @@
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use rustls::pki_types::pem::PemObject;
@@ -71,10 +70,7 @@ pub fn openssl(args: &[&str], dir: Option<&Path>) -> String {
 impl Pki {
     /// A new CA (EC P-256, self-signed, valid 30 days).
     pub fn new() -> Pki {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("lb-sync-pki-{}-{n}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = super::unique_dir("pki");
         let (ca, ca_key) = (dir.join("ca.pem"), dir.join("ca.key"));
         openssl(
             &[
