@@ -295,16 +295,18 @@ impl Slots {
     }
 }
 
-/// How much earlier than its due time a probe may start: one look at the table launches every
-/// probe due within it. Without it, jittered intervals make each backend due at its own
-/// instant and every one costs a look at all of them (2,000 backends: 2,000 looks of 2,000
-/// slots a second); with it, at most one look per 10 ms. A health check 10 ms early is
-/// within its interval's jitter (±10 %).
+/// How much earlier than its due time a probe may start, at most: one look at the table
+/// launches every probe due within it. Without it, jittered intervals make each backend due
+/// at its own instant and every one costs a look at all of them (2,000 backends: 2,000 looks
+/// of 2,000 slots a second); with it, about one look per 10 ms. It is also at most a 20th of
+/// the backend's interval, so a probe starts early by less than half its jitter (±10 %).
 const LOOK_AHEAD: Duration = Duration::from_millis(10);
 
-/// When the backend of `slot` is due (now if never probed).
-fn due(slot: &Slot, backend: &Backend, config: &HealthConfig, now: Instant) -> Instant {
-    slot.last_done.map_or(now, |at| at + config.interval_for(backend).mul_f64(slot.jitter))
+/// When the backend of `slot` is due (now if never probed), and how early it may start.
+fn due(slot: &Slot, backend: &Backend, config: &HealthConfig, now: Instant) -> (Instant, Duration) {
+    let interval = config.interval_for(backend);
+    let due = slot.last_done.map_or(now, |at| at + interval.mul_f64(slot.jitter));
+    (due, (interval / 20).min(LOOK_AHEAD))
 }
 
 fn schedule(
@@ -330,8 +332,8 @@ fn schedule(
             if slot.probing {
                 continue;
             }
-            let due = due(slot, backend, config, now);
-            if due <= now + LOOK_AHEAD {
+            let (due, early) = due(slot, backend, config, now);
+            if due <= now + early {
                 slot.probing = true;
                 slot.round += 1;
                 slot.jitter = jitter(&backend.id, slot.round);
@@ -351,7 +353,8 @@ fn schedule(
                 recv(done) -> id => {
                     let Ok(id) = id else { return };
                     if let Some(i) = slots.finished(&id) {
-                        next_wake = next_wake.min(due(&slots.slots[i], &snapshot.backends[i], config, Instant::now()));
+                        let (due, _) = due(&slots.slots[i], &snapshot.backends[i], config, Instant::now());
+                        next_wake = next_wake.min(due);
                     }
                 }
                 recv(asked) -> _ => break,
@@ -389,6 +392,50 @@ mod tests {
         // 10 % at the start of a 60 s ramp: 100 ‰, a few more on a slow machine.
         assert!((100..200).contains(&backend.slow_start().permille()), "{}", backend.slow_start().permille());
         assert_eq!(backend.response_time().estimate(peak_ewma::now()), None, "forgotten");
+    }
+
+    #[test]
+    fn slots_follow_the_table_by_id() {
+        use crate::balance::AlgorithmKind;
+        let wanted = |ids: &[&str]| -> Vec<(String, BackendConfig)> {
+            ids.iter()
+                .enumerate()
+                .map(|(i, id)| (id.to_string(), BackendConfig::new("127.0.0.1", 9001 + i as u16, 1)))
+                .collect()
+        };
+        let table =
+            BackendTable::new(AlgorithmKind::RoundRobin, &wanted(&["a", "b"]), BackendPolicy::default()).unwrap();
+        let mut slots = Slots { snapshot: None, slots: Vec::new(), index: HashMap::new() };
+        slots.follow(&table.snapshot());
+        slots.slots[1] = Slot { round: 3, probing: true, ..Slot::default() };
+        // The same snapshot: nothing rebuilt.
+        slots.follow(&table.snapshot());
+        assert_eq!(slots.slots[1].round, 3);
+        // "a" removed, "c" added, "b" moved to the front (and to another port: same id, same slot).
+        let next = [("b".to_string(), BackendConfig::new("127.0.0.1", 9001, 1)), wanted(&["x", "c"])[1].clone()];
+        table.reconcile(AlgorithmKind::RoundRobin, &next, BackendPolicy::default()).unwrap();
+        slots.follow(&table.snapshot());
+        assert_eq!(slots.slots.len(), 2);
+        assert_eq!((slots.slots[0].round, slots.slots[0].probing), (3, true), "b kept its slot");
+        assert_eq!((slots.slots[1].round, slots.slots[1].last_done), (0, None), "c is due now");
+        assert_eq!(slots.finished("a"), None, "a's probe ends with its slot gone");
+        assert_eq!(slots.finished("b"), Some(0));
+        assert!(!slots.slots[0].probing && slots.slots[0].last_done.is_some());
+    }
+
+    #[test]
+    fn a_probe_starts_early_by_at_most_a_twentieth_of_its_interval() {
+        let backend = ramping_backend();
+        let now = Instant::now();
+        let slot = Slot { last_done: Some(now), ..Slot::default() };
+        let config = |ms: u64| HealthConfig { fast_interval: Duration::from_millis(ms), ..HealthConfig::default() };
+        // Not probed yet: not known up, so the fast interval applies.
+        assert_eq!(
+            due(&slot, &backend, &config(100), now),
+            (now + Duration::from_millis(100), Duration::from_millis(5))
+        );
+        assert_eq!(due(&slot, &backend, &config(1000), now).1, LOOK_AHEAD);
+        assert_eq!(due(&Slot::default(), &backend, &config(1000), now).0, now, "never probed: due now");
     }
 
     #[test]
