@@ -9,7 +9,7 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use lb_sync::balance::AlgorithmKind;
 use lb_sync::config::BackendConfig;
-use lb_sync::upstream::{BackendPolicy, BackendTable};
+use lb_sync::upstream::{BackendPolicy, BackendState, BackendTable, Wanted};
 
 /// `n` backends at distinct loopback addresses (IP literals: nothing to resolve).
 fn backends(n: usize) -> Vec<(String, BackendConfig)> {
@@ -28,6 +28,22 @@ fn bench(c: &mut Criterion) {
         let table = BackendTable::new(AlgorithmKind::RoundRobin, &wanted, BackendPolicy::default()).unwrap();
         group.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
             b.iter(|| table.reconcile(AlgorithmKind::RoundRobin, &wanted, BackendPolicy::default()).unwrap());
+        });
+    }
+    group.finish();
+
+    // A registry's first read: every backend put into an empty table in one batch.
+    let mut group = c.benchmark_group("apply_into_empty");
+    for n in [100, 1_000, 10_000] {
+        let batch: Vec<Wanted> = backends(n)
+            .into_iter()
+            .map(|(id, config)| Wanted::Put { id, config, state: BackendState::Enabled })
+            .collect();
+        group.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
+            b.iter(|| {
+                let table = BackendTable::new(AlgorithmKind::RoundRobin, &[], BackendPolicy::default()).unwrap();
+                table.apply(&batch)
+            });
         });
     }
     group.finish();
