@@ -1,8 +1,9 @@
-//! Cost of a reload's step that matches the configured backends to the table's
-//! (`BackendTable::reconcile`, also what a registry update and a DNS refresh run), with a
-//! list that changes nothing, at 100, 1,000 and 10,000 backends: each backend is looked up
-//! by id once and the addresses are checked for duplicates once, so the cost grows with the
-//! list, not with its square (a scan per backend made a reload of 20,000 backends take 9 s).
+//! Cost of the table changes that take a whole list of backends, at 100, 1,000 and 10,000
+//! backends: a reload's match of the configured list to the table (`BackendTable::reconcile`,
+//! with a list that changes nothing), and a registry's first read put into an empty table in
+//! one batch (`BackendTable::apply`). Ids and addresses are found through maps, so the cost
+//! grows with the list, not with its square or cube (scans made a reload of 20,000 backends
+//! take 9 s, and a batch of 1,000 take 1.5 s).
 
 use std::time::Duration;
 
