@@ -70,13 +70,24 @@ impl P2c {
         lhs.cmp(&rhs)
     }
 
+    /// Member `i`'s load ratio now, as the failover sorts by it.
+    fn ratio(&self, ctx: &PickContext<'_>, i: usize) -> Ratio {
+        Ratio { load: (ctx.in_flight)(i) as u64, weight: self.weights[i] }
+    }
+
     /// The pick of both power-of-two-choices algorithms, by any order (peak_ewma brings its
     /// own): draws a pair, offers the one `compare` ranks first (`Less` = better; the first
-    /// drawn on a tie); when it is refused, offers the others in `compare`'s order, each once
-    /// (the pair's loser first among equals).
-    pub(super) fn choose(
+    /// drawn on a tie); when it is refused, offers the others by `rank` (lowest first), each
+    /// once (the pair's loser first among equals).
+    ///
+    /// The failover reads each member's rank once and sorts the readings: a sort that compared
+    /// live loads (which other workers change meanwhile), or costs decayed pairwise (which
+    /// rounding can make intransitive), would not be a total order, and Rust's sort may panic
+    /// on one that is not.
+    pub(super) fn choose<K: Ord>(
         &self,
         compare: &impl Fn(usize, usize) -> Ordering,
+        rank: &impl Fn(usize) -> K,
         usable: &mut dyn FnMut(usize) -> bool,
     ) -> Option<usize> {
         let n = self.weights.len();
@@ -92,16 +103,44 @@ impl P2c {
         }
         // Failover: the others by rank, ties in scan order starting at the loser (so on equal
         // loads the loser is next, then the members after it).
-        let mut rest: Vec<(usize, usize)> =
-            (loser..n).chain(0..loser).filter(|&i| i != winner).enumerate().map(|(rank, i)| (i, rank)).collect();
-        rest.sort_by(|&(a, rank_a), &(b, rank_b)| compare(a, b).then(rank_a.cmp(&rank_b)));
-        rest.into_iter().map(|(i, _)| i).find(|&i| usable(i))
+        let mut rest: Vec<(K, usize)> =
+            (loser..n).chain(0..loser).filter(|&i| i != winner).map(|i| (rank(i), i)).collect();
+        // Stable: among equal ranks, scan order.
+        rest.sort_by(|a, b| a.0.cmp(&b.0));
+        rest.into_iter().map(|(_, i)| i).find(|&i| usable(i))
     }
 }
 
+/// A load ratio `load / weight` (weight >= 1), ordered exactly by cross-multiplication.
+#[derive(Clone, Copy, Debug)]
+struct Ratio {
+    load: u64,
+    weight: u32,
+}
+
+impl Ord for Ratio {
+    fn cmp(&self, other: &Ratio) -> Ordering {
+        (u128::from(self.load) * u128::from(other.weight)).cmp(&(u128::from(other.load) * u128::from(self.weight)))
+    }
+}
+
+impl PartialOrd for Ratio {
+    fn partial_cmp(&self, other: &Ratio) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl PartialEq for Ratio {
+    fn eq(&self, other: &Ratio) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+
+impl Eq for Ratio {}
+
 impl Algorithm for P2c {
     fn select(&self, ctx: &PickContext<'_>, usable: &mut dyn FnMut(usize) -> bool) -> Option<usize> {
-        self.choose(&|a, b| self.compare(ctx, a, b), usable)
+        self.choose(&|a, b| self.compare(ctx, a, b), &|i| self.ratio(ctx, i), usable)
     }
 
     fn name(&self) -> &'static str {
@@ -139,6 +178,32 @@ mod tests {
         let loads = |i: usize| if i == 0 { 100 } else { 1 };
         let ctx = PickContext { in_flight: &loads, ..PickContext::idle() };
         assert!((0..1000).all(|_| p2c.select(&ctx, &mut |_| true) != Some(0)));
+    }
+
+    #[test]
+    fn a_failover_while_loads_change_offers_each_member_once() {
+        // Other workers change the loads while a failover sorts: each read here is another
+        // value. A sort that compared live loads was no total order (Rust's sort may panic on
+        // one); the failover reads each member's load once.
+        let p2c = P2c::with_seed(&members(&[1; 200]), 11);
+        let reads = std::cell::Cell::new(0u64);
+        let in_flight = |_: usize| {
+            reads.set(reads.get() + 1);
+            (crate::balance::random::splitmix64(reads.get()) % 50) as usize
+        };
+        let ctx = PickContext { in_flight: &in_flight, ..PickContext::idle() };
+        for _ in 0..20 {
+            let mut offered = Vec::new();
+            assert_eq!(
+                p2c.select(&ctx, &mut |i| {
+                    offered.push(i);
+                    false
+                }),
+                None
+            );
+            offered.sort_unstable();
+            assert_eq!(offered, (0..200).collect::<Vec<_>>(), "each member offered once");
+        }
     }
 
     #[test]
