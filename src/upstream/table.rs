@@ -522,6 +522,12 @@ impl BackendTable {
         wanted: &[(String, BackendConfig)],
         policy: BackendPolicy,
     ) -> Result<Reconciled, TableError> {
+        // Ids are unique in a table: a list that names one twice is refused before anything
+        // (a configuration's checks refuse it earlier; this is for a caller that has none).
+        let mut wanted_ids: HashSet<&str> = HashSet::with_capacity(wanted.len());
+        if let Some((id, _)) = wanted.iter().find(|(id, _)| !wanted_ids.insert(id.as_str())) {
+            return Err(TableError::DuplicateId(id.clone()));
+        }
         let before = self.snapshot();
         // Lookups by id through maps: a scan per wanted backend made a reload of 20,000
         // backends take 9 s (ids are unique in a table and in a valid list).
@@ -580,7 +586,6 @@ impl BackendTable {
             };
             next.push(backend);
         }
-        let wanted_ids: HashSet<&str> = wanted.iter().map(|(id, _)| id.as_str()).collect();
         report.removed =
             current.backends.iter().filter(|b| !wanted_ids.contains(b.id.as_str())).map(|b| b.id.clone()).collect();
         self.added.fetch_max(wanted.len(), Ordering::Relaxed);
@@ -812,6 +817,18 @@ mod tests {
         assert_eq!(ports.len(), 22);
         assert_eq!(ports[..3], [("b".to_string(), 9002), ("a".to_string(), 9009), ("n0".to_string(), 9100)]);
         assert_eq!(table.snapshot().backends[0].weight(), 3);
+    }
+
+    #[test]
+    fn a_reconcile_that_names_an_id_twice_is_refused_and_changes_nothing() {
+        let table = table();
+        let twice = [
+            ("c".to_string(), BackendConfig::new("127.0.0.1", 9003, 1)),
+            ("c".to_string(), BackendConfig::new("127.0.0.1", 9004, 1)),
+        ];
+        let refused = table.reconcile(AlgorithmKind::RoundRobin, &twice, BackendPolicy::default());
+        assert!(matches!(refused, Err(TableError::DuplicateId(ref id)) if id == "c"), "{refused:?}");
+        assert_eq!(ports(&table), [("a".to_string(), 9001), ("b".to_string(), 9002)]);
     }
 
     #[test]
