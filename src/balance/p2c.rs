@@ -65,9 +65,7 @@ impl P2c {
 
     /// Compares the load ratios `load_a / weight_a` and `load_b / weight_b` exactly.
     fn compare(&self, ctx: &PickContext<'_>, a: usize, b: usize) -> Ordering {
-        let lhs = (ctx.in_flight)(a) as u128 * u128::from(self.weights[b]);
-        let rhs = (ctx.in_flight)(b) as u128 * u128::from(self.weights[a]);
-        lhs.cmp(&rhs)
+        Ratio::order(&self.ratio(ctx, a), &self.ratio(ctx, b))
     }
 
     /// Member `i`'s load ratio now, as the failover sorts by it.
@@ -77,17 +75,18 @@ impl P2c {
 
     /// The pick of both power-of-two-choices algorithms, by any order (peak_ewma brings its
     /// own): draws a pair, offers the one `compare` ranks first (`Less` = better; the first
-    /// drawn on a tie); when it is refused, offers the others by `rank` (lowest first), each
+    /// drawn on a tie); when it is refused, offers the others by `rank` in `order` (a total order: lowest first), each
     /// once (the pair's loser first among equals).
     ///
     /// The failover reads each member's rank once and sorts the readings: a sort that compared
     /// live loads (which other workers change meanwhile), or costs decayed pairwise (which
     /// rounding can make intransitive), would not be a total order, and Rust's sort may panic
     /// on one that is not.
-    pub(super) fn choose<K: Ord>(
+    pub(super) fn choose<K>(
         &self,
         compare: &impl Fn(usize, usize) -> Ordering,
         rank: &impl Fn(usize) -> K,
+        order: &impl Fn(&K, &K) -> Ordering,
         usable: &mut dyn FnMut(usize) -> bool,
     ) -> Option<usize> {
         let n = self.weights.len();
@@ -106,41 +105,28 @@ impl P2c {
         let mut rest: Vec<(K, usize)> =
             (loser..n).chain(0..loser).filter(|&i| i != winner).map(|i| (rank(i), i)).collect();
         // Stable: among equal ranks, scan order.
-        rest.sort_by(|a, b| a.0.cmp(&b.0));
+        rest.sort_by(|a, b| order(&a.0, &b.0));
         rest.into_iter().map(|(_, i)| i).find(|&i| usable(i))
     }
 }
 
-/// A load ratio `load / weight` (weight >= 1), ordered exactly by cross-multiplication.
+/// A load ratio `load / weight` (weight >= 1).
 #[derive(Clone, Copy, Debug)]
 struct Ratio {
     load: u64,
     weight: u32,
 }
 
-impl Ord for Ratio {
-    fn cmp(&self, other: &Ratio) -> Ordering {
-        (u128::from(self.load) * u128::from(other.weight)).cmp(&(u128::from(other.load) * u128::from(self.weight)))
+impl Ratio {
+    /// Exactly, by cross-multiplication (a total order of the values read).
+    fn order(a: &Ratio, b: &Ratio) -> Ordering {
+        (u128::from(a.load) * u128::from(b.weight)).cmp(&(u128::from(b.load) * u128::from(a.weight)))
     }
 }
-
-impl PartialOrd for Ratio {
-    fn partial_cmp(&self, other: &Ratio) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl PartialEq for Ratio {
-    fn eq(&self, other: &Ratio) -> bool {
-        self.cmp(other) == Ordering::Equal
-    }
-}
-
-impl Eq for Ratio {}
 
 impl Algorithm for P2c {
     fn select(&self, ctx: &PickContext<'_>, usable: &mut dyn FnMut(usize) -> bool) -> Option<usize> {
-        self.choose(&|a, b| self.compare(ctx, a, b), &|i| self.ratio(ctx, i), usable)
+        self.choose(&|a, b| self.compare(ctx, a, b), &|i| self.ratio(ctx, i), &Ratio::order, usable)
     }
 
     fn name(&self) -> &'static str {

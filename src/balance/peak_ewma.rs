@@ -303,29 +303,6 @@ fn inverse_weights(members: &[Member]) -> Box<[f64]> {
     members.iter().map(|m| 1.0 / f64::from(effective_weight(m.weight))).collect()
 }
 
-/// A member's cost decayed to now, as the failover sorts by it (`total_cmp`: a total order).
-struct DecayedCost(f64);
-
-impl Ord for DecayedCost {
-    fn cmp(&self, other: &DecayedCost) -> Ordering {
-        self.0.total_cmp(&other.0)
-    }
-}
-
-impl PartialOrd for DecayedCost {
-    fn partial_cmp(&self, other: &DecayedCost) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl PartialEq for DecayedCost {
-    fn eq(&self, other: &DecayedCost) -> bool {
-        self.cmp(other) == Ordering::Equal
-    }
-}
-
-impl Eq for DecayedCost {}
-
 /// The median estimate of the measured members at `now`; 0 when none is measured.
 fn median_estimate(cells: &dyn ResponseTimes, n: usize, now: u64) -> f64 {
     let mut measured: Vec<f64> = (0..n).filter_map(|i| cells.of(i).estimate(now)).collect();
@@ -343,11 +320,12 @@ impl Algorithm for PeakEwma {
             Some(cells) => {
                 let now = cells.now();
                 let compare = |a: usize, b: usize| -> Ordering { self.compare(ctx, cells, now, a, b) };
+                // The failover sorts costs decayed to now (`total_cmp`: a total order).
                 let rank = |i: usize| {
                     let (cost, windows) = self.cost(ctx, cells, now, i);
-                    DecayedCost(cost * exp_neg(windows))
+                    cost * exp_neg(windows)
                 };
-                self.p2c.choose(&compare, &rank, usable)
+                self.p2c.choose(&compare, &rank, &f64::total_cmp, usable)
             }
             None => self.p2c.select(ctx, usable),
         }

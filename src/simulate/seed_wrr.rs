@@ -89,36 +89,29 @@ mod tests {
             .find(|&i| !std::mem::replace(&mut offered[i], true) && usable(i))
     }
 
-    /// A small deterministic generator (xorshift), so that the cases are the same every run.
-    fn next(state: &mut u64) -> u64 {
-        *state ^= *state << 13;
-        *state ^= *state >> 7;
-        *state ^= *state << 17;
-        *state
-    }
-
     #[test]
     fn picks_are_the_built_lists_for_any_weights_and_usable_backends() {
-        let mut state = 0x9E37_79B9_7F4A_7C15;
+        // The balancers' seeded SplitMix64: the same cases every run.
+        let random = crate::balance::random::Stream::new(0x9E37_79B9_7F4A_7C15);
         for _ in 0..300 {
-            let n = 1 + (next(&mut state) % 8) as usize;
+            let n = 1 + (random.next() % 8) as usize;
             // Weights 0 (counts as 1) to past the cap, so both clamps are crossed.
             let weights: Vec<u32> = (0..n)
-                .map(|_| match next(&mut state) % 4 {
+                .map(|_| match random.next() % 4 {
                     0 => 0,
                     1 => 1,
-                    2 => (next(&mut state) % 7) as u32,
-                    _ => MAX_SEED_WEIGHT - 2 + (next(&mut state) % 5) as u32,
+                    2 => (random.next() % 7) as u32,
+                    _ => MAX_SEED_WEIGHT - 2 + (random.next() % 5) as u32,
                 })
                 .collect();
             let members: Vec<Member> =
                 weights.iter().enumerate().map(|(i, &w)| Member::new(format!("b{i}"), w)).collect();
             let seed = SeedWeightedRoundRobin::new(&members);
             let total = *seed.ends.last().unwrap();
-            let down = next(&mut state) & ((1 << n) - 1);
+            let down = random.next() & ((1 << n) - 1);
             let usable = |i: usize| down & (1 << i) == 0;
             for _ in 0..20 {
-                let start = (next(&mut state) % (2 * total as u64)) as usize;
+                let start = (random.next() % (2 * total as u64)) as usize;
                 seed.cursor.store(start, Ordering::Relaxed);
                 let got = seed.select(&PickContext::idle(), &mut |i| usable(i));
                 assert_eq!(got, listed(&members, start, &usable), "weights {weights:?}, down {down:b}, at {start}");
