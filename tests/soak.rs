@@ -63,7 +63,13 @@ fn soak_with_backends_killed_and_restarted_loses_nothing_and_stays_flat() {
         backends[i] = Some(backend_on(addrs[i].port(), &["--threads", "32"]));
     }
     let report = load.stop();
-    let stats = Conn::open(lb.addr).get("/lb/stats").json();
+    // A client has its last answer a moment before lb-sync has finished that request's
+    // bookkeeping (its in-flight count drops when the delivery ends): read the counters once
+    // nothing is in flight, within a bound.
+    let settled = || Conn::open(lb.addr).get("/lb/stats").json();
+    let idle = |s: &serde_json::Value| s["in_flight"] == 0 && s["queue_depth"] == 0;
+    assert!(wait_until(Duration::from_secs(5), || idle(&settled())), "requests still in flight: {}", settled());
+    let stats = settled();
     let per_backend = Conn::open(lb.addr).get("/lb/backends").json();
 
     let quarter = rss.len() / 4;
