@@ -57,6 +57,21 @@ pub struct LoadBalancer {
 /// What a [`LoadBalancer::stop`] is doing now (shared, so that another thread can tell).
 pub type StopPhase = Arc<std::sync::Mutex<&'static str>>;
 
+/// A data port open beyond loopback serves the management API to loopback peers alone; a proxy on
+/// this machine that does not say it forwarded (no `X-Forwarded-For`, no `Via`) would open it to
+/// its clients, so the operator is told to set a token or a listener of its own.
+fn warn_if_the_api_is_unguarded(config: &Config) {
+    if config.admin_token.is_none() && config.admin_listen.is_none() && !config.host.is_loopback() {
+        log::warn!(
+            "the management API ({}/...) is served on {} with no admin_token: only loopback peers without \
+             forwarding headers may use it; behind a proxy on this machine set admin_token (--admin-token) or \
+             admin_listen (--admin-listen)",
+            config.admin_prefix,
+            SocketAddr::new(config.host, config.port)
+        );
+    }
+}
+
 impl LoadBalancer {
     /// Validates `config`, resolves the backends (or reads them back from the state file),
     /// opens the access log, binds and starts serving.
@@ -70,6 +85,7 @@ impl LoadBalancer {
     pub fn start_with_log(config: Config, access_log: Option<LogHandle>) -> io::Result<LoadBalancer> {
         let invalid = |e: &dyn std::fmt::Display| io::Error::new(io::ErrorKind::InvalidInput, e.to_string());
         config.validate().map_err(|e| invalid(&e))?;
+        warn_if_the_api_is_unguarded(&config);
         let state_file = config.state_file.as_ref().map(StateFile::new);
         let saved = match &state_file {
             Some(file) => file.load().map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?,

@@ -38,6 +38,7 @@
 mod body;
 mod cpu_idle;
 mod error;
+pub mod field;
 mod head;
 mod job_queue;
 mod limits;
@@ -55,7 +56,9 @@ mod worker;
 
 pub use body::{BodyDecoder, BodySink};
 pub use error::{reason_phrase, RequestError};
-pub use head::{is_hop_by_hop, parse_head, BodyFraming, Header, ParseOutcome, RequestHead, Version, HOP_BY_HOP};
+pub use head::{
+    is_hop_by_hop, is_valid_authority, parse_head, BodyFraming, Header, ParseOutcome, RequestHead, Version, HOP_BY_HOP,
+};
 pub use job_queue::while_blocked;
 pub use limits::Limits;
 pub use listener::{bind, bind_for, listen_error};
