@@ -220,6 +220,11 @@ pub fn is_valid_id(id: &str) -> bool {
     (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._~-".contains(&b))
 }
 
+/// Whether `text` is an RFC 9110 token (a protocol or field name).
+fn is_token(text: &str) -> bool {
+    !text.is_empty() && text.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
 /// Everything the balancer needs to run. Field names are the config-file keys.
 ///
 /// ```
@@ -337,6 +342,16 @@ pub struct Config {
     pub sticky_secret: Option<String>,
     /// Peers whose `X-Forwarded-For` is believed (CIDRs). Default loopback only.
     pub trusted_proxies: Vec<Cidr>,
+    /// Whether request header fields with `_` in their names are forwarded (nginx's
+    /// `underscores_in_headers`). Default false: they are dropped, because a CGI or WSGI
+    /// backend reads `X_Real_IP` as the `X-Real-IP` the proxy sets. Even when true, the
+    /// underscore spellings of the fields the proxy sets itself are dropped.
+    pub underscores_in_headers: bool,
+    /// The protocols an `Upgrade` request may switch to, case-insensitive (Envoy's
+    /// `upgrade_configs`). Default `["websocket"]`. Any other `Upgrade` (`h2c` above all) goes
+    /// to the backend as a plain request, without `Upgrade`, `HTTP2-Settings` and their
+    /// `Connection` options, so it is answered, never tunnelled.
+    pub upgrade_protocols: Vec<String>,
     /// Path prefix of the management API. Default `/lb`.
     pub admin_prefix: String,
     /// When set, every caller of the management API must send `Authorization: Bearer <token>`
@@ -482,6 +497,8 @@ impl Default for Config {
             sticky_cookie: None,
             sticky_secret: None,
             trusted_proxies: vec![Cidr::parse("127.0.0.0/8").unwrap(), Cidr::parse("::1/128").unwrap()],
+            underscores_in_headers: false,
+            upgrade_protocols: vec!["websocket".to_string()],
             admin_prefix: "/lb".to_string(),
             admin_token: None,
             admin_listen: None,
@@ -681,6 +698,12 @@ impl Config {
             let why =
                 format!("rate_limit_max_clients must be 1-{MAX_TRACKED_CLIENTS}, got {}", self.rate_limit_max_clients);
             return Err(invalid("rate_limit_max_clients", why));
+        }
+        if let Some(protocol) = self.upgrade_protocols.iter().find(|p| !is_token(p)) {
+            let why = format!(
+                "upgrade_protocols must list protocol names (letters, digits, !#$%&'*+-.^_`|~), got '{protocol}'"
+            );
+            return Err(invalid("upgrade_protocols", why));
         }
         if let Some(name) = &self.sticky_cookie {
             if !is_valid_cookie_name(name) {

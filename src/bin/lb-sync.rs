@@ -126,6 +126,13 @@ struct Args {
     /// a CIDR whose X-Forwarded-For is believed; repeatable; replaces the default (loopback)
     #[argh(option)]
     trusted_proxy: Vec<String>,
+    /// forward request headers whose names have underscores (default: dropped, as nginx's
+    /// underscores_in_headers off)
+    #[argh(switch)]
+    underscores_in_headers: bool,
+    /// a protocol an Upgrade request may switch to; repeatable; replaces the default (websocket)
+    #[argh(option)]
+    upgrade_protocol: Vec<String>,
     /// bearer token required by the management API from every peer, loopback too (then open
     /// to non-loopback peers)
     #[argh(option)]
@@ -224,6 +231,10 @@ fn build_config(args: &Args) -> Result<Config, String> {
     config.panic_mode |= args.panic_mode;
     if !args.trusted_proxy.is_empty() {
         config.trusted_proxies = args.trusted_proxy.iter().map(|c| Cidr::parse(c)).collect::<Result<_, _>>()?;
+    }
+    config.underscores_in_headers |= args.underscores_in_headers;
+    if !args.upgrade_protocol.is_empty() {
+        config.upgrade_protocols.clone_from(&args.upgrade_protocol);
     }
     if let Some(token) = &args.admin_token {
         config.admin_token = Some(token.clone());

@@ -36,7 +36,7 @@ use crate::state::Shared;
 use crate::upstream::{Backend, ForwardError, PickKind, Prepared};
 
 use body::{TryBody, UpstreamBody};
-use headers::{forwarded_for, upstream_headers};
+use headers::{forwarded_for, upstream_headers, Passing};
 use policy::{Session, SessionPick};
 use relay::{relay, Answer};
 
@@ -98,10 +98,11 @@ fn prepare(shared: &Shared, request: Request, origin: &Origin, access: &PendingA
         return Err(ProxyError::UnsupportedTarget);
     }
     let target = origin_form(request.target()).ok_or(ProxyError::UnsupportedTarget)?.to_string();
-    let upgrade = upgrade::requested(&request);
-    let mut headers = upstream_headers(&request, origin.client, origin.peer_trusted);
+    let upgrade = upgrade::requested(&request, &shared.config.upgrade_protocols);
+    let passing = Passing { peer_trusted: origin.peer_trusted, underscores: shared.config.underscores_in_headers };
+    let mut headers = upstream_headers(&request, origin.client, passing);
     if let Some(value) = &upgrade {
-        headers.extend(upgrade::upstream_headers(value));
+        headers.extend(upgrade::upstream_headers(&request, value));
     }
     let sticky_token = policy::take_sticky_cookie(shared, &mut headers);
     if !access.id_came_in {
