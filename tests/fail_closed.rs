@@ -206,6 +206,23 @@ fn a_trusted_proxys_fields_count_only_when_they_read_cleanly() {
 }
 
 #[test]
+fn the_backend_gets_one_request_id() {
+    let (_backend, port) = demo_backend();
+    let lb = balancer(port, |_| {});
+    let addr = lb.local_addr();
+    let seen = seen_by_backend(addr, b"X-Request-Id: abc-1\r\n");
+    assert_eq!(seen["x-request-id"], "abc-1", "one sane id is passed on");
+    for odd in [&b"X-Request-Id: a\r\nX-Request-Id: b\r\n"[..], b"X-Request-Id: caf\xc3\xa9\r\n"] {
+        let answer = send(addr, "/", odd);
+        let raw = answer.text();
+        let id = answer.json()["request"]["headers"]["x-request-id"].as_str().unwrap().to_string();
+        assert!(!["a", "b"].contains(&id.as_str()) && id.is_ascii(), "{raw}");
+        assert_eq!(raw.matches("x-request-id").count(), 1, "ours alone goes up: {raw}");
+    }
+    lb.stop(Duration::from_secs(1));
+}
+
+#[test]
 fn host_must_be_an_authority() {
     let (_backend, port) = demo_backend();
     let lb = balancer(port, |_| {});

@@ -106,6 +106,7 @@ fn prepare(shared: &Shared, request: Request, origin: &Origin, access: &PendingA
     }
     let sticky_token = policy::take_sticky_cookie(shared, &mut headers);
     if !access.id_came_in {
+        headers.retain(|(name, _)| !name.eq_ignore_ascii_case("x-request-id"));
         headers.push(("X-Request-Id", access.request_id.as_bytes().into()));
     }
     let mut prepared = shared
