@@ -7,6 +7,8 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::server::Header;
+
 /// An address block such as `127.0.0.0/8` or `::1/128`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Cidr {
@@ -125,6 +127,37 @@ pub fn client_ip(peer: IpAddr, forwarded_for: Option<&str>, trusted: &[Cidr]) ->
     client
 }
 
+/// The client of a request from `peer` with these header fields: [`client_ip`] over every
+/// `X-Forwarded-For` line, in order, as one list (RFC 9110 5.3: a proxy in front may add a line
+/// of its own rather than extend the first). Bytes that are not UTF-8 stop the walk there.
+/// The front end's per-client limits key on it.
+///
+/// ```
+/// use lb_sync::client_ip::{request_client, Cidr};
+/// use lb_sync::server::Header;
+///
+/// let trusted = [Cidr::parse("127.0.0.0/8").unwrap()];
+/// let xff = |value: &str| Header { name: "X-Forwarded-For".into(), value: value.as_bytes().to_vec() };
+/// let headers = [xff("203.0.113.9"), xff("198.51.100.4")];
+/// assert_eq!(request_client("127.0.0.1".parse().unwrap(), &headers, &trusted).to_string(), "198.51.100.4");
+/// assert_eq!(request_client("192.0.2.1".parse().unwrap(), &headers, &trusted).to_string(), "192.0.2.1");
+/// ```
+pub fn request_client(peer: IpAddr, headers: &[Header], trusted: &[Cidr]) -> IpAddr {
+    let peer = canonical(peer);
+    let mut lines = headers.iter().filter(|h| h.is("x-forwarded-for"));
+    // Most requests: an untrusted peer, or no header at all; nothing to join.
+    if !is_trusted(peer, trusted) {
+        return peer;
+    }
+    let Some(first) = lines.next() else { return peer };
+    let mut chain = String::from_utf8_lossy(&first.value).into_owned();
+    for line in lines {
+        chain.push(',');
+        chain.push_str(&String::from_utf8_lossy(&line.value));
+    }
+    client_ip(peer, Some(&chain), trusted)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -148,5 +181,17 @@ mod tests {
         assert_eq!(ip("1.1.1.1, junk, 10.0.0.5"), "10.0.0.5");
         assert_eq!(ip("10.0.0.7"), "10.0.0.7");
         assert_eq!(client_ip(peer, None, &trusted), peer);
+    }
+
+    #[test]
+    fn every_forwarded_for_line_is_read_and_bad_bytes_stop_the_walk() {
+        let trusted = [Cidr::parse("127.0.0.0/8").unwrap()];
+        let peer: IpAddr = "127.0.0.1".parse().unwrap();
+        let xff = |value: &[u8]| Header { name: "x-forwarded-for".into(), value: value.to_vec() };
+        let client = |headers: &[Header]| request_client(peer, headers, &trusted).to_string();
+        assert_eq!(client(&[xff(b"1.1.1.1"), xff(b"2.2.2.2, 127.0.0.9")]), "2.2.2.2");
+        assert_eq!(client(&[xff(b"1.1.1.1"), xff(b"\xff")]), "127.0.0.1");
+        assert_eq!(client(&[xff(b"")]), "127.0.0.1");
+        assert_eq!(client(&[]), "127.0.0.1");
     }
 }
