@@ -86,7 +86,8 @@ enum State {
     /// With a worker, and still reading its body, which streams to it (`Connection::upload`;
     /// request buffering off).
     Streaming,
-    /// With a worker (serving, or refilling a delivery).
+    /// With a worker (serving, or refilling a delivery), or held for its client's share of them
+    /// (`share.rs`).
     Busy,
     /// Writing a response the client reads slowly (`Connection::delivery`).
     Writing,

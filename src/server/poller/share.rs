@@ -2,8 +2,8 @@
 //! client that has its share with the workers is held here, its connection read no further,
 //! until one of that client's own requests comes back from a worker; then its oldest held
 //! request goes. Requests of clients under their share go to the queue at once, so they pass
-//! the held ones, and a client with one request in flight never waits behind a client with
-//! many. The hard limit ([`Limits::client_max_in_flight`]) answers `429` + `Retry-After`.
+//! the held ones: a client under its share never waits behind another client's surplus. The
+//! hard limit ([`Limits::client_max_in_flight`]) answers `429` + `Retry-After`.
 //!
 //! A held request is waiting for a worker as a queued one is: no timeout (a queued request has
 //! none either), not counted against `queue_capacity` (else one client's surplus would fill the
