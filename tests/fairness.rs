@@ -6,8 +6,9 @@
 //! One client flooding slow requests gets its share of the workers and no more, all its
 //! requests answered in turn, while another client's requests are answered at once all along;
 //! the hard limit answers `429` + `Retry-After` and counts an open tunnel; one heavy client
-//! with a fast backend gets every answer; held uploads stream when their turn comes; a stop
-//! serves held requests within its grace period.
+//! with a fast backend gets every answer; held uploads stream when their turn comes; a held
+//! request goes as soon as its client is answered; a stop serves held requests within its grace
+//! period.
 
 mod common;
 
@@ -255,4 +256,26 @@ fn a_stop_serves_the_held_requests_within_its_grace_period() {
     }
     stop.join().unwrap();
     assert_eq!(counts.get(), (0, 2, 5, 5));
+}
+
+#[test]
+fn a_held_request_goes_when_its_client_is_answered_not_at_the_pollers_next_timer() {
+    // 2 workers, a share of 1: ten 100 ms requests from one client on kept-alive connections
+    // that stay quiet after their answers, so only the worker's return can wake the poller for
+    // the next held one (its own timer would, up to a second later: 5 s or more in all).
+    let (_backend, backend_addr, counts) = counting_backend(Duration::from_millis(100));
+    let lb = balancer(backend_addr, 2, |_| {});
+    let addr = lb.local_addr();
+    let mut conns: Vec<Conn> = (0..10).map(|_| Conn::over(connect_from("127.0.0.1", addr), None)).collect();
+    let start = std::time::Instant::now();
+    for conn in &mut conns {
+        conn.send(b"GET /slow HTTP/1.1\r\nHost: test\r\n\r\n");
+    }
+    for conn in &mut conns {
+        assert_eq!(conn.response().status, 200);
+    }
+    let took = start.elapsed();
+    assert_eq!(counts.get(), (0, 1, 10, 10), "one at a time");
+    assert!(took < Duration::from_secs(4), "ten 100 ms requests in turn took {took:?}");
+    lb.stop(Duration::from_secs(5));
 }

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::hash::{BuildHasher, RandomState};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::head::RequestHead;
@@ -105,6 +105,9 @@ pub(crate) struct ClientLoads {
     /// Requests held back, all clients together: a worker that gives a request back wakes the
     /// poller only while some are.
     held: AtomicUsize,
+    /// A worker woke the poller for held requests and the poller has not looked at its returns
+    /// since: the next worker need not (one wake per poller turn, not one per request).
+    woken: AtomicBool,
 }
 
 impl ClientLoads {
@@ -113,6 +116,7 @@ impl ClientLoads {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             pick: RandomState::new(),
             held: AtomicUsize::new(0),
+            woken: AtomicBool::new(false),
         }
     }
 
@@ -163,8 +167,22 @@ impl ClientLoads {
         self.shard(client).get(&client).copied().unwrap_or_default()
     }
 
-    /// Whether any client has a request held back.
-    pub fn any_held(&self) -> bool {
+    /// Whether a worker that just gave a request back (sent it, then fenced) must wake the
+    /// poller: some request is held back, and no other worker woke it since it last looked.
+    pub fn wake_for_held(&self) -> bool {
+        self.held.load(Ordering::SeqCst) > 0 && !self.woken.swap(true, Ordering::SeqCst)
+    }
+
+    /// The poller is about to look at the requests given back: a later one wakes it again.
+    pub fn looking_at_returns(&self) {
+        self.woken.store(false, Ordering::SeqCst);
+        // Pairs with the worker's fence between its return and its look: a worker that saw the
+        // poller woken already sent its return before this, and the look after sees it.
+        std::sync::atomic::fence(Ordering::SeqCst);
+    }
+
+    #[cfg(test)]
+    fn any_held(&self) -> bool {
         self.held.load(Ordering::SeqCst) > 0
     }
 
@@ -202,6 +220,19 @@ mod tests {
         });
         assert!(!loads.any_held());
         assert_eq!(loads.admit(a, 0, 0), Admission::Serve, "no share: never held");
+    }
+
+    #[test]
+    fn workers_wake_the_poller_once_per_look_and_only_for_held_requests() {
+        let loads = ClientLoads::new();
+        let a = ip("10.0.0.1");
+        assert!(!loads.wake_for_held(), "nothing held");
+        assert_eq!(loads.admit(a, 1, 0), Admission::Serve);
+        assert_eq!(loads.admit(a, 1, 0), Admission::Hold);
+        assert!(loads.wake_for_held());
+        assert!(!loads.wake_for_held(), "woken already, not looked yet");
+        loads.looking_at_returns();
+        assert!(loads.wake_for_held());
     }
 
     #[test]

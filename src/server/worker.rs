@@ -78,7 +78,7 @@ impl Worker {
             if !quiet
                 || input_while_busy.is_none_or(|flag| flag.load(Ordering::SeqCst))
                 || self.stopping.load(Ordering::Relaxed)
-                || (served && self.loads.any_held())
+                || (served && self.loads.wake_for_held())
             {
                 let _ = self.waker.wake();
             }

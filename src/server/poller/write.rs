@@ -24,6 +24,8 @@ use super::{Poller, State, MAX_READS_PER_TURN};
 
 impl Poller {
     pub(super) fn take_returns(&mut self) {
+        // Before the look: a worker that returns after it wakes the poller again, if it must.
+        self.loads.looking_at_returns();
         while let Ok(Returned { token, next }) = self.returns.try_recv() {
             // A request given back frees a place in its client's share (a refill's return does
             // not: it was never counted).
