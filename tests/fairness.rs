@@ -5,7 +5,8 @@
 //!
 //! One client flooding slow requests gets its share of the workers and no more, all its
 //! requests answered in turn, while another client's requests are answered at once all along;
-//! the hard limit answers `429` + `Retry-After` and counts an open tunnel; one heavy client
+//! past the queue capacity only its surplus gets `503`; the hard limit answers `429` +
+//! `Retry-After` and counts an open tunnel; one heavy client
 //! with a fast backend gets every answer; held uploads stream when their turn comes; a held
 //! request goes as soon as its client is answered; a stop serves held requests within its grace
 //! period.
@@ -162,6 +163,32 @@ fn the_hard_limit_answers_429_with_retry_after_and_counts_only_that_client() {
     assert_eq!(get_from("127.0.0.1", addr, "/fast").status, 200, "under its limit again");
     let stats = common::api::stats(addr);
     assert_eq!(stats["answered_by_balancer"]["4xx"], 1, "the 429, counted: {stats}");
+    lb.stop(Duration::from_secs(5));
+}
+
+#[test]
+fn past_the_queue_capacity_only_the_heavy_clients_surplus_is_refused() {
+    // 4 workers, a share of 2, a queue of 4: requests queued and held together are at most 4
+    // for a client at its share; past that its requests get 503, another client's do not.
+    let (_backend, backend_addr, counts) = counting_backend(Duration::from_millis(1500));
+    let lb = balancer(backend_addr, 4, |config| config.queue_capacity = 4);
+    let addr = lb.local_addr();
+    let first = flood("127.0.0.1", addr, 2);
+    assert!(wait_until(Duration::from_secs(10), || counts.get().0 == 2), "{:?}", counts.get());
+    let surplus: Vec<JoinHandle<Resp>> =
+        (0..8).map(|_| std::thread::spawn(move || get_from("127.0.0.1", addr, "/slow"))).collect();
+    assert!(wait_until(Duration::from_secs(10), || surplus.iter().filter(|t| t.is_finished()).count() == 4));
+    assert_eq!(get_from("127.0.0.2", addr, "/fast").status, 200, "another client is not refused");
+    let mut statuses: Vec<u16> = first.into_iter().map(|t| t.join().unwrap()).collect();
+    for resp in surplus.into_iter().map(|t| t.join().unwrap()) {
+        if resp.status == 503 {
+            assert_eq!(resp.header("retry-after"), Some("1"), "{resp:?}");
+        }
+        statuses.push(resp.status);
+    }
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 200, 200, 200, 200, 200, 503, 503, 503, 503]);
+    assert_eq!(counts.get(), (0, 2, 6, 6));
     lb.stop(Duration::from_secs(5));
 }
 

@@ -89,6 +89,8 @@ pub(crate) enum Admission {
     Serve,
     /// Held back until one of the client's requests comes back from a worker (counted as held).
     Hold,
+    /// The client has its share and no more may be held: `503` (nothing counted).
+    Full,
     /// The client is at its hard limit: `429` (nothing counted).
     OverLimit,
 }
@@ -121,8 +123,9 @@ impl ClientLoads {
     }
 
     /// Decides for a new request of `client` under a share of `max_workers` (0: none) and a
-    /// hard limit of `max_in_flight` (0: none), and counts it.
-    pub fn admit(&self, client: IpAddr, max_workers: usize, max_in_flight: usize) -> Admission {
+    /// hard limit of `max_in_flight` (0: none), and counts it; `may_hold` is whether there is
+    /// room for one more held request.
+    pub fn admit(&self, client: IpAddr, max_workers: usize, max_in_flight: usize, may_hold: bool) -> Admission {
         let mut shard = self.shard(client);
         let load = shard.entry(client).or_default();
         if max_in_flight > 0 && load.in_flight() >= max_in_flight {
@@ -130,6 +133,9 @@ impl ClientLoads {
             return Admission::OverLimit;
         }
         if max_workers > 0 && load.serving >= max_workers {
+            if !may_hold {
+                return Admission::Full;
+            }
             load.held += 1;
             self.held.fetch_add(1, Ordering::SeqCst);
             Admission::Hold
@@ -167,6 +173,11 @@ impl ClientLoads {
         self.shard(client).get(&client).copied().unwrap_or_default()
     }
 
+    /// Requests held back now, all clients together.
+    pub fn held(&self) -> usize {
+        self.held.load(Ordering::SeqCst)
+    }
+
     /// Whether a worker that just gave a request back (sent it, then fenced) must wake the
     /// poller: some request is held back, and no other worker woke it since it last looked.
     pub fn wake_for_held(&self) -> bool {
@@ -179,11 +190,6 @@ impl ClientLoads {
         // Pairs with the worker's fence between its return and its look: a worker that saw the
         // poller woken already sent its return before this, and the look after sees it.
         std::sync::atomic::fence(Ordering::SeqCst);
-    }
-
-    #[cfg(test)]
-    fn any_held(&self) -> bool {
-        self.held.load(Ordering::SeqCst) > 0
     }
 
     fn shard(&self, client: IpAddr) -> MutexGuard<'_, HashMap<IpAddr, Load>> {
@@ -204,12 +210,15 @@ mod tests {
     fn past_its_share_a_client_is_held_and_others_are_not() {
         let loads = ClientLoads::new();
         let (a, b) = (ip("10.0.0.1"), ip("10.0.0.2"));
-        assert_eq!(loads.admit(a, 2, 0), Admission::Serve);
-        assert_eq!(loads.admit(a, 2, 0), Admission::Serve);
-        assert_eq!(loads.admit(a, 2, 0), Admission::Hold);
-        assert_eq!(loads.admit(b, 2, 0), Admission::Serve);
-        assert!(loads.any_held());
+        assert_eq!(loads.admit(a, 2, 0, true), Admission::Serve);
+        assert_eq!(loads.admit(a, 2, 0, true), Admission::Serve);
+        assert_eq!(loads.admit(a, 2, 0, true), Admission::Hold);
+        assert_eq!(loads.admit(b, 2, 0, true), Admission::Serve);
+        assert_eq!(loads.admit(a, 2, 0, false), Admission::Full, "no room to hold more");
+        assert_eq!(loads.admit(b, 2, 0, false), Admission::Serve, "a client under its share is not held");
+        assert_eq!(loads.held(), 1);
         assert_eq!(loads.load(a), Load { serving: 2, held: 1, tunnels: 0 });
+        loads.change(b, |l| l.serving -= 2);
         assert!(!loads.has_room(a, 2));
         // One comes back: the held one goes in its place.
         loads.change(a, |l| l.serving -= 1);
@@ -218,8 +227,8 @@ mod tests {
             l.held -= 1;
             l.serving += 1;
         });
-        assert!(!loads.any_held());
-        assert_eq!(loads.admit(a, 0, 0), Admission::Serve, "no share: never held");
+        assert_eq!(loads.held(), 0);
+        assert_eq!(loads.admit(a, 0, 0, true), Admission::Serve, "no share: never held");
     }
 
     #[test]
@@ -227,8 +236,8 @@ mod tests {
         let loads = ClientLoads::new();
         let a = ip("10.0.0.1");
         assert!(!loads.wake_for_held(), "nothing held");
-        assert_eq!(loads.admit(a, 1, 0), Admission::Serve);
-        assert_eq!(loads.admit(a, 1, 0), Admission::Hold);
+        assert_eq!(loads.admit(a, 1, 0, true), Admission::Serve);
+        assert_eq!(loads.admit(a, 1, 0, true), Admission::Hold);
         assert!(loads.wake_for_held());
         assert!(!loads.wake_for_held(), "woken already, not looked yet");
         loads.looking_at_returns();
@@ -239,25 +248,25 @@ mod tests {
     fn the_hard_limit_counts_held_requests_and_tunnels() {
         let loads = ClientLoads::new();
         let a = ip("::1");
-        assert_eq!(loads.admit(a, 1, 3), Admission::Serve);
-        assert_eq!(loads.admit(a, 1, 3), Admission::Hold);
+        assert_eq!(loads.admit(a, 1, 3, true), Admission::Serve);
+        assert_eq!(loads.admit(a, 1, 3, true), Admission::Hold);
         loads.change(a, |l| l.tunnels += 1);
-        assert_eq!(loads.admit(a, 1, 3), Admission::OverLimit);
+        assert_eq!(loads.admit(a, 1, 3, true), Admission::OverLimit);
         assert_eq!(loads.load(a).in_flight(), 3, "a refusal counts nothing");
         loads.change(a, |l| l.tunnels -= 1);
-        assert_eq!(loads.admit(a, 1, 3), Admission::Hold);
+        assert_eq!(loads.admit(a, 1, 3, true), Admission::Hold);
     }
 
     #[test]
     fn a_client_with_nothing_is_forgotten() {
         let loads = ClientLoads::new();
         let a = ip("192.0.2.7");
-        assert_eq!(loads.admit(a, 0, 0), Admission::Serve);
+        assert_eq!(loads.admit(a, 0, 0, true), Admission::Serve);
         loads.change(a, |l| l.serving -= 1);
-        assert_eq!(loads.admit(a, 0, 0), Admission::Serve);
+        assert_eq!(loads.admit(a, 0, 0, true), Admission::Serve);
         loads.change(a, |l| l.serving -= 1);
         assert!(loads.shards.iter().all(|s| s.lock().unwrap().is_empty()));
-        assert_eq!(loads.admit(ip("192.0.2.8"), 0, 0), Admission::Serve);
+        assert_eq!(loads.admit(ip("192.0.2.8"), 0, 0, true), Admission::Serve);
     }
 
     #[test]

@@ -6,9 +6,9 @@
 //! hard limit ([`Limits::client_max_in_flight`]) answers `429` + `Retry-After`.
 //!
 //! A held request is waiting for a worker as a queued one is: no timeout (a queued request has
-//! none either), not counted against `queue_capacity` (else one client's surplus would fill the
-//! queue and get everyone else `503`; each held request is a connection, so `max_connections`
-//! bounds them), given the grace period by a stop and dropped with the queued ones after it.
+//! none either), given the grace period by a stop and dropped with the queued ones after it.
+//! `queue_capacity` bounds requests queued and held together, but refuses (`503`) only the
+//! requests that would be held: one client's surplus cannot fill the queue for the others.
 //! A request whose body streams (request buffering off) is held before its body is read: the
 //! client's sends stall until it goes. Refills of deliveries are never held (no client waits
 //! behind them). A tunnel counts against the hard limit until it closes, not against the share
@@ -85,37 +85,45 @@ impl Poller {
     }
 
     /// Decides for a request of `client` on connection `token`, and counts it: the hard limit
-    /// (`429`), the share (hold), the queue's capacity (`503`).
+    /// (`429`), the share (hold), the queue's capacity (`503`): requests queued and held
+    /// together for one that would be held, queued ones for the others.
     pub(super) fn admit_request(&mut self, token: usize, client: Option<IpAddr>) -> Verdict {
-        let queue_full = self.queued.load(Ordering::Relaxed) >= self.queue_capacity;
+        let queued = self.queued.load(Ordering::Relaxed);
         let admission = match client {
-            Some(key) => self.loads.admit(key, self.limits.client_max_workers, self.limits.client_max_in_flight),
+            Some(key) => {
+                let may_hold = queued + self.loads.held() < self.queue_capacity;
+                let limits = &self.limits;
+                self.loads.admit(key, limits.client_max_workers, limits.client_max_in_flight, may_hold)
+            }
             None => Admission::Serve,
         };
-        match admission {
+        let full = match admission {
             Admission::OverLimit => {
                 log::debug!("{client:?}: at its limit of requests in process: answering 429");
                 self.refuse(token, 429, "too many requests in process from this client", &[("Retry-After", "1")]);
-                Verdict::Refused
+                return Verdict::Refused;
             }
-            Admission::Hold => Verdict::Hold(client.expect("held by client")),
-            Admission::Serve if queue_full => {
+            Admission::Hold => return Verdict::Hold(client.expect("held by client")),
+            Admission::Full => true,
+            Admission::Serve if queued >= self.queue_capacity => {
                 if let Some(key) = client {
                     self.loads.change(key, |load| load.serving -= 1);
                 }
-                // Told to the refusal hook; a warning per request here would flood the log.
-                log::debug!("all workers busy and the queue is full: answering 503");
-                self.refuse(token, 503, "server busy, retry later", &[("Retry-After", "1")]);
-                Verdict::Refused
+                true
             }
-            Admission::Serve => {
-                if let Some(conn) = self.connections.get_mut(&token) {
-                    let counted = if client.is_some() { Counted::Serving } else { Counted::Nothing };
-                    conn.client = ClientSlot { key: client, counted };
-                }
-                Verdict::Go
-            }
+            Admission::Serve => false,
+        };
+        if full {
+            // Told to the refusal hook; a warning per request here would flood the log.
+            log::debug!("all workers busy and the queue is full: answering 503");
+            self.refuse(token, 503, "server busy, retry later", &[("Retry-After", "1")]);
+            return Verdict::Refused;
         }
+        if let Some(conn) = self.connections.get_mut(&token) {
+            let counted = if client.is_some() { Counted::Serving } else { Counted::Nothing };
+            conn.client = ClientSlot { key: client, counted };
+        }
+        Verdict::Go
     }
 
     /// Holds a request of `client` until the client has room: the connection waits as a busy
