@@ -19,7 +19,7 @@ use crate::ops::history::Sampler;
 use crate::ops::{refusal_line, AccessLog, Operations, StateFile};
 use crate::registry::Registry;
 use crate::router::{AdminRouter, Router};
-use crate::server::{bind_for, RefusalHook, Server, ServerConfig, TlsAcceptor, TlsListener};
+use crate::server::{bind_for, ClientKey, RefusalHook, Server, ServerConfig, TlsAcceptor, TlsListener};
 use crate::state::{Current, ReloadHook, Shared};
 use crate::upstream::{BackendTable, DnsRefresher, DnsStatus, HealthChecker, Resolver};
 
@@ -155,6 +155,7 @@ impl LoadBalancer {
         let history = history_sampler(Arc::clone(&current))?;
         server_config.queue_depth = Arc::clone(&ops.queue_depth);
         server_config.on_refusal = Some(refusal_hook(Arc::clone(&current)));
+        server_config.client_key = Some(client_key(Arc::clone(&current)));
         let server = Server::start(server_config, Router::new(Arc::clone(&current)))?;
         let admin = match current.load().config.admin_listen {
             Some(bind) => {
@@ -306,6 +307,14 @@ fn history_sampler(current: Arc<Current>) -> io::Result<Sampler> {
     Sampler::start(move |second| {
         let shared = current.load();
         shared.ops.history.sample(second, &shared.stats, &shared.ops.latency, &shared.table.snapshot().backends);
+    })
+}
+
+/// Which client a request counts against in the front end's per-client limits: the address
+/// after the `trusted_proxies` in force.
+fn client_key(current: Arc<Current>) -> ClientKey {
+    ClientKey::new(move |peer, head| {
+        crate::client_ip::request_client(peer.ip(), &head.headers, &current.load().config.trusted_proxies)
     })
 }
 

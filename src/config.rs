@@ -384,6 +384,15 @@ pub struct Config {
     /// Seconds a request may wait for a backend connection slot (HAProxy's `timeout queue`).
     /// Default 5.
     pub backend_queue_timeout: f64,
+    /// Most workers one client (its address after `trusted_proxies`) has at once; its requests
+    /// beyond it wait (never refused) until one of its own is answered, and other clients'
+    /// requests go ahead of them. One client with slow requests cannot take every worker.
+    /// Default: half of `threads`; 0: off.
+    pub client_max_workers: Option<usize>,
+    /// Most requests one client may have in process at once: with the workers, waiting for its
+    /// share of them, or open tunnels (WebSockets). More get `429` + `Retry-After: 1` (nginx's
+    /// `limit_conn`, HAProxy's `sc_conn_cur`). Default 0: off.
+    pub client_max_in_flight: usize,
     /// Idle connections kept open to each backend for later requests (nginx's upstream
     /// `keepalive`); beyond it the least recently used is closed, and 0 closes each connection
     /// after its answer. Default: `threads` (every worker can keep one to each backend; the
@@ -508,6 +517,8 @@ impl Default for Config {
             queue_capacity: 1024,
             backend_max_connections: None,
             backend_queue_timeout: 5.0,
+            client_max_workers: None,
+            client_max_in_flight: 0,
             upstream_keepalive: None,
             upstream_keepalive_timeout: 4.0,
             max_body_bytes: limits.max_body_bytes,
@@ -781,6 +792,17 @@ impl Config {
         self.backend_max_connections.unwrap_or((self.threads * 3 / 4).max(1))
     }
 
+    /// The workers one client may have at once (`client_max_workers`, or half of them; 0 = no
+    /// share).
+    ///
+    /// ```
+    /// let config = lb_sync::config::Config { threads: 8, ..Default::default() };
+    /// assert_eq!(config.client_share_in_force(), 4);
+    /// ```
+    pub fn client_share_in_force(&self) -> usize {
+        self.client_max_workers.unwrap_or((self.threads / 2).max(1))
+    }
+
     /// Idle connections kept to each backend (`upstream_keepalive`, or one per worker).
     ///
     /// ```
@@ -813,6 +835,8 @@ impl Config {
             io_timeout: Duration::from_secs(self.client_io_timeout),
             max_body_bytes: self.max_body_bytes,
             max_connections: self.max_connections,
+            client_max_workers: self.client_share_in_force(),
+            client_max_in_flight: self.client_max_in_flight,
             ..Limits::default()
         }
     }

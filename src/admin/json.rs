@@ -213,6 +213,10 @@ fn derived_settings(config: &crate::config::Config) -> Vec<(&'static str, (Value
         let why = format!("unset: 3/4 of threads ({})", config.threads);
         derived.push(("backend_max_connections", (json!(config.backend_connection_cap()), why)));
     }
+    if config.client_max_workers.is_none() {
+        let why = format!("unset: half of threads ({})", config.threads);
+        derived.push(("client_max_workers", (json!(config.client_share_in_force()), why)));
+    }
     if config.upstream_keepalive.is_none() {
         let why = format!("unset: one per worker (threads, {})", config.threads);
         derived.push(("upstream_keepalive", (json!(config.upstream_keepalive_in_force()), why)));

@@ -117,6 +117,14 @@ struct Args {
     /// requests each client may send at once (default: one second's worth)
     #[argh(option)]
     client_rate_limit_burst: Option<u32>,
+    /// most workers one client (its address after --trusted-proxy) has at once; its other
+    /// requests wait for them, 0 = off (default: half of --threads)
+    #[argh(option)]
+    client_max_workers: Option<usize>,
+    /// most requests one client may have in process at once (tunnels too), then 429; 0 = off
+    /// (default 0)
+    #[argh(option)]
+    client_max_in_flight: Option<usize>,
     /// sticky sessions: the name of the cookie that keeps a client on its backend (default off)
     #[argh(option)]
     sticky_cookie: Option<String>,
@@ -217,7 +225,10 @@ fn build_config(args: &Args) -> Result<Config, String> {
     set!(request_timeout, connect_timeout, max_tries, access_log, session_timeout, shutdown_timeout);
     set!(breaker_consecutive_failures, breaker_cooldown, slow_start, tunnel_idle_timeout);
     set!(rate_limit, rate_limit_burst, client_rate_limit, client_rate_limit_burst, dns_refresh_interval);
-    set!(tls_handshake_timeout, peak_ewma_window);
+    set!(tls_handshake_timeout, peak_ewma_window, client_max_in_flight);
+    if args.client_max_workers.is_some() {
+        config.client_max_workers = args.client_max_workers;
+    }
     if args.registry.is_some() {
         config.registry.clone_from(&args.registry);
     }

@@ -95,7 +95,7 @@ pub(crate) fn upstream_headers<'a>(
 /// its own line instead of extending the first. `None` when there is none, or when any line has
 /// bytes that are not printable ASCII: then no entry of it can be vouched for, and the client is
 /// the peer (as nginx's realip module keeps the peer for an address it cannot read).
-pub(crate) fn forwarded_for(request: &Request) -> Option<String> {
+fn forwarded_for(request: &Request) -> Option<String> {
     let elements = field::list(request.headers(), "x-forwarded-for").ok()?;
     (!elements.is_empty()).then(|| elements.join(", "))
 }

@@ -38,6 +38,7 @@
 mod body;
 mod cpu_idle;
 mod error;
+mod fairness;
 pub mod field;
 mod head;
 mod job_queue;
@@ -56,6 +57,7 @@ mod worker;
 
 pub use body::{BodyDecoder, BodySink};
 pub use error::{reason_phrase, RequestError};
+pub use fairness::ClientKey;
 pub use head::{
     is_hop_by_hop, is_valid_authority, parse_head, BodyFraming, Header, ParseOutcome, RequestHead, Version, HOP_BY_HOP,
 };
@@ -114,6 +116,10 @@ pub struct ServerConfig {
     pub queue_depth: Arc<AtomicUsize>,
     /// Told of each request the front end refuses on its own. Default none.
     pub on_refusal: Option<RefusalHook>,
+    /// Which client a request comes from, for the per-client limits
+    /// ([`Limits::client_max_workers`], [`Limits::client_max_in_flight`]). Default none: the
+    /// peer's address.
+    pub client_key: Option<ClientKey>,
     /// An HTTPS listener beside the plain one, served by the same poller and workers (one
     /// connection limit, one queue, one stop). Default none.
     pub tls: Option<TlsListener>,
@@ -148,6 +154,7 @@ impl Default for ServerConfig {
             body_buffering: BodyBuffering::default(),
             queue_depth: Arc::new(AtomicUsize::new(0)),
             on_refusal: None,
+            client_key: None,
             tls: None,
         }
     }
@@ -289,6 +296,7 @@ impl Server {
         let pending = Arc::new(Mutex::new(None));
         let (resume_tx, resume_rx) = crossbeam_channel::unbounded();
         let resume = upload::ResumeLink { tokens: resume_tx, waker: Arc::clone(&waker) };
+        let loads = Arc::new(fairness::ClientLoads::new());
 
         let mut threads = Vec::with_capacity(config.threads + 1);
         for i in 0..workers {
@@ -299,6 +307,7 @@ impl Server {
                 waker: Arc::clone(&waker),
                 handler: Arc::clone(&handler),
                 stopping: Arc::clone(&stopping),
+                loads: Arc::clone(&loads),
             };
             let guard = RunningGuard::enter(&running);
             let run = move || {
@@ -317,6 +326,8 @@ impl Server {
             spool: Arc::clone(&spool),
             tuning: Arc::clone(&pending),
             on_refusal: config.on_refusal.clone(),
+            client_key: config.client_key.clone(),
+            loads,
             resume,
             resumed: resume_rx,
         };

@@ -7,9 +7,10 @@
 //! that switched protocols are relayed here too (`tunnel.rs`).
 //!
 //! Here: the connections' state, the loop and accepting. By concern: `read.rs` (heads, bodies
-//! read whole, dispatch to the workers), `streaming.rs` (bodies streamed to a worker),
-//! `write.rs` (what the workers give back, writing to slow clients, closing), `stop.rs`
-//! (timeouts and stopping).
+//! read whole, dispatch to the workers), `share.rs` (each client's share of the workers: its
+//! requests beyond it held back), `streaming.rs` (bodies streamed to a worker), `write.rs`
+//! (what the workers give back, writing to slow clients, closing), `stop.rs` (timeouts and
+//! stopping).
 
 use std::collections::HashMap;
 use std::io;
@@ -25,6 +26,7 @@ use mio::{Events, Interest, Poll, Token};
 
 use super::body::BodyDecoder;
 use super::cpu_idle::CpuIdle;
+use super::fairness::{ClientKey, ClientLoads};
 use super::head::RequestHead;
 use super::job_queue::{JobQueue, StallWatch};
 use super::limits::Limits;
@@ -39,6 +41,7 @@ use super::worker::Returned;
 use super::Tuning;
 
 mod read;
+mod share;
 mod stop;
 mod streaming;
 mod write;
@@ -83,7 +86,8 @@ enum State {
     /// With a worker, and still reading its body, which streams to it (`Connection::upload`;
     /// request buffering off).
     Streaming,
-    /// With a worker (serving, or refilling a delivery).
+    /// With a worker (serving, or refilling a delivery), or held for its client's share of them
+    /// (`share.rs`).
     Busy,
     /// Writing a response the client reads slowly (`Connection::delivery`).
     Writing,
@@ -134,6 +138,8 @@ struct Connection {
     maybe_more: bool,
     /// A TLS handshake is under way: its deadline is the handshake timeout.
     handshaking: bool,
+    /// The client of its latest request, and what that request counts as in its load.
+    client: share::ClientSlot,
 }
 
 /// A stop request: set once by the handle, read by the poller.
@@ -163,6 +169,11 @@ pub(crate) struct Poller {
     queue_capacity: usize,
     spool: Arc<SpoolSettings>,
     on_refusal: Option<RefusalHook>,
+    /// Which client a request comes from.
+    client_key: Option<ClientKey>,
+    /// What each client has, and its requests held back for its share.
+    loads: Arc<ClientLoads>,
+    held: share::HeldRequests,
     /// New settings from a reload, taken at the start of a turn.
     tuning: Arc<Mutex<Option<Tuning>>>,
     /// Given to each upload: where its reader asks for more.
@@ -192,6 +203,8 @@ pub(crate) struct PollerLinks {
     pub stopping: Arc<AtomicBool>,
     pub spool: Arc<SpoolSettings>,
     pub on_refusal: Option<RefusalHook>,
+    pub client_key: Option<ClientKey>,
+    pub loads: Arc<ClientLoads>,
     pub tuning: Arc<Mutex<Option<Tuning>>>,
     pub resume: ResumeLink,
     pub resumed: Receiver<usize>,
@@ -226,6 +239,9 @@ impl Poller {
             queue_capacity: links.queue_capacity,
             spool: links.spool,
             on_refusal: links.on_refusal,
+            client_key: links.client_key,
+            loads: links.loads,
+            held: share::HeldRequests::default(),
             tuning: links.tuning,
             resume: links.resume,
             resumed: links.resumed,
@@ -391,6 +407,7 @@ impl Poller {
                 input_while_busy: Arc::new(AtomicBool::new(false)),
                 maybe_more: false,
                 handshaking: tls,
+                client: share::ClientSlot::default(),
             },
         );
         self.note_deadline(deadline);
