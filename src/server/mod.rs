@@ -69,7 +69,7 @@ pub use upload::EarlyAnswerCheck;
 
 use std::io;
 use std::net::{SocketAddr, TcpListener};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -111,6 +111,9 @@ pub struct ServerConfig {
     pub queue_depth: Arc<AtomicUsize>,
     /// Told of each request the front end refuses on its own. Default none.
     pub on_refusal: Option<RefusalHook>,
+    /// Idle connections closed to make room for new ones at [`Limits::max_connections`]; the
+    /// server counts in it, so a clone kept by the caller reads it. Default: a fresh counter.
+    pub idle_closed: Arc<AtomicU64>,
     /// An HTTPS listener beside the plain one, served by the same poller and workers (one
     /// connection limit, one queue, one stop). Default none.
     pub tls: Option<TlsListener>,
@@ -145,6 +148,7 @@ impl Default for ServerConfig {
             body_buffering: BodyBuffering::default(),
             queue_depth: Arc::new(AtomicUsize::new(0)),
             on_refusal: None,
+            idle_closed: Arc::new(AtomicU64::new(0)),
             tls: None,
         }
     }
@@ -314,6 +318,7 @@ impl Server {
             spool: Arc::clone(&spool),
             tuning: Arc::clone(&pending),
             on_refusal: config.on_refusal.clone(),
+            idle_closed: Arc::clone(&config.idle_closed),
             resume,
             resumed: resume_rx,
         };

@@ -107,6 +107,7 @@ impl Poller {
     /// the application. What the client sent after its request head goes along.
     pub(super) fn switch(&mut self, token: usize, switch: Switch) {
         let Some(conn) = self.connections.remove(&token) else { return };
+        self.idle.remove(token);
         let _ = self.poll.registry().deregister(&mut SourceFd(&conn.stream.as_raw_fd()));
         // The worker let go of its handle when it returned the connection.
         let stream = match Arc::try_unwrap(conn.stream) {
@@ -152,6 +153,7 @@ impl Poller {
         conn.deadline = Instant::now() + self.limits.keep_alive_timeout;
         let deadline = conn.deadline;
         self.note_deadline(deadline);
+        self.idle.mark(token);
     }
 
     /// The response is out: wait for the next request, or linger and close.
@@ -174,6 +176,9 @@ impl Poller {
             Instant::now() + if started { self.limits.head_timeout } else { self.limits.keep_alive_timeout };
         let deadline = conn.deadline;
         self.note_deadline(deadline);
+        if !started {
+            self.idle.mark(token);
+        }
         // Bytes that arrived while the request was served raised no new readiness event.
         self.advance(token);
         // Stopping: a keep-alive response sent before the stop may have brought its next
@@ -258,6 +263,7 @@ impl Poller {
 
     pub(super) fn close(&mut self, token: usize) {
         if let Some(conn) = self.connections.remove(&token) {
+            self.idle.remove(token);
             let _ = self.poll.registry().deregister(&mut SourceFd(&conn.stream.as_raw_fd()));
         }
     }
