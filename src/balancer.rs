@@ -138,6 +138,7 @@ impl LoadBalancer {
         let current: Arc<Current> = Arc::new(ArcSwap::from_pointee(shared));
         let history = history_sampler(Arc::clone(&current))?;
         server_config.queue_depth = Arc::clone(&ops.queue_depth);
+        server_config.idle_closed = Arc::clone(&ops.idle_closed);
         server_config.on_refusal = Some(refusal_hook(Arc::clone(&current)));
         let server = Server::start(server_config, Router::new(Arc::clone(&current)))?;
         let admin = match current.load().config.admin_listen {
