@@ -40,15 +40,17 @@ fn burst(lb: &Lb) {
     }
     // A slow read: the poller holds each delivery, and workers refill them as they drain.
     let mut chunk = [0u8; 4096];
+    let mut received = 0;
     for _ in 0..5 {
         for reader in &mut readers {
             match reader.read(&mut chunk) {
-                Ok(_) => {}
+                Ok(n) => received += n,
                 Err(e) => assert_eq!(e.kind(), ErrorKind::WouldBlock, "{e}"),
             }
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+    assert!(received > 0, "the slow readers read nothing");
 }
 
 #[test]
