@@ -154,6 +154,7 @@ impl LoadBalancer {
         let current: Arc<Current> = Arc::new(ArcSwap::from_pointee(shared));
         let history = history_sampler(Arc::clone(&current))?;
         server_config.queue_depth = Arc::clone(&ops.queue_depth);
+        server_config.idle_closed = Arc::clone(&ops.idle_closed);
         server_config.on_refusal = Some(refusal_hook(Arc::clone(&current)));
         server_config.client_key = Some(client_key(Arc::clone(&current)));
         let server = Server::start(server_config, Router::new(Arc::clone(&current)))?;

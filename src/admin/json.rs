@@ -109,6 +109,7 @@ pub fn stats(shared: &Shared) -> Value {
         "latency": latency_json(&latency),
         "in_flight": snapshot.backends.iter().map(|b| b.in_flight()).sum::<usize>(),
         "queue_depth": shared.ops.queue_depth.load(std::sync::atomic::Ordering::Relaxed),
+        "idle_closed_at_cap": shared.ops.idle_closed.load(std::sync::atomic::Ordering::Relaxed),
         "tunnels": { "active": shared.stats.tunnels.active(), "total": shared.stats.tunnels.total() },
         "retries": {
             "tries": tries.tries,

@@ -13,6 +13,11 @@ use lb_sync::demo_backend::DemoBackend;
 use lb_sync::logging::{AccessFormat, LogTarget, LogWriter, Logger};
 use lb_sync::server::{Server, ServerConfig};
 
+/// jemalloc rather than glibc's malloc: memory used by a burst returns to the system within
+/// about a second of the burst (docs/memory.md).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// An HTTP/1.1 load balancer. Flags override the --config file; with neither, the seed's three
 /// backends on localhost:8001-8003 (weights 1, 2, 1) are used. `lb-sync simulate --help`: the
 /// algorithms on a simulated workload.

@@ -35,7 +35,10 @@ pub struct Limits {
     /// Largest request body, counted after chunked decoding. Default 1 GiB, buffered by the
     /// poller (memory, then a temp file: see `BodyBuffering`) before the handler runs. Over it: `413`.
     pub max_body_bytes: u64,
-    /// Most open client connections. Default 10 000. New ones over it get `503` and are closed.
+    /// Most open client connections. Default 10 000. At it, a new connection closes the one idle
+    /// longest (waiting for a request that has not begun: a kept-alive connection, or one that
+    /// has sent nothing yet), as nginx reuses idle connections; when none is idle it gets `503`
+    /// and is closed.
     pub max_connections: usize,
     /// How long a closing connection's unread input is drained so that our last response is
     /// not destroyed by a TCP reset (nginx `lingering_timeout`). Default 2 s.

@@ -74,7 +74,7 @@ pub use upload::EarlyAnswerCheck;
 
 use std::io;
 use std::net::{SocketAddr, TcpListener};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -120,6 +120,9 @@ pub struct ServerConfig {
     /// ([`Limits::client_max_workers`], [`Limits::client_max_in_flight`]). Default none: the
     /// peer's address.
     pub client_key: Option<ClientKey>,
+    /// Idle connections closed to make room for new ones at [`Limits::max_connections`]; the
+    /// server counts in it, so a clone kept by the caller reads it. Default: a fresh counter.
+    pub idle_closed: Arc<AtomicU64>,
     /// An HTTPS listener beside the plain one, served by the same poller and workers (one
     /// connection limit, one queue, one stop). Default none.
     pub tls: Option<TlsListener>,
@@ -155,6 +158,7 @@ impl Default for ServerConfig {
             queue_depth: Arc::new(AtomicUsize::new(0)),
             on_refusal: None,
             client_key: None,
+            idle_closed: Arc::new(AtomicU64::new(0)),
             tls: None,
         }
     }
@@ -328,6 +332,7 @@ impl Server {
             on_refusal: config.on_refusal.clone(),
             client_key: config.client_key.clone(),
             loads,
+            idle_closed: Arc::clone(&config.idle_closed),
             resume,
             resumed: resume_rx,
         };

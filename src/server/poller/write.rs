@@ -118,6 +118,7 @@ impl Poller {
             self.count_tunnel(client, tunnel);
         }
         let Some(conn) = self.connections.remove(&token) else { return };
+        self.idle.remove(token);
         let _ = self.poll.registry().deregister(&mut SourceFd(&conn.stream.as_raw_fd()));
         // The worker let go of its handle when it returned the connection.
         let stream = match Arc::try_unwrap(conn.stream) {
@@ -163,6 +164,7 @@ impl Poller {
         conn.deadline = Instant::now() + self.limits.keep_alive_timeout;
         let deadline = conn.deadline;
         self.note_deadline(deadline);
+        self.idle.mark(token);
     }
 
     /// The response is out: wait for the next request, or linger and close.
@@ -185,6 +187,9 @@ impl Poller {
             Instant::now() + if started { self.limits.head_timeout } else { self.limits.keep_alive_timeout };
         let deadline = conn.deadline;
         self.note_deadline(deadline);
+        if !started {
+            self.idle.mark(token);
+        }
         // Bytes that arrived while the request was served raised no new readiness event.
         self.advance(token);
         // Stopping: a keep-alive response sent before the stop may have brought its next
@@ -269,6 +274,7 @@ impl Poller {
 
     pub(super) fn close(&mut self, token: usize) {
         if let Some(conn) = self.connections.remove(&token) {
+            self.idle.remove(token);
             let _ = self.poll.registry().deregister(&mut SourceFd(&conn.stream.as_raw_fd()));
             self.forget_client(conn.client);
         }
