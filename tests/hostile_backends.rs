@@ -83,8 +83,13 @@ impl HostileBackend {
         let extras = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let sockets = Arc::new(Mutex::new(Vec::new()));
-        let (c, r, x, s, k) =
-            (Arc::clone(&connections), Arc::clone(&requests), Arc::clone(&extras), Arc::clone(&stop), Arc::clone(&sockets));
+        let (c, r, x, s, k) = (
+            Arc::clone(&connections),
+            Arc::clone(&requests),
+            Arc::clone(&extras),
+            Arc::clone(&stop),
+            Arc::clone(&sockets),
+        );
         let thread = std::thread::spawn(move || {
             while !s.load(Ordering::Relaxed) {
                 match listener.accept() {
@@ -167,7 +172,8 @@ fn serve(mut stream: TcpStream, hostile: Hostile, requests: &AtomicUsize, extras
     let mut buf = Vec::new();
     while let Some(mut id) = read_request(&mut stream, &mut buf) {
         requests.fetch_add(1, Ordering::SeqCst);
-        let chunked = |lines: &str| format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n{lines}").into_bytes();
+        let chunked =
+            |lines: &str| format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n{lines}").into_bytes();
         let mut out = match hostile {
             Hostile::LateExtra | Hostile::LateExtraOnce => answer(&id),
             Hostile::GluedExtra => [answer(&id), extra_response(&id)].concat(),
@@ -175,7 +181,9 @@ fn serve(mut stream: TcpStream, hostile: Hostile, requests: &AtomicUsize, extras
                 let body = format!("id={id}");
                 [chunked(&format!("{:x}\r\n{body}\r\n0\r\n\r\n", body.len())), extra_response(&id)].concat()
             }
-            Hostile::Switches => b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n".to_vec(),
+            Hostile::Switches => {
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n".to_vec()
+            }
             Hostile::BareLfChunks => chunked("5\nhello\n0\n\n"),
             Hostile::BadChunkSize => chunked("zz\r\nhello\r\n0\r\n\r\n"),
         };
