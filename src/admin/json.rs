@@ -66,6 +66,7 @@ pub fn backend_json(backend: &Backend) -> Value {
             "idle": backend.idle_connections(),
             "opened": backend.connection_counts().opened(),
             "reused": backend.connection_counts().reused(),
+            "unsolicited": backend.connection_counts().unsolicited(),
         },
         "responses": by_class(&backend.answers()),
         "latency": latency_json(&backend.latency().snapshot()),

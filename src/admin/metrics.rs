@@ -17,6 +17,7 @@
 //! | `lb_backend_open_tunnels`, `lb_backend_tunnels_total` | `backend` | the same per backend |
 //! | `lb_backend_idle_connections` | `backend` | connections to it kept idle for the next requests |
 //! | `lb_backend_connections_opened_total`, `lb_backend_connections_reused_total` | `backend` | connections opened to it, and requests sent on an idle one taken again |
+//! | `lb_backend_connections_unsolicited_total` | `backend` | connections to it closed because it sent bytes no request asked for |
 //! | `lb_backend_up` | `backend` | 1 unless health checks marked it down |
 //! | `lb_backend_usable` | `backend` | 1 when a pick may choose it (enabled, up, circuit not open) |
 //! | `lb_backend_enabled`, `lb_backend_draining` | `backend` | management state |
@@ -131,6 +132,13 @@ fn encode(shared: &Shared) -> Result<String, ExpositionError> {
         e.counter("lb_backend_connections_reused", "Requests sent to each backend on an idle connection taken again.")?;
     for b in backends {
         family.sample(&[("backend", &b.id)], b.connection_counts().reused() as f64)?;
+    }
+    let mut family = e.counter(
+        "lb_backend_connections_unsolicited",
+        "Connections to each backend closed because it sent bytes no request asked for.",
+    )?;
+    for b in backends {
+        family.sample(&[("backend", &b.id)], b.connection_counts().unsolicited() as f64)?;
     }
 
     let gauges: [(&str, &str, BackendGauge); 6] = [
