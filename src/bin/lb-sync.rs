@@ -8,7 +8,7 @@ use argh::FromArgs;
 use lb_sync::balance::AlgorithmKind;
 use lb_sync::balancer::LoadBalancer;
 use lb_sync::client_ip::Cidr;
-use lb_sync::config::{seed_backends, BackendConfig, Config, RegistryUrl};
+use lb_sync::config::{seed_backends, BackendConfig, Config, RegistryUrl, UpstreamReuse};
 use lb_sync::demo_backend::DemoBackend;
 use lb_sync::logging::{AccessFormat, LogTarget, LogWriter, Logger};
 use lb_sync::server::{Server, ServerConfig};
@@ -164,6 +164,10 @@ struct Args {
     /// seconds between re-resolutions of backend host names, 0 = resolve once (default 30)
     #[argh(option)]
     dns_refresh_interval: Option<f64>,
+    /// which requests may reuse an idle backend connection: safe (a client connection's first
+    /// request opens its own, HAProxy's default) or always (nginx's) (default safe)
+    #[argh(option)]
+    upstream_reuse: Option<UpstreamReuse>,
     /// seconds a stop (SIGTERM, SIGINT) lets requests in flight finish (default 30)
     #[argh(option)]
     shutdown_timeout: Option<f64>,
@@ -230,7 +234,7 @@ fn build_config(args: &Args) -> Result<Config, String> {
     set!(request_timeout, connect_timeout, max_tries, access_log, session_timeout, shutdown_timeout);
     set!(breaker_consecutive_failures, breaker_cooldown, slow_start, tunnel_idle_timeout);
     set!(rate_limit, rate_limit_burst, client_rate_limit, client_rate_limit_burst, dns_refresh_interval);
-    set!(tls_handshake_timeout, peak_ewma_window, client_max_in_flight);
+    set!(tls_handshake_timeout, peak_ewma_window, client_max_in_flight, upstream_reuse);
     if args.client_max_workers.is_some() {
         config.client_max_workers = args.client_max_workers;
     }
