@@ -126,8 +126,12 @@ impl Lb {
         super::proc_status(self.pid(), "VmRSS")
     }
 
+    /// lb-sync's own threads: jemalloc's purging threads (`jemalloc_bg_thd`, started lazily
+    /// as arenas are used, at most one per CPU) belong to the allocator, not to any request.
     pub fn threads(&self) -> u64 {
-        super::proc_status(self.pid(), "Threads")
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", self.pid())).expect("task list");
+        let named = |task: std::fs::DirEntry| std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        tasks.filter_map(Result::ok).map(named).filter(|name| name.trim() != "jemalloc_bg_thd").count() as u64
     }
 }
 
