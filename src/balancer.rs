@@ -155,6 +155,8 @@ impl LoadBalancer {
         };
         let control = Control::new(Arc::clone(&current), table, server.tuner(), health, refresher, &reload);
         stop_registry.0 = None;
+        // Once started: a start that fails says only why.
+        log::info!("{}", server.body_spool());
         Ok(LoadBalancer { server, admin, current, control, access_writer, history, stop_phase: StopPhase::default() })
     }
 

@@ -11,14 +11,14 @@ use crate::server::head::BodyFraming;
 use crate::server::spool::RequestBody;
 use crate::server::upload::{upload, Offer};
 
-use super::{Pending, Poller, State, Upload, MAX_READS_PER_TURN};
+use super::{body_deadline, Pending, Poller, State, Upload, MAX_READS_PER_TURN};
 
 impl Poller {
     /// Request buffering is off and the body is not all here: the request goes to a worker now,
     /// with what arrived of its body, and the rest streams after it.
     pub(super) fn start_upload(&mut self, token: usize) {
         let Some(conn) = self.connections.get_mut(&token) else { return };
-        let Some(Pending { head, decoder, mut body }) = conn.pending.take() else { return };
+        let Some(Pending { head, decoder, mut body, .. }) = conn.pending.take() else { return };
         let mut first = Vec::new();
         if body.finish().and_then(|_| body.read_to_end(&mut first)).is_err() {
             let error = RequestError::BodyStorageFull;
@@ -135,13 +135,8 @@ impl Poller {
         conn.deadline = if upload.stalled_since.is_some() {
             now + Duration::from_secs(24 * 3600)
         } else {
-            let mut deadline = now + self.limits.io_timeout;
             let rate = self.spool.min_upload_rate();
-            if rate > 0 {
-                let allowed = Duration::from_secs_f64(upload.decoder.received() as f64 / rate as f64);
-                deadline = deadline.min(upload.started + self.limits.io_timeout + allowed);
-            }
-            deadline
+            body_deadline(&self.limits, rate, upload.started, upload.decoder.received(), now).0
         };
         let deadline = conn.deadline;
         self.note_deadline(deadline);
