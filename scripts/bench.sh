@@ -8,6 +8,7 @@
 #   scripts/bench.sh cost     # syscalls and context switches per proxied keep-alive GET, lb-sync vs nginx
 #   scripts/bench.sh upstream-tls  # an https:// backend vs the same one over plain HTTP, lb-sync and nginx
 #   scripts/bench.sh slow     # 1000 slow senders / readers / heads, 100 slow backend requests: normal GETs meanwhile
+#   scripts/bench.sh flood    # 300 x GET /?delay_ms=12000 from 127.0.0.1, a GET from 127.0.0.2 every second: its latency
 #   scripts/bench.sh sweep    # lb-sync vs nginx vs HAProxy (vs Pingora) at c=10, 64, 256 and c=10 after
 #                             # a c=256 burst, in front of three nginx backends and of one shared one:
 #                             # req/s, p50, p99, the proxy's CPU us and context switches per request
@@ -18,6 +19,7 @@
 #                             # p50/p99 through lb-sync with round_robin, least_connections, p2c and peak_ewma
 #
 # Environment: DURATION (default 10s; 5s per run for websocket; 20s per algorithm for algorithms), ROUNDS (sweep: runs per cell, 1),
+# FLOOD (300), FLOOD_DELAY_MS (12000), PROBE_SECONDS (30) for flood,
 # SWEEP_CONNECTIONS ("10 64 256"), SWEEP_LAYOUTS ("separate shared"), BURST (5s), PINGORA (0: leave
 # Pingora out of the sweep), WS_TUNNELS ("1 8 64"), WS_SIZE
 # (64 bytes per frame), CONNECTIONS (64), WRK_THREADS (2), THREADS (lb workers, 256),
@@ -368,6 +370,25 @@ PY
     wait_port "$lb_port" / "$work/lb-sync.err"
     echo "lb-sync (default 256 workers) in front of one lb-backend; ${SLOW_PEERS:-1000} peers per case"
     python3 "$root/scripts/slow_peers.py" "127.0.0.1:$lb_port" "$lb_pid" "$work/bodies" "${SLOW_PEERS:-1000}"
+    ;;
+  flood)
+    # Issue 25's fairness scenario: lb-sync with its defaults (256 workers, a client's share
+    # half of them) in front of three lb-backends with room for the whole flood.
+    ulimit -n 65536 2>/dev/null || true
+    read -r -a ports <<<"$(free_ports 4)"
+    backend_args=()
+    for port in "${ports[@]:0:3}"; do
+      "$backend_bin" --port "$port" --threads 200 > /dev/null &
+      pids+=("$!")
+      backend_args+=(--backend "127.0.0.1:$port")
+    done
+    lb_port=${ports[3]}
+    "$sync_bin" --host 127.0.0.1 --port "$lb_port" --threads "$threads" --access-log false --health-check-interval 0 \
+      "${backend_args[@]}" > "$work/lb-sync.out" 2> "$work/lb-sync.err" &
+    pids+=("$!")
+    for port in "${ports[@]:0:3}"; do wait_port "$port"; done
+    wait_port "$lb_port" / "$work/lb-sync.err"
+    python3 "$root/scripts/client_flood.py" "127.0.0.1:$lb_port" "${FLOOD:-300}" "${FLOOD_DELAY_MS:-12000}" "${PROBE_SECONDS:-30}"
     ;;
   sweep)
     # Issue 18's targets in one run: lb-sync (its defaults), nginx and HAProxy (and Pingora's

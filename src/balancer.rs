@@ -19,7 +19,7 @@ use crate::ops::history::Sampler;
 use crate::ops::{refusal_line, AccessLog, Operations, StateFile};
 use crate::registry::Registry;
 use crate::router::{AdminRouter, Router};
-use crate::server::{bind_for, RefusalHook, Server, ServerConfig, TlsAcceptor, TlsListener};
+use crate::server::{bind_for, ClientKey, RefusalHook, Server, ServerConfig, TlsAcceptor, TlsListener};
 use crate::state::{Current, ReloadHook, Shared};
 use crate::upstream::{BackendTable, DnsRefresher, DnsStatus, HealthChecker, Resolver};
 
@@ -57,6 +57,21 @@ pub struct LoadBalancer {
 /// What a [`LoadBalancer::stop`] is doing now (shared, so that another thread can tell).
 pub type StopPhase = Arc<std::sync::Mutex<&'static str>>;
 
+/// A data port open beyond loopback serves the management API to loopback peers alone; a proxy on
+/// this machine that does not say it forwarded (no `X-Forwarded-For`, no `Via`) would open it to
+/// its clients, so the operator is told to set a token or a listener of its own.
+fn warn_if_the_api_is_unguarded(config: &Config) {
+    if config.admin_token.is_none() && config.admin_listen.is_none() && !config.host.is_loopback() {
+        log::warn!(
+            "the management API ({}/...) is served on {} with no admin_token: only loopback peers without \
+             forwarding headers may use it; behind a proxy on this machine set admin_token (--admin-token) or \
+             admin_listen (--admin-listen)",
+            config.admin_prefix,
+            SocketAddr::new(config.host, config.port)
+        );
+    }
+}
+
 impl LoadBalancer {
     /// Validates `config`, resolves the backends (or reads them back from the state file),
     /// opens the access log, binds and starts serving.
@@ -70,6 +85,7 @@ impl LoadBalancer {
     pub fn start_with_log(config: Config, access_log: Option<LogHandle>) -> io::Result<LoadBalancer> {
         let invalid = |e: &dyn std::fmt::Display| io::Error::new(io::ErrorKind::InvalidInput, e.to_string());
         config.validate().map_err(|e| invalid(&e))?;
+        warn_if_the_api_is_unguarded(&config);
         let state_file = config.state_file.as_ref().map(StateFile::new);
         let saved = match &state_file {
             Some(file) => file.load().map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?,
@@ -138,7 +154,9 @@ impl LoadBalancer {
         let current: Arc<Current> = Arc::new(ArcSwap::from_pointee(shared));
         let history = history_sampler(Arc::clone(&current))?;
         server_config.queue_depth = Arc::clone(&ops.queue_depth);
+        server_config.idle_closed = Arc::clone(&ops.idle_closed);
         server_config.on_refusal = Some(refusal_hook(Arc::clone(&current)));
+        server_config.client_key = Some(client_key(Arc::clone(&current)));
         let server = Server::start(server_config, Router::new(Arc::clone(&current)))?;
         let admin = match current.load().config.admin_listen {
             Some(bind) => {
@@ -292,6 +310,14 @@ fn history_sampler(current: Arc<Current>) -> io::Result<Sampler> {
     Sampler::start(move |second| {
         let shared = current.load();
         shared.ops.history.sample(second, &shared.stats, &shared.ops.latency, &shared.table.snapshot().backends);
+    })
+}
+
+/// Which client a request counts against in the front end's per-client limits: the address
+/// after the `trusted_proxies` in force.
+fn client_key(current: Arc<Current>) -> ClientKey {
+    ClientKey::new(move |peer, head| {
+        crate::client_ip::request_client(peer.ip(), &head.headers, &current.load().config.trusted_proxies)
     })
 }
 

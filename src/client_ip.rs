@@ -7,6 +7,9 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::server::field;
+use crate::server::Header;
+
 /// An address block such as `127.0.0.0/8` or `::1/128`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Cidr {
@@ -125,6 +128,37 @@ pub fn client_ip(peer: IpAddr, forwarded_for: Option<&str>, trusted: &[Cidr]) ->
     client
 }
 
+/// The client of a request from `peer` with these header fields: [`client_ip`] over every
+/// `X-Forwarded-For` line, in order, as one list (RFC 9110 5.3: a proxy in front may add a line
+/// of its own rather than extend the first). Fail closed: when any line has a byte that is not
+/// printable ASCII, no entry can be vouched for and the client is the peer. The one answer to
+/// "who is the client" for the proxy (hash key, rate limits, logs) and the front end's
+/// per-client limits.
+///
+/// ```
+/// use lb_sync::client_ip::{request_client, Cidr};
+/// use lb_sync::server::Header;
+///
+/// let trusted = [Cidr::parse("127.0.0.0/8").unwrap()];
+/// let xff = |value: &[u8]| Header::new("X-Forwarded-For", value.to_vec());
+/// let headers = [xff(b"203.0.113.9"), xff(b"198.51.100.4")];
+/// assert_eq!(request_client("127.0.0.1".parse().unwrap(), &headers, &trusted).to_string(), "198.51.100.4");
+/// assert_eq!(request_client("192.0.2.1".parse().unwrap(), &headers, &trusted).to_string(), "192.0.2.1");
+/// let odd = [xff(b"\xff, 198.51.100.4")];
+/// assert_eq!(request_client("127.0.0.1".parse().unwrap(), &odd, &trusted).to_string(), "127.0.0.1");
+/// ```
+pub fn request_client(peer: IpAddr, headers: &[Header], trusted: &[Cidr]) -> IpAddr {
+    let peer = canonical(peer);
+    // Most requests: an untrusted peer, or no header at all; nothing to read.
+    if !is_trusted(peer, trusted) {
+        return peer;
+    }
+    match field::list(headers, "x-forwarded-for") {
+        Ok(elements) if !elements.is_empty() => client_ip(peer, Some(&elements.join(",")), trusted),
+        _ => peer,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -148,5 +182,18 @@ mod tests {
         assert_eq!(ip("1.1.1.1, junk, 10.0.0.5"), "10.0.0.5");
         assert_eq!(ip("10.0.0.7"), "10.0.0.7");
         assert_eq!(client_ip(peer, None, &trusted), peer);
+    }
+
+    #[test]
+    fn every_forwarded_for_line_is_read_and_bad_bytes_stop_the_walk() {
+        let trusted = [Cidr::parse("127.0.0.0/8").unwrap()];
+        let peer: IpAddr = "127.0.0.1".parse().unwrap();
+        let xff = |value: &[u8]| Header { name: "x-forwarded-for".into(), value: value.to_vec() };
+        let client = |headers: &[Header]| request_client(peer, headers, &trusted).to_string();
+        assert_eq!(client(&[xff(b"1.1.1.1"), xff(b"2.2.2.2, 127.0.0.9")]), "2.2.2.2");
+        assert_eq!(client(&[xff(b"1.1.1.1"), xff(b"\xff")]), "127.0.0.1");
+        assert_eq!(client(&[xff(b"\xff"), xff(b"1.1.1.1")]), "127.0.0.1", "fail closed: the peer");
+        assert_eq!(client(&[xff(b"")]), "127.0.0.1");
+        assert_eq!(client(&[]), "127.0.0.1");
     }
 }

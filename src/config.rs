@@ -220,6 +220,11 @@ pub fn is_valid_id(id: &str) -> bool {
     (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._~-".contains(&b))
 }
 
+/// Whether `text` is an RFC 9110 token (a protocol or field name).
+fn is_token(text: &str) -> bool {
+    !text.is_empty() && text.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
 /// Everything the balancer needs to run. Field names are the config-file keys.
 ///
 /// ```
@@ -337,6 +342,16 @@ pub struct Config {
     pub sticky_secret: Option<String>,
     /// Peers whose `X-Forwarded-For` is believed (CIDRs). Default loopback only.
     pub trusted_proxies: Vec<Cidr>,
+    /// Whether request header fields with `_` in their names are forwarded (nginx's
+    /// `underscores_in_headers`). Default false: they are dropped, because a CGI or WSGI
+    /// backend reads `X_Real_IP` as the `X-Real-IP` the proxy sets. Even when true, the
+    /// underscore spellings of the fields the proxy sets itself are dropped.
+    pub underscores_in_headers: bool,
+    /// The protocols an `Upgrade` request may switch to, case-insensitive (Envoy's
+    /// `upgrade_configs`). Default `["websocket"]`. Any other `Upgrade` (`h2c` above all) goes
+    /// to the backend as a plain request, without `Upgrade`, `HTTP2-Settings` and their
+    /// `Connection` options, so it is answered, never tunnelled.
+    pub upgrade_protocols: Vec<String>,
     /// Path prefix of the management API. Default `/lb`.
     pub admin_prefix: String,
     /// When set, every caller of the management API must send `Authorization: Bearer <token>`
@@ -369,6 +384,15 @@ pub struct Config {
     /// Seconds a request may wait for a backend connection slot (HAProxy's `timeout queue`).
     /// Default 5.
     pub backend_queue_timeout: f64,
+    /// Most workers one client (its address after `trusted_proxies`) has at once; its requests
+    /// beyond it wait (never refused) until one of its own is answered, and other clients'
+    /// requests go ahead of them. One client with slow requests cannot take every worker.
+    /// Default: half of `threads`; 0: off.
+    pub client_max_workers: Option<usize>,
+    /// Most requests one client may have in process at once: with the workers, waiting for its
+    /// share of them, or open tunnels (WebSockets). More get `429` + `Retry-After: 1` (nginx's
+    /// `limit_conn`, HAProxy's `sc_conn_cur`). Default 0: off.
+    pub client_max_in_flight: usize,
     /// Idle connections kept open to each backend for later requests (nginx's upstream
     /// `keepalive`); beyond it the least recently used is closed, and 0 closes each connection
     /// after its answer. Default: `threads` (every worker can keep one to each backend; the
@@ -493,6 +517,8 @@ impl Default for Config {
             sticky_cookie: None,
             sticky_secret: None,
             trusted_proxies: vec![Cidr::parse("127.0.0.0/8").unwrap(), Cidr::parse("::1/128").unwrap()],
+            underscores_in_headers: false,
+            upgrade_protocols: vec!["websocket".to_string()],
             admin_prefix: "/lb".to_string(),
             admin_token: None,
             admin_listen: None,
@@ -502,6 +528,8 @@ impl Default for Config {
             queue_capacity: 1024,
             backend_max_connections: None,
             backend_queue_timeout: 5.0,
+            client_max_workers: None,
+            client_max_in_flight: 0,
             upstream_keepalive: None,
             upstream_keepalive_timeout: 4.0,
             max_body_bytes: limits.max_body_bytes,
@@ -695,6 +723,12 @@ impl Config {
                 format!("rate_limit_max_clients must be 1-{MAX_TRACKED_CLIENTS}, got {}", self.rate_limit_max_clients);
             return Err(invalid("rate_limit_max_clients", why));
         }
+        if let Some(protocol) = self.upgrade_protocols.iter().find(|p| !is_token(p)) {
+            let why = format!(
+                "upgrade_protocols must list protocol names (letters, digits, !#$%&'*+-.^_`|~), got '{protocol}'"
+            );
+            return Err(invalid("upgrade_protocols", why));
+        }
         if let Some(name) = &self.sticky_cookie {
             if !is_valid_cookie_name(name) {
                 let why =
@@ -771,6 +805,17 @@ impl Config {
         self.backend_max_connections.unwrap_or((self.threads * 3 / 4).max(1))
     }
 
+    /// The workers one client may have at once (`client_max_workers`, or half of them; 0 = no
+    /// share).
+    ///
+    /// ```
+    /// let config = lb_sync::config::Config { threads: 8, ..Default::default() };
+    /// assert_eq!(config.client_share_in_force(), 4);
+    /// ```
+    pub fn client_share_in_force(&self) -> usize {
+        self.client_max_workers.unwrap_or((self.threads / 2).max(1))
+    }
+
     /// Idle connections kept to each backend (`upstream_keepalive`, or one per worker).
     ///
     /// ```
@@ -805,6 +850,8 @@ impl Config {
             io_timeout: Duration::from_secs(self.client_io_timeout),
             max_body_bytes: self.max_body_bytes,
             max_connections: self.max_connections,
+            client_max_workers: self.client_share_in_force(),
+            client_max_in_flight: self.client_max_in_flight,
             ..Limits::default()
         }
     }

@@ -384,12 +384,32 @@ fn idle_keep_alive_connection_is_closed_quietly(t: Transport) {
     server.stop(Duration::from_secs(1));
 }
 
-fn connections_over_the_limit_get_503_and_close(t: Transport) {
+fn at_the_connection_limit_the_longest_idle_connection_makes_room(t: Transport) {
+    let limits = Limits { max_connections: 4, ..Limits::default() };
+    let server = demo(t, limits);
+    let mut held: Vec<Conn> = (0..4).map(|_| server.client.open()).collect();
+    // Connection 0 is idle longest: the others answer requests after its one (several each, so
+    // that the worker that answered it has long handed it back to the poller).
+    for i in [0, 1, 2, 3, 1, 2, 3, 1, 2, 3] {
+        assert_eq!(held[i].get("/").status, 200);
+    }
+    let mut newcomer = server.client.open();
+    assert_eq!(newcomer.get("/new").status, 200, "served while idle connections existed");
+    assert!(held[0].is_closed(), "the connection idle longest was closed to make room");
+    for (i, conn) in held.iter_mut().enumerate().skip(1) {
+        assert_eq!(conn.get("/again").status, 200, "connection {i} was not closed");
+    }
+    server.stop(Duration::from_secs(1));
+}
+
+fn connections_over_the_limit_with_none_idle_get_503_and_close(t: Transport) {
     let limits = Limits { max_connections: 4, ..Limits::default() };
     let server = demo(t, limits);
     let mut held: Vec<Conn> = (0..4).map(|_| server.client.open()).collect();
     for conn in &mut held {
         assert_eq!(conn.get("/").status, 200);
+        // A request head begun: the connection is busy, not idle.
+        conn.send(b"GET /next HTTP/1.1\r\nHost: t\r\n");
     }
     match t {
         Transport::Tcp => {
@@ -400,6 +420,10 @@ fn connections_over_the_limit_get_503_and_close(t: Transport) {
         }
         // No answer can go before a handshake, and none is spent on a refused connection.
         Transport::Tls => assert!(server.client.try_open().is_err(), "closed before the handshake"),
+    }
+    for conn in &mut held {
+        conn.send(b"\r\n");
+        assert_eq!(conn.response().status, 200, "a busy connection is never closed for a new one");
     }
     drop(held);
     assert!(wait_until(Duration::from_secs(5), || {
@@ -745,7 +769,8 @@ over_tcp_and_tls!(
     every_limit_gives_its_status,
     stalled_body_gets_408_after_the_io_timeout,
     idle_keep_alive_connection_is_closed_quietly,
-    connections_over_the_limit_get_503_and_close,
+    at_the_connection_limit_the_longest_idle_connection_makes_room,
+    connections_over_the_limit_with_none_idle_get_503_and_close,
     full_queue_answers_503_with_retry_after_at_once,
     chunked_bodies_in_and_out_with_odd_sizes_and_extensions,
     expect_100_continue_is_answered_before_the_body,

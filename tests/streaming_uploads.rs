@@ -410,7 +410,7 @@ fn a_streamed_chunked_body_of_an_upgrade_request_goes_upstream_framed() {
     let lb = Lb::start(&[addr], STREAMING);
     let mut conn = Conn::open(lb.addr);
     conn.send(
-        b"POST /up HTTP/1.1\r\nHost: t\r\nConnection: upgrade\r\nUpgrade: h2c\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"POST /up HTTP/1.1\r\nHost: t\r\nConnection: upgrade\r\nUpgrade: websocket\r\nTransfer-Encoding: chunked\r\n\r\n",
     );
     std::thread::sleep(Duration::from_millis(100));
     let smuggled = b"GET /admin HTTP/1.1\r\nHost: internal\r\nX-Forwarded-For: 10.0.0.1\r\n\r\n";
@@ -441,7 +441,7 @@ fn a_streamed_body_of_an_upgrade_request_never_gets_zeros_from_another_connectio
             std::thread::spawn(move || {
                 stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
                 let Some(head) = read_head_of(&mut stream) else { return };
-                if !head.contains("upgrade: h2c") {
+                if !head.contains("upgrade: websocket") {
                     // A plain GET: answered and kept alive, then, idle, a 408 the proxy never reads.
                     let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
                     std::thread::sleep(Duration::from_millis(100));
@@ -462,7 +462,9 @@ fn a_streamed_body_of_an_upgrade_request_never_gets_zeros_from_another_connectio
     assert_eq!(conn.get("/plain").status, 200);
     std::thread::sleep(Duration::from_millis(300));
     let mut up = Conn::open(lb.addr);
-    up.send(b"POST /up HTTP/1.1\r\nHost: t\r\nConnection: upgrade\r\nUpgrade: h2c\r\nContent-Length: 1000\r\n\r\n");
+    up.send(
+        b"POST /up HTTP/1.1\r\nHost: t\r\nConnection: upgrade\r\nUpgrade: websocket\r\nContent-Length: 1000\r\n\r\n",
+    );
     up.send(&[b'x'; 500]);
     std::thread::sleep(Duration::from_millis(300));
     up.send(&[b'x'; 500]);

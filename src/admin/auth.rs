@@ -5,7 +5,11 @@
 //! - On the data port, with a token configured: every caller must send
 //!   `Authorization: Bearer TOKEN`, loopback peers too (a local proxy in front would otherwise
 //!   open it to the world). Without a token: only direct loopback peers, and never a request
-//!   that carries a proxy's forwarding headers.
+//!   that carries any field a proxy adds ([`field::is_forwarding`]: `Forwarded`, `X-Forwarded-*`,
+//!   `X-Real-IP`, `Via`..., in any spelling, with any value, even one that cannot be read).
+//!
+//! The token is read from the one `Authorization` field: several, or one with bytes that are not
+//! printable ASCII, are refused like a wrong token (fail closed).
 //!
 //! Tokens are compared in constant time. Refusals are `401` (no or wrong token) or `403` (not
 //! allowed from here), with a JSON `error` that says what to do.
@@ -13,6 +17,7 @@
 use serde_json::json;
 
 use crate::client_ip::canonical;
+use crate::server::field::{self, Sole};
 use crate::server::{Request, Response};
 use crate::state::Shared;
 
@@ -24,10 +29,6 @@ pub enum Listener {
     /// The separate admin listener of `--admin-listen`.
     Admin,
 }
-
-/// Headers a proxy adds on the way in: their presence means the loopback peer is a proxy
-/// relaying someone else's request.
-const FORWARDING_HEADERS: [&str; 3] = ["x-forwarded-for", "forwarded", "x-real-ip"];
 
 /// Whether two byte strings are equal, in time that depends on their lengths only.
 ///
@@ -53,14 +54,27 @@ fn refuse(status: u16, message: String) -> Response {
     }
 }
 
+/// The token of the request's one `Authorization: Bearer TOKEN` (`None` without one); the
+/// refusal when that field is unusable.
+fn bearer_token(request: &Request) -> Result<Option<&str>, Response> {
+    match field::sole(request.headers(), "authorization") {
+        Sole::Absent => Ok(None),
+        Sole::Unusable => Err(refuse(
+            401,
+            "the Authorization header is unusable (sent more than once, or with bytes that are not printable \
+             ASCII): send it once, as 'Authorization: Bearer TOKEN'"
+                .into(),
+        )),
+        Sole::Text(value) => Ok(value
+            .split_once([' ', '\t'])
+            .and_then(|(scheme, rest)| scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim_matches([' ', '\t'])))),
+    }
+}
+
 /// `Ok` when the request may use the API, else the refusal to answer.
 pub fn check(shared: &Shared, request: &Request, listener: Listener) -> Result<(), Response> {
     if let Some(token) = &shared.config.admin_token {
-        let given = request.header("authorization").and_then(|v| {
-            let (scheme, rest) = v.trim().split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
-        });
-        return match given {
+        return match bearer_token(request)? {
             None => Err(refuse(
                 401,
                 "the management API needs the admin token: send the header 'Authorization: Bearer TOKEN' \
@@ -84,7 +98,7 @@ pub fn check(shared: &Shared, request: &Request, listener: Listener) -> Result<(
             ),
         ));
     }
-    if let Some(name) = FORWARDING_HEADERS.iter().find(|h| request.header(h).is_some()) {
+    if let Some(name) = request.headers().iter().find(|h| field::is_forwarding(h)).map(|h| &h.name) {
         return Err(refuse(
             403,
             format!(

@@ -66,6 +66,7 @@ pub fn backend_json(backend: &Backend) -> Value {
             "idle": backend.idle_connections(),
             "opened": backend.connection_counts().opened(),
             "reused": backend.connection_counts().reused(),
+            "unsolicited": backend.connection_counts().unsolicited(),
         },
         "responses": by_class(&backend.answers()),
         "latency": latency_json(&backend.latency().snapshot()),
@@ -109,6 +110,7 @@ pub fn stats(shared: &Shared) -> Value {
         "latency": latency_json(&latency),
         "in_flight": snapshot.backends.iter().map(|b| b.in_flight()).sum::<usize>(),
         "queue_depth": shared.ops.queue_depth.load(std::sync::atomic::Ordering::Relaxed),
+        "idle_closed_at_cap": shared.ops.idle_closed.load(std::sync::atomic::Ordering::Relaxed),
         "tunnels": { "active": shared.stats.tunnels.active(), "total": shared.stats.tunnels.total() },
         "retries": {
             "tries": tries.tries,
@@ -212,6 +214,10 @@ fn derived_settings(config: &crate::config::Config) -> Vec<(&'static str, (Value
     if config.backend_max_connections.is_none() {
         let why = format!("unset: 3/4 of threads ({})", config.threads);
         derived.push(("backend_max_connections", (json!(config.backend_connection_cap()), why)));
+    }
+    if config.client_max_workers.is_none() {
+        let why = format!("unset: half of threads ({})", config.threads);
+        derived.push(("client_max_workers", (json!(config.client_share_in_force()), why)));
     }
     if config.upstream_keepalive.is_none() {
         let why = format!("unset: one per worker (threads, {})", config.threads);

@@ -12,10 +12,12 @@
 //! | `lb_backend_response_duration_seconds` | `backend` | a backend's time to its response head (histogram) |
 //! | `lb_in_flight_requests` | | requests being forwarded now |
 //! | `lb_queue_depth` | | requests waiting for a worker |
+//! | `lb_idle_closed_at_cap_total` | | idle client connections closed to make room for new ones at `max_connections` |
 //! | `lb_open_tunnels`, `lb_tunnels_total` | | tunnels (WebSockets: upgraded connections) open now, and opened since the start |
 //! | `lb_backend_open_tunnels`, `lb_backend_tunnels_total` | `backend` | the same per backend |
 //! | `lb_backend_idle_connections` | `backend` | connections to it kept idle for the next requests |
 //! | `lb_backend_connections_opened_total`, `lb_backend_connections_reused_total` | `backend` | connections opened to it, and requests sent on an idle one taken again |
+//! | `lb_backend_connections_unsolicited_total` | `backend` | connections to it closed because it sent bytes no request asked for |
 //! | `lb_backend_up` | `backend` | 1 unless health checks marked it down |
 //! | `lb_backend_usable` | `backend` | 1 when a pick may choose it (enabled, up, circuit not open) |
 //! | `lb_backend_enabled`, `lb_backend_draining` | `backend` | management state |
@@ -102,6 +104,8 @@ fn encode(shared: &Shared) -> Result<String, ExpositionError> {
     e.gauge("lb_in_flight_requests", "Requests being forwarded to a backend now.")?.sample(&[], in_flight as f64)?;
     e.gauge("lb_queue_depth", "Requests waiting for a worker.")?
         .sample(&[], shared.ops.queue_depth.load(Ordering::Relaxed) as f64)?;
+    e.counter("lb_idle_closed_at_cap", "Idle client connections closed to make room for new ones at max_connections.")?
+        .sample(&[], shared.ops.idle_closed.load(Ordering::Relaxed) as f64)?;
     let tunnels = &shared.stats.tunnels;
     e.gauge("lb_open_tunnels", "Tunnels (upgraded connections: WebSockets) open now.")?
         .sample(&[], tunnels.active() as f64)?;
@@ -128,6 +132,13 @@ fn encode(shared: &Shared) -> Result<String, ExpositionError> {
         e.counter("lb_backend_connections_reused", "Requests sent to each backend on an idle connection taken again.")?;
     for b in backends {
         family.sample(&[("backend", &b.id)], b.connection_counts().reused() as f64)?;
+    }
+    let mut family = e.counter(
+        "lb_backend_connections_unsolicited",
+        "Connections to each backend closed because it sent bytes no request asked for.",
+    )?;
+    for b in backends {
+        family.sample(&[("backend", &b.id)], b.connection_counts().unsolicited() as f64)?;
     }
 
     let gauges: [(&str, &str, BackendGauge); 6] = [

@@ -13,6 +13,11 @@ use lb_sync::demo_backend::DemoBackend;
 use lb_sync::logging::{AccessFormat, LogTarget, LogWriter, Logger};
 use lb_sync::server::{Server, ServerConfig};
 
+/// jemalloc rather than glibc's malloc: memory used by a burst returns to the system within
+/// about a second of the burst (docs/memory.md).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// An HTTP/1.1 load balancer. Flags override the --config file; with neither, the seed's three
 /// backends on localhost:8001-8003 (weights 1, 2, 1) are used. `lb-sync simulate --help`: the
 /// algorithms on a simulated workload.
@@ -117,6 +122,14 @@ struct Args {
     /// requests each client may send at once (default: one second's worth)
     #[argh(option)]
     client_rate_limit_burst: Option<u32>,
+    /// most workers one client (its address after --trusted-proxy) has at once; its other
+    /// requests wait for them, 0 = off (default: half of --threads)
+    #[argh(option)]
+    client_max_workers: Option<usize>,
+    /// most requests one client may have in process at once (tunnels too), then 429; 0 = off
+    /// (default 0)
+    #[argh(option)]
+    client_max_in_flight: Option<usize>,
     /// sticky sessions: the name of the cookie that keeps a client on its backend (default off)
     #[argh(option)]
     sticky_cookie: Option<String>,
@@ -126,6 +139,13 @@ struct Args {
     /// a CIDR whose X-Forwarded-For is believed; repeatable; replaces the default (loopback)
     #[argh(option)]
     trusted_proxy: Vec<String>,
+    /// forward request headers whose names have underscores (default: dropped, as nginx's
+    /// underscores_in_headers off)
+    #[argh(switch)]
+    underscores_in_headers: bool,
+    /// a protocol an Upgrade request may switch to; repeatable; replaces the default (websocket)
+    #[argh(option)]
+    upgrade_protocol: Vec<String>,
     /// bearer token required by the management API from every peer, loopback too (then open
     /// to non-loopback peers)
     #[argh(option)]
@@ -227,9 +247,12 @@ fn build_config(args: &Args) -> Result<Config, String> {
     set!(request_timeout, connect_timeout, max_tries, access_log, session_timeout, shutdown_timeout);
     set!(breaker_consecutive_failures, breaker_cooldown, slow_start, tunnel_idle_timeout);
     set!(rate_limit, rate_limit_burst, client_rate_limit, client_rate_limit_burst, dns_refresh_interval);
-    set!(tls_handshake_timeout, peak_ewma_window);
+    set!(tls_handshake_timeout, peak_ewma_window, client_max_in_flight);
     set!(max_body_bytes, client_body_temp_cap, client_body_temp_free_share, client_body_temp_client_share);
     set!(request_body_min_rate);
+    if args.client_max_workers.is_some() {
+        config.client_max_workers = args.client_max_workers;
+    }
     if args.registry.is_some() {
         config.registry.clone_from(&args.registry);
     }
@@ -243,6 +266,10 @@ fn build_config(args: &Args) -> Result<Config, String> {
     config.panic_mode |= args.panic_mode;
     if !args.trusted_proxy.is_empty() {
         config.trusted_proxies = args.trusted_proxy.iter().map(|c| Cidr::parse(c)).collect::<Result<_, _>>()?;
+    }
+    config.underscores_in_headers |= args.underscores_in_headers;
+    if !args.upgrade_protocol.is_empty() {
+        config.upgrade_protocols.clone_from(&args.upgrade_protocol);
     }
     if let Some(token) = &args.admin_token {
         config.admin_token = Some(token.clone());

@@ -56,6 +56,8 @@ pub const RANGES: &[Range] = &[
     range("queue_capacity", 1.0, 1_000_000.0, Unit::Count),
     range("max_connections", 1.0, 1_000_000.0, Unit::Count),
     range("backend_max_connections", 1.0, 1_000_000.0, Unit::Count),
+    or_off("client_max_workers", 1.0, 1_000_000.0, Unit::Count),
+    or_off("client_max_in_flight", 1.0, 1_000_000.0, Unit::Count),
     range("upstream_keepalive", 0.0, 1_000_000.0, Unit::Count),
     range("max_tries", 1.0, 100.0, Unit::Count),
     range("retry_budget_min", 0.0, 1_000_000.0, Unit::Count),
@@ -137,8 +139,9 @@ pub(crate) fn of(key: &str) -> &'static Range {
 pub(super) fn check(config: &Config) -> Result<(), ConfigError> {
     // Integers are compared as f64: every bound is far below 2^53, and a larger value is
     // out of range however it rounds.
-    let counts: [(&str, f64, &dyn std::fmt::Display); 24] = [
+    let counts: [(&str, f64, &dyn std::fmt::Display); 25] = [
         ("threads", config.threads as f64, &config.threads),
+        ("client_max_in_flight", config.client_max_in_flight as f64, &config.client_max_in_flight),
         ("queue_capacity", config.queue_capacity as f64, &config.queue_capacity),
         ("max_connections", config.max_connections as f64, &config.max_connections),
         ("max_tries", config.max_tries as f64, &config.max_tries),
@@ -172,6 +175,9 @@ pub(super) fn check(config: &Config) -> Result<(), ConfigError> {
     }
     if let Some(cap) = config.backend_max_connections {
         of("backend_max_connections").check(cap as f64, &cap)?;
+    }
+    if let Some(share) = config.client_max_workers {
+        of("client_max_workers").check(share as f64, &share)?;
     }
     if let Some(kept) = config.upstream_keepalive {
         of("upstream_keepalive").check(kept as f64, &kept)?;

@@ -9,6 +9,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::logging::{next_request_id, AccessFormat, AccessRecord, LogHandle};
+use crate::server::field::{self, Sole};
 use crate::server::{Finished, Request, Response, TunnelEnd, Version};
 
 /// The access log's sending side and format.
@@ -44,10 +45,13 @@ impl PendingAccess {
     /// id and the start are kept, and nothing is copied); `client_ip` is the client as the
     /// balancer sees it (after a trusted proxy's `X-Forwarded-For`).
     pub fn new(request: &Request, client_ip: IpAddr, logged: bool) -> PendingAccess {
-        let incoming = request
-            .header("x-request-id")
-            .map(str::trim)
-            .filter(|id| (1..=MAX_INCOMING_ID).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_graphic()));
+        // One sane id is taken; several, or an odd one, are replaced by ours (and not sent on).
+        let incoming = match field::sole(request.headers(), "x-request-id") {
+            Sole::Text(id) if (1..=MAX_INCOMING_ID).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_graphic()) => {
+                Some(id)
+            }
+            _ => None,
+        };
         let (request_id, id_came_in) = match incoming {
             Some(id) => (id.to_string(), true),
             None => (next_request_id().as_str().to_string(), false),

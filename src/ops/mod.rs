@@ -12,7 +12,7 @@ pub use crate::upstream::BackendState;
 pub use access::{refusal_line, AccessLog, PendingAccess};
 pub use state_file::{SavedBackend, SavedState, StateFile, StateFileError};
 
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,6 +33,9 @@ pub struct Operations {
     pub latency: Histogram,
     /// Requests waiting for a worker now (the front end counts in it).
     pub queue_depth: Arc<AtomicUsize>,
+    /// Idle client connections closed to make room at `max_connections` (the front end counts
+    /// in it).
+    pub idle_closed: Arc<AtomicU64>,
     /// Where access-log lines go, and in which format; `None` when the access log is off.
     pub access_log: Option<AccessLog>,
     /// One line per cause per [`WARN_INTERVAL`] for warnings that can fire on every request.
@@ -54,6 +57,7 @@ impl Operations {
         Operations {
             latency: Histogram::new(),
             queue_depth: Arc::new(AtomicUsize::new(0)),
+            idle_closed: Arc::new(AtomicU64::new(0)),
             access_log,
             warnings: RateLimitedWarn::new(WARN_INTERVAL),
             state_file,

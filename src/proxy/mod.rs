@@ -28,7 +28,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::client_ip::{canonical, client_ip, is_trusted};
+use crate::client_ip::{canonical, is_trusted, request_client};
 use crate::health::{CircuitBreaker, Ticket};
 use crate::ops::PendingAccess;
 use crate::server::{BodyFraming, Request, RequestBody, Response};
@@ -36,7 +36,7 @@ use crate::state::Shared;
 use crate::upstream::{Backend, ForwardError, PickKind, Prepared};
 
 use body::{TryBody, UpstreamBody};
-use headers::{forwarded_for, upstream_headers};
+use headers::{upstream_headers, Passing};
 use policy::{Session, SessionPick};
 use relay::{relay, Answer};
 
@@ -84,10 +84,7 @@ pub fn forward(shared: &Shared, request: Request) -> Response {
 fn who(shared: &Shared, request: &Request) -> Origin {
     let trusted = &shared.config.trusted_proxies;
     let peer = canonical(request.peer().ip());
-    Origin {
-        client: client_ip(peer, forwarded_for(request).as_deref(), trusted),
-        peer_trusted: is_trusted(peer, trusted),
-    }
+    Origin { client: request_client(peer, request.headers(), trusted), peer_trusted: is_trusted(peer, trusted) }
 }
 
 /// Step 2: the request as it goes upstream; refused here when it cannot be expressed there.
@@ -98,13 +95,15 @@ fn prepare(shared: &Shared, request: Request, origin: &Origin, access: &PendingA
         return Err(ProxyError::UnsupportedTarget);
     }
     let target = origin_form(request.target()).ok_or(ProxyError::UnsupportedTarget)?.to_string();
-    let upgrade = upgrade::requested(&request);
-    let mut headers = upstream_headers(&request, origin.client, origin.peer_trusted);
+    let upgrade = upgrade::requested(&request, &shared.config.upgrade_protocols);
+    let passing = Passing { peer_trusted: origin.peer_trusted, underscores: shared.config.underscores_in_headers };
+    let mut headers = upstream_headers(&request, origin.client, passing);
     if let Some(value) = &upgrade {
-        headers.extend(upgrade::upstream_headers(value));
+        headers.extend(upgrade::upstream_headers(&request, value));
     }
     let sticky_token = policy::take_sticky_cookie(shared, &mut headers);
     if !access.id_came_in {
+        headers.retain(|(name, _)| !name.eq_ignore_ascii_case("x-request-id"));
         headers.push(("X-Request-Id", access.request_id.as_bytes().into()));
     }
     let mut prepared = shared

@@ -3,15 +3,28 @@
 //! the backend's ureq agent, or on a connection of its own (an upgrade request's, whose `101`
 //! becomes a tunnel: `upgrade.rs`).
 
+use std::cell::RefCell;
 use std::io::{self, Read};
 
 use crate::health::Ticket;
 use crate::server::{status_has_no_body, Response};
 use crate::state::Shared;
-use crate::upstream::{InFlight, OwnAnswer};
+use crate::upstream::{ForwardError, InFlight, OwnAnswer};
 
+use super::error::ProxyError;
 use super::headers::{connection_options, passes_downstream};
 use super::upgrade;
+
+/// The most of a body read before the answer's head is relayed (the head leaves with the first
+/// part of the body in any case). Half of what one read of a pooled answer can return (the
+/// agent's input buffer): a larger body's next part leaves in the next write.
+const FIRST_PIECE: usize = 16 * 1024;
+
+thread_local! {
+    /// Where a worker reads the first piece of a body (copied out at its length): zeroed once
+    /// per worker, not for every answer.
+    static FIRST_PIECE_BUFFER: RefCell<Vec<u8>> = RefCell::new(vec![0; FIRST_PIECE]);
+}
 
 /// A backend's answer, as it came.
 pub(crate) enum Answer {
@@ -80,6 +93,32 @@ impl<B: Read> Read for Streamed<B> {
     }
 }
 
+impl<B: Read + Send + 'static> Streamed<B> {
+    /// The answer with its body, the first piece of it read already: a body that breaks before
+    /// its first byte (a malformed chunked body, a reset) is a `502` (`504` for a timeout) with
+    /// nothing of the backend's answer relayed, not a connection reset with no status line. The
+    /// head would have waited for that first piece anyway: it leaves with it, in one write.
+    fn into_response(mut self, response: Response, length: Option<u64>) -> Response {
+        let first = FIRST_PIECE_BUFFER.with_borrow_mut(|buffer| loop {
+            match self.read(buffer) {
+                Ok(n) => break Ok(buffer[..n].to_vec()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => break Err(e),
+            }
+        });
+        match first {
+            Ok(first) => response.with_stream(io::Cursor::new(first).chain(self), length),
+            Err(e) => {
+                let error = match e.kind() {
+                    io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => ForwardError::Timeout,
+                    _ => ForwardError::BadResponse(e.to_string()),
+                };
+                ProxyError::BackendFailed(error).response()
+            }
+        }
+    }
+}
+
 /// Turns the backend's answer into ours, streaming its body; a `101` becomes a tunnel.
 pub(crate) fn relay(
     shared: &Shared,
@@ -114,7 +153,7 @@ fn relay_own(answer: OwnAnswer, in_flight: InFlight, ticket: Option<Ticket>, is_
         return response.with_stream(io::empty(), length);
     }
     let streamed = Streamed { body: answer.into_body(), in_flight, ticket, owed: length, failed: false };
-    response.with_stream(streamed, length)
+    streamed.into_response(response, length)
 }
 
 /// Turns a ureq agent's response into ours, streaming its body.
@@ -145,5 +184,5 @@ fn relay_pooled(
     }
     let length = if chunked { None } else { declared };
     let streamed = Streamed { body: body.into_reader(), in_flight, ticket, owed: length, failed: false };
-    response.with_stream(streamed, length)
+    streamed.into_response(response, length)
 }

@@ -5,22 +5,30 @@
 //! become a tunnel that the front end's poller relays: the worker is free at once, and the
 //! backend's in-flight count (what least_connections reads) holds the tunnel until it closes.
 //! Any other answer is relayed as usual (`relay.rs`).
+//!
+//! Only the protocols of `upgrade_protocols` are asked for (`websocket` by default): a request
+//! to switch to any other (`h2c`, which would carry HTTP/2 requests past every per-request
+//! policy) goes on as a plain request, without its `Upgrade`, as Envoy does with upgrade types
+//! it is not configured for.
 
 use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::Scheme;
+use crate::server::field::{self, Sole};
 use crate::server::{Request, Response, Switch, Tunnel, TunnelEnd, Version};
 use crate::state::Shared;
 use crate::upstream::{Backend, InFlight, OwnAnswer};
 
 use super::headers::{connection_options, passes_downstream};
 
-/// The `Upgrade` value of an upgrade request: HTTP/1.1 (a server ignores `Upgrade` in a 1.0
-/// request, RFC 9110 7.8), `upgrade` among the `Connection` options (case-insensitive), and a
-/// non-empty `Upgrade`.
-pub(super) fn requested(request: &Request) -> Option<Vec<u8>> {
+/// The `Upgrade` value to send on for an upgrade request: HTTP/1.1 (a server ignores `Upgrade`
+/// in a 1.0 request, RFC 9110 7.8), `upgrade` among the `Connection` options (case-insensitive),
+/// and the offered protocols of every `Upgrade` line whose names (before any `/version`) are in
+/// `allowed`, in the client's order. `None`, so a plain request, when none is allowed or a line
+/// does not read cleanly.
+pub(super) fn requested(request: &Request, allowed: &[String]) -> Option<Vec<u8>> {
     if request.version() != Version::Http11 {
         return None;
     }
@@ -28,9 +36,15 @@ pub(super) fn requested(request: &Request) -> Option<Vec<u8>> {
     if !options.iter().any(|o| o == "upgrade") {
         return None;
     }
-    let values: Vec<&[u8]> = request.headers().iter().filter(|h| h.is("upgrade")).map(|h| &h.value[..]).collect();
-    let value = values.join(&b", "[..]);
-    (!value.iter().all(u8::is_ascii_whitespace)).then_some(value)
+    let offered = field::list(request.headers(), "upgrade").ok()?;
+    let kept: Vec<&str> = offered.into_iter().filter(|protocol| is_allowed(protocol, allowed)).collect();
+    (!kept.is_empty()).then(|| kept.join(", ").into_bytes())
+}
+
+/// Whether an offered protocol (`name` or `name/version`) is one of `allowed`.
+fn is_allowed(protocol: &str, allowed: &[String]) -> bool {
+    let name = protocol.split('/').next().unwrap_or_default();
+    allowed.iter().any(|a| a.eq_ignore_ascii_case(name))
 }
 
 /// Whether a tunnel can be made to `backend`: not to an `https://` one yet (the poller relays
@@ -39,9 +53,24 @@ pub(super) fn can_tunnel_to(backend: &Backend) -> bool {
     backend.scheme == Scheme::Http
 }
 
-/// The hop-by-hop headers an upgrade request keeps upstream (all others are dropped).
-pub(super) fn upstream_headers(upgrade: &[u8]) -> [(&'static str, Cow<'_, [u8]>); 2] {
-    [("Connection", Cow::Borrowed(b"upgrade")), ("Upgrade", Cow::Borrowed(upgrade))]
+/// The hop-by-hop headers an upgrade request sends upstream (all the client's are dropped):
+/// `Connection` and `Upgrade`, and for an `h2c` upgrade its one `HTTP2-Settings` (RFC 9113
+/// 3.2.1 was RFC 7540's; without it the backend must refuse the upgrade).
+pub(super) fn upstream_headers<'a>(request: &'a Request, upgrade: &'a [u8]) -> Vec<(&'static str, Cow<'a, [u8]>)> {
+    let h2c = upgrade.split(|&b| b == b',').any(|p| p.trim_ascii().eq_ignore_ascii_case(b"h2c"));
+    let settings = match field::sole(request.headers(), "http2-settings") {
+        Sole::Text(value) if h2c => Some(value),
+        _ => None,
+    };
+    let mut headers = vec![("Upgrade", Cow::Borrowed(upgrade))];
+    match settings {
+        Some(value) => {
+            headers.push(("Connection", Cow::Borrowed(&b"upgrade, HTTP2-Settings"[..])));
+            headers.push(("HTTP2-Settings", Cow::Borrowed(value.as_bytes())));
+        }
+        None => headers.push(("Connection", Cow::Borrowed(&b"upgrade"[..]))),
+    }
+    headers
 }
 
 /// The tunnel's share of the counters: open while it lives, closed (with the backend's

@@ -240,6 +240,9 @@ fn validate(
         let name = header.name.as_str();
         if name.eq_ignore_ascii_case("host") {
             host_count += 1;
+            if !is_valid_authority(&header.value) {
+                return Err(RequestError::BadRequest("invalid Host"));
+            }
         } else if name.eq_ignore_ascii_case("content-length") {
             if content_length.is_some() {
                 return Err(RequestError::BadRequest("several Content-Length fields"));
@@ -322,6 +325,55 @@ fn validate(
     Ok(RequestHead { method, target, version, headers, framing, keep_alive, expects_continue })
 }
 
+/// Whether a `Host` value is an authority `host[:port]` (RFC 9112 3.2, RFC 3986 3.2.2): a
+/// non-empty reg-name or IPv4 address (unreserved, sub-delims, `%XX`) or a bracketed IPv6
+/// address, then optionally `:` and digits. An empty host is refused too: an `http` URI may not
+/// have one (RFC 9110 4.2.1), and nginx answers it with `400`.
+///
+/// ```
+/// use lb_sync::server::is_valid_authority;
+/// assert!(is_valid_authority(b"example.com:8080") && is_valid_authority(b"[::1]:80") && is_valid_authority(b"a_b."));
+/// assert!(!is_valid_authority(b"") && !is_valid_authority(b"a/b?c") && !is_valid_authority(b"a b"));
+/// assert!(!is_valid_authority(b":80") && !is_valid_authority(b"a:8x") && !is_valid_authority(b"[::1"));
+/// ```
+pub fn is_valid_authority(value: &[u8]) -> bool {
+    let (host, port) = match value {
+        [b'[', rest @ ..] => match rest.iter().position(|&b| b == b']') {
+            Some(end) => {
+                let address = &rest[..end];
+                if address.is_empty() || !address.iter().all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.') {
+                    return false;
+                }
+                (&value[..end + 2], &rest[end + 1..])
+            }
+            None => return false,
+        },
+        _ => match value.iter().position(|&b| b == b':') {
+            Some(colon) => (&value[..colon], &value[colon..]),
+            None => (value, &value[value.len()..]),
+        },
+    };
+    let port_ok = match port {
+        [] => true,
+        [b':', digits @ ..] => digits.len() <= 5 && digits.iter().all(u8::is_ascii_digit),
+        _ => false,
+    };
+    port_ok && !host.is_empty() && (host[0] == b'[' || is_reg_name(host))
+}
+
+/// RFC 3986's reg-name (an IPv4 address is one too): unreserved, sub-delims and `%XX`.
+fn is_reg_name(host: &[u8]) -> bool {
+    let mut i = 0;
+    while i < host.len() {
+        match host[i] {
+            b'%' if host.len() > i + 2 && host[i + 1].is_ascii_hexdigit() && host[i + 2].is_ascii_hexdigit() => i += 3,
+            b if b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=".contains(&b) => i += 1,
+            _ => return false,
+        }
+    }
+    true
+}
+
 fn known_coding(coding: &str) -> bool {
     matches!(coding, "gzip" | "x-gzip" | "deflate" | "compress" | "x-compress")
 }
@@ -387,6 +439,10 @@ mod tests {
             ("GET / HTTP/1.1\r\nHost: a\r\nX: a\x01b\r\n\r\n", 400),
             ("GET / HTTP/1.1\r\n\r\n", 400),
             ("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+            ("GET / HTTP/1.1\r\nHost: \r\n\r\n", 400),
+            ("GET / HTTP/1.1\r\nHost: a/b?c\r\n\r\n", 400),
+            ("GET / HTTP/1.1\r\nHost: a@b\r\n\r\n", 400),
+            ("GET / HTTP/1.0\r\nHost: \r\n\r\n", 400),
             ("GET / HTTP/2.0\r\nHost: a\r\n\r\n", 505),
             ("GET / HTTP/1.1\r\nHost: a\r\nExpect: 200-ok\r\n\r\n", 417),
             ("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: \r\nContent-Length: 5\r\n\r\n", 400),

@@ -37,11 +37,23 @@ pub struct Limits {
     /// `BodyBuffering`) before the handler runs. Over it: `413`, at once for a
     /// `Content-Length` over it, when a chunked body crosses it.
     pub max_body_bytes: u64,
-    /// Most open client connections. Default 10 000. New ones over it get `503` and are closed.
+    /// Most open client connections. Default 10 000. At it, a new connection closes the one idle
+    /// longest (waiting for a request that has not begun: a kept-alive connection, or one that
+    /// has sent nothing yet), as nginx reuses idle connections; when none is idle it gets `503`
+    /// and is closed.
     pub max_connections: usize,
     /// How long a closing connection's unread input is drained so that our last response is
     /// not destroyed by a TCP reset (nginx `lingering_timeout`). Default 2 s.
     pub linger_timeout: Duration,
+    /// Most requests one client (see [`ClientKey`](super::ClientKey)) has with the workers at
+    /// once; its requests beyond it wait, unread further, until one of its own comes back, so
+    /// other clients' requests go to the workers ahead of them. Default 0: no share (lb-sync
+    /// sets half of its workers).
+    pub client_max_workers: usize,
+    /// Most requests one client may have in process at once (with the workers, waiting for
+    /// its share, or open tunnels); more get `429` with `Retry-After` (nginx's `limit_conn`).
+    /// Default 0: no limit.
+    pub client_max_in_flight: usize,
 }
 
 impl Default for Limits {
@@ -57,6 +69,8 @@ impl Default for Limits {
             max_body_bytes: 1 << 20,
             max_connections: 10_000,
             linger_timeout: Duration::from_secs(2),
+            client_max_workers: 0,
+            client_max_in_flight: 0,
         }
     }
 }

@@ -38,6 +38,8 @@
 mod body;
 mod cpu_idle;
 mod error;
+mod fairness;
+pub mod field;
 mod head;
 mod job_queue;
 mod limits;
@@ -55,7 +57,10 @@ mod worker;
 
 pub use body::{BodyDecoder, BodySink};
 pub use error::{reason_phrase, RequestError};
-pub use head::{is_hop_by_hop, parse_head, BodyFraming, Header, ParseOutcome, RequestHead, Version, HOP_BY_HOP};
+pub use fairness::ClientKey;
+pub use head::{
+    is_hop_by_hop, is_valid_authority, parse_head, BodyFraming, Header, ParseOutcome, RequestHead, Version, HOP_BY_HOP,
+};
 pub use job_queue::while_blocked;
 pub use limits::Limits;
 pub use listener::{bind, bind_for, listen_error};
@@ -69,7 +74,7 @@ pub use upload::EarlyAnswerCheck;
 
 use std::io;
 use std::net::{SocketAddr, TcpListener};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -111,6 +116,13 @@ pub struct ServerConfig {
     pub queue_depth: Arc<AtomicUsize>,
     /// Told of each request the front end refuses on its own. Default none.
     pub on_refusal: Option<RefusalHook>,
+    /// Which client a request comes from, for the per-client limits
+    /// ([`Limits::client_max_workers`], [`Limits::client_max_in_flight`]). Default none: the
+    /// peer's address.
+    pub client_key: Option<ClientKey>,
+    /// Idle connections closed to make room for new ones at [`Limits::max_connections`]; the
+    /// server counts in it, so a clone kept by the caller reads it. Default: a fresh counter.
+    pub idle_closed: Arc<AtomicU64>,
     /// An HTTPS listener beside the plain one, served by the same poller and workers (one
     /// connection limit, one queue, one stop). Default none.
     pub tls: Option<TlsListener>,
@@ -145,6 +157,8 @@ impl Default for ServerConfig {
             body_buffering: BodyBuffering::default(),
             queue_depth: Arc::new(AtomicUsize::new(0)),
             on_refusal: None,
+            client_key: None,
+            idle_closed: Arc::new(AtomicU64::new(0)),
             tls: None,
         }
     }
@@ -286,6 +300,7 @@ impl Server {
         let pending = Arc::new(Mutex::new(None));
         let (resume_tx, resume_rx) = crossbeam_channel::unbounded();
         let resume = upload::ResumeLink { tokens: resume_tx, waker: Arc::clone(&waker) };
+        let loads = Arc::new(fairness::ClientLoads::new());
 
         let mut threads = Vec::with_capacity(config.threads + 1);
         for i in 0..workers {
@@ -296,6 +311,7 @@ impl Server {
                 waker: Arc::clone(&waker),
                 handler: Arc::clone(&handler),
                 stopping: Arc::clone(&stopping),
+                loads: Arc::clone(&loads),
             };
             let guard = RunningGuard::enter(&running);
             let run = move || {
@@ -314,6 +330,9 @@ impl Server {
             spool: Arc::clone(&spool),
             tuning: Arc::clone(&pending),
             on_refusal: config.on_refusal.clone(),
+            client_key: config.client_key.clone(),
+            loads,
+            idle_closed: Arc::clone(&config.idle_closed),
             resume,
             resumed: resume_rx,
         };

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use crossbeam_channel::Sender;
 use mio::Waker;
 
+use super::fairness::ClientLoads;
 use super::head::RequestHead;
 use super::job_queue::{Job, JobQueue};
 use super::request::Request;
@@ -48,6 +49,9 @@ pub(crate) struct Worker {
     pub waker: Arc<Waker>,
     pub handler: Arc<dyn Handler>,
     pub stopping: Arc<AtomicBool>,
+    /// Each client's requests: while some are held back for their client's share, a request
+    /// given back may be the one they wait for.
+    pub loads: Arc<ClientLoads>,
 }
 
 impl Worker {
@@ -55,12 +59,12 @@ impl Worker {
     pub fn run(self) {
         self.queue.enlist();
         while let Some(job) = self.queue.next() {
-            let (token, next, input_while_busy) = match job {
+            let (token, next, input_while_busy, served) = match job {
                 Job::Serve { token, stream, peer, head, body, input_while_busy } => {
                     self.queued.fetch_sub(1, Ordering::Relaxed);
-                    (token, self.serve(&stream, peer, head, body), Some(input_while_busy))
+                    (token, self.serve(&stream, peer, head, body), Some(input_while_busy), true)
                 }
-                Job::Refill { token, stream, delivery } => (token, deliver(&stream, delivery), None),
+                Job::Refill { token, stream, delivery } => (token, deliver(&stream, delivery), None, false),
             };
             // A kept-alive connection goes back without waking the poller: the client's next
             // request wakes it (and it takes returns first). Unless input already arrived while
@@ -69,10 +73,12 @@ impl Worker {
             let quiet = matches!(next, Next::KeepAlive);
             let _ = self.returns.send(Returned { token, next });
             std::sync::atomic::fence(Ordering::SeqCst);
-            // While stopping, always wake it: it is waiting for in-flight requests to end.
+            // While stopping, always wake it: it is waiting for in-flight requests to end. And
+            // while requests are held back for their client's share: this may free one.
             if !quiet
                 || input_while_busy.is_none_or(|flag| flag.load(Ordering::SeqCst))
                 || self.stopping.load(Ordering::Relaxed)
+                || (served && self.loads.wake_for_held())
             {
                 let _ = self.waker.wake();
             }

@@ -14,10 +14,11 @@ use ureq::{Agent, SendBody, Timeout};
 use crate::config::Scheme;
 use crate::stats::TryFailure;
 
+use super::answer_framing::MalformedAnswer;
 use super::backend::Backend;
 use super::link::{BackendLink, OpenSockets};
 use super::pinned::PinnedResolver;
-use super::pool::{IdleConnections, IdleLimits, PooledConnector};
+use super::pool::{is_answer_before_request, IdleConnections, IdleLimits, PooledConnector};
 use super::tls::{HandshakeError, TlsConnector, UpstreamTls};
 use super::transport::BackendConnector;
 
@@ -70,6 +71,14 @@ impl ForwardError {
             } else {
                 ForwardError::Tls(handshake.why.clone())
             };
+        }
+        if let ureq::Error::Io(e) = &error {
+            if e.get_ref().is_some_and(|inner| inner.is::<MalformedAnswer>()) {
+                return ForwardError::BadResponse(e.to_string());
+            }
+            if is_answer_before_request(&error) {
+                return ForwardError::NotSent(e.to_string());
+            }
         }
         match error {
             ureq::Error::Timeout(Timeout::Connect) => ForwardError::ConnectTimeout,
@@ -157,6 +166,10 @@ const PROXY_LINE_GROWTH: usize = 1024;
 fn upstream_line_limit() -> usize {
     crate::server::Limits::default().max_head_bytes + PROXY_LINE_GROWTH
 }
+
+/// Connections one try may take for its request when idle ones turn out to hold bytes nobody
+/// asked for before the request was written on them.
+const MAX_CONNECTIONS_PER_TRY: usize = 3;
 
 /// Timeouts of the backend side.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -317,12 +330,14 @@ impl Forwarder {
     fn make_link(&self, backend: &Backend) -> Result<BackendLink, ForwardError> {
         let authority = Authority::try_from(backend.authority.as_str())
             .map_err(|e| ForwardError::BadResponse(format!("backend address: {e}")))?;
-        let idle = Arc::new(IdleConnections::new(self.idle_limits, Arc::clone(backend.connection_counts())));
+        let counts = Arc::clone(backend.connection_counts());
+        let idle = Arc::new(IdleConnections::new(self.idle_limits, counts, backend.addr));
         let sockets = Arc::new(OpenSockets::default());
         let tcp = BackendConnector {
             connect_timeout: self.timeouts.connect,
             io_timeout: self.timeouts.request,
             sockets: Arc::clone(&sockets),
+            idle: Arc::downgrade(&idle),
         };
         let connector = PooledConnector {
             inner: tcp.chain(TlsConnector::new(self.timeouts.connect, self.timeouts.request)),
@@ -389,12 +404,15 @@ impl Forwarder {
     }
 
     /// Sends one prepared request to `backend`; `body` is streamed (its length, when known, is in
-    /// the headers).
+    /// the headers). A request whose idle connection turned out to hold bytes before the request
+    /// was written on it (a backend out of step) was not sent, and goes on another connection. An
+    /// answer that switches protocols (`101`) to a request that asked for no upgrade is a bad
+    /// answer.
     pub fn send(
         &self,
         backend: &Backend,
         prepared: &Prepared,
-        body: Option<&mut dyn Read>,
+        mut body: Option<&mut dyn Read>,
     ) -> Result<http::Response<ureq::Body>, ForwardError> {
         let link = self.link(backend)?;
         let scheme = match backend.scheme {
@@ -407,14 +425,31 @@ impl Forwarder {
         parts.path_and_query = Some(prepared.path.clone());
         let uri =
             http::Uri::from_parts(parts).map_err(|e| ForwardError::BadResponse(format!("backend address: {e}")))?;
-        super::transport::forget_sending();
-        // Two calls because SendBody's lifetime is invariant: `()` sends no body and no
-        // Content-Length, as a GET should.
-        let result = match body {
-            Some(reader) => link.agent.run(prepared.request(uri, SendBody::from_reader(reader))),
-            None => link.agent.run(prepared.request(uri, ())),
+        let mut connections_tried = 0;
+        let response = loop {
+            super::transport::forget_sending();
+            connections_tried += 1;
+            // Two calls because SendBody's lifetime is invariant: `()` sends no body and no
+            // Content-Length, as a GET should.
+            let result = match body.as_deref_mut() {
+                Some(reader) => link.agent.run(prepared.request(uri.clone(), SendBody::from_reader(reader))),
+                None => link.agent.run(prepared.request(uri.clone(), ())),
+            };
+            match result {
+                // Nothing of the request was written (nor read of its body): the next idle
+                // connection (probed) or a new one. Bounded: a backend that answers every
+                // connection unasked fails the try.
+                Err(e) if is_answer_before_request(&e) && connections_tried < MAX_CONNECTIONS_PER_TRY => {}
+                other => break other.map_err(ForwardError::from_ureq)?,
+            }
         };
-        result.map_err(ForwardError::from_ureq)
+        if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+            // ureq closes the connection after a 101; the client gets a 502, not a switch.
+            return Err(ForwardError::BadResponse(
+                "101 Switching Protocols to a request that asked for no upgrade".into(),
+            ));
+        }
+        Ok(response)
     }
 }
 

@@ -8,6 +8,7 @@
 //! request is sent again, and the [`DnsRefresher`] that keeps backends' addresses current with
 //! their host names.
 
+mod answer_framing;
 mod backend;
 mod checker;
 mod client;

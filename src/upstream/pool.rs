@@ -6,8 +6,21 @@
 //! end and taken first (LIFO). Under steady load the same few connections stay warm, and the
 //! surplus a burst opened sinks to the front, unused, until it is older than the idle timeout
 //! and is closed (each return looks at the front). A connection goes back only when ureq read
-//! its answer to the end (it then asks [`Transport::is_open`], and we remember the answer);
-//! one dropped in the middle of an exchange is closed.
+//! its answer to the end (it then asks [`Transport::is_open`], and we remember the answer) and
+//! the answer ended exactly where its framing says ([`AnswerFraming`], which we follow on the
+//! bytes as they arrive); one dropped in the middle of an exchange is closed.
+//!
+//! A backend that sends bytes no request asked for (a second response after an answer, bytes
+//! past an answer's end) is out of step with us: whatever it sends next would be taken for the
+//! answer to someone else's request. Such a connection is never used again: bytes past the end
+//! are seen as they arrive, bytes that come while it is idle by the probe when it is taken and
+//! again right before a request's head is written on it (an answer before the request is a
+//! backend fault: the request, not sent, goes on another connection). Each is counted
+//! ([`ConnectionCounts::unsolicited`]). Seen once, the backend is not trusted with reuse for
+//! [`DISTRUST`]: its idle connections are closed and each request gets a connection of its own,
+//! closed after its answer. An extra response that comes while a later request already waits on
+//! the connection cannot be told from that request's answer; after the first one is seen, no
+//! later request is on such a connection.
 //!
 //! ```text
 //!   front (oldest)                                back (most recent)
@@ -17,11 +30,19 @@
 
 use std::collections::VecDeque;
 use std::fmt;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use ureq::unversioned::transport::{Buffers, ConnectionDetails, Connector, NextTimeout, Transport};
+
+use super::answer_framing::{AnswerFraming, MalformedAnswer};
+
+/// How long a backend that sent bytes nobody asked for gets no connection reuse: long enough
+/// that a backend out of step on every connection poisons at most one answer a minute, short
+/// enough that one glitch does not cost its connection reuse for good.
+pub(crate) const DISTRUST: Duration = Duration::from_secs(60);
 
 /// How many idle connections a backend keeps, and for how long.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,6 +60,7 @@ pub struct IdleLimits {
 pub struct ConnectionCounts {
     opened: AtomicU64,
     reused: AtomicU64,
+    unsolicited: AtomicU64,
 }
 
 impl ConnectionCounts {
@@ -50,6 +72,18 @@ impl ConnectionCounts {
     /// Requests sent on an idle connection taken again.
     pub fn reused(&self) -> u64 {
         self.reused.load(Ordering::Relaxed)
+    }
+
+    /// Connections closed because the backend sent bytes no request asked for: after an
+    /// answer's end, or while the connection was idle (a late second response). Each is a
+    /// backend fault; none of those bytes reached a client.
+    ///
+    /// ```
+    /// use lb_sync::upstream::ConnectionCounts;
+    /// assert_eq!(ConnectionCounts::default().unsolicited(), 0);
+    /// ```
+    pub fn unsolicited(&self) -> u64 {
+        self.unsolicited.load(Ordering::Relaxed)
     }
 }
 
@@ -67,18 +101,55 @@ pub(crate) struct IdleConnections {
     /// How many are idle now (read without the lock, for statistics).
     count: AtomicUsize,
     counts: Arc<ConnectionCounts>,
+    /// The backend's address, for the log.
+    backend: SocketAddr,
+    /// Until when (nanoseconds after `epoch`; 0: never) no connection is reused: the backend sent
+    /// bytes nobody asked for.
+    distrusted_until: AtomicU64,
+    epoch: Instant,
 }
 
 impl IdleConnections {
-    /// An empty set with these limits, counting into `counts`.
-    pub(crate) fn new(limits: IdleLimits, counts: Arc<ConnectionCounts>) -> IdleConnections {
+    /// An empty set with these limits for the backend at `backend`, counting into `counts`.
+    pub(crate) fn new(limits: IdleLimits, counts: Arc<ConnectionCounts>, backend: SocketAddr) -> IdleConnections {
         IdleConnections {
             idle: Mutex::new(VecDeque::new()),
             limits,
             closed: AtomicBool::new(false),
             count: AtomicUsize::new(0),
             counts,
+            backend,
+            distrusted_until: AtomicU64::new(0),
+            epoch: Instant::now(),
         }
+    }
+
+    /// The backend sent bytes no request asked for on one of its connections (which the caller
+    /// closes): counted, and for [`DISTRUST`] from `now` no connection is reused; the idle
+    /// ones are closed now (the backend may be out of step on them too).
+    pub(crate) fn out_of_step(&self, now: Instant, what: &str) {
+        self.counts.unsolicited.fetch_add(1, Ordering::Relaxed);
+        let until = self.nanos(now + DISTRUST).max(1);
+        let was_distrusted = self.is_distrusted(now);
+        self.distrusted_until.store(until, Ordering::Relaxed);
+        if was_distrusted {
+            log::debug!("backend {}: {what} (again)", self.backend);
+        } else {
+            log::warn!("backend {}: {what}; its connections are not reused for {} s", self.backend, DISTRUST.as_secs());
+        }
+        let all = std::mem::take(&mut *self.lock());
+        self.count.store(0, Ordering::Relaxed);
+        drop(all);
+    }
+
+    /// Whether connections are not reused now ([`IdleConnections::out_of_step`]).
+    fn is_distrusted(&self, now: Instant) -> bool {
+        let until = self.distrusted_until.load(Ordering::Relaxed);
+        until != 0 && self.nanos(now) < until
+    }
+
+    fn nanos(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
     }
 
     /// How many connections are idle now.
@@ -90,7 +161,7 @@ impl IdleConnections {
     /// probed outside the lock (a connection the backend closed while it was idle, or one it
     /// sent bytes on unasked, is closed and the next one tried).
     pub(crate) fn take(&self, now: Instant) -> Option<Box<dyn Transport>> {
-        if self.closed.load(Ordering::Relaxed) {
+        if self.closed.load(Ordering::Relaxed) || self.is_distrusted(now) {
             return None;
         }
         loop {
@@ -114,7 +185,7 @@ impl IdleConnections {
     /// Keeps a connection whose answer was read to the end; the least recently used goes when
     /// more than the limit are idle, and any that waited longer than the timeout.
     pub(crate) fn put(&self, transport: Box<dyn Transport>, now: Instant) {
-        if self.closed.load(Ordering::Relaxed) || self.limits.max == 0 {
+        if self.closed.load(Ordering::Relaxed) || self.limits.max == 0 || self.is_distrusted(now) {
             return;
         }
         let surplus = {
@@ -191,20 +262,40 @@ impl<C: Connector> Connector for PooledConnector<C> {
     type Out = PooledTransport;
 
     fn connect(&self, details: &ConnectionDetails, _chained: Option<()>) -> Result<Option<Self::Out>, ureq::Error> {
-        let transport = match self.idle.take(Instant::now()) {
-            Some(transport) => transport,
+        let (transport, reused) = match self.idle.take(Instant::now()) {
+            Some(transport) => (transport, true),
             None => {
                 let made = self.inner.connect(details, None)?.ok_or(ureq::Error::ConnectionFailed)?;
                 self.idle.counts.opened.fetch_add(1, Ordering::Relaxed);
-                Box::new(made)
+                (Box::new(made) as Box<dyn Transport>, false)
             }
         };
-        Ok(Some(PooledTransport { inner: Some(transport), home: Arc::clone(&self.idle), reusable: false }))
+        Ok(Some(PooledTransport::lent(transport, Arc::clone(&self.idle), reused)))
     }
 }
 
-/// A connection on loan from its backend's [`IdleConnections`]: it goes back there when ureq
-/// lets go of it after reading an answer to its end, and is closed otherwise.
+/// The error of a request whose connection, taken again from the idle ones, turned out to
+/// hold an answer before the request was written on it (a backend fault): nothing was sent, so
+/// the request may go on another connection ([`is_answer_before_request`]).
+#[derive(Debug)]
+struct AnswerBeforeRequest;
+
+impl fmt::Display for AnswerBeforeRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the backend sent bytes on an idle connection before the request was written on it")
+    }
+}
+
+impl std::error::Error for AnswerBeforeRequest {}
+
+/// Whether a try failed because its connection held an answer before the request was written
+/// on it: nothing was sent.
+pub(crate) fn is_answer_before_request(error: &ureq::Error) -> bool {
+    matches!(error, ureq::Error::Io(e) if e.get_ref().is_some_and(|inner| inner.is::<AnswerBeforeRequest>()))
+}
+
+/// A connection on loan from its backend's [`IdleConnections`] for one exchange: it goes back
+/// there when ureq lets go of it after reading an answer to its end, and is closed otherwise.
 #[derive(Debug)]
 pub(crate) struct PooledTransport {
     inner: Option<Box<dyn Transport>>,
@@ -212,12 +303,27 @@ pub(crate) struct PooledTransport {
     /// ureq finished an exchange on it and asked whether it is still open (what it does only
     /// before it would pool a connection), and it was; any I/O since clears it.
     reusable: bool,
+    /// Taken from the idle ones, not opened for this exchange: checked once more for bytes
+    /// nobody asked for right before the request's head is written.
+    reused: bool,
+    /// The exchange's answer as it arrives; `None` until the request's first bytes are written.
+    answer: Option<AnswerFraming>,
 }
 
 impl PooledTransport {
+    fn lent(inner: Box<dyn Transport>, home: Arc<IdleConnections>, reused: bool) -> PooledTransport {
+        PooledTransport { inner: Some(inner), home, reusable: false, reused, answer: None }
+    }
+
     fn inner(&mut self) -> &mut Box<dyn Transport> {
         // Present until drop.
         self.inner.as_mut().expect("a pooled transport is used only before it is dropped")
+    }
+
+    /// Whether nothing waits to be read on it: neither in ureq's buffer nor on the socket (a
+    /// backend's close counts as something).
+    fn is_quiet(&mut self) -> bool {
+        self.inner().buffers().input().is_empty() && self.inner().is_open()
     }
 }
 
@@ -228,16 +334,43 @@ impl Transport for PooledTransport {
 
     fn transmit_output(&mut self, amount: usize, timeout: NextTimeout) -> Result<(), ureq::Error> {
         self.reusable = false;
+        if self.answer.is_none() {
+            // The probe when it was taken came a moment ago; what arrived since would be read
+            // as this request's answer.
+            if self.reused && !self.is_quiet() {
+                log::debug!(
+                    "backend {}: an idle connection had bytes to read before the request was written on it",
+                    self.home.backend
+                );
+                return Err(ureq::Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionAborted,
+                    AnswerBeforeRequest,
+                )));
+            }
+            let head_request = self.inner().buffers().output()[..amount].starts_with(b"HEAD ");
+            self.answer = Some(AnswerFraming::new(head_request));
+        }
         self.inner().transmit_output(amount, timeout)
     }
 
     fn await_input(&mut self, timeout: NextTimeout) -> Result<bool, ureq::Error> {
         self.reusable = false;
-        self.inner().await_input(timeout)
+        if let Some(why) = self.answer.as_ref().and_then(AnswerFraming::malformed) {
+            return Err(malformed(why));
+        }
+        let before = self.inner().buffers().input().len();
+        let progress = self.inner().await_input(timeout)?;
+        // What arrived is appended after what ureq has not used yet.
+        let Some(inner) = self.inner.as_mut() else { return Ok(progress) };
+        let arrived = &inner.buffers().input()[before..];
+        if let Some(answer) = self.answer.as_mut() {
+            answer.received(arrived).map_err(|why| malformed(&why))?;
+        }
+        Ok(progress)
     }
 
     fn is_open(&mut self) -> bool {
-        let open = self.inner().is_open();
+        let open = self.answer.as_ref().is_some_and(AnswerFraming::is_complete) && self.inner().is_open();
         self.reusable = open;
         open
     }
@@ -247,8 +380,18 @@ impl Transport for PooledTransport {
     }
 }
 
+/// The error of an answer whose framing is broken: the try fails at once (ureq would wait for
+/// the rest of a line that never comes).
+fn malformed(why: &str) -> ureq::Error {
+    ureq::Error::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, MalformedAnswer(why.to_string())))
+}
+
 impl Drop for PooledTransport {
     fn drop(&mut self) {
+        if self.answer.as_ref().is_some_and(AnswerFraming::overran) {
+            self.home.out_of_step(Instant::now(), "sent bytes after an answer's end");
+            return;
+        }
         if let Some(transport) = self.inner.take().filter(|_| self.reusable) {
             self.home.put(transport, Instant::now());
         }
@@ -295,7 +438,7 @@ mod tests {
     }
 
     fn idle(limits: IdleLimits) -> IdleConnections {
-        IdleConnections::new(limits, Arc::default())
+        IdleConnections::new(limits, Arc::default(), "127.0.0.1:9".parse().unwrap())
     }
 
     const LIMITS: IdleLimits = IdleLimits { max: 8, timeout: Duration::from_secs(4) };
@@ -382,7 +525,14 @@ mod tests {
     #[test]
     fn a_transport_goes_home_only_after_ureq_found_it_open() {
         let home = Arc::new(idle(LIMITS));
-        let lent = |id| PooledTransport { inner: Some(fake(id).0), home: Arc::clone(&home), reusable: false };
+        // An exchange whose answer arrived whole.
+        let lent = |id| {
+            let mut answer = AnswerFraming::new(false);
+            answer.received(b"HTTP/1.1 204 No Content\r\n\r\n").unwrap();
+            let mut lent = PooledTransport::lent(fake(id).0, Arc::clone(&home), false);
+            lent.answer = Some(answer);
+            lent
+        };
         // Dropped in the middle of an exchange: closed.
         drop(lent(1));
         assert_eq!(home.len(), 0);
@@ -397,5 +547,48 @@ mod tests {
         let _ = reused.await_input(NextTimeout::default());
         drop(reused);
         assert_eq!(home.len(), 1);
+    }
+
+    /// A request's first bytes written on a lent connection.
+    fn send_head(lent: &mut PooledTransport) -> Result<(), ureq::Error> {
+        lent.buffers().output()[..4].copy_from_slice(b"GET ");
+        lent.transmit_output(4, NextTimeout::default())
+    }
+
+    #[test]
+    fn a_reused_connection_with_bytes_before_the_request_is_refused_before_a_byte_is_written() {
+        let home = Arc::new(idle(LIMITS));
+        let (transport, open) = fake(1);
+        open.store(false, Ordering::Relaxed);
+        let mut reused = PooledTransport::lent(transport, Arc::clone(&home), true);
+        let refused = send_head(&mut reused).unwrap_err();
+        assert!(is_answer_before_request(&refused), "{refused}");
+        drop(reused);
+        assert_eq!(home.len(), 0);
+        // Only a connection taken again is checked: a new one is written on at once.
+        let mut new = PooledTransport::lent(fake(2).0, Arc::clone(&home), false);
+        assert!(send_head(&mut new).is_ok());
+        let mut quiet = PooledTransport::lent(fake(3).0, Arc::clone(&home), true);
+        assert!(send_head(&mut quiet).is_ok());
+    }
+
+    #[test]
+    fn an_answer_followed_by_more_bytes_is_not_kept_and_no_connection_is_reused_for_a_while() {
+        let home = Arc::new(idle(LIMITS));
+        let now = Instant::now();
+        home.put(fake(1).0, now);
+        let mut lent = PooledTransport::lent(fake(2).0, Arc::clone(&home), false);
+        let mut answer = AnswerFraming::new(false);
+        answer.received(b"HTTP/1.1 204 No Content\r\n\r\nHTTP/1.1 200 OK\r\n").unwrap();
+        lent.answer = Some(answer);
+        assert!(!lent.is_open());
+        drop(lent);
+        // Counted; the idle one closed too; none kept or handed out until DISTRUST has passed.
+        assert_eq!((home.counts.unsolicited(), home.len()), (1, 0));
+        let later = Instant::now();
+        home.put(fake(3).0, later);
+        assert!(home.take(later).is_none());
+        home.put(fake(4).0, later + DISTRUST);
+        assert_eq!(id_of(&*home.take(later + DISTRUST).unwrap()), 4);
     }
 }

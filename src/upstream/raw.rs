@@ -10,6 +10,7 @@ use std::net::TcpStream;
 
 use crate::server::{while_blocked, BodyDecoder, BodyFraming};
 
+use super::answer_framing::framing;
 use super::backend::Backend;
 use super::client::{ForwardError, Forwarder, Prepared};
 
@@ -58,51 +59,6 @@ impl OwnAnswer {
         let decoder = self.framing.map(|f| BodyDecoder::new(f, u64::MAX));
         OwnBody { stream: self.stream, input: self.rest, at: 0, decoder, decoded: Vec::new(), out: 0 }
     }
-}
-
-/// How an answer's body is delimited (RFC 9112 6.3), and its declared length: no body for a
-/// HEAD request's answer, a 1xx, 204 or 304; chunked when it is the last coding; until the
-/// close for another last coding or no length; else the length. A malformed length is a bad
-/// answer (the try failed, and another backend may get the request).
-fn framing(
-    status: u16,
-    headers: &[(String, Vec<u8>)],
-    head_request: bool,
-) -> Result<(Option<BodyFraming>, Option<u64>), ForwardError> {
-    let no_body = head_request || (100..200).contains(&status) || status == 204 || status == 304;
-    let codings: Vec<String> = headers
-        .iter()
-        .filter(|(n, _)| n.eq_ignore_ascii_case("transfer-encoding"))
-        .flat_map(|(_, v)| {
-            String::from_utf8_lossy(v).split(',').map(|c| c.trim().to_ascii_lowercase()).collect::<Vec<_>>()
-        })
-        .filter(|c| !c.is_empty())
-        .collect();
-    let lengths: Vec<&[u8]> =
-        headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case("content-length")).map(|(_, v)| &v[..]).collect();
-    let declared = match lengths.as_slice() {
-        [] => None,
-        [value] => Some(parse_length(value)?),
-        _ => return Err(ForwardError::BadResponse("several Content-Length fields".into())),
-    };
-    let framing = if no_body {
-        Some(BodyFraming::None)
-    } else if !codings.is_empty() {
-        // Chunked last: chunked; any other coding last: the body runs until the close.
-        (codings.last().map(String::as_str) == Some("chunked")).then_some(BodyFraming::Chunked)
-    } else {
-        declared.map(BodyFraming::Length)
-    };
-    let length = if no_body || codings.is_empty() { declared } else { None };
-    Ok((framing, length))
-}
-
-fn parse_length(value: &[u8]) -> Result<u64, ForwardError> {
-    let text = std::str::from_utf8(value).unwrap_or("").trim();
-    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(ForwardError::BadResponse(format!("invalid Content-Length '{}'", String::from_utf8_lossy(value))));
-    }
-    text.parse().map_err(|_| ForwardError::BadResponse("Content-Length too large".into()))
 }
 
 /// The body of an [`OwnAnswer`], decoded (the chunk framing removed); an end of the connection
@@ -287,7 +243,8 @@ fn read_head(stream: TcpStream, head_request: bool) -> Result<OwnAnswer, Forward
             let headers: Vec<(String, Vec<u8>)> =
                 response.headers.iter().map(|h| (h.name.to_string(), h.value.to_vec())).collect();
             let rest = buf.split_off(used);
-            let (framing, length) = framing(status, &headers, head_request)?;
+            let named = headers.iter().map(|(n, v)| (n.as_str(), &v[..]));
+            let (framing, length) = framing(status, named, head_request).map_err(ForwardError::BadResponse)?;
             let answer = OwnAnswer { status, headers, stream, rest, framing, length };
             if status == 101 && answer.header("upgrade").is_none_or(|v| v.is_empty()) {
                 return Err(ForwardError::BadResponse("101 without an Upgrade header".into()));
@@ -339,6 +296,11 @@ mod tests {
         assert_eq!(body(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabcdef").unwrap(), (b"abc".to_vec(), Some(3)));
         let chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n";
         assert_eq!(body(chunked).unwrap(), (b"abcde".to_vec(), None));
+        // The last coding decides, over several fields; a length beside a coding is ignored.
+        let codings = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nContent-Length: 9\r\nTransfer-Encoding: , chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n";
+        assert_eq!(body(codings).unwrap(), (b"hi".to_vec(), None));
+        let until_close = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\nraw";
+        assert_eq!(body(until_close).unwrap(), (b"raw".to_vec(), None));
         assert_eq!(body(b"HTTP/1.1 200 OK\r\n\r\nuntil close").unwrap(), (b"until close".to_vec(), None));
         assert_eq!(body(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n").unwrap(), (Vec::new(), Some(0)));
         // Interim answers are skipped.

@@ -14,6 +14,7 @@ use std::time::Duration;
 use ureq::unversioned::transport::{Buffers, ConnectionDetails, Connector, LazyBuffers, NextTimeout, Transport};
 
 use super::link::OpenSockets;
+use super::pool::IdleConnections;
 use crate::server::while_blocked;
 
 /// Opens backend connections: connect within the connect timeout, `TCP_NODELAY`, and the
@@ -25,6 +26,9 @@ pub(crate) struct BackendConnector {
     pub io_timeout: Duration,
     /// Where each new socket is noted, so that a stop can break it.
     pub sockets: Arc<OpenSockets>,
+    /// The backend's idle connections, told when one of its connections carries bytes nobody
+    /// asked for (weak: they hold the transports).
+    pub idle: Weak<IdleConnections>,
 }
 
 impl Connector<()> for BackendConnector {
@@ -40,7 +44,9 @@ impl Connector<()> for BackendConnector {
                     let stream = Arc::new(stream);
                     self.sockets.register(&stream).map_err(ureq::Error::Io)?;
                     let discard_output = Arc::new(AtomicBool::new(false));
-                    let transport = BackendTransport { stream, buffers, discard_output, just_read: false, tls: false };
+                    let idle = Weak::clone(&self.idle);
+                    let transport =
+                        BackendTransport { stream, buffers, discard_output, just_read: false, tls: false, idle };
                     return Ok(Some(transport));
                 }
                 Err(e) => last_error = Some(e),
@@ -83,6 +89,7 @@ pub(crate) struct BackendTransport {
     /// (a TLS 1.3 session ticket comes after the handshake), not an answer, so a streamed body
     /// does not ask [`early_answer_arrived`] about it.
     tls: bool,
+    idle: Weak<IdleConnections>,
 }
 
 impl BackendTransport {
@@ -219,21 +226,30 @@ impl Transport for BackendTransport {
     }
 
     fn is_open(&mut self) -> bool {
-        // ureq probes twice per exchange: when it puts the connection back in its pool (right
-        // after reading the answer's end) and when it takes it out for the next request. The
-        // second probe alone decides whether the connection is used, and sees anything the first
-        // would have (bytes after the body, a close), so the first is skipped: one recv less
-        // per request.
+        // A connection is probed when it goes back to the pool (right after reading the answer's
+        // end), when it is taken out for the next request, and right before that request's head
+        // is written (pool.rs). The later probes alone decide whether it is used, and see
+        // anything the first would have (bytes after the body, a close), so the first is
+        // skipped: one recv less per request. Bytes that came with the answer, past its end,
+        // are in the buffer, where the pool's answer framing sees them.
         if std::mem::replace(&mut self.just_read, false) {
             return !self.discard_output.load(Ordering::Relaxed);
         }
         // An idle pooled connection must have nothing to read: EOF means the backend closed it,
-        // bytes mean garbage we never asked for. Only "would block" means it is still good.
+        // bytes mean an answer nobody asked for (a late second response), which the next request
+        // would take for its own. Only "would block" means it is still good.
         let mut byte = [MaybeUninit::<u8>::uninit()];
         let flags = libc::MSG_PEEK | libc::MSG_DONTWAIT;
         match socket2::SockRef::from(&*self.stream).recv_with_flags(&mut byte, flags) {
             Err(e) => e.kind() == io::ErrorKind::WouldBlock && !self.discard_output.load(Ordering::Relaxed),
-            Ok(_) => false,
+            Ok(0) => false,
+            Ok(_) => {
+                // Over TLS the bytes may be TLS's own (an alert before the backend's close).
+                if let Some(idle) = self.idle.upgrade().filter(|_| !self.tls) {
+                    idle.out_of_step(std::time::Instant::now(), "sent bytes on an idle connection");
+                }
+                false
+            }
         }
     }
 }

@@ -37,6 +37,9 @@ pub const PROMTOOL: Tool =
     Tool { name: "promtool", probe: || command("promtool", &["--version"]), install: "apt-get install prometheus" };
 pub const CURL: Tool =
     Tool { name: "curl", probe: || command("curl", &["--version"]), install: "apt-get install curl" };
+pub const NGINX: Tool = Tool { name: "nginx", probe: || command("nginx", &["-v"]), install: "apt-get install nginx" };
+pub const HAPROXY: Tool =
+    Tool { name: "haproxy", probe: || command("haproxy", &["-v"]), install: "apt-get install haproxy" };
 pub const PYTHON3: Tool = Tool {
     name: "python3 with its ssl module",
     probe: || command("python3", &["-c", "import ssl"]),

@@ -7,15 +7,16 @@
 //! that switched protocols are relayed here too (`tunnel.rs`).
 //!
 //! Here: the connections' state, the loop and accepting. By concern: `read.rs` (heads, bodies
-//! read whole, dispatch to the workers), `streaming.rs` (bodies streamed to a worker),
-//! `write.rs` (what the workers give back, writing to slow clients, closing), `stop.rs`
-//! (timeouts and stopping).
+//! read whole, dispatch to the workers), `share.rs` (each client's share of the workers: its
+//! requests beyond it held back), `streaming.rs` (bodies streamed to a worker), `write.rs`
+//! (what the workers give back, writing to slow clients, closing), `stop.rs` (timeouts and
+//! stopping).
 
 use std::collections::HashMap;
 use std::io;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -25,6 +26,7 @@ use mio::{Events, Interest, Poll, Token};
 
 use super::body::BodyDecoder;
 use super::cpu_idle::CpuIdle;
+use super::fairness::{ClientKey, ClientLoads};
 use super::head::RequestHead;
 use super::job_queue::{JobQueue, StallWatch};
 use super::limits::Limits;
@@ -37,8 +39,11 @@ use super::tunnel::{Tunnels, Turn};
 use super::upload::{ResumeLink, UploadFeed};
 use super::worker::Returned;
 use super::Tuning;
+use idle::IdleOrder;
 
+mod idle;
 mod read;
+mod share;
 mod stop;
 mod streaming;
 mod write;
@@ -73,6 +78,9 @@ pub(crate) const STOP_HARD_WAIT: Duration = Duration::from_secs(5);
 /// that sends at the very moment of a close would have to resend it: RFC 9112 9.3.1); answers
 /// sent while stopping say `Connection: close`, so no request follows them.
 const STOP_IDLE_DRAIN: Duration = Duration::from_millis(250);
+/// How often the warning that idle connections are being closed at the connection cap is
+/// written (nginx says it once a second; a busy site would see it constantly).
+const ROOM_WARNING_EVERY: Duration = Duration::from_secs(10);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
@@ -83,7 +91,8 @@ enum State {
     /// With a worker, and still reading its body, which streams to it (`Connection::upload`;
     /// request buffering off).
     Streaming,
-    /// With a worker (serving, or refilling a delivery).
+    /// With a worker (serving, or refilling a delivery), or held for its client's share of them
+    /// (`share.rs`).
     Busy,
     /// Writing a response the client reads slowly (`Connection::delivery`).
     Writing,
@@ -155,6 +164,8 @@ struct Connection {
     maybe_more: bool,
     /// A TLS handshake is under way: its deadline is the handshake timeout.
     handshaking: bool,
+    /// The client of its latest request, and what that request counts as in its load.
+    client: share::ClientSlot,
 }
 
 /// A stop request: set once by the handle, read by the poller.
@@ -184,6 +195,11 @@ pub(crate) struct Poller {
     queue_capacity: usize,
     spool: Arc<SpoolSettings>,
     on_refusal: Option<RefusalHook>,
+    /// Which client a request comes from.
+    client_key: Option<ClientKey>,
+    /// What each client has, and its requests held back for its share.
+    loads: Arc<ClientLoads>,
+    held: share::HeldRequests,
     /// New settings from a reload, taken at the start of a turn.
     tuning: Arc<Mutex<Option<Tuning>>>,
     /// Given to each upload: where its reader asks for more.
@@ -194,6 +210,13 @@ pub(crate) struct Poller {
     /// would not report it again).
     again: Vec<usize>,
     connections: HashMap<usize, Connection>,
+    /// Connections waiting for a request that has not begun, longest idle first: at the
+    /// connection cap they make room for new ones.
+    idle: IdleOrder,
+    /// Idle connections closed to make room, counted for the application.
+    idle_closed: Arc<AtomicU64>,
+    /// When the next warning about closing idle connections at the cap may be written.
+    next_room_warning: Instant,
     /// Connections that switched protocols, relayed to their peers.
     tunnels: Tunnels,
     next_token: usize,
@@ -213,6 +236,9 @@ pub(crate) struct PollerLinks {
     pub stopping: Arc<AtomicBool>,
     pub spool: Arc<SpoolSettings>,
     pub on_refusal: Option<RefusalHook>,
+    pub client_key: Option<ClientKey>,
+    pub loads: Arc<ClientLoads>,
+    pub idle_closed: Arc<AtomicU64>,
     pub tuning: Arc<Mutex<Option<Tuning>>>,
     pub resume: ResumeLink,
     pub resumed: Receiver<usize>,
@@ -247,11 +273,17 @@ impl Poller {
             queue_capacity: links.queue_capacity,
             spool: links.spool,
             on_refusal: links.on_refusal,
+            client_key: links.client_key,
+            loads: links.loads,
+            held: share::HeldRequests::default(),
             tuning: links.tuning,
             resume: links.resume,
             resumed: links.resumed,
             again: Vec::new(),
             connections: HashMap::new(),
+            idle: IdleOrder::default(),
+            idle_closed: links.idle_closed,
+            next_room_warning: Instant::now(),
             tunnels: Tunnels::default(),
             next_token: FIRST_CONNECTION,
             next_sweep: Instant::now() + MAX_POLL_WAIT,
@@ -394,7 +426,8 @@ impl Poller {
             log::warn!("cannot register connection from {peer}: {e}");
             return;
         }
-        let over_limit = self.connections.len() + self.tunnels.len() >= self.limits.max_connections;
+        let open = self.connections.len() + self.tunnels.len();
+        let over_limit = open >= self.limits.max_connections && !self.make_room(open + 1 - self.limits.max_connections);
         let deadline = Instant::now() + if tls { self.limits.handshake_timeout } else { self.limits.head_timeout };
         self.connections.insert(
             token,
@@ -412,15 +445,66 @@ impl Poller {
                 input_while_busy: Arc::new(AtomicBool::new(false)),
                 maybe_more: false,
                 handshaking: tls,
+                client: share::ClientSlot::default(),
             },
         );
         self.note_deadline(deadline);
         if over_limit {
-            log::debug!("{peer}: over {} open connections, refusing", self.limits.max_connections);
+            log::debug!("{peer}: over {} open connections, none idle: refusing", self.limits.max_connections);
             self.refuse(token, 503, "too many open connections", &[("Retry-After", "1")]);
         } else {
+            // Idle until its first byte, as nginx counts it: an accepted connection that never
+            // sends may be closed for a newer one too.
+            self.idle.mark(token);
             self.advance(token);
         }
+    }
+
+    /// At the connection cap: closes up to `needed` idle connections, the one idle longest
+    /// first, as nginx reuses its reusable connections. A client whose idle keep-alive
+    /// connection is closed opens another (RFC 9112 9.3.1). True when that made room.
+    fn make_room(&mut self, needed: usize) -> bool {
+        // Answers finished since the turn began leave their connections idle.
+        self.take_returns();
+        let mut freed = 0;
+        let mut closed_idle = 0;
+        while freed < needed {
+            let Some(token) = self.idle.pop_oldest() else { break };
+            let Some(conn) = self.connections.get(&token) else { continue };
+            // Listed when it became idle; it may have begun a request since.
+            if conn.state != (State::Reading { started: false }) {
+                continue;
+            }
+            match conn.stream.tcp().peek(&mut [0; 1]) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    let _ = conn.stream.shutdown(Shutdown::Write);
+                    self.close(token);
+                    closed_idle += 1;
+                    freed += 1;
+                }
+                // A request (or the client's close) arrived unread: not idle, read it as usual.
+                _ => {
+                    self.advance(token);
+                    match self.connections.get(&token) {
+                        None => freed += 1,
+                        Some(conn) if conn.state == (State::Reading { started: false }) => self.idle.mark(token),
+                        Some(_) => {}
+                    }
+                }
+            }
+        }
+        if closed_idle > 0 {
+            let total = self.idle_closed.fetch_add(closed_idle, Ordering::Relaxed) + closed_idle;
+            let now = Instant::now();
+            if now >= self.next_room_warning {
+                self.next_room_warning = now + ROOM_WARNING_EVERY;
+                log::warn!(
+                    "max_connections ({}) reached: closing idle connections to make room ({total} so far)",
+                    self.limits.max_connections
+                );
+            }
+        }
+        freed >= needed
     }
 
     fn on_ready(&mut self, token: usize) {

@@ -12,6 +12,7 @@ use crate::server::head::{parse_head, BodyFraming, ParseOutcome, RequestHead};
 use crate::server::job_queue::Job;
 use crate::server::spool::RequestBody;
 
+use super::share::{HeldRequest, Verdict};
 use super::{body_deadline, Pending, Poller, State, HEAD_READ, MAX_READS_PER_TURN};
 
 impl Poller {
@@ -181,20 +182,30 @@ impl Poller {
         self.note_deadline(deadline);
     }
 
-    /// Hands a complete request to the worker pool, or answers 503 when the queue is full.
+    /// Hands a complete request to the worker pool, holds it for its client's share
+    /// (`share.rs`), or refuses it (`429` at the client's hard limit, `503` when the queue is
+    /// full).
     pub(super) fn dispatch(&mut self, token: usize, head: RequestHead, body: RequestBody) {
-        let Some(conn) = self.connections.get_mut(&token) else { return };
-        if self.queued.load(Ordering::Relaxed) >= self.queue_capacity {
-            // Told to the refusal hook; a warning per request here would flood the log.
-            log::debug!("all workers busy and the queue is full: answering 503");
-            return self.refuse(token, 503, "server busy, retry later", &[("Retry-After", "1")]);
+        let Some(conn) = self.connections.get(&token) else { return };
+        let client = self.client_of(conn.peer, &head);
+        match self.admit_request(token, client) {
+            Verdict::Go => self.submit(token, head, body, false),
+            Verdict::Hold(client) => self.hold(token, client, HeldRequest::Whole { head, body }),
+            Verdict::Refused => {}
         }
+    }
+
+    /// Queues an admitted request for a worker; `was_held` when it waited for its client's
+    /// share (input that arrived meanwhile was only noted).
+    pub(super) fn submit(&mut self, token: usize, head: RequestHead, body: RequestBody, was_held: bool) {
+        let Some(conn) = self.connections.get_mut(&token) else { return };
         conn.state = State::Busy;
         self.queued.fetch_add(1, Ordering::Relaxed);
         // Bytes of a pipelined request already buffered count as input: the worker must wake
         // the poller, no readiness event will.
         // Input the socket may still hold (a read that filled its buffer, a FIN seen) counts too.
-        let more = !conn.buf.is_empty() || std::mem::take(&mut conn.maybe_more);
+        let noted = was_held && conn.input_while_busy.load(Ordering::SeqCst);
+        let more = !conn.buf.is_empty() || std::mem::take(&mut conn.maybe_more) || noted;
         conn.input_while_busy.store(more, Ordering::SeqCst);
         let input_while_busy = Arc::clone(&conn.input_while_busy);
         let job = Job::Serve { token, stream: Arc::clone(&conn.stream), peer: conn.peer, head, body, input_while_busy };

@@ -53,8 +53,11 @@ impl Poller {
         }
     }
 
-    /// Drops the jobs still waiting for a worker and closes their connections.
+    /// Drops the jobs still waiting for a worker (queued, or held for their client's share)
+    /// and closes their connections.
     pub(super) fn drop_queued_jobs(&mut self) {
+        // Held ones first: a queued one closed below must not let one of them into the queue.
+        self.drop_held();
         while let Some(job) = self.queue.try_take() {
             let token = match job {
                 Job::Serve { token, .. } => {

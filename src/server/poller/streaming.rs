@@ -11,12 +11,26 @@ use crate::server::head::BodyFraming;
 use crate::server::spool::RequestBody;
 use crate::server::upload::{upload, Offer};
 
+use super::share::{HeldRequest, Verdict};
 use super::{body_deadline, Pending, Poller, State, Upload, MAX_READS_PER_TURN};
 
 impl Poller {
     /// Request buffering is off and the body is not all here: the request goes to a worker now,
-    /// with what arrived of its body, and the rest streams after it.
+    /// with what arrived of its body, and the rest streams after it. Unless its client has its
+    /// share of the workers: then it is held before the rest of its body is read.
     pub(super) fn start_upload(&mut self, token: usize) {
+        let Some(conn) = self.connections.get(&token) else { return };
+        let Some(pending) = conn.pending.as_ref() else { return };
+        let client = self.client_of(conn.peer, &pending.head);
+        match self.admit_request(token, client) {
+            Verdict::Go => self.stream_upload(token),
+            Verdict::Hold(client) => self.hold(token, client, HeldRequest::Upload),
+            Verdict::Refused => {}
+        }
+    }
+
+    /// An admitted upload goes to a worker, and its body streams after it.
+    pub(super) fn stream_upload(&mut self, token: usize) {
         let Some(conn) = self.connections.get_mut(&token) else { return };
         let Some(Pending { head, decoder, mut body, .. }) = conn.pending.take() else { return };
         let mut first = Vec::new();
@@ -31,11 +45,8 @@ impl Poller {
         };
         let (mut feed, stream) = upload(token, self.resume.clone(), declared);
         feed.data(first);
-        self.dispatch(token, head, RequestBody::streamed(stream, declared));
+        self.submit(token, head, RequestBody::streamed(stream, declared), false);
         let Some(conn) = self.connections.get_mut(&token) else { return };
-        if conn.state != State::Busy {
-            return; // refused: the queue is full
-        }
         conn.state = State::Streaming;
         conn.upload = Some(Upload { feed, decoder, started: Instant::now(), stalled_since: None, ended: false });
         self.set_upload_deadline(token);

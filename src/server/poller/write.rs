@@ -24,7 +24,12 @@ use super::{Poller, State, MAX_READS_PER_TURN};
 
 impl Poller {
     pub(super) fn take_returns(&mut self) {
+        // Before the look: a worker that returns after it wakes the poller again, if it must.
+        self.loads.looking_at_returns();
         while let Ok(Returned { token, next }) = self.returns.try_recv() {
+            // A request given back frees a place in its client's share (a refill's return does
+            // not: it was never counted).
+            let client = self.served(token);
             if self.connections.get(&token).is_some_and(|c| c.upload.is_some()) {
                 // Answered before its body was all read (an early answer): the rest is drained
                 // by the close, never parsed as a request.
@@ -71,6 +76,9 @@ impl Poller {
                     self.write_delivery(token);
                 }
             }
+            if let Some(client) = client {
+                self.release_held(client);
+            }
         }
     }
 
@@ -105,8 +113,12 @@ impl Poller {
 
     /// A `101` head is out: the connection leaves HTTP, for a tunnel this thread relays or for
     /// the application. What the client sent after its request head goes along.
-    pub(super) fn switch(&mut self, token: usize, switch: Switch) {
+    pub(super) fn switch(&mut self, token: usize, mut switch: Switch) {
+        if let (Switch::Tunnel(tunnel), Some(client)) = (&mut switch, self.client_slot(token).and_then(|s| s.key())) {
+            self.count_tunnel(client, tunnel);
+        }
         let Some(conn) = self.connections.remove(&token) else { return };
+        self.idle.remove(token);
         let _ = self.poll.registry().deregister(&mut SourceFd(&conn.stream.as_raw_fd()));
         // The worker let go of its handle when it returned the connection.
         let stream = match Arc::try_unwrap(conn.stream) {
@@ -152,6 +164,7 @@ impl Poller {
         conn.deadline = Instant::now() + self.limits.keep_alive_timeout;
         let deadline = conn.deadline;
         self.note_deadline(deadline);
+        self.idle.mark(token);
     }
 
     /// The response is out: wait for the next request, or linger and close.
@@ -174,6 +187,9 @@ impl Poller {
             Instant::now() + if started { self.limits.head_timeout } else { self.limits.keep_alive_timeout };
         let deadline = conn.deadline;
         self.note_deadline(deadline);
+        if !started {
+            self.idle.mark(token);
+        }
         // Bytes that arrived while the request was served raised no new readiness event.
         self.advance(token);
         // Stopping: a keep-alive response sent before the stop may have brought its next
@@ -277,7 +293,9 @@ impl Poller {
 
     pub(super) fn close(&mut self, token: usize) {
         if let Some(conn) = self.connections.remove(&token) {
+            self.idle.remove(token);
             let _ = self.poll.registry().deregister(&mut SourceFd(&conn.stream.as_raw_fd()));
+            self.forget_client(conn.client);
         }
     }
 }
