@@ -424,9 +424,10 @@ pub struct Config {
     /// take together, so that uploads never fill the disk (or, on a tmpfs, the memory).
     /// Default 0.25.
     pub client_body_temp_free_share: f64,
-    /// Share of the cap in force that one client's (one peer address's) body temp files may
-    /// take; past it, its next body is refused with `429` + `Retry-After` while other clients'
-    /// go on. Default 0.25; 1 turns it off.
+    /// Share of the cap in force that one client's body temp files may take (the client every
+    /// per-client limit counts by: the peer, or what a trusted proxy says); past it, its next
+    /// body is refused with `429` + `Retry-After` while other clients' go on. Default 0.25; 1
+    /// turns it off.
     pub client_body_temp_client_share: f64,
     /// Whether request bodies are read whole before a worker sees them (nginx's
     /// `proxy_request_buffering`). Default true. Off, a body streams to the backend as it

@@ -1,7 +1,8 @@
 //! What request bodies may hold (README: "Request bodies: what they may hold"): a body over
 //! `max_body_bytes` gets `413` naming the limit, one client past its share of the temp files gets
-//! `429` while another client's upload goes through, and a crawling upload is cut with `408` and
-//! its temp file freed. Real lb-sync processes and lb-backend children; the temp files are read
+//! `429` while another client's upload goes through (a client as every per-client limit counts
+//! it: the peer, or what a trusted proxy says), and a crawling upload is cut with `408` and its
+//! temp file freed. Real lb-sync processes and lb-backend children; the temp files are read
 //! from `/proc/PID/fd` (each is unlinked when made: a link that ends in `(deleted)`).
 
 mod common;
@@ -107,11 +108,17 @@ fn one_client_past_its_share_of_the_temp_files_gets_429_while_another_client_upl
     assert_eq!((resp.status, resp.header("retry-after")), (429, Some("1")));
     assert!(resp.text().contains("share"), "{}", resp.text());
 
-    // Client B's upload of the same size goes through meanwhile.
+    // Client B's upload of the same size goes through meanwhile, and so does one that A, a
+    // trusted proxy (loopback is, by default), relays for a client of its own.
     let mut other = connect_from(b, lb.addr);
     other.send(b"POST /other HTTP/1.1\r\nHost: t\r\nContent-Length: 50000\r\n\r\n");
     other.send(&[b'b'; 50_000]);
     let resp = other.response();
+    assert_eq!((resp.status, resp.json()["request"]["body_bytes"].as_u64()), (200, Some(50_000)));
+    let mut relayed = connect_from(a, lb.addr);
+    relayed.send(b"POST /relayed HTTP/1.1\r\nHost: t\r\nX-Forwarded-For: 192.0.2.7\r\nContent-Length: 50000\r\n\r\n");
+    relayed.send(&[b'r'; 50_000]);
+    let resp = relayed.response();
     assert_eq!((resp.status, resp.json()["request"]["body_bytes"].as_u64()), (200, Some(50_000)));
 
     // A's first body, within its share, completes.

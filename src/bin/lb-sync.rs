@@ -174,7 +174,7 @@ struct Args {
     /// together (default 0.25)
     #[argh(option)]
     client_body_temp_free_share: Option<f64>,
-    /// share of the body temp files' cap one client address may take, then 429 (default 0.25)
+    /// share of the body temp files' cap one client may take, then 429 (default 0.25)
     #[argh(option)]
     client_body_temp_client_share: Option<f64>,
     /// slowest upload in bytes/s after the first client_io_timeout seconds, then 408; 0 = off

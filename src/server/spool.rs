@@ -38,9 +38,9 @@ pub struct BodyBuffering {
     /// together (0.25: a quarter), so bodies never fill the disk, or the memory of a tmpfs.
     /// Default 0.25.
     pub disk_free_share: f64,
-    /// Share of the cap in force that the temp files of one client (one peer address) may
-    /// take; past it its body is refused with `429` and `Retry-After` while other clients' go
-    /// on (nginx's `limit_conn` keys by the same address). Default 0.25.
+    /// Share of the cap in force that the temp files of one client may take (the client of
+    /// `ServerConfig::client_key`: the peer's address without one); past it its body is
+    /// refused with `429` and `Retry-After` while other clients' go on. Default 0.25.
     pub client_disk_share: f64,
     /// Where temp files are made (nginx's `client_body_temp_path`). Default the system temp
     /// directory. Files are unlinked as soon as they are made.
@@ -269,7 +269,7 @@ pub struct RequestBody {
     len: u64,
     read: u64,
     settings: Option<Arc<SpoolSettings>>,
-    /// Whose temp file it is: the peer's address, which the per-client share counts by.
+    /// Whose temp file it is: the client the per-client share counts by.
     client: IpAddr,
     /// Memory counted against the settings' cap (capacity at the time it was counted).
     counted_memory: u64,

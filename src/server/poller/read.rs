@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use crate::server::body::BodyDecoder;
 use crate::server::error::RequestError;
+use crate::server::fairness::ClientKey;
 use crate::server::head::{parse_head, BodyFraming, ParseOutcome, RequestHead};
 use crate::server::job_queue::Job;
 use crate::server::spool::RequestBody;
@@ -86,8 +87,9 @@ impl Poller {
         let Some(conn) = self.connections.get_mut(&token) else { return };
         let expects_continue = head.expects_continue;
         let decoder = BodyDecoder::new(head.framing, self.limits.max_body_bytes);
-        // The per-client share counts by address: a client's connections share it.
-        let body = RequestBody::spooling(Arc::clone(&self.spool), conn.peer.ip().to_canonical());
+        // The temp-file share counts by the client every per-client limit counts by.
+        let client = ClientKey::of(self.client_key.as_ref(), conn.peer, &head);
+        let body = RequestBody::spooling(Arc::clone(&self.spool), client);
         let now = Instant::now();
         conn.pending = Some(Pending { head, decoder, body, started: now, slow: false });
         conn.state = State::ReadingBody;
