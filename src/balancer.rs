@@ -85,7 +85,6 @@ impl LoadBalancer {
     pub fn start_with_log(config: Config, access_log: Option<LogHandle>) -> io::Result<LoadBalancer> {
         let invalid = |e: &dyn std::fmt::Display| io::Error::new(io::ErrorKind::InvalidInput, e.to_string());
         config.validate().map_err(|e| invalid(&e))?;
-        warn_if_the_api_is_unguarded(&config);
         let state_file = config.state_file.as_ref().map(StateFile::new);
         let saved = match &state_file {
             Some(file) => file.load().map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?,
@@ -173,7 +172,8 @@ impl LoadBalancer {
         };
         let control = Control::new(Arc::clone(&current), table, server.tuner(), health, refresher, &reload);
         stop_registry.0 = None;
-        // Once started: a start that fails says only why.
+        // Once started: a start that fails says one thing, its reason.
+        warn_if_the_api_is_unguarded(&current.load().config);
         log::info!("{}", server.body_spool());
         Ok(LoadBalancer { server, admin, current, control, access_writer, history, stop_phase: StopPhase::default() })
     }

@@ -220,6 +220,40 @@ pub fn is_valid_id(id: &str) -> bool {
     (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._~-".contains(&b))
 }
 
+/// Which requests may go on an idle backend connection another client's request used before
+/// (HAProxy's `http-reuse`).
+///
+/// ```
+/// use lb_sync::config::UpstreamReuse;
+/// assert_eq!("always".parse::<UpstreamReuse>(), Ok(UpstreamReuse::Always));
+/// assert_eq!(UpstreamReuse::default(), UpstreamReuse::Safe);
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamReuse {
+    /// The first request of each client connection goes on a backend connection of its own;
+    /// only later ones reuse idle connections (HAProxy's default, `safe`). A backend that writes
+    /// an answer nobody asked for can then mislead no client but the one whose connection it
+    /// answered before.
+    #[default]
+    Safe,
+    /// Every request may reuse an idle connection (nginx's upstream `keepalive`, HAProxy's
+    /// `always`): one new backend connection fewer per new client connection.
+    Always,
+}
+
+impl std::str::FromStr for UpstreamReuse {
+    type Err = String;
+
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        match name {
+            "safe" => Ok(UpstreamReuse::Safe),
+            "always" => Ok(UpstreamReuse::Always),
+            other => Err(format!("unknown upstream_reuse '{other}' (safe, always)")),
+        }
+    }
+}
+
 /// Whether `text` is an RFC 9110 token (a protocol or field name).
 fn is_token(text: &str) -> bool {
     !text.is_empty() && text.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
@@ -398,6 +432,11 @@ pub struct Config {
     /// after its answer. Default: `threads` (every worker can keep one to each backend; the
     /// most recently used is taken first, so the surplus of a burst ages out).
     pub upstream_keepalive: Option<usize>,
+    /// Which requests may reuse an idle backend connection: `safe` (default, HAProxy's): a
+    /// client connection's first request goes on a backend connection of its own, so a
+    /// backend's unasked-for answer on a pooled connection reaches no newcomer; `always`
+    /// (nginx's): any request.
+    pub upstream_reuse: UpstreamReuse,
     /// Seconds an idle backend connection is kept (nginx's upstream `keepalive_timeout`).
     /// Default 4: under the 5 s keep-alive of common backends (Node's), so a connection is
     /// not reused just as its backend closes it.
@@ -532,6 +571,7 @@ impl Default for Config {
             client_max_workers: None,
             client_max_in_flight: 0,
             upstream_keepalive: None,
+            upstream_reuse: UpstreamReuse::Safe,
             upstream_keepalive_timeout: 4.0,
             max_body_bytes: limits.max_body_bytes,
             client_body_buffer_size: buffering.memory_threshold,

@@ -249,14 +249,24 @@ fn upstream_connections(lb: &Lb) -> serde_json::Value {
     api::backends(lb.addr)[0]["upstream_connections"].clone()
 }
 
+/// Reuse as nginx does (`upstream_reuse` always): the detections below are what protects clients.
+const REUSE_ALWAYS: &str = r#""upstream_reuse": "always""#;
+
 #[test]
 fn a_late_extra_response_reaches_no_later_client() {
+    // By default (`upstream_reuse` safe, HAProxy's) a client connection's first request never
+    // goes on a connection another client used: none of the 51 gets another's answer.
     let backend = HostileBackend::start(Hostile::LateExtra);
     let lb = Lb::start(&[backend.addr], "");
-    // c1's request waits on c0's connection when c0's extra response comes: nothing tells the
-    // two apart then (HAProxy's http-reuse safe avoids it by never sending a client's first
-    // request on a connection another client used). What follows the extra response (c1's own
-    // answer) shows the backend out of step: no connection of it is reused from then on.
+    assert_eq!(wrong_answers(&lb, ids(0..51)), Vec::<String>::new());
+    assert_eq!(backend.connections(), 51, "a connection each");
+    drop(lb);
+
+    // Reusing always, c1's request waits on c0's connection when c0's extra response comes:
+    // nothing tells the two apart then. What follows the extra response (c1's own answer) shows
+    // the backend out of step: no connection of it is reused from then on.
+    let backend = HostileBackend::start(Hostile::LateExtra);
+    let lb = Lb::start(&[backend.addr], REUSE_ALWAYS);
     let wrong = wrong_answers(&lb, ids(0..51));
     assert!(wrong.iter().all(|w| w.starts_with("c1: ")), "wrong answers: {wrong:?}");
     assert!(backend.extras() >= 1);
@@ -267,9 +277,26 @@ fn a_late_extra_response_reaches_no_later_client() {
 }
 
 #[test]
+fn a_keep_alive_client_reuses_backend_connections_after_its_first_request() {
+    let honest = common::backend(&[]);
+    let lb = Lb::start(&[honest.addr()], "");
+    for _ in 0..2 {
+        let mut conn = client(&lb);
+        for i in 0..5 {
+            conn.send(format!("GET /?n={i} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
+            let resp = read_response(&mut conn.reader, false).expect("an answer");
+            assert_eq!(resp.status, 200);
+        }
+    }
+    // Each client connection's first request opened one; its later ones reused an idle one.
+    let counted = upstream_connections(&lb);
+    assert_eq!((counted["opened"].as_u64(), counted["reused"].as_u64()), (Some(2), Some(8)), "{counted}");
+}
+
+#[test]
 fn an_extra_response_on_an_idle_connection_closes_it() {
     let backend = HostileBackend::start(Hostile::LateExtraOnce);
-    let lb = Lb::start(&[backend.addr], "");
+    let lb = Lb::start(&[backend.addr], REUSE_ALWAYS);
     assert_eq!(wrong_answers(&lb, ids(0..1)), Vec::<String>::new());
     // The extra response is on the idle connection before the next client comes.
     assert!(wait_until(Duration::from_secs(5), || backend.extras() == 1));
@@ -284,7 +311,7 @@ fn an_extra_response_on_an_idle_connection_closes_it() {
 fn an_extra_response_glued_to_the_answer_reaches_no_client() {
     for hostile in [Hostile::GluedExtra, Hostile::ExtraAfterChunkedEnd] {
         let backend = HostileBackend::start(hostile);
-        let lb = Lb::start(&[backend.addr], "");
+        let lb = Lb::start(&[backend.addr], REUSE_ALWAYS);
         assert_eq!(wrong_answers(&lb, ids(0..50)), Vec::<String>::new(), "{hostile:?}");
         assert_eq!(backend.requests(), 50, "{hostile:?}");
         assert_eq!(backend.connections(), 50, "{hostile:?}: a connection each");
@@ -314,7 +341,7 @@ fn a_101_to_a_request_that_asked_for_no_upgrade_is_a_502() {
 fn a_malformed_chunked_answer_is_a_502_at_once() {
     for hostile in [Hostile::BareLfChunks, Hostile::BadChunkSize] {
         let backend = HostileBackend::start(hostile);
-        let lb = Lb::start(&[backend.addr], "");
+        let lb = Lb::start(&[backend.addr], REUSE_ALWAYS);
         let mut conn = client(&lb);
         conn.send(b"GET /?id=x HTTP/1.1\r\nHost: t\r\n\r\n");
         let resp = read_response(&mut conn.reader, false).expect("an answer within the read timeout");

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use common::{wait_until, Conn};
 use lb_sync::balancer::LoadBalancer;
-use lb_sync::config::{BackendConfig, Config};
+use lb_sync::config::{BackendConfig, Config, UpstreamReuse};
 
 /// What the backend knows of its connections.
 #[derive(Default)]
@@ -130,7 +130,14 @@ fn serve(stream: TcpStream, number: usize, seen: &(Mutex<Seen>, Condvar), hold: 
 
 fn balancer(backend: SocketAddr, settings: impl FnOnce(&mut Config)) -> LoadBalancer {
     let backends = vec![BackendConfig::new("127.0.0.1", backend.port(), 1)];
-    let mut config = Config { threads: 16, health_check_interval: 0.0, ..common::inproc::config(backends) };
+    // Every request may take an idle connection (nginx's way), so that which one is taken shows
+    // the pool's order alone; `upstream_reuse` safe is tests/hostile_backends.rs's.
+    let mut config = Config {
+        threads: 16,
+        health_check_interval: 0.0,
+        upstream_reuse: UpstreamReuse::Always,
+        ..common::inproc::config(backends)
+    };
     settings(&mut config);
     LoadBalancer::start(config).unwrap()
 }

@@ -8,7 +8,7 @@ use argh::FromArgs;
 use lb_sync::balance::AlgorithmKind;
 use lb_sync::balancer::LoadBalancer;
 use lb_sync::client_ip::Cidr;
-use lb_sync::config::{seed_backends, BackendConfig, Config, RegistryUrl};
+use lb_sync::config::{seed_backends, BackendConfig, Config, RegistryUrl, UpstreamReuse};
 use lb_sync::demo_backend::DemoBackend;
 use lb_sync::logging::{AccessFormat, LogTarget, LogWriter, Logger};
 use lb_sync::server::{Server, ServerConfig};
@@ -181,6 +181,10 @@ struct Args {
     /// (default 500)
     #[argh(option)]
     request_body_min_rate: Option<u64>,
+    /// which requests may reuse an idle backend connection: safe (a client connection's first
+    /// request opens its own, HAProxy's default) or always (nginx's) (default safe)
+    #[argh(option)]
+    upstream_reuse: Option<UpstreamReuse>,
     /// seconds a stop (SIGTERM, SIGINT) lets requests in flight finish (default 30)
     #[argh(option)]
     shutdown_timeout: Option<f64>,
@@ -247,7 +251,7 @@ fn build_config(args: &Args) -> Result<Config, String> {
     set!(request_timeout, connect_timeout, max_tries, access_log, session_timeout, shutdown_timeout);
     set!(breaker_consecutive_failures, breaker_cooldown, slow_start, tunnel_idle_timeout);
     set!(rate_limit, rate_limit_burst, client_rate_limit, client_rate_limit_burst, dns_refresh_interval);
-    set!(tls_handshake_timeout, peak_ewma_window, client_max_in_flight);
+    set!(tls_handshake_timeout, peak_ewma_window, client_max_in_flight, upstream_reuse);
     set!(max_body_bytes, client_body_temp_cap, client_body_temp_free_share, client_body_temp_client_share);
     set!(request_body_min_rate);
     if args.client_max_workers.is_some() {

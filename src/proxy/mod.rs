@@ -29,6 +29,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::client_ip::{canonical, is_trusted, request_client};
+use crate::config::UpstreamReuse;
 use crate::health::{CircuitBreaker, Ticket};
 use crate::ops::PendingAccess;
 use crate::server::{BodyFraming, Request, RequestBody, Response};
@@ -61,6 +62,9 @@ struct Outbound {
     request_id: String,
     /// The `Upgrade` value of an upgrade request: sent on a connection of its own.
     upgrade: Option<Vec<u8>>,
+    /// Sent on a backend connection no other client's request used (`upstream_reuse` safe,
+    /// the first request of its client connection).
+    own_connection: bool,
 }
 
 /// Proxies one request and answers it: the backend's response, or ours when none could give one.
@@ -112,6 +116,7 @@ fn prepare(shared: &Shared, request: Request, origin: &Origin, access: &PendingA
         .map_err(ProxyError::Unforwardable)?;
     drop(headers);
     let is_head = request.head().is_head();
+    let own_connection = shared.config.upstream_reuse == UpstreamReuse::Safe && request.is_first_on_connection();
     // A HEAD request's body (allowed, meaningless) is not sent on.
     let send_body = !is_head && request.head().framing != BodyFraming::None;
     let mut request_body = request.into_body();
@@ -133,6 +138,7 @@ fn prepare(shared: &Shared, request: Request, origin: &Origin, access: &PendingA
         sticky_token,
         request_id: access.request_id.clone(),
         upgrade,
+        own_connection,
     })
 }
 
@@ -195,7 +201,7 @@ fn try_backends(shared: &Shared, out: &mut Outbound) -> Result<(Response, Arc<Ba
         backend.record_request();
         tries += 1;
         let sent = Instant::now();
-        match send_once(shared, backend, &out.prepared, out.upgrade.is_some(), body) {
+        match send_once(shared, backend, &out.prepared, out.upgrade.is_some(), out.own_connection, body) {
             Ok(upstream) => {
                 let upstream_time = sent.elapsed();
                 in_flight.answered();
@@ -297,13 +303,14 @@ fn send_once(
     backend: &Backend,
     prepared: &Prepared,
     upgrade: bool,
+    own_connection: bool,
     mut body: Option<TryBody<'_, RequestBody>>,
 ) -> Result<Answer, ForwardError> {
     let body = body.as_mut().map(|b| b as &mut dyn std::io::Read);
     if upgrade {
         return shared.forwarder.send_own(backend, prepared, body).map(Answer::Own);
     }
-    shared.forwarder.send(backend, prepared, body).map(Answer::Pooled)
+    shared.forwarder.send(backend, prepared, body, own_connection).map(Answer::Pooled)
 }
 
 /// An answer came: the backend counts it; the breaker hears a success (or a failure, for a 5xx

@@ -58,6 +58,8 @@ pub(crate) enum Job {
         head: RequestHead,
         body: RequestBody,
         input_while_busy: Arc<AtomicBool>,
+        /// The first request of its connection.
+        first: bool,
     },
     /// A delivery whose buffer the client has drained: read more from its source, write on.
     Refill { token: usize, stream: Arc<ClientStream>, delivery: Delivery },

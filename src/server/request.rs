@@ -12,12 +12,13 @@ pub struct Request {
     peer: SocketAddr,
     body: RequestBody,
     tls: bool,
+    first_on_connection: bool,
 }
 
 impl Request {
     /// A request from its parts (the server builds them; also for tests of handlers).
     pub fn new(head: RequestHead, peer: SocketAddr, body: RequestBody) -> Request {
-        Request { head, peer, body, tls: false }
+        Request { head, peer, body, tls: false, first_on_connection: false }
     }
 
     /// Marks the request as received over TLS (or not).
@@ -33,6 +34,18 @@ impl Request {
     pub fn with_tls(mut self, tls: bool) -> Request {
         self.tls = tls;
         self
+    }
+
+    /// Marks the request as the first its connection carried (or not).
+    pub fn with_first_on_connection(mut self, first: bool) -> Request {
+        self.first_on_connection = first;
+        self
+    }
+
+    /// Whether it is the first request its client connection carried: a proxy that keeps such a
+    /// request off connections other clients used (HAProxy's `http-reuse safe`) asks this.
+    pub fn is_first_on_connection(&self) -> bool {
+        self.first_on_connection
     }
 
     /// Whether the request came over TLS (the HTTPS listener): its scheme is `https`.

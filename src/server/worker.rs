@@ -60,9 +60,9 @@ impl Worker {
         self.queue.enlist();
         while let Some(job) = self.queue.next() {
             let (token, next, input_while_busy, served) = match job {
-                Job::Serve { token, stream, peer, head, body, input_while_busy } => {
+                Job::Serve { token, stream, peer, head, body, input_while_busy, first } => {
                     self.queued.fetch_sub(1, Ordering::Relaxed);
-                    (token, self.serve(&stream, peer, head, body), Some(input_while_busy), true)
+                    (token, self.serve(&stream, peer, head, body, first), Some(input_while_busy), true)
                 }
                 Job::Refill { token, stream, delivery } => (token, deliver(&stream, delivery), None, false),
             };
@@ -85,14 +85,21 @@ impl Worker {
         }
     }
 
-    fn serve(&self, stream: &ClientStream, peer: SocketAddr, head: RequestHead, body: RequestBody) -> Next {
+    fn serve(
+        &self,
+        stream: &ClientStream,
+        peer: SocketAddr,
+        head: RequestHead,
+        body: RequestBody,
+        first: bool,
+    ) -> Next {
         let ctx = ResponseContext {
             version: head.version,
             head_request: head.is_head(),
             // Read after the handler ran: a stop during a slow request still says close.
             keep_alive: head.keep_alive,
         };
-        let request = Request::new(head, peer, body).with_tls(stream.is_tls());
+        let request = Request::new(head, peer, body).with_tls(stream.is_tls()).with_first_on_connection(first);
         let response = catch_unwind(AssertUnwindSafe(|| self.handler.handle(request))).unwrap_or_else(|_| {
             log::error!("handler panicked serving a request from {peer}");
             Response::text(500, "internal error").with_close()

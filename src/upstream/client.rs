@@ -407,12 +407,14 @@ impl Forwarder {
     /// the headers). A request whose idle connection turned out to hold bytes before the request
     /// was written on it (a backend out of step) was not sent, and goes on another connection. An
     /// answer that switches protocols (`101`) to a request that asked for no upgrade is a bad
-    /// answer.
+    /// answer. With `own_connection` no idle connection is taken: a new one is opened (and kept
+    /// for later requests after its answer).
     pub fn send(
         &self,
         backend: &Backend,
         prepared: &Prepared,
         mut body: Option<&mut dyn Read>,
+        own_connection: bool,
     ) -> Result<http::Response<ureq::Body>, ForwardError> {
         let link = self.link(backend)?;
         let scheme = match backend.scheme {
@@ -428,6 +430,7 @@ impl Forwarder {
         let mut connections_tried = 0;
         let response = loop {
             super::transport::forget_sending();
+            super::pool::want_own_connection(own_connection);
             connections_tried += 1;
             // Two calls because SendBody's lifetime is invariant: `()` sends no body and no
             // Content-Length, as a GET should.

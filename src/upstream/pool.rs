@@ -28,6 +28,7 @@
 //!     ^ closed once older than upstream_keepalive_timeout
 //! ```
 
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::fmt;
 use std::net::SocketAddr;
@@ -258,11 +259,25 @@ pub(crate) struct PooledConnector<C> {
     pub idle: Arc<IdleConnections>,
 }
 
+thread_local! {
+    /// The request this thread sends now must not take an idle connection (set by
+    /// [`Forwarder::send`](super::Forwarder::send) before each exchange; ureq calls the connector
+    /// on the same thread, with no way to pass it along).
+    static OWN_CONNECTION: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Says whether the next exchange on this thread must open a connection of its own rather than
+/// take an idle one (`upstream_reuse` safe, for a client connection's first request).
+pub(crate) fn want_own_connection(own: bool) {
+    OWN_CONNECTION.set(own);
+}
+
 impl<C: Connector> Connector for PooledConnector<C> {
     type Out = PooledTransport;
 
     fn connect(&self, details: &ConnectionDetails, _chained: Option<()>) -> Result<Option<Self::Out>, ureq::Error> {
-        let (transport, reused) = match self.idle.take(Instant::now()) {
+        let idle = if OWN_CONNECTION.get() { None } else { self.idle.take(Instant::now()) };
+        let (transport, reused) = match idle {
             Some(transport) => (transport, true),
             None => {
                 let made = self.inner.connect(details, None)?.ok_or(ureq::Error::ConnectionFailed)?;

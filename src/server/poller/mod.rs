@@ -166,6 +166,9 @@ struct Connection {
     handshaking: bool,
     /// The client of its latest request, and what that request counts as in its load.
     client: share::ClientSlot,
+    /// Requests handed to the workers so far (the first one's backend connection may be kept
+    /// its own: `upstream_reuse` safe).
+    requests: u64,
 }
 
 /// A stop request: set once by the handle, read by the poller.
@@ -445,6 +448,7 @@ impl Poller {
                 input_while_busy: Arc::new(AtomicBool::new(false)),
                 maybe_more: false,
                 handshaking: tls,
+                requests: 0,
                 client: share::ClientSlot::default(),
             },
         );

@@ -210,7 +210,10 @@ impl Poller {
         let more = !conn.buf.is_empty() || std::mem::take(&mut conn.maybe_more) || noted;
         conn.input_while_busy.store(more, Ordering::SeqCst);
         let input_while_busy = Arc::clone(&conn.input_while_busy);
-        let job = Job::Serve { token, stream: Arc::clone(&conn.stream), peer: conn.peer, head, body, input_while_busy };
+        let first = conn.requests == 0;
+        conn.requests += 1;
+        let (stream, peer) = (Arc::clone(&conn.stream), conn.peer);
+        let job = Job::Serve { token, stream, peer, head, body, input_while_busy, first };
         self.queue.submit(job);
     }
 }
