@@ -174,6 +174,7 @@ impl LoadBalancer {
         stop_registry.0 = None;
         // Once started: a start that fails says one thing, its reason.
         warn_if_the_api_is_unguarded(&current.load().config);
+        log::info!("{}", server.body_spool());
         Ok(LoadBalancer { server, admin, current, control, access_writer, history, stop_phase: StopPhase::default() })
     }
 

@@ -441,7 +441,8 @@ pub struct Config {
     /// Default 4: under the 5 s keep-alive of common backends (Node's), so a connection is
     /// not reused just as its backend closes it.
     pub upstream_keepalive_timeout: f64,
-    /// Largest request body in bytes (`413` above). Default 1 GiB.
+    /// Largest request body in bytes: `413` above, with a body that says the limit and this key.
+    /// Default 1 MiB (nginx's `client_max_body_size`); a service that takes uploads raises it.
     pub max_body_bytes: u64,
     /// Request bodies are read whole by the poller before a worker sees them: in memory up to
     /// this many bytes, larger ones in a temp file (nginx's `client_body_buffer_size`, 16 KiB
@@ -453,18 +454,29 @@ pub struct Config {
     /// Directory of body temp files (nginx's `client_body_temp_path`); each file is unlinked as
     /// soon as it is made. Default: the system temp directory.
     pub client_body_temp_path: Option<std::path::PathBuf>,
-    /// Bytes of body temp files of all connections together; past it, a body is refused with
-    /// `503` + `Retry-After`. Default 16 GiB.
+    /// Bytes of body temp files of all connections together, however much room the disk has;
+    /// the cap in force is this or `client_body_temp_free_share` of the free space, the
+    /// smaller (logged at start). Past it, a body is refused with `503` + `Retry-After`.
+    /// Default 16 GiB.
     pub client_body_temp_cap: u64,
+    /// Share of the temp directory's free space, measured at start, that body temp files may
+    /// take together, so that uploads never fill the disk (or, on a tmpfs, the memory).
+    /// Default 0.25.
+    pub client_body_temp_free_share: f64,
+    /// Share of the cap in force that one client's body temp files may take (the client every
+    /// per-client limit counts by: the peer, or what a trusted proxy says); past it, its next
+    /// body is refused with `429` + `Retry-After` while other clients' go on. Default 0.25; 1
+    /// turns it off.
+    pub client_body_temp_client_share: f64,
     /// Whether request bodies are read whole before a worker sees them (nginx's
     /// `proxy_request_buffering`). Default true. Off, a body streams to the backend as it
     /// arrives: for uploads that must not wait (or not touch disk), at the price of a worker
     /// held at the client's pace (see `request_body_min_rate`) and no retry on another backend.
     pub request_buffering: bool,
-    /// With `request_buffering` off, the slowest a client may send a body, in bytes per second:
-    /// it gets `client_io_timeout` plus one second per this many bytes received, in all
-    /// (Apache's mod_reqtimeout `MinRate`, default 500 there too). 0: no overall limit.
-    /// Default 500.
+    /// The slowest a client may send a body, buffered or streamed, in bytes per second: it
+    /// gets `client_io_timeout` (the grace at its start) plus one second per this many bytes
+    /// received, in all, then `408` (Apache's mod_reqtimeout `MinRate`, default 500 there too).
+    /// 0: no overall limit. Default 500.
     pub request_body_min_rate: u64,
     /// Most open client connections. Default 10 000.
     pub max_connections: usize,
@@ -566,6 +578,8 @@ impl Default for Config {
             client_body_memory_cap: buffering.memory_cap,
             client_body_temp_path: None,
             client_body_temp_cap: buffering.disk_cap,
+            client_body_temp_free_share: buffering.disk_free_share,
+            client_body_temp_client_share: buffering.client_disk_share,
             request_buffering: buffering.request_buffering,
             request_body_min_rate: buffering.min_upload_rate,
             max_connections: limits.max_connections,
@@ -860,6 +874,8 @@ impl Config {
             memory_threshold: self.client_body_buffer_size,
             memory_cap: self.client_body_memory_cap,
             disk_cap: self.client_body_temp_cap,
+            disk_free_share: self.client_body_temp_free_share,
+            client_disk_share: self.client_body_temp_client_share,
             temp_dir: self.client_body_temp_path.clone().unwrap_or(default.temp_dir),
             request_buffering: self.request_buffering,
             min_upload_rate: self.request_body_min_rate,

@@ -218,6 +218,8 @@ fn hundred_megabytes_both_ways_with_bounded_memory() {
     let mut command = Command::new(env!("CARGO_BIN_EXE_lb-sync"));
     command.args(["--host", "127.0.0.1", "--port", "0", "--threads", "4", "--access-log", "false"]);
     command.args(["--backend", &backend.addr().to_string()]);
+    // A body over the default 1 MiB limit, and one client taking the whole temp-file cap.
+    command.args(["--max-body-bytes", &SIZE.to_string(), "--client-body-temp-client-share", "1"]);
     let lb = ChildProcess::start(command);
     let port: u16 = lb.ready_line.split(" -> ").next().unwrap().rsplit(':').next().unwrap().parse().unwrap();
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();

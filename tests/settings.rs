@@ -22,8 +22,10 @@ fn refused(args: &[&str], status: i32) -> String {
 
 #[test]
 fn out_of_range_flags_are_one_line_and_exit_2() {
-    let cases: [(&[&str], &str); 7] = [
+    let cases: [(&[&str], &str); 9] = [
         (&["--threads", "100000"], "lb-sync: threads must be 1-10000, got 100000"),
+        (&["--max-body-bytes", "1099511627777"], "lb-sync: max_body_bytes must be 0-1 TiB, got 1099511627777"),
+        (&["--client-body-temp-client-share", "0"], "lb-sync: client_body_temp_client_share must be 0.01-1, got 0"),
         (&["--threads", "0"], "lb-sync: threads must be 1-10000, got 0"),
         (&["--max-tries", "1000000000000"], "lb-sync: max_tries must be 1-100, got 1000000000000"),
         (&["--max-tries", "0"], "lb-sync: max_tries must be 1-100, got 0"),
@@ -56,6 +58,7 @@ fn out_of_range_config_file_values_are_one_line_and_exit_2() {
             "lb-sync: client_body_buffer_size must be 0-1 GiB, got 1099511627776",
         ),
         (r#"{"keep_alive_timeout": 0}"#, "lb-sync: keep_alive_timeout must be 1-86400 s, got 0"),
+        (r#"{"client_body_temp_free_share": 1.5}"#, "lb-sync: client_body_temp_free_share must be 0.01-1, got 1.5"),
         (r#"{"backend_max_connections": 0}"#, "lb-sync: backend_max_connections must be 1-1000000, got 0"),
         (r#"{"breaker_consecutive_failures": 0}"#, "lb-sync: breaker_consecutive_failures must be 1-1000000, got 0"),
         (

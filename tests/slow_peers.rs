@@ -228,8 +228,9 @@ fn a_backend_that_answers_early_and_closes_has_its_answer_relayed() {
     // A backend that refuses an upload after its head, without reading the body, and closes
     // (its kernel then resets the connection): the client must get that answer, not a 502.
     let (addr, refuser) = answers_413_after_the_head();
-    let lb = Balancer::start(&[addr], r#", "threads": 4"#);
     let size = 8 << 20;
+    // A body over the default 1 MiB limit, so the backend is the one that refuses it.
+    let lb = Balancer::start(&[addr], &format!(r#", "threads": 4, "max_body_bytes": {size}"#));
     let mut conn = Conn::open(lb.addr);
     conn.send(format!("POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: {size}\r\n\r\n").as_bytes());
     conn.send(&vec![b'u'; size]);

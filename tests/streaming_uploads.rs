@@ -93,7 +93,8 @@ fn wait_for(seen: &Receiver<Seen>, mut done: impl FnMut(&Seen) -> bool) -> Seen 
     }
 }
 
-const STREAMING: &str = r#""request_buffering": false, "threads": 4"#;
+/// With bodies up to 8 MiB (the default limit is 1 MiB).
+const STREAMING: &str = r#""request_buffering": false, "threads": 4, "max_body_bytes": 8388608"#;
 
 fn pattern(size: usize) -> Vec<u8> {
     (0..size).map(|i| b'a' + (i % 26) as u8).collect()

@@ -75,7 +75,8 @@ fn curl_gets_the_backend_answer_and_the_backend_sees_https() {
     let pki = Pki::new();
     let leaf = pki.leaf("site", &["localhost"], KeyKind::RsaPkcs8, 30);
     let b1 = backend(&["--id", "tls-b1"]);
-    let (lb, tls) = lb_with_tls(&[b1.addr()], &leaf, "", &[]);
+    // The 5 MB upload below is over the default 1 MiB limit.
+    let (lb, tls) = lb_with_tls(&[b1.addr()], &leaf, r#""max_body_bytes": 8388608"#, &[]);
     let url = format!("https://localhost:{}/some/path?x=1", tls.port());
     let answer: serde_json::Value = serde_json::from_str(&curl(&pki, &url, &[])).unwrap();
     assert_eq!(answer["server_info"]["id"], "tls-b1");
@@ -577,7 +578,8 @@ fn request_bodies_stream_over_tls_with_request_buffering_off() {
     let pki = Pki::new();
     let leaf = pki.leaf("site", &["localhost"], KeyKind::EcPkcs8, 30);
     let b1 = backend(&["--id", "stream-b1"]);
-    let (_lb, tls) = lb_with_tls(&[b1.addr()], &leaf, r#""request_buffering": false, "threads": 4"#, &[]);
+    let settings = r#""request_buffering": false, "threads": 4, "max_body_bytes": 8388608"#;
+    let (_lb, tls) = lb_with_tls(&[b1.addr()], &leaf, settings, &[]);
     let mut conn = Conn::open_tls(tls, &pki.client());
     for (round, size) in [4usize << 20, 300_000, 1].into_iter().enumerate() {
         conn.send(format!("POST /up{round} HTTP/1.1\r\nHost: t\r\nContent-Length: {size}\r\n\r\n").as_bytes());

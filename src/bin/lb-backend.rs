@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use argh::FromArgs;
 use lb_sync::demo_backend::DemoBackend;
-use lb_sync::server::{bind, Certificates, Server, ServerConfig, TlsAcceptor, TlsListener};
+use lb_sync::server::{bind, BodyBuffering, Certificates, Limits, Server, ServerConfig, TlsAcceptor, TlsListener};
 use std::io::Write;
 
 /// A demo backend: answers any path with JSON naming itself (`server_info.id`) and the request.
@@ -79,10 +79,14 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // It takes what the balancer in front lets through (the balancer's limits protect the
+    // host): bodies up to 1 GiB, any client the whole temp-file cap.
     let config = ServerConfig {
         bind: SocketAddr::new(args.host, args.port),
         threads: args.threads,
         tls,
+        limits: Limits { max_body_bytes: 1 << 30, ..Limits::default() },
+        body_buffering: BodyBuffering { disk_free_share: 1.0, client_disk_share: 1.0, ..BodyBuffering::default() },
         ..ServerConfig::default()
     };
     let listener = match bind(config.bind, config.backlog) {

@@ -164,6 +164,23 @@ struct Args {
     /// seconds between re-resolutions of backend host names, 0 = resolve once (default 30)
     #[argh(option)]
     dns_refresh_interval: Option<f64>,
+    /// largest request body in bytes, then 413 (default 1048576: 1 MiB, nginx's)
+    #[argh(option)]
+    max_body_bytes: Option<u64>,
+    /// most bytes of request body temp files together, whatever the free space (default 16 GiB)
+    #[argh(option)]
+    client_body_temp_cap: Option<u64>,
+    /// share of the temp directory's free space at start that body temp files may take
+    /// together (default 0.25)
+    #[argh(option)]
+    client_body_temp_free_share: Option<f64>,
+    /// share of the body temp files' cap one client may take, then 429 (default 0.25)
+    #[argh(option)]
+    client_body_temp_client_share: Option<f64>,
+    /// slowest upload in bytes/s after the first client_io_timeout seconds, then 408; 0 = off
+    /// (default 500)
+    #[argh(option)]
+    request_body_min_rate: Option<u64>,
     /// which requests may reuse an idle backend connection: safe (a client connection's first
     /// request opens its own, HAProxy's default) or always (nginx's) (default safe)
     #[argh(option)]
@@ -235,6 +252,8 @@ fn build_config(args: &Args) -> Result<Config, String> {
     set!(breaker_consecutive_failures, breaker_cooldown, slow_start, tunnel_idle_timeout);
     set!(rate_limit, rate_limit_burst, client_rate_limit, client_rate_limit_burst, dns_refresh_interval);
     set!(tls_handshake_timeout, peak_ewma_window, client_max_in_flight, upstream_reuse);
+    set!(max_body_bytes, client_body_temp_cap, client_body_temp_free_share, client_body_temp_client_share);
+    set!(request_body_min_rate);
     if args.client_max_workers.is_some() {
         config.client_max_workers = args.client_max_workers;
     }

@@ -67,6 +67,8 @@ pub const RANGES: &[Range] = &[
     range("client_body_buffer_size", 0.0, GIB, Unit::Bytes),
     range("client_body_memory_cap", 0.0, 64.0 * GIB, Unit::Bytes),
     range("client_body_temp_cap", 0.0, 64.0 * TIB, Unit::Bytes),
+    range("client_body_temp_free_share", 0.01, 1.0, Unit::Ratio),
+    range("client_body_temp_client_share", 0.01, 1.0, Unit::Ratio),
     range("request_body_min_rate", 0.0, GIB, Unit::Bytes),
     range("request_timeout", 0.001, DAY, Unit::Seconds),
     range("connect_timeout", 0.001, DAY, Unit::Seconds),
@@ -137,7 +139,7 @@ pub(crate) fn of(key: &str) -> &'static Range {
 pub(super) fn check(config: &Config) -> Result<(), ConfigError> {
     // Integers are compared as f64: every bound is far below 2^53, and a larger value is
     // out of range however it rounds.
-    let counts: [(&str, f64, &dyn std::fmt::Display); 23] = [
+    let counts: [(&str, f64, &dyn std::fmt::Display); 25] = [
         ("threads", config.threads as f64, &config.threads),
         ("client_max_in_flight", config.client_max_in_flight as f64, &config.client_max_in_flight),
         ("queue_capacity", config.queue_capacity as f64, &config.queue_capacity),
@@ -165,6 +167,8 @@ pub(super) fn check(config: &Config) -> Result<(), ConfigError> {
         ("session_timeout", config.session_timeout as f64, &config.session_timeout),
         ("retry_budget_ratio", config.retry_budget_ratio, &config.retry_budget_ratio),
         ("breaker_failure_ratio", config.breaker_failure_ratio, &config.breaker_failure_ratio),
+        ("client_body_temp_free_share", config.client_body_temp_free_share, &config.client_body_temp_free_share),
+        ("client_body_temp_client_share", config.client_body_temp_client_share, &config.client_body_temp_client_share),
     ];
     for (key, value, shown) in counts {
         of(key).check(value, shown)?;

@@ -12,6 +12,8 @@ pub enum RequestError {
     HeadTimeout,
     /// No progress reading the request body within the body timeout.
     BodyTimeout,
+    /// The request body arrived slower than the minimum upload rate.
+    BodyTooSlow,
     /// The request line is longer than the limit.
     UriTooLong,
     /// The head is larger than the limit, or has too many header fields.
@@ -30,13 +32,15 @@ pub enum RequestError {
     BodyIncomplete,
     /// The body could not be buffered: temp files are over their cap, or cannot be written.
     BodyStorageFull,
+    /// The body could not be buffered: this client's temp files are over its share of the cap.
+    BodyShareFull,
 }
 
 impl RequestError {
     /// The status answered for this error.
     pub fn status(self) -> u16 {
         match self {
-            RequestError::HeadTimeout | RequestError::BodyTimeout => 408,
+            RequestError::HeadTimeout | RequestError::BodyTimeout | RequestError::BodyTooSlow => 408,
             RequestError::UriTooLong => 414,
             RequestError::HeadTooLarge => 431,
             RequestError::BodyTooLarge => 413,
@@ -45,7 +49,19 @@ impl RequestError {
             RequestError::UnsupportedVersion => 505,
             RequestError::ExpectationFailed => 417,
             RequestError::BodyStorageFull => 503,
+            RequestError::BodyShareFull => 429,
         }
+    }
+
+    /// The `Retry-After` of the answer, for a refusal that a later try may not get.
+    ///
+    /// ```
+    /// use lb_sync::server::RequestError;
+    /// assert_eq!(RequestError::BodyShareFull.retry_after(), Some("1"));
+    /// assert_eq!(RequestError::BodyTooLarge.retry_after(), None);
+    /// ```
+    pub fn retry_after(self) -> Option<&'static str> {
+        matches!(self, RequestError::BodyStorageFull | RequestError::BodyShareFull).then_some("1")
     }
 
     /// A short human explanation, sent as the response body.
@@ -53,6 +69,7 @@ impl RequestError {
         match self {
             RequestError::HeadTimeout => "request head not received in time",
             RequestError::BodyTimeout => "request body not received in time",
+            RequestError::BodyTooSlow => "request body sent too slowly",
             RequestError::UriTooLong => "request line too long",
             RequestError::HeadTooLarge => "request head too large",
             RequestError::BodyTooLarge => "request body too large",
@@ -62,6 +79,9 @@ impl RequestError {
             RequestError::ExpectationFailed => "unsupported expectation",
             RequestError::BodyIncomplete => "request body ended early",
             RequestError::BodyStorageFull => "no room to buffer the request body, retry later",
+            RequestError::BodyShareFull => {
+                "this client's request bodies fill its share of the buffer space, retry when they are done"
+            }
         }
     }
 }

@@ -6,8 +6,8 @@ use std::time::Duration;
 ///
 /// ```
 /// use lb_sync::server::Limits;
-/// let strict = Limits { max_body_bytes: 1 << 20, ..Limits::default() };
-/// assert_eq!(strict.max_headers, 100);
+/// let uploads = Limits { max_body_bytes: 100 << 20, ..Limits::default() };
+/// assert_eq!((uploads.max_headers, Limits::default().max_body_bytes), (100, 1 << 20));
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Limits {
@@ -32,8 +32,10 @@ pub struct Limits {
     pub max_head_bytes: usize,
     /// Most header fields. Default 100. Over it: `431`.
     pub max_headers: usize,
-    /// Largest request body, counted after chunked decoding. Default 1 GiB, buffered by the
-    /// poller (memory, then a temp file: see `BodyBuffering`) before the handler runs. Over it: `413`.
+    /// Largest request body, counted after chunked decoding. Default 1 MiB (nginx's
+    /// `client_max_body_size`), buffered by the poller (memory, then a temp file: see
+    /// `BodyBuffering`) before the handler runs. Over it: `413`, at once for a
+    /// `Content-Length` over it, when a chunked body crosses it.
     pub max_body_bytes: u64,
     /// Most open client connections. Default 10 000. At it, a new connection closes the one idle
     /// longest (waiting for a request that has not begun: a kept-alive connection, or one that
@@ -64,7 +66,7 @@ impl Default for Limits {
             max_request_line_bytes: 8 * 1024,
             max_head_bytes: 32 * 1024,
             max_headers: 100,
-            max_body_bytes: 1 << 30,
+            max_body_bytes: 1 << 20,
             max_connections: 10_000,
             linger_timeout: Duration::from_secs(2),
             client_max_workers: 0,

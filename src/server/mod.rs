@@ -167,7 +167,7 @@ impl Default for ServerConfig {
 /// The settings of a running server that may change without a restart (a reload): they apply
 /// from the next request of every connection (limits), the next request queued (the queue
 /// capacity) and the next body byte buffered (body buffering; its temp directory stays).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Tuning {
     /// Limits and timeouts of client connections.
     pub limits: Limits,
@@ -356,6 +356,12 @@ impl Server {
     /// The address the server listens on (with the real port when bound to port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// What request bodies may hold in temp files, as sized at start from the free space:
+    /// one line for the start log.
+    pub fn body_spool(&self) -> String {
+        self.tuner.spool.describe()
     }
 
     /// The HTTPS listener's address, when there is one.

@@ -118,6 +118,27 @@ struct Pending {
     head: RequestHead,
     decoder: BodyDecoder,
     body: RequestBody,
+    /// When the body began: the minimum rate is reckoned from it.
+    started: Instant,
+    /// The connection's deadline is the minimum rate's (a cut is `BodyTooSlow`), not the
+    /// idle timeout's.
+    slow: bool,
+}
+
+/// When a body being read is cut: `io_timeout` after its last read, or sooner where the
+/// minimum rate says so (Apache's mod_reqtimeout `MinRate`): a body gets `io_timeout` from its
+/// start (the grace) plus a second per `rate` bytes received, in all. True with it when the
+/// rate's deadline is the sooner.
+fn body_deadline(limits: &Limits, rate: u64, started: Instant, received: u64, now: Instant) -> (Instant, bool) {
+    let idle = now + limits.io_timeout;
+    if rate == 0 {
+        return (idle, false);
+    }
+    let earned = Duration::from_secs_f64(received as f64 / rate as f64);
+    match started.checked_add(limits.io_timeout + earned) {
+        Some(allowed) if allowed < idle => (allowed, true),
+        _ => (idle, false),
+    }
 }
 
 struct Connection {
@@ -516,5 +537,24 @@ impl Poller {
 
     fn note_deadline(&mut self, deadline: Instant) {
         self.next_sweep = self.next_sweep.min(deadline);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_body_gets_the_grace_plus_a_second_per_rate_bytes_or_the_idle_timeout_if_sooner() {
+        let limits = Limits { io_timeout: Duration::from_secs(10), ..Limits::default() };
+        let start = Instant::now();
+        let at = |secs: u64| start + Duration::from_secs(secs);
+        // 30 s in with 5 000 bytes at 500 bytes/s: 10 s of grace and 10 s earned are over.
+        assert_eq!(body_deadline(&limits, 500, start, 5_000, at(30)), (at(20), true));
+        // 2 s in with nothing yet: the grace ends before the idle timeout would.
+        assert_eq!(body_deadline(&limits, 500, start, 0, at(2)), (at(10), true));
+        // Far ahead of the rate: the idle timeout from now.
+        assert_eq!(body_deadline(&limits, 500, start, 1 << 20, at(30)), (at(40), false));
+        assert_eq!(body_deadline(&limits, 0, start, 0, at(30)), (at(40), false), "0: no minimum rate");
     }
 }

@@ -8,12 +8,13 @@ use std::time::Instant;
 
 use crate::server::body::BodyDecoder;
 use crate::server::error::RequestError;
+use crate::server::fairness::ClientKey;
 use crate::server::head::{parse_head, BodyFraming, ParseOutcome, RequestHead};
 use crate::server::job_queue::Job;
 use crate::server::spool::RequestBody;
 
 use super::share::{HeldRequest, Verdict};
-use super::{Pending, Poller, State, HEAD_READ, MAX_READS_PER_TURN};
+use super::{body_deadline, Pending, Poller, State, HEAD_READ, MAX_READS_PER_TURN};
 
 impl Poller {
     /// Parses what is buffered and reads until the head is complete or the socket is drained.
@@ -32,7 +33,7 @@ impl Poller {
                     Ok(ParseOutcome::Partial) => {}
                     Err(error) => {
                         log::debug!("{}: {error}", conn.peer);
-                        self.refuse(token, error.status(), error.reason(), &[]);
+                        self.refuse_for(token, error);
                         return;
                     }
                 }
@@ -86,9 +87,13 @@ impl Poller {
         let Some(conn) = self.connections.get_mut(&token) else { return };
         let expects_continue = head.expects_continue;
         let decoder = BodyDecoder::new(head.framing, self.limits.max_body_bytes);
-        conn.pending = Some(Pending { head, decoder, body: RequestBody::spooling(Arc::clone(&self.spool)) });
+        // The temp-file share counts by the client every per-client limit counts by.
+        let client = ClientKey::of(self.client_key.as_ref(), conn.peer, &head);
+        let body = RequestBody::spooling(Arc::clone(&self.spool), client);
+        let now = Instant::now();
+        conn.pending = Some(Pending { head, decoder, body, started: now, slow: false });
         conn.state = State::ReadingBody;
-        conn.deadline = Instant::now() + self.limits.io_timeout;
+        conn.deadline = now + self.limits.io_timeout;
         let deadline = conn.deadline;
         let buffered = std::mem::take(&mut conn.buf);
         self.note_deadline(deadline);
@@ -129,9 +134,7 @@ impl Poller {
             Err(error) => {
                 log::debug!("{}: {error}", conn.peer);
                 conn.pending = None;
-                let extra: &[(&str, &str)] =
-                    if error == RequestError::BodyStorageFull { &[("Retry-After", "1")] } else { &[] };
-                self.refuse(token, error.status(), error.reason(), extra);
+                self.refuse_for(token, error);
                 true
             }
         }
@@ -152,13 +155,13 @@ impl Poller {
                 }
                 Ok(n) => {
                     conn.maybe_more |= n == self.scratch.len() || conn.stream.end_pending();
-                    conn.deadline = Instant::now() + self.limits.io_timeout;
                     let input = std::mem::take(&mut self.scratch);
                     let done = self.feed_body(token, &input[..n]);
                     self.scratch = input;
                     if done {
                         return;
                     }
+                    self.set_body_deadline(token);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -166,6 +169,19 @@ impl Poller {
             }
         }
         self.again.push(token);
+    }
+
+    /// A buffered body's deadline after a read: `io_timeout` from now, and no later than the
+    /// minimum rate allows for what has arrived.
+    fn set_body_deadline(&mut self, token: usize) {
+        let Some(conn) = self.connections.get_mut(&token) else { return };
+        let Some(pending) = conn.pending.as_mut() else { return };
+        let rate = self.spool.min_upload_rate();
+        let (deadline, slow) =
+            body_deadline(&self.limits, rate, pending.started, pending.decoder.received(), Instant::now());
+        conn.deadline = deadline;
+        pending.slow = slow;
+        self.note_deadline(deadline);
     }
 
     /// Hands a complete request to the worker pool, holds it for its client's share

@@ -40,8 +40,8 @@ impl Poller {
                     self.refuse(token, error.status(), error.reason(), &[]);
                 }
                 State::ReadingBody => {
-                    let error = RequestError::BodyTimeout;
-                    self.refuse(token, error.status(), error.reason(), &[]);
+                    let slow = self.connections.get(&token).and_then(|c| c.pending.as_ref()).is_some_and(|p| p.slow);
+                    self.refuse_for(token, if slow { RequestError::BodyTooSlow } else { RequestError::BodyTimeout });
                 }
                 // The worker has the request: it learns through its read of the body.
                 State::Streaming => self.cut_upload(token, RequestError::BodyTimeout),

@@ -12,7 +12,7 @@ use crate::server::spool::RequestBody;
 use crate::server::upload::{upload, Offer};
 
 use super::share::{HeldRequest, Verdict};
-use super::{Pending, Poller, State, Upload, MAX_READS_PER_TURN};
+use super::{body_deadline, Pending, Poller, State, Upload, MAX_READS_PER_TURN};
 
 impl Poller {
     /// Request buffering is off and the body is not all here: the request goes to a worker now,
@@ -32,7 +32,7 @@ impl Poller {
     /// An admitted upload goes to a worker, and its body streams after it.
     pub(super) fn stream_upload(&mut self, token: usize) {
         let Some(conn) = self.connections.get_mut(&token) else { return };
-        let Some(Pending { head, decoder, mut body }) = conn.pending.take() else { return };
+        let Some(Pending { head, decoder, mut body, .. }) = conn.pending.take() else { return };
         let mut first = Vec::new();
         if body.finish().and_then(|_| body.read_to_end(&mut first)).is_err() {
             let error = RequestError::BodyStorageFull;
@@ -146,13 +146,8 @@ impl Poller {
         conn.deadline = if upload.stalled_since.is_some() {
             now + Duration::from_secs(24 * 3600)
         } else {
-            let mut deadline = now + self.limits.io_timeout;
             let rate = self.spool.min_upload_rate();
-            if rate > 0 {
-                let allowed = Duration::from_secs_f64(upload.decoder.received() as f64 / rate as f64);
-                deadline = deadline.min(upload.started + self.limits.io_timeout + allowed);
-            }
-            deadline
+            body_deadline(&self.limits, rate, upload.started, upload.decoder.received(), now).0
         };
         let deadline = conn.deadline;
         self.note_deadline(deadline);

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use mio::unix::SourceFd;
 use mio::{Interest, Token};
 
-use crate::server::error::reason_phrase;
+use crate::server::error::{reason_phrase, RequestError};
 use crate::server::job_queue::Job;
 use crate::server::observe::Refusal;
 use crate::server::response::Progress;
@@ -234,6 +234,25 @@ impl Poller {
         // Best effort: a small response fits the socket buffer of any live connection.
         let _ = (&*conn.stream).write(response.as_bytes());
         self.linger(token);
+    }
+
+    /// Refuses a request for `error`; where the client can do something about it (a smaller
+    /// body, a faster upload) the answer says the limit and the setting that sets it.
+    pub(super) fn refuse_for(&mut self, token: usize, error: RequestError) {
+        let reason = match error {
+            RequestError::BodyTooLarge => format!(
+                "request body too large: the limit is {} bytes (setting max_body_bytes)",
+                self.limits.max_body_bytes
+            ),
+            RequestError::BodyTooSlow => format!(
+                "request body sent too slowly: the minimum is {} bytes/s after the first {} s (setting request_body_min_rate)",
+                self.spool.min_upload_rate(),
+                self.limits.io_timeout.as_secs()
+            ),
+            _ => error.reason().to_string(),
+        };
+        let retry: Vec<(&str, &str)> = error.retry_after().map(|after| ("Retry-After", after)).into_iter().collect();
+        self.refuse(token, error.status(), &reason, &retry);
     }
 
     pub(super) fn linger(&mut self, token: usize) {
