@@ -14,6 +14,7 @@ use common::{Conn, Resp};
 use lb_sync::balancer::LoadBalancer;
 use lb_sync::client_ip::Cidr;
 use lb_sync::config::{BackendConfig, Config};
+use lb_sync::server::{bind, Handler, Request, Response, Server, ServerConfig};
 
 fn balancer(backend_port: u16, tweak: impl FnOnce(&mut Config)) -> LoadBalancer {
     let backends = vec![BackendConfig::new("127.0.0.1", backend_port, 1)];
@@ -205,21 +206,37 @@ fn a_trusted_proxys_fields_count_only_when_they_read_cleanly() {
     lb.stop(Duration::from_secs(1));
 }
 
+/// A backend that answers with every `X-Request-Id` line it got, joined by `|` (the demo
+/// backend's JSON keeps one value per name, so it could not show a second line).
+struct RequestIds;
+
+impl Handler for RequestIds {
+    fn handle(&self, request: Request) -> Response {
+        let ids: Vec<String> = request
+            .headers()
+            .iter()
+            .filter(|h| h.is("x-request-id"))
+            .map(|h| String::from_utf8_lossy(&h.value).into_owned())
+            .collect();
+        Response::text(200, ids.join("|"))
+    }
+}
+
 #[test]
 fn the_backend_gets_one_request_id() {
-    let (_backend, port) = demo_backend();
+    let listener = bind("127.0.0.1:0".parse().unwrap(), 128).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let backend = Server::start_on(listener, ServerConfig::default(), RequestIds).unwrap();
     let lb = balancer(port, |_| {});
     let addr = lb.local_addr();
-    let seen = seen_by_backend(addr, b"X-Request-Id: abc-1\r\n");
-    assert_eq!(seen["x-request-id"], "abc-1", "one sane id is passed on");
+    assert_eq!(send(addr, "/", b"X-Request-Id: abc-1\r\n").text().trim_end(), "abc-1", "one sane id is passed on");
     for odd in [&b"X-Request-Id: a\r\nX-Request-Id: b\r\n"[..], b"X-Request-Id: caf\xc3\xa9\r\n"] {
-        let answer = send(addr, "/", odd);
-        let raw = answer.text();
-        let id = answer.json()["request"]["headers"]["x-request-id"].as_str().unwrap().to_string();
-        assert!(!["a", "b"].contains(&id.as_str()) && id.is_ascii(), "{raw}");
-        assert_eq!(raw.matches("x-request-id").count(), 1, "ours alone goes up: {raw}");
+        let ids = send(addr, "/", odd).text().trim_end().to_string();
+        assert!(!ids.contains('|') && !ids.is_empty(), "ours alone goes up: {ids:?}");
+        assert!(!["a", "b"].contains(&ids.as_str()) && ids.is_ascii(), "{ids:?}");
     }
     lb.stop(Duration::from_secs(1));
+    backend.stop(Duration::from_secs(1));
 }
 
 #[test]
