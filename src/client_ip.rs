@@ -112,11 +112,21 @@ pub fn client_ip(peer: IpAddr, forwarded_for: Option<&str>, trusted: &[Cidr]) ->
     if !is_trusted(peer, trusted) {
         return peer;
     }
-    let Some(header) = forwarded_for else {
-        return peer;
-    };
+    match forwarded_for {
+        Some(header) => walk_from_the_right(peer, header.split(','), trusted),
+        None => peer,
+    }
+}
+
+/// From a trusted `peer`, the right-most of `entries` that is not trusted; an entry that is not
+/// an address stops the walk.
+fn walk_from_the_right<'a>(
+    peer: IpAddr,
+    entries: impl DoubleEndedIterator<Item = &'a str>,
+    trusted: &[Cidr],
+) -> IpAddr {
     let mut client = peer;
-    for entry in header.rsplit(',') {
+    for entry in entries.rev() {
         let Ok(addr) = entry.trim().parse::<IpAddr>() else {
             break;
         };
@@ -154,8 +164,8 @@ pub fn request_client(peer: IpAddr, headers: &[Header], trusted: &[Cidr]) -> IpA
         return peer;
     }
     match field::list(headers, "x-forwarded-for") {
-        Ok(elements) if !elements.is_empty() => client_ip(peer, Some(&elements.join(",")), trusted),
-        _ => peer,
+        Ok(elements) => walk_from_the_right(peer, elements.into_iter(), trusted),
+        Err(_) => peer,
     }
 }
 
