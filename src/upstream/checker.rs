@@ -13,6 +13,7 @@
 
 use std::collections::HashMap;
 use std::ops::RangeInclusive;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -154,8 +155,17 @@ pub fn apply_probe(backend: &Backend, config: &HealthConfig, result: &Result<u16
 /// A running health checker; dropping it (or [`HealthChecker::stop`]) ends its threads.
 pub struct HealthChecker {
     stop: Option<Sender<()>>,
-    threads: Vec<JoinHandle<()>>,
+    /// Set at stop: a prober takes no further job and leaves every verdict as it is.
+    stopping: Arc<AtomicBool>,
+    scheduler: Option<JoinHandle<()>>,
+    probers: Vec<JoinHandle<()>>,
+    /// Disconnected once every prober thread has ended (each holds a sender).
+    probers_ended: Receiver<()>,
 }
+
+/// How long a stop waits for probes in progress before leaving them to end on their own (each
+/// within its `timeout`): a stop is bounded whatever a backend does.
+const PROBE_STOP_WAIT: Duration = Duration::from_millis(250);
 
 /// One probe to run: the backend, and whether traffic asked for it.
 struct Job {
@@ -171,28 +181,43 @@ impl HealthChecker {
         let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
         let (job_tx, job_rx) = crossbeam_channel::unbounded::<Job>();
         let (done_tx, done_rx) = crossbeam_channel::unbounded::<String>();
+        let (ended_tx, probers_ended) = crossbeam_channel::bounded::<()>(0);
+        let stopping = Arc::new(AtomicBool::new(false));
         let config = Arc::new(config);
-        let mut threads = Vec::new();
+        let mut probers = Vec::new();
         for i in 0..config.probers.max(1) {
             let (jobs, done, config) = (job_rx.clone(), done_tx.clone(), Arc::clone(&config));
-            threads.push(
-                std::thread::Builder::new().name(format!("prober-{i}")).spawn(move || prober(jobs, done, &config))?,
-            );
+            let (stopping, ended) = (Arc::clone(&stopping), ended_tx.clone());
+            let run = move || {
+                prober(jobs, done, &config, &stopping);
+                drop(ended);
+            };
+            probers.push(std::thread::Builder::new().name(format!("prober-{i}")).spawn(run)?);
         }
         let scheduler = move || schedule(&table, &config, &stop_rx, &job_tx, &done_rx);
-        threads.push(std::thread::Builder::new().name("health".into()).spawn(scheduler)?);
-        Ok(HealthChecker { stop: Some(stop_tx), threads })
+        let scheduler = std::thread::Builder::new().name("health".into()).spawn(scheduler)?;
+        Ok(HealthChecker { stop: Some(stop_tx), stopping, scheduler: Some(scheduler), probers, probers_ended })
     }
 
-    /// Stops the scheduler and the probers (a probe in progress finishes first).
+    /// Stops the scheduler and the probers. A probe in progress gets a moment to finish;
+    /// one that takes longer (a backend that accepts and never answers) is left to end on its
+    /// own within its timeout, changing nothing, so a stop never waits out a probe timeout.
     pub fn stop(mut self) {
         self.shutdown();
     }
 
     fn shutdown(&mut self) {
+        self.stopping.store(true, Ordering::Release);
         drop(self.stop.take());
-        for thread in self.threads.drain(..) {
-            let _ = thread.join();
+        if let Some(scheduler) = self.scheduler.take() {
+            let _ = scheduler.join();
+        }
+        let ended = self.probers_ended.recv_timeout(PROBE_STOP_WAIT);
+        let probers = std::mem::take(&mut self.probers);
+        if ended == Err(crossbeam_channel::RecvTimeoutError::Disconnected) {
+            for prober in probers {
+                let _ = prober.join();
+            }
         }
     }
 }
@@ -203,8 +228,11 @@ impl Drop for HealthChecker {
     }
 }
 
-fn prober(jobs: Receiver<Job>, done: Sender<String>, config: &HealthConfig) {
+fn prober(jobs: Receiver<Job>, done: Sender<String>, config: &HealthConfig, stopping: &AtomicBool) {
     for Job { backend, asked } in jobs.iter() {
+        if stopping.load(Ordering::Acquire) {
+            return;
+        }
         let started = Instant::now();
         let host = format!("{}:{}", backend.host, backend.port);
         let result = match backend.scheme {
@@ -214,6 +242,9 @@ fn prober(jobs: Receiver<Job>, done: Sender<String>, config: &HealthConfig) {
                 probe_tls(backend.addr, tls, &backend.host, &host, &config.path, config.timeout, &config.expected)
             }
         };
+        if stopping.load(Ordering::Acquire) {
+            return;
+        }
         backend.set_last_check(CheckResult {
             ok: result.is_ok(),
             detail: match &result {
@@ -377,6 +408,25 @@ mod tests {
         let backend = backend.unwrap();
         backend.record_answer(200, Duration::from_millis(5));
         backend
+    }
+
+    #[test]
+    fn stop_does_not_wait_out_a_probe_a_backend_never_answers() {
+        use crate::balance::AlgorithmKind;
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = silent.local_addr().unwrap().port();
+        let backends = [("silent".to_string(), BackendConfig::new("127.0.0.1", port, 1))];
+        let table =
+            Arc::new(BackendTable::new(AlgorithmKind::RoundRobin, &backends, BackendPolicy::default()).unwrap());
+        let config = HealthConfig { timeout: Duration::from_secs(30), ..HealthConfig::default() };
+        let checker = HealthChecker::start(Arc::clone(&table), config).unwrap();
+        // The probe is in progress once its connection is accepted; it is held open unanswered.
+        let (_held, _) = silent.accept().unwrap();
+        let stopping = Instant::now();
+        checker.stop();
+        let took = stopping.elapsed();
+        assert!(took < Duration::from_secs(5), "stop waited {took:?} for a probe with a 30 s timeout");
+        assert!(table.snapshot().backends[0].last_check().is_none(), "a probe cut short by the stop changes nothing");
     }
 
     #[test]
