@@ -12,12 +12,14 @@ use serde::{Deserialize, Serialize};
 use crate::balance::AlgorithmKind;
 use crate::client_ip::Cidr;
 use crate::logging::AccessFormat;
+use crate::routing::RouteConfig;
 use crate::server::{BodyBuffering, Limits};
 use crate::traffic::sticky::is_valid_cookie_name;
 use crate::traffic::{ClientLimiter, RateLimitConfig, StickyCookie};
 
 mod ranges;
 mod registry_url;
+mod routes;
 pub(crate) use ranges::of as range_of;
 pub use ranges::{Range, Unit, RANGES};
 pub use registry_url::RegistryUrl;
@@ -510,6 +512,11 @@ pub struct Config {
     /// Seconds from accept to a complete TLS handshake; then `client_header_timeout` runs.
     /// Default 10.
     pub tls_handshake_timeout: u64,
+    /// Routes by host, path, method, headers and query (README "Routes"), checked whole at
+    /// load and on reload: a route that is wrong, or two that tie, refuse the file. Default
+    /// none. Not yet applied to requests.
+    #[serde(deserialize_with = "crate::routing::deserialize_routes", skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<RouteConfig>,
 }
 
 impl Default for Config {
@@ -593,6 +600,7 @@ impl Default for Config {
             tls_key: None,
             tls_sni_certificates: Vec::new(),
             tls_handshake_timeout: limits.handshake_timeout.as_secs(),
+            routes: Vec::new(),
         }
     }
 }
@@ -695,6 +703,7 @@ impl Config {
         if self.admin_token.as_deref().is_some_and(|t| t.trim().is_empty() || t.trim() != t) {
             return Err(invalid("admin_token", "admin_token must be non-empty, without surrounding spaces"));
         }
+        routes::check(self)?;
         if let Some(id) = self.backend_ids().into_iter().find(|id| !is_valid_id(id)) {
             let why = format!("backend id '{id}' is not allowed: use 1-64 of A-Z a-z 0-9 . _ ~ -");
             return Err(invalid("backends", why));
