@@ -6,6 +6,7 @@
 //! regex runs only when no exact path or prefix in its host group can win.
 
 use std::collections::{BTreeSet, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
 
 use super::checks::RouteWarning;
 use super::config::RouteConfig;
@@ -30,17 +31,48 @@ pub struct RequestView<'a> {
     pub headers: &'a [Header],
 }
 
+/// Host names hashed a word at a time (rustc's FxHash): the keys are the config's, so a
+/// client's `Host` cannot build a collision chain, and SipHash's resistance is not needed on
+/// the per-request path.
+#[derive(Default)]
+struct NameHasher(u64);
+
+impl Hasher for NameHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        const K: u64 = 0x51_7c_c1_b7_27_22_0a_95;
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            let word = u64::from_le_bytes(chunk.try_into().unwrap_or_default());
+            self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(K);
+        }
+        for &byte in chunks.remainder() {
+            self.0 = (self.0.rotate_left(5) ^ u64::from(byte)).wrapping_mul(K);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type NameMap<V> = HashMap<String, V, BuildHasherDefault<NameHasher>>;
+
 /// Routes filed under one host entry.
 #[derive(Debug, Default)]
 struct PathIndex {
     /// Exact paths and prefixes by their text, sorted.
     keyed: Vec<(Box<str>, Slot)>,
-    /// Whether any prefix is filed (else the prefix walk is skipped).
-    has_prefixes: bool,
+    /// Bit `n` set: some exact path or prefix is `n` bytes long (bit 127: 127 or more). A
+    /// lookup searches only for the lengths filed, most often one or two of a path's prefixes.
+    key_lengths: u128,
     /// Regex routes, in precedence order.
     regex: Vec<usize>,
     /// Routes without a path matcher, in precedence order.
     any: Vec<usize>,
+}
+
+fn length_bit(len: usize) -> u128 {
+    1 << len.min(127)
 }
 
 /// Routes whose `path` or `path_prefix` is one text, each in precedence order.
@@ -70,9 +102,12 @@ impl PathIndex {
         match &route.path {
             PathMatch::Any => self.any.push(index),
             PathMatch::Regex(_) => self.regex.push(index),
-            PathMatch::Exact(path) => self.slot_mut(path).exact.push(index),
+            PathMatch::Exact(path) => {
+                self.key_lengths |= length_bit(path.len());
+                self.slot_mut(path).exact.push(index);
+            }
             PathMatch::Prefix(prefix) => {
-                self.has_prefixes = true;
+                self.key_lengths |= length_bit(prefix.len());
                 self.slot_mut(prefix).prefix.push(index);
             }
         }
@@ -109,8 +144,8 @@ impl PathIndex {
 #[derive(Debug, Default)]
 pub struct RouteTable {
     routes: Vec<Route>,
-    exact_hosts: HashMap<String, PathIndex>,
-    wildcard_hosts: HashMap<String, PathIndex>,
+    exact_hosts: NameMap<PathIndex>,
+    wildcard_hosts: NameMap<PathIndex>,
     any_host: PathIndex,
     named_twice: Vec<RouteWarning>,
 }
@@ -195,16 +230,16 @@ impl RouteTable {
                 .find(|r| r.conditions.matches(request.method, request.headers, request.query))
         };
         let path = request.path;
-        if !index.keyed.is_empty() {
-            if let Some(found) = index.slot(path).and_then(|slot| first(&slot.exact)) {
+        if index.key_lengths != 0 {
+            let filed = |key: &str| index.key_lengths & length_bit(key.len()) != 0;
+            if let Some(found) = filed(path).then(|| index.slot(path)).flatten().and_then(|slot| first(&slot.exact)) {
                 return Some(found);
             }
-            if index.has_prefixes {
-                let found =
-                    longest_prefix_first(path, |prefix| index.slot(prefix).and_then(|slot| first(&slot.prefix)));
-                if found.is_some() {
-                    return found;
-                }
+            let found = longest_prefix_first(path, |prefix| {
+                filed(prefix).then(|| index.slot(prefix)).flatten().and_then(|slot| first(&slot.prefix))
+            });
+            if found.is_some() {
+                return found;
             }
         }
         let regex = index
