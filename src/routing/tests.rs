@@ -144,6 +144,24 @@ fn a_request_host_must_be_canonical_and_hosts_compare_as_configured() {
     assert_eq!(winner(&t, "GET", None, "/"), None, "a host route needs a host");
 }
 
+#[test]
+fn the_readme_example_does_what_the_readme_says() {
+    let readme = include_str!("../../README.md");
+    let section = readme.split("## Routes\n").nth(1).unwrap();
+    let example = section.split("```json\n").nth(1).unwrap().split("```").next().unwrap();
+    let t = table(example.trim().trim_start_matches("\"routes\": ")).unwrap();
+    let api = "api.example.com";
+    assert_eq!(winner(&t, "GET", Some(api), "/v1/users"), Some("api"));
+    let rewrite = t.routes().iter().find(|r| r.name == "api").unwrap().rewrite.clone().unwrap();
+    assert_eq!(rewrite.apply("/v1/users"), "/users");
+    let canary = [Header::new("X-Canary", "1")];
+    assert_eq!(winner_with(&t, "GET", Some(api), "/v1/users", "", &canary), Some("api-canary"));
+    assert_eq!(winner(&t, "GET", Some("www.example.com"), "/blog/x"), Some("old-site"));
+    assert_eq!(winner(&t, "GET", Some(api), "/admin/x"), Some("admin-deny"));
+    assert_eq!(winner(&t, "GET", Some(api), "/other"), None);
+    assert!(t.warnings().is_empty());
+}
+
 fn refused(json: &str) -> String {
     table(json).err().unwrap_or_else(|| panic!("accepted: {json}"))
 }
