@@ -13,7 +13,7 @@ use crate::balance::AlgorithmKind;
 use crate::client_ip::Cidr;
 use crate::logging::AccessFormat;
 use crate::routing::RouteConfig;
-use crate::server::{BodyBuffering, Limits};
+use crate::server::{BodyBuffering, Limits, PathRules};
 use crate::traffic::sticky::is_valid_cookie_name;
 use crate::traffic::{ClientLimiter, RateLimitConfig, StickyCookie};
 
@@ -383,6 +383,14 @@ pub struct Config {
     /// backend reads `X_Real_IP` as the `X-Real-IP` the proxy sets. Even when true, the
     /// underscore spellings of the fields the proxy sets itself are dropped.
     pub underscores_in_headers: bool,
+    /// Whether each run of `/` in a request path is merged into one before the path is matched
+    /// and forwarded (nginx's `merge_slashes`). Default true: `//lb/backends` is the admin path
+    /// it looks like to a backend that merges them.
+    pub merge_slashes: bool,
+    /// Whether `%2F` and `%5C` may appear inside a path segment (passed on encoded, for APIs
+    /// that put encoded names in paths). Default false: `400`, since a backend that decodes
+    /// them reads a path other than the one matched.
+    pub allow_encoded_slashes: bool,
     /// The protocols an `Upgrade` request may switch to, case-insensitive (Envoy's
     /// `upgrade_configs`). Default `["websocket"]`. Any other `Upgrade` (`h2c` above all) goes
     /// to the backend as a plain request, without `Upgrade`, `HTTP2-Settings` and their
@@ -565,6 +573,8 @@ impl Default for Config {
             sticky_secret: None,
             trusted_proxies: vec![Cidr::parse("127.0.0.0/8").unwrap(), Cidr::parse("::1/128").unwrap()],
             underscores_in_headers: false,
+            merge_slashes: true,
+            allow_encoded_slashes: false,
             upgrade_protocols: vec!["websocket".to_string()],
             admin_prefix: "/lb".to_string(),
             admin_token: None,
@@ -902,6 +912,7 @@ impl Config {
             max_connections: self.max_connections,
             client_max_workers: self.client_share_in_force(),
             client_max_in_flight: self.client_max_in_flight,
+            paths: PathRules { merge_slashes: self.merge_slashes, allow_encoded_slashes: self.allow_encoded_slashes },
             ..Limits::default()
         }
     }
