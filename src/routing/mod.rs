@@ -16,6 +16,7 @@ mod path;
 mod punycode;
 pub mod rank;
 mod route;
+mod split;
 mod table;
 
 use std::fmt;
@@ -28,6 +29,7 @@ pub use host::{canonical_host, HostPattern};
 pub use path::{PathMatch, PathRegex};
 pub use rank::Rank;
 pub use route::Route;
+pub use split::split_pool;
 pub use table::{RequestView, RouteTable};
 
 /// Why a route table was refused.

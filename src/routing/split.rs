@@ -1,0 +1,127 @@
+//! Which pool of a `split` takes a request. A client's key (its sticky cookie, else its
+//! address) hashes to a point in `[0, total weight)`, and the shares lie end to end in the
+//! order written, so the same client stays on its side, and moving a canary from 5 % to 10 %
+//! moves only the clients between the two marks (those whose point the old first share held
+//! and the new one does not). A pool with no usable backend gives its clients, and only
+//! them, to the usable pools, in proportion to their weights.
+
+use super::action::SplitShare;
+
+/// The pool of `shares` for a client whose key is `key`; `usable` says whether a pool has a
+/// backend to take it. When no pool with weight is usable, the client's own pool (its pool
+/// answers as it does with no backend). `None` only when every weight is 0.
+///
+/// ```
+/// use lb_sync::routing::{split_pool, SplitShare};
+/// let shares = [
+///     SplitShare { pool: "stable".into(), weight: 95 },
+///     SplitShare { pool: "canary".into(), weight: 5 },
+/// ];
+/// let pool = split_pool(&shares, b"203.0.113.7", |_| true).unwrap();
+/// assert_eq!(split_pool(&shares, b"203.0.113.7", |_| true), Some(pool), "the same client, the same side");
+/// assert_eq!(split_pool(&shares, b"203.0.113.7", |p| p != "canary"), Some("stable"));
+/// ```
+pub fn split_pool<'a>(shares: &'a [SplitShare], key: &[u8], usable: impl Fn(&str) -> bool) -> Option<&'a str> {
+    let total: u64 = shares.iter().map(|s| u64::from(s.weight)).sum();
+    let point = scale(crate::balance::hash::hash64(key), total)?;
+    let (chosen, start) = at(shares.iter(), point)?;
+    if usable(&chosen.pool) {
+        return Some(&chosen.pool);
+    }
+    // Where in its pool's share the client's point lies, laid over the usable pools' shares.
+    let open: Vec<&SplitShare> = shares.iter().filter(|s| s.weight > 0 && usable(&s.pool)).collect();
+    let open_total: u64 = open.iter().map(|s| u64::from(s.weight)).sum();
+    if open_total == 0 {
+        return Some(&chosen.pool);
+    }
+    let within = u128::from(point - start) * u128::from(open_total) / u128::from(chosen.weight);
+    at(open.into_iter(), within as u64).map(|(share, _)| share.pool.as_str())
+}
+
+/// A 64-bit hash scaled to `[0, total)`; `None` when `total` is 0.
+fn scale(hash: u64, total: u64) -> Option<u64> {
+    (total > 0).then(|| ((u128::from(hash) * u128::from(total)) >> 64) as u64)
+}
+
+/// The share holding `point` of the shares laid end to end, and where that share starts.
+fn at<'a>(shares: impl Iterator<Item = &'a SplitShare>, point: u64) -> Option<(&'a SplitShare, u64)> {
+    let mut start = 0;
+    for share in shares {
+        let end = start + u64::from(share.weight);
+        if point < end {
+            return Some((share, start));
+        }
+        start = end;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shares(weights: &[(&str, u32)]) -> Vec<SplitShare> {
+        weights.iter().map(|&(pool, weight)| SplitShare { pool: pool.into(), weight }).collect()
+    }
+
+    fn clients() -> impl Iterator<Item = Vec<u8>> {
+        (0..10_000u32).map(|n| format!("10.{}.{}.{}", n >> 16, (n >> 8) & 0xff, n & 0xff).into_bytes())
+    }
+
+    #[test]
+    fn a_95_5_split_over_10000_clients_is_within_1_percent_and_every_client_stays() {
+        let split = shares(&[("stable", 95), ("canary", 5)]);
+        let mut canary = 0;
+        for key in clients() {
+            let pool = split_pool(&split, &key, |_| true).unwrap();
+            canary += usize::from(pool == "canary");
+            for _ in 0..3 {
+                assert_eq!(split_pool(&split, &key, |_| true), Some(pool), "a client changed sides");
+            }
+        }
+        assert!((400..=600).contains(&canary), "canary took {canary} of 10,000 clients, 500 ± 100 expected");
+    }
+
+    #[test]
+    fn moving_the_canary_from_5_to_10_percent_moves_only_clients_that_must_move() {
+        let before = shares(&[("stable", 95), ("canary", 5)]);
+        let after = shares(&[("stable", 90), ("canary", 10)]);
+        let mut moved = 0;
+        for key in clients() {
+            let (was, is) = (split_pool(&before, &key, |_| true), split_pool(&after, &key, |_| true));
+            if was != is {
+                assert_eq!((was, is), (Some("stable"), Some("canary")), "only stable clients move, to the canary");
+                moved += 1;
+            }
+        }
+        assert!((400..=600).contains(&moved), "{moved} of 10,000 clients moved, 500 ± 100 expected");
+    }
+
+    #[test]
+    fn a_pool_without_backends_gives_only_its_own_clients_away_by_weight() {
+        let split = shares(&[("a", 50), ("b", 30), ("c", 20)]);
+        let (mut to_a, mut to_b) = (0, 0);
+        for key in clients() {
+            let all_up = split_pool(&split, &key, |_| true).unwrap();
+            let c_down = split_pool(&split, &key, |p| p != "c").unwrap();
+            if all_up == "c" {
+                to_a += usize::from(c_down == "a");
+                to_b += usize::from(c_down == "b");
+            } else {
+                assert_eq!(c_down, all_up, "a client of a usable pool moved");
+            }
+        }
+        // c's clients go 50:30 to a and b.
+        let share_a = to_a as f64 / (to_a + to_b) as f64;
+        assert!((0.575..=0.675).contains(&share_a), "{to_a} to a, {to_b} to b");
+        // Nobody usable: each client stays with its own pool, which answers as it can.
+        assert_eq!(split_pool(&split, b"x", |_| false), split_pool(&split, b"x", |_| true));
+    }
+
+    #[test]
+    fn zero_weights_take_nobody() {
+        let split = shares(&[("stable", 1), ("dark", 0)]);
+        assert!(clients().take(1000).all(|key| split_pool(&split, &key, |_| true) == Some("stable")));
+        assert_eq!(split_pool(&shares(&[("a", 0)]), b"x", |_| true), None);
+    }
+}
