@@ -198,6 +198,11 @@ pub fn config(shared: &Shared) -> Value {
             value[secret] = json!("(set)");
         }
     }
+    if let Some(Value::Object(pools)) = value.get_mut("pools") {
+        for pool in pools.values_mut().filter(|p| p.get("sticky_secret").is_some()) {
+            pool["sticky_secret"] = json!("(set)");
+        }
+    }
     let derived = derived_settings(&shared.config);
     for (key, (in_force, _)) in &derived {
         value[*key] = in_force.clone();

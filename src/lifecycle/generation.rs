@@ -144,8 +144,8 @@ pub(crate) fn build_shared(
     })
 }
 
-/// The keys whose values differ between two configurations (`backends` aside: the table
-/// reports its own changes).
+/// The keys whose values differ between two configurations (`backends` and `pools` aside: the
+/// tables and the pools report their own changes).
 pub(crate) fn changed_keys(old: &Config, new: &Config) -> Vec<String> {
     let (Ok(serde_json::Value::Object(old)), Ok(serde_json::Value::Object(new))) =
         (serde_json::to_value(old), serde_json::to_value(new))
@@ -153,7 +153,7 @@ pub(crate) fn changed_keys(old: &Config, new: &Config) -> Vec<String> {
         return Vec::new();
     };
     new.iter()
-        .filter(|(key, value)| *key != "backends" && old.get(*key) != Some(value))
+        .filter(|(key, value)| !["backends", "pools"].contains(&key.as_str()) && old.get(*key) != Some(value))
         .map(|(k, _)| k.clone())
         .collect()
 }
