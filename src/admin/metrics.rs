@@ -66,7 +66,7 @@ pub fn render(shared: &Shared) -> String {
 fn encode(shared: &Shared) -> Result<String, ExpositionError> {
     let stats = shared.stats.snapshot();
     let tries = shared.stats.tries();
-    let snapshot = shared.table.snapshot();
+    let snapshot = shared.pools.default_pool().table.snapshot();
     let backends = &snapshot.backends;
     let mut e = TextEncoder::new();
 

@@ -70,7 +70,7 @@ fn write(shared: &Shared, change: Change) -> Result<Arc<Backend>, Response> {
     if let Some(registry) = &shared.ops.registry {
         return registry.submit(change).map_err(registry_error);
     }
-    let table = &shared.table;
+    let table = &shared.pools.default_pool().table;
     match change {
         Change::Add(config) => table.add(&config),
         Change::Enable(id) => table.set_enabled(&id, true),
@@ -184,13 +184,15 @@ pub fn handle(shared: &Shared, mut request: Request, path: &str) -> Response {
             .with_header("Cache-Control", "max-age=3600")
             .with_body(body),
         Resource::Backends => {
-            let snapshot = shared.table.snapshot();
+            let snapshot = shared.pools.default_pool().table.snapshot();
             Response::json(200, &Value::Array(snapshot.backends.iter().map(|b| backend_json(b)).collect()))
         }
-        Resource::Backend(id) => match shared.table.snapshot().backends.iter().find(|b| b.id == id) {
-            Some(backend) => Response::json(200, &backend_json(backend)),
-            None => error(404, format!("no backend with id '{id}'")),
-        },
+        Resource::Backend(id) => {
+            match shared.pools.default_pool().table.snapshot().backends.iter().find(|b| b.id == id) {
+                Some(backend) => Response::json(200, &backend_json(backend)),
+                None => error(404, format!("no backend with id '{id}'")),
+            }
+        }
         Resource::Add => add_backend(shared, &mut request),
         Resource::Action(id, "weight") => set_weight(shared, id, &mut request),
         Resource::Action(id, action) => {
@@ -227,7 +229,7 @@ pub fn handle(shared: &Shared, mut request: Request, path: &str) -> Response {
 fn changed(shared: &Shared, status: u16, message: &str, backend: &Backend) -> Response {
     log::info!("{message}");
     if let Some(file) = &shared.ops.state_file {
-        if let Err(e) = file.save(&shared.table) {
+        if let Err(e) = file.save(&shared.pools.default_pool().table) {
             log::error!("cannot write state file {}: {e}", file.path().display());
             return error(
                 500,
@@ -300,7 +302,7 @@ fn set_weight(shared: &Shared, id: &str, request: &mut Request) -> Response {
         Some(Err(message)) => return error(400, message),
         None => return error(400, "field 'weight' is required: the body is {\"weight\": N}"),
     };
-    let before = shared.table.snapshot().backends.iter().find(|b| b.id == id).map(|b| b.weight());
+    let before = shared.pools.default_pool().table.snapshot().backends.iter().find(|b| b.id == id).map(|b| b.weight());
     match write(shared, Change::Weight(id.to_string(), weight)) {
         Ok(backend) => {
             let message = format!("backend {} weight {} -> {weight}", backend.id, before.unwrap_or(weight));
