@@ -154,6 +154,7 @@ pub fn stats(shared: &Shared) -> Value {
         },
         "rate_limiter": shared.rate_limiter.snapshot(),
         "dns": dns(shared),
+        "pools": shared.pools.iter().map(|pool| (pool.name.clone(), pool_json(pool))).collect::<serde_json::Map<_, _>>(),
     });
     if let Some(registry) = &shared.ops.registry {
         stats["registry"] = json!(registry.status());
