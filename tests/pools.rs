@@ -316,3 +316,46 @@ fn bad_pool_configs_are_refused_by_check_config_naming_the_pool() {
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn forward_to_sends_to_the_chosen_pool_under_its_own_settings() {
+    use lb_sync::server::{parse_head, Limits, ParseOutcome, Request, RequestBody};
+    let (children, addrs) = backends(2, &[]);
+    let dead = SocketAddr::from(([127, 0, 0, 1], unused_port()));
+    // Both pools: a dead backend first, then a live one, round robin. The default pool retries
+    // (max_tries 3); `api` does not (max_tries 1).
+    let config: Config = serde_json::from_str(&format!(
+        r#"{{"host": "127.0.0.1", "port": 0, "access_log": false, "health_check_interval": 0,
+             "backends": {}, "pools": {{"api": {{"backends": {}, "max_tries": 1}}}}}}"#,
+        list(&[("dead", dead), ("live", addrs[0])]),
+        list(&[("dead", dead), ("live", addrs[1])]),
+    ))
+    .unwrap();
+    let lb = LoadBalancer::start(config).unwrap();
+    let request = || {
+        let Ok(ParseOutcome::Complete(head, _)) =
+            parse_head(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n", &Limits::default())
+        else {
+            panic!("a complete head")
+        };
+        Request::new(head, "127.0.0.1:5000".parse().unwrap(), RequestBody::empty())
+    };
+    let shared = lb.shared();
+    let api = shared.pools.get("api").unwrap();
+    assert_eq!(lb_sync::proxy::forward_to(&shared, api, request()).status, 502, "api's one try hit the dead backend");
+    assert_eq!(lb_sync::proxy::forward_to(&shared, api, request()).status, 200);
+    assert_eq!(lb_sync::proxy::forward(&shared, request()).status, 200, "the default pool retries past it");
+    let counts = |pool: &str| -> Vec<(String, u64)> {
+        let table = &shared.pools.get(pool).unwrap().table;
+        table.snapshot().backends.iter().map(|b| (b.id.clone(), b.counts().0)).collect()
+    };
+    assert_eq!(counts("api"), [("dead".to_string(), 1), ("live".to_string(), 1)]);
+    assert_eq!(counts("default"), [("dead".to_string(), 1), ("live".to_string(), 1)]);
+    let (api_stats, default_stats) = (api.stats.snapshot(), shared.pools.default_pool().stats.snapshot());
+    assert_eq!((api_stats.total, api_stats.failed, default_stats.total, default_stats.failed), (2, 1, 1, 0));
+    assert_eq!(shared.stats.snapshot().total, 3, "the balancer's counters count every pool");
+    assert_eq!((api.stats.tries().retries, shared.pools.default_pool().stats.tries().retries), (0, 1));
+    drop(shared);
+    lb.stop(Duration::from_secs(1));
+    drop(children);
+}
