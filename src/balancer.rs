@@ -345,7 +345,12 @@ fn refusal_hook(current: Arc<Current>) -> RefusalHook {
         let shared = current.load();
         shared.stats.record_local(refusal.status);
         if let Some(log) = &shared.ops.access_log {
-            log.handle.send(refusal_line(log.format, crate::client_ip::canonical(refusal.peer.ip()), refusal.status));
+            log.handle.send(refusal_line(
+                log.format,
+                crate::client_ip::canonical(refusal.peer.ip()),
+                refusal.status,
+                refusal.request_line,
+            ));
         }
         shared.ops.warnings.warn(
             &format!("refused:{}", refusal.status),

@@ -13,7 +13,8 @@ use serde::{Deserialize, Serialize};
 use crate::balance::AlgorithmKind;
 use crate::client_ip::Cidr;
 use crate::logging::AccessFormat;
-use crate::server::{BodyBuffering, Limits};
+use crate::routing::RouteConfig;
+use crate::server::{BodyBuffering, Limits, PathRules};
 use crate::traffic::sticky::is_valid_cookie_name;
 use crate::traffic::{ClientLimiter, RateLimitConfig, StickyCookie};
 
@@ -21,6 +22,7 @@ mod pools;
 mod ranges;
 mod registry_url;
 pub use pools::{is_valid_pool_name, PoolConfig, DEFAULT_POOL, POOL_SETTINGS};
+mod routes;
 pub(crate) use ranges::of as range_of;
 pub use ranges::{Range, Unit, RANGES};
 pub use registry_url::RegistryUrl;
@@ -389,6 +391,14 @@ pub struct Config {
     /// backend reads `X_Real_IP` as the `X-Real-IP` the proxy sets. Even when true, the
     /// underscore spellings of the fields the proxy sets itself are dropped.
     pub underscores_in_headers: bool,
+    /// Whether each run of `/` in a request path is merged into one before the path is matched
+    /// and forwarded (nginx's `merge_slashes`). Default true: `//lb/backends` is the admin path
+    /// it looks like to a backend that merges them.
+    pub merge_slashes: bool,
+    /// Whether `%2F` and `%5C` may appear inside a path segment (passed on encoded, for APIs
+    /// that put encoded names in paths). Default false: `400`, since a backend that decodes
+    /// them reads a path other than the one matched.
+    pub allow_encoded_slashes: bool,
     /// The protocols an `Upgrade` request may switch to, case-insensitive (Envoy's
     /// `upgrade_configs`). Default `["websocket"]`. Any other `Upgrade` (`h2c` above all) goes
     /// to the backend as a plain request, without `Upgrade`, `HTTP2-Settings` and their
@@ -518,6 +528,11 @@ pub struct Config {
     /// Seconds from accept to a complete TLS handshake; then `client_header_timeout` runs.
     /// Default 10.
     pub tls_handshake_timeout: u64,
+    /// Routes by host, path, method, headers and query (README "Routes"), checked whole at
+    /// load and on reload: a route that is wrong, or two that tie, refuse the file. Default
+    /// none. Not yet applied to requests.
+    #[serde(deserialize_with = "crate::routing::deserialize_routes", skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<RouteConfig>,
 }
 
 impl Default for Config {
@@ -567,6 +582,8 @@ impl Default for Config {
             sticky_secret: None,
             trusted_proxies: vec![Cidr::parse("127.0.0.0/8").unwrap(), Cidr::parse("::1/128").unwrap()],
             underscores_in_headers: false,
+            merge_slashes: true,
+            allow_encoded_slashes: false,
             upgrade_protocols: vec!["websocket".to_string()],
             admin_prefix: "/lb".to_string(),
             admin_token: None,
@@ -602,6 +619,7 @@ impl Default for Config {
             tls_key: None,
             tls_sni_certificates: Vec::new(),
             tls_handshake_timeout: limits.handshake_timeout.as_secs(),
+            routes: Vec::new(),
         }
     }
 }
@@ -704,6 +722,7 @@ impl Config {
         if self.admin_token.as_deref().is_some_and(|t| t.trim().is_empty() || t.trim() != t) {
             return Err(invalid("admin_token", "admin_token must be non-empty, without surrounding spaces"));
         }
+        routes::check(self)?;
         if let Some(id) = self.backend_ids().into_iter().find(|id| !is_valid_id(id)) {
             let why = format!("backend id '{id}' is not allowed: use 1-64 of A-Z a-z 0-9 . _ ~ -");
             return Err(invalid("backends", why));
@@ -902,6 +921,7 @@ impl Config {
             max_connections: self.max_connections,
             client_max_workers: self.client_share_in_force(),
             client_max_in_flight: self.client_max_in_flight,
+            paths: PathRules { merge_slashes: self.merge_slashes, allow_encoded_slashes: self.allow_encoded_slashes },
             ..Limits::default()
         }
     }

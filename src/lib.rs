@@ -10,7 +10,7 @@
 //! every setting, and [`registry`] shares the backends of several instances through etcd.
 //!
 //! Modules depend only downwards, in this order (no import circles): `server`, `balance`,
-//! `client_ip`, `stats`, `health`, `traffic` → `config` → `upstream` → `registry` → `ops` →
+//! `client_ip`, `stats`, `health`, `traffic` → [`routing`] (the route table, issue 26) → `config` → `upstream` → `registry` → `ops` →
 //! `pools` → `state` → `proxy`, `admin` → `router`, `lifecycle` (reload, signals, `--check-config`) →
 //! `balancer`;
 //! `demo_backend` stands on `server` alone; [`simulate`] (`lb-sync simulate`) on `balance` and
@@ -52,6 +52,7 @@ pub mod pools;
 pub mod proxy;
 pub mod registry;
 pub mod router;
+pub mod routing;
 pub mod server;
 pub mod simulate;
 pub mod state;

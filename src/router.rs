@@ -47,7 +47,7 @@ fn serve_admin(shared: &Shared, request: Request, path: &str, listener: Listener
                     format_args!(
                         "management API: refused {} {} from {peer} with {}",
                         request.method(),
-                        request.target(),
+                        request.sent_target(),
                         refusal.status
                     ),
                 );

@@ -299,10 +299,12 @@ fn absolute_form_targets_are_routed_by_their_path() {
     let (_b, port) = demo_backend();
     let lb = balancer(AlgorithmKind::RoundRobin, &[port], |_| {});
     let addr = lb.local_addr();
-    let stats = curl(addr, "GET", "http://example.com/lb/stats", &[], None);
+    // As curl sends them through a proxy: the target's authority and Host agree.
+    let origin = format!("http://localhost:{}", addr.port());
+    let stats = curl(addr, "GET", &format!("{origin}/lb/stats"), &[], None);
     assert_eq!(stats.status, 200);
     assert!(stats.json().get("total_requests").is_some(), "the API answered, not a backend: {}", stats.text());
-    let proxied = curl(addr, "GET", "http://example.com/other?q=1", &[], None);
+    let proxied = curl(addr, "GET", &format!("{origin}/other?q=1"), &[], None);
     assert_eq!(proxied.json()["request"]["path"], "/other");
     lb.stop(Duration::from_secs(1));
 }
@@ -672,11 +674,12 @@ fn the_access_log_line_of_a_known_request_is_nginx_combined_and_the_process_log_
     assert!(id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
     assert!(line_with(&access, &id).contains("\"GET /second HTTP/1.1\" 200 "));
 
-    // A refusal of the front end is logged too, in both logs.
+    // A refusal of the front end is logged too, in both logs, with its request line as sent
+    // (nginx's `$request`).
     let mut conn = Conn::open(lb.addr);
     conn.send(b"NONSENSE\r\n\r\n");
     assert_eq!(conn.response().status, 400);
-    assert!(line_with(&access, "\"-\" 400 0").starts_with("127.0.0.1 - - ["));
+    assert!(line_with(&access, "\"NONSENSE\" 400 0").starts_with("127.0.0.1 - - ["));
     line_with(&app, "refused a request from 127.0.0.1");
 
     // The process log: startup, --debug's decision per request, nothing of ureq's internals.

@@ -566,11 +566,17 @@ fn connection_cannot_strip_host_or_content_length() {
 
 #[test]
 fn an_absolute_form_target_goes_upstream_in_origin_form_with_the_targets_host() {
-    // RFC 9112 3.2.2: the target's authority wins over the client's Host.
+    // RFC 9112 3.2.2: the target's authority wins over the client's Host; the two must name
+    // the same origin (case, a trailing dot and the default port aside), or it is 400.
     let (_b, port) = demo_backend();
     let lb = balancer(AlgorithmKind::RoundRobin, &[(port, 1)], |_| {});
     let mut conn = Conn::open(lb.local_addr());
     conn.send(b"GET http://api.example:8080/p?q=1 HTTP/1.1\r\nHost: old.example\r\n\r\n");
+    let refused = conn.response();
+    assert_eq!(refused.status, 400);
+    assert!(refused.text().contains("authority and Host disagree"), "{}", refused.text());
+    let mut conn = Conn::open(lb.local_addr());
+    conn.send(b"GET http://api.example:8080/p?q=1 HTTP/1.1\r\nHost: API.example.:8080\r\n\r\n");
     let json = conn.response().json();
     assert_eq!(json["request"]["path"], "/p");
     assert_eq!(json["request"]["query"], "q=1");

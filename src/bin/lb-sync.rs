@@ -143,6 +143,9 @@ struct Args {
     /// underscores_in_headers off)
     #[argh(switch)]
     underscores_in_headers: bool,
+    /// accept %2F and %5C inside a path segment, passed on encoded (default: 400)
+    #[argh(switch)]
+    allow_encoded_slashes: bool,
     /// a protocol an Upgrade request may switch to; repeatable; replaces the default (websocket)
     #[argh(option)]
     upgrade_protocol: Vec<String>,
@@ -272,6 +275,7 @@ fn build_config(args: &Args) -> Result<Config, String> {
         config.trusted_proxies = args.trusted_proxy.iter().map(|c| Cidr::parse(c)).collect::<Result<_, _>>()?;
     }
     config.underscores_in_headers |= args.underscores_in_headers;
+    config.allow_encoded_slashes |= args.allow_encoded_slashes;
     if !args.upgrade_protocol.is_empty() {
         config.upgrade_protocols.clone_from(&args.upgrade_protocol);
     }

@@ -13,7 +13,7 @@
 //! | `breaker_*`, `slow_start`, `backend_max_connections`, `peak_ewma_window` | the next outcome or pick of each backend, in place |
 //! | `request_timeout`, `connect_timeout`, `upstream_keepalive*`, `upstream_reuse` | the next request (a new HTTP client per backend; requests in flight keep the old one's) |
 //! | `max_tries`, retries, rate limits, sticky cookie, `trusted_proxies`, `underscores_in_headers`, `upgrade_protocols`, `admin_prefix`, `admin_token`, `backend_queue_timeout`, `shutdown_timeout`, `tunnel_idle_timeout` | the next request (each request reads one configuration from start to end; an open tunnel keeps its idle timeout) |
-//! | client limits and timeouts, `max_connections`, `queue_capacity`, body buffering sizes, `client_max_workers`, `client_max_in_flight` | each connection's next request or deadline, the next connection accepted, the next body byte |
+//! | client limits and timeouts, `max_connections`, `queue_capacity`, body buffering sizes, `client_max_workers`, `client_max_in_flight`, `merge_slashes`, `allow_encoded_slashes` | each connection's next request or deadline, the next connection accepted, the next body byte |
 //! | `health_check_*` | at once (the checker is restarted; verdicts are kept; turned off, a backend marked down comes back as a recovery) |
 //! | `dns_refresh_interval` | at once (the next refresh is counted from the reload) |
 //! | `tls_cert`, `tls_key`, `tls_sni_certificates` (the files are read again on every reload, so a renewed certificate is picked up; one that fails to load refuses the reload), `tls_handshake_timeout` | the next TLS handshake (connections already up keep theirs) |

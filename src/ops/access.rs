@@ -60,7 +60,7 @@ impl PendingAccess {
         PendingAccess {
             client_ip,
             method: copy(request.method()),
-            target: copy(request.target()),
+            target: copy(request.sent_target()),
             protocol: match request.version() {
                 Version::Http10 => "HTTP/1.0",
                 Version::Http11 => "HTTP/1.1",
@@ -129,15 +129,16 @@ impl PendingAccess {
     }
 }
 
-/// The access-log line of a request the front end refused before any handler saw it: the
-/// request line is unknown (`"-"`), as nginx logs a request it could not parse.
-pub fn refusal_line(format: AccessFormat, peer: IpAddr, status: u16) -> String {
+/// The access-log line of a request the front end refused before any handler saw it: its
+/// request line as sent when it arrived whole, else `"-"`, as nginx logs a request it could not
+/// parse.
+pub fn refusal_line(format: AccessFormat, peer: IpAddr, status: u16, request_line: Option<&str>) -> String {
     let id = next_request_id();
     format.format(&AccessRecord {
         client_ip: peer,
         time: SystemTime::now(),
         method: "",
-        target: "-",
+        target: request_line.unwrap_or("-"),
         protocol: "",
         status,
         body_bytes_sent: 0,

@@ -1,8 +1,11 @@
 //! Parsing and validating a request head (RFC 9112): the request line, the header fields and,
 //! above all, the body framing, which is where request smuggling lives.
 
+use std::borrow::Cow;
+
 use super::error::RequestError;
 use super::limits::Limits;
+use super::target::{absolute_authority, canonical_target, same_authority};
 
 /// The HTTP version of a request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,8 +88,11 @@ pub enum BodyFraming {
 pub struct RequestHead {
     /// The method, e.g. `GET`.
     pub method: String,
-    /// The request target as sent (origin form `/path?query` in practice).
+    /// The request target with its path made canonical (see
+    /// [`canonical_target`](super::canonical_target)): what is matched and what is forwarded.
     pub target: String,
+    /// The target as the client sent it, when that differs from `target` (for the access log).
+    pub sent_target: Option<String>,
     /// HTTP/1.0 or HTTP/1.1.
     pub version: Version,
     /// Header fields in the order received.
@@ -229,6 +235,7 @@ fn validate(
     limits: &Limits,
 ) -> Result<RequestHead, RequestError> {
     let mut host_count = 0;
+    let mut host: Option<&[u8]> = None;
     let mut content_length: Option<u64> = None;
     let mut transfer_codings: Vec<String> = Vec::new();
     let mut saw_transfer_encoding = false;
@@ -240,6 +247,7 @@ fn validate(
         let name = header.name.as_str();
         if name.eq_ignore_ascii_case("host") {
             host_count += 1;
+            host = Some(&header.value);
             if !is_valid_authority(&header.value) {
                 return Err(RequestError::BadRequest("invalid Host"));
             }
@@ -274,6 +282,25 @@ fn validate(
     if host_count > 1 {
         return Err(RequestError::BadRequest("several Host fields"));
     }
+    let canonical = match canonical_target(&target, &limits.paths) {
+        Ok(Cow::Borrowed(_)) => None,
+        Ok(Cow::Owned(canonical)) => Some(canonical),
+        Err(why) => return Err(RequestError::BadRequest(why)),
+    };
+    if let Some((scheme, authority)) = absolute_authority(&target) {
+        if !is_valid_authority(authority.as_bytes()) {
+            return Err(RequestError::BadRequest("invalid authority in the request target"));
+        }
+        // RFC 9112 3.2.2 has the target's authority win; two names for one request is how a
+        // route and the backend come to read different hosts, so they must agree (as HAProxy).
+        if host.is_some_and(|host| !same_authority(scheme, authority, &String::from_utf8_lossy(host))) {
+            return Err(RequestError::BadRequest("the request target's authority and Host disagree"));
+        }
+    }
+    let (target, sent_target) = match canonical {
+        Some(canonical) => (canonical, Some(target)),
+        None => (target, None),
+    };
 
     if saw_transfer_encoding && transfer_codings.is_empty() {
         // An empty Transfer-Encoding: some peers read it as chunked, some ignore it.
@@ -322,7 +349,7 @@ fn validate(
     };
     // A 1.0 client does not know 100-continue; only 1.1 waits for it.
     let expects_continue = expects_continue && version == Version::Http11;
-    Ok(RequestHead { method, target, version, headers, framing, keep_alive, expects_continue })
+    Ok(RequestHead { method, target, sent_target, version, headers, framing, keep_alive, expects_continue })
 }
 
 /// Whether a `Host` value is an authority `host[:port]` (RFC 9112 3.2, RFC 3986 3.2.2): a

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use super::target::PathRules;
+
 /// Limits and timeouts applied to client connections. Defaults follow nginx where it has one.
 ///
 /// ```
@@ -54,6 +56,9 @@ pub struct Limits {
     /// its share, or open tunnels); more get `429` with `Retry-After` (nginx's `limit_conn`).
     /// Default 0: no limit.
     pub client_max_in_flight: usize,
+    /// How request paths are made canonical before anything reads them (see
+    /// [`canonical_target`](super::canonical_target)).
+    pub paths: PathRules,
 }
 
 impl Default for Limits {
@@ -71,6 +76,7 @@ impl Default for Limits {
             linger_timeout: Duration::from_secs(2),
             client_max_workers: 0,
             client_max_in_flight: 0,
+            paths: PathRules::default(),
         }
     }
 }

@@ -20,6 +20,10 @@ pub struct Refusal<'a> {
     pub status: u16,
     /// The reason sent as the body.
     pub reason: &'a str,
+    /// The request line as the client sent it (invalid UTF-8 replaced), when the refusal came
+    /// while reading a head whose request line had arrived whole: the access log shows what
+    /// was refused, as nginx's `$request`.
+    pub request_line: Option<&'a str>,
 }
 
 /// Called by the poller thread once per refusal, as it answers: keep it short (count, queue a

@@ -58,9 +58,15 @@ impl Request {
         &self.head.method
     }
 
-    /// The request target as sent, e.g. `/path?query`.
+    /// The request target with its path made canonical, e.g. `/path?query`: what handlers
+    /// match and what is forwarded.
     pub fn target(&self) -> &str {
         &self.head.target
+    }
+
+    /// The target exactly as the client sent it (for logs).
+    pub fn sent_target(&self) -> &str {
+        self.head.sent_target.as_deref().unwrap_or(&self.head.target)
     }
 
     /// The path part of the target (before `?`).

@@ -192,7 +192,7 @@ impl Poller {
         let client = self.client_of(conn.peer, &head);
         match self.admit_request(token, client) {
             Verdict::Go => self.submit(token, head, body, false),
-            Verdict::Hold(client) => self.hold(token, client, HeldRequest::Whole { head, body }),
+            Verdict::Hold(client) => self.hold(token, client, HeldRequest::Whole { head: Box::new(head), body }),
             Verdict::Refused => {}
         }
     }

@@ -52,7 +52,7 @@ pub(super) struct ClientSlot {
 /// A held request: whole, or its head with the first of a body that will stream (kept in the
 /// connection's `pending`).
 pub(super) enum HeldRequest {
-    Whole { head: RequestHead, body: RequestBody },
+    Whole { head: Box<RequestHead>, body: RequestBody },
     Upload,
 }
 
@@ -174,7 +174,7 @@ impl Poller {
                 load.serving += 1;
             });
             match request {
-                HeldRequest::Whole { head, body } => self.submit(token, head, body, true),
+                HeldRequest::Whole { head, body } => self.submit(token, *head, body, true),
                 HeldRequest::Upload => self.stream_upload(token),
             }
         }

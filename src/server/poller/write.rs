@@ -216,7 +216,11 @@ impl Poller {
             return;
         };
         if let Some(hook) = &self.on_refusal {
-            hook.call(&Refusal { peer: conn.peer, status, reason });
+            let request_line = match conn.state {
+                State::Reading { .. } => whole_request_line(&conn.buf),
+                _ => None,
+            };
+            hook.call(&Refusal { peer: conn.peer, status, reason, request_line: request_line.as_deref() });
         }
         if conn.stream.is_handshaking() {
             // No HTTP answer can be sent before a TLS handshake, and one is not worth its CPU
@@ -298,4 +302,14 @@ impl Poller {
             self.forget_client(conn.client);
         }
     }
+}
+
+/// The request line at the start of `buf` (after the empty lines a client may send first),
+/// once it has arrived whole; at most the first 8 KiB of it.
+fn whole_request_line(buf: &[u8]) -> Option<String> {
+    let skipped = buf.iter().take_while(|&&b| b == b'\r' || b == b'\n').count();
+    let line = &buf[skipped..];
+    let end = line.iter().position(|&b| b == b'\n')?;
+    let line = line[..end].strip_suffix(b"\r").unwrap_or(&line[..end]);
+    Some(String::from_utf8_lossy(&line[..line.len().min(8 << 10)]).into_owned())
 }

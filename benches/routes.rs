@@ -1,0 +1,75 @@
+//! Route lookup (`RouteTable::lookup`) at 10 and 1,000 routes, mostly host + prefix, some exact
+//! paths, a few regexes, and wildcard hosts. Issue 26's target: 100 ns at 10, 300 ns at 1,000.
+//! Four requests each: one a host's prefix takes, one an exact path takes, one that only a regex
+//! takes (after its host group's exact paths and prefixes were tried), and one whose host only
+//! a wildcard takes (after the exact-host map and a longer suffix missed).
+
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use lb_sync::routing::{RequestView, RouteConfig, RouteTable};
+use lb_sync::server::Header;
+
+/// `n` routes: per host, three prefixes and one exact path; every 25th host a regex too; a
+/// wildcard per 50 hosts; and a few routes without a host.
+fn routes(n: usize) -> Vec<RouteConfig> {
+    let mut json = Vec::new();
+    let mut host = 0;
+    while json.len() < n {
+        let name = format!("svc{host}.example.com");
+        for prefix in ["/api", "/static/", "/v2/items"] {
+            json.push(format!(r#"{{"host": "{name}", "path_prefix": "{prefix}", "pool": "p{host}"}}"#));
+        }
+        json.push(format!(r#"{{"host": "{name}", "path": "/health", "pool": "p{host}"}}"#));
+        if host % 25 == 0 {
+            json.push(format!(r#"{{"host": "{name}", "path_regex": "/u/[0-9]+/profile", "pool": "p{host}"}}"#));
+        }
+        if host % 50 == 0 {
+            json.push(format!(r#"{{"host": "*.zone{host}.example.com", "path_prefix": "/", "pool": "p{host}"}}"#));
+            json.push(format!(r#"{{"path_prefix": "/shared{host}", "methods": ["GET"], "pool": "p{host}"}}"#));
+        }
+        host += 1;
+    }
+    json.truncate(n);
+    let list: Vec<String> =
+        json.iter().enumerate().map(|(i, route)| route.replacen('{', &format!(r#"{{"name": "r{i}", "#), 1)).collect();
+    serde_json::from_str(&format!("[{}]", list.join(","))).unwrap()
+}
+
+fn bench(c: &mut Criterion) {
+    let headers = [Header::new("User-Agent", "bench"), Header::new("Accept", "*/*")];
+    let mut group = c.benchmark_group("route_lookup");
+    for n in [10, 1_000] {
+        let table = RouteTable::build(&routes(n)).unwrap();
+        let host = if n == 10 { "svc0.example.com" } else { "svc200.example.com" };
+        let cases = [
+            ("prefix", "/api/users/42/orders"),
+            ("exact", "/health"),
+            ("regex", "/u/7/profile"),
+            ("wildcard", "/api/users"),
+        ];
+        for (kind, path) in cases {
+            let regex_host = match kind {
+                "regex" => "svc0.example.com",
+                "wildcard" => "a.b.zone0.example.com",
+                _ => host,
+            };
+            let view = RequestView { method: "GET", host: Some(regex_host), path, query: "a=1", headers: &headers };
+            assert!(table.lookup(&view).is_some(), "{n} {kind}");
+            group.bench_with_input(BenchmarkId::new(kind, n), &view, |b, view| {
+                b.iter(|| table.lookup(std::hint::black_box(view)).map(|r| r.position))
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .sample_size(20)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2));
+    targets = bench
+}
+criterion_main!(benches);
