@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
-use crate::config::Config;
+use crate::config::{Config, DEFAULT_POOL};
 use crate::lifecycle::{
     backend_list, backend_policy, build_shared, health_config, tls_certificates, tuning, Control, ReloadReport,
 };
@@ -21,7 +21,7 @@ use crate::registry::Registry;
 use crate::router::{AdminRouter, Router};
 use crate::server::{bind_for, ClientKey, RefusalHook, Server, ServerConfig, TlsAcceptor, TlsListener};
 use crate::state::{Current, ReloadHook, Shared};
-use crate::upstream::{BackendTable, DnsRefresher, DnsStatus, HealthChecker, Resolver};
+use crate::upstream::{BackendTable, DnsRefresher, DnsStatus, HealthChecker, Resolver, TableError};
 
 /// A running load balancer.
 ///
@@ -146,10 +146,22 @@ impl LoadBalancer {
             ..ServerConfig::default()
         };
         let reload = Arc::new(ReloadHook::default());
-        let shared = build_shared(config, Arc::clone(&table), None, Arc::clone(&ops), Arc::clone(&reload))
-            .map_err(|e| invalid(&e))?;
-        let mut health_config = health_config(&shared.config, shared.forwarder.tls()).map_err(|e| invalid(&e))?;
-        health_config.probers = backends.len().clamp(4, 16);
+        let mut tables = vec![(DEFAULT_POOL.to_string(), Arc::clone(&table))];
+        for (name, pool) in config.pool_configs().into_iter().skip(1) {
+            let named = |e: TableError| invalid(&format!("pool '{name}': {e}"));
+            let table =
+                BackendTable::new(pool.algorithm, &backend_list(&pool), backend_policy(&pool)).map_err(named)?;
+            tables.push((name, Arc::new(table)));
+        }
+        let shared =
+            build_shared(config, &tables, None, Arc::clone(&ops), Arc::clone(&reload)).map_err(|e| invalid(&e))?;
+        let mut health_configs = Vec::new();
+        for pool in shared.pools.iter() {
+            let config = health_config(&pool.config, pool.forwarder.tls()).map_err(|e| invalid(&e))?;
+            health_configs.push((pool.name.clone(), Arc::clone(&pool.table), config));
+        }
+        // The default pool's table may come from the state file or the registry, not the file.
+        health_configs[0].2.probers = backends.len().clamp(4, 16);
         let current: Arc<Current> = Arc::new(ArcSwap::from_pointee(shared));
         let history = history_sampler(Arc::clone(&current))?;
         server_config.queue_depth = Arc::clone(&ops.queue_depth);
@@ -165,12 +177,11 @@ impl LoadBalancer {
             }
             None => None,
         };
-        let health = if health_config.interval.is_zero() {
-            None
-        } else {
-            Some(HealthChecker::start(Arc::clone(&table), health_config)?)
-        };
-        let control = Control::new(Arc::clone(&current), table, server.tuner(), health, refresher, &reload);
+        let mut health = Vec::new();
+        for (name, table, config) in health_configs.into_iter().filter(|(_, _, c)| !c.interval.is_zero()) {
+            health.push((name, HealthChecker::start(table, config)?));
+        }
+        let control = Control::new(Arc::clone(&current), server.tuner(), health, refresher, &reload);
         stop_registry.0 = None;
         // Once started: a start that fails says one thing, its reason.
         warn_if_the_api_is_unguarded(&current.load().config);
@@ -309,7 +320,12 @@ impl Drop for StopOnDrop {
 fn history_sampler(current: Arc<Current>) -> io::Result<Sampler> {
     Sampler::start(move |second| {
         let shared = current.load();
-        shared.ops.history.sample(second, &shared.stats, &shared.ops.latency, &shared.table.snapshot().backends);
+        shared.ops.history.sample(
+            second,
+            &shared.stats,
+            &shared.ops.latency,
+            &shared.pools.default_pool().table.snapshot().backends,
+        );
     })
 }
 

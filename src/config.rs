@@ -1,6 +1,7 @@
 //! The balancer's configuration: every setting with its default, in one place. Read from a JSON
 //! file (`--config`), overridden by command-line flags.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -17,8 +18,10 @@ use crate::server::{BodyBuffering, Limits, PathRules};
 use crate::traffic::sticky::is_valid_cookie_name;
 use crate::traffic::{ClientLimiter, RateLimitConfig, StickyCookie};
 
+mod pools;
 mod ranges;
 mod registry_url;
+pub use pools::{is_valid_pool_name, PoolConfig, DEFAULT_POOL, POOL_SETTINGS};
 mod routes;
 pub(crate) use ranges::of as range_of;
 pub use ranges::{Range, Unit, RANGES};
@@ -284,6 +287,11 @@ pub struct Config {
     pub threads: usize,
     /// The backends. Default: the seed's `localhost:8001` (weight 1), `:8002` (2), `:8003` (1).
     pub backends: Vec<BackendConfig>,
+    /// Named pools of backends, each with the pool-level settings it changes (see
+    /// [`PoolConfig`]); the top-level `backends` and settings are the pool `default`. Default
+    /// none. Left out of the JSON when empty.
+    #[serde(deserialize_with = "pools::by_name", skip_serializing_if = "BTreeMap::is_empty")]
+    pub pools: BTreeMap<String, PoolConfig>,
     /// PEM file of the certificate authorities that HTTPS backends' certificates are verified
     /// against (nginx's `proxy_ssl_trusted_certificate`), read at start and on each reload.
     /// Default unset: the system roots (Mozilla's, built in).
@@ -537,6 +545,7 @@ impl Default for Config {
             algorithm: AlgorithmKind::RoundRobin,
             threads: 256,
             backends: seed_backends(),
+            pools: BTreeMap::new(),
             upstream_ca: None,
             health_check_interval: 30.0,
             health_check_fast_interval: 1.0,
@@ -723,7 +732,7 @@ impl Config {
         if let Some(pair) = ids.windows(2).find(|w| w[0] == w[1]) {
             return Err(invalid("backends", format!("backend id '{}' is used twice", pair[0])));
         }
-        Ok(())
+        self.validate_pools()
     }
 
     /// The TLS listener's settings: a port and a certificate go together.

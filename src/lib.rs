@@ -11,7 +11,7 @@
 //!
 //! Modules depend only downwards, in this order (no import circles): `server`, `balance`,
 //! `client_ip`, `stats`, `health`, `traffic` → [`routing`] (the route table, issue 26) → `config` → `upstream` → `registry` → `ops` →
-//! `state` → `proxy`, `admin` → `router`, `lifecycle` (reload, signals, `--check-config`) →
+//! `pools` → `state` → `proxy`, `admin` → `router`, `lifecycle` (reload, signals, `--check-config`) →
 //! `balancer`;
 //! `demo_backend` stands on `server` alone; [`simulate`] (`lb-sync simulate`) on `balance` and
 //! `config`.
@@ -48,6 +48,7 @@ pub mod lifecycle;
 pub mod logging;
 pub mod metrics;
 pub mod ops;
+pub mod pools;
 pub mod proxy;
 pub mod registry;
 pub mod router;

@@ -1,9 +1,9 @@
-//! What every part of a running balancer shares: the configuration, the backend table, the
-//! HTTP client, the counters, the retry budget and the traffic policies (rate limits, sticky
-//! cookie). The router loads the current `Arc<Shared>` for each request (a [`Current`]); a
+//! What every part of a running balancer shares: the configuration, the pools of backends
+//! (each with its table, HTTP client, retry budget and sticky cookie), the counters and the
+//! rate limits. The router loads the current `Arc<Shared>` for each request (a [`Current`]); a
 //! reload swaps in a new one, so a request sees one configuration from start to end while the
-//! next one already sees the new. The parts that live across reloads (the table, the counters,
-//! the client and policies whose settings did not change) are `Arc`s shared by both.
+//! next one already sees the new. The parts that live across reloads (the tables, the counters,
+//! the clients and policies whose settings did not change) are `Arc`s shared by both.
 //!
 //! Who writes what: the table's membership is swapped in whole by the management API and
 //! reloads; everything else here is atomics, written by workers and prober threads without a
@@ -16,28 +16,23 @@ use arc_swap::ArcSwap;
 
 use crate::config::Config;
 use crate::ops::Operations;
+use crate::pools::Pools;
 use crate::stats::Stats;
-use crate::traffic::{RateLimiter, StickyCookie};
-use crate::upstream::{BackendTable, Forwarder, RetryBudget};
+use crate::traffic::RateLimiter;
 
 /// State shared by every worker, the management API and the health checker.
 pub struct Shared {
     /// The configuration in force (the one the balancer started with, or the last reloaded).
     pub config: Config,
-    /// The backends and the algorithm over them (shared with the health checker).
-    pub table: Arc<BackendTable>,
-    /// The shared HTTP client.
-    pub forwarder: Arc<Forwarder>,
-    /// Request counters.
+    /// The pools of backends, `default` first: each with its table (shared with its health
+    /// checker), HTTP client, retry budget, sticky cookie and counters.
+    pub pools: Pools,
+    /// Request counters of the whole balancer.
     pub stats: Arc<Stats>,
-    /// Limits retries to a share of recent requests.
-    pub retry_budget: Arc<RetryBudget>,
     /// When the balancer started.
     pub started: Instant,
     /// The global and per-client request rate limits (both off by default; it counts either way).
     pub rate_limiter: Arc<RateLimiter>,
-    /// The sticky-session cookie, when sticky sessions are on.
-    pub sticky: Option<StickyCookie>,
     /// Latency histogram, queue depth, access log, rate-limited warnings, state file (they
     /// live across reloads).
     pub ops: Arc<Operations>,

@@ -89,7 +89,8 @@ fn least_connections_follows_in_flight_counts() {
             })
         })
         .collect();
-    let table = &lb.shared().table;
+    let shared = lb.shared();
+    let table = &shared.pools.default_pool().table;
     assert!(wait_until(Duration::from_secs(5), || table
         .snapshot()
         .backends

@@ -40,7 +40,7 @@ fn config(algorithm: AlgorithmKind, ports: &[u16], tweak: impl FnOnce(&mut Confi
 }
 
 fn backend_named(lb: &LoadBalancer, port: u16) -> Arc<Backend> {
-    let snapshot = lb.shared().table.snapshot();
+    let snapshot = lb.shared().pools.default_pool().table.snapshot();
     Arc::clone(snapshot.backends.iter().find(|b| b.port == port).expect("configured"))
 }
 

@@ -586,7 +586,7 @@ fn an_unhealthy_or_open_circuited_sticky_backend_is_left_and_the_cookie_reissued
     // backend2's breaker opens (one failure opens it here), while backend2 still answers: its
     // session goes to backend1, and backend2 is not even tried.
     let hits_before = backends[1].hits();
-    let snapshot = lb.shared().table.snapshot();
+    let snapshot = lb.shared().pools.default_pool().table.snapshot();
     let breaker = snapshot.backends[1].breaker();
     breaker.record_failure(breaker.admit().unwrap());
     assert_eq!(conn.get("/lb/backends").json()[1]["circuit_breaker"]["state"], "open");

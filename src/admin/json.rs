@@ -8,6 +8,7 @@ use serde_json::{json, Value};
 
 use crate::health::BreakerState;
 use crate::metrics::HistogramSnapshot;
+use crate::pools::Pool;
 use crate::state::Shared;
 use crate::stats::CLASSES;
 use crate::upstream::Backend;
@@ -86,15 +87,42 @@ pub fn backend_json(backend: &Backend) -> Value {
     })
 }
 
+/// One pool in `/lb/pools` and under `pools` in `/lb/stats`: its name, algorithm, whether any
+/// of its backends is usable (`status` `up` or `down`), its backends' count and health, and
+/// what its requests got.
+pub fn pool_json(pool: &Pool) -> Value {
+    let snapshot = pool.table.snapshot();
+    let healthy = snapshot.backends.iter().filter(|b| b.is_usable()).count();
+    let s = pool.stats.snapshot();
+    let tries = pool.stats.tries();
+    json!({
+        "name": pool.name,
+        "algorithm": pool.table.algorithm().to_string(),
+        "status": if healthy > 0 { "up" } else { "down" },
+        "backends": {
+            "total": snapshot.backends.len(),
+            "healthy": healthy,
+            "unhealthy": snapshot.backends.len() - healthy,
+        },
+        "requests": s.total,
+        "successful_requests": s.successful,
+        "failed_requests": s.failed,
+        "responses": by_class(&s.by_class),
+        "answered_by_balancer": by_class(&s.local_by_class),
+        "in_flight": snapshot.backends.iter().map(|b| b.in_flight()).sum::<usize>(),
+        "retries": { "tries": tries.tries, "retries": tries.retries, "denied_by_budget": tries.denied_by_budget },
+    })
+}
+
 /// The seed's statistics object.
 pub fn stats(shared: &Shared) -> Value {
     let s = shared.stats.snapshot();
     let tries = shared.stats.tries();
-    let snapshot = shared.table.snapshot();
+    let snapshot = shared.pools.default_pool().table.snapshot();
     // The one definition of healthy here and in /lb/health: usable (enabled, not down, circuit
     // not open).
     let healthy = snapshot.backends.iter().filter(|b| b.is_usable()).count();
-    let name = shared.table.algorithm().display_name();
+    let name = shared.pools.default_pool().table.algorithm().display_name();
     let latency = shared.ops.latency.snapshot();
     let average = latency.mean().map_or(0.0, |d| (d.as_secs_f64() * 100_000.0).round() / 100.0);
     let mut stats = json!({
@@ -126,6 +154,7 @@ pub fn stats(shared: &Shared) -> Value {
         },
         "rate_limiter": shared.rate_limiter.snapshot(),
         "dns": dns(shared),
+        "pools": shared.pools.iter().map(|pool| (pool.name.clone(), pool_json(pool))).collect::<serde_json::Map<_, _>>(),
     });
     if let Some(registry) = &shared.ops.registry {
         stats["registry"] = json!(registry.status());
@@ -165,7 +194,7 @@ fn breaker_summary(backends: &[Arc<Backend>]) -> Value {
 /// The balancer's own health: status 200 with `healthy` while any backend is usable, else 503
 /// (usable as in `/lb/stats`'s `healthy_backends`); with a registry, its status too.
 pub fn health(shared: &Shared) -> (u16, Value) {
-    let snapshot = shared.table.snapshot();
+    let snapshot = shared.pools.default_pool().table.snapshot();
     let usable = snapshot.backends.iter().filter(|b| b.is_usable()).count();
     let status = if usable > 0 { "healthy" } else { "unhealthy" };
     let timestamp = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
@@ -189,13 +218,18 @@ pub fn health(shared: &Shared) -> (u16, Value) {
 pub fn config(shared: &Shared) -> Value {
     let mut value = serde_json::to_value(&shared.config).unwrap_or(Value::Null);
     // The running table, not the start-up list: backends may have been added or removed.
-    let snapshot = shared.table.snapshot();
+    let snapshot = shared.pools.default_pool().table.snapshot();
     value["backends"] = Value::Array(
         snapshot.backends.iter().map(|b| serde_json::to_value(b.config()).unwrap_or(Value::Null)).collect(),
     );
     for secret in ["admin_token", "sticky_secret"] {
         if value.get(secret).is_some_and(|t| !t.is_null()) {
             value[secret] = json!("(set)");
+        }
+    }
+    if let Some(Value::Object(pools)) = value.get_mut("pools") {
+        for pool in pools.values_mut().filter(|p| p.get("sticky_secret").is_some()) {
+            pool["sticky_secret"] = json!("(set)");
         }
     }
     let derived = derived_settings(&shared.config);

@@ -30,6 +30,8 @@
 //! | `lb_failed_tries_total` | `reason` | failed tries by reason |
 //! | `lb_rate_limited_total` | | requests the rate limiter refused with `429` |
 //! | `lb_uptime_seconds` | | since start |
+//! | `lb_pool_requests_total` | `pool`, `class` | answers to the requests sent to each pool, by status class |
+//! | `lb_pool_backends`, `lb_pool_usable_backends` | `pool` | each pool's backends, and those a pick may choose |
 //! | `lb_dns_lookups_total`, `lb_dns_lookup_failures_total`, `lb_dns_address_changes_total` | | re-resolutions of backend host names, failed ones (the address kept), changed addresses applied |
 //! | `lb_registry_connected` | | with a registry: 1 while its watch is up, 0 while serving with the last known table |
 //! | `lb_registry_revision` | | with a registry: the etcd revision the table reflects |
@@ -66,7 +68,7 @@ pub fn render(shared: &Shared) -> String {
 fn encode(shared: &Shared) -> Result<String, ExpositionError> {
     let stats = shared.stats.snapshot();
     let tries = shared.stats.tries();
-    let snapshot = shared.table.snapshot();
+    let snapshot = shared.pools.default_pool().table.snapshot();
     let backends = &snapshot.backends;
     let mut e = TextEncoder::new();
 
@@ -193,6 +195,22 @@ fn encode(shared: &Shared) -> Result<String, ExpositionError> {
         .sample(&[], rate_limited_total(shared) as f64)?;
     e.gauge("lb_uptime_seconds", "Seconds since the balancer started.")?
         .sample(&[], shared.started.elapsed().as_secs_f64())?;
+    // Pool names come from the config file: a bounded label set.
+    let mut family = e.counter("lb_pool_requests", "Answers to the requests sent to each pool by status class.")?;
+    for pool in shared.pools.iter() {
+        for (class, n) in CLASSES.iter().zip(pool.stats.snapshot().by_class) {
+            family.sample(&[("pool", &pool.name), ("class", class)], n as f64)?;
+        }
+    }
+    let mut family = e.gauge("lb_pool_backends", "Backends in each pool.")?;
+    for pool in shared.pools.iter() {
+        family.sample(&[("pool", &pool.name)], pool.table.snapshot().backends.len() as f64)?;
+    }
+    let mut family = e.gauge("lb_pool_usable_backends", "Backends of each pool a pick may choose.")?;
+    for pool in shared.pools.iter() {
+        let usable = pool.table.snapshot().backends.iter().filter(|b| b.is_usable()).count();
+        family.sample(&[("pool", &pool.name)], usable as f64)?;
+    }
     let dns = &shared.ops.dns;
     e.counter("lb_dns_lookups", "Re-resolutions of backend host names.")?.sample(&[], dns.lookups() as f64)?;
     e.counter("lb_dns_lookup_failures", "Re-resolutions that failed (the backend kept its address).")?

@@ -18,7 +18,8 @@ use std::sync::Arc;
 
 use serde_json::{json, Map, Value};
 
-use crate::config::{BackendConfig, Scheme};
+use crate::config::{BackendConfig, Scheme, DEFAULT_POOL};
+use crate::pools::Pool;
 use crate::registry::{Change, RegistryError};
 use crate::server::{Request, Response};
 use crate::state::Shared;
@@ -64,13 +65,13 @@ fn registry_error(e: RegistryError) -> Response {
     }
 }
 
-/// Makes a change: in the registry when there is one (it takes effect here, as everywhere,
-/// through the watch), else in the table.
-fn write(shared: &Shared, change: Change) -> Result<Arc<Backend>, Response> {
-    if let Some(registry) = &shared.ops.registry {
+/// Makes a change to `pool`: in the registry when there is one and the pool is `default` (it
+/// takes effect here, as everywhere, through the watch), else in the pool's table.
+fn write(shared: &Shared, pool: &Pool, change: Change) -> Result<Arc<Backend>, Response> {
+    if let Some(registry) = shared.ops.registry.as_ref().filter(|_| is_default(pool)) {
         return registry.submit(change).map_err(registry_error);
     }
-    let table = &shared.table;
+    let table = &pool.table;
     match change {
         Change::Add(config) => table.add(&config),
         Change::Enable(id) => table.set_enabled(&id, true),
@@ -82,8 +83,15 @@ fn write(shared: &Shared, change: Change) -> Result<Arc<Backend>, Response> {
     .map_err(table_error)
 }
 
+/// Whether `pool` is the top-level one, which the state file and the registry keep.
+fn is_default(pool: &Pool) -> bool {
+    pool.name == DEFAULT_POOL
+}
+
 /// What a path under the prefix names, and the methods it accepts (its `Allow`).
 enum Resource<'a> {
+    Pools,
+    Pool(&'a str),
     Health,
     Stats,
     Metrics,
@@ -100,7 +108,21 @@ enum Resource<'a> {
 }
 
 impl<'a> Resource<'a> {
-    fn of(segments: &[&'a str]) -> Option<Resource<'a>> {
+    /// The resource and, for `/pools/{pool}/backends...`, the pool it is in (`None`: the
+    /// default pool, or none).
+    fn of(segments: &[&'a str]) -> Option<(Option<&'a str>, Resource<'a>)> {
+        match *segments {
+            ["pools"] => Some((None, Resource::Pools)),
+            ["pools", pool] => Some((None, Resource::Pool(pool))),
+            ["pools", pool, ref rest @ ..] if rest.first() == Some(&"backends") => {
+                Some((Some(pool), Resource::of_pool(rest)?))
+            }
+            _ => Some((None, Resource::of_pool(segments)?)),
+        }
+    }
+
+    /// A resource of the balancer, or of a pool's backends.
+    fn of_pool(segments: &[&'a str]) -> Option<Resource<'a>> {
         Some(match *segments {
             ["health"] => Resource::Health,
             ["stats"] => Resource::Stats,
@@ -142,8 +164,15 @@ pub fn is_dashboard(shared: &Shared, path: &str) -> bool {
 pub fn handle(shared: &Shared, mut request: Request, path: &str) -> Response {
     let rest = &path[shared.config.admin_prefix.len().min(path.len())..];
     let segments: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
-    let Some(resource) = Resource::of(&segments) else {
+    let Some((pool_name, resource)) = Resource::of(&segments) else {
         return error(404, format!("no management endpoint {path}"));
+    };
+    let pool = match pool_name {
+        None => shared.pools.default_pool(),
+        Some(name) => match shared.pools.get(name) {
+            Some(pool) => pool,
+            None => return error(404, format!("no pool '{name}'")),
+        },
     };
     let method = request.method().to_string();
     let allow = resource.allow();
@@ -183,21 +212,26 @@ pub fn handle(shared: &Shared, mut request: Request, path: &str) -> Response {
             .with_header("Content-Type", content_type)
             .with_header("Cache-Control", "max-age=3600")
             .with_body(body),
+        Resource::Pools => Response::json(200, &Value::Array(shared.pools.iter().map(json::pool_json).collect())),
+        Resource::Pool(name) => match shared.pools.get(name) {
+            Some(pool) => Response::json(200, &json::pool_json(pool)),
+            None => error(404, format!("no pool '{name}'")),
+        },
         Resource::Backends => {
-            let snapshot = shared.table.snapshot();
+            let snapshot = pool.table.snapshot();
             Response::json(200, &Value::Array(snapshot.backends.iter().map(|b| backend_json(b)).collect()))
         }
-        Resource::Backend(id) => match shared.table.snapshot().backends.iter().find(|b| b.id == id) {
+        Resource::Backend(id) => match pool.table.snapshot().backends.iter().find(|b| b.id == id) {
             Some(backend) => Response::json(200, &backend_json(backend)),
             None => error(404, format!("no backend with id '{id}'")),
         },
-        Resource::Add => add_backend(shared, &mut request),
-        Resource::Action(id, "weight") => set_weight(shared, id, &mut request),
+        Resource::Add => add_backend(shared, pool, &mut request),
+        Resource::Action(id, "weight") => set_weight(shared, pool, id, &mut request),
         Resource::Action(id, action) => {
             let result = match action {
-                "enable" => write(shared, Change::Enable(id.to_string())),
-                "disable" => write(shared, Change::Disable(id.to_string())),
-                _ => write(shared, Change::Drain(id.to_string())),
+                "enable" => write(shared, pool, Change::Enable(id.to_string())),
+                "disable" => write(shared, pool, Change::Disable(id.to_string())),
+                _ => write(shared, pool, Change::Drain(id.to_string())),
             };
             match result {
                 Ok(backend) => {
@@ -207,27 +241,32 @@ pub fn handle(shared: &Shared, mut request: Request, path: &str) -> Response {
                         }
                         _ => format!("backend {} {action}d", backend.id),
                     };
-                    changed(shared, 200, &message, &backend)
+                    changed(shared, pool, 200, &message, &backend)
                 }
                 Err(response) => response,
             }
         }
-        Resource::Remove(id) => match write(shared, Change::Remove(id.to_string())) {
+        Resource::Remove(id) => match write(shared, pool, Change::Remove(id.to_string())) {
             Ok(backend) => {
                 let message =
                     format!("backend {} removed ({} request(s) in flight finish)", backend.id, backend.in_flight());
-                changed(shared, 200, &message, &backend)
+                changed(shared, pool, 200, &message, &backend)
             }
             Err(response) => response,
         },
     }
 }
 
-/// A change was made: log it, write the state file, answer with the backend.
-fn changed(shared: &Shared, status: u16, message: &str, backend: &Backend) -> Response {
-    log::info!("{message}");
-    if let Some(file) = &shared.ops.state_file {
-        if let Err(e) = file.save(&shared.table) {
+/// A change was made: log it, write the state file (the default pool's), answer with the
+/// backend.
+fn changed(shared: &Shared, pool: &Pool, status: u16, message: &str, backend: &Backend) -> Response {
+    if is_default(pool) {
+        log::info!("{message}");
+    } else {
+        log::info!("pool {}: {message}", pool.name);
+    }
+    if let Some(file) = shared.ops.state_file.as_ref().filter(|_| is_default(pool)) {
+        if let Err(e) = file.save(&pool.table) {
             log::error!("cannot write state file {}: {e}", file.path().display());
             return error(
                 500,
@@ -245,7 +284,11 @@ fn changed(shared: &Shared, status: u16, message: &str, backend: &Backend) -> Re
     };
     let response = Response::json(status, &body);
     if status == 201 {
-        let location = format!("{}/backends/{}", shared.config.admin_prefix, backend.id);
+        let location = if is_default(pool) {
+            format!("{}/backends/{}", shared.config.admin_prefix, backend.id)
+        } else {
+            format!("{}/pools/{}/backends/{}", shared.config.admin_prefix, pool.name, backend.id)
+        };
         response.with_header("Location", location)
     } else {
         response
@@ -268,7 +311,7 @@ fn json_body(request: &mut Request) -> Result<Map<String, Value>, Response> {
     }
 }
 
-fn add_backend(shared: &Shared, request: &mut Request) -> Response {
+fn add_backend(shared: &Shared, pool: &Pool, request: &mut Request) -> Response {
     let object = match json_body(request) {
         Ok(object) => object,
         Err(response) => return response,
@@ -277,17 +320,17 @@ fn add_backend(shared: &Shared, request: &mut Request) -> Response {
         Ok(config) => config,
         Err(message) => return error(400, message),
     };
-    match write(shared, Change::Add(config)) {
+    match write(shared, pool, Change::Add(config)) {
         Ok(backend) => {
             let message =
                 format!("backend {} added at {} (weight {})", backend.id, backend.address(), backend.weight());
-            changed(shared, 201, &message, &backend)
+            changed(shared, pool, 201, &message, &backend)
         }
         Err(response) => response,
     }
 }
 
-fn set_weight(shared: &Shared, id: &str, request: &mut Request) -> Response {
+fn set_weight(shared: &Shared, pool: &Pool, id: &str, request: &mut Request) -> Response {
     let object = match json_body(request) {
         Ok(object) => object,
         Err(response) => return response,
@@ -300,11 +343,11 @@ fn set_weight(shared: &Shared, id: &str, request: &mut Request) -> Response {
         Some(Err(message)) => return error(400, message),
         None => return error(400, "field 'weight' is required: the body is {\"weight\": N}"),
     };
-    let before = shared.table.snapshot().backends.iter().find(|b| b.id == id).map(|b| b.weight());
-    match write(shared, Change::Weight(id.to_string(), weight)) {
+    let before = pool.table.snapshot().backends.iter().find(|b| b.id == id).map(|b| b.weight());
+    match write(shared, pool, Change::Weight(id.to_string(), weight)) {
         Ok(backend) => {
             let message = format!("backend {} weight {} -> {weight}", backend.id, before.unwrap_or(weight));
-            changed(shared, 200, &message, &backend)
+            changed(shared, pool, 200, &message, &backend)
         }
         Err(response) => response,
     }

@@ -40,7 +40,8 @@ impl LoadBalancer {
         let signalled = Instant::now();
         let grace = Duration::from_secs_f64(self.shared().config.shutdown_timeout);
         let deadline = signalled + grace + STOP_MARGIN;
-        let in_flight: usize = self.shared().table.snapshot().backends.iter().map(|b| b.in_flight()).sum();
+        let in_flight: usize =
+            self.shared().pools.default_pool().table.snapshot().backends.iter().map(|b| b.in_flight()).sum();
         log::info!(
             "{name}: stopping: no new connections; {in_flight} request(s) to backends in flight get up to {:.1} s",
             grace.as_secs_f64()

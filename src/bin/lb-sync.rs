@@ -422,6 +422,8 @@ fn main() -> ExitCode {
     signals.started();
     let backends: Vec<String> = balancer
         .shared()
+        .pools
+        .default_pool()
         .table
         .snapshot()
         .backends

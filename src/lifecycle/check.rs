@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use crate::config::Config;
+use crate::config::{Config, DEFAULT_POOL};
 use crate::traffic::RateLimiter;
 use crate::upstream::{distinct_addresses, resolve, UpstreamTls};
 
@@ -22,18 +22,26 @@ use super::generation::{backend_list, health_config, tls_certificates};
 /// ```
 pub fn check_config(config: &Config) -> Result<String, String> {
     config.validate().map_err(|e| e.to_string())?;
-    let tls = UpstreamTls::load(config.upstream_ca.as_deref()).map_err(|e| e.to_string())?;
-    health_config(config, &Arc::new(tls)).map_err(|e| e.to_string())?;
+    let tls = Arc::new(UpstreamTls::load(config.upstream_ca.as_deref()).map_err(|e| e.to_string())?);
     RateLimiter::new(&config.rate_limits()).map_err(|e| e.to_string())?;
-    let mut addresses = Vec::new();
-    for (id, backend) in backend_list(config) {
-        let addr = resolve(&backend.host, backend.port).map_err(|e| format!("backend {id}: {e}"))?;
-        addresses.push((id, addr));
+    for (name, pool) in config.pool_configs() {
+        // The default pool's messages stay as they were before pools.
+        let named = |e: String| if name == DEFAULT_POOL { e } else { format!("pool '{name}': {e}") };
+        health_config(&pool, &tls).map_err(|e| named(e.to_string()))?;
+        let mut addresses = Vec::new();
+        for (id, backend) in backend_list(&pool) {
+            let addr = resolve(&backend.host, backend.port).map_err(|e| named(format!("backend {id}: {e}")))?;
+            addresses.push((id, addr));
+        }
+        distinct_addresses(&addresses).map_err(|e| named(e.to_string()))?;
     }
-    distinct_addresses(&addresses).map_err(|e| e.to_string())?;
     tls_certificates(config)?;
+    let pools = match config.pools.len() {
+        0 => String::new(),
+        n => format!(" and {n} named pool(s)"),
+    };
     Ok(format!(
-        "{} backend(s), {}, {} threads, port {}",
+        "{} backend(s){pools}, {}, {} threads, port {}",
         config.backends.len(),
         config.algorithm,
         config.threads,

@@ -7,10 +7,12 @@ use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use crate::config::Config;
+use crate::config::{Config, DEFAULT_POOL};
 use crate::server::Tuner;
-use crate::state::{Current, ReloadHook};
-use crate::upstream::{BackendTable, DnsRefresher, Forwarder, HealthChecker, HealthConfig, Reconciled, Resolver};
+use crate::state::{Current, ReloadHook, Shared};
+use crate::upstream::{
+    BackendTable, DnsRefresher, Forwarder, HealthChecker, HealthConfig, Reconciled, Resolver, TableError,
+};
 
 use super::generation::{
     backend_list, backend_policy, build_shared, changed_keys, health_config, tls_certificates, tuning,
@@ -28,21 +30,53 @@ pub struct ReloadReport {
     pub settings: Vec<String>,
     /// Settings that differ in the new configuration but only take effect at a restart.
     pub restart_only: Vec<String>,
+    /// What changed in the named pools.
+    pub pools: PoolChanges,
+}
+
+/// What a reload changed in the named pools (the default pool's are [`ReloadReport`]'s own).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PoolChanges {
+    /// Pools that were not there.
+    pub added: Vec<String>,
+    /// Pools no longer configured (their health checks stopped; requests in flight finish).
+    pub removed: Vec<String>,
+    /// Changes to a kept pool's table, by pool.
+    pub backends: Vec<(String, Reconciled)>,
+    /// A kept pool's own settings now in force with new values, by pool (the top level's
+    /// changes, which every pool inherits, are in [`ReloadReport::settings`]).
+    pub settings: Vec<(String, Vec<String>)>,
+}
+
+/// `backends added: a, b` and the like, for each kind of change in `b`, after `pool`.
+fn describe_backends(pool: &str, b: &Reconciled, parts: &mut Vec<String>) {
+    for (what, ids) in
+        [("added", &b.added), ("removed", &b.removed), ("replaced", &b.replaced), ("reweighted", &b.reweighted)]
+    {
+        if !ids.is_empty() {
+            parts.push(format!("{pool}backends {what}: {}", ids.join(", ")));
+        }
+    }
 }
 
 impl fmt::Display for ReloadReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let b = &self.backends;
         let mut parts = Vec::new();
-        for (what, ids) in
-            [("added", &b.added), ("removed", &b.removed), ("replaced", &b.replaced), ("reweighted", &b.reweighted)]
-        {
-            if !ids.is_empty() {
-                parts.push(format!("backends {what}: {}", ids.join(", ")));
-            }
-        }
+        describe_backends("", &self.backends, &mut parts);
         if !self.settings.is_empty() {
             parts.push(format!("settings changed: {}", self.settings.join(", ")));
+        }
+        let pools = &self.pools;
+        for (what, names) in [("added", &pools.added), ("removed", &pools.removed)] {
+            if !names.is_empty() {
+                parts.push(format!("pools {what}: {}", names.join(", ")));
+            }
+        }
+        for (pool, reconciled) in &pools.backends {
+            describe_backends(&format!("pool {pool}: "), reconciled, &mut parts);
+        }
+        for (pool, keys) in &pools.settings {
+            parts.push(format!("pool {pool}: settings changed: {}", keys.join(", ")));
         }
         if !self.restart_only.is_empty() {
             parts.push(format!("kept until a restart: {}", self.restart_only.join(", ")));
@@ -58,9 +92,9 @@ impl fmt::Display for ReloadReport {
 /// The parts of a running balancer that a reload or a stop reaches.
 pub struct Control {
     current: Arc<Current>,
-    table: Arc<BackendTable>,
     tuner: Tuner,
-    health: Mutex<Option<HealthChecker>>,
+    /// Each pool's health checker, by pool name (none for a pool whose checks are off).
+    health: Mutex<Vec<(String, HealthChecker)>>,
     dns: Mutex<Option<DnsRefresher>>,
     /// Every HTTP client made so far that may still be in use (a reload that changes the
     /// timeouts makes a new one; requests in flight keep theirs): a stop breaks them all.
@@ -82,16 +116,14 @@ impl Control {
     /// `POST /lb/config/reload` calls) with reloads from the configuration source.
     pub(crate) fn new(
         current: Arc<Current>,
-        table: Arc<BackendTable>,
         tuner: Tuner,
-        health: Option<HealthChecker>,
+        health: Vec<(String, HealthChecker)>,
         dns: DnsRefresher,
         reload_hook: &ReloadHook,
     ) -> Arc<Control> {
-        let forwarders = vec![Arc::clone(&current.load().forwarder)];
+        let forwarders = current.load().pools.iter().map(|pool| Arc::clone(&pool.forwarder)).collect();
         let control = Arc::new(Control {
             current,
-            table,
             tuner,
             health: Mutex::new(health),
             dns: Mutex::new(Some(dns)),
@@ -169,8 +201,9 @@ impl Control {
             (None, Some(_)) => Some("the registry"),
             (None, None) => None,
         };
+        let table = Arc::clone(&running.pools.default_pool().table);
         let wanted = if let Some(keeper) = keeper {
-            let running: Vec<_> = self.table.snapshot().backends.iter().map(|b| (b.id.clone(), b.config())).collect();
+            let running: Vec<_> = table.snapshot().backends.iter().map(|b| (b.id.clone(), b.config())).collect();
             if running != backend_list(&config) {
                 restart_only.push(format!("backends ({keeper} keeps them)"));
             }
@@ -182,26 +215,49 @@ impl Control {
         let settings = changed_keys(old, &config);
         // Read again whatever their names: a renewed certificate keeps its file name.
         let certificates = tls_certificates(&config)?;
-        // Everything that can fail, before the first change.
-        let shared = build_shared(
-            config,
-            Arc::clone(&self.table),
-            Some(&running),
-            Arc::clone(&running.ops),
-            Arc::clone(&running.reload),
-        )?;
-        let health = health_config(&shared.config, shared.forwarder.tls()).map_err(|e| e.to_string())?;
+        // Everything that can fail, before the first change: a new pool's table is built, and a
+        // kept pool's new backends are resolved and checked as a table of their own.
+        let mut tables = vec![(DEFAULT_POOL.to_string(), Arc::clone(&table))];
+        for (name, pool) in config.pool_configs().into_iter().skip(1) {
+            let wanted = backend_list(&pool);
+            let named = |e: TableError| format!("pool '{name}': {e}");
+            let table = match running.pools.get(&name) {
+                Some(kept) => {
+                    let now: Vec<_> =
+                        kept.table.snapshot().backends.iter().map(|b| (b.id.clone(), b.config())).collect();
+                    if now != wanted {
+                        BackendTable::new(pool.algorithm, &wanted, backend_policy(&pool)).map_err(named)?;
+                    }
+                    Arc::clone(&kept.table)
+                }
+                None => Arc::new(BackendTable::new(pool.algorithm, &wanted, backend_policy(&pool)).map_err(named)?),
+            };
+            tables.push((name, table));
+        }
+        let shared =
+            build_shared(config, &tables, Some(&running), Arc::clone(&running.ops), Arc::clone(&running.reload))?;
+        let mut health = Vec::new();
+        for pool in shared.pools.iter() {
+            let checks = health_config(&pool.config, pool.forwarder.tls()).map_err(|e| e.to_string())?;
+            health.push(checks);
+        }
         let (algorithm, policy) = (shared.config.algorithm, backend_policy(&shared.config));
         let backends = match wanted {
-            Some(wanted) => self.table.reconcile(algorithm, &wanted, policy).map_err(|e| e.to_string())?,
+            Some(wanted) => table.reconcile(algorithm, &wanted, policy).map_err(|e| e.to_string())?,
             // The backends stay as they are, whatever changes them meanwhile (the watch).
-            None => self.table.reapply(algorithm, policy),
+            None => table.reapply(algorithm, policy),
         };
-        // From here on nothing fails.
-        if !Arc::ptr_eq(&shared.forwarder, &running.forwarder) {
+        // From here on nothing fails (a kept pool's backends resolved a moment ago).
+        let pools = self.reconcile_pools(&running, &shared, &settings);
+        let running_forwarders: Vec<_> = running.pools.iter().map(|p| Arc::clone(&p.forwarder)).collect();
+        {
             let mut forwarders = lock(&self.forwarders);
-            forwarders.retain(|f| Arc::ptr_eq(f, &running.forwarder) || f.in_use());
-            forwarders.push(Arc::clone(&shared.forwarder));
+            forwarders.retain(|f| running_forwarders.iter().any(|r| Arc::ptr_eq(f, r)) || f.in_use());
+            for pool in shared.pools.iter() {
+                if !forwarders.iter().any(|f| Arc::ptr_eq(f, &pool.forwarder)) {
+                    forwarders.push(Arc::clone(&pool.forwarder));
+                }
+            }
         }
         self.tuner.apply(tuning(&shared.config));
         if let Some(certificates) = certificates {
@@ -209,37 +265,85 @@ impl Control {
             self.tuner.replace_certificates(certificates);
             log::info!("TLS certificates for new connections: {described}");
         }
-        let old_health = health_config(old, running.forwarder.tls()).ok();
         if shared.config.dns_refresh_interval != old.dns_refresh_interval {
             if let Some(dns) = lock(&self.dns).as_ref() {
                 dns.set_interval(Duration::from_secs_f64(shared.config.dns_refresh_interval));
             }
         }
-        self.current.store(Arc::new(shared));
-        if old_health.as_ref() != Some(&health) {
-            self.restart_health(health);
-        }
-        Ok(ReloadReport { backends, settings, restart_only })
+        let shared = Arc::new(shared);
+        self.current.store(Arc::clone(&shared));
+        self.restart_health(&running, &shared, health);
+        Ok(ReloadReport { backends, settings, restart_only, pools })
     }
 
-    fn restart_health(&self, config: HealthConfig) {
-        let mut slot = lock(&self.health);
-        if let Some(old) = slot.take() {
-            old.stop();
-        }
-        if config.interval.is_zero() {
-            // No checks: nothing will ever bring a backend marked down back, so none is; it
-            // comes back as any recovered backend does.
-            for backend in &self.table.snapshot().backends {
-                if backend.set_healthy(true) {
-                    backend.recovered();
-                }
+    /// Makes each kept named pool's table what the new configuration says, and reports what
+    /// changed in the named pools.
+    fn reconcile_pools(&self, running: &Shared, next: &Shared, top_settings: &[String]) -> PoolChanges {
+        let mut changes = PoolChanges::default();
+        for pool in next.pools.iter().skip(1) {
+            let Some(kept) = running.pools.get(&pool.name) else {
+                changes.added.push(pool.name.clone());
+                continue;
+            };
+            let wanted = backend_list(&pool.config);
+            match pool.table.reconcile(pool.config.algorithm, &wanted, backend_policy(&pool.config)) {
+                Ok(reconciled) if reconciled.is_empty() => {}
+                Ok(reconciled) => changes.backends.push((pool.name.clone(), reconciled)),
+                // Resolved a moment ago, refused now: its name changed address in between.
+                Err(e) => log::error!("pool {}: backends not changed: {e}", pool.name),
             }
-            return;
+            let own: Vec<String> = changed_keys(&kept.config, &pool.config)
+                .into_iter()
+                .filter(|key| !top_settings.contains(key))
+                .collect();
+            if !own.is_empty() {
+                changes.settings.push((pool.name.clone(), own));
+            }
         }
-        match HealthChecker::start(Arc::clone(&self.table), config) {
-            Ok(checker) => *slot = Some(checker),
-            Err(e) => log::error!("cannot restart the health checks: {e}"),
+        changes.removed = running
+            .pools
+            .iter()
+            .skip(1)
+            .filter(|p| next.pools.get(&p.name).is_none())
+            .map(|p| p.name.clone())
+            .collect();
+        changes
+    }
+
+    /// Starts again the health checks of each pool whose checks changed or that is new (on its
+    /// table), and stops those of removed pools; `health` is `next`'s, pool by pool.
+    fn restart_health(&self, running: &Shared, next: &Shared, health: Vec<HealthConfig>) {
+        let mut checkers = lock(&self.health);
+        let (kept, gone): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut *checkers).into_iter().partition(|(name, _)| next.pools.get(name).is_some());
+        *checkers = kept;
+        stop_all(gone.into_iter().map(|(_, checker)| checker).collect());
+        for (pool, config) in next.pools.iter().zip(health) {
+            let before = running.pools.get(&pool.name);
+            let unchanged = before.is_some_and(|old| {
+                Arc::ptr_eq(&old.table, &pool.table)
+                    && health_config(&old.config, old.forwarder.tls()).ok().as_ref() == Some(&config)
+            });
+            if unchanged {
+                continue;
+            }
+            if let Some(at) = checkers.iter().position(|(name, _)| *name == pool.name) {
+                checkers.swap_remove(at).1.stop();
+            }
+            if config.interval.is_zero() {
+                // No checks: nothing will ever bring a backend marked down back, so none is; it
+                // comes back as any recovered backend does.
+                for backend in &pool.table.snapshot().backends {
+                    if backend.set_healthy(true) {
+                        backend.recovered();
+                    }
+                }
+                continue;
+            }
+            match HealthChecker::start(Arc::clone(&pool.table), config) {
+                Ok(checker) => checkers.push((pool.name.clone(), checker)),
+                Err(e) => log::error!("pool {}: cannot restart the health checks: {e}", pool.name),
+            }
         }
     }
 
@@ -266,10 +370,18 @@ impl Control {
         }
     }
 
-    /// Stops the health checks.
+    /// Stops every pool's health checks, all at once (each stop is bounded; together they
+    /// take as long as the slowest).
     pub fn stop_health(&self) {
-        if let Some(checker) = lock(&self.health).take() {
-            checker.stop();
-        }
+        stop_all(std::mem::take(&mut *lock(&self.health)).into_iter().map(|(_, checker)| checker).collect());
     }
+}
+
+/// Stops `checkers` side by side.
+fn stop_all(checkers: Vec<HealthChecker>) {
+    std::thread::scope(|scope| {
+        for checker in checkers {
+            scope.spawn(move || checker.stop());
+        }
+    });
 }

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use crate::config::{BackendConfig, Config, ConfigError};
 use crate::health::BreakerConfig;
 use crate::ops::Operations;
+use crate::pools::{Pool, Pools};
 use crate::server::{Certificates, Tuning};
 use crate::state::{ReloadHook, Shared};
 use crate::stats::Stats;
@@ -101,51 +102,79 @@ fn client_settings(config: &Config) -> (ForwardTimeouts, IdleLimits) {
     (timeouts, idle)
 }
 
-/// Builds the `Shared` of `config` over `table`, reusing from `previous` the counters, the
-/// start time, and the HTTP client, rate limiter and retry budget when their settings did not
-/// change (`ops` and `reload` live as long as the balancer). Fails (changing nothing) when a
-/// setting cannot be built.
+/// Builds the `Shared` of `config` over `tables` (one per pool of [`Config::pool_configs`], by
+/// name), reusing from `previous` the counters, the start time, and each pool's HTTP client
+/// and retry budget and the rate limiter when their settings did not change (`ops` and
+/// `reload` live as long as the balancer). Fails (changing nothing) when a setting cannot be
+/// built.
 pub(crate) fn build_shared(
     config: Config,
-    table: Arc<BackendTable>,
+    tables: &[(String, Arc<BackendTable>)],
     previous: Option<&Shared>,
     ops: Arc<Operations>,
     reload: Arc<ReloadHook>,
 ) -> Result<Shared, String> {
-    let (timeouts, idle_limits) = client_settings(&config);
-    let tls = UpstreamTls::load(config.upstream_ca.as_deref()).map_err(|e| e.to_string())?;
-    let forwarder = match previous {
-        Some(p) if p.forwarder.settings() == (timeouts, idle_limits) && **p.forwarder.tls() == tls => {
-            Arc::clone(&p.forwarder)
-        }
-        _ => Arc::new(Forwarder::new(timeouts, idle_limits, Arc::new(tls))),
-    };
+    let tls = Arc::new(UpstreamTls::load(config.upstream_ca.as_deref()).map_err(|e| e.to_string())?);
+    let mut pools = Vec::new();
+    for (name, pool_config) in config.pool_configs() {
+        let table = tables
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, table)| Arc::clone(table))
+            .ok_or_else(|| format!("pool '{name}' has no backend table"))?;
+        let before = previous.and_then(|p| p.pools.get(&name));
+        pools.push(build_pool(name, pool_config, table, before, &tls));
+    }
     let limits = config.rate_limits();
     let rate_limiter = match previous {
         Some(p) if p.config.rate_limits() == limits => Arc::clone(&p.rate_limiter),
         _ => Arc::new(RateLimiter::new(&limits).map_err(|e| e.to_string())?),
     };
-    let budget = (config.retry_budget_ratio, config.retry_budget_min);
-    let retry_budget = match previous {
-        Some(p) if (p.config.retry_budget_ratio, p.config.retry_budget_min) == budget => Arc::clone(&p.retry_budget),
-        _ => Arc::new(RetryBudget::new(budget.0, budget.1, Duration::from_secs(10))),
-    };
     Ok(Shared {
-        forwarder,
-        table,
+        pools: Pools::new(pools),
         stats: previous.map_or_else(|| Arc::new(Stats::default()), |p| Arc::clone(&p.stats)),
-        retry_budget,
         started: previous.map_or_else(Instant::now, |p| p.started),
         rate_limiter,
-        sticky: config.sticky_sessions(),
         config,
         ops,
         reload,
     })
 }
 
-/// The keys whose values differ between two configurations (`backends` aside: the table
-/// reports its own changes).
+/// One pool over `table`, reusing from its namesake `before` the counters, and the HTTP client
+/// and retry budget when their settings are the same.
+fn build_pool(
+    name: String,
+    config: Config,
+    table: Arc<BackendTable>,
+    before: Option<&Pool>,
+    tls: &Arc<UpstreamTls>,
+) -> Pool {
+    let (timeouts, idle_limits) = client_settings(&config);
+    let forwarder = match before {
+        Some(p) if p.forwarder.settings() == (timeouts, idle_limits) && **p.forwarder.tls() == **tls => {
+            Arc::clone(&p.forwarder)
+        }
+        _ => Arc::new(Forwarder::new(timeouts, idle_limits, Arc::clone(tls))),
+    };
+    let budget = (config.retry_budget_ratio, config.retry_budget_min);
+    let retry_budget = match before {
+        Some(p) if (p.config.retry_budget_ratio, p.config.retry_budget_min) == budget => Arc::clone(&p.retry_budget),
+        _ => Arc::new(RetryBudget::new(budget.0, budget.1, Duration::from_secs(10))),
+    };
+    Pool {
+        name,
+        sticky: config.sticky_sessions(),
+        stats: before.map_or_else(|| Arc::new(Stats::default()), |p| Arc::clone(&p.stats)),
+        config,
+        table,
+        forwarder,
+        retry_budget,
+    }
+}
+
+/// The keys whose values differ between two configurations (`backends` and `pools` aside: the
+/// tables and the pools report their own changes).
 pub(crate) fn changed_keys(old: &Config, new: &Config) -> Vec<String> {
     let (Ok(serde_json::Value::Object(old)), Ok(serde_json::Value::Object(new))) =
         (serde_json::to_value(old), serde_json::to_value(new))
@@ -153,7 +182,7 @@ pub(crate) fn changed_keys(old: &Config, new: &Config) -> Vec<String> {
         return Vec::new();
     };
     new.iter()
-        .filter(|(key, value)| *key != "backends" && old.get(*key) != Some(value))
+        .filter(|(key, value)| !["backends", "pools"].contains(&key.as_str()) && old.get(*key) != Some(value))
         .map(|(k, _)| k.clone())
         .collect()
 }

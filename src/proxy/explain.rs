@@ -2,7 +2,7 @@
 //! `lb_sync::decision`: the algorithm's choice, the backends passed over and why, and each retry
 //! and why (or why not). Nothing here runs unless debug logging is on.
 
-use crate::state::Shared;
+use crate::pools::Pool;
 use crate::upstream::{Backend, ForwardError, Membership, PickKind};
 
 use super::Outbound;
@@ -34,9 +34,18 @@ fn passed_over(membership: &Membership, chosen: Option<&Backend>, tried: &[*cons
     }
 }
 
+/// `pool api: ` before the algorithm of a named pool (the default pool's lines read as before pools).
+fn named(pool: &Pool) -> String {
+    if pool.name == crate::config::DEFAULT_POOL {
+        String::new()
+    } else {
+        format!("pool {}: ", pool.name)
+    }
+}
+
 /// A pick: which backend the algorithm chose and what it passed over.
 pub(super) fn picked(
-    shared: &Shared,
+    pool: &Pool,
     membership: &Membership,
     out: &Outbound,
     backend: &Backend,
@@ -53,12 +62,13 @@ pub(super) fn picked(
     };
     log::debug!(
         target: TARGET,
-        "{} {} {}: try {}: {} chose {} ({}){how}; passed over: {}",
+        "{} {} {}: try {}: {}{} chose {} ({}){how}; passed over: {}",
         out.request_id,
         out.method,
         out.target,
         tried.len() + 1,
-        shared.table.algorithm(),
+        named(pool),
+        pool.table.algorithm(),
         backend.id,
         backend.addr,
         passed_over(membership, Some(backend), tried),
@@ -66,15 +76,16 @@ pub(super) fn picked(
 }
 
 /// No candidate is left.
-pub(super) fn nothing_left(shared: &Shared, membership: &Membership, out: &Outbound, tried: &[*const Backend]) {
+pub(super) fn nothing_left(pool: &Pool, membership: &Membership, out: &Outbound, tried: &[*const Backend]) {
     if on() {
         log::debug!(
             target: TARGET,
-            "{} {} {}: {} has no candidate left; passed over: {}",
+            "{} {} {}: {}{} has no candidate left; passed over: {}",
             out.request_id,
             out.method,
             out.target,
-            shared.table.algorithm(),
+            named(pool),
+            pool.table.algorithm(),
             passed_over(membership, None, tried),
         );
     }

@@ -32,6 +32,7 @@ use crate::client_ip::{canonical, is_trusted, request_client};
 use crate::config::UpstreamReuse;
 use crate::health::{CircuitBreaker, Ticket};
 use crate::ops::PendingAccess;
+use crate::pools::Pool;
 use crate::server::{BodyFraming, Request, RequestBody, Response};
 use crate::state::Shared;
 use crate::upstream::{Backend, ForwardError, PickKind, Prepared};
@@ -67,20 +68,28 @@ struct Outbound {
     own_connection: bool,
 }
 
-/// Proxies one request and answers it: the backend's response, or ours when none could give one.
+/// Proxies one request to the `default` pool and answers it: the backend's response, or ours
+/// when none could give one.
 pub fn forward(shared: &Shared, request: Request) -> Response {
+    forward_to(shared, shared.pools.default_pool(), request)
+}
+
+/// Proxies one request to `pool` (one of `shared.pools`) and answers it: what a route that
+/// chose the pool calls. The balancer-wide steps (client, rate limits, accounting) read
+/// `shared`; the pick, the tries and their limits read the pool.
+pub fn forward_to(shared: &Shared, pool: &Pool, request: Request) -> Response {
     let origin = who(shared, &request);
     let access = PendingAccess::new(&request, origin.client, shared.ops.access_log.is_some());
     let quota = shared.rate_limiter.check(origin.client, access.started());
     let outcome = policy::admit(&quota)
-        .and_then(|()| prepare(shared, request, &origin, &access))
-        .and_then(|mut outbound| try_backends(shared, &mut outbound));
+        .and_then(|()| prepare(shared, pool, request, &origin, &access))
+        .and_then(|mut outbound| try_backends(shared, pool, &mut outbound));
     let (response, upstream) = match outcome {
         Ok((response, backend, upstream_time)) => (response, Some((backend.addr, upstream_time))),
         Err(error) => (error.response(), None),
     };
     let response = policy::with_quota(response, &quota);
-    account(shared, access.started(), upstream.is_some(), &response);
+    account(shared, pool, access.started(), upstream.is_some(), &response);
     access.attach(shared.ops.access_log.as_ref(), response, upstream)
 }
 
@@ -92,7 +101,13 @@ fn who(shared: &Shared, request: &Request) -> Origin {
 }
 
 /// Step 2: the request as it goes upstream; refused here when it cannot be expressed there.
-fn prepare(shared: &Shared, request: Request, origin: &Origin, access: &PendingAccess) -> Result<Outbound, ProxyError> {
+fn prepare(
+    shared: &Shared,
+    pool: &Pool,
+    request: Request,
+    origin: &Origin,
+    access: &PendingAccess,
+) -> Result<Outbound, ProxyError> {
     let method = request.method().to_string();
     if method == "CONNECT" {
         // A tunnel to wherever the client names: never (lb-sync is not a forward proxy).
@@ -105,25 +120,25 @@ fn prepare(shared: &Shared, request: Request, origin: &Origin, access: &PendingA
     if let Some(value) = &upgrade {
         headers.extend(upgrade::upstream_headers(&request, value));
     }
-    let sticky_token = policy::take_sticky_cookie(shared, &mut headers);
+    let sticky_token = policy::take_sticky_cookie(pool, &mut headers);
     if !access.id_came_in {
         headers.retain(|(name, _)| !name.eq_ignore_ascii_case("x-request-id"));
         headers.push(("X-Request-Id", access.request_id.as_bytes().into()));
     }
-    let mut prepared = shared
+    let mut prepared = pool
         .forwarder
         .prepare(&method, &target, headers.iter().map(|(n, v)| (*n, &v[..])))
         .map_err(ProxyError::Unforwardable)?;
     drop(headers);
     let is_head = request.head().is_head();
-    let own_connection = shared.config.upstream_reuse == UpstreamReuse::Safe && request.is_first_on_connection();
+    let own_connection = pool.config.upstream_reuse == UpstreamReuse::Safe && request.is_first_on_connection();
     // A HEAD request's body (allowed, meaningless) is not sent on.
     let send_body = !is_head && request.head().framing != BodyFraming::None;
     let mut request_body = request.into_body();
     // A streamed body (request buffering off) waits for its client; meanwhile the backend may
     // answer without reading it (a 413), and that answer is what the client must get.
     request_body.watch_for_early_answer(crate::upstream::early_answer_arrived);
-    let body = UpstreamBody::new(request_body, send_body, shared.config.retry_body_max_bytes);
+    let body = UpstreamBody::new(request_body, send_body, pool.config.retry_body_max_bytes);
     if let Some(length) = body.len() {
         // Buffered whole: a chunked upload goes upstream with its length.
         prepared.set_content_length(length);
@@ -143,15 +158,19 @@ fn prepare(shared: &Shared, request: Request, origin: &Origin, access: &PendingA
 }
 
 /// Step 3: tries backends until one answers, a failure forbids another try, or tries run out.
-fn try_backends(shared: &Shared, out: &mut Outbound) -> Result<(Response, Arc<Backend>, Duration), ProxyError> {
-    shared.retry_budget.record_request();
-    let membership = shared.table.snapshot();
-    let queue_deadline = Instant::now() + Duration::from_secs_f64(shared.config.backend_queue_timeout);
-    let session = Session::new(shared, &membership, out.sticky_token.as_deref());
-    let mut tried: Vec<*const Backend> = Vec::with_capacity(shared.config.max_tries.min(membership.backends.len()));
+fn try_backends(
+    shared: &Shared,
+    pool: &Pool,
+    out: &mut Outbound,
+) -> Result<(Response, Arc<Backend>, Duration), ProxyError> {
+    pool.retry_budget.record_request();
+    let membership = pool.table.snapshot();
+    let queue_deadline = Instant::now() + Duration::from_secs_f64(pool.config.backend_queue_timeout);
+    let session = Session::new(pool, &membership, out.sticky_token.as_deref());
+    let mut tried: Vec<*const Backend> = Vec::with_capacity(pool.config.max_tries.min(membership.backends.len()));
     let mut tries = 0;
     let mut last_error = None;
-    while tries < shared.config.max_tries {
+    while tries < pool.config.max_tries {
         let untried = |b: &Backend| !tried.contains(&(b as *const Backend));
         let session_pick =
             session.as_ref().map_or(SessionPick::Balance, |s| s.pick(&membership, tried.is_empty(), queue_deadline));
@@ -166,22 +185,22 @@ fn try_backends(shared: &Shared, out: &mut Outbound) -> Result<(Response, Arc<Ba
             // Candidates left (the session's backend among them) but all at their connection
             // cap: wait in the queue for a slot.
             if membership.pick(&out.hash_key, untried).is_none() {
-                explain::nothing_left(shared, &membership, out, &tried);
+                explain::nothing_left(pool, &membership, out, &tried);
                 break;
             }
             if Instant::now() >= queue_deadline {
                 return Err(last_error.map_or(ProxyError::QueueTimeout, ProxyError::BackendFailed));
             }
-            shared.table.slots().wait(queue_deadline);
+            pool.table.slots().wait(queue_deadline);
             continue;
         };
-        explain::picked(shared, &membership, out, backend, kind, &tried);
+        explain::picked(pool, &membership, out, backend, kind, &tried);
         if out.upgrade.is_some() && !upgrade::can_tunnel_to(backend) {
             // Not sent, so not the backend's failure: its counters and breaker hear nothing.
             return Err(ProxyError::UpgradeUnsupported);
         }
         tried.push(Arc::as_ptr(backend));
-        let breaker = match admit(shared, backend, kind, tries, out) {
+        let breaker = match admit(shared, pool, backend, kind, tries, out) {
             Admission::Go(breaker) => breaker,
             Admission::Skip => continue,
             Admission::Stop => break,
@@ -198,15 +217,16 @@ fn try_backends(shared: &Shared, out: &mut Outbound) -> Result<(Response, Arc<Ba
             }
         };
         shared.stats.record_try(tries > 0);
+        pool.stats.record_try(tries > 0);
         backend.record_request();
         tries += 1;
         let sent = Instant::now();
-        match send_once(shared, backend, &out.prepared, out.upgrade.is_some(), out.own_connection, body) {
+        match send_once(pool, backend, &out.prepared, out.upgrade.is_some(), out.own_connection, body) {
             Ok(upstream) => {
                 let upstream_time = sent.elapsed();
                 in_flight.answered();
                 let status = upstream.status();
-                settle_answer(shared, backend, breaker, status, upstream_time);
+                settle_answer(pool, backend, breaker, status, upstream_time);
                 let ticket = breaker.map(|(_, ticket)| ticket);
                 let mut response = relay(shared, upstream, in_flight, ticket, out.is_head);
                 if let Some(session) = &session {
@@ -234,7 +254,7 @@ fn try_backends(shared: &Shared, out: &mut Outbound) -> Result<(Response, Arc<Ba
                 return Err(body_unreadable(shared, out.body.read_error().unwrap_or_default()));
             }
             Err(error) => {
-                let retry = settle_failure(shared, backend, breaker, &error, out);
+                let retry = settle_failure(shared, pool, backend, breaker, &error, out);
                 last_error = Some(error);
                 if !retry {
                     break;
@@ -278,7 +298,14 @@ enum Admission<'a> {
 /// Asks the backend's breaker (a half-open one lets only its trials through) and, for a
 /// retry, the retry budget. Picks that ignored breakers (the last usable ones, panic mode) took
 /// no trial slot, so they report nothing to the breaker.
-fn admit<'a>(shared: &Shared, backend: &'a Backend, kind: PickKind, tries: usize, out: &Outbound) -> Admission<'a> {
+fn admit<'a>(
+    shared: &Shared,
+    pool: &Pool,
+    backend: &'a Backend,
+    kind: PickKind,
+    tries: usize,
+    out: &Outbound,
+) -> Admission<'a> {
     let breaker = match kind {
         PickKind::Usable => match backend.breaker().admit() {
             Some(ticket) => Some((backend.breaker(), ticket)),
@@ -286,8 +313,9 @@ fn admit<'a>(shared: &Shared, backend: &'a Backend, kind: PickKind, tries: usize
         },
         PickKind::BreakersIgnored | PickKind::Panic => None,
     };
-    if tries > 0 && !shared.retry_budget.try_retry() {
+    if tries > 0 && !pool.retry_budget.try_retry() {
         shared.stats.record_budget_denial();
+        pool.stats.record_budget_denial();
         release(breaker);
         shared.ops.warnings.warn("retry-budget", format_args!("retry budget spent: a failed request was not retried"));
         explain::budget_spent(out);
@@ -299,7 +327,7 @@ fn admit<'a>(shared: &Shared, backend: &'a Backend, kind: PickKind, tries: usize
 /// Sends the request once to `backend`: through the backend's ureq agent, or on a connection of its
 /// own for an upgrade request.
 fn send_once(
-    shared: &Shared,
+    pool: &Pool,
     backend: &Backend,
     prepared: &Prepared,
     upgrade: bool,
@@ -308,17 +336,17 @@ fn send_once(
 ) -> Result<Answer, ForwardError> {
     let body = body.as_mut().map(|b| b as &mut dyn std::io::Read);
     if upgrade {
-        return shared.forwarder.send_own(backend, prepared, body).map(Answer::Own);
+        return pool.forwarder.send_own(backend, prepared, body).map(Answer::Own);
     }
-    shared.forwarder.send(backend, prepared, body, own_connection).map(Answer::Pooled)
+    pool.forwarder.send(backend, prepared, body, own_connection).map(Answer::Pooled)
 }
 
 /// An answer came: the backend counts it; the breaker hears a success (or a failure, for a 5xx
 /// when so configured); a breaker that closes again is a recovery ([`Backend::recovered`]). A
 /// pick that ignored the breaker still has its outcome counted there, so every try is.
-fn settle_answer(shared: &Shared, backend: &Backend, breaker: Admitted<'_>, status: u16, took: Duration) {
+fn settle_answer(pool: &Pool, backend: &Backend, breaker: Admitted<'_>, status: u16, took: Duration) {
     backend.record_answer(status, took);
-    let failed = shared.config.breaker_on_5xx && status >= 500;
+    let failed = pool.config.breaker_on_5xx && status >= 500;
     let Some((breaker, ticket)) = breaker else {
         backend.breaker().count_only(failed);
         return;
@@ -334,6 +362,7 @@ fn settle_answer(shared: &Shared, backend: &Backend, breaker: Admitted<'_>, stat
 /// A try failed: counts it where it belongs; returns whether another backend may get the request.
 fn settle_failure(
     shared: &Shared,
+    pool: &Pool,
     backend: &Backend,
     breaker: Admitted<'_>,
     error: &ForwardError,
@@ -348,10 +377,11 @@ fn settle_failure(
     }
     if matches!(error, ForwardError::NotSent(_) | ForwardError::ConnectTimeout) {
         // It may have died: its health checks look now, not at their next interval.
-        shared.table.probe_requests().ask(backend);
+        pool.table.probe_requests().ask(backend);
     }
     let reason = error.reason();
     shared.stats.record_try_failure(reason);
+    pool.stats.record_try_failure(reason);
     shared.ops.warnings.warn(
         &format!("try:{}:{}", backend.id, reason.name()),
         format_args!("backend {} ({}): {error}", backend.id, backend.addr),
@@ -369,12 +399,14 @@ fn settle_failure(
 
 /// Step 5: counts the answer (by class; a backend's or our own) and its time to the response
 /// head. The access-log line is written when the response is finished (see [`forward`]).
-fn account(shared: &Shared, started: Instant, from_backend: bool, response: &Response) {
+fn account(shared: &Shared, pool: &Pool, started: Instant, from_backend: bool, response: &Response) {
     shared.ops.latency.record(started.elapsed());
-    if from_backend {
-        shared.stats.record(response.status);
-    } else {
-        shared.stats.record_local(response.status);
+    for stats in [&shared.stats, &pool.stats] {
+        if from_backend {
+            stats.record(response.status);
+        } else {
+            stats.record_local(response.status);
+        }
     }
 }
 

@@ -7,8 +7,8 @@ use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::pools::Pool;
 use crate::server::Response;
-use crate::state::Shared;
 use crate::traffic::{Decision, StickyCookie, StickyIndex};
 use crate::upstream::{Backend, Membership};
 
@@ -40,8 +40,8 @@ pub(super) fn with_quota(response: Response, quota: &Decision) -> Response {
 
 /// Takes the sticky cookie out of the headers going upstream (the backend never sees it, as
 /// HAProxy's `insert indirect`) and returns its value, when sticky sessions are on.
-pub(super) fn take_sticky_cookie(shared: &Shared, headers: &mut Vec<(&str, Cow<'_, [u8]>)>) -> Option<String> {
-    let cookie = shared.sticky.as_ref()?;
+pub(super) fn take_sticky_cookie(pool: &Pool, headers: &mut Vec<(&str, Cow<'_, [u8]>)>) -> Option<String> {
+    let cookie = pool.sticky.as_ref()?;
     let is_cookie = |name: &str| name.eq_ignore_ascii_case("cookie");
     let values = headers.iter().filter(|(name, _)| is_cookie(name)).map(|(_, value)| &value[..]);
     let token = cookie.find_cookie(values).map(str::to_string);
@@ -82,8 +82,8 @@ pub(super) struct Session<'a> {
 
 impl<'a> Session<'a> {
     /// The session of a request that sent `token` (or none), when sticky sessions are on.
-    pub(super) fn new(shared: &'a Shared, membership: &'a Membership, token: Option<&str>) -> Option<Session<'a>> {
-        let cookie = shared.sticky.as_ref()?;
+    pub(super) fn new(pool: &'a Pool, membership: &'a Membership, token: Option<&str>) -> Option<Session<'a>> {
+        let cookie = pool.sticky.as_ref()?;
         let index = membership.sticky_index(cookie);
         Some(Session { cookie, index, named: token.and_then(|t| index.resolve(t)) })
     }
