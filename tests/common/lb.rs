@@ -128,10 +128,24 @@ impl Lb {
 
     /// lb-sync's own threads: jemalloc's purging threads (`jemalloc_bg_thd`, started lazily
     /// as arenas are used, at most one per CPU) belong to the allocator, not to any request.
+    /// Such a thread carries its creator's name until it names itself, so the count is read
+    /// until two readings 100 ms apart agree (at most 2 s).
     pub fn threads(&self) -> u64 {
-        let tasks = std::fs::read_dir(format!("/proc/{}/task", self.pid())).expect("task list");
-        let named = |task: std::fs::DirEntry| std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
-        tasks.filter_map(Result::ok).map(named).filter(|name| name.trim() != "jemalloc_bg_thd").count() as u64
+        let count = || {
+            let tasks = std::fs::read_dir(format!("/proc/{}/task", self.pid())).expect("task list");
+            let named = |task: std::fs::DirEntry| std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+            tasks.filter_map(Result::ok).map(named).filter(|name| name.trim() != "jemalloc_bg_thd").count() as u64
+        };
+        let mut last = count();
+        for _ in 0..20 {
+            std::thread::sleep(Duration::from_millis(100));
+            let now = count();
+            if now == last {
+                return now;
+            }
+            last = now;
+        }
+        last
     }
 }
 
