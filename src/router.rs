@@ -78,7 +78,7 @@ impl Handler for Router {
                 return serve_admin(&shared, request, &path, Listener::Data);
             }
         }
-        proxy::forward(&shared, request)
+        proxy::serve(&shared, request)
     }
 }
 

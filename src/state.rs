@@ -17,6 +17,7 @@ use arc_swap::ArcSwap;
 use crate::config::Config;
 use crate::ops::Operations;
 use crate::pools::Pools;
+use crate::routing::RouteTable;
 use crate::stats::Stats;
 use crate::traffic::RateLimiter;
 
@@ -27,6 +28,9 @@ pub struct Shared {
     /// The pools of backends, `default` first: each with its table (shared with its health
     /// checker), HTTP client, retry budget, sticky cookie and counters.
     pub pools: Pools,
+    /// The route table built from `config.routes` (empty without routes: every request goes to
+    /// `default`).
+    pub routes: RouteTable,
     /// Request counters of the whole balancer.
     pub stats: Arc<Stats>,
     /// When the balancer started.

@@ -49,7 +49,7 @@ macro_rules! pool_settings {
         impl PoolConfig {
             /// `top` with this pool's backends and overrides: the pool's settings in force.
             fn lay_over(&self, top: &Config) -> Config {
-                let mut config = Config { backends: self.backends.clone(), pools: BTreeMap::new(), ..top.clone() };
+                let mut config = Config { backends: self.backends.clone(), pools: BTreeMap::new(), routes: Vec::new(), ..top.clone() };
                 $(
                     if let Some(value) = &self.$key {
                         config.$key = value.clone().into();
@@ -133,7 +133,7 @@ impl Config {
     /// assert_eq!(pools[1].1.backends.len(), 1);
     /// ```
     pub fn pool_configs(&self) -> Vec<(String, Config)> {
-        let default = Config { pools: BTreeMap::new(), ..self.clone() };
+        let default = Config { pools: BTreeMap::new(), routes: Vec::new(), ..self.clone() };
         std::iter::once((DEFAULT_POOL.to_string(), default))
             .chain(self.pools.iter().map(|(name, pool)| (name.clone(), pool.lay_over(self))))
             .collect()

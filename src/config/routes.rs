@@ -3,14 +3,38 @@
 //! ranges of those settings. Whether the pools it names exist is the pools' check
 //! ([`RouteTable::pools_named`]).
 
-use crate::routing::{RouteConfig, RouteTable};
+use crate::routing::{Action, Route, RouteConfig, RouteTable};
 
-use super::{invalid, ranges, Config, ConfigError, MAX_BURST, MAX_RATE};
+use super::{invalid, ranges, Config, ConfigError, DEFAULT_POOL, MAX_BURST, MAX_RATE};
 
 /// Checks `config.routes`.
 pub(super) fn check(config: &Config) -> Result<(), ConfigError> {
-    RouteTable::build(&config.routes).map_err(|e| invalid("routes", e.to_string()))?;
-    config.routes.iter().try_for_each(check_overrides)
+    let table = RouteTable::build(&config.routes).map_err(|e| invalid("routes", e.to_string()))?;
+    config.routes.iter().try_for_each(check_overrides)?;
+    for (route, pool) in table.routes().iter().flat_map(|r| pools_of(r).into_iter().map(move |p| (r, p))) {
+        if pool != DEFAULT_POOL && !config.pools.contains_key(pool) {
+            let known: Vec<&str> =
+                std::iter::once(DEFAULT_POOL).chain(config.pools.keys().map(String::as_str)).collect();
+            return Err(invalid(
+                "routes",
+                format!(
+                    "route '{}' names pool '{pool}', which is not defined (pools: {})",
+                    route.name,
+                    known.join(", ")
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The pools a route sends to.
+fn pools_of(route: &Route) -> Vec<&str> {
+    match &route.action {
+        Action::Pool(pool) => vec![pool.as_str()],
+        Action::Split(shares) => shares.iter().map(|share| share.pool.as_str()).collect(),
+        Action::Redirect(_) | Action::Respond(_) => Vec::new(),
+    }
 }
 
 fn check_overrides(route: &RouteConfig) -> Result<(), ConfigError> {
@@ -52,6 +76,19 @@ fn check_overrides(route: &RouteConfig) -> Result<(), ConfigError> {
             _ => {}
         }
     }
+    // Valid, but not carried out yet: refused rather than ignored.
+    let pending = [
+        ("request_timeout", o.request_timeout.is_some()),
+        ("connect_timeout", o.connect_timeout.is_some()),
+        ("rate_limit", o.rate_limit.is_some() || o.rate_limit_burst.is_some()),
+        ("client_rate_limit", o.client_rate_limit.is_some() || o.client_rate_limit_burst.is_some()),
+    ];
+    if let Some((key, _)) = pending.iter().find(|(_, set)| *set) {
+        return Err(fail(format!(
+            "{key} per route is not applied yet: give the route a pool of its own with that setting \
+             (\"pools\": {{\"name\": {{\"backends\": [...], \"{key}\": ...}}}}); max_tries per route is applied"
+        )));
+    }
     Ok(())
 }
 
@@ -66,7 +103,7 @@ mod tests {
 
     #[test]
     fn a_config_with_routes_loads_and_old_files_are_unchanged() {
-        with_routes(r#"[{"name": "api", "host": ["api.example.com", "*.api.example.com"], "path_prefix": "/v1", "pool": "api", "request_timeout": 5}]"#).unwrap();
+        with_routes(r#"[{"name": "api", "host": ["api.example.com", "*.api.example.com"], "path_prefix": "/v1", "pool": "default", "max_tries": 2}]"#).unwrap();
         let config: Config = serde_json::from_str("{}").unwrap();
         assert!(config.routes.is_empty());
         let json = serde_json::to_value(&config).unwrap();
@@ -89,5 +126,12 @@ mod tests {
             with_routes(r#"[{"name": "a", "path": "/x", "pool": "p"}, {"name": "b", "path": "/x", "pool": "q"}]"#)
                 .unwrap_err();
         assert!(tie.starts_with("routes 'a' and 'b' can take the same request"), "{tie}");
+        let undefined = with_routes(r#"[{"name": "u", "pool": "nowhere"}]"#).unwrap_err();
+        assert_eq!(undefined, "route 'u' names pool 'nowhere', which is not defined (pools: default)");
+        let split =
+            with_routes(r#"[{"name": "s", "split": [{"pool": "default", "weight": 9}, {"pool": "x", "weight": 1}]}]"#);
+        assert!(split.unwrap_err().contains("names pool 'x'"));
+        let pending = with_routes(r#"[{"name": "p", "pool": "default", "request_timeout": 5}]"#).unwrap_err();
+        assert!(pending.starts_with("route 'p': request_timeout per route is not applied yet"), "{pending}");
     }
 }

@@ -10,6 +10,7 @@ use crate::config::{BackendConfig, Config, ConfigError};
 use crate::health::BreakerConfig;
 use crate::ops::Operations;
 use crate::pools::{Pool, Pools};
+use crate::routing::RouteTable;
 use crate::server::{Certificates, Tuning};
 use crate::state::{ReloadHook, Shared};
 use crate::stats::Stats;
@@ -130,8 +131,10 @@ pub(crate) fn build_shared(
         Some(p) if p.config.rate_limits() == limits => Arc::clone(&p.rate_limiter),
         _ => Arc::new(RateLimiter::new(&limits).map_err(|e| e.to_string())?),
     };
+    let routes = RouteTable::build(&config.routes).map_err(|e| format!("routes: {e}"))?;
     Ok(Shared {
         pools: Pools::new(pools),
+        routes,
         stats: previous.map_or_else(|| Arc::new(Stats::default()), |p| Arc::clone(&p.stats)),
         started: previous.map_or_else(Instant::now, |p| p.started),
         rate_limiter,

@@ -18,11 +18,15 @@ mod body;
 mod error;
 mod explain;
 mod headers;
+mod leg;
 mod policy;
 mod relay;
+mod routed;
 mod upgrade;
 
 pub use error::ProxyError;
+pub use leg::Leg;
+pub use routed::serve;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -78,14 +82,23 @@ pub fn forward(shared: &Shared, request: Request) -> Response {
 /// chose the pool calls. The balancer-wide steps (client, rate limits, accounting) read
 /// `shared`; the pick, the tries and their limits read the pool.
 pub fn forward_to(shared: &Shared, pool: &Pool, request: Request) -> Response {
+    forward_leg(shared, pool, request, Leg::default())
+}
+
+/// [`forward_to`] with a route's changes to the request and its answer.
+pub fn forward_leg(shared: &Shared, pool: &Pool, request: Request, leg: Leg<'_>) -> Response {
     let origin = who(shared, &request);
     let access = PendingAccess::new(&request, origin.client, shared.ops.access_log.is_some());
     let quota = shared.rate_limiter.check(origin.client, access.started());
+    let client_host = routed::request_host(&request);
     let outcome = policy::admit(&quota)
-        .and_then(|()| prepare(shared, pool, request, &origin, &access))
-        .and_then(|mut outbound| try_backends(shared, pool, &mut outbound));
+        .and_then(|()| prepare(shared, pool, request, &origin, &access, leg))
+        .and_then(|mut outbound| try_backends(shared, pool, &mut outbound, leg.max_tries(pool.config.max_tries)));
     let (response, upstream) = match outcome {
-        Ok((response, backend, upstream_time)) => (response, Some((backend.addr, upstream_time))),
+        Ok((mut response, backend, upstream_time)) => {
+            leg.edit_response(&mut response, client_host.as_deref());
+            (response, Some((backend.addr, upstream_time)))
+        }
         Err(error) => (error.response(), None),
     };
     let response = policy::with_quota(response, &quota);
@@ -107,19 +120,21 @@ fn prepare(
     request: Request,
     origin: &Origin,
     access: &PendingAccess,
+    leg: Leg<'_>,
 ) -> Result<Outbound, ProxyError> {
     let method = request.method().to_string();
     if method == "CONNECT" {
         // A tunnel to wherever the client names: never (lb-sync is not a forward proxy).
         return Err(ProxyError::UnsupportedTarget);
     }
-    let target = origin_form(request.target()).ok_or(ProxyError::UnsupportedTarget)?.to_string();
+    let target = leg.upstream_target(origin_form(request.target()).ok_or(ProxyError::UnsupportedTarget)?).into_owned();
     let upgrade = upgrade::requested(&request, &shared.config.upgrade_protocols);
     let passing = Passing { peer_trusted: origin.peer_trusted, underscores: shared.config.underscores_in_headers };
     let mut headers = upstream_headers(&request, origin.client, passing);
     if let Some(value) = &upgrade {
         headers.extend(upgrade::upstream_headers(&request, value));
     }
+    leg.edit_request(&mut headers);
     let sticky_token = policy::take_sticky_cookie(pool, &mut headers);
     if !access.id_came_in {
         headers.retain(|(name, _)| !name.eq_ignore_ascii_case("x-request-id"));
@@ -162,15 +177,16 @@ fn try_backends(
     shared: &Shared,
     pool: &Pool,
     out: &mut Outbound,
+    max_tries: usize,
 ) -> Result<(Response, Arc<Backend>, Duration), ProxyError> {
     pool.retry_budget.record_request();
     let membership = pool.table.snapshot();
     let queue_deadline = Instant::now() + Duration::from_secs_f64(pool.config.backend_queue_timeout);
     let session = Session::new(pool, &membership, out.sticky_token.as_deref());
-    let mut tried: Vec<*const Backend> = Vec::with_capacity(pool.config.max_tries.min(membership.backends.len()));
+    let mut tried: Vec<*const Backend> = Vec::with_capacity(max_tries.min(membership.backends.len()));
     let mut tries = 0;
     let mut last_error = None;
-    while tries < pool.config.max_tries {
+    while tries < max_tries {
         let untried = |b: &Backend| !tried.contains(&(b as *const Backend));
         let session_pick =
             session.as_ref().map_or(SessionPick::Balance, |s| s.pick(&membership, tried.is_empty(), queue_deadline));

@@ -62,6 +62,13 @@ pub struct HeaderEdits {
     pub remove: Vec<String>,
 }
 
+impl HeaderEdits {
+    /// Whether `name` is one of the fields removed (case-insensitive).
+    pub fn removes(&self, name: &str) -> bool {
+        self.remove.iter().any(|removed| removed.eq_ignore_ascii_case(name))
+    }
+}
+
 /// Where a route sends what it takes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
@@ -92,6 +99,30 @@ pub enum Rewrite {
 }
 
 impl Rewrite {
+    /// The client's path for a path upstream: the rewrite undone (for a backend's `Location`);
+    /// `None` when the rewrite could not have produced it.
+    ///
+    /// ```
+    /// use lb_sync::routing::Rewrite;
+    /// assert_eq!(Rewrite::Strip("/api".into()).reverse("/users").as_deref(), Some("/api/users"));
+    /// assert_eq!(Rewrite::Add("/v1".into()).reverse("/v1/users").as_deref(), Some("/users"));
+    /// assert_eq!(Rewrite::Add("/v1".into()).reverse("/v2/users"), None);
+    /// ```
+    pub fn reverse(&self, upstream: &str) -> Option<String> {
+        match self {
+            Rewrite::Strip(prefix) => Some(format!("{}{upstream}", prefix.trim_end_matches('/'))),
+            Rewrite::Add(prefix) => {
+                let rest = upstream.strip_prefix(prefix.trim_end_matches('/'))?;
+                match rest {
+                    "" => Some("/".to_string()),
+                    rest if rest.starts_with('/') => Some(rest.to_string()),
+                    _ => None,
+                }
+            }
+            Rewrite::Replace { from, to } => upstream.strip_prefix(to.as_str()).map(|rest| format!("{from}{rest}")),
+        }
+    }
+
     /// The path to send upstream for a canonical request path the route took.
     ///
     /// ```

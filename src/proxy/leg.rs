@@ -1,0 +1,138 @@
+//! What a route changes in a request it sends to a pool, and in the answer coming back: the
+//! path upstream (`strip_prefix`, `add_prefix`, `replace_prefix`) with the backend's
+//! `Location` mapped back the other way (nginx's `proxy_redirect default`), header edits both
+//! ways, and `max_tries`.
+
+use std::borrow::Cow;
+
+use crate::routing::{HeaderEdits, Rewrite, Route};
+use crate::server::{Header, Response};
+
+/// A route's changes to one proxied request; [`Leg::default`] changes nothing.
+#[derive(Clone, Copy, Default)]
+pub struct Leg<'a> {
+    rewrite: Option<&'a Rewrite>,
+    request_headers: Option<&'a HeaderEdits>,
+    response_headers: Option<&'a HeaderEdits>,
+    max_tries: Option<usize>,
+}
+
+impl<'a> Leg<'a> {
+    /// What `route` changes.
+    pub fn of(route: &'a Route) -> Leg<'a> {
+        Leg {
+            rewrite: route.rewrite.as_ref(),
+            request_headers: Some(&route.request_headers),
+            response_headers: Some(&route.response_headers),
+            max_tries: route.overrides.max_tries,
+        }
+    }
+
+    /// The route's `max_tries`, else the pool's.
+    pub(super) fn max_tries(&self, pool_max_tries: usize) -> usize {
+        self.max_tries.unwrap_or(pool_max_tries)
+    }
+
+    /// The origin-form target sent upstream: the path rewritten, the query as it came.
+    pub(super) fn upstream_target<'t>(&self, target: &'t str) -> Cow<'t, str> {
+        let Some(rewrite) = self.rewrite else { return Cow::Borrowed(target) };
+        let (path, query) = target.split_at(target.find('?').unwrap_or(target.len()));
+        Cow::Owned(format!("{}{query}", rewrite.apply(path)))
+    }
+
+    /// Applies `request_headers` to the fields going upstream.
+    pub(super) fn edit_request(&self, headers: &mut Vec<(&'a str, Cow<'a, [u8]>)>) {
+        let Some(edits) = self.request_headers else { return };
+        headers.retain(|(name, _)| !edits.removes(name));
+        for (name, value) in &edits.set {
+            headers.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+            headers.push((name.as_str(), Cow::Borrowed(value.as_bytes())));
+        }
+        for (name, value) in &edits.add {
+            headers.push((name.as_str(), Cow::Borrowed(value.as_bytes())));
+        }
+    }
+
+    /// Maps the backend's `Location` back through the rewrite, then applies
+    /// `response_headers`. `client_host` is the host the client asked for: an absolute
+    /// `Location` on it (or relative to it) is mapped, one on any other host is left alone.
+    pub(super) fn edit_response(&self, response: &mut Response, client_host: Option<&str>) {
+        if let Some(rewrite) = self.rewrite {
+            for header in response.headers.iter_mut().filter(|h| h.is("location")) {
+                if let Some(mapped) = map_location(rewrite, &header.value, client_host) {
+                    header.value = mapped.into_bytes();
+                }
+            }
+        }
+        let Some(edits) = self.response_headers else { return };
+        response.headers.retain(|h| !edits.removes(&h.name));
+        for (name, value) in &edits.set {
+            response.headers.retain(|h| !h.is(name));
+            response.headers.push(Header::new(name.clone(), value.as_bytes().to_vec()));
+        }
+        for (name, value) in &edits.add {
+            response.headers.push(Header::new(name.clone(), value.as_bytes().to_vec()));
+        }
+    }
+}
+
+/// `Location` as the client must read it: its path taken back through the rewrite when it is
+/// a path (`/x`) or an absolute URL on the client's host (`http://host/x`); `None` to leave it.
+fn map_location(rewrite: &Rewrite, location: &[u8], client_host: Option<&str>) -> Option<String> {
+    let location = std::str::from_utf8(location).ok()?;
+    let path_at = if location.starts_with('/') && !location.starts_with("//") {
+        0
+    } else {
+        let (scheme, rest) = location.split_once("://")?;
+        if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
+            return None;
+        }
+        let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        let host = crate::routing::canonical_host(&rest[..authority_end]);
+        if client_host.map(crate::routing::canonical_host) != Some(host) {
+            return None;
+        }
+        scheme.len() + 3 + authority_end
+    };
+    let (before, rest) = location.split_at(path_at);
+    let path_end = rest.find(['?', '#']).unwrap_or(rest.len());
+    let (path, after) = rest.split_at(path_end);
+    let path = if path.is_empty() { "/" } else { path };
+    Some(format!("{before}{}{after}", rewrite.reverse(path)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strip() -> Rewrite {
+        Rewrite::Strip("/api".into())
+    }
+
+    #[test]
+    fn the_upstream_target_rewrites_the_path_and_keeps_the_query() {
+        let leg = Leg { rewrite: Some(&Rewrite::Strip("/api".into())), ..Leg::default() };
+        assert_eq!(leg.upstream_target("/api/users?id=1"), "/users?id=1");
+        assert_eq!(leg.upstream_target("/api"), "/");
+        assert_eq!(Leg::default().upstream_target("/api/x?y"), "/api/x?y");
+    }
+
+    #[test]
+    fn locations_map_back_through_the_rewrite_on_the_clients_host_only() {
+        let host = Some("api.example.com");
+        assert_eq!(map_location(&strip(), b"/users/7", host).as_deref(), Some("/api/users/7"));
+        assert_eq!(map_location(&strip(), b"/?a=1#f", host).as_deref(), Some("/api/?a=1#f"));
+        assert_eq!(
+            map_location(&strip(), b"https://API.example.com:443/users", host).as_deref(),
+            Some("https://API.example.com:443/api/users")
+        );
+        assert_eq!(map_location(&strip(), b"https://elsewhere.example/users", host), None);
+        assert_eq!(map_location(&strip(), b"//elsewhere.example/users", host), None);
+        assert_eq!(map_location(&strip(), b"users", host), None, "a relative reference resolves by itself");
+        let add = Rewrite::Add("/v1".into());
+        assert_eq!(map_location(&add, b"/v1/users", host).as_deref(), Some("/users"));
+        assert_eq!(map_location(&add, b"/other", host), None, "outside the prefix: left alone");
+        let replace = Rewrite::Replace { from: "/old/".into(), to: "/new/".into() };
+        assert_eq!(map_location(&replace, b"/new/a", host).as_deref(), Some("/old/a"));
+    }
+}
