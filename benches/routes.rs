@@ -2,13 +2,15 @@
 //! paths, a few regexes, and wildcard hosts. Issue 26's target: 100 ns at 10, 300 ns at 1,000.
 //! Four requests each: one a host's prefix takes, one an exact path takes, one that only a regex
 //! takes (after its host group's exact paths and prefixes were tried), and one whose host only
-//! a wildcard takes (after the exact-host map and a longer suffix missed).
+//! a wildcard takes (after the exact-host map and a longer suffix missed). Also what every
+//! request pays before a lookup: its target made canonical (a plain path is checked and
+//! borrowed; a dotted, encoded one rebuilt) and its host made comparable.
 
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use lb_sync::routing::{RequestView, RouteConfig, RouteTable};
-use lb_sync::server::Header;
+use lb_sync::routing::{canonical_host, RequestView, RouteConfig, RouteTable};
+use lb_sync::server::{canonical_target, Header, PathRules};
 
 /// `n` routes: per host, three prefixes and one exact path; every 25th host a regex too; a
 /// wildcard per 50 hosts; and a few routes without a host.
@@ -61,6 +63,15 @@ fn bench(c: &mut Criterion) {
             });
         }
     }
+    group.finish();
+    let mut group = c.benchmark_group("request_side");
+    let rules = PathRules::default();
+    for (kind, target) in [("plain_path", "/api/users/42/orders?x=1"), ("dotted_path", "/a/./b/../%7euser//x?y=1")] {
+        group.bench_with_input(kind, target, |b, target| {
+            b.iter(|| canonical_target(std::hint::black_box(target), &rules).map(|t| t.len()))
+        });
+    }
+    group.bench_function("host", |b| b.iter(|| canonical_host(std::hint::black_box("API.Example.com.:8080")).len()));
     group.finish();
 }
 

@@ -121,19 +121,70 @@ fn canonical_path<'a>(path: &'a str, rules: &PathRules) -> Result<Cow<'a, str>, 
 /// The common case, checked in one look: only characters a path holds raw, no `%`, no dot
 /// segment, no `//` to merge.
 fn is_plainly_canonical(path: &str, rules: &PathRules) -> bool {
-    path.bytes().all(|b| is_pchar(b) || b == b'/')
-        && !(rules.merge_slashes && path.contains("//"))
-        && !path.split('/').any(|segment| is_dot(segment) || dot_with_parameter(segment))
+    let bytes = path.as_bytes();
+    let mut segment_start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        if b == b'/' {
+            if i > 0 && (is_dot_like(&bytes[segment_start..i]) || (rules.merge_slashes && segment_start == i)) {
+                return false;
+            }
+            segment_start = i + 1;
+        } else if !is_pchar(b) {
+            return false;
+        }
+    }
+    !is_dot_like(&bytes[segment_start..])
+}
+
+/// A segment that is, or may be, a dot segment (`.`, `..`, `.;x`, `..;x`): left to the full
+/// pass.
+fn is_dot_like(segment: &[u8]) -> bool {
+    match segment {
+        [b'.'] | [b'.', b'.'] => true,
+        [b'.', b';', ..] | [b'.', b'.', b';', ..] => true,
+        _ => false,
+    }
 }
 
 /// A character a path segment may hold without encoding (RFC 3986 `pchar` less `%`).
 fn is_pchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@".contains(&b)
+    PCHAR[usize::from(b)]
 }
 
 fn is_unreserved(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"-._~".contains(&b)
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
 }
+
+/// `is_pchar` as a table: every request's path is checked byte by byte.
+const PCHAR: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+                    | b':'
+                    | b'@'
+            );
+        b += 1;
+    }
+    table
+};
 
 fn is_dot(segment: &str) -> bool {
     segment == "." || segment == ".."
@@ -238,6 +289,20 @@ mod tests {
 
     fn canon(target: &str) -> Result<String, &'static str> {
         canonical_target(target, &PathRules::default()).map(Cow::into_owned)
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_quick_check_agrees_with_the_full_pass(
+            path in "/[a-z./;%2Ee~]{0,16}",
+            merge_slashes in proptest::prelude::any::<bool>(),
+        ) {
+            let rules = PathRules { merge_slashes, allow_encoded_slashes: false };
+            if is_plainly_canonical(&path, &rules) {
+                let full = normalise_encoding(&path, &rules).and_then(|p| resolve_segments(&p, &rules));
+                proptest::prop_assert_eq!(full.as_deref(), Ok(path.as_str()));
+            }
+        }
     }
 
     #[test]
