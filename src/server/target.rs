@@ -139,11 +139,7 @@ fn is_plainly_canonical(path: &str, rules: &PathRules) -> bool {
 /// A segment that is, or may be, a dot segment (`.`, `..`, `.;x`, `..;x`): left to the full
 /// pass.
 fn is_dot_like(segment: &[u8]) -> bool {
-    match segment {
-        [b'.'] | [b'.', b'.'] => true,
-        [b'.', b';', ..] | [b'.', b'.', b';', ..] => true,
-        _ => false,
-    }
+    matches!(segment, [b'.'] | [b'.', b'.'] | [b'.', b';', ..] | [b'.', b'.', b';', ..])
 }
 
 /// A character a path segment may hold without encoding (RFC 3986 `pchar` less `%`).
