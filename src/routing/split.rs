@@ -79,6 +79,7 @@ mod tests {
                 assert_eq!(split_pool(&split, &key, |_| true), Some(pool), "a client changed sides");
             }
         }
+        eprintln!("95/5 over 10,000 clients: {canary} to the canary");
         assert!((400..=600).contains(&canary), "canary took {canary} of 10,000 clients, 500 ± 100 expected");
     }
 
@@ -94,6 +95,7 @@ mod tests {
                 moved += 1;
             }
         }
+        eprintln!("5 -> 10 %: {moved} of 10,000 clients moved, every one stable -> canary");
         assert!((400..=600).contains(&moved), "{moved} of 10,000 clients moved, 500 ± 100 expected");
     }
 
