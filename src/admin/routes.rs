@@ -34,6 +34,19 @@ const ACTION_KEYS: [&str; 10] = [
 
 /// The routes in precedence order: the most specific first (its best host entry's rank), the
 /// config's order between equals (which the table makes disjoint).
+///
+/// ```
+/// use lb_sync::admin::routes::in_precedence_order;
+/// use lb_sync::routing::{RouteConfig, RouteTable};
+/// let routes: Vec<RouteConfig> = serde_json::from_str(r#"[
+///     {"name": "site", "path_prefix": "/", "pool": "web"},
+///     {"name": "api", "path_prefix": "/api", "pool": "api"},
+///     {"name": "host", "host": "example.com", "pool": "web"}
+/// ]"#).unwrap();
+/// let table = RouteTable::build(&routes).unwrap();
+/// let names: Vec<&str> = in_precedence_order(table.routes()).iter().map(|r| r.name.as_str()).collect();
+/// assert_eq!(names, ["host", "api", "site"]);
+/// ```
 pub fn in_precedence_order(routes: &[Route]) -> Vec<&Route> {
     let best = |route: &Route| host_entries(route).into_iter().map(|host| Rank::of(route, host)).max();
     let mut ordered: Vec<&Route> = routes.iter().collect();
