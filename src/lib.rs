@@ -11,7 +11,7 @@
 //!
 //! Modules depend only downwards, in this order (no import circles): `server`, `balance`,
 //! `client_ip`, `stats`, `health`, `traffic` → [`routing`] (the route table, issue 26) → `config` → `upstream` → `registry` → `ops` →
-//! `pools` → `state` → `proxy`, `admin` → `router`, `lifecycle` (reload, signals, `--check-config`) →
+//! `pools`, `route_stats` → `state` → `proxy`, `admin` → `router`, `lifecycle` (reload, signals, `--check-config`) →
 //! `balancer`;
 //! `demo_backend` stands on `server` alone; [`simulate`] (`lb-sync simulate`) on `balance` and
 //! `config`.
@@ -51,6 +51,7 @@ pub mod ops;
 pub mod pools;
 pub mod proxy;
 pub mod registry;
+pub mod route_stats;
 pub mod router;
 pub mod routing;
 pub mod server;

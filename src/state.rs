@@ -17,6 +17,7 @@ use arc_swap::ArcSwap;
 use crate::config::Config;
 use crate::ops::Operations;
 use crate::pools::Pools;
+use crate::route_stats::RouteCounters;
 use crate::routing::RouteTable;
 use crate::stats::Stats;
 use crate::traffic::RateLimiter;
@@ -31,6 +32,9 @@ pub struct Shared {
     /// The route table built from `config.routes` (empty without routes: every request goes to
     /// `default`).
     pub routes: RouteTable,
+    /// What each route's requests got (kept across reloads by route name), and those no route
+    /// took.
+    pub route_stats: RouteCounters,
     /// Request counters of the whole balancer.
     pub stats: Arc<Stats>,
     /// When the balancer started.

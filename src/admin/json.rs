@@ -159,6 +159,9 @@ pub fn stats(shared: &Shared) -> Value {
     if let Some(registry) = &shared.ops.registry {
         stats["registry"] = json!(registry.status());
     }
+    if let Some(routes) = super::routes::stats_section(shared) {
+        stats["routes"] = routes;
+    }
     stats
 }
 

@@ -32,6 +32,9 @@
 //! | `lb_uptime_seconds` | | since start |
 //! | `lb_pool_requests_total` | `pool`, `class` | answers to the requests sent to each pool, by status class |
 //! | `lb_pool_backends`, `lb_pool_usable_backends` | `pool` | each pool's backends, and those a pick may choose |
+//! | `lb_route_requests_total` | `route`, `class` | with routes: answers to the requests each route took (a backend's or ours: redirect, respond, 502...), by status class |
+//! | `lb_route_request_duration_seconds` | `route` | with routes: time to the response head of each route's answers (histogram) |
+//! | `lb_unrouted_requests_total` | `class` | with routes: answers to the requests no route took (the default pool's, or the `404`) |
 //! | `lb_dns_lookups_total`, `lb_dns_lookup_failures_total`, `lb_dns_address_changes_total` | | re-resolutions of backend host names, failed ones (the address kept), changed addresses applied |
 //! | `lb_registry_connected` | | with a registry: 1 while its watch is up, 0 while serving with the last known table |
 //! | `lb_registry_revision` | | with a registry: the etcd revision the table reflects |
@@ -211,6 +214,9 @@ fn encode(shared: &Shared) -> Result<String, ExpositionError> {
         let usable = pool.table.snapshot().backends.iter().filter(|b| b.is_usable()).count();
         family.sample(&[("pool", &pool.name)], usable as f64)?;
     }
+    if !shared.routes.is_empty() {
+        routes(&mut e, shared)?;
+    }
     let dns = &shared.ops.dns;
     e.counter("lb_dns_lookups", "Re-resolutions of backend host names.")?.sample(&[], dns.lookups() as f64)?;
     e.counter("lb_dns_lookup_failures", "Re-resolutions that failed (the backend kept its address).")?
@@ -234,4 +240,29 @@ fn encode(shared: &Shared) -> Result<String, ExpositionError> {
             .sample(&[], status.write_conflicts as f64)?;
     }
     Ok(e.finish())
+}
+
+/// The route families: route names come from the config file (a bounded label set), never a
+/// request's path.
+fn routes(e: &mut TextEncoder, shared: &Shared) -> Result<(), ExpositionError> {
+    let routes = shared.routes.routes();
+    let mut family = e.counter("lb_route_requests", "Answers to the requests each route took by status class.")?;
+    for route in routes {
+        for (class, n) in CLASSES.iter().zip(shared.route_stats.of(route).answers.snapshot().by_class) {
+            family.sample(&[("route", &route.name), ("class", class)], n as f64)?;
+        }
+    }
+    let mut family = e.histogram(
+        "lb_route_request_duration_seconds",
+        "Time from taking a request to the response head, for each route's answers.",
+    )?;
+    for route in routes {
+        let latency = shared.route_stats.of(route).latency.snapshot();
+        family.histogram(&[("route", &route.name)], &latency, &LATENCY_BOUNDS_SECONDS)?;
+    }
+    let mut family = e.counter("lb_unrouted_requests", "Answers to the requests no route took by status class.")?;
+    for (class, n) in CLASSES.iter().zip(shared.route_stats.unmatched().answers.snapshot().by_class) {
+        family.sample(&[("class", class)], n as f64)?;
+    }
+    Ok(())
 }

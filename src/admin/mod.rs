@@ -1,7 +1,7 @@
 //! The management API under the admin prefix (`/lb/` by default): JSON, the Prometheus
 //! exposition and the dashboard page. Who may use it is decided in [`auth`]; routes are here;
-//! the JSON it answers with is in [`json`], the metrics in [`metrics`], the last 15 minutes in
-//! [`history`].
+//! the JSON it answers with is in [`json`] (the route table's in [`routes`]), the metrics in
+//! [`metrics`], the last 15 minutes in [`history`].
 //!
 //! Every change to the backends takes effect on the next pick of every worker (the table swaps
 //! in a new membership) and, with `--state-file`, is written to the state file before the
@@ -12,6 +12,7 @@ pub mod auth;
 pub mod history;
 pub mod json;
 pub mod metrics;
+pub mod routes;
 
 use std::io::Read;
 use std::sync::Arc;
@@ -90,6 +91,7 @@ fn is_default(pool: &Pool) -> bool {
 
 /// What a path under the prefix names, and the methods it accepts (its `Allow`).
 enum Resource<'a> {
+    Routes,
     Pools,
     Pool(&'a str),
     Health,
@@ -112,6 +114,7 @@ impl<'a> Resource<'a> {
     /// default pool, or none).
     fn of(segments: &[&'a str]) -> Option<(Option<&'a str>, Resource<'a>)> {
         match *segments {
+            ["routes"] => Some((None, Resource::Routes)),
             ["pools"] => Some((None, Resource::Pools)),
             ["pools", pool] => Some((None, Resource::Pool(pool))),
             ["pools", pool, ref rest @ ..] if rest.first() == Some(&"backends") => {
@@ -212,6 +215,7 @@ pub fn handle(shared: &Shared, mut request: Request, path: &str) -> Response {
             .with_header("Content-Type", content_type)
             .with_header("Cache-Control", "max-age=3600")
             .with_body(body),
+        Resource::Routes => Response::json(200, &routes::routes_json(shared)),
         Resource::Pools => Response::json(200, &Value::Array(shared.pools.iter().map(json::pool_json).collect())),
         Resource::Pool(name) => match shared.pools.get(name) {
             Some(pool) => Response::json(200, &json::pool_json(pool)),

@@ -10,6 +10,7 @@ use crate::config::{BackendConfig, Config, ConfigError};
 use crate::health::BreakerConfig;
 use crate::ops::Operations;
 use crate::pools::{Pool, Pools};
+use crate::route_stats::RouteCounters;
 use crate::routing::RouteTable;
 use crate::server::{Certificates, Tuning};
 use crate::state::{ReloadHook, Shared};
@@ -104,7 +105,7 @@ fn client_settings(config: &Config) -> (ForwardTimeouts, IdleLimits) {
 }
 
 /// Builds the `Shared` of `config` over `tables` (one per pool of [`Config::pool_configs`], by
-/// name), reusing from `previous` the counters, the start time, and each pool's HTTP client
+/// name), reusing from `previous` the counters (a route's by its name), the start time, and each pool's HTTP client
 /// and retry budget and the rate limiter when their settings did not change (`ops` and
 /// `reload` live as long as the balancer). Fails (changing nothing) when a setting cannot be
 /// built.
@@ -132,9 +133,11 @@ pub(crate) fn build_shared(
         _ => Arc::new(RateLimiter::new(&limits).map_err(|e| e.to_string())?),
     };
     let routes = RouteTable::build(&config.routes).map_err(|e| format!("routes: {e}"))?;
+    let route_stats = RouteCounters::build(&routes, previous.map(|p| &p.route_stats));
     Ok(Shared {
         pools: Pools::new(pools),
         routes,
+        route_stats,
         stats: previous.map_or_else(|| Arc::new(Stats::default()), |p| Arc::clone(&p.stats)),
         started: previous.map_or_else(Instant::now, |p| p.started),
         rate_limiter,

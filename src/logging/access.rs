@@ -34,6 +34,8 @@ use super::timestamp::UtcTime;
 ///     upstream_response_time: Some(Duration::from_millis(12)),
 ///     request_time: Duration::from_millis(13),
 ///     request_id: "4f2a9c1e0b7d3a58000000000000002a",
+///     route: None,
+///     pool: None,
 ///     bytes_received: None,
 /// };
 /// assert_eq!(record.status, 200);
@@ -68,6 +70,11 @@ pub struct AccessRecord<'a> {
     /// The request's id (see [`RequestIdGenerator`](super::RequestIdGenerator)), also sent
     /// upstream as `X-Request-Id`.
     pub request_id: &'a str,
+    /// The route that took the request (JSON format only); `None` without one.
+    pub route: Option<&'a str>,
+    /// The pool the request was sent to (JSON format only); `None` when none was (our own
+    /// answer: a redirect, a `respond`, a refusal).
+    pub pool: Option<&'a str>,
     /// For a tunnel (a `101`, logged when it closes): the bytes the client sent through it,
     /// while `body_bytes_sent` counts those it was sent and `request_time` its whole life.
     /// `None` for every other request; written only when set.
@@ -109,8 +116,12 @@ pub enum AccessFormat {
     /// One JSON object per line, keys in this order: `time` (RFC 3339 UTC with milliseconds),
     /// `client_ip`, `method`, `target`, `protocol`, `status`, `body_bytes_sent`, `referer`,
     /// `user_agent`, `upstream_addr`, `upstream_response_time`, `request_time` (seconds, to the
-    /// millisecond), `request_id`; absent values are `null`. A tunnel's line (status 101) has
+    /// millisecond), `request_id`, `route` (the route that took the request), `pool` (the pool
+    /// it was sent to); absent values are `null`. A tunnel's line (status 101) has
     /// `bytes_received` last.
+    ///
+    /// The combined format leaves `route` and `pool` out: its fields are fixed (log parsers
+    /// are written against them), and routes change on a reload while the format does not.
     Json,
 }
 
@@ -147,6 +158,8 @@ impl AccessFormat {
     ///     upstream_response_time: None,
     ///     request_time: Duration::from_micros(250),
     ///     request_id: "00ff",
+    ///     route: None,
+    ///     pool: None,
     ///     bytes_received: None,
     /// };
     /// assert_eq!(
@@ -180,12 +193,14 @@ impl AccessFormat {
     ///     upstream_response_time: None,
     ///     request_time: Duration::from_millis(1500),
     ///     request_id: "ab",
+    ///     route: None,
+    ///     pool: None,
     ///     bytes_received: None,
     /// };
     /// let mut out = String::new();
     /// AccessFormat::Json.write(&record, &mut out);
     /// assert!(out.starts_with(r#"{"time":"1970-01-01T00:00:00.000Z","client_ip":"10.1.2.3","#));
-    /// assert!(out.ends_with(r#""request_time":1.5,"request_id":"ab"}"#));
+    /// assert!(out.ends_with(r#""request_time":1.5,"request_id":"ab","route":null,"pool":null}"#));
     /// ```
     pub fn write(self, record: &AccessRecord<'_>, out: &mut String) {
         match self {
@@ -280,6 +295,8 @@ struct JsonRecord<'a> {
     upstream_response_time: Option<f64>,
     request_time: f64,
     request_id: &'a str,
+    route: Option<&'a str>,
+    pool: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     bytes_received: Option<u64>,
 }
@@ -301,6 +318,8 @@ fn write_json(record: &AccessRecord<'_>, out: &mut String) {
         upstream_response_time: record.upstream_response_time.map(seconds),
         request_time: seconds(record.request_time),
         request_id: record.request_id,
+        route: record.route,
+        pool: record.pool,
         bytes_received: record.bytes_received,
     };
     // serde_json escapes control characters and quotes, so the object stays on one line.
@@ -332,6 +351,8 @@ mod tests {
             upstream_response_time: Some(Duration::from_micros(12_400)),
             request_time: Duration::from_micros(13_900),
             request_id: "4f2a9c1e0b7d3a58000000000000002a",
+            route: None,
+            pool: None,
             bytes_received: None,
         }
     }
@@ -349,7 +370,7 @@ mod tests {
     fn json_line_is_exact() {
         assert_eq!(
             AccessFormat::Json.format(&sample()),
-            r#"{"time":"2024-05-01T12:34:56.789Z","client_ip":"203.0.113.7","method":"GET","target":"/a?b=1","protocol":"HTTP/1.1","status":200,"body_bytes_sent":512,"referer":"https://example.com/","user_agent":"curl/8.5.0","upstream_addr":"127.0.0.1:8001","upstream_response_time":0.012,"request_time":0.013,"request_id":"4f2a9c1e0b7d3a58000000000000002a"}"#
+            r#"{"time":"2024-05-01T12:34:56.789Z","client_ip":"203.0.113.7","method":"GET","target":"/a?b=1","protocol":"HTTP/1.1","status":200,"body_bytes_sent":512,"referer":"https://example.com/","user_agent":"curl/8.5.0","upstream_addr":"127.0.0.1:8001","upstream_response_time":0.012,"request_time":0.013,"request_id":"4f2a9c1e0b7d3a58000000000000002a","route":null,"pool":null}"#
         );
         let awkward = AccessRecord { user_agent: Some("a \"quoted\"\nagent"), upstream_addr: None, ..sample() };
         let line = AccessFormat::Json.format(&awkward);
@@ -357,6 +378,14 @@ mod tests {
         let value: serde_json::Value = serde_json::from_str(&line).unwrap();
         assert_eq!(value["user_agent"], "a \"quoted\"\nagent");
         assert_eq!(value["upstream_addr"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn the_route_and_pool_are_json_keys_and_stay_out_of_the_combined_line() {
+        let routed = AccessRecord { route: Some("api"), pool: Some("api-pool"), ..sample() };
+        let line = AccessFormat::Json.format(&routed);
+        assert!(line.ends_with(r#""request_id":"4f2a9c1e0b7d3a58000000000000002a","route":"api","pool":"api-pool"}"#));
+        assert_eq!(AccessFormat::Combined.format(&routed), AccessFormat::Combined.format(&sample()));
     }
 
     /// The fields of a combined line, unescaped.

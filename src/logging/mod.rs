@@ -29,6 +29,8 @@
 //!     upstream_response_time: Some(Duration::from_millis(2)),
 //!     request_time: Duration::from_millis(3),
 //!     request_id: id.as_str(),
+//!     route: None,
+//!     pool: None,
 //!     bytes_received: None,
 //! };
 //! handle.send(AccessFormat::Combined.format(&record));

@@ -5,9 +5,12 @@
 //! thread; nobody waits on the disk. A tunnel's line (a `101`) is written when the tunnel
 //! closes, with the bytes it carried each way and its whole life as the request time.
 
+use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::config::DEFAULT_POOL;
 use crate::logging::{next_request_id, AccessFormat, AccessRecord, LogHandle};
 use crate::server::field::{self, Sole};
 use crate::server::{Finished, Request, Response, TunnelEnd, Version};
@@ -38,6 +41,12 @@ pub struct PendingAccess {
     /// Whether the id came with the request (so it is already in the headers sent upstream).
     pub id_came_in: bool,
     started: Instant,
+    /// Whether the line will be written (else nothing is copied).
+    logged: bool,
+    /// The route that took the request.
+    route: Option<Arc<str>>,
+    /// The pool it was sent to (`default` borrowed: nothing copied without routes).
+    pool: Option<Cow<'static, str>>,
 }
 
 impl PendingAccess {
@@ -70,7 +79,23 @@ impl PendingAccess {
             request_id,
             id_came_in,
             started: Instant::now(),
+            logged,
+            route: None,
+            pool: None,
         }
+    }
+
+    /// Names the route that took the request and the pool it went to, for the line (the JSON
+    /// format's `route` and `pool`).
+    pub fn served_by(&mut self, route: Option<&Arc<str>>, pool: Option<&str>) {
+        if !self.logged {
+            return;
+        }
+        self.route = route.map(Arc::clone);
+        self.pool = pool.map(|name| match name {
+            DEFAULT_POOL => Cow::Borrowed(DEFAULT_POOL),
+            other => Cow::Owned(other.to_string()),
+        });
     }
 
     /// When the request was taken.
@@ -124,6 +149,8 @@ impl PendingAccess {
             upstream_response_time: upstream.map(|(_, time)| time),
             request_time: self.started.elapsed(),
             request_id: &self.request_id,
+            route: self.route.as_deref(),
+            pool: self.pool.as_deref(),
             bytes_received,
         }
     }
@@ -148,6 +175,8 @@ pub fn refusal_line(format: AccessFormat, peer: IpAddr, status: u16, request_lin
         upstream_response_time: None,
         request_time: Duration::ZERO,
         request_id: id.as_str(),
+        route: None,
+        pool: None,
         bytes_received: None,
     })
 }

@@ -1,30 +1,58 @@
 //! What a route changes in a request it sends to a pool, and in the answer coming back: the
 //! path upstream (`strip_prefix`, `add_prefix`, `replace_prefix`) with the backend's
 //! `Location` mapped back the other way (nginx's `proxy_redirect default`), header edits both
-//! ways, and `max_tries`.
+//! ways, and `max_tries`; and where its answer is counted (the route's counters, or those of
+//! requests no route took).
 
 use std::borrow::Cow;
+use std::sync::Arc;
+use std::time::Duration;
 
+use crate::route_stats::RouteStats;
 use crate::routing::{HeaderEdits, Rewrite, Route};
 use crate::server::{Header, Response};
 
-/// A route's changes to one proxied request; [`Leg::default`] changes nothing.
+/// A route's changes to one proxied request; [`Leg::default`] changes nothing and counts
+/// nowhere (no route table).
 #[derive(Clone, Copy, Default)]
 pub struct Leg<'a> {
     rewrite: Option<&'a Rewrite>,
     request_headers: Option<&'a HeaderEdits>,
     response_headers: Option<&'a HeaderEdits>,
     max_tries: Option<usize>,
+    /// Where the answer is counted: the route's counters, or the unmatched ones.
+    counters: Option<&'a RouteStats>,
+    /// Whether a route took the request (its name is logged).
+    routed: bool,
 }
 
 impl<'a> Leg<'a> {
-    /// What `route` changes.
-    pub fn of(route: &'a Route) -> Leg<'a> {
+    /// What `route` changes; its answer is counted in `counters` (the route's).
+    pub fn of(route: &'a Route, counters: &'a RouteStats) -> Leg<'a> {
         Leg {
             rewrite: route.rewrite.as_ref(),
             request_headers: Some(&route.request_headers),
             response_headers: Some(&route.response_headers),
             max_tries: route.overrides.max_tries,
+            counters: Some(counters),
+            routed: true,
+        }
+    }
+
+    /// A request no route took: changed in nothing, counted in `counters` (the unmatched ones).
+    pub fn unmatched(counters: &'a RouteStats) -> Leg<'a> {
+        Leg { counters: Some(counters), ..Leg::default() }
+    }
+
+    /// The name of the route that took the request, if one did.
+    pub(super) fn route_name(&self) -> Option<&'a Arc<str>> {
+        self.counters.filter(|_| self.routed).map(|c| &c.name)
+    }
+
+    /// Counts the answer for the route (nothing without a route table).
+    pub(super) fn account(&self, status: u16, from_backend: bool, took: Duration) {
+        if let Some(counters) = self.counters {
+            counters.record(status, from_backend, took);
         }
     }
 

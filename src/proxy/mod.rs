@@ -88,7 +88,8 @@ pub fn forward_to(shared: &Shared, pool: &Pool, request: Request) -> Response {
 /// [`forward_to`] with a route's changes to the request and its answer.
 pub fn forward_leg(shared: &Shared, pool: &Pool, request: Request, leg: Leg<'_>) -> Response {
     let origin = who(shared, &request);
-    let access = PendingAccess::new(&request, origin.client, shared.ops.access_log.is_some());
+    let mut access = PendingAccess::new(&request, origin.client, shared.ops.access_log.is_some());
+    access.served_by(leg.route_name(), Some(&pool.name));
     let quota = shared.rate_limiter.check(origin.client, access.started());
     let client_host = routed::request_host(&request);
     let outcome = policy::admit(&quota)
@@ -102,7 +103,7 @@ pub fn forward_leg(shared: &Shared, pool: &Pool, request: Request, leg: Leg<'_>)
         Err(error) => (error.response(), None),
     };
     let response = policy::with_quota(response, &quota);
-    account(shared, pool, access.started(), upstream.is_some(), &response);
+    account(shared, pool, access.started(), upstream.is_some(), &response, leg);
     access.attach(shared.ops.access_log.as_ref(), response, upstream)
 }
 
@@ -414,9 +415,11 @@ fn settle_failure(
 }
 
 /// Step 5: counts the answer (by class; a backend's or our own) and its time to the response
-/// head. The access-log line is written when the response is finished (see [`forward`]).
-fn account(shared: &Shared, pool: &Pool, started: Instant, from_backend: bool, response: &Response) {
-    shared.ops.latency.record(started.elapsed());
+/// head, for the balancer, the pool and the route. The access-log line is written when the response is finished (see [`forward`]).
+fn account(shared: &Shared, pool: &Pool, started: Instant, from_backend: bool, response: &Response, leg: Leg<'_>) {
+    let took = started.elapsed();
+    shared.ops.latency.record(took);
+    leg.account(response.status, from_backend, took);
     for stats in [&shared.stats, &pool.stats] {
         if from_backend {
             stats.record(response.status);

@@ -37,13 +37,15 @@ pub fn serve(shared: &Shared, request: Request) -> Response {
     };
     let Some(route) = route else {
         let default = shared.pools.default_pool();
+        let unmatched = Leg::unmatched(shared.route_stats.unmatched());
         if default.table.snapshot().backends.is_empty() && default.config.registry.is_none() {
-            return answer(shared, request, no_route());
+            return answer(shared, request, no_route(), unmatched);
         }
-        return forward_leg(shared, default, request, Leg::default());
+        return forward_leg(shared, default, request, unmatched);
     };
+    let leg = Leg::of(route, shared.route_stats.of(route));
     match &route.action {
-        Action::Pool(name) => forward_leg(shared, pool(shared, name), request, Leg::of(route)),
+        Action::Pool(name) => forward_leg(shared, pool(shared, name), request, leg),
         Action::Split(shares) => {
             let client =
                 request_client(canonical(request.peer().ip()), request.headers(), &shared.config.trusted_proxies);
@@ -52,13 +54,13 @@ pub fn serve(shared: &Shared, request: Request) -> Response {
                 shared.pools.get(name).is_some_and(|p| p.table.snapshot().backends.iter().any(|b| b.is_usable()))
             };
             match split_pool(shares, key.as_bytes(), usable) {
-                Some(name) => forward_leg(shared, pool(shared, name), request, Leg::of(route)),
-                None => answer(shared, request, no_share(route)),
+                Some(name) => forward_leg(shared, pool(shared, name), request, leg),
+                None => answer(shared, request, no_share(route), leg),
             }
         }
         Action::Redirect(redirect) => {
             let response = redirect_to(redirect, &request, host.as_deref());
-            answer(shared, request, response)
+            answer(shared, request, response, leg)
         }
         Action::Respond(respond) => {
             let response = Response::new(respond.status).with_body(respond.body.clone().into_bytes());
@@ -67,7 +69,7 @@ pub fn serve(shared: &Shared, request: Request) -> Response {
             } else {
                 response.with_header("Content-Type", "text/plain; charset=utf-8")
             };
-            answer(shared, request, response)
+            answer(shared, request, response, leg)
         }
     }
 }
@@ -110,12 +112,16 @@ fn no_share(route: &Route) -> Response {
     Response::text(503, format!("route '{}': every pool of its split has weight 0", route.name))
 }
 
-/// Our own answer to a request (no backend involved): counted, logged.
-fn answer(shared: &Shared, request: Request, response: Response) -> Response {
+/// Our own answer to a request (no backend involved): counted (for the route in `leg` too),
+/// logged.
+fn answer(shared: &Shared, request: Request, response: Response, leg: Leg<'_>) -> Response {
     let client = request_client(canonical(request.peer().ip()), request.headers(), &shared.config.trusted_proxies);
-    let access = PendingAccess::new(&request, client, shared.ops.access_log.is_some());
+    let mut access = PendingAccess::new(&request, client, shared.ops.access_log.is_some());
+    access.served_by(leg.route_name(), None);
     drop(request);
-    shared.ops.latency.record(access.started().elapsed());
+    let took = access.started().elapsed();
+    shared.ops.latency.record(took);
     shared.stats.record_local(response.status);
+    leg.account(response.status, false, took);
     access.attach(shared.ops.access_log.as_ref(), response, None)
 }
