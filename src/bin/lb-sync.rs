@@ -20,7 +20,7 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// An HTTP/1.1 load balancer. Flags override the --config file; with neither, the seed's three
 /// backends on localhost:8001-8003 (weights 1, 2, 1) are used. `lb-sync simulate --help`: the
-/// algorithms on a simulated workload.
+/// algorithms on a simulated workload. `lb-sync route --help`: what the routes do with a request.
 #[derive(FromArgs)]
 struct Args {
     /// address to listen on (default 0.0.0.0)
@@ -336,6 +336,9 @@ fn main() -> ExitCode {
     let rest: Vec<&str> = argv.iter().skip(1).map(|arg| if arg == "-h" { "--help" } else { arg.as_str() }).collect();
     if rest.first() == Some(&"simulate") {
         return lb_sync::simulate::main(command, &rest[1..]);
+    }
+    if rest.first() == Some(&"route") {
+        return lb_sync::route_cli::main(command, &rest[1..]);
     }
     let args = match Args::from_args(&[command], &rest) {
         Ok(args) => args,
