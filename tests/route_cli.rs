@@ -178,3 +178,64 @@ fn expect_checks_each_case_and_exits_1_on_a_miss_and_2_on_a_bad_file() {
     let missing = route(&["--expect", "/nonexistent/cases.json"]);
     assert_eq!(missing.status.code(), Some(2));
 }
+
+#[test]
+fn check_config_prints_the_tables_warnings_and_still_passes() {
+    let config = temp_file("check.json", CONFIG);
+    let output = lb_sync(&["--config", config.to_str().unwrap(), "--check-config"]);
+    assert_eq!(output.status.code(), Some(0), "warnings do not fail the check");
+    assert!(stdout(&output).starts_with("lb-sync: configuration ok: 2 backend(s) and 4 named pool(s)"));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let warnings: Vec<&str> = stderr.lines().collect();
+    assert_eq!(
+        warnings,
+        [
+            r"warning: route 'images': regex '^/img/[0-9]+\.png$' has ^ or $, but every regex is matched against the whole value already",
+            "warning: pool 'old' is named by no route: no request reaches it",
+        ]
+    );
+    let shadowed = temp_file(
+        "shadowed.json",
+        &CONFIG
+            .replace(
+                r#""port": 9501}]}"#,
+                r#""port": 9501}]}, "hidden": {"backends": [{"host": "127.0.0.1", "port": 9601}]}"#,
+            )
+            .replace(
+                r#"{"name": "images""#,
+                r#"{"name": "wide", "path_prefix": "/img", "methods": ["GET", "HEAD"], "priority": 2, "pool": "old"},
+               {"name": "narrow", "path_prefix": "/img", "methods": ["GET"], "pool": "hidden"},
+               {"name": "images""#,
+            ),
+    );
+    let output = lb_sync(&["--config", shadowed.to_str().unwrap(), "--check-config"]);
+    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l == "warning: route 'narrow' can never match: route(s) 'wide' take every request it takes first"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("pool 'old' is named by no route"), "{stderr}");
+    // A route naming a pool that does not exist stays an error.
+    let undefined = temp_file("undefined.json", &CONFIG.replace(r#""pool": "static"}"#, r#""pool": "nowhere"}"#));
+    let output = lb_sync(&["--config", undefined.to_str().unwrap(), "--check-config"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("names pool 'nowhere', which is not defined"));
+}
+
+#[test]
+fn a_reload_logs_the_tables_warnings_and_goes_ahead() {
+    let backend: std::net::SocketAddr = format!("127.0.0.1:{}", common::unused_port()).parse().unwrap();
+    let lb = common::lb::Lb::start(&[backend], "");
+    let routes = r#""pools": {"api": {"backends": [{"host": "127.0.0.1", "port": 9201}]},
+                              "spare": {"backends": [{"host": "127.0.0.1", "port": 9202}]}},
+                    "routes": [{"name": "api", "path_regex": "/api/.*$", "pool": "api"}]"#;
+    lb.write_config(&[backend], routes);
+    let resp = common::api::request(lb.addr, "POST", "/lb/config/reload", "");
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let limit = std::time::Duration::from_secs(10);
+    assert!(lb.wait_log("WARN", limit) && lb.wait_log("pool 'spare' is named by no route", limit), "{}", lb.log());
+    assert!(lb.log().contains("route 'api': regex '/api/.*$' has ^ or $"), "{}", lb.log());
+}

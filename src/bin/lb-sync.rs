@@ -361,8 +361,16 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     if args.check_config {
-        return match build_config(&args).and_then(|config| lb_sync::lifecycle::check_config(&config)) {
-            Ok(summary) => {
+        let checked = build_config(&args).and_then(|config| {
+            let summary = lb_sync::lifecycle::check_config(&config)?;
+            Ok((summary, lb_sync::lifecycle::config_warnings(&config)))
+        });
+        return match checked {
+            Ok((summary, warnings)) => {
+                // Warnings do not fail the check (as nginx -t's [warn]).
+                for warning in warnings {
+                    eprintln!("warning: {warning}");
+                }
                 println!("lb-sync: configuration ok: {summary}");
                 ExitCode::SUCCESS
             }
