@@ -51,6 +51,7 @@ pub mod ops;
 pub mod pools;
 pub mod proxy;
 pub mod registry;
+pub mod route_cli;
 pub mod route_stats;
 pub mod router;
 pub mod routing;

@@ -20,7 +20,7 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// An HTTP/1.1 load balancer. Flags override the --config file; with neither, the seed's three
 /// backends on localhost:8001-8003 (weights 1, 2, 1) are used. `lb-sync simulate --help`: the
-/// algorithms on a simulated workload.
+/// algorithms on a simulated workload. `lb-sync route --help`: what the routes do with a request.
 #[derive(FromArgs)]
 struct Args {
     /// address to listen on (default 0.0.0.0)
@@ -337,6 +337,9 @@ fn main() -> ExitCode {
     if rest.first() == Some(&"simulate") {
         return lb_sync::simulate::main(command, &rest[1..]);
     }
+    if rest.first() == Some(&"route") {
+        return lb_sync::route_cli::main(command, &rest[1..]);
+    }
     let args = match Args::from_args(&[command], &rest) {
         Ok(args) => args,
         Err(early) => {
@@ -358,8 +361,16 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     if args.check_config {
-        return match build_config(&args).and_then(|config| lb_sync::lifecycle::check_config(&config)) {
-            Ok(summary) => {
+        let checked = build_config(&args).and_then(|config| {
+            let summary = lb_sync::lifecycle::check_config(&config)?;
+            Ok((summary, lb_sync::lifecycle::config_warnings(&config)))
+        });
+        return match checked {
+            Ok((summary, warnings)) => {
+                // Warnings do not fail the check (as nginx -t's [warn]).
+                for warning in warnings {
+                    eprintln!("warning: {warning}");
+                }
                 println!("lb-sync: configuration ok: {summary}");
                 ExitCode::SUCCESS
             }

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use crate::config::{Config, DEFAULT_POOL};
+use crate::routing::RouteTable;
 use crate::traffic::RateLimiter;
 use crate::upstream::{distinct_addresses, resolve, UpstreamTls};
 
@@ -47,4 +48,33 @@ pub fn check_config(config: &Config) -> Result<String, String> {
         config.threads,
         config.port
     ))
+}
+
+/// What a configuration that loads may still do wrong, one line each, for `--check-config` and
+/// reload to say (they do not refuse it): the route table's warnings (routes that can never
+/// match, regexes anchored by hand, things named twice), then each named pool no route names
+/// when there are routes (no request reaches it). A route naming an undefined pool is an
+/// error, not a warning ([`Config::validate`]).
+///
+/// ```
+/// let config: lb_sync::config::Config = serde_json::from_str(r#"{
+///     "pools": {"api": {"backends": [{"host": "127.0.0.1", "port": 9001}]},
+///               "old": {"backends": [{"host": "127.0.0.1", "port": 9002}]}},
+///     "routes": [{"name": "api", "path_regex": "^/api/.*", "pool": "api"}]
+/// }"#).unwrap();
+/// assert_eq!(lb_sync::lifecycle::config_warnings(&config), [
+///     "route 'api': regex '^/api/.*' has ^ or $, but every regex is matched against the whole value already",
+///     "pool 'old' is named by no route: no request reaches it",
+/// ]);
+/// ```
+pub fn config_warnings(config: &Config) -> Vec<String> {
+    let Ok(table) = RouteTable::build(&config.routes) else { return Vec::new() };
+    let mut warnings: Vec<String> = table.warnings().iter().map(ToString::to_string).collect();
+    if !table.is_empty() {
+        let named = table.pools_named();
+        for pool in config.pools.keys().filter(|pool| !named.contains(&pool.as_str())) {
+            warnings.push(format!("pool '{pool}' is named by no route: no request reaches it"));
+        }
+    }
+    warnings
 }

@@ -273,6 +273,10 @@ impl Control {
         let shared = Arc::new(shared);
         self.current.store(Arc::clone(&shared));
         self.restart_health(&running, &shared, health);
+        // As --check-config says them: the reload goes ahead.
+        for warning in super::config_warnings(&shared.config) {
+            log::warn!("{warning}");
+        }
         Ok(ReloadReport { backends, settings, restart_only, pools })
     }
 

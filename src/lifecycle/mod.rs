@@ -27,7 +27,7 @@ mod control;
 mod generation;
 pub mod signals;
 
-pub use check::check_config;
+pub use check::{check_config, config_warnings};
 pub use control::{Control, ReloadReport};
 pub use generation::RESTART_ONLY;
 pub(crate) use generation::{backend_list, backend_policy, build_shared, health_config, tls_certificates, tuning};

@@ -94,13 +94,8 @@ pub(super) fn request_host(request: &Request) -> Option<String> {
 /// The redirect's `Location`: the request's URL with the parts the route names replaced (a
 /// `path` replaces the query too).
 fn redirect_to(redirect: &Redirect, request: &Request, host: Option<&str>) -> Response {
-    let scheme = redirect.scheme.as_deref().unwrap_or(if request.is_tls() { "https" } else { "http" });
-    let target = origin_form(request.target()).unwrap_or("/");
-    let path = redirect.path.as_deref().unwrap_or(target);
-    let location = match redirect.host.as_deref().or(host) {
-        Some(host) => format!("{scheme}://{host}{path}"),
-        None => path.to_string(),
-    };
+    let scheme = if request.is_tls() { "https" } else { "http" };
+    let location = redirect.location(scheme, host, origin_form(request.target()).unwrap_or("/"));
     Response::text(redirect.status, format!("moved to {location}")).with_header("Location", location.into_bytes())
 }
 

@@ -35,6 +35,29 @@ pub struct Redirect {
     pub path: Option<String>,
 }
 
+impl Redirect {
+    /// The `Location` it answers a request with: the request's URL with the parts the route
+    /// names replaced (a `path` replaces the query too). `scheme` and `host` are the request's
+    /// (`host` as sent, port included; `None`: a relative `Location`), `target` its origin-form
+    /// target.
+    ///
+    /// ```
+    /// use lb_sync::routing::Redirect;
+    /// let https = Redirect { status: 301, scheme: Some("https".into()), host: None, path: None };
+    /// assert_eq!(https.location("http", Some("example.com"), "/a?b=1"), "https://example.com/a?b=1");
+    /// let moved = Redirect { status: 308, scheme: None, host: Some("new.example".into()), path: Some("/".into()) };
+    /// assert_eq!(moved.location("http", None, "/a"), "http://new.example/");
+    /// ```
+    pub fn location(&self, scheme: &str, host: Option<&str>, target: &str) -> String {
+        let scheme = self.scheme.as_deref().unwrap_or(scheme);
+        let path = self.path.as_deref().unwrap_or(target);
+        match self.host.as_deref().or(host) {
+            Some(host) => format!("{scheme}://{host}{path}"),
+            None => path.to_string(),
+        }
+    }
+}
+
 /// `respond`: answer at once with this status and body (a deny rule, a maintenance page).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -42,6 +42,59 @@ pub struct Conditions {
     pub query: Vec<(String, QueryTest)>,
 }
 
+/// The first matcher of a route that a request fails, for [`RouteTable::explain`](super::RouteTable::explain).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Mismatch {
+    /// No `host` pattern of the route matches the request's host (or it has none).
+    Host,
+    /// The path matcher does not take the path.
+    Path,
+    /// The method is not in `methods`.
+    Method,
+    /// A header matcher fails.
+    Header {
+        /// The field's name (lowercase).
+        name: String,
+        /// Why.
+        why: Unmet,
+    },
+    /// A query matcher fails.
+    Query {
+        /// The parameter's name.
+        name: String,
+        /// Why.
+        why: Unmet,
+    },
+}
+
+/// Why a header or query matcher fails.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unmet {
+    /// Not in the request.
+    Absent,
+    /// Given more than once, or not readable (a byte that is not printable ASCII, bad encoding).
+    Unusable,
+    /// Given once, with a value the matcher does not take.
+    Value,
+}
+
+impl std::fmt::Display for Mismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let why = |unmet: &Unmet| match unmet {
+            Unmet::Absent => "is absent",
+            Unmet::Unusable => "is given more than once or is unreadable (never matches)",
+            Unmet::Value => "has another value",
+        };
+        match self {
+            Mismatch::Host => f.write_str("host"),
+            Mismatch::Path => f.write_str("path"),
+            Mismatch::Method => f.write_str("method"),
+            Mismatch::Header { name, why: unmet } => write!(f, "header '{name}' {}", why(unmet)),
+            Mismatch::Query { name, why: unmet } => write!(f, "query parameter '{name}' {}", why(unmet)),
+        }
+    }
+}
+
 impl HeaderTest {
     fn accepts(&self, value: &str) -> bool {
         match self {
@@ -93,6 +146,35 @@ impl Conditions {
                 },
                 None => false,
             })
+    }
+
+    /// The first of these matchers a request fails (methods, then headers, then query, each in
+    /// the route's order), `None` when it passes them all: [`matches`](Self::matches) spelled out.
+    pub fn first_mismatch(&self, method: &str, headers: &[Header], query: &str) -> Option<Mismatch> {
+        if !self.methods.is_empty() && !self.methods.iter().any(|m| m == method) {
+            return Some(Mismatch::Method);
+        }
+        for (name, test) in &self.headers {
+            let why = match field::sole(headers, name) {
+                Sole::Text(value) if test.accepts(value) => continue,
+                Sole::Text(_) => Unmet::Value,
+                Sole::Absent => Unmet::Absent,
+                Sole::Unusable => Unmet::Unusable,
+            };
+            return Some(Mismatch::Header { name: name.clone(), why });
+        }
+        for (name, test) in &self.query {
+            let why = match sole_parameter(query, name) {
+                Some(value) if matches!(test, QueryTest::Equals(expected) if value != expected.as_str()) => {
+                    Unmet::Value
+                }
+                Some(_) => continue,
+                None if parameter_named(query, name) => Unmet::Unusable,
+                None => Unmet::Absent,
+            };
+            return Some(Mismatch::Query { name: name.clone(), why });
+        }
+        None
     }
 
     /// Whether no request passes both (conservative: `false` unless provably so): disjoint
@@ -153,6 +235,14 @@ pub fn sole_parameter<'a>(query: &'a str, name: &str) -> Option<Cow<'a, str>> {
         found = Some(percent_decode(raw_value)?);
     }
     found
+}
+
+/// Whether some parameter of `query` may be `name`: it is, or its name cannot be decoded.
+fn parameter_named(query: &str, name: &str) -> bool {
+    query.split('&').filter(|p| !p.is_empty()).any(|pair| {
+        let raw_name = pair.split_once('=').map_or(pair, |(n, _)| n);
+        percent_decode(raw_name).is_none_or(|decoded| decoded == name)
+    })
 }
 
 /// `%XX` decoded; `None` for a malformed escape or a result that is not UTF-8.

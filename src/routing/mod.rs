@@ -4,13 +4,14 @@
 //! which route wins; pools and actions are carried out elsewhere.
 //!
 //! The public interface: [`RouteConfig`] (as written), [`RouteTable`] (`build`, `lookup`,
-//! `pools_named`, `warnings`), [`Route`] (as built), [`RequestView`], [`canonical_host`].
+//! `explain`, `pools_named`, `warnings`), [`Route`] (as built), [`RequestView`], [`canonical_host`].
 //! (Not to be confused with [`crate::router`], which sends `/lb/` to the management API.)
 
 mod action;
 mod checks;
 mod conditions;
 mod config;
+mod explain;
 mod host;
 mod path;
 mod punycode;
@@ -23,8 +24,9 @@ use std::fmt;
 
 pub use action::{is_valid_name, Action, HeaderEdits, Overrides, Redirect, Respond, Rewrite, SplitShare};
 pub use checks::RouteWarning;
-pub use conditions::{sole_parameter, Conditions, HeaderTest, QueryTest};
+pub use conditions::{sole_parameter, Conditions, HeaderTest, Mismatch, QueryTest, Unmet};
 pub use config::{deserialize_routes, HeaderMatchConfig, QueryMatchConfig, RouteConfig};
+pub use explain::{Explained, Verdict};
 pub use host::{canonical_host, HostPattern};
 pub use path::{PathMatch, PathRegex};
 pub use rank::Rank;

@@ -259,6 +259,52 @@ fn pools_named_lists_each_pool_once() {
 }
 
 #[test]
+fn explain_says_which_matcher_failed_first_and_why_a_match_lost() {
+    let t = table(
+        r#"[{"name": "canary", "host": "api.example.com", "path_prefix": "/v1", "headers": {"x-canary": "1"}, "pool": "p"},
+            {"name": "api", "host": "api.example.com", "path_prefix": "/v1", "pool": "p"},
+            {"name": "wild", "host": "*.example.com", "pool": "p"},
+            {"name": "www", "host": "www.example.com", "pool": "p"},
+            {"name": "posts", "path": "/v1/users", "methods": ["POST"], "query": {"v": "2"}, "pool": "p"},
+            {"name": "regex", "path_regex": "/v1/.*", "pool": "p"}]"#,
+    )
+    .unwrap();
+    let said = |method, headers: &[Header], query| {
+        let view = RequestView { method, host: Some("api.example.com"), path: "/v1/users", query, headers };
+        t.explain(&view).iter().map(|e| format!("{}: {}", t.routes()[e.route].name, e.verdict)).collect::<Vec<_>>()
+    };
+    assert_eq!(
+        said("GET", &[], ""),
+        [
+            "canary: no: header 'x-canary' is absent",
+            "api: takes it",
+            "www: no: host",
+            "wild: matches, but loses to the winner: an exact host",
+            "posts: no: method",
+            "regex: matches, but loses to the winner: an exact host",
+        ]
+    );
+    let twice = [Header::new("X-Canary", "1"), Header::new("X-Canary", "1")];
+    assert_eq!(
+        said("GET", &twice, "")[0],
+        "canary: no: header 'x-canary' is given more than once or is unreadable (never matches)"
+    );
+    assert_eq!(said("GET", &[Header::new("X-Canary", "2")], "")[0], "canary: no: header 'x-canary' has another value");
+    assert_eq!(said("POST", &[], "v=1")[4], "posts: no: query parameter 'v' has another value");
+    assert_eq!(
+        said("POST", &[], "v=2&v=2")[4],
+        "posts: no: query parameter 'v' is given more than once or is unreadable (never matches)"
+    );
+    assert_eq!(said("POST", &[], "")[4], "posts: no: query parameter 'v' is absent");
+    let other = RequestView { method: "GET", host: Some("x.example.com"), path: "/v1/x", query: "", headers: &[] };
+    let lines: Vec<String> =
+        t.explain(&other).iter().map(|e| format!("{}: {}", t.routes()[e.route].name, e.verdict)).collect();
+    assert_eq!(lines[0], "canary: no: host");
+    assert!(lines.contains(&"wild: takes it".to_string()));
+    assert!(lines.contains(&"regex: matches, but loses to the winner: a host".to_string()));
+}
+
+#[test]
 fn a_route_always_beaten_by_one_that_takes_all_it_takes_is_reported() {
     let t = table(
         r#"[{"name": "wide", "path_prefix": "/api", "methods": ["GET", "POST"], "priority": 5, "pool": "p"},
@@ -438,7 +484,25 @@ proptest! {
             };
             let expected = naive(&table, &view);
             prop_assert!(expected.is_ok(), "a table that loaded has a tie: {:?} for {view:?}", expected);
-            prop_assert_eq!(table.lookup(&view).map(|r| r.name.as_str()), expected.unwrap(), "{:?}", view);
+            let found = table.lookup(&view).map(|r| r.name.as_str());
+            prop_assert_eq!(found, expected.unwrap(), "{:?}", view);
+            // explain agrees: its one winner is lookup's, every route is listed once, each
+            // route that matches and is not the winner is outranked by it, and the order is
+            // the ranks'.
+            let explained = table.explain(&view);
+            prop_assert_eq!(explained.len(), table.routes().len());
+            let winners: Vec<&str> = explained
+                .iter()
+                .filter(|e| e.verdict == Verdict::Wins)
+                .map(|e| table.routes()[e.route].name.as_str())
+                .collect();
+            prop_assert_eq!(winners.first().copied(), found, "{:?}", view);
+            prop_assert!(winners.len() <= 1);
+            for e in &explained {
+                let route = &table.routes()[e.route];
+                prop_assert_eq!(matches!(e.verdict, Verdict::Fails(_)), !route.matches(&view), "{}", route.name);
+            }
+            prop_assert!(explained.windows(2).all(|w| w[0].rank >= w[1].rank));
         }
     }
 }
