@@ -21,7 +21,7 @@
 # Environment: DURATION (default 10s; 5s per run for websocket; 20s per algorithm for algorithms), ROUNDS (sweep: runs per cell, 1),
 # FLOOD (300), FLOOD_DELAY_MS (12000), PROBE_SECONDS (30) for flood,
 # SWEEP_CONNECTIONS ("10 64 256"), SWEEP_LAYOUTS ("separate shared"), BURST (5s), PINGORA (0: leave
-# Pingora out of the sweep), WS_TUNNELS ("1 8 64"), WS_SIZE
+# Pingora out of the sweep; ROUTED=1 adds lb-sync with one route taking every request), WS_TUNNELS ("1 8 64"), WS_SIZE
 # (64 bytes per frame), CONNECTIONS (64), WRK_THREADS (2), THREADS (lb workers, 256),
 # BODY_BYTES (1024), NGINX_WORKERS (auto); LB_BACKEND / LB_SYNC (binaries to use), else they come
 # from ${CARGO_TARGET_DIR:-target}/release, built when missing or stale.
@@ -442,9 +442,10 @@ PY
     # run_layout separate|shared: starts backends and proxies, measures every row, stops them.
     run_layout() {
       local layout="$1" first=${#pids[@]}
-      read -r -a ports <<<"$(free_ports 7)"
+      read -r -a ports <<<"$(free_ports 8)"
       backend_ports=("${ports[@]:0:3}")
       proxy_port[lb-sync]=${ports[3]} proxy_port[nginx]=${ports[4]} proxy_port[haproxy]=${ports[5]} proxy_port[pingora]=${ports[6]}
+      proxy_port[lb-sync-routed]=${ports[7]}
       backend_lists "${backend_ports[@]}"
       if [ "$layout" = shared ]; then
         local listens=""
@@ -470,6 +471,17 @@ PY
       haproxy_up "127.0.0.1:${proxy_port[haproxy]}"
       proxy_pids[haproxy]=$haproxy_pid
       local proxies=(lb-sync nginx haproxy)
+      if [ "${ROUTED:-0}" != 0 ]; then
+        # The same lb-sync with one route that takes every request: what the route lookup and
+        # the canonical host cost per request (issue 26: no change beyond noise).
+        echo '{"routes": [{"name": "all", "path_prefix": "/", "pool": "default"}]}' > "$work/one-route.json"
+        "$sync_bin" --config "$work/one-route.json" --algorithm round_robin --host 127.0.0.1 \
+          --port "${proxy_port[lb-sync-routed]}" "${lb_threads[@]}" --access-log false --health-check-interval 0 \
+          "${lb_args[@]}" > "$work/lb-sync-routed.out" 2> "$work/lb-sync-routed.err" &
+        pids+=("$!")
+        proxy_pids[lb-sync-routed]=$!
+        proxies+=(lb-sync-routed)
+      fi
       if [ -n "$pingora_bin" ]; then
         local pingora_args=()
         for port in "${backend_ports[@]}"; do pingora_args+=(--backend "127.0.0.1:$port"); done
@@ -483,6 +495,7 @@ PY
       wait_port "${proxy_port[lb-sync]}" / "$work/lb-sync.err"
       wait_port "${proxy_port[nginx]}" / "$work/nginx-$layout/logs/error.log"
       wait_port "${proxy_port[haproxy]}" / "$work/haproxy.log"
+      [ "${ROUTED:-0}" != 0 ] && wait_port "${proxy_port[lb-sync-routed]}" / "$work/lb-sync-routed.err"
       [ -n "$pingora_bin" ] && wait_port "${proxy_port[pingora]}" / "$work/pingora.log"
       proxy_pids[nginx]="$nginx_pid $(pgrep -P "$nginx_pid" | tr '\n' ' ')"
       for c in $levels; do
