@@ -52,6 +52,7 @@ pub mod pools;
 pub mod proxy;
 pub mod registry;
 pub mod route_cli;
+pub mod route_policy;
 pub mod route_stats;
 pub mod router;
 pub mod routing;

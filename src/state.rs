@@ -17,6 +17,7 @@ use arc_swap::ArcSwap;
 use crate::config::Config;
 use crate::ops::Operations;
 use crate::pools::Pools;
+use crate::route_policy::RoutePolicies;
 use crate::route_stats::RouteCounters;
 use crate::routing::RouteTable;
 use crate::stats::Stats;
@@ -35,6 +36,8 @@ pub struct Shared {
     /// What each route's requests got (kept across reloads by route name), and those no route
     /// took.
     pub route_stats: RouteCounters,
+    /// Each route's own rate limiter and HTTP clients (timeouts), when it sets them.
+    pub route_policies: RoutePolicies,
     /// Request counters of the whole balancer.
     pub stats: Arc<Stats>,
     /// When the balancer started.

@@ -215,3 +215,23 @@ fn routes_naming_an_unknown_pool_are_refused_and_no_route_without_a_default_pool
     assert_eq!(none.status, 404);
     assert!(none.text().contains("no route matched"), "{}", none.text());
 }
+
+#[test]
+fn a_routes_own_rate_limit_and_timeout_apply_to_its_requests_only() {
+    let (_children, addrs) = backends(1, &[]);
+    let routes = r#""routes": [
+        {"name": "limited", "path_prefix": "/limited", "pool": "default", "client_rate_limit": 0.001, "client_rate_limit_burst": 2},
+        {"name": "quick", "path_prefix": "/quick", "pool": "default", "request_timeout": 0.3, "max_tries": 1}
+    ]"#;
+    let lb = Lb::start(&addrs, routes);
+    // Two admitted from a full bucket, then 429 with when to come back; other paths unlimited.
+    let statuses: Vec<u16> = (0..3).map(|_| send(lb.addr, "GET", "/limited/x", "t", "").status).collect();
+    assert_eq!(statuses, [200, 200, 429]);
+    let refused = send(lb.addr, "GET", "/limited/x", "t", "");
+    assert!(refused.header("retry-after").is_some(), "{:?}", refused.headers);
+    assert!((0..5).all(|_| send(lb.addr, "GET", "/other", "t", "").status == 200));
+    // The route's 0.3 s against the pool's 30 s: a 1 s answer is 504 on the route, 200 elsewhere.
+    assert_eq!(send(lb.addr, "GET", "/quick?delay_ms=1000", "t", "").status, 504);
+    assert_eq!(send(lb.addr, "GET", "/slow?delay_ms=1000", "t", "").status, 200);
+    assert_eq!(send(lb.addr, "GET", "/quick?delay_ms=10", "t", "").status, 200);
+}

@@ -11,6 +11,27 @@ use super::{invalid, ranges, Config, ConfigError, DEFAULT_POOL, MAX_BURST, MAX_R
 pub(super) fn check(config: &Config) -> Result<(), ConfigError> {
     let table = RouteTable::build(&config.routes).map_err(|e| invalid("routes", e.to_string()))?;
     config.routes.iter().try_for_each(check_overrides)?;
+    for route in table.routes() {
+        let o = &route.overrides;
+        let set = [
+            ("request_timeout", o.request_timeout.is_some()),
+            ("connect_timeout", o.connect_timeout.is_some()),
+            ("max_tries", o.max_tries.is_some()),
+            ("rate_limit", o.rate_limit.is_some()),
+            ("client_rate_limit", o.client_rate_limit.is_some()),
+        ];
+        if let (Action::Redirect(_) | Action::Respond(_), Some((key, _))) =
+            (&route.action, set.iter().find(|(_, s)| *s))
+        {
+            return Err(invalid(
+                "routes",
+                format!(
+                    "route '{}': {key} applies to requests sent to a pool; this route answers them itself",
+                    route.name
+                ),
+            ));
+        }
+    }
     for (route, pool) in table.routes().iter().flat_map(|r| pools_of(r).into_iter().map(move |p| (r, p))) {
         if pool != DEFAULT_POOL && !config.pools.contains_key(pool) {
             let known: Vec<&str> =
@@ -76,19 +97,6 @@ fn check_overrides(route: &RouteConfig) -> Result<(), ConfigError> {
             _ => {}
         }
     }
-    // Valid, but not carried out yet: refused rather than ignored.
-    let pending = [
-        ("request_timeout", o.request_timeout.is_some()),
-        ("connect_timeout", o.connect_timeout.is_some()),
-        ("rate_limit", o.rate_limit.is_some() || o.rate_limit_burst.is_some()),
-        ("client_rate_limit", o.client_rate_limit.is_some() || o.client_rate_limit_burst.is_some()),
-    ];
-    if let Some((key, _)) = pending.iter().find(|(_, set)| *set) {
-        return Err(fail(format!(
-            "{key} per route is not applied yet: give the route a pool of its own with that setting \
-             (\"pools\": {{\"name\": {{\"backends\": [...], \"{key}\": ...}}}}); max_tries per route is applied"
-        )));
-    }
     Ok(())
 }
 
@@ -131,7 +139,11 @@ mod tests {
         let split =
             with_routes(r#"[{"name": "s", "split": [{"pool": "default", "weight": 9}, {"pool": "x", "weight": 1}]}]"#);
         assert!(split.unwrap_err().contains("names pool 'x'"));
-        let pending = with_routes(r#"[{"name": "p", "pool": "default", "request_timeout": 5}]"#).unwrap_err();
-        assert!(pending.starts_with("route 'p': request_timeout per route is not applied yet"), "{pending}");
+        with_routes(r#"[{"name": "p", "pool": "default", "request_timeout": 5, "client_rate_limit": 2}]"#).unwrap();
+        let answered = with_routes(r#"[{"name": "r", "respond": {"status": 403}, "rate_limit": 5}]"#).unwrap_err();
+        assert_eq!(
+            answered,
+            "route 'r': rate_limit applies to requests sent to a pool; this route answers them itself"
+        );
     }
 }

@@ -10,6 +10,7 @@ use crate::config::{BackendConfig, Config, ConfigError};
 use crate::health::BreakerConfig;
 use crate::ops::Operations;
 use crate::pools::{Pool, Pools};
+use crate::route_policy::RoutePolicies;
 use crate::route_stats::RouteCounters;
 use crate::routing::RouteTable;
 use crate::server::{Certificates, Tuning};
@@ -134,10 +135,13 @@ pub(crate) fn build_shared(
     };
     let routes = RouteTable::build(&config.routes).map_err(|e| format!("routes: {e}"))?;
     let route_stats = RouteCounters::build(&routes, previous.map(|p| &p.route_stats));
+    let pools = Pools::new(pools);
+    let route_policies = RoutePolicies::build(&routes, &pools, previous.map(|p| &p.route_policies))?;
     Ok(Shared {
-        pools: Pools::new(pools),
+        pools,
         routes,
         route_stats,
+        route_policies,
         stats: previous.map_or_else(|| Arc::new(Stats::default()), |p| Arc::clone(&p.stats)),
         started: previous.map_or_else(Instant::now, |p| p.started),
         rate_limiter,

@@ -1,16 +1,20 @@
 //! What a route changes in a request it sends to a pool, and in the answer coming back: the
 //! path upstream (`strip_prefix`, `add_prefix`, `replace_prefix`) with the backend's
 //! `Location` mapped back the other way (nginx's `proxy_redirect default`), header edits both
-//! ways, and `max_tries`; and where its answer is counted (the route's counters, or those of
-//! requests no route took).
+//! ways, `max_tries`, and the route's own rate limiter and HTTP clients (timeouts); and where
+//! its answer is counted (the route's counters, or those of requests no route took).
 
 use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::pools::Pool;
+use crate::route_policy::RoutePolicy;
 use crate::route_stats::RouteStats;
 use crate::routing::{HeaderEdits, Rewrite, Route};
 use crate::server::{Header, Response};
+use crate::traffic::RateLimiter;
+use crate::upstream::Forwarder;
 
 /// A route's changes to one proxied request; [`Leg::default`] changes nothing and counts
 /// nowhere (no route table).
@@ -24,11 +28,13 @@ pub struct Leg<'a> {
     counters: Option<&'a RouteStats>,
     /// Whether a route took the request (its name is logged).
     routed: bool,
+    /// The route's own rate limiter and HTTP clients, when it sets them.
+    policy: Option<&'a RoutePolicy>,
 }
 
 impl<'a> Leg<'a> {
     /// What `route` changes; its answer is counted in `counters` (the route's).
-    pub fn of(route: &'a Route, counters: &'a RouteStats) -> Leg<'a> {
+    pub fn of(route: &'a Route, counters: &'a RouteStats, policy: Option<&'a RoutePolicy>) -> Leg<'a> {
         Leg {
             rewrite: route.rewrite.as_ref(),
             request_headers: Some(&route.request_headers),
@@ -36,6 +42,20 @@ impl<'a> Leg<'a> {
             max_tries: route.overrides.max_tries,
             counters: Some(counters),
             routed: true,
+            policy,
+        }
+    }
+
+    /// The route's own rate limiter, when it sets a rate.
+    pub(super) fn limiter(&self) -> Option<&'a RateLimiter> {
+        self.policy.and_then(RoutePolicy::limiter)
+    }
+
+    /// The HTTP client for `pool`: the route's own when it sets a timeout, else the pool's.
+    pub(super) fn forwarder(&self, pool: &'a Pool) -> &'a Forwarder {
+        match self.policy {
+            Some(policy) => policy.forwarder(pool),
+            None => &pool.forwarder,
         }
     }
 

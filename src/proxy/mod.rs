@@ -39,7 +39,8 @@ use crate::ops::PendingAccess;
 use crate::pools::Pool;
 use crate::server::{BodyFraming, Request, RequestBody, Response};
 use crate::state::Shared;
-use crate::upstream::{Backend, ForwardError, PickKind, Prepared};
+use crate::traffic::Decision;
+use crate::upstream::{Backend, ForwardError, Forwarder, PickKind, Prepared};
 
 use body::{TryBody, UpstreamBody};
 use headers::{upstream_headers, Passing};
@@ -91,10 +92,21 @@ pub fn forward_leg(shared: &Shared, pool: &Pool, request: Request, leg: Leg<'_>)
     let mut access = PendingAccess::new(&request, origin.client, shared.ops.access_log.is_some());
     access.served_by(leg.route_name(), Some(&pool.name));
     let quota = shared.rate_limiter.check(origin.client, access.started());
+    // A route's own limit after the balancer's; the answer shows the one that decided.
+    let quota = match leg.limiter() {
+        Some(limiter) if quota.allowed => match limiter.check(origin.client, access.started()) {
+            route if !route.allowed || quota == Decision::UNLIMITED => route,
+            _ => quota,
+        },
+        _ => quota,
+    };
     let client_host = routed::request_host(&request);
-    let outcome = policy::admit(&quota)
-        .and_then(|()| prepare(shared, pool, request, &origin, &access, leg))
-        .and_then(|mut outbound| try_backends(shared, pool, &mut outbound, leg.max_tries(pool.config.max_tries)));
+    let outcome = policy::admit(&quota).and_then(|()| prepare(shared, pool, request, &origin, &access, leg)).and_then(
+        |mut outbound| {
+            let (forwarder, max_tries) = (leg.forwarder(pool), leg.max_tries(pool.config.max_tries));
+            try_backends(shared, pool, forwarder, &mut outbound, max_tries)
+        },
+    );
     let (response, upstream) = match outcome {
         Ok((mut response, backend, upstream_time)) => {
             leg.edit_response(&mut response, client_host.as_deref());
@@ -141,8 +153,8 @@ fn prepare(
         headers.retain(|(name, _)| !name.eq_ignore_ascii_case("x-request-id"));
         headers.push(("X-Request-Id", access.request_id.as_bytes().into()));
     }
-    let mut prepared = pool
-        .forwarder
+    let mut prepared = leg
+        .forwarder(pool)
         .prepare(&method, &target, headers.iter().map(|(n, v)| (*n, &v[..])))
         .map_err(ProxyError::Unforwardable)?;
     drop(headers);
@@ -177,6 +189,7 @@ fn prepare(
 fn try_backends(
     shared: &Shared,
     pool: &Pool,
+    forwarder: &Forwarder,
     out: &mut Outbound,
     max_tries: usize,
 ) -> Result<(Response, Arc<Backend>, Duration), ProxyError> {
@@ -238,7 +251,7 @@ fn try_backends(
         backend.record_request();
         tries += 1;
         let sent = Instant::now();
-        match send_once(pool, backend, &out.prepared, out.upgrade.is_some(), out.own_connection, body) {
+        match send_once(forwarder, backend, &out.prepared, out.upgrade.is_some(), out.own_connection, body) {
             Ok(upstream) => {
                 let upstream_time = sent.elapsed();
                 in_flight.answered();
@@ -344,7 +357,7 @@ fn admit<'a>(
 /// Sends the request once to `backend`: through the backend's ureq agent, or on a connection of its
 /// own for an upgrade request.
 fn send_once(
-    pool: &Pool,
+    forwarder: &Forwarder,
     backend: &Backend,
     prepared: &Prepared,
     upgrade: bool,
@@ -353,9 +366,9 @@ fn send_once(
 ) -> Result<Answer, ForwardError> {
     let body = body.as_mut().map(|b| b as &mut dyn std::io::Read);
     if upgrade {
-        return pool.forwarder.send_own(backend, prepared, body).map(Answer::Own);
+        return forwarder.send_own(backend, prepared, body).map(Answer::Own);
     }
-    pool.forwarder.send(backend, prepared, body, own_connection).map(Answer::Pooled)
+    forwarder.send(backend, prepared, body, own_connection).map(Answer::Pooled)
 }
 
 /// An answer came: the backend counts it; the breaker hears a success (or a failure, for a 5xx

@@ -43,7 +43,7 @@ pub fn serve(shared: &Shared, request: Request) -> Response {
         }
         return forward_leg(shared, default, request, unmatched);
     };
-    let leg = Leg::of(route, shared.route_stats.of(route));
+    let leg = Leg::of(route, shared.route_stats.of(route), shared.route_policies.of(route));
     match &route.action {
         Action::Pool(name) => forward_leg(shared, pool(shared, name), request, leg),
         Action::Split(shares) => {
