@@ -46,6 +46,11 @@ impl<'a> Leg<'a> {
         }
     }
 
+    /// Whether the route rewrites the path (and so maps a backend's `Location` back).
+    pub(super) fn rewrites(&self) -> bool {
+        self.rewrite.is_some()
+    }
+
     /// The route's own rate limiter, when it sets a rate.
     pub(super) fn limiter(&self) -> Option<&'a RateLimiter> {
         self.policy.and_then(RoutePolicy::limiter)
