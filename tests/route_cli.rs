@@ -239,3 +239,13 @@ fn a_reload_logs_the_tables_warnings_and_goes_ahead() {
     assert!(lb.wait_log("WARN", limit) && lb.wait_log("pool 'spare' is named by no route", limit), "{}", lb.log());
     assert!(lb.log().contains("route 'api': regex '/api/.*$' has ^ or $"), "{}", lb.log());
 }
+
+#[test]
+fn the_start_logs_the_tables_warnings() {
+    let backend: std::net::SocketAddr = format!("127.0.0.1:{}", common::unused_port()).parse().unwrap();
+    let routes = r#""pools": {"spare": {"backends": [{"host": "127.0.0.1", "port": 9202}]}},
+                    "routes": [{"name": "all", "path_prefix": "/", "pool": "default"}]"#;
+    let lb = common::lb::Lb::start(&[backend], routes);
+    let limit = std::time::Duration::from_secs(10);
+    assert!(lb.wait_log("pool 'spare' is named by no route", limit), "{}", lb.log());
+}

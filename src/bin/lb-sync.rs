@@ -451,6 +451,10 @@ fn main() -> ExitCode {
     // The ready line on stdout is what scripts wait for.
     println!("lb-sync {} listening on {} -> {}{others}", algorithm, balancer.local_addr(), backends.join(", "));
     log::info!("lb-sync {} listening on {} -> {}{others}", algorithm, balancer.local_addr(), backends.join(", "));
+    // What --check-config would warn of (a shadowed route, a pool no route reaches), as a reload does.
+    for warning in lb_sync::lifecycle::config_warnings(&balancer.shared().config) {
+        log::warn!("{warning}");
+    }
     balancer.serve_until_signalled(signals, Some(log_writer));
     ExitCode::SUCCESS
 }
