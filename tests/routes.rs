@@ -101,6 +101,8 @@ fn each_request_goes_where_its_most_specific_route_sends_it() {
         ("POST", "/v1/users", "api.example.com", "X-Pool: canary\r\n", Expect::Pool("canary", "/v1/users")),
         // A header sent twice matches no header matcher (fail closed).
         ("GET", "/v1/x", "api.example.com", "X-Pool: canary\r\nX-Pool: canary\r\n", Expect::Pool("api", "/x")),
+        // An underscore spelling is not the field the matcher names (and is dropped upstream).
+        ("GET", "/v1/x", "api.example.com", "X_Pool: canary\r\n", Expect::Pool("api", "/x")),
         // Segment boundary: /v1x is not under /v1; the wildcard takes it.
         ("GET", "/v1x", "api.example.com", "", Expect::Pool("web", "/v1x")),
         ("GET", "/page", "www.example.com", "", Expect::Pool("web", "/page")),

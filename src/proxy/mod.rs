@@ -101,7 +101,7 @@ pub fn forward_leg(shared: &Shared, pool: &Pool, request: Request, leg: Leg<'_>)
         _ => quota,
     };
     // Only a rewrite maps a backend's Location back, against the host the client asked for.
-    let client_host = leg.rewrites().then(|| routed::request_host(&request)).flatten();
+    let client_host = leg.rewrites().then(|| routed::request_host(&request).map(str::to_string)).flatten();
     let outcome = policy::admit(&quota).and_then(|()| prepare(shared, pool, request, &origin, &access, leg)).and_then(
         |mut outbound| {
             let (forwarder, max_tries) = (leg.forwarder(pool), leg.max_tries(pool.config.max_tries));

@@ -25,7 +25,7 @@ pub fn serve(shared: &Shared, request: Request) -> Response {
     let route = {
         let target = origin_form(request.target()).unwrap_or("");
         let (path, query) = target.split_once('?').unwrap_or((target, ""));
-        let canonical = host.as_deref().map(canonical_host);
+        let canonical = host.map(canonical_host);
         let view = RequestView {
             method: request.method(),
             host: canonical.as_deref(),
@@ -59,7 +59,7 @@ pub fn serve(shared: &Shared, request: Request) -> Response {
             }
         }
         Action::Redirect(redirect) => {
-            let response = redirect_to(redirect, &request, host.as_deref());
+            let response = redirect_to(redirect, &request, host);
             answer(shared, request, response, leg)
         }
         Action::Respond(respond) => {
@@ -81,12 +81,12 @@ fn pool<'a>(shared: &'a Shared, name: &str) -> &'a Pool {
 
 /// The host the client asked for: the absolute-form target's authority, else the one `Host`
 /// field (validated by the front end); `None` when there is none or several.
-pub(super) fn request_host(request: &Request) -> Option<String> {
+pub(super) fn request_host(request: &Request) -> Option<&str> {
     if let Some(authority) = target_authority(request.target()) {
-        return Some(authority.to_string());
+        return Some(authority);
     }
     match sole(request.headers(), "host") {
-        Sole::Text(value) => Some(value.to_string()),
+        Sole::Text(value) => Some(value),
         Sole::Absent | Sole::Unusable => None,
     }
 }
