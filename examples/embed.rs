@@ -21,13 +21,14 @@ fn main() -> std::io::Result<()> {
         backends.push(Server::start_on(listener, ServerConfig::default(), DemoBackend::new(port, "127.0.0.1", None))?);
         configs.push(BackendConfig::new("127.0.0.1", port, weight));
     }
-    let balancer = LoadBalancer::start(Config {
-        host: "127.0.0.1".parse().unwrap(),
-        port: 0,
-        algorithm: "weighted_round_robin".parse().expect("a known algorithm"),
-        backends: configs,
-        access_log: false,
-        ..Config::default()
+    let balancer = LoadBalancer::start({
+        let mut adjusted = Config::default();
+        adjusted.listener.host = "127.0.0.1".parse().unwrap();
+        adjusted.listener.port = 0;
+        adjusted.pool.algorithm = "weighted_round_robin".parse().expect("a known algorithm");
+        adjusted.backends = configs;
+        adjusted.operations.access_log = false;
+        adjusted
     })?;
     println!("balancer on {}", balancer.local_addr());
 

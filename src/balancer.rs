@@ -29,16 +29,15 @@ use crate::upstream::{BackendTable, DnsRefresher, DnsStatus, HealthChecker, Reso
 /// use lb_sync::balancer::LoadBalancer;
 /// use lb_sync::config::{BackendConfig, Config};
 ///
-/// let config = Config {
-///     port: 0, // any free port
-///     backends: vec![BackendConfig::new("127.0.0.1", 8001, 1), BackendConfig::new("127.0.0.1", 8002, 2)],
-///     algorithm: "weighted_round_robin".parse().unwrap(),
-///     ..Config::default()
-/// };
+/// let mut config = Config::default();
+/// config.listener.port = 0; // any free port
+/// config.backends = vec![BackendConfig::new("127.0.0.1", 8001, 1), BackendConfig::new("127.0.0.1", 8002, 2)];
+/// config.pool.algorithm = "weighted_round_robin".parse().unwrap();
 /// let balancer = LoadBalancer::start(config.clone()).unwrap();
 /// println!("balancing on {}", balancer.local_addr());
 /// // Weights and algorithm change without a connection dropped:
-/// balancer.reload(Config { algorithm: "least_connections".parse().unwrap(), ..config }).unwrap();
+/// config.pool.algorithm = "least_connections".parse().unwrap();
+/// balancer.reload(config).unwrap();
 /// balancer.stop(std::time::Duration::from_secs(5));
 /// ```
 pub struct LoadBalancer {
@@ -61,13 +60,16 @@ pub type StopPhase = Arc<std::sync::Mutex<&'static str>>;
 /// this machine that does not say it forwarded (no `X-Forwarded-For`, no `Via`) would open it to
 /// its clients, so the operator is told to set a token or a listener of its own.
 fn warn_if_the_api_is_unguarded(config: &Config) {
-    if config.admin_token.is_none() && config.admin_listen.is_none() && !config.host.is_loopback() {
+    if config.operations.admin_token.is_none()
+        && config.operations.admin_listen.is_none()
+        && !config.listener.host.is_loopback()
+    {
         log::warn!(
             "the management API ({}/...) is served on {} with no admin_token: only loopback peers without \
              forwarding headers may use it; behind a proxy on this machine set admin_token (--admin-token) or \
              admin_listen (--admin-listen)",
-            config.admin_prefix,
-            SocketAddr::new(config.host, config.port)
+            config.operations.admin_prefix,
+            SocketAddr::new(config.listener.host, config.listener.port)
         );
     }
 }
@@ -85,7 +87,7 @@ impl LoadBalancer {
     pub fn start_with_log(config: Config, access_log: Option<LogHandle>) -> io::Result<LoadBalancer> {
         let invalid = |e: &dyn std::fmt::Display| io::Error::new(io::ErrorKind::InvalidInput, e.to_string());
         config.validate().map_err(|e| invalid(&e))?;
-        let state_file = config.state_file.as_ref().map(StateFile::new);
+        let state_file = config.operations.state_file.as_ref().map(StateFile::new);
         let saved = match &state_file {
             Some(file) => file.load().map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?,
             None => None,
@@ -94,7 +96,8 @@ impl LoadBalancer {
             Some(saved) => saved.backend_configs(),
             None => backend_list(&config),
         };
-        let table = BackendTable::new(config.algorithm, &backends, backend_policy(&config)).map_err(|e| invalid(&e))?;
+        let table =
+            BackendTable::new(config.pool.algorithm, &backends, backend_policy(&config)).map_err(|e| invalid(&e))?;
         if let (Some(saved), Some(file)) = (&saved, &state_file) {
             saved.apply_states(&table);
             log::info!("{} backend(s) restored from state file {}", saved.backends.len(), file.path().display());
@@ -102,7 +105,7 @@ impl LoadBalancer {
         let table = Arc::new(table);
         // With a registry the table becomes what etcd says (seeded with the configured
         // backends when empty) before the listener opens.
-        let registry = match &config.registry {
+        let registry = match &config.operations.registry {
             Some(url) => Some(Registry::start(url, Arc::clone(&table), backend_list(&config))?),
             None => None,
         };
@@ -111,34 +114,37 @@ impl LoadBalancer {
         let dns = Arc::new(DnsStatus::default());
         let refresher = DnsRefresher::start(
             Arc::clone(&table),
-            Duration::from_secs_f64(config.dns_refresh_interval),
+            Duration::from_secs_f64(config.operations.dns_refresh_interval),
             Arc::clone(&dns),
         )?;
         let mut access_writer = None;
-        let access_log = match (config.access_log, access_log) {
+        let access_log = match (config.operations.access_log, access_log) {
             (false, _) => None,
             (true, Some(handle)) => Some(handle),
             (true, None) => {
-                let target = config.access_log_file.clone().map_or(LogTarget::Stderr, LogTarget::File);
+                let target = config.operations.access_log_file.clone().map_or(LogTarget::Stderr, LogTarget::File);
                 let writer = LogWriter::start(target)?;
                 let handle = writer.handle();
                 access_writer = Some(writer);
                 Some(handle)
             }
         }
-        .map(|handle| AccessLog { handle, format: config.access_log_format });
+        .map(|handle| AccessLog { handle, format: config.operations.access_log_format });
         let ops = Arc::new(Operations { registry, dns, ..Operations::new(access_log, state_file) });
         let tuning = tuning(&config);
-        let tls = match (config.tls_port, tls_certificates(&config).map_err(|e| invalid(&e))?) {
+        let tls = match (config.tls.port, tls_certificates(&config).map_err(|e| invalid(&e))?) {
             (Some(port), Some(certificates)) => {
                 log::info!("TLS certificates: {}", certificates.describe());
-                Some(TlsListener { bind: SocketAddr::new(config.host, port), acceptor: TlsAcceptor::new(certificates) })
+                Some(TlsListener {
+                    bind: SocketAddr::new(config.listener.host, port),
+                    acceptor: TlsAcceptor::new(certificates),
+                })
             }
             _ => None,
         };
         let mut server_config = ServerConfig {
-            bind: SocketAddr::new(config.host, config.port),
-            threads: config.threads,
+            bind: SocketAddr::new(config.listener.host, config.listener.port),
+            threads: config.listener.threads,
             queue_capacity: tuning.queue_capacity,
             limits: tuning.limits,
             body_buffering: tuning.body_buffering,
@@ -150,7 +156,7 @@ impl LoadBalancer {
         for (name, pool) in config.pool_configs().into_iter().skip(1) {
             let named = |e: TableError| invalid(&format!("pool '{name}': {e}"));
             let table =
-                BackendTable::new(pool.algorithm, &backend_list(&pool), backend_policy(&pool)).map_err(named)?;
+                BackendTable::new(pool.pool.algorithm, &backend_list(&pool), backend_policy(&pool)).map_err(named)?;
             tables.push((name, Arc::new(table)));
         }
         let shared =
@@ -169,7 +175,7 @@ impl LoadBalancer {
         server_config.on_refusal = Some(refusal_hook(Arc::clone(&current)));
         server_config.client_key = Some(client_key(Arc::clone(&current)));
         let server = Server::start(server_config, Router::new(Arc::clone(&current)))?;
-        let admin = match current.load().config.admin_listen {
+        let admin = match current.load().config.operations.admin_listen {
             Some(bind) => {
                 let config = ServerConfig { bind, threads: 4, queue_capacity: 64, ..ServerConfig::default() };
                 let listener = bind_for(Some("the management API (admin_listen)"), bind, config.backlog)?;
@@ -333,7 +339,7 @@ fn history_sampler(current: Arc<Current>) -> io::Result<Sampler> {
 /// after the `trusted_proxies` in force.
 fn client_key(current: Arc<Current>) -> ClientKey {
     ClientKey::new(move |peer, head| {
-        crate::client_ip::request_client(peer.ip(), &head.headers, &current.load().config.trusted_proxies)
+        crate::client_ip::request_client(peer.ip(), &head.headers, &current.load().config.listener.trusted_proxies)
     })
 }
 

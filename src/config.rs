@@ -1,31 +1,30 @@
 //! The balancer's configuration: every setting with its default, in one place. Read from a JSON
 //! file (`--config`), overridden by command-line flags.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::balance::AlgorithmKind;
-use crate::client_ip::Cidr;
-use crate::logging::AccessFormat;
-use crate::routing::RouteConfig;
 use crate::server::{BodyBuffering, Limits, PathRules};
 use crate::traffic::sticky::is_valid_cookie_name;
-use crate::traffic::{ClientLimiter, RateLimitConfig, StickyCookie};
+use crate::traffic::{RateLimitConfig, StickyCookie};
 
 mod pools;
 mod ranges;
 mod registry_url;
-pub use pools::{is_valid_pool_name, PoolConfig, DEFAULT_POOL, POOL_SETTINGS};
+pub use pools::{is_valid_pool_name, DEFAULT_POOL};
 mod routes;
+mod settings;
 pub(crate) use ranges::of as range_of;
-pub use ranges::{Range, Unit, RANGES};
+pub use ranges::{Range, Unit};
 pub use registry_url::RegistryUrl;
+pub use settings::{
+    BreakerSettings, ClientLimits, Config, ConfigFile, HealthSettings, ListenerSettings, Operations, PoolConfig,
+    PoolSettings, Setting, SettingInfo, TlsSettings, FLAGS, POOL_SETTINGS, RANGES, SETTINGS, SHOWN_AS,
+};
 
 /// One backend as configured.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -264,366 +263,6 @@ fn is_token(text: &str) -> bool {
     !text.is_empty() && text.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
-/// Everything the balancer needs to run. Field names are the config-file keys.
-///
-/// ```
-/// let config: lb_sync::config::Config = serde_json::from_str(r#"{"port": 9090, "algorithm": "ip_hash"}"#).unwrap();
-/// assert_eq!(config.port, 9090);
-/// assert_eq!(config.backends.len(), 3, "the seed's three backends by default");
-/// ```
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Config {
-    /// Address to listen on. Default `0.0.0.0` (the seed's).
-    pub host: IpAddr,
-    /// Port to listen on. Default 8080.
-    pub port: u16,
-    /// Selection algorithm. Default `round_robin` (the seed's).
-    pub algorithm: AlgorithmKind,
-    /// Forwarding worker threads: each in-flight request holds one while its backend works
-    /// (never while a client sends or reads: the poller does that). A worker costs a small
-    /// stack, so the default is generous: 256 (Apache's event MPM defaults to 400), and 100
-    /// slow backend requests in flight delay nobody else.
-    pub threads: usize,
-    /// The backends. Default: the seed's `localhost:8001` (weight 1), `:8002` (2), `:8003` (1).
-    pub backends: Vec<BackendConfig>,
-    /// Named pools of backends, each with the pool-level settings it changes (see
-    /// [`PoolConfig`]); the top-level `backends` and settings are the pool `default`. Default
-    /// none. Left out of the JSON when empty.
-    #[serde(deserialize_with = "pools::by_name", skip_serializing_if = "BTreeMap::is_empty")]
-    pub pools: BTreeMap<String, PoolConfig>,
-    /// PEM file of the certificate authorities that HTTPS backends' certificates are verified
-    /// against (nginx's `proxy_ssl_trusted_certificate`), read at start and on each reload.
-    /// Default unset: the system roots (Mozilla's, built in).
-    pub upstream_ca: Option<PathBuf>,
-    /// Seconds between active health checks of a backend (±10 % jitter). Default 30 (the
-    /// seed's). 0 turns active checks off.
-    pub health_check_interval: f64,
-    /// Seconds between health checks of a backend not known to be up: not probed yet, down, a
-    /// failed probe since its last verdict, its breaker open or half-open, or traffic could not
-    /// connect to it since its last probe (then the next probe is at most this long after the
-    /// previous one, so at once after a quiet spell). Default 1 (HAProxy's `fastinter` and
-    /// `downinter` in one); never slower than `health_check_interval`.
-    pub health_check_fast_interval: f64,
-    /// Path of the health check (`GET`). Default `/health` (what lb-backend answers).
-    pub health_check_path: String,
-    /// Seconds a health probe may take (connect and status line). Default 2.
-    pub health_check_timeout: f64,
-    /// Good probes in a row that bring a down backend back. Default 2 (HAProxy's `rise`).
-    pub health_check_rise: u32,
-    /// Failed probes in a row that take an up backend down. Default 3 (HAProxy's `fall`).
-    pub health_check_fall: u32,
-    /// Statuses a probe accepts as healthy, `LOW-HIGH`. Default `200-399` (HAProxy's).
-    pub health_check_status: String,
-    /// Seconds a backend may take to answer (and between body reads), then `504`. Default 30.
-    pub request_timeout: f64,
-    /// Seconds to connect to a backend before trying the next. Default 5.
-    pub connect_timeout: f64,
-    /// Most backends tried for one request (1 = no retry). Default 3.
-    pub max_tries: usize,
-    /// Retries allowed as a share of recent requests (over 10 s windows). Default 0.2 (Envoy's
-    /// retry budget of 20 %).
-    pub retry_budget_ratio: f64,
-    /// Retries always allowed per window, whatever the ratio. Default 10.
-    pub retry_budget_min: u64,
-    /// An idempotent request whose body is larger than this is not sent again after it reached
-    /// a backend (every body is buffered, so this bounds the upload a retry repeats); a request
-    /// that never left (connection refused) is always retried. Default 64 KiB.
-    pub retry_body_max_bytes: u64,
-    /// Consecutive failures (connect errors, timeouts; 5xx with `breaker_on_5xx`) that open a
-    /// backend's circuit breaker. Default 5.
-    pub breaker_consecutive_failures: u32,
-    /// Failure ratio over a 10 s window that opens it, after 20 requests. Default 0.5.
-    pub breaker_failure_ratio: f64,
-    /// Seconds a breaker stays open after its first trip; doubles on each failed trial, up to
-    /// 60 s. Default 5.
-    pub breaker_cooldown: f64,
-    /// Trial requests a half-open breaker lets through; all must succeed to close it. Default 3.
-    pub breaker_half_open_trials: u32,
-    /// Count backend 5xx answers as breaker failures. Default false (a 500 is still an answer).
-    pub breaker_on_5xx: bool,
-    /// Seconds over which a recovered backend's share ramps from 10 % to 100 %. Default 10;
-    /// 0 turns slow start off.
-    pub slow_start: f64,
-    /// When no backend is usable, try every enabled one anyway instead of answering `503`
-    /// (Envoy's panic mode). Default false.
-    pub panic_mode: bool,
-    /// Seconds over which a backend's response-time estimate decays (peak_ewma): about how far
-    /// back its answers count, and how soon a backend avoided for being slow is tried again.
-    /// Default 10 (Finagle's and Linkerd's).
-    pub peak_ewma_window: f64,
-    /// Log one line per request. Default true (the seed's).
-    pub access_log: bool,
-    /// `combined` (nginx's, plus upstream address, upstream time, request time and request id)
-    /// or `json`. Default `combined`.
-    pub access_log_format: AccessFormat,
-    /// Where access-log lines go. Default: stderr.
-    pub access_log_file: Option<PathBuf>,
-    /// Where the process's other log lines go (startup, health and breaker changes, warnings).
-    /// Default: stderr.
-    pub log_file: Option<PathBuf>,
-    /// Seconds a sticky session lasts: the `Max-Age` of the sticky cookie, counted from when it
-    /// was set. Default 3600 (the seed's); 0 makes it a browser-session cookie (no `Max-Age`).
-    pub session_timeout: u64,
-    /// Requests per second for all clients together; over it, `429`. Default 0: off.
-    pub rate_limit: f64,
-    /// Requests the global limit admits at once. Default 0: one second's worth,
-    /// `max(1, ceil(rate_limit))`.
-    pub rate_limit_burst: u32,
-    /// Requests per second for each client address (the address ip_hash uses: the peer, or
-    /// what a trusted proxy says). Default 0: off.
-    pub client_rate_limit: f64,
-    /// Requests each client's bucket admits at once. Default 0: `max(1, ceil(client_rate_limit))`.
-    pub client_rate_limit_burst: u32,
-    /// Most client addresses the per-client limit tracks at once; beyond it the least recently
-    /// seen are forgotten. Default 100 000 (about 10 MB when full).
-    pub rate_limit_max_clients: usize,
-    /// Name of the sticky-session cookie; set, it turns sticky sessions on for every
-    /// algorithm. Default unset: off.
-    pub sticky_cookie: Option<String>,
-    /// Key of the sticky cookie's HMAC: with it, a client cannot forge a cookie that picks its
-    /// backend. Default unset (a fixed public key: opaque, not unforgeable).
-    pub sticky_secret: Option<String>,
-    /// Peers whose `X-Forwarded-For` is believed (CIDRs). Default loopback only.
-    pub trusted_proxies: Vec<Cidr>,
-    /// Whether request header fields with `_` in their names are forwarded (nginx's
-    /// `underscores_in_headers`). Default false: they are dropped, because a CGI or WSGI
-    /// backend reads `X_Real_IP` as the `X-Real-IP` the proxy sets. Even when true, the
-    /// underscore spellings of the fields the proxy sets itself are dropped.
-    pub underscores_in_headers: bool,
-    /// Whether each run of `/` in a request path is merged into one before the path is matched
-    /// and forwarded (nginx's `merge_slashes`). Default true: `//lb/backends` is the admin path
-    /// it looks like to a backend that merges them.
-    pub merge_slashes: bool,
-    /// Whether `%2F` and `%5C` may appear inside a path segment (passed on encoded, for APIs
-    /// that put encoded names in paths). Default false: `400`, since a backend that decodes
-    /// them reads a path other than the one matched.
-    pub allow_encoded_slashes: bool,
-    /// The protocols an `Upgrade` request may switch to, case-insensitive (Envoy's
-    /// `upgrade_configs`). Default `["websocket"]`. Any other `Upgrade` (`h2c` above all) goes
-    /// to the backend as a plain request, without `Upgrade`, `HTTP2-Settings` and their
-    /// `Connection` options, so it is answered, never tunnelled.
-    pub upgrade_protocols: Vec<String>,
-    /// Path prefix of the management API. Default `/lb`.
-    pub admin_prefix: String,
-    /// When set, every caller of the management API must send `Authorization: Bearer <token>`
-    /// (loopback peers too); then peers other than loopback may use it. Default unset: only
-    /// direct loopback peers, and never a request carrying forwarding headers.
-    pub admin_token: Option<String>,
-    /// A separate address for the management API (and dashboard). When set, the data port
-    /// serves none of it: `/lb/...` is proxied like any path. Default unset.
-    pub admin_listen: Option<SocketAddr>,
-    /// A JSON file that keeps every runtime change to the backends (add, remove, enable,
-    /// disable, weight, drain), written atomically on each change and read back at start, where
-    /// it replaces the configured backends. Default unset.
-    pub state_file: Option<PathBuf>,
-    /// Where several instances share their backends: `etcd://HOST:PORT/PREFIX`. Backends,
-    /// weights, enabled and draining live there (loaded at start, followed through etcd's
-    /// watch); management API changes are written there first. Default unset: this instance's
-    /// table is its own.
-    pub registry: Option<RegistryUrl>,
-    /// Seconds between re-resolutions of backend host names (HAProxy's `resolvers`); a changed
-    /// address is applied like any change of the table, a failed lookup keeps the last one.
-    /// Default 30; 0 resolves once, when a backend is added.
-    pub dns_refresh_interval: f64,
-    /// Requests that may wait for a free worker; more get `503` + `Retry-After`. Default 1024.
-    pub queue_capacity: usize,
-    /// Most requests one backend is sent at once (HAProxy's per-server `maxconn`), so a
-    /// blackholed backend cannot take every worker. A request that finds every candidate at its
-    /// cap waits up to `backend_queue_timeout`, then gets `503`. Default: three quarters of
-    /// `threads`.
-    pub backend_max_connections: Option<usize>,
-    /// Seconds a request may wait for a backend connection slot (HAProxy's `timeout queue`).
-    /// Default 5.
-    pub backend_queue_timeout: f64,
-    /// Most workers one client (its address after `trusted_proxies`) has at once; its requests
-    /// beyond it wait (never refused) until one of its own is answered, and other clients'
-    /// requests go ahead of them. One client with slow requests cannot take every worker.
-    /// Default: half of `threads`; 0: off.
-    pub client_max_workers: Option<usize>,
-    /// Most requests one client may have in process at once: with the workers, waiting for its
-    /// share of them, or open tunnels (WebSockets). More get `429` + `Retry-After: 1` (nginx's
-    /// `limit_conn`, HAProxy's `sc_conn_cur`). Default 0: off.
-    pub client_max_in_flight: usize,
-    /// Idle connections kept open to each backend for later requests (nginx's upstream
-    /// `keepalive`); beyond it the least recently used is closed, and 0 closes each connection
-    /// after its answer. Default: `threads` (every worker can keep one to each backend; the
-    /// most recently used is taken first, so the surplus of a burst ages out).
-    pub upstream_keepalive: Option<usize>,
-    /// Which requests may reuse an idle backend connection: `safe` (default, HAProxy's): a
-    /// client connection's first request goes on a backend connection of its own, so a
-    /// backend's unasked-for answer on a pooled connection reaches no newcomer; `always`
-    /// (nginx's): any request.
-    pub upstream_reuse: UpstreamReuse,
-    /// Seconds an idle backend connection is kept (nginx's upstream `keepalive_timeout`).
-    /// Default 4: under the 5 s keep-alive of common backends (Node's), so a connection is
-    /// not reused just as its backend closes it.
-    pub upstream_keepalive_timeout: f64,
-    /// Largest request body in bytes: `413` above, with a body that says the limit and this key.
-    /// Default 1 MiB (nginx's `client_max_body_size`); a service that takes uploads raises it.
-    pub max_body_bytes: u64,
-    /// Request bodies are read whole by the poller before a worker sees them: in memory up to
-    /// this many bytes, larger ones in a temp file (nginx's `client_body_buffer_size`, 16 KiB
-    /// there). Default 64 KiB.
-    pub client_body_buffer_size: usize,
-    /// Bytes of request bodies held in memory by all connections together; past it, bodies go
-    /// straight to temp files. Default 64 MiB.
-    pub client_body_memory_cap: u64,
-    /// Directory of body temp files (nginx's `client_body_temp_path`); each file is unlinked as
-    /// soon as it is made. Default: the system temp directory.
-    pub client_body_temp_path: Option<std::path::PathBuf>,
-    /// Bytes of body temp files of all connections together, however much room the disk has;
-    /// the cap in force is this or `client_body_temp_free_share` of the free space, the
-    /// smaller (logged at start). Past it, a body is refused with `503` + `Retry-After`.
-    /// Default 16 GiB.
-    pub client_body_temp_cap: u64,
-    /// Share of the temp directory's free space, measured at start, that body temp files may
-    /// take together, so that uploads never fill the disk (or, on a tmpfs, the memory).
-    /// Default 0.25.
-    pub client_body_temp_free_share: f64,
-    /// Share of the cap in force that one client's body temp files may take (the client every
-    /// per-client limit counts by: the peer, or what a trusted proxy says); past it, its next
-    /// body is refused with `429` + `Retry-After` while other clients' go on. Default 0.25; 1
-    /// turns it off.
-    pub client_body_temp_client_share: f64,
-    /// Whether request bodies are read whole before a worker sees them (nginx's
-    /// `proxy_request_buffering`). Default true. Off, a body streams to the backend as it
-    /// arrives: for uploads that must not wait (or not touch disk), at the price of a worker
-    /// held at the client's pace (see `request_body_min_rate`) and no retry on another backend.
-    pub request_buffering: bool,
-    /// The slowest a client may send a body, buffered or streamed, in bytes per second: it
-    /// gets `client_io_timeout` (the grace at its start) plus one second per this many bytes
-    /// received, in all, then `408` (Apache's mod_reqtimeout `MinRate`, default 500 there too).
-    /// 0: no overall limit. Default 500.
-    pub request_body_min_rate: u64,
-    /// Most open client connections. Default 10 000.
-    pub max_connections: usize,
-    /// Seconds for a client to send a complete request head (`408` after). Default 10.
-    pub client_header_timeout: u64,
-    /// Seconds an idle keep-alive client connection is kept. Default 60.
-    pub keep_alive_timeout: u64,
-    /// Seconds without progress reading a client body or writing to a client. Default 60.
-    pub client_io_timeout: u64,
-    /// Seconds a stop (SIGTERM, SIGINT) lets requests in flight finish before their sockets,
-    /// backend ones included, are broken. Default 30.
-    pub shutdown_timeout: f64,
-    /// Seconds a tunnel (an upgraded connection: a WebSocket) may go without a byte in either
-    /// direction before both sides are closed. Default 3600 (HAProxy's `timeout tunnel`,
-    /// nginx's `proxy_read_timeout`, as usually raised for WebSockets).
-    pub tunnel_idle_timeout: f64,
-    /// Port of an HTTPS listener beside the HTTP one (on `host`), served by the same workers:
-    /// TLS 1.2 and 1.3 with rustls, ALPN `http/1.1`, `X-Forwarded-Proto: https` upstream.
-    /// Default unset: no TLS.
-    pub tls_port: Option<u16>,
-    /// The HTTPS listener's PEM certificate chain, leaf first; read again on every reload (a
-    /// renewed certificate under the same name is served from the next handshake). Required
-    /// with `tls_port`.
-    pub tls_cert: Option<PathBuf>,
-    /// `tls_cert`'s PEM private key: PKCS#8, PKCS#1 (RSA) or SEC1 (EC). Default: the `tls_cert`
-    /// file itself (a combined PEM, as HAProxy's `crt`).
-    pub tls_key: Option<PathBuf>,
-    /// More certificates, each served to clients whose SNI names one of its DNS names (exact
-    /// names before wildcards); `tls_cert` is served to the others. Default none.
-    pub tls_sni_certificates: Vec<TlsCertificateFiles>,
-    /// Seconds from accept to a complete TLS handshake; then `client_header_timeout` runs.
-    /// Default 10.
-    pub tls_handshake_timeout: u64,
-    /// Routes by host, path, method, headers and query (README "Routes"), checked whole at
-    /// load and on reload: a route that is wrong, or two that tie, refuse the file. Default
-    /// none. Not yet applied to requests.
-    #[serde(deserialize_with = "crate::routing::deserialize_routes", skip_serializing_if = "Vec::is_empty")]
-    pub routes: Vec<RouteConfig>,
-}
-
-impl Default for Config {
-    fn default() -> Config {
-        let limits = Limits::default();
-        let buffering = BodyBuffering::default();
-        Config {
-            host: IpAddr::from([0, 0, 0, 0]),
-            port: 8080,
-            algorithm: AlgorithmKind::RoundRobin,
-            threads: 256,
-            backends: seed_backends(),
-            pools: BTreeMap::new(),
-            upstream_ca: None,
-            health_check_interval: 30.0,
-            health_check_fast_interval: 1.0,
-            health_check_path: "/health".into(),
-            health_check_timeout: 2.0,
-            health_check_rise: 2,
-            health_check_fall: 3,
-            health_check_status: "200-399".into(),
-            request_timeout: 30.0,
-            connect_timeout: 5.0,
-            max_tries: 3,
-            retry_budget_ratio: 0.2,
-            retry_budget_min: 10,
-            retry_body_max_bytes: 64 * 1024,
-            breaker_consecutive_failures: 5,
-            breaker_failure_ratio: 0.5,
-            breaker_cooldown: 5.0,
-            breaker_half_open_trials: 3,
-            breaker_on_5xx: false,
-            slow_start: 10.0,
-            panic_mode: false,
-            peak_ewma_window: crate::balance::peak_ewma::DEFAULT_WINDOW.as_secs_f64(),
-            access_log: true,
-            access_log_format: AccessFormat::Combined,
-            access_log_file: None,
-            log_file: None,
-            session_timeout: 3600,
-            rate_limit: 0.0,
-            rate_limit_burst: 0,
-            client_rate_limit: 0.0,
-            client_rate_limit_burst: 0,
-            rate_limit_max_clients: ClientLimiter::DEFAULT_MAX_ENTRIES,
-            sticky_cookie: None,
-            sticky_secret: None,
-            trusted_proxies: vec![Cidr::parse("127.0.0.0/8").unwrap(), Cidr::parse("::1/128").unwrap()],
-            underscores_in_headers: false,
-            merge_slashes: true,
-            allow_encoded_slashes: false,
-            upgrade_protocols: vec!["websocket".to_string()],
-            admin_prefix: "/lb".to_string(),
-            admin_token: None,
-            admin_listen: None,
-            state_file: None,
-            registry: None,
-            dns_refresh_interval: 30.0,
-            queue_capacity: 1024,
-            backend_max_connections: None,
-            backend_queue_timeout: 5.0,
-            client_max_workers: None,
-            client_max_in_flight: 0,
-            upstream_keepalive: None,
-            upstream_reuse: UpstreamReuse::Safe,
-            upstream_keepalive_timeout: 4.0,
-            max_body_bytes: limits.max_body_bytes,
-            client_body_buffer_size: buffering.memory_threshold,
-            client_body_memory_cap: buffering.memory_cap,
-            client_body_temp_path: None,
-            client_body_temp_cap: buffering.disk_cap,
-            client_body_temp_free_share: buffering.disk_free_share,
-            client_body_temp_client_share: buffering.client_disk_share,
-            request_buffering: buffering.request_buffering,
-            request_body_min_rate: buffering.min_upload_rate,
-            max_connections: limits.max_connections,
-            client_header_timeout: limits.head_timeout.as_secs(),
-            keep_alive_timeout: limits.keep_alive_timeout.as_secs(),
-            client_io_timeout: limits.io_timeout.as_secs(),
-            shutdown_timeout: 30.0,
-            tunnel_idle_timeout: 3600.0,
-            tls_port: None,
-            tls_cert: None,
-            tls_key: None,
-            tls_sni_certificates: Vec::new(),
-            tls_handshake_timeout: limits.handshake_timeout.as_secs(),
-            routes: Vec::new(),
-        }
-    }
-}
-
 /// The seed's default backends.
 pub fn seed_backends() -> Vec<BackendConfig> {
     vec![
@@ -683,12 +322,13 @@ fn invalid(key: &'static str, why: impl Into<String>) -> ConfigError {
     ConfigError::Invalid { key, why: why.into() }
 }
 
-impl Config {
-    /// Reads a JSON config file; unknown keys are errors (a typo must not be ignored).
-    pub fn from_file(path: &str) -> Result<Config, ConfigError> {
+impl ConfigFile {
+    /// Reads a JSON config file and checks it; unknown keys are errors (a typo must not be
+    /// ignored).
+    pub fn from_file(path: &str) -> Result<ConfigFile, ConfigError> {
         let text =
             std::fs::read_to_string(path).map_err(|error| ConfigError::Unreadable { path: path.into(), error })?;
-        let config: Config =
+        let config: ConfigFile =
             serde_json::from_str(&text).map_err(|error| ConfigError::Malformed { path: path.into(), error })?;
         config.validate()?;
         Ok(config)
@@ -697,11 +337,12 @@ impl Config {
     /// Checks values that parse but make no sense.
     ///
     /// ```
-    /// let config = lb_sync::config::Config { threads: 0, ..Default::default() };
-    /// assert_eq!(config.validate().unwrap_err().to_string(), "threads must be 1-10000, got 0");
+    /// let file = lb_sync::config::ConfigFile { threads: 0, ..Default::default() };
+    /// assert_eq!(file.validate().unwrap_err().to_string(), "threads must be 1-10000, got 0");
     /// ```
     pub fn validate(&self) -> Result<(), ConfigError> {
-        ranges::check(self)?;
+        self.check_ranges()?;
+        self.check_weights()?;
         if !self.health_check_path.starts_with('/') {
             let why = format!("health_check_path must start with '/', got '{}'", self.health_check_path);
             return Err(invalid("health_check_path", why));
@@ -752,21 +393,6 @@ impl Config {
         }
     }
 
-    /// The HTTPS listener's (certificate, key) files, the default first; empty without
-    /// `tls_port`. A missing key file is the certificate's own.
-    ///
-    /// ```
-    /// let config = lb_sync::config::Config { tls_port: Some(8443), tls_cert: Some("site.pem".into()), ..Default::default() };
-    /// assert_eq!(config.tls_files(), [("site.pem".into(), "site.pem".into())]);
-    /// ```
-    pub fn tls_files(&self) -> Vec<(PathBuf, PathBuf)> {
-        let (Some(_), Some(cert)) = (self.tls_port, &self.tls_cert) else { return Vec::new() };
-        let pair = |cert: &PathBuf, key: &Option<PathBuf>| (cert.clone(), key.clone().unwrap_or_else(|| cert.clone()));
-        std::iter::once(pair(cert, &self.tls_key))
-            .chain(self.tls_sni_certificates.iter().map(|c| pair(&c.cert, &c.key)))
-            .collect()
-    }
-
     /// The rate-limit and sticky-session settings.
     fn validate_traffic(&self) -> Result<(), ConfigError> {
         let limits = [
@@ -812,20 +438,108 @@ impl Config {
         }
     }
 
+    /// The `health_check_status` range.
+    pub fn expected_health_status(&self) -> Result<std::ops::RangeInclusive<u16>, ConfigError> {
+        health_status_range(&self.health_check_status)
+    }
+
+    /// The id of each backend: configured, or `backend<N>` by position.
+    pub fn backend_ids(&self) -> Vec<String> {
+        backend_ids(&self.backends)
+    }
+
+    /// Each backend's weight against its range.
+    fn check_weights(&self) -> Result<(), ConfigError> {
+        let weight = ranges::of("weight");
+        for backend in &self.backends {
+            if !weight.contains(f64::from(backend.weight)) {
+                let why = format!(
+                    "backend {}:{}: weight must be {}, got {}",
+                    backend.host,
+                    backend.port,
+                    weight.describe(),
+                    backend.weight
+                );
+                return Err(invalid("backends", why));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `LOW-HIGH` as a range of statuses (`health_check_status`).
+fn health_status_range(text: &str) -> Result<std::ops::RangeInclusive<u16>, ConfigError> {
+    let text = text.trim();
+    let (low, high) = text.split_once('-').unwrap_or((text, text));
+    match (low.trim().parse::<u16>(), high.trim().parse::<u16>()) {
+        (Ok(low), Ok(high)) if (100..=599).contains(&low) && (low..=599).contains(&high) => Ok(low..=high),
+        _ => Err(invalid("health_check_status", format!("health_check_status must look like 200-399, got '{text}'"))),
+    }
+}
+
+/// The id of each backend: configured, or `backend<N>` by position.
+fn backend_ids(backends: &[BackendConfig]) -> Vec<String> {
+    backends.iter().enumerate().map(|(i, b)| b.id.clone().unwrap_or_else(|| format!("backend{}", i + 1))).collect()
+}
+
+impl Config {
+    /// Reads a JSON config file and checks it ([`ConfigFile::from_file`]).
+    pub fn from_file(path: &str) -> Result<Config, ConfigError> {
+        Config::try_from(ConfigFile::from_file(path)?)
+    }
+
+    /// Checks values that parse but make no sense, as the file's ([`ConfigFile::validate`]).
+    ///
+    /// ```
+    /// let mut config = lb_sync::config::Config::default();
+    /// config.listener.threads = 0;
+    /// assert_eq!(config.validate().unwrap_err().to_string(), "threads must be 1-10000, got 0");
+    /// ```
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        ConfigFile::from(self).validate()
+    }
+
+    /// The `health_check_status` range.
+    pub fn expected_health_status(&self) -> Result<std::ops::RangeInclusive<u16>, ConfigError> {
+        health_status_range(&self.health.status)
+    }
+
+    /// The id of each backend: configured, or `backend<N>` by position.
+    pub fn backend_ids(&self) -> Vec<String> {
+        backend_ids(&self.backends)
+    }
+
+    /// The HTTPS listener's (certificate, key) files, the default first; empty without
+    /// `tls_port`. A missing key file is the certificate's own.
+    ///
+    /// ```
+    /// use lb_sync::config::{Config, ConfigFile};
+    /// let config = Config::try_from(ConfigFile { tls_port: Some(8443), tls_cert: Some("site.pem".into()), ..Default::default() }).unwrap();
+    /// assert_eq!(config.tls_files(), [("site.pem".into(), "site.pem".into())]);
+    /// ```
+    pub fn tls_files(&self) -> Vec<(PathBuf, PathBuf)> {
+        let (Some(_), Some(cert)) = (self.tls.port, &self.tls.cert) else { return Vec::new() };
+        let pair = |cert: &PathBuf, key: &Option<PathBuf>| (cert.clone(), key.clone().unwrap_or_else(|| cert.clone()));
+        std::iter::once(pair(cert, &self.tls.key))
+            .chain(self.tls.sni_certificates.iter().map(|c| pair(&c.cert, &c.key)))
+            .collect()
+    }
+
     /// The rate-limit settings as [`RateLimitConfig`]; both limits off by default.
     ///
     /// ```
-    /// let config = lb_sync::config::Config { client_rate_limit: 20.0, ..Default::default() };
+    /// use lb_sync::config::{Config, ConfigFile};
+    /// let config = Config::try_from(ConfigFile { client_rate_limit: 20.0, ..Default::default() }).unwrap();
     /// let limits = config.rate_limits();
     /// assert_eq!((limits.rate, limits.client_rate, limits.effective_client_burst()), (0.0, 20.0, 20));
     /// ```
     pub fn rate_limits(&self) -> RateLimitConfig {
         RateLimitConfig {
-            rate: self.rate_limit,
-            burst: self.rate_limit_burst,
-            client_rate: self.client_rate_limit,
-            client_burst: self.client_rate_limit_burst,
-            max_clients: self.rate_limit_max_clients,
+            rate: self.client_limits.rate_limit,
+            burst: self.client_limits.rate_limit_burst,
+            client_rate: self.client_limits.client_rate_limit,
+            client_burst: self.client_limits.client_rate_limit_burst,
+            max_clients: self.client_limits.rate_limit_max_clients,
         }
     }
 
@@ -833,95 +547,84 @@ impl Config {
     /// first: an invalid name panics here).
     ///
     /// ```
-    /// let config = lb_sync::config::Config { sticky_cookie: Some("SRV".into()), session_timeout: 60, ..Default::default() };
+    /// use lb_sync::config::{Config, ConfigFile};
+    /// let config = Config::try_from(ConfigFile { sticky_cookie: Some("SRV".into()), session_timeout: 60, ..Default::default() }).unwrap();
     /// assert_eq!(config.sticky_sessions().unwrap().set_cookie("t"), "SRV=t; Max-Age=60; Path=/; HttpOnly");
-    /// assert!(lb_sync::config::Config::default().sticky_sessions().is_none());
+    /// assert!(Config::default().sticky_sessions().is_none());
     /// ```
     pub fn sticky_sessions(&self) -> Option<StickyCookie> {
-        let max_age = Duration::from_secs(self.session_timeout);
-        self.sticky_cookie.as_deref().map(|name| StickyCookie::new(name, self.sticky_secret.as_deref(), max_age))
-    }
-
-    /// The `health_check_status` range.
-    pub fn expected_health_status(&self) -> Result<std::ops::RangeInclusive<u16>, ConfigError> {
-        let text = self.health_check_status.trim();
-        let (low, high) = text.split_once('-').unwrap_or((text, text));
-        match (low.trim().parse::<u16>(), high.trim().parse::<u16>()) {
-            (Ok(low), Ok(high)) if (100..=599).contains(&low) && (low..=599).contains(&high) => Ok(low..=high),
-            _ => {
-                Err(invalid("health_check_status", format!("health_check_status must look like 200-399, got '{text}'")))
-            }
-        }
-    }
-
-    /// The id of each backend: configured, or `backend<N>` by position.
-    pub fn backend_ids(&self) -> Vec<String> {
-        self.backends
-            .iter()
-            .enumerate()
-            .map(|(i, b)| b.id.clone().unwrap_or_else(|| format!("backend{}", i + 1)))
-            .collect()
+        let max_age = Duration::from_secs(self.pool.session_timeout);
+        self.pool
+            .sticky_cookie
+            .as_deref()
+            .map(|name| StickyCookie::new(name, self.pool.sticky_secret.as_deref(), max_age))
     }
 
     /// The per-backend connection cap in force (`backend_max_connections`, or three quarters of
     /// the workers).
     ///
     /// ```
-    /// let config = lb_sync::config::Config { threads: 8, ..Default::default() };
+    /// use lb_sync::config::{Config, ConfigFile};
+    /// let config = Config::try_from(ConfigFile { threads: 8, ..Default::default() }).unwrap();
     /// assert_eq!(config.backend_connection_cap(), 6);
     /// ```
     pub fn backend_connection_cap(&self) -> usize {
-        self.backend_max_connections.unwrap_or((self.threads * 3 / 4).max(1))
+        self.pool.backend_max_connections.unwrap_or((self.listener.threads * 3 / 4).max(1))
     }
 
     /// The workers one client may have at once (`client_max_workers`, or half of them; 0 = no
     /// share).
     ///
     /// ```
-    /// let config = lb_sync::config::Config { threads: 8, ..Default::default() };
+    /// use lb_sync::config::{Config, ConfigFile};
+    /// let config = Config::try_from(ConfigFile { threads: 8, ..Default::default() }).unwrap();
     /// assert_eq!(config.client_share_in_force(), 4);
     /// ```
     pub fn client_share_in_force(&self) -> usize {
-        self.client_max_workers.unwrap_or((self.threads / 2).max(1))
+        self.client_limits.client_max_workers.unwrap_or((self.listener.threads / 2).max(1))
     }
 
     /// Idle connections kept to each backend (`upstream_keepalive`, or one per worker).
     ///
     /// ```
-    /// let config = lb_sync::config::Config { threads: 8, ..Default::default() };
+    /// use lb_sync::config::{Config, ConfigFile};
+    /// let config = Config::try_from(ConfigFile { threads: 8, ..Default::default() }).unwrap();
     /// assert_eq!(config.upstream_keepalive_in_force(), 8);
     /// ```
     pub fn upstream_keepalive_in_force(&self) -> usize {
-        self.upstream_keepalive.unwrap_or(self.threads)
+        self.pool.upstream_keepalive.unwrap_or(self.listener.threads)
     }
 
     /// How request bodies are buffered, from this configuration.
     pub fn body_buffering(&self) -> BodyBuffering {
         let default = BodyBuffering::default();
         BodyBuffering {
-            memory_threshold: self.client_body_buffer_size,
-            memory_cap: self.client_body_memory_cap,
-            disk_cap: self.client_body_temp_cap,
-            disk_free_share: self.client_body_temp_free_share,
-            client_disk_share: self.client_body_temp_client_share,
-            temp_dir: self.client_body_temp_path.clone().unwrap_or(default.temp_dir),
-            request_buffering: self.request_buffering,
-            min_upload_rate: self.request_body_min_rate,
+            memory_threshold: self.listener.client_body_buffer_size,
+            memory_cap: self.listener.client_body_memory_cap,
+            disk_cap: self.listener.client_body_temp_cap,
+            disk_free_share: self.listener.client_body_temp_free_share,
+            client_disk_share: self.client_limits.client_body_temp_client_share,
+            temp_dir: self.listener.client_body_temp_path.clone().unwrap_or(default.temp_dir),
+            request_buffering: self.listener.request_buffering,
+            min_upload_rate: self.client_limits.request_body_min_rate,
         }
     }
 
     /// The front end's limits from this configuration.
     pub fn limits(&self) -> Limits {
         Limits {
-            head_timeout: Duration::from_secs(self.client_header_timeout),
-            handshake_timeout: Duration::from_secs(self.tls_handshake_timeout),
-            keep_alive_timeout: Duration::from_secs(self.keep_alive_timeout),
-            io_timeout: Duration::from_secs(self.client_io_timeout),
-            max_body_bytes: self.max_body_bytes,
-            max_connections: self.max_connections,
+            head_timeout: Duration::from_secs(self.listener.client_header_timeout),
+            handshake_timeout: Duration::from_secs(self.tls.handshake_timeout),
+            keep_alive_timeout: Duration::from_secs(self.listener.keep_alive_timeout),
+            io_timeout: Duration::from_secs(self.listener.client_io_timeout),
+            max_body_bytes: self.client_limits.max_body_bytes,
+            max_connections: self.listener.max_connections,
             client_max_workers: self.client_share_in_force(),
-            client_max_in_flight: self.client_max_in_flight,
-            paths: PathRules { merge_slashes: self.merge_slashes, allow_encoded_slashes: self.allow_encoded_slashes },
+            client_max_in_flight: self.client_limits.client_max_in_flight,
+            paths: PathRules {
+                merge_slashes: self.listener.merge_slashes,
+                allow_encoded_slashes: self.listener.allow_encoded_slashes,
+            },
             ..Limits::default()
         }
     }

@@ -22,7 +22,9 @@
 //! use lb_sync::balancer::LoadBalancer;
 //! use lb_sync::config::Config;
 //!
-//! let balancer = LoadBalancer::start(Config { port: 0, ..Config::default() }).unwrap();
+//! let mut config = Config::default();
+//! config.listener.port = 0;
+//! let balancer = LoadBalancer::start(config).unwrap();
 //! println!("listening on {}", balancer.local_addr());
 //! balancer.stop(std::time::Duration::from_secs(5));
 //! ```

@@ -25,7 +25,7 @@ use crate::state::{Current, Shared};
 fn admin_path(shared: &Shared, request: &Request) -> Option<String> {
     let target = origin_form(request.target())?;
     let path = target.split('?').next().unwrap_or("");
-    let prefix = shared.config.admin_prefix.as_str();
+    let prefix = shared.config.operations.admin_prefix.as_str();
     path.strip_prefix(prefix).is_some_and(|rest| rest.is_empty() || rest.starts_with('/')).then(|| path.to_string())
 }
 
@@ -73,7 +73,7 @@ impl Router {
 impl Handler for Router {
     fn handle(&self, request: Request) -> Response {
         let shared = self.current.load_full();
-        if shared.config.admin_listen.is_none() {
+        if shared.config.operations.admin_listen.is_none() {
             if let Some(path) = admin_path(&shared, &request) {
                 return serve_admin(&shared, request, &path, Listener::Data);
             }
@@ -101,7 +101,7 @@ impl Handler for AdminRouter {
             None => Response::json(
                 404,
                 &serde_json::json!({
-                    "error": format!("this is the admin listener: it serves {}/... only", shared.config.admin_prefix)
+                    "error": format!("this is the admin listener: it serves {}/... only", shared.config.operations.admin_prefix)
                 }),
             ),
         }

@@ -30,7 +30,12 @@ fn demo_backend(max_head_bytes: usize) -> (Server, u16) {
 /// A balancer over these backends, round robin, default settings but for `tweak`.
 fn balancer(ports: &[u16], tweak: impl FnOnce(&mut Config)) -> LoadBalancer {
     let backends = ports.iter().map(|&port| BackendConfig::new("127.0.0.1", port, 1)).collect();
-    let mut config = Config { algorithm: AlgorithmKind::RoundRobin, threads: 8, ..common::inproc::config(backends) };
+    let mut config = {
+        let mut adjusted = common::inproc::config(backends);
+        adjusted.pool.algorithm = AlgorithmKind::RoundRobin;
+        adjusted.listener.threads = 8;
+        adjusted
+    };
     tweak(&mut config);
     LoadBalancer::start(config).unwrap()
 }
@@ -217,7 +222,7 @@ fn go_away_mid_body(lb: SocketAddr, chunked: bool, reset: bool) {
 #[test]
 fn a_client_that_goes_away_mid_body_is_not_a_backend_failure() {
     let (_backend, port) = demo_backend(HEAD_LIMIT);
-    let lb = balancer(&[port], |c| c.request_buffering = false);
+    let lb = balancer(&[port], |c| c.listener.request_buffering = false);
     let cases = [(false, false), (false, true), (true, false), (true, true)];
     for (n, (chunked, reset)) in cases.into_iter().enumerate() {
         go_away_mid_body(lb.local_addr(), chunked, reset);

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use common::{backend, wait_until, Conn};
 use lb_sync::balancer::LoadBalancer;
-use lb_sync::config::{BackendConfig, Config};
+use lb_sync::config::BackendConfig;
 use lb_sync::upstream::{Lookup, ResolveError};
 use serde_json::Value;
 
@@ -29,7 +29,12 @@ struct Records {
 }
 
 fn start(backends: Vec<BackendConfig>, records: &Arc<Records>) -> LoadBalancer {
-    let config = Config { health_check_interval: 0.0, dns_refresh_interval: 0.05, ..common::inproc::config(backends) };
+    let config = {
+        let mut adjusted = common::inproc::config(backends);
+        adjusted.health.interval = 0.0;
+        adjusted.operations.dns_refresh_interval = 0.05;
+        adjusted
+    };
     let lb = LoadBalancer::start(config).unwrap();
     let records = Arc::clone(records);
     lb.set_resolver(Arc::new(move |host: &str, _port: u16| -> Lookup {

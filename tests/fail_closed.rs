@@ -18,7 +18,11 @@ use lb_sync::server::{bind, Handler, Request, Response, Server, ServerConfig};
 
 fn balancer(backend_port: u16, tweak: impl FnOnce(&mut Config)) -> LoadBalancer {
     let backends = vec![BackendConfig::new("127.0.0.1", backend_port, 1)];
-    let mut config = Config { threads: 4, ..common::inproc::config(backends) };
+    let mut config = {
+        let mut adjusted = common::inproc::config(backends);
+        adjusted.listener.threads = 4;
+        adjusted
+    };
     tweak(&mut config);
     LoadBalancer::start(config).unwrap()
 }
@@ -106,7 +110,7 @@ fn no_forwarded_request_reaches_the_management_api_without_a_token() {
 #[test]
 fn the_token_is_read_from_exactly_one_clean_authorization_field() {
     let (_backend, port) = demo_backend();
-    let lb = balancer(port, |c| c.admin_token = Some("s3cret".into()));
+    let lb = balancer(port, |c| c.operations.admin_token = Some("s3cret".into()));
     let addr = lb.local_addr();
     let cases: [(&[u8], u16); 11] = [
         (b"Authorization: Bearer s3cret\r\n", 200),
@@ -155,7 +159,7 @@ fn underscore_fields_are_dropped_and_never_read_as_their_dashed_twins() {
     assert_eq!(seen["x-forwarded-for"], "127.0.0.1");
     strict.stop(Duration::from_secs(1));
 
-    let lenient = balancer(port, |c| c.underscores_in_headers = true);
+    let lenient = balancer(port, |c| c.listener.underscores_in_headers = true);
     let seen = seen_by_backend(lenient.local_addr(), spoof);
     assert_eq!(seen["x_custom"], "kept?", "underscores_in_headers passes other names on");
     assert_eq!(seen.get("x_real_ip"), None, "the twins of the fields we set are dropped even then");
@@ -167,7 +171,7 @@ fn underscore_fields_are_dropped_and_never_read_as_their_dashed_twins() {
 #[test]
 fn an_untrusted_peer_cannot_tell_the_backend_who_the_client_is() {
     let (_backend, port) = demo_backend();
-    let untrusted = balancer(port, |c| c.trusted_proxies = vec![Cidr::parse("10.0.0.0/8").unwrap()]);
+    let untrusted = balancer(port, |c| c.listener.trusted_proxies = vec![Cidr::parse("10.0.0.0/8").unwrap()]);
     let claims = b"Forwarded: for=6.6.6.6\r\nTrue-Client-IP: 6.6.6.6\r\nX-Forwarded-Port: 1\r\n\
         X-Forwarded-Proto: https\r\nX-Forwarded-Host: evil\r\nCF-Connecting-IP: 6.6.6.6\r\nVia: 1.1 x\r\n";
     let seen = seen_by_backend(untrusted.local_addr(), claims);
@@ -278,7 +282,11 @@ fn an_h2c_upgrade_is_answered_as_a_plain_request() {
     let hidden = b"Connection: upgrade\r\nUpgrade: h2c\r\nUpgrade: websocketx\r\n";
     assert_eq!(send(lb.local_addr(), "/", hidden).status, 200);
     lb.stop(Duration::from_secs(1));
-    let odd = Config { upgrade_protocols: vec!["web socket".into()], ..Config::default() };
+    let odd = {
+        let mut adjusted = Config::default();
+        adjusted.listener.upgrade_protocols = vec!["web socket".into()];
+        adjusted
+    };
     let refused = odd.validate().unwrap_err().to_string();
     assert!(refused.contains("upgrade_protocols"), "{refused}");
 }

@@ -83,10 +83,11 @@ fn counting_backend(delay: Duration) -> (Server, SocketAddr, Arc<Counts>) {
 
 /// A balancer with `threads` workers in front of `backend`, `settings` applied.
 fn balancer(backend: SocketAddr, threads: usize, settings: impl FnOnce(&mut Config)) -> LoadBalancer {
-    let mut config = Config {
-        threads,
-        health_check_interval: 0.0,
-        ..inproc::config(vec![BackendConfig::new("127.0.0.1", backend.port(), 1)])
+    let mut config = {
+        let mut adjusted = inproc::config(vec![BackendConfig::new("127.0.0.1", backend.port(), 1)]);
+        adjusted.listener.threads = threads;
+        adjusted.health.interval = 0.0;
+        adjusted
     };
     settings(&mut config);
     LoadBalancer::start(config).unwrap()
@@ -148,7 +149,7 @@ fn one_client_flooding_slow_requests_gets_its_share_and_another_client_is_served
 #[test]
 fn the_hard_limit_answers_429_with_retry_after_and_counts_only_that_client() {
     let (_backend, backend_addr, counts) = counting_backend(Duration::from_millis(1500));
-    let lb = balancer(backend_addr, 8, |config| config.client_max_in_flight = 2);
+    let lb = balancer(backend_addr, 8, |config| config.client_limits.client_max_in_flight = 2);
     let addr = lb.local_addr();
     let flood = flood("127.0.0.1", addr, 2);
     assert!(wait_until(Duration::from_secs(10), || counts.get().0 == 2), "{:?}", counts.get());
@@ -171,7 +172,7 @@ fn past_the_queue_capacity_only_the_heavy_clients_surplus_is_refused() {
     // 4 workers, a share of 2, a queue of 4: requests queued and held together are at most 4
     // for a client at its share; past that its requests get 503, another client's do not.
     let (_backend, backend_addr, counts) = counting_backend(Duration::from_millis(1500));
-    let lb = balancer(backend_addr, 4, |config| config.queue_capacity = 4);
+    let lb = balancer(backend_addr, 4, |config| config.listener.queue_capacity = 4);
     let addr = lb.local_addr();
     let first = flood("127.0.0.1", addr, 2);
     assert!(wait_until(Duration::from_secs(10), || counts.get().0 == 2), "{:?}", counts.get());
@@ -195,7 +196,8 @@ fn past_the_queue_capacity_only_the_heavy_clients_surplus_is_refused() {
 #[test]
 fn a_tunnel_counts_against_the_hard_limit_until_it_closes() {
     let (_backend, port) = inproc::demo_backend();
-    let lb = balancer(SocketAddr::from(([127, 0, 0, 1], port)), 8, |config| config.client_max_in_flight = 1);
+    let lb =
+        balancer(SocketAddr::from(([127, 0, 0, 1], port)), 8, |config| config.client_limits.client_max_in_flight = 1);
     let addr = lb.local_addr();
     let tunnel = connect_from("127.0.0.1", addr);
     let handshake = "GET /ws HTTP/1.1\r\nHost: test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
@@ -239,7 +241,7 @@ fn one_heavy_client_with_a_fast_backend_gets_every_answer_within_its_share() {
 fn held_uploads_stream_when_their_turn_comes() {
     // Request buffering off: a held upload's body is not read until it goes to a worker.
     let (_backend, backend_addr, counts) = counting_backend(Duration::from_millis(300));
-    let lb = balancer(backend_addr, 4, |config| config.request_buffering = false);
+    let lb = balancer(backend_addr, 4, |config| config.listener.request_buffering = false);
     let addr = lb.local_addr();
     const SIZE: usize = 200_000;
     let uploads: Vec<JoinHandle<(u16, String)>> = (0..6)

@@ -16,7 +16,7 @@ use common::inproc::demo_backend;
 use common::tools::{require, HAPROXY, NGINX};
 use common::{unique_dir, unused_port, wait_until, ChildProcess, Conn};
 use lb_sync::balancer::LoadBalancer;
-use lb_sync::config::{BackendConfig, Config};
+use lb_sync::config::BackendConfig;
 
 /// A front proxy started in the foreground, killed when dropped, once its port accepts.
 fn start_front(mut command: Command, port: u16) -> ChildProcess {
@@ -72,8 +72,11 @@ fn clients_of_nginx_and_haproxy_on_this_machine_never_reach_the_api_without_a_to
         return;
     }
     let (_backend, backend_port) = demo_backend();
-    let config =
-        Config { threads: 4, ..common::inproc::config(vec![BackendConfig::new("127.0.0.1", backend_port, 1)]) };
+    let config = {
+        let mut adjusted = common::inproc::config(vec![BackendConfig::new("127.0.0.1", backend_port, 1)]);
+        adjusted.listener.threads = 4;
+        adjusted
+    };
     let lb = LoadBalancer::start(config).unwrap();
     let dir = unique_dir("front-proxies");
     let (nginx_port, haproxy_port) = (unused_port(), unused_port());

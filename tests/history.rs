@@ -27,23 +27,18 @@ use serde_json::Value;
 const LIMIT: Duration = Duration::from_secs(10);
 
 fn balancer(backends: &[SocketAddr], tweak: impl FnOnce(&mut Config)) -> LoadBalancer {
-    let mut config = Config {
-        host: "127.0.0.1".parse().unwrap(),
-        port: 0,
-        threads: 8,
-        access_log: false,
-        // No probes: a backend that refuses stays in use, so its failures are the traffic's.
-        health_check_interval: 0.0,
-        backends: backends
-            .iter()
-            .enumerate()
-            .map(|(i, a)| BackendConfig {
-                id: Some(format!("b{}", i + 1)),
-                ..BackendConfig::new("127.0.0.1", a.port(), 1)
-            })
-            .collect(),
-        ..Config::default()
-    };
+    let mut config = Config::default();
+    config.listener.host = "127.0.0.1".parse().unwrap();
+    config.listener.port = 0;
+    config.listener.threads = 8;
+    config.operations.access_log = false;
+    // No probes: a backend that refuses stays in use, so its failures are the traffic's.
+    config.health.interval = 0.0;
+    config.backends = backends
+        .iter()
+        .enumerate()
+        .map(|(i, a)| BackendConfig { id: Some(format!("b{}", i + 1)), ..BackendConfig::new("127.0.0.1", a.port(), 1) })
+        .collect();
     tweak(&mut config);
     LoadBalancer::start(config).unwrap()
 }
@@ -275,9 +270,9 @@ fn failed_tries_are_in_the_refusing_backends_second_and_in_all() {
     let live = backend(&[]);
     let refused = refused_addr();
     let lb = balancer(&[live.addr(), refused], |c| {
-        c.max_tries = 3;
+        c.pool.max_tries = 3;
         // Kept closed, so a round tried again still sends tries there.
-        c.breaker_consecutive_failures = 1_000_000;
+        c.breaker.consecutive_failures = 1_000_000;
     });
     let addr = lb.local_addr();
     let watch = Watch::start();
@@ -449,7 +444,7 @@ fn since_gives_only_the_newer_seconds_and_every_backend_of_the_window() {
 #[test]
 fn history_needs_the_token_and_the_chart_library_does_not() {
     let b = backend(&[]);
-    let lb = balancer(&[b.addr()], |c| c.admin_token = Some("s3cret".into()));
+    let lb = balancer(&[b.addr()], |c| c.operations.admin_token = Some("s3cret".into()));
     let addr = lb.local_addr();
     assert_eq!(Conn::open(addr).get("/lb/history").status, 401);
     let mut conn = Conn::open(addr);

@@ -308,15 +308,16 @@ fn the_library_stop_is_bounded_too() {
     use lb_sync::balancer::LoadBalancer;
     use lb_sync::config::{BackendConfig, Config};
     let silent = FaultyBackend::start(Fault::Silent);
-    let config = Config {
-        host: "127.0.0.1".parse().unwrap(),
-        port: 0,
-        threads: 4,
-        access_log: false,
-        health_check_interval: 0.0,
-        request_timeout: 600.0,
-        backends: vec![BackendConfig::new("127.0.0.1", silent.addr.port(), 1)],
-        ..Config::default()
+    let config = {
+        let mut adjusted = Config::default();
+        adjusted.listener.host = "127.0.0.1".parse().unwrap();
+        adjusted.listener.port = 0;
+        adjusted.listener.threads = 4;
+        adjusted.operations.access_log = false;
+        adjusted.health.interval = 0.0;
+        adjusted.pool.request_timeout = 600.0;
+        adjusted.backends = vec![BackendConfig::new("127.0.0.1", silent.addr.port(), 1)];
+        adjusted
     };
     let lb = LoadBalancer::start(config).unwrap();
     let addr = lb.local_addr();

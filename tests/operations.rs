@@ -33,7 +33,12 @@ fn config(algorithm: AlgorithmKind, ports: &[u16], tweak: impl FnOnce(&mut Confi
             ..BackendConfig::new("127.0.0.1", port, 1)
         })
         .collect();
-    let mut config = Config { algorithm, threads: 16, ..common::inproc::config(backends) };
+    let mut config = {
+        let mut adjusted = common::inproc::config(backends);
+        adjusted.pool.algorithm = algorithm;
+        adjusted.listener.threads = 16;
+        adjusted
+    };
     tweak(&mut config);
     config
 }
@@ -137,7 +142,7 @@ fn every_management_status_allow_and_a_failed_add_leaves_no_trace() {
     let (_b2, p2) = demo_backend();
     let (_b3, p3) = demo_backend();
     // Health checks off: an added backend stays `unknown` for as long as this test looks.
-    let lb = balancer(AlgorithmKind::RoundRobin, &[p1, p2], |c| c.health_check_interval = 0.0);
+    let lb = balancer(AlgorithmKind::RoundRobin, &[p1, p2], |c| c.health.interval = 0.0);
     let addr = lb.local_addr();
 
     for (path, allow) in [
@@ -243,7 +248,7 @@ fn a_backend_added_at_run_time_is_unknown_until_its_first_probe_which_runs_at_on
     let (_b1, p1) = demo_backend();
     let (_b2, p2) = demo_backend();
     // An interval far longer than the test: only the probe of a new backend runs at once.
-    let lb = balancer(AlgorithmKind::RoundRobin, &[p1], |c| c.health_check_interval = 600.0);
+    let lb = balancer(AlgorithmKind::RoundRobin, &[p1], |c| c.health.interval = 600.0);
     let addr = lb.local_addr();
     let resp = post_json(addr, "/lb/backends/add", &format!(r#"{{"host":"127.0.0.1","port":{p2}}}"#));
     assert_eq!(resp.status, 201);
@@ -261,7 +266,7 @@ fn a_backend_added_at_run_time_is_unknown_until_its_first_probe_which_runs_at_on
 #[test]
 fn a_token_is_required_from_loopback_when_configured_and_the_dashboard_asks_for_it() {
     let (_b, port) = demo_backend();
-    let lb = balancer(AlgorithmKind::RoundRobin, &[port], |c| c.admin_token = Some("s3cret".into()));
+    let lb = balancer(AlgorithmKind::RoundRobin, &[port], |c| c.operations.admin_token = Some("s3cret".into()));
     let addr = lb.local_addr();
     let missing = curl(addr, "GET", "/lb/backends", &[], None);
     assert_eq!(missing.status, 401);
@@ -312,7 +317,9 @@ fn absolute_form_targets_are_routed_by_their_path() {
 #[test]
 fn admin_listen_serves_the_api_while_the_data_port_proxies_lb_paths() {
     let (_b, port) = demo_backend();
-    let lb = balancer(AlgorithmKind::RoundRobin, &[port], |c| c.admin_listen = Some("127.0.0.1:0".parse().unwrap()));
+    let lb = balancer(AlgorithmKind::RoundRobin, &[port], |c| {
+        c.operations.admin_listen = Some("127.0.0.1:0".parse().unwrap())
+    });
     let admin = lb.admin_addr().expect("an admin listener");
     assert_ne!(admin, lb.local_addr());
     let stats = get_json(admin, "/lb/stats");
@@ -336,8 +343,8 @@ fn restart_with_a_state_file_keeps_every_change() {
     let state = temp_path("state.json");
     let make = || {
         config(AlgorithmKind::RoundRobin, &ports, |c| {
-            c.state_file = Some(state.clone());
-            c.health_check_interval = 0.0;
+            c.operations.state_file = Some(state.clone());
+            c.health.interval = 0.0;
         })
     };
     let lb = LoadBalancer::start(make()).unwrap();
@@ -411,9 +418,9 @@ fn counters_agree_with_each_other_and_with_the_clients_under_concurrent_load_wit
     let closing = closes_without_answer();
     let refused = unused_port();
     let lb = balancer(AlgorithmKind::RoundRobin, &[good, other, closing, refused], |c| {
-        c.health_check_interval = 0.0; // keep the failing backends in the rotation
-        c.retry_budget_min = 1_000_000;
-        c.max_connections = 10_000;
+        c.health.interval = 0.0; // keep the failing backends in the rotation
+        c.pool.retry_budget_min = 1_000_000;
+        c.listener.max_connections = 10_000;
     });
     let addr = lb.local_addr();
     let answered = Arc::new(AtomicU64::new(0));
@@ -539,7 +546,7 @@ fn counters_agree_with_each_other_and_with_the_clients_under_concurrent_load_wit
 #[test]
 fn metrics_pass_promtool_check_metrics() {
     let (_b, port) = demo_backend();
-    let lb = balancer(AlgorithmKind::RoundRobin, &[port, unused_port()], |c| c.health_check_interval = 0.0);
+    let lb = balancer(AlgorithmKind::RoundRobin, &[port, unused_port()], |c| c.health.interval = 0.0);
     let addr = lb.local_addr();
     for path in ["/", "/?status=503", "/?status=302", "/?delay_ms=20"] {
         curl(addr, "GET", path, &[], None);
@@ -749,8 +756,8 @@ fn rate_limited_requests_are_counted_as_the_balancers_answers_and_in_the_metrics
     let (_b, port) = demo_backend();
     // One request per 1000 s after a burst of 2: the third in a row is refused.
     let lb = balancer(AlgorithmKind::RoundRobin, &[port], |c| {
-        c.rate_limit = 0.001;
-        c.rate_limit_burst = 2;
+        c.client_limits.rate_limit = 0.001;
+        c.client_limits.rate_limit_burst = 2;
     });
     let addr = lb.local_addr();
     let statuses: Vec<u16> = (0..4).map(|_| curl(addr, "GET", "/", &[], None).status).collect();

@@ -19,7 +19,12 @@ use lb_sync::server::{bind, Limits, Server, ServerConfig};
 
 fn balancer(algorithm: AlgorithmKind, backends: &[(u16, u32)], tweak: impl FnOnce(&mut Config)) -> LoadBalancer {
     let backends = backends.iter().map(|&(port, weight)| BackendConfig::new("127.0.0.1", port, weight)).collect();
-    let mut config = Config { algorithm, threads: 8, ..common::inproc::config(backends) };
+    let mut config = {
+        let mut adjusted = common::inproc::config(backends);
+        adjusted.pool.algorithm = algorithm;
+        adjusted.listener.threads = 8;
+        adjusted
+    };
     tweak(&mut config);
     LoadBalancer::start(config).unwrap()
 }
@@ -167,7 +172,7 @@ fn x_forwarded_for_is_appended_from_a_trusted_peer_and_ignored_from_an_untrusted
         ("203.0.113.7, 127.0.0.1".into(), "203.0.113.7".into())
     );
     let untrusted = balancer(AlgorithmKind::RoundRobin, &[(port, 1)], |c| {
-        c.trusted_proxies = vec![Cidr::parse("10.0.0.0/8").unwrap()]
+        c.listener.trusted_proxies = vec![Cidr::parse("10.0.0.0/8").unwrap()]
     });
     assert_eq!(forwarded_for(untrusted.local_addr(), "203.0.113.7"), ("127.0.0.1".into(), "127.0.0.1".into()));
     trusted.stop(Duration::from_secs(1));
@@ -277,7 +282,7 @@ fn closes_without_answer() -> (u16, std::thread::JoinHandle<()>) {
 fn backend_closing_without_an_answer_gives_502() {
     let (port, _thread) = closes_without_answer();
     // No health checks: a probe that failed first would make it 503 (no usable backend).
-    let lb = balancer(AlgorithmKind::RoundRobin, &[(port, 1)], |c| c.health_check_interval = 0.0);
+    let lb = balancer(AlgorithmKind::RoundRobin, &[(port, 1)], |c| c.health.interval = 0.0);
     let mut conn = Conn::open(lb.local_addr());
     assert_eq!(conn.get("/").status, 502);
     let stats = conn.get("/lb/stats").json();
@@ -303,7 +308,7 @@ fn no_usable_backend_gives_503() {
 #[test]
 fn slow_backend_gives_504() {
     let (_backend, port) = demo_backend();
-    let lb = balancer(AlgorithmKind::RoundRobin, &[(port, 1)], |c| c.request_timeout = 1.0);
+    let lb = balancer(AlgorithmKind::RoundRobin, &[(port, 1)], |c| c.pool.request_timeout = 1.0);
     let mut conn = Conn::open(lb.local_addr());
     assert_eq!(conn.get("/?delay_ms=2500").status, 504);
     assert_eq!(conn.get("/").status, 200);
@@ -337,7 +342,7 @@ fn post_is_not_retried_after_the_backend_received_it() {
     let (bad, _thread) = closes_without_answer();
     let (_good, port) = demo_backend();
     // No health checks: their first probe would take the closing backend out at once.
-    let lb = balancer(AlgorithmKind::RoundRobin, &[(bad, 1), (port, 1)], |c| c.health_check_interval = 0.0);
+    let lb = balancer(AlgorithmKind::RoundRobin, &[(bad, 1), (port, 1)], |c| c.health.interval = 0.0);
     let mut statuses = Vec::new();
     for _ in 0..4 {
         let mut conn = Conn::open(lb.local_addr());
@@ -420,7 +425,7 @@ fn added_backend_takes_traffic_and_removed_one_stops() {
 #[test]
 fn management_api_refuses_non_loopback_without_token_and_checks_the_token() {
     let (_backend, port) = demo_backend();
-    let lb = balancer(AlgorithmKind::RoundRobin, &[(port, 1)], |c| c.admin_token = Some("s3cret".into()));
+    let lb = balancer(AlgorithmKind::RoundRobin, &[(port, 1)], |c| c.operations.admin_token = Some("s3cret".into()));
     let mut conn = Conn::open(lb.local_addr());
     let refused = conn.get("/lb/stats");
     assert_eq!(refused.status, 401, "a token, once configured, is required of everyone");
@@ -499,7 +504,7 @@ fn transfers_longer_than_the_request_timeout_are_not_cut() {
     let port = listener.local_addr().unwrap().port();
     let trickle = Trickle { pieces: 6, gap: Duration::from_millis(300) };
     let _backend = Server::start_on(listener, ServerConfig { threads: 4, ..ServerConfig::default() }, trickle).unwrap();
-    let lb = balancer(AlgorithmKind::RoundRobin, &[(port, 1)], |c| c.request_timeout = 1.0);
+    let lb = balancer(AlgorithmKind::RoundRobin, &[(port, 1)], |c| c.pool.request_timeout = 1.0);
     let mut conn = Conn::open(lb.local_addr());
     // Download: 6 pieces 300 ms apart, 1.8 s in all, each gap well within the 1 s timeout.
     let resp = conn.get("/");
@@ -593,7 +598,7 @@ fn peak_ewma_keeps_away_from_a_slow_backend_once_it_answered_slowly() {
     let fast: Vec<_> = (0..2).map(|_| demo_backend()).collect();
     let slow = demo_backend_with(Limits::default(), Duration::from_millis(200));
     let lb = balancer(AlgorithmKind::PeakEwma, &[(fast[0].1, 1), (fast[1].1, 1), (slow.1, 1)], |c| {
-        c.health_check_interval = 0.0;
+        c.health.interval = 0.0;
     });
     let mut conn = Conn::open(lb.local_addr());
     let mut to_slow = 0;

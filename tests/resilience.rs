@@ -26,14 +26,15 @@ fn start_backend_process(port: u16) -> ChildProcess {
 }
 
 fn config(algorithm: AlgorithmKind, ports: &[u16], tweak: impl FnOnce(&mut Config)) -> Config {
-    let mut config = Config {
-        host: "127.0.0.1".parse().unwrap(),
-        port: 0,
-        algorithm,
-        threads: 16,
-        access_log: false,
-        backends: ports.iter().map(|&p| BackendConfig::new("127.0.0.1", p, 1)).collect(),
-        ..Config::default()
+    let mut config = {
+        let mut adjusted = Config::default();
+        adjusted.listener.host = "127.0.0.1".parse().unwrap();
+        adjusted.listener.port = 0;
+        adjusted.pool.algorithm = algorithm;
+        adjusted.listener.threads = 16;
+        adjusted.operations.access_log = false;
+        adjusted.backends = ports.iter().map(|&p| BackendConfig::new("127.0.0.1", p, 1)).collect();
+        adjusted
     };
     tweak(&mut config);
     config
@@ -50,11 +51,11 @@ fn killed_backend_costs_no_client_request_and_is_marked_down_then_up() {
     let ports: Vec<u16> = backends.iter().map(|b| b.addr().port()).collect();
     let (interval, fall, rise) = (0.2, 3, 2);
     let lb = LoadBalancer::start(config(AlgorithmKind::RoundRobin, &ports, |c| {
-        c.health_check_interval = interval;
-        c.health_check_timeout = 0.5;
-        c.health_check_fall = fall;
-        c.health_check_rise = rise;
-        c.slow_start = 0.0;
+        c.health.interval = interval;
+        c.health.timeout = 0.5;
+        c.health.fall = fall;
+        c.health.rise = rise;
+        c.pool.slow_start = 0.0;
     }))
     .unwrap();
     let addr = lb.local_addr();
@@ -149,12 +150,12 @@ fn breaker_trips_on_500s_half_opens_for_exactly_the_trial_count_and_closes_on_su
     let (_a, port_a, mode_a, hits_a) = switchable();
     let (_b, port_b, _mode_b, hits_b) = switchable();
     let lb = LoadBalancer::start(config(AlgorithmKind::RoundRobin, &[port_a, port_b], |c| {
-        c.breaker_on_5xx = true;
-        c.breaker_consecutive_failures = 3;
-        c.breaker_half_open_trials = 2;
+        c.breaker.on_5xx = true;
+        c.breaker.consecutive_failures = 3;
+        c.breaker.half_open_trials = 2;
         // Long enough that the ten requests below fit in it on a loaded machine.
-        c.breaker_cooldown = 2.0;
-        c.slow_start = 0.0;
+        c.breaker.cooldown = 2.0;
+        c.pool.slow_start = 0.0;
     }))
     .unwrap();
     let addr = lb.local_addr();
@@ -203,13 +204,13 @@ fn a_circuit_that_closes_again_ramps_its_backend_from_a_fresh_estimate() {
     let (_a, port_a, mode_a, hits_a) = switchable();
     let (_b, port_b, _mode_b, _hits_b) = switchable();
     let lb = LoadBalancer::start(config(AlgorithmKind::RoundRobin, &[port_a, port_b], |c| {
-        c.breaker_on_5xx = true;
-        c.breaker_consecutive_failures = 1;
-        c.breaker_half_open_trials = 1;
-        c.breaker_cooldown = 1.0;
-        c.slow_start = 60.0;
+        c.breaker.on_5xx = true;
+        c.breaker.consecutive_failures = 1;
+        c.breaker.half_open_trials = 1;
+        c.breaker.cooldown = 1.0;
+        c.pool.slow_start = 60.0;
         // No checks: only the breaker can notice the recovery.
-        c.health_check_interval = 0.0;
+        c.health.interval = 0.0;
     }))
     .unwrap();
     let a = backend_named(&lb, port_a);
@@ -246,9 +247,9 @@ fn checks_turned_off_bring_a_down_backend_back_ramping_from_a_fresh_estimate() {
     let (_a, port, _mode, _hits) = switchable();
     // One check at the start, then none for an hour.
     let settings = |c: &mut Config| {
-        c.health_check_interval = 3600.0;
-        c.health_check_fast_interval = 3600.0;
-        c.slow_start = 60.0;
+        c.health.interval = 3600.0;
+        c.health.fast_interval = 3600.0;
+        c.pool.slow_start = 60.0;
     };
     let lb = LoadBalancer::start(config(AlgorithmKind::RoundRobin, &[port], settings)).unwrap();
     let a = backend_named(&lb, port);
@@ -258,7 +259,7 @@ fn checks_turned_off_bring_a_down_backend_back_ramping_from_a_fresh_estimate() {
     a.set_healthy(false);
     let off = config(AlgorithmKind::RoundRobin, &[port], |c| {
         settings(c);
-        c.health_check_interval = 0.0;
+        c.health.interval = 0.0;
     });
     lb.reload(off).unwrap();
     assert!(Arc::ptr_eq(&backend_named(&lb, port), &a), "kept by the reload");
@@ -272,8 +273,8 @@ fn checks_turned_off_bring_a_down_backend_back_ramping_from_a_fresh_estimate() {
 fn a_lone_backend_is_never_ejected_by_its_breaker_alone() {
     let (_a, port, mode, hits) = switchable();
     let lb = LoadBalancer::start(config(AlgorithmKind::RoundRobin, &[port], |c| {
-        c.breaker_on_5xx = true;
-        c.breaker_consecutive_failures = 2;
+        c.breaker.on_5xx = true;
+        c.breaker.consecutive_failures = 2;
     }))
     .unwrap();
     mode.store(1, Ordering::SeqCst);
@@ -438,11 +439,11 @@ fn retry_budget_bounds_tries_when_every_backend_fails() {
     let dead: Vec<u16> =
         (0..3).map(|_| TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()).collect();
     let lb = LoadBalancer::start(config(AlgorithmKind::RoundRobin, &dead, |c| {
-        c.max_tries = 3;
-        c.retry_budget_ratio = 0.2;
-        c.retry_budget_min = 2;
-        c.breaker_consecutive_failures = 1000;
-        c.health_check_interval = 0.0;
+        c.pool.max_tries = 3;
+        c.pool.retry_budget_ratio = 0.2;
+        c.pool.retry_budget_min = 2;
+        c.breaker.consecutive_failures = 1000;
+        c.health.interval = 0.0;
     }))
     .unwrap();
     let mut conn = Conn::open(lb.local_addr());
@@ -468,8 +469,8 @@ fn with_nothing_healthy_503_at_once_or_panic_mode_tries_anyway() {
     let (_a, port, _mode, hits) = switchable();
     for panic_mode in [false, true] {
         let lb = LoadBalancer::start(config(AlgorithmKind::RoundRobin, &[port], |c| {
-            c.panic_mode = panic_mode;
-            c.health_check_interval = 0.0;
+            c.pool.panic_mode = panic_mode;
+            c.health.interval = 0.0;
         }))
         .unwrap();
         backend_named(&lb, port).set_healthy(false);
@@ -489,7 +490,8 @@ fn a_large_post_streamed_to_a_refused_backend_still_reaches_another() {
     let (_a, port, _mode, hits) = switchable();
     let dead = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let lb =
-        LoadBalancer::start(config(AlgorithmKind::RoundRobin, &[dead, port], |c| c.retry_body_max_bytes = 10)).unwrap();
+        LoadBalancer::start(config(AlgorithmKind::RoundRobin, &[dead, port], |c| c.pool.retry_body_max_bytes = 10))
+            .unwrap();
     let mut conn = Conn::open(lb.local_addr());
     for _ in 0..2 {
         conn.send(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n");

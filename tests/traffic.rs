@@ -79,11 +79,22 @@ fn backends(n: usize) -> Vec<Backend> {
 /// order), no health checks (they would count as hits), no access log.
 fn config(algorithm: AlgorithmKind, backends: &[Backend]) -> Config {
     let backends = backends.iter().map(|b| BackendConfig::new("127.0.0.1", b.port, 1)).collect();
-    Config { algorithm, threads: 4, health_check_interval: 0.0, ..common::inproc::config(backends) }
+    {
+        let mut adjusted = common::inproc::config(backends);
+        adjusted.pool.algorithm = algorithm;
+        adjusted.listener.threads = 4;
+        adjusted.health.interval = 0.0;
+        adjusted
+    }
 }
 
 fn sticky_config(algorithm: AlgorithmKind, backends: &[Backend]) -> Config {
-    Config { sticky_cookie: Some(COOKIE.into()), sticky_secret: Some(SECRET.into()), ..config(algorithm, backends) }
+    {
+        let mut adjusted = config(algorithm, backends);
+        adjusted.pool.sticky_cookie = Some(COOKIE.into());
+        adjusted.pool.sticky_secret = Some(SECRET.into());
+        adjusted
+    }
 }
 
 /// `GET path` with extra header lines (each ending in CRLF).
@@ -113,10 +124,11 @@ fn rate_limiter_stats(conn: &mut Conn) -> (u64, u64, u64) {
 #[test]
 fn global_limit_allows_the_burst_then_429_until_a_token_is_due() {
     let backends = backends(1);
-    let lb = LoadBalancer::start(Config {
-        rate_limit: 20.0,
-        rate_limit_burst: 5,
-        ..config(AlgorithmKind::RoundRobin, &backends)
+    let lb = LoadBalancer::start({
+        let mut adjusted = config(AlgorithmKind::RoundRobin, &backends);
+        adjusted.client_limits.rate_limit = 20.0;
+        adjusted.client_limits.rate_limit_burst = 5;
+        adjusted
     })
     .unwrap();
     let mut conn = Conn::open(lb.local_addr());
@@ -189,7 +201,12 @@ fn global_limit_allows_the_burst_then_429_until_a_token_is_due() {
 fn per_client_limits_are_independent_and_keyed_by_the_trusted_client_address() {
     let backends = backends(1);
     // A token every 4 s: nothing refills during the test.
-    let limited = |c: Config| Config { client_rate_limit: 0.25, client_rate_limit_burst: 2, ..c };
+    let limited = |c: Config| {
+        let mut adjusted = c;
+        adjusted.client_limits.client_rate_limit = 0.25;
+        adjusted.client_limits.client_rate_limit_burst = 2;
+        adjusted
+    };
     let lb = LoadBalancer::start(limited(config(AlgorithmKind::RoundRobin, &backends))).unwrap();
     let mut conn = Conn::open(lb.local_addr());
     let from = |conn: &mut Conn, client: &str| get(conn, "/", &format!("X-Forwarded-For: {client}\r\n"));
@@ -214,9 +231,10 @@ fn per_client_limits_are_independent_and_keyed_by_the_trusted_client_address() {
     lb.stop(Duration::from_secs(1));
 
     // Loopback not trusted: its X-Forwarded-For is ignored, every request is 127.0.0.1's.
-    let untrusted = LoadBalancer::start(Config {
-        trusted_proxies: vec![Cidr::parse("10.0.0.0/8").unwrap()],
-        ..limited(config(AlgorithmKind::RoundRobin, &backends))
+    let untrusted = LoadBalancer::start({
+        let mut adjusted = limited(config(AlgorithmKind::RoundRobin, &backends));
+        adjusted.listener.trusted_proxies = vec![Cidr::parse("10.0.0.0/8").unwrap()];
+        adjusted
     })
     .unwrap();
     let mut conn = Conn::open(untrusted.local_addr());
@@ -236,10 +254,11 @@ fn per_client_limits_are_independent_and_keyed_by_the_trusted_client_address() {
 #[test]
 fn rate_limiter_counters_are_exact_and_the_management_api_is_never_limited() {
     let backends = backends(2);
-    let lb = LoadBalancer::start(Config {
-        rate_limit: 0.25,
-        rate_limit_burst: 3,
-        ..config(AlgorithmKind::RoundRobin, &backends)
+    let lb = LoadBalancer::start({
+        let mut adjusted = config(AlgorithmKind::RoundRobin, &backends);
+        adjusted.client_limits.rate_limit = 0.25;
+        adjusted.client_limits.rate_limit_burst = 3;
+        adjusted
     })
     .unwrap();
     let mut conn = Conn::open(lb.local_addr());
@@ -285,11 +304,12 @@ fn backend_rate_limit_headers_pass_unmixed_with_ours() {
     let port = listener.local_addr().unwrap().port();
     let _backend =
         Server::start_on(listener, ServerConfig { threads: 2, ..ServerConfig::default() }, OwnLimits).unwrap();
-    let lb = LoadBalancer::start(Config {
-        rate_limit: 0.25,
-        rate_limit_burst: 1,
-        backends: vec![BackendConfig::new("127.0.0.1", port, 1)],
-        ..config(AlgorithmKind::RoundRobin, &[])
+    let lb = LoadBalancer::start({
+        let mut adjusted = config(AlgorithmKind::RoundRobin, &[]);
+        adjusted.client_limits.rate_limit = 0.25;
+        adjusted.client_limits.rate_limit_burst = 1;
+        adjusted.backends = vec![BackendConfig::new("127.0.0.1", port, 1)];
+        adjusted
     })
     .unwrap();
     let mut conn = Conn::open(lb.local_addr());
@@ -475,9 +495,10 @@ fn two_balancers_with_the_same_configuration_honour_each_others_cookies() {
     let backends = backends(3);
     let first = LoadBalancer::start(sticky_config(AlgorithmKind::RoundRobin, &backends)).unwrap();
     let second = LoadBalancer::start(sticky_config(AlgorithmKind::RoundRobin, &backends)).unwrap();
-    let other_secret = LoadBalancer::start(Config {
-        sticky_secret: Some("another secret".into()),
-        ..sticky_config(AlgorithmKind::RoundRobin, &backends)
+    let other_secret = LoadBalancer::start({
+        let mut adjusted = sticky_config(AlgorithmKind::RoundRobin, &backends);
+        adjusted.pool.sticky_secret = Some("another secret".into());
+        adjusted
     })
     .unwrap();
     let mut a = Conn::open(first.local_addr());
@@ -555,13 +576,14 @@ fn with_ip_hash_a_valid_cookie_wins_and_without_one_ip_hash_picks() {
 #[test]
 fn an_unhealthy_or_open_circuited_sticky_backend_is_left_and_the_cookie_reissued() {
     let backends = backends(2);
-    let lb = LoadBalancer::start(Config {
-        health_check_interval: 0.05,
-        health_check_rise: 1,
-        health_check_fall: 1,
-        breaker_consecutive_failures: 1,
-        breaker_cooldown: 60.0,
-        ..sticky_config(AlgorithmKind::RoundRobin, &backends)
+    let lb = LoadBalancer::start({
+        let mut adjusted = sticky_config(AlgorithmKind::RoundRobin, &backends);
+        adjusted.health.interval = 0.05;
+        adjusted.health.rise = 1;
+        adjusted.health.fall = 1;
+        adjusted.breaker.consecutive_failures = 1;
+        adjusted.breaker.cooldown = 60.0;
+        adjusted
     })
     .unwrap();
     let mut conn = Conn::open(lb.local_addr());
@@ -601,10 +623,11 @@ fn a_session_waits_for_its_backend_at_its_connection_cap_until_the_queue_timeout
     let backends = backends(2);
     let names: Vec<String> = backends.iter().map(|b| format!("backend-{}", b.port)).collect();
     for queue_timeout in [5.0, 0.2] {
-        let lb = LoadBalancer::start(Config {
-            backend_max_connections: Some(1),
-            backend_queue_timeout: queue_timeout,
-            ..sticky_config(AlgorithmKind::RoundRobin, &backends)
+        let lb = LoadBalancer::start({
+            let mut adjusted = sticky_config(AlgorithmKind::RoundRobin, &backends);
+            adjusted.pool.backend_max_connections = Some(1);
+            adjusted.pool.backend_queue_timeout = queue_timeout;
+            adjusted
         })
         .unwrap();
         let addr = lb.local_addr();
@@ -690,8 +713,12 @@ fn traffic_settings_are_validated_with_one_line_errors() {
 #[test]
 fn the_running_configuration_hides_the_sticky_secret() {
     let backends = backends(1);
-    let lb = LoadBalancer::start(Config { rate_limit: 50.0, ..sticky_config(AlgorithmKind::RoundRobin, &backends) })
-        .unwrap();
+    let lb = LoadBalancer::start({
+        let mut adjusted = sticky_config(AlgorithmKind::RoundRobin, &backends);
+        adjusted.client_limits.rate_limit = 50.0;
+        adjusted
+    })
+    .unwrap();
     let mut conn = Conn::open(lb.local_addr());
     let config = conn.get("/lb/config").json();
     assert_eq!(config["sticky_cookie"], COOKIE);

@@ -132,11 +132,12 @@ fn balancer(backend: SocketAddr, settings: impl FnOnce(&mut Config)) -> LoadBala
     let backends = vec![BackendConfig::new("127.0.0.1", backend.port(), 1)];
     // Every request may take an idle connection (nginx's way), so that which one is taken shows
     // the pool's order alone; `upstream_reuse` safe is tests/hostile_backends.rs's.
-    let mut config = Config {
-        threads: 16,
-        health_check_interval: 0.0,
-        upstream_reuse: UpstreamReuse::Always,
-        ..common::inproc::config(backends)
+    let mut config = {
+        let mut adjusted = common::inproc::config(backends);
+        adjusted.listener.threads = 16;
+        adjusted.health.interval = 0.0;
+        adjusted.pool.upstream_reuse = UpstreamReuse::Always;
+        adjusted
     };
     settings(&mut config);
     LoadBalancer::start(config).unwrap()
@@ -200,7 +201,7 @@ fn a_connection_the_backend_closed_while_idle_is_not_reused() {
 #[test]
 fn after_a_burst_one_connection_stays_in_use_and_the_surplus_ages_out() {
     let backend = CountingBackend::start();
-    let lb = balancer(backend.addr, |c| c.upstream_keepalive_timeout = 1.0);
+    let lb = balancer(backend.addr, |c| c.pool.upstream_keepalive_timeout = 1.0);
     burst(&lb, &backend, 6);
     assert_eq!(backend_json(&lb)["upstream_connections"]["idle"], 6);
     // Steady load, one request at a time for longer than the idle timeout: the most recently
@@ -226,7 +227,7 @@ fn idle_connections_past_upstream_keepalive_are_closed_and_the_rest_reused() {
     // pool::tests::beyond_the_limit_the_least_recently_used_is_closed: here the returns of one
     // burst come back at about the same moment.
     let backend = CountingBackend::start();
-    let lb = balancer(backend.addr, |c| c.upstream_keepalive = Some(2));
+    let lb = balancer(backend.addr, |c| c.pool.upstream_keepalive = Some(2));
     burst(&lb, &backend, 6);
     assert!(
         wait_until(Duration::from_secs(5), || backend.closed_by_peer().len() == 4),
@@ -246,7 +247,7 @@ fn idle_connections_past_upstream_keepalive_are_closed_and_the_rest_reused() {
 #[test]
 fn upstream_keepalive_zero_closes_every_connection_after_its_answer() {
     let backend = CountingBackend::start();
-    let lb = balancer(backend.addr, |c| c.upstream_keepalive = Some(0));
+    let lb = balancer(backend.addr, |c| c.pool.upstream_keepalive = Some(0));
     let mut conn = Conn::open(lb.local_addr());
     let used: Vec<usize> = (0..4).map(|_| connection_of(&mut conn)).collect();
     assert_eq!(used, vec![1, 2, 3, 4]);
@@ -259,7 +260,7 @@ fn each_backend_keeps_its_own_idle_connections() {
     let (a, b) = (CountingBackend::start(), CountingBackend::start());
     let lb = balancer(a.addr, |c| {
         c.backends.push(BackendConfig::new("127.0.0.1", b.addr.port(), 1));
-        c.upstream_keepalive = Some(1);
+        c.pool.upstream_keepalive = Some(1);
     });
     // Round robin alternates; with one idle connection allowed per backend, each backend's
     // requests still all go out on its one connection.

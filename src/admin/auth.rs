@@ -73,7 +73,7 @@ fn bearer_token(request: &Request) -> Result<Option<&str>, Response> {
 
 /// `Ok` when the request may use the API, else the refusal to answer.
 pub fn check(shared: &Shared, request: &Request, listener: Listener) -> Result<(), Response> {
-    if let Some(token) = &shared.config.admin_token {
+    if let Some(token) = &shared.config.operations.admin_token {
         return match bearer_token(request)? {
             None => Err(refuse(
                 401,

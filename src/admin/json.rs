@@ -6,6 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 
+use crate::config::SHOWN_AS;
 use crate::health::BreakerState;
 use crate::metrics::HistogramSnapshot;
 use crate::pools::Pool;
@@ -170,7 +171,7 @@ pub fn stats(shared: &Shared) -> Value {
 fn dns(shared: &Shared) -> Value {
     let dns = &shared.ops.dns;
     json!({
-        "refresh_interval": shared.config.dns_refresh_interval,
+        "refresh_interval": shared.config.operations.dns_refresh_interval,
         "lookups": dns.lookups(),
         "failed_lookups": dns.failures(),
         "address_changes": dns.changes(),
@@ -225,14 +226,15 @@ pub fn config(shared: &Shared) -> Value {
     value["backends"] = Value::Array(
         snapshot.backends.iter().map(|b| serde_json::to_value(b.config()).unwrap_or(Value::Null)).collect(),
     );
-    for secret in ["admin_token", "sticky_secret"] {
-        if value.get(secret).is_some_and(|t| !t.is_null()) {
-            value[secret] = json!("(set)");
+    // The settings the list says to show as a fixed text (secrets), at the top and in pools.
+    for &(key, shown) in SHOWN_AS {
+        if value.get(key).is_some_and(|t| !t.is_null()) {
+            value[key] = json!(shown);
         }
-    }
-    if let Some(Value::Object(pools)) = value.get_mut("pools") {
-        for pool in pools.values_mut().filter(|p| p.get("sticky_secret").is_some()) {
-            pool["sticky_secret"] = json!("(set)");
+        if let Some(Value::Object(pools)) = value.get_mut("pools") {
+            for pool in pools.values_mut().filter(|p| p.get(key).is_some()) {
+                pool[key] = json!(shown);
+            }
         }
     }
     let derived = derived_settings(&shared.config);
@@ -248,32 +250,32 @@ pub fn config(shared: &Shared) -> Value {
 /// force under the key, and where it came from under `derived`.
 fn derived_settings(config: &crate::config::Config) -> Vec<(&'static str, (Value, String))> {
     let mut derived = Vec::new();
-    if config.backend_max_connections.is_none() {
-        let why = format!("unset: 3/4 of threads ({})", config.threads);
+    if config.pool.backend_max_connections.is_none() {
+        let why = format!("unset: 3/4 of threads ({})", config.listener.threads);
         derived.push(("backend_max_connections", (json!(config.backend_connection_cap()), why)));
     }
-    if config.client_max_workers.is_none() {
-        let why = format!("unset: half of threads ({})", config.threads);
+    if config.client_limits.client_max_workers.is_none() {
+        let why = format!("unset: half of threads ({})", config.listener.threads);
         derived.push(("client_max_workers", (json!(config.client_share_in_force()), why)));
     }
-    if config.upstream_keepalive.is_none() {
-        let why = format!("unset: one per worker (threads, {})", config.threads);
+    if config.pool.upstream_keepalive.is_none() {
+        let why = format!("unset: one per worker (threads, {})", config.listener.threads);
         derived.push(("upstream_keepalive", (json!(config.upstream_keepalive_in_force()), why)));
     }
     let limits = config.rate_limits();
-    if config.rate_limit > 0.0 && config.rate_limit_burst == 0 {
-        let why = format!("0: one second of rate_limit ({})", config.rate_limit);
+    if config.client_limits.rate_limit > 0.0 && config.client_limits.rate_limit_burst == 0 {
+        let why = format!("0: one second of rate_limit ({})", config.client_limits.rate_limit);
         derived.push(("rate_limit_burst", (json!(limits.effective_burst()), why)));
     }
-    if config.client_rate_limit > 0.0 && config.client_rate_limit_burst == 0 {
-        let why = format!("0: one second of client_rate_limit ({})", config.client_rate_limit);
+    if config.client_limits.client_rate_limit > 0.0 && config.client_limits.client_rate_limit_burst == 0 {
+        let why = format!("0: one second of client_rate_limit ({})", config.client_limits.client_rate_limit);
         derived.push(("client_rate_limit_burst", (json!(limits.effective_client_burst()), why)));
     }
-    if config.client_body_temp_path.is_none() {
+    if config.listener.client_body_temp_path.is_none() {
         let dir = config.body_buffering().temp_dir;
         derived.push(("client_body_temp_path", (json!(dir), "unset: the system's temp dir".to_string())));
     }
-    if let (Some(cert), None) = (&config.tls_cert, &config.tls_key) {
+    if let (Some(cert), None) = (&config.tls.cert, &config.tls.key) {
         derived.push(("tls_key", (json!(cert), "unset: the tls_cert file".to_string())));
     }
     derived

@@ -158,14 +158,14 @@ impl<'a> Resource<'a> {
 /// are served before any access check: they hold no data, and the page asks for the token
 /// itself when the API wants one.
 pub fn is_dashboard(shared: &Shared, path: &str) -> bool {
-    path.strip_prefix(shared.config.admin_prefix.as_str())
+    path.strip_prefix(shared.config.operations.admin_prefix.as_str())
         .is_some_and(|rest| matches!(rest, "/dashboard" | "/dashboard/uplot.js" | "/dashboard/uplot.css"))
 }
 
 /// Answers a request whose path (origin form, without the query) is under the admin prefix,
 /// once [`auth::check`] let it through (the dashboard page needs no check).
 pub fn handle(shared: &Shared, mut request: Request, path: &str) -> Response {
-    let rest = &path[shared.config.admin_prefix.len().min(path.len())..];
+    let rest = &path[shared.config.operations.admin_prefix.len().min(path.len())..];
     let segments: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
     let Some((pool_name, resource)) = Resource::of(&segments) else {
         return error(404, format!("no management endpoint {path}"));
@@ -289,9 +289,9 @@ fn changed(shared: &Shared, pool: &Pool, status: u16, message: &str, backend: &B
     let response = Response::json(status, &body);
     if status == 201 {
         let location = if is_default(pool) {
-            format!("{}/backends/{}", shared.config.admin_prefix, backend.id)
+            format!("{}/backends/{}", shared.config.operations.admin_prefix, backend.id)
         } else {
-            format!("{}/pools/{}/backends/{}", shared.config.admin_prefix, pool.name, backend.id)
+            format!("{}/pools/{}/backends/{}", shared.config.operations.admin_prefix, pool.name, backend.id)
         };
         response.with_header("Location", location)
     } else {

@@ -101,7 +101,7 @@ fn route_json(shared: &Shared, route: &Route, precedence: usize) -> Value {
 pub fn routes_json(shared: &Shared) -> Value {
     let routes = in_precedence_order(shared.routes.routes());
     let default = shared.pools.default_pool();
-    let unmatched_go = if default.table.snapshot().backends.is_empty() && default.config.registry.is_none() {
+    let unmatched_go = if default.table.snapshot().backends.is_empty() && default.config.operations.registry.is_none() {
         "404"
     } else {
         "pool default"

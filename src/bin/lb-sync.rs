@@ -7,11 +7,11 @@ use std::process::ExitCode;
 use argh::FromArgs;
 use lb_sync::balance::AlgorithmKind;
 use lb_sync::balancer::LoadBalancer;
-use lb_sync::client_ip::Cidr;
-use lb_sync::config::{seed_backends, BackendConfig, Config, RegistryUrl, UpstreamReuse};
+use lb_sync::config::{seed_backends, BackendConfig, Config, ConfigFile, RegistryUrl, UpstreamReuse};
 use lb_sync::demo_backend::DemoBackend;
 use lb_sync::logging::{AccessFormat, LogTarget, LogWriter, Logger};
 use lb_sync::server::{Server, ServerConfig};
+use serde::Serialize;
 
 /// jemalloc rather than glibc's malloc: memory used by a burst returns to the system within
 /// about a second of the burst (docs/memory.md).
@@ -21,7 +21,9 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// An HTTP/1.1 load balancer. Flags override the --config file; with neither, the seed's three
 /// backends on localhost:8001-8003 (weights 1, 2, 1) are used. `lb-sync simulate --help`: the
 /// algorithms on a simulated workload. `lb-sync route --help`: what the routes do with a request.
-#[derive(FromArgs)]
+// Each flag not skipped by serde sets the setting `lb_sync::config::FLAGS` names for it (the
+// test below holds the two together).
+#[derive(FromArgs, Serialize)]
 struct Args {
     /// address to listen on (default 0.0.0.0)
     #[argh(option)]
@@ -39,6 +41,7 @@ struct Args {
     /// a backend as [ID=][http[s]://]HOST:PORT[:WEIGHT]; repeatable; replaces the configured
     /// ones; https:// ones are sent TLS, their certificate verified
     #[argh(option)]
+    #[serde(skip)]
     backend: Vec<String>,
     /// PEM file of the CAs that https:// backends' certificates are verified against (default:
     /// the built-in system roots)
@@ -46,6 +49,7 @@ struct Args {
     upstream_ca: Option<PathBuf>,
     /// JSON file with any of the settings (keys as in GET /lb/config)
     #[argh(option)]
+    #[serde(skip)]
     config: Option<String>,
     /// seconds between health checks, 0 = off (default 30)
     #[argh(option)]
@@ -80,6 +84,7 @@ struct Args {
     breaker_cooldown: Option<f64>,
     /// count backend 5xx answers as breaker failures
     #[argh(switch)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
     breaker_on_5xx: bool,
     /// seconds over which a recovered backend ramps up, 0 = off (default 10)
     #[argh(option)]
@@ -89,6 +94,7 @@ struct Args {
     peak_ewma_window: Option<f64>,
     /// when no backend is usable, try them all anyway instead of 503
     #[argh(switch)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
     panic_mode: bool,
     /// most backends tried for one request (default 3)
     #[argh(option)]
@@ -142,9 +148,11 @@ struct Args {
     /// forward request headers whose names have underscores (default: dropped, as nginx's
     /// underscores_in_headers off)
     #[argh(switch)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
     underscores_in_headers: bool,
     /// accept %2F and %5C inside a path segment, passed on encoded (default: 400)
     #[argh(switch)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
     allow_encoded_slashes: bool,
     /// a protocol an Upgrade request may switch to; repeatable; replaces the default (websocket)
     #[argh(option)]
@@ -210,101 +218,48 @@ struct Args {
     /// check the configuration (values, backend names resolve) and exit: 0 if good, 1 with the
     /// reason if not (as nginx -t)
     #[argh(switch)]
+    #[serde(skip)]
     check_config: bool,
     /// also start three demo backends on 127.0.0.1:8001-8003 in this process
     #[argh(switch)]
+    #[serde(skip)]
     demo: bool,
     /// debug logging: why each request went where it went
     #[argh(switch)]
+    #[serde(skip)]
     debug: bool,
     /// print the version and exit
     #[argh(switch)]
+    #[serde(skip)]
     version: bool,
 }
 
 /// Merges the config file and the flags; `Err` is a usage error (exit 2).
 fn build_config(args: &Args) -> Result<Config, String> {
-    let mut config = match &args.config {
-        Some(path) => Config::from_file(path).map_err(|e| e.to_string())?,
-        None => Config::default(),
+    let mut file = match &args.config {
+        Some(path) => ConfigFile::from_file(path).map_err(|e| e.to_string())?,
+        None => ConfigFile::default(),
     };
-    if let Some(host) = args.host {
-        config.host = host;
-    }
-    if let Some(port) = args.port {
-        config.port = port;
-    }
-    if let Some(algorithm) = args.algorithm {
-        config.algorithm = algorithm;
-    }
-    if let Some(threads) = args.threads {
-        config.threads = threads;
-    }
     if !args.backend.is_empty() {
-        config.backends = args.backend.iter().map(|b| BackendConfig::parse(b)).collect::<Result<_, _>>()?;
+        file.backends = args.backend.iter().map(|b| BackendConfig::parse(b)).collect::<Result<_, _>>()?;
     }
     if args.demo && args.backend.is_empty() && args.config.is_none() {
-        config.backends = seed_backends();
+        file.backends = seed_backends();
     }
-    macro_rules! set {
-        ($($field:ident),*) => { $(if let Some(v) = args.$field.clone() { config.$field = v; })* };
+    // Every other flag given sets the setting the list names for it, as the file would.
+    for (flag, value) in given_flags(args) {
+        file.set_flag(&flag, value)?;
     }
-    set!(health_check_interval, health_check_fast_interval, health_check_path, health_check_timeout);
-    set!(health_check_rise, health_check_fall);
-    set!(request_timeout, connect_timeout, max_tries, access_log, session_timeout, shutdown_timeout);
-    set!(breaker_consecutive_failures, breaker_cooldown, slow_start, tunnel_idle_timeout);
-    set!(rate_limit, rate_limit_burst, client_rate_limit, client_rate_limit_burst, dns_refresh_interval);
-    set!(tls_handshake_timeout, peak_ewma_window, client_max_in_flight, upstream_reuse);
-    set!(max_body_bytes, client_body_temp_cap, client_body_temp_free_share, client_body_temp_client_share);
-    set!(request_body_min_rate);
-    if args.client_max_workers.is_some() {
-        config.client_max_workers = args.client_max_workers;
-    }
-    if args.registry.is_some() {
-        config.registry.clone_from(&args.registry);
-    }
-    if let Some(name) = &args.sticky_cookie {
-        config.sticky_cookie = Some(name.clone());
-    }
-    if let Some(secret) = &args.sticky_secret {
-        config.sticky_secret = Some(secret.clone());
-    }
-    config.breaker_on_5xx |= args.breaker_on_5xx;
-    config.panic_mode |= args.panic_mode;
-    if !args.trusted_proxy.is_empty() {
-        config.trusted_proxies = args.trusted_proxy.iter().map(|c| Cidr::parse(c)).collect::<Result<_, _>>()?;
-    }
-    config.underscores_in_headers |= args.underscores_in_headers;
-    config.allow_encoded_slashes |= args.allow_encoded_slashes;
-    if !args.upgrade_protocol.is_empty() {
-        config.upgrade_protocols.clone_from(&args.upgrade_protocol);
-    }
-    if let Some(token) = &args.admin_token {
-        config.admin_token = Some(token.clone());
-    }
-    if let Some(format) = args.access_log_format {
-        config.access_log_format = format;
-    }
-    if args.admin_listen.is_some() {
-        config.admin_listen = args.admin_listen;
-    }
-    if args.tls_port.is_some() {
-        config.tls_port = args.tls_port;
-    }
-    for (flag, field) in [
-        (&args.access_log_file, &mut config.access_log_file),
-        (&args.log_file, &mut config.log_file),
-        (&args.state_file, &mut config.state_file),
-        (&args.upstream_ca, &mut config.upstream_ca),
-        (&args.tls_cert, &mut config.tls_cert),
-        (&args.tls_key, &mut config.tls_key),
-    ] {
-        if flag.is_some() {
-            field.clone_from(flag);
-        }
-    }
-    config.validate().map_err(|e| e.to_string())?;
-    Ok(config)
+    file.validate().map_err(|e| e.to_string())?;
+    Config::try_from(file).map_err(|e| e.to_string())
+}
+
+/// The flags given that set a setting, as (flag, JSON value): a switch only when given (a
+/// switch not given is left out of the JSON), an option when given, a repeatable option when
+/// given at least once.
+fn given_flags(args: &Args) -> Vec<(String, serde_json::Value)> {
+    let Ok(serde_json::Value::Object(flags)) = serde_json::to_value(args) else { return Vec::new() };
+    flags.into_iter().filter(|(_, value)| !value.is_null() && *value != serde_json::json!([])).collect()
 }
 
 /// The seed's three demo backends, in this process.
@@ -391,7 +346,7 @@ fn main() -> ExitCode {
     // stderr; other crates (ureq) only say warnings. The access log shares the writer when
     // both go to the same place, so their lines never interleave mid-line.
     let level = if args.debug { log::LevelFilter::Debug } else { log::LevelFilter::Info };
-    let log_target = config.log_file.clone().map_or(LogTarget::Stderr, LogTarget::File);
+    let log_target = config.operations.log_file.clone().map_or(LogTarget::Stderr, LogTarget::File);
     let log_writer = match LogWriter::start(log_target.clone()) {
         Ok(writer) => writer,
         Err(e) => {
@@ -401,7 +356,7 @@ fn main() -> ExitCode {
     };
     let _ = Logger::new(log_writer.handle(), level).other_crates(log::LevelFilter::Warn).install();
     signals.log_to(log_writer.handle());
-    let access_target = config.access_log_file.clone().map_or(LogTarget::Stderr, LogTarget::File);
+    let access_target = config.operations.access_log_file.clone().map_or(LogTarget::Stderr, LogTarget::File);
     let shared_access_log = (access_target == log_target).then(|| log_writer.handle());
     let _ = rlimit::increase_nofile_limit(u64::MAX);
 
@@ -416,7 +371,7 @@ fn main() -> ExitCode {
     } else {
         Vec::new()
     };
-    let algorithm = config.algorithm;
+    let algorithm = config.pool.algorithm;
     let balancer = match LoadBalancer::start_with_log(config, shared_access_log) {
         Ok(balancer) => balancer,
         Err(e) => {
@@ -457,4 +412,74 @@ fn main() -> ExitCode {
     }
     balancer.serve_until_signalled(signals, Some(log_writer));
     ExitCode::SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The flags `--help` lists, dashes as underscores.
+    fn flags_in_help() -> Vec<String> {
+        let help = match Args::from_args(&["lb-sync"], &["--help"]) {
+            Ok(_) => panic!("--help parses as a request for help"),
+            Err(early) => early.output,
+        };
+        let mut flags: Vec<String> = help
+            .lines()
+            .filter_map(|line| line.trim_start().strip_prefix("--"))
+            .filter_map(|line| line.split_whitespace().next())
+            .map(|flag| flag.replace('-', "_"))
+            .map(|flag| flag.trim_end_matches(',').to_string())
+            .filter(|flag| flag != "help")
+            .collect();
+        flags.sort();
+        flags.dedup();
+        flags
+    }
+
+    #[test]
+    fn every_flag_is_a_setting_of_the_list_and_every_listed_flag_exists() {
+        // Not settings: what to read, what to do, and the backend list itself.
+        let not_settings = ["backend", "check_config", "config", "debug", "demo", "version"];
+        let settings: Vec<&str> = lb_sync::config::FLAGS.iter().map(|(flag, _)| *flag).collect();
+        for flag in flags_in_help() {
+            assert!(
+                settings.contains(&flag.as_str()) != not_settings.contains(&flag.as_str()),
+                "--{flag}: a setting's flag must be in config::FLAGS, any other in not_settings"
+            );
+        }
+        let in_help = flags_in_help();
+        for flag in settings {
+            assert!(in_help.iter().any(|f| f == flag), "config::FLAGS names --{flag}, which lb-sync does not take");
+        }
+    }
+
+    #[test]
+    fn flags_apply_through_the_list_as_the_file_would() {
+        let args = Args::from_args(
+            &["lb-sync"],
+            &[
+                "--max-tries",
+                "5",
+                "--panic-mode",
+                "--trusted-proxy",
+                "10.0.0.0/8",
+                "--access-log",
+                "false",
+                "--health-check-interval",
+                "0",
+                "--client-max-workers",
+                "0",
+            ],
+        )
+        .unwrap();
+        let config = build_config(&args).unwrap();
+        assert_eq!((config.pool.max_tries, config.pool.panic_mode, config.operations.access_log), (5, true, false));
+        assert_eq!(config.listener.trusted_proxies.len(), 1);
+        assert_eq!(config.client_limits.client_max_workers, Some(0));
+        let untouched = build_config(&Args::from_args(&["lb-sync"], &[]).unwrap()).unwrap();
+        assert_eq!(untouched, Config::default());
+        let bad = Args::from_args(&["lb-sync"], &["--trusted-proxy", "10.0.0.0/99"]).unwrap();
+        assert!(build_config(&bad).is_err());
+    }
 }

@@ -1,98 +1,21 @@
-//! Named pools (`"pools": {"api": {...}}`): each a backend list with the pool-level settings
-//! it overrides. The top-level `backends`, `algorithm` and pool-level settings are the pool
-//! named `default`; a named pool starts from them and changes only what it names, so one
-//! table of field names, types and ranges serves both (a pool's settings in force are a whole
-//! [`Config`], checked by the same [`Config::validate`]).
+//! Named pools (`"pools": {"api": {...}}`): each a backend list with the per-pool settings
+//! it overrides (those of the groups [`Config::pool`], [`Config::health`] and
+//! [`Config::breaker`]; [`PoolConfig`] is declared by the list of settings). The top-level
+//! `backends` and settings are the pool named `default`; a named pool starts from them and
+//! changes only what it names, so one list of keys, types and ranges serves both (a pool's
+//! settings in force are a whole configuration, checked by the same
+//! [`ConfigFile::validate`]).
 
 use std::collections::BTreeMap;
 
 use serde::de::Error as _;
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Deserializer};
 
-use super::{invalid, BackendConfig, Config, ConfigError, UpstreamReuse};
-use crate::balance::AlgorithmKind;
+use super::{invalid, Config, ConfigError, ConfigFile, PoolConfig};
 
 /// The pool the top-level `backends` and settings make, which every request goes to until
 /// routes choose another; a pool in the file may not take its name.
 pub const DEFAULT_POOL: &str = "default";
-
-/// Declares [`PoolConfig`] with one optional field per pool-level setting, and the code that
-/// lays a pool's overrides over the top-level settings: a setting is listed once, here.
-macro_rules! pool_settings {
-    ($($key:ident: $ty:ty),* $(,)?) => {
-        /// One named pool as configured: its backends (required, at least one) and the
-        /// pool-level settings it overrides; every other one is the top-level value.
-        ///
-        /// ```
-        /// use lb_sync::config::PoolConfig;
-        /// let pool: PoolConfig = serde_json::from_str(
-        ///     r#"{"backends": [{"host": "127.0.0.1", "port": 9001}], "algorithm": "least_connections"}"#,
-        /// ).unwrap();
-        /// assert_eq!((pool.backends.len(), pool.max_tries), (1, None));
-        /// ```
-        #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-        #[serde(deny_unknown_fields)]
-        pub struct PoolConfig {
-            /// The pool's backends, as the top-level `backends` (ids default to `backend<N>` by
-            /// position in the pool).
-            pub backends: Vec<BackendConfig>,
-            $(
-                #[doc = concat!("Overrides the top-level `", stringify!($key), "` for this pool.")]
-                #[serde(default, skip_serializing_if = "Option::is_none")]
-                pub $key: Option<$ty>,
-            )*
-        }
-
-        /// The keys a pool may set besides `backends`, in the order the README lists them.
-        pub const POOL_SETTINGS: &[&str] = &[$(stringify!($key)),*];
-
-        impl PoolConfig {
-            /// `top` with this pool's backends and overrides: the pool's settings in force.
-            fn lay_over(&self, top: &Config) -> Config {
-                let mut config = Config { backends: self.backends.clone(), pools: BTreeMap::new(), routes: Vec::new(), ..top.clone() };
-                $(
-                    if let Some(value) = &self.$key {
-                        config.$key = value.clone().into();
-                    }
-                )*
-                config
-            }
-        }
-    };
-}
-
-pool_settings! {
-    algorithm: AlgorithmKind,
-    health_check_path: String,
-    health_check_interval: f64,
-    health_check_fast_interval: f64,
-    health_check_timeout: f64,
-    health_check_rise: u32,
-    health_check_fall: u32,
-    health_check_status: String,
-    breaker_consecutive_failures: u32,
-    breaker_failure_ratio: f64,
-    breaker_cooldown: f64,
-    breaker_half_open_trials: u32,
-    breaker_on_5xx: bool,
-    slow_start: f64,
-    panic_mode: bool,
-    peak_ewma_window: f64,
-    max_tries: usize,
-    retry_budget_ratio: f64,
-    retry_budget_min: u64,
-    retry_body_max_bytes: u64,
-    connect_timeout: f64,
-    request_timeout: f64,
-    backend_max_connections: usize,
-    backend_queue_timeout: f64,
-    upstream_keepalive: usize,
-    upstream_keepalive_timeout: f64,
-    upstream_reuse: UpstreamReuse,
-    sticky_cookie: String,
-    sticky_secret: String,
-    session_timeout: u64,
-}
 
 /// Whether `name` may name a pool: 1-64 of `[A-Za-z0-9_.-]` (it goes in `/lb/pools/{name}` as
 /// it is), and not `default`, the top-level pool's.
@@ -129,16 +52,21 @@ impl Config {
     ///     r#"{"max_tries": 2, "pools": {"api": {"backends": [{"host": "127.0.0.1", "port": 9001}], "max_tries": 5}}}"#,
     /// ).unwrap();
     /// let pools = config.pool_configs();
-    /// assert_eq!(pools.iter().map(|(name, c)| (name.as_str(), c.max_tries)).collect::<Vec<_>>(), [("default", 2), ("api", 5)]);
+    /// assert_eq!(pools.iter().map(|(name, c)| (name.as_str(), c.pool.max_tries)).collect::<Vec<_>>(), [("default", 2), ("api", 5)]);
     /// assert_eq!(pools[1].1.backends.len(), 1);
     /// ```
     pub fn pool_configs(&self) -> Vec<(String, Config)> {
         let default = Config { pools: BTreeMap::new(), routes: Vec::new(), ..self.clone() };
-        std::iter::once((DEFAULT_POOL.to_string(), default))
-            .chain(self.pools.iter().map(|(name, pool)| (name.clone(), pool.lay_over(self))))
-            .collect()
+        let file = ConfigFile::from(self);
+        let named = self.pools.iter().map(|(name, pool)| {
+            // Checked with the file (validate_pools): a value no setting holds is not there.
+            (name.clone(), Config::try_from(pool.lay_over(&file)).unwrap_or_else(|_| default.clone()))
+        });
+        std::iter::once((DEFAULT_POOL.to_string(), default.clone())).chain(named).collect()
     }
+}
 
+impl ConfigFile {
     /// Each named pool: its name, its backends, and its settings in force checked as the
     /// top-level ones are; a message names the pool.
     pub(super) fn validate_pools(&self) -> Result<(), ConfigError> {
@@ -178,14 +106,12 @@ mod tests {
         .unwrap();
         let (name, api) = &config.pool_configs()[1];
         assert_eq!(name, "api");
-        assert_eq!((api.sticky_cookie.as_deref(), api.backend_max_connections), (Some("SRV"), Some(7)));
+        assert_eq!((api.pool.sticky_cookie.as_deref(), api.pool.backend_max_connections), (Some("SRV"), Some(7)));
         let default = &config.pool_configs()[0].1;
-        let api_without_its_own = Config {
-            backends: default.backends.clone(),
-            sticky_cookie: None,
-            backend_max_connections: None,
-            ..api.clone()
-        };
+        let mut api_without_its_own = api.clone();
+        api_without_its_own.backends.clone_from(&default.backends);
+        api_without_its_own.pool.sticky_cookie = None;
+        api_without_its_own.pool.backend_max_connections = None;
         assert_eq!(api_without_its_own, *default);
         assert!(api.pools.is_empty());
     }

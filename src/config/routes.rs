@@ -5,10 +5,10 @@
 
 use crate::routing::{Action, Route, RouteConfig, RouteTable};
 
-use super::{invalid, ranges, Config, ConfigError, DEFAULT_POOL, MAX_BURST, MAX_RATE};
+use super::{invalid, ranges, ConfigError, ConfigFile, DEFAULT_POOL, MAX_BURST, MAX_RATE};
 
 /// Checks `config.routes`.
-pub(super) fn check(config: &Config) -> Result<(), ConfigError> {
+pub(super) fn check(config: &ConfigFile) -> Result<(), ConfigError> {
     let table = RouteTable::build(&config.routes).map_err(|e| invalid("routes", e.to_string()))?;
     config.routes.iter().try_for_each(check_overrides)?;
     for route in table.routes() {
@@ -105,14 +105,15 @@ mod tests {
     use super::*;
 
     fn with_routes(json: &str) -> Result<(), String> {
-        let config: Config = serde_json::from_str(&format!(r#"{{"routes": {json}}}"#)).map_err(|e| e.to_string())?;
+        let config: ConfigFile =
+            serde_json::from_str(&format!(r#"{{"routes": {json}}}"#)).map_err(|e| e.to_string())?;
         config.validate().map_err(|e| e.to_string())
     }
 
     #[test]
     fn a_config_with_routes_loads_and_old_files_are_unchanged() {
         with_routes(r#"[{"name": "api", "host": ["api.example.com", "*.api.example.com"], "path_prefix": "/v1", "pool": "default", "max_tries": 2}]"#).unwrap();
-        let config: Config = serde_json::from_str("{}").unwrap();
+        let config: ConfigFile = serde_json::from_str("{}").unwrap();
         assert!(config.routes.is_empty());
         let json = serde_json::to_value(&config).unwrap();
         assert!(json.get("routes").is_none(), "no routes key when there is none");

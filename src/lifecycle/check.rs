@@ -18,12 +18,13 @@ use super::generation::{backend_list, health_config, tls_certificates};
 /// use lb_sync::config::{BackendConfig, Config};
 /// let config = Config { backends: vec![BackendConfig::new("127.0.0.1", 9001, 1)], ..Config::default() };
 /// assert_eq!(lb_sync::lifecycle::check_config(&config).unwrap(), "1 backend(s), round_robin, 256 threads, port 8080");
-/// let bad = Config { max_connections: 0, ..config };
+/// let mut bad = config;
+/// bad.listener.max_connections = 0;
 /// assert_eq!(lb_sync::lifecycle::check_config(&bad).unwrap_err(), "max_connections must be 1-1000000, got 0");
 /// ```
 pub fn check_config(config: &Config) -> Result<String, String> {
     config.validate().map_err(|e| e.to_string())?;
-    let tls = Arc::new(UpstreamTls::load(config.upstream_ca.as_deref()).map_err(|e| e.to_string())?);
+    let tls = Arc::new(UpstreamTls::load(config.tls.upstream_ca.as_deref()).map_err(|e| e.to_string())?);
     RateLimiter::new(&config.rate_limits()).map_err(|e| e.to_string())?;
     for (name, pool) in config.pool_configs() {
         // The default pool's messages stay as they were before pools.
@@ -44,9 +45,9 @@ pub fn check_config(config: &Config) -> Result<String, String> {
     Ok(format!(
         "{} backend(s){pools}, {}, {} threads, port {}",
         config.backends.len(),
-        config.algorithm,
-        config.threads,
-        config.port
+        config.pool.algorithm,
+        config.listener.threads,
+        config.listener.port
     ))
 }
 

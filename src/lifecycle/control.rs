@@ -175,28 +175,19 @@ impl Control {
         config.validate().map_err(|e| e.to_string())?;
         let running = self.current.load_full();
         let old = &running.config;
-        let mut restart_only = Vec::new();
-        macro_rules! keep {
-            ($($key:ident),*) => {$(
-                if config.$key != old.$key {
-                    restart_only.push(stringify!($key).to_string());
-                    config.$key = old.$key.clone();
-                }
-            )*};
-        }
-        keep!(host, port, threads, client_body_temp_path);
-        keep!(admin_listen, access_log, access_log_format, access_log_file, log_file, state_file, registry, tls_port);
-        if config.tls_port.is_some() && config.tls_cert.is_none() {
+        // What a reload cannot change keeps its running value (the list of settings says which).
+        let mut restart_only = Config::keep_restart_only(&mut config, old);
+        if config.tls.port.is_some() && config.tls.cert.is_none() {
             // TLS turned off in the file: the listener stays until a restart, with its files.
             restart_only.push("tls_cert".to_string());
-            config.tls_cert.clone_from(&old.tls_cert);
-            config.tls_key.clone_from(&old.tls_key);
-            config.tls_sni_certificates.clone_from(&old.tls_sni_certificates);
+            config.tls.cert.clone_from(&old.tls.cert);
+            config.tls.key.clone_from(&old.tls.key);
+            config.tls.sni_certificates.clone_from(&old.tls.sni_certificates);
         }
         // With a state file the management API owns the backend list (nginx Plus forbids
         // servers in the file with `state`), with a registry the registry does: a reload keeps
         // the table's and applies the rest.
-        let keeper = match (&old.state_file, &old.registry) {
+        let keeper = match (&old.operations.state_file, &old.operations.registry) {
             (Some(_), _) => Some("the state file"),
             (None, Some(_)) => Some("the registry"),
             (None, None) => None,
@@ -226,11 +217,13 @@ impl Control {
                     let now: Vec<_> =
                         kept.table.snapshot().backends.iter().map(|b| (b.id.clone(), b.config())).collect();
                     if now != wanted {
-                        BackendTable::new(pool.algorithm, &wanted, backend_policy(&pool)).map_err(named)?;
+                        BackendTable::new(pool.pool.algorithm, &wanted, backend_policy(&pool)).map_err(named)?;
                     }
                     Arc::clone(&kept.table)
                 }
-                None => Arc::new(BackendTable::new(pool.algorithm, &wanted, backend_policy(&pool)).map_err(named)?),
+                None => {
+                    Arc::new(BackendTable::new(pool.pool.algorithm, &wanted, backend_policy(&pool)).map_err(named)?)
+                }
             };
             tables.push((name, table));
         }
@@ -241,7 +234,7 @@ impl Control {
             let checks = health_config(&pool.config, pool.forwarder.tls()).map_err(|e| e.to_string())?;
             health.push(checks);
         }
-        let (algorithm, policy) = (shared.config.algorithm, backend_policy(&shared.config));
+        let (algorithm, policy) = (shared.config.pool.algorithm, backend_policy(&shared.config));
         let backends = match wanted {
             Some(wanted) => table.reconcile(algorithm, &wanted, policy).map_err(|e| e.to_string())?,
             // The backends stay as they are, whatever changes them meanwhile (the watch).
@@ -265,9 +258,9 @@ impl Control {
             self.tuner.replace_certificates(certificates);
             log::info!("TLS certificates for new connections: {described}");
         }
-        if shared.config.dns_refresh_interval != old.dns_refresh_interval {
+        if shared.config.operations.dns_refresh_interval != old.operations.dns_refresh_interval {
             if let Some(dns) = lock(&self.dns).as_ref() {
-                dns.set_interval(Duration::from_secs_f64(shared.config.dns_refresh_interval));
+                dns.set_interval(Duration::from_secs_f64(shared.config.operations.dns_refresh_interval));
             }
         }
         let shared = Arc::new(shared);
@@ -290,7 +283,7 @@ impl Control {
                 continue;
             };
             let wanted = backend_list(&pool.config);
-            match pool.table.reconcile(pool.config.algorithm, &wanted, backend_policy(&pool.config)) {
+            match pool.table.reconcile(pool.config.pool.algorithm, &wanted, backend_policy(&pool.config)) {
                 Ok(reconciled) if reconciled.is_empty() => {}
                 Ok(reconciled) => changes.backends.push((pool.name.clone(), reconciled)),
                 // Resolved a moment ago, refused now: its name changed address in between.

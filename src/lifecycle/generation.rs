@@ -41,12 +41,12 @@ pub const RESTART_ONLY: &[&str] = &[
 /// The health checker's settings; HTTPS backends are probed with `tls`, the HTTP client's.
 pub(crate) fn health_config(config: &Config, tls: &Arc<UpstreamTls>) -> Result<HealthConfig, ConfigError> {
     Ok(HealthConfig {
-        path: config.health_check_path.clone(),
-        interval: Duration::from_secs_f64(config.health_check_interval),
-        fast_interval: Duration::from_secs_f64(config.health_check_fast_interval),
-        timeout: Duration::from_secs_f64(config.health_check_timeout),
-        rise: config.health_check_rise,
-        fall: config.health_check_fall,
+        path: config.health.path.clone(),
+        interval: Duration::from_secs_f64(config.health.interval),
+        fast_interval: Duration::from_secs_f64(config.health.fast_interval),
+        timeout: Duration::from_secs_f64(config.health.timeout),
+        rise: config.health.rise,
+        fall: config.health.fall,
         expected: config.expected_health_status()?,
         probers: config.backends.len().clamp(4, 16),
         tls: Arc::clone(tls),
@@ -57,17 +57,17 @@ pub(crate) fn health_config(config: &Config, tls: &Arc<UpstreamTls>) -> Result<H
 pub(crate) fn backend_policy(config: &Config) -> BackendPolicy {
     BackendPolicy {
         breaker: BreakerConfig {
-            consecutive_failures: config.breaker_consecutive_failures,
-            failure_ratio: config.breaker_failure_ratio,
-            cooldown: Duration::from_secs_f64(config.breaker_cooldown),
-            max_cooldown: Duration::from_secs(60).max(Duration::from_secs_f64(config.breaker_cooldown)),
-            half_open_trials: config.breaker_half_open_trials,
+            consecutive_failures: config.breaker.consecutive_failures,
+            failure_ratio: config.breaker.failure_ratio,
+            cooldown: Duration::from_secs_f64(config.breaker.cooldown),
+            max_cooldown: Duration::from_secs(60).max(Duration::from_secs_f64(config.breaker.cooldown)),
+            half_open_trials: config.breaker.half_open_trials,
             ..BreakerConfig::default()
         },
-        slow_start: Duration::from_secs_f64(config.slow_start),
-        panic_mode: config.panic_mode,
+        slow_start: Duration::from_secs_f64(config.pool.slow_start),
+        panic_mode: config.pool.panic_mode,
         max_connections: config.backend_connection_cap(),
-        peak_ewma_window: Duration::from_secs_f64(config.peak_ewma_window),
+        peak_ewma_window: Duration::from_secs_f64(config.pool.peak_ewma_window),
     }
 }
 
@@ -78,7 +78,11 @@ pub(crate) fn backend_list(config: &Config) -> Vec<(String, BackendConfig)> {
 
 /// The front end's reloadable settings.
 pub(crate) fn tuning(config: &Config) -> Tuning {
-    Tuning { limits: config.limits(), queue_capacity: config.queue_capacity, body_buffering: config.body_buffering() }
+    Tuning {
+        limits: config.limits(),
+        queue_capacity: config.listener.queue_capacity,
+        body_buffering: config.body_buffering(),
+    }
 }
 
 /// The HTTPS listener's certificates, read from their files now (`None` without `tls_port`):
@@ -95,12 +99,12 @@ pub(crate) fn tls_certificates(config: &Config) -> Result<Option<Certificates>, 
 /// for how long.
 fn client_settings(config: &Config) -> (ForwardTimeouts, IdleLimits) {
     let timeouts = ForwardTimeouts {
-        connect: Duration::from_secs_f64(config.connect_timeout),
-        request: Duration::from_secs_f64(config.request_timeout),
+        connect: Duration::from_secs_f64(config.pool.connect_timeout),
+        request: Duration::from_secs_f64(config.pool.request_timeout),
     };
     let idle = IdleLimits {
         max: config.upstream_keepalive_in_force(),
-        timeout: Duration::from_secs_f64(config.upstream_keepalive_timeout),
+        timeout: Duration::from_secs_f64(config.pool.upstream_keepalive_timeout),
     };
     (timeouts, idle)
 }
@@ -117,7 +121,7 @@ pub(crate) fn build_shared(
     ops: Arc<Operations>,
     reload: Arc<ReloadHook>,
 ) -> Result<Shared, String> {
-    let tls = Arc::new(UpstreamTls::load(config.upstream_ca.as_deref()).map_err(|e| e.to_string())?);
+    let tls = Arc::new(UpstreamTls::load(config.tls.upstream_ca.as_deref()).map_err(|e| e.to_string())?);
     let mut pools = Vec::new();
     for (name, pool_config) in config.pool_configs() {
         let table = tables
@@ -167,9 +171,11 @@ fn build_pool(
         }
         _ => Arc::new(Forwarder::new(timeouts, idle_limits, Arc::clone(tls))),
     };
-    let budget = (config.retry_budget_ratio, config.retry_budget_min);
+    let budget = (config.pool.retry_budget_ratio, config.pool.retry_budget_min);
     let retry_budget = match before {
-        Some(p) if (p.config.retry_budget_ratio, p.config.retry_budget_min) == budget => Arc::clone(&p.retry_budget),
+        Some(p) if (p.config.pool.retry_budget_ratio, p.config.pool.retry_budget_min) == budget => {
+            Arc::clone(&p.retry_budget)
+        }
         _ => Arc::new(RetryBudget::new(budget.0, budget.1, Duration::from_secs(10))),
     };
     Pool {

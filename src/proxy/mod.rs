@@ -104,7 +104,7 @@ pub fn forward_leg(shared: &Shared, pool: &Pool, request: Request, leg: Leg<'_>)
     let client_host = leg.rewrites().then(|| routed::request_host(&request).map(str::to_string)).flatten();
     let outcome = policy::admit(&quota).and_then(|()| prepare(shared, pool, request, &origin, &access, leg)).and_then(
         |mut outbound| {
-            let (forwarder, max_tries) = (leg.forwarder(pool), leg.max_tries(pool.config.max_tries));
+            let (forwarder, max_tries) = (leg.forwarder(pool), leg.max_tries(pool.config.pool.max_tries));
             try_backends(shared, pool, forwarder, &mut outbound, max_tries)
         },
     );
@@ -122,7 +122,7 @@ pub fn forward_leg(shared: &Shared, pool: &Pool, request: Request, leg: Leg<'_>)
 
 /// Step 1: the client's address, believing X-Forwarded-For only from trusted proxies.
 fn who(shared: &Shared, request: &Request) -> Origin {
-    let trusted = &shared.config.trusted_proxies;
+    let trusted = &shared.config.listener.trusted_proxies;
     let peer = canonical(request.peer().ip());
     Origin { client: request_client(peer, request.headers(), trusted), peer_trusted: is_trusted(peer, trusted) }
 }
@@ -142,8 +142,9 @@ fn prepare(
         return Err(ProxyError::UnsupportedTarget);
     }
     let target = leg.upstream_target(origin_form(request.target()).ok_or(ProxyError::UnsupportedTarget)?).into_owned();
-    let upgrade = upgrade::requested(&request, &shared.config.upgrade_protocols);
-    let passing = Passing { peer_trusted: origin.peer_trusted, underscores: shared.config.underscores_in_headers };
+    let upgrade = upgrade::requested(&request, &shared.config.listener.upgrade_protocols);
+    let passing =
+        Passing { peer_trusted: origin.peer_trusted, underscores: shared.config.listener.underscores_in_headers };
     let mut headers = upstream_headers(&request, origin.client, passing);
     if let Some(value) = &upgrade {
         headers.extend(upgrade::upstream_headers(&request, value));
@@ -160,14 +161,14 @@ fn prepare(
         .map_err(ProxyError::Unforwardable)?;
     drop(headers);
     let is_head = request.head().is_head();
-    let own_connection = pool.config.upstream_reuse == UpstreamReuse::Safe && request.is_first_on_connection();
+    let own_connection = pool.config.pool.upstream_reuse == UpstreamReuse::Safe && request.is_first_on_connection();
     // A HEAD request's body (allowed, meaningless) is not sent on.
     let send_body = !is_head && request.head().framing != BodyFraming::None;
     let mut request_body = request.into_body();
     // A streamed body (request buffering off) waits for its client; meanwhile the backend may
     // answer without reading it (a 413), and that answer is what the client must get.
     request_body.watch_for_early_answer(crate::upstream::early_answer_arrived);
-    let body = UpstreamBody::new(request_body, send_body, pool.config.retry_body_max_bytes);
+    let body = UpstreamBody::new(request_body, send_body, pool.config.pool.retry_body_max_bytes);
     if let Some(length) = body.len() {
         // Buffered whole: a chunked upload goes upstream with its length.
         prepared.set_content_length(length);
@@ -196,7 +197,7 @@ fn try_backends(
 ) -> Result<(Response, Arc<Backend>, Duration), ProxyError> {
     pool.retry_budget.record_request();
     let membership = pool.table.snapshot();
-    let queue_deadline = Instant::now() + Duration::from_secs_f64(pool.config.backend_queue_timeout);
+    let queue_deadline = Instant::now() + Duration::from_secs_f64(pool.config.pool.backend_queue_timeout);
     let session = Session::new(pool, &membership, out.sticky_token.as_deref());
     let mut tried: Vec<*const Backend> = Vec::with_capacity(max_tries.min(membership.backends.len()));
     let mut tries = 0;
@@ -377,7 +378,7 @@ fn send_once(
 /// pick that ignored the breaker still has its outcome counted there, so every try is.
 fn settle_answer(pool: &Pool, backend: &Backend, breaker: Admitted<'_>, status: u16, took: Duration) {
     backend.record_answer(status, took);
-    let failed = pool.config.breaker_on_5xx && status >= 500;
+    let failed = pool.config.breaker.on_5xx && status >= 500;
     let Some((breaker, ticket)) = breaker else {
         backend.breaker().count_only(failed);
         return;

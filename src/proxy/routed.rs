@@ -38,7 +38,7 @@ pub fn serve(shared: &Shared, request: Request) -> Response {
     let Some(route) = route else {
         let default = shared.pools.default_pool();
         let unmatched = Leg::unmatched(shared.route_stats.unmatched());
-        if default.table.snapshot().backends.is_empty() && default.config.registry.is_none() {
+        if default.table.snapshot().backends.is_empty() && default.config.operations.registry.is_none() {
             return answer(shared, request, no_route(), unmatched);
         }
         return forward_leg(shared, default, request, unmatched);
@@ -47,8 +47,11 @@ pub fn serve(shared: &Shared, request: Request) -> Response {
     match &route.action {
         Action::Pool(name) => forward_leg(shared, pool(shared, name), request, leg),
         Action::Split(shares) => {
-            let client =
-                request_client(canonical(request.peer().ip()), request.headers(), &shared.config.trusted_proxies);
+            let client = request_client(
+                canonical(request.peer().ip()),
+                request.headers(),
+                &shared.config.listener.trusted_proxies,
+            );
             let key = client.to_string();
             let usable = |name: &str| {
                 shared.pools.get(name).is_some_and(|p| p.table.snapshot().backends.iter().any(|b| b.is_usable()))
@@ -110,7 +113,8 @@ fn no_share(route: &Route) -> Response {
 /// Our own answer to a request (no backend involved): counted (for the route in `leg` too),
 /// logged.
 fn answer(shared: &Shared, request: Request, response: Response, leg: Leg<'_>) -> Response {
-    let client = request_client(canonical(request.peer().ip()), request.headers(), &shared.config.trusted_proxies);
+    let client =
+        request_client(canonical(request.peer().ip()), request.headers(), &shared.config.listener.trusted_proxies);
     let mut access = PendingAccess::new(&request, client, shared.ops.access_log.is_some());
     access.served_by(leg.route_name(), None);
     drop(request);

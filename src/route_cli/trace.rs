@@ -131,9 +131,14 @@ impl Tracer {
             .pool_configs()
             .into_iter()
             .map(|(name, pool)| {
-                let table = BackendTable::new(pool.algorithm, &backend_list(&pool), backend_policy(&pool))
+                let table = BackendTable::new(pool.pool.algorithm, &backend_list(&pool), backend_policy(&pool))
                     .map_err(|e| e.to_string());
-                PoolTable { name, algorithm: pool.algorithm, table, from_registry: pool.registry.is_some() }
+                PoolTable {
+                    name,
+                    algorithm: pool.pool.algorithm,
+                    table,
+                    from_registry: pool.operations.registry.is_some(),
+                }
             })
             .collect();
         Ok(Tracer { config, routes, pools })
@@ -181,14 +186,14 @@ impl Tracer {
             route: None,
             fate: Fate::Admin,
         };
-        if self.config.admin_listen.is_none() && is_under(path, &self.config.admin_prefix) {
+        if self.config.operations.admin_listen.is_none() && is_under(path, &self.config.operations.admin_prefix) {
             return trace;
         }
         let view = RequestView { method: &head.method, host: host.as_deref(), path, query, headers: &head.headers };
         trace.explained = self.routes.explain(&view);
         let route = self.routes.lookup(&view);
         trace.route = route.map(|r| r.name.clone());
-        let client = request_client(probe.client, &head.headers, &self.config.trusted_proxies);
+        let client = request_client(probe.client, &head.headers, &self.config.listener.trusted_proxies);
         trace.fate = match route {
             None if self.routes.is_empty() => self.sent(DEFAULT_POOL, None, origin, client),
             None => match self.pool(DEFAULT_POOL) {

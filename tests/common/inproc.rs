@@ -25,5 +25,12 @@ pub fn demo_backend_with(limits: Limits, delay: Duration) -> (Server, u16) {
 /// A balancer's configuration with these backends: loopback, an ephemeral port, no access log
 /// (a test reads the counters instead), every other setting at its default.
 pub fn config(backends: Vec<BackendConfig>) -> Config {
-    Config { host: "127.0.0.1".parse().unwrap(), port: 0, access_log: false, backends, ..Config::default() }
+    {
+        let mut adjusted = Config::default();
+        adjusted.listener.host = "127.0.0.1".parse().unwrap();
+        adjusted.listener.port = 0;
+        adjusted.operations.access_log = false;
+        adjusted.backends = backends;
+        adjusted
+    }
 }
