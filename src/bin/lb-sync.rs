@@ -53,16 +53,19 @@ struct Args {
     config: Option<String>,
     /// seconds between health checks, 0 = off (default 30)
     #[argh(option)]
+    #[serde(serialize_with = "float_flag")]
     health_check_interval: Option<f64>,
     /// seconds between health checks of a backend not known to be up (not checked yet, down,
     /// failing, circuit open, or traffic could not connect to it) (default 1)
     #[argh(option)]
+    #[serde(serialize_with = "float_flag")]
     health_check_fast_interval: Option<f64>,
     /// path of the health check (default /health)
     #[argh(option)]
     health_check_path: Option<String>,
     /// seconds a health probe may take (default 2)
     #[argh(option)]
+    #[serde(serialize_with = "float_flag")]
     health_check_timeout: Option<f64>,
     /// good probes in a row that bring a backend back (default 2)
     #[argh(option)]
@@ -72,15 +75,18 @@ struct Args {
     health_check_fall: Option<u32>,
     /// seconds a backend may take to answer before 504 (default 30)
     #[argh(option)]
+    #[serde(serialize_with = "float_flag")]
     request_timeout: Option<f64>,
     /// seconds to connect to a backend (default 5)
     #[argh(option)]
+    #[serde(serialize_with = "float_flag")]
     connect_timeout: Option<f64>,
     /// consecutive failures that open a backend's circuit breaker (default 5)
     #[argh(option)]
     breaker_consecutive_failures: Option<u32>,
     /// seconds a circuit breaker stays open at first (default 5)
     #[argh(option)]
+    #[serde(serialize_with = "float_flag")]
     breaker_cooldown: Option<f64>,
     /// count backend 5xx answers as breaker failures
     #[argh(switch)]
@@ -88,9 +94,11 @@ struct Args {
     breaker_on_5xx: bool,
     /// seconds over which a recovered backend ramps up, 0 = off (default 10)
     #[argh(option)]
+    #[serde(serialize_with = "float_flag")]
     slow_start: Option<f64>,
     /// seconds over which a backend's response-time estimate decays, for peak_ewma (default 10)
     #[argh(option)]
+    #[serde(serialize_with = "float_flag")]
     peak_ewma_window: Option<f64>,
     /// when no backend is usable, try them all anyway instead of 503
     #[argh(switch)]
@@ -118,12 +126,14 @@ struct Args {
     session_timeout: Option<u64>,
     /// requests per second for all clients together, then 429; 0 = off (default 0)
     #[argh(option)]
+    #[serde(serialize_with = "float_flag")]
     rate_limit: Option<f64>,
     /// requests the global limit admits at once (default: one second's worth)
     #[argh(option)]
     rate_limit_burst: Option<u32>,
     /// requests per second for each client address, then 429; 0 = off (default 0)
     #[argh(option)]
+    #[serde(serialize_with = "float_flag")]
     client_rate_limit: Option<f64>,
     /// requests each client may send at once (default: one second's worth)
     #[argh(option)]
@@ -174,6 +184,7 @@ struct Args {
     registry: Option<RegistryUrl>,
     /// seconds between re-resolutions of backend host names, 0 = resolve once (default 30)
     #[argh(option)]
+    #[serde(serialize_with = "float_flag")]
     dns_refresh_interval: Option<f64>,
     /// largest request body in bytes, then 413 (default 1048576: 1 MiB, nginx's)
     #[argh(option)]
@@ -184,9 +195,11 @@ struct Args {
     /// share of the temp directory's free space at start that body temp files may take
     /// together (default 0.25)
     #[argh(option)]
+    #[serde(serialize_with = "float_flag")]
     client_body_temp_free_share: Option<f64>,
     /// share of the body temp files' cap one client may take, then 429 (default 0.25)
     #[argh(option)]
+    #[serde(serialize_with = "float_flag")]
     client_body_temp_client_share: Option<f64>,
     /// slowest upload in bytes/s after the first client_io_timeout seconds, then 408; 0 = off
     /// (default 500)
@@ -198,10 +211,12 @@ struct Args {
     upstream_reuse: Option<UpstreamReuse>,
     /// seconds a stop (SIGTERM, SIGINT) lets requests in flight finish (default 30)
     #[argh(option)]
+    #[serde(serialize_with = "float_flag")]
     shutdown_timeout: Option<f64>,
     /// seconds a tunnel (a WebSocket) may go without a byte either way before it is closed
     /// (default 3600)
     #[argh(option)]
+    #[serde(serialize_with = "float_flag")]
     tunnel_idle_timeout: Option<f64>,
     /// port of an HTTPS listener beside the HTTP one (default none)
     #[argh(option)]
@@ -252,6 +267,15 @@ fn build_config(args: &Args) -> Result<Config, String> {
     }
     file.validate().map_err(|e| e.to_string())?;
     Config::try_from(file).map_err(|e| e.to_string())
+}
+
+/// A float flag as JSON: a number, or NaN and the infinities as text (JSON has no number for
+/// them), which [`ConfigFile::set_flag`] reads back, so that validation refuses them.
+fn float_flag<S: serde::Serializer>(value: &Option<f64>, serializer: S) -> Result<S::Ok, S::Error> {
+    match value {
+        Some(number) if !number.is_finite() => serializer.serialize_str(&number.to_string()),
+        _ => value.serialize(serializer),
+    }
 }
 
 /// The flags given that set a setting, as (flag, JSON value): a switch only when given (a
@@ -451,6 +475,17 @@ mod tests {
         let in_help = flags_in_help();
         for flag in settings {
             assert!(in_help.iter().any(|f| f == flag), "config::FLAGS names --{flag}, which lb-sync does not take");
+        }
+    }
+
+    #[test]
+    fn a_float_flag_given_nan_or_infinity_is_refused_never_ignored() {
+        let floats = lb_sync::config::SETTINGS.iter().filter(|s| s.file_type == "f64");
+        for flag in floats.filter_map(|s| s.flag) {
+            for value in ["NaN", "inf", "-inf"] {
+                let args = Args::from_args(&["lb-sync"], &[&format!("--{}", flag.replace('_', "-")), value]).unwrap();
+                assert!(build_config(&args).is_err(), "--{flag} {value} must be refused");
+            }
         }
     }
 

@@ -331,8 +331,8 @@ macro_rules! settings {
             /// ```
             pub fn set_flag(&mut self, flag: &str, value: serde_json::Value) -> Result<(), String> {
                 match flag {
-                    $($($(stringify!($pflag) => self.$pkey = serde_json::from_value(value).map_err(|e| e.to_string())?,)?)*)*
-                    $($($(stringify!($iflag) => self.$ikey = serde_json::from_value(value).map_err(|e| e.to_string())?,)?)*)*
+                    $($($(stringify!($pflag) => self.$pkey = from_flag(value)?,)?)*)*
+                    $($($(stringify!($iflag) => self.$ikey = from_flag(value)?,)?)*)*
                     other => return Err(format!("--{} sets no setting", other.replace('_', "-"))),
                 }
                 Ok(())
@@ -400,6 +400,22 @@ macro_rules! settings {
 
     };
 }
+/// A flag's value as its setting's type. JSON has no NaN or infinity: a float flag gives them
+/// as text, read back here as the float they are (validation then refuses them).
+fn from_flag<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> Result<T, String> {
+    use serde::de::IntoDeserializer;
+    let not_finite = value.as_str().and_then(|text| text.parse::<f64>().ok()).filter(|number| !number.is_finite());
+    match serde_json::from_value(value) {
+        Ok(typed) => Ok(typed),
+        Err(error) => match not_finite {
+            Some(number) => {
+                T::deserialize(number.into_deserializer()).map_err(|e: serde::de::value::Error| e.to_string())
+            }
+            None => Err(error.to_string()),
+        },
+    }
+}
+
 /// A file value that no setting can hold: said as its range says it.
 fn unrepresentable(key: &'static str, shown: &str) -> ConfigError {
     match RANGES.iter().find(|r| r.key == key) {
