@@ -114,7 +114,7 @@ impl LoadBalancer {
         let dns = Arc::new(DnsStatus::default());
         let refresher = DnsRefresher::start(
             Arc::clone(&table),
-            Duration::from_secs_f64(config.operations.dns_refresh_interval),
+            config.operations.dns_refresh_interval.unwrap_or_default(),
             Arc::clone(&dns),
         )?;
         let mut access_writer = None;

@@ -4,7 +4,6 @@
 use std::fmt;
 use std::io;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -553,7 +552,7 @@ impl Config {
     /// assert!(Config::default().sticky_sessions().is_none());
     /// ```
     pub fn sticky_sessions(&self) -> Option<StickyCookie> {
-        let max_age = Duration::from_secs(self.pool.session_timeout);
+        let max_age = self.pool.session_timeout;
         self.pool
             .sticky_cookie
             .as_deref()
@@ -613,10 +612,10 @@ impl Config {
     /// The front end's limits from this configuration.
     pub fn limits(&self) -> Limits {
         Limits {
-            head_timeout: Duration::from_secs(self.listener.client_header_timeout),
-            handshake_timeout: Duration::from_secs(self.tls.handshake_timeout),
-            keep_alive_timeout: Duration::from_secs(self.listener.keep_alive_timeout),
-            io_timeout: Duration::from_secs(self.listener.client_io_timeout),
+            head_timeout: self.listener.client_header_timeout,
+            handshake_timeout: self.tls.handshake_timeout,
+            keep_alive_timeout: self.listener.keep_alive_timeout,
+            io_timeout: self.listener.client_io_timeout,
             max_body_bytes: self.client_limits.max_body_bytes,
             max_connections: self.listener.max_connections,
             client_max_workers: self.client_share_in_force(),

@@ -31,8 +31,8 @@ struct Records {
 fn start(backends: Vec<BackendConfig>, records: &Arc<Records>) -> LoadBalancer {
     let config = {
         let mut adjusted = common::inproc::config(backends);
-        adjusted.health.interval = 0.0;
-        adjusted.operations.dns_refresh_interval = 0.05;
+        adjusted.health.interval = None;
+        adjusted.operations.dns_refresh_interval = Some(Duration::from_secs_f64(0.05));
         adjusted
     };
     let lb = LoadBalancer::start(config).unwrap();

@@ -86,7 +86,7 @@ fn balancer(backend: SocketAddr, threads: usize, settings: impl FnOnce(&mut Conf
     let mut config = {
         let mut adjusted = inproc::config(vec![BackendConfig::new("127.0.0.1", backend.port(), 1)]);
         adjusted.listener.threads = threads;
-        adjusted.health.interval = 0.0;
+        adjusted.health.interval = None;
         adjusted
     };
     settings(&mut config);

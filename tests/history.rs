@@ -33,7 +33,7 @@ fn balancer(backends: &[SocketAddr], tweak: impl FnOnce(&mut Config)) -> LoadBal
     config.listener.threads = 8;
     config.operations.access_log = false;
     // No probes: a backend that refuses stays in use, so its failures are the traffic's.
-    config.health.interval = 0.0;
+    config.health.interval = None;
     config.backends = backends
         .iter()
         .enumerate()

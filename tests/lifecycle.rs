@@ -314,8 +314,8 @@ fn the_library_stop_is_bounded_too() {
         adjusted.listener.port = 0;
         adjusted.listener.threads = 4;
         adjusted.operations.access_log = false;
-        adjusted.health.interval = 0.0;
-        adjusted.pool.request_timeout = 600.0;
+        adjusted.health.interval = None;
+        adjusted.pool.request_timeout = Duration::from_secs_f64(600.0);
         adjusted.backends = vec![BackendConfig::new("127.0.0.1", silent.addr.port(), 1)];
         adjusted
     };

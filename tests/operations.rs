@@ -142,7 +142,7 @@ fn every_management_status_allow_and_a_failed_add_leaves_no_trace() {
     let (_b2, p2) = demo_backend();
     let (_b3, p3) = demo_backend();
     // Health checks off: an added backend stays `unknown` for as long as this test looks.
-    let lb = balancer(AlgorithmKind::RoundRobin, &[p1, p2], |c| c.health.interval = 0.0);
+    let lb = balancer(AlgorithmKind::RoundRobin, &[p1, p2], |c| c.health.interval = None);
     let addr = lb.local_addr();
 
     for (path, allow) in [
@@ -248,7 +248,7 @@ fn a_backend_added_at_run_time_is_unknown_until_its_first_probe_which_runs_at_on
     let (_b1, p1) = demo_backend();
     let (_b2, p2) = demo_backend();
     // An interval far longer than the test: only the probe of a new backend runs at once.
-    let lb = balancer(AlgorithmKind::RoundRobin, &[p1], |c| c.health.interval = 600.0);
+    let lb = balancer(AlgorithmKind::RoundRobin, &[p1], |c| c.health.interval = Some(Duration::from_secs_f64(600.0)));
     let addr = lb.local_addr();
     let resp = post_json(addr, "/lb/backends/add", &format!(r#"{{"host":"127.0.0.1","port":{p2}}}"#));
     assert_eq!(resp.status, 201);
@@ -344,7 +344,7 @@ fn restart_with_a_state_file_keeps_every_change() {
     let make = || {
         config(AlgorithmKind::RoundRobin, &ports, |c| {
             c.operations.state_file = Some(state.clone());
-            c.health.interval = 0.0;
+            c.health.interval = None;
         })
     };
     let lb = LoadBalancer::start(make()).unwrap();
@@ -418,7 +418,7 @@ fn counters_agree_with_each_other_and_with_the_clients_under_concurrent_load_wit
     let closing = closes_without_answer();
     let refused = unused_port();
     let lb = balancer(AlgorithmKind::RoundRobin, &[good, other, closing, refused], |c| {
-        c.health.interval = 0.0; // keep the failing backends in the rotation
+        c.health.interval = None; // keep the failing backends in the rotation
         c.pool.retry_budget_min = 1_000_000;
         c.listener.max_connections = 10_000;
     });
@@ -546,7 +546,7 @@ fn counters_agree_with_each_other_and_with_the_clients_under_concurrent_load_wit
 #[test]
 fn metrics_pass_promtool_check_metrics() {
     let (_b, port) = demo_backend();
-    let lb = balancer(AlgorithmKind::RoundRobin, &[port, unused_port()], |c| c.health.interval = 0.0);
+    let lb = balancer(AlgorithmKind::RoundRobin, &[port, unused_port()], |c| c.health.interval = None);
     let addr = lb.local_addr();
     for path in ["/", "/?status=503", "/?status=302", "/?delay_ms=20"] {
         curl(addr, "GET", path, &[], None);

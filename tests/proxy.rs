@@ -282,7 +282,7 @@ fn closes_without_answer() -> (u16, std::thread::JoinHandle<()>) {
 fn backend_closing_without_an_answer_gives_502() {
     let (port, _thread) = closes_without_answer();
     // No health checks: a probe that failed first would make it 503 (no usable backend).
-    let lb = balancer(AlgorithmKind::RoundRobin, &[(port, 1)], |c| c.health.interval = 0.0);
+    let lb = balancer(AlgorithmKind::RoundRobin, &[(port, 1)], |c| c.health.interval = None);
     let mut conn = Conn::open(lb.local_addr());
     assert_eq!(conn.get("/").status, 502);
     let stats = conn.get("/lb/stats").json();
@@ -308,7 +308,8 @@ fn no_usable_backend_gives_503() {
 #[test]
 fn slow_backend_gives_504() {
     let (_backend, port) = demo_backend();
-    let lb = balancer(AlgorithmKind::RoundRobin, &[(port, 1)], |c| c.pool.request_timeout = 1.0);
+    let lb =
+        balancer(AlgorithmKind::RoundRobin, &[(port, 1)], |c| c.pool.request_timeout = Duration::from_secs_f64(1.0));
     let mut conn = Conn::open(lb.local_addr());
     assert_eq!(conn.get("/?delay_ms=2500").status, 504);
     assert_eq!(conn.get("/").status, 200);
@@ -342,7 +343,7 @@ fn post_is_not_retried_after_the_backend_received_it() {
     let (bad, _thread) = closes_without_answer();
     let (_good, port) = demo_backend();
     // No health checks: their first probe would take the closing backend out at once.
-    let lb = balancer(AlgorithmKind::RoundRobin, &[(bad, 1), (port, 1)], |c| c.health.interval = 0.0);
+    let lb = balancer(AlgorithmKind::RoundRobin, &[(bad, 1), (port, 1)], |c| c.health.interval = None);
     let mut statuses = Vec::new();
     for _ in 0..4 {
         let mut conn = Conn::open(lb.local_addr());
@@ -504,7 +505,8 @@ fn transfers_longer_than_the_request_timeout_are_not_cut() {
     let port = listener.local_addr().unwrap().port();
     let trickle = Trickle { pieces: 6, gap: Duration::from_millis(300) };
     let _backend = Server::start_on(listener, ServerConfig { threads: 4, ..ServerConfig::default() }, trickle).unwrap();
-    let lb = balancer(AlgorithmKind::RoundRobin, &[(port, 1)], |c| c.pool.request_timeout = 1.0);
+    let lb =
+        balancer(AlgorithmKind::RoundRobin, &[(port, 1)], |c| c.pool.request_timeout = Duration::from_secs_f64(1.0));
     let mut conn = Conn::open(lb.local_addr());
     // Download: 6 pieces 300 ms apart, 1.8 s in all, each gap well within the 1 s timeout.
     let resp = conn.get("/");
@@ -598,7 +600,7 @@ fn peak_ewma_keeps_away_from_a_slow_backend_once_it_answered_slowly() {
     let fast: Vec<_> = (0..2).map(|_| demo_backend()).collect();
     let slow = demo_backend_with(Limits::default(), Duration::from_millis(200));
     let lb = balancer(AlgorithmKind::PeakEwma, &[(fast[0].1, 1), (fast[1].1, 1), (slow.1, 1)], |c| {
-        c.health.interval = 0.0;
+        c.health.interval = None;
     });
     let mut conn = Conn::open(lb.local_addr());
     let mut to_slow = 0;

@@ -51,11 +51,11 @@ fn killed_backend_costs_no_client_request_and_is_marked_down_then_up() {
     let ports: Vec<u16> = backends.iter().map(|b| b.addr().port()).collect();
     let (interval, fall, rise) = (0.2, 3, 2);
     let lb = LoadBalancer::start(config(AlgorithmKind::RoundRobin, &ports, |c| {
-        c.health.interval = interval;
-        c.health.timeout = 0.5;
+        c.health.interval = Some(Duration::from_secs_f64(interval));
+        c.health.timeout = Duration::from_secs_f64(0.5);
         c.health.fall = fall;
         c.health.rise = rise;
-        c.pool.slow_start = 0.0;
+        c.pool.slow_start = None;
     }))
     .unwrap();
     let addr = lb.local_addr();
@@ -154,8 +154,8 @@ fn breaker_trips_on_500s_half_opens_for_exactly_the_trial_count_and_closes_on_su
         c.breaker.consecutive_failures = 3;
         c.breaker.half_open_trials = 2;
         // Long enough that the ten requests below fit in it on a loaded machine.
-        c.breaker.cooldown = 2.0;
-        c.pool.slow_start = 0.0;
+        c.breaker.cooldown = Duration::from_secs_f64(2.0);
+        c.pool.slow_start = None;
     }))
     .unwrap();
     let addr = lb.local_addr();
@@ -207,10 +207,10 @@ fn a_circuit_that_closes_again_ramps_its_backend_from_a_fresh_estimate() {
         c.breaker.on_5xx = true;
         c.breaker.consecutive_failures = 1;
         c.breaker.half_open_trials = 1;
-        c.breaker.cooldown = 1.0;
-        c.pool.slow_start = 60.0;
+        c.breaker.cooldown = Duration::from_secs_f64(1.0);
+        c.pool.slow_start = Some(Duration::from_secs_f64(60.0));
         // No checks: only the breaker can notice the recovery.
-        c.health.interval = 0.0;
+        c.health.interval = None;
     }))
     .unwrap();
     let a = backend_named(&lb, port_a);
@@ -247,9 +247,9 @@ fn checks_turned_off_bring_a_down_backend_back_ramping_from_a_fresh_estimate() {
     let (_a, port, _mode, _hits) = switchable();
     // One check at the start, then none for an hour.
     let settings = |c: &mut Config| {
-        c.health.interval = 3600.0;
-        c.health.fast_interval = 3600.0;
-        c.pool.slow_start = 60.0;
+        c.health.interval = Some(Duration::from_secs_f64(3600.0));
+        c.health.fast_interval = Duration::from_secs_f64(3600.0);
+        c.pool.slow_start = Some(Duration::from_secs_f64(60.0));
     };
     let lb = LoadBalancer::start(config(AlgorithmKind::RoundRobin, &[port], settings)).unwrap();
     let a = backend_named(&lb, port);
@@ -259,7 +259,7 @@ fn checks_turned_off_bring_a_down_backend_back_ramping_from_a_fresh_estimate() {
     a.set_healthy(false);
     let off = config(AlgorithmKind::RoundRobin, &[port], |c| {
         settings(c);
-        c.health.interval = 0.0;
+        c.health.interval = None;
     });
     lb.reload(off).unwrap();
     assert!(Arc::ptr_eq(&backend_named(&lb, port), &a), "kept by the reload");
@@ -443,7 +443,7 @@ fn retry_budget_bounds_tries_when_every_backend_fails() {
         c.pool.retry_budget_ratio = 0.2;
         c.pool.retry_budget_min = 2;
         c.breaker.consecutive_failures = 1000;
-        c.health.interval = 0.0;
+        c.health.interval = None;
     }))
     .unwrap();
     let mut conn = Conn::open(lb.local_addr());
@@ -470,7 +470,7 @@ fn with_nothing_healthy_503_at_once_or_panic_mode_tries_anyway() {
     for panic_mode in [false, true] {
         let lb = LoadBalancer::start(config(AlgorithmKind::RoundRobin, &[port], |c| {
             c.pool.panic_mode = panic_mode;
-            c.health.interval = 0.0;
+            c.health.interval = None;
         }))
         .unwrap();
         backend_named(&lb, port).set_healthy(false);

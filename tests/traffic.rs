@@ -83,7 +83,7 @@ fn config(algorithm: AlgorithmKind, backends: &[Backend]) -> Config {
         let mut adjusted = common::inproc::config(backends);
         adjusted.pool.algorithm = algorithm;
         adjusted.listener.threads = 4;
-        adjusted.health.interval = 0.0;
+        adjusted.health.interval = None;
         adjusted
     }
 }
@@ -578,11 +578,11 @@ fn an_unhealthy_or_open_circuited_sticky_backend_is_left_and_the_cookie_reissued
     let backends = backends(2);
     let lb = LoadBalancer::start({
         let mut adjusted = sticky_config(AlgorithmKind::RoundRobin, &backends);
-        adjusted.health.interval = 0.05;
+        adjusted.health.interval = Some(Duration::from_secs_f64(0.05));
         adjusted.health.rise = 1;
         adjusted.health.fall = 1;
         adjusted.breaker.consecutive_failures = 1;
-        adjusted.breaker.cooldown = 60.0;
+        adjusted.breaker.cooldown = Duration::from_secs_f64(60.0);
         adjusted
     })
     .unwrap();
@@ -626,7 +626,7 @@ fn a_session_waits_for_its_backend_at_its_connection_cap_until_the_queue_timeout
         let lb = LoadBalancer::start({
             let mut adjusted = sticky_config(AlgorithmKind::RoundRobin, &backends);
             adjusted.pool.backend_max_connections = Some(1);
-            adjusted.pool.backend_queue_timeout = queue_timeout;
+            adjusted.pool.backend_queue_timeout = Duration::from_secs_f64(queue_timeout);
             adjusted
         })
         .unwrap();

@@ -135,7 +135,7 @@ fn balancer(backend: SocketAddr, settings: impl FnOnce(&mut Config)) -> LoadBala
     let mut config = {
         let mut adjusted = common::inproc::config(backends);
         adjusted.listener.threads = 16;
-        adjusted.health.interval = 0.0;
+        adjusted.health.interval = None;
         adjusted.pool.upstream_reuse = UpstreamReuse::Always;
         adjusted
     };
@@ -201,7 +201,7 @@ fn a_connection_the_backend_closed_while_idle_is_not_reused() {
 #[test]
 fn after_a_burst_one_connection_stays_in_use_and_the_surplus_ages_out() {
     let backend = CountingBackend::start();
-    let lb = balancer(backend.addr, |c| c.pool.upstream_keepalive_timeout = 1.0);
+    let lb = balancer(backend.addr, |c| c.pool.upstream_keepalive_timeout = Duration::from_secs_f64(1.0));
     burst(&lb, &backend, 6);
     assert_eq!(backend_json(&lb)["upstream_connections"]["idle"], 6);
     // Steady load, one request at a time for longer than the idle timeout: the most recently

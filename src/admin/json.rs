@@ -171,7 +171,7 @@ pub fn stats(shared: &Shared) -> Value {
 fn dns(shared: &Shared) -> Value {
     let dns = &shared.ops.dns;
     json!({
-        "refresh_interval": shared.config.operations.dns_refresh_interval,
+        "refresh_interval": shared.config.operations.dns_refresh_interval.map_or(0.0, |interval| interval.as_secs_f64()),
         "lookups": dns.lookups(),
         "failed_lookups": dns.failures(),
         "address_changes": dns.changes(),

@@ -38,7 +38,7 @@ impl LoadBalancer {
             }
         };
         let signalled = Instant::now();
-        let grace = Duration::from_secs_f64(self.shared().config.listener.shutdown_timeout);
+        let grace = self.shared().config.listener.shutdown_timeout;
         let deadline = signalled + grace + STOP_MARGIN;
         let in_flight: usize =
             self.shared().pools.default_pool().table.snapshot().backends.iter().map(|b| b.in_flight()).sum();

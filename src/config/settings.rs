@@ -29,6 +29,7 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -43,7 +44,16 @@ use crate::server::{BodyBuffering, Limits};
 use crate::traffic::ClientLimiter;
 
 /// How a setting's value in the file becomes its value in [`Config`] and back: the same value,
-/// or (later) seconds as a `Duration`.
+/// or seconds (a float, or whole seconds) as a [`Duration`], `None` where 0 means off.
+///
+/// ```
+/// use std::time::Duration;
+/// use lb_sync::config::Setting;
+/// assert_eq!(Duration::from_file(&0.25), Ok(Duration::from_millis(250)));
+/// assert_eq!(<Option<Duration>>::from_file(&0.0), Ok(None));
+/// assert_eq!(Duration::from_file(&-1.0), Err("-1".to_string()));
+/// assert_eq!(Setting::<u64>::to_file(&Duration::from_secs(60)), 60);
+/// ```
 pub trait Setting<File>: Sized {
     /// The value in force for the file's `value`; `Err` with the value as written if it cannot
     /// be one (a negative duration).
@@ -59,6 +69,42 @@ impl<T: Clone> Setting<T> for T {
 
     fn to_file(&self) -> T {
         self.clone()
+    }
+}
+
+impl Setting<f64> for Duration {
+    fn from_file(seconds: &f64) -> Result<Duration, String> {
+        Duration::try_from_secs_f64(*seconds).map_err(|_| seconds.to_string())
+    }
+
+    fn to_file(&self) -> f64 {
+        self.as_secs_f64()
+    }
+}
+
+/// Seconds where 0 turns the thing off.
+impl Setting<f64> for Option<Duration> {
+    fn from_file(seconds: &f64) -> Result<Option<Duration>, String> {
+        if *seconds == 0.0 {
+            Ok(None)
+        } else {
+            Duration::from_file(seconds).map(Some)
+        }
+    }
+
+    fn to_file(&self) -> f64 {
+        self.map_or(0.0, |duration| duration.as_secs_f64())
+    }
+}
+
+/// Whole seconds.
+impl Setting<u64> for Duration {
+    fn from_file(seconds: &u64) -> Result<Duration, String> {
+        Ok(Duration::from_secs(*seconds))
+    }
+
+    fn to_file(&self) -> u64 {
+        self.as_secs()
     }
 }
 
@@ -443,19 +489,19 @@ settings! {
             /// that never left (connection refused) is always retried. Default 64 KiB.
             retry_body_max_bytes: u64 => retry_body_max_bytes: u64 = 64 * 1024; live, range span(0.0, GIB, Bytes);
             /// Seconds a backend may take to answer (and between body reads), then `504`. Default 30.
-            request_timeout: f64 => request_timeout: f64 = 30.0; live, range span(0.001, DAY, Seconds), flag request_timeout;
+            request_timeout: f64 => request_timeout: Duration = 30.0; live, range span(0.001, DAY, Seconds), flag request_timeout;
             /// Seconds to connect to a backend before trying the next. Default 5.
-            connect_timeout: f64 => connect_timeout: f64 = 5.0; live, range span(0.001, DAY, Seconds), flag connect_timeout;
+            connect_timeout: f64 => connect_timeout: Duration = 5.0; live, range span(0.001, DAY, Seconds), flag connect_timeout;
             /// Seconds over which a recovered backend's share ramps from 10 % to 100 %. Default 10;
             /// 0 turns slow start off.
-            slow_start: f64 => slow_start: f64 = 10.0; live, range span(0.0, DAY, Seconds), flag slow_start;
+            slow_start: f64 => slow_start: Option<Duration> = 10.0; live, range span(0.0, DAY, Seconds), flag slow_start;
             /// When no backend is usable, try every enabled one anyway instead of answering `503`
             /// (Envoy's panic mode). Default false.
             panic_mode: bool => panic_mode: bool = false; live, flag panic_mode;
             /// Seconds over which a backend's response-time estimate decays (peak_ewma): about how far
             /// back its answers count, and how soon a backend avoided for being slow is tried again.
             /// Default 10 (Finagle's and Linkerd's).
-            peak_ewma_window: f64 => peak_ewma_window: f64 = crate::balance::peak_ewma::DEFAULT_WINDOW.as_secs_f64(); live, range span(0.001, 3600.0, Seconds), flag peak_ewma_window;
+            peak_ewma_window: f64 => peak_ewma_window: Duration = crate::balance::peak_ewma::DEFAULT_WINDOW.as_secs_f64(); live, range span(0.001, 3600.0, Seconds), flag peak_ewma_window;
             /// Most requests one backend is sent at once (HAProxy's per-server `maxconn`), so a
             /// blackholed backend cannot take every worker. A request that finds every candidate at its
             /// cap waits up to `backend_queue_timeout`, then gets `503`. Default: three quarters of
@@ -463,7 +509,7 @@ settings! {
             backend_max_connections: Option<usize> => backend_max_connections: Option<usize> = None; live, range span(1.0, 1_000_000.0, Count);
             /// Seconds a request may wait for a backend connection slot (HAProxy's `timeout queue`).
             /// Default 5.
-            backend_queue_timeout: f64 => backend_queue_timeout: f64 = 5.0; live, range span(0.0, DAY, Seconds);
+            backend_queue_timeout: f64 => backend_queue_timeout: Duration = 5.0; live, range span(0.0, DAY, Seconds);
             /// Idle connections kept open to each backend for later requests (nginx's upstream
             /// `keepalive`); beyond it the least recently used is closed, and 0 closes each connection
             /// after its answer. Default: `threads` (every worker can keep one to each backend; the
@@ -477,7 +523,7 @@ settings! {
             /// Seconds an idle backend connection is kept (nginx's upstream `keepalive_timeout`).
             /// Default 4: under the 5 s keep-alive of common backends (Node's), so a connection is
             /// not reused just as its backend closes it.
-            upstream_keepalive_timeout: f64 => upstream_keepalive_timeout: f64 = 4.0; live, range span(0.001, DAY, Seconds);
+            upstream_keepalive_timeout: f64 => upstream_keepalive_timeout: Duration = 4.0; live, range span(0.001, DAY, Seconds);
             /// Name of the sticky-session cookie; set, it turns sticky sessions on for every
             /// algorithm. Default unset: off.
             sticky_cookie: Option<String> => sticky_cookie: Option<String> = None; live, flag sticky_cookie;
@@ -486,23 +532,23 @@ settings! {
             sticky_secret: Option<String> => sticky_secret: Option<String> = None; live, flag sticky_secret, shown "(set)";
             /// Seconds a sticky session lasts: the `Max-Age` of the sticky cookie, counted from when it
             /// was set. Default 3600 (the seed's); 0 makes it a browser-session cookie (no `Max-Age`).
-            session_timeout: u64 => session_timeout: u64 = 3600; live, range span(0.0, 34_560_000.0, Seconds), flag session_timeout;
+            session_timeout: u64 => session_timeout: Duration = 3600; live, range span(0.0, 34_560_000.0, Seconds), flag session_timeout;
         }
         /// Active health checks of a pool's backends.
         health: HealthSettings {
             /// Seconds between active health checks of a backend (±10 % jitter). Default 30 (the
             /// seed's). 0 turns active checks off.
-            health_check_interval: f64 => interval: f64 = 30.0; live, range or_off(0.01, DAY, Seconds), flag health_check_interval;
+            health_check_interval: f64 => interval: Option<Duration> = 30.0; live, range or_off(0.01, DAY, Seconds), flag health_check_interval;
             /// Seconds between health checks of a backend not known to be up: not probed yet, down, a
             /// failed probe since its last verdict, its breaker open or half-open, or traffic could not
             /// connect to it since its last probe (then the next probe is at most this long after the
             /// previous one, so at once after a quiet spell). Default 1 (HAProxy's `fastinter` and
             /// `downinter` in one); never slower than `health_check_interval`.
-            health_check_fast_interval: f64 => fast_interval: f64 = 1.0; live, range span(0.01, DAY, Seconds), flag health_check_fast_interval;
+            health_check_fast_interval: f64 => fast_interval: Duration = 1.0; live, range span(0.01, DAY, Seconds), flag health_check_fast_interval;
             /// Path of the health check (`GET`). Default `/health` (what lb-backend answers).
             health_check_path: String => path: String = "/health".into(); live, flag health_check_path;
             /// Seconds a health probe may take (connect and status line). Default 2.
-            health_check_timeout: f64 => timeout: f64 = 2.0; live, range span(0.001, DAY, Seconds), flag health_check_timeout;
+            health_check_timeout: f64 => timeout: Duration = 2.0; live, range span(0.001, DAY, Seconds), flag health_check_timeout;
             /// Good probes in a row that bring a down backend back. Default 2 (HAProxy's `rise`).
             health_check_rise: u32 => rise: u32 = 2; live, range span(1.0, 1000.0, Count), flag health_check_rise;
             /// Failed probes in a row that take an up backend down. Default 3 (HAProxy's `fall`).
@@ -519,7 +565,7 @@ settings! {
             breaker_failure_ratio: f64 => failure_ratio: f64 = 0.5; live, range span(0.0, 1.0, Ratio);
             /// Seconds a breaker stays open after its first trip; doubles on each failed trial, up to
             /// 60 s. Default 5.
-            breaker_cooldown: f64 => cooldown: f64 = 5.0; live, range span(0.001, DAY, Seconds), flag breaker_cooldown;
+            breaker_cooldown: f64 => cooldown: Duration = 5.0; live, range span(0.001, DAY, Seconds), flag breaker_cooldown;
             /// Trial requests a half-open breaker lets through; all must succeed to close it. Default 3.
             breaker_half_open_trials: u32 => half_open_trials: u32 = 3; live, range span(1.0, 1000.0, Count);
             /// Count backend 5xx answers as breaker failures. Default false (a 500 is still an answer).
@@ -544,18 +590,18 @@ settings! {
             /// Most open client connections. Default 10 000.
             max_connections: usize => max_connections: usize = Limits::default().max_connections; live, range span(1.0, 1_000_000.0, Count);
             /// Seconds for a client to send a complete request head (`408` after). Default 10.
-            client_header_timeout: u64 => client_header_timeout: u64 = Limits::default().head_timeout.as_secs(); live, range span(1.0, DAY, Seconds);
+            client_header_timeout: u64 => client_header_timeout: Duration = Limits::default().head_timeout.as_secs(); live, range span(1.0, DAY, Seconds);
             /// Seconds an idle keep-alive client connection is kept. Default 60.
-            keep_alive_timeout: u64 => keep_alive_timeout: u64 = Limits::default().keep_alive_timeout.as_secs(); live, range span(1.0, DAY, Seconds);
+            keep_alive_timeout: u64 => keep_alive_timeout: Duration = Limits::default().keep_alive_timeout.as_secs(); live, range span(1.0, DAY, Seconds);
             /// Seconds without progress reading a client body or writing to a client. Default 60.
-            client_io_timeout: u64 => client_io_timeout: u64 = Limits::default().io_timeout.as_secs(); live, range span(1.0, DAY, Seconds);
+            client_io_timeout: u64 => client_io_timeout: Duration = Limits::default().io_timeout.as_secs(); live, range span(1.0, DAY, Seconds);
             /// Seconds a stop (SIGTERM, SIGINT) lets requests in flight finish before their sockets,
             /// backend ones included, are broken. Default 30.
-            shutdown_timeout: f64 => shutdown_timeout: f64 = 30.0; live, range span(0.0, DAY, Seconds), flag shutdown_timeout;
+            shutdown_timeout: f64 => shutdown_timeout: Duration = 30.0; live, range span(0.0, DAY, Seconds), flag shutdown_timeout;
             /// Seconds a tunnel (an upgraded connection: a WebSocket) may go without a byte in either
             /// direction before both sides are closed. Default 3600 (HAProxy's `timeout tunnel`,
             /// nginx's `proxy_read_timeout`, as usually raised for WebSockets).
-            tunnel_idle_timeout: f64 => tunnel_idle_timeout: f64 = 3600.0; live, range span(0.001, DAY, Seconds), flag tunnel_idle_timeout;
+            tunnel_idle_timeout: f64 => tunnel_idle_timeout: Duration = 3600.0; live, range span(0.001, DAY, Seconds), flag tunnel_idle_timeout;
             /// Peers whose `X-Forwarded-For` is believed (CIDRs). Default loopback only.
             trusted_proxies: Vec<Cidr> => trusted_proxies: Vec<Cidr> = vec![Cidr::parse("127.0.0.0/8").unwrap(), Cidr::parse("::1/128").unwrap()]; live, flag trusted_proxy;
             /// Whether request header fields with `_` in their names are forwarded (nginx's
@@ -658,7 +704,7 @@ settings! {
             tls_sni_certificates: Vec<TlsCertificateFiles> => sni_certificates: Vec<TlsCertificateFiles> = Vec::new(); live;
             /// Seconds from accept to a complete TLS handshake; then `client_header_timeout` runs.
             /// Default 10.
-            tls_handshake_timeout: u64 => handshake_timeout: u64 = Limits::default().handshake_timeout.as_secs(); live, range span(1.0, DAY, Seconds), flag tls_handshake_timeout;
+            tls_handshake_timeout: u64 => handshake_timeout: Duration = Limits::default().handshake_timeout.as_secs(); live, range span(1.0, DAY, Seconds), flag tls_handshake_timeout;
             /// PEM file of the certificate authorities that HTTPS backends' certificates are verified
             /// against (nginx's `proxy_ssl_trusted_certificate`), read at start and on each reload.
             /// Default unset: the system roots (Mozilla's, built in).
@@ -697,7 +743,7 @@ settings! {
             /// Seconds between re-resolutions of backend host names (HAProxy's `resolvers`); a changed
             /// address is applied like any change of the table, a failed lookup keeps the last one.
             /// Default 30; 0 resolves once, when a backend is added.
-            dns_refresh_interval: f64 => dns_refresh_interval: f64 = 30.0; live, range or_off(0.01, DAY, Seconds), flag dns_refresh_interval;
+            dns_refresh_interval: f64 => dns_refresh_interval: Option<Duration> = 30.0; live, range or_off(0.01, DAY, Seconds), flag dns_refresh_interval;
         }
 
     }

@@ -5,7 +5,6 @@
 
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
 
 use crate::config::{Config, DEFAULT_POOL};
 use crate::server::Tuner;
@@ -260,7 +259,7 @@ impl Control {
         }
         if shared.config.operations.dns_refresh_interval != old.operations.dns_refresh_interval {
             if let Some(dns) = lock(&self.dns).as_ref() {
-                dns.set_interval(Duration::from_secs_f64(shared.config.operations.dns_refresh_interval));
+                dns.set_interval(shared.config.operations.dns_refresh_interval.unwrap_or_default());
             }
         }
         let shared = Arc::new(shared);

@@ -42,9 +42,9 @@ pub const RESTART_ONLY: &[&str] = &[
 pub(crate) fn health_config(config: &Config, tls: &Arc<UpstreamTls>) -> Result<HealthConfig, ConfigError> {
     Ok(HealthConfig {
         path: config.health.path.clone(),
-        interval: Duration::from_secs_f64(config.health.interval),
-        fast_interval: Duration::from_secs_f64(config.health.fast_interval),
-        timeout: Duration::from_secs_f64(config.health.timeout),
+        interval: config.health.interval.unwrap_or_default(),
+        fast_interval: config.health.fast_interval,
+        timeout: config.health.timeout,
         rise: config.health.rise,
         fall: config.health.fall,
         expected: config.expected_health_status()?,
@@ -59,15 +59,15 @@ pub(crate) fn backend_policy(config: &Config) -> BackendPolicy {
         breaker: BreakerConfig {
             consecutive_failures: config.breaker.consecutive_failures,
             failure_ratio: config.breaker.failure_ratio,
-            cooldown: Duration::from_secs_f64(config.breaker.cooldown),
-            max_cooldown: Duration::from_secs(60).max(Duration::from_secs_f64(config.breaker.cooldown)),
+            cooldown: config.breaker.cooldown,
+            max_cooldown: Duration::from_secs(60).max(config.breaker.cooldown),
             half_open_trials: config.breaker.half_open_trials,
             ..BreakerConfig::default()
         },
-        slow_start: Duration::from_secs_f64(config.pool.slow_start),
+        slow_start: config.pool.slow_start.unwrap_or_default(),
         panic_mode: config.pool.panic_mode,
         max_connections: config.backend_connection_cap(),
-        peak_ewma_window: Duration::from_secs_f64(config.pool.peak_ewma_window),
+        peak_ewma_window: config.pool.peak_ewma_window,
     }
 }
 
@@ -98,14 +98,9 @@ pub(crate) fn tls_certificates(config: &Config) -> Result<Option<Certificates>, 
 /// The HTTP client's settings: its timeouts, and how many idle connections each backend keeps
 /// for how long.
 fn client_settings(config: &Config) -> (ForwardTimeouts, IdleLimits) {
-    let timeouts = ForwardTimeouts {
-        connect: Duration::from_secs_f64(config.pool.connect_timeout),
-        request: Duration::from_secs_f64(config.pool.request_timeout),
-    };
-    let idle = IdleLimits {
-        max: config.upstream_keepalive_in_force(),
-        timeout: Duration::from_secs_f64(config.pool.upstream_keepalive_timeout),
-    };
+    let timeouts = ForwardTimeouts { connect: config.pool.connect_timeout, request: config.pool.request_timeout };
+    let idle =
+        IdleLimits { max: config.upstream_keepalive_in_force(), timeout: config.pool.upstream_keepalive_timeout };
     (timeouts, idle)
 }
 

@@ -197,7 +197,7 @@ fn try_backends(
 ) -> Result<(Response, Arc<Backend>, Duration), ProxyError> {
     pool.retry_budget.record_request();
     let membership = pool.table.snapshot();
-    let queue_deadline = Instant::now() + Duration::from_secs_f64(pool.config.pool.backend_queue_timeout);
+    let queue_deadline = Instant::now() + pool.config.pool.backend_queue_timeout;
     let session = Session::new(pool, &membership, out.sticky_token.as_deref());
     let mut tried: Vec<*const Backend> = Vec::with_capacity(max_tries.min(membership.backends.len()));
     let mut tries = 0;

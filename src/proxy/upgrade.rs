@@ -13,7 +13,6 @@
 
 use std::borrow::Cow;
 use std::sync::Arc;
-use std::time::Duration;
 
 use crate::config::Scheme;
 use crate::server::field::{self, Sole};
@@ -110,7 +109,7 @@ pub(super) fn tunnel(shared: &Shared, answer: OwnAnswer, in_flight: InFlight) ->
         .collect();
     let backend = Arc::clone(in_flight.backend());
     let (connection, early) = answer.into_connection();
-    let idle_timeout = Duration::from_secs_f64(shared.config.listener.tunnel_idle_timeout);
+    let idle_timeout = shared.config.listener.tunnel_idle_timeout;
     let mut tunnel = Tunnel::new(connection, early).with_idle_timeout(idle_timeout);
     let open = OpenTunnel::new(shared, in_flight);
     tunnel.on_close(move |end: TunnelEnd| {

@@ -139,7 +139,7 @@ impl SimulateArgs {
                     .is_none_or(|e| !matches!(e.action, super::scenario::Action::Add(_))),
             })
             .collect();
-        let window = self.peak_ewma_window.unwrap_or(config.pool.peak_ewma_window);
+        let window = self.peak_ewma_window.unwrap_or(config.pool.peak_ewma_window.as_secs_f64());
         // Only what cannot be a Duration at all (negative, NaN) is refused here, in the same
         // words; the range is `Scenario::validate`'s.
         let window = Duration::try_from_secs_f64(window).map_err(|_| peak_ewma_window_refused(window))?;
@@ -156,7 +156,7 @@ impl SimulateArgs {
             events,
             seed: self.seed,
             max_connections: self.max_connections.unwrap_or_else(|| config.backend_connection_cap()),
-            queue_timeout: Duration::from_secs_f64(config.pool.backend_queue_timeout),
+            queue_timeout: config.pool.backend_queue_timeout,
             panic_mode: self.panic_mode || config.pool.panic_mode,
             peak_ewma_window: window,
         };
