@@ -748,3 +748,99 @@ settings! {
 
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file with every key away from its default (each number inside its range).
+    fn every_key_changed() -> serde_json::Value {
+        let mut file = serde_json::to_value(ConfigFile::default()).unwrap();
+        for setting in SETTINGS {
+            let value = &mut file[setting.key];
+            *value = match (setting.range, &*value) {
+                (Some(range), _) => {
+                    let number = if range.min > 0.0 { range.min } else { range.max };
+                    match setting.file_type {
+                        "f64" => serde_json::json!(number),
+                        _ => serde_json::json!(number as u64),
+                    }
+                }
+                (None, serde_json::Value::Bool(on)) => serde_json::json!(!on),
+                _ => continue,
+            };
+        }
+        file
+    }
+
+    #[test]
+    fn the_file_form_goes_to_the_groups_and_back_unchanged() {
+        for json in [serde_json::to_value(ConfigFile::default()).unwrap(), every_key_changed()] {
+            let file: ConfigFile = serde_json::from_value(json.clone()).unwrap();
+            file.validate().unwrap();
+            let config = Config::try_from(file.clone()).unwrap();
+            assert_eq!(ConfigFile::from(&config), file);
+            assert_eq!(serde_json::to_value(&config).unwrap(), json, "what /lb/config and a reload compare");
+        }
+    }
+
+    #[test]
+    fn the_list_names_each_key_once_and_every_file_key_is_in_it() {
+        let mut keys: Vec<&str> = SETTINGS.iter().map(|s| s.key).collect();
+        keys.sort_unstable();
+        let before = keys.len();
+        keys.dedup();
+        assert_eq!(keys.len(), before, "a key listed twice");
+        let file = serde_json::to_value(ConfigFile {
+            pools: BTreeMap::from([("p".into(), PoolConfig::default())]),
+            ..Default::default()
+        })
+        .unwrap();
+        let structure = ["backends", "pools", "routes"];
+        for key in file.as_object().unwrap().keys().filter(|k| !structure.contains(&k.as_str())) {
+            assert!(keys.binary_search(&key.as_str()).is_ok(), "{key} is in the file but not in the list");
+        }
+        let pool_keys: Vec<&str> = SETTINGS.iter().filter(|s| s.per_pool).map(|s| s.key).collect();
+        assert_eq!(pool_keys, POOL_SETTINGS);
+    }
+
+    #[test]
+    fn seconds_that_no_duration_holds_are_refused_with_their_range() {
+        let error = Config::try_from(ConfigFile { request_timeout: -1.0, ..Default::default() }).unwrap_err();
+        assert_eq!(error.to_string(), "request_timeout must be 0.001-86400 s, got -1");
+        let error = serde_json::from_str::<Config>(r#"{"shutdown_timeout": -2.5}"#).unwrap_err();
+        assert!(error.to_string().starts_with("shutdown_timeout must be 0-86400 s, got -2.5"), "{error}");
+        let off = Config::try_from(ConfigFile { health_check_interval: 0.0, ..Default::default() }).unwrap();
+        assert_eq!(off.health.interval, None);
+        assert_eq!(Config::default().health.interval, Some(Duration::from_secs(30)));
+    }
+
+    #[test]
+    fn a_reload_keeps_what_the_list_marks_restart_and_names_it() {
+        let running = Config::default();
+        let mut next = running.clone();
+        next.listener.port = 9999;
+        next.operations.access_log = false;
+        next.pool.max_tries = 7;
+        assert_eq!(Config::keep_restart_only(&mut next, &running), ["port", "access_log"]);
+        assert_eq!((next.listener.port, next.operations.access_log, next.pool.max_tries), (8080, true, 7));
+        let restart: Vec<&str> = SETTINGS.iter().filter(|s| !s.reloadable).map(|s| s.key).collect();
+        assert_eq!(
+            restart,
+            [
+                "host",
+                "port",
+                "threads",
+                "client_body_temp_path",
+                "tls_port",
+                "access_log",
+                "access_log_format",
+                "access_log_file",
+                "log_file",
+                "admin_listen",
+                "state_file",
+                "registry"
+            ]
+        );
+    }
+}
