@@ -294,6 +294,8 @@ try {
   await historyShowsAKill(page);
   // Let any notice fade out so the screenshot shows the page alone.
   await page.locator("#notice.shown").waitFor({ state: "detached", timeout: TIMEOUT_MS });
+  // Nor a button under the mouse in its hover colour.
+  await page.mouse.move(0, 0);
   await page.waitForTimeout(400);
   await page.screenshot({ path: screenshotPath, fullPage: true });
   console.log(`screenshot in ${screenshotPath}`);
