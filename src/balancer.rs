@@ -15,7 +15,7 @@ use crate::lifecycle::{
     backend_list, backend_policy, build_shared, health_config, tls_certificates, tuning, Control, ReloadReport,
 };
 use crate::logging::{LogHandle, LogTarget, LogWriter};
-use crate::ops::history::Sampler;
+use crate::ops::history::{PoolSource, Sampler};
 use crate::ops::{refusal_line, AccessLog, Operations, StateFile};
 use crate::registry::Registry;
 use crate::router::{AdminRouter, Router};
@@ -320,12 +320,19 @@ impl Drop for StopOnDrop {
 fn history_sampler(current: Arc<Current>) -> io::Result<Sampler> {
     Sampler::start(move |second| {
         let shared = current.load();
-        shared.ops.history.sample(
-            second,
-            &shared.stats,
-            &shared.ops.latency,
-            &shared.pools.default_pool().table.snapshot().backends,
-        );
+        let tables: Vec<_> = shared.pools.iter().map(|pool| pool.table.snapshot()).collect();
+        let pools: Vec<PoolSource<'_>> = shared
+            .pools
+            .iter()
+            .zip(&tables)
+            .map(|(pool, table)| PoolSource {
+                name: &pool.name,
+                stats: &pool.stats,
+                latency: &pool.latency,
+                backends: &table.backends,
+            })
+            .collect();
+        shared.ops.history.sample(second, &shared.stats, &shared.ops.latency, &pools);
     })
 }
 

@@ -132,6 +132,27 @@ fn each_pool_shows_its_backends_and_algorithm_and_default_takes_the_traffic() {
     ] {
         assert!(metrics.lines().any(|l| l == line), "no line {line} in\n{metrics}");
     }
+    // Every per-backend series names its pool: default's backend and api's first share an id,
+    // and each has its own series (promtool refuses a series written twice).
+    let id = &three.shared_id;
+    for line in [
+        format!(r#"lb_backend_responses_total{{pool="default",backend="{id}",class="2xx"}} 3"#),
+        format!(r#"lb_backend_responses_total{{pool="api",backend="{id}",class="2xx"}} 0"#),
+        format!(r#"lb_backend_tries_total{{pool="default",backend="{id}"}} 3"#),
+        format!(r#"lb_backend_tries_total{{pool="api",backend="{id}"}} 0"#),
+        format!(r#"lb_backend_circuit_state{{pool="api",backend="{id}",state="closed"}} 1"#),
+        r#"lb_backend_weight{pool="api",backend="b2"} 1"#.to_string(),
+        r#"lb_backend_usable{pool="web",backend="w1"} 1"#.to_string(),
+        r#"lb_backend_response_duration_seconds_count{pool="web",backend="w1"} 0"#.to_string(),
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "no line {line} in\n{metrics}");
+    }
+    let per_backend = |family: &str| metrics.lines().filter(|l| l.starts_with(&format!("{family}{{"))).count();
+    assert_eq!(per_backend("lb_backend_up"), 4, "one series per backend of every pool:\n{metrics}");
+    assert!(
+        metrics.lines().filter(|l| l.starts_with("lb_backend_")).all(|l| l.contains("{pool=\"")),
+        "every per-backend series has its pool first:\n{metrics}"
+    );
     common::promtool_check(&metrics);
     // An unknown pool is a 404 naming it, on every path under it.
     for path in ["/lb/pools/nope", "/lb/pools/nope/backends", "/lb/pools/nope/backends/b2"] {

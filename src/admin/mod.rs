@@ -203,7 +203,10 @@ pub fn handle(shared: &Shared, mut request: Request, path: &str) -> Response {
             Err(why) => error(400, format!("reload refused, the running configuration stays: {why}")),
         },
         Resource::History => match history::asked(request.query()) {
-            Ok(asked) => Response::json(200, &history::history_json(&shared.ops.history, asked)),
+            Ok(asked) => match history::history_json(&shared.ops.history, &asked, |p| shared.pools.get(p).is_some()) {
+                Some(body) => Response::json(200, &body),
+                None => error(404, format!("no pool '{}'", asked.pool.unwrap_or_default())),
+            },
             Err(message) => error(400, message),
         },
         Resource::Dashboard => Response::new(200)

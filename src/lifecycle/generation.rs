@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::{BackendConfig, Config, ConfigError};
 use crate::health::BreakerConfig;
+use crate::metrics::Histogram;
 use crate::ops::Operations;
 use crate::pools::{Pool, Pools};
 use crate::route_policy::RoutePolicies;
@@ -176,6 +177,7 @@ fn build_pool(
         name,
         sticky: config.sticky_sessions(),
         stats: before.map_or_else(|| Arc::new(Stats::default()), |p| Arc::clone(&p.stats)),
+        latency: before.map_or_else(|| Arc::new(Histogram::new()), |p| Arc::clone(&p.latency)),
         config,
         table,
         forwarder,
