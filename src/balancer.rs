@@ -21,7 +21,7 @@ use crate::registry::Registry;
 use crate::router::{AdminRouter, Router};
 use crate::server::{bind_for, ClientKey, RefusalHook, Server, ServerConfig, TlsAcceptor, TlsListener};
 use crate::state::{Current, ReloadHook, Shared};
-use crate::upstream::{BackendTable, DnsRefresher, DnsStatus, HealthChecker, Resolver, TableError};
+use crate::upstream::{BackendTable, DnsRefresher, DnsStatus, HealthChecker, PoolTables, Resolver, TableError};
 
 /// A running load balancer.
 ///
@@ -109,11 +109,6 @@ impl LoadBalancer {
         // A start that fails from here on stops following the registry.
         let mut stop_registry = StopOnDrop(registry.clone());
         let dns = Arc::new(DnsStatus::default());
-        let refresher = DnsRefresher::start(
-            Arc::clone(&table),
-            Duration::from_secs_f64(config.dns_refresh_interval),
-            Arc::clone(&dns),
-        )?;
         let mut access_writer = None;
         let access_log = match (config.access_log, access_log) {
             (false, _) => None,
@@ -127,7 +122,7 @@ impl LoadBalancer {
             }
         }
         .map(|handle| AccessLog { handle, format: config.access_log_format });
-        let ops = Arc::new(Operations { registry, dns, ..Operations::new(access_log, state_file) });
+        let ops = Arc::new(Operations { registry, dns: Arc::clone(&dns), ..Operations::new(access_log, state_file) });
         let tuning = tuning(&config);
         let tls = match (config.tls_port, tls_certificates(&config).map_err(|e| invalid(&e))?) {
             (Some(port), Some(certificates)) => {
@@ -163,6 +158,11 @@ impl LoadBalancer {
         // The default pool's table may come from the state file or the registry, not the file.
         health_configs[0].2.probers = backends.len().clamp(4, 16);
         let current: Arc<Current> = Arc::new(ArcSwap::from_pointee(shared));
+        let refresher = DnsRefresher::start(
+            pool_tables(Arc::clone(&current)),
+            Duration::from_secs_f64(current.load().config.dns_refresh_interval),
+            Arc::clone(&dns),
+        )?;
         let history = history_sampler(Arc::clone(&current))?;
         server_config.queue_depth = Arc::clone(&ops.queue_depth);
         server_config.idle_closed = Arc::clone(&ops.idle_closed);
@@ -303,6 +303,11 @@ impl LoadBalancer {
             Err(failed)
         }
     }
+}
+
+/// Every pool's table in force, read again on each DNS round (a reload adds and removes pools).
+fn pool_tables(current: Arc<Current>) -> Box<PoolTables> {
+    Box::new(move || current.load().pools.iter().map(|pool| (pool.name.clone(), Arc::clone(&pool.table))).collect())
 }
 
 /// Stops a registry's watcher when dropped (a start that failed half way).
