@@ -21,7 +21,7 @@ use crate::registry::Registry;
 use crate::router::{AdminRouter, Router};
 use crate::server::{bind_for, ClientKey, RefusalHook, Server, ServerConfig, TlsAcceptor, TlsListener};
 use crate::state::{Current, ReloadHook, Shared};
-use crate::upstream::{BackendTable, DnsRefresher, DnsStatus, HealthChecker, PoolTables, Resolver, TableError};
+use crate::upstream::{BackendTable, DnsRefresher, DnsStatus, HealthChecker, PoolTables, Resolver};
 
 /// A running load balancer.
 ///
@@ -90,20 +90,39 @@ impl LoadBalancer {
             Some(file) => file.load().map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?,
             None => None,
         };
-        let backends: Vec<_> = match &saved {
-            Some(saved) => saved.backend_configs(),
-            None => backend_list(&config),
-        };
-        let table = BackendTable::new(config.algorithm, &backends, backend_policy(&config)).map_err(|e| invalid(&e))?;
+        let pool_configs = config.pool_configs();
         if let (Some(saved), Some(file)) = (&saved, &state_file) {
-            saved.apply_states(&table);
-            log::info!("{} backend(s) restored from state file {}", saved.backends.len(), file.path().display());
+            for name in saved.pools.keys().filter(|name| !config.pools.contains_key(*name)) {
+                log::warn!(
+                    "state file {}: pool '{name}' is not in the configuration: skipped (it leaves the file at the next change)",
+                    file.path().display()
+                );
+            }
         }
-        let table = Arc::new(table);
-        // With a registry the table becomes what etcd says (seeded with the configured
-        // backends when empty) before the listener opens.
+        // Each pool's table: from the state file when it has the pool, else the configuration.
+        let mut tables = Vec::new();
+        for (name, pool) in &pool_configs {
+            let restored = saved.as_ref().and_then(|saved| saved.pool(name));
+            let backends = restored.as_ref().map_or_else(|| backend_list(pool), |r| r.backend_configs());
+            let table = BackendTable::new(pool.algorithm, &backends, backend_policy(pool)).map_err(|e| {
+                if name == DEFAULT_POOL {
+                    invalid(&e)
+                } else {
+                    invalid(&format!("pool '{name}': {e}"))
+                }
+            })?;
+            if let (Some(restored), Some(file)) = (&restored, &state_file) {
+                restored.apply_states(&table);
+                let pool = if name == DEFAULT_POOL { String::new() } else { format!("pool {name}: ") };
+                let path = file.path().display();
+                log::info!("{pool}{} backend(s) restored from state file {path}", restored.backends.len());
+            }
+            tables.push((name.clone(), Arc::new(table)));
+        }
+        // With a registry the default pool's table becomes what etcd says (seeded with the
+        // configured backends when empty) before the listener opens.
         let registry = match &config.registry {
-            Some(url) => Some(Registry::start(url, Arc::clone(&table), backend_list(&config))?),
+            Some(url) => Some(Registry::start(url, Arc::clone(&tables[0].1), backend_list(&config))?),
             None => None,
         };
         // A start that fails from here on stops following the registry.
@@ -141,22 +160,15 @@ impl LoadBalancer {
             ..ServerConfig::default()
         };
         let reload = Arc::new(ReloadHook::default());
-        let mut tables = vec![(DEFAULT_POOL.to_string(), Arc::clone(&table))];
-        for (name, pool) in config.pool_configs().into_iter().skip(1) {
-            let named = |e: TableError| invalid(&format!("pool '{name}': {e}"));
-            let table =
-                BackendTable::new(pool.algorithm, &backend_list(&pool), backend_policy(&pool)).map_err(named)?;
-            tables.push((name, Arc::new(table)));
-        }
         let shared =
             build_shared(config, &tables, None, Arc::clone(&ops), Arc::clone(&reload)).map_err(|e| invalid(&e))?;
         let mut health_configs = Vec::new();
         for pool in shared.pools.iter() {
-            let config = health_config(&pool.config, pool.forwarder.tls()).map_err(|e| invalid(&e))?;
+            let mut config = health_config(&pool.config, pool.forwarder.tls()).map_err(|e| invalid(&e))?;
+            // The table may come from the state file or the registry, not the file.
+            config.probers = pool.table.snapshot().backends.len().clamp(4, 16);
             health_configs.push((pool.name.clone(), Arc::clone(&pool.table), config));
         }
-        // The default pool's table may come from the state file or the registry, not the file.
-        health_configs[0].2.probers = backends.len().clamp(4, 16);
         let current: Arc<Current> = Arc::new(ArcSwap::from_pointee(shared));
         let refresher = DnsRefresher::start(
             pool_tables(Arc::clone(&current)),

@@ -84,7 +84,7 @@ fn write(shared: &Shared, pool: &Pool, change: Change) -> Result<Arc<Backend>, R
     .map_err(table_error)
 }
 
-/// Whether `pool` is the top-level one, which the state file and the registry keep.
+/// Whether `pool` is the top-level one, which the registry keeps.
 fn is_default(pool: &Pool) -> bool {
     pool.name == DEFAULT_POOL
 }
@@ -261,16 +261,15 @@ pub fn handle(shared: &Shared, mut request: Request, path: &str) -> Response {
     }
 }
 
-/// A change was made: log it, write the state file (the default pool's), answer with the
-/// backend.
+/// A change was made: log it, write the state file (every pool's), answer with the backend.
 fn changed(shared: &Shared, pool: &Pool, status: u16, message: &str, backend: &Backend) -> Response {
     if is_default(pool) {
         log::info!("{message}");
     } else {
         log::info!("pool {}: {message}", pool.name);
     }
-    if let Some(file) = shared.ops.state_file.as_ref().filter(|_| is_default(pool)) {
-        if let Err(e) = file.save(&pool.table) {
+    if let Some(file) = &shared.ops.state_file {
+        if let Err(e) = file.save(shared.pools.iter().map(|p| (p.name.as_str(), &*p.table))) {
             log::error!("cannot write state file {}: {e}", file.path().display());
             return error(
                 500,
