@@ -12,7 +12,8 @@ use arc_swap::ArcSwap;
 
 use crate::config::{Config, DEFAULT_POOL};
 use crate::lifecycle::{
-    backend_list, backend_policy, build_shared, health_config, tls_certificates, tuning, Control, ReloadReport,
+    backend_list, backend_policy, build_shared, health_config, registry_pools, tls_certificates, tuning, Control,
+    ReloadReport,
 };
 use crate::logging::{LogHandle, LogTarget, LogWriter};
 use crate::ops::history::Sampler;
@@ -119,10 +120,10 @@ impl LoadBalancer {
             }
             tables.push((name.clone(), Arc::new(table)));
         }
-        // With a registry the default pool's table becomes what etcd says (seeded with the
-        // configured backends when empty) before the listener opens.
+        // With a registry the tables become what etcd says (each pool seeded with its
+        // configured backends when it has no keys) before the listener opens.
         let registry = match &config.registry {
-            Some(url) => Some(Registry::start(url, Arc::clone(&tables[0].1), backend_list(&config))?),
+            Some(url) => Some(Registry::start(url, registry_pools(&pool_configs, &tables))?),
             None => None,
         };
         // A start that fails from here on stops following the registry.

@@ -15,7 +15,7 @@ use crate::upstream::{
 };
 
 use super::generation::{
-    backend_list, backend_policy, build_shared, changed_keys, health_config, tls_certificates, tuning,
+    backend_list, backend_policy, build_shared, changed_keys, health_config, registry_pools, tls_certificates, tuning,
 };
 
 /// Where a reload reads its configuration: the config file and the command line, read again.
@@ -194,8 +194,8 @@ impl Control {
             config.tls_sni_certificates.clone_from(&old.tls_sni_certificates);
         }
         // With a state file the management API owns every pool's backend list (nginx Plus
-        // forbids servers in the file with `state`), with a registry the registry owns the
-        // default pool's: a reload keeps each kept table and applies the rest.
+        // forbids servers in the file with `state`), with a registry the registry does: a
+        // reload keeps each kept pool's table and applies the rest.
         let keeper = match (&old.state_file, &old.registry) {
             (Some(_), _) => Some("the state file"),
             (None, Some(_)) => Some("the registry"),
@@ -212,7 +212,7 @@ impl Control {
         } else {
             Some(backend_list(&config))
         };
-        if old.state_file.is_some() {
+        if keeper.is_some() {
             // A kept named pool's list is its table's too; a new pool starts from the file.
             for (name, pool) in &mut config.pools {
                 let Some(kept) = running.pools.get(name) else { continue };
@@ -261,7 +261,14 @@ impl Control {
             None => table.reapply(algorithm, policy),
         };
         // From here on nothing fails (a kept pool's backends resolved a moment ago).
-        let pools = self.reconcile_pools(&running, &shared, &settings, old.state_file.is_some());
+        let pools = self.reconcile_pools(&running, &shared, &settings, keeper.is_some());
+        if let Some(registry) = &shared.ops.registry {
+            // Before the pools are in force: a new pool's table is what the registry says (or
+            // seeded) by the time a request reaches it.
+            let configs: Vec<_> = shared.pools.iter().map(|p| (p.name.clone(), p.config.clone())).collect();
+            let tables: Vec<_> = shared.pools.iter().map(|p| (p.name.clone(), Arc::clone(&p.table))).collect();
+            registry.set_pools(registry_pools(&configs, &tables));
+        }
         let running_forwarders: Vec<_> = running.pools.iter().map(|p| Arc::clone(&p.forwarder)).collect();
         {
             let mut forwarders = lock(&self.forwarders);
@@ -294,7 +301,7 @@ impl Control {
     }
 
     /// Makes each kept named pool's table what the new configuration says (`kept_lists`: a
-    /// state file keeps its backends, and only the algorithm and policies apply),
+    /// state file or a registry keeps its backends, and only the algorithm and policies apply),
     /// and reports what changed in the named pools.
     fn reconcile_pools(
         &self,

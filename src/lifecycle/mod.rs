@@ -30,4 +30,6 @@ pub mod signals;
 pub use check::{check_config, config_warnings};
 pub use control::{Control, ReloadReport};
 pub use generation::RESTART_ONLY;
-pub(crate) use generation::{backend_list, backend_policy, build_shared, health_config, tls_certificates, tuning};
+pub(crate) use generation::{
+    backend_list, backend_policy, build_shared, health_config, registry_pools, tls_certificates, tuning,
+};
