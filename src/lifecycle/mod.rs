@@ -19,8 +19,9 @@
 //! | `tls_cert`, `tls_key`, `tls_sni_certificates` (the files are read again on every reload, so a renewed certificate is picked up; one that fails to load refuses the reload), `tls_handshake_timeout` | the next TLS handshake (connections already up keep theirs) |
 //! | `host`, `port`, `threads`, `client_body_temp_path`, `admin_listen`, `access_log*`, `log_file`, `state_file`, `registry`, `tls_port` | at the next restart: a reload keeps the running value and logs that it did |
 //!
-//! With a `state_file` the management API owns the backend list, with a `registry` the registry
-//! does: a reload keeps it.
+//! With a `state_file` the management API owns every pool's backend list, with a `registry` the
+//! registry does: a reload keeps each kept pool's (a pool it adds starts from the file, or from
+//! the registry's keys).
 
 mod check;
 mod control;
