@@ -329,7 +329,11 @@ fn a_named_pools_keys_are_under_its_prefix_and_reach_that_pool_only() {
     api.dedup();
     rest.sort_unstable();
     rest.dedup();
-    assert_eq!((api, rest), (vec![port(1), port(2)], vec![port(0), port(3)]));
+    let sorted = |mut ports: Vec<u64>| {
+        ports.sort_unstable();
+        ports
+    };
+    assert_eq!((api, rest), (sorted(vec![port(1), port(2)]), sorted(vec![port(0), port(3)])));
 
     // The API's writes to a named pool go under its prefix, numbered by the pool's own count.
     let added = request(addr, "POST", "/lb/pools/api/backends/add", &value(4));
@@ -353,10 +357,14 @@ fn a_named_pools_keys_are_under_its_prefix_and_reach_that_pool_only() {
     etcd.put(&format!("{PREFIX}/pools/ghost/backends/g2"), &value(3));
     etcd.put(&format!("{PREFIX}/pools/default/backends/x"), &value(2));
     let ignored = || health(addr)["registry"]["ignored_pools"].clone();
-    assert!(wait_until(DEADLINE, || ignored() == serde_json::json!(["ghost"])), "{}", health(addr));
-    let rejected = health(addr)["registry"]["rejected"].clone();
-    let why = rejected[format!("{PREFIX}/pools/default/backends/x")].as_str().unwrap_or_default().to_string();
-    assert!(why.contains(&format!("the default pool's backends are {PREFIX}/backends/ID")), "{rejected}");
+    let why = || health(addr)["registry"]["rejected"][format!("{PREFIX}/pools/default/backends/x")].clone();
+    assert!(
+        wait_until(DEADLINE, || ignored() == serde_json::json!(["ghost"]) && why().is_string()),
+        "{}",
+        health(addr)
+    );
+    let why = why().as_str().unwrap().to_string();
+    assert!(why.contains(&format!("the default pool's backends are {PREFIX}/backends/ID")), "{why}");
     let warning = "keys of pool 'ghost', which the configuration does not define, are ignored";
     assert!(lb.wait_log(warning, DEADLINE), "{}", lb.log());
     assert_eq!(lb.log().matches(warning).count(), 1, "logged once: {}", lb.log());
