@@ -53,6 +53,7 @@ fn table_error(e: TableError) -> Response {
 
 fn registry_error(e: RegistryError) -> Response {
     match e {
+        RegistryError::UnknownPool(_) => error(404, e.to_string()),
         RegistryError::Refused(e) => table_error(e),
         RegistryError::Corrupt { .. } => error(409, e.to_string()),
         RegistryError::Unavailable(_) | RegistryError::Contended(_) => {
@@ -66,11 +67,11 @@ fn registry_error(e: RegistryError) -> Response {
     }
 }
 
-/// Makes a change to `pool`: in the registry when there is one and the pool is `default` (it
+/// Makes a change to `pool`: in the registry when there is one, under the pool's keys (it
 /// takes effect here, as everywhere, through the watch), else in the pool's table.
 fn write(shared: &Shared, pool: &Pool, change: Change) -> Result<Arc<Backend>, Response> {
-    if let Some(registry) = shared.ops.registry.as_ref().filter(|_| is_default(pool)) {
-        return registry.submit(change).map_err(registry_error);
+    if let Some(registry) = &shared.ops.registry {
+        return registry.submit(&pool.name, change).map_err(registry_error);
     }
     let table = &pool.table;
     match change {
@@ -84,7 +85,7 @@ fn write(shared: &Shared, pool: &Pool, change: Change) -> Result<Arc<Backend>, R
     .map_err(table_error)
 }
 
-/// Whether `pool` is the top-level one, which the state file and the registry keep.
+/// Whether `pool` is the top-level one, whose API paths and log lines name no pool.
 fn is_default(pool: &Pool) -> bool {
     pool.name == DEFAULT_POOL
 }
@@ -264,16 +265,15 @@ pub fn handle(shared: &Shared, mut request: Request, path: &str) -> Response {
     }
 }
 
-/// A change was made: log it, write the state file (the default pool's), answer with the
-/// backend.
+/// A change was made: log it, write the state file (every pool's), answer with the backend.
 fn changed(shared: &Shared, pool: &Pool, status: u16, message: &str, backend: &Backend) -> Response {
     if is_default(pool) {
         log::info!("{message}");
     } else {
         log::info!("pool {}: {message}", pool.name);
     }
-    if let Some(file) = shared.ops.state_file.as_ref().filter(|_| is_default(pool)) {
-        if let Err(e) = file.save(&pool.table) {
+    if let Some(file) = &shared.ops.state_file {
+        if let Err(e) = file.save(shared.pools.iter().map(|p| (p.name.as_str(), &*p.table))) {
             log::error!("cannot write state file {}: {e}", file.path().display());
             return error(
                 500,

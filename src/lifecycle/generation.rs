@@ -11,6 +11,7 @@ use crate::health::BreakerConfig;
 use crate::metrics::Histogram;
 use crate::ops::Operations;
 use crate::pools::{Pool, Pools};
+use crate::registry::RegistryPool;
 use crate::route_policy::RoutePolicies;
 use crate::route_stats::RouteCounters;
 use crate::routing::RouteTable;
@@ -75,6 +76,22 @@ pub(crate) fn backend_policy(config: &Config) -> BackendPolicy {
 /// The backends as (id, config), in order.
 pub(crate) fn backend_list(config: &Config) -> Vec<(String, BackendConfig)> {
     config.backend_ids().into_iter().zip(config.backends.iter().cloned()).collect()
+}
+
+/// What the registry keeps of each pool: its table, and its configured backends to seed it with.
+pub(crate) fn registry_pools(
+    pool_configs: &[(String, Config)],
+    tables: &[(String, Arc<BackendTable>)],
+) -> Vec<RegistryPool> {
+    pool_configs
+        .iter()
+        .zip(tables)
+        .map(|((name, config), (_, table))| RegistryPool {
+            name: name.clone(),
+            table: Arc::clone(table),
+            seed: backend_list(config),
+        })
+        .collect()
 }
 
 /// The front end's reloadable settings.
