@@ -102,6 +102,10 @@ pub struct WeightChange {
     /// The least share any split could move to go from the old weights to the new (half the
     /// sum of the differences of the expected shares), 0-1.
     pub least_share: f64,
+    /// The share the layout moves, exactly (a client's point is a fixed fraction of the
+    /// total: those whose pool's range, old and new, does not hold it), 0-1; `moved_share`
+    /// is this measured over the clients.
+    pub layout_share: f64,
     /// Whether the pools both splits name are in another order (then the shares no longer lie
     /// where they lay, and far more clients move than must).
     pub reordered: bool,
@@ -313,6 +317,27 @@ fn weight_change(
             differences += (weight_of(shares, name) * new_total).abs_diff(weight_of(to, name) * total);
         }
     }
+    // Each pool's range of [0, 1) before and after, in units of 1 / (T T'); the clients in
+    // both stay.
+    fn ranges(list: &[SplitShare], scale: u128) -> Vec<(&str, u128, u128)> {
+        let mut start = 0;
+        list.iter()
+            .map(|s| {
+                let end = start + u128::from(s.weight) * scale;
+                let range = (s.pool.as_str(), start, end);
+                start = end;
+                range
+            })
+            .collect()
+    }
+    let (old_ranges, new_ranges) = (ranges(shares, new_total), ranges(to, total));
+    let stay: u128 = old_ranges
+        .iter()
+        .flat_map(|&(pool, a, b)| {
+            new_ranges.iter().filter(move |r| r.0 == pool).map(move |&(_, c, d)| b.min(d).saturating_sub(a.max(c)))
+        })
+        .sum();
+    let whole = total * new_total;
     let common = |a: &[SplitShare], b: &[SplitShare]| -> Vec<String> {
         a.iter().filter(|s| b.iter().any(|t| t.pool == s.pool)).map(|s| s.pool.clone()).collect()
     };
@@ -320,7 +345,8 @@ fn weight_change(
         pools: pools(to, after, None),
         moved,
         moved_share: moved as f64 / all,
-        least_share: differences as f64 / (2 * total * new_total) as f64,
+        least_share: differences as f64 / (2 * whole) as f64,
+        layout_share: (whole - stay) as f64 / whole as f64,
         reordered: common(shares, to) != common(to, shares),
         moves: listed,
     }
@@ -396,16 +422,20 @@ impl SplitReport {
         out.push_str(&columns(&rows, "  "));
         let _ = writeln!(
             out,
-            "  moved: {} of {} clients ({}); the new weights need at least {}",
+            "  moved: {} of {} clients ({}; the layout moves {}); the new weights need at least {}",
             change.moved,
             self.clients,
             percent(change.moved_share),
+            percent(change.layout_share),
             percent(change.least_share)
         );
-        if change.reordered {
-            out.push_str(
-                "  the pools are in another order: shares lie end to end in the order written, so keep the order to move only what must move\n",
-            );
+        // A thousandth of a percent: the exact shares' rounding, not a layout that moves more.
+        if change.layout_share > change.least_share + 1e-5 {
+            out.push_str(if change.reordered {
+                "  the pools are in another order: shares lie end to end in the order written, so keep the order to move only what must move\n"
+            } else {
+                "  more than must move: shares lie end to end, so a share that changes moves the marks after it; keep the total and change two neighbouring shares to move only what must\n"
+            });
         }
         if !change.moves.is_empty() {
             let mut rows = vec![vec!["moved".to_string(), "clients".into(), "share".into()]];
@@ -439,6 +469,7 @@ mod tests {
         let report = run_split(&scenario("stable=95,canary=5", Some("stable=90,canary=10")));
         let change = report.change.unwrap();
         assert!((change.least_share - 0.05).abs() < 1e-9, "{}", change.least_share);
+        assert!((change.layout_share - 0.05).abs() < 1e-9, "{}", change.layout_share);
         assert!(!change.reordered);
         assert_eq!(change.moves.len(), 1);
         assert_eq!(change.pools.iter().map(|p| p.clients).sum::<u64>(), 10_000);
@@ -452,6 +483,8 @@ mod tests {
         let change = report.change.unwrap();
         assert!(change.reordered);
         assert!(change.moved_share > 0.1, "{}", change.moved_share);
+        // stable's [0, .95) becomes [.1, 1): .1 moves one way, canary's .05 the other.
+        assert!((change.layout_share - 0.15).abs() < 1e-9, "{}", change.layout_share);
         assert!((change.least_share - 0.05).abs() < 1e-9);
     }
 
@@ -460,7 +493,21 @@ mod tests {
         let report = run_split(&scenario("a=50,b=50", Some("a=50,c=50")));
         let change = report.change.unwrap();
         assert!((change.least_share - 0.5).abs() < 1e-9);
+        assert!((change.layout_share - 0.5).abs() < 1e-9);
         assert!(change.moves.iter().all(|m| (m.from.as_str(), m.to.as_str()) == ("b", "c")));
+    }
+
+    #[test]
+    fn a_share_that_grows_in_front_moves_the_marks_after_it() {
+        // a [0, .5) b [.5, .8) c [.8, 1) -> a [0, .4) b [.4, .64) c [.64, .8) d [.8, 1).
+        let report = run_split(&scenario("a=50,b=30,c=20", Some("a=50,b=30,c=20,d=25")));
+        let change = report.change.unwrap();
+        assert!((change.least_share - 0.2).abs() < 1e-9);
+        assert!((change.layout_share - 0.46).abs() < 1e-9, "{}", change.layout_share);
+        assert!((change.moved_share - change.layout_share).abs() < 0.015, "{}", change.moved_share);
+        // Two neighbours trade and the total stays: only the clients between them move.
+        let change = run_split(&scenario("a=50,b=30,c=20", Some("a=50,b=20,c=30"))).change.unwrap();
+        assert!((change.layout_share - 0.1).abs() < 1e-9 && (change.least_share - 0.1).abs() < 1e-9);
     }
 
     #[test]
