@@ -303,7 +303,7 @@ fn weight_change(
             }
         }
     }
-    listed.sort_by(|a, b| b.clients.cmp(&a.clients));
+    listed.sort_by_key(|m| std::cmp::Reverse(m.clients));
     let moved: u64 = listed.iter().map(|m| m.clients).sum();
     // Half the total variation between the expected shares (what any split must move), in
     // whole numbers: |w/T - w'/T'| = |w T' - w' T| / (T T').
