@@ -403,17 +403,19 @@ const SPLIT_CONFIG: &str = r#"{
   ]
 }"#;
 
-/// Runs `lb-sync simulate --config <SPLIT_CONFIG> ARGS...`.
+/// Runs `lb-sync simulate --config <SPLIT_CONFIG> ARGS...` (the file in a directory of this
+/// call's own: tests run side by side).
 fn simulate_split_config(args: &[&str]) -> Output {
-    let dir = std::env::temp_dir().join(format!("lb-sync-simulate-split-{}", std::process::id()));
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("lb-sync-simulate-split-{}-{call}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(format!("split-{}.json", args.join("_").replace(['/', ' '], "-")));
+    let path = dir.join("split.json");
     std::fs::write(&path, SPLIT_CONFIG).unwrap();
     let mut all = vec!["--config", path.to_str().unwrap()];
     all.extend_from_slice(args);
     let out = simulate(&all);
-    std::fs::remove_file(&path).unwrap();
-    let _ = std::fs::remove_dir(&dir);
+    std::fs::remove_dir_all(&dir).unwrap();
     out
 }
 
@@ -527,7 +529,7 @@ fn bad_split_simulations_are_refused_with_one_line() {
     }
 }
 
-/// `TMP/lb-sync-simulate-split-PID/split-....json` as `FILE`.
+/// `TMP/lb-sync-simulate-split-PID-N/split.json` as `FILE`.
 fn with_file_as_placeholder(text: &str) -> String {
     match (text.find("TMP/"), text.find(".json")) {
         (Some(start), Some(end)) if start < end => format!("{}FILE{}", &text[..start], &text[end + ".json".len()..]),
