@@ -93,6 +93,7 @@ fn is_default(pool: &Pool) -> bool {
 /// What a path under the prefix names, and the methods it accepts (its `Allow`).
 enum Resource<'a> {
     Routes,
+    Route(&'a str),
     Pools,
     Pool(&'a str),
     Health,
@@ -116,6 +117,7 @@ impl<'a> Resource<'a> {
     fn of(segments: &[&'a str]) -> Option<(Option<&'a str>, Resource<'a>)> {
         match *segments {
             ["routes"] => Some((None, Resource::Routes)),
+            ["routes", name] => Some((None, Resource::Route(name))),
             ["pools"] => Some((None, Resource::Pools)),
             ["pools", pool] => Some((None, Resource::Pool(pool))),
             ["pools", pool, ref rest @ ..] if rest.first() == Some(&"backends") => {
@@ -220,6 +222,10 @@ pub fn handle(shared: &Shared, mut request: Request, path: &str) -> Response {
             .with_header("Cache-Control", "max-age=3600")
             .with_body(body),
         Resource::Routes => Response::json(200, &routes::routes_json(shared)),
+        Resource::Route(name) => match routes::route_by_name_json(shared, name) {
+            Some(route) => Response::json(200, &route),
+            None => error(404, format!("no route '{name}'")),
+        },
         Resource::Pools => Response::json(200, &Value::Array(shared.pools.iter().map(json::pool_json).collect())),
         Resource::Pool(name) => match shared.pools.get(name) {
             Some(pool) => Response::json(200, &json::pool_json(pool)),
