@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# The dashboard in a real browser: two lb-backend processes and one lb-sync on ephemeral loopback
-# ports, then tests/browser/dashboard_test.mjs in headless Chromium (Debian's /usr/bin/chromium,
-# driven by playwright-core): the page lists the backends, a click on Disable changes the backend
-# in the API; under load the second backend is killed and the history charts show its dip and
-# its failed tries; a screenshot is written to target/dashboard.png (or $DASHBOARD_SCREENSHOT).
+# The dashboard in a real browser: three lb-backend processes and one lb-sync on ephemeral loopback
+# ports (a config file: two backends in the default pool, one in the pool "api", a route "api"
+# taking /api there), then tests/browser/dashboard_test.mjs in headless Chromium (Debian's
+# /usr/bin/chromium, driven by playwright-core): the page lists the backends, a click on Disable
+# changes the backend in the API; each pool has its section with its backends (a click in api's
+# disables api's backend), the routes table shows the route and counts its requests; under load
+# the second backend is killed and the history charts show its dip and its failed tries; a
+# screenshot is written to target/dashboard.png (or $DASHBOARD_SCREENSHOT).
 #
 #   scripts/test_dashboard.sh
 #   DASHBOARD_SCREENSHOT=docs/dashboard.png scripts/test_dashboard.sh   # the README's picture
@@ -46,16 +49,26 @@ first_line() {
   return 1
 }
 
-backends=()
-for i in 1 2; do
+# Two backends in the default pool, one in the pool "api", which the route "api" takes /api to.
+addresses=()
+for i in 1 2 3; do
   "$backend_bin" --port 0 --host 127.0.0.1 > "$work/backend$i.out" 2> "$work/backend$i.out.err" &
   pids+=("$!")
   line=$(first_line "$work/backend$i.out" "$!") || die "lb-backend $i did not start"
-  backends+=(--backend "${line##* }")
+  addresses+=("${line##* }")
   # The test kills the second one (it is ours: started here, by PID).
-  victim=("$!" "${line##* }")
+  [ "$i" = 2 ] && victim=("$!" "${line##* }")
 done
-"$sync_bin" --host 127.0.0.1 --port 0 --threads 8 --access-log false "${backends[@]}" > "$work/lb.out" 2> "$work/lb.out.err" &
+entry() { echo "{\"host\": \"${1%:*}\", \"port\": ${1##*:}}"; }
+cat > "$work/lb.json" <<EOF
+{
+  "host": "127.0.0.1", "port": 0, "threads": 8, "access_log": false,
+  "backends": [$(entry "${addresses[0]}"), $(entry "${addresses[1]}")],
+  "pools": {"api": {"backends": [$(entry "${addresses[2]}")], "algorithm": "least_connections"}},
+  "routes": [{"name": "api", "path_prefix": "/api", "pool": "api"}]
+}
+EOF
+"$sync_bin" --config "$work/lb.json" > "$work/lb.out" 2> "$work/lb.out.err" &
 pids+=("$!")
 line=$(first_line "$work/lb.out" "$!") || die "lb-sync did not start"
 addr=$(sed -E 's/.* listening on ([^ ]+) .*/\1/' <<<"$line")
@@ -65,7 +78,7 @@ screenshot="$(realpath -m "${DASHBOARD_SCREENSHOT:-${CARGO_TARGET_DIR:-$root/tar
 mkdir -p "$(dirname "$screenshot")"
 rm -f "$screenshot"
 if (cd "$root/tests/browser" && timeout 120 node dashboard_test.mjs "http://$addr" "$screenshot" "${victim[@]}") && [ -s "$screenshot" ]; then
-  echo "PASS dashboard: listed the backends, disabled one by a click, a killed backend's dip on the history charts, screenshot in $screenshot"
+  echo "PASS dashboard: listed the backends, disabled one by a click, both pools' backends and the route shown, a killed backend's dip on the history charts, screenshot in $screenshot"
   echo "1 passed, 0 failed"
 else
   echo "FAIL dashboard (lb-sync's stderr follows)"

@@ -12,16 +12,17 @@ use arc_swap::ArcSwap;
 
 use crate::config::{Config, DEFAULT_POOL};
 use crate::lifecycle::{
-    backend_list, backend_policy, build_shared, health_config, tls_certificates, tuning, Control, ReloadReport,
+    backend_list, backend_policy, build_shared, health_config, registry_pools, tls_certificates, tuning, Control,
+    ReloadReport,
 };
 use crate::logging::{LogHandle, LogTarget, LogWriter};
-use crate::ops::history::Sampler;
+use crate::ops::history::{PoolSource, Sampler};
 use crate::ops::{refusal_line, AccessLog, Operations, StateFile};
 use crate::registry::Registry;
 use crate::router::{AdminRouter, Router};
 use crate::server::{bind_for, ClientKey, RefusalHook, Server, ServerConfig, TlsAcceptor, TlsListener};
 use crate::state::{Current, ReloadHook, Shared};
-use crate::upstream::{BackendTable, DnsRefresher, DnsStatus, HealthChecker, Resolver, TableError};
+use crate::upstream::{BackendTable, DnsRefresher, DnsStatus, HealthChecker, PoolTables, Resolver};
 
 /// A running load balancer.
 ///
@@ -29,15 +30,16 @@ use crate::upstream::{BackendTable, DnsRefresher, DnsStatus, HealthChecker, Reso
 /// use lb_sync::balancer::LoadBalancer;
 /// use lb_sync::config::{BackendConfig, Config};
 ///
-/// let mut config = Config::default();
-/// config.listener.port = 0; // any free port
-/// config.backends = vec![BackendConfig::new("127.0.0.1", 8001, 1), BackendConfig::new("127.0.0.1", 8002, 2)];
-/// config.pool.algorithm = "weighted_round_robin".parse().unwrap();
+/// let config = Config {
+///     port: 0, // any free port
+///     backends: vec![BackendConfig::new("127.0.0.1", 8001, 1), BackendConfig::new("127.0.0.1", 8002, 2)],
+///     algorithm: "weighted_round_robin".parse().unwrap(),
+///     ..Config::default()
+/// };
 /// let balancer = LoadBalancer::start(config.clone()).unwrap();
 /// println!("balancing on {}", balancer.local_addr());
 /// // Weights and algorithm change without a connection dropped:
-/// config.pool.algorithm = "least_connections".parse().unwrap();
-/// balancer.reload(config).unwrap();
+/// balancer.reload(Config { algorithm: "least_connections".parse().unwrap(), ..config }).unwrap();
 /// balancer.stop(std::time::Duration::from_secs(5));
 /// ```
 pub struct LoadBalancer {
@@ -92,31 +94,44 @@ impl LoadBalancer {
             Some(file) => file.load().map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?,
             None => None,
         };
-        let backends: Vec<_> = match &saved {
-            Some(saved) => saved.backend_configs(),
-            None => backend_list(&config),
-        };
-        let table =
-            BackendTable::new(config.pool.algorithm, &backends, backend_policy(&config)).map_err(|e| invalid(&e))?;
+        let pool_configs = config.pool_configs();
         if let (Some(saved), Some(file)) = (&saved, &state_file) {
-            saved.apply_states(&table);
-            log::info!("{} backend(s) restored from state file {}", saved.backends.len(), file.path().display());
+            for name in saved.pools.keys().filter(|name| !config.pools.contains_key(*name)) {
+                log::warn!(
+                    "state file {}: pool '{name}' is not in the configuration: skipped (it leaves the file at the next change)",
+                    file.path().display()
+                );
+            }
         }
-        let table = Arc::new(table);
-        // With a registry the table becomes what etcd says (seeded with the configured
-        // backends when empty) before the listener opens.
+        // Each pool's table: from the state file when it has the pool, else the configuration.
+        let mut tables = Vec::new();
+        for (name, pool) in &pool_configs {
+            let restored = saved.as_ref().and_then(|saved| saved.pool(name));
+            let backends = restored.as_ref().map_or_else(|| backend_list(pool), |r| r.backend_configs());
+            let table = BackendTable::new(pool.pool.algorithm, &backends, backend_policy(pool)).map_err(|e| {
+                if name == DEFAULT_POOL {
+                    invalid(&e)
+                } else {
+                    invalid(&format!("pool '{name}': {e}"))
+                }
+            })?;
+            if let (Some(restored), Some(file)) = (&restored, &state_file) {
+                restored.apply_states(&table);
+                let pool = if name == DEFAULT_POOL { String::new() } else { format!("pool {name}: ") };
+                let path = file.path().display();
+                log::info!("{pool}{} backend(s) restored from state file {path}", restored.backends.len());
+            }
+            tables.push((name.clone(), Arc::new(table)));
+        }
+        // With a registry the tables become what etcd says (each pool seeded with its
+        // configured backends when it has no keys) before the listener opens.
         let registry = match &config.operations.registry {
-            Some(url) => Some(Registry::start(url, Arc::clone(&table), backend_list(&config))?),
+            Some(url) => Some(Registry::start(url, registry_pools(&pool_configs, &tables))?),
             None => None,
         };
         // A start that fails from here on stops following the registry.
         let mut stop_registry = StopOnDrop(registry.clone());
         let dns = Arc::new(DnsStatus::default());
-        let refresher = DnsRefresher::start(
-            Arc::clone(&table),
-            config.operations.dns_refresh_interval.unwrap_or_default(),
-            Arc::clone(&dns),
-        )?;
         let mut access_writer = None;
         let access_log = match (config.operations.access_log, access_log) {
             (false, _) => None,
@@ -130,7 +145,7 @@ impl LoadBalancer {
             }
         }
         .map(|handle| AccessLog { handle, format: config.operations.access_log_format });
-        let ops = Arc::new(Operations { registry, dns, ..Operations::new(access_log, state_file) });
+        let ops = Arc::new(Operations { registry, dns: Arc::clone(&dns), ..Operations::new(access_log, state_file) });
         let tuning = tuning(&config);
         let tls = match (config.tls.port, tls_certificates(&config).map_err(|e| invalid(&e))?) {
             (Some(port), Some(certificates)) => {
@@ -152,23 +167,21 @@ impl LoadBalancer {
             ..ServerConfig::default()
         };
         let reload = Arc::new(ReloadHook::default());
-        let mut tables = vec![(DEFAULT_POOL.to_string(), Arc::clone(&table))];
-        for (name, pool) in config.pool_configs().into_iter().skip(1) {
-            let named = |e: TableError| invalid(&format!("pool '{name}': {e}"));
-            let table =
-                BackendTable::new(pool.pool.algorithm, &backend_list(&pool), backend_policy(&pool)).map_err(named)?;
-            tables.push((name, Arc::new(table)));
-        }
         let shared =
             build_shared(config, &tables, None, Arc::clone(&ops), Arc::clone(&reload)).map_err(|e| invalid(&e))?;
         let mut health_configs = Vec::new();
         for pool in shared.pools.iter() {
-            let config = health_config(&pool.config, pool.forwarder.tls()).map_err(|e| invalid(&e))?;
+            let mut config = health_config(&pool.config, pool.forwarder.tls()).map_err(|e| invalid(&e))?;
+            // The table may come from the state file or the registry, not the file.
+            config.probers = pool.table.snapshot().backends.len().clamp(4, 16);
             health_configs.push((pool.name.clone(), Arc::clone(&pool.table), config));
         }
-        // The default pool's table may come from the state file or the registry, not the file.
-        health_configs[0].2.probers = backends.len().clamp(4, 16);
         let current: Arc<Current> = Arc::new(ArcSwap::from_pointee(shared));
+        let refresher = DnsRefresher::start(
+            pool_tables(Arc::clone(&current)),
+            current.load().config.operations.dns_refresh_interval.unwrap_or_default(),
+            Arc::clone(&dns),
+        )?;
         let history = history_sampler(Arc::clone(&current))?;
         server_config.queue_depth = Arc::clone(&ops.queue_depth);
         server_config.idle_closed = Arc::clone(&ops.idle_closed);
@@ -311,6 +324,11 @@ impl LoadBalancer {
     }
 }
 
+/// Every pool's table in force, read again on each DNS round (a reload adds and removes pools).
+fn pool_tables(current: Arc<Current>) -> Box<PoolTables> {
+    Box::new(move || current.load().pools.iter().map(|pool| (pool.name.clone(), Arc::clone(&pool.table))).collect())
+}
+
 /// Stops a registry's watcher when dropped (a start that failed half way).
 struct StopOnDrop(Option<Arc<Registry>>);
 
@@ -326,12 +344,19 @@ impl Drop for StopOnDrop {
 fn history_sampler(current: Arc<Current>) -> io::Result<Sampler> {
     Sampler::start(move |second| {
         let shared = current.load();
-        shared.ops.history.sample(
-            second,
-            &shared.stats,
-            &shared.ops.latency,
-            &shared.pools.default_pool().table.snapshot().backends,
-        );
+        let tables: Vec<_> = shared.pools.iter().map(|pool| pool.table.snapshot()).collect();
+        let pools: Vec<PoolSource<'_>> = shared
+            .pools
+            .iter()
+            .zip(&tables)
+            .map(|(pool, table)| PoolSource {
+                name: &pool.name,
+                stats: &pool.stats,
+                latency: &pool.latency,
+                backends: &table.backends,
+            })
+            .collect();
+        shared.ops.history.sample(second, &shared.stats, &shared.ops.latency, &pools);
     })
 }
 

@@ -13,8 +13,8 @@
 //! `client_ip`, `stats`, `health`, `traffic` → [`routing`] (the route table, issue 26) → `config` → `upstream` → `registry` → `ops` →
 //! `pools`, `route_stats` → `state` → `proxy`, `admin` → `router`, `lifecycle` (reload, signals, `--check-config`) →
 //! `balancer`;
-//! `demo_backend` stands on `server` alone; [`simulate`] (`lb-sync simulate`) on `balance` and
-//! `config`.
+//! `demo_backend` stands on `server` alone; [`simulate`] (`lb-sync simulate`) on `balance`,
+//! `routing` and `config`.
 //!
 //! Embedding the balancer:
 //!

@@ -10,6 +10,7 @@
 use std::sync::Arc;
 
 use crate::config::{Config, DEFAULT_POOL};
+use crate::metrics::Histogram;
 use crate::stats::Stats;
 use crate::traffic::StickyCookie;
 use crate::upstream::{BackendTable, Forwarder, RetryBudget};
@@ -31,6 +32,9 @@ pub struct Pool {
     pub sticky: Option<StickyCookie>,
     /// The requests sent to it: answers by class, tries and retries.
     pub stats: Arc<Stats>,
+    /// Time from taking each of its requests to the response head (as the balancer-wide
+    /// latency), for `/lb/pools` and the history.
+    pub latency: Arc<Histogram>,
 }
 
 /// Every pool in force, `default` first, then the named ones by name.

@@ -5,7 +5,8 @@
 //! No real DNS: the balancer runs in process and its resolver is replaced
 //! ([`LoadBalancer::set_resolver`]) by one the test drives. The backend is configured as
 //! `localhost:PORT1` (which the system resolver gives at start); the test's resolver then says
-//! `localhost` is at `127.0.0.1:PORT2`, as a name's record would change.
+//! `localhost` is at `127.0.0.1:PORT2`, as a name's record would change. A named pool's names
+//! are refreshed as the default pool's are.
 
 mod common;
 
@@ -15,7 +16,7 @@ use std::time::Duration;
 
 use common::{backend, wait_until, Conn};
 use lb_sync::balancer::LoadBalancer;
-use lb_sync::config::BackendConfig;
+use lb_sync::config::{BackendConfig, Config};
 use lb_sync::upstream::{Lookup, ResolveError};
 use serde_json::Value;
 
@@ -28,13 +29,15 @@ struct Records {
     asked: Mutex<Vec<String>>,
 }
 
+/// A balancer over `backends` that looks names up every 50 ms with `records`, no health checks.
 fn start(backends: Vec<BackendConfig>, records: &Arc<Records>) -> LoadBalancer {
-    let config = {
-        let mut adjusted = common::inproc::config(backends);
-        adjusted.health.interval = None;
-        adjusted.operations.dns_refresh_interval = Some(Duration::from_secs_f64(0.05));
-        adjusted
-    };
+    start_with(common::inproc::config(backends), records)
+}
+
+/// [`start`] with the rest of `config` (pools, routes).
+fn start_with(mut config: Config, records: &Arc<Records>) -> LoadBalancer {
+    config.health.interval = None;
+    config.operations.dns_refresh_interval = Some(Duration::from_millis(50));
     let lb = LoadBalancer::start(config).unwrap();
     let records = Arc::clone(records);
     lb.set_resolver(Arc::new(move |host: &str, _port: u16| -> Lookup {
@@ -109,5 +112,46 @@ fn a_failed_lookup_keeps_the_last_address_and_is_reported() {
     // A good answer again clears the report.
     *records.answer.lock().unwrap() = Some(vec![b.addr()]);
     assert!(wait_until(DEADLINE, || get(addr, "/lb/stats")["dns"]["failing"].as_object().unwrap().is_empty()));
+    lb.stop(Duration::from_secs(1));
+}
+
+#[test]
+fn a_named_pools_host_names_are_refreshed_too() {
+    let (old, new, literal) = (backend(&[]), backend(&[]), backend(&[]));
+    let records = Arc::new(Records::default());
+    *records.answer.lock().unwrap() = Some(vec![old.addr()]);
+    let mut config = common::inproc::config(vec![BackendConfig::new("127.0.0.1", literal.addr().port(), 1)]);
+    config.pools = serde_json::from_value(serde_json::json!({
+        "api": {"backends": [{"id": "named", "host": "localhost", "port": old.addr().port(), "weight": 3}]}
+    }))
+    .unwrap();
+    config.routes =
+        serde_json::from_value(serde_json::json!([{"name": "api", "path_prefix": "/api", "pool": "api"}])).unwrap();
+    let lb = start_with(config, &records);
+    let addr = lb.local_addr();
+    let (old_id, new_id) = (format!("backend-{}", old.addr().port()), format!("backend-{}", new.addr().port()));
+    let literal_id = format!("backend-{}", literal.addr().port());
+    let served_at = |path: &str| get(addr, path)["server_info"]["id"].as_str().unwrap().to_string();
+    assert_eq!(served_at("/api/x"), old_id);
+
+    *records.answer.lock().unwrap() = Some(vec![new.addr()]);
+    assert!(wait_until(DEADLINE, || served_at("/api/x") == new_id), "the pool's requests go to the new address");
+    let moved = &get(addr, "/lb/pools/api/backends")[0];
+    assert_eq!(
+        (moved["id"].as_str(), moved["host"].as_str(), moved["address"].as_str()),
+        (Some("named"), Some("localhost"), Some(&*new.addr().to_string()))
+    );
+    assert_eq!(moved["weight"], 3, "weight kept");
+    assert_eq!(served_at("/"), literal_id, "the default pool is untouched");
+    assert_eq!(get(addr, "/lb/stats")["dns"]["address_changes"], 1);
+    assert!(records.asked.lock().unwrap().iter().all(|h| h == "localhost"), "an address literal is never looked up");
+
+    // A failing lookup is reported under the pool's name, and the address is kept.
+    *records.answer.lock().unwrap() = None;
+    let failing = || get(addr, "/lb/stats")["dns"]["failing"].clone();
+    assert!(wait_until(DEADLINE, || failing()["api/named"].is_string()), "{}", failing());
+    assert_eq!(failing()["api/named"], format!("localhost has no address; keeping {}", new.addr()));
+    assert_eq!(failing().as_object().unwrap().len(), 1, "{}", failing());
+    assert_eq!(served_at("/api/x"), new_id);
     lb.stop(Duration::from_secs(1));
 }

@@ -1,7 +1,8 @@
 //! `GET /lb/history` (issue 19): requests sent in known seconds are found in those seconds,
 //! exactly, for the whole balancer and for each backend, with their 5xx, failed tries and
 //! latency; `?seconds=N`, `?since=T` and their errors; access as for the rest of the API; the
-//! dashboard's chart library served with the page. Real `lb-backend` processes on loopback;
+//! dashboard's chart library served with the page. Per pool (issue 26): a route's pool has its
+//! requests in `pools` and in `?pool=NAME`, the default pool and its backends none. Real `lb-backend` processes on loopback;
 //! every wait is a poll within a bound.
 //!
 //! A burst of requests is sent from 0.2 s into a whole second; when it is answered before
@@ -22,7 +23,7 @@ use common::{backend, wait_until, ChildProcess, Conn};
 use lb_sync::balancer::LoadBalancer;
 use lb_sync::config::{BackendConfig, Config};
 use lb_sync::ops::history::SERIES_BYTES;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 const LIMIT: Duration = Duration::from_secs(10);
 
@@ -232,8 +233,8 @@ fn requests_are_found_in_the_seconds_they_were_answered_in() {
     assert_eq!(at(&h, &h["total"], "status_5xx", second), 0);
     assert_eq!(at(&h, &h["total"], "failures", second), 0);
     assert!(at(&h, &h["total"], "p50_ms", second).as_f64().is_some_and(|ms| ms > 0.0), "{h}");
-    // The whole and two backends: a fixed size each, whatever the traffic.
-    assert_eq!(h["memory_bytes"], (3 * SERIES_BYTES) as u64);
+    // The whole, the default pool and its two backends: a fixed size each, whatever the traffic.
+    assert_eq!(h["memory_bytes"], (4 * SERIES_BYTES) as u64);
     assert_eq!((h["interval_seconds"].as_u64(), h["window_seconds"].as_u64()), (Some(1), Some(900)));
     let stats = Conn::open(addr).get("/lb/stats").json();
     assert_eq!(stats["total_requests"], column_sum(&h["total"], "requests"), "the history adds up to the counters");
@@ -299,6 +300,71 @@ fn failed_tries_are_in_the_refusing_backends_second_and_in_all() {
     assert_eq!(at(&h, total, "requests", second), 4, "the clients' requests, each answered once");
     assert_eq!(at(&h, good, "requests", second), 4);
     assert_eq!(at(&h, total, "status_5xx", second), 0, "retried: nobody saw a 5xx");
+    lb.stop(LIMIT);
+}
+
+/// The pool named `name` in a whole answer's `pools`.
+fn pool_series<'a>(h: &'a Value, name: &str) -> &'a Value {
+    h["pools"].as_array().unwrap().iter().find(|p| p["name"] == name).unwrap_or_else(|| panic!("no pool {name} in {h}"))
+}
+
+#[test]
+fn a_routed_pool_has_its_own_history_and_the_whole_answer_keeps_its_shape() {
+    let backends: Vec<ChildProcess> = (0..3).map(|_| backend(&[])).collect();
+    let addrs: Vec<SocketAddr> = backends.iter().map(ChildProcess::addr).collect();
+    // api's first backend has the id of default's: each keeps its own series.
+    let api = |id: &str, i: usize| json!({"id": id, "host": "127.0.0.1", "port": addrs[i].port()});
+    let lb = balancer(&addrs[..1], |config| {
+        let extra: Config = serde_json::from_value(json!({
+            "pools": {"api": {"backends": [api("b1", 1), api("a2", 2)]}},
+            "routes": [{"name": "api", "path_prefix": "/api", "pool": "api"}],
+        }))
+        .unwrap();
+        (config.pools, config.routes) = (extra.pools, extra.routes);
+    });
+    let addr = lb.local_addr();
+    let sent = bursts(addr, "/api/x", &[8, 12], 200);
+    let last = sent.iter().map(|b| b.span.1).max().unwrap();
+    let whole = history_through(addr, last + 1);
+    let pool = history(addr, "?pool=api");
+    assert!(pool["end"].as_u64() >= whole["end"].as_u64(), "{pool}");
+    let names: Vec<_> = whole["pools"].as_array().unwrap().iter().map(|p| (&p["name"], &p["in_config"])).collect();
+    assert_eq!(names, [(&json!("default"), &json!(true)), (&json!("api"), &json!(true))], "{whole}");
+    assert!(whole.get("pool").is_none() && pool.get("pools").is_none());
+    assert_eq!(pool["pool"], "api");
+    // The whole answer's backends stay the default pool's.
+    let ids: Vec<_> = whole["backends"].as_array().unwrap().iter().map(|b| b["id"].clone()).collect();
+    assert_eq!(ids, [json!("b1")]);
+    let ids: Vec<_> = pool["backends"].as_array().unwrap().iter().map(|b| b["id"].clone()).collect();
+    assert_eq!(ids, [json!("b1"), json!("a2")]);
+    let sent_in_all: u64 = sent.iter().map(|b| b.requests).sum();
+    for b in sent.iter().filter(|b| b.second.is_some()) {
+        let second = b.second.unwrap();
+        assert_eq!(at(&whole, &whole["total"], "requests", second), b.requests, "{whole}");
+        assert_eq!(at(&whole, pool_series(&whole, "api"), "requests", second), b.requests, "{whole}");
+        assert_eq!(at(&whole, pool_series(&whole, "default"), "requests", second), 0, "{whole}");
+        assert_eq!(at(&pool, &pool["total"], "requests", second), b.requests, "{pool}");
+        for id in ["b1", "a2"] {
+            assert_eq!(at(&pool, backend_series(&pool, id), "requests", second), b.requests / 2, "{id}: {pool}");
+        }
+        assert!(at(&pool, &pool["total"], "p50_ms", second).as_f64().is_some_and(|ms| ms > 0.0), "{pool}");
+    }
+    assert_eq!(column_sum(pool_series(&whole, "api"), "requests"), sent_in_all, "{whole}");
+    assert_eq!(column_sum(&pool["total"], "requests"), sent_in_all, "{pool}");
+    assert_eq!(column_sum(pool_series(&whole, "default"), "requests"), 0);
+    assert_eq!(column_sum(backend_series(&whole, "b1"), "requests"), 0, "default's b1 took none: {whole}");
+    assert_eq!(column_sum(backend_series(&pool, "b1"), "requests"), sent_in_all / 2, "api's b1 half: {pool}");
+    // The whole, two pools, three backends.
+    assert_eq!(whole["memory_bytes"], (6 * SERIES_BYTES) as u64);
+    let default = history(addr, "?pool=default");
+    assert_eq!((default["pool"].as_str(), column_sum(&default["total"], "requests")), (Some("default"), 0));
+    for (query, status, says) in
+        [("?pool=nope", 404, "no pool 'nope'"), ("?pool=a%2Fb", 400, "pool must be a pool's name, not 'a%2Fb'")]
+    {
+        let response = Conn::open(addr).get(&format!("/lb/history{query}"));
+        assert_eq!(response.status, status, "{query}: {}", response.text());
+        assert!(response.json()["error"].as_str().unwrap().contains(says), "{query}: {}", response.text());
+    }
     lb.stop(LIMIT);
 }
 

@@ -557,14 +557,14 @@ fn metrics_pass_promtool_check_metrics() {
     let text = resp.text();
     for family in [
         "lb_requests_total{class=\"2xx\"}",
-        "lb_backend_responses_total{backend=\"backend1\",class=\"2xx\"}",
+        "lb_backend_responses_total{pool=\"default\",backend=\"backend1\",class=\"2xx\"}",
         "lb_request_duration_seconds_bucket{le=\"+Inf\"}",
-        "lb_backend_response_duration_seconds_count{backend=\"backend1\"}",
+        "lb_backend_response_duration_seconds_count{pool=\"default\",backend=\"backend1\"}",
         "lb_in_flight_requests ",
         "lb_queue_depth ",
-        "lb_backend_up{backend=\"backend2\"}",
-        "lb_backend_weight{backend=\"backend1\"} 1",
-        "lb_backend_circuit_state{backend=\"backend1\",state=\"closed\"} 1",
+        "lb_backend_up{pool=\"default\",backend=\"backend2\"}",
+        "lb_backend_weight{pool=\"default\",backend=\"backend1\"} 1",
+        "lb_backend_circuit_state{pool=\"default\",backend=\"backend1\",state=\"closed\"} 1",
         "lb_retries_total ",
         "lb_rate_limited_total 0",
     ] {

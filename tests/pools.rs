@@ -2,8 +2,9 @@
 //! two named) over real lb-backend processes. Each pool's backends and algorithm show in
 //! `/lb/pools` and `/lb/pools/{pool}/backends`; a change in one pool leaves the others alone;
 //! each pool's own health checks judge its backends; a reload adds, changes and removes pools
-//! and keeps what did not change; bad pool configs are refused naming the pool.
-//! Loopback only; every wait polls within a bound.
+//! and keeps what did not change; bad pool configs are refused naming the pool; the state file
+//! keeps every pool's changes across a restart, reads an older file as the default pool's and
+//! skips a pool no longer configured. Loopback only; every wait polls within a bound.
 
 mod common;
 
@@ -132,6 +133,27 @@ fn each_pool_shows_its_backends_and_algorithm_and_default_takes_the_traffic() {
     ] {
         assert!(metrics.lines().any(|l| l == line), "no line {line} in\n{metrics}");
     }
+    // Every per-backend series names its pool: default's backend and api's first share an id,
+    // and each has its own series (promtool refuses a series written twice).
+    let id = &three.shared_id;
+    for line in [
+        format!(r#"lb_backend_responses_total{{pool="default",backend="{id}",class="2xx"}} 3"#),
+        format!(r#"lb_backend_responses_total{{pool="api",backend="{id}",class="2xx"}} 0"#),
+        format!(r#"lb_backend_tries_total{{pool="default",backend="{id}"}} 3"#),
+        format!(r#"lb_backend_tries_total{{pool="api",backend="{id}"}} 0"#),
+        format!(r#"lb_backend_circuit_state{{pool="api",backend="{id}",state="closed"}} 1"#),
+        r#"lb_backend_weight{pool="api",backend="b2"} 1"#.to_string(),
+        r#"lb_backend_usable{pool="web",backend="w1"} 1"#.to_string(),
+        r#"lb_backend_response_duration_seconds_count{pool="web",backend="w1"} 0"#.to_string(),
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "no line {line} in\n{metrics}");
+    }
+    let per_backend = |family: &str| metrics.lines().filter(|l| l.starts_with(&format!("{family}{{"))).count();
+    assert_eq!(per_backend("lb_backend_up"), 4, "one series per backend of every pool:\n{metrics}");
+    assert!(
+        metrics.lines().filter(|l| l.starts_with("lb_backend_")).all(|l| l.contains("{pool=\"")),
+        "every per-backend series has its pool first:\n{metrics}"
+    );
     common::promtool_check(&metrics);
     // An unknown pool is a 404 naming it, on every path under it.
     for path in ["/lb/pools/nope", "/lb/pools/nope/backends", "/lb/pools/nope/backends/b2"] {
@@ -358,4 +380,121 @@ fn forward_to_sends_to_the_chosen_pool_under_its_own_settings() {
     drop(shared);
     lb.stop(Duration::from_secs(1));
     drop(children);
+}
+
+/// Each backend of a list as `id port weight enabled draining`.
+fn summary(backends: &Value) -> Vec<String> {
+    backends
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| format!("{} {} {} {} {}", b["id"], b["port"], b["weight"], b["enabled"], b["draining"]))
+        .collect()
+}
+
+/// Stops `lb` with SIGTERM and waits for its exit (0).
+fn stop(mut lb: Lb) {
+    lb.signal("TERM");
+    let status = lb.wait_exit(LIMIT).expect("stopped");
+    assert_eq!(status.code(), Some(0), "{}", lb.log());
+}
+
+#[test]
+fn a_named_pools_changes_survive_a_restart_through_the_state_file() {
+    let (_children, addrs) = backends(4, &[]);
+    let dir = common::unique_dir("pool-state");
+    let state = dir.join("state.json");
+    let settings = format!(
+        r#""state_file": "{}", "pools": {{"api": {{"backends": {}}}}}"#,
+        state.display(),
+        list(&[("a1", addrs[1]), ("a2", addrs[2])])
+    );
+    let lb = Lb::start(&addrs[..1], &settings);
+    assert_eq!(request(lb.addr, "POST", "/lb/pools/api/backends/a1/disable", "").status, 200);
+    assert_eq!(request(lb.addr, "POST", "/lb/pools/api/backends/a2/weight", r#"{"weight": 5}"#).status, 200);
+    let body = format!(r#"{{"host": "127.0.0.1", "port": {}, "weight": 2}}"#, addrs[3].port());
+    let added = request(lb.addr, "POST", "/lb/pools/api/backends/add", &body);
+    assert_eq!(added.status, 201, "{}", added.text());
+    let added_id = added.json()["id"].as_str().unwrap().to_string();
+    let api_before = summary(&get(&lb, "/lb/pools/api/backends").1);
+    let default_before = summary(&get(&lb, "/lb/backends").1);
+    let saved: Value = serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
+    assert_eq!(saved["version"], 2, "a file with a named pool: {saved}");
+    let saved_ids: Vec<&str> =
+        saved["pools"]["api"]["backends"].as_array().unwrap().iter().map(|b| b["id"].as_str().unwrap()).collect();
+    assert_eq!(saved_ids, ["a1", "a2", &added_id]);
+    assert_eq!(saved["backends"].as_array().unwrap().len(), 1, "the default pool's at the top level, as before");
+    stop(lb);
+
+    let lb = Lb::start(&addrs[..1], &settings);
+    assert_eq!(summary(&get(&lb, "/lb/pools/api/backends").1), api_before, "every change to api survived");
+    assert_eq!(summary(&get(&lb, "/lb/backends").1), default_before);
+    assert!(lb.log().contains("pool api: 3 backend(s) restored from state file"), "{}", lb.log());
+    // The pool's numbering survived too: the next id is never one handed out before.
+    let body = format!(r#"{{"host": "127.0.0.1", "port": {}}}"#, unused_port());
+    let next = request(lb.addr, "POST", "/lb/pools/api/backends/add", &body);
+    assert_eq!(next.status, 201, "{}", next.text());
+    assert_ne!(next.json()["id"], added_id.as_str());
+    // A reload keeps the pool's table as the state file has it (the file's list does not win).
+    let api_now = summary(&get(&lb, "/lb/pools/api/backends").1);
+    lb.write_config(&addrs[..1], &settings);
+    let reloaded = request(lb.addr, "POST", "/lb/config/reload", "");
+    assert_eq!(reloaded.status, 200, "{}", reloaded.text());
+    let changes = reloaded.json()["changes"].as_str().unwrap().to_string();
+    assert_eq!(changes, "kept until a restart: pool api: backends (the state file keeps them)");
+    assert_eq!(summary(&get(&lb, "/lb/pools/api/backends").1), api_now);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn an_old_state_file_is_the_default_pools_and_a_pool_no_longer_configured_is_skipped() {
+    let (_children, addrs) = backends(3, &[]);
+    let dir = common::unique_dir("pool-state-old");
+    let state = dir.join("state.json");
+    // As an lb-sync before pools wrote it.
+    let old = format!(
+        r#"{{
+  "version": 1,
+  "numbered": 4,
+  "backends": [
+    {{"id": "old1", "host": "127.0.0.1", "port": {}, "weight": 3, "state": "enabled"}},
+    {{"id": "old2", "host": "127.0.0.1", "port": {}, "weight": 1, "state": "disabled"}}
+  ]
+}}
+"#,
+        addrs[0].port(),
+        addrs[1].port()
+    );
+    std::fs::write(&state, &old).unwrap();
+    let settings = format!(
+        r#""state_file": "{}", "pools": {{"api": {{"backends": {}}}}}"#,
+        state.display(),
+        list(&[("a1", addrs[2])])
+    );
+    let lb = Lb::start(&addrs[2..], &settings);
+    let default = get(&lb, "/lb/backends").1;
+    let expected =
+        [format!(r#""old1" {} 3 true false"#, addrs[0].port()), format!(r#""old2" {} 1 false false"#, addrs[1].port())];
+    assert_eq!(summary(&default), expected, "the file's backends, not the configured one");
+    assert_eq!(ids_enabled(&get(&lb, "/lb/pools/api/backends").1), [("a1".to_string(), true)], "api from the config");
+    // A change anywhere writes every pool: the default pool's part stays as it was.
+    assert_eq!(request(lb.addr, "POST", "/lb/pools/api/backends/a1/drain", "").status, 200);
+    let saved: Value = serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
+    let was: Value = serde_json::from_str(&old).unwrap();
+    assert_eq!((&saved["numbered"], &saved["backends"]), (&was["numbered"], &was["backends"]));
+    assert_eq!(saved["pools"]["api"]["backends"][0]["state"], "draining");
+    stop(lb);
+
+    // The pool leaves the configuration: its saved table is skipped with a warning, and leaves
+    // the file at the next change.
+    let lb = Lb::start(&addrs[2..], &format!(r#""state_file": "{}""#, state.display()));
+    let warning = format!("state file {}: pool 'api' is not in the configuration: skipped", state.display());
+    assert!(lb.log().contains(&warning), "{}", lb.log());
+    assert_eq!(get(&lb, "/lb/pools/api").0, 404);
+    assert_eq!(summary(&get(&lb, "/lb/backends").1), expected);
+    assert_eq!(request(lb.addr, "POST", "/lb/backends/old2/enable", "").status, 200);
+    let saved: Value = serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
+    assert_eq!((saved["version"].as_u64(), saved.get("pools")), (Some(1), None), "{saved}");
+    stop(lb);
+    let _ = std::fs::remove_dir_all(&dir);
 }

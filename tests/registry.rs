@@ -2,7 +2,9 @@
 //! management API's answers (the same as without a registry, the change made in etcd),
 //! corrupt values refused and reported by key without disturbing the rest, a registry that is
 //! not there yet at start, a reload that leaves the registry's backends alone, and the metrics
-//! under `promtool`. The behaviour of several instances together is in `cluster.rs`.
+//! under `promtool`; a named pool's keys under `PREFIX/pools/POOL/` (its own seeding, writes and
+//! numbering; a pool the configuration lacks ignored until a reload defines it). The behaviour of
+//! several instances together is in `cluster.rs`.
 
 mod common;
 
@@ -267,4 +269,122 @@ fn metrics_with_a_registry_pass_promtool_check_metrics() {
     }
     assert!(text.contains("\nlb_registry_revision "), "{text}");
     common::promtool_check(&text);
+}
+
+/// The port of the backend that answered a request to `path`.
+fn port_serving(addr: SocketAddr, path: &str) -> u64 {
+    let resp = Conn::open(addr).get(path);
+    assert_eq!(resp.status, 200, "{path}: {}", resp.text());
+    resp.json()["server_info"]["port"].as_u64().unwrap()
+}
+
+/// The ids of a backend list from the API.
+fn ids_at(addr: SocketAddr, path: &str) -> Vec<String> {
+    let resp = request(addr, "GET", path, "");
+    assert_eq!(resp.status, 200, "{path}: {}", resp.text());
+    resp.json().as_array().unwrap().iter().map(|b| b["id"].as_str().unwrap().to_string()).collect()
+}
+
+#[test]
+fn a_named_pools_keys_are_under_its_prefix_and_reach_that_pool_only() {
+    if !common::tools::require(&[&common::tools::ETCD]) {
+        return;
+    }
+    let etcd = Etcd::start();
+    let b: Vec<ChildProcess> = (0..5).map(|_| backend(&[])).collect();
+    let port = |i: usize| u64::from(b[i].addr().port());
+    let value = |i: usize| format!(r#"{{"host": "127.0.0.1", "port": {}}}"#, port(i));
+    let pools = |extra_pool: &str| {
+        format!(
+            r#", "pools": {{"api": {{"backends": [{{"id": "a1", "host": "127.0.0.1", "port": {}}}]}}{extra_pool}}},
+               "routes": [{{"name": "api", "path_prefix": "/api", "pool": "api"}}]"#,
+            port(1)
+        )
+    };
+    let lb = with_registry(&etcd, &[b[0].addr()], &pools(""));
+    let addr = lb.addr;
+    // Each pool seeded under its own keys: the default pool's as before pools.
+    let api_key = |id: &str| format!("{PREFIX}/pools/api/backends/{id}");
+    assert_eq!(etcd.list(&format!("{PREFIX}/backends/")).len(), 1);
+    assert_eq!(etcd.get(&format!("{PREFIX}/numbered")).as_deref(), Some("1"));
+    let seeded: Value = serde_json::from_str(&etcd.get(&api_key("a1")).unwrap()).unwrap();
+    assert_eq!(seeded, serde_json::json!({"host": "127.0.0.1", "port": port(1), "weight": 1, "state": "enabled"}));
+    assert_eq!(etcd.get(&format!("{PREFIX}/pools/api/numbered")).as_deref(), Some("1"));
+
+    // A backend written under the pool's prefix joins that pool alone.
+    etcd.put(&api_key("a2"), &value(2));
+    assert!(wait_until(DEADLINE, || ids_at(addr, "/lb/pools/api/backends") == ["a1", "a2"]), "{}", lb.log());
+    assert_eq!(ids_at(addr, "/lb/backends"), [format!("p{}", port(0))]);
+    // One written under the old keys joins the default pool alone.
+    etcd.put(&format!("{PREFIX}/backends/d2"), &value(3));
+    assert!(wait_until(DEADLINE, || ids_at(addr, "/lb/backends").len() == 2), "{}", lb.log());
+    assert_eq!(ids_at(addr, "/lb/pools/api/backends"), ["a1", "a2"]);
+    // Requests follow: the route's to a1 and a2, the rest to the default pool's two.
+    let (mut api, mut rest) = (Vec::new(), Vec::new());
+    for _ in 0..4 {
+        api.push(port_serving(addr, "/api/x"));
+        rest.push(port_serving(addr, "/other"));
+    }
+    api.sort_unstable();
+    api.dedup();
+    rest.sort_unstable();
+    rest.dedup();
+    let sorted = |mut ports: Vec<u64>| {
+        ports.sort_unstable();
+        ports
+    };
+    assert_eq!((api, rest), (sorted(vec![port(1), port(2)]), sorted(vec![port(0), port(3)])));
+
+    // The API's writes to a named pool go under its prefix, numbered by the pool's own count.
+    let added = request(addr, "POST", "/lb/pools/api/backends/add", &value(4));
+    assert_eq!(added.status, 201, "{}", added.text());
+    assert_eq!(added.header("location"), Some("/lb/pools/api/backends/backend2"));
+    assert!(etcd.get(&api_key("backend2")).is_some());
+    assert_eq!(etcd.get(&format!("{PREFIX}/pools/api/numbered")).as_deref(), Some("2"));
+    assert!(etcd.get(&format!("{PREFIX}/backends/backend2")).is_none(), "nothing under the default pool's keys");
+    let drained = request(addr, "POST", "/lb/pools/api/backends/a1/drain", "");
+    assert_eq!((drained.status, drained.json()["backend"]["draining"].as_bool()), (200, Some(true)));
+    assert_eq!(serde_json::from_str::<Value>(&etcd.get(&api_key("a1")).unwrap()).unwrap()["state"], "draining");
+    let removed = request(addr, "DELETE", "/lb/pools/api/backends/a2/remove", "");
+    assert_eq!(removed.status, 200, "{}", removed.text());
+    assert!(etcd.get(&api_key("a2")).is_none());
+    assert_eq!(ids_at(addr, "/lb/pools/api/backends"), ["a1", "backend2"]);
+    assert_eq!(ids_at(addr, "/lb/backends").len(), 2, "the default pool is untouched");
+
+    // Keys of a pool the configuration does not define are ignored, with one warning; keys
+    // under pools/default are refused (the default pool's are the top level's).
+    etcd.put(&format!("{PREFIX}/pools/ghost/backends/g1"), &value(2));
+    etcd.put(&format!("{PREFIX}/pools/ghost/backends/g2"), &value(3));
+    etcd.put(&format!("{PREFIX}/pools/default/backends/x"), &value(2));
+    let ignored = || health(addr)["registry"]["ignored_pools"].clone();
+    let why = || health(addr)["registry"]["rejected"][format!("{PREFIX}/pools/default/backends/x")].clone();
+    assert!(
+        wait_until(DEADLINE, || ignored() == serde_json::json!(["ghost"]) && why().is_string()),
+        "{}",
+        health(addr)
+    );
+    let why = why().as_str().unwrap().to_string();
+    assert!(why.contains(&format!("the default pool's backends are {PREFIX}/backends/ID")), "{why}");
+    let warning = "keys of pool 'ghost', which the configuration does not define, are ignored";
+    assert!(lb.wait_log(warning, DEADLINE), "{}", lb.log());
+    assert_eq!(lb.log().matches(warning).count(), 1, "logged once: {}", lb.log());
+    assert_eq!(request(addr, "GET", "/lb/pools/ghost", "").status, 404, "no pool is made from the registry");
+    assert_eq!(ids_at(addr, "/lb/backends").len(), 2);
+
+    // A reload that defines the pool reads its keys at once (its configured backend is not
+    // written: the pool's keys were there).
+    lb.write_config(
+        &[b[0].addr()],
+        &format!(
+            r#""registry": "{}"{}"#,
+            etcd.url(PREFIX),
+            pools(&format!(r#", "ghost": {{"backends": [{{"host": "127.0.0.1", "port": {}}}]}}"#, port(4)))
+        ),
+    );
+    let reloaded = request(addr, "POST", "/lb/config/reload", "");
+    assert_eq!(reloaded.status, 200, "{}", reloaded.text());
+    assert_eq!(ids_at(addr, "/lb/pools/ghost/backends"), ["g1", "g2"]);
+    assert_eq!(ignored(), serde_json::json!([]));
+    assert!(etcd.get(&format!("{PREFIX}/pools/ghost/numbered")).is_none(), "not seeded over its keys");
+    assert_eq!(ids_at(addr, "/lb/pools/api/backends"), ["a1", "backend2"], "a kept pool keeps the registry's");
 }

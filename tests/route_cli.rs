@@ -225,6 +225,47 @@ fn check_config_prints_the_tables_warnings_and_still_passes() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("names pool 'nowhere', which is not defined"));
 }
 
+/// The two ways a prefix meant with a segment boundary goes wrong, as nginx users write them:
+/// a regex `/api.*` (nginx's `location /api`, which also takes `/apiv2`) and a prefix `/docs/`
+/// (nginx's `location /docs/`, whose `/docs` nginx redirects and a route does not take).
+#[test]
+fn check_config_says_which_prefixes_were_probably_meant_with_a_boundary() {
+    let config = temp_file(
+        "boundary.json",
+        r#"{"backends": [{"host": "127.0.0.1", "port": 9101}],
+            "pools": {"api": {"backends": [{"host": "127.0.0.1", "port": 9201}]}},
+            "routes": [
+              {"name": "legacy", "path_regex": "/api.*", "pool": "api"},
+              {"name": "docs", "path_prefix": "/docs/", "pool": "default"},
+              {"name": "assets", "path_prefix": "/assets/", "pool": "default"},
+              {"name": "assets-index", "path": "/assets", "redirect": {"status": 301, "path": "/assets/"}},
+              {"name": "v2", "path_regex": "/v2/.*", "pool": "api"}
+            ]}"#,
+    );
+    let output = lb_sync(&["--config", config.to_str().unwrap(), "--check-config"]);
+    assert_eq!(output.status.code(), Some(0), "warnings do not fail the check");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(
+        stderr.lines().collect::<Vec<_>>(),
+        [
+            "warning: route 'legacy': path_regex '/api.*' also takes '/apiv2' (every path that starts with '/api'): \
+             path_prefix \"/api\" takes '/api' and the paths below it only",
+            "warning: route 'docs': path_prefix '/docs/' does not take '/docs' (nginx's location /docs/ redirects it \
+             to '/docs/'; here another route, the default pool or a 404 gets it): path_prefix \"/docs\" takes '/docs', \
+             '/docs/' and below, never '/docsv2'",
+        ],
+        "'assets' says what '/assets' gets; '/v2/.*' has its boundary"
+    );
+    // What the warnings say, the route command shows.
+    let route = |url: &str| {
+        let out = lb_sync(&["route", "--config", config.to_str().unwrap(), "GET", url]);
+        String::from_utf8_lossy(&out.stdout).lines().find_map(|l| l.strip_prefix("route: ").map(String::from))
+    };
+    assert_eq!(route("http://x.example/apiv2/users").as_deref(), Some("legacy"));
+    assert_eq!(route("http://x.example/docs/a").as_deref(), Some("docs"));
+    assert_eq!(route("http://x.example/docs").as_deref(), Some("none: default pool"));
+}
+
 #[test]
 fn a_reload_logs_the_tables_warnings_and_goes_ahead() {
     let backend: std::net::SocketAddr = format!("127.0.0.1:{}", common::unused_port()).parse().unwrap();

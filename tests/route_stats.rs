@@ -114,7 +114,7 @@ fn each_route_counts_its_answers_and_shows_them_in_routes_stats_the_log_and_metr
     assert_eq!((broken["responses"].clone(), broken["failed_requests"].as_u64()), (only("5xx", 1), Some(1)));
     assert_eq!(routes["unmatched"]["responses"], only("2xx", 2));
     assert_eq!(routes["unmatched"]["goes_to"], "pool default");
-    assert_eq!(request(lb.addr, "GET", "/lb/routes/api", "").status, 404, "no sub-path");
+    assert_eq!(request(lb.addr, "GET", "/lb/routes/api/x", "").status, 404, "no sub-path");
 
     // /lb/stats: its fields as before, and the routes by name.
     let stats = get(&lb, "/lb/stats");
@@ -182,4 +182,47 @@ fn without_routes_nothing_route_shaped_shows() {
     assert!(!metrics.contains("lb_route_") && !metrics.contains("lb_unrouted_"), "{metrics}");
     drop(lb);
     drop(children);
+}
+
+/// `GET /lb/routes/{name}`: the route's entry of `/lb/routes` (its precedence, matchers, action
+/// and counts), `404` with a JSON error for a name the table does not have (as
+/// `/lb/backends/{id}`), and gone after a reload that removes it.
+#[test]
+fn one_route_by_name_is_its_entry_of_the_table_and_an_unknown_name_is_404() {
+    let (children, addrs) = backends(2, &[]);
+    let dir = common::unique_dir("route-by-name");
+    let log = dir.join("access.log");
+    let dead = unused_port();
+    let lb = Lb::start(&addrs[..1], &settings(addrs[1], dead, &log, OLD));
+    for _ in 0..2 {
+        assert_eq!(send(lb.addr, "/v1/users", "api.example.com").status, 200);
+    }
+    assert_eq!(send(lb.addr, "/old/x", "t.example").status, 301);
+
+    let table = get(&lb, "/lb/routes");
+    for name in ["api", "private", "broken", "old"] {
+        assert_eq!(get(&lb, &format!("/lb/routes/{name}")), *route(&table, name), "{name}");
+    }
+    let api = get(&lb, "/lb/routes/api");
+    assert_eq!((api["precedence"].as_u64(), api["requests"].as_u64()), (Some(1), Some(2)));
+    assert_eq!(api["responses"], only("2xx", 2));
+    assert_eq!(get(&lb, "/lb/routes/old")["answered_by_balancer"], only("3xx", 1));
+
+    let missing = request(lb.addr, "GET", "/lb/routes/nope", "");
+    assert_eq!(missing.status, 404);
+    assert_eq!(missing.json(), json!({"error": "no route 'nope'"}));
+    let mut conn = Conn::open(lb.addr);
+    conn.send(b"HEAD /lb/routes/api HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    assert_eq!(conn.head_response().status, 200);
+    let post = request(lb.addr, "POST", "/lb/routes/api", "");
+    assert_eq!(post.status, 405, "{}", post.text());
+
+    lb.write_config(&addrs[..1], &settings(addrs[1], dead, &log, MOVED));
+    assert_eq!(request(lb.addr, "POST", "/lb/config/reload", "").status, 200);
+    assert_eq!(request(lb.addr, "GET", "/lb/routes/old", "").status, 404, "removed by the reload");
+    assert_eq!(get(&lb, "/lb/routes/moved")["requests"], 0);
+    assert_eq!(get(&lb, "/lb/routes/api")["requests"], 2, "kept by name");
+    drop(lb);
+    drop(children);
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -237,3 +237,18 @@ fn a_routes_own_rate_limit_and_timeout_apply_to_its_requests_only() {
     assert_eq!(send(lb.addr, "GET", "/slow?delay_ms=1000", "t", "").status, 200);
     assert_eq!(send(lb.addr, "GET", "/quick?delay_ms=10", "t", "").status, 200);
 }
+
+#[test]
+fn a_field_a_route_sets_or_removes_goes_in_its_underscore_spellings_too() {
+    let (_children, addrs) = backends(1, &[]);
+    let settings = r#""underscores_in_headers": true, "routes": [
+        {"name": "tagged", "path_prefix": "/tag", "pool": "default",
+         "request_headers": {"set": {"X-Route": "tagged"}, "remove": ["X-Debug"]}}
+    ]"#;
+    let lb = Lb::start(&addrs, settings);
+    let resp = send(lb.addr, "GET", "/tag/x", "t", "X_Route: forged\r\nX_Debug: 1\r\nX_Other: kept\r\n");
+    let headers = &resp.json()["request"]["headers"];
+    assert_eq!(headers["x-route"], "tagged", "{headers}");
+    assert!(headers.get("x_route").is_none() && headers.get("x_debug").is_none(), "{headers}");
+    assert_eq!(headers["x_other"], "kept", "underscores_in_headers passes the others on: {headers}");
+}

@@ -386,3 +386,153 @@ fn a_config_file_gives_the_backends_and_its_weight_range_is_checked() {
         "lb-sync simulate: backend 127.0.0.1:9001: weight must be 1-1000000, got 0\n"
     );
 }
+
+// ------------------------------------------------------------------------ splits
+
+/// Two pools and a route splitting between them 95/5, as a user writes a canary.
+const SPLIT_CONFIG: &str = r#"{
+  "backends": [],
+  "pools": {
+    "stable": {"backends": [{"host": "127.0.0.1", "port": 9001}, {"host": "127.0.0.1", "port": 9002}]},
+    "canary": {"backends": [{"host": "127.0.0.1", "port": 9003}]}
+  },
+  "routes": [
+    {"name": "checkout", "path_prefix": "/checkout",
+     "split": [{"pool": "stable", "weight": 95}, {"pool": "canary", "weight": 5}]},
+    {"name": "rest", "pool": "stable"}
+  ]
+}"#;
+
+/// Runs `lb-sync simulate --config <SPLIT_CONFIG> ARGS...` (the file in a directory of this
+/// call's own: tests run side by side).
+fn simulate_split_config(args: &[&str]) -> Output {
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("lb-sync-simulate-split-{}-{call}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("split.json");
+    std::fs::write(&path, SPLIT_CONFIG).unwrap();
+    let mut all = vec!["--config", path.to_str().unwrap()];
+    all.extend_from_slice(args);
+    let out = simulate(&all);
+    std::fs::remove_dir_all(&dir).unwrap();
+    out
+}
+
+fn json(out: &Output) -> serde_json::Value {
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("JSON on stdout")
+}
+
+#[test]
+fn a_95_5_split_over_10000_clients_gives_each_pool_its_weight_within_1_percent_and_keeps_every_client() {
+    let out = simulate_split_config(&["--route", "checkout", "--clients", "10000", "--requests", "100000", "--json"]);
+    let report = json(&out);
+    assert_eq!(report["route"], "checkout");
+    let pools = report["pools"].as_array().unwrap();
+    let found: Vec<(&str, f64, f64, f64)> = pools
+        .iter()
+        .map(|p| {
+            let share = |k: &str| p[k].as_f64().unwrap();
+            (p["pool"].as_str().unwrap(), share("expected_share"), share("client_share"), share("request_share"))
+        })
+        .collect();
+    eprintln!("95/5 over 10,000 clients (pool, expected, clients, requests): {found:?}");
+    assert_eq!(found.iter().map(|f| f.0).collect::<Vec<_>>(), ["stable", "canary"]);
+    for (pool, expected, clients, requests) in &found {
+        assert!((clients - expected).abs() <= 0.01, "{pool}: {clients} of the clients, {expected} expected");
+        assert!((requests - expected).abs() <= 0.01, "{pool}: {requests} of the requests, {expected} expected");
+    }
+    let counted: u64 = pools.iter().map(|p| p["clients"].as_u64().unwrap()).sum();
+    assert_eq!(counted, 10_000);
+    // 100,000 requests over 10,000 clients: nearly all of them come back, and none moves.
+    assert!(report["repeat_clients"].as_u64().unwrap() > 9_900, "{}", report["repeat_clients"]);
+    assert_eq!(report["changed_sides"], 0);
+    // The same run in words.
+    let text = simulate_split_config(&["--route", "checkout"]);
+    let text = String::from_utf8(text.stdout).unwrap();
+    assert!(text.starts_with("split stable 95, canary 5 (route 'checkout'): 10000 clients"), "{text}");
+    assert!(text.contains("every client stayed on its side"), "{text}");
+}
+
+#[test]
+fn moving_the_canary_from_5_to_10_percent_moves_5_percent_of_clients_all_from_stable_to_canary() {
+    let out = simulate_split_config(&["--route", "checkout", "--to", "stable=90,canary=10", "--json"]);
+    let change = json(&out)["change"].clone();
+    let moved = change["moved_share"].as_f64().unwrap();
+    eprintln!("5 -> 10 %: {} of 10,000 clients moved ({moved})", change["moved"]);
+    assert!((moved - 0.05).abs() <= 0.01, "{moved} of the clients moved, 0.05 ± 0.01 expected");
+    assert_eq!(change["least_share"].as_f64().unwrap(), 0.05);
+    let moves = change["moves"].as_array().unwrap();
+    assert_eq!(moves.len(), 1, "{moves:?}");
+    assert_eq!((moves[0]["from"].as_str(), moves[0]["to"].as_str()), (Some("stable"), Some("canary")));
+    assert_eq!(moves[0]["clients"], change["moved"]);
+    for pool in change["pools"].as_array().unwrap() {
+        let (expected, got) = (pool["expected_share"].as_f64().unwrap(), pool["client_share"].as_f64().unwrap());
+        assert!((got - expected).abs() <= 0.01, "{pool}");
+    }
+    let text = String::from_utf8(simulate_split_config(&["--route", "checkout", "--to", "stable=90,canary=10"]).stdout)
+        .unwrap();
+    assert!(text.contains("\nto stable 90, canary 10:\n"), "{text}");
+    assert!(text.contains("the new weights need at least 5.0%") && text.contains("  stable -> canary "), "{text}");
+    assert!(!text.contains("another order"), "{text}");
+    // Written in the other order, the shares no longer lie where they lay: far more move, and
+    // the output says why.
+    let swapped = json(&simulate_split_config(&["--route", "checkout", "--to", "canary=10,stable=90", "--json"]));
+    assert!(swapped["change"]["moved_share"].as_f64().unwrap() > 0.1, "{}", swapped["change"]);
+    assert_eq!(swapped["change"]["reordered"], true);
+}
+
+#[test]
+fn a_split_on_the_command_line_is_the_same_split_as_the_routes() {
+    let from_file = json(&simulate_split_config(&["--route", "checkout", "--to", "stable=90,canary=10", "--json"]));
+    let inline = json(&simulate(&["--split", "stable=95,canary=5", "--to", "stable=90,canary=10", "--json"]));
+    assert_eq!(inline["route"], serde_json::Value::Null);
+    assert_eq!(inline["pools"], from_file["pools"]);
+    assert_eq!(inline["change"], from_file["change"]);
+}
+
+#[test]
+fn bad_split_simulations_are_refused_with_one_line() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["--route", "rest"], "--route: route 'rest' sends to pool 'stable', not a split"),
+        (&["--route", "nope"], "--route: FILE has no route 'nope' (routes: checkout, rest)"),
+        (
+            &["--route", "checkout", "--to", "stable=90,canry=10"],
+            "--to: route 'checkout' names pool 'canry', which is not defined (pools: default, canary, stable)",
+        ),
+        (&["--route", "checkout", "--to", "stable=0,canary=0"], "--to: split: every weight is 0"),
+        (&["--route", "checkout", "--to", "stable:90"], "--to: 'stable:90' is not POOL=WEIGHT (as stable=90,canary=10)"),
+        (&["--route", "checkout", "--event", "1:remove:b1"], "--event is for the algorithms; a split's simulation takes --clients, --requests, --zipf, --seed, --to and --json"),
+        (&["--route", "checkout", "--split", "a=1"], "--route and --split go separately"),
+        (&["--split", "a=1"], "--split goes without --config (--route NAME takes a split from the file)"),
+    ];
+    for (args, message) in cases {
+        let out = simulate_split_config(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+        let stderr = stderr.replace(std::env::temp_dir().to_str().unwrap(), "TMP");
+        let stderr = with_file_as_placeholder(&stderr);
+        assert_eq!(stderr, format!("lb-sync simulate: {message}\n"), "{args:?}");
+    }
+    let alone: &[(&[&str], &str)] = &[
+        (&["--route", "checkout"], "--route needs --config FILE, the file the route is in"),
+        (&["--to", "a=1"], "--to goes with --route or --split"),
+        (&["--split", "a=1,a=2"], "--split: split names pool 'a' twice"),
+        (&["--split", "a=1", "--clients", "0"], "--clients must be 1-1000000, got 0"),
+    ];
+    for (args, message) in alone {
+        let out = simulate(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert_eq!(String::from_utf8_lossy(&out.stderr), format!("lb-sync simulate: {message}\n"), "{args:?}");
+    }
+}
+
+/// `TMP/lb-sync-simulate-split-PID-N/split.json` as `FILE`.
+fn with_file_as_placeholder(text: &str) -> String {
+    match (text.find("TMP/"), text.find(".json")) {
+        (Some(start), Some(end)) if start < end => format!("{}FILE{}", &text[..start], &text[end + ".json".len()..]),
+        _ => text.to_string(),
+    }
+}

@@ -247,8 +247,8 @@ fn two_hundred_tunnels_hold_no_worker_while_requests_are_served() {
     assert_eq!(metric(lb.addr, "lb_open_tunnels"), 200.0);
     assert_eq!(metric(lb.addr, "lb_tunnels_total"), 200.0);
     let id = entry["id"].as_str().unwrap().to_string();
-    assert_eq!(metric(lb.addr, &format!("lb_backend_open_tunnels{{backend=\"{id}\"}}")), 200.0);
-    assert_eq!(metric(lb.addr, &format!("lb_backend_tunnels_total{{backend=\"{id}\"}}")), 200.0);
+    assert_eq!(metric(lb.addr, &format!("lb_backend_open_tunnels{{pool=\"default\",backend=\"{id}\"}}")), 200.0);
+    assert_eq!(metric(lb.addr, &format!("lb_backend_tunnels_total{{pool=\"default\",backend=\"{id}\"}}")), 200.0);
     assert_eq!(metric(lb.addr, "lb_in_flight_requests"), 200.0);
     common::promtool_check(&get(lb.addr, "/lb/metrics").text());
     // The 101s are counted as answers (1xx), each once.

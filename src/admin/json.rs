@@ -90,7 +90,7 @@ pub fn backend_json(backend: &Backend) -> Value {
 
 /// One pool in `/lb/pools` and under `pools` in `/lb/stats`: its name, algorithm, whether any
 /// of its backends is usable (`status` `up` or `down`), its backends' count and health, and
-/// what its requests got.
+/// what its requests got (their latency to the response head too).
 pub fn pool_json(pool: &Pool) -> Value {
     let snapshot = pool.table.snapshot();
     let healthy = snapshot.backends.iter().filter(|b| b.is_usable()).count();
@@ -112,6 +112,7 @@ pub fn pool_json(pool: &Pool) -> Value {
         "answered_by_balancer": by_class(&s.local_by_class),
         "in_flight": snapshot.backends.iter().map(|b| b.in_flight()).sum::<usize>(),
         "retries": { "tries": tries.tries, "retries": tries.retries, "denied_by_budget": tries.denied_by_budget },
+        "latency": latency_json(&pool.latency.snapshot()),
     })
 }
 

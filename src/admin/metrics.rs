@@ -1,31 +1,34 @@
 //! `GET /lb/metrics`: the Prometheus text exposition (format 0.0.4), from the same counters as
 //! `/lb/stats` and `/lb/backends`, so the two never disagree.
 //!
-//! Families (every counter ends in `_total`):
+//! Families (every counter ends in `_total`). Every per-backend series names its pool first
+//! (`pool="default"` for the top-level backends): two pools may each have a `backend1`, and
+//! `{backend="backend1"}` alone would name two series. Pool names come from the config file, so
+//! the label set stays bounded.
 //!
 //! | family | labels | what |
 //! |---|---|---|
 //! | `lb_requests_total` | `class` | every answer counted in `/lb/stats` `total_requests`, by status class |
 //! | `lb_balancer_responses_total` | `class` | those the balancer gave itself (refusals, 502/503/504) |
-//! | `lb_backend_responses_total` | `backend`, `class` | answers relayed from each backend |
+//! | `lb_backend_responses_total` | `pool`, `backend`, `class` | answers relayed from each backend |
 //! | `lb_request_duration_seconds` | | time to the response head of the proxy's answers (histogram) |
-//! | `lb_backend_response_duration_seconds` | `backend` | a backend's time to its response head (histogram) |
-//! | `lb_in_flight_requests` | | requests being forwarded now |
+//! | `lb_backend_response_duration_seconds` | `pool`, `backend` | a backend's time to its response head (histogram) |
+//! | `lb_in_flight_requests` | | requests being forwarded now (every pool's) |
 //! | `lb_queue_depth` | | requests waiting for a worker |
 //! | `lb_idle_closed_at_cap_total` | | idle client connections closed to make room for new ones at `max_connections` |
 //! | `lb_open_tunnels`, `lb_tunnels_total` | | tunnels (WebSockets: upgraded connections) open now, and opened since the start |
-//! | `lb_backend_open_tunnels`, `lb_backend_tunnels_total` | `backend` | the same per backend |
-//! | `lb_backend_idle_connections` | `backend` | connections to it kept idle for the next requests |
-//! | `lb_backend_connections_opened_total`, `lb_backend_connections_reused_total` | `backend` | connections opened to it, and requests sent on an idle one taken again |
-//! | `lb_backend_connections_unsolicited_total` | `backend` | connections to it closed because it sent bytes no request asked for |
-//! | `lb_backend_up` | `backend` | 1 unless health checks marked it down |
-//! | `lb_backend_usable` | `backend` | 1 when a pick may choose it (enabled, up, circuit not open) |
-//! | `lb_backend_enabled`, `lb_backend_draining` | `backend` | management state |
-//! | `lb_backend_weight` | `backend` | its weight |
-//! | `lb_backend_in_flight_requests` | `backend` | requests being forwarded to it |
-//! | `lb_backend_circuit_state` | `backend`, `state` | 1 for its breaker's state (closed, open, half_open) |
-//! | `lb_backend_tries_total`, `lb_backend_failed_tries_total` | `backend` | requests sent to it, and those without an answer |
-//! | `lb_backend_client_aborts_total` | `backend` | requests to it whose client broke off a streamed body (neither answered nor failed) |
+//! | `lb_backend_open_tunnels`, `lb_backend_tunnels_total` | `pool`, `backend` | the same per backend |
+//! | `lb_backend_idle_connections` | `pool`, `backend` | connections to it kept idle for the next requests |
+//! | `lb_backend_connections_opened_total`, `lb_backend_connections_reused_total` | `pool`, `backend` | connections opened to it, and requests sent on an idle one taken again |
+//! | `lb_backend_connections_unsolicited_total` | `pool`, `backend` | connections to it closed because it sent bytes no request asked for |
+//! | `lb_backend_up` | `pool`, `backend` | 1 unless health checks marked it down |
+//! | `lb_backend_usable` | `pool`, `backend` | 1 when a pick may choose it (enabled, up, circuit not open) |
+//! | `lb_backend_enabled`, `lb_backend_draining` | `pool`, `backend` | management state |
+//! | `lb_backend_weight` | `pool`, `backend` | its weight |
+//! | `lb_backend_in_flight_requests` | `pool`, `backend` | requests being forwarded to it |
+//! | `lb_backend_circuit_state` | `pool`, `backend`, `state` | 1 for its breaker's state (closed, open, half_open) |
+//! | `lb_backend_tries_total`, `lb_backend_failed_tries_total` | `pool`, `backend` | requests sent to it, and those without an answer |
+//! | `lb_backend_client_aborts_total` | `pool`, `backend` | requests to it whose client broke off a streamed body (neither answered nor failed) |
 //! | `lb_tries_total`, `lb_retries_total`, `lb_retries_denied_total` | | tries, retries, retries the budget refused |
 //! | `lb_failed_tries_total` | `reason` | failed tries by reason |
 //! | `lb_rate_limited_total` | | requests the rate limiter refused with `429` |
@@ -42,12 +45,13 @@
 //! | `lb_registry_reconnects_total`, `lb_registry_write_conflicts_total` | | with a registry: reconnections after a loss; writes retried after losing a race |
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use crate::health::BreakerState;
 use crate::metrics::prometheus::{ExpositionError, TextEncoder, LATENCY_BOUNDS_SECONDS};
 use crate::state::Shared;
 use crate::stats::CLASSES;
-use crate::upstream::Backend;
+use crate::upstream::{Backend, Membership};
 
 /// One per-backend gauge's reading.
 type BackendGauge = fn(&Backend) -> f64;
@@ -71,8 +75,11 @@ pub fn render(shared: &Shared) -> String {
 fn encode(shared: &Shared) -> Result<String, ExpositionError> {
     let stats = shared.stats.snapshot();
     let tries = shared.stats.tries();
-    let snapshot = shared.pools.default_pool().table.snapshot();
-    let backends = &snapshot.backends;
+    let tables: Vec<(&str, Arc<Membership>)> =
+        shared.pools.iter().map(|pool| (pool.name.as_str(), pool.table.snapshot())).collect();
+    // Every pool's backends, each with its pool's name: the per-backend families' series.
+    let backends: Vec<(&str, &Backend)> =
+        tables.iter().flat_map(|(pool, table)| table.backends.iter().map(move |b| (*pool, &**b))).collect();
     let mut e = TextEncoder::new();
 
     let mut family =
@@ -88,9 +95,9 @@ fn encode(shared: &Shared) -> Result<String, ExpositionError> {
         family.sample(&[("class", class)], n as f64)?;
     }
     let mut family = e.counter("lb_backend_responses", "Answers relayed from each backend by status class.")?;
-    for b in backends {
+    for &(pool, b) in &backends {
         for (class, n) in CLASSES.iter().zip(b.answers()) {
-            family.sample(&[("backend", &b.id), ("class", class)], n as f64)?;
+            family.sample(&[("pool", pool), ("backend", &b.id), ("class", class)], n as f64)?;
         }
     }
     e.histogram(
@@ -102,10 +109,10 @@ fn encode(shared: &Shared) -> Result<String, ExpositionError> {
         "lb_backend_response_duration_seconds",
         "Time from sending a request to a backend to its response head.",
     )?;
-    for b in backends {
-        family.histogram(&[("backend", &b.id)], &b.latency().snapshot(), &LATENCY_BOUNDS_SECONDS)?;
+    for &(pool, b) in &backends {
+        family.histogram(&[("pool", pool), ("backend", &b.id)], &b.latency().snapshot(), &LATENCY_BOUNDS_SECONDS)?;
     }
-    let in_flight: usize = backends.iter().map(|b| b.in_flight()).sum();
+    let in_flight: usize = backends.iter().map(|(_, b)| b.in_flight()).sum();
     e.gauge("lb_in_flight_requests", "Requests being forwarded to a backend now.")?.sample(&[], in_flight as f64)?;
     e.gauge("lb_queue_depth", "Requests waiting for a worker.")?
         .sample(&[], shared.ops.queue_depth.load(Ordering::Relaxed) as f64)?;
@@ -117,33 +124,33 @@ fn encode(shared: &Shared) -> Result<String, ExpositionError> {
     e.counter("lb_tunnels", "Tunnels (upgraded connections: WebSockets) opened.")?
         .sample(&[], tunnels.total() as f64)?;
     let mut family = e.gauge("lb_backend_open_tunnels", "Tunnels to each backend open now.")?;
-    for b in backends {
-        family.sample(&[("backend", &b.id)], b.tunnels().active() as f64)?;
+    for &(pool, b) in &backends {
+        family.sample(&[("pool", pool), ("backend", &b.id)], b.tunnels().active() as f64)?;
     }
     let mut family = e.counter("lb_backend_tunnels", "Tunnels opened to each backend.")?;
-    for b in backends {
-        family.sample(&[("backend", &b.id)], b.tunnels().total() as f64)?;
+    for &(pool, b) in &backends {
+        family.sample(&[("pool", pool), ("backend", &b.id)], b.tunnels().total() as f64)?;
     }
     let mut family =
         e.gauge("lb_backend_idle_connections", "Connections to each backend kept idle for later requests.")?;
-    for b in backends {
-        family.sample(&[("backend", &b.id)], b.idle_connections() as f64)?;
+    for &(pool, b) in &backends {
+        family.sample(&[("pool", pool), ("backend", &b.id)], b.idle_connections() as f64)?;
     }
     let mut family = e.counter("lb_backend_connections_opened", "Connections opened to each backend.")?;
-    for b in backends {
-        family.sample(&[("backend", &b.id)], b.connection_counts().opened() as f64)?;
+    for &(pool, b) in &backends {
+        family.sample(&[("pool", pool), ("backend", &b.id)], b.connection_counts().opened() as f64)?;
     }
     let mut family =
         e.counter("lb_backend_connections_reused", "Requests sent to each backend on an idle connection taken again.")?;
-    for b in backends {
-        family.sample(&[("backend", &b.id)], b.connection_counts().reused() as f64)?;
+    for &(pool, b) in &backends {
+        family.sample(&[("pool", pool), ("backend", &b.id)], b.connection_counts().reused() as f64)?;
     }
     let mut family = e.counter(
         "lb_backend_connections_unsolicited",
         "Connections to each backend closed because it sent bytes no request asked for.",
     )?;
-    for b in backends {
-        family.sample(&[("backend", &b.id)], b.connection_counts().unsolicited() as f64)?;
+    for &(pool, b) in &backends {
+        family.sample(&[("pool", pool), ("backend", &b.id)], b.connection_counts().unsolicited() as f64)?;
     }
 
     let gauges: [(&str, &str, BackendGauge); 6] = [
@@ -162,29 +169,32 @@ fn encode(shared: &Shared) -> Result<String, ExpositionError> {
     ];
     for (name, help, value) in gauges {
         let mut family = e.gauge(name, help)?;
-        for b in backends {
-            family.sample(&[("backend", &b.id)], value(b))?;
+        for &(pool, b) in &backends {
+            family.sample(&[("pool", pool), ("backend", &b.id)], value(b))?;
         }
     }
     let mut family = e.gauge("lb_backend_circuit_state", "1 for the state the backend's circuit breaker is in.")?;
-    for b in backends {
+    for &(pool, b) in &backends {
         let state = b.breaker().state();
         for s in [BreakerState::Closed, BreakerState::Open, BreakerState::HalfOpen] {
-            family.sample(&[("backend", &b.id), ("state", s.as_str())], f64::from(u8::from(state == s)))?;
+            family.sample(
+                &[("pool", pool), ("backend", &b.id), ("state", s.as_str())],
+                f64::from(u8::from(state == s)),
+            )?;
         }
     }
     let mut sent = e.counter("lb_backend_tries", "Requests sent to each backend (first tries and retries).")?;
-    for b in backends {
-        sent.sample(&[("backend", &b.id)], b.counts().0 as f64)?;
+    for &(pool, b) in &backends {
+        sent.sample(&[("pool", pool), ("backend", &b.id)], b.counts().0 as f64)?;
     }
     let mut failed = e.counter("lb_backend_failed_tries", "Requests sent to each backend that got no answer.")?;
-    for b in backends {
-        failed.sample(&[("backend", &b.id)], b.counts().1 as f64)?;
+    for &(pool, b) in &backends {
+        failed.sample(&[("pool", pool), ("backend", &b.id)], b.counts().1 as f64)?;
     }
     let mut aborted =
         e.counter("lb_backend_client_aborts", "Requests to each backend whose client broke off its streamed body.")?;
-    for b in backends {
-        aborted.sample(&[("backend", &b.id)], b.client_aborts() as f64)?;
+    for &(pool, b) in &backends {
+        aborted.sample(&[("pool", pool), ("backend", &b.id)], b.client_aborts() as f64)?;
     }
     e.counter("lb_tries", "Requests sent to backends (first tries and retries).")?.sample(&[], tries.tries as f64)?;
     e.counter("lb_retries", "Tries after a request's first.")?.sample(&[], tries.retries as f64)?;
@@ -206,13 +216,13 @@ fn encode(shared: &Shared) -> Result<String, ExpositionError> {
         }
     }
     let mut family = e.gauge("lb_pool_backends", "Backends in each pool.")?;
-    for pool in shared.pools.iter() {
-        family.sample(&[("pool", &pool.name)], pool.table.snapshot().backends.len() as f64)?;
+    for (pool, table) in &tables {
+        family.sample(&[("pool", pool)], table.backends.len() as f64)?;
     }
     let mut family = e.gauge("lb_pool_usable_backends", "Backends of each pool a pick may choose.")?;
-    for pool in shared.pools.iter() {
-        let usable = pool.table.snapshot().backends.iter().filter(|b| b.is_usable()).count();
-        family.sample(&[("pool", &pool.name)], usable as f64)?;
+    for (pool, table) in &tables {
+        let usable = table.backends.iter().filter(|b| b.is_usable()).count();
+        family.sample(&[("pool", pool)], usable as f64)?;
     }
     if !shared.routes.is_empty() {
         routes(&mut e, shared)?;

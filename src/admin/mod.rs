@@ -53,6 +53,7 @@ fn table_error(e: TableError) -> Response {
 
 fn registry_error(e: RegistryError) -> Response {
     match e {
+        RegistryError::UnknownPool(_) => error(404, e.to_string()),
         RegistryError::Refused(e) => table_error(e),
         RegistryError::Corrupt { .. } => error(409, e.to_string()),
         RegistryError::Unavailable(_) | RegistryError::Contended(_) => {
@@ -66,11 +67,11 @@ fn registry_error(e: RegistryError) -> Response {
     }
 }
 
-/// Makes a change to `pool`: in the registry when there is one and the pool is `default` (it
+/// Makes a change to `pool`: in the registry when there is one, under the pool's keys (it
 /// takes effect here, as everywhere, through the watch), else in the pool's table.
 fn write(shared: &Shared, pool: &Pool, change: Change) -> Result<Arc<Backend>, Response> {
-    if let Some(registry) = shared.ops.registry.as_ref().filter(|_| is_default(pool)) {
-        return registry.submit(change).map_err(registry_error);
+    if let Some(registry) = &shared.ops.registry {
+        return registry.submit(&pool.name, change).map_err(registry_error);
     }
     let table = &pool.table;
     match change {
@@ -84,7 +85,7 @@ fn write(shared: &Shared, pool: &Pool, change: Change) -> Result<Arc<Backend>, R
     .map_err(table_error)
 }
 
-/// Whether `pool` is the top-level one, which the state file and the registry keep.
+/// Whether `pool` is the top-level one, whose API paths and log lines name no pool.
 fn is_default(pool: &Pool) -> bool {
     pool.name == DEFAULT_POOL
 }
@@ -92,6 +93,7 @@ fn is_default(pool: &Pool) -> bool {
 /// What a path under the prefix names, and the methods it accepts (its `Allow`).
 enum Resource<'a> {
     Routes,
+    Route(&'a str),
     Pools,
     Pool(&'a str),
     Health,
@@ -115,6 +117,7 @@ impl<'a> Resource<'a> {
     fn of(segments: &[&'a str]) -> Option<(Option<&'a str>, Resource<'a>)> {
         match *segments {
             ["routes"] => Some((None, Resource::Routes)),
+            ["routes", name] => Some((None, Resource::Route(name))),
             ["pools"] => Some((None, Resource::Pools)),
             ["pools", pool] => Some((None, Resource::Pool(pool))),
             ["pools", pool, ref rest @ ..] if rest.first() == Some(&"backends") => {
@@ -203,7 +206,10 @@ pub fn handle(shared: &Shared, mut request: Request, path: &str) -> Response {
             Err(why) => error(400, format!("reload refused, the running configuration stays: {why}")),
         },
         Resource::History => match history::asked(request.query()) {
-            Ok(asked) => Response::json(200, &history::history_json(&shared.ops.history, asked)),
+            Ok(asked) => match history::history_json(&shared.ops.history, &asked, |p| shared.pools.get(p).is_some()) {
+                Some(body) => Response::json(200, &body),
+                None => error(404, format!("no pool '{}'", asked.pool.unwrap_or_default())),
+            },
             Err(message) => error(400, message),
         },
         Resource::Dashboard => Response::new(200)
@@ -216,6 +222,10 @@ pub fn handle(shared: &Shared, mut request: Request, path: &str) -> Response {
             .with_header("Cache-Control", "max-age=3600")
             .with_body(body),
         Resource::Routes => Response::json(200, &routes::routes_json(shared)),
+        Resource::Route(name) => match routes::route_by_name_json(shared, name) {
+            Some(route) => Response::json(200, &route),
+            None => error(404, format!("no route '{name}'")),
+        },
         Resource::Pools => Response::json(200, &Value::Array(shared.pools.iter().map(json::pool_json).collect())),
         Resource::Pool(name) => match shared.pools.get(name) {
             Some(pool) => Response::json(200, &json::pool_json(pool)),
@@ -261,16 +271,15 @@ pub fn handle(shared: &Shared, mut request: Request, path: &str) -> Response {
     }
 }
 
-/// A change was made: log it, write the state file (the default pool's), answer with the
-/// backend.
+/// A change was made: log it, write the state file (every pool's), answer with the backend.
 fn changed(shared: &Shared, pool: &Pool, status: u16, message: &str, backend: &Backend) -> Response {
     if is_default(pool) {
         log::info!("{message}");
     } else {
         log::info!("pool {}: {message}", pool.name);
     }
-    if let Some(file) = shared.ops.state_file.as_ref().filter(|_| is_default(pool)) {
-        if let Err(e) = file.save(&pool.table) {
+    if let Some(file) = &shared.ops.state_file {
+        if let Err(e) = file.save(shared.pools.iter().map(|p| (p.name.as_str(), &*p.table))) {
             log::error!("cannot write state file {}: {e}", file.path().display());
             return error(
                 500,

@@ -1,7 +1,7 @@
 //! `GET /lb/routes`: the route table in force, in precedence order (the order a lookup tries
 //! the routes, by [`Rank`]), each with its matchers and action as written in the config and
-//! what its requests got; and the requests no route took. `/lb/stats`'s `routes` section is
-//! the counters alone.
+//! what its requests got; and the requests no route took. `GET /lb/routes/{name}`: one route's
+//! entry. `/lb/stats`'s `routes` section is the counters alone.
 
 use std::cmp::Reverse;
 
@@ -112,6 +112,14 @@ pub fn routes_json(shared: &Shared) -> Value {
         "routes": routes.iter().enumerate().map(|(i, route)| route_json(shared, route, i + 1)).collect::<Vec<_>>(),
         "unmatched": unmatched,
     })
+}
+
+/// The body of `GET /lb/routes/{name}`: the route's entry of `/lb/routes`, precedence
+/// included; `None` when no route has that name.
+pub fn route_by_name_json(shared: &Shared, name: &str) -> Option<Value> {
+    let routes = in_precedence_order(shared.routes.routes());
+    let (i, route) = routes.iter().enumerate().find(|(_, route)| route.name == name)?;
+    Some(route_json(shared, route, i + 1))
 }
 
 /// `/lb/stats`'s `routes` section: each route's counters by name (`None` without routes).

@@ -53,7 +53,8 @@ pub fn check_config(config: &Config) -> Result<String, String> {
 
 /// What a configuration that loads may still do wrong, one line each, for `--check-config` and
 /// reload to say (they do not refuse it): the route table's warnings (routes that can never
-/// match, regexes anchored by hand, things named twice), then each named pool no route names
+/// match, regexes anchored by hand, prefixes probably meant with a segment boundary, things
+/// named twice), then each named pool no route names
 /// when there are routes (no request reaches it). A route naming an undefined pool is an
 /// error, not a warning ([`Config::validate`]).
 ///

@@ -14,7 +14,7 @@ use crate::upstream::{
 };
 
 use super::generation::{
-    backend_list, backend_policy, build_shared, changed_keys, health_config, tls_certificates, tuning,
+    backend_list, backend_policy, build_shared, changed_keys, health_config, registry_pools, tls_certificates, tuning,
 };
 
 /// Where a reload reads its configuration: the config file and the command line, read again.
@@ -183,9 +183,9 @@ impl Control {
             config.tls.key.clone_from(&old.tls.key);
             config.tls.sni_certificates.clone_from(&old.tls.sni_certificates);
         }
-        // With a state file the management API owns the backend list (nginx Plus forbids
-        // servers in the file with `state`), with a registry the registry does: a reload keeps
-        // the table's and applies the rest.
+        // With a state file the management API owns every pool's backend list (nginx Plus
+        // forbids servers in the file with `state`), with a registry the registry does: a
+        // reload keeps each kept pool's table and applies the rest.
         let keeper = match (&old.operations.state_file, &old.operations.registry) {
             (Some(_), _) => Some("the state file"),
             (None, Some(_)) => Some("the registry"),
@@ -202,6 +202,19 @@ impl Control {
         } else {
             Some(backend_list(&config))
         };
+        if keeper.is_some() {
+            // A kept named pool's list is its table's too; a new pool starts from the file.
+            for (name, pool) in &mut config.pools {
+                let Some(kept) = running.pools.get(name) else { continue };
+                let running: Vec<_> =
+                    kept.table.snapshot().backends.iter().map(|b| (b.id.clone(), b.config())).collect();
+                let listed = backend_list(&Config { backends: pool.backends.clone(), ..Config::default() });
+                if running != listed {
+                    restart_only.push(format!("pool {name}: backends ({} keeps them)", keeper.unwrap_or_default()));
+                }
+                pool.backends = running.into_iter().map(|(_, b)| b).collect();
+            }
+        }
         let settings = changed_keys(old, &config);
         // Read again whatever their names: a renewed certificate keeps its file name.
         let certificates = tls_certificates(&config)?;
@@ -240,7 +253,14 @@ impl Control {
             None => table.reapply(algorithm, policy),
         };
         // From here on nothing fails (a kept pool's backends resolved a moment ago).
-        let pools = self.reconcile_pools(&running, &shared, &settings);
+        let pools = self.reconcile_pools(&running, &shared, &settings, keeper.is_some());
+        if let Some(registry) = &shared.ops.registry {
+            // Before the pools are in force: a new pool's table is what the registry says (or
+            // seeded) by the time a request reaches it.
+            let configs: Vec<_> = shared.pools.iter().map(|p| (p.name.clone(), p.config.clone())).collect();
+            let tables: Vec<_> = shared.pools.iter().map(|p| (p.name.clone(), Arc::clone(&p.table))).collect();
+            registry.set_pools(registry_pools(&configs, &tables));
+        }
         let running_forwarders: Vec<_> = running.pools.iter().map(|p| Arc::clone(&p.forwarder)).collect();
         {
             let mut forwarders = lock(&self.forwarders);
@@ -272,17 +292,29 @@ impl Control {
         Ok(ReloadReport { backends, settings, restart_only, pools })
     }
 
-    /// Makes each kept named pool's table what the new configuration says, and reports what
-    /// changed in the named pools.
-    fn reconcile_pools(&self, running: &Shared, next: &Shared, top_settings: &[String]) -> PoolChanges {
+    /// Makes each kept named pool's table what the new configuration says (`kept_lists`: a
+    /// state file or a registry keeps its backends, and only the algorithm and policies apply),
+    /// and reports what changed in the named pools.
+    fn reconcile_pools(
+        &self,
+        running: &Shared,
+        next: &Shared,
+        top_settings: &[String],
+        kept_lists: bool,
+    ) -> PoolChanges {
         let mut changes = PoolChanges::default();
         for pool in next.pools.iter().skip(1) {
             let Some(kept) = running.pools.get(&pool.name) else {
                 changes.added.push(pool.name.clone());
                 continue;
             };
-            let wanted = backend_list(&pool.config);
-            match pool.table.reconcile(pool.config.pool.algorithm, &wanted, backend_policy(&pool.config)) {
+            let (algorithm, policy) = (pool.config.pool.algorithm, backend_policy(&pool.config));
+            let reconciled = if kept_lists {
+                Ok(pool.table.reapply(algorithm, policy))
+            } else {
+                pool.table.reconcile(algorithm, &backend_list(&pool.config), policy)
+            };
+            match reconciled {
                 Ok(reconciled) if reconciled.is_empty() => {}
                 Ok(reconciled) => changes.backends.push((pool.name.clone(), reconciled)),
                 // Resolved a moment ago, refused now: its name changed address in between.

@@ -8,8 +8,10 @@ use std::time::{Duration, Instant};
 
 use crate::config::{BackendConfig, Config, ConfigError};
 use crate::health::BreakerConfig;
+use crate::metrics::Histogram;
 use crate::ops::Operations;
 use crate::pools::{Pool, Pools};
+use crate::registry::RegistryPool;
 use crate::route_policy::RoutePolicies;
 use crate::route_stats::RouteCounters;
 use crate::routing::RouteTable;
@@ -74,6 +76,22 @@ pub(crate) fn backend_policy(config: &Config) -> BackendPolicy {
 /// The backends as (id, config), in order.
 pub(crate) fn backend_list(config: &Config) -> Vec<(String, BackendConfig)> {
     config.backend_ids().into_iter().zip(config.backends.iter().cloned()).collect()
+}
+
+/// What the registry keeps of each pool: its table, and its configured backends to seed it with.
+pub(crate) fn registry_pools(
+    pool_configs: &[(String, Config)],
+    tables: &[(String, Arc<BackendTable>)],
+) -> Vec<RegistryPool> {
+    pool_configs
+        .iter()
+        .zip(tables)
+        .map(|((name, config), (_, table))| RegistryPool {
+            name: name.clone(),
+            table: Arc::clone(table),
+            seed: backend_list(config),
+        })
+        .collect()
 }
 
 /// The front end's reloadable settings.
@@ -177,6 +195,7 @@ fn build_pool(
         name,
         sticky: config.sticky_sessions(),
         stats: before.map_or_else(|| Arc::new(Stats::default()), |p| Arc::clone(&p.stats)),
+        latency: before.map_or_else(|| Arc::new(Histogram::new()), |p| Arc::clone(&p.latency)),
         config,
         table,
         forwarder,

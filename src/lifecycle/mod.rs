@@ -19,8 +19,9 @@
 //! | `tls_cert`, `tls_key`, `tls_sni_certificates` (the files are read again on every reload, so a renewed certificate is picked up; one that fails to load refuses the reload), `tls_handshake_timeout` | the next TLS handshake (connections already up keep theirs) |
 //! | `host`, `port`, `threads`, `client_body_temp_path`, `admin_listen`, `access_log*`, `log_file`, `state_file`, `registry`, `tls_port` | at the next restart: a reload keeps the running value and logs that it did |
 //!
-//! With a `state_file` the management API owns the backend list, with a `registry` the registry
-//! does: a reload keeps it.
+//! With a `state_file` the management API owns every pool's backend list, with a `registry` the
+//! registry does: a reload keeps each kept pool's (a pool it adds starts from the file, or from
+//! the registry's keys).
 
 mod check;
 mod control;
@@ -30,4 +31,6 @@ pub mod signals;
 pub use check::{check_config, config_warnings};
 pub use control::{Control, ReloadReport};
 pub use generation::RESTART_ONLY;
-pub(crate) use generation::{backend_list, backend_policy, build_shared, health_config, tls_certificates, tuning};
+pub(crate) use generation::{
+    backend_list, backend_policy, build_shared, health_config, registry_pools, tls_certificates, tuning,
+};

@@ -10,7 +10,7 @@ mod state_file;
 /// Where the state file's `state` values come from (the registry writes the same ones).
 pub use crate::upstream::BackendState;
 pub use access::{refusal_line, AccessLog, PendingAccess};
-pub use state_file::{SavedBackend, SavedState, StateFile, StateFileError};
+pub use state_file::{SavedBackend, SavedPool, SavedState, StateFile, StateFileError};
 
 use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::Arc;

@@ -3,7 +3,13 @@
 //! fsynced, renamed over the old one (and the directory fsynced), so a crash leaves the old file
 //! or the new one, never half of one. A file that cannot be read back is an error at start,
 //! never silently replaced.
+//!
+//! Every pool's table is kept, by pool: the default pool's at the top level, as before pools
+//! (a file without `pools` is read as the default pool's alone), the named pools' under
+//! `pools`. A pool in the file that the configuration no longer has is skipped at start, with
+//! a warning, and is gone from the file at the next change.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -12,11 +18,15 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{is_valid_id, BackendConfig, Scheme};
+use crate::config::{is_valid_id, is_valid_pool_name, BackendConfig, Scheme, DEFAULT_POOL};
 use crate::upstream::{BackendState, BackendTable};
 
-/// The format's version, the first key of the file.
+/// The format's version, the first key of the file: 1 holds the default pool alone (every file
+/// before pools, and every file written without named pools, so an older lb-sync reads it);
+/// 2 adds `pools`, which an older lb-sync refuses by its version rather than misread.
 const VERSION: u32 = 1;
+/// The version of a file with named pools.
+const VERSION_WITH_POOLS: u32 = 2;
 
 /// One backend in the file.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -37,24 +47,48 @@ pub struct SavedBackend {
     pub state: BackendState,
 }
 
-/// The whole file.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// One pool's table in the file.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct SavedState {
-    /// Format version (1).
-    pub version: u32,
+pub struct SavedPool {
     /// Backends numbered so far (`backend<N>`), so a restart never reuses an id.
     pub numbered: usize,
     /// The backends, in table order.
     pub backends: Vec<SavedBackend>,
 }
 
-impl SavedState {
+/// The whole file: the default pool's table at the top level (where it was before pools), the
+/// named pools' under `pools`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SavedState {
+    /// Format version (1, or 2 with named pools).
+    pub version: u32,
+    /// The default pool's backends numbered so far.
+    pub numbered: usize,
+    /// The default pool's backends, in table order.
+    pub backends: Vec<SavedBackend>,
+    /// Each named pool's table, by name (none in a version 1 file).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub pools: BTreeMap<String, SavedPool>,
+}
+
+impl SavedPool {
     /// The table as it is now.
-    pub fn of(table: &BackendTable) -> SavedState {
+    ///
+    /// ```
+    /// use lb_sync::config::BackendConfig;
+    /// use lb_sync::ops::SavedPool;
+    /// use lb_sync::upstream::BackendTable;
+    /// let backends = [("a".to_string(), BackendConfig::new("127.0.0.1", 9001, 2))];
+    /// let table = BackendTable::new("round_robin".parse().unwrap(), &backends, Default::default()).unwrap();
+    /// table.drain("a").unwrap();
+    /// let saved = SavedPool::of(&table);
+    /// assert_eq!((saved.backends[0].weight, saved.backends[0].state.as_str()), (2, "draining"));
+    /// ```
+    pub fn of(table: &BackendTable) -> SavedPool {
         let snapshot = table.snapshot();
-        SavedState {
-            version: VERSION,
+        SavedPool {
             numbered: table.numbered(),
             backends: snapshot
                 .backends
@@ -101,9 +135,6 @@ impl SavedState {
     }
 
     fn check(&self) -> Result<(), String> {
-        if self.version != VERSION {
-            return Err(format!("version {} (this lb-sync reads version {VERSION})", self.version));
-        }
         let mut ids: Vec<&str> = Vec::new();
         for b in &self.backends {
             if !is_valid_id(&b.id) {
@@ -116,6 +147,49 @@ impl SavedState {
                 return Err(format!("backend '{}': host, port 1-65535 and weight >= 1 are required", b.id));
             }
             ids.push(&b.id);
+        }
+        Ok(())
+    }
+}
+
+impl SavedState {
+    /// The tables as they are now, each pool's by name (`default`'s at the top level).
+    pub fn of<'a>(tables: impl IntoIterator<Item = (&'a str, &'a BackendTable)>) -> SavedState {
+        let mut default = SavedPool::default();
+        let mut pools = BTreeMap::new();
+        for (name, table) in tables {
+            if name == DEFAULT_POOL {
+                default = SavedPool::of(table);
+            } else {
+                pools.insert(name.to_string(), SavedPool::of(table));
+            }
+        }
+        let version = if pools.is_empty() { VERSION } else { VERSION_WITH_POOLS };
+        SavedState { version, numbered: default.numbered, backends: default.backends, pools }
+    }
+
+    /// Pool `name`'s saved table, if the file has one (`default`'s is the top level's, which
+    /// every file has).
+    pub fn pool(&self, name: &str) -> Option<SavedPool> {
+        if name == DEFAULT_POOL {
+            return Some(SavedPool { numbered: self.numbered, backends: self.backends.clone() });
+        }
+        self.pools.get(name).cloned()
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if self.version != VERSION && self.version != VERSION_WITH_POOLS {
+            return Err(format!(
+                "version {} (this lb-sync reads versions {VERSION} and {VERSION_WITH_POOLS})",
+                self.version
+            ));
+        }
+        SavedPool { numbered: self.numbered, backends: self.backends.clone() }.check()?;
+        for (name, pool) in &self.pools {
+            if !is_valid_pool_name(name) {
+                return Err(format!("pool name '{name}' is not allowed"));
+            }
+            pool.check().map_err(|why| format!("pool '{name}': {why}"))?;
         }
         Ok(())
     }
@@ -186,11 +260,12 @@ impl StateFile {
         Ok(Some(state))
     }
 
-    /// Writes the table as it is now. Changes are serialized, and each write reads the table
-    /// after taking the lock, so the file always ends with the latest state.
-    pub fn save(&self, table: &BackendTable) -> io::Result<()> {
+    /// Writes every pool's table as it is now (`tables`: each pool's name and table; a pool
+    /// no longer configured is no longer written). Changes are serialized, and each write
+    /// reads the tables after taking the lock, so the file always ends with the latest state.
+    pub fn save<'a>(&self, tables: impl IntoIterator<Item = (&'a str, &'a BackendTable)>) -> io::Result<()> {
         let _one_at_a_time = self.writing.lock().unwrap_or_else(|e| e.into_inner());
-        let mut text = serde_json::to_vec_pretty(&SavedState::of(table)).map_err(io::Error::other)?;
+        let mut text = serde_json::to_vec_pretty(&SavedState::of(tables)).map_err(io::Error::other)?;
         text.push(b'\n');
         write_atomically(&self.path, &text)
     }
@@ -241,13 +316,15 @@ mod tests {
         table.drain("b").unwrap();
         table.set_weight("b", 7).unwrap();
         let added = table.add(&BackendConfig::new("127.0.0.1", 9003, 3)).unwrap();
-        file.save(&table).unwrap();
+        file.save([(DEFAULT_POOL, &table)]).unwrap();
         let saved = file.load().unwrap().unwrap();
-        assert_eq!(saved, SavedState::of(&table));
+        assert_eq!(saved, SavedState::of([(DEFAULT_POOL, &table)]));
+        assert_eq!(saved.version, 1, "no named pool: the format older lb-syncs read");
+        let default = saved.pool(DEFAULT_POOL).unwrap();
         let restored =
-            BackendTable::new(AlgorithmKind::RoundRobin, &saved.backend_configs(), Default::default()).unwrap();
-        saved.apply_states(&restored);
-        assert_eq!(SavedState::of(&restored), saved);
+            BackendTable::new(AlgorithmKind::RoundRobin, &default.backend_configs(), Default::default()).unwrap();
+        default.apply_states(&restored);
+        assert_eq!(SavedState::of([(DEFAULT_POOL, &restored)]), saved);
         assert_eq!(restored.add(&BackendConfig::new("127.0.0.1", 9004, 1)).unwrap().id, "backend4");
         assert_eq!(added.id, "backend3");
         fs::remove_file(&path).unwrap();
@@ -260,6 +337,39 @@ mod tests {
         let error = StateFile::new(&path).load().unwrap_err().to_string();
         assert!(error.contains("is corrupt") && error.contains(&path.display().to_string()), "{error}");
         assert_eq!(fs::read_to_string(&path).unwrap(), "{\"version\": 1, \"backends\": [");
+        fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn each_pool_is_saved_and_read_back_by_name() {
+        let path = std::env::temp_dir().join(format!("lb-sync-state-pools-{}.json", std::process::id()));
+        let file = StateFile::new(&path);
+        let (default, api) = (table(), table());
+        api.drain("b").unwrap();
+        api.add(&BackendConfig::new("127.0.0.1", 9003, 1)).unwrap();
+        file.save([(DEFAULT_POOL, &default), ("api", &api)]).unwrap();
+        let saved = file.load().unwrap().unwrap();
+        assert_eq!(saved.version, 2);
+        assert_eq!(saved.pool("api").unwrap(), SavedPool::of(&api));
+        assert_eq!(saved.pool(DEFAULT_POOL).unwrap(), SavedPool::of(&default));
+        assert!(saved.pool("web").is_none());
+        let text = fs::read_to_string(&path).unwrap();
+        assert!(text.contains("\"pools\": {\n    \"api\": {"), "{text}");
+        for (bad, why) in [
+            (r#"{"version": 3, "numbered": 0, "backends": []}"#, "version 3"),
+            (
+                r#"{"version": 2, "numbered": 0, "backends": [], "pools": {"a b": {"numbered": 0, "backends": []}}}"#,
+                "pool name 'a b'",
+            ),
+            (
+                r#"{"version": 2, "numbered": 0, "backends": [], "pools": {"api": {"numbered": 0, "backends": [{"id": "x", "host": "h", "port": 0, "weight": 1, "state": "enabled"}]}}}"#,
+                "pool 'api': backend 'x': host, port",
+            ),
+        ] {
+            fs::write(&path, bad).unwrap();
+            let error = file.load().unwrap_err().to_string();
+            assert!(error.contains(why), "{bad}: {error}");
+        }
         fs::remove_file(&path).unwrap();
     }
 }

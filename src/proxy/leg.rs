@@ -12,7 +12,7 @@ use crate::pools::Pool;
 use crate::route_policy::RoutePolicy;
 use crate::route_stats::RouteStats;
 use crate::routing::{HeaderEdits, Rewrite, Route};
-use crate::server::{Header, Response};
+use crate::server::{field, Header, Response};
 use crate::traffic::RateLimiter;
 use crate::upstream::Forwarder;
 
@@ -93,12 +93,14 @@ impl<'a> Leg<'a> {
         Cow::Owned(format!("{}{query}", rewrite.apply(path)))
     }
 
-    /// Applies `request_headers` to the fields going upstream.
+    /// Applies `request_headers` to the fields going upstream. A field removed or set goes in
+    /// its underscore spellings too (passed on under `underscores_in_headers`): a CGI/WSGI
+    /// backend would read `X_Route` as the `X-Route` the route set.
     pub(super) fn edit_request(&self, headers: &mut Vec<(&'a str, Cow<'a, [u8]>)>) {
         let Some(edits) = self.request_headers else { return };
-        headers.retain(|(name, _)| !edits.removes(name));
+        headers.retain(|(name, _)| !edits.remove.iter().any(|removed| field::same_for_cgi(name, removed)));
         for (name, value) in &edits.set {
-            headers.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+            headers.retain(|(n, _)| !field::same_for_cgi(n, name));
             headers.push((name.as_str(), Cow::Borrowed(value.as_bytes())));
         }
         for (name, value) in &edits.add {
@@ -168,6 +170,23 @@ mod tests {
         assert_eq!(leg.upstream_target("/api/users?id=1"), "/users?id=1");
         assert_eq!(leg.upstream_target("/api"), "/");
         assert_eq!(Leg::default().upstream_target("/api/x?y"), "/api/x?y");
+    }
+
+    #[test]
+    fn a_set_or_removed_field_goes_in_its_underscore_spellings_too() {
+        let edits = HeaderEdits {
+            set: [("X-Route".to_string(), "tagged".to_string())].into(),
+            add: Default::default(),
+            remove: vec!["X-Debug".into()],
+        };
+        let leg = Leg { request_headers: Some(&edits), ..Leg::default() };
+        let mut headers: Vec<(&str, Cow<[u8]>)> = ["X_Route", "x-route", "X_DEBUG", "X-Debug", "X_Other"]
+            .into_iter()
+            .map(|name| (name, Cow::Borrowed(&b"client"[..])))
+            .collect();
+        leg.edit_request(&mut headers);
+        let left: Vec<(&str, &[u8])> = headers.iter().map(|(n, v)| (*n, &v[..])).collect();
+        assert_eq!(left, [("X_Other", &b"client"[..]), ("X-Route", &b"tagged"[..])]);
     }
 
     #[test]

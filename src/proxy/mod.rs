@@ -434,6 +434,7 @@ fn settle_failure(
 fn account(shared: &Shared, pool: &Pool, started: Instant, from_backend: bool, response: &Response, leg: Leg<'_>) {
     let took = started.elapsed();
     shared.ops.latency.record(took);
+    pool.latency.record(took);
     leg.account(response.status, from_backend, took);
     for stats in [&shared.stats, &pool.stats] {
         if from_backend {

@@ -8,7 +8,7 @@
 use crate::client_ip::{canonical, request_client};
 use crate::ops::PendingAccess;
 use crate::pools::Pool;
-use crate::routing::{canonical_host, split_pool, Action, Redirect, RequestView, Route};
+use crate::routing::{canonical_host, client_key, split_pool, Action, Redirect, RequestView, Route};
 use crate::server::field::{sole, Sole};
 use crate::server::{Request, Response};
 use crate::state::Shared;
@@ -52,7 +52,7 @@ pub fn serve(shared: &Shared, request: Request) -> Response {
                 request.headers(),
                 &shared.config.listener.trusted_proxies,
             );
-            let key = client.to_string();
+            let key = client_key(client);
             let usable = |name: &str| {
                 shared.pools.get(name).is_some_and(|p| p.table.snapshot().backends.iter().any(|b| b.is_usable()))
             };

@@ -1,18 +1,25 @@
 //! Several lb-sync instances that behave as one, through etcd (`--registry
-//! etcd://HOST:PORT/PREFIX`): the backends, their weights and their enabled / draining state
-//! live under the prefix ([`intent`] has the layout), so every instance routes over the same
+//! etcd://HOST:PORT/PREFIX`): every pool's backends, their weights and their enabled / draining
+//! state live under the prefix ([`intent`] has the layout: the `default` pool's keys as before
+//! pools, each named pool's under `PREFIX/pools/POOL/`), so every instance routes over the same
 //! membership, and ip_hash and the sticky cookie, which depend on nothing else, give the same
 //! backend on every instance. Health stays each instance's own.
 //!
 //! How a change travels:
-//! - **Start**: the prefix is read; an empty (never seeded) one gets this instance's configured
-//!   backends, in one transaction that only the first of several instances starting together
-//!   wins. The table is what etcd says before the listener opens. An etcd that cannot be
-//!   reached leaves the configured backends in place, reported `disconnected`, until it can.
-//! - **Following**: one watcher thread keeps a watch on the backends' keys (etcd's JSON gateway
+//! - **Start**: the prefix is read; a pool with no keys (never seeded) gets this instance's
+//!   configured backends for it, in one transaction that only the first of several instances
+//!   starting together wins. The tables are what etcd says before the listener opens. An etcd
+//!   that cannot be reached leaves the configured backends in place, reported `disconnected`,
+//!   until it can.
+//! - **Following**: one watcher thread keeps a watch on the whole prefix (etcd's JSON gateway
 //!   streams it, one JSON message a line) from the revision after the last one applied, and
-//!   applies each change to the table with [`BackendTable::put`] / [`BackendTable::remove`].
-//! - **Writing**: a management API change ([`Change`]) is written to etcd, never to the table:
+//!   applies each change to its pool's table with [`BackendTable::apply`].
+//! - **Pools the configuration does not define**: their keys are ignored, with one warning per
+//!   pool (and `ignored_pools` in the status): a pool is never made from the registry, since
+//!   its settings and routes come from the configuration. A reload that defines it reads its
+//!   keys then ([`Registry::set_pools`]).
+//! - **Writing**: a management API change ([`Change`]) to a pool is written to etcd under the
+//!   pool's keys, never to the table:
 //!   read, check as the table would (unknown id, duplicate id or address), then a transaction
 //!   that holds only if what was read is unchanged (mod revisions); a lost race reads again and
 //!   retries, so two instances writing at once both land. The API answers once the watch has
@@ -31,9 +38,9 @@ mod intent;
 mod watcher;
 mod write;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -46,7 +53,7 @@ use crate::upstream::BackendTable;
 use etcd::Etcd;
 
 pub use etcd::EtcdError;
-pub use intent::{Intent, Layout};
+pub use intent::{Intent, Key, Layout};
 pub use write::{Change, RegistryError};
 
 /// How long a management API write waits for its change to come back through the watch and be
@@ -66,6 +73,8 @@ struct Connection {
     since: f64,
     /// Keys whose values were refused, with why.
     rejected: BTreeMap<String, String>,
+    /// Pools the registry has keys for that the configuration does not define.
+    ignored_pools: BTreeSet<String>,
 }
 
 /// What `/lb/health`, `/lb/stats` and `/lb/metrics` say of the registry.
@@ -83,6 +92,9 @@ pub struct RegistryStatus {
     pub revision: i64,
     /// Keys whose values are refused, with why (the backend keeps its last good state).
     pub rejected: BTreeMap<String, String>,
+    /// Pools the registry has keys for that the configuration does not define: their keys are
+    /// ignored (a pool is never made from the registry).
+    pub ignored_pools: Vec<String>,
     /// Reconnections after a loss.
     pub reconnects: u64,
     /// Writes that lost a race to another writer and were retried on a fresh read.
@@ -96,15 +108,32 @@ impl RegistryStatus {
     }
 }
 
+/// One pool as the registry keeps it: its name, the table its keys are applied to, and its
+/// configured backends, written when its keys were never seeded.
+#[derive(Clone)]
+pub struct RegistryPool {
+    /// The pool's name (`default` for the top level).
+    pub name: String,
+    /// Its table.
+    pub table: Arc<BackendTable>,
+    /// Its configured backends.
+    pub seed: Vec<(String, BackendConfig)>,
+}
+
 /// An instance's link to the shared registry: the etcd client, the watcher thread, the
-/// writes of the management API. Lives as long as the balancer (a reload does not change it).
+/// writes of the management API. Lives as long as the balancer (a reload changes only which
+/// pools it keeps: [`Registry::set_pools`]).
 pub struct Registry {
     url: RegistryUrl,
     layout: Layout,
     etcd: Etcd,
-    table: Arc<BackendTable>,
-    /// This instance's configured backends, written when the prefix was never seeded.
-    seed: Vec<(String, BackendConfig)>,
+    /// The pools in force, `default` first.
+    pools: Mutex<Vec<RegistryPool>>,
+    /// Held while a read or a watch message is applied, so that a whole read made for a reload
+    /// and the watcher's messages apply one at a time, in revision order.
+    applying: Mutex<()>,
+    /// A whole read is owed (a reload's own could not be made): the watcher makes it.
+    resync: AtomicBool,
     connection: Mutex<Connection>,
     /// The revision applied to the table so far; waiters are woken as it grows.
     applied: Mutex<i64>,
@@ -127,21 +156,19 @@ fn unix_now() -> f64 {
 }
 
 impl Registry {
-    /// Connects to the registry at `url`, seeds it with `seed` (the configured backends) if it
-    /// was never seeded, makes `table` what it says, and starts following it. When etcd cannot
-    /// be reached the table is left as it is and the watcher keeps trying: the balancer starts
-    /// either way (`Err` only when the thread cannot be started).
-    pub fn start(
-        url: &RegistryUrl,
-        table: Arc<BackendTable>,
-        seed: Vec<(String, BackendConfig)>,
-    ) -> io::Result<Arc<Registry>> {
+    /// Connects to the registry at `url`, seeds each pool of `pools` that was never seeded with
+    /// its configured backends, makes each pool's table what the registry says, and starts
+    /// following it. When etcd cannot be reached the tables are left as they are and the
+    /// watcher keeps trying: the balancer starts either way (`Err` only when the thread cannot
+    /// be started).
+    pub fn start(url: &RegistryUrl, pools: Vec<RegistryPool>) -> io::Result<Arc<Registry>> {
         let registry = Arc::new(Registry {
             url: url.clone(),
             layout: Layout::new(&url.prefix),
             etcd: Etcd::new(&url.gateway()),
-            table,
-            seed,
+            pools: Mutex::new(pools),
+            applying: Mutex::new(()),
+            resync: AtomicBool::new(false),
             connection: Mutex::new(Connection { since: unix_now(), ..Connection::default() }),
             applied: Mutex::new(0),
             applied_grew: Condvar::new(),
@@ -179,12 +206,43 @@ impl Registry {
             last_error: connection.last_error.clone(),
             revision: self.applied(),
             rejected: connection.rejected.clone(),
+            ignored_pools: connection.ignored_pools.iter().cloned().collect(),
             reconnects: self.reconnects.load(Ordering::Relaxed),
             write_conflicts: self.conflicts.load(Ordering::Relaxed),
         }
     }
 
-    /// Stops following: the watch is broken, the thread joined. The table stays as it is.
+    /// The pools now kept: after a reload, `pools` (`default` first), each pool's table made
+    /// what the registry says before this returns, a pool never seeded seeded first. When etcd
+    /// cannot be read now the watcher reads everything once it can.
+    pub fn set_pools(&self, pools: Vec<RegistryPool>) {
+        let same = |a: &[RegistryPool], b: &[RegistryPool]| {
+            a.len() == b.len() && a.iter().zip(b).all(|(a, b)| a.name == b.name && Arc::ptr_eq(&a.table, &b.table))
+        };
+        {
+            let mut kept = lock(&self.pools);
+            if same(&kept, &pools) {
+                return;
+            }
+            *kept = pools;
+        }
+        if let Err(e) = self.sync() {
+            log::warn!("registry {}: cannot read the pools after a reload ({e}); the watcher will", self.url);
+            self.resync.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// The pools now kept.
+    fn pools(&self) -> Vec<RegistryPool> {
+        lock(&self.pools).clone()
+    }
+
+    /// Pool `name`'s table, when the pool is kept.
+    fn table(&self, name: &str) -> Option<Arc<BackendTable>> {
+        lock(&self.pools).iter().find(|p| p.name == name).map(|p| Arc::clone(&p.table))
+    }
+
+    /// Stops following: the watch is broken, the thread joined. The tables stay as they are.
     pub fn stop(&self) {
         *lock(&self.stopping) = true;
         self.wake.notify_all();
@@ -284,5 +342,26 @@ impl Registry {
 
     fn rejected(&self, key: &str) -> Option<String> {
         lock(&self.connection).rejected.get(key).cloned()
+    }
+
+    /// Records that the registry has keys for `pools`, which the configuration does not define
+    /// (each logged once); `whole`: they are all there are (a whole read), so the others no
+    /// longer are.
+    fn ignore_pools(&self, pools: BTreeSet<String>, whole: bool) {
+        let mut connection = lock(&self.connection);
+        for pool in &pools {
+            if !connection.ignored_pools.contains(pool) {
+                log::warn!(
+                    "registry {}: keys of pool '{pool}', which the configuration does not define, are ignored \
+                     (a pool is never made from the registry: define it in the configuration to use them)",
+                    self.url
+                );
+            }
+        }
+        if whole {
+            connection.ignored_pools = pools;
+        } else {
+            connection.ignored_pools.extend(pools);
+        }
     }
 }

@@ -1,6 +1,7 @@
-//! Management API changes written to the registry: read, check as the table would, write in a
-//! transaction that holds only if what was read is unchanged, retry on a fresh read when another
-//! writer came first; then wait until the watch brought the change back and it is applied here.
+//! Management API changes written to the registry, under the changed pool's keys: read, check
+//! as the pool's table would, write in a transaction that holds only if what was read is
+//! unchanged, retry on a fresh read when another writer came first; then wait until the watch
+//! brought the change back and it is applied here.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -9,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::{is_valid_id, BackendConfig};
-use crate::upstream::{resolve, Backend, BackendState, TableError};
+use crate::upstream::{resolve, Backend, BackendState, BackendTable, TableError};
 
 use super::etcd::{Compare, EtcdError, Op};
 use super::intent::{show, Intent};
@@ -38,6 +39,9 @@ pub enum Change {
 /// Why a change through the registry was not made (or not seen here yet).
 #[derive(Debug)]
 pub enum RegistryError {
+    /// The pool is not one this instance keeps (a reload removed it meanwhile): nothing was
+    /// written.
+    UnknownPool(String),
     /// Refused as the table would refuse it (unknown id, duplicate id or address, bad id,
     /// unresolvable host): nothing was written.
     Refused(TableError),
@@ -73,6 +77,7 @@ pub enum RegistryError {
 impl fmt::Display for RegistryError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            RegistryError::UnknownPool(pool) => write!(f, "no pool '{pool}'"),
             RegistryError::Refused(e) => e.fmt(f),
             RegistryError::Corrupt { key, why } => {
                 write!(f, "the registry's value of {key} is refused ({why}): fix it in etcd, or remove the backend")
@@ -123,27 +128,28 @@ fn after_conflict(attempt: u32) -> Duration {
 }
 
 impl Registry {
-    /// Makes `change` in the registry, and answers with the backend once the change is applied
-    /// here (for a removal, the backend as it was).
-    pub fn submit(&self, change: Change) -> Result<Arc<Backend>, RegistryError> {
+    /// Makes `change` to pool `pool` in the registry, under the pool's keys, and answers with
+    /// the backend once the change is applied here (for a removal, the backend as it was).
+    pub fn submit(&self, pool: &str, change: Change) -> Result<Arc<Backend>, RegistryError> {
+        let table = self.table(pool).ok_or_else(|| RegistryError::UnknownPool(pool.to_string()))?;
         let removal = matches!(change, Change::Remove(_));
         let before = match &change {
-            Change::Remove(id) => self.table.snapshot().backends.iter().find(|b| b.id == *id).cloned(),
+            Change::Remove(id) => table.snapshot().backends.iter().find(|b| b.id == *id).cloned(),
             _ => None,
         };
         let (revision, id) = match change {
-            Change::Add(config) => self.write_add(&config)?,
-            Change::Remove(id) => (self.write_remove(&id)?, id),
-            Change::Enable(id) => (self.write_update(&id, |i| i.state = BackendState::Enabled)?, id),
-            Change::Disable(id) => (self.write_update(&id, |i| i.state = BackendState::Disabled)?, id),
-            Change::Drain(id) => (self.write_update(&id, |i| i.state = BackendState::Draining)?, id),
-            Change::Weight(id, weight) => (self.write_update(&id, |i| i.config.weight = weight)?, id),
+            Change::Add(config) => self.write_add(pool, &table, &config)?,
+            Change::Remove(id) => (self.write_remove(pool, &id)?, id),
+            Change::Enable(id) => (self.write_update(pool, &id, |i| i.state = BackendState::Enabled)?, id),
+            Change::Disable(id) => (self.write_update(pool, &id, |i| i.state = BackendState::Disabled)?, id),
+            Change::Drain(id) => (self.write_update(pool, &id, |i| i.state = BackendState::Draining)?, id),
+            Change::Weight(id, weight) => (self.write_update(pool, &id, |i| i.config.weight = weight)?, id),
         };
         if !self.wait_applied(revision, APPLY_TIMEOUT) {
             return Err(RegistryError::NotApplied { revision, why: None });
         }
-        let now = self.table.snapshot().backends.iter().find(|b| b.id == id).cloned();
-        let why = self.rejected(&show(&self.layout.backend(&id))).filter(|_| !removal);
+        let now = table.snapshot().backends.iter().find(|b| b.id == id).cloned();
+        let why = self.rejected(&show(&self.layout.backend(pool, &id))).filter(|_| !removal);
         match (before, now, why) {
             (_, _, Some(why)) => Err(RegistryError::NotApplied { revision, why: Some(why) }),
             (Some(removed), None, None) => Ok(removed),
@@ -160,17 +166,22 @@ impl Registry {
         }
     }
 
-    /// The address a stored backend has: this instance's, when it has it at that host and
-    /// port; else resolved now (`None` when it does not resolve).
-    fn address_of(&self, id: &str, config: &BackendConfig) -> Option<SocketAddr> {
-        let snapshot = self.table.snapshot();
+    /// The address a stored backend of `table` has: this instance's, when it has it at that
+    /// host and port; else resolved now (`None` when it does not resolve).
+    fn address_of(table: &BackendTable, id: &str, config: &BackendConfig) -> Option<SocketAddr> {
+        let snapshot = table.snapshot();
         match snapshot.backends.iter().find(|b| b.id == id && b.host == config.host && b.port == config.port) {
             Some(backend) => Some(backend.addr),
             None => resolve(&config.host, config.port).ok(),
         }
     }
 
-    fn write_add(&self, config: &BackendConfig) -> Result<(i64, String), RegistryError> {
+    fn write_add(
+        &self,
+        pool: &str,
+        table: &BackendTable,
+        config: &BackendConfig,
+    ) -> Result<(i64, String), RegistryError> {
         let addr = resolve(&config.host, config.port).map_err(|error| {
             let id = config.id.clone().unwrap_or_else(|| format!("{}:{}", config.host, config.port));
             RegistryError::Refused(TableError::Unresolvable { id, error })
@@ -178,7 +189,8 @@ impl Registry {
         if let Some(id) = config.id.as_ref().filter(|id| !is_valid_id(id)) {
             return Err(RegistryError::Refused(TableError::InvalidId(id.clone())));
         }
-        let (start, end, numbered_key) = (self.layout.backends(), self.layout.backends_end(), self.layout.numbered());
+        let (start, end, numbered_key) =
+            (self.layout.backends(pool), self.layout.backends_end(pool), self.layout.numbered(pool));
         for attempt in 1..=MAX_ATTEMPTS {
             let range = self.etcd.range(&start, &end)?;
             let (_, numbered) = self.etcd.get(&numbered_key)?;
@@ -186,7 +198,7 @@ impl Registry {
                 .kvs
                 .iter()
                 .filter_map(|kv| {
-                    let id = self.layout.id_of(&kv.key).ok()?;
+                    let id = self.layout.id_of(pool, &kv.key).ok()?;
                     let intent = Intent::parse(&id, &kv.value).ok();
                     Some((id, intent))
                 })
@@ -209,7 +221,7 @@ impl Registry {
             }
             for (other, intent) in &stored {
                 if let Some(intent) = intent {
-                    if self.address_of(other, &intent.config) == Some(addr) {
+                    if Self::address_of(table, other, &intent.config) == Some(addr) {
                         return Err(RegistryError::Refused(TableError::DuplicateAddress {
                             id: None,
                             existing: other.clone(),
@@ -225,7 +237,7 @@ impl Registry {
             // Nothing in the backends' range changed since the read: no id or address taken meanwhile.
             let mut compare =
                 vec![Compare::Unchanged { key: start.clone(), range_end: end.clone(), revision: range.revision }];
-            let mut ops = vec![Op::Put(self.layout.backend(&id), intent.value())];
+            let mut ops = vec![Op::Put(self.layout.backend(pool, &id), intent.value())];
             if config.id.is_none() {
                 let read = numbered.as_ref().map_or(0, |kv| kv.mod_revision);
                 compare.push(Compare::ModRevision(numbered_key.clone(), read));
@@ -241,8 +253,8 @@ impl Registry {
         Err(RegistryError::Contended(MAX_ATTEMPTS))
     }
 
-    fn write_update(&self, id: &str, change: impl Fn(&mut Intent)) -> Result<i64, RegistryError> {
-        let key = self.layout.backend(id);
+    fn write_update(&self, pool: &str, id: &str, change: impl Fn(&mut Intent)) -> Result<i64, RegistryError> {
+        let key = self.layout.backend(pool, id);
         for attempt in 1..=MAX_ATTEMPTS {
             let (_, stored) = self.etcd.get(&key)?;
             let stored = stored.ok_or_else(|| RegistryError::Refused(TableError::UnknownId(id.to_string())))?;
@@ -262,8 +274,8 @@ impl Registry {
         Err(RegistryError::Contended(MAX_ATTEMPTS))
     }
 
-    fn write_remove(&self, id: &str) -> Result<i64, RegistryError> {
-        let key = self.layout.backend(id);
+    fn write_remove(&self, pool: &str, id: &str) -> Result<i64, RegistryError> {
+        let key = self.layout.backend(pool, id);
         for attempt in 1..=MAX_ATTEMPTS {
             let (_, stored) = self.etcd.get(&key)?;
             let stored = stored.ok_or_else(|| RegistryError::Refused(TableError::UnknownId(id.to_string())))?;

@@ -10,7 +10,7 @@ use crate::client_ip::request_client;
 use crate::config::{Config, DEFAULT_POOL};
 use crate::lifecycle::{backend_list, backend_policy};
 use crate::proxy::{origin_form, target_authority};
-use crate::routing::{canonical_host, split_pool, Action, Explained, RequestView, Route, RouteTable};
+use crate::routing::{canonical_host, client_key, split_pool, Action, Explained, RequestView, Route, RouteTable};
 use crate::server::field::{sole, Sole};
 use crate::server::{parse_head, ParseOutcome};
 use crate::upstream::BackendTable;
@@ -225,7 +225,7 @@ impl Tracer {
                             || p.table.as_ref().is_ok_and(|t| t.snapshot().backends.iter().any(|b| b.is_usable()))
                     })
                 };
-                let key = client.to_string();
+                let key = client_key(client);
                 match split_pool(shares, key.as_bytes(), usable) {
                     Some(pool) => {
                         let mut fate = self.sent(pool, Some(route), origin, client);

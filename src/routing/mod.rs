@@ -31,7 +31,7 @@ pub use host::{canonical_host, HostPattern};
 pub use path::{PathMatch, PathRegex};
 pub use rank::Rank;
 pub use route::Route;
-pub use split::split_pool;
+pub use split::{client_key, split_pool};
 pub use table::{RequestView, RouteTable};
 
 /// Why a route table was refused.

@@ -1,11 +1,25 @@
-//! Which pool of a `split` takes a request. A client's key (its sticky cookie, else its
-//! address) hashes to a point in `[0, total weight)`, and the shares lie end to end in the
+//! Which pool of a `split` takes a request. A client's key ([`client_key`]: its address)
+//! hashes to a point in `[0, total weight)`, and the shares lie end to end in the
 //! order written, so the same client stays on its side, and moving a canary from 5 % to 10 %
 //! moves only the clients between the two marks (those whose point the old first share held
 //! and the new one does not). A pool with no usable backend gives its clients, and only
 //! them, to the usable pools, in proportion to their weights.
 
+use std::net::IpAddr;
+
 use super::action::SplitShare;
+
+/// The key a split hashes for a client: its address as text (as
+/// [client_ip](crate::client_ip) reads it). The proxy, `lb-sync route` and `lb-sync simulate`
+/// all key through this, so they put a client on the same side.
+///
+/// ```
+/// use lb_sync::routing::client_key;
+/// assert_eq!(client_key("203.0.113.7".parse().unwrap()), "203.0.113.7");
+/// ```
+pub fn client_key(client: IpAddr) -> String {
+    client.to_string()
+}
 
 /// The pool of `shares` for a client whose key is `key`; `usable` says whether a pool has a
 /// backend to take it. When no pool with weight is usable, the client's own pool (its pool

@@ -251,7 +251,8 @@ impl RouteTable {
     }
 
     /// What `--check-config` should say about the table: routes that can never match, regexes
-    /// anchored by hand, routes that name one thing twice.
+    /// anchored by hand, prefixes probably meant with a segment boundary, routes that name one
+    /// thing twice.
     pub fn warnings(&self) -> Vec<RouteWarning> {
         super::checks::warnings(&self.routes, &self.named_twice)
     }

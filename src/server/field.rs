@@ -46,6 +46,18 @@ pub fn aliases(header: &Header, name: &str) -> bool {
     given.len() == name.len() && given.iter().zip(name.bytes()).all(|(&g, n)| canonical_byte(g) == n)
 }
 
+/// Whether two field names reach a CGI/WSGI backend as one: ASCII case-insensitive, with `_`
+/// read as `-` on both sides.
+///
+/// ```
+/// use lb_sync::server::field::same_for_cgi;
+/// assert!(same_for_cgi("X_Route", "x-route"));
+/// assert!(!same_for_cgi("X-Routes", "X-Route"));
+/// ```
+pub fn same_for_cgi(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).all(|(x, y)| canonical_byte(x) == canonical_byte(y))
+}
+
 /// `_` read as `-`, ASCII lowercased.
 fn canonical_byte(b: u8) -> u8 {
     if b == b'_' {

@@ -7,11 +7,13 @@ use std::time::Duration;
 use argh::FromArgs;
 
 use crate::config::Config;
+use crate::routing::{Action, RouteTable, SplitShare};
 
 use super::scenario::{
     parse_algorithms, parse_backend, parse_event, parse_service, peak_ewma_window_refused, BackendSpec, Distribution,
     Scenario, ScenarioError,
 };
+use super::split::{parse_split, SplitScenario};
 
 /// Runs lb-sync's selection algorithms on a workload in simulated time (no sockets), through
 /// the same pick path as the proxy, and prints what each did: shares against weights,
@@ -92,6 +94,20 @@ pub struct SimulateArgs {
     /// into this SVG file
     #[argh(option)]
     pub svg: Option<std::path::PathBuf>,
+    /// instead of the algorithms: this route's split (from --config) over --clients clients
+    /// and --requests requests: each pool's share against its weight, and whether every
+    /// client stays on its side
+    #[argh(option)]
+    pub route: Option<String>,
+    /// the same for a split written here, without a config file: POOL=WEIGHT,... (e.g.
+    /// stable=95,canary=5)
+    #[argh(option)]
+    pub split: Option<String>,
+    /// with --route or --split: the weights after a change, POOL=WEIGHT,... in the order the
+    /// split would list them (e.g. stable=90,canary=10); prints the clients that move, from
+    /// which pool to which
+    #[argh(option)]
+    pub to: Option<String>,
 }
 
 fn error(message: impl Into<String>) -> ScenarioError {
@@ -165,6 +181,101 @@ impl SimulateArgs {
     }
 }
 
+impl SimulateArgs {
+    /// The first flag given that only the algorithms' simulation reads (a split's reads
+    /// --clients, --requests, --zipf, --seed, --to and --json).
+    fn algorithm_flag(&self) -> Option<&'static str> {
+        [
+            ("--algorithm", self.algorithm != "all"),
+            ("--backend", !self.backend.is_empty()),
+            ("--backends", self.backends.is_some()),
+            ("--concurrency", self.concurrency != 64),
+            ("--load", self.load.is_some()),
+            ("--workers", self.workers != 16),
+            ("--service", self.service != "10ms"),
+            ("--distribution", self.distribution != "exponential"),
+            ("--event", !self.event.is_empty()),
+            ("--max-connections", self.max_connections.is_some()),
+            ("--peak-ewma-window", self.peak_ewma_window.is_some()),
+            ("--panic-mode", self.panic_mode),
+            ("--summary", self.summary),
+            ("--svg", self.svg.is_some()),
+        ]
+        .into_iter()
+        .find_map(|(flag, given)| given.then_some(flag))
+    }
+
+    /// The split simulation these flags describe (`--route` or `--split`), checked: the
+    /// route's split as the route table built it from the file, `--to` checked as a reload of
+    /// the file with those weights would check it.
+    pub fn split_scenario(&self) -> Result<SplitScenario, ScenarioError> {
+        if let Some(flag) = self.algorithm_flag() {
+            return Err(error(format!(
+                "{flag} is for the algorithms; a split's simulation takes --clients, --requests, --zipf, --seed, --to and --json"
+            )));
+        }
+        let (route, shares, to) = match (&self.route, &self.split, &self.config) {
+            (Some(_), Some(_), _) => return Err(error("--route and --split go separately")),
+            (Some(_), None, None) => return Err(error("--route needs --config FILE, the file the route is in")),
+            (None, Some(_), Some(_)) => {
+                return Err(error("--split goes without --config (--route NAME takes a split from the file)"))
+            }
+            (Some(name), None, Some(path)) => {
+                let (shares, to) = route_split(path, name, self.to.as_deref())?;
+                (Some(name.clone()), shares, to)
+            }
+            (None, Some(split), None) => {
+                let to = self.to.as_deref().map(|to| parse_split("--to", to)).transpose()?;
+                (None, parse_split("--split", split)?, to)
+            }
+            (None, None, _) => return Err(error("a split's simulation needs --route NAME or --split POOL=WEIGHT,...")),
+        };
+        let scenario = SplitScenario {
+            route,
+            shares,
+            to,
+            clients: self.clients,
+            requests: self.requests,
+            zipf: self.zipf,
+            seed: self.seed,
+        };
+        scenario.validate()?;
+        Ok(scenario)
+    }
+}
+
+/// Route `name`'s split in the config file at `path`, and `to` as the same file with those
+/// weights in that route would have it (refused as a reload would refuse it).
+fn route_split(
+    path: &str,
+    name: &str,
+    to: Option<&str>,
+) -> Result<(Vec<SplitShare>, Option<Vec<SplitShare>>), ScenarioError> {
+    let config = Config::from_file(path).map_err(|e| error(e.to_string()))?;
+    let table = RouteTable::build(&config.routes).map_err(|e| error(e.to_string()))?;
+    let Some(route) = table.routes().iter().find(|r| r.name == name) else {
+        let names: Vec<&str> = config.routes.iter().map(|r| r.name.as_str()).collect();
+        let known = if names.is_empty() { "it has none".to_string() } else { format!("routes: {}", names.join(", ")) };
+        return Err(error(format!("--route: {path} has no route '{name}' ({known})")));
+    };
+    let shares = match &route.action {
+        Action::Split(shares) => shares.clone(),
+        Action::Pool(pool) => {
+            return Err(error(format!("--route: route '{name}' sends to pool '{pool}', not a split")))
+        }
+        Action::Redirect(_) => return Err(error(format!("--route: route '{name}' redirects, it has no split"))),
+        Action::Respond(_) => return Err(error(format!("--route: route '{name}' responds itself, it has no split"))),
+    };
+    let Some(to) = to else { return Ok((shares, None)) };
+    let to = parse_split("--to", to)?;
+    let mut changed = config.clone();
+    if let Some(route) = changed.routes.iter_mut().find(|r| r.name == name) {
+        route.split = Some(to.clone());
+    }
+    changed.validate().map_err(|e| error(format!("--to: {e}")))?;
+    Ok((shares, Some(to)))
+}
+
 /// `lb-sync simulate ARGS...`: `command` is the program's name as invoked.
 pub fn main(command: &str, args: &[&str]) -> ExitCode {
     let name = format!("{command} simulate");
@@ -184,6 +295,13 @@ pub fn main(command: &str, args: &[&str]) -> ExitCode {
             };
         }
     };
+    if args.route.is_some() || args.split.is_some() {
+        return split_main(&args);
+    }
+    if args.to.is_some() {
+        eprintln!("lb-sync simulate: --to goes with --route or --split");
+        return ExitCode::from(2);
+    }
     let scenario = match args.scenario() {
         Ok(scenario) => scenario,
         Err(e) => {
@@ -205,5 +323,25 @@ pub fn main(command: &str, args: &[&str]) -> ExitCode {
     } else {
         print!("{}", report.text(&scenario));
     }
+    ExitCode::SUCCESS
+}
+
+/// `lb-sync simulate --route NAME` or `--split ...`.
+fn split_main(args: &SimulateArgs) -> ExitCode {
+    let scenario = match args.split_scenario() {
+        Ok(scenario) => scenario,
+        Err(e) => {
+            eprintln!("lb-sync simulate: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let report = super::split::run_split(&scenario);
+    let text = if args.json {
+        format!("{}\n", serde_json::to_string_pretty(&report).unwrap_or_default())
+    } else {
+        report.text(&scenario)
+    };
+    // A reader that went away (`| head`) is not an error worth a panic.
+    let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes());
     ExitCode::SUCCESS
 }

@@ -44,6 +44,7 @@ mod model;
 mod report;
 mod scenario;
 mod seed_wrr;
+mod split;
 mod svg;
 
 pub use cli::{main, SimulateArgs};
@@ -53,6 +54,7 @@ pub use scenario::{
     Distribution, Event, Scenario, ScenarioError, Services,
 };
 pub use seed_wrr::SeedWeightedRoundRobin;
+pub use split::{parse_split, run_split, Move, PoolShare, SplitReport, SplitScenario, WeightChange};
 pub use svg::draw;
 
 /// Runs every algorithm of `scenario` (one that [`Scenario::validate`] accepted) on the same workload (on as many threads as there are

@@ -39,13 +39,13 @@ pub(crate) fn client_ip(c: u32) -> [u8; 4] {
 }
 
 /// Who sends request `k`: uniform, or by a Zipf popularity table (cumulative weights).
-struct Clients {
+pub(crate) struct Clients {
     count: u32,
     cumulative: Vec<f64>,
 }
 
 impl Clients {
-    fn new(count: u32, zipf: f64) -> Clients {
+    pub(crate) fn new(count: u32, zipf: f64) -> Clients {
         let cumulative = if zipf > 0.0 {
             let mut sum = 0.0;
             (1..=count)
@@ -60,7 +60,7 @@ impl Clients {
         Clients { count, cumulative }
     }
 
-    fn of(&self, seed: u64, k: u64) -> u32 {
+    pub(crate) fn of(&self, seed: u64, k: u64) -> u32 {
         let u = unit(seed, CLIENT, k);
         if self.cumulative.is_empty() {
             return ((u * f64::from(self.count)) as u32).min(self.count - 1);

@@ -124,7 +124,7 @@ fn ms(ns: u64) -> String {
     }
 }
 
-fn percent(x: f64) -> String {
+pub(super) fn percent(x: f64) -> String {
     format!("{:.1}%", x * 100.0)
 }
 
@@ -163,7 +163,7 @@ fn describe(s: &Scenario) -> String {
 }
 
 /// Rows of text in aligned columns (left-aligned first column, the others right-aligned).
-fn columns(rows: &[Vec<String>], indent: &str) -> String {
+pub(super) fn columns(rows: &[Vec<String>], indent: &str) -> String {
     let widths: Vec<usize> =
         (0..rows[0].len()).map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0)).collect();
     let mut out = String::new();

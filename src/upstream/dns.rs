@@ -1,6 +1,6 @@
 //! Backend host names re-resolved periodically, off the request path (HAProxy's `resolvers`,
-//! nginx's `server ... resolve`): one thread looks up every backend whose host is a name, each
-//! `dns_refresh_interval`. An address that changed is applied to the table like any change of
+//! nginx's `server ... resolve`): one thread looks up every backend whose host is a name, in
+//! every pool, each `dns_refresh_interval`. An address that changed is applied to the table like any change of
 //! it ([`BackendTable::readdress`]: a fresh backend at the new address, weight and state kept);
 //! a failed lookup keeps the last address and is reported (a log line when a host starts
 //! failing, one when it recovers, and [`DnsStatus`] for `/lb/stats` and `/lb/metrics`).
@@ -8,7 +8,7 @@
 //! A name that resolves to several addresses keeps its backend where it is as long as its
 //! address is still among them, so a resolver that rotates its answers moves nothing.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::io;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,8 +18,9 @@ use std::time::Duration;
 
 use crossbeam_channel::{RecvTimeoutError, Sender};
 
-use super::backend::ResolveError;
+use super::backend::{Backend, ResolveError};
 use super::table::BackendTable;
+use crate::config::DEFAULT_POOL;
 
 /// How a host name becomes addresses: the system resolver by default ([`system_lookup`]); a
 /// test, or an embedder with its own service discovery, may plug in another
@@ -28,6 +29,18 @@ pub type Resolver = dyn Fn(&str, u16) -> Lookup + Send + Sync;
 
 /// What a lookup gives: every address of a host, or why none.
 pub type Lookup = Result<Vec<SocketAddr>, ResolveError>;
+
+/// The tables to refresh, read again each round (a reload adds and removes pools): each pool's
+/// name and table, `default` first.
+///
+/// ```
+/// use std::sync::Arc;
+/// use lb_sync::upstream::{BackendTable, PoolTables};
+/// let table = Arc::new(BackendTable::new("round_robin".parse().unwrap(), &[], Default::default()).unwrap());
+/// let tables: Box<PoolTables> = Box::new(move || vec![("default".to_string(), Arc::clone(&table))]);
+/// assert_eq!(tables().len(), 1);
+/// ```
+pub type PoolTables = dyn Fn() -> Vec<(String, Arc<BackendTable>)> + Send + Sync;
 
 /// Every address the system resolver gives for `host:port`.
 ///
@@ -52,7 +65,7 @@ pub struct DnsStatus {
     lookups: AtomicU64,
     failures: AtomicU64,
     changes: AtomicU64,
-    /// Backend id → why its last lookup failed (and which address it keeps).
+    /// [`failing_key`] → why its last lookup failed (and which address it keeps).
     failing: Mutex<BTreeMap<String, String>>,
 }
 
@@ -72,7 +85,8 @@ impl DnsStatus {
         self.changes.load(Ordering::Relaxed)
     }
 
-    /// The backends whose last lookup failed, with why.
+    /// The backends whose last lookup failed, with why: the default pool's by id, a named
+    /// pool's as `POOL/ID`.
     pub fn failing(&self) -> BTreeMap<String, String> {
         self.failing_lock().clone()
     }
@@ -94,9 +108,10 @@ pub struct DnsRefresher {
 }
 
 impl DnsRefresher {
-    /// Starts re-resolving the names of `table`'s backends every `interval` (zero: never, until
-    /// [`set_interval`](Self::set_interval) says otherwise), with the system resolver.
-    pub fn start(table: Arc<BackendTable>, interval: Duration, status: Arc<DnsStatus>) -> io::Result<DnsRefresher> {
+    /// Starts re-resolving the names of the backends of every table `tables` gives every
+    /// `interval` (zero: never, until [`set_interval`](Self::set_interval) says otherwise), with
+    /// the system resolver.
+    pub fn start(tables: Box<PoolTables>, interval: Duration, status: Arc<DnsStatus>) -> io::Result<DnsRefresher> {
         let (commands, received) = crossbeam_channel::unbounded::<Command>();
         let thread = std::thread::Builder::new().name("dns-refresh".into()).spawn(move || {
             let mut interval = interval;
@@ -110,7 +125,7 @@ impl DnsRefresher {
                 match command {
                     Ok(Command::Interval(new)) => interval = new,
                     Ok(Command::Resolver(new)) => resolver = new,
-                    Err(RecvTimeoutError::Timeout) => refresh(&table, &*resolver, &status),
+                    Err(RecvTimeoutError::Timeout) => refresh_all(&tables(), &*resolver, &status),
                     Err(RecvTimeoutError::Disconnected) => return,
                 }
             }
@@ -160,11 +175,47 @@ fn moved_to(current: SocketAddr, addrs: &[SocketAddr]) -> Option<SocketAddr> {
     addrs.iter().find(|a| a.is_ipv4()).or(addrs.first()).copied()
 }
 
-/// One round: every backend whose host is a name, looked up once.
-pub(crate) fn refresh(table: &BackendTable, resolver: &dyn Fn(&str, u16) -> Lookup, status: &DnsStatus) {
-    let snapshot = table.snapshot();
-    status.failing_lock().retain(|id, _| snapshot.backends.iter().any(|b| &b.id == id));
-    for backend in &snapshot.backends {
+/// How `failing` names a backend: the default pool's by its id (as before pools), a named
+/// pool's as `POOL/ID` (neither a pool name nor an id holds a `/`).
+fn failing_key(pool: &str, id: &str) -> String {
+    if pool == DEFAULT_POOL {
+        id.to_string()
+    } else {
+        format!("{pool}/{id}")
+    }
+}
+
+/// One round over every pool: each backend whose host is a name, looked up once (a name two
+/// pools share is looked up for each: their backends move independently).
+pub(crate) fn refresh_all(
+    tables: &[(String, Arc<BackendTable>)],
+    resolver: &dyn Fn(&str, u16) -> Lookup,
+    status: &DnsStatus,
+) {
+    let snapshots: Vec<_> = tables.iter().map(|(pool, table)| (pool, table, table.snapshot())).collect();
+    // Reports of backends (or pools) gone since are dropped.
+    let live: HashSet<String> = snapshots
+        .iter()
+        .flat_map(|(pool, _, snapshot)| snapshot.backends.iter().map(|b| failing_key(pool, &b.id)))
+        .collect();
+    status.failing_lock().retain(|key, _| live.contains(key));
+    for (pool, table, snapshot) in snapshots {
+        refresh(pool, table, &snapshot.backends, resolver, status);
+    }
+}
+
+/// One pool's round: `backends` (its table's as the round began) looked up, changes applied to
+/// `table`.
+fn refresh(
+    pool: &str,
+    table: &BackendTable,
+    backends: &[Arc<Backend>],
+    resolver: &dyn Fn(&str, u16) -> Lookup,
+    status: &DnsStatus,
+) {
+    // Log lines name a named pool as the management API's do.
+    let named = if pool == DEFAULT_POOL { String::new() } else { format!("pool {pool}: ") };
+    for backend in backends {
         if backend.host.parse::<IpAddr>().is_ok() {
             continue;
         }
@@ -178,7 +229,7 @@ pub(crate) fn refresh(table: &BackendTable, resolver: &dyn Fn(&str, u16) -> Look
                     Ok(Some(_)) => {
                         status.changes.fetch_add(1, Ordering::Relaxed);
                         log::info!(
-                            "backend {}: {} now resolves to {to} (was {}): a fresh backend there, weight and state kept",
+                            "{named}backend {}: {} now resolves to {to} (was {}): a fresh backend there, weight and state kept",
                             backend.id,
                             backend.host,
                             backend.addr
@@ -190,19 +241,20 @@ pub(crate) fn refresh(table: &BackendTable, resolver: &dyn Fn(&str, u16) -> Look
                 },
             },
         };
+        let key = failing_key(pool, &backend.id);
         let mut failing = status.failing_lock();
         match failure {
             Some(why) => {
                 status.failures.fetch_add(1, Ordering::Relaxed);
                 // Once per new reason, not once per round.
-                if failing.get(&backend.id) != Some(&why) {
-                    log::warn!("backend {}: DNS refresh failed: {why}", backend.id);
-                    failing.insert(backend.id.clone(), why);
+                if failing.get(&key) != Some(&why) {
+                    log::warn!("{named}backend {}: DNS refresh failed: {why}", backend.id);
+                    failing.insert(key, why);
                 }
             }
             None => {
-                if failing.remove(&backend.id).is_some() {
-                    log::info!("backend {}: {} resolves again", backend.id, backend.host);
+                if failing.remove(&key).is_some() {
+                    log::info!("{named}backend {}: {} resolves again", backend.id, backend.host);
                 }
             }
         }
@@ -230,15 +282,18 @@ mod tests {
 
     #[test]
     fn a_round_applies_a_change_keeps_weight_and_state_and_reports_a_failure() {
-        let table = BackendTable::new(
-            AlgorithmKind::RoundRobin,
-            &[
-                ("named".into(), BackendConfig::new("localhost", 9001, 3)),
-                ("literal".into(), BackendConfig::new("127.0.0.1", 9002, 1)),
-            ],
-            Default::default(),
-        )
-        .unwrap();
+        let table = Arc::new(
+            BackendTable::new(
+                AlgorithmKind::RoundRobin,
+                &[
+                    ("named".into(), BackendConfig::new("localhost", 9001, 3)),
+                    ("literal".into(), BackendConfig::new("127.0.0.1", 9002, 1)),
+                ],
+                Default::default(),
+            )
+            .unwrap(),
+        );
+        let tables = [(DEFAULT_POOL.to_string(), Arc::clone(&table))];
         table.set_enabled("named", false).unwrap();
         let status = DnsStatus::default();
         let asked = Mutex::new(Vec::new());
@@ -250,7 +305,7 @@ mod tests {
                 Err(()) => Err(ResolveError::NoAddress { host: host.to_string() }),
             }
         };
-        refresh(&table, &resolver, &status);
+        refresh_all(&tables, &resolver, &status);
         let moved = table.snapshot().backends[0].clone();
         assert_eq!((moved.id.as_str(), moved.addr), ("named", addr("127.0.0.7:9001")));
         assert_eq!((moved.weight(), BackendState::of(&moved)), (3, BackendState::Disabled));
@@ -258,19 +313,41 @@ mod tests {
         assert_eq!((status.lookups(), status.changes(), status.failures()), (1, 1, 0));
 
         *answer.lock().unwrap() = Err(());
-        refresh(&table, &resolver, &status);
+        refresh_all(&tables, &resolver, &status);
         assert_eq!(table.snapshot().backends[0].addr, addr("127.0.0.7:9001"), "the last address is kept");
         let failing = status.failing();
         assert!(failing["named"].contains("has no address; keeping 127.0.0.7:9001"), "{failing:?}");
         assert_eq!(status.failures(), 1);
 
         *answer.lock().unwrap() = Ok(vec![addr("127.0.0.1:9002")]);
-        refresh(&table, &resolver, &status);
+        refresh_all(&tables, &resolver, &status);
         assert_eq!(table.snapshot().backends[0].addr, addr("127.0.0.7:9001"), "never onto another backend's address");
         assert!(status.failing()["named"].contains("backend 'literal' already has the address 127.0.0.1:9002"));
 
         *answer.lock().unwrap() = Ok(vec![addr("127.0.0.7:9001")]);
-        refresh(&table, &resolver, &status);
+        refresh_all(&tables, &resolver, &status);
         assert!(status.failing().is_empty(), "a good lookup clears the report");
+    }
+
+    #[test]
+    fn every_pool_is_refreshed_and_reported_under_its_name() {
+        let pool = |port: u16| {
+            let backends = [("named".to_string(), BackendConfig::new("localhost", port, 1))];
+            Arc::new(BackendTable::new(AlgorithmKind::RoundRobin, &backends, Default::default()).unwrap())
+        };
+        let (default, api) = (pool(9001), pool(9002));
+        let tables = [(DEFAULT_POOL.to_string(), Arc::clone(&default)), ("api".to_string(), Arc::clone(&api))];
+        let status = DnsStatus::default();
+        let moved = |_: &str, port: u16| Ok(vec![SocketAddr::from(([127, 0, 0, 9], port))]);
+        refresh_all(&tables, &moved, &status);
+        assert_eq!(default.snapshot().backends[0].addr, addr("127.0.0.9:9001"));
+        assert_eq!(api.snapshot().backends[0].addr, addr("127.0.0.9:9002"), "a named pool's name moves too");
+        assert_eq!((status.lookups(), status.changes()), (2, 2));
+        let failed = |host: &str, _: u16| Err(ResolveError::NoAddress { host: host.to_string() });
+        refresh_all(&tables, &failed, &status);
+        let keys: Vec<String> = status.failing().into_keys().collect();
+        assert_eq!(keys, ["api/named", "named"], "the same id in two pools is reported twice");
+        refresh_all(&tables[..1], &failed, &status);
+        assert_eq!(status.failing().into_keys().collect::<Vec<_>>(), ["named"], "a pool gone is no longer reported");
     }
 }

@@ -28,7 +28,7 @@ pub(crate) use transport::early_answer_arrived;
 pub use backend::{resolve, Backend, BackendPolicy, BackendState, HealthState, InFlight, ResolveError, SlotQueue};
 pub use checker::{apply_probe, HealthChecker, HealthConfig};
 pub use client::{ForwardError, ForwardTimeouts, Forwarder, PrepareError, Prepared};
-pub use dns::{system_lookup, DnsRefresher, DnsStatus, Lookup, Resolver};
+pub use dns::{system_lookup, DnsRefresher, DnsStatus, Lookup, PoolTables, Resolver};
 pub use membership::{Membership, PickKind};
 pub use pool::{ConnectionCounts, IdleLimits};
 pub use probe_requests::ProbeRequests;

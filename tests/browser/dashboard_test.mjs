@@ -5,7 +5,10 @@
 //
 // Opens ${base}/lb/dashboard, waits for the backend rows, clicks Disable on the first backend,
 // waits until GET ${base}/lb/backends shows it disabled and the page shows it too, then enables
-// it again (through the page). Then the history charts: under load from this script (4 loops of
+// it again (through the page). Then the pools and routes: each pool of /lb/pools in its own
+// section with its backends, a click on Disable in a named pool's section acting on that pool,
+// each route of /lb/routes in the routes table, its request count following requests sent
+// through it. Then the history charts: under load from this script (4 loops of
 // GET /, bounded in time), it waits until the requests chart shows every backend serving, kills
 // the backend at KILL_ADDRESS (process KILL_PID, which the caller started) with SIGKILL, and
 // waits until the charts' own data (the uPlot instances') show its dip to 0 requests/s while the
@@ -25,13 +28,17 @@ const apiBase = base.replace(/\/$/, "") + "/lb";
 const token = process.env.LB_ADMIN_TOKEN || "";
 const TIMEOUT_MS = 15000;
 
-async function backends() {
-  const response = await fetch(apiBase + "/backends", {
+/** `METHOD {apiBase}{path}`'s JSON; throws unless 2xx. */
+async function api(path, method = "GET") {
+  const response = await fetch(apiBase + path, {
+    method,
     headers: token ? { Authorization: "Bearer " + token } : {},
   });
-  if (!response.ok) throw new Error("GET /lb/backends answered " + response.status);
+  if (!response.ok) throw new Error(`${method} /lb${path} answered ${response.status}`);
   return response.json();
 }
+
+const backends = () => api("/backends");
 
 /** Polls `read` until `done(value)` or the timeout. */
 async function waitFor(what, read, done) {
@@ -118,6 +125,69 @@ function series(charts, name, label) {
   const chart = charts[name];
   const index = chart ? chart.labels.indexOf(label) : -1;
   return index > 0 ? { time: chart.data[0], values: chart.data[index], index } : undefined;
+}
+
+/**
+ * Each pool of /lb/pools (at least two) has its section, titled with its name and algorithm,
+ * holding exactly its backends; a click in a named pool's section acts on that pool's backend
+ * (not on the default pool's of the same id); the routes table lists every route of /lb/routes
+ * with its pool, and counts the requests sent through it as /lb/routes does.
+ */
+async function poolsAndRoutesShown(page) {
+  const pools = await api("/pools");
+  if (pools.length < 2) throw new Error("the test's config has two pools; /lb/pools: " + JSON.stringify(pools));
+  const sectionOf = (name) => page.locator(`#pools section.pool[data-pool=${JSON.stringify(name)}]`);
+  const backendsOf = (name) => name === "default" ? backends() : api("/pools/" + encodeURIComponent(name) + "/backends");
+  for (const pool of pools) {
+    const list = await backendsOf(pool.name);
+    const section = sectionOf(pool.name);
+    for (const b of list) {
+      await section.locator(`tbody tr[data-backend-id=${JSON.stringify(b.id)}]`).waitFor({ timeout: TIMEOUT_MS });
+    }
+    const rows = await section.locator("tbody tr[data-backend-id]").count();
+    const title = await section.locator("h2 [data-title]").textContent();
+    if (rows !== list.length || !title.includes(pool.name) || !title.includes(pool.algorithm)) {
+      throw new Error(`pool ${pool.name}: ${rows} row(s) under "${title}" for ${list.length} backend(s) (${pool.algorithm})`);
+    }
+    console.log(`pool ${pool.name} (${pool.algorithm}): its ${list.length} backend(s) in its section`);
+  }
+  const order = await page.locator("#pools section.pool").evaluateAll((all) => all.map((s) => s.dataset.pool));
+  if (JSON.stringify(order) !== JSON.stringify(pools.map((p) => p.name))) throw new Error("sections in the order " + order);
+
+  const named = pools.find((p) => p.name !== "default").name;
+  const [first] = await backendsOf(named);
+  const row = sectionOf(named).locator(`tr[data-backend-id=${JSON.stringify(first.id)}]`);
+  await row.locator('button[data-action="disable"]').click();
+  await waitFor(`${named}/${first.id} disabled`, () => backendsOf(named), (list) => list.some((b) => b.id === first.id && b.enabled === false));
+  await sectionOf(named).locator(`tr[data-backend-id=${JSON.stringify(first.id)}][data-enabled="false"]`).waitFor({ timeout: TIMEOUT_MS });
+  if ((await backends()).some((b) => b.enabled === false)) throw new Error("a click in pool " + named + " disabled a default backend");
+  await row.locator('button[data-action="enable"]').click();
+  await waitFor(`${named}/${first.id} enabled again`, () => backendsOf(named), (list) => list.some((b) => b.id === first.id && b.enabled === true));
+  console.log(`disabled and enabled ${named}/${first.id} from its pool's section; the default pool's untouched`);
+
+  const { routes } = await api("/routes");
+  if (routes.length < 1) throw new Error("the test's config has a route; /lb/routes has none");
+  for (const route of routes) {
+    const cells = page.locator(`#routes-panel:not([hidden]) #routes tr[data-route=${JSON.stringify(route.name)}]`);
+    await cells.waitFor({ timeout: TIMEOUT_MS });
+    const pool = await cells.locator('[data-cell="pool"]').textContent();
+    if (route.action.pool !== undefined && pool !== route.action.pool) throw new Error(`route ${route.name}: pool "${pool}"`);
+  }
+  // Requests through the first route (a path_prefix route) show in its row as /lb/routes counts them.
+  const route = routes.find((r) => r.match.path_prefix);
+  for (let i = 0; i < 3; i++) {
+    const response = await fetch(base.replace(/\/$/, "") + route.match.path_prefix + "/dashboard-test");
+    const body = await response.json();
+    if (response.status !== 200 || body.request.path !== route.match.path_prefix + "/dashboard-test") {
+      throw new Error(`${route.match.path_prefix}/dashboard-test answered ${response.status}: ${JSON.stringify(body)}`);
+    }
+  }
+  const cell = page.locator(`#routes tr[data-route=${JSON.stringify(route.name)}] [data-cell="requests"]`);
+  const shown = await waitFor(`route ${route.name}'s requests on the page`, async () => {
+    const counted = (await api("/routes")).routes.find((r) => r.name === route.name).requests;
+    return { counted, shown: await cell.textContent() };
+  }, ({ counted, shown }) => counted >= 3 && shown === counted.toLocaleString("en-US"));
+  console.log(`route ${route.name}: its pool and its ${shown.shown} requests in the routes table`);
 }
 
 /** Under load, kills the backend at killAddress and finds its dip and failures on the charts. */
@@ -220,9 +290,12 @@ try {
   await waitFor(`${id} enabled again`, backends, (list) => list.some((b) => b.id === id && b.enabled === true));
   await page.locator(`#backends tr[data-backend-id=${JSON.stringify(id)}][data-enabled="true"]`).waitFor({ timeout: TIMEOUT_MS });
 
+  await poolsAndRoutesShown(page);
   await historyShowsAKill(page);
   // Let any notice fade out so the screenshot shows the page alone.
   await page.locator("#notice.shown").waitFor({ state: "detached", timeout: TIMEOUT_MS });
+  // Nor a button under the mouse in its hover colour.
+  await page.mouse.move(0, 0);
   await page.waitForTimeout(400);
   await page.screenshot({ path: screenshotPath, fullPage: true });
   console.log(`screenshot in ${screenshotPath}`);
