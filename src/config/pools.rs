@@ -59,8 +59,11 @@ impl Config {
         let default = Config { pools: BTreeMap::new(), routes: Vec::new(), ..self.clone() };
         let file = ConfigFile::from(self);
         let named = self.pools.iter().map(|(name, pool)| {
-            // Checked with the file (validate_pools): a value no setting holds is not there.
-            (name.clone(), Config::try_from(pool.lay_over(&file)).unwrap_or_else(|_| default.clone()))
+            // Every caller validated first (validate_pools), so a value no setting holds (a
+            // negative duration) is not there; were it, the pool would keep the top's settings.
+            let laid = Config::try_from(pool.lay_over(&file))
+                .unwrap_or_else(|_| Config { backends: pool.backends.clone(), ..default.clone() });
+            (name.clone(), laid)
         });
         std::iter::once((DEFAULT_POOL.to_string(), default.clone())).chain(named).collect()
     }
