@@ -142,6 +142,18 @@ macro_rules! some_or_none {
     };
 }
 
+impl SettingInfo {
+    /// The setting's default, as the file writes it.
+    ///
+    /// ```
+    /// let timeout = lb_sync::config::SETTINGS.iter().find(|s| s.key == "request_timeout").unwrap();
+    /// assert_eq!((timeout.group, timeout.field, timeout.default_value()), ("pool", "request_timeout", serde_json::json!(30.0)));
+    /// ```
+    pub fn default_value(&self) -> serde_json::Value {
+        serde_json::to_value(ConfigFile::default()).map_or(serde_json::Value::Null, |file| file[self.key].clone())
+    }
+}
+
 /// Whether a row's reload mark is `live`.
 macro_rules! is_live {
     (live) => {
