@@ -30,16 +30,15 @@ use crate::upstream::{BackendTable, DnsRefresher, DnsStatus, HealthChecker, Pool
 /// use lb_sync::balancer::LoadBalancer;
 /// use lb_sync::config::{BackendConfig, Config};
 ///
-/// let config = Config {
-///     port: 0, // any free port
-///     backends: vec![BackendConfig::new("127.0.0.1", 8001, 1), BackendConfig::new("127.0.0.1", 8002, 2)],
-///     algorithm: "weighted_round_robin".parse().unwrap(),
-///     ..Config::default()
-/// };
+/// let mut config = Config::default();
+/// config.listener.port = 0; // any free port
+/// config.backends = vec![BackendConfig::new("127.0.0.1", 8001, 1), BackendConfig::new("127.0.0.1", 8002, 2)];
+/// config.pool.algorithm = "weighted_round_robin".parse().unwrap();
 /// let balancer = LoadBalancer::start(config.clone()).unwrap();
 /// println!("balancing on {}", balancer.local_addr());
 /// // Weights and algorithm change without a connection dropped:
-/// balancer.reload(Config { algorithm: "least_connections".parse().unwrap(), ..config }).unwrap();
+/// config.pool.algorithm = "least_connections".parse().unwrap();
+/// balancer.reload(config).unwrap();
 /// balancer.stop(std::time::Duration::from_secs(5));
 /// ```
 pub struct LoadBalancer {
