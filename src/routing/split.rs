@@ -1,13 +1,16 @@
-//! Which pool of a `split` takes a request. A client's key ([`client_key`]: its address)
-//! hashes to a point in `[0, total weight)`, and the shares lie end to end in the
-//! order written, so the same client stays on its side, and moving a canary from 5 % to 10 %
-//! moves only the clients between the two marks (those whose point the old first share held
-//! and the new one does not). A pool with no usable backend gives its clients, and only
-//! them, to the usable pools, in proportion to their weights.
+//! Which pool of a `split` takes a request: weighted rendezvous hashing. Each pool draws a
+//! score for a client's key ([`client_key`]: its address) from a hash of the two, scaled by
+//! its weight, and the highest score wins, so a pool's share is its weight over the total and
+//! the same client stays on its side. Raising one pool's weight (a canary from 5 % to 10 %)
+//! raises only its scores: clients move only to it, and only as many as its new share needs;
+//! adding or removing a pool moves only that pool's clients. The order the pools are written
+//! in does not matter. A pool with no usable backend gives its clients, and only them, to the
+//! usable pools, in proportion to their weights (each client's runner-up).
 
 use std::net::IpAddr;
 
 use super::action::SplitShare;
+use crate::balance::hash::{fmix64, hash64};
 
 /// The key a split hashes for a client: its address as text (as
 /// [client_ip](crate::client_ip) reads it). The proxy, `lb-sync route` and `lb-sync simulate`
@@ -36,38 +39,26 @@ pub fn client_key(client: IpAddr) -> String {
 /// assert_eq!(split_pool(&shares, b"203.0.113.7", |p| p != "canary"), Some("stable"));
 /// ```
 pub fn split_pool<'a>(shares: &'a [SplitShare], key: &[u8], usable: impl Fn(&str) -> bool) -> Option<&'a str> {
-    let total: u64 = shares.iter().map(|s| u64::from(s.weight)).sum();
-    let point = scale(crate::balance::hash::hash64(key), total)?;
-    let (chosen, start) = at(shares.iter(), point)?;
-    if usable(&chosen.pool) {
-        return Some(&chosen.pool);
-    }
-    // Where in its pool's share the client's point lies, laid over the usable pools' shares.
-    let open: Vec<&SplitShare> = shares.iter().filter(|s| s.weight > 0 && usable(&s.pool)).collect();
-    let open_total: u64 = open.iter().map(|s| u64::from(s.weight)).sum();
-    if open_total == 0 {
-        return Some(&chosen.pool);
-    }
-    let within = u128::from(point - start) * u128::from(open_total) / u128::from(chosen.weight);
-    at(open.into_iter(), within as u64).map(|(share, _)| share.pool.as_str())
+    let client = hash64(key);
+    let best = |open: &dyn Fn(&SplitShare) -> bool| {
+        shares
+            .iter()
+            .filter(|s| s.weight > 0 && open(s))
+            .map(|s| (score(client, s), s))
+            .max_by(|(a, _), (b, _)| a.total_cmp(b))
+            .map(|(_, s)| s.pool.as_str())
+    };
+    best(&|s| usable(&s.pool)).or_else(|| best(&|_| true))
 }
 
-/// A 64-bit hash scaled to `[0, total)`; `None` when `total` is 0.
-fn scale(hash: u64, total: u64) -> Option<u64> {
-    (total > 0).then(|| ((u128::from(hash) * u128::from(total)) >> 64) as u64)
-}
-
-/// The share holding `point` of the shares laid end to end, and where that share starts.
-fn at<'a>(shares: impl Iterator<Item = &'a SplitShare>, point: u64) -> Option<(&'a SplitShare, u64)> {
-    let mut start = 0;
-    for share in shares {
-        let end = start + u64::from(share.weight);
-        if point < end {
-            return Some((share, start));
-        }
-        start = end;
-    }
-    None
+/// The pool's score for a client: `weight / -ln(u)`, `u` uniform in (0, 1) from the client's
+/// and the pool's hashes. `-ln(u) / weight` is exponential with rate `weight`, and the least of
+/// independent exponentials is pool `i`'s with probability `weight_i / total`.
+fn score(client: u64, share: &SplitShare) -> f64 {
+    let draw = fmix64(client ^ hash64(share.pool.as_bytes()));
+    // The top 53 bits, as the midpoint of their interval: never 0, never 1.
+    let u = ((draw >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+    f64::from(share.weight) / -u.ln()
 }
 
 #[cfg(test)]
@@ -132,6 +123,24 @@ mod tests {
         assert!((0.575..=0.675).contains(&share_a), "{to_a} to a, {to_b} to b");
         // Nobody usable: each client stays with its own pool, which answers as it can.
         assert_eq!(split_pool(&split, b"x", |_| false), split_pool(&split, b"x", |_| true));
+    }
+
+    #[test]
+    fn a_pool_added_takes_only_its_share_and_the_order_written_moves_nobody() {
+        let before = shares(&[("a", 50), ("b", 30), ("c", 20)]);
+        let added = shares(&[("c", 20), ("a", 50), ("d", 25), ("b", 30)]);
+        let mut to_d = 0;
+        for key in clients() {
+            let (was, is) = (split_pool(&before, &key, |_| true).unwrap(), split_pool(&added, &key, |_| true).unwrap());
+            if was != is {
+                assert_eq!(is, "d", "a client moved from {was} to {is}, not to the new pool");
+                to_d += 1;
+            }
+            let reordered = shares(&[("c", 20), ("b", 30), ("a", 50)]);
+            assert_eq!(split_pool(&reordered, &key, |_| true), Some(was), "the order written moved a client");
+        }
+        // d's share of 125 is 20 %.
+        assert!((1_800..=2_200).contains(&to_d), "{to_d} of 10,000 clients moved to d, 2,000 ± 200 expected");
     }
 
     #[test]

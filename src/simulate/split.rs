@@ -102,13 +102,9 @@ pub struct WeightChange {
     /// The least share any split could move to go from the old weights to the new (half the
     /// sum of the differences of the expected shares), 0-1.
     pub least_share: f64,
-    /// The share the layout moves, exactly (a client's point is a fixed fraction of the
-    /// total: those whose pool's range, old and new, does not hold it), 0-1; `moved_share`
-    /// is this measured over the clients.
+    /// The share the split's hashing moves, expected over all clients (exact, from the
+    /// weights), 0-1; `moved_share` is this measured over the clients.
     pub layout_share: f64,
-    /// Whether the pools both splits name are in another order (then the shares no longer lie
-    /// where they lay, and far more clients move than must).
-    pub reordered: bool,
     /// By pool and pool, most first.
     pub moves: Vec<Move>,
 }
@@ -317,39 +313,42 @@ fn weight_change(
             differences += (weight_of(shares, name) * new_total).abs_diff(weight_of(to, name) * total);
         }
     }
-    // Each pool's range of [0, 1) before and after, in units of 1 / (T T'); the clients in
-    // both stay.
-    fn ranges(list: &[SplitShare], scale: u128) -> Vec<(&str, u128, u128)> {
-        let mut start = 0;
-        list.iter()
-            .map(|s| {
-                let end = start + u128::from(s.weight) * scale;
-                let range = (s.pool.as_str(), start, end);
-                start = end;
-                range
-            })
-            .collect()
-    }
-    let (old_ranges, new_ranges) = (ranges(shares, new_total), ranges(to, total));
-    let stay: u128 = old_ranges
-        .iter()
-        .flat_map(|&(pool, a, b)| {
-            new_ranges.iter().filter(move |r| r.0 == pool).map(move |&(_, c, d)| b.min(d).saturating_sub(a.max(c)))
-        })
-        .sum();
     let whole = total * new_total;
-    let common = |a: &[SplitShare], b: &[SplitShare]| -> Vec<String> {
-        a.iter().filter(|s| b.iter().any(|t| t.pool == s.pool)).map(|s| s.pool.clone()).collect()
-    };
     WeightChange {
         pools: pools(to, after, None),
         moved,
         moved_share: moved as f64 / all,
         least_share: differences as f64 / (2 * whole) as f64,
-        layout_share: (whole - stay) as f64 / whole as f64,
-        reordered: common(shares, to) != common(to, shares),
+        layout_share: rendezvous_moves(shares, to),
         moves: listed,
     }
+}
+
+/// The share of clients whose pool changes from `old` to `new`, expected over all clients,
+/// under [`split_pool`]'s weighted rendezvous hashing. A client scores `E_i / w_i` per pool
+/// (`E_i` exponential, fixed per client and pool; the least wins) and stays on pool `i` when `i`
+/// wins under both weights: given `E_i = t`, every other pool must draw above
+/// `t · max(w_k / w_i, w'_k / w'_i)`, so `P(stay on i) = 1 / (1 + Σ_k max(w_k / w_i, w'_k / w'_i))`
+/// for a pool with weight in both (a pool in one split only has weight 0 in the other).
+fn rendezvous_moves(old: &[SplitShare], new: &[SplitShare]) -> f64 {
+    let weight =
+        |list: &[SplitShare], pool: &str| f64::from(list.iter().find(|s| s.pool == pool).map_or(0, |s| s.weight));
+    let mut names: Vec<&str> = old.iter().chain(new).map(|s| s.pool.as_str()).collect();
+    names.sort_unstable();
+    names.dedup();
+    let stay: f64 = names
+        .iter()
+        .filter(|&&i| weight(old, i) > 0.0 && weight(new, i) > 0.0)
+        .map(|&i| {
+            let others: f64 = names
+                .iter()
+                .filter(|&&k| k != i)
+                .map(|&k| (weight(old, k) / weight(old, i)).max(weight(new, k) / weight(new, i)))
+                .sum();
+            1.0 / (1.0 + others)
+        })
+        .sum();
+    (1.0 - stay).max(0.0)
 }
 
 /// `stable 95, canary 5`.
@@ -422,7 +421,7 @@ impl SplitReport {
         out.push_str(&columns(&rows, "  "));
         let _ = writeln!(
             out,
-            "  moved: {} of {} clients ({}; the layout moves {}); the new weights need at least {}",
+            "  moved: {} of {} clients ({}; {} expected); the new weights need at least {}",
             change.moved,
             self.clients,
             percent(change.moved_share),
@@ -431,11 +430,7 @@ impl SplitReport {
         );
         // A thousandth of a percent: the exact shares' rounding, not a layout that moves more.
         if change.layout_share > change.least_share + 1e-5 {
-            out.push_str(if change.reordered {
-                "  the pools are in another order: shares lie end to end in the order written, so keep the order to move only what must move\n"
-            } else {
-                "  more than must move: shares lie end to end, so a share that changes moves the marks after it; keep the total and change two neighbouring shares to move only what must\n"
-            });
+            out.push_str("  more than must move: clients move toward the pools whose weight rose most against the rest; change one pool's weight at a time (adding or removing a pool included) to move only what must\n");
         }
         if !change.moves.is_empty() {
             let mut rows = vec![vec!["moved".to_string(), "clients".into(), "share".into()]];
@@ -470,7 +465,6 @@ mod tests {
         let change = report.change.unwrap();
         assert!((change.least_share - 0.05).abs() < 1e-9, "{}", change.least_share);
         assert!((change.layout_share - 0.05).abs() < 1e-9, "{}", change.layout_share);
-        assert!(!change.reordered);
         assert_eq!(change.moves.len(), 1);
         assert_eq!(change.pools.iter().map(|p| p.clients).sum::<u64>(), 10_000);
         assert_eq!(report.pools.iter().map(|p| p.clients).sum::<u64>(), 10_000);
@@ -478,36 +472,48 @@ mod tests {
     }
 
     #[test]
-    fn a_new_order_is_flagged_and_moves_far_more() {
-        let report = run_split(&scenario("stable=95,canary=5", Some("canary=10,stable=90")));
+    fn the_order_the_pools_are_written_in_moves_nobody() {
+        let report = run_split(&scenario("stable=95,canary=5", Some("canary=5,stable=95")));
         let change = report.change.unwrap();
-        assert!(change.reordered);
-        assert!(change.moved_share > 0.1, "{}", change.moved_share);
-        // stable's [0, .95) becomes [.1, 1): .1 moves one way, canary's .05 the other.
-        assert!((change.layout_share - 0.15).abs() < 1e-9, "{}", change.layout_share);
-        assert!((change.least_share - 0.05).abs() < 1e-9);
+        assert_eq!((change.moved, change.layout_share), (0, 0.0));
+        let change = run_split(&scenario("stable=95,canary=5", Some("canary=10,stable=90"))).change.unwrap();
+        assert!((change.layout_share - 0.05).abs() < 1e-9, "{}", change.layout_share);
     }
 
     #[test]
-    fn a_pool_added_and_one_removed_count_in_the_least_share() {
-        let report = run_split(&scenario("a=50,b=50", Some("a=50,c=50")));
-        let change = report.change.unwrap();
-        assert!((change.least_share - 0.5).abs() < 1e-9);
-        assert!((change.layout_share - 0.5).abs() < 1e-9);
-        assert!(change.moves.iter().all(|m| (m.from.as_str(), m.to.as_str()) == ("b", "c")));
-    }
-
-    #[test]
-    fn a_share_that_grows_in_front_moves_the_marks_after_it() {
-        // a [0, .5) b [.5, .8) c [.8, 1) -> a [0, .4) b [.4, .64) c [.64, .8) d [.8, 1).
-        let report = run_split(&scenario("a=50,b=30,c=20", Some("a=50,b=30,c=20,d=25")));
-        let change = report.change.unwrap();
+    fn a_pool_added_or_removed_moves_only_its_own_clients() {
+        // a=50,b=30,c=20 plus d at 20 %: only d's new clients move, from every pool.
+        let change = run_split(&scenario("a=50,b=30,c=20", Some("a=50,b=30,c=20,d=25"))).change.unwrap();
         assert!((change.least_share - 0.2).abs() < 1e-9);
-        assert!((change.layout_share - 0.46).abs() < 1e-9, "{}", change.layout_share);
-        assert!((change.moved_share - change.layout_share).abs() < 0.015, "{}", change.moved_share);
-        // Two neighbours trade and the total stays: only the clients between them move.
+        assert!((change.layout_share - 0.2).abs() < 1e-9, "{}", change.layout_share);
+        assert!((change.moved_share - 0.2).abs() < 0.015, "{}", change.moved_share);
+        assert!(change.moves.iter().all(|m| m.to == "d"), "{:?}", change.moves);
+        let change = run_split(&scenario("a=50,b=30,c=20", Some("a=50,b=30"))).change.unwrap();
+        assert!((change.layout_share - 0.2).abs() < 1e-9, "{}", change.layout_share);
+        assert!(change.moves.iter().all(|m| m.from == "c"), "{:?}", change.moves);
+    }
+
+    #[test]
+    fn two_weights_changed_at_once_move_more_than_must_and_the_exact_share_is_measured() {
+        // b gives 10 % to c: b's clients may land on a and a's on c.
         let change = run_split(&scenario("a=50,b=30,c=20", Some("a=50,b=20,c=30"))).change.unwrap();
-        assert!((change.layout_share - 0.1).abs() < 1e-9 && (change.least_share - 0.1).abs() < 1e-9);
+        assert!((change.least_share - 0.1).abs() < 1e-9);
+        assert!(change.layout_share > change.least_share + 0.01, "{}", change.layout_share);
+        assert!(
+            (change.moved_share - change.layout_share).abs() < 0.015,
+            "{} {}",
+            change.moved_share,
+            change.layout_share
+        );
+        // One pool added and one removed: the same.
+        let change = run_split(&scenario("a=50,b=50", Some("a=50,c=50"))).change.unwrap();
+        assert!((change.least_share - 0.5).abs() < 1e-9);
+        assert!(
+            (change.moved_share - change.layout_share).abs() < 0.015,
+            "{} {}",
+            change.moved_share,
+            change.layout_share
+        );
     }
 
     #[test]
