@@ -4,12 +4,13 @@
 //! takes (after its host group's exact paths and prefixes were tried), and one whose host only
 //! a wildcard takes (after the exact-host map and a longer suffix missed). Also what every
 //! request pays before a lookup: its target made canonical (a plain path is checked and
-//! borrowed; a dotted, encoded one rebuilt) and its host made comparable.
+//! borrowed; a dotted, encoded one rebuilt) and its host made comparable; and a split's choice
+//! of pool for a client (2 and 4 pools).
 
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use lb_sync::routing::{canonical_host, RequestView, RouteConfig, RouteTable};
+use lb_sync::routing::{canonical_host, client_key, split_pool, RequestView, RouteConfig, RouteTable, SplitShare};
 use lb_sync::server::{canonical_target, Header, PathRules};
 
 /// `n` routes: per host, three prefixes and one exact path; every 25th host a regex too; a
@@ -72,6 +73,20 @@ fn bench(c: &mut Criterion) {
         });
     }
     group.bench_function("host", |b| b.iter(|| canonical_host(std::hint::black_box("API.Example.com.:8080")).len()));
+    group.finish();
+    // A split's choice per request: the client's key, then one score per pool.
+    let mut group = c.benchmark_group("split");
+    for pools in [2usize, 4] {
+        let shares: Vec<SplitShare> =
+            (0..pools).map(|i| SplitShare { pool: format!("pool{i}"), weight: if i == 0 { 95 } else { 5 } }).collect();
+        let client: std::net::IpAddr = "203.0.113.7".parse().unwrap();
+        group.bench_with_input(BenchmarkId::new("pools", pools), &shares, |b, shares| {
+            b.iter(|| {
+                let key = client_key(std::hint::black_box(client));
+                split_pool(shares, key.as_bytes(), |_| true).map(str::len)
+            })
+        });
+    }
     group.finish();
 }
 

@@ -351,6 +351,29 @@ fn rendezvous_moves(old: &[SplitShare], new: &[SplitShare]) -> f64 {
     (1.0 - stay).max(0.0)
 }
 
+/// The pools' table: weight, expected share, clients (and requests when `with_requests`).
+fn pool_table(pools: &[PoolShare], with_requests: bool) -> String {
+    let mut header = vec!["pool", "weight", "expected", "clients", "share"];
+    if with_requests {
+        header.extend(["requests", "share"]);
+    }
+    let mut rows = vec![header.into_iter().map(String::from).collect::<Vec<_>>()];
+    for p in pools {
+        let mut row = vec![
+            p.pool.clone(),
+            p.weight.to_string(),
+            percent(p.expected_share),
+            p.clients.to_string(),
+            percent(p.client_share),
+        ];
+        if with_requests {
+            row.extend([p.requests.unwrap_or(0).to_string(), percent(p.request_share.unwrap_or(0.0))]);
+        }
+        rows.push(row);
+    }
+    columns(&rows, "  ")
+}
+
 /// `stable 95, canary 5`.
 fn describe(shares: &[SplitShare]) -> String {
     shares.iter().map(|s| format!("{} {}", s.pool, s.weight)).collect::<Vec<_>>().join(", ")
@@ -371,27 +394,7 @@ impl SplitReport {
             self.requests,
             self.seed
         );
-        let mut rows = vec![vec![
-            "pool".to_string(),
-            "weight".into(),
-            "expected".into(),
-            "clients".into(),
-            "share".into(),
-            "requests".into(),
-            "share".into(),
-        ]];
-        for p in &self.pools {
-            rows.push(vec![
-                p.pool.clone(),
-                p.weight.to_string(),
-                percent(p.expected_share),
-                p.clients.to_string(),
-                percent(p.client_share),
-                p.requests.unwrap_or(0).to_string(),
-                percent(p.request_share.unwrap_or(0.0)),
-            ]);
-        }
-        out.push_str(&columns(&rows, "  "));
+        out.push_str(&pool_table(&self.pools, true));
         if self.changed_sides == 0 {
             let _ = writeln!(
                 out,
@@ -407,18 +410,7 @@ impl SplitReport {
         }
         let Some(change) = &self.change else { return out };
         let _ = writeln!(out, "\nto {}:", describe(scenario.to.as_deref().unwrap_or_default()));
-        let mut rows =
-            vec![vec!["pool".to_string(), "weight".into(), "expected".into(), "clients".into(), "share".into()]];
-        for p in &change.pools {
-            rows.push(vec![
-                p.pool.clone(),
-                p.weight.to_string(),
-                percent(p.expected_share),
-                p.clients.to_string(),
-                percent(p.client_share),
-            ]);
-        }
-        out.push_str(&columns(&rows, "  "));
+        out.push_str(&pool_table(&change.pools, false));
         let _ = writeln!(
             out,
             "  moved: {} of {} clients ({}; {} expected); the new weights need at least {}",
