@@ -498,3 +498,43 @@ fn an_old_state_file_is_the_default_pools_and_a_pool_no_longer_configured_is_ski
     stop(lb);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_pool_a_reload_adds_back_comes_from_the_state_file_as_at_a_start() {
+    let (_children, addrs) = backends(3, &[]);
+    let dir = common::unique_dir("pool-state-reload");
+    let state = dir.join("state.json");
+    let saved = format!(
+        r#"{{"version": 2, "numbered": 1, "backends": [{{"id": "backend1", "host": "127.0.0.1", "port": {}, "weight": 1, "state": "enabled"}}],
+  "pools": {{"api": {{"numbered": 2, "backends": [
+    {{"id": "a1", "host": "127.0.0.1", "port": {}, "weight": 1, "state": "disabled"}},
+    {{"id": "a2", "host": "127.0.0.1", "port": {}, "weight": 7, "state": "enabled"}}]}}}}}}
+"#,
+        addrs[0].port(),
+        addrs[1].port(),
+        addrs[2].port()
+    );
+    std::fs::write(&state, &saved).unwrap();
+    // Started without the pool: its saved table is skipped, and stays in the file meanwhile.
+    let lb = Lb::start(&addrs[..1], &format!(r#""state_file": "{}""#, state.display()));
+    assert!(lb.log().contains("pool 'api' is not in the configuration: skipped"), "{}", lb.log());
+    // The pool comes back by a reload, its configured list one backend: the file's table wins.
+    let settings = format!(
+        r#""state_file": "{}", "pools": {{"api": {{"backends": {}}}}}"#,
+        state.display(),
+        list(&[("a1", addrs[1])])
+    );
+    lb.write_config(&addrs[..1], &settings);
+    let resp = request(lb.addr, "POST", "/lb/config/reload", "");
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let api = get(&lb, "/lb/pools/api/backends").1;
+    assert_eq!(ids_enabled(&api), [("a1".to_string(), false), ("a2".to_string(), true)], "{api}");
+    assert_eq!(get(&lb, "/lb/pools/api/backends/a2").1["weight"], 7);
+    // The next change writes the restored table back, numbering included.
+    assert_eq!(request(lb.addr, "POST", "/lb/backends/backend1/drain", "").status, 200);
+    let written: Value = serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
+    assert_eq!(written["pools"]["api"]["numbered"], 2, "{written}");
+    assert_eq!(written["pools"]["api"]["backends"].as_array().map(Vec::len), Some(2), "{written}");
+    stop(lb);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -202,10 +202,24 @@ impl Control {
         } else {
             Some(backend_list(&config))
         };
+        // A pool the reload adds comes back from the state file when the file has it, as at a
+        // start: built from the configuration, the next save would drop what the file kept.
+        let saved = match &running.ops.state_file {
+            Some(file) => file.load().map_err(|e| format!("state file {}: {e}", file.path().display()))?,
+            None => None,
+        };
+        let mut restored = Vec::new();
         if keeper.is_some() {
-            // A kept named pool's list is its table's too; a new pool starts from the file.
+            // A kept named pool's list is its table's too; a new pool starts from the state
+            // file when it has the pool, else from the configuration.
             for (name, pool) in &mut config.pools {
-                let Some(kept) = running.pools.get(name) else { continue };
+                let Some(kept) = running.pools.get(name) else {
+                    if let Some(saved) = saved.as_ref().and_then(|saved| saved.pool(name)) {
+                        pool.backends = saved.backend_configs().into_iter().map(|(_, b)| b).collect();
+                        restored.push((name.clone(), saved));
+                    }
+                    continue;
+                };
                 let running: Vec<_> =
                     kept.table.snapshot().backends.iter().map(|b| (b.id.clone(), b.config())).collect();
                 let listed = backend_list(&Config { backends: pool.backends.clone(), ..Config::default() });
@@ -234,7 +248,13 @@ impl Control {
                     Arc::clone(&kept.table)
                 }
                 None => {
-                    Arc::new(BackendTable::new(pool.pool.algorithm, &wanted, backend_policy(&pool)).map_err(named)?)
+                    let table =
+                        BackendTable::new(pool.pool.algorithm, &wanted, backend_policy(&pool)).map_err(named)?;
+                    if let Some((_, saved)) = restored.iter().find(|(pool, _)| *pool == name) {
+                        saved.apply_states(&table);
+                        log::info!("pool {name}: {} backend(s) restored from the state file", saved.backends.len());
+                    }
+                    Arc::new(table)
                 }
             };
             tables.push((name, table));
