@@ -159,6 +159,7 @@ impl LoadBalancer {
         let mut server_config = ServerConfig {
             bind: SocketAddr::new(config.listener.host, config.listener.port),
             threads: config.listener.threads,
+            pollers: config.pollers(),
             queue_capacity: tuning.queue_capacity,
             limits: tuning.limits,
             body_buffering: tuning.body_buffering,
@@ -184,12 +185,14 @@ impl LoadBalancer {
         let history = history_sampler(Arc::clone(&current))?;
         server_config.queue_depth = Arc::clone(&ops.queue_depth);
         server_config.idle_closed = Arc::clone(&ops.idle_closed);
+        server_config.poller_gauges = ops.pollers.clone();
         server_config.on_refusal = Some(refusal_hook(Arc::clone(&current)));
         server_config.client_key = Some(client_key(Arc::clone(&current)));
         let server = Server::start(server_config, Router::new(Arc::clone(&current)))?;
         let admin = match current.load().config.operations.admin_listen {
             Some(bind) => {
-                let config = ServerConfig { bind, threads: 4, queue_capacity: 64, ..ServerConfig::default() };
+                let config =
+                    ServerConfig { bind, threads: 4, pollers: 1, queue_capacity: 64, ..ServerConfig::default() };
                 let listener = bind_for(Some("the management API (admin_listen)"), bind, config.backlog)?;
                 Some(Server::start_on(listener, config, AdminRouter::new(Arc::clone(&current)))?)
             }

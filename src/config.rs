@@ -559,6 +559,18 @@ impl Config {
             .map(|name| StickyCookie::new(name, self.pool.sticky_secret.as_deref(), max_age))
     }
 
+    /// The pollers in force (`pollers`, or one per CPU this process may run on, at most 16).
+    ///
+    /// ```
+    /// use lb_sync::config::{Config, ConfigFile};
+    /// let config = Config::try_from(ConfigFile { pollers: Some(3), ..Default::default() }).unwrap();
+    /// assert_eq!(config.pollers(), 3);
+    /// assert_eq!(Config::default().pollers(), lb_sync::server::default_pollers());
+    /// ```
+    pub fn pollers(&self) -> usize {
+        self.listener.pollers.unwrap_or_else(crate::server::default_pollers)
+    }
+
     /// The per-backend connection cap in force (`backend_max_connections`, or three quarters of
     /// the workers).
     ///

@@ -126,7 +126,15 @@ impl Transport {
 }
 
 fn config(limits: Limits, threads: usize, queue_capacity: usize) -> ServerConfig {
-    ServerConfig { bind: "127.0.0.1:0".parse().unwrap(), threads, queue_capacity, limits, ..ServerConfig::default() }
+    let pollers = common::pollers_under_test();
+    ServerConfig {
+        bind: "127.0.0.1:0".parse().unwrap(),
+        threads,
+        pollers,
+        queue_capacity,
+        limits,
+        ..ServerConfig::default()
+    }
 }
 
 /// An in-process demo backend with the given limits.

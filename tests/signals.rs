@@ -10,7 +10,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -217,7 +217,7 @@ fn sigterm_stops_it_even_when_nobody_reads_its_stderr() {
     std::fs::create_dir_all(&dir).unwrap();
     let settings = format!(r#""access_log": true, "shutdown_timeout": {SHUTDOWN_TIMEOUT}"#);
     std::fs::write(dir.join("config.json"), common::lb::config_json(&addrs, &settings)).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_lb-sync"))
+    let child = common::lb::lb_command()
         .arg("--config")
         .arg(dir.join("config.json"))
         .stdin(Stdio::null())
@@ -332,7 +332,7 @@ fn start_and_terminate(up: &[SocketAddr], down: &[SocketAddr], scene: Scene, del
     );
     std::fs::write(dir.join("config.json"), common::lb::config_json(backends, &settings)).unwrap();
     let log_path = dir.join("stderr.log");
-    let child = Command::new(env!("CARGO_BIN_EXE_lb-sync"))
+    let child = common::lb::lb_command()
         .arg("--config")
         .arg(dir.join("config.json"))
         .stdin(Stdio::null())

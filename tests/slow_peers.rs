@@ -8,7 +8,6 @@ mod common;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
 use common::faults::answers_413_after_the_head;
@@ -41,7 +40,7 @@ impl Balancer {
             settings
         );
         std::fs::write(dir.join("config.json"), config).unwrap();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_lb-sync"));
+        let mut command = common::lb::lb_command();
         command.arg("--config").arg(dir.join("config.json"));
         let child = ChildProcess::start(command);
         let addr = listening_addr(&child.ready_line).expect("address in the ready line");

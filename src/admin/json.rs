@@ -141,6 +141,13 @@ pub fn stats(shared: &Shared) -> Value {
         "in_flight": snapshot.backends.iter().map(|b| b.in_flight()).sum::<usize>(),
         "queue_depth": shared.ops.queue_depth.load(std::sync::atomic::Ordering::Relaxed),
         "idle_closed_at_cap": shared.ops.idle_closed.load(std::sync::atomic::Ordering::Relaxed),
+        "pollers": shared.ops.pollers.read().iter().map(|p| json!({
+            "connections": p.connections,
+            "accepted": p.accepted,
+            "tls_handshakes": p.handshakes,
+            "requests": p.requests,
+            "queue_depth": p.queued,
+        })).collect::<Vec<_>>(),
         "tunnels": { "active": shared.stats.tunnels.active(), "total": shared.stats.tunnels.total() },
         "retries": {
             "tries": tries.tries,

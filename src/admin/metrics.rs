@@ -15,6 +15,9 @@
 //! | `lb_backend_response_duration_seconds` | `pool`, `backend` | a backend's time to its response head (histogram) |
 //! | `lb_in_flight_requests` | | requests being forwarded now (every pool's) |
 //! | `lb_queue_depth` | | requests waiting for a worker |
+//! | `lb_poller_connections` | `poller` | client connections each poller has open now (tunnels included) |
+//! | `lb_poller_accepted_total`, `lb_poller_tls_handshakes_total`, `lb_poller_requests_total` | `poller` | connections each poller accepted, TLS handshakes it completed, requests it gave the workers |
+//! | `lb_poller_queue_depth` | `poller` | requests of each poller's connections waiting for a worker |
 //! | `lb_idle_closed_at_cap_total` | | idle client connections closed to make room for new ones at `max_connections` |
 //! | `lb_open_tunnels`, `lb_tunnels_total` | | tunnels (WebSockets: upgraded connections) open now, and opened since the start |
 //! | `lb_backend_open_tunnels`, `lb_backend_tunnels_total` | `pool`, `backend` | the same per backend |
@@ -49,9 +52,13 @@ use std::sync::Arc;
 
 use crate::health::BreakerState;
 use crate::metrics::prometheus::{ExpositionError, TextEncoder, LATENCY_BOUNDS_SECONDS};
+use crate::server::PollerStats;
 use crate::state::Shared;
 use crate::stats::CLASSES;
 use crate::upstream::{Backend, Membership};
+
+/// A per-poller family: name, help, whether it is a counter, and its value.
+type PollerFamily = (&'static str, &'static str, bool, fn(&PollerStats) -> f64);
 
 /// One per-backend gauge's reading.
 type BackendGauge = fn(&Backend) -> f64;
@@ -116,6 +123,23 @@ fn encode(shared: &Shared) -> Result<String, ExpositionError> {
     e.gauge("lb_in_flight_requests", "Requests being forwarded to a backend now.")?.sample(&[], in_flight as f64)?;
     e.gauge("lb_queue_depth", "Requests waiting for a worker.")?
         .sample(&[], shared.ops.queue_depth.load(Ordering::Relaxed) as f64)?;
+    let pollers = shared.ops.pollers.read();
+    let names: Vec<String> = (0..pollers.len()).map(|i| i.to_string()).collect();
+    let per_poller: [PollerFamily; 5] = [
+        ("lb_poller_connections", "Client connections each poller has open now.", false, |p| p.connections as f64),
+        ("lb_poller_accepted", "Connections each poller accepted.", true, |p| p.accepted as f64),
+        ("lb_poller_tls_handshakes", "TLS handshakes each poller completed.", true, |p| p.handshakes as f64),
+        ("lb_poller_requests", "Requests each poller gave to the workers.", true, |p| p.requests as f64),
+        ("lb_poller_queue_depth", "Requests of each poller's connections waiting for a worker.", false, |p| {
+            p.queued as f64
+        }),
+    ];
+    for (name, help, counter, value) in per_poller {
+        let mut family = if counter { e.counter(name, help)? } else { e.gauge(name, help)? };
+        for (poller, stats) in names.iter().zip(&pollers) {
+            family.sample(&[("poller", poller)], value(stats))?;
+        }
+    }
     e.counter("lb_idle_closed_at_cap", "Idle client connections closed to make room for new ones at max_connections.")?
         .sample(&[], shared.ops.idle_closed.load(Ordering::Relaxed) as f64)?;
     let tunnels = &shared.stats.tunnels;

@@ -38,6 +38,9 @@ struct Args {
     /// forwarding worker threads (default 256)
     #[argh(option)]
     threads: Option<usize>,
+    /// poller threads, each with its own listening socket (default: one per CPU, at most 16)
+    #[argh(option)]
+    pollers: Option<usize>,
     /// a backend as [ID=][http[s]://]HOST:PORT[:WEIGHT]; repeatable; replaces the configured
     /// ones; https:// ones are sent TLS, their certificate verified
     #[argh(option)]

@@ -597,6 +597,11 @@ settings! {
             /// stack, so the default is generous: 256 (Apache's event MPM defaults to 400), and 100
             /// slow backend requests in flight delay nobody else.
             threads: usize => threads: usize = 256; restart, range span(1.0, 10_000.0, Count), flag threads;
+            /// Poller threads: each accepts on its own listening socket (the kernel spreads new
+            /// connections over them), runs the TLS handshakes, reads the requests and writes the
+            /// slow answers of the connections it accepted. Default: one per CPU this process may
+            /// run on, at most 16; 1 gives one poller for everything.
+            pollers: Option<usize> => pollers: Option<usize> = None; restart, range span(1.0, 64.0, Count), flag pollers;
             /// Requests that may wait for a free worker; more get `503` + `Retry-After`. Default 1024.
             queue_capacity: usize => queue_capacity: usize = 1024; live, range span(1.0, 1_000_000.0, Count);
             /// Most open client connections. Default 10 000.
@@ -843,6 +848,7 @@ mod tests {
                 "host",
                 "port",
                 "threads",
+                "pollers",
                 "client_body_temp_path",
                 "tls_port",
                 "access_log",

@@ -29,6 +29,7 @@ pub const RESTART_ONLY: &[&str] = &[
     "host",
     "port",
     "threads",
+    "pollers",
     "client_body_temp_path",
     "admin_listen",
     "access_log",

@@ -17,7 +17,7 @@
 //! | `health_check_*` | at once (the checker is restarted; verdicts are kept; turned off, a backend marked down comes back as a recovery) |
 //! | `dns_refresh_interval` | at once (the next refresh is counted from the reload) |
 //! | `tls_cert`, `tls_key`, `tls_sni_certificates` (the files are read again on every reload, so a renewed certificate is picked up; one that fails to load refuses the reload), `tls_handshake_timeout` | the next TLS handshake (connections already up keep theirs) |
-//! | `host`, `port`, `threads`, `client_body_temp_path`, `admin_listen`, `access_log*`, `log_file`, `state_file`, `registry`, `tls_port` | at the next restart: a reload keeps the running value and logs that it did |
+//! | `host`, `port`, `threads`, `pollers`, `client_body_temp_path`, `admin_listen`, `access_log*`, `log_file`, `state_file`, `registry`, `tls_port` | at the next restart: a reload keeps the running value and logs that it did |
 //!
 //! With a `state_file` the management API owns every pool's backend list, with a `registry` the
 //! registry does: a reload keeps each kept pool's (a pool it adds starts from the file, or from

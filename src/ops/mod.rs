@@ -19,6 +19,7 @@ use std::time::Duration;
 use crate::logging::RateLimitedWarn;
 use crate::metrics::Histogram;
 use crate::registry::Registry;
+use crate::server::PollerGauges;
 use crate::upstream::DnsStatus;
 use history::History;
 
@@ -36,6 +37,8 @@ pub struct Operations {
     /// Idle client connections closed to make room at `max_connections` (the front end counts
     /// in it).
     pub idle_closed: Arc<AtomicU64>,
+    /// Each poller's connections, handshakes and queue (the front end counts in them).
+    pub pollers: PollerGauges,
     /// Where access-log lines go, and in which format; `None` when the access log is off.
     pub access_log: Option<AccessLog>,
     /// One line per cause per [`WARN_INTERVAL`] for warnings that can fire on every request.
@@ -58,6 +61,7 @@ impl Operations {
             latency: Histogram::new(),
             queue_depth: Arc::new(AtomicUsize::new(0)),
             idle_closed: Arc::new(AtomicU64::new(0)),
+            pollers: PollerGauges::default(),
             access_log,
             warnings: RateLimitedWarn::new(WARN_INTERVAL),
             state_file,

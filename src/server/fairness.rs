@@ -107,9 +107,6 @@ pub(crate) struct ClientLoads {
     /// Requests held back, all clients together: a worker that gives a request back wakes the
     /// poller only while some are.
     held: AtomicUsize,
-    /// A worker woke the poller for held requests and the poller has not looked at its returns
-    /// since: the next worker need not (one wake per poller turn, not one per request).
-    woken: AtomicBool,
 }
 
 impl ClientLoads {
@@ -118,7 +115,6 @@ impl ClientLoads {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             pick: RandomState::new(),
             held: AtomicUsize::new(0),
-            woken: AtomicBool::new(false),
         }
     }
 
@@ -151,6 +147,21 @@ impl ClientLoads {
         max_workers == 0 || self.shard(client).get(&client).is_none_or(|load| load.serving < max_workers)
     }
 
+    /// Moves one of `client`'s held requests to serving if it has room under a share of
+    /// `max_workers` (0: none), in one step: two pollers releasing the same client's requests
+    /// at once cannot both take the last place.
+    pub fn promote(&self, client: IpAddr, max_workers: usize) -> bool {
+        let mut shard = self.shard(client);
+        let Some(load) = shard.get_mut(&client) else { return false };
+        if load.held == 0 || (max_workers > 0 && load.serving >= max_workers) {
+            return false;
+        }
+        load.held -= 1;
+        load.serving += 1;
+        self.held.fetch_sub(1, Ordering::SeqCst);
+        true
+    }
+
     /// Changes `client`'s load with `change`; the entry goes once it is all zero.
     pub fn change(&self, client: IpAddr, change: impl FnOnce(&mut Load)) {
         let mut shard = self.shard(client);
@@ -168,7 +179,6 @@ impl ClientLoads {
     }
 
     /// `client`'s load now.
-    #[cfg(test)]
     pub fn load(&self, client: IpAddr) -> Load {
         self.shard(client).get(&client).copied().unwrap_or_default()
     }
@@ -179,14 +189,16 @@ impl ClientLoads {
     }
 
     /// Whether a worker that just gave a request back (sent it, then fenced) must wake the
-    /// poller: some request is held back, and no other worker woke it since it last looked.
-    pub fn wake_for_held(&self) -> bool {
-        self.held.load(Ordering::SeqCst) > 0 && !self.woken.swap(true, Ordering::SeqCst)
+    /// poller it gave it to: some request is held back, and no other worker woke that poller
+    /// (`woken`, its flag) since it last looked.
+    pub fn wake_for_held(&self, woken: &AtomicBool) -> bool {
+        self.held.load(Ordering::SeqCst) > 0 && !woken.swap(true, Ordering::SeqCst)
     }
 
-    /// The poller is about to look at the requests given back: a later one wakes it again.
-    pub fn looking_at_returns(&self) {
-        self.woken.store(false, Ordering::SeqCst);
+    /// A poller is about to look at the requests given back to it (`woken`, its flag): a later
+    /// one wakes it again.
+    pub fn looking_at_returns(woken: &AtomicBool) {
+        woken.store(false, Ordering::SeqCst);
         // Pairs with the worker's fence between its return and its look: a worker that saw the
         // poller woken already sent its return before this, and the look after sees it.
         std::sync::atomic::fence(Ordering::SeqCst);
@@ -234,14 +246,16 @@ mod tests {
     #[test]
     fn workers_wake_the_poller_once_per_look_and_only_for_held_requests() {
         let loads = ClientLoads::new();
+        let (first, second) = (AtomicBool::new(false), AtomicBool::new(false));
         let a = ip("10.0.0.1");
-        assert!(!loads.wake_for_held(), "nothing held");
+        assert!(!loads.wake_for_held(&first), "nothing held");
         assert_eq!(loads.admit(a, 1, 0, true), Admission::Serve);
         assert_eq!(loads.admit(a, 1, 0, true), Admission::Hold);
-        assert!(loads.wake_for_held());
-        assert!(!loads.wake_for_held(), "woken already, not looked yet");
-        loads.looking_at_returns();
-        assert!(loads.wake_for_held());
+        assert!(loads.wake_for_held(&first));
+        assert!(!loads.wake_for_held(&first), "woken already, not looked yet");
+        assert!(loads.wake_for_held(&second), "each poller is woken on its own");
+        ClientLoads::looking_at_returns(&first);
+        assert!(loads.wake_for_held(&first));
     }
 
     #[test]

@@ -52,6 +52,8 @@ pub(crate) enum Job {
     /// A complete request to serve. `input_while_busy` is set by the poller when more input
     /// arrives meanwhile.
     Serve {
+        /// The poller that owns the connection, which takes it back.
+        poller: usize,
         token: usize,
         stream: Arc<ClientStream>,
         peer: SocketAddr,
@@ -62,7 +64,7 @@ pub(crate) enum Job {
         first: bool,
     },
     /// A delivery whose buffer the client has drained: read more from its source, write on.
-    Refill { token: usize, stream: Arc<ClientStream>, delivery: Delivery },
+    Refill { poller: usize, token: usize, stream: Arc<ClientStream>, delivery: Delivery },
 }
 
 /// How long jobs may wait with none taken before the poller wakes a worker regardless.

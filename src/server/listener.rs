@@ -9,6 +9,11 @@ use socket2::{Domain, Protocol, Socket, Type};
 /// Binds `addr` with `SO_REUSEADDR` (a restart does not wait out TIME_WAIT) and a backlog of
 /// `backlog` (std uses 128, too few for a burst of connections), non-blocking for the poller.
 /// A failure names the address and the likely cause (see [`listen_error`]).
+///
+/// The socket has `SO_REUSEPORT`, so that each poller of a server can bind its own on the same
+/// address ([`bind_twin`]) and the kernel spreads new connections over them. An address some
+/// other socket listens on is still refused: a second lb-sync on the same port must fail, not
+/// quietly take half of the first one's connections.
 pub fn bind(addr: SocketAddr, backlog: i32) -> io::Result<TcpListener> {
     bind_for(None, addr, backlog)
 }
@@ -18,12 +23,41 @@ pub fn bind_for(role: Option<&str>, addr: SocketAddr, backlog: i32) -> io::Resul
     bind_socket(addr, backlog).map_err(|e| listen_error(role, addr, &e))
 }
 
+/// Binds another listening socket on the address `first` (from [`bind`]) listens on, for
+/// another poller: the kernel spreads new connections over the two (`SO_REUSEPORT`).
+pub fn bind_twin(first: &TcpListener, backlog: i32) -> io::Result<TcpListener> {
+    let addr = first.local_addr()?;
+    shared_socket(addr)
+        .and_then(|socket| listen(socket, addr, backlog))
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot open another listening socket on {addr}: {e}")))
+}
+
 fn bind_socket(addr: SocketAddr, backlog: i32) -> io::Result<TcpListener> {
+    if addr.port() != 0 {
+        // A socket without SO_REUSEPORT cannot bind where another one listens, with or without
+        // it: this finds a running server that ours would otherwise share the port with.
+        let probe = socket_for(addr)?;
+        probe.bind(&addr.into())?;
+    }
+    listen(shared_socket(addr)?, addr, backlog)
+}
+
+fn socket_for(addr: SocketAddr) -> io::Result<Socket> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
     if addr.is_ipv6() {
         socket.set_only_v6(false).ok();
     }
+    Ok(socket)
+}
+
+fn shared_socket(addr: SocketAddr) -> io::Result<Socket> {
+    let socket = socket_for(addr)?;
+    socket.set_reuse_port(true)?;
+    Ok(socket)
+}
+
+fn listen(socket: Socket, addr: SocketAddr, backlog: i32) -> io::Result<TcpListener> {
     socket.bind(&addr.into())?;
     socket.listen(backlog)?;
     socket.set_nonblocking(true)?;

@@ -1,23 +1,23 @@
 //! The HTTP/1.1 server that lb-sync and lb-backend stand on.
 //!
-//! Shape (Apache's event MPM): one **poller** thread owns the listener and all client I/O that
-//! waits on a client: idle keep-alive connections, request heads, request bodies (buffered in
-//! memory, then in a temp file), and the rest of any response the client reads slowly. A
-//! complete request goes through a **bounded queue** to a **fixed pool of worker threads**,
-//! which run the handler (blocking on a backend is fine there) and write the response with
-//! non-blocking writes, handing what the socket does not take back to the poller. Only as many
+//! Shape (Apache's event MPM, one listener per core as nginx and HAProxy have): **pollers**
+//! own all client I/O that waits on a client: accepting, TLS handshakes, idle keep-alive
+//! connections, request heads, request bodies (buffered in memory, then in a temp file), and
+//! the rest of any response the client reads slowly. Each poller binds its own listening socket
+//! on the address (`SO_REUSEPORT`: the kernel spreads new connections over them) and owns the
+//! connections it accepted for their whole life. A complete request goes through one **bounded
+//! queue** to one **fixed pool of worker threads**, which run the handler (blocking on a backend
+//! is fine there) and write the response with non-blocking writes, handing the connection back
+//! to the poller that owns it ([`pollers`]) with what the socket did not take. Only as many
 //! workers stay awake as keep the cores busy; one blocked on a backend ([`while_blocked`]) lets
-//! another wake (`job_queue.rs`). A slow or
-//! idle client costs a buffer, never a thread. A connection that switches protocols (`101`)
-//! goes back to the poller too, which relays it as a [`Tunnel`] (see `tunnel.rs`).
+//! another wake (`job_queue.rs`). A slow or idle client costs a buffer, never a thread. A
+//! connection that switches protocols (`101`) goes back to its poller too, which relays it as
+//! a [`Tunnel`] (see `tunnel.rs`).
 //!
-//! An HTTPS listener ([`ServerConfig::tls`]) is served by the same poller and workers: the
-//! poller runs each TLS handshake and decrypts requests as it reads them, workers encrypt the
-//! responses they write (`stream.rs`); one connection limit, queue and stop cover both. One
-//! poller rather than a second one: a worker hands each connection back to the poller that owns
-//! it, and a second poller would need a second return path through every worker; the price is
-//! that handshakes (about 0.2 ms of CPU each with an ECDSA P-256 certificate, 0.8 ms with
-//! RSA-2048) share one thread.
+//! An HTTPS listener ([`ServerConfig::tls`]) is served by the same pollers and workers: each
+//! poller binds one on the HTTPS address too, runs the handshakes of the connections it accepts
+//! and decrypts requests as it reads them; workers encrypt the responses they write
+//! (`stream.rs`). One connection limit, queue and stop cover all of them.
 //!
 //! ```no_run
 //! use lb_sync::server::{Handler, Request, Response, Server, ServerConfig};
@@ -46,6 +46,7 @@ mod limits;
 mod listener;
 mod observe;
 mod poller;
+pub mod pollers;
 mod request;
 mod response;
 mod spool;
@@ -64,8 +65,9 @@ pub use head::{
 };
 pub use job_queue::while_blocked;
 pub use limits::Limits;
-pub use listener::{bind, bind_for, listen_error};
+pub use listener::{bind, bind_for, bind_twin, listen_error};
 pub use observe::{Finished, Refusal, RefusalHook};
+pub use pollers::{default_pollers, PollerGauges, PollerStats};
 pub use request::Request;
 pub use response::{status_has_no_body, Body, Response};
 pub use spool::{BodyBuffering, RequestBody};
@@ -84,6 +86,7 @@ use std::time::{Duration, Instant};
 use mio::{Poll, Waker};
 
 use poller::{Poller, PollerLinks, StopSignal, STOP_HARD_WAIT, WAKER};
+use pollers::{IdleSince, PollerLink};
 use spool::SpoolSettings;
 use worker::Worker;
 
@@ -104,6 +107,11 @@ pub struct ServerConfig {
     pub bind: SocketAddr,
     /// Worker threads serving requests. Default: twice the CPU count, at least 4.
     pub threads: usize,
+    /// Poller threads, each with its own listening socket and the connections it accepted.
+    /// Default [`default_pollers`]: one per CPU, at most 16.
+    pub pollers: usize,
+    /// Reads each poller's counters once the server runs. Default: fresh gauges.
+    pub poller_gauges: PollerGauges,
     /// Complete requests that may wait for a worker; more get `503` with `Retry-After` at once.
     /// Default 1024.
     pub queue_capacity: usize,
@@ -153,6 +161,8 @@ impl Default for ServerConfig {
         ServerConfig {
             bind: SocketAddr::from(([0, 0, 0, 0], 8080)),
             threads: (cpus * 2).max(4),
+            pollers: default_pollers(),
+            poller_gauges: PollerGauges::default(),
             queue_capacity: 1024,
             backlog: 1024,
             limits: Limits::default(),
@@ -182,25 +192,26 @@ pub struct Tuning {
 /// Changes a running server's [`Tuning`]; cheap to clone, usable from any thread.
 #[derive(Clone)]
 pub struct Tuner {
-    pending: Arc<Mutex<Option<Tuning>>>,
+    pollers: Arc<[PollerLink]>,
     spool: Arc<SpoolSettings>,
-    waker: Arc<Waker>,
     tls: Option<TlsAcceptor>,
 }
 
 impl Tuner {
-    /// Serves `certificates` on the HTTPS listener from the next handshake on; false (nothing
-    /// done) when the server has none.
+    /// Serves `certificates` on the HTTPS listener from the next handshake on (every poller's);
+    /// false (nothing done) when the server has none.
     pub fn replace_certificates(&self, certificates: Certificates) -> bool {
         self.tls.as_ref().map(|tls| tls.replace(certificates)).is_some()
     }
 
-    /// Hands new settings to the poller (which takes them at its next turn) and the body
+    /// Hands new settings to every poller (each takes them at its next turn) and the body
     /// buffering.
     pub fn apply(&self, tuning: Tuning) {
         self.spool.apply(&tuning.body_buffering);
-        *self.pending.lock().unwrap_or_else(|e| e.into_inner()) = Some(tuning);
-        let _ = self.waker.wake();
+        for poller in self.pollers.iter() {
+            *poller.tuning.lock().unwrap_or_else(|e| e.into_inner()) = Some(tuning.clone());
+            poller.wake();
+        }
     }
 }
 
@@ -251,7 +262,7 @@ pub struct Server {
     local_addr: SocketAddr,
     tls_addr: Option<SocketAddr>,
     stop: Arc<StopSignal>,
-    waker: Arc<Waker>,
+    pollers: Arc<[PollerLink]>,
     threads: Vec<JoinHandle<()>>,
     running: Arc<Running>,
     tuner: Tuner,
@@ -269,48 +280,81 @@ impl Drop for CloseQueueOnError {
     }
 }
 
+/// Each poller's listening sockets: the plain one, and the HTTPS one with its acceptor.
+type Listeners = (TcpListener, Option<(TcpListener, TlsAcceptor)>);
+
+/// Binds the listening sockets of `pollers` pollers: `first` and twins of it on its address,
+/// and the HTTPS listener's likewise.
+fn bind_listeners(first: TcpListener, config: &ServerConfig, pollers: usize) -> io::Result<Vec<Listeners>> {
+    let tls_first = match &config.tls {
+        Some(tls) => Some((bind_tls(tls.bind, config.backlog)?, tls.acceptor.clone())),
+        None => None,
+    };
+    let mut listeners = Vec::with_capacity(pollers);
+    for _ in 1..pollers {
+        let plain = bind_twin(&first, config.backlog)?;
+        let tls = match &tls_first {
+            Some((listener, acceptor)) => Some((bind_twin(listener, config.backlog)?, acceptor.clone())),
+            None => None,
+        };
+        listeners.push((plain, tls));
+    }
+    listeners.insert(0, (first, tls_first));
+    Ok(listeners)
+}
+
 impl Server {
-    /// Binds `config.bind` and starts the poller and the worker pool.
+    /// Binds `config.bind` and starts the pollers and the worker pool.
     pub fn start(config: ServerConfig, handler: impl Handler) -> io::Result<Server> {
         let listener = bind(config.bind, config.backlog)?;
         Server::start_on(listener, config, handler)
     }
 
     /// Starts on a listener bound with [`bind`] (so its port is known before the handler is
-    /// built); `config.bind` is ignored (`config.tls`'s address is bound here).
+    /// built); `config.bind` is ignored (`config.tls`'s address is bound here). With more than
+    /// one poller, the others bind twins of it ([`bind_twin`]), which a listener bound some
+    /// other way (without `SO_REUSEPORT`) refuses.
     pub fn start_on(listener: TcpListener, config: ServerConfig, handler: impl Handler) -> io::Result<Server> {
         listener.set_nonblocking(true)?;
         let local_addr = listener.local_addr()?;
-        let tls_listener = match &config.tls {
-            Some(tls) => Some((bind_tls(tls.bind, config.backlog)?, tls.acceptor.clone())),
-            None => None,
-        };
-        let tls_addr = tls_listener.as_ref().map(|(l, _)| l.local_addr()).transpose()?;
-        let poll = Poll::new()?;
-        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let poller_count = config.pollers.max(1);
+        let listeners = bind_listeners(listener, &config, poller_count)?;
+        let tls_addr = listeners[0].1.as_ref().map(|(l, _)| l.local_addr()).transpose()?;
+        let mut polls = Vec::with_capacity(poller_count);
+        let mut links = Vec::with_capacity(poller_count);
+        let mut own_ends = Vec::with_capacity(poller_count);
+        for _ in 0..poller_count {
+            let poll = Poll::new()?;
+            let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+            let (return_tx, return_rx) = crossbeam_channel::unbounded();
+            let (adopt_tx, adopt_rx) = crossbeam_channel::unbounded();
+            links.push(PollerLink::new(return_tx, Arc::clone(&waker), adopt_tx));
+            polls.push(poll);
+            own_ends.push((return_rx, adopt_rx, waker));
+        }
+        let pollers: Arc<[PollerLink]> = links.into();
+        config.poller_gauges.attach(&pollers);
         let queued = Arc::clone(&config.queue_depth);
         let workers = config.threads.max(1);
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let queue = Arc::new(job_queue::JobQueue::new(workers, cores));
         let mut close_on_error = CloseQueueOnError(Some(Arc::clone(&queue)));
-        let (return_tx, return_rx) = crossbeam_channel::unbounded();
         let stop = Arc::new(StopSignal { requested: AtomicBool::new(false), grace: Mutex::new(Duration::ZERO) });
         let stopping = Arc::new(AtomicBool::new(false));
         let handler: Arc<dyn Handler> = Arc::new(handler);
         let running = Arc::new(Running::default());
         let spool = Arc::new(SpoolSettings::new(&config.body_buffering));
-        let pending = Arc::new(Mutex::new(None));
-        let (resume_tx, resume_rx) = crossbeam_channel::unbounded();
-        let resume = upload::ResumeLink { tokens: resume_tx, waker: Arc::clone(&waker) };
         let loads = Arc::new(fairness::ClientLoads::new());
+        let open = Arc::new(AtomicUsize::new(0));
+        let pollers_left = Arc::new(AtomicUsize::new(poller_count));
+        let listening = Arc::new(AtomicUsize::new(poller_count));
 
-        let mut threads = Vec::with_capacity(config.threads + 1);
+        let mut threads = Vec::with_capacity(workers + poller_count);
         for i in 0..workers {
             let worker = Worker {
                 queue: Arc::clone(&queue),
                 queued: Arc::clone(&queued),
-                returns: return_tx.clone(),
-                waker: Arc::clone(&waker),
+                pollers: Arc::clone(&pollers),
                 handler: Arc::clone(&handler),
                 stopping: Arc::clone(&stopping),
                 loads: Arc::clone(&loads),
@@ -322,32 +366,47 @@ impl Server {
             };
             threads.push(std::thread::Builder::new().name(format!("worker-{i}")).spawn(run)?);
         }
-        let links = PollerLinks {
-            queue,
-            queued,
-            queue_capacity: config.queue_capacity.max(1),
-            returns: return_rx,
-            stop: Arc::clone(&stop),
-            stopping,
-            spool: Arc::clone(&spool),
-            tuning: Arc::clone(&pending),
-            on_refusal: config.on_refusal.clone(),
-            client_key: config.client_key.clone(),
-            loads,
-            idle_closed: Arc::clone(&config.idle_closed),
-            resume,
-            resumed: resume_rx,
-        };
-        let poller = Poller::new(poll, listener, tls_listener, config.limits, links)?;
-        let guard = RunningGuard::enter(&running);
-        let run = move || {
-            let _guard = guard;
-            poller.run()
-        };
-        threads.push(std::thread::Builder::new().name("poller".into()).spawn(run)?);
-        let tuner = Tuner { pending, spool, waker: Arc::clone(&waker), tls: config.tls.map(|t| t.acceptor) };
+        let ends = polls.into_iter().zip(own_ends).zip(listeners).enumerate();
+        let mut ready = Vec::with_capacity(poller_count);
+        let started = IdleSince(Instant::now());
+        for (me, ((poll, (returns, adopted, waker)), (listener, tls_listener))) in ends {
+            let (resume_tx, resume_rx) = crossbeam_channel::unbounded();
+            let links = PollerLinks {
+                me,
+                pollers: Arc::clone(&pollers),
+                pollers_left: Arc::clone(&pollers_left),
+                listening: Arc::clone(&listening),
+                open: Arc::clone(&open),
+                queue: Arc::clone(&queue),
+                queued: Arc::clone(&queued),
+                queue_capacity: config.queue_capacity.max(1),
+                returns,
+                adopted,
+                idle_since: started,
+                stop: Arc::clone(&stop),
+                stopping: Arc::clone(&stopping),
+                spool: Arc::clone(&spool),
+                on_refusal: config.on_refusal.clone(),
+                client_key: config.client_key.clone(),
+                loads: Arc::clone(&loads),
+                idle_closed: Arc::clone(&config.idle_closed),
+                resume: upload::ResumeLink { tokens: resume_tx, waker },
+                resumed: resume_rx,
+            };
+            ready.push(Poller::new(poll, listener, tls_listener, config.limits.clone(), links)?);
+        }
+        for (me, poller) in ready.into_iter().enumerate() {
+            let guard = RunningGuard::enter(&running);
+            let run = move || {
+                let _guard = guard;
+                poller.run()
+            };
+            let name = if poller_count == 1 { "poller".to_string() } else { format!("poller-{me}") };
+            threads.push(std::thread::Builder::new().name(name).spawn(run)?);
+        }
+        let tuner = Tuner { pollers: Arc::clone(&pollers), spool, tls: config.tls.map(|t| t.acceptor) };
         close_on_error.0 = None;
-        Ok(Server { local_addr, tls_addr, stop, waker, threads, running, tuner })
+        Ok(Server { local_addr, tls_addr, stop, pollers, threads, running, tuner })
     }
 
     /// A handle that changes this server's settings while it runs.
@@ -386,7 +445,9 @@ impl Server {
         }
         *self.stop.grace.lock().unwrap_or_else(|e| e.into_inner()) = grace;
         self.stop.requested.store(true, Ordering::Release);
-        let _ = self.waker.wake();
+        for poller in self.pollers.iter() {
+            poller.wake();
+        }
         let give_up = Instant::now() + grace + STOP_HARD_WAIT + JOIN_MARGIN;
         let mut count = self.running.count.lock().unwrap_or_else(|e| e.into_inner());
         while *count > 0 {

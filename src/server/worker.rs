@@ -8,12 +8,10 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use crossbeam_channel::Sender;
-use mio::Waker;
-
 use super::fairness::ClientLoads;
 use super::head::RequestHead;
 use super::job_queue::{Job, JobQueue};
+use super::pollers::PollerLink;
 use super::request::Request;
 use super::response::{Delivery, Progress, Response, ResponseContext};
 use super::spool::RequestBody;
@@ -33,6 +31,8 @@ pub(crate) enum Next {
     Deliver(Delivery),
     /// A `101` head is out: the connection switches protocols (the poller relays a tunnel).
     Switch(Switch),
+    /// Never served: another poller dropped it from the queue at a stop. Close it.
+    Dropped,
 }
 
 /// A connection handed back to the poller.
@@ -45,8 +45,8 @@ pub(crate) struct Worker {
     pub queue: Arc<JobQueue>,
     /// Serve jobs waiting in the queue (the poller refuses more than the queue capacity).
     pub queued: Arc<AtomicUsize>,
-    pub returns: Sender<Returned>,
-    pub waker: Arc<Waker>,
+    /// Where each poller takes its connections back (a job names its poller).
+    pub pollers: Arc<[PollerLink]>,
     pub handler: Arc<dyn Handler>,
     pub stopping: Arc<AtomicBool>,
     /// Each client's requests: while some are held back for their client's share, a request
@@ -59,28 +59,33 @@ impl Worker {
     pub fn run(self) {
         self.queue.enlist();
         while let Some(job) = self.queue.next() {
-            let (token, next, input_while_busy, served) = match job {
-                Job::Serve { token, stream, peer, head, body, input_while_busy, first } => {
+            let (poller, token, next, input_while_busy, served) = match job {
+                Job::Serve { poller, token, stream, peer, head, body, input_while_busy, first } => {
                     self.queued.fetch_sub(1, Ordering::Relaxed);
-                    (token, self.serve(&stream, peer, head, body, first), Some(input_while_busy), true)
+                    self.pollers[poller].counters.queued.fetch_sub(1, Ordering::Relaxed);
+                    let next = self.serve(&stream, peer, head, body, first);
+                    (poller, token, next, Some(input_while_busy), true)
                 }
-                Job::Refill { token, stream, delivery } => (token, deliver(&stream, delivery), None, false),
+                Job::Refill { poller, token, stream, delivery } => {
+                    (poller, token, deliver(&stream, delivery), None, false)
+                }
             };
+            let home = &self.pollers[poller];
             // A kept-alive connection goes back without waking the poller: the client's next
             // request wakes it (and it takes returns first). Unless input already arrived while
             // we had it: then no new readiness event will come, so wake it now. The poller sets
             // the flag before it looks for returns, so one of the two sides sees the other.
             let quiet = matches!(next, Next::KeepAlive);
-            let _ = self.returns.send(Returned { token, next });
+            let _ = home.returns.send(Returned { token, next });
             std::sync::atomic::fence(Ordering::SeqCst);
             // While stopping, always wake it: it is waiting for in-flight requests to end. And
             // while requests are held back for their client's share: this may free one.
             if !quiet
                 || input_while_busy.is_none_or(|flag| flag.load(Ordering::SeqCst))
                 || self.stopping.load(Ordering::Relaxed)
-                || (served && self.loads.wake_for_held())
+                || (served && self.loads.wake_for_held(&home.woken_for_held))
             {
-                let _ = self.waker.wake();
+                home.wake();
             }
         }
     }

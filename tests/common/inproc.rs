@@ -17,7 +17,7 @@ pub fn demo_backend() -> (Server, u16) {
 pub fn demo_backend_with(limits: Limits, delay: Duration) -> (Server, u16) {
     let listener = bind("127.0.0.1:0".parse().unwrap(), 128).unwrap();
     let port = listener.local_addr().unwrap().port();
-    let config = ServerConfig { threads: 8, limits, ..ServerConfig::default() };
+    let config = ServerConfig { threads: 8, pollers: super::pollers_under_test(), limits, ..ServerConfig::default() };
     let backend = DemoBackend::new(port, "127.0.0.1", None).with_delay(delay);
     (Server::start_on(listener, config, backend).unwrap(), port)
 }

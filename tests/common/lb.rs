@@ -29,6 +29,17 @@ pub fn lb_sync(args: &[&str]) -> Output {
         .expect("run lb-sync")
 }
 
+/// `lb-sync` as the tests start it: with `--pollers N` when the environment sets
+/// `LB_TEST_POLLERS` (CI runs some test files again with one poller; each run's default is the
+/// machine's CPUs).
+pub fn lb_command() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_lb-sync"));
+    if let Some(pollers) = super::test_pollers() {
+        command.arg("--pollers").arg(pollers.to_string());
+    }
+    command
+}
+
 /// The address in lb-sync's ready line (`... listening on ADDR ...`).
 pub fn listening_addr(ready_line: &str) -> Option<SocketAddr> {
     ready_line.split("listening on ").nth(1).and_then(|rest| rest.split(' ').next()).and_then(|a| a.parse().ok())
@@ -68,7 +79,7 @@ impl Lb {
         let dir = super::unique_dir("lb");
         std::fs::write(dir.join("config.json"), config_json(backends, settings)).unwrap();
         let log = std::fs::File::create(dir.join("stderr.log")).unwrap();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_lb-sync"));
+        let mut command = lb_command();
         command.arg("--config").arg(dir.join("config.json")).args(args);
         command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(log);
         let mut child = command.spawn().expect("spawn lb-sync");

@@ -408,3 +408,15 @@ pub fn promtool_check(text: &str) {
     let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success() && said.trim().is_empty(), "promtool check metrics: {said}\n{text}");
 }
+
+/// The pollers the environment asks every server under test to run (`LB_TEST_POLLERS`), if it
+/// does: `LB_TEST_POLLERS=1 cargo test ...` runs a file with today's one-poller shape.
+pub fn test_pollers() -> Option<usize> {
+    let value = std::env::var("LB_TEST_POLLERS").ok()?;
+    Some(value.parse().unwrap_or_else(|_| panic!("LB_TEST_POLLERS must be a number, got {value:?}")))
+}
+
+/// The pollers of an in-process server under test: `LB_TEST_POLLERS`, or the default.
+pub fn pollers_under_test() -> usize {
+    test_pollers().unwrap_or_else(lb_sync::server::default_pollers)
+}

@@ -2,6 +2,7 @@
 //! longest makes room for a new client (nginx's reusable-connections queue).
 
 use std::collections::HashMap;
+use std::time::Instant;
 
 /// A set of connection tokens ordered by when each was last marked, oldest first: a doubly
 /// linked list threaded through a map, so marking, removing and taking the oldest are O(1) and
@@ -20,13 +21,16 @@ pub(super) struct IdleOrder {
 struct Link {
     older: Option<usize>,
     newer: Option<usize>,
+    /// When it was marked.
+    since: Instant,
 }
 
 impl IdleOrder {
-    /// Marks `token` as the newest (listing it, or moving it to the end).
-    pub fn mark(&mut self, token: usize) {
+    /// Marks `token` as the newest, idle since `now` (listing it, or moving it to the end;
+    /// `now` must not be before the last mark's).
+    pub fn mark(&mut self, token: usize, now: Instant) {
         self.remove(token);
-        self.links.insert(token, Link { older: self.newest, newer: None });
+        self.links.insert(token, Link { older: self.newest, newer: None, since: now });
         match self.newest {
             Some(newest) => self.set_newer(newest, Some(token)),
             None => self.oldest = Some(token),
@@ -54,6 +58,11 @@ impl IdleOrder {
         Some(oldest)
     }
 
+    /// When the oldest listed token was marked.
+    pub fn oldest_since(&self) -> Option<Instant> {
+        self.oldest.and_then(|token| self.links.get(&token)).map(|link| link.since)
+    }
+
     /// How many tokens are listed.
     #[cfg(test)]
     pub fn len(&self) -> usize {
@@ -76,6 +85,7 @@ impl IdleOrder {
 #[cfg(test)]
 mod tests {
     use super::IdleOrder;
+    use std::time::Instant;
 
     fn drain(order: &mut IdleOrder) -> Vec<usize> {
         std::iter::from_fn(|| order.pop_oldest()).collect()
@@ -85,10 +95,10 @@ mod tests {
     fn oldest_first_and_a_mark_moves_a_token_to_the_end() {
         let mut order = IdleOrder::default();
         for token in [3, 4, 5, 6] {
-            order.mark(token);
+            order.mark(token, Instant::now());
         }
-        order.mark(4);
-        order.mark(6);
+        order.mark(4, Instant::now());
+        order.mark(6, Instant::now());
         assert_eq!(drain(&mut order), [3, 5, 4, 6]);
         assert_eq!(order.len(), 0);
         assert_eq!(order.pop_oldest(), None);
@@ -98,17 +108,17 @@ mod tests {
     fn removing_the_first_the_last_a_middle_one_or_an_unknown_one_keeps_the_order() {
         let mut order = IdleOrder::default();
         for token in 10..16 {
-            order.mark(token);
+            order.mark(token, Instant::now());
         }
         order.remove(10);
         order.remove(15);
         order.remove(12);
         order.remove(99);
         assert_eq!(drain(&mut order), [11, 13, 14]);
-        order.mark(7);
+        order.mark(7, Instant::now());
         order.remove(7);
         assert_eq!(order.pop_oldest(), None);
-        order.mark(8);
+        order.mark(8, Instant::now());
         assert_eq!(drain(&mut order), [8]);
     }
 
@@ -116,10 +126,22 @@ mod tests {
     fn marking_again_and_again_never_grows_it() {
         let mut order = IdleOrder::default();
         for round in 0..1000 {
-            order.mark(round % 7);
+            order.mark(round % 7, Instant::now());
         }
         assert_eq!(order.len(), 7);
         // The last seven marks were rounds 993 to 999: tokens 6, then 0 to 5.
         assert_eq!(drain(&mut order), [6, 0, 1, 2, 3, 4, 5]);
+    }
+
+    #[test]
+    fn the_oldest_marks_time_is_known() {
+        let mut order = IdleOrder::default();
+        assert_eq!(order.oldest_since(), None);
+        let first = Instant::now();
+        order.mark(1, first);
+        order.mark(2, first + std::time::Duration::from_secs(1));
+        assert_eq!(order.oldest_since(), Some(first));
+        order.remove(1);
+        assert_eq!(order.oldest_since(), Some(first + std::time::Duration::from_secs(1)));
     }
 }

@@ -1,5 +1,6 @@
-//! The poller thread, in the shape of Apache's event MPM: it owns the listeners (plain and
-//! HTTPS) and every client connection that is not with a worker. It accepts, runs TLS
+//! A poller thread, in the shape of Apache's event MPM: it owns its listening sockets (plain
+//! and HTTPS; each poller has its own on the same address) and every client connection it
+//! accepted, whenever that is not with a worker. It accepts, runs TLS
 //! handshakes (each within the handshake timeout), reads request heads and bodies without
 //! blocking (bodies into a spool), parks idle keep-alive connections (a buffer each, no thread),
 //! finishes writing responses the client reads slowly, enforces every client timeout, and hands
@@ -31,6 +32,7 @@ use super::head::RequestHead;
 use super::job_queue::{JobQueue, StallWatch};
 use super::limits::Limits;
 use super::observe::RefusalHook;
+use super::pollers::{Adopted, IdleSince, PollerLink};
 use super::response::Delivery;
 use super::spool::{RequestBody, SpoolSettings};
 use super::stream::ClientStream;
@@ -38,7 +40,6 @@ use super::tls::TlsAcceptor;
 use super::tunnel::{Tunnels, Turn};
 use super::upload::{ResumeLink, UploadFeed};
 use super::worker::Returned;
-use super::Tuning;
 use idle::IdleOrder;
 
 mod idle;
@@ -178,6 +179,25 @@ pub(crate) struct StopSignal {
 }
 
 pub(crate) struct Poller {
+    /// This poller's index among the server's: jobs name it, workers return to it.
+    me: usize,
+    /// Every poller's ends (this one's at `me`).
+    pollers: Arc<[PollerLink]>,
+    /// Pollers still running: the last to end closes the queue.
+    pollers_left: Arc<AtomicUsize>,
+    /// Pollers whose listeners are still open (a stop closes them all before answers say
+    /// `Connection: close`).
+    listening: Arc<AtomicUsize>,
+    /// Open connections of all pollers together, against `max_connections`.
+    open: Arc<AtomicUsize>,
+    /// What this poller has added to `open`.
+    counted_open: usize,
+    /// Connections other pollers handed over at the connection cap.
+    adopted: Receiver<Adopted>,
+    /// How idle times are compared between pollers.
+    idle_since: IdleSince,
+    /// When the current turn began (after the poll): what idle connections are marked with.
+    turn_started: Instant,
     pub poll: Poll,
     pub listener: Option<TcpListener>,
     /// The HTTPS listener and what its connections start from.
@@ -203,8 +223,6 @@ pub(crate) struct Poller {
     /// What each client has, and its requests held back for its share.
     loads: Arc<ClientLoads>,
     held: share::HeldRequests,
-    /// New settings from a reload, taken at the start of a turn.
-    tuning: Arc<Mutex<Option<Tuning>>>,
     /// Given to each upload: where its reader asks for more.
     resume: ResumeLink,
     /// Uploads whose reader made room in a full channel.
@@ -231,6 +249,13 @@ pub(crate) struct Poller {
 
 /// The poller's ends of the channels and the shared flags.
 pub(crate) struct PollerLinks {
+    pub me: usize,
+    pub pollers: Arc<[PollerLink]>,
+    pub pollers_left: Arc<AtomicUsize>,
+    pub listening: Arc<AtomicUsize>,
+    pub open: Arc<AtomicUsize>,
+    pub adopted: Receiver<Adopted>,
+    pub idle_since: IdleSince,
     pub queue: Arc<JobQueue>,
     pub queued: Arc<AtomicUsize>,
     pub queue_capacity: usize,
@@ -242,7 +267,6 @@ pub(crate) struct PollerLinks {
     pub client_key: Option<ClientKey>,
     pub loads: Arc<ClientLoads>,
     pub idle_closed: Arc<AtomicU64>,
-    pub tuning: Arc<Mutex<Option<Tuning>>>,
     pub resume: ResumeLink,
     pub resumed: Receiver<usize>,
 }
@@ -261,6 +285,15 @@ impl Poller {
             poll.registry().register(&mut SourceFd(&tls.as_raw_fd()), TLS_LISTENER, Interest::READABLE)?;
         }
         Ok(Poller {
+            me: links.me,
+            pollers: links.pollers,
+            pollers_left: links.pollers_left,
+            listening: links.listening,
+            open: links.open,
+            counted_open: 0,
+            adopted: links.adopted,
+            idle_since: links.idle_since,
+            turn_started: Instant::now(),
             poll,
             listener: Some(listener),
             tls_listener,
@@ -279,7 +312,6 @@ impl Poller {
             client_key: links.client_key,
             loads: links.loads,
             held: share::HeldRequests::default(),
-            tuning: links.tuning,
             resume: links.resume,
             resumed: links.resumed,
             again: Vec::new(),
@@ -305,7 +337,8 @@ impl Poller {
             if let Some(at) = self.accept_resume {
                 wake_at = wake_at.min(at);
             }
-            if now >= self.next_cpu_sample {
+            // One poller sizes the hot set: the CPUs' idle time is the machine's, not its own.
+            if self.me == 0 && now >= self.next_cpu_sample {
                 self.queue.sample_cpu(&mut self.cpu);
                 self.next_cpu_sample = now + CPU_SAMPLE_EVERY;
             }
@@ -321,11 +354,14 @@ impl Poller {
                 }
                 continue;
             }
+            self.turn_started = Instant::now();
             self.take_tuning();
             // Returns first: a worker gives a keep-alive connection back without waking the
             // poller, and the client's next request is what wakes it.
             self.take_returns();
             self.take_resumed();
+            self.look_at_held_again();
+            self.take_adopted();
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept(false),
@@ -360,18 +396,45 @@ impl Poller {
                 self.sweep(now);
             }
             if self.stop.requested.load(Ordering::Acquire) && self.carry_out_stop(now) {
-                // Close the queue so the workers end once their current jobs are done.
                 self.drop_queued_jobs();
-                self.queue.close();
+                self.count_open();
+                // The last poller closes the queue, so that the workers end once their current
+                // jobs are done; the others may still give them work.
+                if self.pollers_left.fetch_sub(1, Ordering::AcqRel) == 1 {
+                    self.queue.close();
+                }
                 return;
             }
+            self.count_open();
+            let oldest = self.idle_since.encode(self.idle.oldest_since());
+            self.link().oldest_idle.store(oldest, Ordering::Relaxed);
+        }
+    }
+
+    /// This poller's ends, as the other threads see them.
+    fn link(&self) -> &PollerLink {
+        &self.pollers[self.me]
+    }
+
+    /// Brings this poller's part of the shared connection count up to date (what it closed
+    /// since; what it opens is counted as it accepts).
+    fn count_open(&mut self) {
+        let now = self.connections.len() + self.tunnels.len();
+        if now != self.counted_open {
+            if now > self.counted_open {
+                self.open.fetch_add(now - self.counted_open, Ordering::Relaxed);
+            } else {
+                self.open.fetch_sub(self.counted_open - now, Ordering::Relaxed);
+            }
+            self.counted_open = now;
+            self.link().counters.connections.store(now, Ordering::Relaxed);
         }
     }
 
     /// Takes new settings from a reload: the limits apply from each connection's next deadline
     /// and next request head, the queue capacity from the next request dispatched.
     fn take_tuning(&mut self) {
-        let tuning = self.tuning.try_lock().ok().and_then(|mut pending| pending.take());
+        let tuning = self.link().tuning.try_lock().ok().and_then(|mut pending| pending.take());
         if let Some(tuning) = tuning {
             self.limits = tuning.limits;
             self.queue_capacity = tuning.queue_capacity.max(1);
@@ -386,7 +449,10 @@ impl Poller {
                 return;
             };
             match listener.accept() {
-                Ok((stream, peer)) => self.admit(stream, peer, tls),
+                Ok((stream, peer)) => {
+                    self.link().counters.accepted.fetch_add(1, Ordering::Relaxed);
+                    self.admit(stream, peer, tls, true)
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if matches!(e.kind(), io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted) => {}
                 Err(e) => {
@@ -403,7 +469,33 @@ impl Poller {
         self.accept_resume = Some(Instant::now());
     }
 
-    fn admit(&mut self, stream: TcpStream, peer: SocketAddr, tls: bool) {
+    /// Takes the connections other pollers handed over at the cap.
+    fn take_adopted(&mut self) {
+        while let Ok(Adopted { stream, peer, tls }) = self.adopted.try_recv() {
+            self.admit(stream, peer, tls, false);
+        }
+    }
+
+    /// At the connection cap, the poller whose longest-idle connection has been idle longer
+    /// than this one's (none when this one's is the oldest, or no poller has any).
+    fn older_idle_elsewhere(&self) -> Option<usize> {
+        let mine = self.idle_since.encode(self.idle.oldest_since());
+        let (poller, theirs) = (0..self.pollers.len())
+            .filter(|&i| i != self.me)
+            .map(|i| (i, self.pollers[i].oldest_idle.load(Ordering::Relaxed)))
+            .filter(|&(_, since)| since != 0)
+            .min_by_key(|&(_, since)| since)?;
+        (mine == 0 || theirs < mine).then_some(poller)
+    }
+
+    /// Takes a new connection: this poller's from now on, unless it is at the cap and another
+    /// poller has a connection idle longer to close for it (`may_hand_over`): then it goes
+    /// there, so that the connection idle longest makes room whichever poller holds it.
+    fn admit(&mut self, stream: TcpStream, peer: SocketAddr, tls: bool, may_hand_over: bool) {
+        let stream = match self.hand_over_at_cap(stream, peer, tls, may_hand_over) {
+            Some(stream) => stream,
+            None => return,
+        };
         // Nagle would hold back each keep-alive response's last segment for up to 40 ms. The
         // socket stays non-blocking for its whole life: workers never wait on it either.
         let setup = stream.set_nodelay(true).and_then(|_| stream.set_nonblocking(true));
@@ -429,7 +521,11 @@ impl Poller {
             log::warn!("cannot register connection from {peer}: {e}");
             return;
         }
-        let open = self.connections.len() + self.tunnels.len();
+        // The count is all pollers' together: each brings its own part up to date at the end
+        // of every turn, so a connection another poller closed this turn may still count (the
+        // cap errs on the safe side), and this one's are exact.
+        self.count_open();
+        let open = self.open.load(Ordering::Relaxed);
         let over_limit = open >= self.limits.max_connections && !self.make_room(open + 1 - self.limits.max_connections);
         let deadline = Instant::now() + if tls { self.limits.handshake_timeout } else { self.limits.head_timeout };
         self.connections.insert(
@@ -452,6 +548,7 @@ impl Poller {
                 client: share::ClientSlot::default(),
             },
         );
+        self.count_open();
         self.note_deadline(deadline);
         if over_limit {
             log::debug!("{peer}: over {} open connections, none idle: refusing", self.limits.max_connections);
@@ -459,8 +556,29 @@ impl Poller {
         } else {
             // Idle until its first byte, as nginx counts it: an accepted connection that never
             // sends may be closed for a newer one too.
-            self.idle.mark(token);
+            self.idle.mark(token, self.turn_started);
             self.advance(token);
+        }
+    }
+
+    /// Hands `stream` to another poller when at the cap that one has the connection idle
+    /// longest; gives it back when it stays here.
+    fn hand_over_at_cap(&mut self, stream: TcpStream, peer: SocketAddr, tls: bool, may: bool) -> Option<TcpStream> {
+        if !may || self.pollers.len() == 1 {
+            return Some(stream);
+        }
+        self.count_open();
+        if self.open.load(Ordering::Relaxed) < self.limits.max_connections {
+            return Some(stream);
+        }
+        let Some(other) = self.older_idle_elsewhere() else { return Some(stream) };
+        match self.pollers[other].adopt.send(Adopted { stream, peer, tls }) {
+            Ok(()) => {
+                self.pollers[other].wake();
+                None
+            }
+            // That poller has ended (a stop): keep it.
+            Err(unsent) => Some(unsent.into_inner().stream),
         }
     }
 
@@ -491,7 +609,9 @@ impl Poller {
                     self.advance(token);
                     match self.connections.get(&token) {
                         None => freed += 1,
-                        Some(conn) if conn.state == (State::Reading { started: false }) => self.idle.mark(token),
+                        Some(conn) if conn.state == (State::Reading { started: false }) => {
+                            self.idle.mark(token, self.turn_started)
+                        }
                         Some(_) => {}
                     }
                 }

@@ -42,6 +42,7 @@ impl Poller {
             if conn.handshaking && !conn.stream.is_handshaking() {
                 // Handshake done: the request head has its own timeout from now.
                 conn.handshaking = false;
+                self.pollers[self.me].counters.handshakes.fetch_add(1, Ordering::Relaxed);
                 conn.deadline = Instant::now() + self.limits.head_timeout;
                 let deadline = conn.deadline;
                 self.note_deadline(deadline);
@@ -213,7 +214,10 @@ impl Poller {
         let first = conn.requests == 0;
         conn.requests += 1;
         let (stream, peer) = (Arc::clone(&conn.stream), conn.peer);
-        let job = Job::Serve { token, stream, peer, head, body, input_while_busy, first };
+        let counters = &self.pollers[self.me].counters;
+        counters.requests.fetch_add(1, Ordering::Relaxed);
+        counters.queued.fetch_add(1, Ordering::Relaxed);
+        let job = Job::Serve { poller: self.me, token, stream, peer, head, body, input_while_busy, first };
         self.queue.submit(job);
     }
 }

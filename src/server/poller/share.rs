@@ -152,31 +152,53 @@ impl Poller {
         Some(key)
     }
 
-    /// Gives `client`'s oldest held requests to the workers while it has room.
+    /// Gives `client`'s oldest held requests to the workers while it has room. The client's
+    /// load is every poller's: when it has room left and other pollers hold its requests, they
+    /// are told to look (each gives its own; which poller's goes first is not kept in order).
     pub(super) fn release_held(&mut self, client: IpAddr) {
-        while self.loads.has_room(client, self.limits.client_max_workers) {
-            let Some(queue) = self.held.by_client.get_mut(&client) else { return };
-            let Some(Held { token, request }) = queue.pop_front() else {
+        while let Some(queue) = self.held.by_client.get_mut(&client) {
+            let Some(&Held { token, .. }) = queue.front() else {
                 self.held.by_client.remove(&client);
-                return;
+                break;
             };
+            // Closed while it waited (a stop): its count went with it.
+            let waiting = self.connections.get(&token).is_some_and(|conn| conn.client.counted == Counted::Held);
+            if waiting && !self.loads.promote(client, self.limits.client_max_workers) {
+                return;
+            }
+            let Held { request, .. } = queue.pop_front().expect("looked at above");
             if queue.is_empty() {
                 self.held.by_client.remove(&client);
             }
-            // Closed while it waited (a stop): its count went with it.
-            let Some(conn) = self.connections.get_mut(&token) else { continue };
-            if conn.client.counted != Counted::Held {
+            if !waiting {
                 continue;
             }
-            conn.client.counted = Counted::Serving;
-            self.loads.change(client, |load| {
-                load.held -= 1;
-                load.serving += 1;
-            });
+            if let Some(conn) = self.connections.get_mut(&token) {
+                conn.client.counted = Counted::Serving;
+            }
             match request {
                 HeldRequest::Whole { head, body } => self.submit(token, *head, body, true),
                 HeldRequest::Upload => self.stream_upload(token),
             }
+        }
+        if self.loads.load(client).held > 0 && self.loads.has_room(client, self.limits.client_max_workers) {
+            for (i, poller) in self.pollers.iter().enumerate().filter(|(i, _)| *i != self.me) {
+                log::trace!("client {client} has room: poller {i} looks at its held requests");
+                poller.look_at_held.store(true, Ordering::SeqCst);
+                poller.wake();
+            }
+        }
+    }
+
+    /// Another poller said a client whose requests this one may hold has room: gives each
+    /// held client's requests the room it has.
+    pub(super) fn look_at_held_again(&mut self) {
+        if !self.pollers[self.me].look_at_held.swap(false, Ordering::SeqCst) {
+            return;
+        }
+        let clients: Vec<IpAddr> = self.held.by_client.keys().copied().collect();
+        for client in clients {
+            self.release_held(client);
         }
     }
 

@@ -12,6 +12,7 @@ use mio::unix::SourceFd;
 use crate::server::error::RequestError;
 use crate::server::job_queue::Job;
 use crate::server::tunnel::TunnelClose;
+use crate::server::worker::{Next, Returned};
 
 use super::{Poller, State, MAX_POLL_WAIT, STOP_HARD_WAIT, STOP_IDLE_DRAIN};
 
@@ -54,19 +55,27 @@ impl Poller {
     }
 
     /// Drops the jobs still waiting for a worker (queued, or held for their client's share)
-    /// and closes their connections.
+    /// and closes their connections. The queue is every poller's: a job of another one goes
+    /// back to it to be closed there (its stop passes the same deadline).
     pub(super) fn drop_queued_jobs(&mut self) {
         // Held ones first: a queued one closed below must not let one of them into the queue.
         self.drop_held();
         while let Some(job) = self.queue.try_take() {
-            let token = match job {
-                Job::Serve { token, .. } => {
+            let (poller, token) = match job {
+                Job::Serve { poller, token, .. } => {
                     self.queued.fetch_sub(1, Ordering::Relaxed);
-                    token
+                    self.pollers[poller].counters.queued.fetch_sub(1, Ordering::Relaxed);
+                    (poller, token)
                 }
-                Job::Refill { token, .. } => token,
+                Job::Refill { poller, token, .. } => (poller, token),
             };
-            self.close(token);
+            if poller == self.me {
+                self.close(token);
+            } else {
+                let owner = &self.pollers[poller];
+                let _ = owner.returns.send(Returned { token, next: Next::Dropped });
+                owner.wake();
+            }
         }
     }
 
@@ -100,10 +109,13 @@ impl Poller {
                 if let Some((listener, _)) = self.tls_listener.take() {
                     let _ = self.poll.registry().deregister(&mut SourceFd(&listener.as_raw_fd()));
                 }
-                // Only now do answers say `Connection: close`: a client told so reconnects at
-                // once, and must find the listener closed (refused: never sent), not a
-                // handshake the closing listener resets after the client sent its request.
-                self.stopping.store(true, Ordering::Release);
+                // Only once every poller's listener is closed do answers say `Connection:
+                // close`: a client told so reconnects at once, and must find the port closed
+                // (refused: never sent), not another poller's listener about to close, which
+                // would reset the connection after the client sent its request.
+                if self.listening.fetch_sub(1, Ordering::AcqRel) == 1 {
+                    self.stopping.store(true, Ordering::Release);
+                }
                 self.accept_resume = None;
                 let deadline = now + *self.stop.grace.lock().unwrap_or_else(|e| e.into_inner());
                 self.stop_deadline = Some(deadline);

@@ -13,6 +13,7 @@ use mio::unix::SourceFd;
 use mio::{Interest, Token};
 
 use crate::server::error::{reason_phrase, RequestError};
+use crate::server::fairness::ClientLoads;
 use crate::server::job_queue::Job;
 use crate::server::observe::Refusal;
 use crate::server::response::Progress;
@@ -25,7 +26,7 @@ use super::{Poller, State, MAX_READS_PER_TURN};
 impl Poller {
     pub(super) fn take_returns(&mut self) {
         // Before the look: a worker that returns after it wakes the poller again, if it must.
-        self.loads.looking_at_returns();
+        ClientLoads::looking_at_returns(&self.pollers[self.me].woken_for_held);
         while let Ok(Returned { token, next }) = self.returns.try_recv() {
             // A request given back frees a place in its client's share (a refill's return does
             // not: it was never counted).
@@ -49,6 +50,7 @@ impl Poller {
                 }
                 Next::Linger => self.finish_response(token, false),
                 Next::Reset => self.reset(token),
+                Next::Dropped => self.close(token),
                 Next::Switch(switch) => self.switch(token, switch),
                 Next::Deliver(delivery) => {
                     let Some(conn) = self.connections.get_mut(&token) else { continue };
@@ -95,7 +97,8 @@ impl Poller {
             }
             Progress::NeedsRefill => {
                 conn.state = State::Busy;
-                self.queue.submit(Job::Refill { token, stream: Arc::clone(&conn.stream), delivery });
+                let poller = self.me;
+                self.queue.submit(Job::Refill { poller, token, stream: Arc::clone(&conn.stream), delivery });
             }
             Progress::Done { keep_alive } => {
                 let switch = delivery.take_switch();
@@ -164,7 +167,7 @@ impl Poller {
         conn.deadline = Instant::now() + self.limits.keep_alive_timeout;
         let deadline = conn.deadline;
         self.note_deadline(deadline);
-        self.idle.mark(token);
+        self.idle.mark(token, self.turn_started);
     }
 
     /// The response is out: wait for the next request, or linger and close.
@@ -188,7 +191,7 @@ impl Poller {
         let deadline = conn.deadline;
         self.note_deadline(deadline);
         if !started {
-            self.idle.mark(token);
+            self.idle.mark(token, self.turn_started);
         }
         // Bytes that arrived while the request was served raised no new readiness event.
         self.advance(token);
