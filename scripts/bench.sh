@@ -157,6 +157,8 @@ load() {
 }
 header() { printf '%-38s %10s %10s %9s %9s   %s\n' server "CPU us/req" "req/s" "p50 ms" "p99 ms" errors; }
 ratio() { python3 -c "import sys; print(f'{float(sys.argv[1])/float(sys.argv[2]):.2f}')" "$(cat "$work/$1.rps")" "$(cat "$work/$2.rps")"; }
+# "a, b, c" of the arguments.
+listed() { local out; printf -v out '%s, ' "$@"; echo "${out%, }"; }
 # lb-sync's rows for POLLERS ("1 default"): lb_names[i] ("lb-sync pollers=2") runs with the flags
 # lb_flags[i] ("--pollers 2", empty for lb-sync's default). A binary without --pollers gives one
 # row, "lb-sync", and a line saying the variants were skipped.
@@ -623,7 +625,7 @@ PY
       stop_pids "${pids[@]:$first}"
       pids=("${pids[@]:0:$first}")
     }
-    echo "lb-sync ${THREADS:+--threads $THREADS }(defaults otherwise; rows: ${lb_names[*]}); nginx proxy: one worker per core, keepalive 64; haproxy nbthread $haproxy_threads, http-reuse always${pingora_bin:+; Pingora LB, $(nproc) threads}"
+    echo "lb-sync ${THREADS:+--threads $THREADS }(defaults otherwise; rows: $(listed "${lb_names[@]}")); nginx proxy: one worker per core, keepalive 64; haproxy nbthread $haproxy_threads, http-reuse always${pingora_bin:+; Pingora LB, $(nproc) threads}"
     echo "backends: nginx answering $body_bytes bytes; rounds per cell: $rounds (medians shown)"
     for layout in ${SWEEP_LAYOUTS:-separate shared}; do
       run_layout "$layout"
@@ -653,6 +655,7 @@ for layout in dict.fromkeys(k[0] for k in order):
             ratio = f"{rps / nginx_rps:.2f}" if nginx_rps else ""
             errors = "; ".join(sorted({r[5] for r in runs if r[5]}))
             print(f"| {key[1]} | {proxy} | {cpu:.1f} | {rps:.0f} | {ratio} | {p50:.2f} | {p99:.2f} | {vcs:.2f} |{' ' + errors if errors else ''}")
+    summary = []
     for proxy in dict.fromkeys(p for k in order if k[0] == layout for p in rows[k] if p.startswith("lb-sync")):
         lb = {k[1]: rows[k].get(proxy) for k in order if k[0] == layout}
         cpu = {r: med([x[0] for x in v]) for r, v in lb.items() if v}
@@ -663,7 +666,9 @@ for layout in dict.fromkeys(k[0] for k in order):
         if "c=10" in rps and "c=10 after c=256" in rps:
             notes.append(f"req/s at c=10 after a c=256 burst / fresh: {rps['c=10 after c=256'] / rps['c=10']:.2f}")
         if notes:
-            print(f"\n{proxy}: " + "; ".join(notes))
+            summary.append(f"{proxy}: " + "; ".join(notes))
+    if summary:
+        print("\n" + "\n".join(summary))
 PY
     ;;
   upstream-tls)
@@ -780,7 +785,7 @@ PY
     wait_tls_port "$haproxy_port" "$work/haproxy.log"
     check_sessions "${pids[@]}"
     nginx_all=$(nginx_pids "$nginx_pid")
-    echo "3 lb-backend (--threads 16); lb-sync --threads $threads (rows: ${lb_names[*]}); nginx workers ${NGINX_WORKERS:-auto}; haproxy nbthread $haproxy_threads; ECDSA P-256, TLS 1.3"
+    echo "3 lb-backend (--threads 16); lb-sync --threads $threads (rows: $(listed "${lb_names[@]}")); nginx workers ${NGINX_WORKERS:-auto}; haproxy nbthread $haproxy_threads; ECDSA P-256, TLS 1.3"
     header
     url="/?bytes=$body_bytes"
     for name in "${lb_names[@]}"; do load "$name https keep-alive" "${lb_pids[$name]}" "https://127.0.0.1:${lb_https[$name]}$url"; done
@@ -844,7 +849,8 @@ PY
     results="$work/scaling.tsv"
     : > "$results"
     cores_of() { local IFS=,; echo "$*"; } # taskset's list of these CPUs
-    echo "N = $steps of ${cpus[*]}; nginx worker_processes N, haproxy nbthread N, lb-sync ${pollers_flag:+--pollers N }${THREADS:+--threads $THREADS}; backends: one nginx answering $body_bytes bytes on three ports; rounds per point: $rounds (medians shown)"
+    lb_desc="${pollers_flag:+--pollers N }${THREADS:+--threads $THREADS}"
+    echo "N = $steps of ${cpus[*]}; nginx worker_processes N, haproxy nbthread N, lb-sync ${lb_desc:-(its defaults)}; backends: one nginx answering $body_bytes bytes on three ports; rounds per point: $rounds (medians shown)"
     for n in $steps; do
       first=${#pids[@]}
       rest=("${cpus[@]:$n}")
