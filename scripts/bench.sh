@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Throughput and latency, measured with wrk against nginx (and HAProxy) in the same run, so the
 # numbers are ratios on this machine rather than absolute claims. Loopback only; each load run
-# is bounded by DURATION.
+# is bounded by DURATION. Every server, backend and wrk runs in a session of its own (setsid):
+# with the kernel's autogroup scheduling each session gets the same share of the CPU, so a proxy
+# with more threads takes no CPU from wrk or the backends. Every table leads with the server's
+# CPU microseconds per request (user + system time of its processes over the run / requests).
 #
 #   scripts/bench.sh server   # lb-backend vs nginx answering the same 1 KiB body
 #   scripts/bench.sh proxy    # lb-sync vs nginx vs HAProxy in front of the same lb-backends, and direct
@@ -9,39 +12,53 @@
 #   scripts/bench.sh upstream-tls  # an https:// backend vs the same one over plain HTTP, lb-sync and nginx
 #   scripts/bench.sh slow     # 1000 slow senders / readers / heads, 100 slow backend requests: normal GETs meanwhile
 #   scripts/bench.sh flood    # 300 x GET /?delay_ms=12000 from 127.0.0.1, a GET from 127.0.0.2 every second: its latency
-#   scripts/bench.sh sweep    # lb-sync vs nginx vs HAProxy (vs Pingora) at c=10, 64, 256 and c=10 after
-#                             # a c=256 burst, in front of three nginx backends and of one shared one:
-#                             # req/s, p50, p99, the proxy's CPU us and context switches per request
+#   scripts/bench.sh sweep    # lb-sync (pollers 1 and the default) vs nginx vs HAProxy (vs Pingora) at c=10, 64,
+#                             # 256 and c=10 after a c=256 burst, in front of three nginx backends and of one
+#                             # shared one: CPU us per request, req/s, p50, p99, context switches per request
 #   scripts/bench.sh websocket  # WebSocket echo round trips/s through lb-sync vs nginx vs HAProxy vs direct
-#   scripts/bench.sh tls      # HTTPS: lb-sync vs nginx vs HAProxy, same certificate (ECDSA P-256), same lb-backends;
-#                             # keep-alive, then a new TLS handshake for every request (Connection: close)
+#   scripts/bench.sh tls      # HTTPS: lb-sync (pollers 1 and the default) vs nginx vs HAProxy, same certificate
+#                             # (ECDSA P-256), same lb-backends; keep-alive, then a new TLS handshake per request
+#   scripts/bench.sh scaling  # nginx, HAProxy and lb-sync pinned (taskset) to the same N cores, N = 1, 2, 4, ...
+#                             # up to the machine's; backends and wrk on the other cores when there are at least
+#                             # N of them: per N, CPU us per request, req/s, and each server's req/s over its N=1
 #   scripts/bench.sh algorithms  # one lb-backend 10x slower than the other two, at ~80 % of their capacity, open loop:
 #                             # p50/p99 through lb-sync with round_robin, least_connections, p2c and peak_ewma
 #
-# Environment: DURATION (default 10s; 5s per run for websocket; 20s per algorithm for algorithms), ROUNDS (sweep: runs per cell, 1),
-# FLOOD (300), FLOOD_DELAY_MS (12000), PROBE_SECONDS (30) for flood,
-# SWEEP_CONNECTIONS ("10 64 256"), SWEEP_LAYOUTS ("separate shared"), BURST (5s), PINGORA (0: leave
-# Pingora out of the sweep; ROUTED=1 adds lb-sync with one route taking every request), WS_TUNNELS ("1 8 64"), WS_SIZE
-# (64 bytes per frame), CONNECTIONS (64), WRK_THREADS (2), THREADS (lb workers, 256),
-# BODY_BYTES (1024), NGINX_WORKERS (auto); LB_BACKEND / LB_SYNC (binaries to use), else they come
-# from ${CARGO_TARGET_DIR:-target}/release, built when missing or stale.
+# Environment: DURATION (default 10s; 5s per run for websocket and per point for scaling; 20s per algorithm for
+# algorithms), ROUNDS (sweep and scaling: runs per cell, 1), FLOOD (300), FLOOD_DELAY_MS (12000), PROBE_SECONDS (30)
+# for flood, SWEEP_CONNECTIONS ("10 64 256"), SWEEP_LAYOUTS ("separate shared"), BURST (5s), PINGORA (0: leave
+# Pingora out of the sweep; ROUTED=1 adds lb-sync with one route taking every request), POLLERS (sweep and tls:
+# the lb-sync rows, "1 default": --pollers 1 and lb-sync's default; numbers run --pollers N; skipped with a line
+# when the binary has no --pollers), SCALING_CORES (scaling's N, "1 2 4 ... nproc"), WS_TUNNELS ("1 8 64"),
+# WS_SIZE (64 bytes per frame), CONNECTIONS (64), WRK_THREADS (2; scaling: the load's cores, at least 2),
+# THREADS (lb workers, 256), BODY_BYTES (1024), NGINX_WORKERS (auto); LB_BACKEND / LB_SYNC (binaries to use),
+# else they come from ${CARGO_TARGET_DIR:-target}/release, built when missing or stale.
 # Needs wrk and nginx (and haproxy, jq for proxy; haproxy, openssl for tls and upstream-tls): apt-get install wrk nginx-light haproxy jq openssl.
 set -euo pipefail
+# No job control: a background child stays in this shell's process group, so `setsid CMD &` makes
+# the session in place (setsid forks only for a group leader) and $! is CMD's own PID.
+set +m
 
 mode="${1:-proxy}"
-duration="${DURATION:-10s}"
+case "$mode" in
+  websocket|scaling) duration="${DURATION:-5s}" ;;
+  *) duration="${DURATION:-10s}" ;;
+esac
 connections="${CONNECTIONS:-64}"
 wrk_threads="${WRK_THREADS:-2}"
 threads="${THREADS:-256}"
 body_bytes="${BODY_BYTES:-1024}"
+# taskset prefixes for the servers under test and for the load (backends, wrk): `scaling` sets them.
+server_pin=() load_pin=()
+haproxy_threads=$(nproc)
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
 work="$(mktemp -d)"
 . "$root/scripts/processes.sh"
 stop_on_exit
 
-for tool in wrk nginx curl python3; do
-  command -v "$tool" >/dev/null || { echo "bench.sh: $tool not found (apt-get install wrk nginx-light haproxy)" >&2; exit 1; }
+for tool in wrk nginx curl python3 setsid; do
+  command -v "$tool" >/dev/null || { echo "bench.sh: $tool not found (apt-get install wrk nginx-light haproxy util-linux)" >&2; exit 1; }
 done
 . "$root/scripts/binaries.sh"
 
@@ -53,6 +70,8 @@ socks = [socket.socket() for _ in range(int(sys.argv[1]))]
 for s in socks: s.bind(("127.0.0.1", 0))
 print(" ".join(str(s.getsockname()[1]) for s in socks))' "$1"
 }
+# The CPUs this script may run on, as taskset numbers them.
+cpu_list() { python3 -c 'import os; print(" ".join(map(str, sorted(os.sched_getaffinity(0)))))'; }
 wait_port() { # PORT [PATH] [LOG to show when nothing answers]
   for _ in $(seq 1 200); do
     curl -sf --max-time 1 -o /dev/null "http://127.0.0.1:$1${2:-/}" && return 0
@@ -62,24 +81,111 @@ wait_port() { # PORT [PATH] [LOG to show when nothing answers]
   if [ -n "${3:-}" ]; then cat "$3" >&2; fi
   exit 1
 }
-# One wrk run (more wrk options after the URL); prints "name  requests/s  p50  p99".
+# check_sessions PID...: says so for any that is not the leader of a session of its own (the
+# autogroup that gives it its own CPU share) or no longer runs.
+check_sessions() {
+  local pid sid
+  for pid in "$@"; do
+    sid=$(awk '{print $6}' "/proc/$pid/stat" 2>/dev/null) || sid=""
+    if [ -z "$sid" ]; then
+      echo "bench.sh: PID $pid no longer runs" >&2
+    elif [ "$sid" != "$pid" ]; then
+      echo "bench.sh: PID $pid ($(cat "/proc/$pid/comm")) is in session $sid, not one of its own" >&2
+    fi
+  done
+}
+# nginx_pids MASTER: the master and its workers.
+nginx_pids() { echo "$1 $(pgrep -P "$1" | tr '\n' ' ')"; }
+
+# in_session OUT CMD...: a load generator (wrk, ws_bench, open_loop) in a session of its own, on
+# the load's cores, its stdout to OUT. Tracked in pids while it runs: an interrupted benchmark stops it too.
+in_session() {
+  local out="$1" pid status=0
+  shift
+  setsid "${load_pin[@]}" "$@" > "$out" &
+  pid=$!
+  pids+=("$pid")
+  wait "$pid" || status=$?
+  unset 'pids[-1]'
+  return "$status"
+}
+hz=$(getconf CLK_TCK)
+# CPU ticks (user + system, all threads) and voluntary context switches (all threads) of the PIDs.
+ticks() { for pid in "$@"; do awk '{print $14 + $15}' "/proc/$pid/stat" 2>/dev/null || true; done | awk '{s += $1} END {print s + 0}'; }
+switches() { for pid in "$@"; do cat /proc/"$pid"/task/*/status 2>/dev/null || true; done | awk '/^voluntary_ctxt_switches/ {s += $2} END {print s + 0}'; }
+runs=0
+# measure "PIDS" WRK-ARGS...: one wrk run (--latency added) with the CPU time and switches of PIDS
+# (space-separated; empty: not measured) taken around it. Sets result to a tab-separated line:
+# CPU us/req (- when not measured), req/s, p50 ms, p99 ms, voluntary switches/req, errors.
+measure() {
+  local measured="$1" out t0 s0 t1 s1
+  shift
+  runs=$((runs + 1))
+  out="$work/wrk-$runs.txt"
+  # shellcheck disable=SC2086 # a list of PIDs
+  t0=$(ticks $measured) s0=$(switches $measured)
+  in_session "$out" wrk --latency "$@"
+  # shellcheck disable=SC2086
+  t1=$(ticks $measured) s1=$(switches $measured)
+  result=$(python3 - "$out" "$((t1 - t0))" "$hz" "$((s1 - s0))" "${measured:+yes}" <<'PY'
+import re, sys
+path, ticks, hz, switches, measured = sys.argv[1:]
+text = open(path).read()
+def ms(v):
+    n, unit = re.match(r"([0-9.]+)(us|ms|s)", v).groups()
+    return float(n) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+n = int(re.search(r"(\d+) requests in", text).group(1))
+rps = float(re.search(r"Requests/sec:\s+([0-9.]+)", text).group(1))
+p50 = ms(re.search(r"^\s+50%\s+(\S+)", text, re.M).group(1))
+p99 = ms(re.search(r"^\s+99%\s+(\S+)", text, re.M).group(1))
+errors = " ".join(l.strip() for l in text.splitlines() if "Non-2xx" in l or "Socket errors" in l)
+cpu = f"{int(ticks) * 1e6 / int(hz) / max(n, 1):.1f}" if measured else "-"
+vcs = f"{int(switches) / max(n, 1):.2f}" if measured else "-"
+print(f"{cpu}\t{rps:.0f}\t{p50:.3f}\t{p99:.3f}\t{vcs}\t{errors}")
+PY
+)
+}
+# load NAME "PIDS" URL [wrk options]: one wrk -t$wrk_threads -c$connections -d$duration run with
+# the CPU of PIDS measured; prints a row of header's table and keeps req/s for ratio.
 load() {
-  local name="$1" url="$2"
-  shift 2
-  wrk -t"$wrk_threads" -c"$connections" -d"$duration" --latency "$@" "$url" > "$work/$name.wrk"
-  local rps p50 p99 errors
-  rps=$(awk '/Requests\/sec/ {print $2}' "$work/$name.wrk")
-  p50=$(awk '$1 == "50%" {print $2}' "$work/$name.wrk")
-  p99=$(awk '$1 == "99%" {print $2}' "$work/$name.wrk")
-  errors=$(awk '/Non-2xx|Socket errors/ {printf "%s ", $0}' "$work/$name.wrk")
-  printf '%-30s %12s req/s   p50 %-9s p99 %-9s %s\n' "$name" "$rps" "$p50" "$p99" "$errors"
+  local name="$1" measured="$2" url="$3" cpu rps p50 p99 errors
+  shift 3
+  measure "$measured" -t"$wrk_threads" -c"$connections" -d"$duration" "$@" "$url"
+  IFS=$'\t' read -r cpu rps p50 p99 _ errors <<<"$result"
+  printf '%-38s %10s %10s %9s %9s   %s\n' "$name" "$cpu" "$rps" "$p50" "$p99" "$errors"
   echo "$rps" > "$work/$name.rps"
 }
-header() { printf '%-30s %12s         %-13s %-13s %s\n' "" "throughput" "latency" "" "errors"; }
-ratio_of() { python3 -c "import sys; print(f'{float(sys.argv[1])/float(sys.argv[2]):.2f}')" "$(cat "$work/$1.rps")" "$(cat "$work/$2.rps")"; }
+header() { printf '%-38s %10s %10s %9s %9s   %s\n' server "CPU us/req" "req/s" "p50 ms" "p99 ms" errors; }
 ratio() { python3 -c "import sys; print(f'{float(sys.argv[1])/float(sys.argv[2]):.2f}')" "$(cat "$work/$1.rps")" "$(cat "$work/$2.rps")"; }
-nginx_up() { # $1 = config body (http block content), $2 = instance name (default nginx)
-  local dir="$work/${2:-nginx}"
+# "a, b, c" of the arguments.
+listed() { local out; printf -v out '%s, ' "$@"; echo "${out%, }"; }
+# lb-sync's rows for POLLERS ("1 default"): lb_names[i] ("lb-sync pollers=2") runs with the flags
+# lb_flags[i] ("--pollers 2", empty for lb-sync's default). A binary without --pollers gives one
+# row, "lb-sync", and a line saying the variants were skipped.
+pollers_variants() {
+  lb_names=() lb_flags=()
+  if ! grep -q -- '--pollers' <<<"$("$sync_bin" --help 2>&1 || true)"; then
+    echo "(pollers variants skipped: this lb-sync has no --pollers; one lb-sync row, with its one poller)"
+    lb_names=(lb-sync) lb_flags=("")
+    return 0
+  fi
+  local default p n flag seen=" "
+  default=$(cpu_list | wc -w)
+  [ "$default" -gt 16 ] && default=16 # lb-sync's default: the CPUs it may run on, at most 16
+  for p in ${POLLERS:-1 default}; do
+    case "$p" in
+      default) n=$default flag="" ;;
+      "" | *[!0-9]*) echo "bench.sh: POLLERS takes numbers and 'default', not '$p'" >&2; exit 2 ;;
+      *) n=$p flag="--pollers $p" ;;
+    esac
+    case "$seen" in *" $n "*) continue ;; esac # the default may be one of the numbers
+    seen+="$n "
+    lb_names+=("lb-sync pollers=$n") lb_flags+=("$flag")
+  done
+}
+nginx_up() { # $1 = config body (http block content), $2 = instance name (default nginx); nginx_role=backend: on the load's cores
+  local dir="$work/${2:-nginx}" pin=("${server_pin[@]}")
+  [ "${nginx_role:-server}" = backend ] && pin=("${load_pin[@]}")
   mkdir -p "$dir/logs"
   cat > "$dir/nginx.conf" <<CONF
 worker_processes ${NGINX_WORKERS:-auto};
@@ -92,7 +198,7 @@ http {
   $1
 }
 CONF
-  nginx -p "$dir" -c "$dir/nginx.conf" -g 'daemon off;' &
+  setsid "${pin[@]}" nginx -p "$dir" -c "$dir/nginx.conf" -g 'daemon off;' &
   pids+=("$!")
 }
 
@@ -107,12 +213,12 @@ backend_lists() {
   done
 }
 
-# HAProxy in front of "$haproxy_servers" (server lines), round robin with connection reuse,
-# bound as $1 (an address, plus options such as "ssl crt FILE"); sets haproxy_pid.
+# HAProxy (nbthread $haproxy_threads) in front of "$haproxy_servers" (server lines), round robin
+# with connection reuse, bound as $1 (an address, plus options such as "ssl crt FILE"); sets haproxy_pid.
 haproxy_up() {
   cat > "$work/haproxy.cfg" <<CFG
 global
-  nbthread $(nproc)
+  nbthread $haproxy_threads
   maxconn 4096
 defaults
   mode http
@@ -129,25 +235,29 @@ backend backends
   http-reuse always
 $haproxy_servers
 CFG
-  haproxy -f "$work/haproxy.cfg" -db > "$work/haproxy.log" 2>&1 &
+  setsid "${server_pin[@]}" haproxy -f "$work/haproxy.cfg" -db > "$work/haproxy.log" 2>&1 &
   haproxy_pid=$!
   pids+=("$haproxy_pid")
 }
 
-echo "machine: $(nproc) cores; wrk -t$wrk_threads -c$connections -d$duration; body $body_bytes bytes"
+autogroup=$(cat /proc/sys/kernel/sched_autogroup_enabled 2>/dev/null || echo unknown)
+echo "machine: $(nproc) cores; sched_autogroup_enabled $autogroup (every server, backend and wrk in a session of its own$([ "$autogroup" = 1 ] && echo ": the same CPU share each")); wrk -t$wrk_threads -c$connections -d$duration; body $body_bytes bytes"
 case "$mode" in
   server)
     port=$(free_port)
-    "$backend_bin" --port "$port" --threads "$threads" > /dev/null &
+    setsid "$backend_bin" --port "$port" --threads "$threads" > /dev/null &
     pids+=("$!")
+    backend_pid=$!
     nginx_port=$(free_port)
     body=$(head -c "$body_bytes" /dev/zero | tr '\0' x)
     nginx_up "server { listen 127.0.0.1:$nginx_port; location / { default_type application/octet-stream; return 200 '$body'; } }"
+    nginx_pid=${pids[-1]}
     wait_port "$port" "/?bytes=$body_bytes"
     wait_port "$nginx_port"
+    check_sessions "${pids[@]}"
     header
-    load "lb-backend ($threads threads)" "http://127.0.0.1:$port/?bytes=$body_bytes"
-    load "nginx (return 200)" "http://127.0.0.1:$nginx_port/?bytes=$body_bytes"
+    load "lb-backend ($threads threads)" "$backend_pid" "http://127.0.0.1:$port/?bytes=$body_bytes"
+    load "nginx (return 200)" "$(nginx_pids "$nginx_pid")" "http://127.0.0.1:$nginx_port/?bytes=$body_bytes"
     echo "lb-backend / nginx: $(ratio "lb-backend ($threads threads)" "nginx (return 200)")"
     ;;
   proxy)
@@ -158,11 +268,12 @@ case "$mode" in
     backend_ports=("${ports[@]:0:3}")
     lb_port=${ports[3]} nginx_port=${ports[4]} haproxy_port=${ports[5]}
     for port in "${backend_ports[@]}"; do
-      "$backend_bin" --port "$port" --threads 16 > /dev/null &
+      setsid "$backend_bin" --port "$port" --threads 16 > /dev/null &
       pids+=("$!")
     done
+    direct_pid=${pids[-3]}
     backend_lists "${backend_ports[@]}"
-    "$sync_bin" --algorithm round_robin --host 127.0.0.1 --port "$lb_port" --threads "$threads" --access-log false \
+    setsid "$sync_bin" --algorithm round_robin --host 127.0.0.1 --port "$lb_port" --threads "$threads" --access-log false \
       "${lb_args[@]}" > "$work/lb-sync.out" 2> "$work/lb-sync.err" &
     lb_pid=$!
     pids+=("$lb_pid")
@@ -177,27 +288,27 @@ case "$mode" in
     wait_port "$lb_port" /lb/health "$work/lb-sync.err" # a management request: the distribution below counts only wrk's
     wait_port "$nginx_port" "/?bytes=$body_bytes" "$work/nginx/logs/error.log"
     wait_port "$haproxy_port" "/?bytes=$body_bytes" "$work/haproxy.log"
-    echo "3 lb-backend (--threads 16) on ${backend_ports[*]}; lb-sync --threads $threads; nginx workers ${NGINX_WORKERS:-auto}; haproxy nbthread $(nproc)"
+    check_sessions "${pids[@]}"
+    echo "3 lb-backend (--threads 16) on ${backend_ports[*]}; lb-sync --threads $threads; nginx workers ${NGINX_WORKERS:-auto}; haproxy nbthread $haproxy_threads"
     header
-    load "direct (one lb-backend)" "http://127.0.0.1:${backend_ports[0]}/?bytes=$body_bytes"
-    load "lb-sync round_robin" "http://127.0.0.1:$lb_port/?bytes=$body_bytes"
+    load "direct (one lb-backend)" "$direct_pid" "http://127.0.0.1:${backend_ports[0]}/?bytes=$body_bytes"
+    load "lb-sync round_robin" "$lb_pid" "http://127.0.0.1:$lb_port/?bytes=$body_bytes"
     # Round robin: equal thirds, +-1 (wrk's requests only: readiness used /lb/health).
     distribution=$(curl -s --max-time 5 "http://127.0.0.1:$lb_port/lb/backends" |
       jq -r '[.[].total_requests] as $n
         | [.[] | "\(.id) (:\(.port)) \(.total_requests)"] | join(", ")
         + (if ($n | max) - ($n | min) <= 1 then " (even: max - min <= 1)" else " (UNEVEN: max - min = \(($n | max) - ($n | min)))" end)' \
       2>/dev/null || echo "(unreadable)")
-    load "nginx proxy keepalive 64" "http://127.0.0.1:$nginx_port/?bytes=$body_bytes"
-    load "haproxy http-reuse always" "http://127.0.0.1:$haproxy_port/?bytes=$body_bytes"
+    load "nginx proxy keepalive 64" "$(nginx_pids "$nginx_pid")" "http://127.0.0.1:$nginx_port/?bytes=$body_bytes"
+    load "haproxy http-reuse always" "$haproxy_pid" "http://127.0.0.1:$haproxy_port/?bytes=$body_bytes"
     echo
     echo "lb-sync / nginx:   $(ratio "lb-sync round_robin" "nginx proxy keepalive 64")"
     echo "lb-sync / haproxy: $(ratio "lb-sync round_robin" "haproxy http-reuse always")"
     echo "lb-sync / direct:  $(ratio "lb-sync round_robin" "direct (one lb-backend)")"
     echo
     echo "lb-sync requests per backend (/lb/backends total_requests): $distribution"
-    status_files() { for pid in "$@"; do echo "/proc/$pid/status"; done; }
-    rss() { awk '/^VmRSS/ {s += $2} END {printf "%.1f MiB", s / 1024}' $(status_files "$@") 2>/dev/null; }
-    nginx_workers=($(pgrep -P "$nginx_pid" || true))
+    rss() { for pid in "$@"; do cat "/proc/$pid/status" 2>/dev/null || true; done | awk '/^VmRSS/ {s += $2} END {printf "%.1f MiB", s / 1024}'; }
+    mapfile -t nginx_workers < <(pgrep -P "$nginx_pid" || true)
     echo "RSS after the runs: lb-sync $(rss "$lb_pid"); nginx $(rss "$nginx_pid" "${nginx_workers[@]}") (master + ${#nginx_workers[@]} workers); haproxy $(rss "$haproxy_pid")"
     ;;
   websocket)
@@ -208,9 +319,10 @@ case "$mode" in
     ws_bench="$(example_bin ws_bench)"
     read -r -a ports <<<"$(free_ports 4)"
     backend_port=${ports[0]} lb_port=${ports[1]} nginx_port=${ports[2]} haproxy_port=${ports[3]}
-    "$backend_bin" --port "$backend_port" --threads 16 > /dev/null &
+    setsid "$backend_bin" --port "$backend_port" --threads 16 > /dev/null &
     pids+=("$!")
-    "$sync_bin" --host 127.0.0.1 --port "$lb_port" --threads "$threads" --access-log false \
+    backend_pid=$!
+    setsid "$sync_bin" --host 127.0.0.1 --port "$lb_port" --threads "$threads" --access-log false \
       --health-check-interval 0 --backend "127.0.0.1:$backend_port" > "$work/lb-sync.out" 2> "$work/lb-sync.err" &
     lb_pid=$!
     pids+=("$lb_pid")
@@ -229,7 +341,7 @@ case "$mode" in
     nginx_pid=${pids[-1]}
     cat > "$work/haproxy-ws.cfg" <<CFG
 global
-  nbthread $(nproc)
+  nbthread $haproxy_threads
   maxconn 4096
 defaults
   mode http
@@ -243,21 +355,31 @@ frontend front
 backend ws
   server b1 127.0.0.1:$backend_port
 CFG
-    haproxy -f "$work/haproxy-ws.cfg" -db > "$work/haproxy.log" 2>&1 &
+    setsid haproxy -f "$work/haproxy-ws.cfg" -db > "$work/haproxy.log" 2>&1 &
     haproxy_pid=$!
     pids+=("$haproxy_pid")
     wait_port "$backend_port" /health
     wait_port "$lb_port" /lb/health "$work/lb-sync.err"
     wait_port "$nginx_port" /health "$work/nginx/logs/error.log"
     wait_port "$haproxy_port" /health "$work/haproxy.log"
-    echo "one lb-backend (/ws echo, a thread per session); lb-sync --threads $threads; nginx workers ${NGINX_WORKERS:-auto}; haproxy nbthread $(nproc)"
-    echo "each tunnel sends a $ws_size-byte binary frame and waits for its echo, for ${ws_seconds} s per run"
-    printf '%-10s %-10s %14s %10s %10s\n' tunnels via "round trips/s" "p50 us" "p99 us"
+    check_sessions "${pids[@]}"
+    echo "one lb-backend (/ws echo, a thread per session); lb-sync --threads $threads; nginx workers ${NGINX_WORKERS:-auto}; haproxy nbthread $haproxy_threads"
+    echo "each tunnel sends a $ws_size-byte binary frame and waits for its echo, for ${ws_seconds} s per run; CPU: the proxy's (direct: the backend's)"
+    printf '%-10s %-10s %12s %14s %10s %10s\n' tunnels via "CPU us/trip" "round trips/s" "p50 us" "p99 us"
+    declare -A ws_pids=([direct]="$backend_pid" [lb-sync]="$lb_pid" [nginx]="$(nginx_pids "$nginx_pid")" [haproxy]="$haproxy_pid")
     for tunnels in ${WS_TUNNELS:-1 8 64}; do
       for via in direct:$backend_port lb-sync:$lb_port nginx:$nginx_port haproxy:$haproxy_port; do
-        read -r rate p50 p99 <<<"$("$ws_bench" "127.0.0.1:${via#*:}" "$tunnels" "$ws_seconds" "$ws_size")"
-        printf '%-10s %-10s %14s %10s %10s\n' "$tunnels" "${via%%:*}" "$rate" "$p50" "$p99"
-        echo "$rate" > "$work/ws-$tunnels-${via%%:*}.rps"
+        name=${via%%:*}
+        # shellcheck disable=SC2086 # a list of PIDs
+        t0=$(ticks ${ws_pids[$name]})
+        in_session "$work/ws.out" "$ws_bench" "127.0.0.1:${via#*:}" "$tunnels" "$ws_seconds" "$ws_size"
+        # shellcheck disable=SC2086
+        t1=$(ticks ${ws_pids[$name]})
+        read -r rate p50 p99 < "$work/ws.out"
+        cpu=$(python3 -c "import sys; print(f'{int(sys.argv[1]) * 1e6 / int(sys.argv[2]) / max(float(sys.argv[3]) * float(sys.argv[4]), 1):.1f}')" \
+          "$((t1 - t0))" "$hz" "$rate" "$ws_seconds")
+        printf '%-10s %-10s %12s %14s %10s %10s\n' "$tunnels" "$name" "$cpu" "$rate" "$p50" "$p99"
+        echo "$rate" > "$work/ws-$tunnels-$name.rps"
       done
       echo "  lb-sync / direct: $(ratio "ws-$tunnels-lb-sync" "ws-$tunnels-direct"), lb-sync / nginx: $(ratio "ws-$tunnels-lb-sync" "ws-$tunnels-nginx"), lb-sync / haproxy: $(ratio "ws-$tunnels-lb-sync" "ws-$tunnels-haproxy")"
     done
@@ -274,7 +396,8 @@ CFG
           strace -c -f -o "$work/ws-strace.txt" "${strace_args[@]}" 2>/dev/null &
           strace_pid=$!
           sleep 1 # attached to every thread before the run
-          read -r rate _ <<<"$("$ws_bench" "127.0.0.1:$port" "$tunnels" "$ws_seconds" "$ws_size")"
+          in_session "$work/ws.out" "$ws_bench" "127.0.0.1:$port" "$tunnels" "$ws_seconds" "$ws_size"
+          read -r rate _ < "$work/ws.out"
           kill -INT "$strace_pid"; wait "$strace_pid" 2>/dev/null || true
           python3 - "$name" "$tunnels" "$rate" "$ws_seconds" "$work/ws-strace.txt" <<'PY'
 import sys
@@ -311,20 +434,21 @@ PY
     location / { proxy_pass http://backends; proxy_http_version 1.1; proxy_set_header Connection \"\"; }
   }"
     nginx_pid=${pids[-1]}
-    "$sync_bin" --algorithm round_robin --host 127.0.0.1 --port "$lb_port" --threads "$threads" --access-log false \
+    setsid "$sync_bin" --algorithm round_robin --host 127.0.0.1 --port "$lb_port" --threads "$threads" --access-log false \
       --health-check-interval 0 --backend "127.0.0.1:$backend_port" > "$work/lb-sync.out" 2> "$work/lb-sync.err" &
     lb_pid=$!
     pids+=("$lb_pid")
     wait_port "$backend_port"
     wait_port "$lb_port" / "$work/lb-sync.err"
     wait_port "$nginx_port" / "$work/nginx/logs/error.log"
+    check_sessions "${pids[@]}"
     ctx_sum() { cat /proc/"$1"/task/*/status 2>/dev/null | awk '/ctxt_switches/ {s += $2} END {print s + 0}'; }
     requests() { awk '/requests in/ {print $1}' "$1"; }
     cost_of() { # NAME PORT PID...
       local name="$1" port="$2"; shift 2
       local before after n
       before=0; for pid in "$@"; do before=$((before + $(ctx_sum "$pid"))); done
-      wrk -t1 -c8 -d"$duration" "http://127.0.0.1:$port/" > "$work/ctx.wrk"
+      in_session "$work/ctx.wrk" wrk -t1 -c8 -d"$duration" "http://127.0.0.1:$port/"
       after=0; for pid in "$@"; do after=$((after + $(ctx_sum "$pid"))); done
       n=$(requests "$work/ctx.wrk")
       local strace_args=()
@@ -332,7 +456,7 @@ PY
       strace -c -f -o "$work/strace.txt" "${strace_args[@]}" 2>/dev/null &
       local strace_pid=$!
       sleep 1 # strace attaches to every thread; the run below must start after it
-      wrk -t1 -c8 -d"$duration" "http://127.0.0.1:$port/" > "$work/strace.wrk"
+      in_session "$work/strace.wrk" wrk -t1 -c8 -d"$duration" "http://127.0.0.1:$port/"
       kill -INT "$strace_pid"; wait "$strace_pid" 2>/dev/null || true
       local calls m
       calls=$(awk '$NF == "total" {print $(NF-2)}' "$work/strace.txt")
@@ -358,16 +482,17 @@ PY
     ulimit -n 65536 2>/dev/null || true
     read -r -a ports <<<"$(free_ports 2)"
     backend_port=${ports[0]} lb_port=${ports[1]}
-    "$backend_bin" --port "$backend_port" --threads 160 > /dev/null &
+    setsid "$backend_bin" --port "$backend_port" --threads 160 > /dev/null &
     pids+=("$!")
     mkdir -p "$work/bodies"
-    "$sync_bin" --host 127.0.0.1 --port "$lb_port" --access-log false --health-check-interval 0 \
+    setsid "$sync_bin" --host 127.0.0.1 --port "$lb_port" --access-log false --health-check-interval 0 \
       --backend "127.0.0.1:$backend_port" --config <(echo "{\"client_body_temp_path\": \"$work/bodies\"}") \
       > "$work/lb-sync.out" 2> "$work/lb-sync.err" &
     lb_pid=$!
     pids+=("$lb_pid")
     wait_port "$backend_port"
     wait_port "$lb_port" / "$work/lb-sync.err"
+    check_sessions "${pids[@]}"
     echo "lb-sync (default 256 workers) in front of one lb-backend; ${SLOW_PEERS:-1000} peers per case"
     python3 "$root/scripts/slow_peers.py" "127.0.0.1:$lb_port" "$lb_pid" "$work/bodies" "${SLOW_PEERS:-1000}"
     ;;
@@ -378,26 +503,27 @@ PY
     read -r -a ports <<<"$(free_ports 4)"
     backend_args=()
     for port in "${ports[@]:0:3}"; do
-      "$backend_bin" --port "$port" --threads 200 > /dev/null &
+      setsid "$backend_bin" --port "$port" --threads 200 > /dev/null &
       pids+=("$!")
       backend_args+=(--backend "127.0.0.1:$port")
     done
     lb_port=${ports[3]}
-    "$sync_bin" --host 127.0.0.1 --port "$lb_port" --threads "$threads" --access-log false --health-check-interval 0 \
+    setsid "$sync_bin" --host 127.0.0.1 --port "$lb_port" --threads "$threads" --access-log false --health-check-interval 0 \
       "${backend_args[@]}" > "$work/lb-sync.out" 2> "$work/lb-sync.err" &
     pids+=("$!")
     for port in "${ports[@]:0:3}"; do wait_port "$port"; done
     wait_port "$lb_port" / "$work/lb-sync.err"
+    check_sessions "${pids[@]}"
     python3 "$root/scripts/client_flood.py" "127.0.0.1:$lb_port" "${FLOOD:-300}" "${FLOOD_DELAY_MS:-12000}" "${PROBE_SECONDS:-30}"
     ;;
   sweep)
-    # Issue 18's targets in one run: lb-sync (its defaults), nginx and HAProxy (and Pingora's
-    # load balancer, the Rust anchor, when scripts/build_pingora.sh can build it) in front of the
-    # same nginx backends, at several concurrencies, then at c=10 right after a c=256 burst.
-    # Twice: three backend processes (one nginx worker each), and the three ports served by one
-    # shared single-worker nginx. Per cell: req/s, p50, p99, the proxy's CPU microseconds per
-    # request (user + system time of all its processes from /proc/PID/stat over the run) and
-    # voluntary context switches per request (summed over every thread, /proc/PID/task/*/status).
+    # Issue 18's targets in one run: lb-sync (its defaults; a row per POLLERS value), nginx and
+    # HAProxy (and Pingora's load balancer, the Rust anchor, when scripts/build_pingora.sh can
+    # build it) in front of the same nginx backends, at several concurrencies, then at c=10 right
+    # after a c=256 burst. Twice: three backend processes (one nginx worker each), and the three
+    # ports served by one shared single-worker nginx. Per cell: the proxy's CPU microseconds per
+    # request (user + system time of all its processes from /proc/PID/stat over the run), req/s,
+    # p50, p99 and voluntary context switches per request (every thread, /proc/PID/task/*/status).
     # ROUNDS runs each cell that many times, interleaving the proxies; the tables show medians.
     command -v haproxy >/dev/null || { echo "bench.sh: haproxy not found (apt-get install haproxy)" >&2; exit 1; }
     rounds="${ROUNDS:-1}"
@@ -408,44 +534,24 @@ PY
       pingora_bin=$("$root/scripts/build_pingora.sh" 2> "$work/pingora-build.log") || {
         echo "(Pingora left out: its build failed; see scripts/build_pingora.sh)"; pingora_bin=""; }
     fi
+    pollers_variants
     body=$(head -c "$body_bytes" /dev/zero | tr '\0' x)
-    ticks() { for pid in "$@"; do awk '{print $14 + $15}' "/proc/$pid/stat"; done | awk '{s += $1} END {print s + 0}'; }
-    switches() { for pid in "$@"; do cat /proc/"$pid"/task/*/status 2>/dev/null; done | awk '/^voluntary_ctxt_switches/ {s += $2} END {print s + 0}'; }
-    hz=$(getconf CLK_TCK)
     results="$work/sweep.tsv"
     : > "$results"
-    # measure LAYOUT ROW PROXY CONNS PIDS...: one wrk run, one line of $results.
-    measure() {
-      local layout="$1" row="$2" proxy="$3" c="$4"; shift 4
-      local port="${proxy_port[$proxy]}" out="$work/$layout.$proxy.$row.wrk"
-      local t0 s0 t1 s1
-      t0=$(ticks "$@"); s0=$(switches "$@")
-      wrk -t"$wrk_threads" -c"$c" -d"$duration" --latency "http://127.0.0.1:$port/" > "$out"
-      t1=$(ticks "$@"); s1=$(switches "$@")
-      python3 - "$layout" "$row" "$proxy" "$out" "$((t1 - t0))" "$hz" "$((s1 - s0))" >> "$results" <<'PY'
-import re, sys
-layout, row, proxy, path, ticks, hz, switches = sys.argv[1:]
-text = open(path).read()
-def ms(v):
-    n, unit = re.match(r"([0-9.]+)(us|ms|s)", v).groups()
-    return float(n) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
-n = int(re.search(r"(\d+) requests in", text).group(1))
-rps = float(re.search(r"Requests/sec:\s+([0-9.]+)", text).group(1))
-p50 = ms(re.search(r"^\s+50%\s+(\S+)", text, re.M).group(1))
-p99 = ms(re.search(r"^\s+99%\s+(\S+)", text, re.M).group(1))
-errors = " ".join(l.strip() for l in text.splitlines() if "Non-2xx" in l or "Socket errors" in l)
-cpu = int(ticks) * 1e6 / int(hz) / max(n, 1)
-print(f"{layout}\t{row}\t{proxy}\t{rps:.0f}\t{p50:.3f}\t{p99:.3f}\t{cpu:.1f}\t{int(switches) / max(n, 1):.2f}\t{errors}")
-PY
-    }
     declare -A proxy_port proxy_pids
+    # cell LAYOUT ROW PROXY CONNS: one wrk run against PROXY, one line of $results.
+    cell() {
+      measure "${proxy_pids[$3]}" -t"$wrk_threads" -c"$4" -d"$duration" "http://127.0.0.1:${proxy_port[$3]}/"
+      printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$result" >> "$results"
+    }
     # run_layout separate|shared: starts backends and proxies, measures every row, stops them.
     run_layout() {
-      local layout="$1" first=${#pids[@]}
-      read -r -a ports <<<"$(free_ports 8)"
+      local layout="$1" first=${#pids[@]} i
+      read -r -a ports <<<"$(free_ports $((7 + ${#lb_names[@]})))"
       backend_ports=("${ports[@]:0:3}")
-      proxy_port[lb-sync]=${ports[3]} proxy_port[nginx]=${ports[4]} proxy_port[haproxy]=${ports[5]} proxy_port[pingora]=${ports[6]}
-      proxy_port[lb-sync-routed]=${ports[7]}
+      proxy_port[nginx]=${ports[3]} proxy_port[haproxy]=${ports[4]} proxy_port[pingora]=${ports[5]}
+      proxy_port[lb-sync-routed]=${ports[6]}
+      for i in "${!lb_names[@]}"; do proxy_port[${lb_names[$i]}]=${ports[$((7 + i))]}; done
       backend_lists "${backend_ports[@]}"
       if [ "$layout" = shared ]; then
         local listens=""
@@ -462,20 +568,24 @@ PY
     location / { proxy_pass http://backends; proxy_http_version 1.1; proxy_set_header Connection \"\"; }
   }" "nginx-$layout"
       local nginx_pid=${pids[-1]}
-      local lb_threads=()
+      local lb_threads=() proxies=()
       [ -n "${THREADS:-}" ] && lb_threads=(--threads "$THREADS")
-      "$sync_bin" --algorithm round_robin --host 127.0.0.1 --port "${proxy_port[lb-sync]}" "${lb_threads[@]}" \
-        --access-log false --health-check-interval 0 "${lb_args[@]}" > "$work/lb-sync.out" 2> "$work/lb-sync.err" &
-      pids+=("$!")
-      proxy_pids[lb-sync]=$!
+      for i in "${!lb_names[@]}"; do
+        # shellcheck disable=SC2086 # lb_flags[i] is a list of flags
+        setsid "$sync_bin" --algorithm round_robin --host 127.0.0.1 --port "${proxy_port[${lb_names[$i]}]}" "${lb_threads[@]}" \
+          ${lb_flags[$i]} --access-log false --health-check-interval 0 "${lb_args[@]}" > "$work/lb-sync-$i.out" 2> "$work/lb-sync-$i.err" &
+        pids+=("$!")
+        proxy_pids[${lb_names[$i]}]=$!
+        proxies+=("${lb_names[$i]}")
+      done
       haproxy_up "127.0.0.1:${proxy_port[haproxy]}"
       proxy_pids[haproxy]=$haproxy_pid
-      local proxies=(lb-sync nginx haproxy)
+      proxies+=(nginx haproxy)
       if [ "${ROUTED:-0}" != 0 ]; then
         # The same lb-sync with one route that takes every request: what the route lookup and
         # the canonical host cost per request (issue 26: no change beyond noise).
         echo '{"routes": [{"name": "all", "path_prefix": "/", "pool": "default"}]}' > "$work/one-route.json"
-        "$sync_bin" --config "$work/one-route.json" --algorithm round_robin --host 127.0.0.1 \
+        setsid "$sync_bin" --config "$work/one-route.json" --algorithm round_robin --host 127.0.0.1 \
           --port "${proxy_port[lb-sync-routed]}" "${lb_threads[@]}" --access-log false --health-check-interval 0 \
           "${lb_args[@]}" > "$work/lb-sync-routed.out" 2> "$work/lb-sync-routed.err" &
         pids+=("$!")
@@ -485,40 +595,37 @@ PY
       if [ -n "$pingora_bin" ]; then
         local pingora_args=()
         for port in "${backend_ports[@]}"; do pingora_args+=(--backend "127.0.0.1:$port"); done
-        "$pingora_bin" --listen "127.0.0.1:${proxy_port[pingora]}" --threads "$(nproc)" "${pingora_args[@]}" \
+        setsid "$pingora_bin" --listen "127.0.0.1:${proxy_port[pingora]}" --threads "$(nproc)" "${pingora_args[@]}" \
           > "$work/pingora.log" 2>&1 &
         pids+=("$!")
         proxy_pids[pingora]=$!
         proxies+=(pingora)
       fi
       for port in "${backend_ports[@]}"; do wait_port "$port"; done
-      wait_port "${proxy_port[lb-sync]}" / "$work/lb-sync.err"
+      for i in "${!lb_names[@]}"; do wait_port "${proxy_port[${lb_names[$i]}]}" / "$work/lb-sync-$i.err"; done
       wait_port "${proxy_port[nginx]}" / "$work/nginx-$layout/logs/error.log"
       wait_port "${proxy_port[haproxy]}" / "$work/haproxy.log"
       [ "${ROUTED:-0}" != 0 ] && wait_port "${proxy_port[lb-sync-routed]}" / "$work/lb-sync-routed.err"
       [ -n "$pingora_bin" ] && wait_port "${proxy_port[pingora]}" / "$work/pingora.log"
-      proxy_pids[nginx]="$nginx_pid $(pgrep -P "$nginx_pid" | tr '\n' ' ')"
+      check_sessions "${pids[@]:$first}"
+      proxy_pids[nginx]=$(nginx_pids "$nginx_pid")
       for c in $levels; do
-        for round in $(seq 1 "$rounds"); do
-          for proxy in "${proxies[@]}"; do
-            # shellcheck disable=SC2086
-            measure "$layout" "c=$c" "$proxy" "$c" ${proxy_pids[$proxy]}
-          done
+        for _ in $(seq 1 "$rounds"); do
+          for proxy in "${proxies[@]}"; do cell "$layout" "c=$c" "$proxy" "$c"; done
         done
       done
       # c=10 right after a c=256 burst: what a spike leaves behind (pooled connections, awake
       # workers) and how soon the cost per request is back to c=10's.
-      for round in $(seq 1 "$rounds"); do
+      for _ in $(seq 1 "$rounds"); do
         for proxy in "${proxies[@]}"; do
-          wrk -t"$wrk_threads" -c256 -d"$burst" "http://127.0.0.1:${proxy_port[$proxy]}/" > /dev/null
-          # shellcheck disable=SC2086
-          measure "$layout" "c=10 after c=256" "$proxy" 10 ${proxy_pids[$proxy]}
+          in_session /dev/null wrk -t"$wrk_threads" -c256 -d"$burst" "http://127.0.0.1:${proxy_port[$proxy]}/"
+          cell "$layout" "c=10 after c=256" "$proxy" 10
         done
       done
       stop_pids "${pids[@]:$first}"
       pids=("${pids[@]:0:$first}")
     }
-    echo "lb-sync ${THREADS:+--threads $THREADS }(defaults otherwise); nginx proxy: one worker per core, keepalive 64; haproxy nbthread $(nproc), http-reuse always${pingora_bin:+; Pingora LB, $(nproc) threads}"
+    echo "lb-sync ${THREADS:+--threads $THREADS }(defaults otherwise; rows: $(listed "${lb_names[@]}")); nginx proxy: one worker per core, keepalive 64; haproxy nbthread $haproxy_threads, http-reuse always${pingora_bin:+; Pingora LB, $(nproc) threads}"
     echo "backends: nginx answering $body_bytes bytes; rounds per cell: $rounds (medians shown)"
     for layout in ${SWEEP_LAYOUTS:-separate shared}; do
       run_layout "$layout"
@@ -528,33 +635,40 @@ import statistics, sys
 rows = {}
 order = []
 for line in open(sys.argv[1]):
-    layout, row, proxy, rps, p50, p99, cpu, vcs, *errors = line.rstrip("\n").split("\t")
+    layout, row, proxy, cpu, rps, p50, p99, vcs, *errors = line.rstrip("\n").split("\t")
     key = (layout, row)
     if key not in rows:
         rows[key] = {}
         order.append(key)
-    rows[key].setdefault(proxy, []).append((float(rps), float(p50), float(p99), float(cpu), float(vcs), errors[0] if errors else ""))
+    rows[key].setdefault(proxy, []).append((float(cpu), float(rps), float(p50), float(p99), float(vcs), errors[0] if errors else ""))
 med = lambda xs: statistics.median(xs)
 titles = {"separate": "three backends (a single-worker nginx each)", "shared": "one shared single-worker nginx serving the three ports"}
 for layout in dict.fromkeys(k[0] for k in order):
     print(f"\n## {titles.get(layout, layout)}")
-    print(f"| load | proxy | req/s | p50 ms | p99 ms | CPU us/req | vol. switches/req | x nginx req/s |")
+    print(f"| load | proxy | CPU us/req | req/s | x nginx req/s | p50 ms | p99 ms | vol. switches/req |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     for key in [k for k in order if k[0] == layout]:
         cells = rows[key]
-        nginx_rps = med([r[0] for r in cells["nginx"]]) if "nginx" in cells else None
+        nginx_rps = med([r[1] for r in cells["nginx"]]) if "nginx" in cells else None
         for proxy, runs in cells.items():
-            rps, p50, p99, cpu, vcs = (med([r[i] for r in runs]) for i in range(5))
+            cpu, rps, p50, p99, vcs = (med([r[i] for r in runs]) for i in range(5))
             ratio = f"{rps / nginx_rps:.2f}" if nginx_rps else ""
             errors = "; ".join(sorted({r[5] for r in runs if r[5]}))
-            print(f"| {key[1]} | {proxy} | {rps:.0f} | {p50:.2f} | {p99:.2f} | {cpu:.1f} | {vcs:.2f} | {ratio} |{' ' + errors if errors else ''}")
-    lb = {k[1]: rows[k].get("lb-sync") for k in order if k[0] == layout}
-    cpu = {r: med([x[3] for x in v]) for r, v in lb.items() if v}
-    rps = {r: med([x[0] for x in v]) for r, v in lb.items() if v}
-    if "c=10" in cpu and "c=256" in cpu:
-        print(f"\nlb-sync CPU us/req at c=256 / at c=10: {cpu['c=256'] / cpu['c=10']:.2f}")
-    if "c=10" in rps and "c=10 after c=256" in rps:
-        print(f"lb-sync req/s at c=10 after a c=256 burst / fresh: {rps['c=10 after c=256'] / rps['c=10']:.2f}")
+            print(f"| {key[1]} | {proxy} | {cpu:.1f} | {rps:.0f} | {ratio} | {p50:.2f} | {p99:.2f} | {vcs:.2f} |{' ' + errors if errors else ''}")
+    summary = []
+    for proxy in dict.fromkeys(p for k in order if k[0] == layout for p in rows[k] if p.startswith("lb-sync")):
+        lb = {k[1]: rows[k].get(proxy) for k in order if k[0] == layout}
+        cpu = {r: med([x[0] for x in v]) for r, v in lb.items() if v}
+        rps = {r: med([x[1] for x in v]) for r, v in lb.items() if v}
+        notes = []
+        if "c=10" in cpu and "c=256" in cpu:
+            notes.append(f"CPU us/req at c=256 / at c=10: {cpu['c=256'] / cpu['c=10']:.2f}")
+        if "c=10" in rps and "c=10 after c=256" in rps:
+            notes.append(f"req/s at c=10 after a c=256 burst / fresh: {rps['c=10 after c=256'] / rps['c=10']:.2f}")
+        if notes:
+            summary.append(f"{proxy}: " + "; ".join(notes))
+    if summary:
+        print("\n" + "\n".join(summary))
 PY
     ;;
   upstream-tls)
@@ -583,22 +697,27 @@ PY
     location / { proxy_pass https://tls; proxy_http_version 1.1; proxy_set_header Connection \"\";
       proxy_ssl_verify on; proxy_ssl_trusted_certificate $work/ca.pem; proxy_ssl_name localhost;
       proxy_ssl_server_name on; proxy_ssl_session_reuse on; } }"
+    nginx_pid=${pids[-1]}
+    declare -A lb_pids
     for pair in "$lb_plain:127.0.0.1:$plain_port" "$lb_tls:https://localhost:$tls_port"; do
-      "$sync_bin" --host 127.0.0.1 --port "${pair%%:*}" --threads "$threads" --access-log false \
+      setsid "$sync_bin" --host 127.0.0.1 --port "${pair%%:*}" --threads "$threads" --access-log false \
         --health-check-interval 0 --upstream-ca "$work/ca.pem" --backend "${pair#*:}" \
         > "$work/lb-sync-${pair%%:*}.out" 2> "$work/lb-sync-${pair%%:*}.err" &
       pids+=("$!")
+      lb_pids[${pair%%:*}]=$!
     done
     wait_port "$plain_port"
     for port in "$lb_plain" "$lb_tls"; do wait_port "$port" /lb/health "$work/lb-sync-$port.err"; done
     for port in "$nginx_plain" "$nginx_tls"; do wait_port "$port" / "$work/nginx/logs/error.log"; done
     curl -sf --max-time 5 -o /dev/null "http://127.0.0.1:$lb_tls/" || { echo "bench.sh: lb-sync cannot reach the HTTPS backend" >&2; cat "$work/lb-sync-$lb_tls.err" >&2; exit 1; }
+    check_sessions "${pids[@]}"
     echo "one nginx backend (return 200, ${NGINX_WORKERS:-auto} workers) on :$plain_port (http) and :$tls_port (https, ECDSA P-256); lb-sync --threads $threads"
+    echo "CPU: the proxy's (the nginx proxy serves both of its rows)"
     header
-    load "lb-sync -> http backend" "http://127.0.0.1:$lb_plain/"
-    load "lb-sync -> https backend" "http://127.0.0.1:$lb_tls/"
-    load "nginx -> http backend" "http://127.0.0.1:$nginx_plain/"
-    load "nginx -> https backend" "http://127.0.0.1:$nginx_tls/"
+    load "lb-sync -> http backend" "${lb_pids[$lb_plain]}" "http://127.0.0.1:$lb_plain/"
+    load "lb-sync -> https backend" "${lb_pids[$lb_tls]}" "http://127.0.0.1:$lb_tls/"
+    load "nginx -> http backend" "$(nginx_pids "$nginx_pid")" "http://127.0.0.1:$nginx_plain/"
+    load "nginx -> https backend" "$(nginx_pids "$nginx_pid")" "http://127.0.0.1:$nginx_tls/"
     echo
     echo "https / http, lb-sync: $(ratio "lb-sync -> https backend" "lb-sync -> http backend")"
     echo "https / http, nginx:   $(ratio "nginx -> https backend" "nginx -> http backend")"
@@ -620,18 +739,27 @@ PY
     openssl x509 -req -in "$pki/site.csr" -CA "$pki/ca.pem" -CAkey "$pki/ca.key" -CAcreateserial -days 2 \
       -extfile "$pki/site.ext" -out "$pki/site.pem" 2>/dev/null
     cat "$pki/site.pem" "$pki/site.key" > "$pki/site.combined.pem" # HAProxy's crt: chain and key in one file
-    read -r -a ports <<<"$(free_ports 7)"
+    pollers_variants
+    read -r -a ports <<<"$(free_ports $((5 + 2 * ${#lb_names[@]})))"
     backend_ports=("${ports[@]:0:3}")
-    lb_port=${ports[3]} lb_tls_port=${ports[4]} nginx_port=${ports[5]} haproxy_port=${ports[6]}
+    nginx_port=${ports[3]} haproxy_port=${ports[4]}
     for port in "${backend_ports[@]}"; do
-      "$backend_bin" --port "$port" --threads 16 > /dev/null &
+      setsid "$backend_bin" --port "$port" --threads 16 > /dev/null &
       pids+=("$!")
     done
     backend_lists "${backend_ports[@]}"
-    "$sync_bin" --algorithm round_robin --host 127.0.0.1 --port "$lb_port" --threads "$threads" --access-log false \
-      --health-check-interval 0 --tls-port "$lb_tls_port" --tls-cert "$pki/site.pem" --tls-key "$pki/site.key" \
-      "${lb_args[@]}" > "$work/lb-sync.out" 2> "$work/lb-sync.err" &
-    pids+=("$!")
+    # One lb-sync per POLLERS row, each with a plain and an HTTPS port.
+    declare -A lb_http lb_https lb_pids
+    for i in "${!lb_names[@]}"; do
+      name=${lb_names[$i]}
+      lb_http[$name]=${ports[$((5 + 2 * i))]} lb_https[$name]=${ports[$((6 + 2 * i))]}
+      # shellcheck disable=SC2086 # lb_flags[i] is a list of flags
+      setsid "$sync_bin" --algorithm round_robin --host 127.0.0.1 --port "${lb_http[$name]}" --threads "$threads" ${lb_flags[$i]} \
+        --access-log false --health-check-interval 0 --tls-port "${lb_https[$name]}" --tls-cert "$pki/site.pem" \
+        --tls-key "$pki/site.key" "${lb_args[@]}" > "$work/lb-sync-$i.out" 2> "$work/lb-sync-$i.err" &
+      pids+=("$!")
+      lb_pids[$name]=$!
+    done
     # nginx's defaults otherwise (its session cache off, tickets on): as a fresh install serves.
     nginx_up "upstream backends { $upstream keepalive 64; }
   server {
@@ -640,6 +768,7 @@ PY
     ssl_certificate_key $pki/site.key;
     location / { proxy_pass http://backends; proxy_http_version 1.1; proxy_set_header Connection \"\"; }
   }"
+    nginx_pid=${pids[-1]}
     haproxy_up "127.0.0.1:$haproxy_port ssl crt $pki/site.combined.pem alpn http/1.1"
     wait_tls_port() { # PORT LOG
       for _ in $(seq 1 200); do
@@ -651,26 +780,152 @@ PY
       exit 1
     }
     for port in "${backend_ports[@]}"; do wait_port "$port" "/?bytes=$body_bytes"; done
-    wait_tls_port "$lb_tls_port" "$work/lb-sync.err"
+    for i in "${!lb_names[@]}"; do wait_tls_port "${lb_https[${lb_names[$i]}]}" "$work/lb-sync-$i.err"; done
     wait_tls_port "$nginx_port" "$work/nginx/logs/error.log"
     wait_tls_port "$haproxy_port" "$work/haproxy.log"
-    echo "3 lb-backend (--threads 16); lb-sync --threads $threads; nginx workers ${NGINX_WORKERS:-auto}; haproxy nbthread $(nproc); ECDSA P-256, TLS 1.3"
+    check_sessions "${pids[@]}"
+    nginx_all=$(nginx_pids "$nginx_pid")
+    echo "3 lb-backend (--threads 16); lb-sync --threads $threads (rows: $(listed "${lb_names[@]}")); nginx workers ${NGINX_WORKERS:-auto}; haproxy nbthread $haproxy_threads; ECDSA P-256, TLS 1.3"
     header
     url="/?bytes=$body_bytes"
-    load "lb-sync https keep-alive" "https://127.0.0.1:$lb_tls_port$url"
-    load "nginx https keep-alive" "https://127.0.0.1:$nginx_port$url"
-    load "haproxy https keep-alive" "https://127.0.0.1:$haproxy_port$url"
-    load "lb-sync http keep-alive" "http://127.0.0.1:$lb_port$url"
+    for name in "${lb_names[@]}"; do load "$name https keep-alive" "${lb_pids[$name]}" "https://127.0.0.1:${lb_https[$name]}$url"; done
+    load "nginx https keep-alive" "$nginx_all" "https://127.0.0.1:$nginx_port$url"
+    load "haproxy https keep-alive" "$haproxy_pid" "https://127.0.0.1:$haproxy_port$url"
+    for name in "${lb_names[@]}"; do load "$name http keep-alive" "${lb_pids[$name]}" "http://127.0.0.1:${lb_http[$name]}$url"; done
     # A connection per request: wrk reconnects after each Connection: close answer, resuming its
     # TLS session (no certificate signature: full handshakes cost lb-sync's poller about 0.2 ms
     # each with this ECDSA certificate, see README "TLS").
-    load "lb-sync https conn per req" "https://127.0.0.1:$lb_tls_port$url" -H "Connection: close"
-    load "nginx https conn per req" "https://127.0.0.1:$nginx_port$url" -H "Connection: close"
-    load "haproxy https conn per req" "https://127.0.0.1:$haproxy_port$url" -H "Connection: close"
-    load "lb-sync http conn per req" "http://127.0.0.1:$lb_port$url" -H "Connection: close"
+    for name in "${lb_names[@]}"; do
+      load "$name https conn per req" "${lb_pids[$name]}" "https://127.0.0.1:${lb_https[$name]}$url" -H "Connection: close"
+    done
+    load "nginx https conn per req" "$nginx_all" "https://127.0.0.1:$nginx_port$url" -H "Connection: close"
+    load "haproxy https conn per req" "$haproxy_pid" "https://127.0.0.1:$haproxy_port$url" -H "Connection: close"
+    for name in "${lb_names[@]}"; do
+      load "$name http conn per req" "${lb_pids[$name]}" "http://127.0.0.1:${lb_http[$name]}$url" -H "Connection: close"
+    done
     echo
-    echo "keep-alive:     lb-sync / nginx $(ratio "lb-sync https keep-alive" "nginx https keep-alive"), lb-sync / haproxy $(ratio "lb-sync https keep-alive" "haproxy https keep-alive"), lb-sync https / http $(ratio "lb-sync https keep-alive" "lb-sync http keep-alive")"
-    echo "conn per req:   lb-sync / nginx $(ratio "lb-sync https conn per req" "nginx https conn per req"), lb-sync / haproxy $(ratio "lb-sync https conn per req" "haproxy https conn per req"), lb-sync https / http $(ratio "lb-sync https conn per req" "lb-sync http conn per req")"
+    for kind in "keep-alive" "conn per req"; do
+      for name in "${lb_names[@]}"; do
+        printf '%-14s %s / nginx %s, / haproxy %s, https / http %s\n' "$kind:" "$name" "$(ratio "$name https $kind" "nginx https $kind")" \
+          "$(ratio "$name https $kind" "haproxy https $kind")" "$(ratio "$name https $kind" "$name http $kind")"
+      done
+    done
+    ;;
+  scaling)
+    # The same N cores for each server under test (taskset -c), N = 1, 2, 4, ... up to the CPUs
+    # this script may use (SCALING_CORES to choose): nginx worker_processes N, HAProxy nbthread N,
+    # lb-sync --pollers N with its default --threads. The backends (one nginx serving three
+    # ports, a worker per load core) and wrk run on the other cores when at least N are left, else
+    # on every core, shared with the servers (each N says which). Keep-alive, wrk -c$connections.
+    # Per N and server: CPU us per request, req/s, x nginx, and x the server's own req/s at the
+    # first N: a bigger machine gives the scaling curve from the same command.
+    for tool in haproxy taskset; do
+      command -v "$tool" >/dev/null || { echo "bench.sh: $tool not found (apt-get install haproxy util-linux)" >&2; exit 1; }
+    done
+    read -r -a cpus <<<"$(cpu_list)"
+    total=${#cpus[@]}
+    steps="${SCALING_CORES:-}"
+    if [ -z "$steps" ]; then
+      n=1
+      while [ "$n" -lt "$total" ]; do steps+="$n "; n=$((n * 2)); done
+      steps+="$total"
+    fi
+    for n in $steps; do
+      case "$n" in "" | *[!0-9]*) n=0 ;; esac
+      if [ "$n" -lt 1 ] || [ "$n" -gt "$total" ]; then
+        echo "bench.sh: SCALING_CORES takes core counts from 1 to $total (the CPUs this script may use: ${cpus[*]})" >&2
+        exit 2
+      fi
+    done
+    rounds="${ROUNDS:-1}"
+    pollers_flag=yes
+    if ! grep -q -- '--pollers' <<<"$("$sync_bin" --help 2>&1 || true)"; then
+      echo "(pollers variants skipped: this lb-sync has no --pollers; it runs its one poller, pinned to the N cores)"
+      pollers_flag=""
+    fi
+    lb_threads=()
+    [ -n "${THREADS:-}" ] && lb_threads=(--threads "$THREADS")
+    body=$(head -c "$body_bytes" /dev/zero | tr '\0' x)
+    results="$work/scaling.tsv"
+    : > "$results"
+    cores_of() { local IFS=,; echo "$*"; } # taskset's list of these CPUs
+    lb_desc="${pollers_flag:+--pollers N }${THREADS:+--threads $THREADS}"
+    echo "N = $steps of ${cpus[*]}; nginx worker_processes N, haproxy nbthread N, lb-sync ${lb_desc:-(its defaults)}; backends: one nginx answering $body_bytes bytes on three ports; rounds per point: $rounds (medians shown)"
+    for n in $steps; do
+      first=${#pids[@]}
+      rest=("${cpus[@]:$n}")
+      server_cores=$(cores_of "${cpus[@]:0:$n}")
+      if [ "${#rest[@]}" -ge "$n" ]; then
+        load_cores=$(cores_of "${rest[@]}") load_count=${#rest[@]}
+        where="backends and wrk on cores $load_cores"
+      else
+        load_cores=$(cores_of "${cpus[@]}") load_count=$total
+        where="backends and wrk share all $total cores with the servers (${#rest[@]} other cores, fewer than $n)"
+      fi
+      server_pin=(taskset -c "$server_cores") load_pin=(taskset -c "$load_cores")
+      haproxy_threads=$n
+      wrk_threads=${WRK_THREADS:-$((load_count < 2 ? 2 : load_count))}
+      [ "$wrk_threads" -gt "$connections" ] && wrk_threads=$connections
+      read -r -a ports <<<"$(free_ports 6)"
+      backend_ports=("${ports[@]:0:3}")
+      nginx_port=${ports[3]} haproxy_port=${ports[4]} lb_port=${ports[5]}
+      backend_lists "${backend_ports[@]}"
+      listens=""
+      for port in "${backend_ports[@]}"; do listens+="listen 127.0.0.1:$port; "; done
+      NGINX_WORKERS=$load_count nginx_role=backend \
+        nginx_up "server { $listens location / { default_type text/plain; return 200 '$body'; } }" "backends-$n"
+      NGINX_WORKERS=$n nginx_up "upstream backends { $upstream keepalive 64; }
+  server {
+    listen 127.0.0.1:$nginx_port;
+    location / { proxy_pass http://backends; proxy_http_version 1.1; proxy_set_header Connection \"\"; }
+  }" "nginx-$n"
+      nginx_pid=${pids[-1]}
+      haproxy_up "127.0.0.1:$haproxy_port"
+      lb_pollers=()
+      [ -n "$pollers_flag" ] && lb_pollers=(--pollers "$n")
+      setsid "${server_pin[@]}" "$sync_bin" --algorithm round_robin --host 127.0.0.1 --port "$lb_port" "${lb_pollers[@]}" \
+        "${lb_threads[@]}" --access-log false --health-check-interval 0 "${lb_args[@]}" \
+        > "$work/lb-sync-$n.out" 2> "$work/lb-sync-$n.err" &
+      pids+=("$!")
+      lb_pid=$!
+      for port in "${backend_ports[@]}"; do wait_port "$port"; done
+      wait_port "$nginx_port" / "$work/nginx-$n/logs/error.log"
+      wait_port "$haproxy_port" / "$work/haproxy.log"
+      wait_port "$lb_port" / "$work/lb-sync-$n.err"
+      check_sessions "${pids[@]:$first}"
+      declare -A server_port=([nginx]=$nginx_port [haproxy]=$haproxy_port [lb-sync]=$lb_port)
+      declare -A server_pids=([nginx]="$(nginx_pids "$nginx_pid")" [haproxy]=$haproxy_pid [lb-sync]=$lb_pid)
+      echo "N=$n: servers on cores $server_cores; $where; wrk -t$wrk_threads -c$connections -d$duration"
+      for _ in $(seq 1 "$rounds"); do
+        for server in nginx haproxy lb-sync; do
+          measure "${server_pids[$server]}" -t"$wrk_threads" -c"$connections" -d"$duration" "http://127.0.0.1:${server_port[$server]}/"
+          printf '%s\t%s\t%s\n' "$n" "$server" "$result" >> "$results"
+        done
+      done
+      stop_pids "${pids[@]:$first}"
+      pids=("${pids[@]:0:$first}")
+    done
+    server_pin=() load_pin=()
+    python3 - "$results" <<'PY'
+import statistics, sys
+rows = {}
+for line in open(sys.argv[1]):
+    n, server, cpu, rps, p50, p99, vcs, *errors = line.rstrip("\n").split("\t")
+    rows.setdefault(int(n), {}).setdefault(server, []).append((float(cpu), float(rps), float(p50), float(p99), errors[0] if errors else ""))
+med = statistics.median
+base = min(rows)
+print(f"\n| N | server | CPU us/req | req/s | x nginx req/s | x its N={base} req/s | p50 ms | p99 ms |")
+print("|---:|---|---:|---:|---:|---:|---:|---:|")
+for n in sorted(rows):
+    nginx = med([r[1] for r in rows[n]["nginx"]])
+    for server, runs in rows[n].items():
+        cpu, rps, p50, p99 = (med([r[i] for r in runs]) for i in range(4))
+        own = med([r[1] for r in rows[base][server]])
+        errors = "; ".join(sorted({r[4] for r in runs if r[4]}))
+        print(f"| {n} | {server} | {cpu:.1f} | {rps:.0f} | {rps / nginx:.2f} | {rps / own:.2f} | {p50:.2f} | {p99:.2f} |{' ' + errors if errors else ''}")
+lb = {n: med([r[1] for r in rows[n]["lb-sync"]]) for n in sorted(rows)}
+print(f"\nlb-sync req/s at N / at N={base}: " + ", ".join(f"N={n} {lb[n] / lb[base]:.2f}" for n in lb))
+PY
     ;;
   algorithms)
     # Issue 20's real run, beside `lb-sync simulate` (README "Choosing an algorithm"): three
@@ -688,7 +943,7 @@ PY
     for i in 0 1 2; do
       delay=$fast_ms
       [ "$i" = 2 ] && delay=$slow_ms
-      "$backend_bin" --port "${ports[$i]}" --id "b$((i + 1))" --threads 4 --delay-ms "$delay" > /dev/null &
+      setsid "$backend_bin" --port "${ports[$i]}" --id "b$((i + 1))" --threads 4 --delay-ms "$delay" > /dev/null &
       pids+=("$!")
     done
     for port in "${ports[@]}"; do wait_port "$port" /health; done
@@ -698,22 +953,28 @@ capacity = 4 * 1000 / fast * 2 + 4 * 1000 / slow
 rate = load * capacity
 print(f'{rate:.1f} {int(rate * seconds)}')" "$fast_ms" "$slow_ms" "$load_share" "$seconds")"
     echo "3 lb-backends (--threads 4): b1, b2 --delay-ms $fast_ms, b3 --delay-ms $slow_ms; open loop at $rate req/s ($load_share of their capacity), $requests requests (${seconds} s) per algorithm"
-    printf '%-18s %8s %8s %7s %10s %10s   %s\n' algorithm sent ok errors "p50 ms" "p99 ms" "requests b1 / b2 / b3 (lb-sync's /lb/backends)"
+    check_sessions "${pids[@]}"
+    printf '%-18s %10s %8s %8s %7s %10s %10s   %s\n' algorithm "CPU us/req" sent ok errors "p50 ms" "p99 ms" "requests b1 / b2 / b3 (lb-sync's /lb/backends)"
     for algorithm in round_robin least_connections p2c peak_ewma; do
       lb_port=$(free_port)
-      "$sync_bin" --algorithm "$algorithm" --host 127.0.0.1 --port "$lb_port" --access-log false --health-check-interval 0 \
+      setsid "$sync_bin" --algorithm "$algorithm" --host 127.0.0.1 --port "$lb_port" --access-log false --health-check-interval 0 \
         --backend "b1=127.0.0.1:${ports[0]}" --backend "b2=127.0.0.1:${ports[1]}" --backend "b3=127.0.0.1:${ports[2]}" \
         > "$work/lb-sync-$algorithm.out" 2> "$work/lb-sync-$algorithm.err" &
       lb_pid=$!
       pids+=("$lb_pid")
       wait_port "$lb_port" /lb/health "$work/lb-sync-$algorithm.err"
-      read -r sent ok errors p50 p99 <<<"$("$open_loop" "http://127.0.0.1:$lb_port/" "$rate" "$requests")"
+      check_sessions "$lb_pid"
+      t0=$(ticks "$lb_pid")
+      in_session "$work/open_loop.out" "$open_loop" "http://127.0.0.1:$lb_port/" "$rate" "$requests"
+      t1=$(ticks "$lb_pid")
+      read -r sent ok errors p50 p99 < "$work/open_loop.out"
+      cpu=$(python3 -c "import sys; print(f'{int(sys.argv[1]) * 1e6 / int(sys.argv[2]) / max(int(sys.argv[3]), 1):.1f}')" "$((t1 - t0))" "$hz" "$sent")
       split=$(curl -s --max-time 5 "http://127.0.0.1:$lb_port/lb/backends" | jq -r '[.[].total_requests] | map(tostring) | join(" / ")' 2>/dev/null || echo "(unreadable)")
-      printf '%-18s %8s %8s %7s %10s %10s   %s\n' "$algorithm" "$sent" "$ok" "$errors" "$p50" "$p99" "$split"
+      printf '%-18s %10s %8s %8s %7s %10s %10s   %s\n' "$algorithm" "$cpu" "$sent" "$ok" "$errors" "$p50" "$p99" "$split"
       echo "$p99" > "$work/$algorithm.p99"
       kill "$lb_pid"; wait "$lb_pid" 2>/dev/null || true
     done
     echo "peak_ewma p99 / round_robin p99: $(python3 -c "import sys; print(f'{float(sys.argv[1])/float(sys.argv[2]):.3f}')" "$(cat "$work/peak_ewma.p99")" "$(cat "$work/round_robin.p99")")"
     ;;
-  *) echo "usage: $0 server|proxy|cost|slow|sweep|upstream-tls|websocket|tls|algorithms" >&2; exit 2 ;;
+  *) echo "usage: $0 server|proxy|cost|slow|sweep|upstream-tls|websocket|tls|scaling|algorithms" >&2; exit 2 ;;
 esac
