@@ -740,9 +740,9 @@ PY
       -extfile "$pki/site.ext" -out "$pki/site.pem" 2>/dev/null
     cat "$pki/site.pem" "$pki/site.key" > "$pki/site.combined.pem" # HAProxy's crt: chain and key in one file
     pollers_variants
-    read -r -a ports <<<"$(free_ports $((5 + 2 * ${#lb_names[@]})))"
+    read -r -a ports <<<"$(free_ports $((6 + 2 * ${#lb_names[@]})))"
     backend_ports=("${ports[@]:0:3}")
-    nginx_port=${ports[3]} haproxy_port=${ports[4]}
+    nginx_port=${ports[3]} haproxy_port=${ports[4]} nginx_http_port=${ports[$((5 + 2 * ${#lb_names[@]}))]}
     for port in "${backend_ports[@]}"; do
       setsid "$backend_bin" --port "$port" --threads 16 > /dev/null &
       pids+=("$!")
@@ -764,6 +764,7 @@ PY
     nginx_up "upstream backends { $upstream keepalive 64; }
   server {
     listen 127.0.0.1:$nginx_port ssl;
+    listen 127.0.0.1:$nginx_http_port;
     ssl_certificate $pki/site.pem;
     ssl_certificate_key $pki/site.key;
     location / { proxy_pass http://backends; proxy_http_version 1.1; proxy_set_header Connection \"\"; }
@@ -782,6 +783,7 @@ PY
     for port in "${backend_ports[@]}"; do wait_port "$port" "/?bytes=$body_bytes"; done
     for i in "${!lb_names[@]}"; do wait_tls_port "${lb_https[${lb_names[$i]}]}" "$work/lb-sync-$i.err"; done
     wait_tls_port "$nginx_port" "$work/nginx/logs/error.log"
+    wait_port "$nginx_http_port" "/?bytes=$body_bytes" "$work/nginx/logs/error.log"
     wait_tls_port "$haproxy_port" "$work/haproxy.log"
     check_sessions "${pids[@]}"
     nginx_all=$(nginx_pids "$nginx_pid")
@@ -792,6 +794,7 @@ PY
     load "nginx https keep-alive" "$nginx_all" "https://127.0.0.1:$nginx_port$url"
     load "haproxy https keep-alive" "$haproxy_pid" "https://127.0.0.1:$haproxy_port$url"
     for name in "${lb_names[@]}"; do load "$name http keep-alive" "${lb_pids[$name]}" "http://127.0.0.1:${lb_http[$name]}$url"; done
+    load "nginx http keep-alive" "$nginx_all" "http://127.0.0.1:$nginx_http_port$url"
     # A connection per request: wrk reconnects after each Connection: close answer, resuming its
     # TLS session (no certificate signature: full handshakes cost lb-sync's poller about 0.2 ms
     # each with this ECDSA certificate, see README "TLS").
@@ -803,11 +806,13 @@ PY
     for name in "${lb_names[@]}"; do
       load "$name http conn per req" "${lb_pids[$name]}" "http://127.0.0.1:${lb_http[$name]}$url" -H "Connection: close"
     done
+    load "nginx http conn per req" "$nginx_all" "http://127.0.0.1:$nginx_http_port$url" -H "Connection: close"
     echo
     for kind in "keep-alive" "conn per req"; do
       for name in "${lb_names[@]}"; do
         printf '%-14s %s / nginx %s, / haproxy %s, https / http %s\n' "$kind:" "$name" "$(ratio "$name https $kind" "nginx https $kind")" \
           "$(ratio "$name https $kind" "haproxy https $kind")" "$(ratio "$name https $kind" "$name http $kind")"
+        printf '%-14s %s http / nginx http %s\n' "$kind:" "$name" "$(ratio "$name http $kind" "nginx http $kind")"
       done
     done
     ;;
