@@ -87,9 +87,15 @@ pub(crate) struct PollerCounters {
     pub handshakes: AtomicU64,
     /// Requests given to the workers so far.
     pub requests: AtomicU64,
-    /// Requests of its connections waiting for a worker now.
-    pub queued: AtomicUsize,
+    /// Requests of its connections waiting for a worker now: workers write it too, so it has
+    /// a cache line of its own (the poller's counters are not thrown out of its cache by them).
+    pub queued: OwnLine<AtomicUsize>,
 }
+
+/// A value on a cache line of its own.
+#[derive(Default)]
+#[repr(align(128))]
+pub(crate) struct OwnLine<T>(pub T);
 
 /// One poller's counters at one moment.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -135,7 +141,7 @@ impl PollerGauges {
                     accepted: c.accepted.load(Ordering::Relaxed),
                     handshakes: c.handshakes.load(Ordering::Relaxed),
                     requests: c.requests.load(Ordering::Relaxed),
-                    queued: c.queued.load(Ordering::Relaxed),
+                    queued: c.queued.0.load(Ordering::Relaxed),
                 }
             })
             .collect()

@@ -62,7 +62,7 @@ impl Worker {
             let (poller, token, next, input_while_busy, served) = match job {
                 Job::Serve { poller, token, stream, peer, head, body, input_while_busy, first } => {
                     self.queued.fetch_sub(1, Ordering::Relaxed);
-                    self.pollers[poller].counters.queued.fetch_sub(1, Ordering::Relaxed);
+                    self.pollers[poller].counters.queued.0.fetch_sub(1, Ordering::Relaxed);
                     let next = self.serve(&stream, peer, head, body, first);
                     (poller, token, next, Some(input_while_busy), true)
                 }

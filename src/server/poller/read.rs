@@ -216,7 +216,7 @@ impl Poller {
         let (stream, peer) = (Arc::clone(&conn.stream), conn.peer);
         let counters = &self.pollers[self.me].counters;
         counters.requests.fetch_add(1, Ordering::Relaxed);
-        counters.queued.fetch_add(1, Ordering::Relaxed);
+        counters.queued.0.fetch_add(1, Ordering::Relaxed);
         let job = Job::Serve { poller: self.me, token, stream, peer, head, body, input_while_busy, first };
         self.queue.submit(job);
     }

@@ -64,7 +64,7 @@ impl Poller {
             let (poller, token) = match job {
                 Job::Serve { poller, token, .. } => {
                     self.queued.fetch_sub(1, Ordering::Relaxed);
-                    self.pollers[poller].counters.queued.fetch_sub(1, Ordering::Relaxed);
+                    self.pollers[poller].counters.queued.0.fetch_sub(1, Ordering::Relaxed);
                     (poller, token)
                 }
                 Job::Refill { poller, token, .. } => (poller, token),
