@@ -766,3 +766,25 @@ fn a_request_with_close_notify_is_closed_after_its_answer() {
     );
     server.stop(Duration::from_secs(1));
 }
+
+#[test]
+fn https_connections_are_spread_over_the_pollers_and_each_counts_its_handshakes() {
+    if !common::tools::require(&[&common::tools::OPENSSL]) {
+        return;
+    }
+    let pki = Pki::new();
+    let leaf = pki.leaf("site", &["localhost"], KeyKind::EcPkcs8, 30);
+    let b1 = backend(&[]);
+    let (lb, tls) = lb_with_tls(&[b1.addr()], &leaf, r#""pollers": 4"#, &[]);
+    let client = pki.client();
+    for i in 0..80 {
+        let resp = Conn::open_tls(tls, &client).get(&format!("/tls/{i}"));
+        assert_eq!(resp.status, 200, "connection {i}");
+    }
+    let stats = Conn::open(lb.addr).get("/lb/stats").json();
+    let pollers = stats["pollers"].as_array().expect("pollers in /lb/stats");
+    assert_eq!(pollers.len(), 4, "{stats}");
+    let handshakes: Vec<u64> = pollers.iter().map(|p| p["tls_handshakes"].as_u64().unwrap()).collect();
+    assert_eq!(handshakes.iter().sum::<u64>(), 80, "every handshake counted once: {handshakes:?}");
+    assert!(handshakes.iter().all(|&n| n > 0), "each poller ran some of the 80 handshakes: {handshakes:?}");
+}

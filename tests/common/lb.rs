@@ -33,8 +33,13 @@ pub fn lb_sync(args: &[&str]) -> Output {
 /// `LB_TEST_POLLERS` (CI runs some test files again with one poller; each run's default is the
 /// machine's CPUs).
 pub fn lb_command() -> Command {
+    lb_command_for("")
+}
+
+/// [`lb_command`] for a config with these `settings`: one that sets `pollers` itself keeps it.
+fn lb_command_for(settings: &str) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_lb-sync"));
-    if let Some(pollers) = super::test_pollers() {
+    if let Some(pollers) = super::test_pollers().filter(|_| !settings.contains(r#""pollers""#)) {
         command.arg("--pollers").arg(pollers.to_string());
     }
     command
@@ -79,7 +84,7 @@ impl Lb {
         let dir = super::unique_dir("lb");
         std::fs::write(dir.join("config.json"), config_json(backends, settings)).unwrap();
         let log = std::fs::File::create(dir.join("stderr.log")).unwrap();
-        let mut command = lb_command();
+        let mut command = lb_command_for(settings);
         command.arg("--config").arg(dir.join("config.json")).args(args);
         command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(log);
         let mut child = command.spawn().expect("spawn lb-sync");
