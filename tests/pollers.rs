@@ -196,3 +196,38 @@ fn pollers_come_from_the_file_or_the_flag_are_checked_and_change_by_restart_only
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("pollers must be 1-64, got 65"), "{out:?}");
 }
+
+/// Answers at once with the path.
+struct Echo;
+
+impl Handler for Echo {
+    fn handle(&self, request: Request) -> Response {
+        Response::text(200, request.path().to_string())
+    }
+}
+
+#[test]
+fn a_closing_answer_with_nothing_unread_closes_the_connection_at_once_as_nginx_does() {
+    let gauges = PollerGauges::default();
+    let config = ServerConfig {
+        bind: "127.0.0.1:0".parse().unwrap(),
+        threads: 2,
+        pollers: 2,
+        poller_gauges: gauges.clone(),
+        ..ServerConfig::default()
+    };
+    let server = Server::start(config, Echo).unwrap();
+    let mut conn = Conn::open(server.local_addr());
+    conn.send(b"GET /last HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    let resp = conn.response();
+    assert_eq!((resp.status, resp.text()), (200, "/last\n".to_string()));
+    assert!(conn.is_closed(), "the server closed after its answer");
+    // The client has not closed its side: a lingering server would hold the connection until it
+    // did (or linger_timeout passed); with nothing unread there is nothing to linger for.
+    assert!(
+        wait_until(Duration::from_secs(1), || gauges.read().iter().all(|p| p.connections == 0)),
+        "still open on the server: {:?}",
+        gauges.read()
+    );
+    server.stop(Duration::from_secs(1));
+}

@@ -182,6 +182,19 @@ impl Poller {
             );
         }
         if !keep_alive || conn.close_after {
+            // As nginx: a connection with nothing unread is closed at once (its FIN follows the
+            // answer; no reset can destroy it, the receive buffer being empty); one that may
+            // hold more input (a body cut short, a pipelined request) lingers to drain it.
+            let nothing_unread = !conn.close_after
+                && conn.buf.is_empty()
+                && !conn.maybe_more
+                && conn.pending.is_none()
+                && conn.upload.is_none()
+                && !conn.input_while_busy.load(Ordering::SeqCst);
+            if nothing_unread {
+                let _ = conn.stream.shutdown(Shutdown::Write);
+                return self.close(token);
+            }
             return self.linger(token);
         }
         let started = !conn.buf.is_empty();
