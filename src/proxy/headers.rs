@@ -8,6 +8,7 @@
 //! dashed twins; the underscore spellings of the fields we set are dropped even then.
 
 use std::borrow::Cow;
+use std::fmt::Write;
 use std::net::IpAddr;
 
 use crate::client_ip::canonical;
@@ -34,11 +35,13 @@ pub(crate) struct Passing {
 
 /// The headers sent upstream: the client's, less hop-by-hop ones (and a HEAD request's
 /// Content-Length, whose body is not sent on), plus the X-Forwarded set. Borrowed from the
-/// request where possible: the forwarder copies each once, into its header map.
+/// request where possible, the addresses from `texts` (written here): the forwarder copies
+/// each once, into its header map.
 pub(crate) fn upstream_headers<'a>(
     request: &'a Request,
     client: IpAddr,
     passing: Passing,
+    texts: &'a mut String,
 ) -> Vec<(&'a str, Cow<'a, [u8]>)> {
     let named_by_connection =
         connection_options(request.headers().iter().filter(|h| h.is("connection")).map(|h| &h.value[..]));
@@ -46,7 +49,9 @@ pub(crate) fn upstream_headers<'a>(
     // An absolute-form target names the host itself; the client's Host is ignored (RFC 9112
     // 3.2.2) and the backend gets the target's.
     let target_host = super::target_authority(request.target());
-    let mut headers: Vec<(&str, Cow<[u8]>)> = request
+    // The client's fields, and room for what the proxy adds (here, a route, an upgrade, the id).
+    let mut headers: Vec<(&str, Cow<[u8]>)> = Vec::with_capacity(request.headers().len() + 8);
+    let passed = request
         .headers()
         .iter()
         .filter(|h| !is_hop_by_hop(&h.name) && !SET_BY_PROXY.iter().any(|d| field::aliases(h, d)))
@@ -55,20 +60,27 @@ pub(crate) fn upstream_headers<'a>(
         .filter(|h| !named_by_connection.iter().any(|n| h.is(n)))
         .filter(|h| !(is_head && h.is("content-length")))
         .filter(|h| !(target_host.is_some() && h.is("host")))
-        .map(|h| (h.name.as_str(), Cow::Borrowed(&h.value[..])))
-        .collect();
+        .map(|h| (h.name.as_str(), Cow::Borrowed(&h.value[..])));
     if let Some(host) = target_host {
-        headers.insert(0, ("Host", Cow::Borrowed(host.as_bytes())));
+        headers.push(("Host", Cow::Borrowed(host.as_bytes())));
     }
-    let peer = canonical(request.peer().ip()).to_string();
+    headers.extend(passed);
     // A trusted proxy's chain is extended; an untrusted client's claims are dropped, and so is a
-    // chain that does not read cleanly.
-    let forwarded_for = match forwarded_for(request).filter(|_| passing.peer_trusted) {
-        Some(chain) => format!("{chain}, {peer}"),
-        None => peer,
-    };
-    headers.push(("X-Forwarded-For", Cow::Owned(forwarded_for.into_bytes())));
-    headers.push(("X-Real-IP", Cow::Owned(client.to_string().into_bytes())));
+    // chain that does not read cleanly. The chain and both addresses go in one text (an address
+    // is at most 39 characters), borrowed by the two fields.
+    let chain = forwarded_for(request).filter(|_| passing.peer_trusted);
+    texts.clear();
+    texts.reserve(chain.as_ref().map_or(0, |chain| chain.len() + 2) + 2 * 39);
+    if let Some(chain) = &chain {
+        texts.push_str(chain);
+        texts.push_str(", ");
+    }
+    let _ = write!(texts, "{}", canonical(request.peer().ip()));
+    let forwarded_for_end = texts.len();
+    let _ = write!(texts, "{client}");
+    let texts: &'a String = texts;
+    headers.push(("X-Forwarded-For", Cow::Borrowed(texts[..forwarded_for_end].as_bytes())));
+    headers.push(("X-Real-IP", Cow::Borrowed(texts[forwarded_for_end..].as_bytes())));
     // A trusted proxy in front says which scheme its client used; else ours does.
     let scheme = if request.is_tls() { "https" } else { "http" };
     let proto = match field::sole(request.headers(), "x-forwarded-proto") {

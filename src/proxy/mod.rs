@@ -28,6 +28,7 @@ pub use error::ProxyError;
 pub use leg::Leg;
 pub use routed::serve;
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -56,16 +57,16 @@ struct Origin {
 }
 
 /// A request ready to be sent to any backend, as many times as its tries need.
-struct Outbound {
+struct Outbound<'a> {
     method: String,
     target: String,
     prepared: Prepared,
     body: UpstreamBody,
     is_head: bool,
-    hash_key: Vec<u8>,
+    hash_key: HashKey,
     /// The sticky cookie's value, when sticky sessions are on and the client sent one.
     sticky_token: Option<String>,
-    request_id: String,
+    request_id: &'a str,
     /// The `Upgrade` value of an upgrade request: sent on a connection of its own.
     upgrade: Option<Vec<u8>>,
     /// Sent on a backend connection no other client's request used (`upstream_reuse` safe,
@@ -128,24 +129,29 @@ fn who(shared: &Shared, request: &Request) -> Origin {
 }
 
 /// Step 2: the request as it goes upstream; refused here when it cannot be expressed there.
-fn prepare(
+fn prepare<'a>(
     shared: &Shared,
     pool: &Pool,
     request: Request,
     origin: &Origin,
-    access: &PendingAccess,
+    access: &'a PendingAccess,
     leg: Leg<'_>,
-) -> Result<Outbound, ProxyError> {
-    let method = request.method().to_string();
-    if method == "CONNECT" {
+) -> Result<Outbound<'a>, ProxyError> {
+    if request.method() == "CONNECT" {
         // A tunnel to wherever the client names: never (lb-sync is not a forward proxy).
         return Err(ProxyError::UnsupportedTarget);
     }
-    let target = leg.upstream_target(origin_form(request.target()).ok_or(ProxyError::UnsupportedTarget)?).into_owned();
+    let target = leg.upstream_target(origin_form(request.target()).ok_or(ProxyError::UnsupportedTarget)?);
+    // The head's own target is moved into the request below when it goes up unchanged.
+    let rewritten = match target {
+        Cow::Borrowed(same) if same.len() == request.target().len() => None,
+        other => Some(other.into_owned()),
+    };
     let upgrade = upgrade::requested(&request, &shared.config.listener.upgrade_protocols);
     let passing =
         Passing { peer_trusted: origin.peer_trusted, underscores: shared.config.listener.underscores_in_headers };
-    let mut headers = upstream_headers(&request, origin.client, passing);
+    let mut forwarded = String::new();
+    let mut headers = upstream_headers(&request, origin.client, passing, &mut forwarded);
     if let Some(value) = &upgrade {
         headers.extend(upgrade::upstream_headers(&request, value));
     }
@@ -157,14 +163,19 @@ fn prepare(
     }
     let mut prepared = leg
         .forwarder(pool)
-        .prepare(&method, &target, headers.iter().map(|(n, v)| (*n, &v[..])))
+        .prepare(
+            request.method(),
+            rewritten.as_deref().unwrap_or(request.target()),
+            headers.iter().map(|(n, v)| (*n, &v[..])),
+        )
         .map_err(ProxyError::Unforwardable)?;
     drop(headers);
     let is_head = request.head().is_head();
     let own_connection = pool.config.pool.upstream_reuse == UpstreamReuse::Safe && request.is_first_on_connection();
     // A HEAD request's body (allowed, meaningless) is not sent on.
     let send_body = !is_head && request.head().framing != BodyFraming::None;
-    let mut request_body = request.into_body();
+    let (head, mut request_body) = request.into_parts();
+    let (method, target) = (head.method, rewritten.unwrap_or(head.target));
     // A streamed body (request buffering off) waits for its client; meanwhile the backend may
     // answer without reading it (a 413), and that answer is what the client must get.
     request_body.watch_for_early_answer(crate::upstream::early_answer_arrived);
@@ -179,9 +190,9 @@ fn prepare(
         prepared,
         body,
         is_head,
-        hash_key: hash_key(origin.client),
+        hash_key: HashKey::of(origin.client),
         sticky_token,
-        request_id: access.request_id.clone(),
+        request_id: &access.request_id,
         upgrade,
         own_connection,
     })
@@ -192,7 +203,7 @@ fn try_backends(
     shared: &Shared,
     pool: &Pool,
     forwarder: &Forwarder,
-    out: &mut Outbound,
+    out: &mut Outbound<'_>,
     max_tries: usize,
 ) -> Result<(Response, Arc<Backend>, Duration), ProxyError> {
     pool.retry_budget.record_request();
@@ -336,7 +347,7 @@ fn admit<'a>(
     backend: &'a Backend,
     kind: PickKind,
     tries: usize,
-    out: &Outbound,
+    out: &Outbound<'_>,
 ) -> Admission<'a> {
     let breaker = match kind {
         PickKind::Usable => match backend.breaker().admit() {
@@ -398,7 +409,7 @@ fn settle_failure(
     backend: &Backend,
     breaker: Admitted<'_>,
     error: &ForwardError,
-    out: &Outbound,
+    out: &Outbound<'_>,
 ) -> bool {
     backend.record_failure();
     match breaker {
@@ -514,10 +525,29 @@ fn absolute_form(target: &str) -> Option<(&str, &str)> {
     }
 }
 
-/// ip_hash's key: the client address's bytes.
-fn hash_key(ip: IpAddr) -> Vec<u8> {
-    match ip {
-        IpAddr::V4(v4) => v4.octets().to_vec(),
-        IpAddr::V6(v6) => v6.octets().to_vec(),
+/// ip_hash's key: the client address's bytes (4 or 16), kept in place.
+struct HashKey {
+    octets: [u8; 16],
+    len: usize,
+}
+
+impl HashKey {
+    fn of(ip: IpAddr) -> HashKey {
+        match ip {
+            IpAddr::V4(v4) => {
+                let mut octets = [0; 16];
+                octets[..4].copy_from_slice(&v4.octets());
+                HashKey { octets, len: 4 }
+            }
+            IpAddr::V6(v6) => HashKey { octets: v6.octets(), len: 16 },
+        }
+    }
+}
+
+impl std::ops::Deref for HashKey {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.octets[..self.len]
     }
 }
