@@ -159,7 +159,7 @@ fn prepare<'a>(
     let sticky_token = policy::take_sticky_cookie(pool, &mut headers);
     if !access.id_came_in {
         headers.retain(|(name, _)| !name.eq_ignore_ascii_case("x-request-id"));
-        headers.push(("X-Request-Id", access.request_id.as_bytes().into()));
+        headers.push(("X-Request-Id", access.request_id().as_bytes().into()));
     }
     let mut prepared = leg
         .forwarder(pool)
@@ -192,7 +192,7 @@ fn prepare<'a>(
         is_head,
         hash_key: HashKey::of(origin.client),
         sticky_token,
-        request_id: &access.request_id,
+        request_id: access.request_id(),
         upgrade,
         own_connection,
     })
@@ -210,11 +210,11 @@ fn try_backends(
     let membership = pool.table.snapshot();
     let queue_deadline = Instant::now() + pool.config.pool.backend_queue_timeout;
     let session = Session::new(pool, &membership, out.sticky_token.as_deref());
-    let mut tried: Vec<*const Backend> = Vec::with_capacity(max_tries.min(membership.backends.len()));
+    let mut tried = Tried::default();
     let mut tries = 0;
     let mut last_error = None;
     while tries < max_tries {
-        let untried = |b: &Backend| !tried.contains(&(b as *const Backend));
+        let untried = |b: &Backend| !tried.as_slice().contains(&(b as *const Backend));
         let session_pick =
             session.as_ref().map_or(SessionPick::Balance, |s| s.pick(&membership, tried.is_empty(), queue_deadline));
         // The pick and the backend's connection slot in one step (a backend at its cap is
@@ -228,7 +228,7 @@ fn try_backends(
             // Candidates left (the session's backend among them) but all at their connection
             // cap: wait in the queue for a slot.
             if membership.pick(&out.hash_key, untried).is_none() {
-                explain::nothing_left(pool, &membership, out, &tried);
+                explain::nothing_left(pool, &membership, out, tried.as_slice());
                 break;
             }
             if Instant::now() >= queue_deadline {
@@ -237,7 +237,7 @@ fn try_backends(
             pool.table.slots().wait(queue_deadline);
             continue;
         };
-        explain::picked(pool, &membership, out, backend, kind, &tried);
+        explain::picked(pool, &membership, out, backend, kind, tried.as_slice());
         if out.upgrade.is_some() && !upgrade::can_tunnel_to(backend) {
             // Not sent, so not the backend's failure: its counters and breaker hear nothing.
             return Err(ProxyError::UpgradeUnsupported);
@@ -525,6 +525,48 @@ fn absolute_form(target: &str) -> Option<(&str, &str)> {
     }
 }
 
+/// Tries kept in place (a request's tries are few: max_tries and its backends bound them).
+const TRIES_IN_PLACE: usize = 8;
+
+/// The backends a request tried, in order: in place, on the heap past [`TRIES_IN_PLACE`].
+struct Tried {
+    in_place: [*const Backend; TRIES_IN_PLACE],
+    len: usize,
+    more: Vec<*const Backend>,
+}
+
+impl Default for Tried {
+    fn default() -> Tried {
+        Tried { in_place: [std::ptr::null(); TRIES_IN_PLACE], len: 0, more: Vec::new() }
+    }
+}
+
+impl Tried {
+    fn push(&mut self, backend: *const Backend) {
+        if self.more.is_empty() && self.len < TRIES_IN_PLACE {
+            self.in_place[self.len] = backend;
+            self.len += 1;
+        } else {
+            if self.more.is_empty() {
+                self.more.extend_from_slice(&self.in_place[..self.len]);
+            }
+            self.more.push(backend);
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn as_slice(&self) -> &[*const Backend] {
+        if self.more.is_empty() {
+            &self.in_place[..self.len]
+        } else {
+            &self.more
+        }
+    }
+}
+
 /// ip_hash's key: the client address's bytes (4 or 16), kept in place.
 struct HashKey {
     octets: [u8; 16],
@@ -549,5 +591,30 @@ impl std::ops::Deref for HashKey {
 
     fn deref(&self) -> &[u8] {
         &self.octets[..self.len]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tried_keeps_every_backend_in_order_past_the_ones_in_place() {
+        let backends: Vec<u64> = (0..TRIES_IN_PLACE as u64 + 3).collect();
+        let pointers: Vec<*const Backend> = backends.iter().map(|b| (b as *const u64).cast::<Backend>()).collect();
+        let mut tried = Tried::default();
+        assert!(tried.is_empty() && tried.as_slice().is_empty());
+        for (i, &pointer) in pointers.iter().enumerate() {
+            tried.push(pointer);
+            assert_eq!(tried.as_slice(), &pointers[..=i]);
+        }
+        assert!(!tried.is_empty());
+    }
+
+    #[test]
+    fn the_hash_key_is_the_address_bytes() {
+        assert_eq!(&*HashKey::of("10.1.2.3".parse().unwrap()), &[10, 1, 2, 3]);
+        let v6: std::net::Ipv6Addr = "2001:db8::1".parse().unwrap();
+        assert_eq!(&*HashKey::of(IpAddr::V6(v6)), &v6.octets());
     }
 }
