@@ -106,7 +106,7 @@ pub fn forward_leg(shared: &Shared, pool: &Pool, request: Request, leg: Leg<'_>)
     let outcome = policy::admit(&quota).and_then(|()| prepare(shared, pool, request, &origin, &access, leg)).and_then(
         |mut outbound| {
             let (forwarder, max_tries) = (leg.forwarder(pool), leg.max_tries(pool.config.pool.max_tries));
-            try_backends(shared, pool, forwarder, &mut outbound, max_tries)
+            try_backends(shared, pool, forwarder, &mut outbound, max_tries, access.started())
         },
     );
     let (response, upstream) = match outcome {
@@ -199,16 +199,19 @@ fn prepare<'a>(
 }
 
 /// Step 3: tries backends until one answers, a failure forbids another try, or tries run out.
+/// The wait for a backend's connection slot is counted from `started` (when the request was
+/// taken).
 fn try_backends(
     shared: &Shared,
     pool: &Pool,
     forwarder: &Forwarder,
     out: &mut Outbound<'_>,
     max_tries: usize,
+    started: Instant,
 ) -> Result<(Response, Arc<Backend>, Duration), ProxyError> {
     pool.retry_budget.record_request();
     let membership = pool.table.snapshot();
-    let queue_deadline = Instant::now() + pool.config.pool.backend_queue_timeout;
+    let queue_deadline = started + pool.config.pool.backend_queue_timeout;
     let session = Session::new(pool, &membership, out.sticky_token.as_deref());
     let mut tried = Tried::default();
     let mut tries = 0;
@@ -266,10 +269,11 @@ fn try_backends(
         let sent = Instant::now();
         match send_once(forwarder, backend, &out.prepared, out.upgrade.is_some(), out.own_connection, body) {
             Ok(upstream) => {
-                let upstream_time = sent.elapsed();
+                let answered = Instant::now();
+                let upstream_time = answered.saturating_duration_since(sent);
                 in_flight.answered();
                 let status = upstream.status();
-                settle_answer(pool, backend, breaker, status, upstream_time);
+                settle_answer(pool, backend, breaker, status, upstream_time, answered);
                 let ticket = breaker.map(|(_, ticket)| ticket);
                 let mut response = relay(shared, upstream, in_flight, ticket, out.is_head);
                 if let Some(session) = &session {
@@ -387,8 +391,8 @@ fn send_once(
 /// An answer came: the backend counts it; the breaker hears a success (or a failure, for a 5xx
 /// when so configured); a breaker that closes again is a recovery ([`Backend::recovered`]). A
 /// pick that ignored the breaker still has its outcome counted there, so every try is.
-fn settle_answer(pool: &Pool, backend: &Backend, breaker: Admitted<'_>, status: u16, took: Duration) {
-    backend.record_answer(status, took);
+fn settle_answer(pool: &Pool, backend: &Backend, breaker: Admitted<'_>, status: u16, took: Duration, now: Instant) {
+    backend.record_answer_at(status, took, now);
     let failed = pool.config.breaker.on_5xx && status >= 500;
     let Some((breaker, ticket)) = breaker else {
         backend.breaker().count_only(failed);
@@ -396,7 +400,7 @@ fn settle_answer(pool: &Pool, backend: &Backend, breaker: Admitted<'_>, status: 
     };
     if failed {
         breaker.record_failure(ticket);
-    } else if breaker.record_success(ticket) {
+    } else if breaker.record_success_at(ticket, now) {
         log::info!("backend {}: circuit closed again", backend.id);
         backend.recovered();
     }
