@@ -442,12 +442,11 @@ impl Forwarder {
             super::pool::want_own_connection(own_connection);
             connections_tried += 1;
             // Two calls because SendBody's lifetime is invariant: `()` sends no body and no
-            // Content-Length, as a GET should. The worker counts as blocked once for the whole
-            // exchange, not again for each write and read of it.
-            let result = crate::server::while_blocked(|| match body.as_deref_mut() {
+            // Content-Length, as a GET should.
+            let result = match body.as_deref_mut() {
                 Some(reader) => link.agent.run(prepared.request(uri.clone(), SendBody::from_reader(reader))),
                 None => link.agent.run(prepared.request(uri.clone(), ())),
-            });
+            };
             match result {
                 // Nothing of the request was written (nor read of its body): the next idle
                 // connection (probed) or a new one. Bounded: a backend that answers every
