@@ -384,8 +384,8 @@ impl Forwarder {
         text.extend_from_slice(target.as_bytes());
         headers.clone().for_each(|(_, value)| text.extend_from_slice(value));
         let text = Bytes::from(text);
-        let path = http::uri::PathAndQuery::from_maybe_shared(text.slice(..target.len()))
-            .map_err(|_| PrepareError::Target)?;
+        let path =
+            http::uri::PathAndQuery::from_maybe_shared(text.slice(..target.len())).map_err(|_| PrepareError::Target)?;
         // "METHOD TARGET HTTP/1.1\r\n"
         let mut longest = method.as_str().len() + path.as_str().len() + 12;
         let mut map = http::HeaderMap::with_capacity(headers.clone().count());
@@ -437,6 +437,14 @@ impl Forwarder {
         let uri =
             http::Uri::from_parts(parts).map_err(|e| ForwardError::BadResponse(format!("backend address: {e}")))?;
         let mut connections_tried = 0;
+        // A write whose answer was never read (an error, a panic) leaves no phase open.
+        struct EndPhase;
+        impl Drop for EndPhase {
+            fn drop(&mut self) {
+                crate::server::end_blocked_phase();
+            }
+        }
+        let _end_phase = EndPhase;
         let response = loop {
             super::transport::forget_sending();
             super::pool::want_own_connection(own_connection);
@@ -467,7 +475,8 @@ impl Forwarder {
 
 /// The names the proxy sets on every request, which `http` does not know: made from static
 /// text, so that neither making nor cloning them copies anything.
-const PROXY_HEADER_NAMES: [&str; 5] = ["x-forwarded-for", "x-real-ip", "x-forwarded-proto", "x-forwarded-host", "x-request-id"];
+const PROXY_HEADER_NAMES: [&str; 5] =
+    ["x-forwarded-for", "x-real-ip", "x-forwarded-proto", "x-forwarded-host", "x-request-id"];
 
 /// A header name as `http` reads it (lowercase); the proxy's own names without a copy.
 fn header_name(name: &str) -> Result<http::HeaderName, http::header::InvalidHeaderName> {
