@@ -371,9 +371,15 @@ impl Delivery {
                     self.framing = Framing::Done;
                 } else {
                     // The size line goes right in front of the data, so each chunk is one write.
-                    let size_line = format!("{n:x}\r\n");
+                    let mut size_line = [0u8; CHUNK_PREFIX];
+                    let written = {
+                        let mut room = &mut size_line[..];
+                        let _ = write!(room, "{n:x}\r\n");
+                        CHUNK_PREFIX - room.len()
+                    };
+                    let size_line = &size_line[..written];
                     let begin = start + CHUNK_PREFIX - size_line.len();
-                    self.buf[begin..start + CHUNK_PREFIX].copy_from_slice(size_line.as_bytes());
+                    self.buf[begin..start + CHUNK_PREFIX].copy_from_slice(size_line);
                     self.buf.extend_from_slice(b"\r\n");
                     // Close the room left unused in front of the size line.
                     self.buf.drain(start..begin);
