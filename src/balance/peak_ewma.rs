@@ -30,7 +30,8 @@ pub fn now() -> u64 {
 ///
 /// ```
 /// use std::time::{Duration, Instant};
-/// use lb_sync::balance::peak_ewma::at;
+/// use lb_sync::balance::peak_ewma::{at, now};
+/// now(); // the clock starts at its first reading
 /// let t = Instant::now();
 /// assert_eq!(at(t + Duration::from_millis(1)) - at(t), 1_000_000);
 /// ```
