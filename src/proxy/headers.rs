@@ -79,8 +79,8 @@ pub(crate) fn upstream_headers<'a>(
     let forwarded_for_end = texts.len();
     let _ = write!(texts, "{client}");
     let texts: &'a String = texts;
-    headers.push(("X-Forwarded-For", Cow::Borrowed(texts[..forwarded_for_end].as_bytes())));
-    headers.push(("X-Real-IP", Cow::Borrowed(texts[forwarded_for_end..].as_bytes())));
+    headers.push(("X-Forwarded-For", Cow::Borrowed(&texts.as_bytes()[..forwarded_for_end])));
+    headers.push(("X-Real-IP", Cow::Borrowed(&texts.as_bytes()[forwarded_for_end..])));
     // A trusted proxy in front says which scheme its client used; else ours does.
     let scheme = if request.is_tls() { "https" } else { "http" };
     let proto = match field::sole(request.headers(), "x-forwarded-proto") {
