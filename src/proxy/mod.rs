@@ -44,7 +44,7 @@ use crate::traffic::Decision;
 use crate::upstream::{Backend, ForwardError, Forwarder, PickKind, Prepared};
 
 use body::{TryBody, UpstreamBody};
-use headers::{upstream_headers, Passing};
+use headers::{upstream_headers, ForwardedText, Passing};
 use policy::{Session, SessionPick};
 use relay::{relay, Answer};
 
@@ -144,13 +144,13 @@ fn prepare<'a>(
     let target = leg.upstream_target(origin_form(request.target()).ok_or(ProxyError::UnsupportedTarget)?);
     // The head's own target is moved into the request below when it goes up unchanged.
     let rewritten = match target {
-        Cow::Borrowed(same) if same.len() == request.target().len() => None,
+        Cow::Borrowed(same) if std::ptr::eq(same, request.target()) => None,
         other => Some(other.into_owned()),
     };
     let upgrade = upgrade::requested(&request, &shared.config.listener.upgrade_protocols);
     let passing =
         Passing { peer_trusted: origin.peer_trusted, underscores: shared.config.listener.underscores_in_headers };
-    let mut forwarded = String::new();
+    let mut forwarded = ForwardedText::new();
     let mut headers = upstream_headers(&request, origin.client, passing, &mut forwarded);
     if let Some(value) = &upgrade {
         headers.extend(upgrade::upstream_headers(&request, value));
