@@ -23,8 +23,22 @@ const UNMEASURED: u64 = u64::MAX;
 /// ```
 #[must_use]
 pub fn now() -> u64 {
+    at(Instant::now())
+}
+
+/// [`now`] at `instant`, a clock reading the caller already has (0 before the first call).
+///
+/// ```
+/// use std::time::{Duration, Instant};
+/// use lb_sync::balance::peak_ewma::{at, now};
+/// now(); // the clock starts at its first reading
+/// let t = Instant::now();
+/// assert_eq!(at(t + Duration::from_millis(1)) - at(t), 1_000_000);
+/// ```
+#[must_use]
+pub fn at(instant: Instant) -> u64 {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
-    EPOCH.get_or_init(Instant::now).elapsed().as_nanos() as u64
+    instant.saturating_duration_since(*EPOCH.get_or_init(Instant::now)).as_nanos() as u64
 }
 
 /// One backend's response-time estimate, peak-sensitive and decaying, in atomics only (no

@@ -286,6 +286,12 @@ impl CircuitBreaker {
     /// Counts a success; closes a half-open breaker once every trial of this spell succeeded.
     /// Returns true when this closed the breaker (a recovery: slow start may begin).
     pub fn record_success(&self, ticket: Ticket) -> bool {
+        self.record_success_at(ticket, Instant::now())
+    }
+
+    /// [`record_success`](Self::record_success) of an outcome known at `now` (a clock reading
+    /// the caller has).
+    pub fn record_success_at(&self, ticket: Ticket, now: Instant) -> bool {
         self.successes.fetch_add(1, Ordering::Relaxed);
         let (generation, state) = split(self.state.load(Ordering::Acquire));
         if ticket.generation != generation {
@@ -296,7 +302,7 @@ impl CircuitBreaker {
             self.consecutive_failures.store(0, Ordering::Relaxed);
         }
         if state == CLOSED {
-            self.count_in_window(false);
+            self.count_in_window(false, now);
             return false;
         }
         if state != HALF_OPEN || !ticket.trial {
@@ -346,7 +352,7 @@ impl CircuitBreaker {
         let cause = match state {
             CLOSED => {
                 let consecutive = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
-                let ratio = self.count_in_window(true);
+                let ratio = self.count_in_window(true, Instant::now());
                 if consecutive >= config.consecutive_failures {
                     Some(TripCause::ConsecutiveFailures(consecutive))
                 } else {
@@ -423,10 +429,10 @@ impl CircuitBreaker {
 
     /// Adds an outcome to the ratio window; the window's failures and requests when the ratio
     /// now calls for a trip.
-    fn count_in_window(&self, failed: bool) -> Option<(u32, u32)> {
+    fn count_in_window(&self, failed: bool, now: Instant) -> Option<(u32, u32)> {
         let config = self.config.load();
         let window = config.window.as_millis().max(1) as u64;
-        let index = self.created.elapsed().as_millis() as u64 / window;
+        let index = now.saturating_duration_since(self.created).as_millis() as u64 / window;
         let seen = self.window_index.load(Ordering::Relaxed);
         // The first thread to notice a new window resets it; a few outcomes racing with the
         // reset land in either window, which a ratio does not mind.

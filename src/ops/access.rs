@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::config::DEFAULT_POOL;
-use crate::logging::{next_request_id, AccessFormat, AccessRecord, LogHandle};
+use crate::logging::{next_request_id, AccessFormat, AccessRecord, LogHandle, RequestId};
 use crate::server::field::{self, Sole};
 use crate::server::{Finished, Request, Response, TunnelEnd, Version};
 
@@ -27,6 +27,13 @@ pub struct AccessLog {
 /// Longest `X-Request-Id` taken from a client; longer or odd ones are replaced by ours.
 const MAX_INCOMING_ID: usize = 128;
 
+/// A request's id as text: ours is kept in place (no copy per request).
+#[derive(Debug)]
+enum IdText {
+    Ours(RequestId),
+    Theirs(String),
+}
+
 /// What the access-log line will say of a request, taken before the request is consumed.
 #[derive(Debug)]
 pub struct PendingAccess {
@@ -37,7 +44,7 @@ pub struct PendingAccess {
     referer: Option<String>,
     user_agent: Option<String>,
     /// The request's id: the client's `X-Request-Id` when it sent a sane one, else ours.
-    pub request_id: String,
+    request_id: IdText,
     /// Whether the id came with the request (so it is already in the headers sent upstream).
     pub id_came_in: bool,
     started: Instant,
@@ -62,8 +69,8 @@ impl PendingAccess {
             _ => None,
         };
         let (request_id, id_came_in) = match incoming {
-            Some(id) => (id.to_string(), true),
-            None => (next_request_id().as_str().to_string(), false),
+            Some(id) => (IdText::Theirs(id.to_string()), true),
+            None => (IdText::Ours(next_request_id()), false),
         };
         let copy = |text: &str| if logged { text.to_string() } else { String::new() };
         PendingAccess {
@@ -96,6 +103,14 @@ impl PendingAccess {
             DEFAULT_POOL => Cow::Borrowed(DEFAULT_POOL),
             other => Cow::Owned(other.to_string()),
         });
+    }
+
+    /// The request's id: the client's `X-Request-Id` when it sent a sane one, else ours.
+    pub fn request_id(&self) -> &str {
+        match &self.request_id {
+            IdText::Ours(id) => id.as_str(),
+            IdText::Theirs(id) => id,
+        }
     }
 
     /// When the request was taken.
@@ -148,7 +163,7 @@ impl PendingAccess {
             upstream_addr: upstream.map(|(addr, _)| addr),
             upstream_response_time: upstream.map(|(_, time)| time),
             request_time: self.started.elapsed(),
-            request_id: &self.request_id,
+            request_id: self.request_id(),
             route: self.route.as_deref(),
             pool: self.pool.as_deref(),
             bytes_received,

@@ -8,6 +8,7 @@
 //! dashed twins; the underscore spellings of the fields we set are dropped even then.
 
 use std::borrow::Cow;
+use std::fmt::Write;
 use std::net::IpAddr;
 
 use crate::client_ip::canonical;
@@ -34,11 +35,13 @@ pub(crate) struct Passing {
 
 /// The headers sent upstream: the client's, less hop-by-hop ones (and a HEAD request's
 /// Content-Length, whose body is not sent on), plus the X-Forwarded set. Borrowed from the
-/// request where possible: the forwarder copies each once, into its header map.
+/// request where possible, the addresses from `texts` (written here): the forwarder copies
+/// each once, into its header map.
 pub(crate) fn upstream_headers<'a>(
     request: &'a Request,
     client: IpAddr,
     passing: Passing,
+    texts: &'a mut ForwardedText,
 ) -> Vec<(&'a str, Cow<'a, [u8]>)> {
     let named_by_connection =
         connection_options(request.headers().iter().filter(|h| h.is("connection")).map(|h| &h.value[..]));
@@ -46,7 +49,9 @@ pub(crate) fn upstream_headers<'a>(
     // An absolute-form target names the host itself; the client's Host is ignored (RFC 9112
     // 3.2.2) and the backend gets the target's.
     let target_host = super::target_authority(request.target());
-    let mut headers: Vec<(&str, Cow<[u8]>)> = request
+    // The client's fields, and room for what the proxy adds (here, a route, an upgrade, the id).
+    let mut headers: Vec<(&str, Cow<[u8]>)> = Vec::with_capacity(request.headers().len() + 8);
+    let passed = request
         .headers()
         .iter()
         .filter(|h| !is_hop_by_hop(&h.name) && !SET_BY_PROXY.iter().any(|d| field::aliases(h, d)))
@@ -55,20 +60,17 @@ pub(crate) fn upstream_headers<'a>(
         .filter(|h| !named_by_connection.iter().any(|n| h.is(n)))
         .filter(|h| !(is_head && h.is("content-length")))
         .filter(|h| !(target_host.is_some() && h.is("host")))
-        .map(|h| (h.name.as_str(), Cow::Borrowed(&h.value[..])))
-        .collect();
+        .map(|h| (h.name.as_str(), Cow::Borrowed(&h.value[..])));
     if let Some(host) = target_host {
-        headers.insert(0, ("Host", Cow::Borrowed(host.as_bytes())));
+        headers.push(("Host", Cow::Borrowed(host.as_bytes())));
     }
-    let peer = canonical(request.peer().ip()).to_string();
+    headers.extend(passed);
     // A trusted proxy's chain is extended; an untrusted client's claims are dropped, and so is a
     // chain that does not read cleanly.
-    let forwarded_for = match forwarded_for(request).filter(|_| passing.peer_trusted) {
-        Some(chain) => format!("{chain}, {peer}"),
-        None => peer,
-    };
-    headers.push(("X-Forwarded-For", Cow::Owned(forwarded_for.into_bytes())));
-    headers.push(("X-Real-IP", Cow::Owned(client.to_string().into_bytes())));
+    let chain = if passing.peer_trusted { forwarded_for(request) } else { None };
+    let (forwarded_for, real_ip) = texts.write(chain.as_deref(), canonical(request.peer().ip()), client);
+    headers.push(("X-Forwarded-For", Cow::Borrowed(forwarded_for)));
+    headers.push(("X-Real-IP", Cow::Borrowed(real_ip)));
     // A trusted proxy in front says which scheme its client used; else ours does.
     let scheme = if request.is_tls() { "https" } else { "http" };
     let proto = match field::sole(request.headers(), "x-forwarded-proto") {
@@ -89,6 +91,63 @@ pub(crate) fn upstream_headers<'a>(
         headers.push(("X-Forwarded-Host", Cow::Borrowed(host.as_bytes())));
     }
     headers
+}
+
+/// Longest text of two addresses: an IPv6 address is at most 39 characters (45 with an IPv4
+/// tail); a longer one would go on the heap.
+const ADDRESSES_IN_PLACE: usize = 2 * 45;
+
+/// The values of `X-Forwarded-For` and `X-Real-IP`, written once per request and borrowed by
+/// both fields: in place for two addresses, on the heap only to extend a trusted proxy's chain.
+pub(crate) struct ForwardedText {
+    in_place: [u8; ADDRESSES_IN_PLACE],
+    on_heap: String,
+}
+
+impl ForwardedText {
+    pub(crate) fn new() -> ForwardedText {
+        ForwardedText { in_place: [0; ADDRESSES_IN_PLACE], on_heap: String::new() }
+    }
+
+    /// `X-Forwarded-For` (the chain, if any, then the peer) and `X-Real-IP` (the client).
+    fn write(&mut self, chain: Option<&str>, peer: IpAddr, client: IpAddr) -> (&[u8], &[u8]) {
+        if chain.is_none() {
+            let mut text = InPlace { buf: &mut self.in_place, len: 0 };
+            if write!(text, "{peer}").is_ok() {
+                let middle = text.len;
+                if write!(text, "{client}").is_ok() {
+                    let end = text.len;
+                    return (&self.in_place[..middle], &self.in_place[middle..end]);
+                }
+            }
+        }
+        self.on_heap.clear();
+        if let Some(chain) = chain {
+            self.on_heap.push_str(chain);
+            self.on_heap.push_str(", ");
+        }
+        let _ = write!(self.on_heap, "{peer}");
+        let middle = self.on_heap.len();
+        let _ = write!(self.on_heap, "{client}");
+        let text = self.on_heap.as_bytes();
+        (&text[..middle], &text[middle..])
+    }
+}
+
+/// Text written into a fixed buffer; an error when it does not fit.
+struct InPlace<'b> {
+    buf: &'b mut [u8],
+    len: usize,
+}
+
+impl Write for InPlace<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let end = self.len + s.len();
+        let room = self.buf.get_mut(self.len..end).ok_or(std::fmt::Error)?;
+        room.copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
+    }
 }
 
 /// Every `X-Forwarded-For` line, in order, as one list (RFC 9110 5.3): a proxy in front may add
@@ -113,4 +172,23 @@ pub(crate) fn connection_options<'a>(values: impl Iterator<Item = &'a [u8]>) -> 
 /// its `Connection`, and not `Content-Length` (the front end frames the body itself).
 pub(crate) fn passes_downstream(name: &str, named_by_connection: &[String]) -> bool {
     !is_hop_by_hop(name) && name != "content-length" && !named_by_connection.iter().any(|n| n == name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarded_text_holds_both_addresses_and_a_chain() {
+        let mut text = ForwardedText::new();
+        let (peer, client) = ("10.0.0.1".parse().unwrap(), "192.0.2.7".parse().unwrap());
+        assert_eq!(text.write(None, peer, client), (&b"10.0.0.1"[..], &b"192.0.2.7"[..]));
+        let longest: IpAddr = "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff".parse().unwrap();
+        let mapped: IpAddr = "::ffff:255.255.255.255".parse().unwrap();
+        let (forwarded_for, real_ip) = text.write(None, longest, mapped);
+        assert_eq!((forwarded_for, real_ip), (longest.to_string().as_bytes(), mapped.to_string().as_bytes()));
+        let (forwarded_for, real_ip) = text.write(Some("203.0.113.9, 198.51.100.2"), peer, client);
+        assert_eq!(forwarded_for, b"203.0.113.9, 198.51.100.2, 10.0.0.1");
+        assert_eq!(real_ip, b"192.0.2.7");
+    }
 }

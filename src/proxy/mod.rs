@@ -28,6 +28,7 @@ pub use error::ProxyError;
 pub use leg::Leg;
 pub use routed::serve;
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -43,7 +44,7 @@ use crate::traffic::Decision;
 use crate::upstream::{Backend, ForwardError, Forwarder, PickKind, Prepared};
 
 use body::{TryBody, UpstreamBody};
-use headers::{upstream_headers, Passing};
+use headers::{upstream_headers, ForwardedText, Passing};
 use policy::{Session, SessionPick};
 use relay::{relay, Answer};
 
@@ -56,16 +57,16 @@ struct Origin {
 }
 
 /// A request ready to be sent to any backend, as many times as its tries need.
-struct Outbound {
+struct Outbound<'a> {
     method: String,
     target: String,
     prepared: Prepared,
     body: UpstreamBody,
     is_head: bool,
-    hash_key: Vec<u8>,
+    hash_key: HashKey,
     /// The sticky cookie's value, when sticky sessions are on and the client sent one.
     sticky_token: Option<String>,
-    request_id: String,
+    request_id: &'a str,
     /// The `Upgrade` value of an upgrade request: sent on a connection of its own.
     upgrade: Option<Vec<u8>>,
     /// Sent on a backend connection no other client's request used (`upstream_reuse` safe,
@@ -105,7 +106,7 @@ pub fn forward_leg(shared: &Shared, pool: &Pool, request: Request, leg: Leg<'_>)
     let outcome = policy::admit(&quota).and_then(|()| prepare(shared, pool, request, &origin, &access, leg)).and_then(
         |mut outbound| {
             let (forwarder, max_tries) = (leg.forwarder(pool), leg.max_tries(pool.config.pool.max_tries));
-            try_backends(shared, pool, forwarder, &mut outbound, max_tries)
+            try_backends(shared, pool, forwarder, &mut outbound, max_tries, access.started())
         },
     );
     let (response, upstream) = match outcome {
@@ -128,24 +129,29 @@ fn who(shared: &Shared, request: &Request) -> Origin {
 }
 
 /// Step 2: the request as it goes upstream; refused here when it cannot be expressed there.
-fn prepare(
+fn prepare<'a>(
     shared: &Shared,
     pool: &Pool,
     request: Request,
     origin: &Origin,
-    access: &PendingAccess,
+    access: &'a PendingAccess,
     leg: Leg<'_>,
-) -> Result<Outbound, ProxyError> {
-    let method = request.method().to_string();
-    if method == "CONNECT" {
+) -> Result<Outbound<'a>, ProxyError> {
+    if request.method() == "CONNECT" {
         // A tunnel to wherever the client names: never (lb-sync is not a forward proxy).
         return Err(ProxyError::UnsupportedTarget);
     }
-    let target = leg.upstream_target(origin_form(request.target()).ok_or(ProxyError::UnsupportedTarget)?).into_owned();
+    let target = leg.upstream_target(origin_form(request.target()).ok_or(ProxyError::UnsupportedTarget)?);
+    // The head's own target is moved into the request below when it goes up unchanged.
+    let rewritten = match target {
+        Cow::Borrowed(same) if std::ptr::eq(same, request.target()) => None,
+        other => Some(other.into_owned()),
+    };
     let upgrade = upgrade::requested(&request, &shared.config.listener.upgrade_protocols);
     let passing =
         Passing { peer_trusted: origin.peer_trusted, underscores: shared.config.listener.underscores_in_headers };
-    let mut headers = upstream_headers(&request, origin.client, passing);
+    let mut forwarded = ForwardedText::new();
+    let mut headers = upstream_headers(&request, origin.client, passing, &mut forwarded);
     if let Some(value) = &upgrade {
         headers.extend(upgrade::upstream_headers(&request, value));
     }
@@ -153,18 +159,23 @@ fn prepare(
     let sticky_token = policy::take_sticky_cookie(pool, &mut headers);
     if !access.id_came_in {
         headers.retain(|(name, _)| !name.eq_ignore_ascii_case("x-request-id"));
-        headers.push(("X-Request-Id", access.request_id.as_bytes().into()));
+        headers.push(("X-Request-Id", access.request_id().as_bytes().into()));
     }
     let mut prepared = leg
         .forwarder(pool)
-        .prepare(&method, &target, headers.iter().map(|(n, v)| (*n, &v[..])))
+        .prepare(
+            request.method(),
+            rewritten.as_deref().unwrap_or(request.target()),
+            headers.iter().map(|(n, v)| (*n, &v[..])),
+        )
         .map_err(ProxyError::Unforwardable)?;
     drop(headers);
     let is_head = request.head().is_head();
     let own_connection = pool.config.pool.upstream_reuse == UpstreamReuse::Safe && request.is_first_on_connection();
     // A HEAD request's body (allowed, meaningless) is not sent on.
     let send_body = !is_head && request.head().framing != BodyFraming::None;
-    let mut request_body = request.into_body();
+    let (head, mut request_body) = request.into_parts();
+    let (method, target) = (head.method, rewritten.unwrap_or(head.target));
     // A streamed body (request buffering off) waits for its client; meanwhile the backend may
     // answer without reading it (a 413), and that answer is what the client must get.
     request_body.watch_for_early_answer(crate::upstream::early_answer_arrived);
@@ -179,31 +190,34 @@ fn prepare(
         prepared,
         body,
         is_head,
-        hash_key: hash_key(origin.client),
+        hash_key: HashKey::of(origin.client),
         sticky_token,
-        request_id: access.request_id.clone(),
+        request_id: access.request_id(),
         upgrade,
         own_connection,
     })
 }
 
 /// Step 3: tries backends until one answers, a failure forbids another try, or tries run out.
+/// The wait for a backend's connection slot is counted from `started` (when the request was
+/// taken).
 fn try_backends(
     shared: &Shared,
     pool: &Pool,
     forwarder: &Forwarder,
-    out: &mut Outbound,
+    out: &mut Outbound<'_>,
     max_tries: usize,
+    started: Instant,
 ) -> Result<(Response, Arc<Backend>, Duration), ProxyError> {
     pool.retry_budget.record_request();
     let membership = pool.table.snapshot();
-    let queue_deadline = Instant::now() + pool.config.pool.backend_queue_timeout;
+    let queue_deadline = started + pool.config.pool.backend_queue_timeout;
     let session = Session::new(pool, &membership, out.sticky_token.as_deref());
-    let mut tried: Vec<*const Backend> = Vec::with_capacity(max_tries.min(membership.backends.len()));
+    let mut tried = Tried::default();
     let mut tries = 0;
     let mut last_error = None;
     while tries < max_tries {
-        let untried = |b: &Backend| !tried.contains(&(b as *const Backend));
+        let untried = |b: &Backend| !tried.as_slice().contains(&(b as *const Backend));
         let session_pick =
             session.as_ref().map_or(SessionPick::Balance, |s| s.pick(&membership, tried.is_empty(), queue_deadline));
         // The pick and the backend's connection slot in one step (a backend at its cap is
@@ -217,7 +231,7 @@ fn try_backends(
             // Candidates left (the session's backend among them) but all at their connection
             // cap: wait in the queue for a slot.
             if membership.pick(&out.hash_key, untried).is_none() {
-                explain::nothing_left(pool, &membership, out, &tried);
+                explain::nothing_left(pool, &membership, out, tried.as_slice());
                 break;
             }
             if Instant::now() >= queue_deadline {
@@ -226,7 +240,7 @@ fn try_backends(
             pool.table.slots().wait(queue_deadline);
             continue;
         };
-        explain::picked(pool, &membership, out, backend, kind, &tried);
+        explain::picked(pool, &membership, out, backend, kind, tried.as_slice());
         if out.upgrade.is_some() && !upgrade::can_tunnel_to(backend) {
             // Not sent, so not the backend's failure: its counters and breaker hear nothing.
             return Err(ProxyError::UpgradeUnsupported);
@@ -255,10 +269,11 @@ fn try_backends(
         let sent = Instant::now();
         match send_once(forwarder, backend, &out.prepared, out.upgrade.is_some(), out.own_connection, body) {
             Ok(upstream) => {
-                let upstream_time = sent.elapsed();
+                let answered = Instant::now();
+                let upstream_time = answered.saturating_duration_since(sent);
                 in_flight.answered();
                 let status = upstream.status();
-                settle_answer(pool, backend, breaker, status, upstream_time);
+                settle_answer(pool, backend, breaker, status, upstream_time, answered);
                 let ticket = breaker.map(|(_, ticket)| ticket);
                 let mut response = relay(shared, upstream, in_flight, ticket, out.is_head);
                 if let Some(session) = &session {
@@ -336,7 +351,7 @@ fn admit<'a>(
     backend: &'a Backend,
     kind: PickKind,
     tries: usize,
-    out: &Outbound,
+    out: &Outbound<'_>,
 ) -> Admission<'a> {
     let breaker = match kind {
         PickKind::Usable => match backend.breaker().admit() {
@@ -376,8 +391,8 @@ fn send_once(
 /// An answer came: the backend counts it; the breaker hears a success (or a failure, for a 5xx
 /// when so configured); a breaker that closes again is a recovery ([`Backend::recovered`]). A
 /// pick that ignored the breaker still has its outcome counted there, so every try is.
-fn settle_answer(pool: &Pool, backend: &Backend, breaker: Admitted<'_>, status: u16, took: Duration) {
-    backend.record_answer(status, took);
+fn settle_answer(pool: &Pool, backend: &Backend, breaker: Admitted<'_>, status: u16, took: Duration, now: Instant) {
+    backend.record_answer_at(status, took, now);
     let failed = pool.config.breaker.on_5xx && status >= 500;
     let Some((breaker, ticket)) = breaker else {
         backend.breaker().count_only(failed);
@@ -385,7 +400,7 @@ fn settle_answer(pool: &Pool, backend: &Backend, breaker: Admitted<'_>, status: 
     };
     if failed {
         breaker.record_failure(ticket);
-    } else if breaker.record_success(ticket) {
+    } else if breaker.record_success_at(ticket, now) {
         log::info!("backend {}: circuit closed again", backend.id);
         backend.recovered();
     }
@@ -398,7 +413,7 @@ fn settle_failure(
     backend: &Backend,
     breaker: Admitted<'_>,
     error: &ForwardError,
-    out: &Outbound,
+    out: &Outbound<'_>,
 ) -> bool {
     backend.record_failure();
     match breaker {
@@ -514,10 +529,96 @@ fn absolute_form(target: &str) -> Option<(&str, &str)> {
     }
 }
 
-/// ip_hash's key: the client address's bytes.
-fn hash_key(ip: IpAddr) -> Vec<u8> {
-    match ip {
-        IpAddr::V4(v4) => v4.octets().to_vec(),
-        IpAddr::V6(v6) => v6.octets().to_vec(),
+/// Tries kept in place (a request's tries are few: max_tries and its backends bound them).
+const TRIES_IN_PLACE: usize = 8;
+
+/// The backends a request tried, in order: in place, on the heap past [`TRIES_IN_PLACE`].
+struct Tried {
+    in_place: [*const Backend; TRIES_IN_PLACE],
+    len: usize,
+    more: Vec<*const Backend>,
+}
+
+impl Default for Tried {
+    fn default() -> Tried {
+        Tried { in_place: [std::ptr::null(); TRIES_IN_PLACE], len: 0, more: Vec::new() }
+    }
+}
+
+impl Tried {
+    fn push(&mut self, backend: *const Backend) {
+        if self.more.is_empty() && self.len < TRIES_IN_PLACE {
+            self.in_place[self.len] = backend;
+            self.len += 1;
+        } else {
+            if self.more.is_empty() {
+                self.more.extend_from_slice(&self.in_place[..self.len]);
+            }
+            self.more.push(backend);
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn as_slice(&self) -> &[*const Backend] {
+        if self.more.is_empty() {
+            &self.in_place[..self.len]
+        } else {
+            &self.more
+        }
+    }
+}
+
+/// ip_hash's key: the client address's bytes (4 or 16), kept in place.
+struct HashKey {
+    octets: [u8; 16],
+    len: usize,
+}
+
+impl HashKey {
+    fn of(ip: IpAddr) -> HashKey {
+        match ip {
+            IpAddr::V4(v4) => {
+                let mut octets = [0; 16];
+                octets[..4].copy_from_slice(&v4.octets());
+                HashKey { octets, len: 4 }
+            }
+            IpAddr::V6(v6) => HashKey { octets: v6.octets(), len: 16 },
+        }
+    }
+}
+
+impl std::ops::Deref for HashKey {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.octets[..self.len]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tried_keeps_every_backend_in_order_past_the_ones_in_place() {
+        let backends: Vec<u64> = (0..TRIES_IN_PLACE as u64 + 3).collect();
+        let pointers: Vec<*const Backend> = backends.iter().map(|b| (b as *const u64).cast::<Backend>()).collect();
+        let mut tried = Tried::default();
+        assert!(tried.is_empty() && tried.as_slice().is_empty());
+        for (i, &pointer) in pointers.iter().enumerate() {
+            tried.push(pointer);
+            assert_eq!(tried.as_slice(), &pointers[..=i]);
+        }
+        assert!(!tried.is_empty());
+    }
+
+    #[test]
+    fn the_hash_key_is_the_address_bytes() {
+        assert_eq!(&*HashKey::of("10.1.2.3".parse().unwrap()), &[10, 1, 2, 3]);
+        let v6: std::net::Ipv6Addr = "2001:db8::1".parse().unwrap();
+        assert_eq!(&*HashKey::of(IpAddr::V6(v6)), &v6.octets());
     }
 }

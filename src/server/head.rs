@@ -140,8 +140,16 @@ pub enum ParseOutcome {
 /// }
 /// ```
 pub fn parse_head(buf: &[u8], limits: &Limits) -> Result<ParseOutcome, RequestError> {
-    let mut fields = vec![httparse::EMPTY_HEADER; limits.max_headers];
-    let mut request = httparse::Request::new(&mut fields);
+    // The usual limit's worth of fields on the stack; a larger limit's on the heap.
+    let mut on_stack = [httparse::EMPTY_HEADER; FIELDS_ON_STACK];
+    let mut on_heap = Vec::new();
+    let fields = if limits.max_headers <= FIELDS_ON_STACK {
+        &mut on_stack[..limits.max_headers]
+    } else {
+        on_heap.resize(limits.max_headers, httparse::EMPTY_HEADER);
+        &mut on_heap[..]
+    };
+    let mut request = httparse::Request::new(fields);
     let used = match request.parse(buf) {
         Ok(httparse::Status::Complete(used)) => used,
         Ok(httparse::Status::Partial) => {
@@ -168,6 +176,9 @@ pub fn parse_head(buf: &[u8], limits: &Limits) -> Result<ParseOutcome, RequestEr
     let head = validate(method, target, version, headers, limits)?;
     Ok(ParseOutcome::Complete(head, used))
 }
+
+/// Header fields [`parse_head`] parses into without allocating: the default limit's.
+const FIELDS_ON_STACK: usize = 100;
 
 /// An incomplete head that is already over a limit is refused now, not when it completes.
 fn check_partial_size(buf: &[u8], limits: &Limits) -> Result<(), RequestError> {

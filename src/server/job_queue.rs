@@ -85,6 +85,8 @@ thread_local! {
     static WORKS_FOR: RefCell<Option<Arc<JobQueue>>> = const { RefCell::new(None) };
     /// Nested [`while_blocked`] calls count once.
     static BLOCKED: Cell<bool> = const { Cell::new(false) };
+    /// A [`begin_blocked_phase`] is open (it set `BLOCKED`).
+    static PHASE: Cell<bool> = const { Cell::new(false) };
 }
 
 /// The jobs waiting for a worker, and the workers.
@@ -404,6 +406,39 @@ pub(crate) struct StallWatch {
     since: Option<Instant>,
 }
 
+/// Starts a wait on a backend that outlasts this call (a request written, its answer not read
+/// yet): the calling worker stops counting as running until [`end_blocked_phase`], and the
+/// [`while_blocked`] calls in between count with it, so a write and the read of its answer touch
+/// the shared counts once. Nothing on a thread that is no worker, or inside a counted wait.
+pub(crate) fn begin_blocked_phase() {
+    if BLOCKED.with(Cell::get) {
+        return;
+    }
+    let worker = WORKS_FOR.with(|w| match &*w.borrow() {
+        Some(queue) => {
+            queue.enter_blocked();
+            true
+        }
+        None => false,
+    });
+    if worker {
+        BLOCKED.with(|b| b.set(true));
+        PHASE.with(|p| p.set(true));
+    }
+}
+
+/// Ends the phase [`begin_blocked_phase`] opened, if one is open.
+pub(crate) fn end_blocked_phase() {
+    if PHASE.with(|p| p.replace(false)) {
+        BLOCKED.with(|b| b.set(false));
+        WORKS_FOR.with(|w| {
+            if let Some(queue) = &*w.borrow() {
+                queue.leave_blocked();
+            }
+        });
+    }
+}
+
 /// Runs `wait`, something that blocks on a backend (a read, a write, a connect) or on a slot,
 /// with the calling worker not counted as running meanwhile: a job queued now may wake another
 /// worker. On a thread that is no worker, just runs it.
@@ -439,4 +474,39 @@ pub fn while_blocked<R>(wait: impl FnOnce() -> R) -> R {
     BLOCKED.with(|b| b.set(true));
     let _unblock = Unblock;
     wait()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_phase_counts_its_waits_once_and_ends_once() {
+        let queue = Arc::new(JobQueue::new(1, 1));
+        let running = |q: &JobQueue| q.running.load(Ordering::SeqCst);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                queue.enlist();
+                assert_eq!(running(&queue), 1);
+                begin_blocked_phase();
+                assert_eq!(running(&queue), 0, "the write begins it");
+                begin_blocked_phase();
+                while_blocked(|| assert_eq!(running(&queue), 0, "the read inside counts with it"));
+                assert_eq!(running(&queue), 0, "a wait inside does not end it");
+                end_blocked_phase();
+                assert_eq!(running(&queue), 1);
+                end_blocked_phase();
+                assert_eq!(running(&queue), 1, "ending twice is harmless");
+                while_blocked(|| {
+                    begin_blocked_phase();
+                    assert_eq!(running(&queue), 0);
+                });
+                end_blocked_phase();
+                assert_eq!(running(&queue), 1, "a phase begun inside a wait was that wait's");
+            });
+        });
+        begin_blocked_phase();
+        end_blocked_phase();
+        assert_eq!(running(&queue), 1, "no worker, nothing counted");
+    }
 }

@@ -64,6 +64,7 @@ pub use head::{
     is_hop_by_hop, is_valid_authority, parse_head, BodyFraming, Header, ParseOutcome, RequestHead, Version, HOP_BY_HOP,
 };
 pub use job_queue::while_blocked;
+pub(crate) use job_queue::{begin_blocked_phase, end_blocked_phase};
 pub use limits::Limits;
 pub use listener::{bind, bind_for, bind_twin, listen_error};
 pub use observe::{Finished, Refusal, RefusalHook};

@@ -228,7 +228,17 @@ impl Delivery {
                 }
             },
         };
-        let mut buf = Vec::with_capacity(256 + if let Body::Bytes(b) = &body { b.len() } else { 0 });
+        // Room for the head (the fields the server adds fit in 256 bytes) and the first part of
+        // the body, so that the first refill does not grow it.
+        let head_room = 256 + headers.iter().map(|h| h.name.len() + h.value.len() + 4).sum::<usize>();
+        let body_room = match &body {
+            _ if no_body || ctx.head_request => 0,
+            Body::Empty => 0,
+            Body::Bytes(bytes) => bytes.len(),
+            Body::Stream { length: Some(n), .. } => (*n).min(DELIVERY_BUFFER as u64) as usize,
+            Body::Stream { length: None, .. } => CHUNK_PREFIX + DELIVERY_BUFFER + b"\r\n0\r\n\r\n".len(),
+        };
+        let mut buf = Vec::with_capacity(head_room + body_room);
         // Upgrade is hop-by-hop, so the server writes it only where it belongs: on a 101 (the
         // protocol switched to) and a 426 (the protocols required, RFC 9110 15.5.22), each with
         // the `upgrade` connection option.
@@ -361,9 +371,15 @@ impl Delivery {
                     self.framing = Framing::Done;
                 } else {
                     // The size line goes right in front of the data, so each chunk is one write.
-                    let size_line = format!("{n:x}\r\n");
+                    let mut size_line = [0u8; CHUNK_PREFIX];
+                    let written = {
+                        let mut room = &mut size_line[..];
+                        let _ = write!(room, "{n:x}\r\n");
+                        CHUNK_PREFIX - room.len()
+                    };
+                    let size_line = &size_line[..written];
                     let begin = start + CHUNK_PREFIX - size_line.len();
-                    self.buf[begin..start + CHUNK_PREFIX].copy_from_slice(size_line.as_bytes());
+                    self.buf[begin..start + CHUNK_PREFIX].copy_from_slice(size_line);
                     self.buf.extend_from_slice(b"\r\n");
                     // Close the room left unused in front of the size line.
                     self.buf.drain(start..begin);

@@ -539,9 +539,15 @@ impl Backend {
     /// Counts an answered try: its status class and its time to the response head (in the
     /// histogram and in the response-time estimate peak_ewma reads).
     pub fn record_answer(&self, status: u16, elapsed: Duration) {
+        self.record_answer_at(status, elapsed, Instant::now());
+    }
+
+    /// [`record_answer`](Self::record_answer) for an answer that came at `now` (a clock reading
+    /// the caller has).
+    pub fn record_answer_at(&self, status: u16, elapsed: Duration, now: Instant) {
         self.answers[class_index(status)].fetch_add(1, Ordering::Relaxed);
         self.latency.record(elapsed);
-        self.response_time.observe(elapsed, peak_ewma::now());
+        self.response_time.observe(elapsed, peak_ewma::at(now));
     }
 
     /// Answered tries by status class, in the order of [`crate::stats::CLASSES`].

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use ureq::http;
 use ureq::http::uri::Authority;
 use ureq::unversioned::transport::Connector;
@@ -369,23 +370,31 @@ impl Forwarder {
     /// let refused = forwarder.prepare("GET", "/", [("Authorization", token)]).unwrap_err();
     /// assert_eq!(refused, PrepareError::HeaderValue("authorization".into()));
     /// ```
-    pub fn prepare<'h>(
-        &self,
-        method: &str,
-        target: &str,
-        headers: impl IntoIterator<Item = (&'h str, &'h [u8])>,
-    ) -> Result<Prepared, PrepareError> {
+    pub fn prepare<'h, I>(&self, method: &str, target: &str, headers: I) -> Result<Prepared, PrepareError>
+    where
+        I: IntoIterator<Item = (&'h str, &'h [u8])>,
+        I::IntoIter: Clone,
+    {
+        let headers = headers.into_iter();
         let method =
             http::Method::from_bytes(method.as_bytes()).map_err(|_| PrepareError::Method(method.to_string()))?;
-        let path = http::uri::PathAndQuery::try_from(target).map_err(|_| PrepareError::Target)?;
+        // The target and every value copied once, into one buffer the path and the values share:
+        // cloning them for each try then copies nothing.
+        let mut text = Vec::with_capacity(target.len() + headers.clone().map(|(_, value)| value.len()).sum::<usize>());
+        text.extend_from_slice(target.as_bytes());
+        headers.clone().for_each(|(_, value)| text.extend_from_slice(value));
+        let text = Bytes::from(text);
+        let path =
+            http::uri::PathAndQuery::from_maybe_shared(text.slice(..target.len())).map_err(|_| PrepareError::Target)?;
         // "METHOD TARGET HTTP/1.1\r\n"
         let mut longest = method.as_str().len() + path.as_str().len() + 12;
-        let mut map = http::HeaderMap::new();
+        let mut map = http::HeaderMap::with_capacity(headers.clone().count());
+        let mut at = target.len();
         for (name, value) in headers {
-            let name = http::HeaderName::from_bytes(name.as_bytes())
-                .map_err(|_| PrepareError::HeaderName(name.to_string()))?;
-            let value =
-                http::HeaderValue::from_bytes(value).map_err(|_| PrepareError::HeaderValue(name.to_string()))?;
+            let name = header_name(name).map_err(|_| PrepareError::HeaderName(name.to_string()))?;
+            let value = http::HeaderValue::from_maybe_shared(text.slice(at..at + value.len()))
+                .map_err(|_| PrepareError::HeaderValue(name.to_string()))?;
+            at += value.len();
             // ureq refuses these unless they are visible ASCII (tabs allowed in Authorization).
             let visible = |b: &u8| b.is_ascii_graphic() || *b == b' ' || *b == b'\t';
             let refused = (name == http::header::HOST && !value.as_bytes().iter().all(u8::is_ascii_graphic))
@@ -428,6 +437,14 @@ impl Forwarder {
         let uri =
             http::Uri::from_parts(parts).map_err(|e| ForwardError::BadResponse(format!("backend address: {e}")))?;
         let mut connections_tried = 0;
+        // A write whose answer was never read (an error, a panic) leaves no phase open.
+        struct EndPhase;
+        impl Drop for EndPhase {
+            fn drop(&mut self) {
+                crate::server::end_blocked_phase();
+            }
+        }
+        let _end_phase = EndPhase;
         let response = loop {
             super::transport::forget_sending();
             super::pool::want_own_connection(own_connection);
@@ -453,6 +470,19 @@ impl Forwarder {
             ));
         }
         Ok(response)
+    }
+}
+
+/// The names the proxy sets on every request, which `http` does not know: made from static
+/// text, so that neither making nor cloning them copies anything.
+const PROXY_HEADER_NAMES: [&str; 5] =
+    ["x-forwarded-for", "x-real-ip", "x-forwarded-proto", "x-forwarded-host", "x-request-id"];
+
+/// A header name as `http` reads it (lowercase); the proxy's own names without a copy.
+fn header_name(name: &str) -> Result<http::HeaderName, http::header::InvalidHeaderName> {
+    match PROXY_HEADER_NAMES.iter().find(|known| known.eq_ignore_ascii_case(name)) {
+        Some(known) => Ok(http::HeaderName::from_static(known)),
+        None => http::HeaderName::from_bytes(name.as_bytes()),
     }
 }
 

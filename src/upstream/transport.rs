@@ -15,7 +15,7 @@ use ureq::unversioned::transport::{Buffers, ConnectionDetails, Connector, LazyBu
 
 use super::link::OpenSockets;
 use super::pool::IdleConnections;
-use crate::server::while_blocked;
+use crate::server::{begin_blocked_phase, end_blocked_phase, while_blocked};
 
 /// Opens backend connections: connect within the connect timeout, `TCP_NODELAY`, and the
 /// per-operation timeout on every read and write.
@@ -195,7 +195,10 @@ impl Transport for BackendTransport {
         });
         let output = &self.buffers.output()[..amount];
         let stream = &*self.stream;
-        match while_blocked(|| (&*stream).write_all(output)) {
+        // The answer's read ends the phase this write begins (one count for both, see
+        // begin_blocked_phase); Forwarder::send ends it in any case.
+        begin_blocked_phase();
+        match (&*stream).write_all(output) {
             Ok(()) => Ok(()),
             // The backend closed while we were still sending. If it answered first, that answer
             // is what the client must get (nginx and HAProxy relay such a 413), not a 502.
@@ -218,8 +221,9 @@ impl Transport for BackendTransport {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 other => break other,
             }
-        })
-        .map_err(ureq::Error::Io)?;
+        });
+        end_blocked_phase();
+        let n = n.map_err(ureq::Error::Io)?;
         self.buffers.input_appended(n);
         self.just_read = true;
         Ok(n > 0)
