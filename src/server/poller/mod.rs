@@ -201,7 +201,10 @@ pub(crate) struct Poller {
     pub poll: Poll,
     pub listener: Option<TcpListener>,
     /// The HTTPS listener and what its connections start from.
-    tls_listener: Option<(TcpListener, TlsAcceptor)>,
+    tls_listener: Option<TcpListener>,
+    /// What HTTPS connections start from; kept after a stop closes the listener, for the
+    /// connections other pollers hand over meanwhile.
+    tls_acceptor: Option<TlsAcceptor>,
     /// Where complete requests go to the workers.
     queue: Arc<JobQueue>,
     /// Whether jobs wait with none taken (the queue's safety net).
@@ -296,7 +299,8 @@ impl Poller {
             turn_started: Instant::now(),
             poll,
             listener: Some(listener),
-            tls_listener,
+            tls_acceptor: tls_listener.as_ref().map(|(_, acceptor)| acceptor.clone()),
+            tls_listener: tls_listener.map(|(listener, _)| listener),
             queue: links.queue,
             stall: StallWatch::default(),
             cpu: CpuIdle::new(),
@@ -444,7 +448,7 @@ impl Poller {
     /// Accepts from the plain listener, or the HTTPS one (`tls`).
     fn accept(&mut self, tls: bool) {
         for _ in 0..MAX_ACCEPTS_PER_TURN {
-            let listener = if tls { self.tls_listener.as_ref().map(|(l, _)| l) } else { self.listener.as_ref() };
+            let listener = if tls { self.tls_listener.as_ref() } else { self.listener.as_ref() };
             let Some(listener) = listener else {
                 return;
             };
@@ -503,8 +507,8 @@ impl Poller {
             log::debug!("dropping connection from {peer}: {e}");
             return;
         }
-        let stream = match self.tls_listener.as_ref().filter(|_| tls) {
-            Some((_, acceptor)) => match acceptor.session() {
+        let stream = match self.tls_acceptor.as_ref().filter(|_| tls) {
+            Some(acceptor) => match acceptor.session() {
                 Ok(session) => ClientStream::tls(stream, session),
                 Err(e) => {
                     log::warn!("dropping TLS connection from {peer}: {e}");

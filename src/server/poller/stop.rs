@@ -106,7 +106,7 @@ impl Poller {
                 if let Some(listener) = self.listener.take() {
                     let _ = self.poll.registry().deregister(&mut SourceFd(&listener.as_raw_fd()));
                 }
-                if let Some((listener, _)) = self.tls_listener.take() {
+                if let Some(listener) = self.tls_listener.take() {
                     let _ = self.poll.registry().deregister(&mut SourceFd(&listener.as_raw_fd()));
                 }
                 // Only once every poller's listener is closed do answers say `Connection:
