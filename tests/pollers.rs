@@ -231,3 +231,48 @@ fn a_closing_answer_with_nothing_unread_closes_the_connection_at_once_as_nginx_d
     );
     server.stop(Duration::from_secs(1));
 }
+
+#[test]
+fn a_poller_that_ends_its_stop_early_leaves_the_others_queued_requests_to_be_served() {
+    let gauges = PollerGauges::default();
+    let config = ServerConfig {
+        bind: "127.0.0.1:0".parse().unwrap(),
+        threads: 1,
+        pollers: 2,
+        poller_gauges: gauges.clone(),
+        ..ServerConfig::default()
+    };
+    let server = Server::start(config, Slow).unwrap();
+    let addr = server.local_addr();
+    let open_on = |i: usize| gauges.read()[i].connections;
+    // Two idle connections on poller 1 and none on poller 0 (the kernel picks: keep what
+    // lands on poller 1, close what lands on poller 0).
+    let mut kept = Vec::new();
+    for _ in 0..200 {
+        if kept.len() == 2 {
+            break;
+        }
+        let (before0, before1) = (open_on(0), open_on(1));
+        let conn = Conn::open(addr);
+        assert!(wait_until(Duration::from_secs(5), || open_on(0) + open_on(1) == before0 + before1 + 1));
+        if open_on(1) > before1 {
+            kept.push(conn);
+        } else {
+            drop(conn);
+            assert!(wait_until(Duration::from_secs(5), || open_on(0) == before0));
+        }
+    }
+    assert_eq!(kept.len(), 2, "two connections on poller 1 in 200 tries: {:?}", gauges.read());
+    // The one worker serves the first; the second waits in the queue when the stop comes.
+    for (i, conn) in kept.iter_mut().enumerate() {
+        conn.send(format!("GET /{i} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
+    }
+    assert!(wait_until(Duration::from_secs(5), || gauges.read()[1].requests == 2));
+    // Poller 0 has nothing to drain and ends at once; poller 1's queued request is still served.
+    let stopper = thread::spawn(move || server.stop(Duration::from_secs(10)));
+    for (i, conn) in kept.iter_mut().enumerate() {
+        let resp = conn.response();
+        assert_eq!((resp.status, resp.text()), (200, format!("/{i}\n")), "request {i} served within the grace period");
+    }
+    assert_eq!(stopper.join().unwrap(), 0);
+}

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use super::fairness::ClientLoads;
 use super::head::RequestHead;
@@ -39,6 +40,8 @@ pub(crate) enum Next {
 pub(crate) struct Returned {
     pub token: usize,
     pub next: Next,
+    /// When the worker was done with a kept-alive connection (it is idle from then).
+    pub finished: Option<Instant>,
 }
 
 pub(crate) struct Worker {
@@ -76,7 +79,8 @@ impl Worker {
             // we had it: then no new readiness event will come, so wake it now. The poller sets
             // the flag before it looks for returns, so one of the two sides sees the other.
             let quiet = matches!(next, Next::KeepAlive);
-            let _ = home.returns.send(Returned { token, next });
+            let finished = quiet.then(Instant::now);
+            let _ = home.returns.send(Returned { token, next, finished });
             std::sync::atomic::fence(Ordering::SeqCst);
             // While stopping, always wake it: it is waiting for in-flight requests to end. And
             // while requests are held back for their client's share: this may free one.

@@ -26,8 +26,10 @@ struct Link {
 }
 
 impl IdleOrder {
-    /// Marks `token` as the newest, idle since `now` (listing it, or moving it to the end;
-    /// `now` must not be before the last mark's).
+    /// Marks `token` as the newest, idle since `now` (listing it, or moving it to the end).
+    /// The list keeps the order of the marks; their times may run back by the moments between
+    /// a worker's return and the poller's look at it, which is all the precision the times
+    /// need (pollers compare them at the connection cap).
     pub fn mark(&mut self, token: usize, now: Instant) {
         self.remove(token);
         self.links.insert(token, Link { older: self.newest, newer: None, since: now });

@@ -196,8 +196,11 @@ pub(crate) struct Poller {
     adopted: Receiver<Adopted>,
     /// How idle times are compared between pollers.
     idle_since: IdleSince,
-    /// When the current turn began (after the poll): what idle connections are marked with.
-    turn_started: Instant,
+    /// What an idle connection is marked with now: when the current turn began (after the
+    /// poll), or while a worker's return is handled, when that worker finished (a quiet
+    /// return may wait long for the poller's next turn; pollers compare these times at the
+    /// connection cap).
+    idle_from: Instant,
     pub poll: Poll,
     pub listener: Option<TcpListener>,
     /// The HTTPS listener and what its connections start from.
@@ -296,7 +299,7 @@ impl Poller {
             counted_open: 0,
             adopted: links.adopted,
             idle_since: links.idle_since,
-            turn_started: Instant::now(),
+            idle_from: Instant::now(),
             poll,
             listener: Some(listener),
             tls_acceptor: tls_listener.as_ref().map(|(_, acceptor)| acceptor.clone()),
@@ -358,7 +361,7 @@ impl Poller {
                 }
                 continue;
             }
-            self.turn_started = Instant::now();
+            self.idle_from = Instant::now();
             self.take_tuning();
             // Returns first: a worker gives a keep-alive connection back without waking the
             // poller, and the client's next request is what wakes it.
@@ -400,18 +403,25 @@ impl Poller {
                 self.sweep(now);
             }
             if self.stop.requested.load(Ordering::Acquire) && self.carry_out_stop(now) {
-                self.drop_queued_jobs();
                 self.count_open();
-                // The last poller closes the queue, so that the workers end once their current
-                // jobs are done; the others may still give them work.
+                // The last poller drops what is still queued and closes the queue, so that the
+                // workers end once their current jobs are done. One that ends sooner (its
+                // connections all closed) leaves the queue alone: it holds the others' requests,
+                // still within their grace period.
                 if self.pollers_left.fetch_sub(1, Ordering::AcqRel) == 1 {
+                    self.drop_queued_jobs();
                     self.queue.close();
+                } else {
+                    self.drop_held();
                 }
                 return;
             }
             self.count_open();
-            let oldest = self.idle_since.encode(self.idle.oldest_since());
-            self.link().oldest_idle.store(oldest, Ordering::Relaxed);
+            // While stopping, no connection is handed here at the cap (it is left at 0).
+            if self.stop_deadline.is_none() {
+                let oldest = self.idle_since.encode(self.idle.oldest_since());
+                self.link().oldest_idle.store(oldest, Ordering::Relaxed);
+            }
         }
     }
 
@@ -481,15 +491,16 @@ impl Poller {
     }
 
     /// At the connection cap, the poller whose longest-idle connection has been idle longer
-    /// than this one's (none when this one's is the oldest, or no poller has any).
-    fn older_idle_elsewhere(&self) -> Option<usize> {
+    /// than this one's, and when that one became idle as it published it (none when this one's
+    /// is the oldest, or no poller has any).
+    fn older_idle_elsewhere(&self) -> Option<(usize, u64)> {
         let mine = self.idle_since.encode(self.idle.oldest_since());
         let (poller, theirs) = (0..self.pollers.len())
             .filter(|&i| i != self.me)
             .map(|i| (i, self.pollers[i].oldest_idle.load(Ordering::Relaxed)))
             .filter(|&(_, since)| since != 0)
             .min_by_key(|&(_, since)| since)?;
-        (mine == 0 || theirs < mine).then_some(poller)
+        (mine == 0 || theirs < mine).then_some((poller, theirs))
     }
 
     /// Takes a new connection: this poller's from now on, unless it is at the cap and another
@@ -560,7 +571,7 @@ impl Poller {
         } else {
             // Idle until its first byte, as nginx counts it: an accepted connection that never
             // sends may be closed for a newer one too.
-            self.idle.mark(token, self.turn_started);
+            self.idle.mark(token, self.idle_from);
             self.advance(token);
         }
     }
@@ -575,8 +586,14 @@ impl Poller {
         if self.open.load(Ordering::Relaxed) < self.limits.max_connections {
             return Some(stream);
         }
-        let Some(other) = self.older_idle_elsewhere() else { return Some(stream) };
-        match self.pollers[other].adopt.send(Adopted { stream, peer, tls }) {
+        let Some((other, since)) = self.older_idle_elsewhere() else { return Some(stream) };
+        // One newcomer per idle connection published: the next one in this turn looks again
+        // (that poller publishes anew at the end of its turn).
+        let owner = &self.pollers[other];
+        if owner.oldest_idle.compare_exchange(since, 0, Ordering::Relaxed, Ordering::Relaxed).is_err() {
+            return Some(stream);
+        }
+        match owner.adopt.send(Adopted { stream, peer, tls }) {
             Ok(()) => {
                 self.pollers[other].wake();
                 None
@@ -614,7 +631,7 @@ impl Poller {
                     match self.connections.get(&token) {
                         None => freed += 1,
                         Some(conn) if conn.state == (State::Reading { started: false }) => {
-                            self.idle.mark(token, self.turn_started)
+                            self.idle.mark(token, self.idle_from)
                         }
                         Some(_) => {}
                     }

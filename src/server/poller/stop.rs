@@ -56,7 +56,8 @@ impl Poller {
 
     /// Drops the jobs still waiting for a worker (queued, or held for their client's share)
     /// and closes their connections. The queue is every poller's: a job of another one goes
-    /// back to it to be closed there (its stop passes the same deadline).
+    /// back to it to be closed there. Called past this poller's deadline (the others', set
+    /// from the same stop request, pass within moments of it) or by the last poller to end.
     pub(super) fn drop_queued_jobs(&mut self) {
         // Held ones first: a queued one closed below must not let one of them into the queue.
         self.drop_held();
@@ -73,7 +74,7 @@ impl Poller {
                 self.close(token);
             } else {
                 let owner = &self.pollers[poller];
-                let _ = owner.returns.send(Returned { token, next: Next::Dropped });
+                let _ = owner.returns.send(Returned { token, next: Next::Dropped, finished: None });
                 owner.wake();
             }
         }
@@ -113,6 +114,8 @@ impl Poller {
                 // close`: a client told so reconnects at once, and must find the port closed
                 // (refused: never sent), not another poller's listener about to close, which
                 // would reset the connection after the client sent its request.
+                // Nothing more is handed here at the cap (see the loop's publishing).
+                self.pollers[self.me].oldest_idle.store(0, Ordering::Relaxed);
                 if self.listening.fetch_sub(1, Ordering::AcqRel) == 1 {
                     self.stopping.store(true, Ordering::Release);
                 }

@@ -27,7 +27,9 @@ impl Poller {
     pub(super) fn take_returns(&mut self) {
         // Before the look: a worker that returns after it wakes the poller again, if it must.
         ClientLoads::looking_at_returns(&self.pollers[self.me].woken_for_held);
-        while let Ok(Returned { token, next }) = self.returns.try_recv() {
+        let turn = self.idle_from;
+        while let Ok(Returned { token, next, finished }) = self.returns.try_recv() {
+            self.idle_from = finished.unwrap_or(turn);
             // A request given back frees a place in its client's share (a refill's return does
             // not: it was never counted).
             let client = self.served(token);
@@ -82,6 +84,7 @@ impl Poller {
                 self.release_held(client);
             }
         }
+        self.idle_from = turn;
     }
 
     /// Writes a delivery the client reads slowly; asks a worker to refill it when drained.
@@ -167,7 +170,7 @@ impl Poller {
         conn.deadline = Instant::now() + self.limits.keep_alive_timeout;
         let deadline = conn.deadline;
         self.note_deadline(deadline);
-        self.idle.mark(token, self.turn_started);
+        self.idle.mark(token, self.idle_from);
     }
 
     /// The response is out: wait for the next request, or linger and close.
@@ -191,7 +194,11 @@ impl Poller {
                 && conn.pending.is_none()
                 && conn.upload.is_none()
                 && !conn.input_while_busy.load(Ordering::SeqCst);
-            if nothing_unread {
+            // The flags are as of the last readiness event handled: the socket itself must
+            // hold nothing either (a pipelined request may have come in this turn).
+            let socket_empty =
+                || matches!(conn.stream.tcp().peek(&mut [0; 1]), Err(e) if e.kind() == io::ErrorKind::WouldBlock);
+            if nothing_unread && socket_empty() {
                 let _ = conn.stream.shutdown(Shutdown::Write);
                 return self.close(token);
             }
@@ -204,7 +211,7 @@ impl Poller {
         let deadline = conn.deadline;
         self.note_deadline(deadline);
         if !started {
-            self.idle.mark(token, self.turn_started);
+            self.idle.mark(token, self.idle_from);
         }
         // Bytes that arrived while the request was served raised no new readiness event.
         self.advance(token);
