@@ -276,3 +276,33 @@ fn a_poller_that_ends_its_stop_early_leaves_the_others_queued_requests_to_be_ser
     }
     assert_eq!(stopper.join().unwrap(), 0);
 }
+
+#[test]
+fn a_second_lb_sync_on_the_port_is_refused_though_the_first_listens_with_so_reuseport() {
+    let origin = backend(&[]);
+    let first = Lb::start(&[origin.addr()], r#""pollers": 2"#);
+    let port = first.addr.port().to_string();
+    let dir = common::unique_dir("second");
+    let stderr = dir.join("stderr.log");
+    let mut second = std::process::Command::new(env!("CARGO_BIN_EXE_lb-sync"))
+        .args(["--host", "127.0.0.1", "--port", &port, "--backend", "127.0.0.1:9"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .spawn()
+        .unwrap();
+    let mut status = None;
+    wait_until(Duration::from_secs(10), || {
+        status = second.try_wait().unwrap();
+        status.is_some()
+    });
+    if status.is_none() {
+        let _ = second.kill();
+        let _ = second.wait();
+    }
+    assert_eq!(status.and_then(|s| s.code()), Some(1), "the second lb-sync started on the first one's port");
+    let said = std::fs::read_to_string(&stderr).unwrap();
+    assert!(said.contains(&format!("cannot listen on 127.0.0.1:{port}: address already in use")), "{said}");
+    // The first one still has the port to itself.
+    assert_eq!(pollers(first.addr).iter().map(|p| p["accepted"].as_u64().unwrap()).sum::<u64>(), 1);
+}
