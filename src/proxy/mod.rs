@@ -371,7 +371,7 @@ fn admit<'a>(
     Admission::Go(breaker)
 }
 
-/// Sends the request once to `backend`: through the backend's ureq agent, or on a connection of its
+/// Sends the request once to `backend`: on one of its pooled connections, or on a connection of its
 /// own for an upgrade request.
 fn send_once(
     forwarder: &Forwarder,

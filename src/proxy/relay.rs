@@ -1,6 +1,6 @@
 //! Turning a backend's response into ours: status and end-to-end headers as they came, the body
-//! streamed to the client while the backend's in-flight count is held. The answer came through
-//! the backend's ureq agent, or on a connection of its own (an upgrade request's, whose `101`
+//! streamed to the client while the backend's in-flight count is held. The answer came on one
+//! of the backend's pooled connections, or on a connection of its own (an upgrade request's, whose `101`
 //! becomes a tunnel: `upgrade.rs`).
 
 use std::cell::RefCell;
@@ -9,15 +9,15 @@ use std::io::{self, Read};
 use crate::health::Ticket;
 use crate::server::{status_has_no_body, Response};
 use crate::state::Shared;
-use crate::upstream::{ForwardError, InFlight, OwnAnswer};
+use crate::upstream::{AnswerBody, ForwardError, InFlight, OwnAnswer};
 
 use super::error::ProxyError;
 use super::headers::{connection_options, passes_downstream};
 use super::upgrade;
 
 /// The most of a body read before the answer's head is relayed (the head leaves with the first
-/// part of the body in any case). Half of what one read of a pooled answer can return (the
-/// agent's input buffer): a larger body's next part leaves in the next write.
+/// part of the body in any case). Half of what one read of a pooled answer can return (a
+/// connection's input buffer): a larger body's next part leaves in the next write.
 const FIRST_PIECE: usize = 16 * 1024;
 
 thread_local! {
@@ -27,9 +27,12 @@ thread_local! {
 }
 
 /// A backend's answer, as it came.
+// The pooled answer carries its exchange's state (about 600 bytes), moved twice on a worker's
+// stack: cheaper than the allocation a box would add to every request.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Answer {
-    /// Through the backend's ureq agent (its connection goes back to the pool).
-    Pooled(ureq::http::Response<ureq::Body>),
+    /// On a pooled backend connection (it goes back to the idle ones after the body).
+    Pooled(ureq::http::Response<AnswerBody>),
     /// On a connection of its own (an upgrade request's).
     Own(OwnAnswer),
 }
@@ -44,7 +47,8 @@ impl Answer {
 }
 
 /// A backend's response body on its way to the client; holds the backend's in-flight count
-/// until the last byte is written (least_connections counts whole transfers).
+/// until the last byte is written (least_connections counts whole transfers), or, for a body
+/// that came whole with its first piece, until that is read.
 struct Streamed<B> {
     body: B,
     in_flight: InFlight,
@@ -107,6 +111,23 @@ impl<B: Read + Send + 'static> Streamed<B> {
             }
         });
         match first {
+            // The whole body came with the first piece (its declared length is read): its end is
+            // read now, which gives the backend connection back, and the answer leaves as it
+            // is, with nothing streamed behind it. The backend's part of the transfer is over,
+            // so it no longer counts as in flight.
+            Ok(mut first) if self.owed == Some(0) => {
+                // Its end is read from the body itself: whatever that read says, the answer is
+                // whole, and no failure is the backend's (a body broken there stays unreused).
+                let mut more = [0u8; 1];
+                match self.body.read(&mut more) {
+                    // Past its declared length: the framing reader's to refuse, not ours to drop.
+                    Ok(n) if n > 0 => {
+                        first.extend_from_slice(&more[..n]);
+                        response.with_stream(io::Cursor::new(first).chain(self), length)
+                    }
+                    _ => response.with_body(first),
+                }
+            }
             Ok(first) => response.with_stream(io::Cursor::new(first).chain(self), length),
             Err(e) => {
                 let error = match e.kind() {
@@ -156,9 +177,9 @@ fn relay_own(answer: OwnAnswer, in_flight: InFlight, ticket: Option<Ticket>, is_
     streamed.into_response(response, length)
 }
 
-/// Turns a ureq agent's response into ours, streaming its body.
+/// Turns a backend's answer on a pooled connection into ours, streaming its body.
 fn relay_pooled(
-    upstream: ureq::http::Response<ureq::Body>,
+    upstream: ureq::http::Response<AnswerBody>,
     in_flight: InFlight,
     ticket: Option<Ticket>,
     is_head: bool,
@@ -176,13 +197,14 @@ fn relay_pooled(
         parts.headers.get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok());
     let chunked = parts.headers.get("transfer-encoding").is_some();
     if is_head || status_has_no_body(status) {
-        // No body follows: read its (empty) end now so ureq pools the connection, and keep the
-        // declared length for a HEAD answer.
-        let _ = body.into_reader().read(&mut [0u8; 1]);
+        // No body follows: read its (empty) end now so that its connection goes back to the
+        // idle ones, and keep the declared length for a HEAD answer.
+        let mut body = body;
+        let _ = body.read(&mut [0u8; 1]);
         drop(in_flight);
         return response.with_stream(io::empty(), declared);
     }
     let length = if chunked { None } else { declared };
-    let streamed = Streamed { body: body.into_reader(), in_flight, ticket, owed: length, failed: false };
+    let streamed = Streamed { body, in_flight, ticket, owed: length, failed: false };
     streamed.into_response(response, length)
 }

@@ -1,5 +1,6 @@
-//! Sending one request to one backend with that backend's ureq agent (its `BackendLink`), and
-//! what a failure means for a retry. Knows nothing of which backend to choose.
+//! Sending one request to one backend over that backend's client (its `BackendLink`: its
+//! connections, driven by ureq's protocol engine in `exchange.rs`), and what a failure means for
+//! a retry. Knows nothing of which backend to choose.
 
 use std::io::{self, Read};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -10,13 +11,14 @@ use bytes::Bytes;
 use ureq::http;
 use ureq::http::uri::Authority;
 use ureq::unversioned::transport::Connector;
-use ureq::{Agent, SendBody, Timeout};
+use ureq::{Agent, Timeout};
 
 use crate::config::Scheme;
 use crate::stats::TryFailure;
 
 use super::answer_framing::MalformedAnswer;
 use super::backend::Backend;
+use super::exchange::{exchange, AnswerBody};
 use super::link::{BackendLink, OpenSockets};
 use super::pinned::PinnedResolver;
 use super::pool::{is_answer_before_request, IdleConnections, IdleLimits, PooledConnector};
@@ -182,10 +184,9 @@ pub struct ForwardTimeouts {
     pub request: Duration,
 }
 
-/// Sends requests to backends: one ureq agent per backend, configured for proxying (no proxy
-/// from the environment, statuses and redirects passed through untouched, any method, no
-/// headers of its own), each over its backend's own idle connections (`pool.rs`; ureq's pool is
-/// off). A backend's client is made on its first request and kept in the backend
+/// Sends requests to backends: ureq's `Call` driven for proxying (statuses and redirects
+/// passed through untouched, any method, no headers of its own but the body's framing), each
+/// over its backend's own idle connections (`pool.rs`). A backend's client is made on its first request and kept in the backend
 /// ([`BackendLink`]); a reload with new client settings makes a new forwarder, whose first
 /// request to each backend replaces it.
 pub struct Forwarder {
@@ -197,6 +198,8 @@ pub struct Forwarder {
     tls: Arc<UpstreamTls>,
     /// The longest line of a request head it can send (its write buffer's size).
     max_line: usize,
+    /// The longest answer head it accepts (ureq's default).
+    max_answer_head: usize,
     /// Every link it made, for a stop and for closing expired idle connections.
     links: Arc<Mutex<Vec<MadeLink>>>,
     closed: AtomicBool,
@@ -223,14 +226,9 @@ impl Forwarder {
     pub fn new(timeouts: ForwardTimeouts, idle_limits: IdleLimits, tls: Arc<UpstreamTls>) -> Forwarder {
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         let max_line = upstream_line_limit();
+        // What the connectors read (ureq's `Config`): buffer sizes and the TLS trust. The
+        // exchange itself (exchange.rs) follows no redirects and adds no header of its own.
         let config = Agent::config_builder()
-            .proxy(None)
-            .http_status_as_error(false)
-            .max_redirects(0)
-            .allow_non_standard_methods(true)
-            .user_agent("")
-            .accept("")
-            .accept_encoding("")
             // Per connection, allocated on its first request and kept while it is pooled
             // (ureq's default is 128 KiB each way). The input buffer must hold a whole response
             // head: a larger head is a bad response (nginx's proxy_buffer_size is 4-8 KiB). The
@@ -238,24 +236,13 @@ impl Forwarder {
             // accepts (see upstream_line_limit): 33 KiB, 65 KiB a connection in all.
             .input_buffer_size(32 * 1024)
             .output_buffer_size(max_line)
-            // ureq's own pool is off: it passes over every idle connection on each return,
-            // under one lock for all backends. Idle connections are kept per backend by us.
-            .max_idle_connections(0)
-            .max_idle_connections_per_host(0)
-            // timeout_global/per_call/resolve would each spawn a thread per request. The body
-            // phases get per-read/per-write limits, not ureq's send_body/recv_body: those are
-            // totals and would cut any transfer longer than request_timeout.
-            .timeout_connect(Some(timeouts.connect))
-            .timeout_send_request(Some(timeouts.request))
-            .timeout_recv_response(Some(timeouts.request))
-            .timeout_per_read(Some(timeouts.request))
-            .timeout_per_write(Some(timeouts.request))
             .tls_config(tls.ureq_config())
             .build();
         let links = Arc::new(Mutex::new(Vec::new()));
         close_expired_idle(Arc::downgrade(&links), idle_limits.timeout);
         Forwarder {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            max_answer_head: config.max_response_header_size(),
             config,
             timeouts,
             idle_limits,
@@ -344,8 +331,16 @@ impl Forwarder {
             inner: tcp.chain(TlsConnector::new(self.timeouts.connect, self.timeouts.request)),
             idle: Arc::clone(&idle),
         };
-        let agent = Agent::with_parts(self.config.clone(), connector, PinnedResolver(backend.addr));
-        Ok(BackendLink { forwarder: self.id, agent, authority, idle, sockets })
+        Ok(BackendLink {
+            forwarder: self.id,
+            connector,
+            config: self.config.clone(),
+            resolver: PinnedResolver(backend.addr),
+            connect_timeout: self.timeouts.connect,
+            authority,
+            idle,
+            sockets,
+        })
     }
 
     /// Checks once, before any backend is tried, that the request can be expressed upstream:
@@ -424,7 +419,7 @@ impl Forwarder {
         prepared: &Prepared,
         mut body: Option<&mut dyn Read>,
         own_connection: bool,
-    ) -> Result<http::Response<ureq::Body>, ForwardError> {
+    ) -> Result<http::Response<AnswerBody>, ForwardError> {
         let link = self.link(backend)?;
         let scheme = match backend.scheme {
             Scheme::Http => http::uri::Scheme::HTTP,
@@ -447,14 +442,10 @@ impl Forwarder {
         let _end_phase = EndPhase;
         let response = loop {
             super::transport::forget_sending();
-            super::pool::want_own_connection(own_connection);
             connections_tried += 1;
-            // Two calls because SendBody's lifetime is invariant: `()` sends no body and no
-            // Content-Length, as a GET should.
-            let result = match body.as_deref_mut() {
-                Some(reader) => link.agent.run(prepared.request(uri.clone(), SendBody::from_reader(reader))),
-                None => link.agent.run(prepared.request(uri.clone(), ())),
-            };
+            let result = link.lend(&uri, own_connection).and_then(|connection| {
+                exchange(connection, prepared.request(uri.clone()), body.as_deref_mut(), self.max_answer_head)
+            });
             match result {
                 // Nothing of the request was written (nor read of its body): the next idle
                 // connection (probed) or a new one. Bounded: a backend that answers every
@@ -532,8 +523,8 @@ impl Prepared {
         self.headers.insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(length));
     }
 
-    fn request<B>(&self, uri: http::Uri, body: B) -> http::Request<B> {
-        let mut request = http::Request::new(body);
+    fn request(&self, uri: http::Uri) -> http::Request<()> {
+        let mut request = http::Request::new(());
         *request.method_mut() = self.method.clone();
         *request.uri_mut() = uri;
         *request.headers_mut() = self.headers.clone();

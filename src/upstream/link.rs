@@ -1,23 +1,37 @@
-//! One backend's HTTP client: a ureq agent of its own (ureq's pool off), the backend's
-//! [`IdleConnections`], and every socket opened to it, so that a stop can break them all. Made
-//! by the [`Forwarder`](super::Forwarder) when it first sends to the backend and kept in the
-//! backend; nothing in it is shared with another backend, so no lock on the request path is
-//! either.
+//! One backend's HTTP client: how its connections are made (our TCP connector, then ureq's
+//! rustls connector for an HTTPS backend), the backend's [`IdleConnections`], and every socket
+//! opened to it, so that a stop can break them all. Made by the
+//! [`Forwarder`](super::Forwarder) when it first sends to the backend and kept in the backend;
+//! nothing in it is shared with another backend, so no lock on the request path is either.
 
 use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
 use ureq::http::uri::Authority;
-use ureq::Agent;
+use ureq::http::Uri;
+use ureq::unversioned::resolver::Resolver;
+use ureq::unversioned::transport::time::{Duration as Wait, Instant as UreqInstant};
+use ureq::unversioned::transport::{ChainedConnector, ConnectionDetails, Connector, NextTimeout};
 
-use super::pool::IdleConnections;
+use super::pinned::PinnedResolver;
+use super::pool::{IdleConnections, PooledConnector, PooledTransport};
+use super::tls::TlsConnector;
+use super::transport::BackendConnector;
+
+/// TCP, then TLS when the backend's scheme is HTTPS (a plain connection passes through).
+pub(crate) type ConnectorChain = ChainedConnector<(), BackendConnector, TlsConnector>;
 
 /// A backend's client, as one forwarder made it.
 pub(crate) struct BackendLink {
     /// The forwarder that made it (a reload with new client settings makes a new one).
     pub forwarder: u64,
-    pub agent: Agent,
+    pub connector: PooledConnector<ConnectorChain>,
+    /// ureq's settings that its connectors read (buffer sizes, the TLS trust).
+    pub config: ureq::config::Config,
+    pub resolver: PinnedResolver,
+    pub connect_timeout: Duration,
     /// Where requests go: parsed once, not for every request.
     pub authority: Authority,
     pub idle: Arc<IdleConnections>,
@@ -25,12 +39,42 @@ pub(crate) struct BackendLink {
 }
 
 impl BackendLink {
+    /// A connection for one exchange to `uri` (this backend): an idle one, unless
+    /// `own_connection` or none is good, else a new one.
+    pub fn lend(&self, uri: &Uri, own_connection: bool) -> Result<PooledTransport, ureq::Error> {
+        self.connector.lend(own_connection, |chain| {
+            let details = ConnectionDetails {
+                uri,
+                addrs: self.resolver.resolve(uri, &self.config, self.connect_deadline())?,
+                config: &self.config,
+                request_level: false,
+                resolver: &self.resolver,
+                now: UreqInstant::now(),
+                timeout: self.connect_deadline(),
+                current_time: Arc::new(UreqInstant::now),
+                // For a CONNECT proxy's own connection: none here.
+                run_connector: Arc::new(|_: &ConnectionDetails| Err(ureq::Error::ConnectionFailed)),
+                // Our TCP connector notes each socket in `sockets` for a stop instead.
+                register_shutdown: Arc::new(|_| Ok(())),
+            };
+            chain.connect(&details, None)
+        })
+    }
+
+    fn connect_deadline(&self) -> NextTimeout {
+        NextTimeout {
+            after: Wait::Exact(self.connect_timeout),
+            reason: ureq::Timeout::Connect,
+            per_read: None,
+            per_write: None,
+        }
+    }
+
     /// Closes the idle connections, breaks the ones in use (a worker blocked on one gets an
     /// error at once) and refuses new ones.
     pub fn shutdown(&self) {
         self.idle.close();
         self.sockets.shutdown();
-        self.agent.clone().shutdown();
     }
 }
 

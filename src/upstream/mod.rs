@@ -13,6 +13,7 @@ mod backend;
 mod checker;
 mod client;
 mod dns;
+mod exchange;
 mod link;
 mod membership;
 mod pinned;
@@ -29,6 +30,7 @@ pub use backend::{resolve, Backend, BackendPolicy, BackendState, HealthState, In
 pub use checker::{apply_probe, HealthChecker, HealthConfig};
 pub use client::{ForwardError, ForwardTimeouts, Forwarder, PrepareError, Prepared};
 pub use dns::{system_lookup, DnsRefresher, DnsStatus, Lookup, PoolTables, Resolver};
+pub use exchange::AnswerBody;
 pub use membership::{Membership, PickKind};
 pub use pool::{ConnectionCounts, IdleLimits};
 pub use probe_requests::ProbeRequests;

@@ -1,8 +1,8 @@
-//! The resolver under a backend's ureq agent: the backend's host was resolved once, when it was
+//! The resolver ureq's connectors are given for a backend: the backend's host was resolved once, when it was
 //! added (or by the DNS refresh, which makes a fresh backend), and that address is what its
 //! requests connect to, whatever name the URL carries. An HTTPS backend's URL names its host
-//! (the name its certificate must have, sent as SNI), and ureq resolves before every request,
-//! pooled connection or not: without this, each request would ask DNS again.
+//! (the name its certificate must have, sent as SNI), and it is resolved for every new
+//! connection: without this, each would ask DNS again.
 
 use std::net::SocketAddr;
 

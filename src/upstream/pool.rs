@@ -5,8 +5,8 @@
 //! As Go's `net/http` Transport keeps them: one list per backend, the most recently used at the
 //! end and taken first (LIFO). Under steady load the same few connections stay warm, and the
 //! surplus a burst opened sinks to the front, unused, until it is older than the idle timeout
-//! and is closed (each return looks at the front). A connection goes back only when ureq read
-//! its answer to the end (it then asks [`Transport::is_open`], and we remember the answer) and
+//! and is closed (each return looks at the front). A connection goes back only when its
+//! exchange read the answer to the end (`exchange.rs`, which then releases it) and
 //! the answer ended exactly where its framing says ([`AnswerFraming`], which we follow on the
 //! bytes as they arrive); one dropped in the middle of an exchange is closed.
 //!
@@ -28,7 +28,6 @@
 //!     ^ closed once older than upstream_keepalive_timeout
 //! ```
 
-use std::cell::Cell;
 use std::collections::VecDeque;
 use std::fmt;
 use std::net::SocketAddr;
@@ -36,7 +35,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use ureq::unversioned::transport::{Buffers, ConnectionDetails, Connector, NextTimeout, Transport};
+use ureq::unversioned::transport::{Buffers, Connector, NextTimeout, Transport};
 
 use super::answer_framing::{AnswerFraming, MalformedAnswer};
 
@@ -251,41 +250,32 @@ impl fmt::Debug for IdleConnections {
     }
 }
 
-/// The connector of one backend's agent: an idle connection when there is a good one, else a
-/// new one from the chain it wraps (TCP, then TLS for an HTTPS backend).
+/// Where one backend's exchanges get their connections: an idle one when there is a good one,
+/// else a new one from the connector chain it wraps (TCP, then TLS for an HTTPS backend).
 #[derive(Debug)]
 pub(crate) struct PooledConnector<C> {
     pub inner: C,
     pub idle: Arc<IdleConnections>,
 }
 
-thread_local! {
-    /// The request this thread sends now must not take an idle connection (set by
-    /// [`Forwarder::send`](super::Forwarder::send) before each exchange; ureq calls the connector
-    /// on the same thread, with no way to pass it along).
-    static OWN_CONNECTION: Cell<bool> = const { Cell::new(false) };
-}
-
-/// Says whether the next exchange on this thread must open a connection of its own rather than
-/// take an idle one (`upstream_reuse` safe, for a client connection's first request).
-pub(crate) fn want_own_connection(own: bool) {
-    OWN_CONNECTION.set(own);
-}
-
-impl<C: Connector> Connector for PooledConnector<C> {
-    type Out = PooledTransport;
-
-    fn connect(&self, details: &ConnectionDetails, _chained: Option<()>) -> Result<Option<Self::Out>, ureq::Error> {
-        let idle = if OWN_CONNECTION.get() { None } else { self.idle.take(Instant::now()) };
+impl<C: Connector> PooledConnector<C> {
+    /// A connection on loan for one exchange. With `own_connection` (`upstream_reuse` safe, a
+    /// client connection's first request) no idle one is taken. A new one is opened by `open`
+    /// with the chain (it makes the chain's `ConnectionDetails`, which only a new connection needs).
+    pub(crate) fn lend<O>(&self, own_connection: bool, open: O) -> Result<PooledTransport, ureq::Error>
+    where
+        O: FnOnce(&C) -> Result<Option<C::Out>, ureq::Error>,
+    {
+        let idle = if own_connection { None } else { self.idle.take(Instant::now()) };
         let (transport, reused) = match idle {
             Some(transport) => (transport, true),
             None => {
-                let made = self.inner.connect(details, None)?.ok_or(ureq::Error::ConnectionFailed)?;
+                let made = open(&self.inner)?.ok_or(ureq::Error::ConnectionFailed)?;
                 self.idle.counts.opened.fetch_add(1, Ordering::Relaxed);
                 (Box::new(made) as Box<dyn Transport>, false)
             }
         };
-        Ok(Some(PooledTransport::lent(transport, Arc::clone(&self.idle), reused)))
+        Ok(PooledTransport::lent(transport, Arc::clone(&self.idle), reused))
     }
 }
 
@@ -310,13 +300,14 @@ pub(crate) fn is_answer_before_request(error: &ureq::Error) -> bool {
 }
 
 /// A connection on loan from its backend's [`IdleConnections`] for one exchange: it goes back
-/// there when ureq lets go of it after reading an answer to its end, and is closed otherwise.
+/// there when its exchange releases it after reading an answer to its end, and is closed
+/// otherwise.
 #[derive(Debug)]
 pub(crate) struct PooledTransport {
     inner: Option<Box<dyn Transport>>,
     home: Arc<IdleConnections>,
-    /// ureq finished an exchange on it and asked whether it is still open (what it does only
-    /// before it would pool a connection), and it was; any I/O since clears it.
+    /// Its exchange ended and found it still open ([`PooledTransport::release`]); any I/O since
+    /// clears it.
     reusable: bool,
     /// Taken from the idle ones, not opened for this exchange: checked once more for bytes
     /// nobody asked for right before the request's head is written.
@@ -333,6 +324,17 @@ impl PooledTransport {
     fn inner(&mut self) -> &mut Box<dyn Transport> {
         // Present until drop.
         self.inner.as_mut().expect("a pooled transport is used only before it is dropped")
+    }
+
+    /// Ends the loan after an exchange: back to the idle ones when `keep` (the answer allows
+    /// reuse), nothing is left unread in the buffer, the answer ended exactly where its framing
+    /// says and the socket is still quiet (ureq's pool asks the same before it keeps one);
+    /// closed otherwise.
+    pub(crate) fn release(mut self, keep: bool) {
+        if keep && self.inner().buffers().input().is_empty() {
+            // Remembered by `reusable`: the drop below takes it home.
+            self.is_open();
+        }
     }
 
     /// Whether nothing waits to be read on it: neither in ureq's buffer nor on the socket (a
@@ -538,7 +540,7 @@ mod tests {
     }
 
     #[test]
-    fn a_transport_goes_home_only_after_ureq_found_it_open() {
+    fn a_transport_goes_home_only_when_released_after_its_answer() {
         let home = Arc::new(idle(LIMITS));
         // An exchange whose answer arrived whole.
         let lent = |id| {
@@ -551,13 +553,14 @@ mod tests {
         // Dropped in the middle of an exchange: closed.
         drop(lent(1));
         assert_eq!(home.len(), 0);
-        // Read to the end (ureq asks is_open before it would pool it): kept.
-        let mut finished = lent(2);
-        assert!(finished.is_open());
-        drop(finished);
+        // Read to the end and released: kept.
+        lent(2).release(true);
         assert_eq!(home.len(), 1);
-        // Asked, then used again (a later read): not kept unless asked again.
-        let mut reused = lent(3);
+        // Released by an answer that closes the connection (`Connection: close`): closed.
+        lent(3).release(false);
+        assert_eq!(home.len(), 1);
+        // Found open, then used again (a later read): not kept.
+        let mut reused = lent(4);
         assert!(reused.is_open());
         let _ = reused.await_input(NextTimeout::default());
         drop(reused);

@@ -1,4 +1,4 @@
-//! A request sent to a backend on a connection of its own, outside the backend's ureq agent: the
+//! A request sent to a backend on a connection of its own, outside the backend's pool: the
 //! way of a request that asks to switch protocols (`Connection: upgrade`). Its `101` answer
 //! hands the connection over to a tunnel, which ureq cannot do (it reads 1xx answers itself and
 //! keeps its connections). Any other answer is read here in the framing it declares
@@ -156,7 +156,7 @@ impl Forwarder {
         // unframed, the backend would read it as the next request.
         let chunked = body.is_some() && !prepared.headers.contains_key(ureq::http::header::CONTENT_LENGTH);
         let head = request_head(prepared, &backend.authority, chunked);
-        // Nothing here goes through an agent's transport: a streamed body must not ask
+        // Nothing here goes through a pooled transport: a streamed body must not ask
         // about the connection this thread last sent on there (it would take that one's bytes
         // for this backend's early answer and make up the rest of the body with zeros).
         super::transport::forget_sending();

@@ -1,4 +1,4 @@
-//! The TCP transport under each backend's ureq agent, ours rather than ureq's for what a proxy pays
+//! The TCP transport of each backend's connections, ours rather than ureq's for what a proxy pays
 //! on every request: socket timeouts are set once per connection (they are per-operation limits,
 //! so they never change), and a pooled connection's liveness probe is one
 //! `recv(MSG_PEEK | MSG_DONTWAIT)` instead of two `FIONBIO` ioctls around a read.
@@ -113,7 +113,7 @@ thread_local! {
 /// Forgets the connection this thread last sent on: called as each exchange begins, so that a
 /// streamed body only ever asks [`early_answer_arrived`] about a connection of its own exchange
 /// (the head is sent before the body is read), never about an idle pooled one of an earlier
-/// request, nor about one of the agent's while it goes elsewhere (an upgrade request).
+/// request, nor about a pooled one while the request goes elsewhere (an upgrade request).
 pub(crate) fn forget_sending() {
     SENDING_ON.with(|sending| *sending.borrow_mut() = (Weak::new(), Weak::new()));
 }
