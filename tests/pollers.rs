@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::lb::{lb_sync, Lb};
 use common::{backend, wait_until, Conn};
-use lb_sync::server::{Handler, PollerGauges, Request, Response, Server, ServerConfig};
+use lb_sync::server::{Handler, Limits, PollerGauges, Request, Response, Server, ServerConfig};
 
 /// Each poller's entry in `/lb/stats`.
 fn pollers(addr: SocketAddr) -> Vec<serde_json::Value> {
@@ -232,6 +232,99 @@ fn a_closing_answer_with_nothing_unread_closes_the_connection_at_once_as_nginx_d
         gauges.read()
     );
     server.stop(Duration::from_secs(1));
+}
+
+/// Opens connections to `server` until `wanted[i]` of them stay on poller `i` (the kernel
+/// picks: the others are closed again); in the order they were kept, with their pollers.
+fn connections_on(server: &Server, gauges: &PollerGauges, wanted: [usize; 2]) -> Vec<(usize, Conn)> {
+    let open_on = |i: usize| gauges.read()[i].connections;
+    let mut kept = Vec::new();
+    let mut missing = wanted;
+    for _ in 0..200 {
+        if missing == [0, 0] {
+            return kept;
+        }
+        let before = [open_on(0), open_on(1)];
+        let conn = Conn::open(server.local_addr());
+        assert!(wait_until(Duration::from_secs(5), || open_on(0) + open_on(1) == before[0] + before[1] + 1));
+        let on = usize::from(open_on(1) > before[1]);
+        if missing[on] > 0 {
+            missing[on] -= 1;
+            kept.push((on, conn));
+        } else {
+            drop(conn);
+            assert!(wait_until(Duration::from_secs(5), || open_on(on) == before[on]));
+        }
+    }
+    panic!("{wanted:?} connections on the two pollers in 200 tries: {:?}", gauges.read());
+}
+
+/// Answers with the path, after a pause for paths under `/pause/`.
+struct PausedEcho;
+
+impl Handler for PausedEcho {
+    fn handle(&self, request: Request) -> Response {
+        if request.path().starts_with("/pause/") {
+            thread::sleep(Duration::from_millis(30));
+        }
+        Response::text(200, request.path().to_string())
+    }
+}
+
+#[test]
+fn at_the_cap_a_connection_given_back_quietly_is_the_oldest_idle_for_every_poller() {
+    // Poller 0 holds A, poller 1 holds B and X. A answers first, then B, then X: A has been idle
+    // longest. Poller 0 has not woken since A's answer (a kept-alive connection goes back
+    // without waking it; the pauses let a poller's own wake-up while a job waits for a worker
+    // pass first), and poller 1 still lists X with its old mark from the accept, though X went
+    // busy since. Wherever the newcomer lands, A must make room: that needs the worker's
+    // lowering of poller 0's published time (newcomer on poller 1) and poller 1 publishing only
+    // connections still idle (newcomer on poller 0). The kernel picks where the newcomer lands:
+    // rounds go on until each poller has taken it at least twice.
+    let mut landed = [0; 2];
+    for round in 0..40 {
+        if landed.iter().all(|&n| n >= 2) {
+            break;
+        }
+        let gauges = PollerGauges::default();
+        let config = ServerConfig {
+            bind: "127.0.0.1:0".parse().unwrap(),
+            threads: 2,
+            pollers: 2,
+            poller_gauges: gauges.clone(),
+            limits: Limits { max_connections: 3, ..Limits::default() },
+            ..ServerConfig::default()
+        };
+        let server = Server::start(config, PausedEcho).unwrap();
+        let kept = connections_on(&server, &gauges, [1, 2]);
+        let [(_, mut a), (_, mut b), (_, mut x)]: [(usize, Conn); 3] = {
+            let mut by_poller = kept;
+            by_poller.sort_by_key(|(on, _)| *on);
+            by_poller.try_into().unwrap_or_else(|_| unreachable!())
+        };
+        for (name, conn) in [("pause/A", &mut a), ("B", &mut b), ("pause/X", &mut x)] {
+            let resp = conn.get(&format!("/{name}"));
+            assert_eq!((resp.status, resp.text()), (200, format!("/{name}\n")), "round {round}");
+        }
+        let accepted = |i: usize| gauges.read()[i].accepted;
+        let before = [accepted(0), accepted(1)];
+        let mut newcomer = Conn::open(server.local_addr());
+        let resp = newcomer.get("/new");
+        assert_eq!((resp.status, resp.text()), (200, "/new\n".to_string()), "round {round}");
+        let on = usize::from(accepted(1) > before[1]);
+        landed[on] += 1;
+        assert!(a.is_closed(), "round {round}, newcomer on poller {on}: A, idle longest, was not closed");
+        for (name, conn) in [("B", &mut b), ("X", &mut x)] {
+            let resp = conn.get("/again");
+            assert_eq!(resp.status, 200, "round {round}, newcomer on poller {on}: {name} was closed instead of A");
+        }
+        drop((a, b, x, newcomer));
+        assert_eq!(server.stop(Duration::from_secs(5)), 0);
+    }
+    assert!(
+        landed.iter().all(|&n| n >= 2),
+        "the newcomer landed on each poller at least twice in 40 rounds: {landed:?}"
+    );
 }
 
 #[test]

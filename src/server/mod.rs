@@ -324,12 +324,13 @@ impl Server {
         let mut polls = Vec::with_capacity(poller_count);
         let mut links = Vec::with_capacity(poller_count);
         let mut own_ends = Vec::with_capacity(poller_count);
+        let started = IdleSince(Instant::now());
         for _ in 0..poller_count {
             let poll = Poll::new()?;
             let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
             let (return_tx, return_rx) = crossbeam_channel::unbounded();
             let (adopt_tx, adopt_rx) = crossbeam_channel::unbounded();
-            links.push(PollerLink::new(return_tx, Arc::clone(&waker), adopt_tx));
+            links.push(PollerLink::new(return_tx, Arc::clone(&waker), adopt_tx, started));
             polls.push(poll);
             own_ends.push((return_rx, adopt_rx, waker));
         }
@@ -369,7 +370,6 @@ impl Server {
         }
         let ends = polls.into_iter().zip(own_ends).zip(listeners).enumerate();
         let mut ready = Vec::with_capacity(poller_count);
-        let started = IdleSince(Instant::now());
         for (me, ((poll, (returns, adopted, waker)), (listener, tls_listener))) in ends {
             let (resume_tx, resume_rx) = crossbeam_channel::unbounded();
             let links = PollerLinks {
@@ -383,7 +383,6 @@ impl Server {
                 queue_capacity: config.queue_capacity.max(1),
                 returns,
                 adopted,
-                idle_since: started,
                 stop: Arc::clone(&stop),
                 stopping: Arc::clone(&stopping),
                 spool: Arc::clone(&spool),

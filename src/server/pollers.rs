@@ -32,9 +32,12 @@ pub(crate) struct PollerLink {
     /// Where another poller at the connection cap hands a connection it just accepted, when
     /// this one has a connection idle longer to close for it.
     pub adopt: Sender<Adopted>,
-    /// When this poller's longest-idle connection became idle ([`IdleSince`]), as of the end of
-    /// its last turn.
+    /// When this poller's longest-idle connection became idle ([`IdleSince`]): published at the
+    /// end of each of its turns, and lowered by a worker that gives a connection back quietly
+    /// (before the poller has looked at it).
     pub oldest_idle: AtomicU64,
+    /// How `oldest_idle` is written: the same start for every poller and worker.
+    pub idle_since: IdleSince,
     pub counters: PollerCounters,
 }
 
@@ -45,29 +48,54 @@ pub(crate) struct Adopted {
     pub tls: bool,
 }
 
-/// Instants as every poller compares them: nanoseconds since the server started, plus one
-/// (0 is "no idle connection").
+/// Instants as every poller compares them: nanoseconds since the server started. The two
+/// largest values say there is nothing to hand over: so that a worker's `fetch_min`-like
+/// lowering works, "none" is above every instant.
 #[derive(Clone, Copy)]
 pub(crate) struct IdleSince(pub Instant);
 
 impl IdleSince {
+    /// Published by a poller with no idle connection (or whose oldest was just claimed).
+    pub const NONE: u64 = u64::MAX - 1;
+    /// Published by a stopping poller: nothing is handed to it, and no worker lowers it.
+    pub const STOPPING: u64 = u64::MAX;
+
     pub fn encode(self, at: Option<Instant>) -> u64 {
-        at.map_or(0, |at| (at.saturating_duration_since(self.0).as_nanos() as u64).saturating_add(1))
+        at.map_or(Self::NONE, |at| {
+            u64::try_from(at.saturating_duration_since(self.0).as_nanos()).unwrap_or(u64::MAX).min(Self::NONE - 1)
+        })
     }
 }
 
 impl PollerLink {
-    pub fn new(returns: Sender<Returned>, waker: Arc<Waker>, adopt: Sender<Adopted>) -> PollerLink {
+    pub fn new(
+        returns: Sender<Returned>,
+        waker: Arc<Waker>,
+        adopt: Sender<Adopted>,
+        idle_since: IdleSince,
+    ) -> PollerLink {
         PollerLink {
             returns,
             waker,
             adopt,
-            oldest_idle: AtomicU64::new(0),
+            oldest_idle: AtomicU64::new(IdleSince::NONE),
+            idle_since,
             woken_for_held: AtomicBool::new(false),
             look_at_held: AtomicBool::new(false),
             tuning: Mutex::new(None),
             counters: PollerCounters::default(),
         }
+    }
+
+    /// A worker gave a connection back quietly, idle since `at`: the other pollers see it at the
+    /// cap before this poller's next turn lists it. Never lowers a stopping poller's value.
+    /// SeqCst, after the return is sent: either the poller's look at its returns after it
+    /// publishes sees this one, or this lands after its publication.
+    pub fn lower_oldest_idle(&self, at: Instant) {
+        let at = self.idle_since.encode(Some(at));
+        let _ = self.oldest_idle.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |published| {
+            (at < published && published != IdleSince::STOPPING).then_some(at)
+        });
     }
 
     /// Wakes the poller; a poller that already exited (a stop) ignores it.

@@ -82,10 +82,16 @@ impl Worker {
             let finished = quiet.then(Instant::now);
             let _ = home.returns.send(Returned { token, next, finished });
             std::sync::atomic::fence(Ordering::SeqCst);
+            let input_arrived = input_while_busy.is_none_or(|flag| flag.load(Ordering::SeqCst));
+            // Idle from now, though its poller may not look for a while: the other pollers
+            // compare idle times at the connection cap (with one poller nobody reads it).
+            if let Some(at) = finished.filter(|_| !input_arrived && self.pollers.len() > 1) {
+                home.lower_oldest_idle(at);
+            }
             // While stopping, always wake it: it is waiting for in-flight requests to end. And
             // while requests are held back for their client's share: this may free one.
             if !quiet
-                || input_while_busy.is_none_or(|flag| flag.load(Ordering::SeqCst))
+                || input_arrived
                 || self.stopping.load(Ordering::Relaxed)
                 || (served && self.loads.wake_for_held(&home.woken_for_held))
             {

@@ -60,9 +60,9 @@ impl IdleOrder {
         Some(oldest)
     }
 
-    /// When the oldest listed token was marked.
-    pub fn oldest_since(&self) -> Option<Instant> {
-        self.oldest.and_then(|token| self.links.get(&token)).map(|link| link.since)
+    /// The oldest listed token and when it was marked.
+    pub fn oldest(&self) -> Option<(usize, Instant)> {
+        self.oldest.and_then(|token| self.links.get(&token).map(|link| (token, link.since)))
     }
 
     /// How many tokens are listed.
@@ -136,14 +136,14 @@ mod tests {
     }
 
     #[test]
-    fn the_oldest_marks_time_is_known() {
+    fn the_oldest_marks_token_and_time_are_known() {
         let mut order = IdleOrder::default();
-        assert_eq!(order.oldest_since(), None);
+        assert_eq!(order.oldest(), None);
         let first = Instant::now();
         order.mark(1, first);
         order.mark(2, first + std::time::Duration::from_secs(1));
-        assert_eq!(order.oldest_since(), Some(first));
+        assert_eq!(order.oldest(), Some((1, first)));
         order.remove(1);
-        assert_eq!(order.oldest_since(), Some(first + std::time::Duration::from_secs(1)));
+        assert_eq!(order.oldest(), Some((2, first + std::time::Duration::from_secs(1))));
     }
 }

@@ -82,6 +82,12 @@ const STOP_IDLE_DRAIN: Duration = Duration::from_millis(250);
 /// How often the warning that idle connections are being closed at the connection cap is
 /// written (nginx says it once a second; a busy site would see it constantly).
 const ROOM_WARNING_EVERY: Duration = Duration::from_secs(10);
+/// Times a poller publishes its oldest idle connection again in one turn because workers gave
+/// connections back meanwhile; past it, the next turn comes at once.
+const PUBLISH_ROUNDS: usize = 4;
+/// Times a poller at the cap tries to claim another's idle connection whose published time
+/// changed under it (lowered by a worker, claimed or published anew).
+const CLAIM_TRIES: usize = 4;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
@@ -194,8 +200,6 @@ pub(crate) struct Poller {
     counted_open: usize,
     /// Connections other pollers handed over at the connection cap.
     adopted: Receiver<Adopted>,
-    /// How idle times are compared between pollers.
-    idle_since: IdleSince,
     /// What an idle connection is marked with now: when the current turn began (after the
     /// poll), or while a worker's return is handled, when that worker finished (a quiet
     /// return may wait long for the poller's next turn; pollers compare these times at the
@@ -261,7 +265,6 @@ pub(crate) struct PollerLinks {
     pub listening: Arc<AtomicUsize>,
     pub open: Arc<AtomicUsize>,
     pub adopted: Receiver<Adopted>,
-    pub idle_since: IdleSince,
     pub queue: Arc<JobQueue>,
     pub queued: Arc<AtomicUsize>,
     pub queue_capacity: usize,
@@ -298,7 +301,6 @@ impl Poller {
             open: links.open,
             counted_open: 0,
             adopted: links.adopted,
-            idle_since: links.idle_since,
             idle_from: Instant::now(),
             poll,
             listener: Some(listener),
@@ -417,12 +419,53 @@ impl Poller {
                 return;
             }
             self.count_open();
-            // While stopping, no connection is handed here at the cap (it is left at 0).
-            if self.stop_deadline.is_none() {
-                let oldest = self.idle_since.encode(self.idle.oldest_since());
-                self.link().oldest_idle.store(oldest, Ordering::Relaxed);
+            // While stopping, no connection is handed here at the cap (it stays `STOPPING`);
+            // with one poller nobody reads it.
+            if self.stop_deadline.is_none() && self.pollers.len() > 1 {
+                self.publish_oldest_idle();
             }
         }
+    }
+
+    /// Publishes when this poller's longest-idle connection became idle, for the other pollers
+    /// at the cap. The store would hide a worker's lowering for a return still in the channel,
+    /// so the channel is looked at after it: SeqCst store and fence here, send, fence and
+    /// SeqCst update in the worker, so either this look sees the return or the update lands
+    /// after the store. Connections handed over meanwhile are taken too: their claims must
+    /// not be published again.
+    fn publish_oldest_idle(&mut self) {
+        for _ in 0..PUBLISH_ROUNDS {
+            let oldest = self.oldest_idle();
+            let link = self.link();
+            let oldest = link.idle_since.encode(oldest);
+            // Unchanged: nothing is overwritten, so no lowering can be lost.
+            if link.oldest_idle.load(Ordering::SeqCst) == oldest {
+                return;
+            }
+            link.oldest_idle.store(oldest, Ordering::SeqCst);
+            std::sync::atomic::fence(Ordering::SeqCst);
+            if self.returns.is_empty() && self.adopted.is_empty() {
+                return;
+            }
+            self.take_returns();
+            self.take_adopted();
+            self.count_open();
+        }
+        // Workers keep giving connections back: the next turn comes at once and publishes.
+        self.link().wake();
+    }
+
+    /// When this poller's longest-idle connection became idle. The list holds hints: a
+    /// connection that began a request since is taken off here, so that its old mark is not
+    /// published as idle (it is listed again when it next becomes idle).
+    fn oldest_idle(&mut self) -> Option<Instant> {
+        while let Some((token, since)) = self.idle.oldest() {
+            if self.connections.get(&token).is_some_and(|c| c.state == (State::Reading { started: false })) {
+                return Some(since);
+            }
+            self.idle.remove(token);
+        }
+        None
     }
 
     /// This poller's ends, as the other threads see them.
@@ -493,14 +536,16 @@ impl Poller {
     /// At the connection cap, the poller whose longest-idle connection has been idle longer
     /// than this one's, and when that one became idle as it published it (none when this one's
     /// is the oldest, or no poller has any).
-    fn older_idle_elsewhere(&self) -> Option<(usize, u64)> {
-        let mine = self.idle_since.encode(self.idle.oldest_since());
+    fn older_idle_elsewhere(&mut self) -> Option<(usize, u64)> {
+        let mine = self.oldest_idle();
+        let mine = self.link().idle_since.encode(mine);
         let (poller, theirs) = (0..self.pollers.len())
             .filter(|&i| i != self.me)
-            .map(|i| (i, self.pollers[i].oldest_idle.load(Ordering::Relaxed)))
-            .filter(|&(_, since)| since != 0)
+            .map(|i| (i, self.pollers[i].oldest_idle.load(Ordering::SeqCst)))
+            .filter(|&(_, since)| since < IdleSince::NONE)
             .min_by_key(|&(_, since)| since)?;
-        (mine == 0 || theirs < mine).then_some((poller, theirs))
+        // `NONE` is above every instant: with no idle connection here, any older one wins.
+        (theirs < mine).then_some((poller, theirs))
     }
 
     /// Takes a new connection: this poller's from now on, unless it is at the cap and another
@@ -586,21 +631,33 @@ impl Poller {
         if self.open.load(Ordering::Relaxed) < self.limits.max_connections {
             return Some(stream);
         }
-        let Some((other, since)) = self.older_idle_elsewhere() else { return Some(stream) };
-        // One newcomer per idle connection published: the next one in this turn looks again
-        // (that poller publishes anew at the end of its turn).
-        let owner = &self.pollers[other];
-        if owner.oldest_idle.compare_exchange(since, 0, Ordering::Relaxed, Ordering::Relaxed).is_err() {
+        // Answers finished since the turn began may have closed connections, or left them
+        // idle here.
+        self.take_returns();
+        self.count_open();
+        if self.open.load(Ordering::Relaxed) < self.limits.max_connections {
             return Some(stream);
         }
-        match owner.adopt.send(Adopted { stream, peer, tls }) {
-            Ok(()) => {
-                self.pollers[other].wake();
-                None
+        for _ in 0..CLAIM_TRIES {
+            let Some((other, since)) = self.older_idle_elsewhere() else { return Some(stream) };
+            // One newcomer per idle connection published: claimed, it reads `NONE` until a
+            // worker lowers it or that poller publishes anew. A value that changed since it
+            // was read is read again. SeqCst: the claim sees a worker's lowering, so the
+            // adopted connection reaches that poller after the return it stands for.
+            let owner = &self.pollers[other];
+            if owner.oldest_idle.compare_exchange(since, IdleSince::NONE, Ordering::SeqCst, Ordering::SeqCst).is_err() {
+                continue;
             }
-            // That poller has ended (a stop): keep it.
-            Err(unsent) => Some(unsent.into_inner().stream),
+            return match owner.adopt.send(Adopted { stream, peer, tls }) {
+                Ok(()) => {
+                    owner.wake();
+                    None
+                }
+                // That poller has ended (a stop): keep it.
+                Err(unsent) => Some(unsent.into_inner().stream),
+            };
         }
+        Some(stream)
     }
 
     /// At the connection cap: closes up to `needed` idle connections, the one idle longest

@@ -11,6 +11,7 @@ use mio::unix::SourceFd;
 
 use crate::server::error::RequestError;
 use crate::server::job_queue::Job;
+use crate::server::pollers::IdleSince;
 use crate::server::tunnel::TunnelClose;
 use crate::server::worker::{Next, Returned};
 
@@ -115,7 +116,7 @@ impl Poller {
                 // (refused: never sent), not another poller's listener about to close, which
                 // would reset the connection after the client sent its request.
                 // Nothing more is handed here at the cap (see the loop's publishing).
-                self.pollers[self.me].oldest_idle.store(0, Ordering::Relaxed);
+                self.pollers[self.me].oldest_idle.store(IdleSince::STOPPING, Ordering::SeqCst);
                 if self.listening.fetch_sub(1, Ordering::AcqRel) == 1 {
                     self.stopping.store(true, Ordering::Release);
                 }
