@@ -53,6 +53,7 @@ mod spool;
 mod stream;
 mod target;
 mod tls;
+mod tokens;
 mod tunnel;
 mod upload;
 mod worker;
@@ -74,6 +75,7 @@ pub use response::{status_has_no_body, Body, Response};
 pub use spool::{BodyBuffering, RequestBody};
 pub use target::{canonical_target, PathRules};
 pub use tls::{Certificate, Certificates, TlsAcceptor};
+pub(crate) use tokens::TokenMap;
 pub use tunnel::{Handoff, Switch, Tunnel, TunnelClose, TunnelEnd, TUNNEL_BUFFER};
 pub use upload::EarlyAnswerCheck;
 

@@ -34,7 +34,6 @@
 //! assert_eq!(response.status, 101);
 //! ```
 
-use std::collections::HashMap;
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
@@ -427,7 +426,7 @@ pub(crate) enum Turn {
 /// The open tunnels of a poller, keyed by the token their client connection had.
 #[derive(Default)]
 pub(crate) struct Tunnels {
-    open: HashMap<usize, Relay>,
+    open: super::TokenMap<Relay>,
     /// While stopping: when every tunnel (those opened later too) is closed.
     close_at: Option<Instant>,
 }

@@ -1,8 +1,9 @@
 //! Idle connections in the order they became idle, so that at the connection cap the one idle
 //! longest makes room for a new client (nginx's reusable-connections queue).
 
-use std::collections::HashMap;
 use std::time::Instant;
+
+use crate::server::TokenMap;
 
 /// A set of connection tokens ordered by when each was last marked, oldest first: a doubly
 /// linked list threaded through a map, so marking, removing and taking the oldest are O(1) and
@@ -12,7 +13,7 @@ use std::time::Instant;
 /// (and skipped) or closed, so the poller needs no bookkeeping on every state change.
 #[derive(Default)]
 pub(super) struct IdleOrder {
-    links: HashMap<usize, Link>,
+    links: TokenMap<Link>,
     oldest: Option<usize>,
     newest: Option<usize>,
 }

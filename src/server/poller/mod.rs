@@ -13,7 +13,6 @@
 //! (what the workers give back, writing to slow clients, closing), `stop.rs` (timeouts and
 //! stopping).
 
-use std::collections::HashMap;
 use std::io;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
@@ -40,6 +39,7 @@ use super::tls::TlsAcceptor;
 use super::tunnel::{Tunnels, Turn};
 use super::upload::{ResumeLink, UploadFeed};
 use super::worker::Returned;
+use super::TokenMap;
 use idle::IdleOrder;
 
 mod idle;
@@ -240,7 +240,7 @@ pub(crate) struct Poller {
     /// Connections with input left unread at the end of their turn (edge-triggered readiness
     /// would not report it again).
     again: Vec<usize>,
-    connections: HashMap<usize, Connection>,
+    connections: TokenMap<Connection>,
     /// Connections waiting for a request that has not begun, longest idle first: at the
     /// connection cap they make room for new ones.
     idle: IdleOrder,
@@ -324,7 +324,7 @@ impl Poller {
             resume: links.resume,
             resumed: links.resumed,
             again: Vec::new(),
-            connections: HashMap::new(),
+            connections: TokenMap::default(),
             idle: IdleOrder::default(),
             idle_closed: links.idle_closed,
             next_room_warning: Instant::now(),
