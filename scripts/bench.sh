@@ -9,6 +9,9 @@
 #   scripts/bench.sh server   # lb-backend vs nginx answering the same 1 KiB body
 #   scripts/bench.sh proxy    # lb-sync vs nginx vs HAProxy in front of the same lb-backends, and direct
 #   scripts/bench.sh cost     # syscalls and context switches per proxied keep-alive GET, lb-sync vs nginx
+#   scripts/bench.sh profile  # lb-sync vs nginx at c=10, 64, 256, after a burst and with a new connection per
+#                             # request: user/system CPU us and switches per request, lb-sync's perf samples by
+#                             # kind of work (us per request); PROFILE_LOADS picks loads, LB_FLAGS adds flags
 #   scripts/bench.sh upstream-tls  # an https:// backend vs the same one over plain HTTP, lb-sync and nginx
 #   scripts/bench.sh slow     # 1000 slow senders / readers / heads, 100 slow backend requests: normal GETs meanwhile
 #   scripts/bench.sh flood    # 300 x GET /?delay_ms=12000 from 127.0.0.1, a GET from 127.0.0.2 every second: its latency
@@ -670,6 +673,104 @@ for layout in dict.fromkeys(k[0] for k in order):
     if summary:
         print("\n" + "\n".join(summary))
 PY
+    ;;
+  profile)
+    # Where a proxied keep-alive request's CPU goes, lb-sync (its defaults) beside nginx, in front
+    # of the same three nginx backends, at each concurrency of the sweep and at c=10 right after a
+    # c=256 burst. Per load and proxy: user and system microseconds per request (/proc/PID/stat,
+    # every process), voluntary and involuntary context switches per request (every thread);
+    # then for lb-sync a second run under `perf record -g`, its samples summed by kind of work
+    # (scripts/perf_breakdown.py) and shown as microseconds per request of the first run's CPU.
+    command -v perf >/dev/null || { echo "bench.sh: perf not found (apt-get install linux-perf)" >&2; exit 1; }
+    levels="${PROFILE_LOADS:-10 64 256 burst close}"
+    burst="${BURST:-5s}"
+    body=$(head -c "$body_bytes" /dev/zero | tr '\0' x)
+    read -r -a ports <<<"$(free_ports 5)"
+    backend_ports=("${ports[@]:0:3}") nginx_port=${ports[3]} lb_port=${ports[4]}
+    backend_lists "${backend_ports[@]}"
+    for port in "${backend_ports[@]}"; do
+      NGINX_WORKERS=1 nginx_up "server { listen 127.0.0.1:$port; location / { default_type text/plain; return 200 '$body'; } }" "backend-$port"
+    done
+    nginx_up "upstream backends { $upstream keepalive 64; }
+  server {
+    listen 127.0.0.1:$nginx_port;
+    location / { proxy_pass http://backends; proxy_http_version 1.1; proxy_set_header Connection \"\";  }
+  }" nginx-proxy
+    nginx_master=${pids[-1]}
+    # LB_FLAGS: more lb-sync flags (`--upstream-reuse always`...), split on spaces.
+    read -r -a lb_flags <<<"${LB_FLAGS:-}"
+    setsid "$sync_bin" --algorithm round_robin --host 127.0.0.1 --port "$lb_port" --access-log false \
+      --health-check-interval 0 "${lb_flags[@]}" "${lb_args[@]}" > "$work/lb-sync.out" 2> "$work/lb-sync.err" &
+    pids+=("$!")
+    lb_pid=$!
+    for port in "${backend_ports[@]}"; do wait_port "$port"; done
+    wait_port "$lb_port" / "$work/lb-sync.err"
+    wait_port "$nginx_port" / "$work/nginx-proxy/logs/error.log"
+    check_sessions "${pids[@]}"
+    nginx_measured=$(nginx_pids "$nginx_master")
+    split_ticks() { for pid in "$@"; do awk '{print $14, $15}' "/proc/$pid/stat" 2>/dev/null || true; done | awk '{u += $1; s += $2} END {print u + 0, s + 0}'; }
+    all_switches() { for pid in "$@"; do cat /proc/"$pid"/task/*/status 2>/dev/null || true; done | awk '/ctxt_switches/ {s += $2} END {print s + 0}'; }
+    # cost NAME "PIDS" PORT CONNS [WRK OPTIONS]: one wrk run; prints a row and sets cost_cpu (us/req).
+    cost() {
+      local name="$1" measured="$2" port="$3" conns="$4" u0 s0 u1 s1 w0 w1 n out
+      shift 4
+      runs=$((runs + 1)); out="$work/wrk-$runs.txt"
+      # shellcheck disable=SC2086 # a list of PIDs
+      read -r u0 s0 <<<"$(split_ticks $measured)"; w0=$(all_switches $measured)
+      in_session "$out" wrk --latency -t"$wrk_threads" -c"$conns" -d"$duration" "$@" "http://127.0.0.1:$port/"
+      # shellcheck disable=SC2086
+      read -r u1 s1 <<<"$(split_ticks $measured)"; w1=$(all_switches $measured)
+      n=$(awk '/requests in/ {print $1}' "$out")
+      read -r cost_cpu row <<<"$(python3 -c '
+import sys
+u, s, w, n, hz = (float(x) for x in sys.argv[1:6])
+us = lambda t: t * 1e6 / hz / max(n, 1)
+print(f"{us(u) + us(s):.1f} {us(u) + us(s):.1f} {us(u):.1f} {us(s):.1f} {w / max(n, 1):.2f} {n / float(sys.argv[6]):.0f}")
+' "$((u1 - u0))" "$((s1 - s0))" "$((w1 - w0))" "$n" "$hz" "${duration%s}")"
+      printf '| %s | %s | %s |\n' "$name" "$label" "$(echo "$row" | tr ' ' '|' | sed 's/|/ | /g')"
+    }
+    echo
+    echo "| proxy | connections | CPU us/req | user | system | switches/req | req/s |"
+    echo "|---|---:|---:|---:|---:|---:|---:|"
+    breakdowns=()
+    for level in $levels; do
+      conns=$level label=$level wrk_extra=()
+      if [ "$level" = close ]; then
+        # A new connection per request: the client closes each after its answer.
+        conns=64 label="64, a new connection per request" wrk_extra=(-H "Connection: close")
+      fi
+      if [ "$level" = burst ]; then
+        in_session "$work/burst.txt" wrk -t"$wrk_threads" -c256 -d"$burst" "http://127.0.0.1:$lb_port/"
+        in_session "$work/burst-nginx.txt" wrk -t"$wrk_threads" -c256 -d"$burst" "http://127.0.0.1:$nginx_port/"
+        conns=10 label="10 after a burst"
+      fi
+      cost "lb-sync" "$lb_pid" "$lb_port" "$conns" "${wrk_extra[@]}"
+      lb_cpu=$cost_cpu
+      # shellcheck disable=SC2086
+      cost "nginx" "$nginx_measured" "$nginx_port" "$conns" "${wrk_extra[@]}"
+      perf record -q -F 999 -g -p "$lb_pid" -o "$work/perf-$level.data" -- sleep "${duration%s}" 2>/dev/null &
+      perf_pid=$!
+      in_session "$work/perf-wrk-$level.txt" wrk -t"$wrk_threads" -c"$conns" -d"$duration" "${wrk_extra[@]}" "http://127.0.0.1:$lb_port/"
+      wait "$perf_pid" 2>/dev/null || true
+      breakdowns+=("$label|$lb_cpu|$work/perf-$level.data")
+    done
+    for entry in "${breakdowns[@]}"; do
+      IFS='|' read -r label lb_cpu data <<<"$entry"
+      echo
+      echo "lb-sync at c=$label: $lb_cpu us of CPU per request, by kind of work (perf record -g, self time)"
+      "$root/scripts/perf_breakdown.py" "$data" | python3 -c '
+import sys
+cpu = float(sys.argv[1])
+for line in sys.stdin:
+    cells = line.rstrip("\n").split("|")
+    if len(cells) > 3 and cells[2].strip().endswith("%"):
+        share = float(cells[2].strip().rstrip("%").strip())
+        cells[2] = f" {share:.1f} % ({share * cpu / 100:.1f} us) "
+    elif len(cells) > 3 and cells[2].strip() == "share of samples":
+        cells[2] = " share of samples (us/req) "
+    print("|".join(cells))
+' "$lb_cpu"
+    done
     ;;
   upstream-tls)
     # The cost of TLS to the backend: one nginx backend answering the same body on an HTTP and
