@@ -405,3 +405,31 @@ fn a_chunked_answer_that_breaks_after_its_head_was_relayed_closes_the_client_at_
     drop(lb);
     backend.join().unwrap();
 }
+
+#[test]
+fn interim_answers_forever_are_cut_off_at_the_request_timeout() {
+    // A backend that answers `102 Processing` every 100 ms (for up to 6 s) before its real
+    // answer: each read is quick, but the wait for the answer's head is over after
+    // request_timeout (1 s), as for a backend that trickles its head.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let backend = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        let mut buf = Vec::new();
+        read_request(&mut stream, &mut buf);
+        for _ in 0..60 {
+            if stream.write_all(b"HTTP/1.1 102 Processing\r\n\r\n").is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+    });
+    let lb = Lb::start(&[addr], r#""request_timeout": 1, "max_tries": 1"#);
+    let mut conn = client(&lb);
+    conn.send(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n");
+    let resp = read_response(&mut conn.reader, false).expect("an answer within the read timeout");
+    assert_eq!(resp.status, 504, "{resp:?}");
+    drop(lb);
+    backend.join().unwrap();
+}

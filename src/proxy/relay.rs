@@ -115,16 +115,17 @@ impl<B: Read + Send + 'static> Streamed<B> {
             // read now, which gives the backend connection back, and the answer leaves as it
             // is, with nothing streamed behind it. The backend's part of the transfer is over,
             // so it no longer counts as in flight.
-            Ok(mut first) if self.owed == Some(0) => {
-                // Its end is read from the body itself: whatever that read says, the answer is
-                // whole, and no failure is the backend's (a body broken there stays unreused).
+            Ok(first) if self.owed == Some(0) => {
+                // Its end is read from the body itself: an error there leaves the answer whole
+                // (its connection is not reused), and no failure is the backend's.
                 let mut more = [0u8; 1];
                 match self.body.read(&mut more) {
-                    // Past its declared length: the framing reader's to refuse, not ours to drop.
-                    Ok(n) if n > 0 => {
-                        first.extend_from_slice(&more[..n]);
-                        response.with_stream(io::Cursor::new(first).chain(self), length)
-                    }
+                    // More than its declared length (the framing readers never give it): no
+                    // answer can be relayed as it came.
+                    Ok(n) if n > 0 => ProxyError::BackendFailed(ForwardError::BadResponse(
+                        "a body longer than its Content-Length".into(),
+                    ))
+                    .response(),
                     _ => response.with_body(first),
                 }
             }

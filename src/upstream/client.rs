@@ -18,7 +18,7 @@ use crate::stats::TryFailure;
 
 use super::answer_framing::MalformedAnswer;
 use super::backend::Backend;
-use super::exchange::{exchange, AnswerBody};
+use super::exchange::{exchange, AnswerBody, ExchangeLimits};
 use super::link::{BackendLink, OpenSockets};
 use super::pinned::PinnedResolver;
 use super::pool::{is_answer_before_request, IdleConnections, IdleLimits, PooledConnector};
@@ -198,8 +198,8 @@ pub struct Forwarder {
     tls: Arc<UpstreamTls>,
     /// The longest line of a request head it can send (its write buffer's size).
     max_line: usize,
-    /// The longest answer head it accepts (ureq's default).
-    max_answer_head: usize,
+    /// The longest answer head it accepts (ureq's default) and the phases' time limits.
+    exchange_limits: ExchangeLimits,
     /// Every link it made, for a stop and for closing expired idle connections.
     links: Arc<Mutex<Vec<MadeLink>>>,
     closed: AtomicBool,
@@ -242,7 +242,7 @@ impl Forwarder {
         close_expired_idle(Arc::downgrade(&links), idle_limits.timeout);
         Forwarder {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-            max_answer_head: config.max_response_header_size(),
+            exchange_limits: ExchangeLimits { max_head: config.max_response_header_size(), phase: timeouts.request },
             config,
             timeouts,
             idle_limits,
@@ -444,7 +444,7 @@ impl Forwarder {
             super::transport::forget_sending();
             connections_tried += 1;
             let result = link.lend(&uri, own_connection).and_then(|connection| {
-                exchange(connection, prepared.request(uri.clone()), body.as_deref_mut(), self.max_answer_head)
+                exchange(connection, prepared.request(uri.clone()), body.as_deref_mut(), self.exchange_limits)
             });
             match result {
                 // Nothing of the request was written (nor read of its body): the next idle

@@ -14,6 +14,7 @@
 //! ```
 
 use std::io::{self, Read};
+use std::time::{Duration, Instant};
 
 use ureq::http::{self, header, HeaderValue, Request, Response};
 use ureq::unversioned::transport::time::Duration as Wait;
@@ -25,10 +26,42 @@ use ureq_proto::BodyMode;
 
 use super::pool::PooledTransport;
 
-/// What the `Call` is told of deadlines: none. Every read and write of a backend connection has
-/// its own socket timeout (`transport.rs`), set once per connection.
+/// What the transports are told of deadlines: none. Every read and write of a backend
+/// connection has its own socket timeout (`transport.rs`), set once per connection; the
+/// phases' own limits are kept here ([`Deadline`]).
 const NO_DEADLINE: NextTimeout =
     NextTimeout { after: Wait::NotHappening, reason: Timeout::Global, per_read: None, per_write: None };
+
+/// The limits of one exchange.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ExchangeLimits {
+    /// The longest answer head accepted.
+    pub max_head: usize,
+    /// Sending the head, and waiting for the answer's head once the request is out (as ureq's
+    /// `timeout_send_request` and `timeout_recv_response`): a backend that trickles its head,
+    /// or sends interim `1xx` answers forever, is cut off here although each read is quick.
+    pub phase: Duration,
+}
+
+/// When a phase of the exchange must be over, looked at before each wait (as ureq looks at
+/// its phase timeouts): a read under way ends at its own socket timeout.
+struct Deadline {
+    at: Instant,
+    phase: Timeout,
+}
+
+impl Deadline {
+    fn from_now(limit: Duration, phase: Timeout) -> Deadline {
+        Deadline { at: Instant::now() + limit, phase }
+    }
+
+    fn check(&self) -> Result<(), ureq::Error> {
+        if Instant::now() >= self.at {
+            return Err(ureq::Error::Timeout(self.phase));
+        }
+        Ok(())
+    }
+}
 
 /// Sends `request` (and `body`, streamed, when it has one) on `connection` and reads the
 /// answer's head. The answer's body is read from the returned [`AnswerBody`], which gives the
@@ -36,19 +69,23 @@ const NO_DEADLINE: NextTimeout =
 /// it), and closes it when dropped before.
 ///
 /// A request with a body and no `Content-Length` goes chunked, as ureq sends a reader.
-/// `max_head`: the longest answer head accepted.
 pub(crate) fn exchange(
     mut connection: PooledTransport,
     request: Request<()>,
     body: Option<&mut (dyn Read + '_)>,
-    max_head: usize,
+    limits: ExchangeLimits,
 ) -> Result<Response<AnswerBody>, ureq::Error> {
     let mut call = Call::new(request)?;
     call.allow_non_standard_methods(true);
-    if body.is_some() && !has_framing(call.headers()) {
-        call.header(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"))?;
+    if body.is_some() {
+        // As ureq does for any body it is given, whatever the method.
+        call.force_send_body();
+        if !has_framing(call.headers()) {
+            call.header(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"))?;
+        }
     }
-    let call = match send_head(call.proceed(), &mut connection)? {
+    let sending = Deadline::from_now(limits.phase, Timeout::SendRequest);
+    let call = match send_head(call.proceed(), &mut connection, &sending)? {
         // Expect is answered by the front end and never sent: nothing to wait for.
         SendRequestResult::Await100(call) => match call.proceed()? {
             Await100Result::SendBody(call) => send_body(call, body, &mut connection)?,
@@ -57,7 +94,8 @@ pub(crate) fn exchange(
         SendRequestResult::SendBody(call) => send_body(call, body, &mut connection)?,
         SendRequestResult::RecvResponse(call) => call,
     };
-    let (head, next) = receive_head(call, &mut connection, max_head)?;
+    let waiting = Deadline::from_now(limits.phase, Timeout::RecvResponse);
+    let (head, next) = receive_head(call, &mut connection, limits.max_head, &waiting)?;
     let body = match next {
         RecvResponseResult::RecvBody(call) => {
             AnswerBody { call: Some(call), connection: Some(connection), backend_closed: false }
@@ -84,8 +122,17 @@ fn has_framing(headers: &http::HeaderMap) -> bool {
 }
 
 /// Writes the request line and headers, as many lines as fit the output buffer at a time.
-fn send_head(mut call: Call<SendRequest>, connection: &mut PooledTransport) -> Result<SendRequestResult, ureq::Error> {
+fn send_head(
+    mut call: Call<SendRequest>,
+    connection: &mut PooledTransport,
+    deadline: &Deadline,
+) -> Result<SendRequestResult, ureq::Error> {
+    let mut first = true;
     while !call.can_proceed() {
+        // The first write needs no look: the phase has just begun.
+        if !std::mem::take(&mut first) {
+            deadline.check()?;
+        }
         let amount = call.write(connection.buffers().output())?;
         connection.transmit_output(amount, NO_DEADLINE)?;
     }
@@ -126,13 +173,15 @@ fn send_body(
 }
 
 /// Reads until the answer's head is whole (interim `1xx` answers are passed over, as ureq
-/// does); a head longer than `max_head` is refused.
+/// does) or `deadline` passes; a head longer than `max_head` is refused.
 fn receive_head(
     mut call: Call<RecvResponse>,
     connection: &mut PooledTransport,
     max_head: usize,
+    deadline: &Deadline,
 ) -> Result<(Response<()>, RecvResponseResult), ureq::Error> {
     let head = loop {
+        deadline.check()?;
         let progress = connection.maybe_await_input(NO_DEADLINE)?;
         let input = connection.buffers().input();
         let (used, head) = call.try_response(input, false)?;
@@ -250,6 +299,10 @@ impl AnswerBody {
 
 impl Read for AnswerBody {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        // Nothing asked, nothing waited for (a read would block on the backend).
+        if buf.is_empty() {
+            return Ok(0);
+        }
         self.read_some(buf).map_err(ureq::Error::into_io)
     }
 }

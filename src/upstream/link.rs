@@ -43,6 +43,13 @@ impl BackendLink {
     /// `own_connection` or none is good, else a new one.
     pub fn lend(&self, uri: &Uri, own_connection: bool) -> Result<PooledTransport, ureq::Error> {
         self.connector.lend(own_connection, |chain| {
+            // A stop broke this client: no new connection is opened (nor refused once made).
+            if self.sockets.is_closed() {
+                return Err(ureq::Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::NotConnected,
+                    "the balancer is stopping",
+                )));
+            }
             let details = ConnectionDetails {
                 uri,
                 addrs: self.resolver.resolve(uri, &self.config, self.connect_deadline())?,
@@ -101,6 +108,11 @@ impl OpenSockets {
         }
         sockets.push(Arc::downgrade(socket));
         Ok(())
+    }
+
+    /// Whether [`OpenSockets::shutdown`] ran: no connection is noted any more.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Relaxed)
     }
 
     /// Whether a connection it noted is still open.
