@@ -37,9 +37,9 @@ const NO_DEADLINE: NextTimeout =
 pub(crate) struct ExchangeLimits {
     /// The longest answer head accepted.
     pub max_head: usize,
-    /// Sending the head, and waiting for the answer's head once the request is out (as ureq's
-    /// `timeout_send_request` and `timeout_recv_response`): a backend that trickles its head,
-    /// or sends interim `1xx` answers forever, is cut off here although each read is quick.
+    /// Waiting for the answer's head once the request is out (ureq's `timeout_recv_response`):
+    /// a backend that trickles its head, or sends interim `1xx` answers forever, is cut off
+    /// here although each read is quick.
     pub phase: Duration,
 }
 
@@ -84,8 +84,7 @@ pub(crate) fn exchange(
             call.header(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"))?;
         }
     }
-    let sending = Deadline::from_now(limits.phase, Timeout::SendRequest);
-    let call = match send_head(call.proceed(), &mut connection, &sending)? {
+    let call = match send_head(call.proceed(), &mut connection)? {
         // Expect is answered by the front end and never sent: nothing to wait for.
         SendRequestResult::Await100(call) => match call.proceed()? {
             Await100Result::SendBody(call) => send_body(call, body, &mut connection)?,
@@ -122,17 +121,11 @@ fn has_framing(headers: &http::HeaderMap) -> bool {
 }
 
 /// Writes the request line and headers, as many lines as fit the output buffer at a time.
-fn send_head(
-    mut call: Call<SendRequest>,
-    connection: &mut PooledTransport,
-    deadline: &Deadline,
-) -> Result<SendRequestResult, ureq::Error> {
-    let mut first = true;
+/// A head is bounded (the front end's limit plus the proxy's own lines) and the write buffer
+/// holds most of one, so it takes a few writes at most, each within its socket timeout: the
+/// phase needs no limit of its own.
+fn send_head(mut call: Call<SendRequest>, connection: &mut PooledTransport) -> Result<SendRequestResult, ureq::Error> {
     while !call.can_proceed() {
-        // The first write needs no look: the phase has just begun.
-        if !std::mem::take(&mut first) {
-            deadline.check()?;
-        }
         let amount = call.write(connection.buffers().output())?;
         connection.transmit_output(amount, NO_DEADLINE)?;
     }
@@ -180,8 +173,12 @@ fn receive_head(
     max_head: usize,
     deadline: &Deadline,
 ) -> Result<(Response<()>, RecvResponseResult), ureq::Error> {
+    let mut first = true;
     let head = loop {
-        deadline.check()?;
+        // The first read needs no look: the wait has just begun.
+        if !std::mem::take(&mut first) {
+            deadline.check()?;
+        }
         let progress = connection.maybe_await_input(NO_DEADLINE)?;
         let input = connection.buffers().input();
         let (used, head) = call.try_response(input, false)?;
