@@ -72,13 +72,18 @@ fn soak_with_backends_killed_and_restarted_loses_nothing_and_stays_flat() {
     let stats = settled();
     let per_backend = Conn::open(lb.addr).get("/lb/backends").json();
 
+    // Flat once the kill cycle has run a while: its first kills open new backend connections
+    // (and their buffers), and how much of that the warm-up already made varies from run to
+    // run (a first quarter of 21 MB, then 31 MB, in one CI run; 31 MB throughout in others).
+    // A leak grows from the second quarter to the last as well.
     let quarter = rss.len() / 4;
-    let (early, late) = (median(&mut rss[..quarter].to_vec()), median(&mut rss[rss.len() - quarter..].to_vec()));
+    let (early, late) =
+        (median(&mut rss[quarter..2 * quarter].to_vec()), median(&mut rss[rss.len() - quarter..].to_vec()));
     let (rss_min, rss_max) = (*rss.iter().min().unwrap(), *rss.iter().max().unwrap());
     let (threads_min, threads_max) = (*threads.iter().min().unwrap(), *threads.iter().max().unwrap());
     eprintln!(
         "soak {secs} s, {clients} clients, {kills} backend kills: {} requests ok, {} lost ({} resent); \
-         RSS {early} kB (first quarter median) -> {late} kB (last quarter), min {rss_min} max {rss_max}; \
+         RSS {early} kB (second quarter median) -> {late} kB (last quarter), min {rss_min} max {rss_max}; \
          threads {threads_min}-{threads_max}; retries {}",
         report.ok,
         report.lost(),
