@@ -24,6 +24,20 @@ fn sum(pollers: &[serde_json::Value], field: &str) -> u64 {
     pollers.iter().map(|p| p[field].as_u64().unwrap()).sum()
 }
 
+/// An in-process server's settings on an ephemeral loopback port with `threads` workers and
+/// `pollers` pollers, and the gauges that read its pollers' counters.
+fn in_process(threads: usize, pollers: usize) -> (ServerConfig, PollerGauges) {
+    let gauges = PollerGauges::default();
+    let config = ServerConfig {
+        bind: "127.0.0.1:0".parse().unwrap(),
+        threads,
+        pollers,
+        poller_gauges: gauges.clone(),
+        ..ServerConfig::default()
+    };
+    (config, gauges)
+}
+
 #[test]
 fn new_connections_are_spread_over_every_poller_and_each_serves_some() {
     let origin = backend(&[]);
@@ -136,14 +150,7 @@ impl Handler for Slow {
 
 #[test]
 fn a_stop_with_several_pollers_drains_every_one() {
-    let gauges = PollerGauges::default();
-    let config = ServerConfig {
-        bind: "127.0.0.1:0".parse().unwrap(),
-        threads: 64,
-        pollers: 4,
-        poller_gauges: gauges.clone(),
-        ..ServerConfig::default()
-    };
+    let (config, gauges) = in_process(64, 4);
     let server = Server::start(config, Slow).unwrap();
     let addr = server.local_addr();
     // Requests in flight on every poller (the kernel picks the poller: open until each has some).
@@ -210,14 +217,7 @@ impl Handler for Echo {
 
 #[test]
 fn a_closing_answer_with_nothing_unread_closes_the_connection_at_once_as_nginx_does() {
-    let gauges = PollerGauges::default();
-    let config = ServerConfig {
-        bind: "127.0.0.1:0".parse().unwrap(),
-        threads: 2,
-        pollers: 2,
-        poller_gauges: gauges.clone(),
-        ..ServerConfig::default()
-    };
+    let (config, gauges) = in_process(2, 2);
     let server = Server::start(config, Echo).unwrap();
     let mut conn = Conn::open(server.local_addr());
     conn.send(b"GET /last HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
@@ -286,15 +286,8 @@ fn at_the_cap_a_connection_given_back_quietly_is_the_oldest_idle_for_every_polle
         if landed.iter().all(|&n| n >= 2) {
             break;
         }
-        let gauges = PollerGauges::default();
-        let config = ServerConfig {
-            bind: "127.0.0.1:0".parse().unwrap(),
-            threads: 2,
-            pollers: 2,
-            poller_gauges: gauges.clone(),
-            limits: Limits { max_connections: 3, ..Limits::default() },
-            ..ServerConfig::default()
-        };
+        let (mut config, gauges) = in_process(2, 2);
+        config.limits = Limits { max_connections: 3, ..Limits::default() };
         let server = Server::start(config, PausedEcho).unwrap();
         let kept = connections_on(&server, &gauges, [1, 2]);
         let [(_, mut a), (_, mut b), (_, mut x)]: [(usize, Conn); 3] = {
@@ -329,14 +322,7 @@ fn at_the_cap_a_connection_given_back_quietly_is_the_oldest_idle_for_every_polle
 
 #[test]
 fn a_poller_that_ends_its_stop_early_leaves_the_others_queued_requests_to_be_served() {
-    let gauges = PollerGauges::default();
-    let config = ServerConfig {
-        bind: "127.0.0.1:0".parse().unwrap(),
-        threads: 1,
-        pollers: 2,
-        poller_gauges: gauges.clone(),
-        ..ServerConfig::default()
-    };
+    let (config, gauges) = in_process(1, 2);
     let server = Server::start(config, Slow).unwrap();
     let addr = server.local_addr();
     let open_on = |i: usize| gauges.read()[i].connections;

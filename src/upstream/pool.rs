@@ -306,9 +306,6 @@ pub(crate) fn is_answer_before_request(error: &ureq::Error) -> bool {
 pub(crate) struct PooledTransport {
     inner: Option<Box<dyn Transport>>,
     home: Arc<IdleConnections>,
-    /// Its exchange ended and found it still open ([`PooledTransport::release`]); any I/O since
-    /// clears it.
-    reusable: bool,
     /// Taken from the idle ones, not opened for this exchange: checked once more for bytes
     /// nobody asked for right before the request's head is written.
     reused: bool,
@@ -318,7 +315,7 @@ pub(crate) struct PooledTransport {
 
 impl PooledTransport {
     fn lent(inner: Box<dyn Transport>, home: Arc<IdleConnections>, reused: bool) -> PooledTransport {
-        PooledTransport { inner: Some(inner), home, reusable: false, reused, answer: None }
+        PooledTransport { inner: Some(inner), home, reused, answer: None }
     }
 
     fn inner(&mut self) -> &mut Box<dyn Transport> {
@@ -331,9 +328,10 @@ impl PooledTransport {
     /// says and the socket is still quiet (ureq's pool asks the same before it keeps one);
     /// closed otherwise.
     pub(crate) fn release(mut self, keep: bool) {
-        if keep && self.inner().buffers().input().is_empty() {
-            // Remembered by `reusable`: the drop below takes it home.
-            self.is_open();
+        if keep && self.inner().buffers().input().is_empty() && self.is_open() {
+            if let Some(transport) = self.inner.take() {
+                self.home.put(transport, Instant::now());
+            }
         }
     }
 
@@ -350,7 +348,6 @@ impl Transport for PooledTransport {
     }
 
     fn transmit_output(&mut self, amount: usize, timeout: NextTimeout) -> Result<(), ureq::Error> {
-        self.reusable = false;
         if self.answer.is_none() {
             // The probe when it was taken came a moment ago; what arrived since would be read
             // as this request's answer.
@@ -371,7 +368,6 @@ impl Transport for PooledTransport {
     }
 
     fn await_input(&mut self, timeout: NextTimeout) -> Result<bool, ureq::Error> {
-        self.reusable = false;
         if let Some(why) = self.answer.as_ref().and_then(AnswerFraming::malformed) {
             return Err(malformed(why));
         }
@@ -387,9 +383,7 @@ impl Transport for PooledTransport {
     }
 
     fn is_open(&mut self) -> bool {
-        let open = self.answer.as_ref().is_some_and(AnswerFraming::is_complete) && self.inner().is_open();
-        self.reusable = open;
-        open
+        self.answer.as_ref().is_some_and(AnswerFraming::is_complete) && self.inner().is_open()
     }
 
     fn is_tls(&self) -> bool {
@@ -404,13 +398,11 @@ fn malformed(why: &str) -> ureq::Error {
 }
 
 impl Drop for PooledTransport {
+    /// Not taken home by [`PooledTransport::release`]: closed. One whose backend sent bytes
+    /// past its answer's end makes that backend distrusted.
     fn drop(&mut self) {
         if self.answer.as_ref().is_some_and(AnswerFraming::overran) {
             self.home.out_of_step(Instant::now(), "sent bytes after an answer's end");
-            return;
-        }
-        if let Some(transport) = self.inner.take().filter(|_| self.reusable) {
-            self.home.put(transport, Instant::now());
         }
     }
 }
@@ -559,7 +551,7 @@ mod tests {
         // Released by an answer that closes the connection (`Connection: close`): closed.
         lent(3).release(false);
         assert_eq!(home.len(), 1);
-        // Found open, then used again (a later read): not kept.
+        // Found open but never released: closed when dropped.
         let mut reused = lent(4);
         assert!(reused.is_open());
         let _ = reused.await_input(NextTimeout::default());
